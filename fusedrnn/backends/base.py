@@ -1,0 +1,143 @@
+"""The recurrence contract every backend implements (DESIGN.md, "The recurrence contract").
+
+Shape conventions, stated once:
+
+* ``T`` time steps, ``B`` batch rows, ``G`` gates (lstm 4, gru 3, rnn 1),
+* ``H`` hidden units of the cell (``hidden_size``), ``P`` the size of ``h`` (``proj_size``
+  when the LSTM has a projection, else ``H``), ``S`` the number of per-step batch-norm buffers
+  (``max_steps``).
+
+A backend exposes ``NAME``, ``unsupported_reason(inputs)``, ``forward(inputs)`` and
+``backward(inputs, saved, grad_output, grad_h_n, grad_c_n)``; see :class:`Backend`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import torch
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+NORMS = ("none", "batch", "layer")
+
+# Normalisation constants, one definition for every backend and for functional.py.
+NORM_EPS = 1e-5  # added to the variance, as torch.nn.BatchNorm1d / LayerNorm
+BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as torch
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrenceConfig:
+    """Static settings of one layer-direction's recurrence (hashable: kernels key on it)."""
+
+    cell: str  # one of CELLS
+    hidden_size: int  # H
+    proj_size: int = 0  # P when > 0 (lstm only)
+    recurrent_dropout: float = 0.0  # variational dropout on h_{t-1} where it meets W_hh
+    zoneout_cell: float = 0.0  # lstm only
+    zoneout_hidden: float = 0.0
+    norm: str = "none"  # "none" | "batch" (recurrent BN) | "layer" (layer norm)
+
+    @property
+    def num_gates(self) -> int:
+        return NUM_GATES[self.cell]
+
+    @property
+    def gate_size(self) -> int:
+        """G * H: the width of ``xg`` and of ``W_hh``'s first dimension."""
+        return self.num_gates * self.hidden_size
+
+    @property
+    def out_size(self) -> int:
+        """P: the size of h (proj_size if set, else hidden_size)."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.cell == "lstm"
+
+    @property
+    def uses_random(self) -> bool:
+        """Whether training draws masks (the Philox seed matters)."""
+        return self.recurrent_dropout > 0 or self.zoneout_cell > 0 or self.zoneout_hidden > 0
+
+
+@dataclasses.dataclass
+class RecurrenceInputs:
+    """Everything one layer-direction's time loop reads. Tensors share one device."""
+
+    config: RecurrenceConfig
+    xg: torch.Tensor  # [T, B, G*H] input projection x W_ih^T + b_ih (already normalised)
+    h0: torch.Tensor  # [B, P] initial hidden state
+    c0: torch.Tensor | None  # [B, H] initial cell state (lstm), else None
+    w_hh: torch.Tensor  # [G*H, P] recurrent weights, torch's gate order
+    b_hh: torch.Tensor | None  # [G*H] recurrent bias, or None (bias=False)
+    w_hr: torch.Tensor | None  # [P, H] lstm projection weights, or None
+    lengths: torch.Tensor | None  # [B] int64 on the device, 0 <= len <= T; None = all T
+    norm_weight_hh: torch.Tensor | None = None  # [G*H] gamma of BN/LN(W_hh h)
+    norm_weight_c: torch.Tensor | None = None  # [H] gamma of BN/LN(c) (lstm)
+    norm_bias_c: torch.Tensor | None = None  # [H] beta of BN/LN(c) (lstm)
+    running_mean_hh: torch.Tensor | None = None  # [S, G*H] BN, read in eval mode
+    running_var_hh: torch.Tensor | None = None  # [S, G*H]
+    running_mean_c: torch.Tensor | None = None  # [S, H]
+    running_var_c: torch.Tensor | None = None  # [S, H]
+    reverse: bool = False  # run t = T-1 .. 0 (per row: len-1 .. 0)
+    training: bool = False  # masks and batch statistics on; else expectations/running stats
+    seed: int = 0  # Philox key of this forward call
+    layer: int = 0  # layer id in the offset layout
+    direction: int = 0  # 0 forward, 1 reverse, in the offset layout
+
+    # The tensors autograd differentiates, in a fixed order shared by every backend.
+    GRAD_FIELDS = (
+        "xg",
+        "h0",
+        "c0",
+        "w_hh",
+        "b_hh",
+        "w_hr",
+        "norm_weight_hh",
+        "norm_weight_c",
+        "norm_bias_c",
+    )
+
+    def replace(self, **changes) -> RecurrenceInputs:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class RecurrenceOutputs:
+    output: torch.Tensor  # [T, B, P] h_t at every step; 0 where t >= len_b
+    h_n: torch.Tensor  # [B, P] last state of each row
+    c_n: torch.Tensor | None  # [B, H] (lstm)
+    # Training with recurrent BN only: per-step batch statistics (biased variance) over
+    # the active rows, for the caller's running-buffer update. Not differentiated.
+    batch_mean_hh: torch.Tensor | None = None  # [T, G*H]
+    batch_var_hh: torch.Tensor | None = None  # [T, G*H]
+    batch_mean_c: torch.Tensor | None = None  # [T, H]
+    batch_var_c: torch.Tensor | None = None  # [T, H]
+
+
+class Backend(Protocol):
+    """What a backend module provides (fusedrnn/backends/<name>.py)."""
+
+    NAME: str
+
+    def availability(self) -> str | None:
+        """None if the backend can run in this process, else why not (shown to users)."""
+
+    def unsupported_reason(self, inputs: RecurrenceInputs) -> str | None:
+        """None if this backend runs ``inputs``, else the reason (raised when named)."""
+
+    def forward(self, inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
+        """Run the recurrence; returns the outputs and whatever backward needs (no masks)."""
+
+    def backward(
+        self,
+        inputs: RecurrenceInputs,
+        saved: tuple,
+        grad_output: torch.Tensor,
+        grad_h_n: torch.Tensor,
+        grad_c_n: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Gradients keyed by ``RecurrenceInputs.GRAD_FIELDS`` (None where not needed)."""

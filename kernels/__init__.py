@@ -1,0 +1,1 @@
+"""fusedrnn's Triton kernels (installed as ``fusedrnn.kernels``)."""
