@@ -21,22 +21,22 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_LAYER_DIRECTIONS",
+    "MAX_STEPS",
+    "MAX_UNITS",
     "STREAM_INPUT_DROPOUT",
     "STREAM_RECURRENT_DROPOUT",
     "STREAM_ZONEOUT_CELL",
     "STREAM_ZONEOUT_HIDDEN",
-    "MAX_UNITS",
-    "MAX_BATCH",
-    "MAX_STEPS",
-    "MAX_LAYER_DIRECTIONS",
-    "philox4x32_10",
-    "uniform_from_uint32",
-    "rand",
+    "check_offset_limits",
+    "draw_seed",
     "mask_base_offset",
     "mask_offset",
+    "philox4x32_10",
+    "rand",
+    "uniform_from_uint32",
     "uniform_mask",
-    "draw_seed",
-    "check_offset_limits",
 ]
 
 # Philox4x32 constants (Random123): round multipliers and Weyl key increments.

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import philox
 from .backends.base import NORM_EPS, RecurrenceInputs, RecurrenceOutputs
 
-__all__ = ["recurrence", "masks", "active_rows", "normalize"]
+__all__ = ["active_rows", "masks", "normalize", "recurrence", "variational_mask"]
 
 
 def active_rows(lengths: torch.Tensor | None, steps: int, batch: int, device) -> torch.Tensor:
@@ -45,6 +45,23 @@ def active_rows(lengths: torch.Tensor | None, steps: int, batch: int, device) ->
         return torch.ones(steps, batch, dtype=torch.bool, device=device)
     t = torch.arange(steps, device=device)[:, None]
     return t < lengths.to(device)[None, :]
+
+
+def variational_mask(
+    seed: int,
+    stream: int,
+    layer: int,
+    direction: int,
+    batch: int,
+    units: int,
+    p: float,
+    dtype: torch.dtype,
+    device,
+) -> torch.Tensor:
+    """[B, units] keep-scaled dropout mask shared by all time steps: 0 where the uniform
+    number is < p, else 1 / (1 - p)."""
+    uniform = philox.uniform_mask(seed, stream, layer, direction, None, batch, units, device)
+    return (uniform >= p).to(dtype) / (1.0 - p)
 
 
 def masks(inputs: RecurrenceInputs) -> dict[str, torch.Tensor | float | None]:
@@ -71,10 +88,18 @@ def masks(inputs: RecurrenceInputs) -> dict[str, torch.Tensor | float | None]:
             device,
         )
 
-    p = cfg.recurrent_dropout
-    if p > 0 and inputs.training:
-        keep = uniform(philox.STREAM_RECURRENT_DROPOUT, cfg.out_size, False) >= p
-        out["m_h"] = keep.to(dtype) / (1.0 - p)
+    if cfg.recurrent_dropout > 0 and inputs.training:
+        out["m_h"] = variational_mask(
+            inputs.seed,
+            philox.STREAM_RECURRENT_DROPOUT,
+            inputs.layer,
+            inputs.direction,
+            batch,
+            cfg.out_size,
+            cfg.recurrent_dropout,
+            dtype,
+            device,
+        )
     for key, p, stream, units in (
         ("d_c", cfg.zoneout_cell, philox.STREAM_ZONEOUT_CELL, cfg.hidden_size),
         ("d_h", cfg.zoneout_hidden, philox.STREAM_ZONEOUT_HIDDEN, cfg.out_size),
@@ -203,11 +228,7 @@ def recurrence(inputs: RecurrenceInputs) -> RecurrenceOutputs:
             c = torch.where(keep, c_new, c)
         outputs[t] = torch.where(keep, h_new, torch.zeros_like(h_new))
 
-    output = (
-        torch.stack(outputs)
-        if steps > 0
-        else inputs.xg.new_zeros(0, batch, cfg.out_size)
-    )
+    output = torch.stack(outputs) if steps > 0 else inputs.xg.new_zeros(0, batch, cfg.out_size)
     result = RecurrenceOutputs(output=output, h_n=h, c_n=c)
     if norm == "batch" and inputs.training and steps > 0:
         result.batch_mean_hh = torch.stack(stats["mean_hh"]).detach()

@@ -34,9 +34,7 @@ def backward(
     grad_h_n: torch.Tensor,
     grad_c_n: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
-    fields = [
-        f for f in RecurrenceInputs.GRAD_FIELDS if getattr(inputs, f) is not None
-    ]
+    fields = [f for f in RecurrenceInputs.GRAD_FIELDS if getattr(inputs, f) is not None]
     leaves = {f: getattr(inputs, f).detach().requires_grad_(True) for f in fields}
     with torch.enable_grad():
         out = reference.recurrence(inputs.replace(**leaves))
