@@ -1,0 +1,23 @@
+"""pytest setup: the Triton interpreter on CPU machines, and skipping gpu tests there."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# The interpreter is how a CPU machine runs the Triton kernels. It must be chosen before
+# any kernel is decorated, so it is set here, before test modules import fusedrnn.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu-marked tests skip with a reason when there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
