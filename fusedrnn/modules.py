@@ -284,8 +284,9 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
+                what = "tensor " if name == "RNN" else ""  # torch's exact wording per class
                 raise ValueError(
-                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
+                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D {what}instead"
                 )
             is_batched = input.dim() == 3
             if not is_batched:

@@ -1,0 +1,320 @@
+"""Every bad input raises a clear error, in torch.nn's wording where torch has one.
+
+The table pairs each bad call with the exception type and a message fragment. Where
+torch.nn raises for the same call, the test also checks that fusedrnn's message is torch's.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from fusedrnn import functional
+
+X = torch.randn(5, 3, 4)
+
+
+def lstm(**kw):
+    return fusedrnn.LSTM(4, 6, 2, **kw)
+
+
+def gru(**kw):
+    return fusedrnn.GRU(4, 6, **kw)
+
+
+# (id, call raising in fusedrnn, the same call on torch.nn or None, exception, message regex)
+CASES = [
+    (
+        "input_4d",
+        lambda: lstm()(torch.randn(5, 3, 4, 1)),
+        lambda: nn.LSTM(4, 6, 2)(torch.randn(5, 3, 4, 1)),
+        ValueError,
+        r"Expected input to be 2D or 3D, got 4D instead",
+    ),
+    (
+        "input_1d_gru",
+        lambda: gru()(torch.randn(4)),
+        lambda: nn.GRU(4, 6)(torch.randn(4)),
+        ValueError,
+        r"GRU: Expected input to be 2D or 3D, got 1D instead",
+    ),
+    (
+        "input_4d_rnn",
+        lambda: fusedrnn.RNN(4, 6)(torch.randn(5, 3, 4, 1)),
+        lambda: nn.RNN(4, 6)(torch.randn(5, 3, 4, 1)),
+        ValueError,
+        r"RNN: Expected input to be 2D or 3D, got 4D tensor instead",
+    ),
+    (
+        "input_size_mismatch",
+        lambda: lstm()(torch.randn(5, 3, 5)),
+        lambda: nn.LSTM(4, 6, 2)(torch.randn(5, 3, 5)),
+        RuntimeError,
+        r"input.size\(-1\) must be equal to input_size. Expected 4, got 5",
+    ),
+    (
+        "hx_shape",
+        lambda: lstm()(X, (torch.zeros(2, 4, 6), torch.zeros(2, 3, 6))),
+        lambda: nn.LSTM(4, 6, 2)(X, (torch.zeros(2, 4, 6), torch.zeros(2, 3, 6))),
+        RuntimeError,
+        r"Expected hidden\[0\] size \(2, 3, 6\), got \[2, 4, 6\]",
+    ),
+    (
+        "cx_shape",
+        lambda: lstm()(X, (torch.zeros(2, 3, 6), torch.zeros(1, 3, 6))),
+        lambda: nn.LSTM(4, 6, 2)(X, (torch.zeros(2, 3, 6), torch.zeros(1, 3, 6))),
+        RuntimeError,
+        r"Expected hidden\[1\] size \(2, 3, 6\), got \[1, 3, 6\]",
+    ),
+    (
+        "gru_hx_shape",
+        lambda: gru()(X, torch.zeros(2, 3, 6)),
+        lambda: nn.GRU(4, 6)(X, torch.zeros(2, 3, 6)),
+        RuntimeError,
+        r"Expected hidden size \(1, 3, 6\), got \[2, 3, 6\]",
+    ),
+    (
+        "hx_dims_batched",
+        lambda: gru()(X, torch.zeros(3, 6)),
+        lambda: nn.GRU(4, 6)(X, torch.zeros(3, 6)),
+        RuntimeError,
+        r"For batched 3-D input, hx should also be 3-D but got 2-D tensor",
+    ),
+    (
+        "hx_dims_unbatched",
+        lambda: lstm()(torch.randn(5, 4), (torch.zeros(2, 1, 6), torch.zeros(2, 6))),
+        lambda: nn.LSTM(4, 6, 2)(torch.randn(5, 4), (torch.zeros(2, 1, 6), torch.zeros(2, 6))),
+        RuntimeError,
+        r"For unbatched 2-D input, hx and cx should also be 2-D but got \(3-D, 2-D\) tensors",
+    ),
+    (
+        "input_dtype",
+        lambda: lstm()(X.double()),
+        lambda: nn.LSTM(4, 6, 2)(X.double()),
+        ValueError,
+        r"RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)",
+    ),
+    (
+        "hx_dtype",
+        lambda: gru(backend="reference")(X, torch.zeros(1, 3, 6, dtype=torch.float64)),
+        None,
+        RuntimeError,
+        r"hx dtype \(torch.float64\) does not match input dtype \(torch.float32\)",
+    ),
+    (
+        "input_device",
+        lambda: gru()(torch.empty(5, 3, 4, device="meta")),
+        None,
+        RuntimeError,
+        r"Input and parameter tensors are not at the same device, found input tensor at meta and parameter tensor at cpu",
+    ),
+    (
+        "hx_device",
+        lambda: gru()(X, torch.empty(1, 3, 6, device="meta")),
+        None,
+        RuntimeError,
+        r"Input and hidden tensors are not at the same device, found input tensor at cpu and hidden tensor at meta",
+    ),
+    (
+        "empty_sequence",
+        lambda: lstm(backend="reference")(torch.randn(0, 3, 4)),
+        lambda: nn.LSTM(4, 6, 2)(torch.randn(0, 3, 4)),
+        RuntimeError,
+        r"Expected sequence length to be larger than 0 in RNN",
+    ),
+    (
+        "proj_ge_hidden",
+        lambda: fusedrnn.LSTM(4, 6, proj_size=6),
+        lambda: nn.LSTM(4, 6, proj_size=6),
+        ValueError,
+        r"proj_size has to be smaller than hidden_size",
+    ),
+    (
+        "proj_on_gru",
+        lambda: fusedrnn.GRU(4, 6, proj_size=2),
+        lambda: nn.GRU(4, 6, proj_size=2),
+        ValueError,
+        r"proj_size argument is only supported for LSTM, not RNN or GRU",
+    ),
+    (
+        "torch_dropout_range",
+        lambda: fusedrnn.LSTM(4, 6, dropout=1.5),
+        lambda: nn.LSTM(4, 6, dropout=1.5),
+        ValueError,
+        r"dropout should be a number in range \[0, 1\]",
+    ),
+    (
+        "nonlinearity",
+        lambda: fusedrnn.RNN(4, 6, nonlinearity="gelu"),
+        lambda: nn.RNN(4, 6, nonlinearity="gelu"),
+        ValueError,
+        r"Unknown nonlinearity 'gelu'. Select from 'tanh' or 'relu'.",
+    ),
+    (
+        "hidden_size_zero",
+        lambda: fusedrnn.LSTM(4, 0),
+        lambda: nn.LSTM(4, 0),
+        ValueError,
+        r"hidden_size must be greater than zero",
+    ),
+    (
+        "recurrent_dropout_1",
+        lambda: lstm(recurrent_dropout=1.0),
+        None,
+        ValueError,
+        r"recurrent_dropout must be a probability in \[0, 1\), got 1.0",
+    ),
+    (
+        "input_dropout_negative",
+        lambda: lstm(input_dropout=-0.1),
+        None,
+        ValueError,
+        r"input_dropout must be a probability in \[0, 1\), got -0.1",
+    ),
+    (
+        "zoneout_cell_nan",
+        lambda: lstm(zoneout_cell=float("nan")),
+        None,
+        ValueError,
+        r"zoneout_cell must be a probability in \[0, 1\), got nan",
+    ),
+    (
+        "zoneout_hidden_bool",
+        lambda: gru(zoneout_hidden=True),
+        None,
+        ValueError,
+        r"zoneout_hidden must be a probability in \[0, 1\), got True",
+    ),
+    (
+        "zoneout_hidden_str",
+        lambda: gru(zoneout_hidden="0.1"),
+        None,
+        ValueError,
+        r"zoneout_hidden must be a probability in \[0, 1\), got '0.1'",
+    ),
+    (
+        "zoneout_cell_on_gru",
+        lambda: fusedrnn.GRU(4, 6, zoneout_cell=0.1),
+        None,
+        TypeError,
+        r"unexpected keyword argument 'zoneout_cell'",
+    ),
+    (
+        "unknown_backend",
+        lambda: lstm(backend="cudnn"),
+        None,
+        ValueError,
+        r"unknown backend 'cudnn'; expected one of 'auto', 'torch', 'reference'",
+    ),
+    (
+        "torch_backend_with_options",
+        lambda: lstm(backend="torch", zoneout_cell=0.1)(X),
+        None,
+        ValueError,
+        r"backend='torch' runs torch.nn's own kernels, which cannot compute fusedrnn's options",
+    ),
+    (
+        "batch_norm_without_max_steps",
+        lambda: lstm(recurrent_batch_norm=True),
+        None,
+        ValueError,
+        r"recurrent_batch_norm=True needs max_steps, a positive int",
+    ),
+    (
+        "max_steps_without_batch_norm",
+        lambda: lstm(max_steps=4),
+        None,
+        ValueError,
+        r"max_steps is only used with recurrent_batch_norm=True",
+    ),
+    (
+        "batch_and_layer_norm",
+        lambda: lstm(recurrent_batch_norm=True, max_steps=3, layer_norm=True),
+        None,
+        ValueError,
+        r"recurrent_batch_norm and layer_norm cannot both be on",
+    ),
+    (
+        "forget_bias_without_bias",
+        lambda: fusedrnn.LSTM(4, 6, bias=False, forget_bias=1.0),
+        None,
+        ValueError,
+        r"forget_bias needs bias=True",
+    ),
+    (
+        "lstm_hx_not_tuple",
+        lambda: lstm()(X, torch.zeros(2, 3, 6)),
+        None,
+        TypeError,
+        r"LSTM hx must be a tuple \(h_0, c_0\) of two tensors",
+    ),
+]
+
+
+def _functional_call(lengths):
+    module = fusedrnn.GRU(4, 6)
+    return functional.rnn(
+        X, torch.zeros(1, 3, 6), None, module._layer_params(), module.options(), lengths=lengths
+    )
+
+
+CASES += [
+    (
+        "lengths_zero",
+        lambda: _functional_call(torch.tensor([5, 0, 2])),
+        None,
+        ValueError,
+        r"lengths must be in \[1, 5\] \(the sequence length\), got values in \[0, 5\]",
+    ),
+    (
+        "lengths_too_long",
+        lambda: _functional_call(torch.tensor([5, 6, 2])),
+        None,
+        ValueError,
+        r"lengths must be in \[1, 5\] \(the sequence length\), got values in \[2, 6\]",
+    ),
+    (
+        "lengths_shape",
+        lambda: _functional_call(torch.tensor([5, 2])),
+        None,
+        ValueError,
+        r"lengths must have shape \[3\], got \[2\]",
+    ),
+    (
+        "lengths_float",
+        lambda: _functional_call(torch.tensor([5.0, 2.0, 1.0])),
+        None,
+        TypeError,
+        r"lengths must be an integer tensor, got torch.float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "torch_call", "error", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_raises_clear_error(call, torch_call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    if torch_call is not None:  # the same wording as torch.nn
+        with pytest.raises(error) as torch_error:
+            torch_call()
+        assert re.search(message, str(torch_error.value)), str(torch_error.value)
+
+
+def test_non_finite_input_propagates_like_torch():
+    torch.manual_seed(0)
+    plain = nn.LSTM(4, 6)
+    ours = fusedrnn.LSTM(4, 6, backend="reference")
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 2, 4)
+    x[1, 0, 2] = float("nan")
+    x[0, 1, 0] = float("inf")
+    expected, got = plain(x)[0], ours(x)[0]
+    assert torch.equal(torch.isnan(expected), torch.isnan(got))
+    finite = torch.isfinite(expected)
+    assert torch.allclose(got[finite], expected[finite], atol=1e-6)
