@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the main job: a short benchmark comparing fusedrnn's backends
+# with torch.nn on the device at hand (CUDA if present, else the CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec "${PYTHON:-python3}" -m bench --quick "$@"
