@@ -14,6 +14,9 @@ from types import ModuleType
 # whole-layer path through torch's own RNN kernels (fusedrnn/functional.py), not a recurrence.
 RECURRENCE_BACKENDS: dict[str, str] = {
     "reference": "fusedrnn.backends.reference",
+    "triton": "fusedrnn.backends.triton",
+    "cuda": "fusedrnn.backends.cuda",
+    "host": "fusedrnn.backends.host",
 }
 
 

@@ -1,0 +1,145 @@
+// pybind11 module fusedrnn._C: no torch headers. The Python launchers
+// (fusedrnn/backends/host.py and cuda.py) validate tensors, allocate every output and
+// workspace with torch, fill a params struct with raw addresses (data_ptr() integers), sizes
+// and strides, and call the entry points below.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "fusedrnn/params.h"
+#include "fusedrnn/philox.cuh"
+#include "host/gemm.h"
+#include "host/recurrence_host.h"
+#if defined(FUSEDRNN_WITH_CUDA)
+#include "cuda/recurrence_cuda.h"
+#endif
+
+#ifndef FUSEDRNN_CUDA_ARCHS_STRING
+#define FUSEDRNN_CUDA_ARCHS_STRING ""
+#endif
+
+namespace py = pybind11;
+using fusedrnn::RecurrenceBwdParams;
+using fusedrnn::RecurrenceFwdParams;
+
+namespace {
+
+// A Python int (any sign, any size) reduced to its low 64 bits, as philox.py does with seeds.
+uint64_t low64(const py::int_& value) {
+  const py::object masked = value & py::int_(static_cast<unsigned long long>(~0ULL));
+  return masked.cast<uint64_t>();
+}
+
+#define FRNN_PTR(Cls, field)                                                                  \
+  def_property(                                                                               \
+      #field, [](const Cls& p) { return reinterpret_cast<uintptr_t>(p.field); },             \
+      [](Cls& p, uintptr_t v) { p.field = reinterpret_cast<decltype(p.field)>(v); })
+#define FRNN_U64(Cls, field)                                                  \
+  def_property(                                                               \
+      #field, [](const Cls& p) { return p.field; },                          \
+      [](Cls& p, const py::int_& v) { p.field = low64(v); })
+#define FRNN_RW(Cls, field) def_readwrite(#field, &Cls::field)
+
+#if !defined(FUSEDRNN_WITH_CUDA)
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "fusedrnn._C was built without CUDA (nvcc was not found at build time); rebuild on a "
+      "machine with the CUDA toolkit to use backend='cuda'");
+}
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedrnn native kernels: CUDA persistent recurrences and their host (CPU) build";
+#if defined(FUSEDRNN_WITH_CUDA)
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("cuda_archs") = std::string(FUSEDRNN_CUDA_ARCHS_STRING);
+  m.attr("host_openmp") = fusedrnn::host::has_openmp();
+  m.def("host_gemm_variant", &fusedrnn::host::gemm_variant,
+        "Which GEMM variant function multiversioning picked on this CPU.");
+  m.def("host_max_threads", &fusedrnn::host::max_threads);
+
+  m.def(
+      "philox4x32_10",
+      [](const py::int_& seed, const py::int_& offset) {
+        const fusedrnn::Philox4 r = fusedrnn::philox4x32_10(low64(seed), low64(offset));
+        return std::make_tuple(r.x[0], r.x[1], r.x[2], r.x[3]);
+      },
+      py::arg("seed"), py::arg("offset"),
+      "The four uint32 Philox4x32-10 words for a 64-bit seed and offset.");
+  m.def(
+      "philox_uniform",
+      [](const py::int_& seed, const std::vector<int64_t>& offsets) {
+        const uint64_t key = low64(seed);
+        std::vector<float> out(offsets.size());
+        for (size_t i = 0; i < offsets.size(); ++i)
+          out[i] = fusedrnn::philox_uniform(key, static_cast<uint64_t>(offsets[i]));
+        return out;
+      },
+      py::arg("seed"), py::arg("offsets"),
+      "tl.rand(seed, offset) for each int64 offset (float32 values as Python floats).");
+
+  using F = RecurrenceFwdParams;
+  py::class_<F>(m, "RecurrenceFwdParams")
+      .def(py::init<>())
+      .FRNN_RW(F, T).FRNN_RW(F, B).FRNN_RW(F, H).FRNN_RW(F, G).FRNN_RW(F, S)
+      .FRNN_RW(F, cell).FRNN_RW(F, norm).FRNN_RW(F, dtype)
+      .FRNN_RW(F, reverse).FRNN_RW(F, training)
+      .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
+      .FRNN_U64(F, seed).FRNN_U64(F, base_dropout).FRNN_U64(F, base_zoneout_c)
+      .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads)
+      .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
+      .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
+      .FRNN_PTR(F, lengths).FRNN_PTR(F, gamma_hh).FRNN_PTR(F, gamma_c).FRNN_PTR(F, beta_c)
+      .FRNN_PTR(F, running_mean_hh).FRNN_PTR(F, running_var_hh)
+      .FRNN_PTR(F, running_mean_c).FRNN_PTR(F, running_var_c)
+      .FRNN_PTR(F, out).FRNN_RW(F, out_stride_t).FRNN_RW(F, out_stride_b)
+      .FRNN_PTR(F, h_n).FRNN_PTR(F, c_n)
+      .FRNN_PTR(F, batch_mean_hh).FRNN_PTR(F, batch_var_hh)
+      .FRNN_PTR(F, batch_mean_c).FRNN_PTR(F, batch_var_c)
+      .FRNN_PTR(F, gates).FRNN_PTR(F, gru_an).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
+      .FRNN_PTR(F, c_tilde).FRNN_PTR(F, c_state).FRNN_PTR(F, xhat_c).FRNN_PTR(F, rstd_c)
+      .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats);
+
+  using Bw = RecurrenceBwdParams;
+  py::class_<Bw, F>(m, "RecurrenceBwdParams")
+      .def(py::init<>())
+      .FRNN_PTR(Bw, grad_out).FRNN_RW(Bw, grad_out_stride_t).FRNN_RW(Bw, grad_out_stride_b)
+      .FRNN_PTR(Bw, grad_h_n).FRNN_PTR(Bw, grad_c_n)
+      .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
+      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0).FRNN_PTR(Bw, ws_dh);
+
+  m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
+        py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
+  m.def("host_backward", &fusedrnn::host::recurrence_backward, py::arg("params"),
+        py::call_guard<py::gil_scoped_release>(), "Host recurrence backward (host pointers).");
+
+#if defined(FUSEDRNN_WITH_CUDA)
+  m.def("cuda_forward", &fusedrnn::cuda::recurrence_forward, py::arg("params"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(), "CUDA persistent recurrence forward.");
+  m.def("cuda_backward", &fusedrnn::cuda::recurrence_backward, py::arg("params"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "CUDA persistent recurrence backward.");
+  m.def(
+      "cuda_plan_grid",
+      [](const RecurrenceFwdParams& p, bool backward) {
+        return fusedrnn::cuda::plan_grid(p, backward);
+      },
+      py::arg("params"), py::arg("backward") = false);
+  m.def("cuda_device_status", &fusedrnn::cuda::device_status);
+#else
+  m.def("cuda_forward", [](const RecurrenceFwdParams&, uintptr_t) { no_cuda(); });
+  m.def("cuda_backward", [](const RecurrenceBwdParams&, uintptr_t) { no_cuda(); });
+  m.def("cuda_plan_grid", [](const RecurrenceFwdParams&, bool) -> int64_t { no_cuda(); });
+  m.def("cuda_device_status",
+        []() { return std::string("fusedrnn._C was built without CUDA (no nvcc at build time)"); });
+#endif
+}

@@ -1,0 +1,135 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+// Function multiversioning: GCC and Clang on x86-64 with ifunc support build each marked
+// function for AVX2+FMA and for the baseline and pick one at load time.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__) && \
+    !defined(FUSEDRNN_NO_MULTIVERSION)
+#define FRNN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FRNN_HAVE_MULTIVERSION 1
+#else
+#define FRNN_MULTIVERSION
+#define FRNN_HAVE_MULTIVERSION 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FRNN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FRNN_ALWAYS_INLINE inline
+#endif
+
+namespace fusedrnn {
+namespace host {
+namespace {
+
+typedef float VecF __attribute__((vector_size(32)));
+typedef double VecD __attribute__((vector_size(32)));
+
+template <class T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = VecF;
+};
+template <>
+struct VecOf<double> {
+  using type = VecD;
+};
+
+constexpr int64_t kRowsPerTile = 6;  // MR
+constexpr int64_t kBlockK = 256;     // K block: one panel strip stays in L1
+
+// C tile [rows <= MR, cols <= panel] (+)= A[rows, K] * panel[K, kPanel].
+template <class T>
+FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, T* C,
+                                     int64_t ldc, int64_t rows, int64_t cols, bool accumulate) {
+  using V = typename VecOf<T>::type;
+  constexpr int64_t P = GemmPanel<T>::kWidth;
+  constexpr int64_t L = static_cast<int64_t>(sizeof(V) / sizeof(T));
+  constexpr int64_t NV = P / L;
+  constexpr int64_t MR = kRowsPerTile;
+  const T* a_row[MR];
+  for (int64_t i = 0; i < MR; ++i) a_row[i] = A + std::min(i, rows - 1) * lda;
+  V acc[MR][NV];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+    std::memcpy(b, panel + k * P, sizeof(b));
+    for (int64_t i = 0; i < MR; ++i) {
+      const T a = a_row[i][k];
+      for (int64_t v = 0; v < NV; ++v) acc[i][v] += b[v] * a;
+    }
+  }
+  T tile[MR][P];
+  std::memcpy(tile, acc, sizeof(tile));
+  for (int64_t i = 0; i < rows; ++i) {
+    T* c = C + i * ldc;
+    if (accumulate) {
+      for (int64_t q = 0; q < cols; ++q) c[q] += tile[i][q];
+    } else {
+      for (int64_t q = 0; q < cols; ++q) c[q] = tile[i][q];
+    }
+  }
+}
+
+template <class T>
+FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                                  const T* packed, T* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t P = GemmPanel<T>::kWidth;
+  const int64_t panels = (N + P - 1) / P;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    const int64_t kb = std::min(kBlockK, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t p = 0; p < panels; ++p) {
+      const T* panel = packed + p * K * P + k0 * P;
+      const int64_t cols = std::min(P, N - p * P);
+      for (int64_t m = 0; m < M; m += kRowsPerTile) {
+        const int64_t rows = std::min(kRowsPerTile, M - m);
+        micro_kernel<T>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc, rows, cols,
+                        acc);
+      }
+    }
+  }
+}
+
+FRNN_MULTIVERSION void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                                const float* packed, float* C, int64_t ldc, bool accumulate) {
+  gemm_impl<float>(M, N, K, A, lda, packed, C, ldc, accumulate);
+}
+
+FRNN_MULTIVERSION void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
+                                const double* packed, double* C, int64_t ldc, bool accumulate) {
+  gemm_impl<double>(M, N, K, A, lda, packed, C, ldc, accumulate);
+}
+
+}  // namespace
+
+void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
+                 float* C, int64_t ldc, bool accumulate) {
+  gemm_f32(M, N, K, A, lda, packed, C, ldc, accumulate);
+}
+
+void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
+                 const double* packed, double* C, int64_t ldc, bool accumulate) {
+  gemm_f64(M, N, K, A, lda, packed, C, ldc, accumulate);
+}
+
+const char* gemm_variant() {
+#if FRNN_HAVE_MULTIVERSION
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3" : "baseline";
+#else
+  return "portable";
+#endif
+}
+
+}  // namespace host
+}  // namespace fusedrnn

@@ -1,0 +1,761 @@
+// The `host` backend: fusedrnn's recurrence on the CPU, with the cell math and Philox of
+// cells.cuh / philox.cuh (the same functions the CUDA kernels run).
+//
+// It mirrors the persistent CUDA kernels: one OpenMP parallel region spans the whole time
+// loop; thread k owns a slice of hidden units with all their gates (like a CUDA block), keeps
+// its packed slice of W_hh hot in its core's cache for all steps, computes the per-step
+// product for its columns with a blocked GEMM and meets the other threads at a barrier once
+// per step (plus one per layer-norm reduction). Batch-norm statistics are thread-local
+// because a thread owns every batch row of its columns. Splitting hidden units rather than
+// batch rows keeps each core's W_hh slice in its own L2 (W_hh is the large operand).
+#include "recurrence_host.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "fusedrnn/cells.cuh"
+#include "gemm.h"
+
+namespace fusedrnn {
+namespace host {
+namespace {
+
+inline void barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+inline int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// The slice of hidden units [j0, j1) that thread `tid` of `nt` owns.
+struct Slice {
+  int64_t j0, j1;
+  int64_t size() const { return j1 - j0; }
+};
+inline Slice slice_of(int64_t H, int tid, int nt) {
+  return Slice{H * tid / nt, H * (tid + 1) / nt};
+}
+
+template <class T>
+struct Common {
+  int64_t T_, B, H, G, N;
+  int cell, norm;
+  bool training, reverse;
+  std::vector<int64_t> len;  // [B]
+  Zoneout<T> zc, zh;
+  float p_drop;
+  T keep_scale;
+
+  explicit Common(const RecurrenceFwdParams& p)
+      : T_(p.T), B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell), norm(p.norm),
+        training(p.training), reverse(p.reverse), len(static_cast<size_t>(p.B), p.T) {
+    if (p.lengths != nullptr)
+      for (int64_t b = 0; b < B; ++b) len[b] = p.lengths[b];
+    zc = make_zoneout(p.p_zoneout_c);
+    zh = make_zoneout(p.p_zoneout_h);
+    p_drop = static_cast<float>(p.p_dropout);
+    keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
+  }
+  Zoneout<T> make_zoneout(double prob) const {
+    Zoneout<T> z;
+    z.on = prob > 0;
+    z.training = training;
+    z.p = static_cast<T>(prob);
+    z.q = static_cast<T>(1.0 - prob);
+    z.threshold = static_cast<float>(prob);
+    return z;
+  }
+  bool dropout_on() const { return training && p_drop > 0.f; }
+  int64_t time_at(int64_t s) const { return reverse ? T_ - 1 - s : s; }
+  int64_t stat_row(int64_t t, int64_t S) const { return std::min(t, S - 1); }
+  // Variational recurrent-dropout mask of units [j0, j1): [B][j1 - j0].
+  std::vector<T> dropout_mask(const RecurrenceFwdParams& p, Slice s) const {
+    std::vector<T> m(static_cast<size_t>(B * s.size()), T(1));
+    if (!dropout_on()) return m;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = s.j0; j < s.j1; ++j)
+        m[b * s.size() + j - s.j0] =
+            dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, j), p_drop, keep_scale);
+    return m;
+  }
+  bool zoned(const Zoneout<T>& z, uint64_t seed, uint64_t base, int64_t t, int64_t b,
+             int64_t j) const {
+    return z.on && z.training && mask_uniform(seed, base, t, b, j) < z.threshold;
+  }
+};
+
+// Per-column statistics over the active rows (batch norm, training), two-pass as the
+// reference: values[b * ld + c] for c < cols.
+template <class T>
+void column_stats(const T* values, int64_t ld, int64_t B, int64_t cols, const uint8_t* active,
+                  T* mean, T* var) {
+  T count = 0;
+  for (int64_t b = 0; b < B; ++b) count += active[b] ? T(1) : T(0);
+  const T inv = T(1) / std::max(count, T(1));
+  std::fill(mean, mean + cols, T(0));
+  std::fill(var, var + cols, T(0));
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active[b]) continue;
+    const T* v = values + b * ld;
+    for (int64_t c = 0; c < cols; ++c) mean[c] += v[c];
+  }
+  for (int64_t c = 0; c < cols; ++c) mean[c] *= inv;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active[b]) continue;
+    const T* v = values + b * ld;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T d = v[c] - mean[c];
+      var[c] += d * d;
+    }
+  }
+  for (int64_t c = 0; c < cols; ++c) var[c] *= inv;
+}
+
+// Mean and M2 of one row slice.
+template <class T>
+MeanM2<T> row_partial(const T* v, int64_t n) {
+  MeanM2<T> r{T(n), T(0), T(0)};
+  if (n == 0) return r;
+  T sum = 0;
+  for (int64_t c = 0; c < n; ++c) sum += v[c];
+  r.mean = sum / T(n);
+  for (int64_t c = 0; c < n; ++c) {
+    const T d = v[c] - r.mean;
+    r.m2 += d * d;
+  }
+  return r;
+}
+
+// ======================================================================================
+// Forward
+// ======================================================================================
+template <class T>
+void forward_impl(const RecurrenceFwdParams& p) {
+  const Common<T> cm(p);
+  const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N, TT = cm.T_;
+  const T* xg = static_cast<const T*>(p.xg);
+  const T* h0 = static_cast<const T*>(p.h0);
+  const T* c0 = static_cast<const T*>(p.c0);
+  const T* w = static_cast<const T*>(p.w_hh);
+  const T* bias = static_cast<const T*>(p.b_hh);
+  const T* gamma_hh = static_cast<const T*>(p.gamma_hh);
+  const T* gamma_c = static_cast<const T*>(p.gamma_c);
+  const T* beta_c = static_cast<const T*>(p.beta_c);
+  const T* rm_hh = static_cast<const T*>(p.running_mean_hh);
+  const T* rv_hh = static_cast<const T*>(p.running_var_hh);
+  const T* rm_c = static_cast<const T*>(p.running_mean_c);
+  const T* rv_c = static_cast<const T*>(p.running_var_c);
+  T* out = static_cast<T*>(p.out);
+  T* h_n = static_cast<T*>(p.h_n);
+  T* c_n = static_cast<T*>(p.c_n);
+  T* bm_hh = static_cast<T*>(p.batch_mean_hh);
+  T* bv_hh = static_cast<T*>(p.batch_var_hh);
+  T* bm_c = static_cast<T*>(p.batch_mean_c);
+  T* bv_c = static_cast<T*>(p.batch_var_c);
+  T* sv_gates = static_cast<T*>(p.gates);
+  T* sv_an = static_cast<T*>(p.gru_an);
+  T* sv_xhat_hh = static_cast<T*>(p.xhat_hh);
+  T* sv_rstd_hh = static_cast<T*>(p.rstd_hh);
+  T* sv_ctil = static_cast<T*>(p.c_tilde);
+  T* sv_cstate = static_cast<T*>(p.c_state);
+  T* sv_xhat_c = static_cast<T*>(p.xhat_c);
+  T* sv_rstd_c = static_cast<T*>(p.rstd_c);
+  const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
+  const bool bn_train = cm.norm == kNormBatch && cm.training;
+
+  const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
+  std::vector<T> hin(static_cast<size_t>(2 * B * H));
+  std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
+  std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt_req)
+#endif
+  {
+    const int tid = thread_id();
+    const int nt = team_size();
+    const Slice sl = slice_of(H, tid, nt);
+    const int64_t hl = sl.size();
+    const int64_t nl = G * hl;  // own columns, gate-major: c = g * hl + jj
+    auto col = [&](int64_t c) { return (c / hl) * H + sl.j0 + c % hl; };
+    // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
+    const std::vector<T> wp =
+        pack_b<T>(H, nl, [&](int64_t k, int64_t c) { return w[col(c) * H + k]; });
+    const std::vector<T> mh = cm.dropout_mask(p, sl);
+    std::vector<T> a(static_cast<size_t>(std::max<int64_t>(1, B * nl)));
+    std::vector<T> h(static_cast<size_t>(B * hl)), c(static_cast<size_t>(B * hl));
+    std::vector<T> ct(static_cast<size_t>(B * hl)), cout_v(static_cast<size_t>(B * hl));
+    std::vector<T> mean(static_cast<size_t>(std::max<int64_t>(nl, 1)));
+    std::vector<T> var(mean.size()), rstd(mean.size());
+    std::vector<T> row_mean(static_cast<size_t>(B)), row_rstd(static_cast<size_t>(B));
+    std::vector<uint8_t> active(static_cast<size_t>(B));
+    std::vector<T> gamma_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
+    std::vector<T> bias_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(0));
+    for (int64_t cc = 0; cc < nl; ++cc) {
+      if (gamma_hh) gamma_own[cc] = gamma_hh[col(cc)];
+      if (bias) bias_own[cc] = bias[col(cc)];
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < hl; ++jj) {
+        h[b * hl + jj] = h0[b * H + sl.j0 + jj];
+        if (lstm) c[b * hl + jj] = c0[b * H + sl.j0 + jj];
+        hin[b * H + sl.j0 + jj] = mh[b * hl + jj] * h[b * hl + jj];
+      }
+    barrier();
+
+    for (int64_t s = 0; s < TT; ++s) {
+      const int64_t t = cm.time_at(s);
+      const T* hin_cur = hin.data() + (s & 1) * B * H;
+      T* hin_next = hin.data() + ((s + 1) & 1) * B * H;
+      for (int64_t b = 0; b < B; ++b) active[b] = t < cm.len[b];
+
+      // a = (m_h * h_{t-1}) W_hh^T for own columns.
+      if (nl > 0) gemm_packed(B, nl, H, hin_cur, H, wp.data(), a.data(), nl, false);
+
+      // Normalisation of W_hh h.
+      if (cm.norm == kNormBatch) {
+        if (bn_train) {
+          column_stats(a.data(), nl, B, nl, active.data(), mean.data(), var.data());
+          for (int64_t cc = 0; cc < nl; ++cc) {
+            bm_hh[t * N + col(cc)] = mean[cc];
+            bv_hh[t * N + col(cc)] = var[cc];
+          }
+        } else {
+          const int64_t r = cm.stat_row(t, p.S);
+          for (int64_t cc = 0; cc < nl; ++cc) {
+            mean[cc] = rm_hh[r * N + col(cc)];
+            var[cc] = rv_hh[r * N + col(cc)];
+          }
+        }
+        for (int64_t cc = 0; cc < nl; ++cc) {
+          rstd[cc] = norm_rstd(var[cc]);
+          sv_rstd_hh[t * N + col(cc)] = rstd[cc];
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          T* ab = a.data() + b * nl;
+          T* xh = sv_xhat_hh + (t * B + b) * N;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              const int64_t cc = g * hl + jj;
+              const T x = (ab[cc] - mean[cc]) * rstd[cc];
+              xh[g * H + sl.j0 + jj] = x;
+              ab[cc] = x * gamma_own[cc];
+            }
+        }
+      } else if (cm.norm == kNormLayer) {
+        for (int64_t b = 0; b < B; ++b) part_hh[tid * B + b] = row_partial(a.data() + b * nl, nl);
+        barrier();
+        for (int64_t b = 0; b < B; ++b) {
+          MeanM2<T> m = part_hh[b];
+          for (int k = 1; k < nt; ++k) m = mean_m2_merge(m, part_hh[k * B + b]);
+          row_mean[b] = m.mean;
+          row_rstd[b] = norm_rstd(m.m2 / T(N));
+          if (tid == 0) sv_rstd_hh[t * B + b] = row_rstd[b];
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          T* ab = a.data() + b * nl;
+          T* xh = sv_xhat_hh + (t * B + b) * N;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              const int64_t cc = g * hl + jj;
+              const T x = (ab[cc] - row_mean[b]) * row_rstd[b];
+              xh[g * H + sl.j0 + jj] = x;
+              ab[cc] = x * gamma_own[cc];
+            }
+        }
+      }
+
+      // Cell, first part (lstm up to c~; gru and rnn complete).
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xb = xg + t * p.xg_stride_t + b * p.xg_stride_b;
+        T* ab = a.data() + b * nl;
+        T* gs = sv_gates + (t * B + b) * N;
+        for (int64_t cc = 0; cc < nl; ++cc) ab[cc] += bias_own[cc];
+        for (int64_t jj = 0; jj < hl; ++jj) {
+          const int64_t j = sl.j0 + jj;
+          if (lstm) {
+            const LstmGates<T> ga = lstm_activate(xb[j] + ab[jj], xb[H + j] + ab[hl + jj],
+                                                  xb[2 * H + j] + ab[2 * hl + jj],
+                                                  xb[3 * H + j] + ab[3 * hl + jj]);
+            gs[j] = ga.i;
+            gs[H + j] = ga.f;
+            gs[2 * H + j] = ga.g;
+            gs[3 * H + j] = ga.o;
+            const T ctil = lstm_c_tilde(ga, c[b * hl + jj]);
+            ct[b * hl + jj] = ctil;
+            sv_ctil[(t * B + b) * H + j] = ctil;
+          } else if (gru) {
+            const GruGates<T> ga = gru_activate(xb[j], xb[H + j], xb[2 * H + j], ab[jj],
+                                                ab[hl + jj], ab[2 * hl + jj]);
+            gs[j] = ga.r;
+            gs[H + j] = ga.z;
+            gs[2 * H + j] = ga.n;
+            sv_an[(t * B + b) * H + j] = ab[2 * hl + jj];
+            ct[b * hl + jj] = gru_h_tilde(ga, h[b * hl + jj]);  // h~
+          } else {
+            const T y = rnn_activate(cm.cell, xb[j] + ab[jj]);
+            gs[j] = y;
+            ct[b * hl + jj] = y;  // h~
+          }
+        }
+      }
+
+      // LSTM: normalisation of c~ and h~ = o tanh(N_c(c~)).
+      if (lstm) {
+        if (cm.norm == kNormNone) {
+          std::memcpy(cout_v.data(), ct.data(), sizeof(T) * B * hl);
+        } else {
+          if (cm.norm == kNormBatch) {
+            if (bn_train) {
+              column_stats(ct.data(), hl, B, hl, active.data(), mean.data(), var.data());
+              for (int64_t jj = 0; jj < hl; ++jj) {
+                bm_c[t * H + sl.j0 + jj] = mean[jj];
+                bv_c[t * H + sl.j0 + jj] = var[jj];
+              }
+            } else {
+              const int64_t r = cm.stat_row(t, p.S);
+              for (int64_t jj = 0; jj < hl; ++jj) {
+                mean[jj] = rm_c[r * H + sl.j0 + jj];
+                var[jj] = rv_c[r * H + sl.j0 + jj];
+              }
+            }
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              rstd[jj] = norm_rstd(var[jj]);
+              sv_rstd_c[t * H + sl.j0 + jj] = rstd[jj];
+            }
+          } else {
+            for (int64_t b = 0; b < B; ++b)
+              part_c[tid * B + b] = row_partial(ct.data() + b * hl, hl);
+            barrier();
+            for (int64_t b = 0; b < B; ++b) {
+              MeanM2<T> m = part_c[b];
+              for (int k = 1; k < nt; ++k) m = mean_m2_merge(m, part_c[k * B + b]);
+              row_mean[b] = m.mean;
+              row_rstd[b] = norm_rstd(m.m2 / T(H));
+              if (tid == 0) sv_rstd_c[t * B + b] = row_rstd[b];
+            }
+          }
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              const int64_t j = sl.j0 + jj;
+              const T mu = cm.norm == kNormBatch ? mean[jj] : row_mean[b];
+              const T rs = cm.norm == kNormBatch ? rstd[jj] : row_rstd[b];
+              const T x = (ct[b * hl + jj] - mu) * rs;
+              sv_xhat_c[(t * B + b) * H + j] = x;
+              cout_v[b * hl + jj] = x * gamma_c[j] + beta_c[j];
+            }
+        }
+      }
+
+      // Zoneout, state update, outputs.
+      for (int64_t b = 0; b < B; ++b) {
+        const bool act = active[b] != 0;
+        const T* gs = sv_gates + (t * B + b) * N;
+        T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
+        for (int64_t jj = 0; jj < hl; ++jj) {
+          const int64_t j = sl.j0 + jj;
+          const int64_t e = b * hl + jj;
+          T h_tilde;
+          if (lstm) {
+            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
+            h_tilde = lstm_h_tilde(ga, cout_v[e]);
+            const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
+            const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
+            if (act) c[e] = c_new;
+            sv_cstate[(t * B + b) * H + j] = c[e];
+          } else {
+            h_tilde = ct[e];
+          }
+          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
+          const T h_new = zoneout_forward(cm.zh, zh, h[e], h_tilde);
+          if (act) h[e] = h_new;
+          ob[j] = act ? h_new : T(0);
+          hin_next[b * H + j] = mh[e] * h[e];
+        }
+      }
+      barrier();
+    }
+
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < hl; ++jj) {
+        h_n[b * H + sl.j0 + jj] = h[b * hl + jj];
+        if (lstm) c_n[b * H + sl.j0 + jj] = c[b * hl + jj];
+      }
+  }
+}
+
+// ======================================================================================
+// Backward
+// ======================================================================================
+template <class T>
+void backward_impl(const RecurrenceBwdParams& p) {
+  const Common<T> cm(p);
+  const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N, TT = cm.T_;
+  const T* h0 = static_cast<const T*>(p.h0);
+  const T* c0 = static_cast<const T*>(p.c0);
+  const T* w = static_cast<const T*>(p.w_hh);
+  const T* gamma_hh = static_cast<const T*>(p.gamma_hh);
+  const T* gamma_c = static_cast<const T*>(p.gamma_c);
+  const T* beta_c = static_cast<const T*>(p.beta_c);
+  const T* out = static_cast<const T*>(p.out);
+  const T* sv_gates = static_cast<const T*>(p.gates);
+  const T* sv_an = static_cast<const T*>(p.gru_an);
+  const T* sv_xhat_hh = static_cast<const T*>(p.xhat_hh);
+  const T* sv_rstd_hh = static_cast<const T*>(p.rstd_hh);
+  const T* sv_ctil = static_cast<const T*>(p.c_tilde);
+  const T* sv_cstate = static_cast<const T*>(p.c_state);
+  const T* sv_xhat_c = static_cast<const T*>(p.xhat_c);
+  const T* sv_rstd_c = static_cast<const T*>(p.rstd_c);
+  const T* gout = static_cast<const T*>(p.grad_out);
+  const T* ghn = static_cast<const T*>(p.grad_h_n);
+  const T* gcn = static_cast<const T*>(p.grad_c_n);
+  T* dxg = static_cast<T*>(p.dxg);
+  T* dab = static_cast<T*>(p.dab);
+  T* da = p.da != nullptr ? static_cast<T*>(p.da) : dab;
+  T* hin = static_cast<T*>(p.hin);
+  T* dcout_sv = static_cast<T*>(p.dc_out);
+  T* dh0 = static_cast<T*>(p.dh0);
+  T* dc0 = static_cast<T*>(p.dc0);
+  const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
+  const bool norm = cm.norm != kNormNone;
+  const bool bn_train = cm.norm == kNormBatch && cm.training;
+
+  const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
+  // Layer norm row partials: (sum dxhat, sum dxhat * xhat) per thread and row.
+  std::vector<T> part_hh(static_cast<size_t>(nt_req * B * 2));
+  std::vector<T> part_c(static_cast<size_t>(nt_req * B * 2));
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt_req)
+#endif
+  {
+    const int tid = thread_id();
+    const int nt = team_size();
+    const Slice sl = slice_of(H, tid, nt);
+    const int64_t hl = sl.size();
+    // Packed W_hh restricted to own input units: B[n][kk] = W[n][j0 + kk].
+    const std::vector<T> wp =
+        pack_b<T>(N, hl, [&](int64_t n, int64_t kk) { return w[n * H + sl.j0 + kk]; });
+    const std::vector<T> mh = cm.dropout_mask(p, sl);
+    std::vector<T> dh(static_cast<size_t>(B * hl)), dc(static_cast<size_t>(B * hl), T(0));
+    std::vector<T> dh_prev(dh.size()), dc_prev(dh.size()), dcout(dh.size());
+    std::vector<T> dhin(static_cast<size_t>(std::max<int64_t>(1, B * hl)));
+    std::vector<T> dhtil(dh.size()), dctil(dh.size());
+    std::vector<T> colsum(static_cast<size_t>(std::max<int64_t>(1, G * hl)));
+    std::vector<T> colsum2(colsum.size());
+    std::vector<uint8_t> active(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < hl; ++jj) {
+        dh[b * hl + jj] = ghn[b * H + sl.j0 + jj];
+        if (lstm && gcn != nullptr) dc[b * hl + jj] = gcn[b * H + sl.j0 + jj];
+      }
+
+    for (int64_t s = TT - 1; s >= 0; --s) {
+      const int64_t t = cm.time_at(s);
+      const int64_t tp = cm.reverse ? t + 1 : t - 1;  // the step that produced the state
+      const bool has_prev = tp >= 0 && tp < TT;
+      T count = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        active[b] = t < cm.len[b];
+        count += active[b] ? T(1) : T(0);
+      }
+      const T inv_count = T(1) / std::max(count, T(1));
+
+      // h_{t-1}, masked input of the product (for dW_hh), and d of the new state.
+      for (int64_t b = 0; b < B; ++b) {
+        const bool act = active[b] != 0;
+        const bool prev_out = has_prev && tp < cm.len[b];
+        const T* gb = gout + t * p.grad_out_stride_t + b * p.grad_out_stride_b;
+        for (int64_t jj = 0; jj < hl; ++jj) {
+          const int64_t j = sl.j0 + jj;
+          const int64_t e = b * hl + jj;
+          const T h_prev =
+              prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * H + j];
+          hin[(t * B + b) * H + j] = mh[e] * h_prev;
+          // Zoneout on h: split d(h_t) into the previous state and h~.
+          const T dnew = act ? dh[e] + gb[j] : T(0);
+          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
+          T dprev_h;
+          dhtil[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
+          dh_prev[e] = act ? dprev_h : dh[e];
+          if (lstm) {
+            const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
+            T dprev_c;
+            const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
+            dctil[e] = dct;
+            dc_prev[e] = act ? dprev_c : dc[e];
+            // h~ = o tanh(c_out): d(pre_o) and d(c_out).
+            const T* gs = sv_gates + (t * B + b) * N;
+            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
+            const T ctil = sv_ctil[(t * B + b) * H + j];
+            const T c_out =
+                norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j] : ctil;
+            T dco;
+            const T dpo = lstm_backward_h(ga, c_out, dhtil[e], &dco);
+            dxg[(t * B + b) * N + 3 * H + j] = dpo;
+            dab[(t * B + b) * N + 3 * H + j] = dpo;
+            dcout[e] = dco;
+            if (norm) dcout_sv[(t * B + b) * H + j] = dco;
+          }
+        }
+      }
+
+      if (lstm) {
+        // Backward of N_c: d(c~) += N_c'(d c_out).
+        if (norm) {
+          if (cm.norm == kNormLayer || bn_train) {
+            // sums of dxhat and dxhat * xhat: per column (BN) or per row (LN)
+            if (cm.norm == kNormBatch) {
+              std::fill(colsum.begin(), colsum.begin() + hl, T(0));
+              std::fill(colsum2.begin(), colsum2.begin() + hl, T(0));
+              for (int64_t b = 0; b < B; ++b) {
+                if (!active[b]) continue;
+                for (int64_t jj = 0; jj < hl; ++jj) {
+                  const int64_t j = sl.j0 + jj;
+                  const T dx = dcout[b * hl + jj] * gamma_c[j];
+                  colsum[jj] += dx;
+                  colsum2[jj] += dx * sv_xhat_c[(t * B + b) * H + j];
+                }
+              }
+            } else {
+              for (int64_t b = 0; b < B; ++b) {
+                T s1 = 0, s2 = 0;
+                for (int64_t jj = 0; jj < hl; ++jj) {
+                  const int64_t j = sl.j0 + jj;
+                  const T dx = dcout[b * hl + jj] * gamma_c[j];
+                  s1 += dx;
+                  s2 += dx * sv_xhat_c[(t * B + b) * H + j];
+                }
+                part_c[(tid * B + b) * 2] = s1;
+                part_c[(tid * B + b) * 2 + 1] = s2;
+              }
+              barrier();
+            }
+          }
+          for (int64_t b = 0; b < B; ++b) {
+            T m1 = 0, m2 = 0;
+            if (cm.norm == kNormLayer) {
+              for (int k = 0; k < nt; ++k) {
+                m1 += part_c[(k * B + b) * 2];
+                m2 += part_c[(k * B + b) * 2 + 1];
+              }
+              m1 /= T(H);
+              m2 /= T(H);
+            }
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              const int64_t j = sl.j0 + jj;
+              const int64_t e = b * hl + jj;
+              const T dx = dcout[e] * gamma_c[j];
+              const T xh = sv_xhat_c[(t * B + b) * H + j];
+              T dct;
+              if (cm.norm == kNormLayer) {
+                dct = norm_backward(dx, xh, sv_rstd_c[t * B + b], m1, m2);
+              } else if (bn_train) {
+                dct = active[b] ? norm_backward(dx, xh, sv_rstd_c[t * H + j],
+                                                colsum[jj] * inv_count, colsum2[jj] * inv_count)
+                                : T(0);
+              } else {
+                dct = dx * sv_rstd_c[t * H + j];
+              }
+              dctil[e] += dct;
+            }
+          }
+        } else {
+          for (int64_t e = 0; e < B * hl; ++e) dctil[e] += dcout[e];
+        }
+        // c~ = f c_prev + i g.
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = active[b] != 0;
+          const T* gs = sv_gates + (t * B + b) * N;
+          T* dx = dxg + (t * B + b) * N;
+          T* dy = dab + (t * B + b) * N;
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const int64_t e = b * hl + jj;
+            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
+            const T c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : c0[b * H + j];
+            const LstmGateGrads<T> d = lstm_backward_c(ga, c_prev, act ? dctil[e] : T(0));
+            dx[j] = dy[j] = d.i;
+            dx[H + j] = dy[H + j] = d.f;
+            dx[2 * H + j] = dy[2 * H + j] = d.g;
+            if (act) dc_prev[e] += d.c_prev;
+          }
+        }
+      } else if (gru) {
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = active[b] != 0;
+          const bool prev_out = has_prev && tp < cm.len[b];
+          const T* gs = sv_gates + (t * B + b) * N;
+          T* dx = dxg + (t * B + b) * N;
+          T* dy = dab + (t * B + b) * N;
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const int64_t e = b * hl + jj;
+            const GruGates<T> ga{gs[j], gs[H + j], gs[2 * H + j]};
+            const T h_prev =
+                prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * H + j];
+            const GruGrads<T> d =
+                gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? dhtil[e] : T(0));
+            dx[j] = dy[j] = d.x_r;
+            dx[H + j] = dy[H + j] = d.x_z;
+            dx[2 * H + j] = d.x_n;
+            dy[2 * H + j] = d.a_n;
+            if (act) dh_prev[e] += d.h_prev;
+          }
+        }
+      } else {
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = active[b] != 0;
+          const T* gs = sv_gates + (t * B + b) * N;
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const T d = rnn_backward(cm.cell, gs[j], act ? dhtil[b * hl + jj] : T(0));
+            dxg[(t * B + b) * N + j] = d;
+            dab[(t * B + b) * N + j] = d;
+          }
+        }
+      }
+
+      // Backward of N_hh: da from dab (own columns).
+      if (norm) {
+        if (cm.norm == kNormBatch && bn_train) {
+          std::fill(colsum.begin(), colsum.end(), T(0));
+          std::fill(colsum2.begin(), colsum2.end(), T(0));
+          for (int64_t b = 0; b < B; ++b) {
+            if (!active[b]) continue;
+            const T* dy = dab + (t * B + b) * N;
+            const T* xh = sv_xhat_hh + (t * B + b) * N;
+            for (int64_t g = 0; g < G; ++g)
+              for (int64_t jj = 0; jj < hl; ++jj) {
+                const int64_t n = g * H + sl.j0 + jj;
+                const T dx = dy[n] * gamma_hh[n];
+                colsum[g * hl + jj] += dx;
+                colsum2[g * hl + jj] += dx * xh[n];
+              }
+          }
+        } else if (cm.norm == kNormLayer) {
+          for (int64_t b = 0; b < B; ++b) {
+            const T* dy = dab + (t * B + b) * N;
+            const T* xh = sv_xhat_hh + (t * B + b) * N;
+            T s1 = 0, s2 = 0;
+            for (int64_t g = 0; g < G; ++g)
+              for (int64_t jj = 0; jj < hl; ++jj) {
+                const int64_t n = g * H + sl.j0 + jj;
+                const T dx = dy[n] * gamma_hh[n];
+                s1 += dx;
+                s2 += dx * xh[n];
+              }
+            part_hh[(tid * B + b) * 2] = s1;
+            part_hh[(tid * B + b) * 2 + 1] = s2;
+          }
+          barrier();
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          T m1 = 0, m2 = 0;
+          if (cm.norm == kNormLayer) {
+            for (int k = 0; k < nt; ++k) {
+              m1 += part_hh[(k * B + b) * 2];
+              m2 += part_hh[(k * B + b) * 2 + 1];
+            }
+            m1 /= T(N);
+            m2 /= T(N);
+          }
+          const T* dy = dab + (t * B + b) * N;
+          const T* xh = sv_xhat_hh + (t * B + b) * N;
+          T* dr = da + (t * B + b) * N;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) {
+              const int64_t n = g * H + sl.j0 + jj;
+              const T dx = dy[n] * gamma_hh[n];
+              T v;
+              if (cm.norm == kNormLayer) {
+                v = norm_backward(dx, xh[n], sv_rstd_hh[t * B + b], m1, m2);
+              } else if (bn_train) {
+                v = active[b] ? norm_backward(dx, xh[n], sv_rstd_hh[t * N + n],
+                                              colsum[g * hl + jj] * inv_count,
+                                              colsum2[g * hl + jj] * inv_count)
+                              : T(0);
+              } else {
+                v = dx * sv_rstd_hh[t * N + n];
+              }
+              dr[n] = v;
+            }
+        }
+      }
+      barrier();  // da[t] complete
+
+      // dh_in = da[t] W_hh for own input units; d(h_{t-1}) += m_h * dh_in.
+      if (hl > 0) gemm_packed(B, hl, N, da + t * B * N, N, wp.data(), dhin.data(), hl, false);
+      for (int64_t e = 0; e < B * hl; ++e) {
+        dh[e] = dh_prev[e] + mh[e] * dhin[e];
+        if (lstm) dc[e] = dc_prev[e];
+      }
+    }
+
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < hl; ++jj) {
+        dh0[b * H + sl.j0 + jj] = dh[b * hl + jj];
+        if (lstm) dc0[b * H + sl.j0 + jj] = dc[b * hl + jj];
+      }
+  }
+}
+
+}  // namespace
+
+void recurrence_forward(const RecurrenceFwdParams& p) {
+  if (p.dtype == kFloat32) {
+    forward_impl<float>(p);
+  } else if (p.dtype == kFloat64) {
+    forward_impl<double>(p);
+  } else {
+    throw std::invalid_argument("fusedrnn host backend: dtype must be float32 or float64");
+  }
+}
+
+void recurrence_backward(const RecurrenceBwdParams& p) {
+  if (p.dtype == kFloat32) {
+    backward_impl<float>(p);
+  } else if (p.dtype == kFloat64) {
+    backward_impl<double>(p);
+  } else {
+    throw std::invalid_argument("fusedrnn host backend: dtype must be float32 or float64");
+  }
+}
+
+int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool has_openmp() {
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace host
+}  // namespace fusedrnn

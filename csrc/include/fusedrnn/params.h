@@ -1,0 +1,108 @@
+// Parameter structs of fusedrnn's native recurrence kernels (CUDA and host).
+//
+// Shape conventions, stated once (the same as fusedrnn/backends/base.py):
+//   T  time steps          B  batch rows          H  hidden units (h and c have H; no proj_size)
+//   G  gates (lstm 4, gru 3, rnn 1)               N = G * H, the width of xg and of W_hh rows
+//   S  per-step batch-norm running buffers (max_steps)
+//
+// Gate-major layout: column n = g * H + j of xg, W_hh, b_hh and every [.., N] tensor is gate g
+// of hidden unit j, in torch's gate order (lstm i f g o, gru r z n).
+//
+// Every tensor is dense row-major over its last dimension (unit stride). The [T, B, *]
+// tensors that a caller may hand in as views (xg, out, grad_out) carry explicit int64 strides
+// in elements; everything else is contiguous (the Python launcher checks that).
+//
+// "dtype" tensors are in the storage type given by `dtype` (DType below); "acc" tensors are in
+// the accumulation type (float32, or float64 when dtype is float64). Optional tensors are
+// nullptr when absent. The Python launcher allocates every output and workspace (with torch's
+// allocator) and passes raw addresses; the native code never allocates device memory.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn {
+
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// Forward kernel family: one layer-direction's whole time loop.
+struct RecurrenceFwdParams {
+  // ---- sizes and settings
+  int64_t T = 0, B = 0, H = 0, G = 0;
+  int64_t S = 0;       // rows of the running buffers (batch norm, eval)
+  int32_t cell = 0;    // CellKind (cells.cuh)
+  int32_t norm = 0;    // NormKind (cells.cuh)
+  int32_t dtype = 0;   // DType
+  bool reverse = false;   // run t = T-1 .. 0
+  bool training = false;  // masks and batch statistics on
+  double p_dropout = 0.0;   // recurrent variational dropout probability
+  double p_zoneout_c = 0.0;  // lstm cell zoneout probability
+  double p_zoneout_h = 0.0;  // hidden zoneout probability
+  uint64_t seed = 0;          // Philox key (int64 bit pattern)
+  uint64_t base_dropout = 0;  // philox.mask_base_offset(STREAM_RECURRENT_DROPOUT, layer, dir)
+  uint64_t base_zoneout_c = 0;  // ... STREAM_ZONEOUT_CELL
+  uint64_t base_zoneout_h = 0;  // ... STREAM_ZONEOUT_HIDDEN
+  int32_t num_threads = 1;  // host backend: worker threads (ignored by CUDA)
+
+  // ---- inputs
+  const void* xg = nullptr;  // dtype [T, B, N], strides (xg_stride_t, xg_stride_b, 1)
+  int64_t xg_stride_t = 0, xg_stride_b = 0;
+  const void* h0 = nullptr;          // dtype [B, H]
+  const void* c0 = nullptr;          // dtype [B, H] (lstm)
+  const void* w_hh = nullptr;        // dtype [N, H]
+  const void* b_hh = nullptr;        // dtype [N] or nullptr (bias=False)
+  const int64_t* lengths = nullptr;  // int64 [B], 0 <= len <= T, or nullptr (all T)
+  const void* gamma_hh = nullptr;    // dtype [N] (norm != none)
+  const void* gamma_c = nullptr;     // dtype [H] (lstm, norm != none)
+  const void* beta_c = nullptr;      // dtype [H] (lstm, norm != none)
+  const void* running_mean_hh = nullptr;  // dtype [S, N] (batch norm, eval)
+  const void* running_var_hh = nullptr;   // dtype [S, N]
+  const void* running_mean_c = nullptr;   // dtype [S, H] (lstm)
+  const void* running_var_c = nullptr;    // dtype [S, H] (lstm)
+
+  // ---- outputs
+  void* out = nullptr;  // dtype [T, B, H], strides (out_stride_t, out_stride_b, 1); 0 when t >= len
+  int64_t out_stride_t = 0, out_stride_b = 0;
+  void* h_n = nullptr;  // dtype [B, H]
+  void* c_n = nullptr;  // dtype [B, H] (lstm)
+  void* batch_mean_hh = nullptr;  // acc [T, N] (batch norm, training)
+  void* batch_var_hh = nullptr;   // acc [T, N] biased variance over the active rows
+  void* batch_mean_c = nullptr;   // acc [T, H] (lstm)
+  void* batch_var_c = nullptr;    // acc [T, H] (lstm)
+
+  // ---- saved for backward (acc), written by forward, read by backward
+  void* gates = nullptr;    // acc [T, B, N] activated gates (rnn: h~ before zoneout)
+  void* gru_an = nullptr;   // acc [T, B, H] gru: a_n = N_hh(W_hn h)_n + b_hn
+  void* xhat_hh = nullptr;  // acc [T, B, N] normalised W_hh h before gamma (norm != none)
+  void* rstd_hh = nullptr;  // acc batch norm [T, N], layer norm [T, B]
+  void* c_tilde = nullptr;  // acc [T, B, H] lstm: c~ before normalisation and zoneout
+  void* c_state = nullptr;  // acc [T, B, H] lstm: c after step t (every row)
+  void* xhat_c = nullptr;   // acc [T, B, H] lstm, norm != none: normalised c~ before gamma
+  void* rstd_c = nullptr;   // acc batch norm [T, H], layer norm [T, B] (lstm)
+
+  // ---- workspace (CUDA only; the host backend uses its own stack/heap buffers)
+  void* ws_hin = nullptr;   // acc [2, B, H] double buffer of m_h * h_{t-1}
+  void* ws_stats = nullptr;  // acc [2, grid, B, 3] layer-norm partial statistics
+};
+
+// Backward kernel family: the same loop in reverse time order.
+struct RecurrenceBwdParams : RecurrenceFwdParams {
+  // ---- incoming gradients
+  const void* grad_out = nullptr;  // dtype [T, B, H], strides (grad_out_stride_t, _b, 1)
+  int64_t grad_out_stride_t = 0, grad_out_stride_b = 0;
+  const void* grad_h_n = nullptr;  // dtype [B, H]
+  const void* grad_c_n = nullptr;  // dtype [B, H] or nullptr (zero)
+
+  // ---- outputs
+  void* dxg = nullptr;     // dtype [T, B, N]
+  void* dab = nullptr;     // acc [T, B, N] d(N_hh(W_hh h) + b_hh): sums give db_hh, dgamma_hh
+  void* da = nullptr;      // acc [T, B, N] d(W_hh h) (norm != none; else equal to dab)
+  void* hin = nullptr;     // acc [T, B, H] m_h * h_{t-1}: dW_hh = da^T hin over all steps
+  void* dc_out = nullptr;  // acc [T, B, H] d(N_c(c~)) (lstm, norm != none): dgamma_c, dbeta_c
+  void* dh0 = nullptr;     // dtype [B, H]
+  void* dc0 = nullptr;     // dtype [B, H] (lstm)
+
+  // ---- workspace (CUDA only)
+  void* ws_dh = nullptr;  // acc [B, H] dh_in = da W_hh of the current step
+};
+
+}  // namespace fusedrnn

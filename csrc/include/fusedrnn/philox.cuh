@@ -1,0 +1,96 @@
+// Philox4x32-10, bit-identical to fusedrnn/philox.py and to Triton's tl.rand(seed, offset).
+//
+// key     = (lo32(seed), hi32(seed))
+// counter = (lo32(offset), hi32(offset), 0, 0)
+// The first output word u becomes a float32 in [0, 1) as Triton does it:
+//   x = int32(u); if (x < 0) x = ~x; return float(x) * 4.6566127342e-10f
+//
+// Mask offsets (the layout is defined in fusedrnn/philox.py and only mirrored here):
+//   offset = mask_base_offset(stream, layer, direction) + (t << 38) + (b << 20) + unit
+// computed in wrapping 64-bit arithmetic. The launcher computes the base in Python and
+// passes it as an int64, so the bit-field layout is written down exactly once.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/hostdevice.h"
+
+namespace fusedrnn {
+
+constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;  // multiplies counter word 0
+constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;  // multiplies counter word 2
+constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;    // Weyl increment of key word 0
+constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;    // Weyl increment of key word 1
+constexpr int kPhiloxRounds = 10;
+constexpr float kUintToUniformScale = 4.6566127342e-10f;
+
+constexpr int kStepShift = 38;   // bits 38..55: time index t
+constexpr int kBatchShift = 20;  // bits 20..37: batch row b
+
+struct Philox4 {
+  uint32_t x[4];
+};
+
+FRNN_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
+#if defined(__CUDA_ARCH__)
+  *hi = __umulhi(a, b);
+  return a * b;
+#else
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  *hi = static_cast<uint32_t>(product >> 32);
+  return static_cast<uint32_t>(product);
+#endif
+}
+
+// The four output words for a 64-bit offset (the int64 bit pattern) under a 64-bit seed.
+FRNN_HD Philox4 philox4x32_10(uint64_t seed, uint64_t offset) {
+  uint32_t c0 = static_cast<uint32_t>(offset);
+  uint32_t c1 = static_cast<uint32_t>(offset >> 32);
+  uint32_t c2 = 0;
+  uint32_t c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed);
+  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    uint32_t hi_b;
+    uint32_t hi_a;
+    const uint32_t lo_b = philox_mulhilo(kPhiloxRoundB, c2, &hi_b);
+    const uint32_t lo_a = philox_mulhilo(kPhiloxRoundA, c0, &hi_a);
+    const uint32_t n0 = hi_b ^ c1 ^ k0;
+    const uint32_t n2 = hi_a ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo_b;
+    c2 = n2;
+    c3 = lo_a;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// Triton's uint_to_uniform_float for one 32-bit word.
+FRNN_HD float philox_uint_to_uniform(uint32_t u) {
+  int32_t x = static_cast<int32_t>(u);
+  if (x < 0) x = ~x;
+  return static_cast<float>(x) * kUintToUniformScale;
+}
+
+// tl.rand(seed, offset): seed and offset are the int64 bit patterns.
+FRNN_HD float philox_uniform(uint64_t seed, uint64_t offset) {
+  return philox_uint_to_uniform(philox4x32_10(seed, offset).x[0]);
+}
+
+// Offset of mask element (t, b, unit) given the base of its (stream, layer, direction).
+FRNN_HD uint64_t mask_offset(uint64_t base, int64_t t, int64_t b, int64_t unit) {
+  return base + (static_cast<uint64_t>(t) << kStepShift) +
+         (static_cast<uint64_t>(b) << kBatchShift) + static_cast<uint64_t>(unit);
+}
+
+// Uniform number of mask element (t, b, unit).
+FRNN_HD float mask_uniform(uint64_t seed, uint64_t base, int64_t t, int64_t b, int64_t unit) {
+  return philox_uniform(seed, mask_offset(base, t, b, unit));
+}
+
+}  // namespace fusedrnn

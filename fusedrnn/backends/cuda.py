@@ -1,0 +1,96 @@
+"""The ``cuda`` backend: fusedrnn._C's persistent CUDA kernels (csrc/cuda/).
+
+One cooperative launch per layer-direction runs the whole time loop (forward) or its reverse
+(backward). This module is the thin launcher: it validates the inputs (shared checks with the
+``host`` backend), allocates every output and workspace with torch's caching allocator, and
+passes raw device addresses plus ``torch.cuda.current_stream().cuda_stream``; the native code
+never allocates, never synchronises the host and reports CUDA errors as exceptions. Weight
+gradients are one GEMM over all steps afterwards (cuBLAS through torch).
+
+float32, float16 and bfloat16 (float32 accumulation). ``proj_size`` is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import host as _launcher
+from .base import RecurrenceInputs, RecurrenceOutputs
+
+NAME = "cuda"
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def availability() -> str | None:
+    module, reason = _launcher.load_native()
+    if module is None:
+        return f"fusedrnn._C not built ({reason})"
+    if not module.with_cuda:
+        return "fusedrnn._C was built without CUDA (no nvcc at build time)"
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    status = module.cuda_device_status()
+    if status:
+        return status
+    return None
+
+
+def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
+    return _launcher.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
+
+
+def _check(inputs: RecurrenceInputs) -> None:
+    reason = availability()
+    if reason is None:
+        reason = unsupported_reason(inputs)
+    if reason is not None:
+        raise RuntimeError(f"fusedrnn cuda backend: {reason}")
+
+
+def _workspace(backward: bool):
+    """Allocates the kernels' cross-block buffers (on the current stream, via torch)."""
+
+    def allocate(p) -> list[torch.Tensor]:
+        C = _launcher.native()
+        device = torch.device("cuda", torch.cuda.current_device())
+        grid = int(C.cuda_plan_grid(p, backward))
+        hin = torch.empty(2 * p.B * p.H, dtype=torch.float32, device=device)
+        stats = torch.empty(2 * grid * p.B * 3, dtype=torch.float32, device=device)
+        p.ws_hin, p.ws_stats = hin.data_ptr(), stats.data_ptr()
+        return [hin, stats]
+
+    return allocate
+
+
+def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
+    _check(inputs)
+    C = _launcher.native()
+    with torch.no_grad(), torch.cuda.device(inputs.xg.device):
+        stream = torch.cuda.current_stream().cuda_stream
+        return _launcher.launch_forward(
+            inputs, lambda p: C.cuda_forward(p, stream), 1, _workspace(False)
+        )
+
+
+def backward(
+    inputs: RecurrenceInputs,
+    saved: tuple,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor | None,
+) -> dict[str, torch.Tensor | None]:
+    _check(inputs)
+    C = _launcher.native()
+    with torch.no_grad(), torch.cuda.device(inputs.xg.device):
+        stream = torch.cuda.current_stream().cuda_stream
+        return _launcher.launch_backward(
+            inputs,
+            saved,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            lambda p: C.cuda_backward(p, stream),
+            1,
+            _workspace(True),
+        )

@@ -1,0 +1,110 @@
+"""The CUDA backend on a machine without a GPU (CI): clear errors, never a crash; and the
+compile check of the CUDA sources for sm_80 / sm_90a (slow, needs nvcc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedrnn.backends import RECURRENCE_BACKENDS, host, load
+from fusedrnn.backends import cuda as cuda_backend
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_GPU = not torch.cuda.is_available()
+CLEAR = r"no CUDA device|built without CUDA|not built|CUDA error"
+
+
+def _inputs(device="cpu") -> RecurrenceInputs:
+    cfg = RecurrenceConfig(cell="lstm", hidden_size=8)
+    return RecurrenceInputs(
+        config=cfg,
+        xg=torch.randn(3, 2, 32, device=device),
+        h0=torch.zeros(2, 8, device=device),
+        c0=torch.zeros(2, 8, device=device),
+        w_hh=torch.randn(32, 8, device=device),
+        b_hh=None,
+        w_hr=None,
+        lengths=None,
+    )
+
+
+def test_registered():
+    assert RECURRENCE_BACKENDS["cuda"] == "fusedrnn.backends.cuda"
+    assert RECURRENCE_BACKENDS["host"] == "fusedrnn.backends.host"
+    assert load("cuda").NAME == "cuda"
+    assert load("host").NAME == "host"
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a CUDA device")
+def test_availability_reason_without_gpu():
+    reason = cuda_backend.availability()
+    assert reason is not None
+    assert any(s in reason for s in ("no CUDA device", "built without CUDA", "not built")), reason
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a CUDA device")
+def test_forward_without_gpu_raises_clearly():
+    with pytest.raises(RuntimeError, match=CLEAR):
+        cuda_backend.forward(_inputs())
+    with pytest.raises(RuntimeError, match=CLEAR):
+        cuda_backend.backward(_inputs(), (), torch.zeros(3, 2, 8), torch.zeros(2, 8), None)
+
+
+@pytest.mark.skipif(host.availability() is not None, reason=str(host.availability()))
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a CUDA device")
+def test_native_entry_points_without_gpu_raise():
+    """The raw _C entry points report the CUDA error text as an exception, not a crash."""
+    C = host.native()
+    p = C.RecurrenceFwdParams()
+    p.T, p.B, p.H, p.G = 3, 2, 8, 4
+    with pytest.raises(RuntimeError, match=CLEAR):
+        C.cuda_plan_grid(p, False)
+    with pytest.raises(RuntimeError, match=CLEAR):
+        C.cuda_forward(p, 0)
+    with pytest.raises(RuntimeError, match=CLEAR):
+        C.cuda_backward(C.RecurrenceBwdParams(), 0)
+    status = C.cuda_device_status()
+    assert status and ("no CUDA device" in status or "without CUDA" in status)
+
+
+def test_unsupported_reasons():
+    inputs = _inputs()
+    assert "cuda tensors" in cuda_backend.unsupported_reason(inputs)
+    proj = inputs.replace(config=RecurrenceConfig(cell="lstm", hidden_size=8, proj_size=4))
+    assert "proj_size" in cuda_backend.unsupported_reason(proj)
+    # The dtype check itself (the device check comes first on a CPU machine).
+    reason = host.common_unsupported_reason(
+        inputs.replace(xg=inputs.xg.double()), "cuda", cuda_backend._DTYPES, "cpu"
+    )
+    assert "float64" in reason
+
+
+@pytest.mark.skipif(host.availability() is not None, reason=str(host.availability()))
+def test_build_reports():
+    C = host.native()
+    assert isinstance(C.with_cuda, bool)
+    if C.with_cuda:
+        assert "80" in C.cuda_archs
+    assert C.host_gemm_variant() in ("x86-64-v3", "baseline", "portable")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
+def test_compile_check_script():
+    """csrc/compile_check.sh: sm_80 and sm_90a, warnings as errors, ptxas report."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "csrc" / "compile_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(result.stdout[-4000:])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "sm_80" in result.stdout and "sm_90a" in result.stdout
+    assert "registers" in result.stdout

@@ -1,0 +1,189 @@
+"""The ``cuda`` backend on a GPU: parity with the reference (float64 truth) and with cuDNN.
+
+Every test is marked ``gpu`` and skips with a reason where there is no CUDA device or the
+extension was built without CUDA. Numerics (DESIGN.md, "Numerics policy"): in dtype D the
+kernel's error against the float64 reference must be at most 2x the error of PyTorch's own
+implementation in D (the reference's torch ops, or cuDNN) plus a small floor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_host import REGULARIZERS, _reference, cast, make_inputs, to_float64
+
+from fusedrnn.backends import cuda as cuda_backend
+from fusedrnn.backends import host
+from fusedrnn.backends.base import RecurrenceInputs
+
+_reason = cuda_backend.availability()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_reason is not None, reason=str(_reason))]
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(host, "POISON_OUTPUTS", True)
+
+
+def _to(inputs: RecurrenceInputs, dtype, device="cuda") -> RecurrenceInputs:
+    changes = {}
+    for name in inputs.__dataclass_fields__:
+        v = getattr(inputs, name)
+        if isinstance(v, torch.Tensor):
+            changes[name] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+    return inputs.replace(**changes)
+
+
+def _err(a, b) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-3)
+
+
+def _grads(shape_out, shape_state, lstm, device):
+    gen = torch.Generator().manual_seed(11)
+    go = torch.randn(shape_out, generator=gen, dtype=torch.float64).to(device)
+    gh = torch.randn(shape_state, generator=gen, dtype=torch.float64).to(device)
+    gc = torch.randn(shape_state, generator=gen, dtype=torch.float64).to(device) if lstm else None
+    return go, gh, gc
+
+
+def check_against_reference(base: RecurrenceInputs, dtype) -> None:
+    inputs = _to(base, dtype)
+    truth_inputs = to_float64(inputs)
+    lstm = inputs.config.cell == "lstm"
+    steps, batch, _ = inputs.xg.shape
+    go, gh, gc = _grads(
+        (steps, batch, inputs.config.hidden_size), tuple(inputs.h0.shape), lstm, "cuda"
+    )
+    truth_out, truth_grads = _reference(truth_inputs, go, gh, gc)
+    same_out, same_grads = _reference(inputs, go, gh, gc)
+    out, saved = cuda_backend.forward(inputs)
+    grads = cuda_backend.backward(inputs, saved, cast(go, dtype), cast(gh, dtype), cast(gc, dtype))
+    torch.cuda.synchronize()
+    pairs = [
+        ("output", out.output, truth_out.output, same_out.output),
+        ("h_n", out.h_n, truth_out.h_n, same_out.h_n),
+    ]
+    if lstm:
+        pairs.append(("c_n", out.c_n, truth_out.c_n, same_out.c_n))
+    for name in ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c"):
+        if getattr(truth_out, name) is not None:
+            pairs.append(
+                (name, getattr(out, name), getattr(truth_out, name), getattr(same_out, name))
+            )
+    for field in RecurrenceInputs.GRAD_FIELDS:
+        if truth_grads[field] is not None:
+            pairs.append(("d" + field, grads[field], truth_grads[field], same_grads[field]))
+    for name, got, truth, same in pairs:
+        assert got is not None, name
+        assert torch.isfinite(got).all(), f"{name}: unwritten (NaN) elements"
+        err, tol = _err(got, truth), 2 * _err(same, truth) + FLOOR[dtype]
+        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_parity_reference(cell, reg, reverse, lengths, dtype):
+    check_against_reference(make_inputs(cell, reg, reverse, lengths, torch.float64), dtype)
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch", "hidden"),
+    [(1, 1, 1), (9, 3, 17), (5, 7, 131), (4, 33, 257), (3, 5, 1024), (2, 65, 300)],
+)
+@pytest.mark.parametrize("cell", CELLS)
+def test_sizes_multi_block(cell, steps, batch, hidden):
+    """Many blocks (hidden > number of SMs), uneven slices, the layer-norm grid reductions."""
+    for reg in ("none", "all", "all_ln"):
+        base = make_inputs(cell, reg, True, True, torch.float64, steps, batch, hidden)
+        check_against_reference(base, torch.float32)
+
+
+def test_large_hidden_w_from_l2():
+    """W_hh slices that do not fit in shared memory take the L2 path."""
+    base = make_inputs("lstm", "all", False, True, torch.float64, 3, 8, 2048)
+    check_against_reference(base, torch.float16)
+
+
+TORCH_CELLS = {
+    "lstm": ("LSTM", {}),
+    "gru": ("GRU", {}),
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(("steps", "batch", "inp", "hidden"), [(16, 8, 32, 64), (7, 3, 5, 129)])
+def test_parity_cudnn(cell, dtype, steps, batch, inp, hidden):
+    """Layer output, final state and dx / dW against torch.nn.* (cuDNN) in the same dtype."""
+    name, kw = TORCH_CELLS[cell]
+    torch.manual_seed(0)
+    module64 = getattr(torch.nn, name)(inp, hidden, **kw).double().cuda()
+    module = getattr(torch.nn, name)(inp, hidden, **kw).to(device="cuda", dtype=dtype)
+    module.load_state_dict(module64.state_dict())
+    x64 = torch.randn(steps, batch, inp, dtype=torch.float64, device="cuda")
+    h64 = torch.randn(batch, hidden, dtype=torch.float64, device="cuda") * 0.5
+    c64 = torch.randn(batch, hidden, dtype=torch.float64, device="cuda") * 0.5
+    lstm = cell == "lstm"
+
+    def run_torch(mod, x, h, c):
+        x = x.detach().requires_grad_(True)
+        out, state = mod(x, (h[None], c[None]) if lstm else h[None])
+        hn = state[0][0] if lstm else state[0]
+        loss = out.double().sin().sum() + hn.double().cos().sum()
+        if lstm:
+            loss = loss + state[1][0].double().square().sum()
+        loss.backward()
+        return out, hn, x.grad, mod.weight_hh_l0.grad
+
+    truth = run_torch(module64, x64, h64, c64)
+    cudnn = run_torch(module, x64.to(dtype), h64.to(dtype), c64.to(dtype))
+
+    from fusedrnn.backends.base import RecurrenceConfig
+
+    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden)
+    w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
+    x = x64.to(dtype).requires_grad_(True)
+    xg = (x @ w_ih.t() + b_ih).detach()
+    inputs = RecurrenceInputs(
+        cfg,
+        xg,
+        h64.to(dtype),
+        c64.to(dtype) if lstm else None,
+        module.weight_hh_l0.detach(),
+        module.bias_hh_l0.detach(),
+        None,
+        None,
+    )
+    out, saved = cuda_backend.forward(inputs)
+    # d(loss)/d(out) and d/d(h_n), d/d(c_n) of the same loss
+    go = out.output.double().cos().to(dtype)
+    gh = (-out.h_n.double().sin()).to(dtype)
+    gc = (2 * out.c_n.double()).to(dtype) if lstm else None
+    grads = cuda_backend.backward(inputs, saved, go, gh, gc)
+    dx = grads["xg"] @ w_ih
+    mine = (out.output, out.h_n, dx, grads["w_hh"])
+    for what, a, b, t in zip(("output", "h_n", "dx", "dW_hh"), mine, cudnn, truth):
+        err, tol = _err(a, t), 2 * _err(b, t) + FLOOR[dtype]
+        assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g} (cuDNN {_err(b, t):.3g})"
+
+
+def test_stream_and_no_sync():
+    """Runs on the caller's (non-default) stream; results match the default stream."""
+    base = _to(make_inputs("gru", "all", False, True, torch.float64, 6, 4, 40), torch.float32)
+    ref, _ = cuda_backend.forward(base)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out, _ = cuda_backend.forward(base)
+    stream.synchronize()
+    torch.testing.assert_close(out.output, ref.output, rtol=0, atol=0)

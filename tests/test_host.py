@@ -1,0 +1,301 @@
+"""The ``host`` backend (fusedrnn._C's CPU build) against the reference oracle.
+
+Same masks (the Philox seed is shared), every cell x regulariser x reverse x lengths, forward
+and every gradient, float32 (relative error <= 1e-5) and float64 (max error <= 1e-10). Outputs
+are poisoned with NaN before every launch, so an element the native code does not write fails.
+Also: Philox bit-identity of csrc/include/fusedrnn/philox.cuh (through _C) with philox.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+
+import pytest
+import torch
+
+from fusedrnn import philox
+from fusedrnn.backends import host
+from fusedrnn.backends import reference as reference_backend
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
+
+_reason = host.availability()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+REGULARIZERS = (
+    "none",
+    "recurrent_dropout",
+    "zoneout",
+    "zoneout_eval",
+    "bn_train",
+    "bn_eval",
+    "ln",
+    "all",
+    "all_ln",
+)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(host, "POISON_OUTPUTS", True)
+
+
+def make_inputs(
+    cell: str,
+    reg: str,
+    reverse: bool,
+    with_lengths: bool,
+    dtype: torch.dtype,
+    steps: int = 7,
+    batch: int = 5,
+    hidden: int = 13,
+    bias: bool = True,
+    seed: int = 0,
+) -> RecurrenceInputs:
+    gen = torch.Generator().manual_seed(seed + 1000 * len(reg) + len(cell))
+    training = reg not in ("bn_eval", "zoneout_eval", "none")
+    dropout = 0.3 if reg in ("recurrent_dropout", "all", "all_ln") else 0.0
+    zone = 0.25 if reg in ("zoneout", "zoneout_eval", "all", "all_ln") else 0.0
+    norm = {"bn_train": "batch", "bn_eval": "batch", "ln": "layer", "all": "batch"}.get(reg, "none")
+    if reg == "all_ln":
+        norm = "layer"
+    cfg = RecurrenceConfig(
+        cell=cell,
+        hidden_size=hidden,
+        recurrent_dropout=dropout,
+        zoneout_cell=zone if cell == "lstm" else 0.0,
+        zoneout_hidden=zone,
+        norm=norm,
+    )
+    n = cfg.gate_size
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(0, steps + 1, (batch,), generator=gen)
+        lengths[0] = steps  # at least one full row
+    steps_buffers = max(1, steps - 2)  # fewer running buffers than steps: later ones reuse
+    kw = {}
+    if norm != "none":
+        kw["norm_weight_hh"] = 0.1 + rnd(n, scale=0.5).abs()
+        if cell == "lstm":
+            kw["norm_weight_c"] = 0.1 + rnd(hidden, scale=0.5).abs()
+            kw["norm_bias_c"] = rnd(hidden, scale=0.1)
+    if norm == "batch":
+        kw["running_mean_hh"] = rnd(steps_buffers, n, scale=0.1)
+        kw["running_var_hh"] = 0.5 + rnd(steps_buffers, n).abs()
+        if cell == "lstm":
+            kw["running_mean_c"] = rnd(steps_buffers, hidden, scale=0.1)
+            kw["running_var_c"] = 0.5 + rnd(steps_buffers, hidden).abs()
+    return RecurrenceInputs(
+        config=cfg,
+        xg=rnd(steps, batch, n),
+        h0=rnd(batch, hidden, scale=0.5),
+        c0=rnd(batch, hidden, scale=0.5) if cell == "lstm" else None,
+        w_hh=rnd(n, hidden, scale=hidden**-0.5),
+        b_hh=rnd(n, scale=0.1) if bias else None,
+        w_hr=None,
+        lengths=lengths,
+        reverse=reverse,
+        training=training,
+        seed=0x1234_5678_9ABC + seed,
+        layer=1,
+        direction=int(reverse),
+        **kw,
+    )
+
+
+def _err(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> float:
+    """Max abs error, scaled by the reference's magnitude when that exceeds 1 (float64: batch
+    norm over one or two active rows legitimately produces gradients in the hundreds) or
+    1e-3 (float32: relative error)."""
+    if a.numel() == 0:
+        return 0.0
+    diff = (a.double() - b.double()).abs().max().item()
+    floor = 1.0 if dtype == torch.float64 else 1e-3
+    return diff / max(b.double().abs().max().item(), floor)
+
+
+def to_float64(inputs: RecurrenceInputs) -> RecurrenceInputs:
+    changes = {}
+    for f in dataclasses.fields(inputs):
+        v = getattr(inputs, f.name)
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            changes[f.name] = v.double()
+    return inputs.replace(**changes)
+
+
+def cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _reference(inputs, grad_output, grad_h_n, grad_c_n):
+    out, _ = reference_backend.forward(inputs)
+    if grad_output is None:
+        return out, None
+    dtype = inputs.xg.dtype
+    grads = reference_backend.backward(
+        inputs, (), cast(grad_output, dtype), cast(grad_h_n, dtype), cast(grad_c_n, dtype)
+    )
+    return out, grads
+
+
+def compare(inputs: RecurrenceInputs, check_grads: bool = True) -> None:
+    """Host vs the reference. float64: max error <= 1e-10 against the float64 reference.
+    float32: error relative to the magnitude <= 1e-5 against the float64 reference on the
+    same inputs (the truth), or at most 2x the float32 reference's own error (flash-attention's
+    rule, DESIGN.md "Numerics policy") where float32 rounding alone exceeds 1e-5."""
+    dtype = inputs.xg.dtype
+    gen = torch.Generator().manual_seed(7)
+    steps, batch, _ = inputs.xg.shape
+    shape = (batch, inputs.config.hidden_size)
+    grad_output = grad_h_n = grad_c_n = None
+    if check_grads:
+        grad_output = torch.randn((steps, *shape), generator=gen, dtype=torch.float64)
+        grad_h_n = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if inputs.config.cell == "lstm":
+            grad_c_n = torch.randn(shape, generator=gen, dtype=torch.float64)
+    truth_out, truth_grads = _reference(to_float64(inputs), grad_output, grad_h_n, grad_c_n)
+    same_out, same_grads = truth_out, truth_grads
+    if dtype != torch.float64:
+        same_out, same_grads = _reference(inputs, grad_output, grad_h_n, grad_c_n)
+
+    def check(name, got, truth, same):
+        assert got.shape == truth.shape, name
+        assert got.dtype == dtype, name
+        assert torch.isfinite(got).all(), f"{name} has unwritten (NaN) elements"
+        err = _err(got, truth, dtype)
+        tol = 1e-10 if dtype == torch.float64 else max(1e-5, 2 * _err(same, truth, dtype))
+        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}"
+
+    out, saved = host.forward(inputs)
+    assert all(isinstance(t, torch.Tensor) for t in saved)
+    names = ["output", "h_n", "c_n", "batch_mean_hh", "batch_var_hh", "batch_mean_c"]
+    for name in [*names, "batch_var_c"]:
+        truth = getattr(truth_out, name)
+        got = getattr(out, name)
+        assert (truth is None) == (got is None), name
+        if truth is not None:
+            check(name, got, truth, getattr(same_out, name))
+    if not check_grads:
+        return
+    grads = host.backward(
+        inputs, saved, cast(grad_output, dtype), cast(grad_h_n, dtype), cast(grad_c_n, dtype)
+    )
+    assert set(grads) == set(RecurrenceInputs.GRAD_FIELDS)
+    for field in RecurrenceInputs.GRAD_FIELDS:
+        truth, got = truth_grads[field], grads[field]
+        if truth is None:
+            assert got is None, field
+            continue
+        assert got is not None, field
+        check("d" + field, got, truth, same_grads[field])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_parity(cell, reg, reverse, lengths, dtype):
+    compare(make_inputs(cell, reg, reverse, lengths, dtype))
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch", "hidden"),
+    [(1, 1, 1), (2, 1, 3), (5, 3, 1), (11, 2, 17), (3, 7, 31), (4, 33, 9), (2, 4, 65)],
+)
+@pytest.mark.parametrize("cell", CELLS)
+def test_awkward_sizes(cell, steps, batch, hidden):
+    for reg, dtype in (("all", torch.float64), ("all_ln", torch.float32), ("none", torch.float32)):
+        inputs = make_inputs(cell, reg, True, True, dtype, steps, batch, hidden)
+        compare(inputs)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts(cell, threads, monkeypatch):
+    """The per-thread hidden-unit slices (uneven, and more threads than units)."""
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    compare(make_inputs(cell, "all_ln", False, True, torch.float64, 6, 4, 7))
+    compare(make_inputs(cell, "all", True, True, torch.float64, 6, 4, 5))
+    compare(make_inputs(cell, "all", True, True, torch.float64, 3, 2, 2))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_bias_and_strided_xg(cell):
+    inputs = make_inputs(cell, "all", False, True, torch.float64, bias=False)
+    compare(inputs)
+    # xg as a non-contiguous view ([B, T, N] storage transposed), as functional.py may pass.
+    wide = inputs.xg.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not wide.is_contiguous()
+    compare(inputs.replace(xg=wide))
+
+
+def test_zero_steps():
+    inputs = make_inputs("lstm", "all", False, False, torch.float32, steps=0)
+    out, _ = host.forward(inputs)
+    assert out.output.shape == (0, 5, 13)
+    torch.testing.assert_close(out.h_n, inputs.h0, rtol=0, atol=0)
+    torch.testing.assert_close(out.c_n, inputs.c0, rtol=0, atol=0)
+
+
+def test_unsupported_reasons():
+    inputs = make_inputs("lstm", "none", False, False, torch.float32)
+    assert host.unsupported_reason(inputs) is None
+    assert "float16" in host.unsupported_reason(inputs.replace(xg=inputs.xg.half()))
+    proj = inputs.replace(config=RecurrenceConfig(cell="lstm", hidden_size=13, proj_size=4))
+    assert "proj_size" in host.unsupported_reason(proj)
+    with pytest.raises(RuntimeError, match="proj_size"):
+        host.forward(proj)
+
+
+# ------------------------------------------------------------------------------- Philox
+
+
+def test_philox_known_answer():
+    C = host.native()
+    words = C.philox4x32_10(0, 0)
+    assert [f"{w:08x}" for w in words] == ["6627e8d5", "e169c58d", "bc57ac4c", "9b00dbd8"]
+
+
+def test_philox_words_match_python():
+    C = host.native()
+    rng = random.Random(3)
+    for _ in range(200):
+        seed = rng.randrange(-(2**63), 2**63)
+        offset = rng.randrange(-(2**63), 2**63)
+        ref = philox.philox4x32_10(seed, torch.tensor([offset]))
+        assert C.philox4x32_10(seed, offset) == tuple(int(w[0]) for w in ref)
+
+
+def test_philox_uniform_bit_identical():
+    C = host.native()
+    rng = random.Random(5)
+    special = [0, 1, -1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 12345]
+    special += [2**62, -(2**62), 2**63 - 1, -(2**63)]
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, -1, -(2**63)]
+    seeds += [rng.randrange(0, 2**63) for _ in range(25)]
+    offsets = special + [rng.randrange(-(2**63), 2**63) for _ in range(2000)]
+    offsets += [rng.randrange(0, 2**34) for _ in range(2000)]
+    for seed in seeds:
+        ref = philox.rand(seed, torch.tensor(offsets, dtype=torch.int64))
+        got = torch.tensor(C.philox_uniform(seed, offsets), dtype=torch.float32)
+        assert torch.equal(got.view(torch.int32), ref.view(torch.int32)), f"seed {seed}"
+
+
+def test_philox_mask_offsets_match_python():
+    """The kernels' offset arithmetic (base + t << 38 + b << 20 + unit) matches mask_offset."""
+    C = host.native()
+    for stream, layer, direction in itertools.product(range(4), (0, 5, 31), (0, 1)):
+        base = philox.mask_base_offset(stream, layer, direction)
+        t, b, u = 12345, 4321, 99999
+        expected = int(philox.mask_offset(stream, layer, direction, t, b, u))
+        pattern = (base + (t << 38) + (b << 20) + u) & (2**64 - 1)
+        assert pattern == expected & (2**64 - 1)
+        got = C.philox_uniform(77, [expected])[0]
+        assert got == philox.rand(77, torch.tensor([expected])).item()
