@@ -20,6 +20,7 @@ time-major ``[T, B, features]`` and padded; ``lengths [B]`` marks each row's tru
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +32,12 @@ from .backends.base import (
     NORM_EPS,
     RecurrenceConfig,
     RecurrenceInputs,
+    accumulate_dtype,
 )
 
 __all__ = [
     "LayerParams",
     "RNNOptions",
-    "Recurrence",
     "packed_to_padded",
     "padded_to_packed",
     "recurrence",
@@ -120,51 +121,297 @@ class LayerParams:
 
 
 # --------------------------------------------------------------------------------------
-# The recurrence as an autograd Function over a backend's forward and backward.
+# The recurrence as a pair of torch.library custom ops (forward, backward) with autograd and
+# fake-tensor registrations, so that torch.compile(fullgraph=True) traces a fusedrnn layer
+# as one opaque node per layer-direction instead of breaking the graph. Eager mode takes the
+# same path: there is one way into a backend.
+#
+# Op outputs are a flat list: [output, h_n, c_n, mean_hh, var_hh, mean_c, var_c, *saved],
+# with an empty tensor where a result does not exist (no cell state, no batch statistics).
 # --------------------------------------------------------------------------------------
+_OPTIONAL_TENSOR_FIELDS = (
+    "c0",
+    "b_hh",
+    "w_hr",
+    "lengths",
+    "norm_weight_hh",
+    "norm_weight_c",
+    "norm_bias_c",
+    "running_mean_hh",
+    "running_var_hh",
+    "running_mean_c",
+    "running_var_c",
+)
+_TENSOR_FIELDS = ("xg", "h0", "w_hh", *_OPTIONAL_TENSOR_FIELDS)
 _STAT_FIELDS = ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c")
+_NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; saved tensors follow
 
 
-class Recurrence(torch.autograd.Function):
-    """``Recurrence.apply(backend, template, *tensors)`` with ``tensors`` in
-    ``RecurrenceInputs.GRAD_FIELDS`` order; ``template`` carries the rest of the inputs.
-
-    Returns ``(output, h_n, c_n, batch_mean_hh, batch_var_hh, batch_mean_c, batch_var_c)``;
-    the statistics are None unless training with recurrent BN, and never differentiated.
-    """
-
-    @staticmethod
-    def forward(ctx, backend, template: RecurrenceInputs, *tensors):
-        inputs = template.replace(**dict(zip(RecurrenceInputs.GRAD_FIELDS, tensors)))
-        outputs, saved = backend.forward(inputs)
-        ctx.backend = backend
-        ctx.template = template
-        ctx.num_inputs = len(tensors)
-        ctx.save_for_backward(*tensors, *saved)
-        stats = [getattr(outputs, f) for f in _STAT_FIELDS]
-        ctx.mark_non_differentiable(*[s for s in stats if s is not None])
-        return (outputs.output, outputs.h_n, outputs.c_n, *stats)
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_h_n, grad_c_n, *unused_stat_grads):
-        saved = ctx.saved_tensors
-        tensors, extra = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
-        inputs = ctx.template.replace(**dict(zip(RecurrenceInputs.GRAD_FIELDS, tensors)))
-        if inputs.c0 is not None and grad_c_n is None:
-            grad_c_n = torch.zeros_like(inputs.c0)
-        grads = ctx.backend.backward(inputs, extra, grad_output, grad_h_n, grad_c_n)
-        return (None, None, *[grads[f] for f in RecurrenceInputs.GRAD_FIELDS])
+def _op_inputs(tensors: dict, seed: torch.Tensor | int, scalars: tuple) -> RecurrenceInputs:
+    (cell, hidden, proj, rec_dropout, zone_c, zone_h, norm, reverse, training, layer, direction) = (
+        scalars
+    )
+    config = RecurrenceConfig(cell, hidden, proj, rec_dropout, zone_c, zone_h, norm)
+    seed = int(seed) if isinstance(seed, torch.Tensor) else seed
+    return RecurrenceInputs(
+        config=config,
+        **tensors,
+        reverse=reverse,
+        training=training,
+        seed=seed,
+        layer=layer,
+        direction=direction,
+    )
 
 
-def recurrence(inputs: RecurrenceInputs, backend: str = "auto"):
+def _empty_like_absent(reference_tensor: torch.Tensor) -> torch.Tensor:
+    return reference_tensor.new_empty(0)
+
+
+def _result_shapes(inputs: RecurrenceInputs) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of the op's first ``_NUM_RESULTS`` outputs (0-size when absent)."""
+    cfg = inputs.config
+    steps, batch, _ = inputs.xg.shape
+    dtype, acc = inputs.xg.dtype, accumulate_dtype(inputs.xg.dtype)
+    has_c = cfg.has_cell_state
+    stats = cfg.norm == "batch" and inputs.training
+    return [
+        ((steps, batch, cfg.out_size), dtype),
+        ((batch, cfg.out_size), dtype),
+        ((batch, cfg.hidden_size) if has_c else (0,), dtype),
+        ((steps, cfg.gate_size) if stats else (0,), acc),
+        ((steps, cfg.gate_size) if stats else (0,), acc),
+        ((steps, cfg.hidden_size) if stats and has_c else (0,), acc),
+        ((steps, cfg.hidden_size) if stats and has_c else (0,), acc),
+    ]
+
+
+def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
+    """A custom op's outputs may not alias its inputs or each other: copy one that does
+    (for example a backend whose saved tuple holds its own output)."""
+    if result.numel() == 0:  # placeholders: one shared empty tensor would alias itself
+        return result.new_empty(result.shape)
+    for t in others:
+        if isinstance(t, torch.Tensor) and t.numel():
+            if t.untyped_storage().data_ptr() == result.untyped_storage().data_ptr():
+                return result.clone()
+    return result
+
+
+@torch.library.custom_op("fusedrnn::recurrence", mutates_args=())
+def _recurrence_op(
+    xg: torch.Tensor,
+    h0: torch.Tensor,
+    w_hh: torch.Tensor,
+    c0: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    w_hr: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    norm_weight_hh: torch.Tensor | None,
+    norm_weight_c: torch.Tensor | None,
+    norm_bias_c: torch.Tensor | None,
+    running_mean_hh: torch.Tensor | None,
+    running_var_hh: torch.Tensor | None,
+    running_mean_c: torch.Tensor | None,
+    running_var_c: torch.Tensor | None,
+    seed: torch.Tensor,
+    cell: str,
+    hidden_size: int,
+    proj_size: int,
+    recurrent_dropout: float,
+    zoneout_cell: float,
+    zoneout_hidden: float,
+    norm: str,
+    reverse: bool,
+    training: bool,
+    layer: int,
+    direction: int,
+    backend: str,
+) -> list[torch.Tensor]:
+    args = locals()
+    tensors = {f: args[f] for f in _TENSOR_FIELDS}
+    scalars = tuple(args[k] for k in _SCALAR_ARGS)
+    inputs = _op_inputs(tensors, seed, scalars)
+    module = dispatch.recurrence_backend(backend, inputs)
+    outputs, saved = module.forward(inputs)
+    results = [outputs.output, outputs.h_n, outputs.c_n]
+    results += [getattr(outputs, f) for f in _STAT_FIELDS]
+    results = [_empty_like_absent(xg) if r is None else r for r in results]
+    returned: list[torch.Tensor] = []
+    for r in [*results, *saved]:
+        returned.append(_unaliased(r, [*tensors.values(), *returned]))
+    return returned
+
+
+_SCALAR_ARGS = (
+    "cell",
+    "hidden_size",
+    "proj_size",
+    "recurrent_dropout",
+    "zoneout_cell",
+    "zoneout_hidden",
+    "norm",
+    "reverse",
+    "training",
+    "layer",
+    "direction",
+)
+
+
+_RECURRENCE_SIGNATURE = inspect.signature(_recurrence_op._init_fn)
+
+
+@_recurrence_op.register_fake
+def _recurrence_op_fake(*args, **kwargs):
+    bound = _RECURRENCE_SIGNATURE.bind(*args, **kwargs).arguments
+    tensors = {f: bound[f] for f in _TENSOR_FIELDS}
+    inputs = _op_inputs(tensors, 0, tuple(bound[k] for k in _SCALAR_ARGS))
+    module = dispatch.recurrence_backend(bound["backend"], inputs)
+    xg = bound["xg"]
+    results = [xg.new_empty(shape, dtype=dtype) for shape, dtype in _result_shapes(inputs)]
+    return [*results, *module.saved_like(inputs)]
+
+
+@torch.library.custom_op("fusedrnn::recurrence_backward", mutates_args=())
+def _recurrence_backward_op(
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor | None,
+    saved: list[torch.Tensor],
+    xg: torch.Tensor,
+    h0: torch.Tensor,
+    w_hh: torch.Tensor,
+    c0: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    w_hr: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    norm_weight_hh: torch.Tensor | None,
+    norm_weight_c: torch.Tensor | None,
+    norm_bias_c: torch.Tensor | None,
+    running_mean_hh: torch.Tensor | None,
+    running_var_hh: torch.Tensor | None,
+    running_mean_c: torch.Tensor | None,
+    running_var_c: torch.Tensor | None,
+    seed: torch.Tensor,
+    cell: str,
+    hidden_size: int,
+    proj_size: int,
+    recurrent_dropout: float,
+    zoneout_cell: float,
+    zoneout_hidden: float,
+    norm: str,
+    reverse: bool,
+    training: bool,
+    layer: int,
+    direction: int,
+    backend: str,
+) -> list[torch.Tensor]:
+    """Gradients in ``RecurrenceInputs.GRAD_FIELDS`` order (an empty tensor for an absent
+    input)."""
+    args = locals()
+    tensors = {f: args[f] for f in _TENSOR_FIELDS}
+    inputs = _op_inputs(tensors, seed, tuple(args[k] for k in _SCALAR_ARGS))
+    module = dispatch.recurrence_backend(backend, inputs)
+    grads = module.backward(inputs, tuple(saved), grad_output, grad_h_n, grad_c_n)
+    result = []
+    for field in RecurrenceInputs.GRAD_FIELDS:
+        value = tensors[field]
+        if value is None:
+            result.append(_empty_like_absent(xg))
+        elif grads.get(field) is None:
+            result.append(torch.zeros_like(value))
+        else:
+            result.append(_unaliased(grads[field], [*tensors.values(), grad_output, grad_h_n]))
+    return result
+
+
+_BACKWARD_SIGNATURE = inspect.signature(_recurrence_backward_op._init_fn)
+
+
+@_recurrence_backward_op.register_fake
+def _recurrence_backward_op_fake(*args, **kwargs):
+    bound = _BACKWARD_SIGNATURE.bind(*args, **kwargs).arguments
+    return [
+        bound["grad_output"].new_empty(0) if bound[f] is None else torch.empty_like(bound[f])
+        for f in RecurrenceInputs.GRAD_FIELDS
+    ]
+
+
+_NUM_OP_TENSOR_ARGS = len(_TENSOR_FIELDS) + 1  # the tensors and the seed
+
+
+def _recurrence_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:_NUM_OP_TENSOR_ARGS], *output[_NUM_RESULTS:])
+    ctx.scalars = inputs[_NUM_OP_TENSOR_ARGS:]
+    ctx.mark_non_differentiable(*output[3:])
+
+
+def _recurrence_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    op_tensors, extra = saved[:_NUM_OP_TENSOR_ARGS], list(saved[_NUM_OP_TENSOR_ARGS:])
+    tensors = dict(zip(_TENSOR_FIELDS, op_tensors))
+    grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
+    if grad_output is None:
+        grad_output = torch.zeros(
+            (*tensors["xg"].shape[:2], tensors["h0"].shape[1]),
+            dtype=tensors["xg"].dtype,
+            device=tensors["xg"].device,
+        )
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(tensors["h0"])
+    if tensors["c0"] is None:
+        grad_c_n = None
+    elif grad_c_n is None:
+        grad_c_n = torch.zeros_like(tensors["c0"])
+    grads_in = _recurrence_backward_op(
+        grad_output, grad_h_n, grad_c_n, extra, *op_tensors, *ctx.scalars
+    )
+    by_field = dict(zip(RecurrenceInputs.GRAD_FIELDS, grads_in))
+    per_arg = [
+        by_field.get(f) if f in by_field and tensors[f] is not None else None
+        for f in _TENSOR_FIELDS
+    ]
+    return (*per_arg, None, *([None] * len(ctx.scalars)))
+
+
+torch.library.register_autograd(
+    "fusedrnn::recurrence", _recurrence_backward, setup_context=_recurrence_setup_context
+)
+
+
+def recurrence(
+    inputs: RecurrenceInputs, backend: str = "auto", seed: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, ...]:
     """Run one layer-direction's recurrence on ``backend`` with autograd support.
 
-    Returns the ``Recurrence`` outputs tuple (see :class:`Recurrence`).
+    ``seed`` (a 0-d int64 tensor) overrides ``inputs.seed``; compiled graphs pass it so the
+    seed stays a tensor. Returns ``(output, h_n, c_n, batch_mean_hh, batch_var_hh,
+    batch_mean_c, batch_var_c)``, with None for what does not exist.
     """
-    module = dispatch.recurrence_backend(backend, inputs)
-    tensors = [getattr(inputs, f) for f in RecurrenceInputs.GRAD_FIELDS]
-    template = inputs.replace(**dict.fromkeys(RecurrenceInputs.GRAD_FIELDS))
-    return Recurrence.apply(module, template, *tensors)
+    if seed is None:
+        seed = torch.tensor(inputs.seed, dtype=torch.int64)
+    cfg = inputs.config
+    outputs = _recurrence_op(
+        *[getattr(inputs, f) for f in _TENSOR_FIELDS],
+        seed,
+        cfg.cell,
+        cfg.hidden_size,
+        cfg.proj_size,
+        cfg.recurrent_dropout,
+        cfg.zoneout_cell,
+        cfg.zoneout_hidden,
+        cfg.norm,
+        inputs.reverse,
+        inputs.training,
+        inputs.layer,
+        inputs.direction,
+        backend,
+    )
+    results = list(outputs[:_NUM_RESULTS])
+    for i in range(2, _NUM_RESULTS):
+        if results[i].numel() == 0 and _result_shapes(inputs)[i][0] == (0,):
+            results[i] = None
+    return tuple(results)
 
 
 # --------------------------------------------------------------------------------------
@@ -195,8 +442,8 @@ def _normalize_projection(
         normed = (raw - mean[:, None]) * torch.rsqrt(var[:, None] + NORM_EPS)
         return normed * params.norm_weight_ih, mean.detach(), var.detach()
     rows = _step_stat_index(raw.shape[0], params.running_mean_ih.shape[0], raw.device)
-    mean = params.running_mean_ih[rows][:, None]
-    var = params.running_var_ih[rows][:, None]
+    mean = params.running_mean_ih[rows][:, None].to(raw.dtype)
+    var = params.running_var_ih[rows][:, None].to(raw.dtype)
     return (raw - mean) * torch.rsqrt(var + NORM_EPS) * params.norm_weight_ih, None, None
 
 
@@ -229,6 +476,11 @@ def _update_running(
 # --------------------------------------------------------------------------------------
 # The layer stack.
 # --------------------------------------------------------------------------------------
+def _as(buffer: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A running-statistics buffer read in the compute dtype (a no-op when they agree)."""
+    return None if buffer is None else buffer.to(like.dtype)
+
+
 def _check_lengths(lengths: torch.Tensor, steps: int, batch: int) -> None:
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
@@ -253,7 +505,7 @@ def rnn(
     lengths: torch.Tensor | None = None,
     training: bool = False,
     backend: str = "auto",
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The layer stack on time-major padded input.
 
@@ -279,7 +531,7 @@ def rnn(
         philox.check_offset_limits(steps, batch, max(input.shape[2], options.hidden_size))
         if seed is None:
             seed = philox.draw_seed()
-    seed = 0 if seed is None else seed
+    seed = torch.as_tensor(0 if seed is None else seed, dtype=torch.int64)
     if lengths is None:
         active = torch.ones(steps, batch, dtype=torch.bool, device=input.device)
     else:
@@ -329,17 +581,17 @@ def rnn(
                 norm_weight_hh=p.norm_weight_hh,
                 norm_weight_c=p.norm_weight_c,
                 norm_bias_c=p.norm_bias_c,
-                running_mean_hh=p.running_mean_hh,
-                running_var_hh=p.running_var_hh,
-                running_mean_c=p.running_mean_c,
-                running_var_c=p.running_var_c,
+                # read in eval only; in training the buffers are updated in place below
+                running_mean_hh=None if training else _as(p.running_mean_hh, xg),
+                running_var_hh=None if training else _as(p.running_var_hh, xg),
+                running_mean_c=None if training else _as(p.running_mean_c, xg),
+                running_var_c=None if training else _as(p.running_var_c, xg),
                 reverse=direction == 1,
                 training=training,
-                seed=seed,
                 layer=layer,
                 direction=direction,
             )
-            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, backend)
+            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, backend, seed)
             if mean_hh is not None:
                 _update_running(p.running_mean_hh, p.running_var_hh, mean_hh, var_hh, counts)
             if mean_c is not None:

@@ -13,6 +13,8 @@ parameters and buffers named ``bn_*`` / ``ln_*`` per layer and direction (see
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import numbers
 
@@ -24,6 +26,8 @@ from . import dispatch, functional
 from .backends.base import NUM_GATES
 
 __all__ = ["GRU", "LSTM", "RNN", "convert"]
+
+_no_context = contextlib.nullcontext
 
 _MODE_TO_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 BN_GAMMA_INIT = 0.1  # Cooijmans et al. 2016: gamma = 0.1 keeps tanh/sigmoid out of saturation
@@ -343,6 +347,50 @@ class _FusedRNNBase(nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         self._check_devices_and_dtypes(input, hx if is_lstm else (hx,))
 
+        # Autocast: as torch.nn.LSTM under CUDA autocast, the whole layer runs in the autocast
+        # dtype (outputs in that dtype; parameter gradients flow back in their own dtype).
+        # torch's CPU autocast is not consistent across its RNN classes, so fusedrnn applies
+        # the CUDA rule on every device.
+        device_type = input.device.type
+        cast_dtype = None
+        if torch.is_autocast_enabled(device_type) and input.is_floating_point():
+            cast_dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False) if cast_dtype else _no_context():
+            output, hidden = self._run_layers(input, hx, batch_sizes, cast_dtype)
+
+        if is_packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _run_layers(self, input, hx, batch_sizes, cast_dtype):
+        """The layer stack on parsed arguments (time-major or batch_first, or packed data)."""
+        is_lstm = self.mode == "LSTM"
+        is_packed = batch_sizes is not None
+        flat_weights = self._flat_weights
+        params = self._layer_params()
+        if cast_dtype is not None:
+
+            def cast(t):
+                return t.to(cast_dtype) if t is not None else None
+
+            input = cast(input)
+            hx = tuple(cast(h) for h in hx) if is_lstm else cast(hx)
+            flat_weights = [cast(w) for w in flat_weights]
+            params = [
+                functional.LayerParams(
+                    **{
+                        f.name: getattr(p, f.name)
+                        if f.name.startswith("running_")
+                        else cast(getattr(p, f.name))
+                        for f in dataclasses.fields(p)
+                    }
+                )
+                for p in params
+            ]
         options = self.options()
         chosen = dispatch.layer_backend(
             self.backend, input.device, options.needs_fusedrnn(self.training)
@@ -353,7 +401,7 @@ class _FusedRNNBase(nn.RNNBase):
                 input,
                 batch_sizes,
                 hx,
-                self._flat_weights,
+                flat_weights,
                 self.training,
                 self.batch_first,
             )
@@ -369,7 +417,7 @@ class _FusedRNNBase(nn.RNNBase):
                 x,
                 h0,
                 c0,
-                self._layer_params(),
+                params,
                 options,
                 lengths=lengths,
                 training=self.training,
@@ -380,14 +428,7 @@ class _FusedRNNBase(nn.RNNBase):
             elif self.batch_first:
                 output = output.transpose(0, 1)
             hidden = (h_n, c_n) if is_lstm else h_n
-
-        if is_packed:
-            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output, self.permute_hidden(hidden, unsorted_indices)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+        return output, hidden
 
 
 class LSTM(_FusedRNNBase):

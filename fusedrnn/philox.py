@@ -150,12 +150,18 @@ def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def philox4x32_10(
-    seed: int, offset: torch.Tensor
+    seed: int | torch.Tensor, offset: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The four uint32 output words (as int64 tensors) for int64 ``offset`` under ``seed``."""
-    seed &= (1 << 64) - 1
+    """The four uint32 output words (as int64 tensors) for int64 ``offset`` under ``seed``.
+
+    ``seed`` is a Python int or a 0-d int64 tensor (what a compiled graph carries).
+    """
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(torch.int64)
+    else:
+        seed = _to_int64(seed)
     k0 = seed & _MASK32
-    k1 = seed >> 32
+    k1 = (seed >> 32) & _MASK32  # arithmetic shift of the signed pattern, then the low word
     offset = torch.as_tensor(offset, dtype=torch.int64)
     c0 = offset & _MASK32
     c1 = (offset >> 32) & _MASK32  # arithmetic shift, then the low word: hi32 of the pattern
@@ -178,13 +184,13 @@ def uniform_from_uint32(u: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) * torch.tensor(UINT_TO_UNIFORM_SCALE, dtype=torch.float32)
 
 
-def rand(seed: int, offset: torch.Tensor) -> torch.Tensor:
+def rand(seed: int | torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Bit-identical to Triton's ``tl.rand(seed, offset)``: float32 uniform in [0, 1)."""
     return uniform_from_uint32(philox4x32_10(seed, offset)[0])
 
 
 def uniform_mask(
-    seed: int,
+    seed: int | torch.Tensor,
     stream: int,
     layer: int,
     direction: int,
@@ -207,9 +213,10 @@ def uniform_mask(
     return rand(seed, offsets.to(device))
 
 
-def draw_seed() -> int:
-    """A fresh non-negative int64 seed from torch's default CPU generator.
+def draw_seed() -> torch.Tensor:
+    """A fresh non-negative int64 seed (a 0-d CPU tensor) from torch's default generator.
 
-    ``torch.manual_seed`` therefore makes fusedrnn's masks reproducible.
+    ``torch.manual_seed`` therefore makes fusedrnn's masks reproducible. It stays a tensor so
+    that a compiled graph draws it without a graph break.
     """
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import philox
-from .backends.base import NORM_EPS, RecurrenceInputs, RecurrenceOutputs
+from .backends.base import NORM_EPS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
 
 __all__ = ["active_rows", "masks", "normalize", "recurrence", "variational_mask"]
 
@@ -231,9 +231,10 @@ def recurrence(inputs: RecurrenceInputs) -> RecurrenceOutputs:
     output = torch.stack(outputs) if steps > 0 else inputs.xg.new_zeros(0, batch, cfg.out_size)
     result = RecurrenceOutputs(output=output, h_n=h, c_n=c)
     if norm == "batch" and inputs.training and steps > 0:
-        result.batch_mean_hh = torch.stack(stats["mean_hh"]).detach()
-        result.batch_var_hh = torch.stack(stats["var_hh"]).detach()
+        acc = accumulate_dtype(inputs.xg.dtype)
+        result.batch_mean_hh = torch.stack(stats["mean_hh"]).detach().to(acc)
+        result.batch_var_hh = torch.stack(stats["var_hh"]).detach().to(acc)
         if cfg.cell == "lstm":
-            result.batch_mean_c = torch.stack(stats["mean_c"]).detach()
-            result.batch_var_c = torch.stack(stats["var_c"]).detach()
+            result.batch_mean_c = torch.stack(stats["mean_c"]).detach().to(acc)
+            result.batch_var_c = torch.stack(stats["var_c"]).detach().to(acc)
     return result

@@ -27,6 +27,11 @@ NORM_EPS = 1e-5  # added to the variance, as torch.nn.BatchNorm1d / LayerNorm
 BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as torch
 
 
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of accumulations, LSTM cell states and BN statistics for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclasses.dataclass(frozen=True)
 class RecurrenceConfig:
     """Static settings of one layer-direction's recurrence (hashable: kernels key on it)."""
@@ -111,7 +116,8 @@ class RecurrenceOutputs:
     h_n: torch.Tensor  # [B, P] last state of each row
     c_n: torch.Tensor | None  # [B, H] (lstm)
     # Training with recurrent BN only: per-step batch statistics (biased variance) over
-    # the active rows, for the caller's running-buffer update. Not differentiated.
+    # the active rows, for the caller's running-buffer update, in accumulate_dtype(xg.dtype).
+    # Not differentiated.
     batch_mean_hh: torch.Tensor | None = None  # [T, G*H]
     batch_var_hh: torch.Tensor | None = None  # [T, G*H]
     batch_mean_c: torch.Tensor | None = None  # [T, H]
@@ -130,7 +136,19 @@ class Backend(Protocol):
         """None if this backend runs ``inputs``, else the reason (raised when named)."""
 
     def forward(self, inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
-        """Run the recurrence; returns the outputs and whatever backward needs (no masks)."""
+        """Run the recurrence; returns the outputs and whatever backward needs (no masks).
+
+        The saved tuple holds tensors only (an empty tensor where a slot is unused), none of
+        them an input tensor itself, and the batch statistics are in
+        ``accumulate_dtype(xg.dtype)``.
+        """
+
+    def saved_like(self, inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+        """Empty tensors with the shapes, dtypes and devices of ``forward``'s saved tuple.
+
+        Called on fake tensors while ``torch.compile`` traces, so it may only allocate
+        (``inputs.xg.new_empty(...)``), never launch anything.
+        """
 
     def backward(
         self,

@@ -1,7 +1,7 @@
 """The ``reference`` backend: fusedrnn/reference.py's plain-torch loop on any device.
 
-Backward recomputes the forward under autograd and differentiates it, so the oracle's
-gradients come from autograd itself rather than from hand-written formulas.
+Backward recomputes the forward and differentiates it with ``torch.func.vjp``, so the
+oracle's gradients come from autograd itself rather than from hand-written formulas.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     return None
 
 
+def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+    return ()  # backward recomputes the forward
+
+
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     with torch.no_grad():
         return reference.recurrence(inputs), ()
@@ -34,19 +38,19 @@ def backward(
     grad_h_n: torch.Tensor,
     grad_c_n: torch.Tensor | None,
 ) -> dict[str, torch.Tensor | None]:
+    # torch.func.vjp rather than torch.autograd.grad: it also differentiates inside a custom
+    # op's implementation, where the autograd dispatch keys are excluded.
     fields = [f for f in RecurrenceInputs.GRAD_FIELDS if getattr(inputs, f) is not None]
-    leaves = {f: getattr(inputs, f).detach().requires_grad_(True) for f in fields}
+    with_cell = inputs.c0 is not None and grad_c_n is not None
+
+    def run(*tensors):
+        out = reference.recurrence(inputs.replace(**dict(zip(fields, tensors))))
+        return (out.output, out.h_n, out.c_n) if with_cell else (out.output, out.h_n)
+
     with torch.enable_grad():
-        out = reference.recurrence(inputs.replace(**leaves))
-        roots = [out.output, out.h_n]
-        grads_out = [grad_output, grad_h_n]
-        if out.c_n is not None and grad_c_n is not None:
-            roots.append(out.c_n)
-            grads_out.append(grad_c_n)
-        grads = torch.autograd.grad(
-            roots, [leaves[f] for f in fields], grads_out, allow_unused=True
-        )
+        _, vjp = torch.func.vjp(run, *[getattr(inputs, f).detach() for f in fields])
+        cotangents = (grad_output, grad_h_n, grad_c_n) if with_cell else (grad_output, grad_h_n)
+        grads = vjp(cotangents)
     result: dict[str, torch.Tensor | None] = dict.fromkeys(RecurrenceInputs.GRAD_FIELDS)
-    for f, g in zip(fields, grads):
-        result[f] = torch.zeros_like(leaves[f]) if g is None else g
+    result.update(zip(fields, grads))
     return result
