@@ -63,6 +63,10 @@ def _workspace(backward: bool):
     return allocate
 
 
+def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+    return _launcher.saved_like(inputs)  # the same saved layout as the host build
+
+
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = _launcher.native()

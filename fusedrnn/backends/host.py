@@ -248,6 +248,43 @@ def _check_shapes(inputs: RecurrenceInputs) -> None:
             raise ValueError(f"lengths must lie in [0, {steps}]")
 
 
+def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tensor]:
+    """The tensors forward writes for backward (no masks), by name; an empty tensor where
+    a slot is unused. ``allocate(shape, dtype, device)`` makes each one."""
+    cfg = inputs.config
+    steps, batch, n = inputs.xg.shape
+    hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
+    acc = acc_dtype(dtype)
+    lstm, norm = cfg.cell == "lstm", cfg.norm
+
+    def unused():
+        return allocate((0,), acc, device)
+
+    per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
+    per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
+    return {
+        "out": allocate((steps, batch, hidden), dtype, device),
+        "gates": allocate((steps, batch, n), acc, device),
+        "gru_an": allocate((steps, batch, hidden), acc, device) if cfg.cell == "gru" else unused(),
+        "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused(),
+        "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused(),
+        "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
+        "c_state": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
+        "xhat_c": allocate((steps, batch, hidden), acc, device)
+        if lstm and norm != "none"
+        else unused(),
+        "rstd_c": allocate(per_step_rows_c, acc, device) if lstm and norm != "none" else unused(),
+    }
+
+
+def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+    """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
+    saved = _allocate_saved(
+        inputs, lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype)
+    )
+    return tuple(saved[k] for k in _SAVED)
+
+
 def launch_forward(
     inputs: RecurrenceInputs,
     run: Callable[[object], None],
@@ -268,29 +305,10 @@ def launch_forward(
     lstm, norm = cfg.cell == "lstm", cfg.norm
     bn_train = norm == "batch" and inputs.training
 
-    out = _empty((steps, batch, hidden), dtype, device)
+    saved = _allocate_saved(inputs, _empty)
+    out = saved["out"]
     h_n = _empty((batch, hidden), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
-    none = torch.empty(0, dtype=acc, device=device)
-    saved = {
-        "out": out,
-        "gates": _empty((steps, batch, n), acc, device),
-        "gru_an": _empty((steps, batch, hidden), acc, device) if cfg.cell == "gru" else none,
-        "xhat_hh": _empty((steps, batch, n), acc, device) if norm != "none" else none,
-        "rstd_hh": none,
-        "c_tilde": _empty((steps, batch, hidden), acc, device) if lstm else none,
-        "c_state": _empty((steps, batch, hidden), acc, device) if lstm else none,
-        "xhat_c": _empty((steps, batch, hidden), acc, device) if lstm and norm != "none" else none,
-        "rstd_c": none,
-    }
-    if norm == "batch":
-        saved["rstd_hh"] = _empty((steps, n), acc, device)
-        if lstm:
-            saved["rstd_c"] = _empty((steps, hidden), acc, device)
-    elif norm == "layer":
-        saved["rstd_hh"] = _empty((steps, batch), acc, device)
-        if lstm:
-            saved["rstd_c"] = _empty((steps, batch), acc, device)
     stats = {}
     if bn_train:
         stats["batch_mean_hh"] = _empty((steps, n), acc, device)
@@ -312,7 +330,7 @@ def launch_forward(
 
     result = RecurrenceOutputs(output=out, h_n=h_n, c_n=c_n)
     for name, tensor in stats.items():
-        setattr(result, name, tensor.to(dtype))
+        setattr(result, name, tensor)  # accumulate dtype, as the contract states
     return result, tuple(saved[k] for k in _SAVED)
 
 

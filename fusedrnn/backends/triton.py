@@ -1,0 +1,550 @@
+"""The ``triton`` backend: launcher of the persistent kernels in kernels/recurrence.py.
+
+Validate, allocate with torch, launch; no math here except the one GEMM for ``dL/dW_hh``.
+
+Launch geometry. One program per slice of ``BLOCK_U`` hidden units (all gates, all rows);
+the grid never exceeds the SM count, because the programs wait for each other at a grid
+barrier every step and a program that is not resident could never arrive (a hang). A grid
+of at most one program per SM is co-resident whenever one program fits on an SM, which the
+launch itself checks (it fails, it does not hang, when a program is too big). Under the
+Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) programs run one after another, so
+the grid is exactly one program owning every unit.
+
+Saved tensors (all float32, indexed by time index t; see the forward kernel's docstring):
+``(h_prev, h_in, c_prev, gates, gru_hn, xhat_hh, rstd_hh, xhat_c, rstd_c)``, with an empty
+tensor where a quantity is not used by this configuration. Nothing mask-shaped: the backward
+kernel regenerates the masks from (seed, layer, direction).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import philox
+from .base import CELLS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
+
+NAME = "triton"
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Largest number of elements of one register tile the launcher accepts on a GPU: beyond it the
+# "weights and state stay on chip" design would spill to local memory (a K-chunked variant is
+# future work), so such shapes are reported unsupported and fall back to another backend.
+_MAX_TILE_ELEMENTS = 1 << 16
+_MAX_BATCH = 256
+_SAVED_FIELDS = (
+    "h_prev",
+    "h_in",
+    "c_prev",
+    "gates",
+    "gru_hn",
+    "xhat_hh",
+    "rstd_hh",
+    "xhat_c",
+    "rstd_c",
+)
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """Every allocation of this launcher (tests replace it to fill outputs with NaN)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def availability() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install
+        return f"triton cannot be imported ({type(error).__name__}: {error})"
+    if _interpreting() or torch.cuda.is_available():
+        return None
+    return (
+        "no CUDA device (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU interpreter)"
+    )
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> dict:
+    """Block sizes and grids of both kernels (kernels/recurrence.py, "Block sizes")."""
+    gates_pad = _next_power_of_2(num_gates)
+    block_h = _next_power_of_2(hidden)
+    block_gh = _next_power_of_2(num_gates * hidden)
+    if _interpreting():
+        block_b = _next_power_of_2(batch)
+        return {
+            "GATES_PAD": gates_pad,
+            "BLOCK_B": block_b,
+            "BLOCK_H": block_h,
+            "BLOCK_GH": block_gh,
+            "forward_units": block_h,
+            "backward_units": block_h,
+            "forward_programs": 1,
+            "backward_programs": 1,
+        }
+    # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
+    # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    block_b = max(16, _next_power_of_2(batch))
+    block_h = max(16, block_h)
+    block_gh = max(16, block_gh)
+    per_sm = -(-hidden // sms)
+    forward_units = max(16 // gates_pad, _next_power_of_2(per_sm))
+    backward_units = max(16, _next_power_of_2(per_sm))
+    return {
+        "GATES_PAD": gates_pad,
+        "BLOCK_B": block_b,
+        "BLOCK_H": block_h,
+        "BLOCK_GH": block_gh,
+        "forward_units": forward_units,
+        "backward_units": backward_units,
+        "forward_programs": -(-hidden // forward_units),
+        "backward_programs": -(-hidden // backward_units),
+        "sms": sms,
+    }
+
+
+def _shared_memory_bytes(geo: dict) -> dict[str, int]:
+    """Shared memory of each kernel: its one tl.dot stages both float32 operands there,
+    (M*K + K*N) * 4 bytes (this matches the compiled sm_80 / sm_90 kernels exactly)."""
+    forward_n = geo["GATES_PAD"] * geo["forward_units"]
+    return {
+        "forward": 4 * (geo["BLOCK_B"] * geo["BLOCK_H"] + geo["BLOCK_H"] * forward_n),
+        "backward": 4 * geo["BLOCK_GH"] * (geo["BLOCK_B"] + geo["backward_units"]),
+    }
+
+
+def _resource_reason(geo: dict, device: torch.device) -> str | None:
+    """Why one program of either kernel would not fit on an SM, or None."""
+    tiles = {
+        "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
+        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["forward_units"],
+        "backward gradient row block [B, G*H]": geo["BLOCK_B"] * geo["BLOCK_GH"],
+        "backward W_hh slice [G*H, units]": geo["BLOCK_GH"] * geo["backward_units"],
+    }
+    for what, elements in tiles.items():
+        if elements > _MAX_TILE_ELEMENTS:
+            return (
+                f"shape too large for on-chip tiles ({what} has {elements} > "
+                f"{_MAX_TILE_ELEMENTS} elements; the CUDA or reference backend handles it)"
+            )
+    properties = torch.cuda.get_device_properties(device)
+    limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
+    for kernel, needed in _shared_memory_bytes(geo).items():
+        if needed > limit:
+            return (
+                f"shape too large: the {kernel} kernel would need {needed} bytes of shared "
+                f"memory per program, the GPU has {limit} (the CUDA or reference backend "
+                "handles it)"
+            )
+    return None
+
+
+def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
+    cfg = inputs.config
+    if cfg.cell not in CELLS:
+        return f"unknown cell {cfg.cell!r}"
+    if cfg.proj_size > 0 or inputs.w_hr is not None:
+        return (
+            "the Triton kernels do not support proj_size (LSTM projection w_hr): h~ has H units "
+            "but h has P, which needs a second cross-program exchange per step"
+        )
+    device = inputs.xg.device
+    if _interpreting():
+        if device.type != "cpu":
+            return "TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors only"
+    elif device.type != "cuda":
+        return f"the Triton kernels need CUDA tensors, got {device.type}"
+    if inputs.xg.dtype not in _DTYPES:
+        return f"dtype {inputs.xg.dtype} is not supported (float32, float16, bfloat16)"
+    steps, batch, _ = inputs.xg.shape
+    hidden = cfg.hidden_size
+    if cfg.uses_random and inputs.training:
+        try:
+            philox.check_offset_limits(steps, batch, hidden)
+        except ValueError as error:
+            return str(error)
+    if not _interpreting():
+        if batch > _MAX_BATCH:
+            return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
+        return _resource_reason(_geometry(batch, hidden, cfg.num_gates, device), device)
+    return None
+
+
+def _check(inputs: RecurrenceInputs) -> None:
+    """Raise ValueError with the reason for anything the kernels cannot take as given."""
+    reason = unsupported_reason(inputs)
+    if reason is not None:
+        raise ValueError(f"triton backend: {reason}")
+    cfg = inputs.config
+    xg = inputs.xg
+    if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
+        raise ValueError(f"xg must be [T, B, {cfg.gate_size}], got {tuple(xg.shape)}")
+    if xg.stride(2) != 1:
+        raise ValueError("xg must have unit stride in its last dimension")
+    _, batch, _ = xg.shape
+    hidden = cfg.hidden_size
+    expected = {
+        "h0": (batch, hidden),
+        "w_hh": (cfg.gate_size, hidden),
+        "b_hh": (cfg.gate_size,),
+        "lengths": (batch,),
+    }
+    if cfg.has_cell_state:
+        expected["c0"] = (batch, hidden)
+    if cfg.norm != "none":
+        expected["norm_weight_hh"] = (cfg.gate_size,)
+        if cfg.has_cell_state:
+            expected["norm_weight_c"] = (hidden,)
+            expected["norm_bias_c"] = (hidden,)
+    for name, shape in expected.items():
+        value = getattr(inputs, name)
+        if value is None:
+            if name in ("b_hh", "lengths", "norm_bias_c"):
+                continue
+            raise ValueError(f"{name} is required for this configuration")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        if value.device != xg.device:
+            raise ValueError(f"{name} is on {value.device}, xg on {xg.device}")
+        if name == "lengths":
+            if value.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"lengths must be int32 or int64, got {value.dtype}")
+        elif name in ("h0", "c0", "w_hh", "b_hh"):
+            if value.dtype != xg.dtype:
+                raise ValueError(f"{name} has dtype {value.dtype}, xg {xg.dtype}")
+        elif not value.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {value.dtype}")
+    if cfg.norm == "batch" and not inputs.training:
+        stats = [
+            inputs.running_mean_hh,
+            inputs.running_var_hh,
+            *([inputs.running_mean_c, inputs.running_var_c] if cfg.has_cell_state else []),
+        ]
+        if any(s is None for s in stats):
+            raise ValueError("recurrent batch norm in eval mode needs the running buffers")
+        stat_steps = inputs.running_mean_hh.shape[0]
+        if stat_steps < 1:
+            raise ValueError("running buffers must have at least one step")
+        widths = [cfg.gate_size, cfg.gate_size, hidden, hidden]
+        for buffer, width in zip(stats, widths):
+            if tuple(buffer.shape) != (stat_steps, width) or buffer.device != xg.device:
+                raise ValueError(f"running buffer must be [{stat_steps}, {width}] on {xg.device}")
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _scalars(inputs: RecurrenceInputs) -> dict:
+    """Randomness / regulariser arguments shared by both kernels."""
+    cfg = inputs.config
+    p = cfg.recurrent_dropout
+    use_dropout = bool(inputs.training and p > 0)
+    return {
+        "seed": int(inputs.seed),
+        "dropout_base": philox.mask_base_offset(
+            philox.STREAM_RECURRENT_DROPOUT, inputs.layer, inputs.direction
+        ),
+        "zoneout_cell_base": philox.mask_base_offset(
+            philox.STREAM_ZONEOUT_CELL, inputs.layer, inputs.direction
+        ),
+        "zoneout_hidden_base": philox.mask_base_offset(
+            philox.STREAM_ZONEOUT_HIDDEN, inputs.layer, inputs.direction
+        ),
+        "dropout_p": float(p),
+        "dropout_keep_scale": 1.0 / (1.0 - p) if use_dropout else 1.0,
+        "zoneout_cell_p": float(cfg.zoneout_cell),
+        "zoneout_hidden_p": float(cfg.zoneout_hidden),
+    }
+
+
+def _meta(inputs: RecurrenceInputs) -> dict:
+    from fusedrnn.kernels.recurrence import CELL_CODES, NORM_CODES
+
+    cfg = inputs.config
+    return {
+        "CELL": CELL_CODES[cfg.cell],
+        "NORM": NORM_CODES[cfg.norm],
+        "TRAINING": bool(inputs.training),
+        "REVERSE": bool(inputs.reverse),
+        "HAS_NORM_BIAS_C": inputs.norm_bias_c is not None,
+        "USE_DROPOUT": bool(inputs.training and cfg.recurrent_dropout > 0),
+        "USE_ZONEOUT_CELL": cfg.has_cell_state and cfg.zoneout_cell > 0,
+        "USE_ZONEOUT_HIDDEN": cfg.zoneout_hidden > 0,
+        "NUM_GATES": cfg.num_gates,
+    }
+
+
+def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
+    steps, batch, _ = inputs.xg.shape
+    if inputs.lengths is None:
+        return torch.full((batch,), steps, dtype=torch.int64, device=inputs.xg.device)
+    return inputs.lengths.to(torch.int64).contiguous()
+
+
+def _num_warps(*tile_elements: int) -> int:
+    """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4."""
+    return 8 if max(tile_elements) > 32 * 128 else 4
+
+
+def _check_grid(programs: int, geo: dict) -> None:
+    if _interpreting():
+        if programs != 1:  # unreachable by construction; a multi-program grid would hang
+            raise RuntimeError("the Triton interpreter can only run a one-program grid")
+    elif programs > geo["sms"]:
+        raise RuntimeError(
+            f"persistent grid of {programs} programs exceeds the {geo['sms']} SMs: "
+            "not all programs could be resident, the grid barrier would hang"
+        )
+
+
+def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
+    """Shape of each saved float32 tensor, in _SAVED_FIELDS order; (0,) where unused."""
+    cfg = inputs.config
+    steps, batch, _ = inputs.xg.shape
+    hidden, gates = cfg.hidden_size, cfg.gate_size
+    lstm, norm = cfg.has_cell_state, cfg.norm
+    use_dropout = bool(inputs.training and cfg.recurrent_dropout > 0)
+    per_step_stat = {"batch": None, "layer": batch}  # BN: per column; LN: per row
+
+    def used(condition: bool, *shape: int) -> tuple[int, ...]:
+        return shape if condition else (0,)
+
+    return {
+        "h_prev": (steps, batch, hidden),
+        "h_in": used(use_dropout, steps, batch, hidden),
+        "c_prev": used(lstm, steps, batch, hidden),
+        "gates": (steps, batch, gates),
+        "gru_hn": used(cfg.cell == "gru", steps, batch, hidden),
+        "xhat_hh": used(norm != "none", steps, batch, gates),
+        "rstd_hh": used(norm != "none", steps, per_step_stat.get(norm) or gates),
+        "xhat_c": used(lstm and norm != "none", steps, batch, hidden),
+        "rstd_c": used(lstm and norm != "none", steps, per_step_stat.get(norm) or hidden),
+    }
+
+
+def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+    """Empty tensors shaped like forward's saved tuple (allocation only: safe on fake tensors)."""
+    return tuple(
+        inputs.xg.new_empty(shape, dtype=torch.float32) for shape in _saved_shapes(inputs).values()
+    )
+
+
+def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
+    _check(inputs)
+    from fusedrnn.kernels.recurrence import recurrence_forward_kernel
+
+    cfg = inputs.config
+    xg = inputs.xg
+    steps, batch, _ = xg.shape
+    hidden, gate_width = cfg.hidden_size, cfg.gate_size
+    device, dtype = xg.device, xg.dtype
+    lstm, norm, training = cfg.has_cell_state, cfg.norm, inputs.training
+    meta = _meta(inputs)
+    f32 = {"dtype": torch.float32, "device": device}
+
+    output = _empty(steps, batch, hidden, dtype=dtype, device=device)
+    h_n = _empty(batch, hidden, dtype=dtype, device=device)
+    c_n = _empty(batch, hidden, dtype=dtype, device=device) if lstm else None
+    bn_train = norm == "batch" and training
+    stats = [
+        _empty(steps, width, dtype=accumulate_dtype(dtype), device=device)
+        if bn_train and use
+        else None
+        for width, use in ((gate_width, True), (gate_width, True), (hidden, lstm), (hidden, lstm))
+    ]
+    saved = {
+        name: _empty(*shape, dtype=torch.float32, device=device)
+        for name, shape in _saved_shapes(inputs).items()
+    }
+    if steps == 0:
+        h_n.copy_(inputs.h0)
+        if lstm:
+            c_n.copy_(inputs.c0)
+        result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
+        return result, tuple(saved[k] for k in _SAVED_FIELDS)
+
+    geo = _geometry(batch, hidden, cfg.num_gates, device)
+    programs, block_u = geo["forward_programs"], geo["forward_units"]
+    _check_grid(programs, geo)
+    # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
+    saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
+    ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+    barrier = torch.zeros(1, dtype=torch.int32, device=device)
+    running = [
+        _contiguous(getattr(inputs, f"running_{k}"))
+        for k in ("mean_hh", "var_hh", "mean_c", "var_c")
+    ]
+    stat_steps = running[0].shape[0] if norm == "batch" and not training else 1
+    w_hh = inputs.w_hh.contiguous()
+    recurrence_forward_kernel[(programs,)](
+        xg,
+        inputs.h0.contiguous(),
+        _contiguous(inputs.c0),
+        w_hh,
+        _contiguous(inputs.b_hh),
+        _lengths(inputs),
+        _contiguous(inputs.norm_weight_hh),
+        _contiguous(inputs.norm_weight_c),
+        _contiguous(inputs.norm_bias_c),
+        *running,
+        output,
+        h_n,
+        c_n,
+        *stats,
+        *(saved[k] for k in _SAVED_FIELDS),
+        ln_partials,
+        barrier,
+        steps,
+        batch,
+        hidden,
+        stat_steps,
+        xg.stride(0),
+        xg.stride(1),
+        output.stride(0),
+        output.stride(1),
+        **_scalars(inputs),
+        **meta,
+        HAS_BIAS=inputs.b_hh is not None,
+        GATES_PAD=geo["GATES_PAD"],
+        BLOCK_B=geo["BLOCK_B"],
+        BLOCK_U=block_u,
+        BLOCK_H=geo["BLOCK_H"],
+        PROGRAMS_PAD=_next_power_of_2(programs),
+        num_warps=_num_warps(
+            geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
+        ),
+    )
+    result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
+    if bn_train:
+        result.batch_mean_hh, result.batch_var_hh, result.batch_mean_c, result.batch_var_c = stats
+    return result, tuple(saved[k] for k in _SAVED_FIELDS)
+
+
+def backward(
+    inputs: RecurrenceInputs,
+    saved: tuple,
+    grad_output: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    grad_c_n: torch.Tensor | None,
+) -> dict[str, torch.Tensor | None]:
+    _check(inputs)
+    from fusedrnn.kernels.recurrence import recurrence_backward_kernel
+
+    cfg = inputs.config
+    xg = inputs.xg
+    steps, batch, _ = xg.shape
+    hidden, gate_width = cfg.hidden_size, cfg.gate_size
+    device = xg.device
+    lstm, norm = cfg.has_cell_state, cfg.norm
+    meta = _meta(inputs)
+    tensors = dict(zip(_SAVED_FIELDS, saved))
+    f32 = {"dtype": torch.float32, "device": device}
+
+    if grad_output is None:
+        grad_output = torch.zeros(steps, batch, hidden, dtype=xg.dtype, device=device)
+    if grad_output.stride(-1) != 1:
+        grad_output = grad_output.contiguous()
+    grad_h_n = torch.zeros(batch, hidden, **f32) if grad_h_n is None else grad_h_n.contiguous()
+    if lstm:
+        grad_c_n = torch.zeros(batch, hidden, **f32) if grad_c_n is None else grad_c_n.contiguous()
+
+    grad_xg = _empty(steps, batch, gate_width, dtype=xg.dtype, device=device)
+    grad_acc = _empty(steps, batch, gate_width, **f32)
+    grad_h0 = _empty(batch, hidden, **f32)
+    grad_c0 = _empty(batch, hidden, **f32) if lstm else None
+    grad_b_hh = _empty(gate_width, **f32)
+    grad_gamma_hh = _empty(gate_width, **f32) if norm != "none" else None
+    grad_gamma_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+    grad_beta_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+
+    if steps == 0:
+        grad_xg.zero_()
+        grad_acc.zero_()
+        grad_h0.copy_(grad_h_n)
+        if lstm:
+            grad_c0.copy_(grad_c_n)
+        for g in (grad_b_hh, grad_gamma_hh, grad_gamma_c, grad_beta_c):
+            if g is not None:
+                g.zero_()
+    else:
+        geo = _geometry(batch, hidden, cfg.num_gates, device)
+        programs, block_u = geo["backward_programs"], geo["backward_units"]
+        _check_grid(programs, geo)
+        ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        recurrence_backward_kernel[(programs,)](
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            inputs.w_hh.contiguous(),
+            _lengths(inputs),
+            _contiguous(inputs.norm_weight_hh),
+            _contiguous(inputs.norm_weight_c),
+            _contiguous(inputs.norm_bias_c),
+            tensors["h_prev"],
+            tensors["c_prev"],
+            tensors["gates"],
+            tensors["gru_hn"],
+            tensors["xhat_hh"],
+            tensors["rstd_hh"],
+            tensors["xhat_c"],
+            tensors["rstd_c"],
+            grad_xg,
+            grad_acc,
+            grad_h0,
+            grad_c0,
+            grad_b_hh,
+            grad_gamma_hh,
+            grad_gamma_c,
+            grad_beta_c,
+            ln_partials,
+            barrier,
+            steps,
+            batch,
+            hidden,
+            1,
+            grad_output.stride(0),
+            grad_output.stride(1),
+            **_scalars(inputs),
+            **meta,
+            GATES_PAD=geo["GATES_PAD"],
+            BLOCK_B=geo["BLOCK_B"],
+            BLOCK_U=block_u,
+            BLOCK_GH=geo["BLOCK_GH"],
+            PROGRAMS_PAD=_next_power_of_2(programs),
+            num_warps=_num_warps(geo["BLOCK_B"] * geo["BLOCK_GH"], geo["BLOCK_GH"] * block_u),
+        )
+
+    # dL/dW_hh = sum over t, b of dL/dacc^T (m_h h_{t-1}): one GEMM over all steps.
+    operand = tensors["h_in"] if meta["USE_DROPOUT"] else tensors["h_prev"]
+    if steps > 0:
+        grad_w_hh = grad_acc.reshape(steps * batch, gate_width).t() @ operand.reshape(
+            steps * batch, hidden
+        )
+    else:
+        grad_w_hh = torch.zeros(gate_width, hidden, **f32)
+
+    def cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+        if grad is None or like is None:
+            return None
+        return grad.to(like.dtype)
+
+    return {
+        "xg": grad_xg,
+        "h0": cast(grad_h0, inputs.h0),
+        "c0": cast(grad_c0, inputs.c0),
+        "w_hh": cast(grad_w_hh, inputs.w_hh),
+        "b_hh": cast(grad_b_hh, inputs.b_hh),
+        "w_hr": None,
+        "norm_weight_hh": cast(grad_gamma_hh, inputs.norm_weight_hh),
+        "norm_weight_c": cast(grad_gamma_c, inputs.norm_weight_c),
+        "norm_bias_c": cast(grad_beta_c, inputs.norm_bias_c),
+    }

@@ -1,0 +1,297 @@
+"""Building blocks shared by the persistent recurrence kernels (kernels/recurrence.py).
+
+Everything here is a ``@triton.jit`` helper inlined into the kernels:
+
+* numerically stable activations (the interpreter has no ``tl.math.tanh``, and the naive
+  ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
+* the grid barrier that lets one program per SM meet the others between time steps,
+* the Philox mask draws, built from the offset layout of ``fusedrnn/philox.py``,
+* the gate-tile view (a program's gate columns as ``[rows, gates, units]``),
+* the normalisation statistics: recurrent batch norm over the active rows of a column, and
+  layer norm over a row whose columns are spread over several programs.
+
+Tile vocabulary used in every docstring: ``BLOCK_B`` padded batch rows, ``BLOCK_U`` hidden
+units owned by one program, ``GATES_PAD * BLOCK_U`` that program's *gate columns*
+(column ``j`` is gate ``j // BLOCK_U`` of unit ``pid * BLOCK_U + j % BLOCK_U``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fusedrnn import philox
+
+# The offset layout of fusedrnn/philox.py, mirrored (never redefined) for the kernels.
+STEP_SHIFT: tl.constexpr = tl.constexpr(philox.STEP_SHIFT)  # 38
+BATCH_SHIFT: tl.constexpr = tl.constexpr(philox.BATCH_SHIFT)  # 20
+
+# tanh(x) for |x| below this uses its odd Taylor polynomial: the exp form 1 - e^{-2|x|}
+# cancels there and would lose up to ulp(1) / (2|x|) relative accuracy.
+TANH_SERIES_LIMIT: tl.constexpr = tl.constexpr(0.25)
+
+
+# ----------------------------------------------------------------------------------------
+# Activations (float32 in, float32 out)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def sigmoid(x):
+    """1 / (1 + e^-x) that never overflows: exp is only taken of -|x| <= 0."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def tanh(x):
+    """tanh accurate to a few float32 ulps for every x, with no overflow.
+
+    ``|x| >= 0.25``: ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` in (0, 0.61], so nothing
+    overflows and the cancellation in ``1 - e`` costs at most ~1e-7 relative.
+    ``|x| < 0.25``: the Taylor series to x^11 (truncation < 1e-8 relative).
+    """
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    large = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    series = 1.0 + x2 * (
+        -1.0 / 3.0
+        + x2
+        * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0 + x2 * (-1382.0 / 155925.0))))
+    )
+    small = x * series
+    return tl.where(ax < TANH_SERIES_LIMIT, small, tl.where(x >= 0, large, -large))
+
+
+# ----------------------------------------------------------------------------------------
+# Grid barrier
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def grid_barrier(counter_ptr, generation):
+    """Wait until every program of the grid has arrived at barrier number ``generation``.
+
+    ``counter_ptr``: int32 [1], zero at launch, only ever incremented, so barrier ``n`` is
+    passed once it reaches ``(n + 1) * num_programs`` (no reset, no sense reversal).
+
+    The CTA barrier before the arrival makes every thread's global stores of this step
+    happen-before thread 0's release (a scalar atomic runs on one thread); the acquire
+    polls then make the other programs' stores visible here, and the CTA barrier after
+    the wait keeps every thread from reading before the wait is over. Loads of data written
+    by other programs additionally use ``cache_modifier=".cg"`` (L2, never a stale L1).
+    With one program (the interpreter) the first poll already passes.
+    """
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") + 1
+    target = (generation + 1) * tl.num_programs(0)
+    while arrived < target:
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------------------
+# Masks (Philox, fusedrnn/philox.py's layout: base + (t << 38) + (b << 20) + unit)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def mask_uniform(seed, base_offset, t, rows, units):
+    """Uniform [0, 1) numbers of mask elements (t, rows[:, None], units[None, :]).
+
+    ``base_offset`` is philox.mask_base_offset(stream, layer, direction) (int64);
+    ``t`` is 0 for variational masks. Identical to ``philox.rand`` of the same offsets.
+    """
+    offsets = (
+        tl.cast(base_offset, tl.int64)
+        + (tl.cast(t, tl.int64) << STEP_SHIFT)
+        + (rows.to(tl.int64)[:, None] << BATCH_SHIFT)
+        + units.to(tl.int64)[None, :]
+    )
+    return tl.rand(seed, offsets)
+
+
+@triton.jit
+def dropout_mask(seed, base_offset, rows, units, p, keep_scale):
+    """Variational recurrent-dropout mask [rows, units]: 0 or 1/(1-p) (same for all t)."""
+    u = mask_uniform(seed, base_offset, 0, rows, units)
+    return tl.where(u >= p, keep_scale, 0.0)
+
+
+@triton.jit
+def zoneout_weight(seed, base_offset, t, rows, units, p, TRAINING: tl.constexpr):
+    """Weight d of the previous state in ``d * prev + (1 - d) * candidate``, [rows, units].
+
+    Training: a Bernoulli(p) draw per (t, row, unit); evaluation: the expectation p.
+    """
+    if TRAINING:
+        u = mask_uniform(seed, base_offset, t, rows, units)
+        d = tl.where(u < p, 1.0, 0.0)
+    else:
+        d = tl.zeros((rows.shape[0], units.shape[0]), tl.float32) + p
+    return d
+
+
+@triton.jit
+def zoneout(prev, candidate, d):
+    """The zoneout mix; with d in {0, 1} it is exactly prev or candidate."""
+    return d * prev + (1.0 - d) * candidate
+
+
+# ----------------------------------------------------------------------------------------
+# Gate columns
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def gate_of(tile, gate: tl.constexpr, GATES_PAD: tl.constexpr, BLOCK_U: tl.constexpr):
+    """Gate ``gate`` of a gate-column tile [BLOCK_B, GATES_PAD * BLOCK_U] -> [BLOCK_B, BLOCK_U]."""
+    tile3 = tl.reshape(tile, (tile.shape[0], GATES_PAD, BLOCK_U))
+    gate_index = tl.arange(0, GATES_PAD)[None, :, None]
+    return tl.sum(tl.where(gate_index == gate, tile3, 0.0), axis=1)
+
+
+@triton.jit
+def gates_to_tile(g0, g1, g2, g3, GATES_PAD: tl.constexpr, BLOCK_U: tl.constexpr):
+    """Inverse of gate_of: four [BLOCK_B, BLOCK_U] tiles -> [BLOCK_B, GATES_PAD * BLOCK_U].
+
+    Gates beyond GATES_PAD are ignored (pass any tile of the right shape).
+    """
+    gate_index = tl.arange(0, GATES_PAD)[None, :, None]
+    tile3 = tl.where(
+        gate_index == 0,
+        g0[:, None, :],
+        tl.where(
+            gate_index == 1,
+            g1[:, None, :],
+            tl.where(gate_index == 2, g2[:, None, :], g3[:, None, :]),
+        ),
+    )
+    return tl.reshape(tile3, (g0.shape[0], GATES_PAD * BLOCK_U))
+
+
+# ----------------------------------------------------------------------------------------
+# Normalisation statistics
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def active_column_stats(x, active_f):
+    """Recurrent BN statistics of each column over the active rows (float 0/1 [BLOCK_B]).
+
+    Two passes (mean, then squared deviations) as the reference does; biased variance;
+    the count is clamped to 1 so a step with no active row gives mean 0, var 0.
+    """
+    count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
+    mean = tl.sum(x * active_f[:, None], axis=0) / count
+    dev = (x - mean[None, :]) * active_f[:, None]
+    var = tl.sum(dev * dev, axis=0) / count
+    return mean, var, count
+
+
+@triton.jit
+def bn_backward(dy_hat, xhat, rstd, active_f, count, TRAINING: tl.constexpr):
+    """d(input of BN) from dy_hat = d(output) * gamma, per column over the active rows.
+
+    Training: ``rstd * (dy_hat - mean(dy_hat) - xhat * mean(dy_hat * xhat))`` with means
+    over the active rows (the statistics depend on them only); inactive rows get 0.
+    Evaluation: the statistics are constants, so ``dy_hat * rstd``.
+    """
+    if TRAINING:
+        m1 = tl.sum(dy_hat * active_f[:, None], axis=0) / count
+        m2 = tl.sum(dy_hat * xhat * active_f[:, None], axis=0) / count
+        dx = (dy_hat - m1[None, :] - xhat * m2[None, :]) * rstd[None, :] * active_f[:, None]
+    else:
+        dx = dy_hat * rstd[None, :] * active_f[:, None]
+    return dx
+
+
+@triton.jit
+def layer_norm_row_stats(
+    x,
+    col_valid,
+    partials_ptr,
+    barrier_ptr,
+    generation,
+    rows,
+    batch,
+    hidden,
+    total_count,
+    COLUMNS_PER_UNIT: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+):
+    """Mean and variance of each row of a matrix whose columns are split over the programs.
+
+    ``x`` [BLOCK_B, C] is this program's columns, ``col_valid`` [C] which are real.
+    ``partials_ptr``: float32 [2, num_programs, batch] workspace for (sum, M2) per program.
+    Each program publishes its local sum and M2 (squared deviations from its own mean),
+    meets the others at barrier ``generation``, and merges all partials with Chan's
+    parallel formula ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``: one barrier, no
+    E[x^2] - E[x]^2 cancellation. Program q owns ``COLUMNS_PER_UNIT * min(BLOCK_U,
+    hidden - q * BLOCK_U)`` columns; ``total_count`` is their sum. With one program this is
+    the two-pass mean/variance of the reference.
+    """
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    valid_f = col_valid.to(tl.float32)[None, :]
+    local_units = tl.minimum(hidden - pid * BLOCK_U, BLOCK_U)
+    local_count = (COLUMNS_PER_UNIT * local_units).to(tl.float32)
+    local_sum = tl.sum(x * valid_f, axis=1)
+    local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
+    local_m2 = tl.sum(local_dev * local_dev, axis=1)
+    row_in = rows < batch
+    tl.store(partials_ptr + pid * batch + rows, local_sum, mask=row_in)
+    tl.store(partials_ptr + (num_programs + pid) * batch + rows, local_m2, mask=row_in)
+    grid_barrier(barrier_ptr, generation)
+
+    programs = tl.arange(0, PROGRAMS_PAD)
+    program_in = programs < num_programs
+    ws_mask = program_in[:, None] & row_in[None, :]
+    ws_offsets = programs[:, None] * batch + rows[None, :]
+    sums = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    m2s = tl.load(
+        partials_ptr + num_programs * batch + ws_offsets,
+        mask=ws_mask,
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    counts = (
+        COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+    ).to(tl.float32)
+    mean = tl.sum(sums, axis=0) / total_count
+    program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+    shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+    m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+    return mean, m2 / total_count
+
+
+@triton.jit
+def row_sums_across_programs(
+    a,
+    b,
+    col_valid,
+    partials_ptr,
+    barrier_ptr,
+    generation,
+    rows,
+    batch,
+    PROGRAMS_PAD: tl.constexpr,
+):
+    """Row sums of two matrices whose columns are split over the programs (layer-norm
+    backward): each program publishes its partial sums to ``partials_ptr`` (float32
+    [2, num_programs, batch]), meets the others at barrier ``generation`` and adds them up.
+    """
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    valid_f = col_valid.to(tl.float32)[None, :]
+    row_in = rows < batch
+    tl.store(partials_ptr + pid * batch + rows, tl.sum(a * valid_f, axis=1), mask=row_in)
+    tl.store(
+        partials_ptr + (num_programs + pid) * batch + rows,
+        tl.sum(b * valid_f, axis=1),
+        mask=row_in,
+    )
+    grid_barrier(barrier_ptr, generation)
+    programs = tl.arange(0, PROGRAMS_PAD)
+    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
+    ws_offsets = programs[:, None] * batch + rows[None, :]
+    sum_a = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    sum_b = tl.load(
+        partials_ptr + num_programs * batch + ws_offsets,
+        mask=ws_mask,
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0)

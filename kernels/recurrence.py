@@ -1,0 +1,764 @@
+"""Persistent Triton kernels for the recurrence contract (fusedrnn/backends/base.py).
+
+One launch runs all T steps of one layer-direction, forward (``recurrence_forward_kernel``)
+or backward (``recurrence_backward_kernel``); fusedrnn/backends/triton.py is the launcher.
+
+Work split (both kernels)
+-------------------------
+The grid is one dimension of at most one program per SM. Program ``pid`` owns hidden units
+``[pid * BLOCK_U, (pid + 1) * BLOCK_U)``: all gates of those units, for all batch rows. So:
+
+* a program's *gate columns* (``GATES_PAD * BLOCK_U`` of them; column ``j`` is gate
+  ``j // BLOCK_U`` of unit ``pid * BLOCK_U + j % BLOCK_U``, global column
+  ``gate * H + unit`` of ``xg`` / ``W_hh``) are computed in one ``tl.dot``;
+* the cell update of a unit needs only that program's columns;
+* recurrent batch-norm statistics (per column, over the batch) are local to the program;
+* the c and h state of the owned units stays in registers for the whole loop.
+
+Only ``h_{t-1}`` (forward) or ``dL/d(W_hh h)`` (backward) crosses programs: each program
+writes its slice to global memory, all meet at a grid barrier (kernels/primitives.py), and
+each reads the full row back (L2). Layer norm, whose statistics span all columns of a row,
+adds one barrier per normalised quantity with a small partial-sum workspace.
+
+The SAME code runs with a single program owning every unit: that is how the Triton
+interpreter (``TRITON_INTERPRET=1``, which runs programs one after another, so a
+multi-program barrier could never be passed) runs it on a CPU.
+
+Sizes are runtime arguments (``steps``, ``batch``, ``hidden``, ``stat_steps`` and the seed /
+offsets are excluded from value specialisation), so a new sequence length or batch size
+never recompiles; only the block sizes below are compile-time.
+
+Block sizes (chosen by the launcher)
+------------------------------------
+``BLOCK_B``   next power of two >= batch (>= 16 on a GPU for ``tl.dot``): every row in one
+              program, which keeps batch statistics local.
+``BLOCK_U``   units per program: the smallest power of two that keeps the grid within the
+              SM count (and gives a dot N-dimension >= 16 on a GPU).
+``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row).
+``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward dot.
+``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
+``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
+
+Limits: each kernel does one ``tl.dot`` per step over the whole K dimension (H forward,
+G*H backward), and Triton stages both float32 operands in shared memory:
+``(BLOCK_B * K + K * N) * 4`` bytes. The launcher reports larger shapes as unsupported (so
+dispatch falls back) instead of failing at launch; on an H100 the backward bound is G*H
+padded to 1024 for batch <= 16 (LSTM / GRU hidden <= 256, RNN <= 1024). Lifting it needs a
+K-chunked loop that streams W_hh from L2 (future work).
+
+Numerics: every tile is float32 (weights are kept on chip in their own dtype and upcast
+per step; ``tl.dot`` uses ``input_precision="ieee"``, never TF32), so float16 / bfloat16
+inputs get float32 accumulation and a float32 LSTM cell state.
+
+Randomness: masks are never stored. Each is drawn with ``tl.rand(seed, offset)`` at the
+offset ``base + (t << 38) + (b << 20) + unit`` of fusedrnn/philox.py (``base`` =
+``philox.mask_base_offset(stream, layer, direction)``, an int64 argument), in the forward
+kernel and again in the backward kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fusedrnn.backends.base import NORM_EPS as _NORM_EPS
+
+from .cells import (
+    gru_cell,
+    gru_cell_backward,
+    lstm_candidate,
+    lstm_candidate_backward,
+    lstm_hidden,
+    lstm_hidden_backward,
+    rnn_cell,
+    rnn_cell_backward,
+)
+from .primitives import (
+    active_column_stats,
+    bn_backward,
+    dropout_mask,
+    gate_of,
+    gates_to_tile,
+    grid_barrier,
+    layer_norm_row_stats,
+    row_sums_across_programs,
+    tanh,
+    zoneout,
+    zoneout_weight,
+)
+
+# Compile-time codes of the cell and the normalisation (the launcher maps names to these).
+CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
+LSTM: tl.constexpr = tl.constexpr(0)
+GRU: tl.constexpr = tl.constexpr(1)
+RNN_RELU: tl.constexpr = tl.constexpr(3)
+NORM_NONE: tl.constexpr = tl.constexpr(0)
+NORM_BATCH: tl.constexpr = tl.constexpr(1)
+NORM_LAYER: tl.constexpr = tl.constexpr(2)
+NORM_EPS: tl.constexpr = tl.constexpr(_NORM_EPS)
+
+# Runtime scalars that must not be specialised on their value (a new T / B / seed must not
+# recompile; Triton would otherwise specialise values equal to 1 and multiples of 16).
+_RUNTIME_SCALARS = [
+    "steps",
+    "batch",
+    "hidden",
+    "stat_steps",
+    "seed",
+    "dropout_base",
+    "zoneout_cell_base",
+    "zoneout_hidden_base",
+]
+
+
+@triton.jit
+def _rows_cols_offsets(t, batch, rows, cols, width):
+    """Offsets of element (t, rows, cols) of a contiguous [T, batch, width] tensor (int64)."""
+    return (tl.cast(t, tl.int64) * batch + rows[:, None]) * width + cols[None, :]
+
+
+@triton.jit
+def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr):
+    """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM)."""
+    count = 1
+    if NORM == NORM_LAYER:
+        count += 1
+        if CELL == LSTM:
+            count += 1
+    return count
+
+
+@triton.jit(do_not_specialize=_RUNTIME_SCALARS)
+def recurrence_forward_kernel(
+    # ---- pointers: inputs (xg's dtype D unless noted; G gates, H hidden, S BN buffers)
+    xg_ptr,  # [T, B, G*H] input projection, strides (stride_xg_t, stride_xg_b, 1)
+    h0_ptr,  # [B, H] initial hidden state
+    c0_ptr,  # [B, H] initial cell state (LSTM; unused otherwise)
+    w_hh_ptr,  # [G*H, H] recurrent weights, torch's gate order
+    b_hh_ptr,  # [G*H] recurrent bias (HAS_BIAS)
+    lengths_ptr,  # [B] int64 sequence lengths (the launcher passes T when None)
+    norm_weight_hh_ptr,  # [G*H] gamma of N(W_hh h) (NORM != none), any float dtype
+    norm_weight_c_ptr,  # [H] gamma of N(c) (LSTM, NORM != none)
+    norm_bias_c_ptr,  # [H] beta of N(c) (HAS_NORM_BIAS_C)
+    running_mean_hh_ptr,  # [S, G*H] BN running mean (NORM == batch, eval)
+    running_var_hh_ptr,  # [S, G*H]
+    running_mean_c_ptr,  # [S, H]
+    running_var_c_ptr,  # [S, H]
+    # ---- pointers: outputs
+    output_ptr,  # [T, B, H] h_t, 0 where t >= len_b, strides (stride_out_t, stride_out_b, 1)
+    h_n_ptr,  # [B, H] final hidden state
+    c_n_ptr,  # [B, H] final cell state (LSTM)
+    batch_mean_hh_ptr,  # [T, G*H] BN batch statistics of W_hh h (NORM == batch, training)
+    batch_var_hh_ptr,  # [T, G*H] biased variance
+    batch_mean_c_ptr,  # [T, H] BN batch statistics of c~ (LSTM)
+    batch_var_c_ptr,  # [T, H]
+    # ---- pointers: saved for backward, float32, indexed by time index t
+    h_prev_ptr,  # [T, B, H] state entering step t. Row t_first holds h0 (the launcher
+    #              writes it); each step writes the next row: this is also the buffer through
+    #              which programs exchange h_{t-1} (every row is written once: no race).
+    h_in_ptr,  # [T, B, H] m_h * h_{t-1}, the dot operand, for dW_hh (USE_DROPOUT)
+    c_prev_ptr,  # [T, B, H] c_{t-1} (LSTM)
+    gates_ptr,  # [T, B, G*H] gate activations: i f g o | r z n | h~ (RNN)
+    gru_hn_ptr,  # [T, B, H] GRU a_n = N(W_hn h)_n + b_hn
+    xhat_hh_ptr,  # [T, B, G*H] normalised W_hh h before gamma (NORM != none)
+    rstd_hh_ptr,  # [T, G*H] (batch) or [T, B] (layer): 1 / sqrt(var + eps)
+    xhat_c_ptr,  # [T, B, H] normalised c~ before gamma, beta (LSTM, NORM != none)
+    rstd_c_ptr,  # [T, H] (batch) or [T, B] (layer)
+    # ---- pointers: workspace
+    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
+    barrier_ptr,  # int32 [1], zero at launch: the grid-barrier counter
+    # ---- sizes
+    steps,  # T
+    batch,  # B
+    hidden,  # H
+    stat_steps,  # S (BN eval reads running row min(t, S - 1))
+    # ---- strides (elements; the unit stride of xg and output is 1)
+    stride_xg_t,
+    stride_xg_b,
+    stride_out_t,
+    stride_out_b,
+    # ---- randomness and regularisers
+    seed,  # Philox key (int64)
+    dropout_base,  # philox.mask_base_offset(STREAM_RECURRENT_DROPOUT, layer, direction)
+    zoneout_cell_base,  # ... STREAM_ZONEOUT_CELL ...
+    zoneout_hidden_base,  # ... STREAM_ZONEOUT_HIDDEN ...
+    dropout_p,  # recurrent dropout probability
+    dropout_keep_scale,  # 1 / (1 - dropout_p)
+    zoneout_cell_p,
+    zoneout_hidden_p,
+    # ---- meta-parameters
+    CELL: tl.constexpr,  # CELL_CODES
+    NORM: tl.constexpr,  # NORM_CODES
+    TRAINING: tl.constexpr,  # batch statistics and Bernoulli zoneout, else running stats / p
+    REVERSE: tl.constexpr,  # t = T-1 .. 0
+    HAS_BIAS: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+    USE_DROPOUT: tl.constexpr,  # training and recurrent_dropout > 0
+    USE_ZONEOUT_CELL: tl.constexpr,  # zoneout_cell > 0 (LSTM)
+    USE_ZONEOUT_HIDDEN: tl.constexpr,  # zoneout_hidden > 0
+    NUM_GATES: tl.constexpr,  # G
+    GATES_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+):
+    """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
+
+    Per step t (in processing order; ``t = T-1-s`` when REVERSE):
+
+    1. read the full ``h_{t-1}`` row block ``[B, H]`` (written by every program at the
+       previous step) and apply the variational mask ``m_h`` (drawn once, kept in registers);
+    2. ``acc = (m_h h_{t-1}) W_hh[cols]^T``: one dot against this program's gate columns of
+       ``W_hh``, loaded before the loop and kept on chip;
+    3. normalise ``acc`` (BN over the active rows: local; LN over the row: a barrier to merge
+       per-program partial statistics), add ``b_hh``, add the ``xg`` columns;
+    4. the cell update of the owned units (kernels/cells.py), LSTM with N(c~) in between,
+       then zoneout with Bernoulli draws regenerated from (t, b, unit);
+    5. rows with ``t >= len_b`` keep their state and output 0; write the output, the saved
+       quantities and the next row of ``h_prev``, and meet the other programs at a barrier.
+    """
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    gate_width = NUM_GATES * hidden
+    barriers_per_step = _barriers_per_step(CELL, NORM)
+
+    rows = tl.arange(0, BLOCK_B)
+    row_in = rows < batch
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_in = units < hidden
+    own_mask = row_in[:, None] & unit_in[None, :]
+    cols = tl.arange(0, GATES_PAD * BLOCK_U)
+    col_gate = cols // BLOCK_U
+    col_unit = pid * BLOCK_U + cols % BLOCK_U
+    col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
+    gate_col = col_gate * hidden + col_unit
+    col_mask = row_in[:, None] & col_in[None, :]
+    ks = tl.arange(0, BLOCK_H)
+    k_in = ks < hidden
+
+    # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
+    # Loaded once, stored in D, live in registers for the whole loop.
+    w_t = tl.load(
+        w_hh_ptr + gate_col[None, :] * hidden + ks[:, None],
+        mask=k_in[:, None] & col_in[None, :],
+        other=0.0,
+    )
+    if HAS_BIAS:
+        bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+    if NORM != NORM_NONE:
+        gamma_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+        if CELL == LSTM:
+            gamma_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+            if HAS_NORM_BIAS_C:
+                beta_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+    lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
+    if USE_DROPOUT:
+        # One mask for all steps: the full row for the dot, the owned units for h_in.
+        m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
+        m_h_own = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
+
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    h_own = tl.load(h0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    if CELL == LSTM:
+        c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+
+    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
+    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
+    s = 0
+    while s < steps:
+        if REVERSE:
+            t = steps - 1 - s
+            t_next = t - 1
+        else:
+            t = s
+            t_next = t + 1
+        t64 = tl.cast(t, tl.int64)
+        first_barrier = s * barriers_per_step
+        active = (t < lengths) & row_in
+        active_f = active.to(tl.float32)
+        step_own = _rows_cols_offsets(t, batch, rows, units, hidden)
+        step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
+
+        # 1-2. the recurrent product for this program's gate columns.
+        h_full = tl.load(
+            h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, hidden),
+            mask=row_in[:, None] & k_in[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        if USE_DROPOUT:
+            h_full = h_full * m_h_full
+            tl.store(h_in_ptr + step_own, h_own * m_h_own, mask=own_mask)
+        acc = tl.dot(h_full, w_t.to(tl.float32), input_precision="ieee")
+
+        # 3. normalisation of W_hh h, bias.
+        if NORM == NORM_BATCH:
+            if TRAINING:
+                mean_hh, var_hh, _ = active_column_stats(acc, active_f)
+                tl.store(batch_mean_hh_ptr + t64 * gate_width + gate_col, mean_hh, mask=col_in)
+                tl.store(batch_var_hh_ptr + t64 * gate_width + gate_col, var_hh, mask=col_in)
+            else:
+                stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
+                mean_hh = tl.load(
+                    running_mean_hh_ptr + stat_row * gate_width + gate_col, mask=col_in, other=0.0
+                ).to(tl.float32)
+                var_hh = tl.load(
+                    running_var_hh_ptr + stat_row * gate_width + gate_col, mask=col_in, other=1.0
+                ).to(tl.float32)
+            rstd_hh = 1.0 / tl.sqrt(var_hh + NORM_EPS)
+            xhat_hh = (acc - mean_hh[None, :]) * rstd_hh[None, :]
+            tl.store(rstd_hh_ptr + t64 * gate_width + gate_col, rstd_hh, mask=col_in)
+        elif NORM == NORM_LAYER:
+            mean_row, var_row = layer_norm_row_stats(
+                acc,
+                col_in,
+                ln_partials_ptr,
+                barrier_ptr,
+                first_barrier,
+                rows,
+                batch,
+                hidden,
+                gate_width.to(tl.float32),
+                NUM_GATES,
+                BLOCK_U,
+                PROGRAMS_PAD,
+            )
+            rstd_row = 1.0 / tl.sqrt(var_row + NORM_EPS)
+            xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
+            tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
+        if NORM != NORM_NONE:
+            tl.store(xhat_hh_ptr + step_cols, xhat_hh, mask=col_mask)
+            a = xhat_hh * gamma_hh[None, :]
+        else:
+            a = acc
+        if HAS_BIAS:
+            a = a + bias[None, :]
+        x = tl.load(
+            xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + gate_col[None, :],
+            mask=col_mask,
+            other=0.0,
+        ).to(tl.float32)
+
+        # 4. the cell.
+        if CELL == LSTM:
+            pre = x + a
+            i, f, g, o, c_cand = lstm_candidate(
+                gate_of(pre, 0, GATES_PAD, BLOCK_U),
+                gate_of(pre, 1, GATES_PAD, BLOCK_U),
+                gate_of(pre, 2, GATES_PAD, BLOCK_U),
+                gate_of(pre, 3, GATES_PAD, BLOCK_U),
+                c_own,
+            )
+            if NORM == NORM_BATCH:
+                if TRAINING:
+                    mean_c, var_c, _ = active_column_stats(c_cand, active_f)
+                    tl.store(batch_mean_c_ptr + t64 * hidden + units, mean_c, mask=unit_in)
+                    tl.store(batch_var_c_ptr + t64 * hidden + units, var_c, mask=unit_in)
+                else:
+                    stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
+                    mean_c = tl.load(
+                        running_mean_c_ptr + stat_row * hidden + units, mask=unit_in, other=0.0
+                    ).to(tl.float32)
+                    var_c = tl.load(
+                        running_var_c_ptr + stat_row * hidden + units, mask=unit_in, other=1.0
+                    ).to(tl.float32)
+                rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
+                xhat_c = (c_cand - mean_c[None, :]) * rstd_c[None, :]
+                tl.store(rstd_c_ptr + t64 * hidden + units, rstd_c, mask=unit_in)
+            elif NORM == NORM_LAYER:
+                mean_c, var_c = layer_norm_row_stats(
+                    c_cand,
+                    unit_in,
+                    ln_partials_ptr + 2 * num_programs * batch,
+                    barrier_ptr,
+                    first_barrier + 1,
+                    rows,
+                    batch,
+                    hidden,
+                    hidden.to(tl.float32),
+                    1,
+                    BLOCK_U,
+                    PROGRAMS_PAD,
+                )
+                rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
+                xhat_c = (c_cand - mean_c[:, None]) * rstd_c[:, None]
+                tl.store(rstd_c_ptr + t64 * batch + rows, rstd_c, mask=row_in & (pid == 0))
+            if NORM != NORM_NONE:
+                tl.store(xhat_c_ptr + step_own, xhat_c, mask=own_mask)
+                c_normed = xhat_c * gamma_c[None, :]
+                if HAS_NORM_BIAS_C:
+                    c_normed = c_normed + beta_c[None, :]
+            else:
+                c_normed = c_cand
+            h_cand, _ = lstm_hidden(o, c_normed)
+            if USE_ZONEOUT_CELL:
+                d_c = zoneout_weight(
+                    seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
+                )
+                c_next = zoneout(c_own, c_cand, d_c)
+            else:
+                c_next = c_cand
+            gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+            tl.store(gates_t, i, mask=own_mask)
+            tl.store(gates_t + hidden, f, mask=own_mask)
+            tl.store(gates_t + 2 * hidden, g, mask=own_mask)
+            tl.store(gates_t + 3 * hidden, o, mask=own_mask)
+            tl.store(c_prev_ptr + step_own, c_own, mask=own_mask)
+            c_own = tl.where(active[:, None], c_next, c_own)
+        elif CELL == GRU:
+            a_n = gate_of(a, 2, GATES_PAD, BLOCK_U)
+            r, z, n, h_cand = gru_cell(
+                gate_of(x, 0, GATES_PAD, BLOCK_U),
+                gate_of(x, 1, GATES_PAD, BLOCK_U),
+                gate_of(x, 2, GATES_PAD, BLOCK_U),
+                gate_of(a, 0, GATES_PAD, BLOCK_U),
+                gate_of(a, 1, GATES_PAD, BLOCK_U),
+                a_n,
+                h_own,
+            )
+            gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+            tl.store(gates_t, r, mask=own_mask)
+            tl.store(gates_t + hidden, z, mask=own_mask)
+            tl.store(gates_t + 2 * hidden, n, mask=own_mask)
+            tl.store(gru_hn_ptr + step_own, a_n, mask=own_mask)
+        else:
+            # GATES_PAD == 1: the gate-column tile is the [BLOCK_B, BLOCK_U] unit tile.
+            h_cand = rnn_cell(x + a, CELL == RNN_RELU)
+            tl.store(
+                gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width),
+                h_cand,
+                mask=own_mask,
+            )
+
+        # 5. zoneout of h, lengths, outputs, the h exchange, the barrier.
+        if USE_ZONEOUT_HIDDEN:
+            d_h = zoneout_weight(
+                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+            )
+            h_next = zoneout(h_own, h_cand, d_h)
+        else:
+            h_next = h_cand
+        h_own = tl.where(active[:, None], h_next, h_own)
+        tl.store(
+            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + units[None, :],
+            tl.where(active[:, None], h_next, 0.0),
+            mask=own_mask,
+        )
+        tl.store(
+            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, units, hidden),
+            h_own,
+            mask=own_mask & (s + 1 < steps),
+        )
+        grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
+        s += 1
+
+    tl.store(h_n_ptr + own_offsets, h_own, mask=own_mask)
+    if CELL == LSTM:
+        tl.store(c_n_ptr + own_offsets, c_own, mask=own_mask)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_SCALARS)
+def recurrence_backward_kernel(
+    # ---- pointers: inputs (D = the dtype of xg, G gates, H hidden)
+    grad_output_ptr,  # [T, B, H] dL/d output, strides (stride_go_t, stride_go_b, 1), any float
+    grad_h_n_ptr,  # [B, H] dL/d h_n
+    grad_c_n_ptr,  # [B, H] dL/d c_n (LSTM)
+    w_hh_ptr,  # [G*H, H] D
+    lengths_ptr,  # [B] int64
+    norm_weight_hh_ptr,  # [G*H] gamma (NORM != none)
+    norm_weight_c_ptr,  # [H] (LSTM, NORM != none)
+    norm_bias_c_ptr,  # [H] (HAS_NORM_BIAS_C)
+    # ---- pointers: saved by the forward kernel (float32; see its docstring)
+    h_prev_ptr,  # [T, B, H]
+    c_prev_ptr,  # [T, B, H]
+    gates_ptr,  # [T, B, G*H]
+    gru_hn_ptr,  # [T, B, H]
+    xhat_hh_ptr,  # [T, B, G*H]
+    rstd_hh_ptr,  # [T, G*H] or [T, B]
+    xhat_c_ptr,  # [T, B, H]
+    rstd_c_ptr,  # [T, H] or [T, B]
+    # ---- pointers: outputs
+    grad_xg_ptr,  # [T, B, G*H] D: dL/d xg (0 for inactive rows)
+    grad_acc_ptr,  # [T, B, G*H] float32: dL/d (W_hh m_h h_{t-1}); the launcher's dW_hh GEMM
+    #                operand, and the buffer through which programs exchange it
+    grad_h0_ptr,  # [B, H] float32
+    grad_c0_ptr,  # [B, H] float32 (LSTM)
+    grad_b_hh_ptr,  # [G*H] float32 (sum over t and b of dL/d a)
+    grad_norm_weight_hh_ptr,  # [G*H] float32 (NORM != none)
+    grad_norm_weight_c_ptr,  # [H] float32 (LSTM, NORM != none)
+    grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
+    # ---- pointers: workspace
+    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, B]
+    barrier_ptr,  # int32 [1], zero at launch
+    # ---- sizes
+    steps,
+    batch,
+    hidden,
+    stat_steps,  # unused (BN eval statistics come back through rstd_hh / rstd_c)
+    # ---- strides
+    stride_go_t,
+    stride_go_b,
+    # ---- randomness and regularisers (as the forward kernel)
+    seed,
+    dropout_base,
+    zoneout_cell_base,
+    zoneout_hidden_base,
+    dropout_p,
+    dropout_keep_scale,
+    zoneout_cell_p,
+    zoneout_hidden_p,
+    # ---- meta-parameters (as the forward kernel; BLOCK_GH replaces BLOCK_H)
+    CELL: tl.constexpr,
+    NORM: tl.constexpr,
+    TRAINING: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+    USE_DROPOUT: tl.constexpr,
+    USE_ZONEOUT_CELL: tl.constexpr,
+    USE_ZONEOUT_HIDDEN: tl.constexpr,
+    NUM_GATES: tl.constexpr,
+    GATES_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    BLOCK_GH: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+):
+    """Backward recurrence: the forward loop in reverse processing order, one launch.
+
+    State per program, in registers: ``dh``, ``dc`` (gradients of the owned units' state
+    after the current step), this program's columns ``W_hh[:, units]`` (``[G*H, BLOCK_U]``,
+    loaded once), the dropout mask of its units, and float32 accumulators of dL/d b_hh,
+    dL/d gamma and dL/d beta of its columns. Per step:
+
+    1. ``dh += dL/d output_t`` (active rows), zoneout and the cell backward from the saved
+       activations (kernels/cells.py); LSTM through N(c~) (BN local, LN with a barrier);
+       zoneout masks are regenerated from the seed;
+    2. the gradient of the normalised recurrent term, ``dL/d a``, goes through N's backward
+       to ``dL/d acc`` (acc = W_hh m_h h_{t-1}); ``dL/d xg`` and ``dL/d acc`` of this
+       program's columns are written out, and the programs meet at a barrier;
+    3. ``dL/d h_{t-1}`` of the owned units = ``m_h * (dL/d acc)[all columns] @ W_hh[:, units]``
+       (one dot) plus the direct paths (zoneout, GRU's z); inactive rows pass ``dh`` through.
+
+    ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
+    """
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    gate_width = NUM_GATES * hidden
+    barriers_per_step = _barriers_per_step(CELL, NORM)
+
+    rows = tl.arange(0, BLOCK_B)
+    row_in = rows < batch
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_in = units < hidden
+    own_mask = row_in[:, None] & unit_in[None, :]
+    cols = tl.arange(0, GATES_PAD * BLOCK_U)
+    col_gate = cols // BLOCK_U
+    col_unit = pid * BLOCK_U + cols % BLOCK_U
+    col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
+    gate_col = col_gate * hidden + col_unit
+    col_mask = row_in[:, None] & col_in[None, :]
+    gh = tl.arange(0, BLOCK_GH)
+    gh_in = gh < gate_width
+
+    # W_hh[:, units]: [BLOCK_GH, BLOCK_U] in D, on chip for the whole loop.
+    w_cols = tl.load(
+        w_hh_ptr + gh[:, None] * hidden + units[None, :],
+        mask=gh_in[:, None] & unit_in[None, :],
+        other=0.0,
+    )
+    if NORM != NORM_NONE:
+        gamma_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+        if CELL == LSTM:
+            gamma_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+            if HAS_NORM_BIAS_C:
+                beta_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+            grad_gamma_c = tl.zeros((BLOCK_U,), tl.float32)
+            grad_beta_c = tl.zeros((BLOCK_U,), tl.float32)
+        grad_gamma_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
+    grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
+    lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
+    if USE_DROPOUT:
+        m_h_own = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
+
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    dh = tl.load(grad_h_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    if CELL == LSTM:
+        dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+
+    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
+    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
+    s = 0
+    while s < steps:
+        if REVERSE:
+            t = s
+        else:
+            t = steps - 1 - s
+        t64 = tl.cast(t, tl.int64)
+        first_barrier = s * barriers_per_step
+        active = (t < lengths) & row_in
+        active_f = active.to(tl.float32)
+        count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
+        step_own = _rows_cols_offsets(t, batch, rows, units, hidden)
+        step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
+
+        # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
+        grad_out = tl.load(
+            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
+            mask=own_mask,
+            other=0.0,
+        ).to(tl.float32)
+        dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
+        if USE_ZONEOUT_HIDDEN:
+            d_h = zoneout_weight(
+                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+            )
+            dh_cand = (1.0 - d_h) * dh_total
+            dh_direct = d_h * dh_total
+        else:
+            dh_cand = dh_total
+            dh_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
+
+        gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+        if CELL == LSTM:
+            i = tl.load(gates_t, mask=own_mask, other=0.0)
+            f = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
+            g = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
+            o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
+            c_prev = tl.load(c_prev_ptr + step_own, mask=own_mask, other=0.0)
+            if NORM != NORM_NONE:
+                xhat_c = tl.load(xhat_c_ptr + step_own, mask=own_mask, other=0.0)
+                c_normed = xhat_c * gamma_c[None, :]
+                if HAS_NORM_BIAS_C:
+                    c_normed = c_normed + beta_c[None, :]
+            else:
+                c_normed = f * c_prev + i * g
+            d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
+            if NORM == NORM_BATCH:
+                grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)
+                grad_beta_c += tl.sum(dc_normed, axis=0)
+                rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
+                dc_from_h = bn_backward(
+                    dc_normed * gamma_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
+                )
+            elif NORM == NORM_LAYER:
+                grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)
+                grad_beta_c += tl.sum(dc_normed, axis=0)
+                rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+                dy_hat = dc_normed * gamma_c[None, :]
+                sum_dy, sum_dy_xhat = row_sums_across_programs(
+                    dy_hat,
+                    dy_hat * xhat_c,
+                    unit_in,
+                    ln_partials_ptr + 2 * num_programs * batch,
+                    barrier_ptr,
+                    first_barrier,
+                    rows,
+                    batch,
+                    PROGRAMS_PAD,
+                )
+                hidden_f = hidden.to(tl.float32)
+                dc_from_h = (
+                    (
+                        dy_hat
+                        - (sum_dy / hidden_f)[:, None]
+                        - xhat_c * (sum_dy_xhat / hidden_f)[:, None]
+                    )
+                    * rstd_c[:, None]
+                    * active_f[:, None]
+                )
+            else:
+                dc_from_h = dc_normed
+            dc_state = tl.where(active[:, None], dc, 0.0)
+            if USE_ZONEOUT_CELL:
+                d_c = zoneout_weight(
+                    seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
+                )
+                dc_cand = (1.0 - d_c) * dc_state + dc_from_h
+                dc_direct = d_c * dc_state
+            else:
+                dc_cand = dc_state + dc_from_h
+                dc_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
+            d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(
+                dc_cand, i, f, g, c_prev
+            )
+            dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
+            d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
+            d_a = d_pre
+        elif CELL == GRU:
+            r = tl.load(gates_t, mask=own_mask, other=0.0)
+            z = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
+            n = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
+            a_n = tl.load(gru_hn_ptr + step_own, mask=own_mask, other=0.0)
+            h_prev = tl.load(h_prev_ptr + step_own, mask=own_mask, other=0.0)
+            d_pre_r, d_pre_z, d_pre_n, d_a_n, dh_through_z = gru_cell_backward(
+                dh_cand, r, z, n, a_n, h_prev
+            )
+            dh_direct += dh_through_z
+            d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
+            d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
+        else:
+            h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
+            d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
+            d_a = d_pre
+        tl.store(grad_xg_ptr + step_cols, d_pre, mask=col_mask)
+
+        # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
+        grad_bias += tl.sum(d_a, axis=0)
+        if NORM == NORM_BATCH:
+            xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
+            grad_gamma_hh += tl.sum(d_a * xhat_hh, axis=0)
+            rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
+            d_acc = bn_backward(
+                d_a * gamma_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
+            )
+        elif NORM == NORM_LAYER:
+            xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
+            grad_gamma_hh += tl.sum(d_a * xhat_hh, axis=0)
+            rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+            dy_hat = d_a * gamma_hh[None, :]
+            sum_dy, sum_dy_xhat = row_sums_across_programs(
+                dy_hat,
+                dy_hat * xhat_hh,
+                col_in,
+                ln_partials_ptr,
+                barrier_ptr,
+                first_barrier + barriers_per_step - 2,
+                rows,
+                batch,
+                PROGRAMS_PAD,
+            )
+            width_f = gate_width.to(tl.float32)
+            d_acc = (
+                (dy_hat - (sum_dy / width_f)[:, None] - xhat_hh * (sum_dy_xhat / width_f)[:, None])
+                * rstd_row[:, None]
+                * active_f[:, None]
+            )
+        else:
+            d_acc = d_a
+        tl.store(grad_acc_ptr + step_cols, d_acc, mask=col_mask)
+        grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
+
+        # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
+        d_acc_all = tl.load(
+            grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gh, gate_width),
+            mask=row_in[:, None] & gh_in[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        dh_recurrent = tl.dot(d_acc_all, w_cols.to(tl.float32), input_precision="ieee")
+        if USE_DROPOUT:
+            dh_recurrent = dh_recurrent * m_h_own
+        dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
+        s += 1
+
+    tl.store(grad_h0_ptr + own_offsets, dh, mask=own_mask)
+    if CELL == LSTM:
+        tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
+    tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
+    if NORM != NORM_NONE:
+        tl.store(grad_norm_weight_hh_ptr + gate_col, grad_gamma_hh, mask=col_in)
+        if CELL == LSTM:
+            tl.store(grad_norm_weight_c_ptr + units, grad_gamma_c, mask=unit_in)
+            tl.store(grad_norm_bias_c_ptr + units, grad_beta_c, mask=unit_in)

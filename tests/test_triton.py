@@ -1,0 +1,585 @@
+"""The ``triton`` backend against the reference oracle (fusedrnn/reference.py).
+
+``interpreter`` tests run the real kernels under ``TRITON_INTERPRET=1`` on the CPU (one
+program owning every unit); on a CUDA machine without that variable the same tests run the
+compiled kernels on the GPU. ``gpu`` tests exercise the multi-program path (grid barrier,
+cross-program layer norm) and compare with cuDNN; they skip without CUDA.
+
+Accuracy rules (DESIGN.md, "Numerics policy"): float32 within 1e-5 relative of the float32
+reference (relative = max |error| / max |reference| per tensor); float16 / bfloat16 within
+2x the error of the reference run in that dtype, both against the float64 reference, plus
+one ulp of the dtype. Every launcher allocation is poisoned with NaN, so an element the
+kernels forget to write shows up as a NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import zlib
+
+import pytest
+import torch
+
+_CUDA = torch.cuda.is_available()
+if not _CUDA:
+    # Must happen before triton decorates the kernels (it reads the variable then).
+    # A GPU run leaves it alone and tests the compiled kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="triton is not installed (pip install 'fusedrnn[triton]')")
+
+from fusedrnn.backends import reference as reference_backend  # noqa: E402
+from fusedrnn.backends import triton as triton_backend  # noqa: E402
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs  # noqa: E402
+
+
+def _kernels_in_current_mode() -> None:
+    """Re-import the kernels if something imported them before the variable was set."""
+    from fusedrnn.kernels import cells, primitives, recurrence
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = isinstance(recurrence.recurrence_forward_kernel, InterpretedFunction)
+    if interpreted != triton_backend._interpreting():
+        for module in (primitives, cells, recurrence):
+            importlib.reload(module)
+
+
+_UNAVAILABLE = triton_backend.availability()
+if _UNAVAILABLE is None:
+    _kernels_in_current_mode()
+INTERPRET = triton_backend._interpreting()
+DEVICE = "cpu" if INTERPRET or not _CUDA else "cuda"
+needs_backend = pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE))
+needs_gpu = pytest.mark.skipif(
+    not _CUDA or INTERPRET, reason="needs a CUDA GPU and TRITON_INTERPRET unset"
+)
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# name -> (RecurrenceConfig fields, training)
+REGULARIZERS = {
+    "none": ({}, True),
+    "recurrent_dropout": ({"recurrent_dropout": 0.3}, True),
+    "zoneout": ({"zoneout_cell": 0.3, "zoneout_hidden": 0.4}, True),
+    "zoneout_eval": ({"zoneout_cell": 0.3, "zoneout_hidden": 0.4}, False),
+    "batch_norm": ({"norm": "batch"}, True),
+    "batch_norm_eval": ({"norm": "batch"}, False),
+    "layer_norm": ({"norm": "layer"}, True),
+    "all_batch_norm": (
+        {"recurrent_dropout": 0.3, "zoneout_cell": 0.3, "zoneout_hidden": 0.4, "norm": "batch"},
+        True,
+    ),
+    "all_layer_norm": (
+        {"recurrent_dropout": 0.3, "zoneout_cell": 0.3, "zoneout_hidden": 0.4, "norm": "layer"},
+        True,
+    ),
+}
+# B = 8 keeps training batch norm well conditioned (with 3 rows the float32 reference itself
+# is 6e-5 away from float64); lengths cover 0, 1, T and unequal values.
+STEPS, BATCH, HIDDEN = 4, 8, 5
+LENGTHS = [4, 1, 3, 0, 4, 2, 4, 4]
+RUNNING_STEPS = 3  # < STEPS: eval batch norm must reuse the last buffer row
+
+
+def make_inputs(
+    cell: str,
+    regularizer: str,
+    *,
+    steps: int = STEPS,
+    batch: int = BATCH,
+    hidden: int = HIDDEN,
+    lengths: list[int] | None = None,
+    reverse: bool = False,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: str = DEVICE,
+    seed: int = 1234,
+) -> RecurrenceInputs:
+    fields, training = REGULARIZERS[regularizer]
+    if cell != "lstm":
+        fields = {k: v for k, v in fields.items() if k != "zoneout_cell"}
+    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden, **fields)
+    gen = torch.Generator().manual_seed(
+        zlib.crc32(f"{cell}/{regularizer}/{steps}/{batch}/{hidden}".encode())
+    )
+    gates = cfg.gate_size
+
+    def rand(*shape: int, scale: float = 0.5, offset: float = 0.0) -> torch.Tensor:
+        value = offset + scale * torch.randn(*shape, generator=gen)
+        return value.to(dtype=dtype, device=device)
+
+    def positive(*shape: int) -> torch.Tensor:
+        value = 0.5 + torch.rand(*shape, generator=gen)
+        return value.to(dtype=dtype, device=device)
+
+    extra = {}
+    if cfg.norm != "none":
+        extra["norm_weight_hh"] = rand(gates, scale=0.1, offset=1.0)
+        if cell == "lstm":
+            extra["norm_weight_c"] = rand(hidden, scale=0.1, offset=1.0)
+            extra["norm_bias_c"] = rand(hidden, scale=0.1)
+    if cfg.norm == "batch":
+        extra["running_mean_hh"] = rand(RUNNING_STEPS, gates, scale=0.1)
+        extra["running_var_hh"] = positive(RUNNING_STEPS, gates)
+        if cell == "lstm":
+            extra["running_mean_c"] = rand(RUNNING_STEPS, hidden, scale=0.1)
+            extra["running_var_c"] = positive(RUNNING_STEPS, hidden)
+    return RecurrenceInputs(
+        config=cfg,
+        xg=rand(steps, batch, gates, scale=1.0),
+        h0=rand(batch, hidden),
+        c0=rand(batch, hidden) if cell == "lstm" else None,
+        w_hh=rand(gates, hidden),
+        b_hh=rand(gates, scale=0.2) if bias else None,
+        w_hr=None,
+        lengths=None if lengths is None else torch.tensor(lengths, device=device),
+        reverse=reverse,
+        training=training,
+        seed=seed,
+        layer=1,
+        direction=int(reverse),
+        **extra,
+    )
+
+
+def cast_inputs(inputs: RecurrenceInputs, dtype: torch.dtype) -> RecurrenceInputs:
+    changes = {}
+    for field in dataclasses.fields(inputs):
+        value = getattr(inputs, field.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            changes[field.name] = value.to(dtype)
+    return inputs.replace(**changes)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Fill every tensor the launcher allocates with NaN (catches unwritten elements)."""
+
+    def empty(*shape, dtype, device):
+        tensor = torch.empty(*shape, dtype=dtype, device=device)
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+        return tensor
+
+    monkeypatch.setattr(triton_backend, "_empty", empty)
+
+
+def upstream_gradients(outputs, seed: int = 7):
+    gen = torch.Generator().manual_seed(seed)
+
+    def like(t):
+        if t is None:
+            return None
+        return torch.randn(t.shape, generator=gen).to(dtype=t.dtype, device=t.device)
+
+    return like(outputs.output), like(outputs.h_n), like(outputs.c_n)
+
+
+def run_backend(backend, inputs: RecurrenceInputs, seed: int = 7):
+    """Forward + backward of ``backend``: {name: tensor} of everything that is compared."""
+    outputs, saved = backend.forward(inputs)
+    grad_output, grad_h_n, grad_c_n = upstream_gradients(outputs, seed)
+    grads = backend.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
+    result = {"output": outputs.output, "h_n": outputs.h_n, "c_n": outputs.c_n}
+    for name in ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c"):
+        result[name] = getattr(outputs, name)
+    result.update({f"grad_{name}": value for name, value in grads.items()})
+    return result
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if expected.numel() == 0:
+        return 0.0
+    diff = (actual.double() - expected.double()).abs().max()
+    return (diff / expected.double().abs().max().clamp(min=1e-30)).item()
+
+
+def assert_matches_reference(inputs: RecurrenceInputs, tolerance: float = 1e-5) -> None:
+    kernel = run_backend(triton_backend, inputs)
+    oracle = run_backend(reference_backend, inputs)
+    errors = {}
+    for name, expected in oracle.items():
+        actual = kernel[name]
+        if expected is None:
+            assert actual is None or actual.numel() == 0 or not actual.abs().any(), name
+            continue
+        assert actual is not None, f"{name} missing"
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+        assert not actual.isnan().any(), f"{name} has NaN (unwritten elements?)"
+        errors[name] = relative_error(actual, expected)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= tolerance, f"worst {worst}: {errors[worst]:.2e}; all {errors}"
+    if inputs.lengths is not None:  # finished rows output exactly 0
+        t = torch.arange(inputs.xg.shape[0], device=inputs.xg.device)[:, None]
+        inactive = t >= inputs.lengths[None, :]
+        assert (kernel["output"][inactive] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Interpreter (or single-GPU) parity: every cell x regulariser x direction x lengths
+# ----------------------------------------------------------------------------------------
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("regularizer", list(REGULARIZERS))
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference_float32(poisoned, cell, regularizer, reverse, lengths):
+    # bias=False on one direction/length combination per case keeps the matrix small.
+    bias = not (reverse and lengths is not None)
+    assert_matches_reference(
+        make_inputs(cell, regularizer, reverse=reverse, lengths=lengths, bias=bias)
+    )
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("batch", "hidden", "steps", "lengths"),
+    [(1, 7, 3, [2]), (2, 1, 3, [3, 1]), (3, 17, 2, None)],
+    ids=["batch1-hidden7", "hidden1", "hidden17"],
+)
+@pytest.mark.parametrize("regularizer", ["none", "all_batch_norm", "all_layer_norm"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_awkward_sizes(poisoned, cell, regularizer, batch, hidden, steps, lengths):
+    inputs = make_inputs(
+        cell, regularizer, batch=batch, hidden=hidden, steps=steps, lengths=lengths, reverse=True
+    )
+    assert_matches_reference(inputs)
+
+
+def assert_dtype_rule(inputs: RecurrenceInputs) -> None:
+    """Error vs float64 <= 2x the reference's own error in the dtype + one ulp."""
+    dtype = inputs.xg.dtype
+    truth = run_backend(reference_backend, cast_inputs(inputs, torch.float64))
+    same_dtype = run_backend(reference_backend, inputs)
+    kernel = run_backend(triton_backend, inputs)
+    ulp = torch.finfo(dtype).eps
+    for name, expected in truth.items():
+        if expected is None:
+            continue
+        actual = kernel[name]
+        assert actual.dtype == same_dtype[name].dtype and not actual.isnan().any(), name
+        kernel_error = relative_error(actual, expected)
+        reference_error = relative_error(same_dtype[name], expected)
+        # The half-precision reference can overflow in training BN backward; the kernel
+        # (float32 inside) must then still be within a few ulps.
+        if not torch.isfinite(torch.tensor(reference_error)):
+            reference_error = 4 * ulp
+        bound = 2 * reference_error + ulp
+        assert kernel_error <= bound, (
+            f"{name}: kernel {kernel_error:.2e} > 2 x reference {reference_error:.2e} + {ulp:.1e}"
+        )
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("regularizer", ["none", "all_batch_norm", "all_layer_norm"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision(poisoned, dtype, cell, regularizer):
+    assert_dtype_rule(make_inputs(cell, regularizer, dtype=dtype, lengths=LENGTHS))
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_zero_steps(poisoned, cell):
+    """T = 0: no launch; final states are the initial ones, gradients pass straight through.
+
+    (Checked in closed form: the reference backend cannot differentiate an empty output.)
+    """
+    inputs = make_inputs(cell, "none", steps=0, lengths=None)
+    outputs, saved = triton_backend.forward(inputs)
+    assert outputs.output.shape == (0, BATCH, HIDDEN)
+    assert torch.equal(outputs.h_n, inputs.h0)
+    grad_output, grad_h_n, grad_c_n = upstream_gradients(outputs)
+    grads = triton_backend.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
+    assert torch.equal(grads["h0"], grad_h_n)
+    assert grads["xg"].shape == inputs.xg.shape
+    assert not grads["w_hh"].any() and not grads["b_hh"].any()
+    if cell == "lstm":
+        assert torch.equal(outputs.c_n, inputs.c0) and torch.equal(grads["c0"], grad_c_n)
+
+
+@pytest.mark.interpreter
+@needs_backend
+def test_masks_follow_seed_layer_direction():
+    """Different seed or layer gives different masks; the same ones give identical runs."""
+    base = make_inputs("lstm", "zoneout")
+    first = triton_backend.forward(base)[0].output
+    assert torch.equal(first, triton_backend.forward(base)[0].output)
+    for change in ({"seed": 99}, {"layer": 2}):
+        assert not torch.equal(first, triton_backend.forward(base.replace(**change))[0].output)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("regularizer", ["all_batch_norm", "all_layer_norm"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saved_like_and_tensor_seed(cell, regularizer):
+    """saved_like mirrors forward's saved tuple; a 0-d int64 seed equals the int seed."""
+    inputs = make_inputs(cell, regularizer, lengths=LENGTHS)
+    outputs, saved = triton_backend.forward(inputs)
+    like = triton_backend.saved_like(inputs)
+    assert len(like) == len(saved)
+    for empty, real in zip(like, saved):
+        assert (empty.shape, empty.dtype, empty.device) == (real.shape, real.dtype, real.device)
+        assert all(empty is not getattr(inputs, f.name) for f in dataclasses.fields(inputs))
+    tensor_seed = inputs.replace(seed=torch.tensor(inputs.seed, dtype=torch.int64))
+    assert torch.equal(triton_backend.forward(tensor_seed)[0].output, outputs.output)
+
+
+def test_unsupported_and_availability():
+    inputs = make_inputs("lstm", "none", device="cpu")
+    projected = inputs.replace(
+        config=dataclasses.replace(inputs.config, proj_size=3), w_hr=torch.zeros(3, HIDDEN)
+    )
+    assert "proj_size" in triton_backend.unsupported_reason(projected)
+    reason = triton_backend.availability()
+    assert reason is None or isinstance(reason, str)
+    assert triton_backend.NAME == "triton"
+
+
+def test_grid_larger_than_sms_fails_instead_of_hanging(monkeypatch):
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    with pytest.raises(RuntimeError, match="SMs"):
+        triton_backend._check_grid(200, {"sms": 132})
+    triton_backend._check_grid(132, {"sms": 132})
+
+
+# ----------------------------------------------------------------------------------------
+# GPU: multi-program grids and cuDNN parity
+# ----------------------------------------------------------------------------------------
+# H = 199 (prime): several programs in both kernels, within the launcher's shared-memory
+# limit on an A100 / H100 (LSTM G*H pads to 1024).
+GPU_HIDDEN, GPU_BATCH, GPU_STEPS = 199, 8, 6
+GPU_LENGTHS = [6, 1, 4, 6, 2, 5, 3, 6]
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(
+    "regularizer",
+    ["none", "zoneout_eval", "batch_norm_eval", "layer_norm", "all_batch_norm", "all_layer_norm"],
+)
+@pytest.mark.parametrize("cell", CELLS)
+def test_gpu_multi_program_matches_reference(poisoned, cell, regularizer, reverse):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    inputs = make_inputs(
+        cell,
+        regularizer,
+        steps=GPU_STEPS,
+        batch=GPU_BATCH,
+        hidden=GPU_HIDDEN,
+        lengths=GPU_LENGTHS,
+        reverse=reverse,
+        device="cuda",
+    )
+    geometry = triton_backend._geometry(GPU_BATCH, GPU_HIDDEN, inputs.config.num_gates, "cuda")
+    assert geometry["forward_programs"] > 1 and geometry["backward_programs"] > 1
+    assert_matches_reference(inputs, tolerance=2e-5)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_half_precision(poisoned, dtype, cell):
+    inputs = make_inputs(
+        cell,
+        "all_layer_norm",
+        steps=GPU_STEPS,
+        batch=GPU_BATCH,
+        hidden=GPU_HIDDEN,
+        lengths=GPU_LENGTHS,
+        dtype=dtype,
+        device="cuda",
+    )
+    assert_dtype_rule(inputs)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_gpu_matches_cudnn(cell):
+    """No regulariser: the recurrence equals torch.nn's cuDNN layer, forward and backward."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    size, hidden, steps, batch = 24, 131, 7, 5
+    if cell == "lstm":
+        module = torch.nn.LSTM(size, hidden)
+    elif cell == "gru":
+        module = torch.nn.GRU(size, hidden)
+    else:
+        module = torch.nn.RNN(size, hidden, nonlinearity=cell.split("_")[1])
+    module = module.cuda()
+    x = torch.randn(steps, batch, size, device="cuda", requires_grad=True)
+    h0 = torch.randn(batch, hidden, device="cuda", requires_grad=True)
+    c0 = torch.randn(batch, hidden, device="cuda", requires_grad=True)
+    state = (h0[None], c0[None]) if cell == "lstm" else h0[None]
+    output, final = module(x, state)
+    h_n = final[0][0] if cell == "lstm" else final[0]
+    grad_output, grad_h_n = torch.randn_like(output), torch.randn_like(h_n)
+    roots, grads = [output, h_n], [grad_output, grad_h_n]
+    if cell == "lstm":
+        grad_c_n = torch.randn_like(h_n)
+        roots.append(final[1][0])
+        grads.append(grad_c_n)
+    torch.autograd.backward(roots, grads)
+
+    w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
+    xg = (x.detach() @ w_ih.t() + b_ih).contiguous()
+    inputs = RecurrenceInputs(
+        config=RecurrenceConfig(cell=cell, hidden_size=hidden),
+        xg=xg,
+        h0=h0.detach(),
+        c0=c0.detach() if cell == "lstm" else None,
+        w_hh=module.weight_hh_l0.detach(),
+        b_hh=module.bias_hh_l0.detach(),
+        w_hr=None,
+        lengths=None,
+    )
+    outputs, saved = triton_backend.forward(inputs)
+    ours = triton_backend.backward(
+        inputs, saved, grad_output, grad_h_n, grad_c_n if cell == "lstm" else None
+    )
+    pairs = {
+        "output": (outputs.output, output),
+        "h_n": (outputs.h_n, h_n),
+        "dx": (ours["xg"] @ w_ih, x.grad),
+        "dh0": (ours["h0"], h0.grad),
+        "dW_hh": (ours["w_hh"], module.weight_hh_l0.grad),
+        "db_hh": (ours["b_hh"], module.bias_hh_l0.grad),
+        "dW_ih": (
+            ours["xg"].reshape(-1, xg.shape[-1]).t() @ x.detach().reshape(-1, size),
+            module.weight_ih_l0.grad,
+        ),
+    }
+    if cell == "lstm":
+        pairs["c_n"] = (outputs.c_n, final[1][0])
+        pairs["dc0"] = (ours["c0"], c0.grad)
+    for name, (actual, expected) in pairs.items():
+        error = relative_error(actual, expected)
+        assert error <= 1e-4, f"{name}: {error:.2e}"
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_no_recompile_for_new_lengths():
+    from fusedrnn.kernels.recurrence import recurrence_forward_kernel
+
+    caches = getattr(recurrence_forward_kernel, "device_caches", None)
+    if caches is None:
+        pytest.skip("this triton version does not expose device_caches")
+
+    def compiled() -> int:
+        return sum(len(entry[0]) for entry in caches.values())
+
+    triton_backend.forward(make_inputs("lstm", "zoneout", steps=3, device="cuda"))
+    before = compiled()
+    for steps, batch in ((1, 6), (16, 6), (33, 6), (5, 9)):
+        triton_backend.forward(
+            make_inputs("lstm", "zoneout", steps=steps, batch=batch, device="cuda")
+        )
+    assert compiled() == before
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_too_large_is_unsupported_not_a_crash():
+    reason = triton_backend.unsupported_reason(
+        make_inputs("lstm", "none", hidden=2048, device="cuda")
+    )
+    assert reason is not None and "too large" in reason
+
+
+# ----------------------------------------------------------------------------------------
+# Compiled-mode check without a GPU: compile (never launch) the real kernels for sm_80 and
+# sm_90 with the ptxas bundled in the triton wheel, in a subprocess with the interpreter off.
+# ----------------------------------------------------------------------------------------
+def compile_kernels_for_gpu(arch: int) -> list[str]:
+    """Build each kernel's signature from a captured launcher call, compile it for ``arch``
+    with GPU-like block sizes; returns one line per kernel. Runs with TRITON_INTERPRET=0."""
+    import triton
+    from fusedrnn.kernels import recurrence
+    from triton.backends.compiler import GPUTarget
+
+    captured = {}
+
+    class Capture:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: captured.__setitem__(self.kernel, (args, kwargs))
+
+    pointer = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+    pointer.update({torch.int64: "*i64", torch.int32: "*i32"})
+    lines = []
+    triton_backend._interpreting = lambda: True  # CPU tensors, one-program geometry
+    for name in ("recurrence_forward_kernel", "recurrence_backward_kernel"):
+        setattr(recurrence, name, Capture(getattr(recurrence, name)))
+    for cell, regularizer, dtype in (
+        ("lstm", "all_batch_norm", torch.float32),
+        ("lstm", "all_layer_norm", torch.bfloat16),
+        ("gru", "batch_norm_eval", torch.float16),
+        ("rnn_relu", "zoneout", torch.float32),
+    ):
+        inputs = make_inputs(cell, regularizer, hidden=37, batch=5, dtype=dtype, device="cpu")
+        outputs, saved = triton_backend.forward(inputs)
+        grad_output, grad_h_n, grad_c_n = upstream_gradients(outputs)
+        triton_backend.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
+        gates_pad = triton_backend._next_power_of_2(inputs.config.num_gates)
+        gpu_blocks = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_GH": 256, "PROGRAMS_PAD": 16}
+        for kernel, (args, kwargs) in captured.items():
+            values = dict(zip(kernel.arg_names, args)) | kwargs | gpu_blocks
+            values["BLOCK_U"] = 16 if "BLOCK_GH" in kwargs else max(1, 16 // gates_pad)
+            values.pop("num_warps")
+            signature, constants = {}, {}
+            for param, arg_name in zip(kernel.params, kernel.arg_names):
+                value = values[arg_name]
+                if param.is_constexpr or value is None:
+                    signature[arg_name], constants[arg_name] = "constexpr", value
+                elif isinstance(value, torch.Tensor):
+                    signature[arg_name] = pointer[value.dtype]
+                elif isinstance(value, float):
+                    signature[arg_name] = "fp32"
+                else:
+                    signature[arg_name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            source = triton.compiler.ASTSource(kernel, signature, constexprs=constants)
+            compiled = triton.compile(
+                source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 8}
+            )
+            assert compiled.asm["cubin"], "no cubin"
+            lines.append(f"{kernel.__name__} {cell} {regularizer} {dtype}: ok")
+    return lines
+
+
+@pytest.mark.parametrize("arch", [90, pytest.param(80, marks=pytest.mark.slow)])
+def test_kernels_compile_for_gpu_without_one(arch):
+    import subprocess
+    import sys
+
+    triton = pytest.importorskip("triton")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this triton wheel has no bundled ptxas")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_triton; "
+        "print('\\n'.join(test_triton.compile_kernels_for_gpu(int(sys.argv[2]))))"
+    )
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-c", code, tests_dir, str(arch)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count(": ok") == 8, result.stdout
