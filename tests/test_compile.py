@@ -1,0 +1,144 @@
+"""torch.compile over fusedrnn layers: no graph breaks, the same results and gradients.
+
+The recurrence is the custom op ``fusedrnn::recurrence`` (with ``register_fake`` and
+``register_autograd``); ``torch.library.opcheck`` checks those registrations for every
+recurrence backend that runs here. The fullgraph tests use the ``aot_eager`` compiler
+backend — Dynamo's graph capture and AOTAutograd's fake-tensor tracing, which is what a graph
+break or a wrong fake would trip — and one slow test runs Inductor end to end.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import recurrence_backends_on_cpu
+from torch import nn
+
+import fusedrnn
+from fusedrnn import functional
+
+BACKENDS = recurrence_backends_on_cpu()
+if fusedrnn.available_backends().get("triton") is None:
+    BACKENDS.append("triton")  # the interpreter on a CPU machine
+
+
+def _op_args(backend: str, cell: str, norm: str, training: bool):
+    hidden, batch, steps = 3, 2, 4
+    gates = {"lstm": 4, "gru": 3}[cell] * hidden
+    dtype = torch.float32 if backend == "triton" else torch.float64
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    lstm = cell == "lstm"
+    has_norm = norm != "none"
+    running = norm == "batch" and not training
+    return [
+        rand(steps, batch, gates),  # xg
+        rand(batch, hidden),  # h0
+        rand(gates, hidden),  # w_hh
+        rand(batch, hidden) if lstm else None,  # c0
+        rand(gates),  # b_hh
+        None,  # w_hr
+        torch.tensor([4, 2]),  # lengths
+        rand(gates) if has_norm else None,
+        rand(hidden) if has_norm and lstm else None,
+        rand(hidden) if has_norm and lstm else None,
+        torch.zeros(2, gates, dtype=dtype) if running else None,
+        torch.ones(2, gates, dtype=dtype) if running else None,
+        torch.zeros(2, hidden, dtype=dtype) if running and lstm else None,
+        torch.ones(2, hidden, dtype=dtype) if running and lstm else None,
+        torch.tensor(1234),  # seed
+        cell,
+        hidden,
+        0,
+        0.25,  # recurrent_dropout
+        0.1 if lstm else 0.0,
+        0.2,  # zoneout
+        norm,
+        True,  # reverse
+        training,
+        1,
+        1,
+        backend,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cell", "norm", "training"),
+    [("lstm", "batch", True), ("lstm", "layer", True), ("gru", "batch", False)],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend, cell, norm, training):
+    result = torch.library.opcheck(
+        functional._recurrence_op, _op_args(backend, cell, norm, training)
+    )
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+class Tagger(nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.rnn = fusedrnn.LSTM(
+            6,
+            5,
+            num_layers=2,
+            bidirectional=True,
+            batch_first=True,
+            input_dropout=0.1,
+            recurrent_dropout=0.2,
+            zoneout_cell=0.1,
+            zoneout_hidden=0.1,
+            backend=backend,
+        )
+        self.gru = fusedrnn.GRU(10, 4, recurrent_batch_norm=True, max_steps=3, backend=backend)
+        self.head = nn.Linear(4, 11)
+
+    def forward(self, tokens):
+        x = self.rnn(self.embed(tokens))[0]
+        return self.head(self.gru(x.transpose(0, 1))[0])
+
+
+def _train_step(model, tokens, run=None):
+    """One forward+backward of ``run`` (default: ``model``); gradients by parameter name."""
+    torch.manual_seed(7)  # the same mask seeds in eager and compiled runs
+    logits = (model if run is None else run)(tokens)
+    logits.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize("backend", ["reference", "host"])
+def test_fullgraph_compile_matches_eager(backend):
+    if backend not in BACKENDS:
+        pytest.skip(f"backend {backend!r} is not available here")
+    torch.manual_seed(0)
+    model = Tagger(backend)
+    tokens = torch.randint(0, 11, (3, 5))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    eager_logits, eager_grads = _train_step(model, tokens)
+    eager_buffers = {n: b.clone() for n, b in model.named_buffers()}
+    model.gru.reset_running_stats()
+    compiled_logits, compiled_grads = _train_step(model, tokens, compiled)
+    assert torch.allclose(compiled_logits, eager_logits, atol=1e-6)
+    for name, grad in eager_grads.items():
+        assert torch.allclose(compiled_grads[name], grad, atol=1e-6), name
+    for name, buffer in model.named_buffers():  # running statistics updated in the graph
+        assert torch.allclose(buffer, eager_buffers[name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_inductor_compile_matches_eager():
+    torch.manual_seed(0)
+    model = Tagger("reference")
+    tokens = torch.randint(0, 11, (3, 5))
+    eager_logits, eager_grads = _train_step(model, tokens)
+    model.gru.reset_running_stats()
+    torch._inductor.config.fallback_random = True  # eager's RNG, so the seeds agree
+    compiled = torch.compile(model, fullgraph=True)
+    compiled_logits, compiled_grads = _train_step(model, tokens, compiled)
+    assert torch.allclose(compiled_logits, eager_logits, atol=1e-5)
+    for name, grad in eager_grads.items():
+        assert torch.allclose(compiled_grads[name], grad, atol=1e-5), name
