@@ -1,0 +1,182 @@
+"""The benchmark workloads, defined once (issue 5).
+
+Full workloads (GPU sizes):
+
+=====  ====  ====  =====  ====  ===  ======================================================
+name   cell  B     I=H    T     L    notes
+=====  ====  ====  =====  ====  ===  ======================================================
+W1     lstm  16    512    512   1
+W2     lstm  64    1024   256   1
+W3     lstm  256   1024   128   1
+W4     lstm  16    512    512   1    recurrent_dropout 0.25, zoneout_cell/hidden 0.1
+W5     lstm  64    1024   256   1    PackedSequence, lengths uniform in [T/4, T] (seeded)
+W6a    gru   16    512    512   1    W6 at W1's size
+W6b    gru   64    1024   256   1    W6 at W2's size
+W7     lstm  32    512    256   2    bidirectional
+=====  ====  ====  =====  ====  ===  ======================================================
+
+Quick workloads (``--quick``, CPU smoke test) keep the names and the features (regularizers,
+packing, GRU, 2-layer bidirectional) at tiny sizes. Sweeps (``--sweep``) vary B or H of an
+LSTM around W1/W2 for the speed-up-versus-size plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODES: tuple[str, ...] = ("forward", "train")
+
+# Seed of W5's lengths (and of every workload's weights and inputs).
+SEED = 1234
+
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One benchmark configuration (sizes, cell, options); dtype and mode are separate axes."""
+
+    name: str
+    cell: str  # "lstm" | "gru"
+    batch: int  # B
+    input_size: int  # I
+    hidden_size: int  # H
+    steps: int  # T
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False
+    recurrent_dropout: float = 0.0
+    zoneout_cell: float = 0.0
+    zoneout_hidden: float = 0.0
+    suite: str = "workloads"  # "workloads" | "sweep-batch" | "sweep-hidden"
+
+    @property
+    def num_gates(self) -> int:
+        return NUM_GATES[self.cell]
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def regularizer_options(self) -> dict[str, float]:
+        """fusedrnn-only keyword options that are on (empty: a plain torch.nn layer)."""
+        options = {
+            "recurrent_dropout": self.recurrent_dropout,
+            "zoneout_cell": self.zoneout_cell,
+            "zoneout_hidden": self.zoneout_hidden,
+        }
+        return {name: value for name, value in options.items() if value > 0}
+
+    @property
+    def regularizers(self) -> str:
+        """The CSV's ``regularizers`` cell: ``name=value;...`` or empty."""
+        return ";".join(f"{k}={v:g}" for k, v in self.regularizer_options().items())
+
+    def lengths(self) -> list[int] | None:
+        """Per-row lengths of a packed workload, uniform in [T/4, T], seeded; else None."""
+        if not self.packed:
+            return None
+        rng = random.Random(f"{SEED}-{self.name}-{self.batch}-{self.steps}")
+        low = max(1, self.steps // 4)
+        lengths = [rng.randint(low, self.steps) for _ in range(self.batch)]
+        lengths[0] = self.steps  # the padded length is T
+        return lengths
+
+    @property
+    def tokens(self) -> int:
+        """Real (unpadded) tokens per call: B*T, or the sum of lengths when packed."""
+        lengths = self.lengths()
+        return self.batch * self.steps if lengths is None else sum(lengths)
+
+    def csv_fields(self) -> dict[str, object]:
+        return {
+            "suite": self.suite,
+            "workload": self.name,
+            "cell": self.cell,
+            "B": self.batch,
+            "I": self.input_size,
+            "H": self.hidden_size,
+            "T": self.steps,
+            "layers": self.layers,
+            "bidirectional": self.bidirectional,
+            "packed": self.packed,
+            "regularizers": self.regularizers,
+        }
+
+
+def _family(sizes: dict[str, tuple[int, int, int]]) -> dict[str, Workload]:
+    """W1..W7 from the (B, I=H, T) of W1, W2, W3 and W7."""
+    b1, h1, t1 = sizes["W1"]
+    b2, h2, t2 = sizes["W2"]
+    b3, h3, t3 = sizes["W3"]
+    b7, h7, t7 = sizes["W7"]
+    w1 = Workload("W1", "lstm", b1, h1, h1, t1)
+    w2 = Workload("W2", "lstm", b2, h2, h2, t2)
+    return {
+        "W1": w1,
+        "W2": w2,
+        "W3": Workload("W3", "lstm", b3, h3, h3, t3),
+        "W4": dataclasses.replace(
+            w1, name="W4", recurrent_dropout=0.25, zoneout_cell=0.1, zoneout_hidden=0.1
+        ),
+        "W5": dataclasses.replace(w2, name="W5", packed=True),
+        "W6a": dataclasses.replace(w1, name="W6a", cell="gru"),
+        "W6b": dataclasses.replace(w2, name="W6b", cell="gru"),
+        "W7": Workload("W7", "lstm", b7, h7, h7, t7, layers=2, bidirectional=True),
+    }
+
+
+WORKLOADS: dict[str, Workload] = _family(
+    {"W1": (16, 512, 512), "W2": (64, 1024, 256), "W3": (256, 1024, 128), "W7": (32, 512, 256)}
+)
+QUICK_WORKLOADS: dict[str, Workload] = _family(
+    {"W1": (4, 32, 16), "W2": (8, 32, 16), "W3": (16, 32, 8), "W7": (4, 32, 16)}
+)
+
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SWEEP_HIDDENS = (128, 256, 512, 1024, 2048)
+QUICK_SWEEP_BATCHES = (1, 4, 16)
+QUICK_SWEEP_HIDDENS = (16, 32, 64)
+
+
+def sweep_workloads(quick: bool = False) -> dict[str, Workload]:
+    """LSTM sweeps: batch (I=H=512, T=128) and hidden size (B=64, T=128); tiny when quick."""
+    batches = QUICK_SWEEP_BATCHES if quick else SWEEP_BATCHES
+    hiddens = QUICK_SWEEP_HIDDENS if quick else SWEEP_HIDDENS
+    base_h, fixed_b, steps = (32, 8, 16) if quick else (512, 64, 128)
+    out: dict[str, Workload] = {}
+    for b in batches:
+        out[f"SB{b}"] = Workload(f"SB{b}", "lstm", b, base_h, base_h, steps, suite="sweep-batch")
+    for h in hiddens:
+        out[f"SH{h}"] = Workload(f"SH{h}", "lstm", fixed_b, h, h, steps, suite="sweep-hidden")
+    return out
+
+
+def select(names: str | None, quick: bool = False, sweep: bool = False) -> list[Workload]:
+    """Workloads by comma-separated names (``W6`` means W6a and W6b); all when ``names`` is
+    None. ``sweep`` adds the sweep workloads."""
+    table = dict(QUICK_WORKLOADS if quick else WORKLOADS)
+    sweeps = sweep_workloads(quick)
+    if names is None or names.strip() in ("", "all"):
+        chosen = list(table.values())
+    else:
+        chosen = []
+        everything = {**table, **sweeps}
+        for raw in names.split(","):
+            name = raw.strip()
+            if not name:
+                continue
+            matches = [w for key, w in everything.items() if key == name]
+            if not matches:
+                matches = [w for key, w in table.items() if key.startswith(name)]
+            if not matches:
+                known = ", ".join([*table, "W6", "SB<B>", "SH<H>"])
+                raise ValueError(f"unknown workload {name!r}; known: {known}")
+            chosen.extend(w for w in matches if w not in chosen)
+    if sweep:
+        chosen.extend(w for w in sweeps.values() if w not in chosen)
+    return chosen

@@ -1,0 +1,318 @@
+"""The benchmark suite (bench/): quick mode end to end, the CSV schema, the plots, the floor
+model's arithmetic, report.py and the pytest-benchmark integration."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # bench/ is not installed: plain `pytest` must find it too
+    sys.path.insert(0, str(REPO))
+
+from bench import floor, providers, schema, visualize, workloads  # noqa: E402
+from bench.timing import percentile  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# ---------------------------------------------------------------------- quick mode
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench_quick")
+    result = _run(["-m", "bench", "--quick", "--out", str(out), "--no-progress"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result.stdout
+
+
+def test_quick_writes_the_schema(quick_run: tuple[Path, str]) -> None:
+    out, _ = quick_run
+    with (out / "bench.csv").open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert tuple(header) == schema.COLUMNS
+    rows = schema.read_rows(out / "bench.csv")
+    expected = {
+        (w, m, p)
+        for w in workloads.QUICK_WORKLOADS
+        for m in workloads.MODES
+        for p in providers.QUICK_PROVIDERS
+    }
+    assert {(r["workload"], r["mode"], r["provider"]) for r in rows} == expected
+    assert len(rows) == len(expected)  # every case listed once, none silently dropped
+    assert len({r["run_id"] for r in rows}) == 1
+    for row in rows:
+        assert row["status"] in (schema.STATUS_OK, schema.STATUS_SKIPPED), row
+        assert row["dtype"] == "float32" and row["device"] == "cpu"
+        assert row["torch_version"] == torch.__version__
+        assert row["fusedrnn_commit"]
+        assert float(row["flops"]) > 0 and float(row["floor_ms"]) > 0
+        if row["status"] != schema.STATUS_OK:
+            assert row["reason"], row
+            continue
+        median = float(row["median_ms"])
+        assert float(row["p20_ms"]) <= median <= float(row["p80_ms"])
+        w = workloads.QUICK_WORKLOADS[row["workload"]]
+        assert math.isclose(float(row["step_us"]), median * 1e3 / w.steps, rel_tol=1e-4)
+        assert math.isclose(float(row["tokens_per_s"]), w.tokens / (median / 1e3), rel_tol=1e-4)
+        assert math.isclose(
+            float(row["floor_multiple"]), median / float(row["floor_ms"]), rel_tol=1e-4
+        )
+        # CPU: peak memory is not measured, and the row says why
+        assert row["peak_mem_bytes"] == "" and "not measured on CPU" in row["peak_mem_method"]
+
+
+def test_quick_lists_skipped_rows_with_reasons(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
+    rows = schema.read_rows(out / "bench.csv")
+    torch_w4 = [r for r in rows if r["provider"] == "torch" and r["workload"] == "W4"]
+    assert len(torch_w4) == 2
+    for row in torch_w4:
+        assert row["status"] == schema.STATUS_SKIPPED
+        assert "zoneout" in row["reason"] and row["regularizers"]
+        assert row["median_ms"] == ""
+    assert "skipped: torch W4" in stdout  # the printed table lists it too
+    # speed-ups only where torch ran, computed in this run
+    by_case = {(r["workload"], r["mode"], r["provider"]): r for r in rows}
+    ref = by_case[("W1", "forward", "reference")]
+    base = by_case[("W1", "forward", "torch")]
+    assert math.isclose(
+        float(ref["speedup_vs_torch"]),
+        float(base["median_ms"]) / float(ref["median_ms"]),
+        rel_tol=1e-3,
+    )
+    assert by_case[("W4", "forward", "reference")]["speedup_vs_torch"] == ""
+
+
+def test_quick_draws_plots_and_metadata(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
+    for name in ("workloads.png", "speedup_workloads.png"):
+        path = out / name
+        assert path.exists() and path.read_bytes()[:8] == PNG_MAGIC
+        assert str(path) in stdout
+    assert "workload" in stdout and "torch" in stdout  # the comparison table
+    env = json.loads((out / "env.json").read_text())
+    assert set(env["available_backends"]) >= {"torch", "reference", "host"}
+    ceilings = json.loads((out / "ceilings.json").read_text())
+    assert ceilings[0]["barrier_s"] is None and "not applicable" in ceilings[0]["barrier_method"]
+
+
+def test_sweep_plots_from_csv(tmp_path: Path) -> None:
+    rows = []
+    for name, w in workloads.sweep_workloads(quick=True).items():
+        for provider, median in (("torch", 2.0), ("host", 1.0 + w.batch / 100)):
+            row = {"run_id": "r1", "provider": provider, "mode": "forward", "dtype": "float32"}
+            row.update(w.csv_fields())
+            row.update(status="ok", median_ms=median, device_name="test", torch_version="x")
+            row.update(fusedrnn_commit="abc", speedup_vs_torch=2.0 / median)
+            rows.append(row)
+            assert name == row["workload"]
+    schema.write_rows(tmp_path / "bench.csv", rows)
+    drawn = visualize.plot_csv(tmp_path / "bench.csv")
+    assert {p.name for p in drawn} == {"speedup_batch.png", "speedup_hidden.png"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in drawn)
+
+
+def test_csv_appender_refuses_another_schema(tmp_path: Path) -> None:
+    path = tmp_path / "bench.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(schema.SchemaError):
+        schema.CsvAppender(path)
+    with pytest.raises(schema.SchemaError):
+        schema.CsvAppender(tmp_path / "new.csv").write({"not_a_column": 1})
+
+
+# ---------------------------------------------------------------------- floor model
+def test_floor_model_by_hand() -> None:
+    w1 = workloads.WORKLOADS["W1"]  # LSTM, B=16, I=H=512, T=512: G*H = 2048, n = 8192
+    fwd = floor.cost(w1, "forward", "float32")
+    assert fwd.recurrent_flops == 2 * 16 * 512 * 2048 * 512 == 17_179_869_184
+    assert fwd.input_flops == 17_179_869_184  # I = H
+    assert fwd.flops == 34_359_738_368
+    # x (512) + xg written and read (2 * 2048) + h (512) per token, both weights once, 4 B
+    assert fwd.bytes == 4 * (8192 * (512 + 2048 + 2048 + 512) + 2048 * (512 + 512))
+    assert fwd.bytes == 176_160_768
+    assert fwd.sequential_steps == 512
+    train = floor.cost(w1, "train", "float32")
+    assert train.flops == 3 * 34_359_738_368 and train.sequential_steps == 1024
+    assert floor.cost(w1, "forward", "bfloat16").bytes == 176_160_768 // 2
+
+    w7 = workloads.WORKLOADS["W7"]  # 2 layers x 2 directions, B=32, H=512, T=256: n = 8192
+    c7 = floor.cost(w7, "forward", "float32")
+    assert c7.recurrent_flops == 4 * (2 * 8192 * 2048 * 512)
+    # layer 0 reads I=512, layer 1 reads both directions (1024)
+    assert c7.input_flops == 2 * (2 * 8192 * 512 * 2048) + 2 * (2 * 8192 * 1024 * 2048)
+    assert c7.sequential_steps == 2 * 256  # directions of a layer run concurrently
+
+    w5 = workloads.WORKLOADS["W5"]  # packed: only real tokens count
+    lengths = w5.lengths()
+    assert lengths == w5.lengths() and max(lengths) == 256 and min(lengths) >= 64
+    assert floor.cost(w5, "forward", "float32").recurrent_flops == 2 * sum(lengths) * 4096 * 1024
+
+    ceilings = floor.Ceilings("cuda", "float32", 1e12, 8192, 1e11, 1 << 30, 1e-6, "test")
+    expected = max(34_359_738_368 / 1e12, 176_160_768 / 1e11) + 512 * 1e-6
+    assert math.isclose(floor.floor_seconds(fwd, ceilings), expected, rel_tol=1e-12)
+    cpu = floor.Ceilings("cpu", "float32", 1e11, 256, 1e9, 1 << 24, None, "n/a")
+    assert math.isclose(floor.floor_seconds(fwd, cpu), 34_359_738_368 / 1e11, rel_tol=1e-12)
+
+
+def test_barrier_kernel_counts_rounds_and_cannot_hang() -> None:
+    """The floor model's grid-barrier kernel (bench/_barrier.py): on a CPU under the Triton
+    interpreter (programs run one after another), on a GPU for real."""
+    pytest.importorskip("triton")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not interpreted and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1")
+    from bench import _barrier
+
+    device = "cpu" if interpreted else "cuda"
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    timeout = torch.zeros(1, dtype=torch.int32, device=device)
+    _barrier.barrier_rounds_kernel[(1,)](counter, timeout, 5, 100, num_warps=1)
+    assert (counter.item(), timeout.item()) == (5, 0)
+    if interpreted:
+        # Program 0 waits for program 1, which the interpreter only runs afterwards: the
+        # spin limit ends the wait and reports it instead of hanging.
+        counter.zero_()
+        _barrier.barrier_rounds_kernel[(2,)](counter, timeout, 3, 10, num_warps=1)
+        assert (counter.item(), timeout.item()) == (6, 1)
+
+
+def test_percentile_matches_numpy() -> None:
+    import numpy as np
+
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 20, 50, 80, 100):
+        assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
+
+
+def test_skip_reasons() -> None:
+    w = workloads.QUICK_WORKLOADS["W1"]
+    ok = {"reference": None, "host": None, "cuda": None, "triton": None}
+    cuda = torch.device("cuda")  # a device object; nothing is allocated on it
+    assert "CPU tensors" in providers.skip_reason("host", w, cuda, ok)
+    assert "needs a CUDA device" in providers.skip_reason("cuda", w, torch.device("cpu"), ok)
+    assert "no nvcc" in providers.skip_reason("cuda", w, cuda, {"cuda": "no nvcc"})
+    long = workloads.WORKLOADS["W1"]
+    guarded = providers.skip_reason("reference-compiled", long, cuda, ok, compile_max_steps=64)
+    assert "--compile-max-steps" in guarded
+    assert providers.skip_reason("reference-compiled", w, cuda, ok, compile_max_steps=64) is None
+    assert providers.skip_reason("reference-compiled", long, cuda, ok) is None  # default: none
+    assert "zoneout" in providers.skip_reason("torch", workloads.WORKLOADS["W4"], cuda, ok)
+
+
+# ---------------------------------------------------------------------- report.py
+def _synthetic_folder(folder: Path) -> None:
+    folder.mkdir()
+    rows = []
+    w = workloads.WORKLOADS["W1"]
+    base = {"run_id": "run-1", "mode": "forward", "dtype": "bfloat16", "device": "cuda"}
+    base.update(w.csv_fields())
+    base.update(device_name="NVIDIA Test GPU", torch_version="2.11.0", triton_version="3.6.0")
+    base.update(cuda_version="13.0", python_version="3.12.0", fusedrnn_commit="deadbeef1234")
+    for provider, status, median, reason in (
+        ("torch", "ok", 4.0, ""),
+        ("cuda", "ok", 2.0, ""),
+        ("triton", "skipped", None, "backend 'triton' unavailable: triton cannot be imported"),
+    ):
+        row = dict(base, provider=provider, status=status, reason=reason, median_ms=median)
+        if median:
+            row.update(p20_ms=median, p80_ms=median, speedup_vs_torch=4.0 / median)
+            row.update(floor_ms=0.5, floor_multiple=median / 0.5)
+        rows.append(row)
+    schema.write_rows(folder / "bench.csv", rows)
+    (folder / "parity.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_cuda" name="test_a" time="0.1"/>'
+        '<testcase classname="tests.test_cuda" name="test_b" time="0.2"/>'
+        '<testcase classname="tests.test_cuda" name="test_c" time="0.3">'
+        '<failure message="AssertionError: max error 3e-2 &gt; 1e-2">trace</failure></testcase>'
+        '<testcase classname="tests.test_triton" name="test_d" time="0">'
+        '<skipped type="pytest.skip" message="needs sm_90">skip</skipped></testcase>'
+        "</testsuite></testsuites>"
+    )
+    ceilings = [floor.Ceilings("cuda", "bfloat16", 7e14, 8192, 3e12, 1 << 30, 1.5e-6, "triton")]
+    floor.write_ceilings(folder / "ceilings.json", ceilings)
+
+
+def test_report_summary_and_readme(tmp_path: Path) -> None:
+    folder = tmp_path / "results" / "2026-01-01-nvidia-test-gpu"
+    folder.parent.mkdir()
+    _synthetic_folder(folder)
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# fusedrnn\n\nintro\n\n<!-- bench:latest:start -->\nold text\n"
+        "<!-- bench:latest:end -->\n\nafter\n"
+    )
+    result = _run(["bench/report.py", str(folder), "--readme", str(readme)])
+    assert result.returncode == 0, result.stderr
+    summary = (folder / "summary.md").read_text()
+    assert "NVIDIA Test GPU" in summary and "deadbeef1234" in summary
+    assert "2 passed, 1 failed, 0 error, 1 skipped" in summary
+    assert "max error 3e-2 > 1e-2" in summary and "needs sm_90" in summary
+    assert "2 ms (**2.00×**)" in summary  # cuda: 4 ms / 2 ms
+    assert "triton cannot be imported" in summary  # the skipped row with its reason
+    assert "1.50" in summary  # the barrier latency in µs
+    text = readme.read_text()
+    assert text.startswith("# fusedrnn\n\nintro\n") and text.endswith("after\n")
+    assert "old text" not in text and "2.00×" in text
+    assert "results/2026-01-01-nvidia-test-gpu/summary.md" in text
+    # running it again replaces the block, it does not nest or duplicate it
+    assert _run(["bench/report.py", "--latest", str(folder.parent), "--readme", str(readme)])
+    assert readme.read_text().count("bench:latest:start") == 1
+
+
+def test_report_refuses_readme_without_markers(tmp_path: Path) -> None:
+    folder = tmp_path / "2026-01-01-x"
+    _synthetic_folder(folder)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    result = _run(["bench/report.py", str(folder), "--readme", str(readme)])
+    assert result.returncode == 2
+    assert "bench:latest:start" in result.stderr
+    assert readme.read_text() == "# no markers here\n"
+
+
+# ---------------------------------------------------------------------- pytest-benchmark
+def test_pytest_benchmark_integration(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = _run(
+        [
+            "-m",
+            "pytest",
+            "bench",
+            "--benchmark-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--bench-workloads",
+            "W1,W4",
+            "--bench-modes",
+            "forward",
+            "--bench-providers",
+            "torch,reference",
+            f"--benchmark-json={out}",
+        ]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed, 1 skipped" in result.stdout  # torch cannot run W4: skipped, with why
+    assert "torch.nn has no recurrent dropout" in result.stdout
+    data = json.loads(out.read_text())
+    assert len(data["benchmarks"]) == 3
+    for bench in data["benchmarks"]:
+        assert set(bench["extra_info"]) == set(schema.COLUMNS)
+        assert bench["extra_info"]["status"] == "ok"
+        assert float(bench["extra_info"]["median_ms"]) > 0
