@@ -216,7 +216,7 @@ def speedup_section(rows: list[dict[str, str]]) -> str:
         "Median time per call, and in bold torch.nn's median divided by the provider's "
         "(same run, same device; >1 is faster than torch.nn: cuDNN on a GPU).",
     ]
-    for suite in ("workloads", "sweep-batch", "sweep-hidden"):
+    for suite in ("workloads", "cpu", "sweep-batch", "sweep-hidden"):
         subset = [r for r in rows if r["suite"] == suite]
         if not subset:
             continue

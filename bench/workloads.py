@@ -13,7 +13,13 @@ W5     lstm  64    1024   256   1    PackedSequence, lengths uniform in [T/4, T]
 W6a    gru   16    512    512   1    W6 at W1's size
 W6b    gru   64    1024   256   1    W6 at W2's size
 W7     lstm  32    512    256   2    bidirectional
+C1     lstm  32    256    128   1    recurrent_dropout 0.25, zoneout_cell/hidden 0.1 (host)
+C2     lstm  32    256    128   1    C1 without regularizers (host vs torch.nn on a CPU)
 =====  ====  ====  =====  ====  ===  ======================================================
+
+C1 and C2 carry the CPU targets of the host backend (issue 4): on C1, host at least 5x faster
+than the reference loop; on C2, within 2x of torch.nn — each measured side by side in one run
+(``python -m bench --workloads C1,C2 --dtypes float32 --modes train --device cpu``).
 
 Quick workloads (``--quick``, CPU smoke test) keep the names and the features (regularizers,
 packing, GRU, 2-layer bidirectional) at tiny sizes. Sweeps (``--sweep``) vary B or H of an
@@ -130,9 +136,16 @@ def _family(sizes: dict[str, tuple[int, int, int]]) -> dict[str, Workload]:
     }
 
 
-WORKLOADS: dict[str, Workload] = _family(
-    {"W1": (16, 512, 512), "W2": (64, 1024, 256), "W3": (256, 1024, 128), "W7": (32, 512, 256)}
-)
+_CPU_HOST = Workload("C2", "lstm", 32, 256, 256, 128, suite="cpu")
+WORKLOADS: dict[str, Workload] = {
+    **_family(
+        {"W1": (16, 512, 512), "W2": (64, 1024, 256), "W3": (256, 1024, 128), "W7": (32, 512, 256)}
+    ),
+    "C1": dataclasses.replace(
+        _CPU_HOST, name="C1", recurrent_dropout=0.25, zoneout_cell=0.1, zoneout_hidden=0.1
+    ),
+    "C2": _CPU_HOST,
+}
 QUICK_WORKLOADS: dict[str, Workload] = _family(
     {"W1": (4, 32, 16), "W2": (8, 32, 16), "W3": (16, 32, 8), "W7": (4, 32, 16)}
 )
@@ -162,7 +175,7 @@ def select(names: str | None, quick: bool = False, sweep: bool = False) -> list[
     table = dict(QUICK_WORKLOADS if quick else WORKLOADS)
     sweeps = sweep_workloads(quick)
     if names is None or names.strip() in ("", "all"):
-        chosen = list(table.values())
+        chosen = [w for w in table.values() if w.suite != "cpu"]  # C1/C2 only by name
     else:
         chosen = []
         everything = {**table, **sweeps}
