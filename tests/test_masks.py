@@ -164,10 +164,7 @@ def test_eval_zoneout_is_the_expectation():
     out_eval = module(x, h0)[0]
     params, options = module._layer_params(), module.options()
     draws = torch.stack(
-        [
-            functional.rnn(x, h0, None, params, options, training=True, seed=s)[0]
-            for s in range(500)
-        ]
+        [functional.rnn(x, h0, None, params, options, training=True, seed=s)[0] for s in range(500)]
     )
     h_new = torch.tanh(
         x[0] @ module.weight_ih_l0.t()
