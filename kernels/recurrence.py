@@ -157,7 +157,6 @@ def recurrence_forward_kernel(
     h_prev_ptr,  # [T, B, H] state entering step t. Row t_first holds h0 (the launcher
     #              writes it); each step writes the next row: this is also the buffer through
     #              which programs exchange h_{t-1} (every row is written once: no race).
-    h_in_ptr,  # [T, B, H] m_h * h_{t-1}, the dot operand, for dW_hh (USE_DROPOUT)
     c_prev_ptr,  # [T, B, H] c_{t-1} (LSTM)
     gates_ptr,  # [T, B, G*H] gate activations: i f g o | r z n | h~ (RNN)
     gru_hn_ptr,  # [T, B, H] GRU a_n = N(W_hn h)_n + b_hn
@@ -255,9 +254,8 @@ def recurrence_forward_kernel(
                 beta_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT:
-        # One mask for all steps: the full row for the dot, the owned units for h_in.
+        # One mask for all steps, over the full row of h that enters the dot.
         m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
-        m_h_own = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
 
     own_offsets = rows[:, None] * hidden + units[None, :]
     h_own = tl.load(h0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
@@ -290,7 +288,6 @@ def recurrence_forward_kernel(
         )
         if USE_DROPOUT:
             h_full = h_full * m_h_full
-            tl.store(h_in_ptr + step_own, h_own * m_h_own, mask=own_mask)
         acc = tl.dot(h_full, w_t.to(tl.float32), input_precision="ieee")
 
         # 3. normalisation of W_hh h, bias.

@@ -190,17 +190,7 @@ def _backends_for_saved():
     available = fusedrnn.available_backends()
     if available.get("triton") is None and not torch.cuda.is_available():
         # Under TRITON_INTERPRET=1 one small call is affordable.
-        names.append(
-            pytest.param(
-                "triton",
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="the triton backend saves h_in = m_h * h_{t-1} [T, B, H] per "
-                    "layer-direction when recurrent dropout is on, instead of regenerating m_h "
-                    "in backward (see the issue-6 report)",
-                ),
-            )
-        )
+        names.append("triton")
     return names
 
 
@@ -233,11 +223,6 @@ def test_masks_are_not_saved_for_backward(backend):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="input_dropout multiplies the layer input by its [B, I] mask with a plain torch "
-    "product, so autograd saves the mask for backward (see the issue-6 report)",
-)
 @pytest.mark.parametrize("backend", recurrence_backends_on_cpu())
 def test_input_dropout_mask_is_not_saved_for_backward(backend):
     plain, regularised, x = _module_pair(backend, {"input_dropout": 0.3}.items())

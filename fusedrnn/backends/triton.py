@@ -11,7 +11,7 @@ Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) programs run one after 
 the grid is exactly one program owning every unit.
 
 Saved tensors (all float32, indexed by time index t; see the forward kernel's docstring):
-``(h_prev, h_in, c_prev, gates, gru_hn, xhat_hh, rstd_hh, xhat_c, rstd_c)``, with an empty
+``(h_prev, c_prev, gates, gru_hn, xhat_hh, rstd_hh, xhat_c, rstd_c)``, with an empty
 tensor where a quantity is not used by this configuration. Nothing mask-shaped: the backward
 kernel regenerates the masks from (seed, layer, direction).
 """
@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from .. import philox
+from .. import philox, reference
 from .base import CELLS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
 
 NAME = "triton"
@@ -35,7 +35,6 @@ _MAX_TILE_ELEMENTS = 1 << 16
 _MAX_BATCH = 256
 _SAVED_FIELDS = (
     "h_prev",
-    "h_in",
     "c_prev",
     "gates",
     "gru_hn",
@@ -311,7 +310,6 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
     steps, batch, _ = inputs.xg.shape
     hidden, gates = cfg.hidden_size, cfg.gate_size
     lstm, norm = cfg.has_cell_state, cfg.norm
-    use_dropout = bool(inputs.training and cfg.recurrent_dropout > 0)
     per_step_stat = {"batch": None, "layer": batch}  # BN: per column; LN: per row
 
     def used(condition: bool, *shape: int) -> tuple[int, ...]:
@@ -319,7 +317,6 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
 
     return {
         "h_prev": (steps, batch, hidden),
-        "h_in": used(use_dropout, steps, batch, hidden),
         "c_prev": used(lstm, steps, batch, hidden),
         "gates": (steps, batch, gates),
         "gru_hn": used(cfg.cell == "gru", steps, batch, hidden),
@@ -524,7 +521,20 @@ def backward(
         )
 
     # dL/dW_hh = sum over t, b of dL/dacc^T (m_h h_{t-1}): one GEMM over all steps.
-    operand = tensors["h_in"] if meta["USE_DROPOUT"] else tensors["h_prev"]
+    # The dropout mask is regenerated from the seed (transient, [B, H]), never saved.
+    operand = tensors["h_prev"]
+    if meta["USE_DROPOUT"]:
+        operand = operand * reference.variational_mask(
+            inputs.seed,
+            philox.STREAM_RECURRENT_DROPOUT,
+            inputs.layer,
+            inputs.direction,
+            batch,
+            hidden,
+            cfg.recurrent_dropout,
+            torch.float32,
+            device,
+        )
     if steps > 0:
         grad_w_hh = grad_acc.reshape(steps * batch, gate_width).t() @ operand.reshape(
             steps * batch, hidden
