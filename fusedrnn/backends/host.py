@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 
 from .. import philox
-from .base import RecurrenceInputs, RecurrenceOutputs
+from .base import RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
 
 NAME = "host"
 
@@ -70,10 +70,6 @@ def availability() -> str | None:
     if reason is not None:
         return f"fusedrnn._C not built ({reason})"
     return None
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def common_unsupported_reason(
@@ -254,7 +250,7 @@ def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tenso
     cfg = inputs.config
     steps, batch, n = inputs.xg.shape
     hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
-    acc = acc_dtype(dtype)
+    acc = accumulate_dtype(dtype)
     lstm, norm = cfg.cell == "lstm", cfg.norm
 
     def unused():
@@ -301,7 +297,7 @@ def launch_forward(
     steps, batch, n = xg.shape
     hidden = cfg.hidden_size
     dtype, device = xg.dtype, xg.device
-    acc = acc_dtype(dtype)
+    acc = accumulate_dtype(dtype)
     lstm, norm = cfg.cell == "lstm", cfg.norm
     bn_train = norm == "batch" and inputs.training
 
@@ -352,7 +348,7 @@ def launch_backward(
     steps, batch, n = xg.shape
     hidden = cfg.hidden_size
     dtype, device = xg.dtype, xg.device
-    acc = acc_dtype(dtype)
+    acc = accumulate_dtype(dtype)
     lstm, norm = cfg.cell == "lstm", cfg.norm
     sv = dict(zip(_SAVED, saved))
     out = sv["out"]
