@@ -461,13 +461,23 @@ def readme_block(folder: Folder, readme: Path) -> str:
         "",
         f"Parity with torch.nn on this device (`pytest -m gpu`): {parity}.",
         "",
-        "Speed-up over torch.nn (torch.nn's median time / the provider's, same run; >1 is faster):",
     ]
     subset = [r for r in folder.rows if r["suite"] == "workloads"]
-    providers = [p for p in _providers(subset) if p != "torch"]
+    if subset:  # the GPU workloads: speed-ups only
+        lines.append(
+            "Speed-up over torch.nn (torch.nn's median time / the provider's, same run; "
+            ">1 is faster):"
+        )
+        providers, cell = [p for p in _providers(subset) if p != "torch"], _speedup_only
+    else:  # a CPU-only report (the host targets C1/C2): medians and speed-ups
+        subset = [r for r in folder.rows if r["suite"] == "cpu"]
+        lines.append(
+            "Median time per call and, in bold, speed-up over torch.nn (same run; >1 is faster):"
+        )
+        providers, cell = _providers(subset), _speed_cell
     for mode in _modes(subset):
         lines += ["", f"{mode}:", ""]
-        lines += _table([r for r in subset if r["mode"] == mode], _speedup_only, providers)
+        lines += _table([r for r in subset if r["mode"] == mode], cell, providers)
     return "\n".join(lines)
 
 
