@@ -26,16 +26,23 @@ namespace {
 
 typedef float VecF __attribute__((vector_size(32)));
 typedef double VecD __attribute__((vector_size(32)));
+// The same vectors with element alignment, for unaligned loads straight from memory (a
+// memcpy into a vector array can compile to narrower stores plus a wide reload from the
+// stack, which stalls on store forwarding every k step).
+typedef float VecFU __attribute__((vector_size(32), aligned(4)));
+typedef double VecDU __attribute__((vector_size(32), aligned(8)));
 
 template <class T>
 struct VecOf;
 template <>
 struct VecOf<float> {
   using type = VecF;
+  using unaligned = VecFU;
 };
 template <>
 struct VecOf<double> {
   using type = VecD;
+  using unaligned = VecDU;
 };
 
 constexpr int64_t kRowsPerTile = 6;  // MR
@@ -46,6 +53,7 @@ template <class T>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, T* C,
                                      int64_t ldc, int64_t rows, int64_t cols, bool accumulate) {
   using V = typename VecOf<T>::type;
+  using VU = typename VecOf<T>::unaligned;
   constexpr int64_t P = GemmPanel<T>::kWidth;
   constexpr int64_t L = static_cast<int64_t>(sizeof(V) / sizeof(T));
   constexpr int64_t NV = P / L;
@@ -57,7 +65,7 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
     for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
-    std::memcpy(b, panel + k * P, sizeof(b));
+    for (int64_t v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const VU*>(panel + k * P + v * L);
     for (int64_t i = 0; i < MR; ++i) {
       const T a = a_row[i][k];
       for (int64_t v = 0; v < NV; ++v) acc[i][v] += b[v] * a;
