@@ -408,10 +408,11 @@ def recurrence(
         inputs.direction,
         backend,
     )
-    results = list(outputs[:_NUM_RESULTS])
-    for i in range(2, _NUM_RESULTS):
-        if results[i].numel() == 0 and _result_shapes(inputs)[i][0] == (0,):
-            results[i] = None
+    # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
+    shapes = _result_shapes(inputs)
+    results = [
+        None if i >= 2 and shapes[i][0] == (0,) else r for i, r in enumerate(outputs[:_NUM_RESULTS])
+    ]
     return tuple(results)
 
 
