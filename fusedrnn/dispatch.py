@@ -1,4 +1,4 @@
-"""Choosing a backend (DESIGN.md, "Backends").
+"""Choosing a backend (docs/design.md §4).
 
 Names:
 

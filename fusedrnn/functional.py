@@ -1,4 +1,4 @@
-"""The whole-layer path shared by every backend (DESIGN.md, "Data flow").
+"""The whole-layer path shared by every backend (docs/design.md §2).
 
 For each layer and direction:
 

@@ -1,7 +1,7 @@
 """Philox4x32-10 in plain torch, bit-identical to Triton's ``tl.rand(seed, offset)``.
 
-This module is the single definition of fusedrnn's randomness contract (DESIGN.md,
-"Randomness contract"):
+This module is the single definition of fusedrnn's randomness contract
+(docs/design.md §3.2):
 
 * the generator: Philox4x32-10 (Salmon et al. 2011, Random123) keyed by the 64-bit seed
   ``key = (lo32(seed), hi32(seed))`` with counter ``(lo32(offset), hi32(offset), 0, 0)``;

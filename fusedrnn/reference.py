@@ -3,7 +3,7 @@
 This file is written to be read, not to be fast. It implements the recurrence contract of
 ``fusedrnn/backends/base.py`` for every cell and regulariser with ordinary differentiable
 torch ops, one time step at a time, so autograd gives its backward. The equations
-(DESIGN.md, "Cell equations"; ``W_hh`` rows in torch's gate order):
+(docs/design.md §3.1; ``W_hh`` rows in torch's gate order):
 
 LSTM (gates i, f, g, o)::
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: the numerics rule of DESIGN.md and module runners.
+"""Shared test helpers: the numerics rule of docs/design.md §3.3 and module runners.
 
 Numerics rule: ground truth is float64. A fusedrnn result in dtype D passes when its worst
 error against the truth is at most ``2 x`` the worst error of PyTorch's own implementation in

@@ -1,7 +1,7 @@
 """The ``cuda`` backend on a GPU: parity with the reference (float64 truth) and with cuDNN.
 
 Every test is marked ``gpu`` and skips with a reason where there is no CUDA device or the
-extension was built without CUDA. Numerics (DESIGN.md, "Numerics policy"): in dtype D the
+extension was built without CUDA. Numerics (docs/design.md §3.3): in dtype D the
 kernel's error against the float64 reference must be at most 2x the error of PyTorch's own
 implementation in D (the reference's torch ops, or cuDNN) plus a small floor.
 """

@@ -148,7 +148,7 @@ def compare(inputs: RecurrenceInputs, check_grads: bool = True) -> None:
     """Host vs the reference. float64: max error <= 1e-10 against the float64 reference.
     float32: error relative to the magnitude <= 1e-5 against the float64 reference on the
     same inputs (the truth), or at most 2x the float32 reference's own error (flash-attention's
-    rule, DESIGN.md "Numerics policy") where float32 rounding alone exceeds 1e-5."""
+    rule, docs/design.md §3.3) where float32 rounding alone exceeds 1e-5."""
     dtype = inputs.xg.dtype
     gen = torch.Generator().manual_seed(7)
     steps, batch, _ = inputs.xg.shape

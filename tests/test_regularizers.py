@@ -21,7 +21,7 @@ DT = torch.float64
 
 
 def _masks(seed, steps, batch, input_size, hidden, opts, training):
-    """The masks of layer 0, direction 0 as fusedrnn defines them (DESIGN.md)."""
+    """The masks of layer 0, direction 0 as fusedrnn defines them (docs/design.md §3.2)."""
     ones_x, ones_h = torch.ones(batch, input_size, dtype=DT), torch.ones(batch, hidden, dtype=DT)
     if not training:
         return ones_x, ones_h, opts.get("zoneout_cell", 0.0), opts.get("zoneout_hidden", 0.0)

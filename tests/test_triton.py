@@ -5,7 +5,7 @@ program owning every unit); on a CUDA machine without that variable the same tes
 compiled kernels on the GPU. ``gpu`` tests exercise the multi-program path (grid barrier,
 cross-program layer norm) and compare with cuDNN; they skip without CUDA.
 
-Accuracy rules (DESIGN.md, "Numerics policy"): float32 within 1e-5 relative of the float32
+Accuracy rules (docs/design.md §3.3): float32 within 1e-5 relative of the float32
 reference (relative = max |error| / max |reference| per tensor); float16 / bfloat16 within
 2x the error of the reference run in that dtype, both against the float64 reference, plus
 one ulp of the dtype. Every launcher allocation is poisoned with NaN, so an element the

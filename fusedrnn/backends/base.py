@@ -1,4 +1,4 @@
-"""The recurrence contract every backend implements (DESIGN.md, "The recurrence contract").
+"""The recurrence contract every backend implements (docs/design.md §3.1).
 
 Shape conventions, stated once:
 
