@@ -9,10 +9,16 @@
 #                                                  # benchmark get what is left; unmeasured cases
 #                                                  # are written as skipped with that reason
 #   bash bench/gpu_check.sh --dry-run --skip-build # CPU machine: every step except the CUDA parts
+#   bash bench/gpu_check.sh --dry-run --skip-build --skip-bench --no-skips --tests tests/test_x.py
+#                                                  # (what tests/test_bench.py runs on a CPU)
 #   bash bench/gpu_check.sh -- --workloads W1,W2   # arguments after -- go to python -m bench
 #
 # Options: --out DIR, --dry-run, --skip-build, --skip-tests, --skip-bench, --no-sweep,
-#          --deadline-s N, --update-readme (also rewrite README.md's bench:latest block).
+#          --deadline-s N, --update-readme (also rewrite README.md's bench:latest block),
+#          --tests PATHS (what pytest -m gpu runs, default tests), --no-skips (fail when any
+#          gpu test is skipped; always on with a GPU, where a skip means a test did not run).
+# With a GPU the build is FUSEDRNN_ENABLE_CUDA=ON: a missing nvcc fails the build instead of
+# silently producing a host-only fusedrnn._C whose cuda tests would not run.
 # Environment: PYTHON (default python), FUSEDRNN_CUDA_ARCHS (default: this GPU's arch),
 #              FUSEDRNN_COMMIT (the commit to record when the tree has no .git).
 # Needs no network: pip installs with --no-build-isolation --no-deps.
@@ -30,6 +36,8 @@ SKIP_BENCH=0
 SWEEP=1
 DEADLINE=0
 UPDATE_README=0
+NO_SKIPS=0
+TEST_PATHS=tests
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,8 +51,11 @@ while [ $# -gt 0 ]; do
     --deadline-s) DEADLINE=$2; shift 2 ;;
     --deadline-s=*) DEADLINE=${1#--deadline-s=}; shift ;;
     --update-readme) UPDATE_README=1; shift ;;
+    --no-skips) NO_SKIPS=1; shift ;;
+    --tests) TEST_PATHS=$2; shift 2 ;;
+    --tests=*) TEST_PATHS=${1#--tests=}; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +78,8 @@ print(torch.cuda.get_device_name(0))
   GPU_NAME=$(echo "$GPU_INFO" | sed -n 2p)
   case "$CAP" in 90) ARCH=90a ;; *) ARCH=$CAP ;; esac
   export FUSEDRNN_CUDA_ARCHS=${FUSEDRNN_CUDA_ARCHS:-$ARCH}
+  export FUSEDRNN_ENABLE_CUDA=ON  # AUTO would build host-only without nvcc, and tests would skip
+  NO_SKIPS=1
   BENCH_DEVICE=(--device cuda)
 else
   GPU_NAME="cpu dry run"
@@ -115,7 +128,8 @@ if torch.cuda.is_available():
 
 # ------------------------------------------------------------------ build
 if [ "$SKIP_BUILD" = 0 ]; then
-  echo "   FUSEDRNN_CUDA_ARCHS=${FUSEDRNN_CUDA_ARCHS:-<setup.py default>}"
+  echo "   FUSEDRNN_ENABLE_CUDA=${FUSEDRNN_ENABLE_CUDA:-<setup.py default>}" \
+    "FUSEDRNN_CUDA_ARCHS=${FUSEDRNN_CUDA_ARCHS:-<setup.py default>}"
   run_step build logs/build.log "$PY" -m pip install --no-build-isolation --no-deps -v -e . \
     || FAILED=1
 fi
@@ -127,16 +141,41 @@ cat "$DIR/logs/backends.json"
 
 # ------------------------------------------------------------------ parity tests
 if [ "$SKIP_TESTS" = 0 ]; then
-  TEST_CMD=("$PY" -m pytest -m gpu tests -p no:cacheprovider -q -rs --junitxml="$DIR/parity.xml")
+  read -r -a TEST_PATH_ARGS <<< "$TEST_PATHS"
+  TEST_CMD=("$PY" -m pytest -m gpu "${TEST_PATH_ARGS[@]}" -p no:cacheprovider -q -rs
+            --junitxml="$DIR/parity.xml")
   if [ "$DEADLINE" -gt 0 ]; then
     TEST_LIMIT=$(( $(remaining) * 45 / 100 ))
     [ "$TEST_LIMIT" -lt 10 ] && TEST_LIMIT=10  # (timeout 0 would mean no limit)
     TEST_CMD=(timeout "$TEST_LIMIT" "${TEST_CMD[@]}")
   fi
-  run_step pytest-gpu logs/pytest_gpu.log "${TEST_CMD[@]}"
-  rc=$?
-  # 5: nothing collected (no gpu tests yet) is not a failure of this check
-  if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then FAILED=1; fi
+  # rc 5 (no gpu test collected) fails too: the check would have tested nothing.
+  run_step pytest-gpu logs/pytest_gpu.log "${TEST_CMD[@]}" || FAILED=1
+  if [ "$NO_SKIPS" = 1 ]; then
+    # A skipped gpu test on a GPU (no cuda in fusedrnn._C, triton missing, ...) is a test that
+    # did not run; list them from the JUnit file (xfails are expected failures, not skips).
+    SKIPPED=$("$PY" - "$DIR/parity.xml" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError) as error:
+    print(f"cannot read the JUnit file: {error}")
+    raise SystemExit(0)
+for case in root.iter("testcase"):
+    skipped = case.find("skipped")
+    if skipped is not None and skipped.get("type") != "pytest.xfail":
+        print(f"{case.get('classname')}::{case.get('name')}: {skipped.get('message')}")
+EOF
+)
+    if [ -n "$SKIPPED" ]; then
+      echo "gpu_check.sh: $(echo "$SKIPPED" | wc -l) gpu test(s) skipped; every gpu test must run:"
+      echo "$SKIPPED" | head -n 20 | sed 's/^/   | /'
+      printf '%s\t%s\t%s\t%s\n' no-skipped-gpu-tests 1 0 logs/pytest_gpu.log >> "$STEPS"
+      FAILED=1
+    fi
+  fi
 fi
 
 # ------------------------------------------------------------------ benchmarks
@@ -164,7 +203,11 @@ json.dump({"gpu": gpu, "dry_run": dry == "1", "steps": steps}, open(out, "w"), i
 EOF
 REPORT_CMD=("$PY" bench/report.py "$DIR")
 [ "$UPDATE_README" = 1 ] && REPORT_CMD+=(--readme README.md)
-"${REPORT_CMD[@]}" || FAILED=1
+if [ "$SKIP_BENCH" = 0 ]; then
+  "${REPORT_CMD[@]}" || FAILED=1
+else
+  echo "gpu_check.sh: --skip-bench: no bench.csv, so no summary.md (see parity.xml and logs/)"
+fi
 
 echo
 echo "gpu_check.sh: report folder $DIR ($(elapsed) s)"

@@ -5,7 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -86,6 +88,45 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("seed"), py::arg("offsets"),
       "tl.rand(seed, offset) for each int64 offset (float32 values as Python floats).");
+  m.def(
+      "philox4x32_10_block",
+      [](const std::array<uint32_t, 4>& counter, const std::array<uint32_t, 2>& key) {
+        const fusedrnn::Philox4 r = fusedrnn::philox4x32_10_block(
+            fusedrnn::Philox4{{counter[0], counter[1], counter[2], counter[3]}}, key[0], key[1]);
+        return std::make_tuple(r.x[0], r.x[1], r.x[2], r.x[3]);
+      },
+      py::arg("counter"), py::arg("key"),
+      "Random123's philox4x32_10 for a full 4-word counter and 2-word key (known-answer tests).");
+  // The kernels' own mask arithmetic (philox.cuh), so tests compare it with philox.py's layout.
+  m.def(
+      "mask_offset",
+      [](const py::int_& base, const std::vector<int64_t>& t, const std::vector<int64_t>& b,
+         const std::vector<int64_t>& unit) {
+        if (t.size() != b.size() || t.size() != unit.size())
+          throw std::invalid_argument("mask_offset: t, b and unit must have the same length");
+        const uint64_t base64 = low64(base);
+        std::vector<int64_t> out(t.size());
+        for (size_t i = 0; i < t.size(); ++i)
+          out[i] = static_cast<int64_t>(fusedrnn::mask_offset(base64, t[i], b[i], unit[i]));
+        return out;
+      },
+      py::arg("base"), py::arg("t"), py::arg("b"), py::arg("unit"),
+      "mask_offset(base, t, b, unit) of philox.cuh for each element, as int64 bit patterns.");
+  m.def(
+      "mask_uniform",
+      [](const py::int_& seed, const py::int_& base, const std::vector<int64_t>& t,
+         const std::vector<int64_t>& b, const std::vector<int64_t>& unit) {
+        if (t.size() != b.size() || t.size() != unit.size())
+          throw std::invalid_argument("mask_uniform: t, b and unit must have the same length");
+        const uint64_t key = low64(seed);
+        const uint64_t base64 = low64(base);
+        std::vector<float> out(t.size());
+        for (size_t i = 0; i < t.size(); ++i)
+          out[i] = fusedrnn::mask_uniform(key, base64, t[i], b[i], unit[i]);
+        return out;
+      },
+      py::arg("seed"), py::arg("base"), py::arg("t"), py::arg("b"), py::arg("unit"),
+      "mask_uniform(seed, base, t, b, unit) of philox.cuh: the number the kernels compare to p.");
 
   using F = RecurrenceFwdParams;
   py::class_<F>(m, "RecurrenceFwdParams")

@@ -34,6 +34,7 @@ __all__ = [
     "mask_base_offset",
     "mask_offset",
     "philox4x32_10",
+    "philox4x32_10_block",
     "rand",
     "uniform_from_uint32",
     "uniform_mask",
@@ -165,8 +166,23 @@ def philox4x32_10(
     offset = torch.as_tensor(offset, dtype=torch.int64)
     c0 = offset & _MASK32
     c1 = (offset >> 32) & _MASK32  # arithmetic shift, then the low word: hi32 of the pattern
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
+    zero = torch.zeros_like(c0)
+    return philox4x32_10_block((c0, c1, zero, zero), (k0, k1))
+
+
+def philox4x32_10_block(
+    counter: tuple[torch.Tensor | int, torch.Tensor | int, torch.Tensor | int, torch.Tensor | int],
+    key: tuple[torch.Tensor | int, torch.Tensor | int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random123's ``philox4x32_10`` on a full 4-word counter and 2-word key.
+
+    Every word is a uint32 value held in an int64 tensor or a Python int (tensors broadcast).
+    :func:`philox4x32_10` is this function with counter words 2 and 3 set to 0; this form is
+    the one Random123's published known-answer vectors are stated in.
+    """
+    c0, c1, c2, c3 = (torch.as_tensor(w, dtype=torch.int64) for w in counter)
+    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
+    k0, k1 = key
     for _ in range(PHILOX_ROUNDS):
         hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_close_by_rule
 from torch import nn
 
 import fusedrnn
+from fusedrnn import backends
 
 CASES = [
     (fusedrnn.LSTM, dict(zoneout_cell=0.1, recurrent_dropout=0.2), "reference"),
@@ -60,17 +62,112 @@ def test_cpu_autocast_matches_torch_nn_rnn():
     assert ours_err <= 2 * torch_err + 1e-3
 
 
+# ------------------------------------------------------------------ CUDA: fusedrnn's kernels
+KERNEL_BACKENDS = ["triton", "cuda"]
+AUTOCAST_DTYPES = [torch.float16, torch.bfloat16]
+HALF_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}  # as tests/test_cuda_gpu.py
+OPTIONS = {
+    "LSTM": dict(
+        input_dropout=0.1,
+        recurrent_dropout=0.2,
+        zoneout_cell=0.1,
+        zoneout_hidden=0.1,
+        layer_norm=True,
+    ),
+    "GRU": dict(recurrent_dropout=0.2, zoneout_hidden=0.1, recurrent_batch_norm=True, max_steps=8),
+}
+
+
+def _spy_on_kernels(monkeypatch, backend: str) -> list[tuple[str, torch.dtype]]:
+    """Records (forward | backward, xg dtype) of every call into ``backend``'s launcher."""
+    module = backends.load(backend)
+    calls: list[tuple[str, torch.dtype]] = []
+    for name in ("forward", "backward"):
+        original = getattr(module, name)
+
+        def spy(inputs, *args, _name=name, _original=original):
+            calls.append((_name, inputs.xg.dtype))
+            return _original(inputs, *args)
+
+        monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _run_layer(module: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None, seed: int):
+    """Output, states, grad of the input and of every parameter (by name) of one step of
+    training under ``torch.autocast("cuda", autocast_dtype)`` (None: no autocast)."""
+    x = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the masks' seed
+    with torch.autocast(
+        "cuda", dtype=autocast_dtype or torch.float16, enabled=bool(autocast_dtype)
+    ):
+        out, hidden = module(x)
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    loss = out.double().sin().sum() + sum(s.double().cos().sum() for s in states)
+    loss.backward()
+    results = {"output": out.detach(), "h_n": states[0].detach(), "grad_input": x.grad}
+    if len(states) == 2:
+        results["c_n"] = states[1].detach()
+    results.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
+    return results
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_autocast_matches_torch_nn_lstm(dtype):
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["f16", "bf16"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU"])
+def test_cuda_autocast_kernels_match_torch_nn(cls_name, backend, dtype, monkeypatch):
+    """fusedrnn's triton and cuda kernels under CUDA autocast against torch.nn (cuDNN) under
+    autocast: the same dtypes everywhere (outputs and states in the autocast dtype, input and
+    parameter gradients in float32), and errors against the float64 truth within the rule."""
     torch.manual_seed(0)
-    plain = nn.LSTM(16, 32, 2).cuda()
-    ours = fusedrnn.LSTM(16, 32, 2).cuda()
+    plain = getattr(nn, cls_name)(16, 32, 2).cuda()
+    ours = getattr(fusedrnn, cls_name)(16, 32, 2, backend=backend).cuda()
     ours.load_state_dict(plain.state_dict())
-    x = torch.randn(7, 4, 16, device="cuda")
-    with torch.autocast("cuda", dtype=dtype):
-        expected, (h_expected, _) = plain(x)
-        out, (h, _) = ours(x)
-    assert out.dtype == expected.dtype and h.dtype == h_expected.dtype
-    out.float().sum().backward()
-    assert ours.weight_hh_l0.grad.dtype == torch.float32
+    truth_module = getattr(nn, cls_name)(16, 32, 2).cuda().double()
+    truth_module.load_state_dict(plain.state_dict())
+    x = torch.randn(7, 5, 16, device="cuda")
+    calls = _spy_on_kernels(monkeypatch, backend)
+
+    expected = _run_layer(plain, x, dtype, seed=1)
+    got = _run_layer(ours, x, dtype, seed=1)
+    truth = _run_layer(truth_module, x.double(), None, seed=1)
+
+    assert calls == [("forward", dtype)] * 2 + [("backward", dtype)] * 2  # one per layer
+    assert got.keys() == expected.keys()
+    for name, value in got.items():
+        assert value.dtype == expected[name].dtype, name
+        assert_close_by_rule(name, value, expected[name], truth[name], floor=HALF_FLOOR[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["f16", "bf16"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU"])
+def test_cuda_autocast_kernels_with_options(cls_name, backend, dtype, monkeypatch):
+    """With fusedrnn's options on (no torch.nn equivalent): the kernels under autocast follow
+    torch.nn's CUDA autocast dtypes, and with the same masks their errors against the float64
+    reference stay within 2x the reference backend's own error under autocast."""
+    cls = getattr(fusedrnn, cls_name)
+    options = OPTIONS[cls_name]
+
+    def make(backend_name):
+        return lambda: cls(16, 32, 2, backend=backend_name, **options).cuda()
+
+    torch.manual_seed(0)
+    ours, reference = make(backend)(), make("reference")()
+    reference.load_state_dict(ours.state_dict())
+    truth_module = make("reference")().double()
+    truth_module.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 5, 16, device="cuda")
+    calls = _spy_on_kernels(monkeypatch, backend)
+
+    got = _run_layer(ours, x, dtype, seed=3)
+    assert calls == [("forward", dtype)] * 2 + [("backward", dtype)] * 2  # the kernels ran
+    same = _run_layer(reference, x, dtype, seed=3)
+    truth = _run_layer(truth_module, x.double(), None, seed=3)
+
+    for name, value in got.items():
+        gradient = name.startswith("grad_")  # of the float32 input and parameters
+        assert value.dtype == (torch.float32 if gradient else dtype), name
+        assert_close_by_rule(name, value, same[name], truth[name], floor=HALF_FLOOR[dtype])

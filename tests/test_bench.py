@@ -271,8 +271,11 @@ def test_report_summary_and_readme(tmp_path: Path) -> None:
     assert "old text" not in text and "2.00×" in text
     assert "results/2026-01-01-nvidia-test-gpu/summary.md" in text
     # running it again replaces the block, it does not nest or duplicate it
-    assert _run(["bench/report.py", "--latest", str(folder.parent), "--readme", str(readme)])
-    assert readme.read_text().count("bench:latest:start") == 1
+    again = _run(["bench/report.py", "--latest", str(folder.parent), "--readme", str(readme)])
+    assert again.returncode == 0, again.stderr
+    rerun = readme.read_text()
+    assert rerun.count("bench:latest:start") == 1 and rerun.count("bench:latest:end") == 1
+    assert rerun == text  # --latest found the same folder and wrote the same block
 
 
 def test_report_refuses_readme_without_markers(tmp_path: Path) -> None:
@@ -316,3 +319,61 @@ def test_pytest_benchmark_integration(tmp_path: Path) -> None:
         assert set(bench["extra_info"]) == set(schema.COLUMNS)
         assert bench["extra_info"]["status"] == "ok"
         assert float(bench["extra_info"]["median_ms"]) > 0
+
+
+# ---------------------------------------------------------------------- gpu_check.sh
+FAKE_GPU_TESTS = """
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_runs():
+    pass
+
+
+def test_skips():
+    pytest.skip("pretend fusedrnn._C lacks cuda")
+
+
+@pytest.mark.xfail(reason="an expected failure is not a skip", strict=True)
+def test_expected_failure():
+    raise AssertionError
+"""
+
+
+def _gpu_check(tmp_path: Path, tests: str, *options: str) -> subprocess.CompletedProcess:
+    """bench/gpu_check.sh's CPU dry run of the parity step only, on the tests in ``tests``."""
+    test_file = tmp_path / "test_fake_gpu.py"
+    test_file.write_text(tests)
+    parity_only = ["--dry-run", "--skip-build", "--skip-bench", "--out", str(tmp_path / "out")]
+    return subprocess.run(
+        ["bash", "bench/gpu_check.sh", *parity_only, "--tests", str(test_file), *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
+
+
+def test_gpu_check_fails_on_a_skipped_gpu_test(tmp_path: Path) -> None:
+    """--no-skips (always on with a GPU): one skipped gpu test fails the check and is named;
+    the xfail is not counted as a skip."""
+    result = _gpu_check(tmp_path, FAKE_GPU_TESTS, "--no-skips")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 gpu test(s) skipped" in result.stdout
+    assert "test_skips: pretend fusedrnn._C lacks cuda" in result.stdout
+    assert "test_expected_failure" not in result.stdout
+
+
+def test_gpu_check_dry_run_accepts_skips_but_not_an_empty_run(tmp_path: Path) -> None:
+    """A CPU dry run skips gpu tests as pytest does everywhere (rc 0), but a run that collects
+    no gpu test (pytest rc 5) has checked nothing and fails."""
+    result = _gpu_check(tmp_path, FAKE_GPU_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = next((tmp_path / "out").glob("*/logs/steps.tsv")).read_text()
+    assert "pytest-gpu\t0\t" in steps
+    empty = _gpu_check(tmp_path, "def test_not_gpu():\n    pass\n")
+    assert empty.returncode == 1, empty.stdout + empty.stderr
+    assert "pytest-gpu: " in empty.stdout and "rc=5" in empty.stdout

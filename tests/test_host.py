@@ -288,14 +288,75 @@ def test_philox_uniform_bit_identical():
         assert torch.equal(got.view(torch.int32), ref.view(torch.int32)), f"seed {seed}"
 
 
-def test_philox_mask_offsets_match_python():
-    """The kernels' offset arithmetic (base + t << 38 + b << 20 + unit) matches mask_offset."""
+def _mask_coordinates() -> tuple[list[int], list[int], list[int]]:
+    """(t, b, unit) triples: zeros, each field alone at 1 and at its limit, all at their limits,
+    and random values across each field's full range."""
+    last_t, last_b, last_u = philox.MAX_STEPS - 1, philox.MAX_BATCH - 1, philox.MAX_UNITS - 1
+    triples = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (last_t, 0, 0), (0, last_b, 0)]
+    triples += [(0, 0, last_u), (last_t, last_b, last_u), (1, 1, 1), (last_t, 1, last_u)]
+    rng = random.Random(17)
+    triples += [
+        (rng.randrange(philox.MAX_STEPS), rng.randrange(philox.MAX_BATCH), rng.randrange(last_u))
+        for _ in range(500)
+    ]
+    t, b, u = (list(field) for field in zip(*triples))
+    return t, b, u
+
+
+def test_native_mask_offsets_match_python():
+    """philox.cuh's mask_offset and mask_uniform (what the host and CUDA kernels call, through
+    _C) against philox.py's mask_offset and rand: every stream, both directions, the first and
+    last layer, each field at 0, 1 and its limit, and random coordinates."""
     C = host.native()
-    for stream, layer, direction in itertools.product(range(4), (0, 5, 31), (0, 1)):
-        base = philox.mask_base_offset(stream, layer, direction)
-        t, b, u = 12345, 4321, 99999
-        expected = int(philox.mask_offset(stream, layer, direction, t, b, u))
-        pattern = (base + (t << 38) + (b << 20) + u) & (2**64 - 1)
-        assert pattern == expected & (2**64 - 1)
-        got = C.philox_uniform(77, [expected])[0]
-        assert got == philox.rand(77, torch.tensor([expected])).item()
+    t, b, u = _mask_coordinates()
+    tensors = [torch.tensor(field, dtype=torch.int64) for field in (t, b, u)]
+    for stream, layer, direction in itertools.product(range(4), (0, 1, 17, 31), (0, 1)):
+        base = philox.mask_base_offset(stream, layer, direction)  # the launcher passes this
+        expected = philox.mask_offset(stream, layer, direction, *tensors)
+        got = torch.tensor(C.mask_offset(base, t, b, u), dtype=torch.int64)
+        bad = (got != expected).nonzero().flatten().tolist()
+        assert not bad, (
+            f"stream {stream} layer {layer} direction {direction}: (t, b, unit) = "
+            f"{(t[bad[0]], b[bad[0]], u[bad[0]])} -> {int(got[bad[0]]):#x}, "
+            f"philox.py {int(expected[bad[0]]):#x}"
+        )
+        seed = 0x5EED_0000_0000 + stream
+        uniform = torch.tensor(C.mask_uniform(seed, base, t, b, u), dtype=torch.float32)
+        assert torch.equal(uniform, philox.rand(seed, expected))
+
+
+def test_host_applies_the_python_zoneout_mask():
+    """The zoneout mask the host loop applies is philox.uniform_mask's. With W_hh = 0 and
+    h0 = 2 (outside tanh's range), h_t is either h_{t-1} (zoned) or tanh(xg_t), a value no
+    earlier step had; so the output shows which elements were zoned."""
+    steps, batch, hidden, p, seed, layer, direction = 6, 3, 7, 0.5, 0x5EED, 3, 1
+    t = torch.arange(steps, dtype=torch.float64)[:, None, None]
+    b = torch.arange(batch, dtype=torch.float64)[None, :, None]
+    unit = torch.arange(hidden, dtype=torch.float64)[None, None, :]
+    xg = 0.1 * (t + 1) + 0.01 * b + 0.001 * unit  # distinct, increasing in t
+    inputs = RecurrenceInputs(
+        RecurrenceConfig(cell="rnn_tanh", hidden_size=hidden, zoneout_hidden=p),
+        xg,
+        torch.full((batch, hidden), 2.0, dtype=torch.float64),
+        None,
+        torch.zeros(hidden, hidden, dtype=torch.float64),
+        None,
+        None,
+        None,
+        training=True,
+        seed=seed,
+        layer=layer,
+        direction=direction,
+    )
+    output = host.forward(inputs)[0].output
+    previous = torch.cat([inputs.h0[None], output[:-1]])
+    zoned = output == previous
+    expected = (
+        philox.uniform_mask(
+            seed, philox.STREAM_ZONEOUT_HIDDEN, layer, direction, steps, batch, hidden
+        )
+        < p
+    )
+    assert 0 < int(expected.sum()) < expected.numel()
+    assert torch.equal(zoned, expected)
+    torch.testing.assert_close(output[~zoned], torch.tanh(xg)[~zoned])

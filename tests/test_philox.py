@@ -7,34 +7,59 @@ import torch
 
 from fusedrnn import philox
 
+# Random123's published known-answer vectors for philox4x32_10, copied from the file
+# tests/kat_vectors of the Random123 distribution (D. E. Shaw Research,
+# https://github.com/DEShawResearch/random123/blob/main/tests/kat_vectors), lines
+# "philox4x32 10 <counter words 0..3> <key words 0..1> <output words 0..3>", all hex.
+RANDOM123_PHILOX4X32_10_KAT = [
+    (
+        (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x00000000, 0x00000000),
+        (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8),
+    ),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),  # the digits of pi
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+KAT_IDS = ["zeros", "all-ones", "pi-digits"]
 
-def test_known_answer_vector():
-    """Random123's Philox4x32-10 known answer: key 0, counter 0."""
-    words = philox.philox4x32_10(0, torch.tensor([0]))
-    assert [int(w) for w in words] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+@pytest.mark.parametrize(("counter", "key", "expected"), RANDOM123_PHILOX4X32_10_KAT, ids=KAT_IDS)
+def test_random123_known_answer_python(counter, key, expected):
+    words = philox.philox4x32_10_block(counter, key)
+    assert tuple(int(w) for w in words) == expected
 
 
-def test_known_answer_vector_all_ones():
-    """Random123's second kat vector for philox4x32_10: counter and key all ones.
+@pytest.mark.parametrize(("counter", "key", "expected"), RANDOM123_PHILOX4X32_10_KAT, ids=KAT_IDS)
+def test_random123_known_answer_native(counter, key, expected):
+    """The C++/CUDA generator (csrc/include/fusedrnn/philox.cuh, through fusedrnn._C)."""
+    from fusedrnn.backends import host
 
-    Our counter words 2 and 3 are always 0, so this checks the arithmetic through the round
-    function with the carry-heavy key 0xffffffff instead (key words are the seed's halves);
-    the expectation is computed with Python's arbitrary-precision ints.
-    """
-    seed = 0xFFFFFFFF_FFFFFFFF
-    offset = torch.tensor([-1])  # counter words (0xffffffff, 0xffffffff, 0, 0)
-    c0, c1, c2, c3 = 0xFFFFFFFF, 0xFFFFFFFF, 0, 0
-    k0, k1 = 0xFFFFFFFF, 0xFFFFFFFF
-    for _ in range(10):
-        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
-        c0, c1, c2, c3 = (
-            (p1 >> 32) ^ c1 ^ k0,
-            p1 & 0xFFFFFFFF,
-            (p0 >> 32) ^ c3 ^ k1,
-            p0 & 0xFFFFFFFF,
-        )
-        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
-    assert [int(w) for w in philox.philox4x32_10(seed, offset)] == [c0, c1, c2, c3]
+    if host.availability() is not None:
+        pytest.skip(host.availability())
+    assert host.native().philox4x32_10_block(counter, key) == expected
+
+
+def test_seed_offset_form_is_the_block_with_zero_high_counter_words():
+    """philox4x32_10(seed, offset) = the block on counter (lo, hi, 0, 0), key (lo, hi) of the
+    seed; with the zeros vector this pins the (seed, offset) API to the published answer."""
+    assert [int(w) for w in philox.philox4x32_10(0, torch.tensor([0]))] == list(
+        RANDOM123_PHILOX4X32_10_KAT[0][2]
+    )
+    seed, offset = 0x0123456789ABCDEF, -0x1234567890ABCDE  # a negative int64 offset
+    pattern = offset & 0xFFFFFFFF_FFFFFFFF
+    block = philox.philox4x32_10_block(
+        (pattern & 0xFFFFFFFF, pattern >> 32, 0, 0), (seed & 0xFFFFFFFF, seed >> 32)
+    )
+    got = philox.philox4x32_10(seed, torch.tensor([offset]))
+    assert [int(w) for w in got] == [int(w) for w in block]
 
 
 def test_uniform_range_and_conversion():

@@ -49,14 +49,21 @@ def _check(inputs: RecurrenceInputs) -> None:
 
 
 def _workspace(backward: bool):
-    """Allocates the kernels' cross-block buffers (on the current stream, via torch)."""
+    """Allocates the kernels' cross-block buffers (on the current stream, via torch).
+
+    Like every output, they are poisoned with NaN when ``host.POISON_OUTPUTS`` is set (the
+    gpu tests set it; FUSEDRNN_POISON_OUTPUTS=1 elsewhere): the kernels must write each
+    element before they read it, and a read of an unwritten element then shows as NaN in the
+    results instead of whatever an earlier launch left in the cached block. It stays off by
+    default because the fill is an extra memset per launch.
+    """
 
     def allocate(p) -> list[torch.Tensor]:
         C = _launcher.native()
         device = torch.device("cuda", torch.cuda.current_device())
         grid = int(C.cuda_plan_grid(p, backward))
-        hin = torch.empty(2 * p.B * p.H, dtype=torch.float32, device=device)
-        stats = torch.empty(2 * grid * p.B * 3, dtype=torch.float32, device=device)
+        hin = _launcher._empty((2 * p.B * p.H,), torch.float32, device)
+        stats = _launcher._empty((2 * grid * p.B * 3,), torch.float32, device)
         p.ws_hin, p.ws_stats = hin.data_ptr(), stats.data_ptr()
         return [hin, stats]
 

@@ -42,14 +42,13 @@ FRNN_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
 #endif
 }
 
-// The four output words for a 64-bit offset (the int64 bit pattern) under a 64-bit seed.
-FRNN_HD Philox4 philox4x32_10(uint64_t seed, uint64_t offset) {
-  uint32_t c0 = static_cast<uint32_t>(offset);
-  uint32_t c1 = static_cast<uint32_t>(offset >> 32);
-  uint32_t c2 = 0;
-  uint32_t c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+// Random123's philox4x32_10 block function: the four output words of a full 128-bit counter
+// under a 64-bit key (the published known-answer vectors are stated in these terms).
+FRNN_HD Philox4 philox4x32_10_block(Philox4 counter, uint32_t k0, uint32_t k1) {
+  uint32_t c0 = counter.x[0];
+  uint32_t c1 = counter.x[1];
+  uint32_t c2 = counter.x[2];
+  uint32_t c3 = counter.x[3];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -68,6 +67,15 @@ FRNN_HD Philox4 philox4x32_10(uint64_t seed, uint64_t offset) {
     k1 += kPhiloxKeyB;
   }
   return Philox4{{c0, c1, c2, c3}};
+}
+
+// The four output words for a 64-bit offset (the int64 bit pattern) under a 64-bit seed:
+// counter (lo32(offset), hi32(offset), 0, 0), key (lo32(seed), hi32(seed)).
+FRNN_HD Philox4 philox4x32_10(uint64_t seed, uint64_t offset) {
+  const Philox4 counter{
+      {static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), 0u, 0u}};
+  return philox4x32_10_block(counter, static_cast<uint32_t>(seed),
+                             static_cast<uint32_t>(seed >> 32));
 }
 
 // Triton's uint_to_uniform_float for one 32-bit word.
