@@ -327,3 +327,48 @@ def test_functional_call_uses_the_replaced_weights(backend):
         assert module.get_parameter(name) is not value, name
     torch.manual_seed(5)
     assert torch.equal(module(x)[0], orig_out)
+
+
+# Backends that run here (triton under the interpreter: the sizes below are tiny).
+EMPTY_BATCH_BACKENDS = [
+    name
+    for name in ("reference", "host", "triton", "auto")
+    if name == "auto" or fusedrnn.available_backends().get(name) is None
+]
+
+
+@pytest.mark.parametrize("backend", EMPTY_BATCH_BACKENDS)
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("LSTM", {}),
+        ("LSTM", dict(recurrent_dropout=0.2, zoneout_cell=0.1, zoneout_hidden=0.1)),
+        ("LSTM", dict(recurrent_batch_norm=True, max_steps=3)),
+        ("GRU", dict(layer_norm=True)),
+        ("RNN", dict(zoneout_hidden=0.3)),
+    ],
+    ids=["lstm", "lstm_regularised", "lstm_batch_norm", "gru_layer_norm", "rnn_zoneout"],
+)
+def test_empty_batch_gives_empty_outputs_and_zero_gradients_as_torch(backend, mode, options):
+    torch.manual_seed(0)
+    theirs = getattr(nn, mode)(3, 5, num_layers=2, bidirectional=True)
+    ours = getattr(fusedrnn, mode)(
+        3, 5, num_layers=2, bidirectional=True, backend=backend, **options
+    )
+    ours.load_state_dict(theirs.state_dict(), strict=False)
+    results = []
+    for module in (theirs, ours):
+        x = torch.randn(4, 0, 3, requires_grad=True)
+        out, hidden = module(x)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        (out.sum() + sum(s.sum() for s in states)).backward()
+        results.append((out, states, x.grad))
+    (out, states, grad_x), (our_out, our_states, our_grad_x) = results
+    assert our_out.shape == out.shape == (4, 0, 10)
+    assert [s.shape for s in our_states] == [s.shape for s in states]
+    assert our_grad_x.shape == grad_x.shape
+    their_grads = {name: p.grad for name, p in theirs.named_parameters()}
+    for name, p in ours.named_parameters():  # no rows: every gradient is 0, as torch.nn's
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0, name
+        if name in their_grads:
+            assert torch.equal(p.grad, their_grads[name]), name
