@@ -574,6 +574,7 @@ def rnn(
     training: bool = False,
     backend: str = "auto",
     seed: int | torch.Tensor | None = None,
+    backends_ran: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The layer stack on time-major padded input.
 
@@ -584,6 +585,8 @@ def rnn(
         params: L*D ``LayerParams`` in the same order.
         lengths: [B] integer lengths in [1, T], or None for all T.
         seed: Philox key of this call; drawn from torch's default generator when None.
+        backends_ran: if given, the name of the backend that runs each layer-direction is
+            appended to it (eager mode; a compiled graph resolves ``auto`` when it runs).
 
     Returns:
         output [T, B, D*P] (zeros past each row's length), h_n [L*D, B, P], c_n [L*D, B, H].
@@ -646,7 +649,12 @@ def rnn(
                 layer=layer,
                 direction=direction,
             )
-            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, backend, seed)
+            chosen = backend
+            if not torch.compiler.is_compiling():  # resolve auto here, to report the choice
+                chosen = dispatch.recurrence_backend(backend, inputs).NAME
+                if backends_ran is not None:
+                    backends_ran.append(chosen)
+            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, chosen, seed)
             if mean_hh is not None:
                 _update_running(p.running_mean_hh, p.running_var_hh, mean_hh, var_hh, counts)
             if mean_c is not None:

@@ -107,6 +107,9 @@ class _FusedRNNBase(nn.RNNBase):
         self.residual = residual
         self.forget_bias = float(forget_bias)
         self.backend = backend
+        # The backend(s) that ran the last eager forward ("torch", "host", ...; several
+        # layer-directions on different backends are joined with "+"), None before the first.
+        self.last_backend: str | None = None
         # RNNBase.__init__ registers torch's parameters and calls reset_parameters(), which
         # draws them from the RNG exactly as torch.nn does (same seed -> same weights).
         super().__init__(
@@ -254,6 +257,7 @@ class _FusedRNNBase(nn.RNNBase):
             ("residual", False),
             ("forget_bias", 0.0),
             ("backend", "auto"),
+            ("last_backend", None),
         ):
             value = getattr(self, name)
             if value != default:
@@ -417,6 +421,7 @@ class _FusedRNNBase(nn.RNNBase):
                 self.batch_first,
             )
             output, hidden = result[0], (tuple(result[1:]) if is_lstm else result[1])
+            backends_ran = [dispatch.TORCH]
         else:
             h0, c0 = hx if is_lstm else (hx, None)
             if is_packed:
@@ -424,6 +429,7 @@ class _FusedRNNBase(nn.RNNBase):
             else:
                 x = input.transpose(0, 1) if self.batch_first else input
                 lengths = index = None
+            backends_ran = []
             output, h_n, c_n = functional.rnn(
                 x,
                 h0,
@@ -433,12 +439,15 @@ class _FusedRNNBase(nn.RNNBase):
                 lengths=lengths,
                 training=self.training,
                 backend=chosen,
+                backends_ran=backends_ran,
             )
             if is_packed:
                 output = functional.padded_to_packed(output, index)
             elif self.batch_first:
                 output = output.transpose(0, 1)
             hidden = (h_n, c_n) if is_lstm else h_n
+        if not torch.compiler.is_compiling():
+            self.last_backend = "+".join(dict.fromkeys(backends_ran))
         return output, hidden
 
 
