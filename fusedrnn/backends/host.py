@@ -317,13 +317,14 @@ def launch_forward(
             setattr(p, name, tensor.data_ptr() if tensor.numel() > 0 else 0)
     for name, tensor in stats.items():
         setattr(p, name, tensor.data_ptr())
-    extra = workspace(p) if workspace is not None else []
     if batch > 0:
+        extra = workspace(p) if workspace is not None else []
         run(p)
-    else:  # nothing to run; the statistics of no rows are 0, as the reference's
+        del extra  # the launch has finished reading it (host) or is stream-ordered (cuda)
+    else:  # nothing to run (no launch of zero rows); the statistics of no rows are 0
         for tensor in stats.values():
             tensor.zero_()
-    del keep, extra  # the launch has finished reading them (host) or is stream-ordered (cuda)
+    del keep
 
     result = RecurrenceOutputs(output=out, h_n=h_n, c_n=c_n)
     for name, tensor in stats.items():
@@ -382,10 +383,10 @@ def launch_backward(
     dc0 = _empty((batch, hidden), dtype, device) if lstm else None
     p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
     p.dc_out, p.dh0, p.dc0 = _ptr(dc_out), dh0.data_ptr(), _ptr(dc0)
-    extra = workspace(p) if workspace is not None else []
     if batch > 0:  # with no rows every per-row gradient is empty and the sums below are 0
+        extra = workspace(p) if workspace is not None else []
         run(p)
-    del extra
+        del extra
 
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(RecurrenceInputs.GRAD_FIELDS)
     grads["xg"] = dxg
