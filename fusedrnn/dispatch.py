@@ -10,7 +10,9 @@ Names:
 * ``"auto"``: the first entry of :data:`AUTO_ORDER` for the device that can run the call.
 
 An explicitly named backend that cannot run a configuration raises with the reason; ``auto``
-never silently lands on the slow loop on a GPU: it warns once when it had to.
+never silently lands on the slow reference loop: on every device it warns, once per reason,
+naming why no fused backend could run the call. A module records the backend that ran its
+last forward in ``last_backend`` (also in its repr).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_ORDER: tuple[str, ...] = ("reference",)
 
-_warned_fallback: set[str] = set()
+# (device type, reasons) of the reference fallbacks already warned about.
+_warned_fallback: set[tuple[str, str]] = set()
 
 
 def known_backends() -> tuple[str, ...]:
@@ -65,6 +68,19 @@ def available_backends() -> dict[str, str | None]:
     for name in backends.RECURRENCE_BACKENDS:
         result[name] = _recurrence_availability(name)
     return result
+
+
+def _warn_fallback(device_type: str, reasons: str) -> None:
+    """Warn, once per device type and reason, that auto fell back to the reference loop."""
+    if (device_type, reasons) in _warned_fallback:
+        return
+    _warned_fallback.add((device_type, reasons))
+    warnings.warn(
+        f"fusedrnn: no fused backend can run this call on {device_type} ({reasons}); "
+        "backend='auto' falls back to the slow 'reference' loop",
+        RuntimeWarning,
+        stacklevel=5,
+    )
 
 
 def layer_backend(requested: str, device: torch.device, needs_fusedrnn: bool) -> str:
@@ -109,14 +125,8 @@ def recurrence_backend(requested: str, inputs: RecurrenceInputs):
         if module is not None:
             reason = module.unsupported_reason(inputs)
         if reason is None:
-            if name == "reference" and device_type != "cpu" and device_type not in _warned_fallback:
-                _warned_fallback.add(device_type)
-                warnings.warn(
-                    f"fusedrnn: no fused backend can run this call on {device_type} "
-                    f"({'; '.join(reasons) or 'none built'}); using the slow 'reference' loop",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+            if name == "reference":
+                _warn_fallback(device_type, "; ".join(reasons) or "none is built")
             return module
         reasons.append(f"{name}: {reason}")
     raise RuntimeError("no fusedrnn backend can run this call: " + "; ".join(reasons))

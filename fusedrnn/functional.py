@@ -544,6 +544,25 @@ def _check_lengths(lengths: torch.Tensor, steps: int, batch: int) -> None:
             )
 
 
+def _check_mask_limits(options: RNNOptions, steps: int, batch: int, input_size: int) -> None:
+    """Raise ValueError if a mask of this training call would not fit the Philox offset
+    layout; only the fields a drawn mask indexes are checked (variational masks have no time
+    field, and each mask has its own width)."""
+    out_size = options.proj_size or options.hidden_size
+    if options.input_dropout > 0:
+        widest_input = input_size
+        if options.num_layers > 1:
+            widest_input = max(input_size, options.num_directions * out_size)
+        philox.check_offset_limits(1, batch, widest_input)
+    if options.recurrent_dropout > 0:
+        philox.check_offset_limits(1, batch, out_size)
+    if options.zoneout_cell > 0 and options.cell == "lstm":
+        philox.check_offset_limits(steps, batch, options.hidden_size)
+    if options.zoneout_hidden > 0:
+        philox.check_offset_limits(steps, batch, out_size)
+    philox.mask_base_offset(0, options.num_layers - 1, options.num_directions - 1)
+
+
 def rnn(
     input: torch.Tensor,
     h0: torch.Tensor,
@@ -555,6 +574,7 @@ def rnn(
     training: bool = False,
     backend: str = "auto",
     seed: int | torch.Tensor | None = None,
+    backends_ran: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The layer stack on time-major padded input.
 
@@ -565,6 +585,8 @@ def rnn(
         params: L*D ``LayerParams`` in the same order.
         lengths: [B] integer lengths in [1, T], or None for all T.
         seed: Philox key of this call; drawn from torch's default generator when None.
+        backends_ran: if given, the name of the backend that runs each layer-direction is
+            appended to it (eager mode; a compiled graph resolves ``auto`` when it runs).
 
     Returns:
         output [T, B, D*P] (zeros past each row's length), h_n [L*D, B, P], c_n [L*D, B, H].
@@ -577,7 +599,7 @@ def rnn(
         _check_lengths(lengths, steps, batch)
         lengths = lengths.to(device=input.device, dtype=torch.int64)
     if options.uses_random(training):
-        philox.check_offset_limits(steps, batch, max(input.shape[2], options.hidden_size))
+        _check_mask_limits(options, steps, batch, input.shape[2])
         if seed is None:
             seed = philox.draw_seed()
     seed = torch.as_tensor(0 if seed is None else seed, dtype=torch.int64)
@@ -627,7 +649,12 @@ def rnn(
                 layer=layer,
                 direction=direction,
             )
-            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, backend, seed)
+            chosen = backend
+            if not torch.compiler.is_compiling():  # resolve auto here, to report the choice
+                chosen = dispatch.recurrence_backend(backend, inputs).NAME
+                if backends_ran is not None:
+                    backends_ran.append(chosen)
+            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, chosen, seed)
             if mean_hh is not None:
                 _update_running(p.running_mean_hh, p.running_var_hh, mean_hh, var_hh, counts)
             if mean_c is not None:
@@ -652,6 +679,45 @@ def rnn(
 # --------------------------------------------------------------------------------------
 # Packed sequences and torch's own kernels.
 # --------------------------------------------------------------------------------------
+def check_packed_batch_sizes(batch_sizes: torch.Tensor, num_rows: int, gate_width: int) -> None:
+    """Raise, as torch.nn's packed RNN does, when ``batch_sizes`` do not fit ``num_rows``
+    packed rows: a negative size, sizes summing past the data, or a size that grows.
+
+    torch.nn finds these while it walks the steps (slicing the data, then adding the input
+    and hidden projections of the step), so the errors and their wording are those of the
+    failing op: ``Tensor.narrow``'s, or a broadcast's with the step's hidden rows as ``a``
+    (``gate_width`` columns: 4H for the LSTM cell, H for GRU/RNN). A growth from 0 to 1 row,
+    which torch.nn's broadcast lets through with a wrong result, raises the same error.
+    Sizes summing to fewer than ``num_rows`` raise too: torch.nn runs them, but its reverse
+    direction then reads the rows past the sum (a silently wrong result).
+    """
+    offset = 0
+    previous = None
+    for size in batch_sizes.tolist():
+        if size < 0:
+            raise RuntimeError("narrow(): length must be non-negative.")
+        if offset + size > num_rows:
+            raise RuntimeError(
+                f"start ({offset}) + length ({size}) exceeds dimension size ({num_rows})."
+            )
+        offset += size
+        if previous is not None and size > previous:
+            if previous == 1:
+                raise RuntimeError(
+                    f"output with shape [1, {gate_width}] doesn't match the broadcast shape "
+                    f"[{size}, {gate_width}]"
+                )
+            raise RuntimeError(
+                f"The size of tensor a ({previous}) must match the size of tensor b ({size}) "
+                "at non-singleton dimension 0"
+            )
+        previous = size
+    if offset != num_rows:
+        raise RuntimeError(
+            f"PackedSequence batch_sizes sum to {offset}, but its data has {num_rows} rows"
+        )
+
+
 def packed_to_padded(
     data: torch.Tensor, batch_sizes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -659,6 +725,7 @@ def packed_to_padded(
 
     ``index`` holds the position of each packed row in the flattened [T*B] padded tensor; it
     is what :func:`padded_to_packed` needs to go back. Both directions are differentiable.
+    ``batch_sizes`` must fit ``data`` (:func:`check_packed_batch_sizes`).
     """
     steps = batch_sizes.shape[0]
     batch = int(batch_sizes[0]) if steps > 0 else 0

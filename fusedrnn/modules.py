@@ -92,6 +92,8 @@ class _FusedRNNBase(nn.RNNBase):
             raise TypeError(f"residual should be of type bool, got: {type(residual).__name__}")
         if not isinstance(forget_bias, numbers.Real) or isinstance(forget_bias, bool):
             raise TypeError(f"forget_bias should be a number, got: {type(forget_bias).__name__}")
+        if not math.isfinite(forget_bias):
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if forget_bias != 0 and not bias:
             raise ValueError("forget_bias needs bias=True")
 
@@ -105,6 +107,9 @@ class _FusedRNNBase(nn.RNNBase):
         self.residual = residual
         self.forget_bias = float(forget_bias)
         self.backend = backend
+        # The backend(s) that ran the last eager forward ("torch", "host", ...; several
+        # layer-directions on different backends are joined with "+"), None before the first.
+        self.last_backend: str | None = None
         # RNNBase.__init__ registers torch's parameters and calls reset_parameters(), which
         # draws them from the RNG exactly as torch.nn does (same seed -> same weights).
         super().__init__(
@@ -174,9 +179,16 @@ class _FusedRNNBase(nn.RNNBase):
                         tensor.fill_(1.0)
                     else:  # norm_bias_c, running_mean_*
                         tensor.zero_()
-                if self.forget_bias != 0:
-                    h = self.hidden_size
-                    getattr(self, "bias_ih" + suffix)[h : 2 * h] += self.forget_bias
+        self._add_forget_bias()
+
+    def _add_forget_bias(self) -> None:
+        """``bias_ih[H:2H] += forget_bias`` in every layer and direction (an init offset)."""
+        if self.forget_bias == 0:
+            return
+        h = self.hidden_size
+        with torch.no_grad():
+            for suffix in self._suffixes():
+                getattr(self, "bias_ih" + suffix)[h : 2 * h] += self.forget_bias
 
     def reset_parameters(self) -> None:
         """torch.nn's uniform init of torch's weights (same RNG draws), then fusedrnn's."""
@@ -245,6 +257,7 @@ class _FusedRNNBase(nn.RNNBase):
             ("residual", False),
             ("forget_bias", 0.0),
             ("backend", "auto"),
+            ("last_backend", None),
         ):
             value = getattr(self, name)
             if value != default:
@@ -285,6 +298,8 @@ class _FusedRNNBase(nn.RNNBase):
         if is_packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
+            gate_width = (4 if is_lstm else 1) * self.hidden_size  # as torch.nn's errors say
+            functional.check_packed_batch_sizes(batch_sizes, input.shape[0], gate_width)
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
@@ -406,6 +421,7 @@ class _FusedRNNBase(nn.RNNBase):
                 self.batch_first,
             )
             output, hidden = result[0], (tuple(result[1:]) if is_lstm else result[1])
+            backends_ran = [dispatch.TORCH]
         else:
             h0, c0 = hx if is_lstm else (hx, None)
             if is_packed:
@@ -413,6 +429,7 @@ class _FusedRNNBase(nn.RNNBase):
             else:
                 x = input.transpose(0, 1) if self.batch_first else input
                 lengths = index = None
+            backends_ran = []
             output, h_n, c_n = functional.rnn(
                 x,
                 h0,
@@ -422,12 +439,15 @@ class _FusedRNNBase(nn.RNNBase):
                 lengths=lengths,
                 training=self.training,
                 backend=chosen,
+                backends_ran=backends_ran,
             )
             if is_packed:
                 output = functional.padded_to_packed(output, index)
             elif self.batch_first:
                 output = output.transpose(0, 1)
             hidden = (h_n, c_n) if is_lstm else h_n
+        if not torch.compiler.is_compiling():
+            self.last_backend = "+".join(dict.fromkeys(backends_ran))
         return output, hidden
 
 
@@ -636,6 +656,9 @@ def _converted(module: nn.Module, options: dict) -> nn.Module:
         raise RuntimeError(
             f"convert: weights did not load (missing {missing}, unexpected {unexpected})"
         )
+    # The constructor offset the forget gate of its fresh bias, which the load replaced:
+    # offset the loaded one, as forget_bias promises.
+    new._add_forget_bias()
     new.train(module.training)
     return new
 

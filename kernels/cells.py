@@ -88,7 +88,7 @@ def gru_cell_backward(dh_cand, r, z, n, a_n, h_prev):
 @triton.jit
 def rnn_cell(pre, RELU: tl.constexpr):
     if RELU:
-        h_cand = tl.maximum(pre, 0.0)
+        h_cand = tl.where(pre <= 0.0, 0.0, pre)  # relu(NaN) = NaN, as torch
     else:
         h_cand = tanh(pre)
     return h_cand
@@ -96,9 +96,10 @@ def rnn_cell(pre, RELU: tl.constexpr):
 
 @triton.jit
 def rnn_cell_backward(dh_cand, h_cand, RELU: tl.constexpr):
-    """dL/d pre from dL/dh~ and h~ itself (relu'(0) = 0, as torch)."""
+    """dL/d pre from dL/dh~ and h~ itself (relu'(0) = 0, and a NaN h~ passes dL/dh~ as in
+    torch's threshold_backward)."""
     if RELU:
-        d_pre = tl.where(h_cand > 0.0, dh_cand, 0.0)
+        d_pre = tl.where(h_cand <= 0.0, 0.0, dh_cand)
     else:
         d_pre = dh_cand * (1.0 - h_cand * h_cand)
     return d_pre

@@ -80,3 +80,15 @@ def test_norm_tensors_are_extra_state_dict_entries():
     layer_norm = fusedrnn.GRU(3, 4, layer_norm=True)
     assert {n for n, _ in layer_norm.named_parameters()} >= {"ln_weight_ih_l0", "ln_weight_hh_l0"}
     assert torch.all(layer_norm.ln_weight_ih_l0 == 1.0)
+
+
+def test_convert_applies_forget_bias_to_the_loaded_bias():
+    torch.manual_seed(2)
+    lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    fused = fusedrnn.convert(lstm, forget_bias=1.0)
+    assert fused.forget_bias == 1.0 and "forget_bias=1.0" in repr(fused)
+    for name, tensor in lstm.state_dict().items():
+        expected = tensor.clone()
+        if name.startswith("bias_ih"):
+            expected[4:8] += 1.0  # the forget gate's slice, [H:2H]
+        assert torch.equal(fused.state_dict()[name], expected), name

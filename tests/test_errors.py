@@ -11,9 +11,11 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn
-from fusedrnn import functional
+from fusedrnn import backends, functional, philox
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
 X = torch.randn(5, 3, 4)
 
@@ -318,3 +320,111 @@ def test_non_finite_input_propagates_like_torch():
     assert torch.equal(torch.isnan(expected), torch.isnan(got))
     finite = torch.isfinite(expected)
     assert torch.allclose(got[finite], expected[finite], atol=1e-6)
+
+
+# Backends that run on this machine (triton under the interpreter at these tiny sizes).
+BACKENDS = [
+    name
+    for name in ("reference", "host", "triton", "auto")
+    if name == "auto" or fusedrnn.available_backends().get(name) is None
+]
+
+# (id, packed rows, batch_sizes): batch sizes that do not fit their data.
+MALFORMED_PACKED = [
+    ("size_returns_after_zero", 5, [3, 0, 2]),
+    ("size_grows", 5, [2, 3]),
+    ("size_grows_from_one", 3, [1, 2]),
+    ("sizes_sum_past_the_data", 5, [3, 2, 1]),
+    ("zero_then_past_the_data", 4, [3, 0, 2]),
+    ("negative_size", 5, [3, -1, 3]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize(
+    ("rows", "sizes"), [c[1:] for c in MALFORMED_PACKED], ids=[c[0] for c in MALFORMED_PACKED]
+)
+def test_malformed_packed_sequence_raises_as_torch(backend, cls, rows, sizes):
+    torch.manual_seed(0)
+    packed = PackedSequence(torch.randn(rows, 3), torch.tensor(sizes))
+    with pytest.raises(Exception) as torch_error:
+        getattr(nn, cls)(3, 4, bidirectional=True)(packed)
+    ours = getattr(fusedrnn, cls)(3, 4, bidirectional=True, recurrent_dropout=0.2, backend=backend)
+    with pytest.raises(type(torch_error.value)) as our_error:
+        ours(packed)
+    assert str(our_error.value) == str(torch_error.value)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "torch"])
+@pytest.mark.parametrize("rows", [6, 7])
+def test_packed_data_must_have_exactly_the_rows_of_its_batch_sizes(backend, rows):
+    # torch.nn runs 7 rows with batch_sizes [3, 2] (sum 5), and its reverse direction then
+    # reads rows 2..6: a silently wrong result, so fusedrnn raises on every backend instead.
+    packed = PackedSequence(torch.randn(rows, 3), torch.tensor([3, 2]))
+    lstm = fusedrnn.LSTM(3, 4, bidirectional=True, backend=backend)
+    message = rf"PackedSequence batch_sizes sum to 5, but its data has {rows} rows"
+    with pytest.raises(RuntimeError, match=message):
+        lstm(packed)
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), float("nan")])
+def test_forget_bias_must_be_finite(value):
+    with pytest.raises(ValueError, match=r"forget_bias must be a finite number, got"):
+        fusedrnn.LSTM(3, 4, forget_bias=value)
+
+
+BIG_FEATURES = philox.MAX_UNITS + 1
+LONG_SEQUENCE = philox.MAX_STEPS + 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wide_input_is_allowed_when_only_recurrent_dropout_draws(backend):
+    # The recurrent mask is [B, H]: the input width is no field of any drawn mask.
+    torch.manual_seed(0)
+    lstm = fusedrnn.LSTM(BIG_FEATURES, 2, recurrent_dropout=0.5, backend=backend)
+    out, _ = lstm(torch.randn(1, 2, BIG_FEATURES))
+    assert out.shape == (1, 2, 2) and torch.isfinite(out).all()
+
+
+def test_long_sequence_is_allowed_when_only_input_dropout_draws():
+    # The input mask is variational ([B, I], no time field); host runs 2^18 steps quickly.
+    lstm = fusedrnn.GRU(1, 1, input_dropout=0.5, backend="host")
+    out, _ = lstm(torch.randn(LONG_SEQUENCE, 1, 1))
+    assert out.shape == (LONG_SEQUENCE, 1, 1) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", ["host", "triton"])
+def test_backends_accept_a_long_sequence_with_only_recurrent_dropout(backend):
+    if fusedrnn.available_backends().get(backend) is not None:
+        pytest.skip(f"{backend} does not run here")
+    module = backends.load(backend)
+    config = RecurrenceConfig("gru", 1, recurrent_dropout=0.5)
+    inputs = RecurrenceInputs(
+        config=config,
+        xg=torch.zeros(LONG_SEQUENCE, 1, 3),
+        h0=torch.zeros(1, 1),
+        c0=None,
+        w_hh=torch.zeros(3, 1),
+        b_hh=None,
+        w_hr=None,
+        lengths=None,
+        training=True,
+    )
+    assert module.unsupported_reason(inputs) is None
+    zoned = inputs.replace(config=RecurrenceConfig("gru", 1, zoneout_hidden=0.5))
+    assert "sequence length" in module.unsupported_reason(zoned)
+
+
+@pytest.mark.parametrize(
+    ("size", "options", "what"),
+    [
+        ((1, 1, BIG_FEATURES), dict(input_dropout=0.5), "feature size"),
+        ((LONG_SEQUENCE, 1, 1), dict(zoneout_hidden=0.5), "sequence length"),
+    ],
+    ids=["wide_input_with_input_dropout", "long_sequence_with_zoneout"],
+)
+def test_mask_limits_still_apply_to_the_fields_a_mask_uses(size, options, what):
+    gru = fusedrnn.GRU(size[2], 1, **options, backend="reference")
+    with pytest.raises(ValueError, match=f"fusedrnn random masks support a {what} of at most"):
+        gru(torch.zeros(size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -327,3 +328,116 @@ def test_functional_call_uses_the_replaced_weights(backend):
         assert module.get_parameter(name) is not value, name
     torch.manual_seed(5)
     assert torch.equal(module(x)[0], orig_out)
+
+
+# Backends that run here (triton under the interpreter: the sizes below are tiny).
+EMPTY_BATCH_BACKENDS = [
+    name
+    for name in ("reference", "host", "triton", "auto")
+    if name == "auto" or fusedrnn.available_backends().get(name) is None
+]
+
+
+@pytest.mark.parametrize("backend", EMPTY_BATCH_BACKENDS)
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("LSTM", {}),
+        ("LSTM", dict(recurrent_dropout=0.2, zoneout_cell=0.1, zoneout_hidden=0.1)),
+        ("LSTM", dict(recurrent_batch_norm=True, max_steps=3)),
+        ("GRU", dict(layer_norm=True)),
+        ("RNN", dict(zoneout_hidden=0.3)),
+    ],
+    ids=["lstm", "lstm_regularised", "lstm_batch_norm", "gru_layer_norm", "rnn_zoneout"],
+)
+def test_empty_batch_gives_empty_outputs_and_zero_gradients_as_torch(backend, mode, options):
+    torch.manual_seed(0)
+    theirs = getattr(nn, mode)(3, 5, num_layers=2, bidirectional=True)
+    ours = getattr(fusedrnn, mode)(
+        3, 5, num_layers=2, bidirectional=True, backend=backend, **options
+    )
+    ours.load_state_dict(theirs.state_dict(), strict=False)
+    results = []
+    for module in (theirs, ours):
+        x = torch.randn(4, 0, 3, requires_grad=True)
+        out, hidden = module(x)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        (out.sum() + sum(s.sum() for s in states)).backward()
+        results.append((out, states, x.grad))
+    (out, states, grad_x), (our_out, our_states, our_grad_x) = results
+    assert our_out.shape == out.shape == (4, 0, 10)
+    assert [s.shape for s in our_states] == [s.shape for s in states]
+    assert our_grad_x.shape == grad_x.shape
+    their_grads = {name: p.grad for name, p in theirs.named_parameters()}
+    for name, p in ours.named_parameters():  # no rows: every gradient is 0, as torch.nn's
+        assert p.grad is not None and torch.count_nonzero(p.grad) == 0, name
+        if name in their_grads:
+            assert torch.equal(p.grad, their_grads[name]), name
+
+
+HOST_RUNS = fusedrnn.available_backends().get("host") is None
+
+
+@pytest.mark.skipif(not HOST_RUNS, reason="the reasons named below are the host backend's")
+@pytest.mark.parametrize(
+    ("make", "dtype", "reason"),
+    [
+        (
+            lambda: fusedrnn.LSTM(3, 5, proj_size=2, zoneout_hidden=0.1),
+            torch.float32,
+            "does not support proj_size",
+        ),
+        (
+            lambda: fusedrnn.GRU(3, 5, recurrent_dropout=0.2).half(),
+            torch.float16,
+            "supports float32, float64, got float16",
+        ),
+    ],
+    ids=["proj_size_with_options", "half_with_options"],
+)
+def test_auto_warns_once_per_reason_when_it_falls_back_to_reference(
+    monkeypatch, make, dtype, reason
+):
+    monkeypatch.setattr(fusedrnn.dispatch, "_warned_fallback", set())
+    module = make()
+    x = torch.randn(4, 2, 3, dtype=dtype)
+    with pytest.warns(RuntimeWarning, match=rf"on cpu \(host: .*{reason}.*'reference' loop"):
+        module(x)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        module(x)  # the same reason again: no second warning
+    assert not [w for w in record if "'reference' loop" in str(w.message)]
+    assert module.last_backend == "reference"
+    assert "last_backend='reference'" in repr(module)
+
+
+@pytest.mark.parametrize(
+    ("backend", "options", "expected"),
+    [
+        ("auto", {}, "torch"),
+        ("auto", dict(zoneout_hidden=0.1), "host"),
+        ("torch", {}, "torch"),
+        ("reference", {}, "reference"),
+        ("host", dict(layer_norm=True), "host"),
+        ("triton", {}, "triton"),
+    ],
+)
+def test_last_backend_says_which_backend_ran(backend, options, expected):
+    if fusedrnn.available_backends().get(expected) is not None:
+        pytest.skip(f"{expected} does not run here")
+    module = fusedrnn.GRU(3, 4, 2, bidirectional=True, backend=backend, **options)
+    assert module.last_backend is None and "last_backend" not in repr(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning on these
+        module(torch.randn(3, 2, 3))
+    assert module.last_backend == expected
+    assert f"last_backend={expected!r}" in repr(module)
+
+
+@pytest.mark.gpu
+def test_auto_warns_when_it_falls_back_to_reference_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(fusedrnn.dispatch, "_warned_fallback", set())
+    lstm = fusedrnn.LSTM(3, 5, proj_size=2, zoneout_hidden=0.1).cuda()
+    with pytest.warns(RuntimeWarning, match=r"on cuda .*proj_size.*'reference'"):
+        lstm(torch.randn(4, 2, 3, device="cuda"))
+    assert lstm.last_backend == "reference"

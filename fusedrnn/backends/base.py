@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 
+from .. import philox
+
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 NORMS = ("none", "batch", "layer")
@@ -122,6 +124,27 @@ class RecurrenceOutputs:
     batch_var_hh: torch.Tensor | None = None  # [T, G*H]
     batch_mean_c: torch.Tensor | None = None  # [T, H]
     batch_var_c: torch.Tensor | None = None  # [T, H]
+
+
+def check_mask_limits(inputs: RecurrenceInputs) -> None:
+    """Raise ValueError if a mask this call draws would not fit the Philox offset layout.
+
+    Only the fields a drawn mask indexes are checked: recurrent dropout is variational
+    ([B, P], time field 0), zoneout is per step ([T, B, H] / [T, B, P]). Nothing is drawn in
+    evaluation.
+    """
+    if not inputs.training:
+        return
+    cfg = inputs.config
+    steps, batch, _ = inputs.xg.shape
+    if cfg.recurrent_dropout > 0:
+        philox.check_offset_limits(1, batch, cfg.out_size)
+    if cfg.zoneout_cell > 0 and cfg.has_cell_state:
+        philox.check_offset_limits(steps, batch, cfg.hidden_size)
+    if cfg.zoneout_hidden > 0:
+        philox.check_offset_limits(steps, batch, cfg.out_size)
+    if cfg.uses_random:
+        philox.mask_base_offset(0, inputs.layer, inputs.direction)
 
 
 class Backend(Protocol):

@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 
 from .. import philox
-from .base import RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
+from .base import RecurrenceInputs, RecurrenceOutputs, accumulate_dtype, check_mask_limits
 
 NAME = "host"
 
@@ -114,15 +114,12 @@ def common_unsupported_reason(
         return f"lengths must be on {xg.device}"
     if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
         return f"xg must be [T, B, {cfg.gate_size}], got {list(xg.shape)}"
-    steps, batch, _ = xg.shape
-    if batch == 0 or cfg.hidden_size == 0:
-        return f"the {backend} backend needs batch and hidden_size >= 1"
-    if inputs.training and cfg.uses_random:
-        try:
-            philox.check_offset_limits(steps, batch, cfg.hidden_size)
-            philox.mask_base_offset(0, inputs.layer, inputs.direction)
-        except ValueError as exc:
-            return str(exc)
+    if cfg.hidden_size == 0:
+        return f"the {backend} backend needs hidden_size >= 1"
+    try:
+        check_mask_limits(inputs)
+    except ValueError as exc:
+        return str(exc)
     if cfg.norm != "none" and inputs.norm_weight_hh is None:
         return "norm needs norm_weight_hh"
     if cfg.norm != "none" and cfg.cell == "lstm" and inputs.norm_weight_c is None:
@@ -320,9 +317,14 @@ def launch_forward(
             setattr(p, name, tensor.data_ptr() if tensor.numel() > 0 else 0)
     for name, tensor in stats.items():
         setattr(p, name, tensor.data_ptr())
-    extra = workspace(p) if workspace is not None else []
-    run(p)
-    del keep, extra  # the launch has finished reading them (host) or is stream-ordered (cuda)
+    if batch > 0:
+        extra = workspace(p) if workspace is not None else []
+        run(p)
+        del extra  # the launch has finished reading it (host) or is stream-ordered (cuda)
+    else:  # nothing to run (no launch of zero rows); the statistics of no rows are 0
+        for tensor in stats.values():
+            tensor.zero_()
+    del keep
 
     result = RecurrenceOutputs(output=out, h_n=h_n, c_n=c_n)
     for name, tensor in stats.items():
@@ -381,9 +383,10 @@ def launch_backward(
     dc0 = _empty((batch, hidden), dtype, device) if lstm else None
     p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
     p.dc_out, p.dh0, p.dc0 = _ptr(dc_out), dh0.data_ptr(), _ptr(dc0)
-    extra = workspace(p) if workspace is not None else []
-    run(p)
-    del extra
+    if batch > 0:  # with no rows every per-row gradient is empty and the sums below are 0
+        extra = workspace(p) if workspace is not None else []
+        run(p)
+        del extra
 
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(RecurrenceInputs.GRAD_FIELDS)
     grads["xg"] = dxg

@@ -23,7 +23,7 @@ import os
 import torch
 
 from .. import philox, reference
-from .base import CELLS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
+from .base import CELLS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype, check_mask_limits
 
 NAME = "triton"
 
@@ -162,13 +162,12 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
         return f"the Triton kernels need CUDA tensors, got {device.type}"
     if inputs.xg.dtype not in _DTYPES:
         return f"dtype {inputs.xg.dtype} is not supported (float32, float16, bfloat16)"
-    steps, batch, _ = inputs.xg.shape
+    batch = inputs.xg.shape[1]
     hidden = cfg.hidden_size
-    if cfg.uses_random and inputs.training:
-        try:
-            philox.check_offset_limits(steps, batch, hidden)
-        except ValueError as error:
-            return str(error)
+    try:
+        check_mask_limits(inputs)
+    except ValueError as error:
+        return str(error)
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"

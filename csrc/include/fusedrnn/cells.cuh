@@ -7,13 +7,16 @@
 //   LSTM (i, f, g, o):  c~ = s(f) c_prev + s(i) tanh(g);   h~ = s(o) tanh(N_c(c~))
 //   GRU  (r, z, n):     r = s(x_r + a_r); z = s(x_z + a_z); n = tanh(x_n + r a_n);
 //                       h~ = (1 - z) n + z h_prev          (a = N_hh(W_hh h) + b_hh)
-//   RNN:                h~ = tanh|relu(x + a)
-//   zoneout:            training: prev if the unit is zoned out else new;
-//                       eval:     p prev + (1 - p) new
+//   RNN:                h~ = tanh|relu(x + a)     (relu(NaN) = NaN, as torch)
+//   zoneout:            d prev + (1 - d) new, d = 1 if the unit is zoned out else 0
+//                       (training), d = p (eval)
 //   normalisation:      y = (x - mean) * rstd * gamma (+ beta), rstd = 1 / sqrt(var + eps)
 //
 // Backward helpers take the saved activated values (as torch's autograd formulas do:
-// sigmoid' = (1 - y) y, tanh' = 1 - y^2, relu' = [y > 0]).
+// sigmoid' = (1 - y) y, tanh' = 1 - y^2, relu' = [y > 0], NaN y passing dy through).
+//
+// NaN and inf propagate as in torch.nn and the reference: no comparison drops a NaN, and the
+// zoneout mix is the product form in training too (0 * inf = NaN as in the reference).
 #pragma once
 
 #include <cmath>
@@ -45,7 +48,7 @@ FRNN_HD T sigmoid(T x) {
 }
 template <class T>
 FRNN_HD T relu(T x) {
-  return x > T(0) ? x : T(0);
+  return x <= T(0) ? T(0) : x;  // NaN fails the test and passes through
 }
 template <class T>
 FRNN_HD T sigmoid_grad(T dy, T y) {
@@ -57,7 +60,7 @@ FRNN_HD T tanh_grad(T dy, T y) {
 }
 template <class T>
 FRNN_HD T relu_grad(T dy, T y) {
-  return y > T(0) ? dy : T(0);
+  return y <= T(0) ? T(0) : dy;  // torch's threshold_backward: NaN y passes dy
 }
 
 // ----------------------------------------------------------------------------------------
@@ -153,7 +156,8 @@ FRNN_HD T rnn_backward(int cell, T y, T dy) {
 }
 
 // ----------------------------------------------------------------------------------------
-// Zoneout: training draws (zoned = keep the previous value), eval uses the expectation.
+// Zoneout: d prev + (1 - d) next with d the draw (zoned = 1) in training, p in eval. The
+// product form, not a select, so a NaN or inf in either value spreads as in the reference.
 template <class T>
 struct Zoneout {
   bool on = false;        // p > 0
@@ -163,11 +167,23 @@ struct Zoneout {
   float threshold = 0.f;  // training: zoned out when uniform < threshold (float32 p)
 };
 
+// Weights (d of prev, 1 - d of next) of the mix; exact 0/1 in training.
+template <class T>
+FRNN_HD void zoneout_weights(const Zoneout<T>& z, bool zoned, T* d_prev, T* d_next) {
+  if (z.training) {
+    *d_prev = zoned ? T(1) : T(0);
+    *d_next = zoned ? T(0) : T(1);
+  } else {
+    *d_prev = z.p;
+    *d_next = z.q;
+  }
+}
 template <class T>
 FRNN_HD T zoneout_forward(const Zoneout<T>& z, bool zoned, T prev, T next) {
   if (!z.on) return next;
-  if (z.training) return zoned ? prev : next;
-  return z.p * prev + z.q * next;
+  T d_prev, d_next;
+  zoneout_weights(z, zoned, &d_prev, &d_next);
+  return d_prev * prev + d_next * next;
 }
 // Splits d(state) into the part for the previous value and the part for the new value.
 template <class T>
@@ -176,12 +192,10 @@ FRNN_HD T zoneout_backward(const Zoneout<T>& z, bool zoned, T d_state, T* d_prev
     *d_prev = T(0);
     return d_state;
   }
-  if (z.training) {
-    *d_prev = zoned ? d_state : T(0);
-    return zoned ? T(0) : d_state;
-  }
-  *d_prev = z.p * d_state;
-  return z.q * d_state;
+  T w_prev, w_next;
+  zoneout_weights(z, zoned, &w_prev, &w_next);
+  *d_prev = w_prev * d_state;
+  return w_next * d_state;
 }
 
 // ----------------------------------------------------------------------------------------
