@@ -259,7 +259,7 @@ class _FusedRNNBase(nn.RNNBase):
             ("backend", "auto"),
             ("last_backend", None),
         ):
-            value = getattr(self, name)
+            value = getattr(self, name, default)  # modules pickled before an option existed
             if value != default:
                 s += f", {name}={value!r}"
         return s
