@@ -440,6 +440,13 @@ def _functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+def _vmap_active() -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in torch._C._functorch.get_interpreter_stack() or ())
+
+
 def _reference_recurrence(
     inputs: RecurrenceInputs, backend: str, seed: torch.Tensor
 ) -> tuple[torch.Tensor | None, ...]:
@@ -654,6 +661,12 @@ def rnn(
     if lengths is not None:
         _check_lengths(lengths, steps, batch)
         lengths = lengths.to(device=input.device, dtype=torch.int64)
+    if options.norm == "batch" and training and _vmap_active():
+        raise RuntimeError(
+            "fusedrnn: recurrent batch norm in training mode cannot run under torch.func.vmap: "
+            "it updates its running statistics in place, as torch.nn.BatchNorm does; call "
+            ".eval() on the layer or apply it outside vmap"
+        )
     if options.uses_random(training):
         philox.check_offset_limits(steps, batch, max(input.shape[2], options.hidden_size))
         if seed is None:
