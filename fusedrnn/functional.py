@@ -672,6 +672,11 @@ def rnn(
         if seed is None:
             seed = philox.draw_seed()
     seed = torch.as_tensor(0 if seed is None else seed, dtype=torch.int64)
+    if _vmap_active() and torch._C._functorch.is_batchedtensor(seed):
+        raise RuntimeError(
+            "fusedrnn: torch.func.vmap(..., randomness='different') is not supported: a "
+            "layer call draws one mask seed for its whole batch; use randomness='same'"
+        )
     if lengths is None:
         active = torch.ones(steps, batch, dtype=torch.bool, device=input.device)
     else:

@@ -291,6 +291,20 @@ def test_vmap_matches_a_loop(backend):
     assert max_error(batched, looped) <= FLOAT64_TOLERANCE
 
 
+def test_vmap_with_same_randomness_matches_a_loop():
+    module = _module("lstm", OPTIONS["dropout_zoneout"], "host", torch.float64)
+    xs = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    torch.manual_seed(SEED)
+    batched = torch.func.vmap(lambda x: module(x)[0], randomness="same")(xs)
+    looped = []
+    for x in xs:  # every vmapped call drew the same seed
+        torch.manual_seed(SEED)
+        looped.append(module(x)[0])
+    assert max_error(batched, torch.stack(looped)) <= FLOAT64_TOLERANCE
+    with pytest.raises(RuntimeError, match=r"randomness='different'\) is not supported"):
+        torch.func.vmap(lambda x: module(x)[0], randomness="different")(xs)
+
+
 def test_vmap_of_training_batch_norm_raises_clearly():
     module = _module("lstm", OPTIONS["batch_norm"], "reference", torch.float64)
     xs = torch.randn(4, 3, 2, 2, dtype=torch.float64)
