@@ -356,7 +356,7 @@ def _recurrence_setup_context(ctx, inputs, output):
 def _differentiable_backward(
     tensors: dict, seed: torch.Tensor, scalars: tuple, grads: tuple
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients that autograd can differentiate again (double backward, torch.func).
+    """Gradients that autograd can differentiate again (double backward).
 
     The fused backward ops have no derivative of their own, so when the backward itself is
     recorded (``create_graph=True``) the recurrence is recomputed from the same inputs and
@@ -441,6 +441,7 @@ def _functorch_active() -> bool:
 
 
 def _vmap_active() -> bool:
+    """Whether a torch.func.vmap is running (at any level of nested transforms)."""
     if torch.compiler.is_compiling():
         return False
     vmap = torch._C._functorch.TransformType.Vmap
@@ -539,7 +540,7 @@ class DroppedInputProjection(torch.autograd.Function):
 def _input_projection(x, w_ih, b_ih, seed, options: RNNOptions, training, layer, direction):
     """``(m_x * x) W_ih^T + b_ih`` (the mask only in training with input_dropout)."""
     if training and options.input_dropout > 0:
-        if _functorch_active():  # torch.func cannot transform this (old-style) Function
+        if _functorch_active():  # torch.func needs a setup_context that this lacks
             m_x = DroppedInputProjection.mask(x, seed, options.input_dropout, layer, direction)
             return F.linear(x * m_x, w_ih, b_ih)
         return DroppedInputProjection.apply(
