@@ -189,14 +189,20 @@ def _result_shapes(inputs: RecurrenceInputs) -> list[tuple[tuple[int, ...], torc
 
 def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
     """A custom op's outputs may not alias its inputs or each other: copy one that does
-    (for example a backend whose saved tuple holds its own output)."""
+    (for example a backend whose saved tuple holds its own output).
+
+    A result that is a view of one of the backend's intermediates (``torch.stack`` may
+    return one) is detached from its base: autograd would otherwise treat it as a view made
+    by a multi-output function and refuse in-place ops on it (``out += 1``), which torch.nn
+    allows.
+    """
     if result.numel() == 0:  # placeholders: one shared empty tensor would alias itself
         return result.new_empty(result.shape)
     for t in others:
         if isinstance(t, torch.Tensor) and t.numel():
             if t.untyped_storage().data_ptr() == result.untyped_storage().data_ptr():
                 return result.clone()
-    return result
+    return result.detach() if result._is_view() else result
 
 
 @torch.library.custom_op("fusedrnn::recurrence", mutates_args=())
@@ -347,10 +353,51 @@ def _recurrence_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[3:])
 
 
+def _differentiable_backward(
+    tensors: dict, seed: torch.Tensor, scalars: tuple, grads: tuple
+) -> dict[str, torch.Tensor | None]:
+    """Gradients that autograd can differentiate again (double backward).
+
+    The fused backward ops have no derivative of their own, so when the backward itself is
+    recorded (``create_graph=True``) the recurrence is recomputed from the same inputs and
+    seed (hence the same masks) by the reference loop in plain torch ops, and differentiated
+    by autograd with ``create_graph=True``.
+    """
+    inputs = _op_inputs(tensors, seed, scalars)
+    fields = [
+        f
+        for f in RecurrenceInputs.GRAD_FIELDS
+        if tensors[f] is not None and tensors[f].requires_grad
+    ]
+    with torch.enable_grad():
+        result = reference.recurrence(inputs)
+        pairs = [
+            (out, grad)
+            for out, grad in zip((result.output, result.h_n, result.c_n), grads[:3])
+            if out is not None and grad is not None and out.requires_grad
+        ]
+        if not fields or not pairs:
+            return {}
+        outs, cotangents = zip(*pairs)
+        values = torch.autograd.grad(
+            outs,
+            [tensors[f] for f in fields],
+            cotangents,
+            create_graph=True,
+            allow_unused=True,
+        )
+    return dict(zip(fields, values))
+
+
 def _recurrence_backward(ctx, grads):
     saved = ctx.saved_tensors
     op_tensors, extra = saved[:_NUM_OP_TENSOR_ARGS], list(saved[_NUM_OP_TENSOR_ARGS:])
     tensors = dict(zip(_TENSOR_FIELDS, op_tensors))
+    if torch.is_grad_enabled():  # create_graph=True: the backward is differentiated too
+        scalars = ctx.scalars[: len(_SCALAR_ARGS)]  # the backend name is last
+        by_field = _differentiable_backward(tensors, op_tensors[-1], scalars, grads)
+        per_arg = [by_field.get(f) for f in _TENSOR_FIELDS]
+        return (*per_arg, None, *([None] * len(ctx.scalars)))
     grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
     if grad_output is None:
         grad_output = torch.zeros(
@@ -380,6 +427,40 @@ torch.library.register_autograd(
 )
 
 
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running.
+
+    The autograd.Function that ``torch.library.register_autograd`` generates has no
+    ``setup_context``, so torch.func cannot transform the custom op; under a transform the
+    layer runs in plain torch ops instead. (Dynamo's model of the interpreter stack is not
+    asked: compiled graphs keep the custom op.)
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _vmap_active() -> bool:
+    """Whether a torch.func.vmap is running (at any level of nested transforms)."""
+    if torch.compiler.is_compiling():
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in torch._C._functorch.get_interpreter_stack() or ())
+
+
+def _reference_recurrence(
+    inputs: RecurrenceInputs, backend: str, seed: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """The recurrence in differentiable torch ops (the reference loop), for torch.func.
+
+    ``backend`` is still resolved, so a named backend that cannot run the call raises as it
+    does outside a transform; the masks come from the same seed.
+    """
+    dispatch.recurrence_backend(backend, inputs)
+    result = reference.recurrence(inputs.replace(seed=int(seed)))
+    return (result.output, result.h_n, result.c_n, *(getattr(result, f) for f in _STAT_FIELDS))
+
+
 def recurrence(
     inputs: RecurrenceInputs, backend: str = "auto", seed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor | None, ...]:
@@ -391,6 +472,8 @@ def recurrence(
     """
     if seed is None:
         seed = torch.tensor(inputs.seed, dtype=torch.int64)
+    if _functorch_active():
+        return _reference_recurrence(inputs, backend, seed)
     cfg = inputs.config
     outputs = _recurrence_op(
         *[getattr(inputs, f) for f in _TENSOR_FIELDS],
@@ -457,6 +540,9 @@ class DroppedInputProjection(torch.autograd.Function):
 def _input_projection(x, w_ih, b_ih, seed, options: RNNOptions, training, layer, direction):
     """``(m_x * x) W_ih^T + b_ih`` (the mask only in training with input_dropout)."""
     if training and options.input_dropout > 0:
+        if _functorch_active():  # torch.func needs a setup_context that this lacks
+            m_x = DroppedInputProjection.mask(x, seed, options.input_dropout, layer, direction)
+            return F.linear(x * m_x, w_ih, b_ih)
         return DroppedInputProjection.apply(
             x, w_ih, b_ih, seed, options.input_dropout, layer, direction
         )
@@ -598,11 +684,22 @@ def rnn(
     if lengths is not None:
         _check_lengths(lengths, steps, batch)
         lengths = lengths.to(device=input.device, dtype=torch.int64)
+    if options.norm == "batch" and training and _vmap_active():
+        raise RuntimeError(
+            "fusedrnn: recurrent batch norm in training mode cannot run under torch.func.vmap: "
+            "it updates its running statistics in place, as torch.nn.BatchNorm does; call "
+            ".eval() on the layer or apply it outside vmap"
+        )
     if options.uses_random(training):
         _check_mask_limits(options, steps, batch, input.shape[2])
         if seed is None:
             seed = philox.draw_seed()
     seed = torch.as_tensor(0 if seed is None else seed, dtype=torch.int64)
+    if _vmap_active() and torch._C._functorch.is_batchedtensor(seed):
+        raise RuntimeError(
+            "fusedrnn: torch.func.vmap(..., randomness='different') is not supported: a "
+            "layer call draws one mask seed for its whole batch; use randomness='same'"
+        )
     if lengths is None:
         active = torch.ones(steps, batch, dtype=torch.bool, device=input.device)
     else:
@@ -749,6 +846,13 @@ _TORCH_FUNCTIONS = {
 }
 
 
+# torch.compile: Dynamo does not trace torch.nn's RNN modules (they run eagerly between
+# graphs), and tracing their _VF functions is not safe: on the CPU Inductor's lowering of
+# aten.mkldnn_rnn_layer fails at run time ("expected Tensor() for op"; torch.nn.LSTM fails
+# the same way with torch._dynamo.config.allow_rnn = True). So torch's path runs eagerly
+# under compile too, exactly as torch.nn's modules do: the same kernels and results, at the
+# cost of a graph break (fusedrnn's own backends still compile without one).
+@torch.compiler.disable
 def torch_rnn(
     options: RNNOptions,
     input: torch.Tensor,

@@ -4,7 +4,8 @@ The recurrence is the custom op ``fusedrnn::recurrence`` (with ``register_fake``
 ``register_autograd``); ``torch.library.opcheck`` checks those registrations for every
 recurrence backend that runs here. The fullgraph tests use the ``aot_eager`` compiler
 backend — Dynamo's graph capture and AOTAutograd's fake-tensor tracing, which is what a graph
-break or a wrong fake would trip — and one slow test runs Inductor end to end.
+break or a wrong fake would trip — and one slow test runs Inductor end to end. A default
+layer (torch's own kernels, which run eagerly between graphs) is compiled with Inductor too.
 """
 
 from __future__ import annotations
@@ -142,3 +143,27 @@ def test_inductor_compile_matches_eager():
     assert torch.allclose(compiled_logits, eager_logits, atol=1e-5)
     for name, grad in eager_grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_inductor_compiles_a_default_layer(backend, device):
+    """A default layer (torch's kernels) under torch.compile's default compiler, forward and
+    backward, gives eager's results. Inductor's lowering of ``aten.mkldnn_rnn_layer`` fails
+    on the CPU (as it does for ``torch.nn.LSTM`` with ``torch._dynamo.config.allow_rnn``), so
+    fusedrnn runs torch's kernels eagerly between graphs, as torch.nn's modules do."""
+    torch.manual_seed(0)
+    model = fusedrnn.LSTM(4, 8, num_layers=2, backend=backend).to(device)
+    x = torch.randn(5, 3, 4, device=device)
+
+    def step(run):
+        out, (h_n, c_n) = run(x)
+        (out.square().mean() + h_n.sum() + c_n.sin().sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return [out.detach(), h_n.detach(), c_n.detach(), *grads]
+
+    eager = step(model)
+    compiled = step(torch.compile(model))
+    for index, (a, b) in enumerate(zip(compiled, eager)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), index
