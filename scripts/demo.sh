@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo
+echo "demo: python -m bench --quick $* (tiny shapes, about 15 s; CSV and plots in bench/out/)"
 exec "${PYTHON:-python3}" -m bench --quick "$@"

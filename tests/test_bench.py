@@ -339,12 +339,15 @@ def _synthetic_folder(folder: Path) -> None:
     base.update(cuda_version="13.0", python_version="3.12.0", fusedrnn_commit="deadbeef1234")
     for provider, status, median, reason in (
         ("torch", "ok", 4.0, ""),
+        ("reference", "ok", 3.9, ""),  # its spread overlaps torch's: ≈
         ("cuda", "ok", 2.0, ""),
         ("triton", "skipped", None, "backend 'triton' unavailable: triton cannot be imported"),
     ):
         row = dict(base, provider=provider, status=status, reason=reason, median_ms=median)
         if median:
-            row.update(p20_ms=median, p80_ms=median, speedup_vs_torch=4.0 / median)
+            spread = 0.5 if provider == "reference" else 0.0
+            row.update(p20_ms=median - spread, p80_ms=median + spread)
+            row.update(speedup_vs_torch=4.0 / median)
             row.update(floor_ms=0.5, floor_multiple=median / 0.5)
         rows.append(row)
     schema.write_rows(folder / "bench.csv", rows)
@@ -378,6 +381,7 @@ def test_report_summary_and_readme(tmp_path: Path) -> None:
     assert "2 passed, 1 failed, 0 error, 1 skipped" in summary
     assert "max error 3e-2 > 1e-2" in summary and "needs sm_90" in summary
     assert "2 ms (**2.00×**)" in summary  # cuda: 4 ms / 2 ms
+    assert "3.9 ms (≈)" in summary and "1.03×" not in summary  # overlapping spreads
     assert "triton cannot be imported" in summary  # the skipped row with its reason
     assert "1.50" in summary  # the barrier latency in µs
     text = readme.read_text()
