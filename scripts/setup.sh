@@ -50,7 +50,7 @@ fi
 step 2/4 "native extension fusedrnn._C (CMake + Ninja; Ninja prints [done/total] per file)"
 if command -v nvcc >/dev/null 2>&1 && [ "${FUSEDRNN_ENABLE_CUDA:-AUTO}" != "OFF" ]; then
   echo "  nvcc found: host backend + CUDA kernels (${FUSEDRNN_CUDA_ARCHS:-80;90a}). A full build"
-  echo "  usually takes several minutes (nvcc; 10+ on 2 busy cores); an up-to-date one a second."
+  echo "  usually takes 3-5 minutes on 2 busy cores (nvcc); an up-to-date one a second."
 else
   echo "  no nvcc (or FUSEDRNN_ENABLE_CUDA=OFF): host backend only. A full build usually takes"
   echo "  15-70 s on 2 cores; an up-to-date one a second."
