@@ -443,7 +443,8 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         "(ms per call: median [p20–p80]; vs torch.nn: 'N.NNx faster|slower' (median of the "
-        "per-round ratios) only where the two p20–p80 spreads do not overlap, '≈' where they do)"
+        "per-round ratios) only where the two p20–p80 spreads do not overlap and the ratio is "
+        f"beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
     )
     others = [r for r in rows if r["status"] != schema.STATUS_OK]
     if others:

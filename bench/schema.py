@@ -66,14 +66,27 @@ FASTER = "faster"
 SLOWER = "slower"
 SIMILAR = "≈"
 
+# A speed-up smaller than this factor is reported as ≈ even when the spreads separate: the
+# ratio of two providers within a few percent of each other drifts by that much between
+# consecutive runs on a CPU (measured: 0.83-1.05 for one pair over eight runs), so such a
+# verdict would not survive a second run.
+MIN_EFFECT = 1.10
+
 
 def verdict(
-    base_p20: float | None, base_p80: float | None, p20: float | None, p80: float | None
+    base_p20: float | None,
+    base_p80: float | None,
+    p20: float | None,
+    p80: float | None,
+    speedup: float | None = None,
 ) -> str | None:
     """``faster``/``slower`` than the base (torch) only when the two p20–p80 spreads do not
-    overlap, ``≈`` when they do; None when either spread is unknown."""
+    overlap and the speed-up (when given) is at least :data:`MIN_EFFECT` either way; ``≈``
+    otherwise; None when either spread is unknown."""
     if None in (base_p20, base_p80, p20, p80):
         return None
+    if speedup is not None and 1 / MIN_EFFECT < speedup < MIN_EFFECT:
+        return SIMILAR
     if p80 < base_p20:
         return FASTER
     if p20 > base_p80:
@@ -90,6 +103,7 @@ def row_verdict(row: Mapping[str, str], base: Mapping[str, str] | None) -> str |
         as_float(base.get("p80_ms")),
         as_float(row.get("p20_ms")),
         as_float(row.get("p80_ms")),
+        as_float(row.get("speedup_vs_torch")),
     )
 
 

@@ -8,7 +8,7 @@
   did not run a workload are marked "skipped"/"error".
 * ``speedup_workloads.png``: speed-up over ``torch`` (median of the paired per-round
   ratios) per workload, a line at 1, whiskers over the range the two p20–p80 spreads allow
-  and the verdict above each bar (+ faster, − slower, ≈ spreads overlap).
+  and the verdict above each bar (+ faster, − slower, ≈: spreads overlap or within 1.1x).
 * ``tokens_workloads.png``: throughput (real tokens/s) with whiskers, and the floor model's
   ceiling (tokens / floor_ms).
 * Quick-mode runs are titled as such in red (tiny shapes).
@@ -219,7 +219,7 @@ def workload_figure(rows: list[dict[str, str]], metric: str = "time", quick: boo
         ax.set_ylabel(METRICS[metric], fontsize=7)
         title = f"{mode}, {dtype}"
         if metric == "speedup":
-            title += "  (+ faster, − slower, ≈ spreads overlap)"
+            title += "  (+ faster, − slower, ≈ spreads overlap or within 1.1x)"
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3, which="both")
     for ax in axes[len(panels) :]:

@@ -226,6 +226,11 @@ def test_verdict_needs_separate_spreads() -> None:
     assert schema.verdict(1.0, 1.2, 1.1, 1.15) == schema.SIMILAR  # inside
     assert schema.verdict(1.0, 2.0, 0.2, 1.1) == schema.SIMILAR  # medians far apart, overlap
     assert schema.verdict(None, 1.2, 0.5, 0.9) is None
+    # spreads apart, but a speed-up under MIN_EFFECT (1.1x) either way is not claimed
+    assert schema.verdict(1.0, 1.01, 0.95, 0.99, speedup=1.05) == schema.SIMILAR
+    assert schema.verdict(1.0, 1.01, 1.02, 1.05, speedup=1 / 1.05) == schema.SIMILAR
+    assert schema.verdict(1.0, 1.01, 0.85, 0.9, speedup=1.15) == schema.FASTER
+    assert schema.verdict(1.0, 1.01, 1.1, 1.2, speedup=1 / 1.15) == schema.SLOWER
     base = {"status": "ok", "p20_ms": "1", "p80_ms": "1.2"}
     assert schema.row_verdict({"status": "ok", "p20_ms": "2", "p80_ms": "3"}, base) == "slower"
     assert schema.row_verdict({"status": "skipped", "p20_ms": "", "p80_ms": ""}, base) is None
