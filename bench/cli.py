@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-case-s",
         type=float,
         default=20.0,
-        help="cap on the timed part of one case: fewer repeats (>= 3) for slow cases (20)",
+        help="cap on the timed part of one case, in seconds per provider: fewer rounds (>= 3) "
+        "for slow cases (20)",
     )
     parser.add_argument(
         "--budget-s",

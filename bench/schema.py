@@ -68,7 +68,7 @@ SIMILAR = "≈"
 
 # A speed-up smaller than this factor is reported as ≈ even when the spreads separate: the
 # ratio of two providers within a few percent of each other drifts by that much between
-# consecutive runs on a CPU (measured: 0.83-1.05 for one pair over eight runs), so such a
+# consecutive runs on a CPU (measured: 0.83-1.05 for one pair over nine runs), so such a
 # verdict would not survive a second run.
 MIN_EFFECT = 1.10
 
