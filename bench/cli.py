@@ -25,6 +25,10 @@ from pathlib import Path
 from . import providers, runner, workloads
 from .workloads import DTYPES, MODES
 
+# Quick mode's timed runs per provider: enough for a p20–p80 spread that is not two samples
+# (tiny shapes: about 10 s for the whole matrix on one CPU core).
+QUICK_REPEATS = 21
+
 
 def _names(value: str | None, known: Sequence[str], what: str) -> list[str] | None:
     if value is None:
@@ -46,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="CPU smoke test: tiny shapes (B=4, I=H=32, T=16), float32, providers "
-        "torch,reference,host, 1 thread, 1 warm-up + 3 timed runs (seconds)",
+        help="CPU smoke test: tiny shapes (B=4..16, I=H=32, T=8..16), float32, providers "
+        f"torch,reference,host, 1 thread, 3 warm-up + {QUICK_REPEATS} timed runs (seconds)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
@@ -59,13 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", default=None, help="comma-separated: float32,bfloat16")
     parser.add_argument("--modes", default=None, help="comma-separated: forward,train")
     parser.add_argument("--sweep", action="store_true", help="add the batch/hidden-size sweeps")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed runs per provider and case (default 10; --quick {QUICK_REPEATS})",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs before timing (default 3)"
+    )
     parser.add_argument(
         "--max-case-s",
         type=float,
         default=20.0,
-        help="cap on the timed part of one case: fewer repeats (>= 3) for slow cases (20)",
+        help="cap on the timed part of one case, in seconds per provider: fewer rounds (>= 3) "
+        "for slow cases (20)",
     )
     parser.add_argument(
         "--budget-s",
@@ -92,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (torch.set_num_threads); --quick defaults to 1 so a shared CI "
         "machine gives stable numbers, otherwise torch's default",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "wall", "cpu"),
+        default="auto",
+        help="CPU timing clock: cpu = process CPU time, wall = time.perf_counter; auto "
+        "(default): cpu with one torch thread (immune to other processes on a shared "
+        "machine), else wall. A GPU is always timed with CUDA events",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNGs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -147,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["float32"] if quick else list(DTYPES)
     )
     modes = _names(args.modes, MODES, "modes") or list(MODES)
-    warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
-    repeats = args.repeats if args.repeats is not None else (3 if quick else 10)
+    warmup = args.warmup if args.warmup is not None else 3
+    repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if quick else 10)
 
     result = runner.run(
         chosen,
@@ -166,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh=args.fresh,
         plots=not args.no_plots,
         progress=not args.no_progress,
+        clock=args.clock,
     )
     session = result.session
-    print(f"fusedrnn bench on {session.env['device_name']} (run {session.run_id})")
+    print(runner.format_header(session, result.rows))
     print(runner.format_table(result.rows))
     print()
     print(f"csv:   {result.csv_path}")

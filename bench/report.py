@@ -152,10 +152,11 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 
 def _table(
     rows: list[dict[str, str]],
-    cell: Callable[[dict[str, str] | None], str],
+    cell: Callable[[dict[str, str] | None, dict[str, str] | None], str],
     providers: list[str],
 ) -> list[str]:
-    """A markdown table: one line per (workload, dtype), one column per provider."""
+    """A markdown table: one line per (workload, dtype), one column per provider; ``cell``
+    gets the provider's row and torch's row of the same case."""
     keys: list[tuple[str, str]] = []
     index: dict[tuple, dict[str, str]] = {}
     for row in rows:
@@ -168,24 +169,35 @@ def _table(
         "|---|---|" + "---:|" * len(providers),
     ]
     for key in keys:
-        cells = [cell(index.get((*key, p))) for p in providers]
+        cells = [cell(index.get((*key, p)), index.get((*key, "torch"))) for p in providers]
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _speed_cell(row: dict[str, str] | None) -> str:
+def _speedup_text(row: dict[str, str], base: dict[str, str] | None, bold: bool) -> str:
+    """'2.00×' where the two p20–p80 spreads separate, '≈' where they overlap (the
+    table's verdict, ``schema.verdict``), '' without a speed-up."""
+    speedup = schema.as_float(row["speedup_vs_torch"])
+    if speedup is None:
+        return ""
+    if schema.row_verdict(row, base) == schema.SIMILAR:
+        return "≈"
+    return f"**{speedup:.2f}×**" if bold else f"{speedup:.2f}×"
+
+
+def _speed_cell(row: dict[str, str] | None, base: dict[str, str] | None = None) -> str:
     if row is None:
         return ""
     if row["status"] != schema.STATUS_OK:
         return row["status"]
     text = f"{_fmt(schema.as_float(row['median_ms']))} ms"
-    speedup = schema.as_float(row["speedup_vs_torch"])
-    if speedup is not None and row["provider"] != "torch":
-        text += f" (**{speedup:.2f}×**)"
+    speedup = _speedup_text(row, base, bold=True)
+    if speedup and row["provider"] != "torch":
+        text += f" ({speedup})"
     return text
 
 
-def _speedup_only(row: dict[str, str] | None) -> str:
+def _speedup_only(row: dict[str, str] | None, base: dict[str, str] | None = None) -> str:
     if row is None:
         return ""
     if row["status"] != schema.STATUS_OK:
@@ -193,10 +205,10 @@ def _speedup_only(row: dict[str, str] | None) -> str:
     speedup = schema.as_float(row["speedup_vs_torch"])
     if row["provider"] == "torch":
         return "1.00×" if speedup is not None else "—"
-    return "n/a (no torch)" if speedup is None else f"{speedup:.2f}×"
+    return "n/a (no torch)" if speedup is None else _speedup_text(row, base, bold=False)
 
 
-def _floor_cell(row: dict[str, str] | None) -> str:
+def _floor_cell(row: dict[str, str] | None, base: dict[str, str] | None = None) -> str:
     if row is None or row["status"] != schema.STATUS_OK:
         return "" if row is None else row["status"]
     return _fmt(schema.as_float(row["floor_multiple"]), ".1f")
@@ -213,8 +225,9 @@ def speedup_section(rows: list[dict[str, str]]) -> str:
     lines = [
         "## Speed-up over torch.nn",
         "",
-        "Median time per call, and in bold torch.nn's median divided by the provider's "
-        "(same run, same device; >1 is faster than torch.nn: cuDNN on a GPU).",
+        "Median time per call, and in bold the speed-up over torch.nn (median of the "
+        "per-round ratios of interleaved runs, same device; >1 is faster than torch.nn: cuDNN "
+        "on a GPU); ≈ where the two p20–p80 spreads overlap or the ratio is within 1.1×.",
     ]
     for suite in ("workloads", "cpu", "sweep-batch", "sweep-hidden"):
         subset = [r for r in rows if r["suite"] == suite]
@@ -465,14 +478,15 @@ def readme_block(folder: Folder, readme: Path) -> str:
     subset = [r for r in folder.rows if r["suite"] == "workloads"]
     if subset:  # the GPU workloads: speed-ups only
         lines.append(
-            "Speed-up over torch.nn (torch.nn's median time / the provider's, same run; "
-            ">1 is faster):"
+            "Speed-up over torch.nn (median of the per-round ratios, same run; >1 is faster; "
+            "≈ where the p20–p80 spreads overlap or the ratio is within 1.1×):"
         )
         providers, cell = [p for p in _providers(subset) if p != "torch"], _speedup_only
     else:  # a CPU-only report (the host targets C1/C2): medians and speed-ups
         subset = [r for r in folder.rows if r["suite"] == "cpu"]
         lines.append(
-            "Median time per call and, in bold, speed-up over torch.nn (same run; >1 is faster):"
+            "Median time per call and, in bold, speed-up over torch.nn (same run; >1 is "
+            "faster; ≈ where the p20–p80 spreads overlap or the ratio is within 1.1×):"
         )
         providers, cell = _providers(subset), _speed_cell
     for mode in _modes(subset):

@@ -23,7 +23,7 @@ import torch
 
 from . import floor, providers, schema
 from .env import REPO_ROOT, environment
-from .timing import peak_memory, time_callable
+from .timing import CLOCKS, Timing, cpu_clock, paired_ratio, peak_memory, time_interleaved
 from .workloads import Workload
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
@@ -54,6 +54,7 @@ class Session:
         compile_max_steps: int = providers.DEFAULT_COMPILE_MAX_STEPS,
         budget_s: float | None = None,
         measure_floor: bool = True,
+        clock: str = "auto",
     ) -> None:
         import fusedrnn
 
@@ -66,12 +67,13 @@ class Session:
         self.deadline = None if not budget_s else time.monotonic() + budget_s
         self.budget_s = budget_s
         self.measure_floor = measure_floor
+        self.clock = cpu_clock(device) if clock == "auto" else clock
         self.started = _utc_now()
         self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{os.getpid()}"
         self.env = environment(device)
         self.availability = fusedrnn.available_backends()
         self._ceilings: dict[str, floor.Ceilings] = {}
-        self._torch_median: dict[tuple, float] = {}
+        self._torch_timing: dict[tuple, Timing] = {}
 
     # ------------------------------------------------------------------ ceilings
     def ceilings(self, dtype: str) -> floor.Ceilings | None:
@@ -95,74 +97,138 @@ class Session:
     def measure(
         self, workload: Workload, dtype: str, mode: str, provider: str, keep: bool = False
     ) -> CaseResult:
-        """Measure one case (or record why not). ``keep`` returns the prepared callable."""
-        row = self.base_row(workload, dtype, mode, provider)
+        """Measure one provider alone (or record why not). ``keep`` returns the prepared
+        callable. Its speed-up uses torch's earlier, separate measurement of the same case."""
+        return self.measure_case(workload, dtype, mode, [provider], keep=keep)[0]
+
+    def measure_case(
+        self,
+        workload: Workload,
+        dtype: str,
+        mode: str,
+        provider_names: Sequence[str],
+        keep: bool = False,
+    ) -> list[CaseResult]:
+        """Measure the providers of one (workload, dtype, mode) interleaved, round by round
+        (``bench.timing.time_interleaved``); one row each, measured, skipped or failed."""
         cost = floor.cost(workload, mode, dtype)
-        row["flops"] = cost.flops
-        row["bytes"] = cost.bytes
         ceilings = self.ceilings(dtype)
         floor_s = floor.floor_seconds(cost, ceilings) if ceilings else None
-        row["floor_ms"] = None if floor_s is None else floor_s * 1e3
-        row["warmup"] = self.warmup
-        prepared = None
-
-        reason = providers.skip_reason(
-            provider, workload, self.device, self.availability, self.compile_max_steps
-        )
-        if reason is None and self.deadline is not None and time.monotonic() > self.deadline:
-            reason = f"time budget (--budget-s {self.budget_s:g}) exhausted before this case"
-        if reason is not None:
-            row.update(status=schema.STATUS_SKIPPED, reason=reason)
-        else:
+        rows: dict[str, dict[str, object]] = {}
+        prepared: dict[str, providers.Prepared] = {}
+        for provider in provider_names:
+            row = self.base_row(workload, dtype, mode, provider)
+            row.update(flops=cost.flops, bytes=cost.bytes, warmup=self.warmup)
+            row["floor_ms"] = None if floor_s is None else floor_s * 1e3
+            rows[provider] = row
+            reason = providers.skip_reason(
+                provider, workload, self.device, self.availability, self.compile_max_steps
+            )
+            if reason is None and self.deadline is not None and time.monotonic() > self.deadline:
+                reason = f"time budget (--budget-s {self.budget_s:g}) exhausted before this case"
+            if reason is not None:
+                row.update(status=schema.STATUS_SKIPPED, reason=reason)
+                continue
             try:
-                prepared = providers.prepare(provider, workload, dtype, mode, self.device)
-                timing = time_callable(
-                    prepared.fn,
-                    self.device,
-                    warmup=self.warmup,
-                    repeats=self.repeats,
-                    setup=prepared.setup,
-                    max_seconds=self.max_case_s,
-                )
-                peak, method = peak_memory(prepared.fn, self.device, prepared.setup)
+                prepared[provider] = providers.prepare(provider, workload, dtype, mode, self.device)
             except Exception as error:  # recorded in the row, never raised
                 status, reason = providers.classify_failure(provider, error)
                 row.update(status=status, reason=reason)
-                prepared = None
-            else:
-                median = timing.median_s
-                notes = prepared.notes
-                if provider == "reference-compiled":
-                    notes += (
-                        f"; first call (compile) {timing.first_s:.1f} s; "
-                        f"graph breaks {providers.graph_breaks()}"
-                    )
-                row.update(
-                    status=schema.STATUS_OK,
-                    reason="",
-                    median_ms=median * 1e3,
-                    p20_ms=timing.p20_s * 1e3,
-                    p80_ms=timing.p80_s * 1e3,
-                    step_us=median * 1e6 / workload.steps,
-                    tokens_per_s=workload.tokens / median,
-                    repeats=len(timing.times_s),
-                    warmup=timing.warmup,
-                    peak_mem_bytes=peak,
-                    peak_mem_method=method,
-                    notes=notes,
+
+        timings = self._time(prepared, rows)
+        for provider, timing in timings.items():
+            self._record(rows[provider], prepared[provider], timing, workload, floor_s)
+        key = (workload, dtype, mode)
+        if "torch" in timings:
+            self._torch_timing[key] = timings["torch"]
+        base = self._torch_timing.get(key)
+        for provider, timing in timings.items():
+            if base is not None:
+                # interleaved with torch in this call: paired per-round ratios
+                together = "torch" in timings
+                rows[provider]["speedup_vs_torch"] = (
+                    paired_ratio(base, timing) if together else base.median_s / timing.median_s
                 )
-                if floor_s:
-                    row["floor_multiple"] = median / floor_s
-                key = (workload, dtype, mode)
-                if provider == "torch":
-                    self._torch_median[key] = median
-                if key in self._torch_median:
-                    row["speedup_vs_torch"] = self._torch_median[key] / median
-        row["timestamp"] = _utc_now().isoformat(timespec="seconds")
+        results = []
+        for provider in provider_names:
+            rows[provider]["timestamp"] = _utc_now().isoformat(timespec="seconds")
+            kept = prepared.get(provider) if keep and provider in timings else None
+            results.append(CaseResult(rows[provider], kept))
         if not keep:
-            prepared = None
+            prepared.clear()
             release(self.device)
-        return CaseResult(row, prepared)
+        return results
+
+    def _time(
+        self, prepared: dict[str, providers.Prepared], rows: dict[str, dict[str, object]]
+    ) -> dict[str, Timing]:
+        """Interleaved timings of the prepared providers; one that raises is recorded in its
+        row and the others are timed again without it."""
+        calls = dict(prepared)
+        while calls:
+            try:
+                return time_interleaved(
+                    {name: (p.fn, p.setup) for name, p in calls.items()},
+                    self.device,
+                    warmup=self.warmup,
+                    repeats=self.repeats,
+                    max_seconds=self.max_case_s,
+                    clock=self.clock,
+                )
+            except Exception as error:
+                culprits = []
+                for name, case in calls.items():  # which one raised: run each once
+                    try:
+                        case.setup()
+                        case.fn()
+                    except Exception as own_error:
+                        status, reason = providers.classify_failure(name, own_error)
+                        rows[name].update(status=status, reason=reason)
+                        culprits.append(name)
+                if not culprits:  # none fails alone: every row gets the error
+                    for name in calls:
+                        status, reason = providers.classify_failure(name, error)
+                        rows[name].update(status=status, reason=reason)
+                    return {}
+                calls = {n: c for n, c in calls.items() if n not in culprits}
+        return {}
+
+    def _record(
+        self,
+        row: dict[str, object],
+        prepared: providers.Prepared,
+        timing: Timing,
+        workload: Workload,
+        floor_s: float | None,
+    ) -> None:
+        provider = str(row["provider"])
+        try:
+            peak, method = peak_memory(prepared.fn, self.device, prepared.setup)
+        except Exception as error:  # recorded in the row, never raised
+            peak, method = None, f"not measured: {type(error).__name__}: {error}"
+        median = timing.median_s
+        notes = prepared.notes
+        if provider == "reference-compiled":
+            notes += (
+                f"; first call (compile) {timing.first_s:.1f} s; "
+                f"graph breaks {providers.graph_breaks()}"
+            )
+        row.update(
+            status=schema.STATUS_OK,
+            reason="",
+            median_ms=median * 1e3,
+            p20_ms=timing.p20_s * 1e3,
+            p80_ms=timing.p80_s * 1e3,
+            step_us=median * 1e6 / workload.steps,
+            tokens_per_s=workload.tokens / median,
+            repeats=len(timing.times_s),
+            warmup=timing.warmup,
+            peak_mem_bytes=peak,
+            peak_mem_method=method,
+            notes=notes,
+        )
+        if floor_s:
+            row["floor_multiple"] = median / floor_s
 
     def metadata(self) -> dict[str, object]:
         return {
@@ -176,6 +242,7 @@ class Session:
                 "warmup": self.warmup,
                 "repeats": self.repeats,
                 "max_case_s": self.max_case_s,
+                "clock": self.clock,
                 "compile_max_steps": self.compile_max_steps,
                 "budget_s": self.budget_s,
                 "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -270,9 +337,10 @@ def run(
     plots: bool = True,
     progress: bool = True,
     csv_name: str = CSV_NAME,
+    clock: str = "auto",
 ) -> RunResult:
-    """Measure every (workload, dtype, mode, provider); torch first in each case so the
-    speed-up of the others is known when their row is written."""
+    """Measure every (workload, dtype, mode, provider): the providers of one (workload,
+    dtype, mode) interleaved round by round, so their ratios are paired."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     appender = schema.CsvAppender(out / csv_name, fresh=fresh)
@@ -286,17 +354,19 @@ def run(
         max_case_s=max_case_s,
         compile_max_steps=compile_max_steps,
         budget_s=budget_s,
+        clock=clock,
     )
-    cases = [(w, d, m, p) for w in workloads for d in dtypes for m in modes for p in ordered]
+    cases = [(w, d, m) for w in workloads for d in dtypes for m in modes]
     bar = progress_bar(len(cases), progress)
     rows = []
-    for workload, dtype, mode, provider in cases:
-        row = session.measure(workload, dtype, mode, provider).row
-        appender.write(row)
-        rows.append(row)
+    for workload, dtype, mode in cases:
+        measured = [r.row for r in session.measure_case(workload, dtype, mode, ordered)]
+        for row in measured:
+            appender.write(row)
+        rows.extend(measured)
         if bar is not None:
-            status = row["status"] if row["status"] != "ok" else f"{row['median_ms']:.3g} ms"
-            bar.update(f"{workload.name} {mode} {dtype} {provider}: {status}")
+            done = sum(r["status"] == schema.STATUS_OK for r in measured)
+            bar.update(f"{workload.name} {mode} {dtype}: {done}/{len(measured)} measured")
     if bar is not None:
         bar.close()
     metadata_path = out / f"env-{session.run_id}.json"
@@ -307,7 +377,7 @@ def run(
     if plots:
         from . import visualize
 
-        drawn = visualize.plot_csv(out / csv_name, out, run_id=session.run_id)
+        drawn = visualize.plot_csv(out / csv_name, out, run_id=session.run_id, quick=quick)
     return RunResult(rows, out / csv_name, drawn, metadata_path, session)
 
 
@@ -316,9 +386,26 @@ def _fmt_ms(value: object) -> str:
     return "" if value in (None, "") else f"{float(value):.3g}"
 
 
+def _spread_text(row: dict[str, object]) -> str:
+    return f"{_fmt_ms(row['median_ms'])} [{_fmt_ms(row['p20_ms'])}–{_fmt_ms(row['p80_ms'])}]"
+
+
+def _verdict_text(row: dict[str, object], base: dict[str, object] | None) -> str:
+    """'2.10x faster' / '0.26x slower' where the spreads separate, '≈' where they overlap."""
+    strings = schema.as_strings
+    judged = schema.row_verdict(strings(row), None if base is None else strings(base))
+    if judged is None:
+        return ""
+    if judged == schema.SIMILAR:
+        return schema.SIMILAR
+    speedup = float(row["speedup_vs_torch"])  # type: ignore[arg-type]
+    return f"{speedup:.2f}x {judged}"
+
+
 def format_table(rows: Iterable[dict[str, object]]) -> str:
-    """A text table: one line per (workload, mode, dtype); per provider its median time and
-    speed-up over torch; then the skipped and failed rows with their reasons."""
+    """A text table: one line per (workload, mode, dtype) with the workload's shape; per
+    provider the median [p20–p80] ms and the verdict against torch; then the skipped and
+    failed rows with their reasons."""
     rows = list(rows)
     provider_names: list[str] = []
     for row in rows:
@@ -326,25 +413,39 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
             provider_names.append(str(row["provider"]))
     keys: list[tuple] = []
     cells: dict[tuple, dict[str, str]] = {}
+    shapes: dict[tuple, str] = {}
+    torch_rows = {
+        (r["workload"], r["mode"], r["dtype"]): r
+        for r in rows
+        if r["provider"] == "torch" and r["status"] == schema.STATUS_OK
+    }
     for row in rows:
         key = (row["workload"], row["mode"], row["dtype"])
         if key not in cells:
             keys.append(key)
             cells[key] = {}
+            shapes[key] = schema.shape_label(row)
         if row["status"] == schema.STATUS_OK:
-            text = f"{_fmt_ms(row['median_ms'])} ms"
-            speedup = row.get("speedup_vs_torch")
-            if row["provider"] != "torch" and speedup not in (None, ""):
-                text += f" ({float(speedup):.2f}x)"
+            text = _spread_text(row)
+            if row["provider"] != "torch":
+                text = f"{text} {_verdict_text(row, torch_rows.get(key))}".rstrip()
         else:
             text = str(row["status"])
         cells[key][str(row["provider"])] = text
-    header = ["workload", "mode", "dtype", *provider_names]
-    body = [[*map(str, key), *(cells[key].get(p, "") for p in provider_names)] for key in keys]
+    header = ["workload", "shape", "mode", "dtype", *provider_names]
+    body = [
+        [key[0], shapes[key], key[1], key[2], *(cells[key].get(p, "") for p in provider_names)]
+        for key in keys
+    ]
+    body = [[str(c) for c in line] for line in body]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("(median time per call; (Nx) = speed-up over torch.nn in this run, >1 is faster)")
+    lines.append(
+        "(ms per call: median [p20–p80]; vs torch.nn: 'N.NNx faster|slower' (median of the "
+        "per-round ratios) only where the two p20–p80 spreads do not overlap and the ratio is "
+        f"beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
+    )
     others = [r for r in rows if r["status"] != schema.STATUS_OK]
     if others:
         lines.append("")
@@ -354,4 +455,27 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
                 f"  {r['status']}: {r['provider']} {r['workload']} {r['mode']} {r['dtype']}: "
                 f"{r['reason']}"
             )
+    return "\n".join(lines)
+
+
+def format_header(session: Session, rows: Sequence[dict[str, object]]) -> str:
+    """What the numbers were measured on and how: device, threads, mode, shapes, timing."""
+    env = session.env
+    taken = sorted({int(str(r["repeats"])) for r in rows if r["status"] == schema.STATUS_OK})
+    repeats = "–".join(str(n) for n in (taken[0], taken[-1])) if taken else str(session.repeats)
+    if taken and taken[0] == taken[-1]:
+        repeats = str(taken[0])
+    lines = [
+        f"fusedrnn bench on {env['device_name']} (run {session.run_id})",
+        f"  device {env['device']}, torch {env['torch_version']}, "
+        f"{torch.get_num_threads()} CPU thread(s), fusedrnn {env['fusedrnn_commit'][:12]}",
+        f"  timing: {session.warmup} warm-up + {repeats} timed runs per provider, interleaved "
+        "round by round (torch, A, B, then A, B, torch, ...)",
+        f"  clock: {CLOCKS[session.clock]}",
+    ]
+    if session.quick:
+        lines.append(
+            "  QUICK MODE: tiny shapes (see 'shape'), float32, a smoke test of the whole "
+            "matrix; these times say little about real sizes (python -m bench --list)"
+        )
     return "\n".join(lines)

@@ -44,7 +44,8 @@ COLUMN_DOCS: dict[str, str] = {
     "bytes": "floor model: minimal DRAM bytes of one call",
     "floor_ms": "floor model: lower bound of one call on this device (ms)",
     "floor_multiple": "median_ms / floor_ms",
-    "speedup_vs_torch": "torch's median / this median, same run, same case (empty if none)",
+    "speedup_vs_torch": "median over the rounds of torch's time / this provider's time, both "
+    "timed in the same round of interleaved runs (same run, same case; empty if none)",
     "device": "cpu | cuda",
     "device_name": "GPU name, or the CPU model and thread count",
     "torch_version": "torch.__version__",
@@ -60,6 +61,67 @@ COLUMNS: tuple[str, ...] = tuple(COLUMN_DOCS)
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
 STATUS_ERROR = "error"
+
+FASTER = "faster"
+SLOWER = "slower"
+SIMILAR = "≈"
+
+# A speed-up smaller than this factor is reported as ≈ even when the spreads separate: the
+# ratio of two providers within a few percent of each other drifts by that much between
+# consecutive runs on a CPU (measured: 0.83-1.05 for one pair over nine runs), so such a
+# verdict would not survive a second run.
+MIN_EFFECT = 1.10
+
+
+def verdict(
+    base_p20: float | None,
+    base_p80: float | None,
+    p20: float | None,
+    p80: float | None,
+    speedup: float | None = None,
+) -> str | None:
+    """``faster``/``slower`` than the base (torch) only when the two p20–p80 spreads do not
+    overlap and the speed-up (when given) is at least :data:`MIN_EFFECT` either way; ``≈``
+    otherwise; None when either spread is unknown."""
+    if None in (base_p20, base_p80, p20, p80):
+        return None
+    if speedup is not None and 1 / MIN_EFFECT < speedup < MIN_EFFECT:
+        return SIMILAR
+    if p80 < base_p20:
+        return FASTER
+    if p20 > base_p80:
+        return SLOWER
+    return SIMILAR
+
+
+def row_verdict(row: Mapping[str, str], base: Mapping[str, str] | None) -> str | None:
+    """:func:`verdict` of two CSV rows (``base``: torch's row of the same run and case)."""
+    if base is None or row.get("status") != STATUS_OK or base.get("status") != STATUS_OK:
+        return None
+    return verdict(
+        as_float(base.get("p20_ms")),
+        as_float(base.get("p80_ms")),
+        as_float(row.get("p20_ms")),
+        as_float(row.get("p80_ms")),
+        as_float(row.get("speedup_vs_torch")),
+    )
+
+
+def shape_label(row: Mapping[str, object]) -> str:
+    """A workload's shape from its CSV cells: 'LSTM B=4 I=H=32 T=16' (+ layers, bidirectional,
+    packed, regularizers)."""
+    cell = str(row["cell"]).upper()
+    size = f"I=H={row['H']}" if str(row["I"]) == str(row["H"]) else f"I={row['I']} H={row['H']}"
+    parts = [cell, f"B={row['B']}", size, f"T={row['T']}"]
+    if str(row.get("layers", "1")) not in ("", "1"):
+        parts.append(f"L={row['layers']}")
+    if str(row.get("bidirectional")) == "True":
+        parts.append("bidir")
+    if str(row.get("packed")) == "True":
+        parts.append("packed")
+    if row.get("regularizers"):
+        parts.append("dropout+zoneout")
+    return " ".join(parts)
 
 
 class SchemaError(ValueError):

@@ -7,6 +7,7 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench import schema
+from bench.cli import QUICK_REPEATS
 from bench.env import resolve_device
 from bench.runner import Session, release
 from bench.timing import synchronize
@@ -24,8 +25,8 @@ def bench_session(request: pytest.FixtureRequest) -> tuple[Session, schema.CsvAp
     session = Session(
         resolve_device(config.getoption("--bench-device")),
         quick=quick,
-        warmup=warmup if warmup is not None else (1 if quick else 3),
-        repeats=repeats if repeats is not None else (3 if quick else 10),
+        warmup=warmup if warmup is not None else 3,
+        repeats=repeats if repeats is not None else (QUICK_REPEATS if quick else 10),
     )
     csv_path = config.getoption("--bench-csv")
     appender = schema.CsvAppender(csv_path) if csv_path else None

@@ -1,9 +1,13 @@
 """Timing and memory measurement.
 
-Method: ``warmup`` untimed runs, then ``repeats`` timed runs, each timed on its own. On CUDA
+Method: ``warmup`` untimed runs, then ``repeats`` timed runs, each timed on its own. The
+providers of one case are timed interleaved (:func:`time_interleaved`): round r times every
+provider once (A B C, then B C A, ...), so a slow spell of a shared machine hits all of them
+alike and each round gives one paired ratio. On CUDA
 every run is bracketed by CUDA events on the current stream and the end event is waited on
 (so the time is the GPU's, including every kernel the call launched); on the CPU every run is
-timed with ``time.perf_counter``. Reported: median and the 20th/80th percentiles.
+timed with ``time.perf_counter``, or, with one torch thread, with the process's CPU time
+(``time.process_time``, see :data:`CLOCKS`). Reported: median and the 20th/80th percentiles.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over one extra run after
 ``reset_peak_memory_stats`` (the process's peak during that run: weights, inputs, outputs,
@@ -15,6 +19,7 @@ counter and ``tracemalloc`` cannot see torch's allocations, so the cell stays em
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +72,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_once(fn: Callable[[], object], device: torch.device) -> float:
+def _timed_once(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> float:
     if device.type == "cuda":
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -76,9 +81,26 @@ def _timed_once(fn: Callable[[], object], device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    begin = now()
     fn()
-    return time.perf_counter() - begin
+    return now() - begin
+
+
+def cpu_clock(device: torch.device) -> str:
+    """The clock :func:`time_interleaved` uses by default on ``device``: on a CPU with one
+    torch thread the process's CPU time ("cpu"), else wall time ("wall")."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return "cpu"
+    return "wall"
+
+
+CLOCKS = {
+    "wall": "wall time (CUDA events on a GPU, time.perf_counter on a CPU)",
+    "cpu": "process CPU time (time.process_time): with one thread it is the wall time the "
+    "call takes on an idle machine, and time the OS gives to other processes on a shared "
+    "machine is not counted",
+}
 
 
 def time_callable(
@@ -113,6 +135,70 @@ def time_callable(
             setup()
         times.append(_timed_once(fn, device))
     return Timing(times_s=times, warmup=warmup, first_s=first)
+
+
+def time_interleaved(
+    calls: dict[str, tuple[Callable[[], object], Callable[[], object] | None]],
+    device: torch.device,
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    max_seconds: float | None = None,
+    min_repeats: int = 3,
+    clock: str = "wall",
+) -> dict[str, Timing]:
+    """Time several callables ``{name: (fn, setup)}`` round by round (see the module
+    docstring): every name gets the same number of timed runs, ``times_s[r]`` of each taken
+    in round ``r``. The order rotates each round so no provider always runs first.
+
+    ``max_seconds`` caps the timed part per provider on average: when the last warm-up
+    round says ``repeats`` rounds would take longer than ``max_seconds * len(calls)``, fewer
+    rounds are taken (never fewer than ``min_repeats``). ``clock``: see :data:`CLOCKS`
+    (CPU only; a GPU is always timed with CUDA events).
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
+    names = list(calls)
+    warmup = max(1, warmup)
+    synchronize(device)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for index in range(warmup):
+        for name in names:
+            fn, setup = calls[name]
+            if setup is not None:
+                setup()
+            last[name] = _timed_once(fn, device, clock)
+            if index == 0:
+                first[name] = last[name]
+    round_s = sum(last.values())
+    if max_seconds is not None and round_s > 0:
+        repeats = max(min_repeats, min(repeats, int(max_seconds * len(names) / round_s)))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    # As timeit does: no cyclic garbage collection inside the timed rounds (a collection
+    # pass would land on whichever call happened to trigger it).
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(max(1, repeats)):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn, setup = calls[name]
+                if setup is not None:
+                    setup()
+                times[name].append(_timed_once(fn, device, clock))
+    finally:
+        if collecting:
+            gc.enable()
+    return {name: Timing(times[name], warmup, first[name]) for name in names}
+
+
+def paired_ratio(base: Timing, other: Timing) -> float:
+    """Median over rounds of ``base time / other time`` (speed-up of ``other`` over ``base``)
+    from two interleaved timings."""
+    ratios = [b / o for b, o in zip(base.times_s, other.times_s) if o > 0]
+    return percentile(ratios, 50)
 
 
 def peak_memory(

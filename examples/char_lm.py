@@ -3,8 +3,10 @@
 embedding -> fusedrnn.LSTM with variational dropout (``input_dropout``, ``recurrent_dropout``)
 and zoneout (``zoneout_cell``, ``zoneout_hidden``) -> linear, trained with Adam on a corpus
 that is on every machine with Python: a few modules of the standard library
-(``sysconfig.get_paths()["stdlib"]``). Prints the training loss and time of each epoch, the
-validation loss, and a generated sample.
+(``sysconfig.get_paths()["stdlib"]``). Prints progress within each epoch (step, loss,
+tokens/s; ``--log-every``), the training loss and time of each epoch, the validation loss,
+and a generated sample. Defaults (``--help`` lists them all): 1 epoch of 100 steps, B=32,
+T=64, H=256.
 
     python examples/char_lm.py --backend host --epochs 3 --steps 200
     python examples/char_lm.py --device cuda --backend triton --hidden 512 --seq-len 128
@@ -68,6 +70,7 @@ class Config:
     max_chars: int = 200_000  # corpus size cap
     sample_len: int = 200
     dtype: str = "float32"
+    log_every: int = 10  # progress line every this many steps within an epoch (0: none)
     verbose: bool = True
 
 
@@ -199,7 +202,8 @@ def train(cfg: Config) -> dict:
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         epoch_losses = []
-        for _ in range(cfg.steps):
+        since, since_step = start, 0
+        for step in range(1, cfg.steps + 1):
             x, y = _batch(train_data, cfg, batches, device)
             logits, _ = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -209,6 +213,16 @@ def train(cfg: Config) -> dict:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             epoch_losses.append(loss.item())
+            if cfg.log_every > 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()  # loss.item() above waited for the device
+                recent = epoch_losses[since_step:]
+                tokens_per_s = len(recent) * cfg.batch * cfg.seq_len / max(now - since, 1e-9)
+                log(
+                    f"  epoch {epoch + 1}/{cfg.epochs} step {step}/{cfg.steps}: "
+                    f"loss {sum(recent) / len(recent):.4f} (mean of the last {len(recent)}), "
+                    f"{tokens_per_s:,.0f} tokens/s, {now - start:.1f} s into the epoch"
+                )
+                since, since_step = now, step
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -234,33 +248,64 @@ def train(cfg: Config) -> dict:
     }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every flag's default and keeps the description's line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="python examples/char_lm.py",
+        description=__doc__,
+        formatter_class=_HelpFormatter,
+    )
+    add = p.add_argument
+    add(
+        "--backend", default=d.backend, help="fusedrnn backend: auto, host, triton, cuda, reference"
+    )
+    add("--device", default=d.device, help="cpu, cuda, cuda:N or auto (cuda when available)")
+    add("--epochs", type=int, default=d.epochs, help="passes of --steps optimizer steps each")
+    add("--steps", type=int, default=d.steps, help="optimizer steps per epoch")
+    add("--seed", type=int, default=d.seed, help="seed of the weights, batches, masks and sample")
+    add("--hidden", type=int, default=d.hidden, help="LSTM hidden size")
+    add("--layers", type=int, default=d.layers, help="stacked LSTM layers")
+    add("--embed", type=int, default=d.embed, help="character embedding size (the LSTM's input)")
+    add("--seq-len", type=int, default=d.seq_len, help="characters per training sequence (T)")
+    add("--batch", type=int, default=d.batch, help="sequences per step (B)")
+    add("--lr", type=float, default=d.lr, help="Adam learning rate")
+    add("--clip", type=float, default=d.clip, help="gradient-norm clip (0: none)")
+    add("--input-dropout", type=float, default=d.input_dropout, help="variational input dropout")
+    add(
+        "--recurrent-dropout",
+        type=float,
+        default=d.recurrent_dropout,
+        help="variational dropout on the recurrent input h",
+    )
+    add("--zoneout-cell", type=float, default=d.zoneout_cell, help="zoneout probability of c")
+    add("--zoneout-hidden", type=float, default=d.zoneout_hidden, help="zoneout probability of h")
+    add("--max-chars", type=int, default=d.max_chars, help="corpus size cap (characters)")
+    add("--sample-len", type=int, default=d.sample_len, help="characters to generate (0: none)")
+    add("--dtype", default=d.dtype, choices=("float32", "float64"), help="parameter dtype")
+    add(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help="print step, loss and tokens/s every this many steps within an epoch (0: never)",
+    )
+    add("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
 def parse_args(argv=None) -> Config:
-    defaults = Config()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default=defaults.backend, help="fusedrnn backend (auto, ...)")
-    p.add_argument("--device", default=defaults.device, help="cpu, cuda or auto")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps/epoch")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--hidden", type=int, default=defaults.hidden)
-    p.add_argument("--layers", type=int, default=defaults.layers)
-    p.add_argument("--embed", type=int, default=defaults.embed)
-    p.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    p.add_argument("--batch", type=int, default=defaults.batch)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--input-dropout", type=float, default=defaults.input_dropout)
-    p.add_argument("--recurrent-dropout", type=float, default=defaults.recurrent_dropout)
-    p.add_argument("--zoneout-cell", type=float, default=defaults.zoneout_cell)
-    p.add_argument("--zoneout-hidden", type=float, default=defaults.zoneout_hidden)
-    p.add_argument("--sample-len", type=int, default=defaults.sample_len)
-    p.add_argument("--dtype", default=defaults.dtype, choices=("float32", "float64"))
-    args = p.parse_args(argv)
-    return Config(**{k: v for k, v in vars(args).items()})
+    args = vars(build_parser().parse_args(argv))
+    args["verbose"] = not args.pop("quiet")
+    return Config(**args)
 
 
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
-    print(f"fusedrnn backends: {fusedrnn.available_backends()}")
+    if cfg.verbose:
+        print(f"fusedrnn backends: {fusedrnn.available_backends()}")
     return train(cfg)
 
 

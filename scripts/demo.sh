@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo
+echo "demo: python -m bench --quick $* (tiny shapes, 10-30 s; writes a CSV and plots, default bench/out/)"
 exec "${PYTHON:-python3}" -m bench --quick "$@"

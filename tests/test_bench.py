@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ is not installed: plain `pytest` must find it too
     sys.path.insert(0, str(REPO))
 
-from bench import floor, providers, schema, visualize, workloads  # noqa: E402
-from bench.timing import percentile  # noqa: E402
+from bench import cli, floor, providers, runner, schema, visualize, workloads  # noqa: E402
+from bench.timing import Timing, paired_ratio, percentile, time_interleaved  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -85,16 +86,34 @@ def test_quick_lists_skipped_rows_with_reasons(quick_run: tuple[Path, str]) -> N
         assert "zoneout" in row["reason"] and row["regularizers"]
         assert row["median_ms"] == ""
     assert "skipped: torch W4" in stdout  # the printed table lists it too
-    # speed-ups only where torch ran, computed in this run
+    # speed-ups only where torch ran, computed in this run (paired per-round ratios: the
+    # times themselves are not in the CSV, so only their sign and presence are checked here)
     by_case = {(r["workload"], r["mode"], r["provider"]): r for r in rows}
-    ref = by_case[("W1", "forward", "reference")]
-    base = by_case[("W1", "forward", "torch")]
-    assert math.isclose(
-        float(ref["speedup_vs_torch"]),
-        float(base["median_ms"]) / float(ref["median_ms"]),
-        rel_tol=1e-3,
-    )
+    assert float(by_case[("W1", "forward", "reference")]["speedup_vs_torch"]) > 0
     assert by_case[("W4", "forward", "reference")]["speedup_vs_torch"] == ""
+    assert all(r["repeats"] == str(cli.QUICK_REPEATS) for r in rows if r["status"] == "ok")
+
+
+def test_quick_says_what_it_measured(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
+    header = stdout.split("workload  ")[0]
+    assert "QUICK MODE: tiny shapes" in header
+    assert "fusedrnn bench on " in header and "device cpu" in header
+    assert "1 CPU thread(s)" in header
+    assert f"3 warm-up + {cli.QUICK_REPEATS} timed runs per provider, interleaved" in header
+    assert "clock: process CPU time" in header  # one thread on a CPU: the auto clock
+    rows = schema.read_rows(out / "bench.csv")
+    torch_rows = {(r["workload"], r["mode"]): r for r in rows if r["provider"] == "torch"}
+    lines = stdout.splitlines()
+    for row in rows:
+        if row["provider"] != "host" or row["status"] != "ok" or row["workload"] == "W4":
+            continue
+        # the table line of this case names the shape and shows host's spread and verdict
+        line = next(x for x in lines if x.startswith(row["workload"] + " ") and row["mode"] in x)
+        assert schema.shape_label(row) in line
+        assert f"[{float(row['p20_ms']):.3g}–{float(row['p80_ms']):.3g}]" in line
+        judged = schema.row_verdict(row, torch_rows[(row["workload"], row["mode"])])
+        assert line.rstrip().endswith(judged), (line, judged)
 
 
 def test_quick_draws_plots_and_metadata(quick_run: tuple[Path, str]) -> None:
@@ -199,6 +218,106 @@ def test_percentile_matches_numpy() -> None:
         assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
 
 
+def test_verdict_needs_separate_spreads() -> None:
+    # (base p20, base p80, p20, p80): faster/slower only when the spreads do not overlap
+    assert schema.verdict(1.0, 1.2, 0.5, 0.9) == schema.FASTER
+    assert schema.verdict(1.0, 1.2, 1.3, 2.0) == schema.SLOWER
+    assert schema.verdict(1.0, 1.2, 0.5, 1.0) == schema.SIMILAR  # touching: overlap
+    assert schema.verdict(1.0, 1.2, 1.1, 1.15) == schema.SIMILAR  # inside
+    assert schema.verdict(1.0, 2.0, 0.2, 1.1) == schema.SIMILAR  # medians far apart, overlap
+    assert schema.verdict(None, 1.2, 0.5, 0.9) is None
+    # spreads apart, but a speed-up under MIN_EFFECT (1.1x) either way is not claimed
+    assert schema.verdict(1.0, 1.01, 0.95, 0.99, speedup=1.05) == schema.SIMILAR
+    assert schema.verdict(1.0, 1.01, 1.02, 1.05, speedup=1 / 1.05) == schema.SIMILAR
+    assert schema.verdict(1.0, 1.01, 0.85, 0.9, speedup=1.15) == schema.FASTER
+    assert schema.verdict(1.0, 1.01, 1.1, 1.2, speedup=1 / 1.15) == schema.SLOWER
+    base = {"status": "ok", "p20_ms": "1", "p80_ms": "1.2"}
+    assert schema.row_verdict({"status": "ok", "p20_ms": "2", "p80_ms": "3"}, base) == "slower"
+    assert schema.row_verdict({"status": "skipped", "p20_ms": "", "p80_ms": ""}, base) is None
+
+
+def test_time_interleaved_rotates_rounds_and_pairs_them() -> None:
+    order: list[str] = []
+    calls = {name: (lambda n=name: order.append(n), None) for name in ("a", "b", "c")}
+    timings = time_interleaved(calls, torch.device("cpu"), warmup=1, repeats=4)
+    assert order[:3] == ["a", "b", "c"]  # warm-up
+    assert order[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert all(len(t.times_s) == 4 and t.warmup == 1 for t in timings.values())
+    # the speed-up is the median of per-round ratios, not the ratio of medians
+    base = Timing([1.0, 10.0, 3.0], 1, 1.0)
+    other = Timing([1.0, 5.0, 6.0], 1, 1.0)
+    assert paired_ratio(base, other) == 1.0  # ratios 1, 2, 0.5
+    assert base.median_s / other.median_s == 0.6
+
+
+def test_cpu_clock_does_not_count_waiting() -> None:
+    calls = {"sleep": (lambda: time.sleep(0.02), None)}
+    cpu = time_interleaved(calls, torch.device("cpu"), warmup=1, repeats=3, clock="cpu")
+    wall = time_interleaved(calls, torch.device("cpu"), warmup=1, repeats=3, clock="wall")
+    assert max(cpu["sleep"].times_s) < 0.01 <= 0.02 <= min(wall["sleep"].times_s)
+    with pytest.raises(ValueError, match="unknown clock"):
+        time_interleaved(calls, torch.device("cpu"), clock="monotonic")
+
+
+def _measured_rows() -> list[dict[str, str]]:
+    """torch and host on W1 and W5 (full sizes), forward: host faster on W1, ≈ on W5."""
+    rows = []
+    cases = (
+        ("W1", "torch", 4.0, 3.8, 4.2),
+        ("W1", "host", 2.0, 1.9, 2.1),
+        ("W5", "torch", 4.0, 3.0, 5.0),
+        ("W5", "host", 3.5, 2.5, 4.5),
+    )
+    for name, provider, median, p20, p80 in cases:
+        w = workloads.WORKLOADS[name]
+        row = {"run_id": "r1", "provider": provider, "mode": "forward", "dtype": "float32"}
+        row.update(w.csv_fields(), status="ok", median_ms=median, p20_ms=p20, p80_ms=p80)
+        row.update(tokens_per_s=w.tokens / (median / 1e3), floor_ms=0.25, repeats=21)
+        row.update(device_name="test cpu", torch_version="x", fusedrnn_commit="abc")
+        row.update(speedup_vs_torch=4.0 / median if provider != "torch" else None)
+        rows.append(schema.as_strings(row))
+    return rows
+
+
+def test_table_shows_spreads_and_verdicts() -> None:
+    table = runner.format_table(_measured_rows())
+    w1 = next(line for line in table.splitlines() if line.startswith("W1 "))
+    w5 = next(line for line in table.splitlines() if line.startswith("W5 "))
+    assert "LSTM B=16 I=H=512 T=512" in w1 and "packed" in w5
+    assert "4 [3.8–4.2]" in w1 and "2 [1.9–2.1] 2.00x faster" in w1
+    assert w5.rstrip().endswith("3.5 [2.5–4.5] ≈") and "1.14x" not in w5
+
+
+def test_workload_plot_has_shapes_spreads_floor_and_quick_banner() -> None:
+    rows = _measured_rows()
+    for metric in ("time", "tokens", "speedup"):
+        fig = visualize.workload_figure(rows, metric, quick=True)
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[0].startswith("W1\nLSTM B=16\nI=H=512 T=512"), labels
+        assert "packed" in labels[1]
+        assert "QUICK MODE" in fig._suptitle.get_text()
+        bars = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+        assert bars, f"{metric}: no error bars"
+        if metric == "time":
+            host = next(c for c in bars if c.get_label() == "host")
+            # whiskers span p20..p80 of each host row (W1, then W5)
+            segments = host.errorbar.lines[2][0].get_segments()
+            spans = [(seg[0][1], seg[1][1]) for seg in segments]
+            assert spans == [(1.9, 2.1), (2.5, 4.5)]
+        floors = [c for c in ax.collections if c.get_gid() == "floor"]
+        if metric == "speedup":
+            assert not floors
+            assert "≈" in [t.get_text() for t in ax.texts]
+            continue
+        assert len(floors) == 2  # one dashed bound per workload
+        w1 = workloads.WORKLOADS["W1"]
+        expected = 0.25 if metric == "time" else w1.tokens / 0.25e-3
+        assert math.isclose(floors[0].get_segments()[0][0][1], expected, rel_tol=1e-6)
+        visualize._pyplot().close(fig)
+    assert "QUICK" not in visualize.workload_figure(rows, "time")._suptitle.get_text()
+
+
 def test_skip_reasons() -> None:
     w = workloads.QUICK_WORKLOADS["W1"]
     ok = {"reference": None, "host": None, "cuda": None, "triton": None}
@@ -225,12 +344,15 @@ def _synthetic_folder(folder: Path) -> None:
     base.update(cuda_version="13.0", python_version="3.12.0", fusedrnn_commit="deadbeef1234")
     for provider, status, median, reason in (
         ("torch", "ok", 4.0, ""),
+        ("reference", "ok", 3.9, ""),  # its spread overlaps torch's: ≈
         ("cuda", "ok", 2.0, ""),
         ("triton", "skipped", None, "backend 'triton' unavailable: triton cannot be imported"),
     ):
         row = dict(base, provider=provider, status=status, reason=reason, median_ms=median)
         if median:
-            row.update(p20_ms=median, p80_ms=median, speedup_vs_torch=4.0 / median)
+            spread = 0.5 if provider == "reference" else 0.0
+            row.update(p20_ms=median - spread, p80_ms=median + spread)
+            row.update(speedup_vs_torch=4.0 / median)
             row.update(floor_ms=0.5, floor_multiple=median / 0.5)
         rows.append(row)
     schema.write_rows(folder / "bench.csv", rows)
@@ -264,6 +386,7 @@ def test_report_summary_and_readme(tmp_path: Path) -> None:
     assert "2 passed, 1 failed, 0 error, 1 skipped" in summary
     assert "max error 3e-2 > 1e-2" in summary and "needs sm_90" in summary
     assert "2 ms (**2.00×**)" in summary  # cuda: 4 ms / 2 ms
+    assert "3.9 ms (≈)" in summary and "1.03×" not in summary  # overlapping spreads
     assert "triton cannot be imported" in summary  # the skipped row with its reason
     assert "1.50" in summary  # the barrier latency in µs
     text = readme.read_text()

@@ -86,14 +86,40 @@ def test_main_runs_prints_and_learns(capsys, one_thread):
             "cpu",
             "--sample-len",
             "40",
+            "--log-every",
+            "5",
         ]
     )
     printed = capsys.readouterr().out
+    # progress within each epoch: step, the mean loss since the last line, tokens/s
+    progress = [line for line in printed.splitlines() if line.startswith("  epoch ")]
+    assert len(progress) == 6  # steps 5, 10, 15 of each of 2 epochs
+    assert progress[1].startswith("  epoch 1/2 step 10/15: loss ")
+    assert progress[5].startswith("  epoch 2/2 step 15/15: loss ")
+    for index, line in enumerate(progress):
+        shown = float(line.split("loss ")[1].split()[0])
+        window = result["losses"][5 * index : 5 * index + 5]
+        assert math.isclose(shown, sum(window) / 5, abs_tol=1e-4), (line, window)
+        assert float(line.split(", ")[1].split()[0].replace(",", "")) > 0  # tokens/s
     assert "epoch 1/2: train loss" in printed and "epoch 2/2: train loss" in printed
     assert "ms/step" in printed and "sample:\ndef " in printed
     assert len(result["losses"]) == 30 and len(result["epoch_times"]) == 2
     assert len(result["sample"]) == 40 and result["sample"] in printed
     assert all(math.isfinite(v) for v in result["val_losses"])
+
+
+def test_help_lists_every_flag_with_its_default():
+    parser = char_lm.build_parser()
+    text = " ".join(parser.format_help().split())  # undo the line wrapping
+    assert "1 epoch of 100 steps" in text
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings[0]} has no help"
+        assert f"(default: {action.default})" in text, action.option_strings[0]
+    # the parser's defaults are the Config's: --help tells the truth
+    assert char_lm.parse_args([]) == char_lm.Config()
+    assert char_lm.parse_args(["--quiet"]).verbose is False
 
 
 def test_loss_decreases(reference_run):
