@@ -33,6 +33,10 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # future work), so such shapes are reported unsupported and fall back to another backend.
 _MAX_TILE_ELEMENTS = 1 << 16
 _MAX_BATCH = 256
+# Test-only: units per program under the interpreter (a power of two). None: one program owns
+# every unit, as the interpreter runs programs one after another. The multi-program tests set
+# it while tests/triton_concurrent.py runs the grid's programs concurrently in threads.
+INTERPRETER_UNITS_PER_PROGRAM: int | None = None
 _SAVED_FIELDS = (
     "h_prev",
     "c_prev",
@@ -77,15 +81,16 @@ def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> 
     block_gh = _next_power_of_2(num_gates * hidden)
     if _interpreting():
         block_b = _next_power_of_2(batch)
+        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
         return {
             "GATES_PAD": gates_pad,
             "BLOCK_B": block_b,
             "BLOCK_H": block_h,
             "BLOCK_GH": block_gh,
-            "forward_units": block_h,
-            "backward_units": block_h,
-            "forward_programs": 1,
-            "backward_programs": 1,
+            "forward_units": units,
+            "backward_units": units,
+            "forward_programs": -(-hidden // units),
+            "backward_programs": -(-hidden // units),
         }
     # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
     # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
@@ -294,7 +299,9 @@ def _num_warps(*tile_elements: int) -> int:
 
 def _check_grid(programs: int, geo: dict) -> None:
     if _interpreting():
-        if programs != 1:  # unreachable by construction; a multi-program grid would hang
+        # A multi-program grid would hang in the sequential interpreter (unless a test set
+        # INTERPRETER_UNITS_PER_PROGRAM and runs the programs concurrently).
+        if programs != 1 and INTERPRETER_UNITS_PER_PROGRAM is None:
             raise RuntimeError("the Triton interpreter can only run a one-program grid")
     elif programs > geo["sms"]:
         raise RuntimeError(

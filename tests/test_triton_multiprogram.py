@@ -1,0 +1,69 @@
+"""The Triton kernels' multi-program path, executed on the CPU.
+
+What this proves: with the grid split into >= 4 programs (the last one owning fewer units
+than the others) and those programs running concurrently in threads
+(tests/triton_concurrent.py), the grid barrier, the cross-program layer-norm statistics and
+gradient sums, and the split of units / gate columns between programs give the reference
+backend's results, forward and backward, for every cell and normalisation, with unequal
+lengths and in both directions. The interpreter tests in test_triton.py run one program
+owning every unit, so none of that code executes there.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_triton import (
+    CELLS,
+    LENGTHS,
+    assert_matches_reference,
+    make_inputs,
+    needs_backend,
+    poisoned,  # noqa: F401 - a fixture, used through pytestmark
+)
+
+triton_concurrent = pytest.importorskip("triton_concurrent")
+
+from fusedrnn.backends import triton as triton_backend  # noqa: E402
+
+# H = 7 units, 2 per program: 4 programs in both kernels, the last owning one unit.
+HIDDEN, UNITS_PER_PROGRAM = 7, 2
+PROGRAMS = -(-HIDDEN // UNITS_PER_PROGRAM)
+
+pytestmark = [
+    pytest.mark.interpreter,
+    needs_backend,
+    pytest.mark.skipif(
+        not triton_backend._interpreting(), reason="runs the Triton interpreter (CPU tensors)"
+    ),
+    pytest.mark.usefixtures("poisoned", "multi_program"),
+]
+
+
+@pytest.fixture
+def multi_program(monkeypatch):
+    """The launcher splits the units over PROGRAMS programs, which run in threads."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_UNITS_PER_PROGRAM", UNITS_PER_PROGRAM)
+    with triton_concurrent.concurrent_programs(timeout=120) as grids:
+        yield grids
+    assert grids and all(grid == (PROGRAMS, 1, 1) for grid in grids), grids
+
+
+@pytest.mark.parametrize(
+    ("reverse", "lengths"),
+    [(False, LENGTHS), (True, None)],
+    ids=["forward-lengths", "reverse-full"],
+)
+@pytest.mark.parametrize("regularizer", ["none", "batch_norm", "layer_norm"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_multi_program_matches_reference(cell, regularizer, reverse, lengths):
+    assert PROGRAMS >= 4
+    inputs = make_inputs(cell, regularizer, hidden=HIDDEN, reverse=reverse, lengths=lengths)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("regularizer", ["all_batch_norm", "all_layer_norm", "batch_norm_eval"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_multi_program_with_regularizers(cell, regularizer):
+    """Dropout masks and zoneout draws of each program's own units, with the norms."""
+    inputs = make_inputs(cell, regularizer, hidden=HIDDEN, reverse=True, lengths=LENGTHS)
+    assert_matches_reference(inputs)
