@@ -166,3 +166,11 @@ def test_prediction_tables_cover_the_workloads() -> None:
     # input projection, dx, dW_ih and dW_hh: 4 GEMMs of 2*B*G*H*H FLOPs per step
     gemms = 4 * 2 * 16 * 2048 * 512 / floor.HOPPER.matmul_half_flops_per_s * 1e6
     assert math.isclose(train, sum(parts) + gemms, rel_tol=1e-12)
+
+
+def test_design_doc_tables_are_the_models_output() -> None:
+    """docs/kernels-v2.md §8 quotes `python3 -m bench.floor`: regenerate it when the model or
+    an assumption changes."""
+    doc = (REPO / "docs" / "kernels-v2.md").read_text()
+    missing = [line for line in floor.step_model_markdown().splitlines() if line not in doc]
+    assert not missing, f"docs/kernels-v2.md is stale, e.g. {missing[:2]}"
