@@ -25,6 +25,10 @@ Floor of one call::
     floor = max(FLOPs / matmul rate, bytes / copy bandwidth) + sequential steps * barrier
 
 and each provider's ``floor_multiple = median / floor`` (>= 1 unless the model is wrong).
+
+``tensor_core_step_model`` (below) predicts the time of one recurrent step of the tensor-core
+kernel designs of docs/kernels-v2.md from stated Hopper assumptions (``HopperAssumptions``);
+``python3 -m bench.floor`` prints its tables.
 """
 
 from __future__ import annotations
