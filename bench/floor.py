@@ -25,6 +25,10 @@ Floor of one call::
     floor = max(FLOPs / matmul rate, bytes / copy bandwidth) + sequential steps * barrier
 
 and each provider's ``floor_multiple = median / floor`` (>= 1 unless the model is wrong).
+
+``tensor_core_step_model`` (below) predicts the time of one recurrent step of the tensor-core
+kernel designs of docs/kernels-v2.md from stated Hopper assumptions (``HopperAssumptions``);
+``python3 -m bench.floor`` prints its tables.
 """
 
 from __future__ import annotations
@@ -197,3 +201,393 @@ def measure_ceilings(device: torch.device, dtype: str, quick: bool = False) -> C
 
 def write_ceilings(path: Path | str, ceilings: list[Ceilings]) -> None:
     Path(path).write_text(json.dumps([c.as_dict() for c in ceilings], indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+# Per-step time model of the tensor-core designs (issues 13 and 14, docs/kernels-v2.md)
+# ------------------------------------------------------------------------------------------
+#
+# One time step of one layer and direction on one GPU::
+#
+#     step = latency + max(mma, transfer) + cell + write + barrier
+#
+# * latency: the first K-chunk of the step's operand (h_{t-1} forward, dA_t backward) to arrive
+#   (L2 round trip, or a DSMEM one in the cluster design); later chunks overlap the product;
+# * mma: the CTA's product on tensor cores, the largest of the padded FLOPs over the rate, the
+#   dependent chain of mma.sync accumulations, and the shared-memory bytes the product reads;
+# * transfer: the operand's bytes (and any W_hh bytes not resident on chip) over the chip's L2
+#   bandwidth and over one SM's ingress, whichever is slower (DSMEM in the cluster design);
+# * cell: the pointwise cell on the accumulators (MUFU throughput plus a fixed dependent chain);
+# * write: the CTA's global stores of the step (h or dA_t, which double as the exchange buffer,
+#   and the saved activations);
+# * barrier: one grid barrier (grid designs) or one hardware cluster barrier.
+
+
+@dataclasses.dataclass(frozen=True)
+class HopperAssumptions:
+    """H100 SXM figures the step model assumes, each stated once with its source. None is
+    measured by this project yet: the first GPU run (issue 17) checks them, and
+    ``bench/_barrier.py`` / ``measure_ceilings`` replace the ones they measure."""
+
+    sms: int = 132  # KINDS.md: torch reported 132 multiprocessors on the lent H100 and H200
+    clock_hz: float = 1.755e9  # docs/design.md §5 table (datasheet-class SM clock)
+    # Dense tensor-core FLOP per clock per SM through wgmma: the datasheet's 989 TFLOP/s
+    # (bf16/fp16) and 495 TFLOP/s (tf32) over 132 SMs at its 1.83 GHz.
+    wgmma_half_flops_per_clk: float = 4096.0
+    wgmma_tf32_flops_per_clk: float = 2048.0
+    # Guess: the legacy mma.sync path reaches half of wgmma's rate on sm_90.
+    mma_sync_fraction: float = 0.5
+    # Guess: latency of one dependent mma.sync m16n8k16 (accumulator chain), clocks.
+    mma_sync_latency_clk: float = 33.0
+    ffma_flops_per_clk: float = 256.0  # 128 FP32 FMA / clk / SM (docs/design.md §5)
+    warps_per_cta: int = 8  # design choice (docs/kernels-v2.md): 256 threads per CTA
+    smem_bytes_per_clk: float = 128.0  # docs/design.md §5
+    smem_bytes_per_cta: int = 232_448  # 227 KiB opt-in (docs/design.md §5, HOPPER.md)
+    smem_reserved_bytes: int = 65_536  # design choice: operand stages + epilogue scratch
+    register_file_bytes: int = 65_536 * 4  # 64K 32-bit registers per SM (datasheet)
+    w_register_fraction: float = 0.5  # design choice: at most half the registers hold W
+    l2_bytes: float = 50e6  # KINDS.md: torch reported 50 MB of L2 on the H100
+    l2_bytes_per_s: float = 5.5e12  # docs/design.md §5 (all SMs reading at once)
+    dram_bytes_per_s: float = 3.0e12  # KINDS.md: measured device-to-device copy, H100
+    l2_latency_clk: float = 400.0  # docs/design.md §5
+    sm_ingress_bytes_per_clk: float = 64.0  # guess: one SM's L2 -> SM load bandwidth
+    multicast_ctas: int = 8  # portable cluster size; TMA multicast within it (CUDA only)
+    cluster_ctas: int = 16  # largest (non-portable) cluster on sm_90
+    dsmem_bytes_per_clk: float = 32.0  # guess: one SM's distributed-shared-memory ingress
+    dsmem_latency_clk: float = 200.0  # guess
+    grid_barrier_s: float = 1.0e-6  # docs/design.md §5; bench/_barrier.py measures it
+    cluster_barrier_clk: float = 350.0  # guess: barrier.cluster arrive.release + wait
+    mufu_per_clk: float = 16.0  # special-function results / clk / SM (ex2, rcp), cc 9.0
+    cell_latency_clk: float = 150.0  # guess: accumulators -> cell -> stores dependent chain
+    store_bytes_per_clk: float = 64.0  # guess: one SM's global store bandwidth
+    # Whole-sequence GEMMs outside the loop (input projection, dx, dW_ih, dW_hh):
+    matmul_half_flops_per_s: float = 798e12  # KINDS.md: 8192^3 bf16 measured on the H100
+    matmul_tf32_flops_per_s: float = 400e12  # guess: half the measured bf16 rate
+    matmul_fp32_flops_per_s: float = 50e12  # docs/design.md §5 (TF32 off)
+
+
+HOPPER = HopperAssumptions()
+STEP_DESIGNS = ("cuda", "cuda-splitk", "triton", "cluster")
+STEP_DIRECTIONS = ("forward", "backward")
+STEP_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Transcendentals per (unit, batch row) of the cell; each costs two MUFU ops (ex2 + rcp).
+CELL_TRANSCENDENTALS = {("lstm", "forward"): 5, ("gru", "forward"): 3}
+CELL_TRANSCENDENTALS.update({("lstm", "backward"): 1, ("gru", "backward"): 0})
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class StepModel:
+    """Predicted time of one recurrent step (µs per term) and the plan behind it."""
+
+    design: str
+    dtype: str
+    direction: str
+    tf32: bool
+    ctas: int
+    units_per_cta: int
+    instruction: str  # "wgmma" | "mma.sync" | "ffma"
+    w_operand: str  # "A" (M = gate rows) or "B" (N = units; M = batch)
+    mma_shape: tuple[int, int, int]  # padded M, N and K of the CTA's product
+    w_bytes_per_cta: int
+    w_register_bytes: int
+    w_smem_bytes: int
+    w_streamed_bytes: int  # per CTA and step, from L2 (the K-chunk path)
+    operand_bytes: int  # h_{t-1} (forward) or dA_t (backward) each CTA needs per step
+    latency_us: float
+    mma_us: float
+    transfer_us: float
+    reduce_us: float  # cuda-splitk: the DSMEM reduction of partial sums in the cluster
+    cell_us: float
+    write_us: float
+    barrier_us: float
+
+    @property
+    def total_us(self) -> float:
+        return (
+            self.latency_us
+            + max(self.mma_us, self.transfer_us)
+            + self.reduce_us
+            + self.cell_us
+            + self.write_us
+            + self.barrier_us
+        )
+
+
+def _mma_plan(
+    design: str, rows_w: int, batch: int, k: int, tensor_cores: bool
+) -> tuple[str, str, tuple[int, int, int]]:
+    """Instruction, W's operand and padded (M, N, K): the orientation that wastes less.
+
+    W as A: M = the CTA's gate rows (forward) or units (backward), N = batch. W as B: M = batch,
+    N = W's rows. wgmma needs M in 64s (one warpgroup), mma.sync M in 16s, N in 8s; Triton's
+    tl.dot needs every dimension >= 16.
+    """
+    n_multiple = 16 if design == "triton" else 8
+    best: tuple[int, str, str, tuple[int, int, int]] | None = None
+    for w_operand, m, n in (("A", rows_w, batch), ("B", batch, rows_w)):
+        instruction = "ffma" if not tensor_cores else ("wgmma" if m >= 64 else "mma.sync")
+        m_multiple = 64 if instruction == "wgmma" else 16
+        shape = (_round_up(m, m_multiple), _round_up(n, n_multiple), _round_up(k, 16))
+        padded = shape[0] * shape[1]
+        if best is None or padded < best[0]:
+            best = (padded, instruction, w_operand, shape)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _step_model_for_ctas(
+    workload: Workload,
+    design: str,
+    dtype: str,
+    direction: str,
+    ctas: int,
+    tf32: bool,
+    hw: HopperAssumptions,
+) -> StepModel:
+    gates, hidden, batch = workload.num_gates, workload.hidden_size, workload.batch
+    e = STEP_DTYPE_BYTES[dtype]
+    clk = 1.0 / hw.clock_hz
+    # cuda-splitk: clusters of `split` CTAs share one block of units and split K among them.
+    split = hw.multicast_ctas if design == "cuda-splitk" else 1
+    units = hidden * split // ctas
+    tensor_cores = dtype != "float32" or tf32
+    if direction == "forward":  # gates_t = W_hh[own gate rows] . h_{t-1}^T
+        rows_w, k, operand = gates * units, hidden // split, batch * hidden // split * e
+        cell_units = units // split
+        writes = (2 + gates) * batch * cell_units * e + batch * cell_units * 4
+    else:  # dh_{t-1}[:, own units] = dA_t . W_hh[:, own units]
+        rows_w, k = units, gates * hidden // split
+        operand = batch * gates * hidden // split * e
+        cell_units = units // split
+        writes = gates * batch * cell_units * e
+    instruction, w_operand, (m, n, kp) = _mma_plan(design, rows_w, batch, k, tensor_cores)
+
+    # W_hh's slice: registers first where the operand may come from registers, then shared
+    # memory; the rest is streamed from L2 every step in K-chunks.
+    w_bytes = gates * hidden * units * e // split
+    register_room = int(hw.register_file_bytes * hw.w_register_fraction)
+    if instruction == "wgmma" and w_operand == "B":
+        register_room = 0  # wgmma reads B from shared memory only
+    smem_room = 0 if design == "triton" else hw.smem_bytes_per_cta - hw.smem_reserved_bytes
+    w_registers = min(w_bytes, register_room)
+    w_smem = min(w_bytes - w_registers, smem_room)
+    w_streamed = w_bytes - w_registers - w_smem
+    if design == "cluster" and w_streamed:
+        raise ValueError(
+            f"cluster design: W_hh needs {w_bytes} B per CTA over {ctas} CTAs, more than the "
+            f"{w_registers + w_smem} B a CTA holds on chip"
+        )
+
+    # Product: padded FLOPs over the rate; the mma.sync accumulation chain; shared-memory feed.
+    if not tensor_cores:
+        rate = hw.ffma_flops_per_clk
+    elif dtype == "float32":
+        rate = hw.wgmma_tf32_flops_per_clk
+    else:
+        rate = hw.wgmma_half_flops_per_clk
+    if instruction == "mma.sync":
+        rate *= hw.mma_sync_fraction
+    throughput_clk = 2.0 * m * n * kp / rate
+    chain_clk = 0.0
+    if instruction == "mma.sync":
+        tiles = (m // 16) * (n // 8)
+        split_k = max(1, hw.warps_per_cta // tiles)
+        chain_clk = -(-(kp // 16) // split_k) * hw.mma_sync_latency_clk
+    staged = 2 * operand if design == "triton" else operand  # Triton stores it, then reads it
+    smem_clk = (staged + w_smem + w_streamed) / hw.smem_bytes_per_clk
+    mma_s = max(throughput_clk, chain_clk, smem_clk) * clk
+
+    # Operand arrival: L2 (grid designs; TMA multicast shares one read among 8 CTAs in CUDA)
+    # or DSMEM within the cluster.
+    if design == "cluster":
+        latency_s = hw.dsmem_latency_clk * clk
+        transfer_s = operand * (ctas - 1) / ctas / hw.dsmem_bytes_per_clk * clk
+        barrier_s = hw.cluster_barrier_clk * clk
+    else:
+        multicast = hw.multicast_ctas if design == "cuda" and ctas >= hw.multicast_ctas else 1
+        chip_bytes = ctas * operand / multicast + ctas * w_streamed
+        chip_rate = hw.l2_bytes_per_s if ctas * w_streamed <= hw.l2_bytes else hw.dram_bytes_per_s
+        sm_s = (operand + w_streamed) / hw.sm_ingress_bytes_per_clk * clk
+        latency_s = hw.l2_latency_clk * clk
+        transfer_s = max(chip_bytes / chip_rate, sm_s)
+        barrier_s = hw.grid_barrier_s
+    reduce_s = 0.0
+    if split > 1:  # fp32 partial sums of the cluster's outputs, each CTA reducing 1/split
+        reduce_bytes = (split - 1) * rows_w * batch * 4 / split
+        reduce_s = (hw.dsmem_latency_clk + hw.cluster_barrier_clk) * clk
+        reduce_s += reduce_bytes / hw.dsmem_bytes_per_clk * clk
+    mufu = 2 * CELL_TRANSCENDENTALS[(workload.cell, direction)]
+    cell_s = (hw.cell_latency_clk + cell_units * batch * mufu / hw.mufu_per_clk) * clk
+    write_s = writes / hw.store_bytes_per_clk * clk
+    return StepModel(
+        design=design,
+        dtype=dtype,
+        direction=direction,
+        tf32=tf32,
+        ctas=ctas,
+        units_per_cta=units,
+        instruction=instruction,
+        w_operand=w_operand,
+        mma_shape=(m, n, kp),
+        w_bytes_per_cta=w_bytes,
+        w_register_bytes=w_registers,
+        w_smem_bytes=w_smem,
+        w_streamed_bytes=w_streamed,
+        operand_bytes=operand,
+        latency_us=latency_s * 1e6,
+        mma_us=mma_s * 1e6,
+        transfer_us=transfer_s * 1e6,
+        reduce_us=reduce_s * 1e6,
+        cell_us=cell_s * 1e6,
+        write_us=write_s * 1e6,
+        barrier_us=barrier_s * 1e6,
+    )
+
+
+def tensor_core_step_model(
+    workload: Workload,
+    design: str,
+    dtype: str,
+    direction: str,
+    *,
+    tf32: bool = True,
+    ctas: int | None = None,
+    hw: HopperAssumptions = HOPPER,
+) -> StepModel:
+    """Predicted time of one recurrent step of ``workload`` in a tensor-core design.
+
+    ``design``: "cuda" (grid of CTAs, grid barrier, h_{t-1} by TMA multicast within 8-CTA
+    clusters), "cuda-splitk" (grid of 8-CTA clusters; a cluster owns a block of units and its
+    CTAs split K, then reduce the fp32 partial sums over DSMEM), "triton" (grid of programs, grid barrier, W_hh in registers, the operand staged
+    through shared memory) or "cluster" (one 16-CTA cluster, DSMEM exchange, hardware cluster
+    barrier; raises ValueError where W_hh does not fit in it). ``ctas`` None picks, for the
+    grid designs, the fastest of 16, 32, 64 and 128 CTAs that divides H. ``tf32`` applies
+    to float32 only (False: exact FP32 FMA). See docs/kernels-v2.md.
+    """
+    if design not in STEP_DESIGNS:
+        raise ValueError(f"unknown design {design!r}; expected one of {STEP_DESIGNS}")
+    if direction not in STEP_DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {STEP_DIRECTIONS}")
+    if dtype not in STEP_DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(STEP_DTYPE_BYTES)}")
+    if (workload.cell, direction) not in CELL_TRANSCENDENTALS:
+        raise ValueError(f"no step model for cell {workload.cell!r}")
+    if design == "cluster":
+        candidates = [hw.cluster_ctas] if ctas is None else [ctas]
+        if candidates[0] > hw.cluster_ctas:
+            raise ValueError(f"a cluster holds at most {hw.cluster_ctas} CTAs, not {ctas}")
+    elif ctas is None:
+        candidates = [c for c in (16, 32, 64, 128) if c <= hw.sms]
+    else:
+        candidates = [ctas]
+    split = hw.multicast_ctas if design == "cuda-splitk" else 1
+    hidden = workload.hidden_size
+    candidates = [
+        c
+        for c in candidates
+        if c % split == 0 and hidden % (c // split) == 0 and (hidden * split // c) % split == 0
+    ]
+    if not candidates:
+        raise ValueError(f"H={workload.hidden_size} does not split evenly over {ctas} CTAs")
+    models = [
+        _step_model_for_ctas(workload, design, dtype, direction, c, tf32, hw) for c in candidates
+    ]
+    return min(models, key=lambda model: model.total_us)
+
+
+def outside_gemm_us_per_step(
+    workload: Workload, dtype: str, mode: str, *, tf32: bool = True, hw: HopperAssumptions = HOPPER
+) -> float:
+    """The whole-sequence GEMMs around the loop, per step: the input projection (forward);
+    plus dx, dW_ih and dW_hh (train), at the measured / assumed matmul rate."""
+    gh = workload.num_gates * workload.hidden_size
+    one = 2.0 * workload.batch * gh * workload.input_size
+    flops = one if mode == "forward" else 3 * one + 2.0 * workload.batch * gh * workload.hidden_size
+    if dtype != "float32":
+        rate = hw.matmul_half_flops_per_s
+    else:
+        rate = hw.matmul_tf32_flops_per_s if tf32 else hw.matmul_fp32_flops_per_s
+    return flops / rate * 1e6
+
+
+def predicted_us_per_step(
+    workload: Workload, design: str, dtype: str, mode: str, *, tf32: bool = True
+) -> float:
+    """One layer and direction: forward (+ backward) recurrence and the GEMMs around it."""
+    total = tensor_core_step_model(workload, design, dtype, "forward", tf32=tf32).total_us
+    if mode == "train":
+        total += tensor_core_step_model(workload, design, dtype, "backward", tf32=tf32).total_us
+    return total + outside_gemm_us_per_step(workload, dtype, mode, tf32=tf32)
+
+
+def step_model_markdown() -> str:
+    """The prediction tables of docs/kernels-v2.md (``python3 -m bench.floor`` prints them)."""
+    from .workloads import WORKLOADS
+
+    lines = [
+        "| workload | dtype | direction | design | CTAs | MMA (M,N,K) | W/CTA KiB (reg+smem+L2) "
+        "| latency | mma | transfer | reduce | cell | write | barrier | **µs/step** |",
+        "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("W1", "W6a", "W2", "W3"):
+        for dtype in ("float32", "bfloat16"):
+            for direction in STEP_DIRECTIONS:
+                for design in STEP_DESIGNS:
+                    try:
+                        m = tensor_core_step_model(WORKLOADS[name], design, dtype, direction)
+                    except ValueError:
+                        continue
+                    w = (
+                        f"{m.w_register_bytes // 1024}+{m.w_smem_bytes // 1024}"
+                        f"+{m.w_streamed_bytes // 1024}"
+                    )
+                    lines.append(
+                        f"| {name} | {dtype} | {direction} | {design} | {m.ctas} | "
+                        f"{m.instruction} {m.w_operand}=W {m.mma_shape} | {w} | "
+                        f"{m.latency_us:.2f} | {m.mma_us:.2f} | {m.transfer_us:.2f} | "
+                        f"{m.reduce_us:.2f} | {m.cell_us:.2f} | {m.write_us:.2f} | "
+                        f"{m.barrier_us:.2f} | **{m.total_us:.2f}** |"
+                    )
+    lines += [
+        "",
+        "| workload | dtype | kernel: design fwd / bwd | forward µs/step | train µs/step "
+        "| goal (issue 17) | cuDNN train µs/step needed to meet it |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    goals = {"W1": 3.0, "W6a": 2.0, "W2": 1.5, "W3": 1.0}
+    kernels = {"CUDA": ("cuda", "cuda-splitk", "cluster"), "Triton": ("triton",)}
+    for name, ratio in goals.items():
+        for dtype in ("float32", "bfloat16"):
+            for kernel, designs in kernels.items():
+                best = {}
+                for direction in STEP_DIRECTIONS:
+                    options = []
+                    for design in designs:
+                        try:
+                            options.append(
+                                tensor_core_step_model(WORKLOADS[name], design, dtype, direction)
+                            )
+                        except ValueError:
+                            continue
+                    best[direction] = min(options, key=lambda model: model.total_us)
+                gemm_fwd = outside_gemm_us_per_step(WORKLOADS[name], dtype, "forward")
+                gemm_train = outside_gemm_us_per_step(WORKLOADS[name], dtype, "train")
+                forward = best["forward"].total_us + gemm_fwd
+                train = best["forward"].total_us + best["backward"].total_us + gemm_train
+                goal = f"≥ {ratio:g}× cuDNN"
+                if name == "W1":
+                    goal += f"; forward ≤ 3 µs/step: {'met' if forward <= 3.0 else 'missed'}"
+                lines.append(
+                    f"| {name} | {dtype} | {kernel}: {best['forward'].design} / "
+                    f"{best['backward'].design} | {forward:.2f} | {train:.2f} | {goal} | "
+                    f"≥ {ratio * train:.1f} |"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(step_model_markdown())

@@ -1,0 +1,176 @@
+"""The tensor-core step model of bench/floor.py (docs/kernels-v2.md): its arithmetic on
+hand-computed cases, its byte counts, and how it scales. No GPU: the model is arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # bench/ is not installed
+    sys.path.insert(0, str(REPO))
+
+from bench import floor, workloads  # noqa: E402
+
+W1 = workloads.WORKLOADS["W1"]  # LSTM B=16 I=H=512
+# Round figures (1 GHz: one clock = 1 ns) so the expected values below are done by hand.
+HW = dataclasses.replace(
+    floor.HOPPER,
+    sms=132,
+    clock_hz=1e9,
+    wgmma_half_flops_per_clk=4096.0,
+    wgmma_tf32_flops_per_clk=2048.0,
+    mma_sync_fraction=0.5,
+    mma_sync_latency_clk=33.0,
+    warps_per_cta=8,
+    smem_bytes_per_clk=128.0,
+    register_file_bytes=262_144,
+    w_register_fraction=0.5,
+    l2_bytes_per_s=5.5e12,
+    l2_latency_clk=400.0,
+    sm_ingress_bytes_per_clk=64.0,
+    multicast_ctas=8,
+    grid_barrier_s=1e-6,
+    mufu_per_clk=16.0,
+    cell_latency_clk=150.0,
+    store_bytes_per_clk=64.0,
+)
+
+
+def test_w1_forward_bf16_cuda_by_hand() -> None:
+    m = floor.tensor_core_step_model(W1, "cuda", "bfloat16", "forward", ctas=128, hw=HW)
+    # 128 CTAs x 4 units: A = W's 16 gate rows, N = B = 16, K = H = 512; mma.sync (M < 64).
+    assert (m.units_per_cta, m.instruction, m.w_operand) == (4, "mma.sync", "A")
+    assert m.mma_shape == (16, 16, 512)
+    assert m.w_bytes_per_cta == 4 * 4 * 512 * 2 == 16_384 == m.w_register_bytes
+    assert m.w_smem_bytes == 0 and m.w_streamed_bytes == 0
+    assert m.operand_bytes == 16 * 512 * 2 == 16_384  # h_{t-1}, bf16
+    # throughput 2*16*16*512 / 2048 = 128 clk; chain: 2 tiles, split-K 4, 32/4 = 8 x 33 = 264
+    assert math.isclose(m.mma_us, 0.264, rel_tol=1e-12)
+    # one SM's ingress 16384 / 64 = 256 clk; chip 128*16384/8 / 5.5e12 = 0.048 us
+    assert math.isclose(m.transfer_us, 0.256, rel_tol=1e-12)
+    assert math.isclose(m.latency_us, 0.400, rel_tol=1e-12)
+    assert math.isclose(m.cell_us, 0.150 + 4 * 16 * 10 / 16 / 1000, rel_tol=1e-12)
+    # h (y, the exchange) + 4 saved gates in bf16, c in fp32: (2+4)*64*2 + 64*4 = 1024 B
+    assert math.isclose(m.write_us, 1024 / 64 / 1000, rel_tol=1e-12)
+    assert m.reduce_us == 0.0 and math.isclose(m.barrier_us, 1.0, rel_tol=1e-12)
+    assert math.isclose(m.total_us, 0.400 + 0.264 + 0.190 + 0.016 + 1.0, rel_tol=1e-12)
+
+
+def test_w1_backward_bf16_cuda_by_hand() -> None:
+    m = floor.tensor_core_step_model(W1, "cuda", "bfloat16", "backward", ctas=128, hw=HW)
+    # W^T's slice has only 4 units: W as B (N = 4 -> 8) wastes less than as A (M = 4 -> 16).
+    assert (m.instruction, m.w_operand, m.mma_shape) == ("mma.sync", "B", (16, 8, 2048))
+    assert m.operand_bytes == 16 * 2048 * 2 == 65_536  # dA_t, all G*H columns
+    # throughput 256 clk; chain: 1 tile, split-K 8, 128/8 = 16 x 33 = 528; smem 65536/128 = 512
+    assert math.isclose(m.mma_us, 0.528, rel_tol=1e-12)
+    assert math.isclose(m.transfer_us, 65_536 / 64 / 1000, rel_tol=1e-12)
+    assert math.isclose(m.cell_us, (150 + 4 * 16 * 2 / 16) / 1000, rel_tol=1e-12)
+    # writes: dA_t of the CTA's 4 units x 4 gates x 16 rows in bf16 = 512 B = 8 clk
+    assert math.isclose(m.write_us, 512 / 64 / 1000, rel_tol=1e-12)
+    assert math.isclose(m.total_us, (400 + 1024 + 158 + 8) / 1000 + 1.0, rel_tol=1e-12)
+
+
+def test_streamed_k_chunks_beyond_the_register_budget() -> None:
+    big = dataclasses.replace(W1, name="H2048", hidden_size=2048, input_size=2048)
+    m = floor.tensor_core_step_model(big, "triton", "bfloat16", "forward", ctas=128, hw=HW)
+    # 16 units x 4 gates x K = 2048 in bf16 = 256 KiB: half fits the 128 KiB register budget
+    assert m.w_bytes_per_cta == 262_144
+    assert (m.w_register_bytes, m.w_smem_bytes, m.w_streamed_bytes) == (131_072, 0, 131_072)
+    cuda = floor.tensor_core_step_model(big, "cuda", "bfloat16", "forward", ctas=128, hw=HW)
+    assert cuda.w_streamed_bytes == 0  # CUDA adds shared memory: all resident
+    more_registers = dataclasses.replace(HW, w_register_fraction=1.0)
+    resident = floor.tensor_core_step_model(
+        big, "triton", "bfloat16", "forward", ctas=128, hw=more_registers
+    )
+    assert resident.w_streamed_bytes == 0 and resident.transfer_us < m.transfer_us
+
+
+@pytest.mark.parametrize("design", floor.STEP_DESIGNS)
+@pytest.mark.parametrize("direction", floor.STEP_DIRECTIONS)
+@pytest.mark.parametrize("name", ["W1", "W6a"])
+def test_byte_counts_add_up(design: str, direction: str, name: str) -> None:
+    w = workloads.WORKLOADS[name]
+    for dtype, e in floor.STEP_DTYPE_BYTES.items():
+        m = floor.tensor_core_step_model(w, design, dtype, direction, hw=HW)
+        # Every CTA's W slice together is W_hh once.
+        assert m.w_bytes_per_cta * m.ctas == w.num_gates * w.hidden_size**2 * e
+        assert m.w_register_bytes + m.w_smem_bytes + m.w_streamed_bytes == m.w_bytes_per_cta
+        split = HW.multicast_ctas if design == "cuda-splitk" else 1
+        row = w.hidden_size * (w.num_gates if direction == "backward" else 1)
+        assert m.operand_bytes * split == w.batch * row * e
+
+
+@pytest.mark.parametrize("design", ["cuda", "cuda-splitk", "triton"])
+def test_scaling(design: str) -> None:
+    for direction in floor.STEP_DIRECTIONS:
+        totals = [
+            floor.tensor_core_step_model(
+                dataclasses.replace(W1, batch=b), design, "bfloat16", direction, ctas=64, hw=HW
+            ).total_us
+            for b in (16, 32, 64, 128)
+        ]
+        assert totals == sorted(totals) and totals[0] < totals[-1]
+        for name in ("W1", "W2", "W3"):
+            w = workloads.WORKLOADS[name]
+            args = (w, design)
+            bf16 = floor.tensor_core_step_model(*args, "bfloat16", direction, ctas=64, hw=HW)
+            tf32 = floor.tensor_core_step_model(*args, "float32", direction, ctas=64, hw=HW)
+            exact = floor.tensor_core_step_model(
+                *args, "float32", direction, tf32=False, ctas=64, hw=HW
+            )
+            # transfer-bound steps hide the slower product, so the totals may tie
+            assert bf16.total_us <= tf32.total_us <= exact.total_us
+            assert bf16.mma_us <= tf32.mma_us < exact.mma_us
+            assert exact.instruction == "ffma" and tf32.instruction != "ffma"
+    slower = dataclasses.replace(HW, grid_barrier_s=2e-6)
+    base = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=64, hw=HW)
+    late = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=64, hw=slower)
+    assert math.isclose(late.total_us - base.total_us, 1.0, rel_tol=1e-9)
+
+
+def test_grid_size_is_the_fastest_candidate() -> None:
+    chosen = floor.tensor_core_step_model(W1, "triton", "float32", "backward", hw=HW)
+    for ctas in (16, 32, 64, 128):
+        fixed = floor.tensor_core_step_model(W1, "triton", "float32", "backward", ctas=ctas, hw=HW)
+        assert chosen.total_us <= fixed.total_us
+
+
+def test_cluster_design_limits_and_barrier() -> None:
+    m = floor.tensor_core_step_model(W1, "cluster", "bfloat16", "forward", hw=HW)
+    assert m.ctas == 16 and m.w_streamed_bytes == 0  # 2 MiB of bf16 W_hh in one cluster
+    assert math.isclose(m.barrier_us, HW.cluster_barrier_clk / 1000, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="cluster design"):  # W2: 8 MiB does not fit
+        floor.tensor_core_step_model(workloads.WORKLOADS["W2"], "cluster", "bfloat16", "forward")
+    with pytest.raises(ValueError, match="at most 16"):
+        floor.tensor_core_step_model(W1, "cluster", "bfloat16", "forward", ctas=32)
+    with pytest.raises(ValueError, match="unknown design"):
+        floor.tensor_core_step_model(W1, "wmma", "bfloat16", "forward")
+    with pytest.raises(ValueError, match="unknown direction"):
+        floor.tensor_core_step_model(W1, "cuda", "bfloat16", "sideways")
+
+
+def test_prediction_tables_cover_the_workloads() -> None:
+    text = floor.step_model_markdown()
+    for name in ("W1", "W6a", "W2", "W3"):
+        assert f"| {name} | bfloat16 | CUDA:" in text and f"| {name} | float32 | Triton:" in text
+    train = floor.predicted_us_per_step(W1, "cuda", "bfloat16", "train")
+    parts = [
+        floor.tensor_core_step_model(W1, "cuda", "bfloat16", d).total_us
+        for d in floor.STEP_DIRECTIONS
+    ]
+    # input projection, dx, dW_ih and dW_hh: 4 GEMMs of 2*B*G*H*H FLOPs per step
+    gemms = 4 * 2 * 16 * 2048 * 512 / floor.HOPPER.matmul_half_flops_per_s * 1e6
+    assert math.isclose(train, sum(parts) + gemms, rel_tol=1e-12)
+
+
+def test_design_doc_tables_are_the_models_output() -> None:
+    """docs/kernels-v2.md §8 quotes `python3 -m bench.floor`: regenerate it when the model or
+    an assumption changes."""
+    doc = (REPO / "docs" / "kernels-v2.md").read_text()
+    missing = [line for line in floor.step_model_markdown().splitlines() if line not in doc]
+    assert not missing, f"docs/kernels-v2.md is stale, e.g. {missing[:2]}"
