@@ -1,16 +1,17 @@
 """The ``cuda`` backend on a GPU: parity with the reference (float64 truth) and with cuDNN.
 
 Every test is marked ``gpu`` and skips with a reason where there is no CUDA device or the
-extension was built without CUDA. Numerics (DESIGN.md, "Numerics policy"): in dtype D the
-kernel's error against the float64 reference must be at most 2x the error of PyTorch's own
-implementation in D (the reference's torch ops, or cuDNN) plus a small floor.
+extension was built without CUDA. Numerics (DESIGN.md, "Numerics policy", helpers.assert_by_rule):
+in dtype D the kernel's error against the float64 reference must be at most 2x the error of
+PyTorch's own implementation in D (the reference's torch ops, or cuDNN) plus the floor of D.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_host import REGULARIZERS, _reference, cast, make_inputs, to_float64
+from helpers import assert_by_rule
+from test_host import REGULARIZERS, _reference, cast, make_inputs, named_results, to_float64
 
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends import host
@@ -21,7 +22,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_reason is not None, reason=st
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,6 @@ def _to(inputs: RecurrenceInputs, dtype, device="cuda") -> RecurrenceInputs:
         if isinstance(v, torch.Tensor):
             changes[name] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
     return inputs.replace(**changes)
-
-
-def _err(a, b) -> float:
-    if a.numel() == 0:
-        return 0.0
-    return (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-3)
 
 
 def _grads(shape_out, shape_state, lstm, device):
@@ -65,25 +59,13 @@ def check_against_reference(base: RecurrenceInputs, dtype) -> None:
     out, saved = cuda_backend.forward(inputs)
     grads = cuda_backend.backward(inputs, saved, cast(go, dtype), cast(gh, dtype), cast(gc, dtype))
     torch.cuda.synchronize()
-    pairs = [
-        ("output", out.output, truth_out.output, same_out.output),
-        ("h_n", out.h_n, truth_out.h_n, same_out.h_n),
-    ]
-    if lstm:
-        pairs.append(("c_n", out.c_n, truth_out.c_n, same_out.c_n))
-    for name in ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c"):
-        if getattr(truth_out, name) is not None:
-            pairs.append(
-                (name, getattr(out, name), getattr(truth_out, name), getattr(same_out, name))
-            )
-    for field in RecurrenceInputs.GRAD_FIELDS:
-        if truth_grads[field] is not None:
-            pairs.append(("d" + field, grads[field], truth_grads[field], same_grads[field]))
-    for name, got, truth, same in pairs:
-        assert got is not None, name
-        assert torch.isfinite(got).all(), f"{name}: unwritten (NaN) elements"
-        err, tol = _err(got, truth), 2 * _err(same, truth) + FLOOR[dtype]
-        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}"
+    assert_by_rule(
+        named_results(out, grads),
+        named_results(truth_out, truth_grads),
+        named_results(same_out, same_grads),
+        dtype,
+        what="cuda",
+    )
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
@@ -172,10 +154,9 @@ def test_parity_cudnn(cell, dtype, steps, batch, inp, hidden):
     gc = (2 * out.c_n.double()).to(dtype) if lstm else None
     grads = cuda_backend.backward(inputs, saved, go, gh, gc)
     dx = grads["xg"] @ w_ih
-    mine = (out.output, out.h_n, dx, grads["w_hh"])
-    for what, a, b, t in zip(("output", "h_n", "dx", "dW_hh"), mine, cudnn, truth):
-        err, tol = _err(a, t), 2 * _err(b, t) + FLOOR[dtype]
-        assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g} (cuDNN {_err(b, t):.3g})"
+    names = ("output", "h_n", "dx", "dW_hh")
+    mine = dict(zip(names, (out.output, out.h_n, dx, grads["w_hh"])))
+    assert_by_rule(mine, dict(zip(names, truth)), dict(zip(names, cudnn)), dtype, what="cuda")
 
 
 def test_stream_and_no_sync():
