@@ -176,21 +176,12 @@ def compare(inputs: RecurrenceInputs, check_grads: bool = True) -> None:
     assert_by_rule(named_results(out, grads), truth, baseline, dtype, what="host")
 
 
-# Issue 10, part 2 (not fixed yet): training BN over two active rows with a variance near
-# NORM_EPS amplifies the GEMM's rounding ~250x; host's float32 output is then ~5x the float32
-# reference's error (which is the baseline of the rule), on AMD AVX2 as on Intel AVX-512.
-KNOWN_BN_FLOAT32_FAILURES = {("gru", "all", True, torch.float32)}
-KNOWN_BN_FLOAT32_REASON = "issue 10 part 2: float32 BN over 2 active rows exceeds the 2x rule"
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("reg", REGULARIZERS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_parity(cell, reg, reverse, lengths, dtype, request):
-    if (cell, reg, lengths, dtype) in KNOWN_BN_FLOAT32_FAILURES:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BN_FLOAT32_REASON, strict=False))
+def test_parity(cell, reg, reverse, lengths, dtype):
     compare(make_inputs(cell, reg, reverse, lengths, dtype))
 
 
