@@ -185,6 +185,18 @@ def test_parity(cell, reg, reverse, lengths, dtype):
     compare(make_inputs(cell, reg, reverse, lengths, dtype))
 
 
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", ["bn_train", "all", "ln", "all_ln"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_norm_float32_few_active_rows(cell, reg, reverse, seed):
+    """Issue 10's case: B = 3 with lengths [6, 4, 1], so batch norm runs over 3, 2 and 1
+    active rows (variance near or below eps, the rounding amplified ~300x); both directions
+    (the two halves of a bidirectional layer) and several draws, float32 by the rule."""
+    inputs = make_inputs(cell, reg, reverse, False, torch.float32, 6, 3, 7, seed=seed)
+    compare(inputs.replace(lengths=torch.tensor([6, 4, 1])))
+
+
 @pytest.mark.parametrize(
     ("steps", "batch", "hidden"),
     [(1, 1, 1), (2, 1, 3), (5, 3, 1), (11, 2, 17), (3, 7, 31), (4, 33, 9), (2, 4, 65)],
