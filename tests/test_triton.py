@@ -394,7 +394,7 @@ def test_gpu_matches_cudnn(cell):
     grad_h_n, grad_c_n = torch.randn_like(h0), torch.randn_like(c0)
 
     def run_torch(layer, dtype):
-        leaves = [t.to(dtype).requires_grad_(True) for t in (x, h0, c0)]
+        leaves = [t.detach().to(dtype).requires_grad_(True) for t in (x, h0, c0)]
         state = (leaves[1][None], leaves[2][None]) if cell == "lstm" else leaves[1][None]
         output, final = layer(leaves[0], state)
         h_n = final[0][0] if cell == "lstm" else final[0]
