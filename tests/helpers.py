@@ -104,9 +104,8 @@ def assert_by_rule(
 ) -> None:
     """The 2x rule on every named tensor: ``results`` (in ``dtype``) against the float64
     ``truth``, bound ``2 x error(baseline) + FLOOR[dtype] x max(1, max |truth|)`` per
-    tensor. On
-    failure names the tensor whose error exceeds its bound by the largest factor and its
-    worst element."""
+    tensor. On failure names the tensor whose error exceeds its bound by the largest factor
+    and its worst element."""
     errors = rule_errors(results, truth, baseline, dtype)
     failing = {n: e for n, e in errors.items() if e[0] > e[2]}
     if not failing:
