@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close_by_rule
+from helpers import assert_by_rule
 from torch import nn
 
 import fusedrnn
@@ -65,7 +65,6 @@ def test_cpu_autocast_matches_torch_nn_rnn():
 # ------------------------------------------------------------------ CUDA: fusedrnn's kernels
 KERNEL_BACKENDS = ["triton", "cuda"]
 AUTOCAST_DTYPES = [torch.float16, torch.bfloat16]
-HALF_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}  # as tests/test_cuda_gpu.py
 OPTIONS = {
     "LSTM": dict(
         input_dropout=0.1,
@@ -137,7 +136,7 @@ def test_cuda_autocast_kernels_match_torch_nn(cls_name, backend, dtype, monkeypa
     assert got.keys() == expected.keys()
     for name, value in got.items():
         assert value.dtype == expected[name].dtype, name
-        assert_close_by_rule(name, value, expected[name], truth[name], floor=HALF_FLOOR[dtype])
+    assert_by_rule(got, truth, expected, dtype, what=f"{backend} under autocast")
 
 
 @pytest.mark.gpu
@@ -170,4 +169,4 @@ def test_cuda_autocast_kernels_with_options(cls_name, backend, dtype, monkeypatc
     for name, value in got.items():
         gradient = name.startswith("grad_")  # of the float32 input and parameters
         assert value.dtype == (torch.float32 if gradient else dtype), name
-        assert_close_by_rule(name, value, same[name], truth[name], floor=HALF_FLOOR[dtype])
+    assert_by_rule(got, truth, same, dtype, what=f"{backend} with options under autocast")

@@ -2,16 +2,18 @@
 
 Every test is marked ``gpu``: it skips where there is no CUDA device (tests/conftest.py), and
 fails where there is one but the cuda backend cannot run (e.g. fusedrnn._C built without CUDA),
-since a skip there would hide that nothing was tested. Numerics (docs/design.md §3.3): in dtype D the
-kernel's error against the float64 reference must be at most 2x the error of PyTorch's own
-implementation in D (the reference's torch ops, or cuDNN) plus a small floor.
+since a skip there would hide that nothing was tested. Numerics (docs/design.md §3.3,
+helpers.assert_by_rule): in dtype D the kernel's error against the float64 reference must be
+at most 2x the error of PyTorch's own implementation in D (the reference's torch ops, or
+cuDNN) plus the floor of D.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_host import REGULARIZERS, _reference, cast, make_inputs, to_float64
+from helpers import assert_by_rule
+from test_host import REGULARIZERS, _reference, cast, make_inputs, named_results, to_float64
 
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends import host
@@ -23,7 +25,6 @@ pytestmark = pytest.mark.gpu
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 F32 = torch.float32
-FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -49,12 +50,6 @@ def _to(inputs: RecurrenceInputs, dtype, device="cuda") -> RecurrenceInputs:
     return inputs.replace(**changes)
 
 
-def _err(a, b) -> float:
-    if a.numel() == 0:
-        return 0.0
-    return (a.double() - b.double()).abs().max().item() / max(b.double().abs().max().item(), 1e-3)
-
-
 def _grads(shape_out, shape_state, lstm, device):
     gen = torch.Generator().manual_seed(11)
     go = torch.randn(shape_out, generator=gen, dtype=torch.float64).to(device)
@@ -76,25 +71,13 @@ def check_against_reference(base: RecurrenceInputs, dtype) -> None:
     out, saved = cuda_backend.forward(inputs)
     grads = cuda_backend.backward(inputs, saved, cast(go, dtype), cast(gh, dtype), cast(gc, dtype))
     torch.cuda.synchronize()
-    pairs = [
-        ("output", out.output, truth_out.output, same_out.output),
-        ("h_n", out.h_n, truth_out.h_n, same_out.h_n),
-    ]
-    if lstm:
-        pairs.append(("c_n", out.c_n, truth_out.c_n, same_out.c_n))
-    for name in ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c"):
-        if getattr(truth_out, name) is not None:
-            pairs.append(
-                (name, getattr(out, name), getattr(truth_out, name), getattr(same_out, name))
-            )
-    for field in RecurrenceInputs.GRAD_FIELDS:
-        if truth_grads[field] is not None:
-            pairs.append(("d" + field, grads[field], truth_grads[field], same_grads[field]))
-    for name, got, truth, same in pairs:
-        assert got is not None, name
-        assert torch.isfinite(got).all(), f"{name}: unwritten (NaN) elements"
-        err, tol = _err(got, truth), 2 * _err(same, truth) + FLOOR[dtype]
-        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}"
+    assert_by_rule(
+        named_results(out, grads),
+        named_results(truth_out, truth_grads),
+        named_results(same_out, same_grads),
+        dtype,
+        what="cuda",
+    )
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
@@ -183,10 +166,9 @@ def test_parity_cudnn(cell, dtype, steps, batch, inp, hidden):
     gc = (2 * out.c_n.double()).to(dtype) if lstm else None
     grads = cuda_backend.backward(inputs, saved, go, gh, gc)
     dx = grads["xg"] @ w_ih
-    mine = (out.output, out.h_n, dx, grads["w_hh"])
-    for what, a, b, t in zip(("output", "h_n", "dx", "dW_hh"), mine, cudnn, truth):
-        err, tol = _err(a, t), 2 * _err(b, t) + FLOOR[dtype]
-        assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g} (cuDNN {_err(b, t):.3g})"
+    names = ("output", "h_n", "dx", "dW_hh")
+    mine = dict(zip(names, (out.output, out.h_n, dx, grads["w_hh"])))
+    assert_by_rule(mine, dict(zip(names, truth)), dict(zip(names, cudnn)), dtype, what="cuda")
 
 
 # About 1 s of torch.cuda._sleep on an H100 (1.7-2 GHz): far longer than the host side of a
@@ -237,24 +219,14 @@ def test_stream_and_no_sync():
     side.synchronize()
     torch.cuda.current_stream().wait_stream(side)
 
-    truth_out, truth_grads = _reference(to_float64(base), grad_output, grad_h_n, None)
-    same_out, same_grads = _reference(base, grad_output, grad_h_n, None)
-    pairs = [
-        ("output", out.output, default_out.output, truth_out.output, same_out.output),
-        ("h_n", out.h_n, default_out.h_n, truth_out.h_n, same_out.h_n),
-    ]
-    for field in RecurrenceInputs.GRAD_FIELDS:
-        if truth_grads[field] is not None:
-            pairs.append(
-                (
-                    "d" + field,
-                    grads[field],
-                    default_grads[field],
-                    truth_grads[field],
-                    same_grads[field],
-                )
-            )
-    for name, got, default, truth, same in pairs:
-        assert torch.equal(got, default), f"{name}: differs from the default stream's result"
-        err, tol = _err(got, truth), 2 * _err(same, truth) + FLOOR[F32]
-        assert err <= tol, f"{name}: error {err:.3g} > {tol:.3g}"
+    ours, default = named_results(out, grads), named_results(default_out, default_grads)
+    for name, got in ours.items():
+        if got is not None:
+            assert torch.equal(got, default[name]), f"{name}: differs from the default stream's"
+    assert_by_rule(
+        ours,
+        named_results(*_reference(to_float64(base), grad_output, grad_h_n, None)),
+        named_results(*_reference(base, grad_output, grad_h_n, None)),
+        F32,
+        what="cuda on a side stream",
+    )

@@ -5,15 +5,15 @@ program owning every unit); on a CUDA machine without that variable the same tes
 compiled kernels on the GPU. ``gpu`` tests exercise the multi-program path (grid barrier,
 cross-program layer norm) and compare with cuDNN; they skip without CUDA.
 
-Accuracy rules (docs/design.md §3.3): float32 within 1e-5 relative of the float32
-reference (relative = max |error| / max |reference| per tensor); float16 / bfloat16 within
-2x the error of the reference run in that dtype, both against the float64 reference, plus
-one ulp of the dtype. Every launcher allocation is poisoned with NaN, so an element the
+Accuracy (docs/design.md §3.3, helpers.assert_by_rule): in every dtype the error
+against the float64 reference is at most 2x the error of the reference run in that dtype (or of
+cuDNN, for the plain recurrence) plus the dtype's floor. Every launcher allocation is poisoned with NaN, so an element the
 kernels forget to write shows up as a NaN.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -29,6 +29,8 @@ if not _CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'fusedrnn[triton]')")
+
+from helpers import assert_by_rule  # noqa: E402
 
 from fusedrnn.backends import reference as reference_backend  # noqa: E402
 from fusedrnn.backends import triton as triton_backend  # noqa: E402
@@ -188,28 +190,15 @@ def run_backend(backend, inputs: RecurrenceInputs, seed: int = 7):
     return result
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if expected.numel() == 0:
-        return 0.0
-    diff = (actual.double() - expected.double()).abs().max()
-    return (diff / expected.double().abs().max().clamp(min=1e-30)).item()
-
-
-def assert_matches_reference(inputs: RecurrenceInputs, tolerance: float = 1e-5) -> None:
+def assert_matches_reference(inputs: RecurrenceInputs) -> None:
+    """The numerics rule (helpers.assert_by_rule): the kernels' error against the float64
+    reference on the same inputs is at most 2x the reference's own error in the inputs'
+    dtype plus the dtype's floor, for every output, batch statistic and gradient."""
+    dtype = inputs.xg.dtype
+    truth = run_backend(reference_backend, cast_inputs(inputs, torch.float64))
+    baseline = run_backend(reference_backend, inputs)
     kernel = run_backend(triton_backend, inputs)
-    oracle = run_backend(reference_backend, inputs)
-    errors = {}
-    for name, expected in oracle.items():
-        actual = kernel[name]
-        if expected is None:
-            assert actual is None or actual.numel() == 0 or not actual.abs().any(), name
-            continue
-        assert actual is not None, f"{name} missing"
-        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
-        assert not actual.isnan().any(), f"{name} has NaN (unwritten elements?)"
-        errors[name] = relative_error(actual, expected)
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= tolerance, f"worst {worst}: {errors[worst]:.2e}; all {errors}"
+    assert_by_rule(kernel, truth, baseline, dtype, what="triton")
     if inputs.lengths is not None:  # finished rows output exactly 0
         t = torch.arange(inputs.xg.shape[0], device=inputs.xg.device)[:, None]
         inactive = t >= inputs.lengths[None, :]
@@ -225,7 +214,11 @@ def assert_matches_reference(inputs: RecurrenceInputs, tolerance: float = 1e-5) 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("regularizer", list(REGULARIZERS))
 @pytest.mark.parametrize("cell", CELLS)
-def test_matches_reference_float32(poisoned, cell, regularizer, reverse, lengths):
+def test_matches_reference_float32(poisoned, cell, regularizer, reverse, lengths, request):
+    if (cell, regularizer, reverse, lengths) == ("lstm", "all_batch_norm", True, None):
+        # Issue 10, part 2 (not fixed yet): grad_h0 is ~5x the float32 reference's error.
+        reason = "issue 10 part 2: triton's float32 BN backward exceeds the 2x rule"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
     # bias=False on one direction/length combination per case keeps the matrix small.
     bias = not (reverse and lengths is not None)
     assert_matches_reference(
@@ -249,37 +242,13 @@ def test_awkward_sizes(poisoned, cell, regularizer, batch, hidden, steps, length
     assert_matches_reference(inputs)
 
 
-def assert_dtype_rule(inputs: RecurrenceInputs) -> None:
-    """Error vs float64 <= 2x the reference's own error in the dtype + one ulp."""
-    dtype = inputs.xg.dtype
-    truth = run_backend(reference_backend, cast_inputs(inputs, torch.float64))
-    same_dtype = run_backend(reference_backend, inputs)
-    kernel = run_backend(triton_backend, inputs)
-    ulp = torch.finfo(dtype).eps
-    for name, expected in truth.items():
-        if expected is None:
-            continue
-        actual = kernel[name]
-        assert actual.dtype == same_dtype[name].dtype and not actual.isnan().any(), name
-        kernel_error = relative_error(actual, expected)
-        reference_error = relative_error(same_dtype[name], expected)
-        # The half-precision reference can overflow in training BN backward; the kernel
-        # (float32 inside) must then still be within a few ulps.
-        if not torch.isfinite(torch.tensor(reference_error)):
-            reference_error = 4 * ulp
-        bound = 2 * reference_error + ulp
-        assert kernel_error <= bound, (
-            f"{name}: kernel {kernel_error:.2e} > 2 x reference {reference_error:.2e} + {ulp:.1e}"
-        )
-
-
 @pytest.mark.interpreter
 @needs_backend
 @pytest.mark.parametrize("regularizer", ["none", "all_batch_norm", "all_layer_norm"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision(poisoned, dtype, cell, regularizer):
-    assert_dtype_rule(make_inputs(cell, regularizer, dtype=dtype, lengths=LENGTHS))
+    assert_matches_reference(make_inputs(cell, regularizer, dtype=dtype, lengths=LENGTHS))
 
 
 @pytest.mark.interpreter
@@ -380,7 +349,7 @@ def test_gpu_multi_program_matches_reference(poisoned, cell, regularizer, revers
     )
     geometry = triton_backend._geometry(GPU_BATCH, GPU_HIDDEN, inputs.config.num_gates, "cuda")
     assert geometry["forward_programs"] > 1 and geometry["backward_programs"] > 1
-    assert_matches_reference(inputs, tolerance=2e-5)
+    assert_matches_reference(inputs)
 
 
 @pytest.mark.gpu
@@ -398,7 +367,7 @@ def test_gpu_half_precision(poisoned, dtype, cell):
         dtype=dtype,
         device="cuda",
     )
-    assert_dtype_rule(inputs)
+    assert_matches_reference(inputs)
 
 
 @pytest.mark.gpu
@@ -417,27 +386,40 @@ def test_gpu_matches_cudnn(cell):
     else:
         module = torch.nn.RNN(size, hidden, nonlinearity=cell.split("_")[1])
     module = module.cuda()
-    x = torch.randn(steps, batch, size, device="cuda", requires_grad=True)
-    h0 = torch.randn(batch, hidden, device="cuda", requires_grad=True)
-    c0 = torch.randn(batch, hidden, device="cuda", requires_grad=True)
-    state = (h0[None], c0[None]) if cell == "lstm" else h0[None]
-    output, final = module(x, state)
-    h_n = final[0][0] if cell == "lstm" else final[0]
-    grad_output, grad_h_n = torch.randn_like(output), torch.randn_like(h_n)
-    roots, grads = [output, h_n], [grad_output, grad_h_n]
-    if cell == "lstm":
-        grad_c_n = torch.randn_like(h_n)
-        roots.append(final[1][0])
-        grads.append(grad_c_n)
-    torch.autograd.backward(roots, grads)
+    module64 = copy.deepcopy(module).double()  # the truth: the same weights in float64
+    x = torch.randn(steps, batch, size, device="cuda")
+    h0 = torch.randn(batch, hidden, device="cuda")
+    c0 = torch.randn(batch, hidden, device="cuda")
+    grad_output = torch.randn(steps, batch, hidden, device="cuda")
+    grad_h_n, grad_c_n = torch.randn_like(h0), torch.randn_like(c0)
+
+    def run_torch(layer, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_(True) for t in (x, h0, c0)]
+        state = (leaves[1][None], leaves[2][None]) if cell == "lstm" else leaves[1][None]
+        output, final = layer(leaves[0], state)
+        h_n = final[0][0] if cell == "lstm" else final[0]
+        roots, grads = [output, h_n], [grad_output.to(dtype), grad_h_n.to(dtype)]
+        if cell == "lstm":
+            roots.append(final[1][0])
+            grads.append(grad_c_n.to(dtype))
+        torch.autograd.backward(roots, grads)
+        result = {"output": output, "h_n": h_n, "c_n": final[1][0] if cell == "lstm" else None}
+        result |= {"dx": leaves[0].grad, "dh0": leaves[1].grad}
+        result["dc0"] = leaves[2].grad if cell == "lstm" else None
+        result |= {"dW_hh": layer.weight_hh_l0.grad, "db_hh": layer.bias_hh_l0.grad}
+        result["dW_ih"] = layer.weight_ih_l0.grad
+        return {k: None if v is None else v.detach() for k, v in result.items()}
+
+    truth = run_torch(module64, torch.float64)
+    cudnn = run_torch(module, torch.float32)
 
     w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
-    xg = (x.detach() @ w_ih.t() + b_ih).contiguous()
+    xg = (x @ w_ih.t() + b_ih).contiguous()
     inputs = RecurrenceInputs(
         config=RecurrenceConfig(cell=cell, hidden_size=hidden),
         xg=xg,
-        h0=h0.detach(),
-        c0=c0.detach() if cell == "lstm" else None,
+        h0=h0,
+        c0=c0 if cell == "lstm" else None,
         w_hh=module.weight_hh_l0.detach(),
         b_hh=module.bias_hh_l0.detach(),
         w_hr=None,
@@ -447,24 +429,11 @@ def test_gpu_matches_cudnn(cell):
     ours = triton_backend.backward(
         inputs, saved, grad_output, grad_h_n, grad_c_n if cell == "lstm" else None
     )
-    pairs = {
-        "output": (outputs.output, output),
-        "h_n": (outputs.h_n, h_n),
-        "dx": (ours["xg"] @ w_ih, x.grad),
-        "dh0": (ours["h0"], h0.grad),
-        "dW_hh": (ours["w_hh"], module.weight_hh_l0.grad),
-        "db_hh": (ours["b_hh"], module.bias_hh_l0.grad),
-        "dW_ih": (
-            ours["xg"].reshape(-1, xg.shape[-1]).t() @ x.detach().reshape(-1, size),
-            module.weight_ih_l0.grad,
-        ),
-    }
-    if cell == "lstm":
-        pairs["c_n"] = (outputs.c_n, final[1][0])
-        pairs["dc0"] = (ours["c0"], c0.grad)
-    for name, (actual, expected) in pairs.items():
-        error = relative_error(actual, expected)
-        assert error <= 1e-4, f"{name}: {error:.2e}"
+    result = {"output": outputs.output, "h_n": outputs.h_n, "c_n": outputs.c_n}
+    result |= {"dx": ours["xg"] @ w_ih, "dh0": ours["h0"], "dc0": ours["c0"]}
+    result |= {"dW_hh": ours["w_hh"], "db_hh": ours["b_hh"]}
+    result["dW_ih"] = ours["xg"].reshape(-1, xg.shape[-1]).t() @ x.reshape(-1, size)
+    assert_by_rule(result, truth, cudnn, torch.float32, what=f"triton vs cuDNN ({cell})")
 
 
 @pytest.mark.gpu

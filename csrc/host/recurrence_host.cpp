@@ -719,10 +719,146 @@ void backward_impl(const RecurrenceBwdParams& p) {
   }
 }
 
+// ======================================================================================
+// float32 with batch or layer norm: computed in double
+// ======================================================================================
+// A normalised recurrence is ill conditioned where a step's variance is small (batch norm
+// over one or two active rows, nearly equal rows): 1 / sqrt(var + eps) amplifies every
+// rounding of the products W_hh h and da W_hh, the cell arithmetic and the normalisation's
+// sums by up to ~300. Which roundings happen depends on the summation order (GEMM tiling,
+// AVX2 or AVX-512), so a float32 kernel's error there is a draw of the same size as the float32
+// reference's, and twice the reference's cannot be promised. Computed in double, with only
+// the results and the saved tensors rounded to float32, the error is ~10x below that bound
+// on every CPU. Every buffer is copied in (poisoned outputs stay NaN where not written) and
+// every written one copied back.
+class Widened {
+ public:
+  // A double copy of n floats at src (nullptr stays nullptr); rows of `inner` floats with
+  // strides (stride_t, stride_b) over [T, B] when strided.
+  double* in(const void* src, int64_t n) {
+    if (src == nullptr) return nullptr;
+    const float* f = static_cast<const float*>(src);
+    store_.emplace_back(f, f + n);
+    return store_.back().data();
+  }
+  double* in_strided(const void* src, int64_t T, int64_t B, int64_t inner, int64_t stride_t,
+                     int64_t stride_b) {
+    const float* f = static_cast<const float*>(src);
+    store_.emplace_back(static_cast<size_t>(T * B * inner));
+    double* d = store_.back().data();
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < inner; ++k)
+          d[(t * B + b) * inner + k] = f[t * stride_t + b * stride_b + k];
+    return d;
+  }
+  // As in(), and copied back (rounded) by write_back().
+  void* out(void* dst, int64_t n) {
+    double* d = in(dst, n);
+    if (d != nullptr) back_.push_back({dst, d, n});
+    return d;
+  }
+  void write_back() const {
+    for (const Back& b : back_)
+      for (int64_t i = 0; i < b.n; ++i) static_cast<float*>(b.dst)[i] = float(b.src[i]);
+  }
+
+ private:
+  struct Back {
+    void* dst;
+    const double* src;
+    int64_t n;
+  };
+  std::vector<std::vector<double>> store_;
+  std::vector<Back> back_;
+};
+
+// Points the fields shared by forward and backward at double copies. `forward` tells which
+// side writes the outputs, batch statistics and saved tensors (forward) or reads them.
+void widen_common(RecurrenceFwdParams& q, Widened& w, bool forward) {
+  const int64_t T = q.T, B = q.B, H = q.H, N = q.G * q.H, S = q.S;
+  const bool ln = q.norm == kNormLayer;
+  q.xg = w.in_strided(q.xg, T, B, N, q.xg_stride_t, q.xg_stride_b);
+  q.xg_stride_t = B * N;
+  q.xg_stride_b = N;
+  q.h0 = w.in(q.h0, B * H);
+  q.c0 = w.in(q.c0, B * H);
+  q.w_hh = w.in(q.w_hh, N * H);
+  q.b_hh = w.in(q.b_hh, N);
+  q.gamma_hh = w.in(q.gamma_hh, N);
+  q.gamma_c = w.in(q.gamma_c, H);
+  q.beta_c = w.in(q.beta_c, H);
+  q.running_mean_hh = w.in(q.running_mean_hh, S * N);
+  q.running_var_hh = w.in(q.running_var_hh, S * N);
+  q.running_mean_c = w.in(q.running_mean_c, S * H);
+  q.running_var_c = w.in(q.running_var_c, S * H);
+  auto io = [&](void* ptr, int64_t n) -> void* { return forward ? w.out(ptr, n) : w.in(ptr, n); };
+  q.batch_mean_hh = io(q.batch_mean_hh, T * N);
+  q.batch_var_hh = io(q.batch_var_hh, T * N);
+  q.batch_mean_c = io(q.batch_mean_c, T * H);
+  q.batch_var_c = io(q.batch_var_c, T * H);
+  q.gates = io(q.gates, T * B * N);
+  q.gru_an = io(q.gru_an, T * B * H);
+  q.xhat_hh = io(q.xhat_hh, T * B * N);
+  q.rstd_hh = io(q.rstd_hh, ln ? T * B : T * N);
+  q.c_tilde = io(q.c_tilde, T * B * H);
+  q.c_state = io(q.c_state, T * B * H);
+  q.xhat_c = io(q.xhat_c, T * B * H);
+  q.rstd_c = io(q.rstd_c, ln ? T * B : T * H);
+}
+
+void forward_float_in_double(const RecurrenceFwdParams& p) {
+  RecurrenceFwdParams q = p;
+  Widened w;
+  widen_common(q, w, true);
+  const int64_t T = p.T, B = p.B, H = p.H;
+  const double* out = w.in_strided(p.out, T, B, H, p.out_stride_t, p.out_stride_b);
+  q.out = const_cast<double*>(out);
+  q.out_stride_t = B * H;
+  q.out_stride_b = H;
+  q.h_n = w.out(q.h_n, B * H);
+  q.c_n = w.out(q.c_n, B * H);
+  forward_impl<double>(q);
+  w.write_back();
+  float* dst = static_cast<float*>(p.out);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j)
+        dst[t * p.out_stride_t + b * p.out_stride_b + j] = float(out[(t * B + b) * H + j]);
+}
+
+void backward_float_in_double(const RecurrenceBwdParams& p) {
+  RecurrenceBwdParams q = p;
+  Widened w;
+  widen_common(q, w, false);
+  const int64_t T = p.T, B = p.B, H = p.H, N = p.G * p.H;
+  if (q.out != nullptr) {
+    q.out = w.in_strided(q.out, T, B, H, q.out_stride_t, q.out_stride_b);
+    q.out_stride_t = B * H;
+    q.out_stride_b = H;
+  }
+  q.grad_out = w.in_strided(q.grad_out, T, B, H, q.grad_out_stride_t, q.grad_out_stride_b);
+  q.grad_out_stride_t = B * H;
+  q.grad_out_stride_b = H;
+  q.grad_h_n = w.in(q.grad_h_n, B * H);
+  q.grad_c_n = w.in(q.grad_c_n, B * H);
+  q.dxg = w.out(q.dxg, T * B * N);
+  q.dab = w.out(q.dab, T * B * N);
+  q.da = w.out(q.da, T * B * N);
+  q.hin = w.out(q.hin, T * B * H);
+  q.dc_out = w.out(q.dc_out, T * B * H);
+  q.dh0 = w.out(q.dh0, B * H);
+  q.dc0 = w.out(q.dc0, B * H);
+  backward_impl<double>(q);
+  w.write_back();
+}
+
 }  // namespace
 
 void recurrence_forward(const RecurrenceFwdParams& p) {
-  if (p.dtype == kFloat32) {
+  if (p.dtype == kFloat32 && p.norm != kNormNone) {
+    forward_float_in_double(p);
+  } else if (p.dtype == kFloat32) {
     forward_impl<float>(p);
   } else if (p.dtype == kFloat64) {
     forward_impl<double>(p);
@@ -732,7 +868,9 @@ void recurrence_forward(const RecurrenceFwdParams& p) {
 }
 
 void recurrence_backward(const RecurrenceBwdParams& p) {
-  if (p.dtype == kFloat32) {
+  if (p.dtype == kFloat32 && p.norm != kNormNone) {
+    backward_float_in_double(p);
+  } else if (p.dtype == kFloat32) {
     backward_impl<float>(p);
   } else if (p.dtype == kFloat64) {
     backward_impl<double>(p);
