@@ -20,19 +20,20 @@ time-major ``[T, B, features]`` and padded; ``lengths [B]`` marks each row's tru
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import _VF
 
-from . import dispatch, philox, reference
+from . import backends, dispatch, philox, reference
 from .backends.base import (
     BN_MOMENTUM,
     NORM_EPS,
     RecurrenceConfig,
     RecurrenceInputs,
     accumulate_dtype,
+    check_lengths,
+    validate,
 )
 
 __all__ = [
@@ -127,42 +128,67 @@ class LayerParams:
 # as one opaque node per layer-direction instead of breaking the graph. Eager mode takes the
 # same path: there is one way into a backend.
 #
-# Op outputs are a flat list: [output, h_n, c_n, mean_hh, var_hh, mean_c, var_c, *saved],
-# with an empty tensor where a result does not exist (no cell state, no batch statistics).
+# The ops' arguments and schemas are generated from the fields of RecurrenceInputs (with
+# RecurrenceConfig's flattened in): its tensors in field order, then its scalars. The seed is
+# passed as a 0-d int64 tensor, so that a compiled graph does not specialise on its value.
+#
+# Forward outputs are a flat list: [output, h_n, c_n, mean_hh, var_hh, mean_c, var_c,
+# backend, *saved], with an empty tensor where a result does not exist (no cell state, no
+# batch statistics). ``backend`` is a 0-d int64 CPU tensor, the index in ``_BACKEND_NAMES``
+# of the backend that ran: backward runs that same backend (it reads the saved tensors).
 # --------------------------------------------------------------------------------------
-_OPTIONAL_TENSOR_FIELDS = (
-    "c0",
-    "b_hh",
-    "w_hr",
-    "lengths",
-    "norm_weight_hh",
-    "norm_weight_c",
-    "norm_bias_c",
-    "running_mean_hh",
-    "running_var_hh",
-    "running_mean_c",
-    "running_var_c",
-)
-_TENSOR_FIELDS = ("xg", "h0", "w_hh", *_OPTIONAL_TENSOR_FIELDS)
+_SCHEMA_TYPES = {
+    "torch.Tensor": "Tensor",
+    "torch.Tensor | None": "Tensor?",
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "str": "str",
+}
+_SEED_FIELD = "seed"  # an int of RecurrenceInputs that the ops take as a 0-d tensor
+
+
+def _op_fields(cls: type = RecurrenceInputs) -> list[tuple[str, str]]:
+    """(name, schema type) of each field of ``cls``, a RecurrenceConfig's fields flattened."""
+    fields = []
+    for field in dataclasses.fields(cls):
+        if field.type == RecurrenceConfig.__name__:
+            fields += _op_fields(RecurrenceConfig)
+        elif field.name == _SEED_FIELD:
+            fields.append((field.name, "Tensor"))
+        elif field.type in _SCHEMA_TYPES:
+            fields.append((field.name, _SCHEMA_TYPES[field.type]))
+        else:
+            raise TypeError(f"no op schema type for {cls.__name__}.{field.name}: {field.type}")
+    return fields
+
+
+_FIELDS = _op_fields()
+_TENSOR_ARGS = tuple(name for name, kind in _FIELDS if kind.startswith("Tensor"))
+_SCALAR_ARGS = tuple(name for name, kind in _FIELDS if not kind.startswith("Tensor"))
+_INPUT_ARGS = (*_TENSOR_ARGS, *_SCALAR_ARGS)
+_INPUT_SCHEMA = ", ".join(f"{dict(_FIELDS)[name]} {name}" for name in _INPUT_ARGS)
+_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(RecurrenceConfig))
 _STAT_FIELDS = ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c")
-_NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; saved tensors follow
+_NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; then backend, saved
+_BACKEND_NAMES = tuple(backends.RECURRENCE_BACKENDS)
 
 
-def _op_inputs(tensors: dict, seed: torch.Tensor | int, scalars: tuple) -> RecurrenceInputs:
-    (cell, hidden, proj, rec_dropout, zone_c, zone_h, norm, reverse, training, layer, direction) = (
-        scalars
-    )
-    config = RecurrenceConfig(cell, hidden, proj, rec_dropout, zone_c, zone_h, norm)
-    seed = int(seed) if isinstance(seed, torch.Tensor) else seed
-    return RecurrenceInputs(
-        config=config,
-        **tensors,
-        reverse=reverse,
-        training=training,
-        seed=seed,
-        layer=layer,
-        direction=direction,
-    )
+def op_arguments(inputs: RecurrenceInputs, seed: torch.Tensor | None = None) -> list:
+    """``inputs`` as the ops' positional arguments (``seed`` overrides ``inputs.seed``)."""
+    values = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+    values.update({name: getattr(inputs.config, name) for name in _CONFIG_FIELDS})
+    values[_SEED_FIELD] = torch.tensor(inputs.seed, dtype=torch.int64) if seed is None else seed
+    return [values[name] for name in _INPUT_ARGS]
+
+
+def _op_inputs(args, read_seed: bool = True) -> RecurrenceInputs:
+    """The inverse of :func:`op_arguments` (seed 0 where it cannot be read: fake tensors)."""
+    values = dict(zip(_INPUT_ARGS, args, strict=True))
+    config = RecurrenceConfig(**{name: values.pop(name) for name in _CONFIG_FIELDS})
+    seed = values[_SEED_FIELD]
+    values[_SEED_FIELD] = int(seed) if read_seed and isinstance(seed, torch.Tensor) else 0
+    return RecurrenceInputs(config=config, **values)
 
 
 def _empty_like_absent(reference_tensor: torch.Tensor) -> torch.Tensor:
@@ -205,156 +231,90 @@ def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
     return result.detach() if result._is_view() else result
 
 
-@torch.library.custom_op("fusedrnn::recurrence", mutates_args=())
-def _recurrence_op(
-    xg: torch.Tensor,
-    h0: torch.Tensor,
-    w_hh: torch.Tensor,
-    c0: torch.Tensor | None,
-    b_hh: torch.Tensor | None,
-    w_hr: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    norm_weight_hh: torch.Tensor | None,
-    norm_weight_c: torch.Tensor | None,
-    norm_bias_c: torch.Tensor | None,
-    running_mean_hh: torch.Tensor | None,
-    running_var_hh: torch.Tensor | None,
-    running_mean_c: torch.Tensor | None,
-    running_var_c: torch.Tensor | None,
-    seed: torch.Tensor,
-    cell: str,
-    hidden_size: int,
-    proj_size: int,
-    recurrent_dropout: float,
-    zoneout_cell: float,
-    zoneout_hidden: float,
-    norm: str,
-    reverse: bool,
-    training: bool,
-    layer: int,
-    direction: int,
-    backend: str,
-) -> list[torch.Tensor]:
-    args = locals()
-    tensors = {f: args[f] for f in _TENSOR_FIELDS}
-    scalars = tuple(args[k] for k in _SCALAR_ARGS)
-    inputs = _op_inputs(tensors, seed, scalars)
+def _recurrence_impl(*args) -> list[torch.Tensor]:
+    inputs, backend = _op_inputs(args[:-1]), args[-1]
+    validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
     outputs, saved = module.forward(inputs)
     results = [outputs.output, outputs.h_n, outputs.c_n]
     results += [getattr(outputs, f) for f in _STAT_FIELDS]
-    results = [_empty_like_absent(xg) if r is None else r for r in results]
+    results = [_empty_like_absent(inputs.xg) if r is None else r for r in results]
     returned: list[torch.Tensor] = []
     for r in [*results, *saved]:
-        returned.append(_unaliased(r, [*tensors.values(), *returned]))
-    return returned
+        returned.append(_unaliased(r, [*args[: len(_TENSOR_ARGS)], *returned]))
+    ran = torch.tensor(_BACKEND_NAMES.index(module.NAME), dtype=torch.int64)
+    return [*returned[:_NUM_RESULTS], ran, *returned[_NUM_RESULTS:]]
 
 
-_SCALAR_ARGS = (
-    "cell",
-    "hidden_size",
-    "proj_size",
-    "recurrent_dropout",
-    "zoneout_cell",
-    "zoneout_hidden",
-    "norm",
-    "reverse",
-    "training",
-    "layer",
-    "direction",
+_recurrence_op = torch.library.custom_op(
+    "fusedrnn::recurrence",
+    _recurrence_impl,
+    mutates_args=(),
+    schema=f"({_INPUT_SCHEMA}, str backend) -> Tensor[]",
 )
 
 
-_RECURRENCE_SIGNATURE = inspect.signature(_recurrence_op._init_fn)
-
-
 @_recurrence_op.register_fake
-def _recurrence_op_fake(*args, **kwargs):
-    bound = _RECURRENCE_SIGNATURE.bind(*args, **kwargs).arguments
-    tensors = {f: bound[f] for f in _TENSOR_FIELDS}
-    inputs = _op_inputs(tensors, 0, tuple(bound[k] for k in _SCALAR_ARGS))
-    module = dispatch.recurrence_backend(bound["backend"], inputs)
-    xg = bound["xg"]
+def _recurrence_op_fake(*args):
+    inputs, backend = _op_inputs(args[:-1], read_seed=False), args[-1]
+    validate(inputs, read_lengths=False)
+    module = dispatch.recurrence_backend(backend, inputs)
+    xg = inputs.xg
     results = [xg.new_empty(shape, dtype=dtype) for shape, dtype in _result_shapes(inputs)]
-    return [*results, *module.saved_like(inputs)]
+    ran = xg.new_empty((), dtype=torch.int64, device="cpu")
+    return [*results, ran, *module.saved_like(inputs)]
 
 
-@torch.library.custom_op("fusedrnn::recurrence_backward", mutates_args=())
-def _recurrence_backward_op(
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-    saved: list[torch.Tensor],
-    xg: torch.Tensor,
-    h0: torch.Tensor,
-    w_hh: torch.Tensor,
-    c0: torch.Tensor | None,
-    b_hh: torch.Tensor | None,
-    w_hr: torch.Tensor | None,
-    lengths: torch.Tensor | None,
-    norm_weight_hh: torch.Tensor | None,
-    norm_weight_c: torch.Tensor | None,
-    norm_bias_c: torch.Tensor | None,
-    running_mean_hh: torch.Tensor | None,
-    running_var_hh: torch.Tensor | None,
-    running_mean_c: torch.Tensor | None,
-    running_var_c: torch.Tensor | None,
-    seed: torch.Tensor,
-    cell: str,
-    hidden_size: int,
-    proj_size: int,
-    recurrent_dropout: float,
-    zoneout_cell: float,
-    zoneout_hidden: float,
-    norm: str,
-    reverse: bool,
-    training: bool,
-    layer: int,
-    direction: int,
-    backend: str,
+def _recurrence_backward_impl(
+    grad_output, grad_h_n, grad_c_n, saved, backend, *args
 ) -> list[torch.Tensor]:
     """Gradients in ``RecurrenceInputs.GRAD_FIELDS`` order (an empty tensor for an absent
-    input)."""
-    args = locals()
-    tensors = {f: args[f] for f in _TENSOR_FIELDS}
-    inputs = _op_inputs(tensors, seed, tuple(args[k] for k in _SCALAR_ARGS))
-    module = dispatch.recurrence_backend(backend, inputs)
+    input), from the backend that ran the forward (``backend``, its index)."""
+    inputs = _op_inputs(args)
+    module = backends.load(_BACKEND_NAMES[int(backend)])
     grads = module.backward(inputs, tuple(saved), grad_output, grad_h_n, grad_c_n)
     result = []
+    tensors = [getattr(inputs, name) for name in _TENSOR_ARGS]
     for field in RecurrenceInputs.GRAD_FIELDS:
-        value = tensors[field]
+        value = getattr(inputs, field)
         if value is None:
-            result.append(_empty_like_absent(xg))
+            result.append(_empty_like_absent(inputs.xg))
         elif grads.get(field) is None:
             result.append(torch.zeros_like(value))
         else:
-            result.append(_unaliased(grads[field], [*tensors.values(), grad_output, grad_h_n]))
+            result.append(_unaliased(grads[field], [*tensors, grad_output, grad_h_n]))
     return result
 
 
-_BACKWARD_SIGNATURE = inspect.signature(_recurrence_backward_op._init_fn)
+_recurrence_backward_op = torch.library.custom_op(
+    "fusedrnn::recurrence_backward",
+    _recurrence_backward_impl,
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor[] saved, "
+        f"Tensor backend, {_INPUT_SCHEMA}) -> Tensor[]"
+    ),
+)
 
 
 @_recurrence_backward_op.register_fake
-def _recurrence_backward_op_fake(*args, **kwargs):
-    bound = _BACKWARD_SIGNATURE.bind(*args, **kwargs).arguments
+def _recurrence_backward_op_fake(grad_output, grad_h_n, grad_c_n, saved, backend, *args):
+    inputs = dict(zip(_INPUT_ARGS, args))
     return [
-        bound["grad_output"].new_empty(0) if bound[f] is None else torch.empty_like(bound[f])
+        grad_output.new_empty(0) if inputs[f] is None else torch.empty_like(inputs[f])
         for f in RecurrenceInputs.GRAD_FIELDS
     ]
 
 
-_NUM_OP_TENSOR_ARGS = len(_TENSOR_FIELDS) + 1  # the tensors and the seed
-
-
 def _recurrence_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:_NUM_OP_TENSOR_ARGS], *output[_NUM_RESULTS:])
-    ctx.scalars = inputs[_NUM_OP_TENSOR_ARGS:]
+    num_tensors = len(_TENSOR_ARGS)
+    ctx.save_for_backward(*inputs[:num_tensors], *output[_NUM_RESULTS:])
+    ctx.scalars = inputs[num_tensors : len(_INPUT_ARGS)]  # the backend name is not needed
     ctx.mark_non_differentiable(*output[3:])
 
 
 def _differentiable_backward(
-    tensors: dict, seed: torch.Tensor, scalars: tuple, grads: tuple
+    inputs: RecurrenceInputs, grads: tuple
 ) -> dict[str, torch.Tensor | None]:
     """Gradients that autograd can differentiate again (double backward).
 
@@ -363,11 +323,10 @@ def _differentiable_backward(
     seed (hence the same masks) by the reference loop in plain torch ops, and differentiated
     by autograd with ``create_graph=True``.
     """
-    inputs = _op_inputs(tensors, seed, scalars)
     fields = [
         f
         for f in RecurrenceInputs.GRAD_FIELDS
-        if tensors[f] is not None and tensors[f].requires_grad
+        if getattr(inputs, f) is not None and getattr(inputs, f).requires_grad
     ]
     with torch.enable_grad():
         result = reference.recurrence(inputs)
@@ -381,7 +340,7 @@ def _differentiable_backward(
         outs, cotangents = zip(*pairs)
         values = torch.autograd.grad(
             outs,
-            [tensors[f] for f in fields],
+            [getattr(inputs, f) for f in fields],
             cotangents,
             create_graph=True,
             allow_unused=True,
@@ -391,35 +350,26 @@ def _differentiable_backward(
 
 def _recurrence_backward(ctx, grads):
     saved = ctx.saved_tensors
-    op_tensors, extra = saved[:_NUM_OP_TENSOR_ARGS], list(saved[_NUM_OP_TENSOR_ARGS:])
-    tensors = dict(zip(_TENSOR_FIELDS, op_tensors))
+    num_tensors = len(_TENSOR_ARGS)
+    args = (*saved[:num_tensors], *ctx.scalars)
+    backend, extra = saved[num_tensors], list(saved[num_tensors + 1 :])
+    inputs = _op_inputs(args, read_seed=torch.is_grad_enabled())
     if torch.is_grad_enabled():  # create_graph=True: the backward is differentiated too
-        scalars = ctx.scalars[: len(_SCALAR_ARGS)]  # the backend name is last
-        by_field = _differentiable_backward(tensors, op_tensors[-1], scalars, grads)
-        per_arg = [by_field.get(f) for f in _TENSOR_FIELDS]
-        return (*per_arg, None, *([None] * len(ctx.scalars)))
-    grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
-    if grad_output is None:
-        grad_output = torch.zeros(
-            (*tensors["xg"].shape[:2], tensors["h0"].shape[1]),
-            dtype=tensors["xg"].dtype,
-            device=tensors["xg"].device,
-        )
-    if grad_h_n is None:
-        grad_h_n = torch.zeros_like(tensors["h0"])
-    if tensors["c0"] is None:
-        grad_c_n = None
-    elif grad_c_n is None:
-        grad_c_n = torch.zeros_like(tensors["c0"])
-    grads_in = _recurrence_backward_op(
-        grad_output, grad_h_n, grad_c_n, extra, *op_tensors, *ctx.scalars
-    )
-    by_field = dict(zip(RecurrenceInputs.GRAD_FIELDS, grads_in))
-    per_arg = [
-        by_field.get(f) if f in by_field and tensors[f] is not None else None
-        for f in _TENSOR_FIELDS
-    ]
-    return (*per_arg, None, *([None] * len(ctx.scalars)))
+        by_field = _differentiable_backward(inputs, grads)
+    else:
+        grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
+        if grad_output is None:
+            grad_output = inputs.xg.new_zeros((*inputs.xg.shape[:2], inputs.h0.shape[1]))
+        if grad_h_n is None:
+            grad_h_n = torch.zeros_like(inputs.h0)
+        if inputs.c0 is None:
+            grad_c_n = None
+        elif grad_c_n is None:
+            grad_c_n = torch.zeros_like(inputs.c0)
+        grads_in = _recurrence_backward_op(grad_output, grad_h_n, grad_c_n, extra, backend, *args)
+        by_field = dict(zip(RecurrenceInputs.GRAD_FIELDS, grads_in))
+    per_arg = [by_field.get(f) if getattr(inputs, f) is not None else None for f in _TENSOR_ARGS]
+    return (*per_arg, *([None] * (len(ctx.scalars) + 1)))
 
 
 torch.library.register_autograd(
@@ -448,55 +398,49 @@ def _vmap_active() -> bool:
     return any(level.key() == vmap for level in torch._C._functorch.get_interpreter_stack() or ())
 
 
-def _reference_recurrence(
-    inputs: RecurrenceInputs, backend: str, seed: torch.Tensor
-) -> tuple[torch.Tensor | None, ...]:
+def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, str]:
     """The recurrence in differentiable torch ops (the reference loop), for torch.func.
 
     ``backend`` is still resolved, so a named backend that cannot run the call raises as it
-    does outside a transform; the masks come from the same seed.
+    does outside a transform; the masks come from the same seed. Returns the results and the
+    resolved backend's name.
     """
-    dispatch.recurrence_backend(backend, inputs)
-    result = reference.recurrence(inputs.replace(seed=int(seed)))
-    return (result.output, result.h_n, result.c_n, *(getattr(result, f) for f in _STAT_FIELDS))
+    validate(inputs)
+    module = dispatch.recurrence_backend(backend, inputs)
+    result = reference.recurrence(inputs)
+    results = (result.output, result.h_n, result.c_n, *(getattr(result, f) for f in _STAT_FIELDS))
+    return results, module.NAME
 
 
 def recurrence(
-    inputs: RecurrenceInputs, backend: str = "auto", seed: torch.Tensor | None = None
+    inputs: RecurrenceInputs,
+    backend: str = "auto",
+    seed: torch.Tensor | None = None,
+    backends_ran: list[str] | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Run one layer-direction's recurrence on ``backend`` with autograd support.
 
     ``seed`` (a 0-d int64 tensor) overrides ``inputs.seed``; compiled graphs pass it so the
     seed stays a tensor. Returns ``(output, h_n, c_n, batch_mean_hh, batch_var_hh,
-    batch_mean_c, batch_var_c)``, with None for what does not exist.
+    batch_mean_c, batch_var_c)``, with None for what does not exist. In eager mode the name of
+    the backend that ran is appended to ``backends_ran`` when given.
     """
-    if seed is None:
-        seed = torch.tensor(inputs.seed, dtype=torch.int64)
     if _functorch_active():
-        return _reference_recurrence(inputs, backend, seed)
-    cfg = inputs.config
-    outputs = _recurrence_op(
-        *[getattr(inputs, f) for f in _TENSOR_FIELDS],
-        seed,
-        cfg.cell,
-        cfg.hidden_size,
-        cfg.proj_size,
-        cfg.recurrent_dropout,
-        cfg.zoneout_cell,
-        cfg.zoneout_hidden,
-        cfg.norm,
-        inputs.reverse,
-        inputs.training,
-        inputs.layer,
-        inputs.direction,
-        backend,
-    )
-    # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
-    shapes = _result_shapes(inputs)
-    results = [
-        None if i >= 2 and shapes[i][0] == (0,) else r for i, r in enumerate(outputs[:_NUM_RESULTS])
-    ]
-    return tuple(results)
+        if seed is not None:
+            inputs = inputs.replace(seed=int(seed))
+        results, ran = _reference_recurrence(inputs, backend)
+    else:
+        outputs = _recurrence_op(*op_arguments(inputs, seed), backend)
+        # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
+        shapes = _result_shapes(inputs)
+        results = tuple(
+            None if i >= 2 and shapes[i][0] == (0,) else r
+            for i, r in enumerate(outputs[:_NUM_RESULTS])
+        )
+        ran = None if torch.compiler.is_compiling() else _BACKEND_NAMES[int(outputs[_NUM_RESULTS])]
+    if backends_ran is not None and ran is not None:
+        backends_ran.append(ran)
+    return results
 
 
 class DroppedInputProjection(torch.autograd.Function):
@@ -616,20 +560,6 @@ def _as(buffer: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if buffer is None else buffer.to(like.dtype)
 
 
-def _check_lengths(lengths: torch.Tensor, steps: int, batch: int) -> None:
-    if lengths.dim() != 1 or lengths.shape[0] != batch:
-        raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
-    if batch > 0:
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > steps:
-            raise ValueError(
-                f"lengths must be in [1, {steps}] (the sequence length), got values in "
-                f"[{low}, {high}]"
-            )
-
-
 def _check_mask_limits(options: RNNOptions, steps: int, batch: int, input_size: int) -> None:
     """Raise ValueError if a mask of this training call would not fit the Philox offset
     layout; only the fields a drawn mask indexes are checked (variational masks have no time
@@ -682,7 +612,7 @@ def rnn(
     if len(params) != options.num_layers * num_dirs:
         raise ValueError(f"expected {options.num_layers * num_dirs} LayerParams, got {len(params)}")
     if lengths is not None:
-        _check_lengths(lengths, steps, batch)
+        check_lengths(lengths, steps, batch)
         lengths = lengths.to(device=input.device, dtype=torch.int64)
     if options.norm == "batch" and training and _vmap_active():
         raise RuntimeError(
@@ -746,12 +676,9 @@ def rnn(
                 layer=layer,
                 direction=direction,
             )
-            chosen = backend
-            if not torch.compiler.is_compiling():  # resolve auto here, to report the choice
-                chosen = dispatch.recurrence_backend(backend, inputs).NAME
-                if backends_ran is not None:
-                    backends_ran.append(chosen)
-            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(inputs, chosen, seed)
+            out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(
+                inputs, backend, seed, backends_ran
+            )
             if mean_hh is not None:
                 _update_running(p.running_mean_hh, p.running_var_hh, mean_hh, var_hh, counts)
             if mean_c is not None:

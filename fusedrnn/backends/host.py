@@ -75,62 +75,25 @@ def availability() -> str | None:
 def common_unsupported_reason(
     inputs: RecurrenceInputs, backend: str, dtypes: tuple[torch.dtype, ...], device_type: str
 ) -> str | None:
-    """Why the native kernels cannot run ``inputs`` (shared by the host and cuda backends)."""
+    """Why the native kernels cannot run ``inputs`` (shared by the host and cuda backends).
+
+    ``inputs`` have passed ``base.validate`` (shapes, devices, one dtype).
+    """
     cfg = inputs.config
     xg = inputs.xg
     if cfg.proj_size > 0:
         return f"the {backend} backend does not support proj_size (LSTM projections)"
-    if cfg.cell not in CELL_CODES:
-        return f"unknown cell {cfg.cell!r}"
-    if cfg.norm not in NORM_CODES:
-        return f"unknown norm {cfg.norm!r}"
     if xg.device.type != device_type:
         return f"the {backend} backend needs {device_type} tensors, got {xg.device.type}"
     if xg.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         return f"the {backend} backend supports {names}, got {str(xg.dtype).replace('torch.', '')}"
-    for field in (
-        "h0",
-        "c0",
-        "w_hh",
-        "b_hh",
-        "norm_weight_hh",
-        "norm_weight_c",
-        "norm_bias_c",
-        "running_mean_hh",
-        "running_var_hh",
-        "running_mean_c",
-        "running_var_c",
-    ):
-        t = getattr(inputs, field)
-        if t is None:
-            continue
-        if t.dtype != xg.dtype or t.device != xg.device:
-            return (
-                f"the {backend} backend needs {field} in xg's dtype and device "
-                f"({xg.dtype}, {xg.device}), got ({t.dtype}, {t.device})"
-            )
-    if inputs.lengths is not None and inputs.lengths.device != xg.device:
-        return f"lengths must be on {xg.device}"
-    if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
-        return f"xg must be [T, B, {cfg.gate_size}], got {list(xg.shape)}"
     if cfg.hidden_size == 0:
         return f"the {backend} backend needs hidden_size >= 1"
     try:
         check_mask_limits(inputs)
     except ValueError as exc:
         return str(exc)
-    if cfg.norm != "none" and inputs.norm_weight_hh is None:
-        return "norm needs norm_weight_hh"
-    if cfg.norm != "none" and cfg.cell == "lstm" and inputs.norm_weight_c is None:
-        return "norm needs norm_weight_c for the lstm cell"
-    if cfg.norm == "batch" and not inputs.training:
-        needed = ["running_mean_hh", "running_var_hh"]
-        if cfg.cell == "lstm":
-            needed += ["running_mean_c", "running_var_c"]
-        for f in needed:
-            if getattr(inputs, f) is None:
-                return f"batch norm in eval mode needs {f}"
     return None
 
 
@@ -201,44 +164,12 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
         if cfg.cell == "lstm":
             t["running_mean_c"] = _c(inputs.running_mean_c)
             t["running_var_c"] = _c(inputs.running_var_c)
-    if cfg.cell == "lstm" and t["c0"] is None:
-        raise ValueError("the lstm cell needs c0")
     for name, tensor in t.items():
         if name != "xg":
             setattr(p, name, _ptr(tensor))
     p.xg = xg.data_ptr()
     p.xg_stride_t, p.xg_stride_b = xg.stride(0), xg.stride(1)
     return t
-
-
-def _check_shapes(inputs: RecurrenceInputs) -> None:
-    cfg = inputs.config
-    steps, batch, n = inputs.xg.shape
-    hidden = cfg.hidden_size
-    expected = {
-        "h0": (batch, hidden),
-        "c0": (batch, hidden) if cfg.cell == "lstm" else None,
-        "w_hh": (n, hidden),
-        "b_hh": (n,),
-        "norm_weight_hh": (n,),
-        "norm_weight_c": (hidden,),
-        "norm_bias_c": (hidden,),
-        "lengths": (batch,),
-    }
-    for name, shape in expected.items():
-        tensor = getattr(inputs, name)
-        if tensor is not None and shape is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
-    if inputs.lengths is not None and batch > 0:
-        lengths = inputs.lengths
-        if lengths.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
-        # A range check on the GPU would synchronise the host; out-of-range values there only
-        # mean "active at every step" (> T) or "never active" (< 0), never a bad access.
-        if lengths.device.type != "cpu":
-            return
-        if bool((lengths < 0).any()) or bool((lengths > steps).any()):
-            raise ValueError(f"lengths must lie in [0, {steps}]")
 
 
 def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tensor]:
@@ -286,7 +217,6 @@ def launch_forward(
 ) -> tuple[RecurrenceOutputs, tuple]:
     """Validate, allocate, fill the params and call ``run(params)``."""
     C = native()
-    _check_shapes(inputs)
     cfg = inputs.config
     p = C.RecurrenceFwdParams()
     keep = _fill_common(p, inputs, num_threads)
