@@ -61,6 +61,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fusedrnn.backends.base import CELL_CODES, NORM_CODES
 from fusedrnn.backends.base import NORM_EPS as _NORM_EPS
 
 from .cells import (
@@ -87,15 +88,14 @@ from .primitives import (
     zoneout_weight,
 )
 
-# Compile-time codes of the cell and the normalisation (the launcher maps names to these).
-CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
-NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
-LSTM: tl.constexpr = tl.constexpr(0)
-GRU: tl.constexpr = tl.constexpr(1)
-RNN_RELU: tl.constexpr = tl.constexpr(3)
-NORM_NONE: tl.constexpr = tl.constexpr(0)
-NORM_BATCH: tl.constexpr = tl.constexpr(1)
-NORM_LAYER: tl.constexpr = tl.constexpr(2)
+# Compile-time codes of the cell and the normalisation (fusedrnn/backends/base.py defines them;
+# the launcher maps names to them).
+LSTM: tl.constexpr = tl.constexpr(CELL_CODES["lstm"])
+GRU: tl.constexpr = tl.constexpr(CELL_CODES["gru"])
+RNN_RELU: tl.constexpr = tl.constexpr(CELL_CODES["rnn_relu"])
+NORM_NONE: tl.constexpr = tl.constexpr(NORM_CODES["none"])
+NORM_BATCH: tl.constexpr = tl.constexpr(NORM_CODES["batch"])
+NORM_LAYER: tl.constexpr = tl.constexpr(NORM_CODES["layer"])
 NORM_EPS: tl.constexpr = tl.constexpr(_NORM_EPS)
 
 # Runtime scalars that must not be specialised on their value (a new T / B / seed must not

@@ -20,11 +20,17 @@ import torch
 
 from .. import philox
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# Codes of the cells and norms in the kernels: the Triton kernels read these, and the C++
+# enums CellKind / NormKind (csrc/include/fusedrnn/cells.cuh) are checked against them when
+# fusedrnn._C is loaded (native_launcher.check_native_constants).
+CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
+CELLS = tuple(CELL_CODES)
+NORMS = tuple(NORM_CODES)
 NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-NORMS = ("none", "batch", "layer")
 
-# Normalisation constants, one definition for every backend and for functional.py.
+# Normalisation constants, one definition for every backend and for functional.py (cells.cuh's
+# kNormEps is checked against NORM_EPS when fusedrnn._C is loaded).
 NORM_EPS = 1e-5  # added to the variance, as torch.nn.BatchNorm1d / LayerNorm
 BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as torch
 

@@ -23,7 +23,14 @@ import os
 import torch
 
 from .. import philox, reference
-from .base import RecurrenceInputs, RecurrenceOutputs, accumulate_dtype, check_mask_limits
+from .base import (
+    CELL_CODES,
+    NORM_CODES,
+    RecurrenceInputs,
+    RecurrenceOutputs,
+    accumulate_dtype,
+    check_mask_limits,
+)
 
 NAME = "triton"
 
@@ -209,8 +216,6 @@ def _scalars(inputs: RecurrenceInputs) -> dict:
 
 
 def _meta(inputs: RecurrenceInputs) -> dict:
-    from fusedrnn.kernels.recurrence import CELL_CODES, NORM_CODES
-
     cfg = inputs.config
     return {
         "CELL": CELL_CODES[cfg.cell],
