@@ -1,7 +1,7 @@
-// pybind11 module fusedrnn._C: no torch headers. The Python launchers
-// (fusedrnn/backends/host.py and cuda.py) validate tensors, allocate every output and
-// workspace with torch, fill a params struct with raw addresses (data_ptr() integers), sizes
-// and strides, and call the entry points below.
+// pybind11 module fusedrnn._C: no torch headers. The Python launcher
+// (fusedrnn/backends/native.py, for host.py and cuda.py) allocates every output and workspace
+// with torch, fills a params struct with raw addresses (data_ptr() integers), sizes and
+// strides, and calls the entry points below.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusedrnn.backends import RECURRENCE_BACKENDS, host, load
+from fusedrnn.backends import RECURRENCE_BACKENDS, host, load, native
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
@@ -60,7 +60,7 @@ def test_forward_without_gpu_raises_clearly():
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a CUDA device")
 def test_native_entry_points_without_gpu_raise():
     """The raw _C entry points report the CUDA error text as an exception, not a crash."""
-    C = host.native()
+    C = native.native()
     p = C.RecurrenceFwdParams()
     p.T, p.B, p.H, p.G = 3, 2, 8, 4
     with pytest.raises(RuntimeError, match=CLEAR):
@@ -79,7 +79,7 @@ def test_unsupported_reasons():
     proj = inputs.replace(config=RecurrenceConfig(cell="lstm", hidden_size=8, proj_size=4))
     assert "proj_size" in cuda_backend.unsupported_reason(proj)
     # The dtype check itself (the device check comes first on a CPU machine).
-    reason = host.common_unsupported_reason(
+    reason = native.common_unsupported_reason(
         inputs.replace(xg=inputs.xg.double()), "cuda", cuda_backend._DTYPES, "cpu"
     )
     assert "float64" in reason
@@ -87,7 +87,7 @@ def test_unsupported_reasons():
 
 @pytest.mark.skipif(host.availability() is not None, reason=str(host.availability()))
 def test_build_reports():
-    C = host.native()
+    C = native.native()
     assert isinstance(C.with_cuda, bool)
     if C.with_cuda:
         assert "80" in C.cuda_archs
