@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fusedrnn/cells.cuh"
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
 #include "host/gemm.h"
@@ -183,4 +184,26 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_status",
         []() { return std::string("fusedrnn._C was built without CUDA (no nvcc at build time)"); });
 #endif
+
+  // Constants the Python package defines too (fusedrnn/backends/base.py, native.py,
+  // philox.py): fusedrnn/backends/native.py compares them when it loads this module, so a
+  // change on one side only fails loudly instead of computing something else.
+  py::dict constants;
+  constants["cell_codes"] = py::dict(
+      py::arg("lstm") = static_cast<int>(fusedrnn::kCellLstm),
+      py::arg("gru") = static_cast<int>(fusedrnn::kCellGru),
+      py::arg("rnn_tanh") = static_cast<int>(fusedrnn::kCellRnnTanh),
+      py::arg("rnn_relu") = static_cast<int>(fusedrnn::kCellRnnRelu));
+  constants["norm_codes"] = py::dict(py::arg("none") = static_cast<int>(fusedrnn::kNormNone),
+                                     py::arg("batch") = static_cast<int>(fusedrnn::kNormBatch),
+                                     py::arg("layer") = static_cast<int>(fusedrnn::kNormLayer));
+  constants["dtype_codes"] = py::dict(
+      py::arg("float32") = static_cast<int>(fusedrnn::kFloat32),
+      py::arg("float16") = static_cast<int>(fusedrnn::kFloat16),
+      py::arg("bfloat16") = static_cast<int>(fusedrnn::kBFloat16),
+      py::arg("float64") = static_cast<int>(fusedrnn::kFloat64));
+  constants["norm_eps"] = fusedrnn::kNormEps;
+  constants["philox_step_shift"] = fusedrnn::kStepShift;
+  constants["philox_batch_shift"] = fusedrnn::kBatchShift;
+  m.attr("constants") = constants;
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,16 @@ def test_compile_check_script():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "sm_80" in result.stdout and "sm_90a" in result.stdout
     assert "registers" in result.stdout
+
+
+# ------------------------------------------------------------------------------- constants
+
+
+def test_native_constants_are_the_python_packages():
+    """The codes, NORM_EPS and the Philox shifts are compiled into _C and defined in Python:
+    loading _C compares them, and a stale build is refused with the names that differ."""
+    C = pytest.importorskip("fusedrnn._C")  # not native(): a stale build must fail here
+    assert native.check_native_constants(C) is None
+    for name, value in (("norm_eps", 1e-6), ("cell_codes", {"lstm": 1, "gru": 0})):
+        stale = types.SimpleNamespace(constants={**C.constants, name: value})
+        assert name in native.check_native_constants(stale)

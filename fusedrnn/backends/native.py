@@ -18,6 +18,7 @@ from .. import philox
 from .base import (
     CELL_CODES,
     NORM_CODES,
+    NORM_EPS,
     RecurrenceInputs,
     RecurrenceOutputs,
     accumulate_dtype,
@@ -40,13 +41,35 @@ def load_native() -> tuple[ModuleType | None, str | None]:
         try:
             from .. import _C
 
-            _native_cache = (_C, None)
+            mismatch = check_native_constants(_C)
+            _native_cache = (_C, None) if mismatch is None else (None, mismatch)
         except ImportError as exc:
             reason = str(exc) or type(exc).__name__
             if "No module named" in reason:
                 reason = "no compiled module; build it with pip install -e . or setup.py"
             _native_cache = (None, reason)
     return _native_cache
+
+
+def check_native_constants(extension) -> str | None:
+    """None if ``extension`` (fusedrnn._C) was built with the codes and constants this package
+    defines, else which differ (a stale build, or an edit on one side only)."""
+    expected = {
+        "cell_codes": CELL_CODES,
+        "norm_codes": NORM_CODES,
+        "dtype_codes": {str(d).removeprefix("torch."): code for d, code in DTYPE_CODES.items()},
+        "norm_eps": NORM_EPS,
+        "philox_step_shift": philox.STEP_SHIFT,
+        "philox_batch_shift": philox.BATCH_SHIFT,
+    }
+    built = dict(getattr(extension, "constants", {}))
+    differ = [name for name, value in expected.items() if built.get(name) != value]
+    if not differ:
+        return None
+    return (
+        f"the compiled module's constants differ from the Python package's ({', '.join(differ)});"
+        " rebuild it"
+    )
 
 
 def native():
