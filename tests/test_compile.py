@@ -16,7 +16,7 @@ from helpers import recurrence_backends_on_cpu
 from torch import nn
 
 import fusedrnn
-from fusedrnn import backends, dispatch, functional
+from fusedrnn import backends, dispatch, functional, recurrence_op
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
 BACKENDS = recurrence_backends_on_cpu()
@@ -75,7 +75,7 @@ def _op_args(backend: str, cell: str, norm: str, training: bool):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend, cell, norm, training):
     result = torch.library.opcheck(
-        functional._recurrence_op, _op_args(backend, cell, norm, training)
+        recurrence_op._recurrence_op, _op_args(backend, cell, norm, training)
     )
     assert all(v == "SUCCESS" for v in result.values()), result
 
