@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import philox, reference
+from . import philox, reference_loop
 from .options import RNNOptions
 from .recurrence_op import _functorch_active
 
@@ -23,7 +23,7 @@ class DroppedInputProjection(torch.autograd.Function):
     def mask(x: torch.Tensor, seed: torch.Tensor, p: float, layer: int, direction: int):
         stream = philox.STREAM_INPUT_DROPOUT
         batch, size = x.shape[1], x.shape[2]
-        return reference.variational_mask(
+        return reference_loop.variational_mask(
             seed, stream, layer, direction, batch, size, p, x.dtype, x.device
         )
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from . import backends, dispatch, reference
+from . import backends, dispatch, reference_loop
 from .backends.base import RecurrenceConfig, RecurrenceInputs, accumulate_dtype, validate
 
 # --------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def _differentiable_backward(
         if getattr(inputs, f) is not None and getattr(inputs, f).requires_grad
     ]
     with torch.enable_grad():
-        result = reference.recurrence(inputs)
+        result = reference_loop.recurrence(inputs)
         pairs = [
             (out, grad)
             for out, grad in zip((result.output, result.h_n, result.c_n), grads[:3])
@@ -294,7 +294,7 @@ def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple
     """
     validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
-    result = reference.recurrence(inputs)
+    result = reference_loop.recurrence(inputs)
     results = (result.output, result.h_n, result.c_n, *(getattr(result, f) for f in _STAT_FIELDS))
     return results, module.NAME
 

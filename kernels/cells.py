@@ -1,6 +1,6 @@
 """The cell equations, forward and backward, each written once (float32 tiles in and out).
 
-Notation of fusedrnn/reference.py: ``x_*`` the input-projection part of a gate (a column of
+Notation of fusedrnn/reference_loop.py: ``x_*`` the input-projection part of a gate (a column of
 ``xg``), ``a_*`` the recurrent part ``N_hh(W_hh (m_h * h_{t-1})) + b_hh`` of the same gate,
 ``pre_* = x_* + a_*``, ``*_cand`` the candidate state before zoneout. Backward helpers take the
 gradient of the cell's output and return gradients of the pre-activations; derivatives are

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from .. import philox, reference
+from .. import philox, reference_loop
 from .base import (
     CELL_CODES,
     NORM_CODES,
@@ -473,7 +473,7 @@ def backward(
     # The dropout mask is regenerated from the seed (transient, [B, H]), never saved.
     operand = tensors["h_prev"]
     if meta["USE_DROPOUT"]:
-        operand = operand * reference.variational_mask(
+        operand = operand * reference_loop.variational_mask(
             inputs.seed,
             philox.STREAM_RECURRENT_DROPOUT,
             inputs.layer,
