@@ -113,7 +113,7 @@ def rnn(
             "it updates its running statistics in place, as torch.nn.BatchNorm does; call "
             ".eval() on the layer or apply it outside vmap"
         )
-    if options.uses_random(training):
+    if options.draws_masks(training):
         _check_mask_limits(options, steps, batch, input.shape[2])
         if seed is None:
             seed = philox.draw_seed()

@@ -48,8 +48,9 @@ class RNNOptions:
         zoneout = self.zoneout_cell > 0 or self.zoneout_hidden > 0  # eval: the expectation
         return random or zoneout or self.norm != "none" or self.residual
 
-    def uses_random(self, training: bool) -> bool:
-        """Whether this call draws Philox masks (and so a seed)."""
+    def draws_masks(self, training: bool) -> bool:
+        """Whether a call in this mode draws Philox masks (and so a seed); the same question
+        as ``RecurrenceConfig.draws_masks``, for the whole stack (input dropout too)."""
         if not training:
             return False
         return (

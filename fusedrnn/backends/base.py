@@ -70,9 +70,10 @@ class RecurrenceConfig:
     def has_cell_state(self) -> bool:
         return self.cell == "lstm"
 
-    @property
-    def uses_random(self) -> bool:
-        """Whether training draws masks (the Philox seed matters)."""
+    def draws_masks(self, training: bool) -> bool:
+        """Whether a call in this mode draws Philox masks (and so the seed matters)."""
+        if not training:
+            return False
         return self.recurrent_dropout > 0 or self.zoneout_cell > 0 or self.zoneout_hidden > 0
 
 
@@ -149,7 +150,7 @@ def check_mask_limits(inputs: RecurrenceInputs) -> None:
         philox.check_offset_limits(steps, batch, cfg.hidden_size)
     if cfg.zoneout_hidden > 0:
         philox.check_offset_limits(steps, batch, cfg.out_size)
-    if cfg.uses_random:
+    if cfg.draws_masks(inputs.training):
         philox.mask_base_offset(0, inputs.layer, inputs.direction)
 
 

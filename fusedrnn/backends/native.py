@@ -125,7 +125,7 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-_SAVED = ("out", "gates", "gru_an", "xhat_hh", "rstd_hh", "c_tilde", "c_state", "xhat_c", "rstd_c")
+_SAVED = ("out", "gates", "gru_hn", "xhat_hh", "rstd_hh", "c_tilde", "c_state", "xhat_c", "rstd_c")
 
 
 def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, torch.Tensor | None]:
@@ -140,7 +140,7 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
     p.p_zoneout_c = float(cfg.zoneout_cell) if cfg.cell == "lstm" else 0.0
     p.p_zoneout_h = float(cfg.zoneout_hidden)
     p.seed = int(inputs.seed)
-    if inputs.training and cfg.uses_random:
+    if cfg.draws_masks(inputs.training):
         base = philox.mask_base_offset
         p.base_dropout = base(philox.STREAM_RECURRENT_DROPOUT, inputs.layer, inputs.direction)
         p.base_zoneout_c = base(philox.STREAM_ZONEOUT_CELL, inputs.layer, inputs.direction)
@@ -193,7 +193,7 @@ def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tenso
     return {
         "out": allocate((steps, batch, hidden), dtype, device),
         "gates": allocate((steps, batch, n), acc, device),
-        "gru_an": allocate((steps, batch, hidden), acc, device) if cfg.cell == "gru" else unused(),
+        "gru_hn": allocate((steps, batch, hidden), acc, device) if cfg.cell == "gru" else unused(),
         "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused(),
         "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused(),
         "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
