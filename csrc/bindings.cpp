@@ -65,10 +65,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = false;
 #endif
   m.attr("cuda_archs") = std::string(FUSEDRNN_CUDA_ARCHS_STRING);
-  m.attr("host_openmp") = fusedrnn::host::has_openmp();
   m.def("host_gemm_variant", &fusedrnn::host::gemm_variant,
         "Which GEMM variant function multiversioning picked on this CPU.");
-  m.def("host_max_threads", &fusedrnn::host::max_threads);
 
   m.def(
       "philox4x32_10",
@@ -157,7 +155,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(Bw, grad_out).FRNN_RW(Bw, grad_out_stride_t).FRNN_RW(Bw, grad_out_stride_b)
       .FRNN_PTR(Bw, grad_h_n).FRNN_PTR(Bw, grad_c_n)
       .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
-      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0).FRNN_PTR(Bw, ws_dh);
+      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
 
   m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");

@@ -104,7 +104,6 @@ _RUNTIME_SCALARS = [
     "steps",
     "batch",
     "hidden",
-    "stat_steps",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -129,7 +128,7 @@ def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr):
     return count
 
 
-@triton.jit(do_not_specialize=_RUNTIME_SCALARS)
+@triton.jit(do_not_specialize=[*_RUNTIME_SCALARS, "stat_steps"])
 def recurrence_forward_kernel(
     # ---- pointers: inputs (xg's dtype D unless noted; G gates, H hidden, S BN buffers)
     xg_ptr,  # [T, B, G*H] input projection, strides (stride_xg_t, stride_xg_b, 1)
@@ -493,7 +492,6 @@ def recurrence_backward_kernel(
     steps,
     batch,
     hidden,
-    stat_steps,  # unused (BN eval statistics come back through rstd_hh / rstd_c)
     # ---- strides
     stride_go_t,
     stride_go_b,

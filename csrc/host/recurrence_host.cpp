@@ -741,21 +741,5 @@ void recurrence_backward(const RecurrenceBwdParams& p) {
   }
 }
 
-int max_threads() {
-#if defined(_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-bool has_openmp() {
-#if defined(_OPENMP)
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace host
 }  // namespace fusedrnn

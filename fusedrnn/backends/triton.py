@@ -456,7 +456,6 @@ def backward(
             steps,
             batch,
             hidden,
-            1,
             grad_output.stride(0),
             grad_output.stride(1),
             **_scalars(inputs),

@@ -31,8 +31,6 @@ enum NormKind : int { kNormNone = 0, kNormBatch = 1, kNormLayer = 2 };
 
 constexpr double kNormEps = 1e-5;  // fusedrnn.backends.base.NORM_EPS
 
-FRNN_HD int num_gates(int cell) { return cell == kCellLstm ? 4 : (cell == kCellGru ? 3 : 1); }
-
 // ----------------------------------------------------------------------------------------
 // Elementary functions in the accumulation type.
 FRNN_HD float frnn_exp(float x) { return expf(x); }

@@ -102,7 +102,6 @@ struct RecurrenceBwdParams : RecurrenceFwdParams {
   void* dc0 = nullptr;     // dtype [B, H] (lstm)
 
   // ---- workspace (CUDA only)
-  void* ws_dh = nullptr;  // acc [B, H] dh_in = da W_hh of the current step
 };
 
 }  // namespace fusedrnn
