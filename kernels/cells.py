@@ -20,14 +20,19 @@ from .primitives import sigmoid, tanh
 #   c~ = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g);    h~ = sigmoid(o) tanh(N_c(c~))
 # ----------------------------------------------------------------------------------------
 @triton.jit
+def lstm_cell_state(i, f, g, c_prev):
+    """c~ from the activated gates (backward rebuilds it from the saved ones)."""
+    return f * c_prev + i * g
+
+
+@triton.jit
 def lstm_candidate(pre_i, pre_f, pre_g, pre_o, c_prev):
     """Gate activations and the candidate cell state c~."""
     i = sigmoid(pre_i)
     f = sigmoid(pre_f)
     g = tanh(pre_g)
     o = sigmoid(pre_o)
-    c_cand = f * c_prev + i * g
-    return i, f, g, o, c_cand
+    return i, f, g, o, lstm_cell_state(i, f, g, c_prev)
 
 
 @triton.jit

@@ -69,6 +69,7 @@ from .cells import (
     gru_cell_backward,
     lstm_candidate,
     lstm_candidate_backward,
+    lstm_cell_state,
     lstm_hidden,
     lstm_hidden_backward,
     rnn_cell,
@@ -628,7 +629,7 @@ def recurrence_backward_kernel(
                 if HAS_NORM_BIAS_C:
                     c_normed = c_normed + beta_c[None, :]
             else:
-                c_normed = f * c_prev + i * g
+                c_normed = lstm_cell_state(i, f, g, c_prev)
             d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
             if NORM == NORM_BATCH:
                 grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)

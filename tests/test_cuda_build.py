@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -122,3 +123,19 @@ def test_native_constants_are_the_python_packages():
     for name, value in (("norm_eps", 1e-6), ("cell_codes", {"lstm": 1, "gru": 0})):
         stale = types.SimpleNamespace(constants={**C.constants, name: value})
         assert name in native.check_native_constants(stale)
+
+
+def test_kernels_import_from_a_source_checkout(tmp_path):
+    """``fusedrnn.kernels`` is this checkout's ``kernels/`` when the package is used from the
+    source tree (not only after an install), whatever the working directory."""
+    code = (
+        "import fusedrnn.kernels.cells as c, fusedrnn.kernels as k; print(k.__file__, c.__file__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    package, cells = result.stdout.split()
+    assert Path(package) == ROOT / "kernels" / "__init__.py"
+    assert Path(cells) == ROOT / "kernels" / "cells.py"
