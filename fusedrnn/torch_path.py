@@ -33,26 +33,7 @@ def torch_rnn(
 ):
     """torch.nn's own kernels for the whole stack, called exactly as torch.nn does."""
     function = _TORCH_FUNCTIONS[options.cell]
-    if batch_sizes is None:
-        return function(
-            input,
-            hx,
-            flat_weights,
-            options.bias,
-            options.num_layers,
-            options.dropout,
-            training,
-            options.bidirectional,
-            batch_first,
-        )
-    return function(
-        input,
-        batch_sizes,
-        hx,
-        flat_weights,
-        options.bias,
-        options.num_layers,
-        options.dropout,
-        training,
-        options.bidirectional,
-    )
+    stack = (options.bias, options.num_layers, options.dropout, training, options.bidirectional)
+    if batch_sizes is None:  # torch's padded signature: batch_first last
+        return function(input, hx, flat_weights, *stack, batch_first)
+    return function(input, batch_sizes, hx, flat_weights, *stack)  # the packed signature

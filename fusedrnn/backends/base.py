@@ -238,6 +238,10 @@ def validate(inputs: RecurrenceInputs, read_lengths: bool = True) -> None:
         check_lengths(inputs.lengths, xg.shape[0], xg.shape[1], values=read_lengths and on_cpu)
 
 
+OutputGrad = torch.Tensor | None  # a gradient of one of forward's results (see Backend.backward)
+Gradients = dict[str, torch.Tensor | None]  # keyed by RecurrenceInputs.GRAD_FIELDS
+
+
 class Backend(Protocol):
     """What a backend module provides (fusedrnn/backends/<name>.py)."""
 
@@ -265,11 +269,11 @@ class Backend(Protocol):
         """
 
     def backward(
-        self,
-        inputs: RecurrenceInputs,
-        saved: tuple,
-        grad_output: torch.Tensor,
-        grad_h_n: torch.Tensor,
-        grad_c_n: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor | None]:
-        """Gradients keyed by ``RecurrenceInputs.GRAD_FIELDS`` (None where not needed)."""
+        self, inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad
+    ) -> Gradients:
+        """Gradients keyed by ``RecurrenceInputs.GRAD_FIELDS`` (None where not needed).
+
+        ``output_grads`` are the gradients of forward's results, positionally:
+        ``grad_output [T, B, P]``, ``grad_h_n [B, P]``, ``grad_c_n [B, H]`` (None without a
+        cell state).
+        """

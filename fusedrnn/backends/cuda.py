@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import native
-from .base import RecurrenceInputs, RecurrenceOutputs
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "cuda"
 
@@ -84,13 +84,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         )
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
     _check(inputs)
     C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
@@ -98,9 +92,7 @@ def backward(
         return native.launch_backward(
             inputs,
             saved,
-            grad_output,
-            grad_h_n,
-            grad_c_n,
+            output_grads,
             lambda p: C.cuda_backward(p, stream),
             1,
             _workspace(True),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import native
-from .base import RecurrenceInputs, RecurrenceOutputs
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "host"
 
@@ -59,16 +59,10 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         return native.launch_forward(inputs, C.host_forward, _threads(inputs))
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
     _check(inputs)
     C = native.native()
     with torch.no_grad():
         return native.launch_backward(
-            inputs, saved, grad_output, grad_h_n, grad_c_n, C.host_backward, _threads(inputs)
+            inputs, saved, output_grads, C.host_backward, _threads(inputs)
         )

@@ -19,6 +19,8 @@ from .base import (
     CELL_CODES,
     NORM_CODES,
     NORM_EPS,
+    Gradients,
+    OutputGrad,
     RecurrenceInputs,
     RecurrenceOutputs,
     accumulate_dtype,
@@ -269,13 +271,13 @@ def launch_forward(
 def launch_backward(
     inputs: RecurrenceInputs,
     saved: tuple,
-    grad_output: torch.Tensor | None,
-    grad_h_n: torch.Tensor | None,
-    grad_c_n: torch.Tensor | None,
+    output_grads: tuple[OutputGrad, OutputGrad, OutputGrad],
     run: Callable[[object], None],
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
-) -> dict[str, torch.Tensor | None]:
+) -> Gradients:
+    """As ``launch_forward``, for ``Backend.backward``'s arguments."""
+    grad_output, grad_h_n, grad_c_n = output_grads
     C = native()
     cfg = inputs.config
     p = C.RecurrenceBwdParams()

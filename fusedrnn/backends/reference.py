@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference_loop
-from .base import RecurrenceInputs, RecurrenceOutputs
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "reference"
 
@@ -31,13 +31,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         return reference_loop.recurrence(inputs), ()
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
+    grad_output, grad_h_n, grad_c_n = output_grads
     # torch.func.vjp rather than torch.autograd.grad: it also differentiates inside a custom
     # op's implementation, where the autograd dispatch keys are excluded.
     fields = [f for f in RecurrenceInputs.GRAD_FIELDS if getattr(inputs, f) is not None]

@@ -26,6 +26,8 @@ from .. import philox, reference_loop
 from .base import (
     CELL_CODES,
     NORM_CODES,
+    Gradients,
+    OutputGrad,
     RecurrenceInputs,
     RecurrenceOutputs,
     accumulate_dtype,
@@ -374,13 +376,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
+    grad_output, grad_h_n, grad_c_n = output_grads
     _check(inputs)
     from fusedrnn.kernels.recurrence import recurrence_backward_kernel
 
