@@ -1,7 +1,7 @@
-// pybind11 module fusedrnn._C: no torch headers. The Python launchers
-// (fusedrnn/backends/host.py and cuda.py) validate tensors, allocate every output and
-// workspace with torch, fill a params struct with raw addresses (data_ptr() integers), sizes
-// and strides, and call the entry points below.
+// pybind11 module fusedrnn._C: no torch headers. The Python launcher
+// (fusedrnn/backends/native.py, for host.py and cuda.py) allocates every output and workspace
+// with torch, fills a params struct with raw addresses (data_ptr() integers), sizes and
+// strides, and calls the entry points below.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fusedrnn/cells.cuh"
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
 #include "host/gemm.h"
@@ -64,10 +65,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = false;
 #endif
   m.attr("cuda_archs") = std::string(FUSEDRNN_CUDA_ARCHS_STRING);
-  m.attr("host_openmp") = fusedrnn::host::has_openmp();
   m.def("host_gemm_variant", &fusedrnn::host::gemm_variant,
         "Which GEMM variant function multiversioning picked on this CPU.");
-  m.def("host_max_threads", &fusedrnn::host::max_threads);
 
   m.def(
       "philox4x32_10",
@@ -146,7 +145,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(F, h_n).FRNN_PTR(F, c_n)
       .FRNN_PTR(F, batch_mean_hh).FRNN_PTR(F, batch_var_hh)
       .FRNN_PTR(F, batch_mean_c).FRNN_PTR(F, batch_var_c)
-      .FRNN_PTR(F, gates).FRNN_PTR(F, gru_an).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
+      .FRNN_PTR(F, gates).FRNN_PTR(F, gru_hn).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
       .FRNN_PTR(F, c_tilde).FRNN_PTR(F, c_state).FRNN_PTR(F, xhat_c).FRNN_PTR(F, rstd_c)
       .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats);
 
@@ -156,7 +155,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(Bw, grad_out).FRNN_RW(Bw, grad_out_stride_t).FRNN_RW(Bw, grad_out_stride_b)
       .FRNN_PTR(Bw, grad_h_n).FRNN_PTR(Bw, grad_c_n)
       .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
-      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0).FRNN_PTR(Bw, ws_dh);
+      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
 
   m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
@@ -183,4 +182,26 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_status",
         []() { return std::string("fusedrnn._C was built without CUDA (no nvcc at build time)"); });
 #endif
+
+  // Constants the Python package defines too (fusedrnn/backends/base.py, native.py,
+  // philox.py): fusedrnn/backends/native.py compares them when it loads this module, so a
+  // change on one side only fails loudly instead of computing something else.
+  py::dict constants;
+  constants["cell_codes"] = py::dict(
+      py::arg("lstm") = static_cast<int>(fusedrnn::kCellLstm),
+      py::arg("gru") = static_cast<int>(fusedrnn::kCellGru),
+      py::arg("rnn_tanh") = static_cast<int>(fusedrnn::kCellRnnTanh),
+      py::arg("rnn_relu") = static_cast<int>(fusedrnn::kCellRnnRelu));
+  constants["norm_codes"] = py::dict(py::arg("none") = static_cast<int>(fusedrnn::kNormNone),
+                                     py::arg("batch") = static_cast<int>(fusedrnn::kNormBatch),
+                                     py::arg("layer") = static_cast<int>(fusedrnn::kNormLayer));
+  constants["dtype_codes"] = py::dict(
+      py::arg("float32") = static_cast<int>(fusedrnn::kFloat32),
+      py::arg("float16") = static_cast<int>(fusedrnn::kFloat16),
+      py::arg("bfloat16") = static_cast<int>(fusedrnn::kBFloat16),
+      py::arg("float64") = static_cast<int>(fusedrnn::kFloat64));
+  constants["norm_eps"] = fusedrnn::kNormEps;
+  constants["philox_step_shift"] = fusedrnn::kStepShift;
+  constants["philox_batch_shift"] = fusedrnn::kBatchShift;
+  m.attr("constants") = constants;
 }

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Compiles fusedrnn's CUDA kernels for sm_80 and sm_90a (no GPU needed) and prints ptxas's
-# per-kernel register / spill report. Fails on any compiler warning or error, and (with
-# FUSEDRNN_FAIL_ON_SPILL=1) on any register spill. CI runs this script.
+# Builds fusedrnn's CUDA kernels through the CMake target users build (_C, with
+# FUSEDRNN_ENABLE_CUDA=ON, in a temporary build directory; no GPU needed) and prints ptxas's
+# per-kernel register / spill report. The architectures are CMakeLists.txt's
+# FUSEDRNN_CUDA_ARCHS unless ARCHS is given. Fails on any compiler warning or error (the
+# target's flags make warnings errors), and (with FUSEDRNN_FAIL_ON_SPILL=1) on any register
+# spill. CI runs this script.
 #
-#   csrc/compile_check.sh              # both architectures
+#   csrc/compile_check.sh              # CMakeLists.txt's architectures
 #   ARCHS="80" csrc/compile_check.sh   # a subset
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NVCC="${NVCC:-nvcc}"
-ARCHS="${ARCHS:-80 90a}"
 if ! command -v "$NVCC" > /dev/null 2>&1; then
   echo "compile_check: nvcc not found (set NVCC=/path/to/nvcc)" >&2
   exit 2
@@ -18,39 +20,41 @@ fi
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+log="$out/build.log"
 report="$out/ptxas.txt"
-pids=()
-for arch in $ARCHS; do
-  for src in common recurrence_fwd recurrence_bwd; do
-    (
-      "$NVCC" -std=c++17 -O3 -lineinfo -I "$here/include" -I "$here" \
-        -gencode "arch=compute_${arch},code=sm_${arch}" \
-        --Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v \
-        -c "$here/cuda/${src}.cu" -o "$out/${src}_${arch}.o" > "$out/${src}_${arch}.log" 2>&1
-    ) &
-    pids+=("$!")
-  done
-done
+configure=(-S "$root" -B "$out/build" -DFUSEDRNN_ENABLE_CUDA=ON
+  "-DCMAKE_CUDA_COMPILER=$(command -v "$NVCC")" "-DCMAKE_CUDA_FLAGS=-Xptxas=-v")
+if [[ -n "${ARCHS:-}" ]]; then
+  configure+=("-DFUSEDRNN_CUDA_ARCHS=${ARCHS// /;}")
+fi
+if command -v ninja > /dev/null 2>&1; then
+  configure+=(-G Ninja)
+fi
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+{
+  cmake "${configure[@]}" && cmake --build "$out/build" --target _C --parallel "$(nproc)"
+} > "$log" 2>&1 || status=1
 
-for arch in $ARCHS; do
-  for src in common recurrence_fwd recurrence_bwd; do
-    log="$out/${src}_${arch}.log"
-    echo "=== sm_${arch} ${src}.cu"
-    # One line per kernel: demangled-ish name, registers, spills.
-    awk '
-      /Compiling entry function/ { match($0, /recurrence_[a-z]+_kernelI[^E]*E/); name = substr($0, RSTART, RLENGTH) }
-      /spill stores/ { spill = $0; sub(/^ +/, "", spill) }
-      /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); printf "  %-45s %s | %s\n", name, substr($0, RSTART, RLENGTH), spill }
-    ' "$log" | tee -a "$report"
-    if grep -qiE "error|warning" "$log"; then
-      cat "$log"
-      status=1
-    fi
-  done
-done
+# One line per kernel and architecture: demangled-ish name, registers, spills.
+awk '
+  /Compiling entry function/ {
+    match($0, /recurrence_[a-z]+_kernelI[^E]*E/); name = substr($0, RSTART, RLENGTH)
+    match($0, /sm_[0-9]+a?/); arch = substr($0, RSTART, RLENGTH)
+  }
+  /spill stores/ { spill = $0; sub(/^.*: +/, "", spill) }
+  /Used [0-9]+ registers/ {
+    if (name != "") {
+      match($0, /Used [0-9]+ registers/)
+      printf "  %-7s %-45s %s | %s\n", arch, name, substr($0, RSTART, RLENGTH), spill
+    }
+  }
+' "$log" | sort -u | tee "$report"
+for arch in $(grep -o "sm_[0-9]*a\?" "$report" | sort -u); do echo "=== built for ${arch}"; done
 
+if [[ $status -ne 0 ]] || grep -qiE "(error|warning)[: ]" "$log"; then
+  cat "$log"
+  status=1
+fi
 if [[ "${FUSEDRNN_FAIL_ON_SPILL:-0}" == "1" ]] && grep -E "[1-9][0-9]* bytes spill" "$report" > /dev/null; then
   echo "compile_check: register spills found" >&2
   status=1

@@ -25,12 +25,41 @@ from torch.nn.utils.rnn import PackedSequence
 from . import dispatch, functional
 from .backends.base import NUM_GATES
 
-__all__ = ["GRU", "LSTM", "RNN", "convert"]
+__all__ = ["GRU", "LSTM", "RNN", "ModuleOptions", "convert"]
 
 _no_context = contextlib.nullcontext
 
 _MODE_TO_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 BN_GAMMA_INIT = 0.1  # Cooijmans et al. 2016: gamma = 0.1 keeps tanh/sigmoid out of saturation
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleOptions:
+    """fusedrnn's keyword-only module options and their defaults (all off): the one list the
+    constructors, ``extra_repr`` and ``convert`` read. See the README for each equation."""
+
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout_cell: float = 0.0  # LSTM only
+    zoneout_hidden: float = 0.0
+    recurrent_batch_norm: bool = False
+    max_steps: int | None = None
+    layer_norm: bool = False
+    residual: bool = False
+    forget_bias: float = 0.0  # LSTM only
+    backend: str = "auto"
+
+
+_LSTM_ONLY_OPTIONS = ("zoneout_cell", "forget_bias")
+OptionValue = float | bool | int | str | None
+
+
+def _check_option_names(cls_name: str, options: dict, allowed_lstm_only: bool) -> None:
+    """Raise TypeError, as Python does for a signature, for an option this class lacks."""
+    names = {f.name for f in dataclasses.fields(ModuleOptions)}
+    for name in options:
+        if name not in names or (name in _LSTM_ONLY_OPTIONS and not allowed_lstm_only):
+            raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {name!r}")
 
 
 def _check_probability(name: str, value) -> float:
@@ -60,18 +89,15 @@ class _FusedRNNBase(nn.RNNBase):
         proj_size: int = 0,
         device=None,
         dtype=None,
-        *,
-        input_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        zoneout_cell: float = 0.0,
-        zoneout_hidden: float = 0.0,
-        recurrent_batch_norm: bool = False,
-        max_steps: int | None = None,
-        layer_norm: bool = False,
-        residual: bool = False,
-        forget_bias: float = 0.0,
-        backend: str = "auto",
+        **options: OptionValue,
     ) -> None:
+        _check_option_names(type(self).__name__, options, mode == "LSTM")
+        opts = ModuleOptions(**options)
+        input_dropout, recurrent_dropout = opts.input_dropout, opts.recurrent_dropout
+        zoneout_cell, zoneout_hidden = opts.zoneout_cell, opts.zoneout_hidden
+        recurrent_batch_norm, max_steps = opts.recurrent_batch_norm, opts.max_steps
+        layer_norm, residual = opts.layer_norm, opts.residual
+        forget_bias, backend = opts.forget_bias, opts.backend
         # Validate fusedrnn's options before torch allocates anything.
         input_dropout = _check_probability("input_dropout", input_dropout)
         recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
@@ -246,19 +272,8 @@ class _FusedRNNBase(nn.RNNBase):
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        for name, default in (
-            ("input_dropout", 0.0),
-            ("recurrent_dropout", 0.0),
-            ("zoneout_cell", 0.0),
-            ("zoneout_hidden", 0.0),
-            ("recurrent_batch_norm", False),
-            ("max_steps", None),
-            ("layer_norm", False),
-            ("residual", False),
-            ("forget_bias", 0.0),
-            ("backend", "auto"),
-            ("last_backend", None),
-        ):
+        defaults = [(f.name, f.default) for f in dataclasses.fields(ModuleOptions)]
+        for name, default in [*defaults, ("last_backend", None)]:
             value = getattr(self, name, default)  # modules pickled before an option existed
             if value != default:
                 s += f", {name}={value!r}"
@@ -454,8 +469,8 @@ class _FusedRNNBase(nn.RNNBase):
 class LSTM(_FusedRNNBase):
     r"""Drop-in ``torch.nn.LSTM`` with fused backends and fusedrnn's regularisers.
 
-    Positional arguments and defaults are torch.nn.LSTM's. Keyword-only extras (all off by
-    default): ``input_dropout``, ``recurrent_dropout`` (variational, Gal & Ghahramani 2016),
+    Positional arguments and defaults are torch.nn.LSTM's. Keyword-only extras, the fields of
+    :class:`ModuleOptions` (all off by default): ``input_dropout``, ``recurrent_dropout`` (variational, Gal & Ghahramani 2016),
     ``zoneout_cell``, ``zoneout_hidden`` (Krueger et al. 2016), ``recurrent_batch_norm`` with
     ``max_steps`` (Cooijmans et al. 2016), ``layer_norm`` (Ba et al. 2016), ``residual``,
     ``forget_bias`` and ``backend``. See the README for each equation.
@@ -473,17 +488,7 @@ class LSTM(_FusedRNNBase):
         proj_size: int = 0,
         device=None,
         dtype=None,
-        *,
-        input_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        zoneout_cell: float = 0.0,
-        zoneout_hidden: float = 0.0,
-        recurrent_batch_norm: bool = False,
-        max_steps: int | None = None,
-        layer_norm: bool = False,
-        residual: bool = False,
-        forget_bias: float = 0.0,
-        backend: str = "auto",
+        **options: OptionValue,
     ) -> None:
         super().__init__(
             "LSTM",
@@ -497,16 +502,7 @@ class LSTM(_FusedRNNBase):
             proj_size,
             device,
             dtype,
-            input_dropout=input_dropout,
-            recurrent_dropout=recurrent_dropout,
-            zoneout_cell=zoneout_cell,
-            zoneout_hidden=zoneout_hidden,
-            recurrent_batch_norm=recurrent_batch_norm,
-            max_steps=max_steps,
-            layer_norm=layer_norm,
-            residual=residual,
-            forget_bias=forget_bias,
-            backend=backend,
+            **options,
         )
 
     def get_expected_cell_size(self, input, batch_sizes):
@@ -535,15 +531,8 @@ class GRU(_FusedRNNBase):
         device=None,
         dtype=None,
         *,
-        input_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        zoneout_hidden: float = 0.0,
-        recurrent_batch_norm: bool = False,
-        max_steps: int | None = None,
-        layer_norm: bool = False,
-        residual: bool = False,
-        backend: str = "auto",
         proj_size: int | None = None,
+        **options: OptionValue,
     ) -> None:
         if proj_size is not None:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -559,14 +548,7 @@ class GRU(_FusedRNNBase):
             0,
             device,
             dtype,
-            input_dropout=input_dropout,
-            recurrent_dropout=recurrent_dropout,
-            zoneout_hidden=zoneout_hidden,
-            recurrent_batch_norm=recurrent_batch_norm,
-            max_steps=max_steps,
-            layer_norm=layer_norm,
-            residual=residual,
-            backend=backend,
+            **options,
         )
 
 
@@ -587,15 +569,8 @@ class RNN(_FusedRNNBase):
         device=None,
         dtype=None,
         *,
-        input_dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        zoneout_hidden: float = 0.0,
-        recurrent_batch_norm: bool = False,
-        max_steps: int | None = None,
-        layer_norm: bool = False,
-        residual: bool = False,
-        backend: str = "auto",
         proj_size: int | None = None,
+        **options: OptionValue,
     ) -> None:
         if proj_size is not None:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -616,14 +591,7 @@ class RNN(_FusedRNNBase):
             0,
             device,
             dtype,
-            input_dropout=input_dropout,
-            recurrent_dropout=recurrent_dropout,
-            zoneout_hidden=zoneout_hidden,
-            recurrent_batch_norm=recurrent_batch_norm,
-            max_steps=max_steps,
-            layer_norm=layer_norm,
-            residual=residual,
-            backend=backend,
+            **options,
         )
 
 

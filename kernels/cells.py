@@ -1,6 +1,6 @@
 """The cell equations, forward and backward, each written once (float32 tiles in and out).
 
-Notation of fusedrnn/reference.py: ``x_*`` the input-projection part of a gate (a column of
+Notation of fusedrnn/reference_loop.py: ``x_*`` the input-projection part of a gate (a column of
 ``xg``), ``a_*`` the recurrent part ``N_hh(W_hh (m_h * h_{t-1})) + b_hh`` of the same gate,
 ``pre_* = x_* + a_*``, ``*_cand`` the candidate state before zoneout. Backward helpers take the
 gradient of the cell's output and return gradients of the pre-activations; derivatives are
@@ -20,14 +20,19 @@ from .primitives import sigmoid, tanh
 #   c~ = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g);    h~ = sigmoid(o) tanh(N_c(c~))
 # ----------------------------------------------------------------------------------------
 @triton.jit
+def lstm_cell_state(i, f, g, c_prev):
+    """c~ from the activated gates (backward rebuilds it from the saved ones)."""
+    return f * c_prev + i * g
+
+
+@triton.jit
 def lstm_candidate(pre_i, pre_f, pre_g, pre_o, c_prev):
     """Gate activations and the candidate cell state c~."""
     i = sigmoid(pre_i)
     f = sigmoid(pre_f)
     g = tanh(pre_g)
     o = sigmoid(pre_o)
-    c_cand = f * c_prev + i * g
-    return i, f, g, o, c_cand
+    return i, f, g, o, lstm_cell_state(i, f, g, c_prev)
 
 
 @triton.jit

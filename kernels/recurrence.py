@@ -61,6 +61,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fusedrnn.backends.base import CELL_CODES, NORM_CODES
 from fusedrnn.backends.base import NORM_EPS as _NORM_EPS
 
 from .cells import (
@@ -68,6 +69,7 @@ from .cells import (
     gru_cell_backward,
     lstm_candidate,
     lstm_candidate_backward,
+    lstm_cell_state,
     lstm_hidden,
     lstm_hidden_backward,
     rnn_cell,
@@ -87,15 +89,14 @@ from .primitives import (
     zoneout_weight,
 )
 
-# Compile-time codes of the cell and the normalisation (the launcher maps names to these).
-CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
-NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
-LSTM: tl.constexpr = tl.constexpr(0)
-GRU: tl.constexpr = tl.constexpr(1)
-RNN_RELU: tl.constexpr = tl.constexpr(3)
-NORM_NONE: tl.constexpr = tl.constexpr(0)
-NORM_BATCH: tl.constexpr = tl.constexpr(1)
-NORM_LAYER: tl.constexpr = tl.constexpr(2)
+# Compile-time codes of the cell and the normalisation (fusedrnn/backends/base.py defines them;
+# the launcher maps names to them).
+LSTM: tl.constexpr = tl.constexpr(CELL_CODES["lstm"])
+GRU: tl.constexpr = tl.constexpr(CELL_CODES["gru"])
+RNN_RELU: tl.constexpr = tl.constexpr(CELL_CODES["rnn_relu"])
+NORM_NONE: tl.constexpr = tl.constexpr(NORM_CODES["none"])
+NORM_BATCH: tl.constexpr = tl.constexpr(NORM_CODES["batch"])
+NORM_LAYER: tl.constexpr = tl.constexpr(NORM_CODES["layer"])
 NORM_EPS: tl.constexpr = tl.constexpr(_NORM_EPS)
 
 # Runtime scalars that must not be specialised on their value (a new T / B / seed must not
@@ -104,7 +105,6 @@ _RUNTIME_SCALARS = [
     "steps",
     "batch",
     "hidden",
-    "stat_steps",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -129,7 +129,7 @@ def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr):
     return count
 
 
-@triton.jit(do_not_specialize=_RUNTIME_SCALARS)
+@triton.jit(do_not_specialize=[*_RUNTIME_SCALARS, "stat_steps"])
 def recurrence_forward_kernel(
     # ---- pointers: inputs (xg's dtype D unless noted; G gates, H hidden, S BN buffers)
     xg_ptr,  # [T, B, G*H] input projection, strides (stride_xg_t, stride_xg_b, 1)
@@ -493,7 +493,6 @@ def recurrence_backward_kernel(
     steps,
     batch,
     hidden,
-    stat_steps,  # unused (BN eval statistics come back through rstd_hh / rstd_c)
     # ---- strides
     stride_go_t,
     stride_go_b,
@@ -630,7 +629,7 @@ def recurrence_backward_kernel(
                 if HAS_NORM_BIAS_C:
                     c_normed = c_normed + beta_c[None, :]
             else:
-                c_normed = f * c_prev + i * g
+                c_normed = lstm_cell_state(i, f, g, c_prev)
             d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
             if NORM == NORM_BATCH:
                 grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)

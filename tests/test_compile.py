@@ -16,7 +16,8 @@ from helpers import recurrence_backends_on_cpu
 from torch import nn
 
 import fusedrnn
-from fusedrnn import functional
+from fusedrnn import backends, dispatch, functional, recurrence_op
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
 BACKENDS = recurrence_backends_on_cpu()
 if fusedrnn.available_backends().get("triton") is None:
@@ -34,35 +35,37 @@ def _op_args(backend: str, cell: str, norm: str, training: bool):
     lstm = cell == "lstm"
     has_norm = norm != "none"
     running = norm == "batch" and not training
-    return [
-        rand(steps, batch, gates),  # xg
-        rand(batch, hidden),  # h0
-        rand(gates, hidden),  # w_hh
-        rand(batch, hidden) if lstm else None,  # c0
-        rand(gates),  # b_hh
-        None,  # w_hr
-        torch.tensor([4, 2]),  # lengths
-        rand(gates) if has_norm else None,
-        rand(hidden) if has_norm and lstm else None,
-        rand(hidden) if has_norm and lstm else None,
-        torch.zeros(2, gates, dtype=dtype) if running else None,
-        torch.ones(2, gates, dtype=dtype) if running else None,
-        torch.zeros(2, hidden, dtype=dtype) if running and lstm else None,
-        torch.ones(2, hidden, dtype=dtype) if running and lstm else None,
-        torch.tensor(1234),  # seed
+    config = RecurrenceConfig(
         cell,
         hidden,
-        0,
-        0.25,  # recurrent_dropout
-        0.1 if lstm else 0.0,
-        0.2,  # zoneout
-        norm,
-        True,  # reverse
-        training,
-        1,
-        1,
-        backend,
-    ]
+        recurrent_dropout=0.25,
+        zoneout_cell=0.1 if lstm else 0.0,
+        zoneout_hidden=0.2,
+        norm=norm,
+    )
+    inputs = RecurrenceInputs(
+        config=config,
+        xg=rand(steps, batch, gates),
+        h0=rand(batch, hidden),
+        c0=rand(batch, hidden) if lstm else None,
+        w_hh=rand(gates, hidden),
+        b_hh=rand(gates),
+        w_hr=None,
+        lengths=torch.tensor([4, 2]),
+        norm_weight_hh=rand(gates) if has_norm else None,
+        norm_weight_c=rand(hidden) if has_norm and lstm else None,
+        norm_bias_c=rand(hidden) if has_norm and lstm else None,
+        running_mean_hh=torch.zeros(2, gates, dtype=dtype) if running else None,
+        running_var_hh=torch.ones(2, gates, dtype=dtype) if running else None,
+        running_mean_c=torch.zeros(2, hidden, dtype=dtype) if running and lstm else None,
+        running_var_c=torch.ones(2, hidden, dtype=dtype) if running and lstm else None,
+        reverse=True,
+        training=training,
+        seed=1234,
+        layer=1,
+        direction=1,
+    )
+    return [*functional.op_arguments(inputs), backend]
 
 
 @pytest.mark.parametrize(
@@ -72,7 +75,7 @@ def _op_args(backend: str, cell: str, norm: str, training: bool):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend, cell, norm, training):
     result = torch.library.opcheck(
-        functional._recurrence_op, _op_args(backend, cell, norm, training)
+        recurrence_op._recurrence_op, _op_args(backend, cell, norm, training)
     )
     assert all(v == "SUCCESS" for v in result.values()), result
 
@@ -167,3 +170,28 @@ def test_inductor_compiles_a_default_layer(backend, device):
     compiled = step(torch.compile(model))
     for index, (a, b) in enumerate(zip(compiled, eager)):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), index
+
+
+def test_compiled_backward_runs_the_backend_forward_ran(monkeypatch):
+    """A compiled graph passes ``backend='auto'`` into the op; backward must run the backend
+    that forward chose (its saved tensors are that backend's), even if ``auto`` would now
+    choose another."""
+    if "host" not in BACKENDS:
+        pytest.skip("the host backend is not built")
+    torch.manual_seed(0)
+    model = fusedrnn.GRU(3, 4, recurrent_dropout=0.25)  # auto: host on the CPU
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    output = compiled(torch.randn(5, 2, 3))[0]
+    ran = []
+    for name in ("host", "reference"):
+        module = backends.load(name)
+        original = module.backward
+
+        def recording(*args, _original=original, _name=name):
+            ran.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(module, "backward", recording)
+    monkeypatch.setitem(dispatch.AUTO_ORDER, "cpu", ("reference",))
+    output.sum().backward()
+    assert ran == ["host"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from fusedrnn.backends import RECURRENCE_BACKENDS, host, load
+from fusedrnn.backends import RECURRENCE_BACKENDS, host, load, native
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
@@ -60,7 +62,7 @@ def test_forward_without_gpu_raises_clearly():
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a CUDA device")
 def test_native_entry_points_without_gpu_raise():
     """The raw _C entry points report the CUDA error text as an exception, not a crash."""
-    C = host.native()
+    C = native.native()
     p = C.RecurrenceFwdParams()
     p.T, p.B, p.H, p.G = 3, 2, 8, 4
     with pytest.raises(RuntimeError, match=CLEAR):
@@ -79,7 +81,7 @@ def test_unsupported_reasons():
     proj = inputs.replace(config=RecurrenceConfig(cell="lstm", hidden_size=8, proj_size=4))
     assert "proj_size" in cuda_backend.unsupported_reason(proj)
     # The dtype check itself (the device check comes first on a CPU machine).
-    reason = host.common_unsupported_reason(
+    reason = native.common_unsupported_reason(
         inputs.replace(xg=inputs.xg.double()), "cuda", cuda_backend._DTYPES, "cpu"
     )
     assert "float64" in reason
@@ -87,7 +89,7 @@ def test_unsupported_reasons():
 
 @pytest.mark.skipif(host.availability() is not None, reason=str(host.availability()))
 def test_build_reports():
-    C = host.native()
+    C = native.native()
     assert isinstance(C.with_cuda, bool)
     if C.with_cuda:
         assert "80" in C.cuda_archs
@@ -108,3 +110,32 @@ def test_compile_check_script():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "sm_80" in result.stdout and "sm_90a" in result.stdout
     assert "registers" in result.stdout
+
+
+# ------------------------------------------------------------------------------- constants
+
+
+def test_native_constants_are_the_python_packages():
+    """The codes, NORM_EPS and the Philox shifts are compiled into _C and defined in Python:
+    loading _C compares them, and a stale build is refused with the names that differ."""
+    C = pytest.importorskip("fusedrnn._C")  # not native(): a stale build must fail here
+    assert native.check_native_constants(C) is None
+    for name, value in (("norm_eps", 1e-6), ("cell_codes", {"lstm": 1, "gru": 0})):
+        stale = types.SimpleNamespace(constants={**C.constants, name: value})
+        assert name in native.check_native_constants(stale)
+
+
+def test_kernels_import_from_a_source_checkout(tmp_path):
+    """``fusedrnn.kernels`` is this checkout's ``kernels/`` when the package is used from the
+    source tree (not only after an install), whatever the working directory."""
+    code = (
+        "import fusedrnn.kernels.cells as c, fusedrnn.kernels as k; print(k.__file__, c.__file__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    package, cells = result.stdout.split()
+    assert Path(package) == ROOT / "kernels" / "__init__.py"
+    assert Path(cells) == ROOT / "kernels" / "cells.py"

@@ -16,7 +16,7 @@ from helpers import assert_by_rule
 from test_host import REGULARIZERS, _reference, cast, make_inputs, named_results, to_float64
 
 from fusedrnn.backends import cuda as cuda_backend
-from fusedrnn.backends import host
+from fusedrnn.backends import native
 from fusedrnn.backends.base import RecurrenceInputs
 
 _reason = cuda_backend.availability()
@@ -38,7 +38,7 @@ def _require_cuda_backend():
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     """NaN in every output and workspace before each launch: unwritten elements show."""
-    monkeypatch.setattr(host, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(native, "POISON_OUTPUTS", True)
 
 
 def _to(inputs: RecurrenceInputs, dtype, device="cuda") -> RecurrenceInputs:

@@ -428,3 +428,56 @@ def test_mask_limits_still_apply_to_the_fields_a_mask_uses(size, options, what):
     gru = fusedrnn.GRU(size[2], 1, **options, backend="reference")
     with pytest.raises(ValueError, match=f"fusedrnn random masks support a {what} of at most"):
         gru(torch.zeros(size))
+
+
+def _recurrence_inputs(cell: str = "lstm", **changes) -> RecurrenceInputs:
+    """Valid inputs of one small recurrence (T=4, B=2, H=3) with ``changes`` applied."""
+    gates = {"lstm": 4, "gru": 3}[cell] * 3
+    inputs = RecurrenceInputs(
+        config=RecurrenceConfig(cell, 3),
+        xg=torch.randn(4, 2, gates),
+        h0=torch.zeros(2, 3),
+        c0=torch.zeros(2, 3) if cell == "lstm" else None,
+        w_hh=torch.randn(gates, 3),
+        b_hh=None,
+        w_hr=None,
+        lengths=torch.tensor([4, 2]),
+    )
+    return inputs.replace(**changes)
+
+
+# (id, bad inputs, exception, message regex): the same error from every backend.
+BAD_RECURRENCE_INPUTS = [
+    ("zero_length", dict(lengths=torch.tensor([4, 0])), ValueError, r"lengths must be in \[1, 4\]"),
+    ("long_length", dict(lengths=torch.tensor([5, 1])), ValueError, r"lengths must be in \[1, 4\]"),
+    ("float_lengths", dict(lengths=torch.ones(2)), TypeError, "lengths must be an integer"),
+    ("h0_shape", dict(h0=torch.zeros(3, 3)), ValueError, r"h0 must have shape \[2, 3\]"),
+    ("w_hh_dtype", dict(w_hh=torch.zeros(12, 3, dtype=torch.float64)), TypeError, "w_hh has"),
+    ("no_c0", dict(c0=None), ValueError, "c0 is required"),
+    ("xg_width", dict(xg=torch.zeros(4, 2, 11)), ValueError, r"xg must have shape \[T, B, 12\]"),
+]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "auto"])
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [case[1:] for case in BAD_RECURRENCE_INPUTS],
+    ids=[case[0] for case in BAD_RECURRENCE_INPUTS],
+)
+def test_every_backend_rejects_bad_recurrence_inputs_alike(backend, changes, error, message):
+    with pytest.raises(error, match=message):
+        functional.recurrence(_recurrence_inputs(**changes), backend)
+
+
+@pytest.mark.parametrize("backend", ["host", "triton"])
+def test_a_backend_that_cannot_run_a_call_raises_runtime_error(backend):
+    if fusedrnn.available_backends().get(backend) is not None:
+        pytest.skip(f"{backend} does not run here")
+    config = RecurrenceConfig("lstm", 3, proj_size=2)
+    inputs = _recurrence_inputs(
+        config=config, h0=torch.zeros(2, 2), w_hh=torch.randn(12, 2), w_hr=torch.randn(2, 3)
+    )
+    with pytest.raises(RuntimeError, match="proj_size"):
+        backends.load(backend).forward(inputs)
+    with pytest.raises(RuntimeError, match="proj_size"):
+        functional.recurrence(inputs, backend)

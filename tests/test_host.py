@@ -17,7 +17,7 @@ import torch
 from helpers import assert_by_rule
 
 from fusedrnn import philox
-from fusedrnn.backends import host
+from fusedrnn.backends import host, native
 from fusedrnn.backends import reference as reference_backend
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
@@ -40,7 +40,7 @@ REGULARIZERS = (
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    monkeypatch.setattr(host, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(native, "POISON_OUTPUTS", True)
 
 
 def make_inputs(
@@ -250,13 +250,13 @@ def test_unsupported_reasons():
 
 
 def test_philox_known_answer():
-    C = host.native()
+    C = native.native()
     words = C.philox4x32_10(0, 0)
     assert [f"{w:08x}" for w in words] == ["6627e8d5", "e169c58d", "bc57ac4c", "9b00dbd8"]
 
 
 def test_philox_words_match_python():
-    C = host.native()
+    C = native.native()
     rng = random.Random(3)
     for _ in range(200):
         seed = rng.randrange(-(2**63), 2**63)
@@ -266,7 +266,7 @@ def test_philox_words_match_python():
 
 
 def test_philox_uniform_bit_identical():
-    C = host.native()
+    C = native.native()
     rng = random.Random(5)
     special = [0, 1, -1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 12345]
     special += [2**62, -(2**62), 2**63 - 1, -(2**63)]
@@ -299,7 +299,7 @@ def test_native_mask_offsets_match_python():
     """philox.cuh's mask_offset and mask_uniform (what the host and CUDA kernels call, through
     _C) against philox.py's mask_offset and rand: every stream, both directions, the first and
     last layer, each field at 0, 1 and its limit, and random coordinates."""
-    C = host.native()
+    C = native.native()
     t, b, u = _mask_coordinates()
     tensors = [torch.tensor(field, dtype=torch.int64) for field in (t, b, u)]
     for stream, layer, direction in itertools.product(range(4), (0, 1, 17, 31), (0, 1)):

@@ -10,7 +10,7 @@ import torch
 from helpers import FLOAT64_TOLERANCE, max_error
 
 import fusedrnn
-from fusedrnn import functional, philox, reference
+from fusedrnn import functional, philox, reference_loop
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
 
 STREAMS = {
@@ -34,7 +34,7 @@ def test_drop_fraction_within_4_sigma(stream, p):
 
 
 def test_variational_mask_values_are_keep_scaled():
-    m = reference.variational_mask(
+    m = reference_loop.variational_mask(
         5, philox.STREAM_RECURRENT_DROPOUT, 0, 0, 50, 40, 0.25, torch.float64, None
     )
     assert set(m.unique().tolist()) == {0.0, 1 / 0.75}
@@ -124,7 +124,7 @@ def test_zoneout_masks_differ_per_step():
         training=True,
         seed=3,
     )
-    m = reference.masks(inputs)
+    m = reference_loop.masks(inputs)
     for key in ("d_c", "d_h"):
         for t in range(1, 6):
             assert not torch.equal(m[key][t], m[key][0]), f"{key} repeats at step {t}"
@@ -145,7 +145,7 @@ def test_eval_mode_uses_no_masks():
         None,
         training=False,
     )
-    m = reference.masks(inputs)
+    m = reference_loop.masks(inputs)
     assert m["m_h"] is None and m["d_h"] == 0.3  # the zoneout expectation, not a draw
     module = _identity_rnn(input_dropout=0.5, recurrent_dropout=0.5).eval()
     x = torch.randn(4, 3, 6, dtype=torch.float64)

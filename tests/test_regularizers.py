@@ -2,7 +2,7 @@
 
 The independent implementations here are built from torch's own pieces (``nn.LSTMCell``,
 ``F.batch_norm`` with its running-statistics update, ``F.layer_norm``) and the masks of
-``fusedrnn.reference``, so they check the reference's equations, not just its code.
+``fusedrnn.reference_loop``, so they check the reference's equations, not just its code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from helpers import FLOAT64_TOLERANCE, max_error
 from torch import nn
 
 import fusedrnn
-from fusedrnn import functional, philox, reference
+from fusedrnn import functional, philox, reference_loop
 from fusedrnn.backends.base import BN_MOMENTUM, NORM_EPS, RecurrenceConfig, RecurrenceInputs
 
 DT = torch.float64
@@ -27,7 +27,7 @@ def _masks(seed, steps, batch, input_size, hidden, opts, training):
         return ones_x, ones_h, opts.get("zoneout_cell", 0.0), opts.get("zoneout_hidden", 0.0)
     m_x, m_h = ones_x, ones_h
     if opts.get("input_dropout"):
-        m_x = reference.variational_mask(
+        m_x = reference_loop.variational_mask(
             seed,
             philox.STREAM_INPUT_DROPOUT,
             0,
@@ -39,7 +39,7 @@ def _masks(seed, steps, batch, input_size, hidden, opts, training):
             None,
         )
     if opts.get("recurrent_dropout"):
-        m_h = reference.variational_mask(
+        m_h = reference_loop.variational_mask(
             seed,
             philox.STREAM_RECURRENT_DROPOUT,
             0,

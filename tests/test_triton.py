@@ -1,4 +1,4 @@
-"""The ``triton`` backend against the reference oracle (fusedrnn/reference.py).
+"""The ``triton`` backend against the reference oracle (fusedrnn/reference_loop.py).
 
 ``interpreter`` tests run the real kernels under ``TRITON_INTERPRET=1`` on the CPU (one
 program owning every unit); on a CUDA machine without that variable the same tests run the

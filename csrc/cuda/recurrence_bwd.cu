@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads)
   const S* ghn = static_cast<const S*>(p.grad_h_n);
   const S* gcn = static_cast<const S*>(p.grad_c_n);
   const float* sv_gates = static_cast<const float*>(p.gates);
-  const float* sv_an = static_cast<const float*>(p.gru_an);
+  const float* sv_an = static_cast<const float*>(p.gru_hn);
   const float* sv_xhat_hh = static_cast<const float*>(p.xhat_hh);
   const float* sv_rstd_hh = static_cast<const float*>(p.rstd_hh);
   const float* sv_ctil = static_cast<const float*>(p.c_tilde);

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
   const S* rv_c = static_cast<const S*>(p.running_var_c);
   S* out = static_cast<S*>(p.out);
   float* sv_gates = static_cast<float*>(p.gates);
-  float* sv_an = static_cast<float*>(p.gru_an);
+  float* sv_an = static_cast<float*>(p.gru_hn);
   float* sv_xhat_hh = static_cast<float*>(p.xhat_hh);
   float* sv_rstd_hh = static_cast<float*>(p.rstd_hh);
   float* sv_ctil = static_cast<float*>(p.c_tilde);

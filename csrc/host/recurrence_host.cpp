@@ -172,7 +172,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
   T* bm_c = static_cast<T*>(p.batch_mean_c);
   T* bv_c = static_cast<T*>(p.batch_var_c);
   T* sv_gates = static_cast<T*>(p.gates);
-  T* sv_an = static_cast<T*>(p.gru_an);
+  T* sv_an = static_cast<T*>(p.gru_hn);
   T* sv_xhat_hh = static_cast<T*>(p.xhat_hh);
   T* sv_rstd_hh = static_cast<T*>(p.rstd_hh);
   T* sv_ctil = static_cast<T*>(p.c_tilde);
@@ -418,7 +418,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
   const T* beta_c = static_cast<const T*>(p.beta_c);
   const T* out = static_cast<const T*>(p.out);
   const T* sv_gates = static_cast<const T*>(p.gates);
-  const T* sv_an = static_cast<const T*>(p.gru_an);
+  const T* sv_an = static_cast<const T*>(p.gru_hn);
   const T* sv_xhat_hh = static_cast<const T*>(p.xhat_hh);
   const T* sv_rstd_hh = static_cast<const T*>(p.rstd_hh);
   const T* sv_ctil = static_cast<const T*>(p.c_tilde);
@@ -877,22 +877,6 @@ void recurrence_backward(const RecurrenceBwdParams& p) {
   } else {
     throw std::invalid_argument("fusedrnn host backend: dtype must be float32 or float64");
   }
-}
-
-int max_threads() {
-#if defined(_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-bool has_openmp() {
-#if defined(_OPENMP)
-  return true;
-#else
-  return false;
-#endif
 }
 
 }  // namespace host

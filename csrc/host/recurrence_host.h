@@ -8,8 +8,6 @@ namespace host {
 
 void recurrence_forward(const RecurrenceFwdParams& p);
 void recurrence_backward(const RecurrenceBwdParams& p);
-int max_threads();
-bool has_openmp();
 
 }  // namespace host
 }  // namespace fusedrnn

@@ -20,11 +20,17 @@ import torch
 
 from .. import philox
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# Codes of the cells and norms in the kernels: the Triton kernels read these, and the C++
+# enums CellKind / NormKind (csrc/include/fusedrnn/cells.cuh) are checked against them when
+# fusedrnn._C is loaded (native_launcher.check_native_constants).
+CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
+CELLS = tuple(CELL_CODES)
+NORMS = tuple(NORM_CODES)
 NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-NORMS = ("none", "batch", "layer")
 
-# Normalisation constants, one definition for every backend and for functional.py.
+# Normalisation constants, one definition for every backend and for functional.py (cells.cuh's
+# kNormEps is checked against NORM_EPS when fusedrnn._C is loaded).
 NORM_EPS = 1e-5  # added to the variance, as torch.nn.BatchNorm1d / LayerNorm
 BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as torch
 
@@ -64,9 +70,10 @@ class RecurrenceConfig:
     def has_cell_state(self) -> bool:
         return self.cell == "lstm"
 
-    @property
-    def uses_random(self) -> bool:
-        """Whether training draws masks (the Philox seed matters)."""
+    def draws_masks(self, training: bool) -> bool:
+        """Whether a call in this mode draws Philox masks (and so the seed matters)."""
+        if not training:
+            return False
         return self.recurrent_dropout > 0 or self.zoneout_cell > 0 or self.zoneout_hidden > 0
 
 
@@ -143,8 +150,96 @@ def check_mask_limits(inputs: RecurrenceInputs) -> None:
         philox.check_offset_limits(steps, batch, cfg.hidden_size)
     if cfg.zoneout_hidden > 0:
         philox.check_offset_limits(steps, batch, cfg.out_size)
-    if cfg.uses_random:
+    if cfg.draws_masks(inputs.training):
         philox.mask_base_offset(0, inputs.layer, inputs.direction)
+
+
+def check_lengths(lengths: torch.Tensor, steps: int, batch: int, values: bool = True) -> None:
+    """Raise for ``lengths`` that are not ``batch`` integers in [1, ``steps``].
+
+    The range is torch's (``pack_padded_sequence`` refuses empty rows). Reading it needs the
+    values (one synchronisation on a GPU); ``values=False`` checks only shape and dtype.
+    """
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if values and batch > 0:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > steps:
+            raise ValueError(
+                f"lengths must be in [1, {steps}] (the sequence length), got values in "
+                f"[{low}, {high}]"
+            )
+
+
+def _expected_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Field -> (shape, required) for every tensor of ``inputs`` besides ``xg``/``lengths``."""
+    cfg = inputs.config
+    _, batch, _ = inputs.xg.shape
+    hidden, out, gates = cfg.hidden_size, cfg.out_size, cfg.gate_size
+    lstm, norm = cfg.has_cell_state, cfg.norm
+    bn_eval = norm == "batch" and not inputs.training
+    steps_kept = inputs.running_mean_hh.shape[0] if inputs.running_mean_hh is not None else 1
+    return {
+        "h0": ((batch, out), True),
+        "c0": ((batch, hidden), lstm),
+        "w_hh": ((gates, out), True),
+        "b_hh": ((gates,), False),
+        "w_hr": ((out, hidden), cfg.proj_size > 0),
+        "norm_weight_hh": ((gates,), norm != "none"),
+        "norm_weight_c": ((hidden,), norm != "none" and lstm),
+        "norm_bias_c": ((hidden,), False),
+        "running_mean_hh": ((steps_kept, gates), bn_eval),
+        "running_var_hh": ((steps_kept, gates), bn_eval),
+        "running_mean_c": ((steps_kept, hidden), bn_eval and lstm),
+        "running_var_c": ((steps_kept, hidden), bn_eval and lstm),
+    }
+
+
+def validate(inputs: RecurrenceInputs, read_lengths: bool = True) -> None:
+    """Raise ValueError/TypeError for inputs that break the contract of ``RecurrenceInputs``.
+
+    The one check of a recurrence call's arguments, run before any backend sees them (the
+    backends only say what they cannot run, in ``unsupported_reason``). ``lengths`` values are
+    read only on the CPU: a check on a GPU would synchronise the host (``functional.rnn``
+    checks the layer's lengths once with :func:`check_lengths`), and the kernels treat an
+    out-of-range length safely (active at every step, or at none). ``read_lengths=False``
+    skips the values everywhere (fake tensors have none).
+    """
+    cfg = inputs.config
+    if cfg.cell not in CELLS:
+        raise ValueError(f"unknown cell {cfg.cell!r}; expected one of {CELLS}")
+    if cfg.norm not in NORMS:
+        raise ValueError(f"unknown norm {cfg.norm!r}; expected one of {NORMS}")
+    if cfg.proj_size < 0 or (cfg.proj_size > 0 and cfg.cell != "lstm"):
+        raise ValueError(f"proj_size must be 0, or > 0 for the lstm cell, got {cfg.proj_size}")
+    xg = inputs.xg
+    if not xg.is_floating_point():
+        raise TypeError(f"xg must be a floating point tensor, got {xg.dtype}")
+    if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
+        raise ValueError(f"xg must have shape [T, B, {cfg.gate_size}], got {list(xg.shape)}")
+    for field, (shape, required) in _expected_shapes(inputs).items():
+        tensor = getattr(inputs, field)
+        if tensor is None:
+            if required:
+                raise ValueError(f"{field} is required for this configuration")
+            continue
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{field} must have shape {list(shape)}, got {list(tensor.shape)}")
+        if tensor.device != xg.device:
+            raise ValueError(f"{field} is on {tensor.device}, xg on {xg.device}")
+        if tensor.dtype != xg.dtype:
+            raise TypeError(f"{field} has dtype {tensor.dtype}, xg {xg.dtype}")
+    if inputs.lengths is not None:
+        if inputs.lengths.device != xg.device:
+            raise ValueError(f"lengths is on {inputs.lengths.device}, xg on {xg.device}")
+        on_cpu = inputs.lengths.device.type == "cpu"
+        check_lengths(inputs.lengths, xg.shape[0], xg.shape[1], values=read_lengths and on_cpu)
+
+
+OutputGrad = torch.Tensor | None  # a gradient of one of forward's results (see Backend.backward)
+Gradients = dict[str, torch.Tensor | None]  # keyed by RecurrenceInputs.GRAD_FIELDS
 
 
 class Backend(Protocol):
@@ -174,11 +269,11 @@ class Backend(Protocol):
         """
 
     def backward(
-        self,
-        inputs: RecurrenceInputs,
-        saved: tuple,
-        grad_output: torch.Tensor,
-        grad_h_n: torch.Tensor,
-        grad_c_n: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor | None]:
-        """Gradients keyed by ``RecurrenceInputs.GRAD_FIELDS`` (None where not needed)."""
+        self, inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad
+    ) -> Gradients:
+        """Gradients keyed by ``RecurrenceInputs.GRAD_FIELDS`` (None where not needed).
+
+        ``output_grads`` are the gradients of forward's results, positionally:
+        ``grad_output [T, B, P]``, ``grad_h_n [B, P]``, ``grad_c_n [B, H]`` (None without a
+        cell state).
+        """

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from . import host as _launcher
-from .base import RecurrenceInputs, RecurrenceOutputs
+from . import native
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "cuda"
 
@@ -23,7 +23,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def availability() -> str | None:
-    module, reason = _launcher.load_native()
+    module, reason = native.load_native()
     if module is None:
         return f"fusedrnn._C not built ({reason})"
     if not module.with_cuda:
@@ -37,7 +37,7 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
-    return _launcher.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
+    return native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
 
 
 def _check(inputs: RecurrenceInputs) -> None:
@@ -51,7 +51,7 @@ def _check(inputs: RecurrenceInputs) -> None:
 def _workspace(backward: bool):
     """Allocates the kernels' cross-block buffers (on the current stream, via torch).
 
-    Like every output, they are poisoned with NaN when ``host.POISON_OUTPUTS`` is set (the
+    Like every output, they are poisoned with NaN when ``native.POISON_OUTPUTS`` is set (the
     gpu tests set it; FUSEDRNN_POISON_OUTPUTS=1 elsewhere): the kernels must write each
     element before they read it, and a read of an unwritten element then shows as NaN in the
     results instead of whatever an earlier launch left in the cached block. It stays off by
@@ -59,11 +59,11 @@ def _workspace(backward: bool):
     """
 
     def allocate(p) -> list[torch.Tensor]:
-        C = _launcher.native()
+        C = native.native()
         device = torch.device("cuda", torch.cuda.current_device())
         grid = int(C.cuda_plan_grid(p, backward))
-        hin = _launcher._empty((2 * p.B * p.H,), torch.float32, device)
-        stats = _launcher._empty((2 * grid * p.B * 3,), torch.float32, device)
+        hin = native._empty((2 * p.B * p.H,), torch.float32, device)
+        stats = native._empty((2 * grid * p.B * 3,), torch.float32, device)
         p.ws_hin, p.ws_stats = hin.data_ptr(), stats.data_ptr()
         return [hin, stats]
 
@@ -71,36 +71,28 @@ def _workspace(backward: bool):
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    return _launcher.saved_like(inputs)  # the same saved layout as the host build
+    return native.saved_like(inputs)  # the same saved layout as the host build
 
 
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
-    C = _launcher.native()
+    C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
-        return _launcher.launch_forward(
+        return native.launch_forward(
             inputs, lambda p: C.cuda_forward(p, stream), 1, _workspace(False)
         )
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
     _check(inputs)
-    C = _launcher.native()
+    C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
-        return _launcher.launch_backward(
+        return native.launch_backward(
             inputs,
             saved,
-            grad_output,
-            grad_h_n,
-            grad_c_n,
+            output_grads,
             lambda p: C.cuda_backward(p, stream),
             1,
             _workspace(True),

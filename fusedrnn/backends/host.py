@@ -2,35 +2,18 @@
 
 The native code (csrc/host/) runs the same ``cells.cuh`` / ``philox.cuh`` functions as the CUDA
 kernels, in one OpenMP region per call whose threads each own a slice of hidden units (as a
-CUDA block does). This module is the thin launcher: it validates the inputs, allocates every
-output and workspace with torch, fills a params struct with raw addresses and sizes, and
-calls ``_C.host_forward`` / ``_C.host_backward``. Weight gradients are one GEMM over all steps
-afterwards, from the per-step quantities the native backward writes.
-
-The launcher helpers here (``prepare``/``launch_forward``/``launch_backward``) are shared with
-the ``cuda`` backend, which passes its own entry points and stream.
+CUDA block does). The launching is ``native.py``'s, shared with the ``cuda`` backend; this
+module chooses the thread count and calls ``_C.host_forward`` / ``_C.host_backward``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from types import ModuleType
-
 import torch
 
-from .. import philox
-from .base import RecurrenceInputs, RecurrenceOutputs, accumulate_dtype, check_mask_limits
+from . import native
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "host"
-
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-CELL_CODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
-NORM_CODES = {"none": 0, "batch": 1, "layer": 2}
-
-# Fill every output and workspace with NaN before a launch (tests set this to catch elements
-# the native code forgets to write). Also switched on by FUSEDRNN_POISON_OUTPUTS=1.
-POISON_OUTPUTS = os.environ.get("FUSEDRNN_POISON_OUTPUTS", "0") == "1"
 
 # Worker threads of the native loop: None = torch.get_num_threads(), reduced for small
 # problems where a per-step barrier costs more than the split saves (see _threads()).
@@ -38,376 +21,20 @@ NUM_THREADS: int | None = None
 # Per-step multiply-adds per thread below which another thread does not pay.
 _MIN_MACS_PER_THREAD = 1 << 18
 
-_native_cache: tuple[ModuleType | None, str | None] | None = None
-
-
-def load_native() -> tuple[ModuleType | None, str | None]:
-    """(fusedrnn._C, None) if the extension imports, else (None, why not)."""
-    global _native_cache
-    if _native_cache is None:
-        try:
-            from .. import _C
-
-            _native_cache = (_C, None)
-        except ImportError as exc:
-            reason = str(exc) or type(exc).__name__
-            if "No module named" in reason:
-                reason = "no compiled module; build it with pip install -e . or setup.py"
-            _native_cache = (None, reason)
-    return _native_cache
-
-
-def native():
-    """The extension module, or ImportError with the reason."""
-    module, reason = load_native()
-    if module is None:
-        raise ImportError(f"fusedrnn._C not built ({reason})")
-    return module
-
 
 def availability() -> str | None:
-    _, reason = load_native()
+    _, reason = native.load_native()
     if reason is not None:
         return f"fusedrnn._C not built ({reason})"
     return None
 
 
-def common_unsupported_reason(
-    inputs: RecurrenceInputs, backend: str, dtypes: tuple[torch.dtype, ...], device_type: str
-) -> str | None:
-    """Why the native kernels cannot run ``inputs`` (shared by the host and cuda backends)."""
-    cfg = inputs.config
-    xg = inputs.xg
-    if cfg.proj_size > 0:
-        return f"the {backend} backend does not support proj_size (LSTM projections)"
-    if cfg.cell not in CELL_CODES:
-        return f"unknown cell {cfg.cell!r}"
-    if cfg.norm not in NORM_CODES:
-        return f"unknown norm {cfg.norm!r}"
-    if xg.device.type != device_type:
-        return f"the {backend} backend needs {device_type} tensors, got {xg.device.type}"
-    if xg.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        return f"the {backend} backend supports {names}, got {str(xg.dtype).replace('torch.', '')}"
-    for field in (
-        "h0",
-        "c0",
-        "w_hh",
-        "b_hh",
-        "norm_weight_hh",
-        "norm_weight_c",
-        "norm_bias_c",
-        "running_mean_hh",
-        "running_var_hh",
-        "running_mean_c",
-        "running_var_c",
-    ):
-        t = getattr(inputs, field)
-        if t is None:
-            continue
-        if t.dtype != xg.dtype or t.device != xg.device:
-            return (
-                f"the {backend} backend needs {field} in xg's dtype and device "
-                f"({xg.dtype}, {xg.device}), got ({t.dtype}, {t.device})"
-            )
-    if inputs.lengths is not None and inputs.lengths.device != xg.device:
-        return f"lengths must be on {xg.device}"
-    if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
-        return f"xg must be [T, B, {cfg.gate_size}], got {list(xg.shape)}"
-    if cfg.hidden_size == 0:
-        return f"the {backend} backend needs hidden_size >= 1"
-    try:
-        check_mask_limits(inputs)
-    except ValueError as exc:
-        return str(exc)
-    if cfg.norm != "none" and inputs.norm_weight_hh is None:
-        return "norm needs norm_weight_hh"
-    if cfg.norm != "none" and cfg.cell == "lstm" and inputs.norm_weight_c is None:
-        return "norm needs norm_weight_c for the lstm cell"
-    if cfg.norm == "batch" and not inputs.training:
-        needed = ["running_mean_hh", "running_var_hh"]
-        if cfg.cell == "lstm":
-            needed += ["running_mean_c", "running_var_c"]
-        for f in needed:
-            if getattr(inputs, f) is None:
-                return f"batch norm in eval mode needs {f}"
-    return None
-
-
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
-    return common_unsupported_reason(inputs, NAME, (torch.float32, torch.float64), "cpu")
-
-
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _c(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.contiguous()
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    t = torch.empty(shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS:
-        t.fill_(float("nan"))
-    return t
-
-
-def _unit_stride(t: torch.Tensor) -> torch.Tensor:
-    """A [T, B, X] tensor with unit last stride (strides of the first two dims are passed)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-_SAVED = ("out", "gates", "gru_an", "xhat_hh", "rstd_hh", "c_tilde", "c_state", "xhat_c", "rstd_c")
-
-
-def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, torch.Tensor | None]:
-    """Sizes, settings and input addresses; returns the (contiguous) tensors it points at."""
-    cfg = inputs.config
-    xg = _unit_stride(inputs.xg)
-    steps, batch, _ = xg.shape
-    p.T, p.B, p.H, p.G = steps, batch, cfg.hidden_size, cfg.num_gates
-    p.cell, p.norm, p.dtype = CELL_CODES[cfg.cell], NORM_CODES[cfg.norm], DTYPE_CODES[xg.dtype]
-    p.reverse, p.training = bool(inputs.reverse), bool(inputs.training)
-    p.p_dropout = float(cfg.recurrent_dropout)
-    p.p_zoneout_c = float(cfg.zoneout_cell) if cfg.cell == "lstm" else 0.0
-    p.p_zoneout_h = float(cfg.zoneout_hidden)
-    p.seed = int(inputs.seed)
-    if inputs.training and cfg.uses_random:
-        base = philox.mask_base_offset
-        p.base_dropout = base(philox.STREAM_RECURRENT_DROPOUT, inputs.layer, inputs.direction)
-        p.base_zoneout_c = base(philox.STREAM_ZONEOUT_CELL, inputs.layer, inputs.direction)
-        p.base_zoneout_h = base(philox.STREAM_ZONEOUT_HIDDEN, inputs.layer, inputs.direction)
-    p.num_threads = max(1, int(num_threads))
-    t = {
-        "xg": xg,
-        "h0": _c(inputs.h0),
-        "c0": _c(inputs.c0) if cfg.cell == "lstm" else None,
-        "w_hh": _c(inputs.w_hh),
-        "b_hh": _c(inputs.b_hh),
-        "lengths": None if inputs.lengths is None else inputs.lengths.to(torch.int64).contiguous(),
-        "gamma_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
-        "gamma_c": None,
-        "beta_c": None,
-    }
-    if cfg.cell == "lstm" and cfg.norm != "none":
-        t["gamma_c"] = _c(inputs.norm_weight_c)
-        beta = inputs.norm_bias_c
-        t["beta_c"] = _c(beta) if beta is not None else torch.zeros_like(inputs.norm_weight_c)
-    if cfg.norm == "batch" and not inputs.training:
-        t["running_mean_hh"] = _c(inputs.running_mean_hh)
-        t["running_var_hh"] = _c(inputs.running_var_hh)
-        p.S = inputs.running_mean_hh.shape[0]
-        if cfg.cell == "lstm":
-            t["running_mean_c"] = _c(inputs.running_mean_c)
-            t["running_var_c"] = _c(inputs.running_var_c)
-    if cfg.cell == "lstm" and t["c0"] is None:
-        raise ValueError("the lstm cell needs c0")
-    for name, tensor in t.items():
-        if name != "xg":
-            setattr(p, name, _ptr(tensor))
-    p.xg = xg.data_ptr()
-    p.xg_stride_t, p.xg_stride_b = xg.stride(0), xg.stride(1)
-    return t
-
-
-def _check_shapes(inputs: RecurrenceInputs) -> None:
-    cfg = inputs.config
-    steps, batch, n = inputs.xg.shape
-    hidden = cfg.hidden_size
-    expected = {
-        "h0": (batch, hidden),
-        "c0": (batch, hidden) if cfg.cell == "lstm" else None,
-        "w_hh": (n, hidden),
-        "b_hh": (n,),
-        "norm_weight_hh": (n,),
-        "norm_weight_c": (hidden,),
-        "norm_bias_c": (hidden,),
-        "lengths": (batch,),
-    }
-    for name, shape in expected.items():
-        tensor = getattr(inputs, name)
-        if tensor is not None and shape is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
-    if inputs.lengths is not None and batch > 0:
-        lengths = inputs.lengths
-        if lengths.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
-        # A range check on the GPU would synchronise the host; out-of-range values there only
-        # mean "active at every step" (> T) or "never active" (< 0), never a bad access.
-        if lengths.device.type != "cpu":
-            return
-        if bool((lengths < 0).any()) or bool((lengths > steps).any()):
-            raise ValueError(f"lengths must lie in [0, {steps}]")
-
-
-def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tensor]:
-    """The tensors forward writes for backward (no masks), by name; an empty tensor where
-    a slot is unused. ``allocate(shape, dtype, device)`` makes each one."""
-    cfg = inputs.config
-    steps, batch, n = inputs.xg.shape
-    hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
-    acc = accumulate_dtype(dtype)
-    lstm, norm = cfg.cell == "lstm", cfg.norm
-
-    def unused():
-        return allocate((0,), acc, device)
-
-    per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
-    per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
-    return {
-        "out": allocate((steps, batch, hidden), dtype, device),
-        "gates": allocate((steps, batch, n), acc, device),
-        "gru_an": allocate((steps, batch, hidden), acc, device) if cfg.cell == "gru" else unused(),
-        "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused(),
-        "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused(),
-        "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
-        "c_state": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
-        "xhat_c": allocate((steps, batch, hidden), acc, device)
-        if lstm and norm != "none"
-        else unused(),
-        "rstd_c": allocate(per_step_rows_c, acc, device) if lstm and norm != "none" else unused(),
-    }
+    return native.common_unsupported_reason(inputs, NAME, (torch.float32, torch.float64), "cpu")
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
-    saved = _allocate_saved(
-        inputs, lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype)
-    )
-    return tuple(saved[k] for k in _SAVED)
-
-
-def launch_forward(
-    inputs: RecurrenceInputs,
-    run: Callable[[object], None],
-    num_threads: int = 1,
-    workspace: Callable[[object], list[torch.Tensor]] | None = None,
-) -> tuple[RecurrenceOutputs, tuple]:
-    """Validate, allocate, fill the params and call ``run(params)``."""
-    C = native()
-    _check_shapes(inputs)
-    cfg = inputs.config
-    p = C.RecurrenceFwdParams()
-    keep = _fill_common(p, inputs, num_threads)
-    xg = keep["xg"]
-    steps, batch, n = xg.shape
-    hidden = cfg.hidden_size
-    dtype, device = xg.dtype, xg.device
-    acc = accumulate_dtype(dtype)
-    lstm, norm = cfg.cell == "lstm", cfg.norm
-    bn_train = norm == "batch" and inputs.training
-
-    saved = _allocate_saved(inputs, _empty)
-    out = saved["out"]
-    h_n = _empty((batch, hidden), dtype, device)
-    c_n = _empty((batch, hidden), dtype, device) if lstm else None
-    stats = {}
-    if bn_train:
-        stats["batch_mean_hh"] = _empty((steps, n), acc, device)
-        stats["batch_var_hh"] = _empty((steps, n), acc, device)
-        if lstm:
-            stats["batch_mean_c"] = _empty((steps, hidden), acc, device)
-            stats["batch_var_c"] = _empty((steps, hidden), acc, device)
-
-    p.out, p.out_stride_t, p.out_stride_b = out.data_ptr(), out.stride(0), out.stride(1)
-    p.h_n, p.c_n = h_n.data_ptr(), _ptr(c_n)
-    for name, tensor in saved.items():
-        if name != "out":
-            setattr(p, name, tensor.data_ptr() if tensor.numel() > 0 else 0)
-    for name, tensor in stats.items():
-        setattr(p, name, tensor.data_ptr())
-    if batch > 0:
-        extra = workspace(p) if workspace is not None else []
-        run(p)
-        del extra  # the launch has finished reading it (host) or is stream-ordered (cuda)
-    else:  # nothing to run (no launch of zero rows); the statistics of no rows are 0
-        for tensor in stats.values():
-            tensor.zero_()
-    del keep
-
-    result = RecurrenceOutputs(output=out, h_n=h_n, c_n=c_n)
-    for name, tensor in stats.items():
-        setattr(result, name, tensor)  # accumulate dtype, as the contract states
-    return result, tuple(saved[k] for k in _SAVED)
-
-
-def launch_backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor | None,
-    grad_h_n: torch.Tensor | None,
-    grad_c_n: torch.Tensor | None,
-    run: Callable[[object], None],
-    num_threads: int = 1,
-    workspace: Callable[[object], list[torch.Tensor]] | None = None,
-) -> dict[str, torch.Tensor | None]:
-    C = native()
-    cfg = inputs.config
-    p = C.RecurrenceBwdParams()
-    keep = _fill_common(p, inputs, num_threads)
-    xg = keep["xg"]
-    steps, batch, n = xg.shape
-    hidden = cfg.hidden_size
-    dtype, device = xg.dtype, xg.device
-    acc = accumulate_dtype(dtype)
-    lstm, norm = cfg.cell == "lstm", cfg.norm
-    sv = dict(zip(_SAVED, saved))
-    out = sv["out"]
-    p.out, p.out_stride_t, p.out_stride_b = out.data_ptr(), out.stride(0), out.stride(1)
-    for name in _SAVED[1:]:
-        setattr(p, name, sv[name].data_ptr() if sv[name].numel() > 0 else 0)
-
-    if grad_output is None:
-        grad_output = torch.zeros(steps, batch, hidden, dtype=dtype, device=device)
-    grad_output = _unit_stride(grad_output.to(dtype))
-    grad_h_n = (
-        torch.zeros(batch, hidden, dtype=dtype, device=device)
-        if grad_h_n is None
-        else grad_h_n.to(dtype).contiguous()
-    )
-    if lstm and grad_c_n is not None:
-        grad_c_n = grad_c_n.to(dtype).contiguous()
-    else:
-        grad_c_n = None
-    p.grad_out = grad_output.data_ptr()
-    p.grad_out_stride_t, p.grad_out_stride_b = grad_output.stride(0), grad_output.stride(1)
-    p.grad_h_n, p.grad_c_n = grad_h_n.data_ptr(), _ptr(grad_c_n)
-
-    dxg = _empty((steps, batch, n), dtype, device)
-    dab = _empty((steps, batch, n), acc, device)
-    da = _empty((steps, batch, n), acc, device) if norm != "none" else None
-    hin = _empty((steps, batch, hidden), acc, device)
-    dc_out = _empty((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
-    dh0 = _empty((batch, hidden), dtype, device)
-    dc0 = _empty((batch, hidden), dtype, device) if lstm else None
-    p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
-    p.dc_out, p.dh0, p.dc0 = _ptr(dc_out), dh0.data_ptr(), _ptr(dc0)
-    if batch > 0:  # with no rows every per-row gradient is empty and the sums below are 0
-        extra = workspace(p) if workspace is not None else []
-        run(p)
-        del extra
-
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(RecurrenceInputs.GRAD_FIELDS)
-    grads["xg"] = dxg
-    grads["h0"] = dh0
-    grads["c0"] = dc0
-    da_used = dab if da is None else da
-    w_grad = da_used.reshape(steps * batch, n).t() @ hin.reshape(steps * batch, hidden)
-    grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
-    if inputs.b_hh is not None:
-        grads["b_hh"] = dab.sum(dim=(0, 1)).to(inputs.b_hh.dtype)
-    if norm != "none":
-        grads["norm_weight_hh"] = (
-            (dab * sv["xhat_hh"]).sum(dim=(0, 1)).to(inputs.norm_weight_hh.dtype)
-        )
-        if lstm:
-            grads["norm_weight_c"] = (
-                (dc_out * sv["xhat_c"]).sum(dim=(0, 1)).to(inputs.norm_weight_c.dtype)
-            )
-            if inputs.norm_bias_c is not None:
-                grads["norm_bias_c"] = dc_out.sum(dim=(0, 1)).to(inputs.norm_bias_c.dtype)
-    return grads
+    return native.saved_like(inputs)  # the saved layout of the native launcher
 
 
 def _threads(inputs: RecurrenceInputs) -> int:
@@ -427,21 +54,15 @@ def _check(inputs: RecurrenceInputs) -> None:
 
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
-    C = native()
+    C = native.native()
     with torch.no_grad():
-        return launch_forward(inputs, C.host_forward, _threads(inputs))
+        return native.launch_forward(inputs, C.host_forward, _threads(inputs))
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
     _check(inputs)
-    C = native()
+    C = native.native()
     with torch.no_grad():
-        return launch_backward(
-            inputs, saved, grad_output, grad_h_n, grad_c_n, C.host_backward, _threads(inputs)
+        return native.launch_backward(
+            inputs, saved, output_grads, C.host_backward, _threads(inputs)
         )

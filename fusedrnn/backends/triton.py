@@ -22,8 +22,17 @@ import os
 
 import torch
 
-from .. import philox, reference
-from .base import CELLS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype, check_mask_limits
+from .. import philox, reference_loop
+from .base import (
+    CELL_CODES,
+    NORM_CODES,
+    Gradients,
+    OutputGrad,
+    RecurrenceInputs,
+    RecurrenceOutputs,
+    accumulate_dtype,
+    check_mask_limits,
+)
 
 NAME = "triton"
 
@@ -152,8 +161,6 @@ def _resource_reason(geo: dict, device: torch.device) -> str | None:
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     cfg = inputs.config
-    if cfg.cell not in CELLS:
-        return f"unknown cell {cfg.cell!r}"
     if cfg.proj_size > 0 or inputs.w_hr is not None:
         return (
             "the Triton kernels do not support proj_size (LSTM projection w_hr): h~ has H units "
@@ -181,64 +188,11 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
 
 
 def _check(inputs: RecurrenceInputs) -> None:
-    """Raise ValueError with the reason for anything the kernels cannot take as given."""
+    """Raise RuntimeError (as the host and cuda backends) when the kernels cannot run ``inputs``;
+    ``base.validate`` has checked their shapes, devices and dtypes."""
     reason = unsupported_reason(inputs)
     if reason is not None:
-        raise ValueError(f"triton backend: {reason}")
-    cfg = inputs.config
-    xg = inputs.xg
-    if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
-        raise ValueError(f"xg must be [T, B, {cfg.gate_size}], got {tuple(xg.shape)}")
-    if xg.stride(2) != 1:
-        raise ValueError("xg must have unit stride in its last dimension")
-    _, batch, _ = xg.shape
-    hidden = cfg.hidden_size
-    expected = {
-        "h0": (batch, hidden),
-        "w_hh": (cfg.gate_size, hidden),
-        "b_hh": (cfg.gate_size,),
-        "lengths": (batch,),
-    }
-    if cfg.has_cell_state:
-        expected["c0"] = (batch, hidden)
-    if cfg.norm != "none":
-        expected["norm_weight_hh"] = (cfg.gate_size,)
-        if cfg.has_cell_state:
-            expected["norm_weight_c"] = (hidden,)
-            expected["norm_bias_c"] = (hidden,)
-    for name, shape in expected.items():
-        value = getattr(inputs, name)
-        if value is None:
-            if name in ("b_hh", "lengths", "norm_bias_c"):
-                continue
-            raise ValueError(f"{name} is required for this configuration")
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
-        if value.device != xg.device:
-            raise ValueError(f"{name} is on {value.device}, xg on {xg.device}")
-        if name == "lengths":
-            if value.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"lengths must be int32 or int64, got {value.dtype}")
-        elif name in ("h0", "c0", "w_hh", "b_hh"):
-            if value.dtype != xg.dtype:
-                raise ValueError(f"{name} has dtype {value.dtype}, xg {xg.dtype}")
-        elif not value.is_floating_point():
-            raise ValueError(f"{name} must be floating point, got {value.dtype}")
-    if cfg.norm == "batch" and not inputs.training:
-        stats = [
-            inputs.running_mean_hh,
-            inputs.running_var_hh,
-            *([inputs.running_mean_c, inputs.running_var_c] if cfg.has_cell_state else []),
-        ]
-        if any(s is None for s in stats):
-            raise ValueError("recurrent batch norm in eval mode needs the running buffers")
-        stat_steps = inputs.running_mean_hh.shape[0]
-        if stat_steps < 1:
-            raise ValueError("running buffers must have at least one step")
-        widths = [cfg.gate_size, cfg.gate_size, hidden, hidden]
-        for buffer, width in zip(stats, widths):
-            if tuple(buffer.shape) != (stat_steps, width) or buffer.device != xg.device:
-                raise ValueError(f"running buffer must be [{stat_steps}, {width}] on {xg.device}")
+        raise RuntimeError(f"fusedrnn triton backend: {reason}")
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -269,8 +223,6 @@ def _scalars(inputs: RecurrenceInputs) -> dict:
 
 
 def _meta(inputs: RecurrenceInputs) -> dict:
-    from fusedrnn.kernels.recurrence import CELL_CODES, NORM_CODES
-
     cfg = inputs.config
     return {
         "CELL": CELL_CODES[cfg.cell],
@@ -345,7 +297,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     from fusedrnn.kernels.recurrence import recurrence_forward_kernel
 
     cfg = inputs.config
-    xg = inputs.xg
+    xg = inputs.xg if inputs.xg.stride(2) == 1 else inputs.xg.contiguous()
     steps, batch, _ = xg.shape
     hidden, gate_width = cfg.hidden_size, cfg.gate_size
     device, dtype = xg.device, xg.dtype
@@ -431,13 +383,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
 
-def backward(
-    inputs: RecurrenceInputs,
-    saved: tuple,
-    grad_output: torch.Tensor,
-    grad_h_n: torch.Tensor,
-    grad_c_n: torch.Tensor | None,
-) -> dict[str, torch.Tensor | None]:
+def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
+    grad_output, grad_h_n, grad_c_n = output_grads
     _check(inputs)
     from fusedrnn.kernels.recurrence import recurrence_backward_kernel
 
@@ -513,7 +460,6 @@ def backward(
             steps,
             batch,
             hidden,
-            1,
             grad_output.stride(0),
             grad_output.stride(1),
             **_scalars(inputs),
@@ -530,7 +476,7 @@ def backward(
     # The dropout mask is regenerated from the seed (transient, [B, H]), never saved.
     operand = tensors["h_prev"]
     if meta["USE_DROPOUT"]:
-        operand = operand * reference.variational_mask(
+        operand = operand * reference_loop.variational_mask(
             inputs.seed,
             philox.STREAM_RECURRENT_DROPOUT,
             inputs.layer,

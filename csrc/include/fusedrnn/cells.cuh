@@ -2,7 +2,7 @@
 //
 // Every function is FRNN_HD (host+device under nvcc, plain inline C++ under g++) and works on
 // the accumulation type T (float for float32/float16/bfloat16 storage, double for float64).
-// The equations are those of fusedrnn/reference.py (see docs/design.md §3.1):
+// The equations are those of fusedrnn/reference_loop.py (see docs/design.md §3.1):
 //
 //   LSTM (i, f, g, o):  c~ = s(f) c_prev + s(i) tanh(g);   h~ = s(o) tanh(N_c(c~))
 //   GRU  (r, z, n):     r = s(x_r + a_r); z = s(x_z + a_z); n = tanh(x_n + r a_n);
@@ -30,8 +30,6 @@ enum CellKind : int { kCellLstm = 0, kCellGru = 1, kCellRnnTanh = 2, kCellRnnRel
 enum NormKind : int { kNormNone = 0, kNormBatch = 1, kNormLayer = 2 };
 
 constexpr double kNormEps = 1e-5;  // fusedrnn.backends.base.NORM_EPS
-
-FRNN_HD int num_gates(int cell) { return cell == kCellLstm ? 4 : (cell == kCellGru ? 3 : 1); }
 
 // ----------------------------------------------------------------------------------------
 // Elementary functions in the accumulation type.

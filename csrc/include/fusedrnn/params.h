@@ -71,7 +71,7 @@ struct RecurrenceFwdParams {
 
   // ---- saved for backward (acc), written by forward, read by backward
   void* gates = nullptr;    // acc [T, B, N] activated gates (rnn: h~ before zoneout)
-  void* gru_an = nullptr;   // acc [T, B, H] gru: a_n = N_hh(W_hn h)_n + b_hn
+  void* gru_hn = nullptr;   // acc [T, B, H] gru: N_hh(W_hn h)_n + b_hn
   void* xhat_hh = nullptr;  // acc [T, B, N] normalised W_hh h before gamma (norm != none)
   void* rstd_hh = nullptr;  // acc batch norm [T, N], layer norm [T, B]
   void* c_tilde = nullptr;  // acc [T, B, H] lstm: c~ before normalisation and zoneout
@@ -102,7 +102,6 @@ struct RecurrenceBwdParams : RecurrenceFwdParams {
   void* dc0 = nullptr;     // dtype [B, H] (lstm)
 
   // ---- workspace (CUDA only)
-  void* ws_dh = nullptr;  // acc [B, H] dh_in = da W_hh of the current step
 };
 
 }  // namespace fusedrnn

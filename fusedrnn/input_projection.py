@@ -1,0 +1,60 @@
+"""The input projection ``(m_x * x) W_ih^T + b_ih`` with its variational input mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import philox, reference_loop
+from .options import RNNOptions
+from .recurrence_op import _functorch_active
+
+
+class DroppedInputProjection(torch.autograd.Function):
+    """``(m_x * x) W_ih^T + b_ih`` with the variational input mask ``m_x [B, I]`` of one
+    layer-direction (step 1 and 2 of the layer path in one autograd node).
+
+    Autograd of the plain expression would save the mask and the masked input; this saves
+    only ``x`` (which the layer keeps anyway) and the 0-d seed, and regenerates the mask in
+    backward, as the kernels do for theirs.
+    """
+
+    @staticmethod
+    def mask(x: torch.Tensor, seed: torch.Tensor, p: float, layer: int, direction: int):
+        stream = philox.STREAM_INPUT_DROPOUT
+        batch, size = x.shape[1], x.shape[2]
+        return reference_loop.variational_mask(
+            seed, stream, layer, direction, batch, size, p, x.dtype, x.device
+        )
+
+    @staticmethod
+    def forward(ctx, x, w_ih, b_ih, seed, p: float, layer: int, direction: int):
+        ctx.save_for_backward(x, w_ih, seed)
+        ctx.args = (p, layer, direction)
+        ctx.has_bias = b_ih is not None
+        return F.linear(x * DroppedInputProjection.mask(x, seed, p, layer, direction), w_ih, b_ih)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_ih, seed = ctx.saved_tensors
+        m_x = DroppedInputProjection.mask(x, seed, *ctx.args)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ w_ih) * m_x
+        if ctx.needs_input_grad[1]:
+            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ (x * m_x).reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _input_projection(x, w_ih, b_ih, seed, options: RNNOptions, training, layer, direction):
+    """``(m_x * x) W_ih^T + b_ih`` (the mask only in training with input_dropout)."""
+    if training and options.input_dropout > 0:
+        if _functorch_active():  # torch.func needs a setup_context that this lacks
+            m_x = DroppedInputProjection.mask(x, seed, options.input_dropout, layer, direction)
+            return F.linear(x * m_x, w_ih, b_ih)
+        return DroppedInputProjection.apply(
+            x, w_ih, b_ih, seed, options.input_dropout, layer, direction
+        )
+    return F.linear(x, w_ih, b_ih)

@@ -1,0 +1,330 @@
+"""The recurrence of one layer-direction as torch custom ops with autograd (docs/design.md §2.4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import backends, dispatch, reference_loop
+from .backends.base import RecurrenceConfig, RecurrenceInputs, accumulate_dtype, validate
+
+# --------------------------------------------------------------------------------------
+# The recurrence as a pair of torch.library custom ops (forward, backward) with autograd and
+# fake-tensor registrations, so that torch.compile(fullgraph=True) traces a fusedrnn layer
+# as one opaque node per layer-direction instead of breaking the graph. Eager mode takes the
+# same path: there is one way into a backend.
+#
+# The ops' arguments and schemas are generated from the fields of RecurrenceInputs (with
+# RecurrenceConfig's flattened in): its tensors in field order, then its scalars. The seed is
+# passed as a 0-d int64 tensor, so that a compiled graph does not specialise on its value.
+#
+# Forward outputs are a flat list: [output, h_n, c_n, mean_hh, var_hh, mean_c, var_c,
+# backend, *saved], with an empty tensor where a result does not exist (no cell state, no
+# batch statistics). ``backend`` is a 0-d int64 CPU tensor, the index in ``_BACKEND_NAMES``
+# of the backend that ran: backward runs that same backend (it reads the saved tensors).
+# --------------------------------------------------------------------------------------
+_SCHEMA_TYPES = {
+    "torch.Tensor": "Tensor",
+    "torch.Tensor | None": "Tensor?",
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "str": "str",
+}
+_SEED_FIELD = "seed"  # an int of RecurrenceInputs that the ops take as a 0-d tensor
+
+
+def _op_fields(cls: type = RecurrenceInputs) -> list[tuple[str, str]]:
+    """(name, schema type) of each field of ``cls``, a RecurrenceConfig's fields flattened."""
+    fields = []
+    for field in dataclasses.fields(cls):
+        if field.type == RecurrenceConfig.__name__:
+            fields += _op_fields(RecurrenceConfig)
+        elif field.name == _SEED_FIELD:
+            fields.append((field.name, "Tensor"))
+        elif field.type in _SCHEMA_TYPES:
+            fields.append((field.name, _SCHEMA_TYPES[field.type]))
+        else:
+            raise TypeError(f"no op schema type for {cls.__name__}.{field.name}: {field.type}")
+    return fields
+
+
+_FIELDS = _op_fields()
+_TENSOR_ARGS = tuple(name for name, kind in _FIELDS if kind.startswith("Tensor"))
+_SCALAR_ARGS = tuple(name for name, kind in _FIELDS if not kind.startswith("Tensor"))
+_INPUT_ARGS = (*_TENSOR_ARGS, *_SCALAR_ARGS)
+_INPUT_SCHEMA = ", ".join(f"{dict(_FIELDS)[name]} {name}" for name in _INPUT_ARGS)
+_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(RecurrenceConfig))
+_STAT_FIELDS = ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c")
+_NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; then backend, saved
+_BACKEND_NAMES = tuple(backends.RECURRENCE_BACKENDS)
+
+
+def op_arguments(inputs: RecurrenceInputs, seed: torch.Tensor | None = None) -> list:
+    """``inputs`` as the ops' positional arguments (``seed`` overrides ``inputs.seed``)."""
+    values = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+    values.update({name: getattr(inputs.config, name) for name in _CONFIG_FIELDS})
+    values[_SEED_FIELD] = torch.tensor(inputs.seed, dtype=torch.int64) if seed is None else seed
+    return [values[name] for name in _INPUT_ARGS]
+
+
+def _op_inputs(args, read_seed: bool = True) -> RecurrenceInputs:
+    """The inverse of :func:`op_arguments` (seed 0 where it cannot be read: fake tensors)."""
+    values = dict(zip(_INPUT_ARGS, args, strict=True))
+    config = RecurrenceConfig(**{name: values.pop(name) for name in _CONFIG_FIELDS})
+    seed = values[_SEED_FIELD]
+    values[_SEED_FIELD] = int(seed) if read_seed and isinstance(seed, torch.Tensor) else 0
+    return RecurrenceInputs(config=config, **values)
+
+
+def _empty_like_absent(reference_tensor: torch.Tensor) -> torch.Tensor:
+    return reference_tensor.new_empty(0)
+
+
+def _result_shapes(inputs: RecurrenceInputs) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of the op's first ``_NUM_RESULTS`` outputs (0-size when absent)."""
+    cfg = inputs.config
+    steps, batch, _ = inputs.xg.shape
+    dtype, acc = inputs.xg.dtype, accumulate_dtype(inputs.xg.dtype)
+    has_c = cfg.has_cell_state
+    stats = cfg.norm == "batch" and inputs.training
+    return [
+        ((steps, batch, cfg.out_size), dtype),
+        ((batch, cfg.out_size), dtype),
+        ((batch, cfg.hidden_size) if has_c else (0,), dtype),
+        ((steps, cfg.gate_size) if stats else (0,), acc),
+        ((steps, cfg.gate_size) if stats else (0,), acc),
+        ((steps, cfg.hidden_size) if stats and has_c else (0,), acc),
+        ((steps, cfg.hidden_size) if stats and has_c else (0,), acc),
+    ]
+
+
+def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
+    """A custom op's outputs may not alias its inputs or each other: copy one that does
+    (for example a backend whose saved tuple holds its own output).
+
+    A result that is a view of one of the backend's intermediates (``torch.stack`` may
+    return one) is detached from its base: autograd would otherwise treat it as a view made
+    by a multi-output function and refuse in-place ops on it (``out += 1``), which torch.nn
+    allows.
+    """
+    if result.numel() == 0:  # placeholders: one shared empty tensor would alias itself
+        return result.new_empty(result.shape)
+    for t in others:
+        if isinstance(t, torch.Tensor) and t.numel():
+            if t.untyped_storage().data_ptr() == result.untyped_storage().data_ptr():
+                return result.clone()
+    return result.detach() if result._is_view() else result
+
+
+def _recurrence_impl(*args) -> list[torch.Tensor]:
+    inputs, backend = _op_inputs(args[:-1]), args[-1]
+    validate(inputs)
+    module = dispatch.recurrence_backend(backend, inputs)
+    outputs, saved = module.forward(inputs)
+    results = [outputs.output, outputs.h_n, outputs.c_n]
+    results += [getattr(outputs, f) for f in _STAT_FIELDS]
+    results = [_empty_like_absent(inputs.xg) if r is None else r for r in results]
+    returned: list[torch.Tensor] = []
+    for r in [*results, *saved]:
+        returned.append(_unaliased(r, [*args[: len(_TENSOR_ARGS)], *returned]))
+    ran = torch.tensor(_BACKEND_NAMES.index(module.NAME), dtype=torch.int64)
+    return [*returned[:_NUM_RESULTS], ran, *returned[_NUM_RESULTS:]]
+
+
+_recurrence_op = torch.library.custom_op(
+    "fusedrnn::recurrence",
+    _recurrence_impl,
+    mutates_args=(),
+    schema=f"({_INPUT_SCHEMA}, str backend) -> Tensor[]",
+)
+
+
+@_recurrence_op.register_fake
+def _recurrence_op_fake(*args):
+    inputs, backend = _op_inputs(args[:-1], read_seed=False), args[-1]
+    validate(inputs, read_lengths=False)
+    module = dispatch.recurrence_backend(backend, inputs)
+    xg = inputs.xg
+    results = [xg.new_empty(shape, dtype=dtype) for shape, dtype in _result_shapes(inputs)]
+    ran = xg.new_empty((), dtype=torch.int64, device="cpu")
+    return [*results, ran, *module.saved_like(inputs)]
+
+
+def _recurrence_backward_impl(
+    grad_output, grad_h_n, grad_c_n, saved, backend, *args
+) -> list[torch.Tensor]:
+    """Gradients in ``RecurrenceInputs.GRAD_FIELDS`` order (an empty tensor for an absent
+    input), from the backend that ran the forward (``backend``, its index)."""
+    inputs = _op_inputs(args)
+    module = backends.load(_BACKEND_NAMES[int(backend)])
+    grads = module.backward(inputs, tuple(saved), grad_output, grad_h_n, grad_c_n)
+    result = []
+    tensors = [getattr(inputs, name) for name in _TENSOR_ARGS]
+    for field in RecurrenceInputs.GRAD_FIELDS:
+        value = getattr(inputs, field)
+        if value is None:
+            result.append(_empty_like_absent(inputs.xg))
+        elif grads.get(field) is None:
+            result.append(torch.zeros_like(value))
+        else:
+            result.append(_unaliased(grads[field], [*tensors, grad_output, grad_h_n]))
+    return result
+
+
+_recurrence_backward_op = torch.library.custom_op(
+    "fusedrnn::recurrence_backward",
+    _recurrence_backward_impl,
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor[] saved, "
+        f"Tensor backend, {_INPUT_SCHEMA}) -> Tensor[]"
+    ),
+)
+
+
+@_recurrence_backward_op.register_fake
+def _recurrence_backward_op_fake(grad_output, grad_h_n, grad_c_n, saved, backend, *args):
+    inputs = dict(zip(_INPUT_ARGS, args))
+    return [
+        grad_output.new_empty(0) if inputs[f] is None else torch.empty_like(inputs[f])
+        for f in RecurrenceInputs.GRAD_FIELDS
+    ]
+
+
+def _recurrence_setup_context(ctx, inputs, output):
+    num_tensors = len(_TENSOR_ARGS)
+    ctx.save_for_backward(*inputs[:num_tensors], *output[_NUM_RESULTS:])
+    ctx.scalars = inputs[num_tensors : len(_INPUT_ARGS)]  # the backend name is not needed
+    ctx.mark_non_differentiable(*output[3:])
+
+
+def _differentiable_backward(
+    inputs: RecurrenceInputs, grads: tuple
+) -> dict[str, torch.Tensor | None]:
+    """Gradients that autograd can differentiate again (double backward).
+
+    The fused backward ops have no derivative of their own, so when the backward itself is
+    recorded (``create_graph=True``) the recurrence is recomputed from the same inputs and
+    seed (hence the same masks) by the reference loop in plain torch ops, and differentiated
+    by autograd with ``create_graph=True``.
+    """
+    fields = [
+        f
+        for f in RecurrenceInputs.GRAD_FIELDS
+        if getattr(inputs, f) is not None and getattr(inputs, f).requires_grad
+    ]
+    with torch.enable_grad():
+        result = reference_loop.recurrence(inputs)
+        pairs = [
+            (out, grad)
+            for out, grad in zip((result.output, result.h_n, result.c_n), grads[:3])
+            if out is not None and grad is not None and out.requires_grad
+        ]
+        if not fields or not pairs:
+            return {}
+        outs, cotangents = zip(*pairs)
+        values = torch.autograd.grad(
+            outs,
+            [getattr(inputs, f) for f in fields],
+            cotangents,
+            create_graph=True,
+            allow_unused=True,
+        )
+    return dict(zip(fields, values))
+
+
+def _recurrence_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    num_tensors = len(_TENSOR_ARGS)
+    args = (*saved[:num_tensors], *ctx.scalars)
+    backend, extra = saved[num_tensors], list(saved[num_tensors + 1 :])
+    inputs = _op_inputs(args, read_seed=torch.is_grad_enabled())
+    if torch.is_grad_enabled():  # create_graph=True: the backward is differentiated too
+        by_field = _differentiable_backward(inputs, grads)
+    else:
+        grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
+        if grad_output is None:
+            grad_output = inputs.xg.new_zeros((*inputs.xg.shape[:2], inputs.h0.shape[1]))
+        if grad_h_n is None:
+            grad_h_n = torch.zeros_like(inputs.h0)
+        if inputs.c0 is None:
+            grad_c_n = None
+        elif grad_c_n is None:
+            grad_c_n = torch.zeros_like(inputs.c0)
+        grads_in = _recurrence_backward_op(grad_output, grad_h_n, grad_c_n, extra, backend, *args)
+        by_field = dict(zip(RecurrenceInputs.GRAD_FIELDS, grads_in))
+    per_arg = [by_field.get(f) if getattr(inputs, f) is not None else None for f in _TENSOR_ARGS]
+    return (*per_arg, *([None] * (len(ctx.scalars) + 1)))
+
+
+torch.library.register_autograd(
+    "fusedrnn::recurrence", _recurrence_backward, setup_context=_recurrence_setup_context
+)
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running.
+
+    The autograd.Function that ``torch.library.register_autograd`` generates has no
+    ``setup_context``, so torch.func cannot transform the custom op; under a transform the
+    layer runs in plain torch ops instead. (Dynamo's model of the interpreter stack is not
+    asked: compiled graphs keep the custom op.)
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _vmap_active() -> bool:
+    """Whether a torch.func.vmap is running (at any level of nested transforms)."""
+    if torch.compiler.is_compiling():
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in torch._C._functorch.get_interpreter_stack() or ())
+
+
+def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, str]:
+    """The recurrence in differentiable torch ops (the reference loop), for torch.func.
+
+    ``backend`` is still resolved, so a named backend that cannot run the call raises as it
+    does outside a transform; the masks come from the same seed. Returns the results and the
+    resolved backend's name.
+    """
+    validate(inputs)
+    module = dispatch.recurrence_backend(backend, inputs)
+    result = reference_loop.recurrence(inputs)
+    results = (result.output, result.h_n, result.c_n, *(getattr(result, f) for f in _STAT_FIELDS))
+    return results, module.NAME
+
+
+def recurrence(
+    inputs: RecurrenceInputs,
+    backend: str = "auto",
+    seed: torch.Tensor | None = None,
+    backends_ran: list[str] | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Run one layer-direction's recurrence on ``backend`` with autograd support.
+
+    ``seed`` (a 0-d int64 tensor) overrides ``inputs.seed``; compiled graphs pass it so the
+    seed stays a tensor. Returns ``(output, h_n, c_n, batch_mean_hh, batch_var_hh,
+    batch_mean_c, batch_var_c)``, with None for what does not exist. In eager mode the name of
+    the backend that ran is appended to ``backends_ran`` when given.
+    """
+    if _functorch_active():
+        if seed is not None:
+            inputs = inputs.replace(seed=int(seed))
+        results, ran = _reference_recurrence(inputs, backend)
+    else:
+        outputs = _recurrence_op(*op_arguments(inputs, seed), backend)
+        # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
+        shapes = _result_shapes(inputs)
+        results = tuple(
+            None if i >= 2 and shapes[i][0] == (0,) else r
+            for i, r in enumerate(outputs[:_NUM_RESULTS])
+        )
+        ran = None if torch.compiler.is_compiling() else _BACKEND_NAMES[int(outputs[_NUM_RESULTS])]
+    if backends_ran is not None and ran is not None:
+        backends_ran.append(ran)
+    return results
