@@ -798,7 +798,7 @@ void widen_common(RecurrenceFwdParams& q, Widened& w, bool forward) {
   q.batch_mean_c = io(q.batch_mean_c, T * H);
   q.batch_var_c = io(q.batch_var_c, T * H);
   q.gates = io(q.gates, T * B * N);
-  q.gru_an = io(q.gru_an, T * B * H);
+  q.gru_hn = io(q.gru_hn, T * B * H);
   q.xhat_hh = io(q.xhat_hh, T * B * N);
   q.rstd_hh = io(q.rstd_hh, ln ? T * B : T * N);
   q.c_tilde = io(q.c_tilde, T * B * H);
