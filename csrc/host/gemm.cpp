@@ -3,22 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-// Function multiversioning: GCC and Clang on x86-64 with ifunc support build each marked
-// function for AVX2+FMA and for the baseline and pick one at load time.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__) && \
-    !defined(FUSEDRNN_NO_MULTIVERSION)
-#define FRNN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define FRNN_HAVE_MULTIVERSION 1
-#else
-#define FRNN_MULTIVERSION
-#define FRNN_HAVE_MULTIVERSION 0
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define FRNN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FRNN_ALWAYS_INLINE inline
-#endif
+#include "multiversion.h"
 
 namespace fusedrnn {
 namespace host {
@@ -108,15 +93,18 @@ FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, i
   }
 }
 
-FRNN_MULTIVERSION void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                                const float* packed, float* C, int64_t ldc, bool accumulate) {
-  gemm_impl<float>(M, N, K, A, lda, packed, C, ldc, accumulate);
+#define FRNN_GEMM_PARAMS(T)                                                               \
+  (int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* packed, T* C, int64_t ldc, \
+   bool accumulate)
+#define FRNN_GEMM_ARGS (M, N, K, A, lda, packed, C, ldc, accumulate)
+FRNN_ALWAYS_INLINE void gemm_f32_body FRNN_GEMM_PARAMS(float) {
+  gemm_impl<float> FRNN_GEMM_ARGS;
 }
-
-FRNN_MULTIVERSION void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
-                                const double* packed, double* C, int64_t ldc, bool accumulate) {
-  gemm_impl<double>(M, N, K, A, lda, packed, C, ldc, accumulate);
+FRNN_ALWAYS_INLINE void gemm_f64_body FRNN_GEMM_PARAMS(double) {
+  gemm_impl<double> FRNN_GEMM_ARGS;
 }
+FRNN_DISPATCH(void, gemm_f32, FRNN_GEMM_PARAMS(float), FRNN_GEMM_ARGS)
+FRNN_DISPATCH(void, gemm_f64, FRNN_GEMM_PARAMS(double), FRNN_GEMM_ARGS)
 
 }  // namespace
 
@@ -130,14 +118,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
   gemm_f64(M, N, K, A, lda, packed, C, ldc, accumulate);
 }
 
-const char* gemm_variant() {
-#if FRNN_HAVE_MULTIVERSION
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3" : "baseline";
-#else
-  return "portable";
-#endif
-}
+const char* gemm_variant() { return isa_name(runtime_isa()); }
 
 }  // namespace host
 }  // namespace fusedrnn

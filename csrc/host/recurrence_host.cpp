@@ -21,6 +21,7 @@
 
 #include "fusedrnn/cells.cuh"
 #include "gemm.h"
+#include "simd_math.h"
 
 namespace fusedrnn {
 namespace host {
@@ -284,18 +285,23 @@ void forward_impl(const RecurrenceFwdParams& p) {
         }
       }
 
-      // Cell, first part (lstm up to c~; gru and rnn complete).
+      // Cell, first part (lstm up to c~; gru and rnn complete). Pre-activations are built
+      // in place in `a` (gate-major, so each gate's units are contiguous) and activated a
+      // gate slice at a time by the vectorised simd_math.h functions.
       for (int64_t b = 0; b < B; ++b) {
         const T* xb = xg + t * p.xg_stride_t + b * p.xg_stride_b;
         T* ab = a.data() + b * nl;
         T* gs = sv_gates + (t * B + b) * N;
         for (int64_t cc = 0; cc < nl; ++cc) ab[cc] += bias_own[cc];
-        for (int64_t jj = 0; jj < hl; ++jj) {
-          const int64_t j = sl.j0 + jj;
-          if (lstm) {
-            const LstmGates<T> ga = lstm_activate(xb[j] + ab[jj], xb[H + j] + ab[hl + jj],
-                                                  xb[2 * H + j] + ab[2 * hl + jj],
-                                                  xb[3 * H + j] + ab[3 * hl + jj]);
+        if (lstm) {
+          for (int64_t g = 0; g < 4; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
+          sigmoid_inplace(ab, 2 * hl);  // i, f
+          tanh_inplace(ab + 2 * hl, hl);  // g
+          sigmoid_inplace(ab + 3 * hl, hl);  // o
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const LstmGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj], ab[3 * hl + jj]};
             gs[j] = ga.i;
             gs[H + j] = ga.f;
             gs[2 * H + j] = ga.g;
@@ -303,18 +309,35 @@ void forward_impl(const RecurrenceFwdParams& p) {
             const T ctil = lstm_c_tilde(ga, c[b * hl + jj]);
             ct[b * hl + jj] = ctil;
             sv_ctil[(t * B + b) * H + j] = ctil;
-          } else if (gru) {
-            const GruGates<T> ga = gru_activate(xb[j], xb[H + j], xb[2 * H + j], ab[jj],
-                                                ab[hl + jj], ab[2 * hl + jj]);
+          }
+        } else if (gru) {
+          // gru_activate, vectorised: r, z = s(x + a); n = tanh(x_n + r a_n).
+          T* an = sv_an + (t * B + b) * H + sl.j0;
+          for (int64_t jj = 0; jj < hl; ++jj) an[jj] = ab[2 * hl + jj];
+          for (int64_t g = 0; g < 2; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
+          sigmoid_inplace(ab, 2 * hl);
+          for (int64_t jj = 0; jj < hl; ++jj)
+            ab[2 * hl + jj] = xb[2 * H + sl.j0 + jj] + ab[jj] * an[jj];
+          tanh_inplace(ab + 2 * hl, hl);
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const GruGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj]};
             gs[j] = ga.r;
             gs[H + j] = ga.z;
             gs[2 * H + j] = ga.n;
-            sv_an[(t * B + b) * H + j] = ab[2 * hl + jj];
             ct[b * hl + jj] = gru_h_tilde(ga, h[b * hl + jj]);  // h~
+          }
+        } else {
+          for (int64_t jj = 0; jj < hl; ++jj) ab[jj] += xb[sl.j0 + jj];
+          if (cm.cell == kCellRnnTanh) {
+            tanh_inplace(ab, hl);
           } else {
-            const T y = rnn_activate(cm.cell, xb[j] + ab[jj]);
-            gs[j] = y;
-            ct[b * hl + jj] = y;  // h~
+            for (int64_t jj = 0; jj < hl; ++jj) ab[jj] = rnn_activate(cm.cell, ab[jj]);
+          }
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            gs[sl.j0 + jj] = ab[jj];
+            ct[b * hl + jj] = ab[jj];  // h~
           }
         }
       }
@@ -366,7 +389,8 @@ void forward_impl(const RecurrenceFwdParams& p) {
         }
       }
 
-      // Zoneout, state update, outputs.
+      // Zoneout, state update, outputs. (lstm: cout_v becomes tanh(c_out) for h~ = o tanh.)
+      if (lstm) tanh_inplace(cout_v.data(), B * hl);
       for (int64_t b = 0; b < B; ++b) {
         const bool act = active[b] != 0;
         const T* gs = sv_gates + (t * B + b) * N;
@@ -377,7 +401,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
           T h_tilde;
           if (lstm) {
             const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            h_tilde = lstm_h_tilde(ga, cout_v[e]);
+            h_tilde = ga.o * cout_v[e];  // lstm_h_tilde with tanh(c_out) computed above
             const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
             if (act) c[e] = c_new;
