@@ -228,11 +228,13 @@ def _recurrence_op(
     layer: int,
     direction: int,
     backend: str,
+    *,
+    needs_grad: bool = True,
 ) -> list[torch.Tensor]:
     args = locals()
     tensors = {f: args[f] for f in _TENSOR_FIELDS}
     scalars = tuple(args[k] for k in _SCALAR_ARGS)
-    inputs = _op_inputs(tensors, seed, scalars)
+    inputs = _op_inputs(tensors, seed, scalars).replace(needs_grad=needs_grad)
     module = dispatch.recurrence_backend(backend, inputs)
     outputs, saved = module.forward(inputs)
     results = [outputs.output, outputs.h_n, outputs.c_n]
@@ -267,6 +269,7 @@ def _recurrence_op_fake(*args, **kwargs):
     bound = _RECURRENCE_SIGNATURE.bind(*args, **kwargs).arguments
     tensors = {f: bound[f] for f in _TENSOR_FIELDS}
     inputs = _op_inputs(tensors, 0, tuple(bound[k] for k in _SCALAR_ARGS))
+    inputs = inputs.replace(needs_grad=bound.get("needs_grad", True))
     module = dispatch.recurrence_backend(bound["backend"], inputs)
     xg = bound["xg"]
     results = [xg.new_empty(shape, dtype=dtype) for shape, dtype in _result_shapes(inputs)]
@@ -341,7 +344,7 @@ def _recurrence_backward_op_fake(*args, **kwargs):
 _NUM_OP_TENSOR_ARGS = len(_TENSOR_FIELDS) + 1  # the tensors and the seed
 
 
-def _recurrence_setup_context(ctx, inputs, output):
+def _recurrence_setup_context(ctx, inputs, output, keyword_only_inputs=None):
     ctx.save_for_backward(*inputs[:_NUM_OP_TENSOR_ARGS], *output[_NUM_RESULTS:])
     ctx.scalars = inputs[_NUM_OP_TENSOR_ARGS:]
     ctx.mark_non_differentiable(*output[3:])
@@ -407,6 +410,8 @@ def recurrence(
         inputs.layer,
         inputs.direction,
         backend,
+        needs_grad=torch.is_grad_enabled()
+        and any(isinstance(t, torch.Tensor) and t.requires_grad for t in vars(inputs).values()),
     )
     # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
     shapes = _result_shapes(inputs)

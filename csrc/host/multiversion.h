@@ -76,10 +76,11 @@ inline Isa runtime_isa() {
 }  // namespace fusedrnn
 
 // Defines `name` (with `params` / `args`) calling name##_v4, name##_v3 or name##_base: three
-// builds of one body.
+// builds of name##_body (FRNN_DISPATCH), or of name##_v4_body for x86-64-v4 and name##_body
+// for the others (FRNN_DISPATCH_SPLIT: a kernel with a different shape for AVX-512).
 #if FRNN_HAVE_MULTIVERSION
-#define FRNN_DISPATCH(ret, name, params, args)                 \
-  FRNN_TARGET_V4 ret name##_v4 params { return name##_body args; } \
+#define FRNN_DISPATCH_BODIES(ret, name, params, args, v4_body)    \
+  FRNN_TARGET_V4 ret name##_v4 params { return v4_body args; }     \
   FRNN_TARGET_V3 ret name##_v3 params { return name##_body args; } \
   ret name##_base params { return name##_body args; }              \
   ret name params {                                                \
@@ -93,6 +94,10 @@ inline Isa runtime_isa() {
     }                                                              \
   }
 #else
-#define FRNN_DISPATCH(ret, name, params, args) \
+#define FRNN_DISPATCH_BODIES(ret, name, params, args, v4_body) \
   ret name params { return name##_body args; }
 #endif
+#define FRNN_DISPATCH(ret, name, params, args) \
+  FRNN_DISPATCH_BODIES(ret, name, params, args, name##_body)
+#define FRNN_DISPATCH_SPLIT(ret, name, params, args) \
+  FRNN_DISPATCH_BODIES(ret, name, params, args, name##_v4_body)

@@ -182,9 +182,13 @@ void forward_impl(const RecurrenceFwdParams& p) {
   T* sv_rstd_c = static_cast<T*>(p.rstd_c);
   const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
   const bool bn_train = cm.norm == kNormBatch && cm.training;
+  // Inference (no gradient needed): the launcher passes no gates / gru_an / c_tilde /
+  // c_state; the gates of the current step then live in `step_gates` and the rest is not kept.
+  const bool save = sv_gates != nullptr;
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
   std::vector<T> hin(static_cast<size_t>(2 * B * H));
+  std::vector<T> step_gates(save ? 0 : static_cast<size_t>(B * N));
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
 
@@ -209,6 +213,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
     std::vector<T> var(mean.size()), rstd(mean.size());
     std::vector<T> row_mean(static_cast<size_t>(B)), row_rstd(static_cast<size_t>(B));
     std::vector<uint8_t> active(static_cast<size_t>(B));
+    std::vector<T> an_own(static_cast<size_t>(gru && !save ? hl : 0));  // a_n when not saved
     std::vector<T> gamma_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
     std::vector<T> bias_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(0));
     for (int64_t cc = 0; cc < nl; ++cc) {
@@ -225,6 +230,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
 
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = cm.time_at(s);
+      T* gates_t = save ? sv_gates + t * B * N : step_gates.data();  // [B][N] of step t
       const T* hin_cur = hin.data() + (s & 1) * B * H;
       T* hin_next = hin.data() + ((s + 1) & 1) * B * H;
       for (int64_t b = 0; b < B; ++b) active[b] = t < cm.len[b];
@@ -291,7 +297,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
       for (int64_t b = 0; b < B; ++b) {
         const T* xb = xg + t * p.xg_stride_t + b * p.xg_stride_b;
         T* ab = a.data() + b * nl;
-        T* gs = sv_gates + (t * B + b) * N;
+        T* gs = gates_t + b * N;
         for (int64_t cc = 0; cc < nl; ++cc) ab[cc] += bias_own[cc];
         if (lstm) {
           for (int64_t g = 0; g < 4; ++g)
@@ -308,11 +314,11 @@ void forward_impl(const RecurrenceFwdParams& p) {
             gs[3 * H + j] = ga.o;
             const T ctil = lstm_c_tilde(ga, c[b * hl + jj]);
             ct[b * hl + jj] = ctil;
-            sv_ctil[(t * B + b) * H + j] = ctil;
+            if (save) sv_ctil[(t * B + b) * H + j] = ctil;
           }
         } else if (gru) {
           // gru_activate, vectorised: r, z = s(x + a); n = tanh(x_n + r a_n).
-          T* an = sv_an + (t * B + b) * H + sl.j0;
+          T* an = save ? sv_an + (t * B + b) * H + sl.j0 : an_own.data();
           for (int64_t jj = 0; jj < hl; ++jj) an[jj] = ab[2 * hl + jj];
           for (int64_t g = 0; g < 2; ++g)
             for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
@@ -393,7 +399,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
       if (lstm) tanh_inplace(cout_v.data(), B * hl);
       for (int64_t b = 0; b < B; ++b) {
         const bool act = active[b] != 0;
-        const T* gs = sv_gates + (t * B + b) * N;
+        const T* gs = gates_t + b * N;
         T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
         for (int64_t jj = 0; jj < hl; ++jj) {
           const int64_t j = sl.j0 + jj;
@@ -405,7 +411,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
             const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
             if (act) c[e] = c_new;
-            sv_cstate[(t * B + b) * H + j] = c[e];
+            if (save) sv_cstate[(t * B + b) * H + j] = c[e];
           } else {
             h_tilde = ct[e];
           }

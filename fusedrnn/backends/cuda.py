@@ -71,7 +71,7 @@ def _workspace(backward: bool):
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    return _launcher.saved_like(inputs)  # the same saved layout as the host build
+    return _launcher.saved_like(inputs, save=True)  # the host build's layout, always saved
 
 
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
