@@ -492,6 +492,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
     std::vector<T> dhtil(dh.size()), dctil(dh.size());
     std::vector<T> colsum(static_cast<size_t>(std::max<int64_t>(1, G * hl)));
     std::vector<T> colsum2(colsum.size());
+    std::vector<T> tanh_c_out(static_cast<size_t>(lstm ? hl : 0));  // one row, vectorised
     std::vector<uint8_t> active(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t jj = 0; jj < hl; ++jj) {
@@ -515,6 +516,14 @@ void backward_impl(const RecurrenceBwdParams& p) {
         const bool act = active[b] != 0;
         const bool prev_out = has_prev && tp < cm.len[b];
         const T* gb = gout + t * p.grad_out_stride_t + b * p.grad_out_stride_b;
+        if (lstm) {  // tanh(c_out) of the row, for lstm_backward_h's formula below
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            tanh_c_out[jj] = norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j]
+                                  : sv_ctil[(t * B + b) * H + j];
+          }
+          tanh_inplace(tanh_c_out.data(), hl);
+        }
         for (int64_t jj = 0; jj < hl; ++jj) {
           const int64_t j = sl.j0 + jj;
           const int64_t e = b * hl + jj;
@@ -533,14 +542,12 @@ void backward_impl(const RecurrenceBwdParams& p) {
             const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
             dctil[e] = dct;
             dc_prev[e] = act ? dprev_c : dc[e];
-            // h~ = o tanh(c_out): d(pre_o) and d(c_out).
-            const T* gs = sv_gates + (t * B + b) * N;
-            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            const T ctil = sv_ctil[(t * B + b) * H + j];
-            const T c_out =
-                norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j] : ctil;
-            T dco;
-            const T dpo = lstm_backward_h(ga, c_out, dhtil[e], &dco);
+            // h~ = o tanh(c_out): d(pre_o) and d(c_out) (lstm_backward_h, with the
+            // row's tanh(c_out) computed above).
+            const T o = sv_gates[(t * B + b) * N + 3 * H + j];
+            const T tc = tanh_c_out[jj];
+            const T dco = tanh_grad(dhtil[e] * o, tc);
+            const T dpo = sigmoid_grad(dhtil[e] * tc, o);
             dxg[(t * B + b) * N + 3 * H + j] = dpo;
             dab[(t * B + b) * N + 3 * H + j] = dpo;
             dcout[e] = dco;
