@@ -16,6 +16,7 @@
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
 #include "host/gemm.h"
+#include "host/multiversion.h"
 #include "host/recurrence_host.h"
 #if defined(FUSEDRNN_WITH_CUDA)
 #include "cuda/recurrence_cuda.h"
@@ -66,7 +67,16 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("cuda_archs") = std::string(FUSEDRNN_CUDA_ARCHS_STRING);
   m.def("host_gemm_variant", &fusedrnn::host::gemm_variant,
-        "Which GEMM variant function multiversioning picked on this CPU.");
+        "Which build (x86-64-v4, x86-64-v3, baseline) of the host GEMM and activations runs.");
+  m.def(
+      "host_choose_isa",
+      [](bool cpu_has_v3, bool cpu_has_v4, const std::string& request) {
+        return std::string(fusedrnn::host::isa_name(fusedrnn::host::choose_isa(
+            cpu_has_v3, cpu_has_v4, request.empty() ? nullptr : request.c_str())));
+      },
+      py::arg("cpu_has_v3"), py::arg("cpu_has_v4"), py::arg("request") = "",
+      "The dispatch rule: the build chosen for a CPU with these levels and a "
+      "FUSEDRNN_HOST_ISA value ('' = unset).");
 
   m.def(
       "philox4x32_10",

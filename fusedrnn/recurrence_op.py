@@ -312,6 +312,12 @@ def recurrence(
     batch_mean_c, batch_var_c)``, with None for what does not exist. In eager mode the name of
     the backend that ran is appended to ``backends_ran`` when given.
     """
+    # Only here is it known whether a backward can follow; a backend may then skip what it
+    # saves for one (host inference writes no per-step tensors).
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in vars(inputs).values()
+    )
+    inputs = inputs.replace(needs_grad=needs_grad)
     if _functorch_active():
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))

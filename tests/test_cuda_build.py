@@ -93,7 +93,7 @@ def test_build_reports():
     assert isinstance(C.with_cuda, bool)
     if C.with_cuda:
         assert "80" in C.cuda_archs
-    assert C.host_gemm_variant() in ("x86-64-v3", "baseline", "portable")
+    assert C.host_gemm_variant() in ("x86-64-v4", "x86-64-v3", "baseline", "portable")
 
 
 @pytest.mark.slow

@@ -3,61 +3,48 @@
 #include <algorithm>
 #include <cstring>
 
-// Function multiversioning: GCC and Clang on x86-64 with ifunc support build each marked
-// function for AVX2+FMA and for the baseline and pick one at load time.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__) && \
-    !defined(FUSEDRNN_NO_MULTIVERSION)
-#define FRNN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define FRNN_HAVE_MULTIVERSION 1
-#else
-#define FRNN_MULTIVERSION
-#define FRNN_HAVE_MULTIVERSION 0
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define FRNN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FRNN_ALWAYS_INLINE inline
-#endif
+#include "multiversion.h"
 
 namespace fusedrnn {
 namespace host {
 namespace {
 
-typedef float VecF __attribute__((vector_size(32)));
-typedef double VecD __attribute__((vector_size(32)));
-// The same vectors with element alignment, for unaligned loads straight from memory (a
-// memcpy into a vector array can compile to narrower stores plus a wide reload from the
-// stack, which stalls on store forwarding every k step).
-typedef float VecFU __attribute__((vector_size(32), aligned(4)));
-typedef double VecDU __attribute__((vector_size(32), aligned(8)));
-
-template <class T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  using type = VecF;
-  using unaligned = VecFU;
-};
-template <>
-struct VecOf<double> {
-  using type = VecD;
-  using unaligned = VecDU;
+// Vectors of `Bytes` bytes of T, and the same with element alignment for unaligned loads
+// straight from memory (a memcpy into a vector array can compile to narrower stores plus a
+// wide reload from the stack, which stalls on store forwarding every k step).
+template <class T, int Bytes>
+struct Vec {
+  typedef T type __attribute__((vector_size(Bytes)));
+  typedef T unaligned __attribute__((vector_size(Bytes), aligned(sizeof(T))));
 };
 
-constexpr int64_t kRowsPerTile = 6;  // MR
-constexpr int64_t kBlockK = 256;     // K block: one panel strip stays in L1
+// The tile of C one micro-kernel call keeps in registers: Rows rows x Panels panels, each
+// panel kPanel columns in vectors of Bytes bytes. AVX2 (16 registers): 6 x 1 panel of 2
+// ymm = 12 accumulators; AVX-512 (32 registers): 8 x 2 panels of 1 zmm = 16 accumulators,
+// so each k step loads 2 vectors of B for 16 FMAs. One row (B = 1, a matrix-vector product):
+// 1 x 8 panels, eight independent accumulators to cover the FMA latency.
+template <int Bytes, int Rows, int Panels>
+struct Tile {
+  static constexpr int kBytes = Bytes;
+  static constexpr int64_t kRows = Rows;
+  static constexpr int64_t kPanels = Panels;
+};
 
-// C tile [rows <= MR, cols <= panel] (+)= A[rows, K] * panel[K, kPanel].
-template <class T>
-FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel, T* C,
-                                     int64_t ldc, int64_t rows, int64_t cols, bool accumulate) {
-  using V = typename VecOf<T>::type;
-  using VU = typename VecOf<T>::unaligned;
+constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
+
+// C tile [rows <= Rows, cols <= Panels * kPanel] (+)= A[rows, K] * panels[K, ...]; panel q of
+// the tile starts panel_stride elements after panel q - 1.
+template <class T, class Shape>
+FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
+                                     int64_t panel_stride, T* C, int64_t ldc, int64_t rows,
+                                     int64_t cols, bool accumulate) {
+  using V = typename Vec<T, Shape::kBytes>::type;
+  using VU = typename Vec<T, Shape::kBytes>::unaligned;
   constexpr int64_t P = GemmPanel<T>::kWidth;
   constexpr int64_t L = static_cast<int64_t>(sizeof(V) / sizeof(T));
-  constexpr int64_t NV = P / L;
-  constexpr int64_t MR = kRowsPerTile;
+  constexpr int64_t PV = P / L;  // vectors per panel row
+  constexpr int64_t NV = Shape::kPanels * PV;
+  constexpr int64_t MR = Shape::kRows;
   const T* a_row[MR];
   for (int64_t i = 0; i < MR; ++i) a_row[i] = A + std::min(i, rows - 1) * lda;
   V acc[MR][NV];
@@ -65,13 +52,15 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
     for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
-    for (int64_t v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const VU*>(panel + k * P + v * L);
+    for (int64_t q = 0; q < Shape::kPanels; ++q)
+      for (int64_t v = 0; v < PV; ++v)
+        b[q * PV + v] = *reinterpret_cast<const VU*>(panel + q * panel_stride + k * P + v * L);
     for (int64_t i = 0; i < MR; ++i) {
       const T a = a_row[i][k];
       for (int64_t v = 0; v < NV; ++v) acc[i][v] += b[v] * a;
     }
   }
-  T tile[MR][P];
+  T tile[MR][NV * L];
   std::memcpy(tile, acc, sizeof(tile));
   for (int64_t i = 0; i < rows; ++i) {
     T* c = C + i * ldc;
@@ -83,40 +72,84 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
   }
 }
 
-template <class T>
-FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                                  const T* packed, T* C, int64_t ldc, bool accumulate) {
+// All of C with tiles of Shape (Shape::kPanels panels at a time, then one at a time).
+template <class T, class Shape>
+FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                                   const T* packed, T* C, int64_t ldc, bool accumulate) {
+  using One = Tile<Shape::kBytes, Shape::kRows, 1>;
   constexpr int64_t P = GemmPanel<T>::kWidth;
+  constexpr int64_t NP = Shape::kPanels;
   const int64_t panels = (N + P - 1) / P;
-  if (K == 0) {
-    if (!accumulate)
-      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
-    return;
-  }
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     const int64_t kb = std::min(kBlockK, K - k0);
     const bool acc = accumulate || k0 > 0;
-    for (int64_t p = 0; p < panels; ++p) {
+    int64_t p = 0;
+    for (; p + NP <= panels; p += NP) {
+      const T* panel = packed + p * K * P + k0 * P;
+      const int64_t cols = std::min(NP * P, N - p * P);
+      for (int64_t m = 0; m < M; m += Shape::kRows) {
+        const int64_t rows = std::min(Shape::kRows, M - m);
+        micro_kernel<T, Shape>(kb, A + m * lda + k0, lda, panel, K * P, C + m * ldc + p * P, ldc,
+                               rows, cols, acc);
+      }
+    }
+    for (; p < panels; ++p) {
       const T* panel = packed + p * K * P + k0 * P;
       const int64_t cols = std::min(P, N - p * P);
-      for (int64_t m = 0; m < M; m += kRowsPerTile) {
-        const int64_t rows = std::min(kRowsPerTile, M - m);
-        micro_kernel<T>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc, rows, cols,
-                        acc);
+      for (int64_t m = 0; m < M; m += One::kRows) {
+        const int64_t rows = std::min(One::kRows, M - m);
+        micro_kernel<T, One>(kb, A + m * lda + k0, lda, panel, K * P, C + m * ldc + p * P, ldc,
+                             rows, cols, acc);
       }
     }
   }
 }
 
-FRNN_MULTIVERSION void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                                const float* packed, float* C, int64_t ldc, bool accumulate) {
-  gemm_impl<float>(M, N, K, A, lda, packed, C, ldc, accumulate);
+template <class T, class Shape>
+FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                                  const T* packed, T* C, int64_t ldc, bool accumulate) {
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
+    return;
+  }
+  if (M == 1) {  // matrix-vector: wide tiles instead of Rows - 1 wasted rows
+    gemm_tiles<T, Tile<Shape::kBytes, 1, 8>>(M, N, K, A, lda, packed, C, ldc, accumulate);
+  } else {
+    gemm_tiles<T, Shape>(M, N, K, A, lda, packed, C, ldc, accumulate);
+  }
 }
 
-FRNN_MULTIVERSION void gemm_f64(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
-                                const double* packed, double* C, int64_t ldc, bool accumulate) {
-  gemm_impl<double>(M, N, K, A, lda, packed, C, ldc, accumulate);
+using TileAvx2 = Tile<32, 6, 1>;
+using TileAvx512 = Tile<64, 8, 2>;
+
+#define FRNN_GEMM_PARAMS(T)                                                               \
+  (int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* packed, T* C, int64_t ldc, \
+   bool accumulate)
+#define FRNN_GEMM_ARGS (M, N, K, A, lda, packed, C, ldc, accumulate)
+// The AVX-512 tile only in the x86-64-v4 build (FRNN_DISPATCH_SPLIT); the others keep AVX2's.
+template <class T>
+FRNN_ALWAYS_INLINE void gemm_wide_body FRNN_GEMM_PARAMS(T) {
+  gemm_impl<T, TileAvx512> FRNN_GEMM_ARGS;
 }
+template <class T>
+FRNN_ALWAYS_INLINE void gemm_narrow_body FRNN_GEMM_PARAMS(T) {
+  gemm_impl<T, TileAvx2> FRNN_GEMM_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemm_f32_v4_body FRNN_GEMM_PARAMS(float) {
+  gemm_wide_body<float> FRNN_GEMM_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemm_f32_body FRNN_GEMM_PARAMS(float) {
+  gemm_narrow_body<float> FRNN_GEMM_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemm_f64_v4_body FRNN_GEMM_PARAMS(double) {
+  gemm_wide_body<double> FRNN_GEMM_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemm_f64_body FRNN_GEMM_PARAMS(double) {
+  gemm_narrow_body<double> FRNN_GEMM_ARGS;
+}
+FRNN_DISPATCH_SPLIT(void, gemm_f32, FRNN_GEMM_PARAMS(float), FRNN_GEMM_ARGS)
+FRNN_DISPATCH_SPLIT(void, gemm_f64, FRNN_GEMM_PARAMS(double), FRNN_GEMM_ARGS)
 
 }  // namespace
 
@@ -130,14 +163,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
   gemm_f64(M, N, K, A, lda, packed, C, ldc, accumulate);
 }
 
-const char* gemm_variant() {
-#if FRNN_HAVE_MULTIVERSION
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3" : "baseline";
-#else
-  return "portable";
-#endif
-}
+const char* gemm_variant() { return isa_name(runtime_isa()); }
 
 }  // namespace host
 }  // namespace fusedrnn

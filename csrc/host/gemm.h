@@ -6,8 +6,8 @@
 // panels of kPanel columns (packed[p][k][kPanel], zero-padded), so the micro-kernel reads it
 // sequentially. The micro-kernel keeps an MR x kPanel tile of C in vector registers and is
 // written with GCC/Clang vector extensions, so it vectorises on any target; gemm.cpp builds it
-// twice with function multiversioning (x86-64-v3 = AVX2+FMA, and the baseline), chosen at load
-// time, so a wheel-like build needs no -march flag (see CMakeLists.txt).
+// for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA) and the baseline and picks one per process
+// (multiversion.h), so a wheel-like build needs no -march flag (see CMakeLists.txt).
 #pragma once
 
 #include <cstddef>
@@ -49,7 +49,8 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
                  const double* packed, double* C, int64_t ldc, bool accumulate);
 
-// Which variant the loader picked ("x86-64-v3" / "baseline" / "portable"), for the report.
+// Which variant runs ("x86-64-v4" / "x86-64-v3" / "baseline" / "portable"), for the report;
+// the activations of simd_math.h use the same one.
 const char* gemm_variant();
 
 }  // namespace host

@@ -21,6 +21,7 @@
 
 #include "fusedrnn/cells.cuh"
 #include "gemm.h"
+#include "simd_math.h"
 
 namespace fusedrnn {
 namespace host {
@@ -181,9 +182,13 @@ void forward_impl(const RecurrenceFwdParams& p) {
   T* sv_rstd_c = static_cast<T*>(p.rstd_c);
   const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
   const bool bn_train = cm.norm == kNormBatch && cm.training;
+  // Inference (no gradient needed): the launcher passes no gates / gru_an / c_tilde /
+  // c_state; the gates of the current step then live in `step_gates` and the rest is not kept.
+  const bool save = sv_gates != nullptr;
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
   std::vector<T> hin(static_cast<size_t>(2 * B * H));
+  std::vector<T> step_gates(save ? 0 : static_cast<size_t>(B * N));
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
 
@@ -208,6 +213,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
     std::vector<T> var(mean.size()), rstd(mean.size());
     std::vector<T> row_mean(static_cast<size_t>(B)), row_rstd(static_cast<size_t>(B));
     std::vector<uint8_t> active(static_cast<size_t>(B));
+    std::vector<T> an_own(static_cast<size_t>(gru && !save ? hl : 0));  // a_n when not saved
     std::vector<T> gamma_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
     std::vector<T> bias_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(0));
     for (int64_t cc = 0; cc < nl; ++cc) {
@@ -224,6 +230,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
 
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = cm.time_at(s);
+      T* gates_t = save ? sv_gates + t * B * N : step_gates.data();  // [B][N] of step t
       const T* hin_cur = hin.data() + (s & 1) * B * H;
       T* hin_next = hin.data() + ((s + 1) & 1) * B * H;
       for (int64_t b = 0; b < B; ++b) active[b] = t < cm.len[b];
@@ -284,37 +291,59 @@ void forward_impl(const RecurrenceFwdParams& p) {
         }
       }
 
-      // Cell, first part (lstm up to c~; gru and rnn complete).
+      // Cell, first part (lstm up to c~; gru and rnn complete). Pre-activations are built
+      // in place in `a` (gate-major, so each gate's units are contiguous) and activated a
+      // gate slice at a time by the vectorised simd_math.h functions.
       for (int64_t b = 0; b < B; ++b) {
         const T* xb = xg + t * p.xg_stride_t + b * p.xg_stride_b;
         T* ab = a.data() + b * nl;
-        T* gs = sv_gates + (t * B + b) * N;
+        T* gs = gates_t + b * N;
         for (int64_t cc = 0; cc < nl; ++cc) ab[cc] += bias_own[cc];
-        for (int64_t jj = 0; jj < hl; ++jj) {
-          const int64_t j = sl.j0 + jj;
-          if (lstm) {
-            const LstmGates<T> ga = lstm_activate(xb[j] + ab[jj], xb[H + j] + ab[hl + jj],
-                                                  xb[2 * H + j] + ab[2 * hl + jj],
-                                                  xb[3 * H + j] + ab[3 * hl + jj]);
+        if (lstm) {
+          for (int64_t g = 0; g < 4; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
+          sigmoid_inplace(ab, 2 * hl);  // i, f
+          tanh_inplace(ab + 2 * hl, hl);  // g
+          sigmoid_inplace(ab + 3 * hl, hl);  // o
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const LstmGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj], ab[3 * hl + jj]};
             gs[j] = ga.i;
             gs[H + j] = ga.f;
             gs[2 * H + j] = ga.g;
             gs[3 * H + j] = ga.o;
             const T ctil = lstm_c_tilde(ga, c[b * hl + jj]);
             ct[b * hl + jj] = ctil;
-            sv_ctil[(t * B + b) * H + j] = ctil;
-          } else if (gru) {
-            const GruGates<T> ga = gru_activate(xb[j], xb[H + j], xb[2 * H + j], ab[jj],
-                                                ab[hl + jj], ab[2 * hl + jj]);
+            if (save) sv_ctil[(t * B + b) * H + j] = ctil;
+          }
+        } else if (gru) {
+          // gru_activate, vectorised: r, z = s(x + a); n = tanh(x_n + r a_n).
+          T* an = save ? sv_an + (t * B + b) * H + sl.j0 : an_own.data();
+          for (int64_t jj = 0; jj < hl; ++jj) an[jj] = ab[2 * hl + jj];
+          for (int64_t g = 0; g < 2; ++g)
+            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
+          sigmoid_inplace(ab, 2 * hl);
+          for (int64_t jj = 0; jj < hl; ++jj)
+            ab[2 * hl + jj] = xb[2 * H + sl.j0 + jj] + ab[jj] * an[jj];
+          tanh_inplace(ab + 2 * hl, hl);
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const GruGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj]};
             gs[j] = ga.r;
             gs[H + j] = ga.z;
             gs[2 * H + j] = ga.n;
-            sv_an[(t * B + b) * H + j] = ab[2 * hl + jj];
             ct[b * hl + jj] = gru_h_tilde(ga, h[b * hl + jj]);  // h~
+          }
+        } else {
+          for (int64_t jj = 0; jj < hl; ++jj) ab[jj] += xb[sl.j0 + jj];
+          if (cm.cell == kCellRnnTanh) {
+            tanh_inplace(ab, hl);
           } else {
-            const T y = rnn_activate(cm.cell, xb[j] + ab[jj]);
-            gs[j] = y;
-            ct[b * hl + jj] = y;  // h~
+            for (int64_t jj = 0; jj < hl; ++jj) ab[jj] = rnn_activate(cm.cell, ab[jj]);
+          }
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            gs[sl.j0 + jj] = ab[jj];
+            ct[b * hl + jj] = ab[jj];  // h~
           }
         }
       }
@@ -366,10 +395,11 @@ void forward_impl(const RecurrenceFwdParams& p) {
         }
       }
 
-      // Zoneout, state update, outputs.
+      // Zoneout, state update, outputs. (lstm: cout_v becomes tanh(c_out) for h~ = o tanh.)
+      if (lstm) tanh_inplace(cout_v.data(), B * hl);
       for (int64_t b = 0; b < B; ++b) {
         const bool act = active[b] != 0;
-        const T* gs = sv_gates + (t * B + b) * N;
+        const T* gs = gates_t + b * N;
         T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
         for (int64_t jj = 0; jj < hl; ++jj) {
           const int64_t j = sl.j0 + jj;
@@ -377,11 +407,11 @@ void forward_impl(const RecurrenceFwdParams& p) {
           T h_tilde;
           if (lstm) {
             const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            h_tilde = lstm_h_tilde(ga, cout_v[e]);
+            h_tilde = ga.o * cout_v[e];  // lstm_h_tilde with tanh(c_out) computed above
             const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
             if (act) c[e] = c_new;
-            sv_cstate[(t * B + b) * H + j] = c[e];
+            if (save) sv_cstate[(t * B + b) * H + j] = c[e];
           } else {
             h_tilde = ct[e];
           }
@@ -462,6 +492,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
     std::vector<T> dhtil(dh.size()), dctil(dh.size());
     std::vector<T> colsum(static_cast<size_t>(std::max<int64_t>(1, G * hl)));
     std::vector<T> colsum2(colsum.size());
+    std::vector<T> tanh_c_out(static_cast<size_t>(lstm ? hl : 0));  // one row, vectorised
     std::vector<uint8_t> active(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t jj = 0; jj < hl; ++jj) {
@@ -485,6 +516,14 @@ void backward_impl(const RecurrenceBwdParams& p) {
         const bool act = active[b] != 0;
         const bool prev_out = has_prev && tp < cm.len[b];
         const T* gb = gout + t * p.grad_out_stride_t + b * p.grad_out_stride_b;
+        if (lstm) {  // tanh(c_out) of the row, for lstm_backward_h's formula below
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            tanh_c_out[jj] = norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j]
+                                  : sv_ctil[(t * B + b) * H + j];
+          }
+          tanh_inplace(tanh_c_out.data(), hl);
+        }
         for (int64_t jj = 0; jj < hl; ++jj) {
           const int64_t j = sl.j0 + jj;
           const int64_t e = b * hl + jj;
@@ -503,14 +542,12 @@ void backward_impl(const RecurrenceBwdParams& p) {
             const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
             dctil[e] = dct;
             dc_prev[e] = act ? dprev_c : dc[e];
-            // h~ = o tanh(c_out): d(pre_o) and d(c_out).
-            const T* gs = sv_gates + (t * B + b) * N;
-            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            const T ctil = sv_ctil[(t * B + b) * H + j];
-            const T c_out =
-                norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j] : ctil;
-            T dco;
-            const T dpo = lstm_backward_h(ga, c_out, dhtil[e], &dco);
+            // h~ = o tanh(c_out): d(pre_o) and d(c_out) (lstm_backward_h, with the
+            // row's tanh(c_out) computed above).
+            const T o = sv_gates[(t * B + b) * N + 3 * H + j];
+            const T tc = tanh_c_out[jj];
+            const T dco = tanh_grad(dhtil[e] * o, tc);
+            const T dpo = sigmoid_grad(dhtil[e] * tc, o);
             dxg[(t * B + b) * N + 3 * H + j] = dpo;
             dab[(t * B + b) * N + 3 * H + j] = dpo;
             dcout[e] = dco;

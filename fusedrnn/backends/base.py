@@ -101,6 +101,9 @@ class RecurrenceInputs:
     seed: int = 0  # Philox key of this forward call
     layer: int = 0  # layer id in the offset layout
     direction: int = 0  # 0 forward, 1 reverse, in the offset layout
+    # Whether a backward may follow (functional.recurrence: grad mode on and some input
+    # requires grad). False lets a backend skip what it saves for backward (host does).
+    needs_grad: bool = True
 
     # The tensors autograd differentiates, in a fixed order shared by every backend.
     GRAD_FIELDS = (

@@ -71,7 +71,7 @@ def _workspace(backward: bool):
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    return native.saved_like(inputs)  # the same saved layout as the host build
+    return native.saved_like(inputs)  # the host build's layout, always saved
 
 
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:

@@ -34,7 +34,8 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    return native.saved_like(inputs)  # the saved layout of the native launcher
+    # The native launcher's layout; nothing per step when no gradient is needed.
+    return native.saved_like(inputs, save=inputs.needs_grad)
 
 
 def _threads(inputs: RecurrenceInputs) -> int:
@@ -56,7 +57,9 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = native.native()
     with torch.no_grad():
-        return native.launch_forward(inputs, C.host_forward, _threads(inputs))
+        return native.launch_forward(
+            inputs, C.host_forward, _threads(inputs), save=inputs.needs_grad
+        )
 
 
 def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:

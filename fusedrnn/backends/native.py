@@ -178,9 +178,14 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
     return t
 
 
-def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tensor]:
+def _allocate_saved(
+    inputs: RecurrenceInputs, allocate, save: bool = True
+) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
-    a slot is unused. ``allocate(shape, dtype, device)`` makes each one."""
+    a slot is unused. ``allocate(shape, dtype, device)`` makes each one. ``save=False``
+    (host inference: no gradient needed) leaves out the per-step gates, gru_hn, c_tilde and
+    c_state, which the native forward then keeps for one step only; "out" is the output
+    either way (the caller drops it from the saved tuple)."""
     cfg = inputs.config
     steps, batch, n = inputs.xg.shape
     hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
@@ -194,12 +199,14 @@ def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tenso
     per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
     return {
         "out": allocate((steps, batch, hidden), dtype, device),
-        "gates": allocate((steps, batch, n), acc, device),
-        "gru_hn": allocate((steps, batch, hidden), acc, device) if cfg.cell == "gru" else unused(),
+        "gates": allocate((steps, batch, n), acc, device) if save else unused(),
+        "gru_hn": allocate((steps, batch, hidden), acc, device)
+        if cfg.cell == "gru" and save
+        else unused(),
         "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused(),
         "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused(),
-        "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
-        "c_state": allocate((steps, batch, hidden), acc, device) if lstm else unused(),
+        "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm and save else unused(),
+        "c_state": allocate((steps, batch, hidden), acc, device) if lstm and save else unused(),
         "xhat_c": allocate((steps, batch, hidden), acc, device)
         if lstm and norm != "none"
         else unused(),
@@ -207,11 +214,13 @@ def _allocate_saved(inputs: RecurrenceInputs, allocate) -> dict[str, torch.Tenso
     }
 
 
-def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
+def saved_like(inputs: RecurrenceInputs, save: bool = True) -> tuple[torch.Tensor, ...]:
     """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
     saved = _allocate_saved(
-        inputs, lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype)
+        inputs, lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype), save
     )
+    if not save:
+        saved["out"] = inputs.xg.new_empty(0)
     return tuple(saved[k] for k in _SAVED)
 
 
@@ -220,8 +229,11 @@ def launch_forward(
     run: Callable[[object], None],
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
+    save: bool = True,
 ) -> tuple[RecurrenceOutputs, tuple]:
-    """Validate, allocate, fill the params and call ``run(params)``."""
+    """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (the host
+    backend when no gradient is needed) writes no per-step tensors for backward: the saved
+    tuple then holds only empty tensors and the normalisation values."""
     C = native()
     cfg = inputs.config
     p = C.RecurrenceFwdParams()
@@ -234,7 +246,7 @@ def launch_forward(
     lstm, norm = cfg.cell == "lstm", cfg.norm
     bn_train = norm == "batch" and inputs.training
 
-    saved = _allocate_saved(inputs, _empty)
+    saved = _allocate_saved(inputs, _empty, save)
     out = saved["out"]
     h_n = _empty((batch, hidden), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
@@ -265,6 +277,8 @@ def launch_forward(
     result = RecurrenceOutputs(output=out, h_n=h_n, c_n=c_n)
     for name, tensor in stats.items():
         setattr(result, name, tensor)  # accumulate dtype, as the contract states
+    if not save:  # an output, not a saved tensor (an alias would be copied by the op)
+        saved["out"] = out.new_empty(0)
     return result, tuple(saved[k] for k in _SAVED)
 
 
@@ -290,6 +304,11 @@ def launch_backward(
     lstm, norm = cfg.cell == "lstm", cfg.norm
     sv = dict(zip(_SAVED, saved))
     out = sv["out"]
+    if out.numel() == 0 and steps * batch * hidden > 0:
+        raise RuntimeError(
+            "fusedrnn: backward of a forward that saved nothing for it (the forward ran with "
+            "needs_grad=False)"
+        )
     p.out, p.out_stride_t, p.out_stride_b = out.data_ptr(), out.stride(0), out.stride(1)
     for name in _SAVED[1:]:
         setattr(p, name, sv[name].data_ptr() if sv[name].numel() > 0 else 0)

@@ -1,0 +1,31 @@
+// Vectorised activations over arrays for the host cell loops (in place).
+//
+// float32: a polynomial exp (Cephes' expf coefficients, Cody-Waite range reduction, 2^n
+// applied in two halves so the result neither overflows early nor loses denormals),
+// sigmoid = 1 / (1 + exp(-x)) as cells.cuh computes it, and tanh from an odd polynomial for
+// |x| < 0.625 and 1 - 2 / (1 + exp(2|x|)) above, so a large |x| gives +-1, never
+// inf / inf = NaN. A NaN input gives NaN; +-inf give the limits. simd_math.cpp
+// builds the kernels for each ISA level of multiversion.h, like gemm.cpp.
+//
+// float64 (the ground-truth dtype) keeps cells.cuh's scalar libm functions.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/cells.cuh"
+
+namespace fusedrnn {
+namespace host {
+
+void sigmoid_inplace(float* x, int64_t n);
+void tanh_inplace(float* x, int64_t n);
+
+inline void sigmoid_inplace(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = sigmoid(x[i]);
+}
+inline void tanh_inplace(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = frnn_tanh(x[i]);
+}
+
+}  // namespace host
+}  // namespace fusedrnn

@@ -1,0 +1,239 @@
+"""The host backend's speed paths (issue 12): ISA builds, vectorised activations, inference.
+
+* Dispatch: the build that runs (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline) is the
+  best the CPU supports, lowered by FUSEDRNN_HOST_ISA, never above the CPU.
+* Every build the machine can run passes the numerics rule (float64 truth; error <= 2x
+  torch.nn's float32 error + floor) on outputs, states and every gradient, at sizes that hit
+  the GEMM's edge tiles (B = 1 matrix-vector, rows and panels not multiples of the tile).
+* The vectorised sigmoid / tanh: accurate, +-1 (not NaN) for huge |x|, NaN in -> NaN out.
+* Inference: with no gradient needed the host forward saves nothing, and gives the same
+  results; functional.recurrence passes the flag into the op.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn.backends import host, native
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
+
+pytestmark = pytest.mark.skipif(
+    fusedrnn.available_backends().get("host") is not None, reason="fusedrnn._C not built"
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ISAS = ("baseline", "x86-64-v3", "x86-64-v4")
+V3_FLAGS = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+V4_FLAGS = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def _cpu_flags() -> set[str] | None:
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return None
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def _best_isa_of_cpu() -> str | None:
+    flags = _cpu_flags()
+    if flags is None:
+        return None
+    if V3_FLAGS <= flags and V4_FLAGS <= flags:
+        return "x86-64-v4"
+    return "x86-64-v3" if V3_FLAGS <= flags else "baseline"
+
+
+@pytest.mark.parametrize(
+    "has_v3, has_v4, request_, expected",
+    [
+        (False, False, "", "baseline"),
+        (True, False, "", "x86-64-v3"),
+        (True, True, "", "x86-64-v4"),
+        (True, True, "x86-64-v3", "x86-64-v3"),
+        (True, True, "baseline", "baseline"),
+        (True, False, "x86-64-v4", "x86-64-v3"),  # never above the CPU
+        (False, False, "x86-64-v4", "baseline"),
+        (False, False, "x86-64-v3", "baseline"),
+        (True, True, "bogus", "x86-64-v4"),  # an unknown name sets no ceiling
+    ],
+)
+def test_dispatch_rule(has_v3, has_v4, request_, expected):
+    if native.native().host_gemm_variant() == "portable":
+        pytest.skip("built without multiversioning")
+    assert native.native().host_choose_isa(has_v3, has_v4, request_) == expected
+
+
+def test_default_build_is_the_best_the_cpu_has():
+    best = _best_isa_of_cpu()
+    if best is None or native.native().host_gemm_variant() == "portable":
+        pytest.skip("x86-64 Linux with multiversioning only")
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_HOST_ISA"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    code = "from fusedrnn import _C; print(_C.host_gemm_variant())"
+    got = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert got == best
+
+
+# Runs in a subprocess (the build is chosen once per process): LSTM and GRU on host in
+# float32 against float64 truth, by the project's rule, at edge-tile sizes; prints the build.
+_ISA_SCRIPT = textwrap.dedent(
+    """
+    import torch, fusedrnn
+    from fusedrnn import _C
+    from tests.helpers import assert_by_rule, run_and_grad
+    torch.manual_seed(0)
+    for cls, ref_cls in ((fusedrnn.LSTM, torch.nn.LSTM), (fusedrnn.GRU, torch.nn.GRU)):
+        for batch, hidden in ((1, 33), (9, 17), (3, 64)):
+            steps, inp = 7, 5
+            ref = ref_cls(inp, hidden).double()
+            ours = cls(inp, hidden, backend="host")
+            ours.load_state_dict(ref.state_dict(), strict=False)
+            x64 = torch.randn(steps, batch, inp, dtype=torch.float64)
+            weights = [torch.randn(steps, batch, hidden, dtype=torch.float64)]
+            weights += [torch.randn(1, batch, hidden, dtype=torch.float64) for _ in range(2)]
+            truth = run_and_grad(ref, x64.clone().requires_grad_(), None, weights)
+            same = run_and_grad(ref.float(), x64.float().requires_grad_(), None, weights)
+            got = run_and_grad(ours, x64.float().requires_grad_(), None, weights)
+            assert_by_rule(got, truth, same, torch.float32,
+                           what=f"{cls.__name__} B={batch} H={hidden}")
+    print(_C.host_gemm_variant())
+    """
+)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_build_follows_the_numerics_rule(isa):
+    best = _best_isa_of_cpu()
+    if best is None or native.native().host_gemm_variant() == "portable":
+        pytest.skip("x86-64 Linux with multiversioning only")
+    if ISAS.index(isa) > ISAS.index(best):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, FUSEDRNN_HOST_ISA=isa)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-c", _ISA_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == isa
+
+
+def _gate_inputs(values: torch.Tensor, cell: str, needs_grad: bool = True) -> RecurrenceInputs:
+    """One step, B = 1, W_hh = 0, h0 = c0 = 0: the saved gates are the activations of xg."""
+    gates = 4 if cell == "lstm" else 1
+    hidden = values.numel() // gates
+    xg = values.reshape(1, 1, gates * hidden).float()
+    zeros = torch.zeros(1, hidden)
+    return RecurrenceInputs(
+        config=RecurrenceConfig(cell, hidden, 0, 0.0, 0.0, 0.0, "none"),
+        xg=xg,
+        h0=zeros,
+        c0=zeros.clone() if cell == "lstm" else None,
+        w_hh=torch.zeros(gates * hidden, hidden),
+        b_hh=torch.zeros(gates * hidden),
+        w_hr=None,
+        lengths=None,
+        needs_grad=needs_grad,
+    )
+
+
+def _awkward_values() -> torch.Tensor:
+    big = [0.0, 1e-30, 1e-8, 0.3, 0.6249, 0.625, 0.6251, 1.0, 5.0, 9.0, 15.0, 20.0, 44.0, 45.0]
+    big += [87.0, 88.72, 88.73, 89.0, 103.0, 105.0, 200.0, 1e4, 1e30, float("inf")]
+    mags = torch.tensor(big)
+    dense = torch.linspace(-30, 30, 1201)
+    values = torch.cat([mags, -mags, dense])
+    pad = (-values.numel()) % 4
+    return torch.cat([values, torch.linspace(-2, 2, pad + 4 * 7)])  # 4H, H not a multiple of 16
+
+
+def test_vectorised_sigmoid_and_tanh_match_torch_by_rule():
+    values = _awkward_values()
+    lstm_gates = host.forward(_gate_inputs(values, "lstm"))[1][1].flatten()
+    tanh_gates = host.forward(_gate_inputs(values, "rnn_tanh"))[1][1].flatten()
+    hidden = values.numel() // 4
+    quarters = values.reshape(4, hidden)
+    got_sig = lstm_gates.reshape(4, hidden)[[0, 1, 3]].flatten()
+    x_sig = quarters[[0, 1, 3]].flatten()
+    checks = [
+        ("sigmoid", got_sig, x_sig, torch.sigmoid),
+        ("tanh (lstm g)", lstm_gates.reshape(4, hidden)[2], quarters[2], torch.tanh),
+        ("tanh (rnn)", tanh_gates, values, torch.tanh),
+    ]
+    eps = torch.finfo(torch.float32).eps
+    for name, got, x, fn in checks:
+        assert torch.isfinite(got).all(), f"{name}: non-finite output for finite/inf input"
+        truth = fn(x.double())
+        ours_err = (got.double() - truth).abs().max().item()
+        torch_err = (fn(x).double() - truth).abs().max().item()
+        assert ours_err <= 2 * torch_err + eps, f"{name}: {ours_err:.3e} vs torch {torch_err:.3e}"
+    # saturation is exact: +-1 for huge |x| (no inf / inf), the sign kept
+    huge = values.abs() >= 20
+    assert (tanh_gates[huge] == torch.sign(values[huge])).all()
+
+
+def test_nan_in_gives_nan_out():
+    values = torch.tensor([float("nan"), 1.0, -3.0, float("nan")] * 12)
+    for cell in ("lstm", "rnn_tanh"):
+        got = host.forward(_gate_inputs(values, cell))[1][1].flatten()
+        assert torch.equal(torch.isnan(got), torch.isnan(values)), cell
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_inference_saves_nothing_and_gives_the_same_results(cell):
+    torch.manual_seed(3)
+    steps, batch, hidden = 6, 5, 19
+    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    common = dict(
+        config=RecurrenceConfig(cell, hidden, 0, 0.0, 0.3, 0.2, "none"),
+        xg=torch.randn(steps, batch, gates * hidden),
+        h0=torch.randn(batch, hidden),
+        c0=torch.randn(batch, hidden) if cell == "lstm" else None,
+        w_hh=torch.randn(gates * hidden, hidden) / hidden**0.5,
+        b_hh=torch.randn(gates * hidden),
+        w_hr=None,
+        lengths=torch.tensor([6, 2, 0, 5, 6]),
+    )
+    with_grad, saved = host.forward(RecurrenceInputs(**common, needs_grad=True))
+    without, nothing = host.forward(RecurrenceInputs(**common, needs_grad=False))
+    assert saved[0].numel() > 0 and saved[1].numel() > 0
+    assert all(t.numel() == 0 for t in nothing), [tuple(t.shape) for t in nothing]
+    assert torch.equal(with_grad.output, without.output)
+    assert torch.equal(with_grad.h_n, without.h_n)
+    if cell == "lstm":
+        assert torch.equal(with_grad.c_n, without.c_n)
+    grads = [torch.randn(steps, batch, hidden), torch.randn(batch, hidden), None]
+    with pytest.raises(RuntimeError, match="saved nothing"):
+        host.backward(RecurrenceInputs(**common, needs_grad=False), nothing, *grads)
+
+
+def test_recurrence_passes_needs_grad_into_the_op(monkeypatch):
+    seen: list[bool] = []
+    real_forward = host.forward
+
+    def recording_forward(inputs):
+        seen.append(inputs.needs_grad)
+        return real_forward(inputs)
+
+    monkeypatch.setattr(host, "forward", recording_forward)
+    module = fusedrnn.LSTM(4, 6, backend="host")
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        module(x)
+    module(x)  # the parameters require grad
+    module.requires_grad_(False)
+    module(x)  # grad mode on, but nothing requires grad
+    module(x.requires_grad_())
+    assert seen == [False, True, False, True]
