@@ -236,6 +236,21 @@ def test_matches_reference_float32(poisoned, cell, regularizer, reverse, lengths
 
 @pytest.mark.interpreter
 @needs_backend
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("regularizer", ["batch_norm", "all_batch_norm", "all_layer_norm"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_norm_float32_few_active_rows(poisoned, cell, regularizer, reverse):
+    """Issue 10's case: B = 3 with lengths [6, 4, 1], so batch norm runs over 3, 2 and 1
+    active rows (variance near or below eps, the rounding amplified ~300x); both directions
+    (the two halves of a bidirectional layer), float32 by the rule."""
+    inputs = make_inputs(
+        cell, regularizer, steps=6, batch=3, hidden=HIDDEN, lengths=[6, 4, 1], reverse=reverse
+    )
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
 @pytest.mark.parametrize(
     ("batch", "hidden", "steps", "lengths"),
     [(1, 7, 3, [2]), (2, 1, 3, [3, 1]), (3, 17, 2, None)],
