@@ -55,6 +55,7 @@ class Session:
         budget_s: float | None = None,
         measure_floor: bool = True,
         clock: str = "auto",
+        min_sample_s: float = 0.0,
     ) -> None:
         import fusedrnn
 
@@ -68,6 +69,7 @@ class Session:
         self.budget_s = budget_s
         self.measure_floor = measure_floor
         self.clock = cpu_clock(device) if clock == "auto" else clock
+        self.min_sample_s = min_sample_s
         self.started = _utc_now()
         self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{os.getpid()}"
         self.env = environment(device)
@@ -174,6 +176,7 @@ class Session:
                     repeats=self.repeats,
                     max_seconds=self.max_case_s,
                     clock=self.clock,
+                    min_sample_s=self.min_sample_s,
                 )
             except Exception as error:
                 culprits = []
@@ -208,6 +211,9 @@ class Session:
             peak, method = None, f"not measured: {type(error).__name__}: {error}"
         median = timing.median_s
         notes = prepared.notes
+        if timing.calls_per_sample > 1:
+            averaged = f"each timed run: mean of {timing.calls_per_sample} back-to-back calls"
+            notes = f"{notes}; {averaged}" if notes else averaged
         if provider == "reference-compiled":
             notes += (
                 f"; first call (compile) {timing.first_s:.1f} s; "
@@ -243,6 +249,7 @@ class Session:
                 "repeats": self.repeats,
                 "max_case_s": self.max_case_s,
                 "clock": self.clock,
+                "min_sample_s": self.min_sample_s,
                 "compile_max_steps": self.compile_max_steps,
                 "budget_s": self.budget_s,
                 "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -338,6 +345,7 @@ def run(
     progress: bool = True,
     csv_name: str = CSV_NAME,
     clock: str = "auto",
+    min_sample_s: float = 0.0,
 ) -> RunResult:
     """Measure every (workload, dtype, mode, provider): the providers of one (workload,
     dtype, mode) interleaved round by round, so their ratios are paired."""
@@ -355,6 +363,7 @@ def run(
         compile_max_steps=compile_max_steps,
         budget_s=budget_s,
         clock=clock,
+        min_sample_s=min_sample_s,
     )
     cases = [(w, d, m) for w in workloads for d in dtypes for m in modes]
     bar = progress_bar(len(cases), progress)
@@ -473,6 +482,13 @@ def format_header(session: Session, rows: Sequence[dict[str, object]]) -> str:
         "round by round (torch, A, B, then A, B, torch, ...)",
         f"  clock: {CLOCKS[session.clock]}",
     ]
+    if session.min_sample_s > 0:
+        lines.append(
+            f"  each timed run of a provider is the mean of as many back-to-back calls as take "
+            f"at least {session.min_sample_s * 1e3:g} ms (sized from its last warm-up call; "
+            "the count is in the CSV's notes): averaging damps the per-call jitter of "
+            "sub-millisecond calls"
+        )
     if session.quick:
         lines.append(
             "  QUICK MODE: tiny shapes (see 'shape'), float32, a smoke test of the whole "
