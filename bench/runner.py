@@ -23,7 +23,15 @@ import torch
 
 from . import floor, providers, schema
 from .env import REPO_ROOT, environment
-from .timing import CLOCKS, Timing, cpu_clock, paired_ratio, peak_memory, time_interleaved
+from .timing import (
+    CLOCKS,
+    Timing,
+    cpu_clock,
+    paired_ratios,
+    peak_memory,
+    percentile,
+    time_interleaved,
+)
 from .workloads import Workload
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
@@ -145,12 +153,17 @@ class Session:
             self._torch_timing[key] = timings["torch"]
         base = self._torch_timing.get(key)
         for provider, timing in timings.items():
-            if base is not None:
-                # interleaved with torch in this call: paired per-round ratios
-                together = "torch" in timings
-                rows[provider]["speedup_vs_torch"] = (
-                    paired_ratio(base, timing) if together else base.median_s / timing.median_s
+            if base is None:
+                continue
+            if "torch" in timings:  # interleaved with torch in this call: per-round ratios
+                ratios = paired_ratios(base, timing)
+                rows[provider].update(
+                    speedup_vs_torch=percentile(ratios, 50),
+                    speedup_p20=percentile(ratios, 20),
+                    speedup_p80=percentile(ratios, 80),
                 )
+            else:  # torch's earlier, separate measurement: no rounds to pair, no verdict
+                rows[provider]["speedup_vs_torch"] = base.median_s / timing.median_s
         results = []
         for provider in provider_names:
             rows[provider]["timestamp"] = _utc_now().isoformat(timespec="seconds")
@@ -400,7 +413,8 @@ def _spread_text(row: dict[str, object]) -> str:
 
 
 def _verdict_text(row: dict[str, object], base: dict[str, object] | None) -> str:
-    """'2.10x faster' / '0.26x slower' where the spreads separate, '≈' where they overlap."""
+    """'2.10x faster' / '0.26x slower' (the median per-round ratio) per
+    :func:`bench.schema.row_verdict`, else '≈'."""
     strings = schema.as_strings
     judged = schema.row_verdict(strings(row), None if base is None else strings(base))
     if judged is None:
@@ -452,8 +466,8 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         "(ms per call: median [p20–p80]; vs torch.nn: 'N.NNx faster|slower' (median of the "
-        "per-round ratios) only where the two p20–p80 spreads do not overlap and the ratio is "
-        f"beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
+        "per-round ratios torch / provider) only where the p20–p80 spread of those ratios is "
+        f"entirely beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
     )
     others = [r for r in rows if r["status"] != schema.STATUS_OK]
     if others:

@@ -212,11 +212,15 @@ def time_interleaved(
     }
 
 
+def paired_ratios(base: Timing, other: Timing) -> list[float]:
+    """Per round, ``base time / other time`` (speed-up of ``other`` over ``base``) from two
+    interleaved timings."""
+    return [b / o for b, o in zip(base.times_s, other.times_s) if o > 0]
+
+
 def paired_ratio(base: Timing, other: Timing) -> float:
-    """Median over rounds of ``base time / other time`` (speed-up of ``other`` over ``base``)
-    from two interleaved timings."""
-    ratios = [b / o for b, o in zip(base.times_s, other.times_s) if o > 0]
-    return percentile(ratios, 50)
+    """Median of :func:`paired_ratios`."""
+    return percentile(paired_ratios(base, other), 50)
 
 
 def peak_memory(
