@@ -33,6 +33,11 @@ QUICK_REPEATS = 21
 # runs; each sample averages as many back-to-back calls as take this long (see
 # bench/timing.py), which narrows the spreads and costs a few seconds in all.
 QUICK_MIN_SAMPLE_MS = 5.0
+# Quick mode takes each case's rounds in this many passes over the matrix: the ratio of two
+# providers on the tiny shapes moved between consecutive runs (0.70 vs 0.89) by more than
+# its spread within one case, i.e. with the machine's state; rounds spread over the run see
+# that state change and widen the ratio spread the verdict is taken from.
+QUICK_PASSES = 3
 
 
 def _names(value: str | None, known: Sequence[str], what: str) -> list[str] | None:
@@ -74,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"timed runs per provider and case (default 10; --quick {QUICK_REPEATS})",
+    )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="take each case's rounds in this many passes over the whole matrix (every case "
+        f"prepared at once; default 1, --quick {QUICK_PASSES})",
     )
     parser.add_argument(
         "--min-sample-ms",
@@ -204,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         clock=args.clock,
         min_sample_s=min_sample_ms / 1e3,
+        passes=args.passes if args.passes is not None else (QUICK_PASSES if quick else 1),
     )
     session = result.session
     print(runner.format_header(session, result.rows))

@@ -115,6 +115,7 @@ def test_quick_says_what_it_measured(quick_run: tuple[Path, str]) -> None:
         f"mean of as many back-to-back calls as take at least {cli.QUICK_MIN_SAMPLE_MS:g} ms"
         in header
     )
+    assert f"taken in {cli.QUICK_PASSES} passes over the whole matrix" in header
     rows = schema.read_rows(out / "bench.csv")
     torch_rows = {(r["workload"], r["mode"]): r for r in rows if r["provider"] == "torch"}
     lines = stdout.splitlines()
@@ -296,11 +297,12 @@ def test_short_calls_are_averaged_into_samples_of_min_sample_s() -> None:
         calls, torch.device("cpu"), warmup=1, repeats=3, clock="wall", min_sample_s=0.01
     )
     short, long = timings["short"], timings["long"]
-    # ceil(10 ms / a bit over 2 ms) calls per sample for the short call, one for the long
-    assert 3 <= short.calls_per_sample <= 5 and long.calls_per_sample == 1
+    # ceil(10 ms / a bit over 2 ms; sleep overshoots on a busy machine) calls per sample for
+    # the short call, one for the long
+    assert 2 <= short.calls_per_sample <= 5 and long.calls_per_sample == 1
     assert calls_made == {"short": 1 + 3 * short.calls_per_sample, "long": 1 + 3}
-    # each sample is the mean time of one call, not the sample's total
-    assert all(0.002 <= t < 0.005 for t in short.times_s), short.times_s
+    # each sample is the mean time of one call, not the sample's total (at least 10 ms)
+    assert all(0.002 <= t < 0.008 for t in short.times_s), short.times_s
     assert all(0.012 <= t for t in long.times_s)
 
 
