@@ -28,6 +28,16 @@ from .workloads import DTYPES, MODES
 # Quick mode's timed runs per provider: enough for a p20–p80 spread that is not two samples
 # (tiny shapes: about 10 s for the whole matrix on one CPU core).
 QUICK_REPEATS = 21
+# Quick mode's shortest timed sample: its calls take 0.1-1 ms, whose call-to-call jitter
+# (tens of percent) made the p20-p80 spreads so wide that a verdict could flip between two
+# runs; each sample averages as many back-to-back calls as take this long (see
+# bench/timing.py), which narrows the spreads and costs a few seconds in all.
+QUICK_MIN_SAMPLE_MS = 5.0
+# Quick mode takes each case's rounds in this many passes over the matrix: the ratio of two
+# providers on the tiny shapes moved between consecutive runs (0.70 vs 0.89) by more than
+# its spread within one case, i.e. with the machine's state; rounds spread over the run see
+# that state change and widen the ratio spread the verdict is taken from.
+QUICK_PASSES = 3
 
 
 def _names(value: str | None, known: Sequence[str], what: str) -> list[str] | None:
@@ -51,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="CPU smoke test: tiny shapes (B=4..16, I=H=32, T=8..16), float32, providers "
-        f"torch,reference,host, 1 thread, 3 warm-up + {QUICK_REPEATS} timed runs (seconds)",
+        f"torch,reference,host, 1 thread, 3 warm-up + {QUICK_REPEATS} timed runs, each the mean of calls "
+        f"totalling >= {QUICK_MIN_SAMPLE_MS:g} ms (seconds)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
@@ -68,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"timed runs per provider and case (default 10; --quick {QUICK_REPEATS})",
+    )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="take each case's rounds in this many passes over the whole matrix (every case "
+        f"prepared at once; default 1, --quick {QUICK_PASSES})",
+    )
+    parser.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=None,
+        help="shortest timed sample: each is the mean of as many back-to-back calls as take "
+        f"this long (default 0: one call; --quick {QUICK_MIN_SAMPLE_MS:g})",
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed runs before timing (default 3)"
@@ -169,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = _names(args.modes, MODES, "modes") or list(MODES)
     warmup = args.warmup if args.warmup is not None else 3
     repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if quick else 10)
+    min_sample_ms = args.min_sample_ms
+    if min_sample_ms is None:
+        min_sample_ms = QUICK_MIN_SAMPLE_MS if quick else 0.0
 
     result = runner.run(
         chosen,
@@ -187,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
         clock=args.clock,
+        min_sample_s=min_sample_ms / 1e3,
+        passes=args.passes if args.passes is not None else (QUICK_PASSES if quick else 1),
     )
     session = result.session
     print(runner.format_header(session, result.rows))

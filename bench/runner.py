@@ -23,7 +23,15 @@ import torch
 
 from . import floor, providers, schema
 from .env import REPO_ROOT, environment
-from .timing import CLOCKS, Timing, cpu_clock, paired_ratio, peak_memory, time_interleaved
+from .timing import (
+    CLOCKS,
+    Timing,
+    cpu_clock,
+    paired_ratios,
+    peak_memory,
+    percentile,
+    time_interleaved,
+)
 from .workloads import Workload
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
@@ -38,6 +46,21 @@ def _utc_now() -> _dt.datetime:
 class CaseResult:
     row: dict[str, object]
     prepared: providers.Prepared | None = None
+
+
+@dataclasses.dataclass
+class OpenCase:
+    """One (workload, dtype, mode) between :meth:`Session.open_case` and
+    :meth:`Session.close_case`: its rows, prepared providers and the rounds timed so far."""
+
+    workload: Workload
+    dtype: str
+    mode: str
+    provider_names: list[str]
+    floor_s: float | None
+    rows: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
+    prepared: dict[str, providers.Prepared] = dataclasses.field(default_factory=dict)
+    timings: dict[str, Timing] = dataclasses.field(default_factory=dict)
 
 
 class Session:
@@ -55,6 +78,8 @@ class Session:
         budget_s: float | None = None,
         measure_floor: bool = True,
         clock: str = "auto",
+        min_sample_s: float = 0.0,
+        passes: int = 1,
     ) -> None:
         import fusedrnn
 
@@ -68,6 +93,8 @@ class Session:
         self.budget_s = budget_s
         self.measure_floor = measure_floor
         self.clock = cpu_clock(device) if clock == "auto" else clock
+        self.min_sample_s = min_sample_s
+        self.passes = passes
         self.started = _utc_now()
         self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{os.getpid()}"
         self.env = environment(device)
@@ -111,16 +138,23 @@ class Session:
     ) -> list[CaseResult]:
         """Measure the providers of one (workload, dtype, mode) interleaved, round by round
         (``bench.timing.time_interleaved``); one row each, measured, skipped or failed."""
+        case = self.open_case(workload, dtype, mode, provider_names)
+        self.time_case(case, self.repeats, self.max_case_s)
+        return self.close_case(case, keep=keep)
+
+    def open_case(
+        self, workload: Workload, dtype: str, mode: str, provider_names: Sequence[str]
+    ) -> OpenCase:
+        """The rows of one case and its prepared providers, not timed yet."""
         cost = floor.cost(workload, mode, dtype)
         ceilings = self.ceilings(dtype)
         floor_s = floor.floor_seconds(cost, ceilings) if ceilings else None
-        rows: dict[str, dict[str, object]] = {}
-        prepared: dict[str, providers.Prepared] = {}
+        case = OpenCase(workload, dtype, mode, list(provider_names), floor_s)
         for provider in provider_names:
             row = self.base_row(workload, dtype, mode, provider)
             row.update(flops=cost.flops, bytes=cost.bytes, warmup=self.warmup)
             row["floor_ms"] = None if floor_s is None else floor_s * 1e3
-            rows[provider] = row
+            case.rows[provider] = row
             reason = providers.skip_reason(
                 provider, workload, self.device, self.availability, self.compile_max_steps
             )
@@ -130,27 +164,54 @@ class Session:
                 row.update(status=schema.STATUS_SKIPPED, reason=reason)
                 continue
             try:
-                prepared[provider] = providers.prepare(provider, workload, dtype, mode, self.device)
+                case.prepared[provider] = providers.prepare(
+                    provider, workload, dtype, mode, self.device
+                )
             except Exception as error:  # recorded in the row, never raised
                 status, reason = providers.classify_failure(provider, error)
                 row.update(status=status, reason=reason)
+        return case
 
-        timings = self._time(prepared, rows)
+    def time_case(self, case: OpenCase, repeats: int, max_case_s: float | None) -> None:
+        """Time ``repeats`` more interleaved rounds of the case's providers (after a warm-up)
+        and append them to its timings; a provider that fails drops out with its error."""
+        timings = self._time(case.prepared, case.rows, repeats, max_case_s)
+        for provider in list(case.prepared):
+            if provider not in timings:  # failed: its row says why
+                del case.prepared[provider]
+                case.timings.pop(provider, None)
+                continue
+            new = timings[provider]
+            old = case.timings.get(provider)
+            if old is None:
+                case.timings[provider] = new
+            else:
+                old.times_s.extend(new.times_s)
+                old.calls_per_sample = max(old.calls_per_sample, new.calls_per_sample)
+
+    def close_case(self, case: OpenCase, keep: bool = False) -> list[CaseResult]:
+        """Record the case's timings in its rows (speed-ups against torch included)."""
+        rows, prepared, timings = case.rows, case.prepared, case.timings
         for provider, timing in timings.items():
-            self._record(rows[provider], prepared[provider], timing, workload, floor_s)
-        key = (workload, dtype, mode)
+            self._record(rows[provider], prepared[provider], timing, case.workload, case.floor_s)
+        key = (case.workload, case.dtype, case.mode)
         if "torch" in timings:
             self._torch_timing[key] = timings["torch"]
         base = self._torch_timing.get(key)
         for provider, timing in timings.items():
-            if base is not None:
-                # interleaved with torch in this call: paired per-round ratios
-                together = "torch" in timings
-                rows[provider]["speedup_vs_torch"] = (
-                    paired_ratio(base, timing) if together else base.median_s / timing.median_s
+            if base is None:
+                continue
+            if "torch" in timings:  # interleaved with torch in this call: per-round ratios
+                ratios = paired_ratios(base, timing)
+                rows[provider].update(
+                    speedup_vs_torch=percentile(ratios, 50),
+                    speedup_p20=percentile(ratios, 20),
+                    speedup_p80=percentile(ratios, 80),
                 )
+            else:  # torch's earlier, separate measurement: no rounds to pair, no verdict
+                rows[provider]["speedup_vs_torch"] = base.median_s / timing.median_s
         results = []
-        for provider in provider_names:
+        for provider in case.provider_names:
             rows[provider]["timestamp"] = _utc_now().isoformat(timespec="seconds")
             kept = prepared.get(provider) if keep and provider in timings else None
             results.append(CaseResult(rows[provider], kept))
@@ -160,7 +221,11 @@ class Session:
         return results
 
     def _time(
-        self, prepared: dict[str, providers.Prepared], rows: dict[str, dict[str, object]]
+        self,
+        prepared: dict[str, providers.Prepared],
+        rows: dict[str, dict[str, object]],
+        repeats: int,
+        max_case_s: float | None,
     ) -> dict[str, Timing]:
         """Interleaved timings of the prepared providers; one that raises is recorded in its
         row and the others are timed again without it."""
@@ -171,9 +236,10 @@ class Session:
                     {name: (p.fn, p.setup) for name, p in calls.items()},
                     self.device,
                     warmup=self.warmup,
-                    repeats=self.repeats,
-                    max_seconds=self.max_case_s,
+                    repeats=repeats,
+                    max_seconds=max_case_s,
                     clock=self.clock,
+                    min_sample_s=self.min_sample_s,
                 )
             except Exception as error:
                 culprits = []
@@ -208,6 +274,9 @@ class Session:
             peak, method = None, f"not measured: {type(error).__name__}: {error}"
         median = timing.median_s
         notes = prepared.notes
+        if timing.calls_per_sample > 1:
+            averaged = f"each timed run: mean of {timing.calls_per_sample} back-to-back calls"
+            notes = f"{notes}; {averaged}" if notes else averaged
         if provider == "reference-compiled":
             notes += (
                 f"; first call (compile) {timing.first_s:.1f} s; "
@@ -243,6 +312,8 @@ class Session:
                 "repeats": self.repeats,
                 "max_case_s": self.max_case_s,
                 "clock": self.clock,
+                "min_sample_s": self.min_sample_s,
+                "passes": self.passes,
                 "compile_max_steps": self.compile_max_steps,
                 "budget_s": self.budget_s,
                 "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -338,9 +409,15 @@ def run(
     progress: bool = True,
     csv_name: str = CSV_NAME,
     clock: str = "auto",
+    min_sample_s: float = 0.0,
+    passes: int = 1,
 ) -> RunResult:
     """Measure every (workload, dtype, mode, provider): the providers of one (workload,
-    dtype, mode) interleaved round by round, so their ratios are paired."""
+    dtype, mode) interleaved round by round, so their ratios are paired. With ``passes`` > 1
+    every case is prepared first and its ``repeats`` rounds are taken in that many passes
+    over the whole matrix (rows written at the end): the rounds of one case then sample the
+    machine over the whole run, not over the second or so one case takes, so a change of
+    the machine's state during the run shows in the ratios' spread."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     appender = schema.CsvAppender(out / csv_name, fresh=fresh)
@@ -355,18 +432,36 @@ def run(
         compile_max_steps=compile_max_steps,
         budget_s=budget_s,
         clock=clock,
+        min_sample_s=min_sample_s,
+        passes=passes,
     )
     cases = [(w, d, m) for w in workloads for d in dtypes for m in modes]
-    bar = progress_bar(len(cases), progress)
+    passes = max(1, min(passes, repeats))
+    bar = progress_bar(len(cases) * passes, progress)
     rows = []
-    for workload, dtype, mode in cases:
-        measured = [r.row for r in session.measure_case(workload, dtype, mode, ordered)]
-        for row in measured:
-            appender.write(row)
-        rows.extend(measured)
-        if bar is not None:
-            done = sum(r["status"] == schema.STATUS_OK for r in measured)
-            bar.update(f"{workload.name} {mode} {dtype}: {done}/{len(measured)} measured")
+    if passes == 1:
+        for workload, dtype, mode in cases:
+            measured = [r.row for r in session.measure_case(workload, dtype, mode, ordered)]
+            for row in measured:
+                appender.write(row)
+            rows.extend(measured)
+            if bar is not None:
+                done = sum(r["status"] == schema.STATUS_OK for r in measured)
+                bar.update(f"{workload.name} {mode} {dtype}: {done}/{len(measured)} measured")
+    else:
+        opened = [session.open_case(w, d, m, ordered) for w, d, m in cases]
+        for index in range(passes):
+            rounds = repeats // passes + (index < repeats % passes)
+            cap = None if max_case_s is None else max_case_s / passes
+            for case in opened:
+                session.time_case(case, rounds, cap)
+                if bar is not None:
+                    bar.update(f"pass {index + 1}/{passes}: {case.workload.name} {case.mode}")
+        for case in opened:
+            measured = [r.row for r in session.close_case(case)]
+            for row in measured:
+                appender.write(row)
+            rows.extend(measured)
     if bar is not None:
         bar.close()
     metadata_path = out / f"env-{session.run_id}.json"
@@ -391,7 +486,8 @@ def _spread_text(row: dict[str, object]) -> str:
 
 
 def _verdict_text(row: dict[str, object], base: dict[str, object] | None) -> str:
-    """'2.10x faster' / '0.26x slower' where the spreads separate, '≈' where they overlap."""
+    """'2.10x faster' / '0.26x slower' (the median per-round ratio) per
+    :func:`bench.schema.row_verdict`, else '≈'."""
     strings = schema.as_strings
     judged = schema.row_verdict(strings(row), None if base is None else strings(base))
     if judged is None:
@@ -443,8 +539,8 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         "(ms per call: median [p20–p80]; vs torch.nn: 'N.NNx faster|slower' (median of the "
-        "per-round ratios) only where the two p20–p80 spreads do not overlap and the ratio is "
-        f"beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
+        "per-round ratios torch / provider) only where the p20–p80 spread of those ratios is "
+        f"entirely beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
     )
     others = [r for r in rows if r["status"] != schema.STATUS_OK]
     if others:
@@ -473,6 +569,18 @@ def format_header(session: Session, rows: Sequence[dict[str, object]]) -> str:
         "round by round (torch, A, B, then A, B, torch, ...)",
         f"  clock: {CLOCKS[session.clock]}",
     ]
+    if session.passes > 1:
+        lines.append(
+            f"  the rounds of each case are taken in {session.passes} passes over the whole "
+            "matrix (a warm-up round each), so they sample the machine over the whole run"
+        )
+    if session.min_sample_s > 0:
+        lines.append(
+            f"  each timed run of a provider is the mean of as many back-to-back calls as take "
+            f"at least {session.min_sample_s * 1e3:g} ms (sized from its last warm-up call; "
+            "the count is in the CSV's notes): averaging damps the per-call jitter of "
+            "sub-millisecond calls"
+        )
     if session.quick:
         lines.append(
             "  QUICK MODE: tiny shapes (see 'shape'), float32, a smoke test of the whole "

@@ -46,6 +46,8 @@ COLUMN_DOCS: dict[str, str] = {
     "floor_multiple": "median_ms / floor_ms",
     "speedup_vs_torch": "median over the rounds of torch's time / this provider's time, both "
     "timed in the same round of interleaved runs (same run, same case; empty if none)",
+    "speedup_p20": "20th percentile of those per-round ratios (empty if none)",
+    "speedup_p80": "80th percentile of those per-round ratios (empty if none)",
     "device": "cpu | cuda",
     "device_name": "GPU name, or the CPU model and thread count",
     "torch_version": "torch.__version__",
@@ -66,25 +68,36 @@ FASTER = "faster"
 SLOWER = "slower"
 SIMILAR = "≈"
 
-# A speed-up smaller than this factor is reported as ≈ even when the spreads separate: the
-# ratio of two providers within a few percent of each other drifts by that much between
-# consecutive runs on a CPU (measured: 0.83-1.05 for one pair over nine runs), so such a
-# verdict would not survive a second run.
+# A speed-up smaller than this factor is reported as ≈: the ratio of two providers within a
+# few percent of each other drifts by that much between consecutive runs on a CPU (measured:
+# 0.83-1.05 for one pair over nine runs), so such a verdict would not survive a second run.
 MIN_EFFECT = 1.10
 
 
-def verdict(
-    base_p20: float | None,
-    base_p80: float | None,
-    p20: float | None,
-    p80: float | None,
-    speedup: float | None = None,
-) -> str | None:
-    """``faster``/``slower`` than the base (torch) only when the two p20–p80 spreads do not
-    overlap and the speed-up (when given) is at least :data:`MIN_EFFECT` either way; ``≈``
-    otherwise; None when either spread is unknown."""
-    if None in (base_p20, base_p80, p20, p80):
+def verdict(speedup_p20: float | None, speedup_p80: float | None) -> str | None:
+    """From the p20–p80 spread of the per-round ratios torch / provider of interleaved runs:
+    ``faster`` when even their p20 is above :data:`MIN_EFFECT`, ``slower`` when even their
+    p80 is below 1 / MIN_EFFECT, ``≈`` otherwise; None when unknown.
+
+    Why the ratios and not the two providers' own time spreads: a shared machine's speed
+    drifts over a case (another process's cache and memory traffic, the clock), which widens
+    both providers' spreads alike but cancels in each round's ratio, so the ratios' spread
+    separates what is real from what a second run would not reproduce."""
+    if speedup_p20 is None or speedup_p80 is None:
         return None
+    if speedup_p20 > MIN_EFFECT:
+        return FASTER
+    if speedup_p80 < 1 / MIN_EFFECT:
+        return SLOWER
+    return SIMILAR
+
+
+def spread_verdict(
+    base_p20: float, base_p80: float, p20: float, p80: float, speedup: float | None
+) -> str:
+    """The rule for rows written before the per-round ratio spread was recorded: ``faster``
+    / ``slower`` only when the two providers' p20–p80 time spreads do not overlap and the
+    median ratio is beyond :data:`MIN_EFFECT` either way."""
     if speedup is not None and 1 / MIN_EFFECT < speedup < MIN_EFFECT:
         return SIMILAR
     if p80 < base_p20:
@@ -95,16 +108,18 @@ def verdict(
 
 
 def row_verdict(row: Mapping[str, str], base: Mapping[str, str] | None) -> str | None:
-    """:func:`verdict` of two CSV rows (``base``: torch's row of the same run and case)."""
+    """:func:`verdict` of two CSV rows (``base``: torch's row of the same run and case);
+    rows without the ratio spread (older files) get :func:`spread_verdict`."""
     if base is None or row.get("status") != STATUS_OK or base.get("status") != STATUS_OK:
         return None
-    return verdict(
-        as_float(base.get("p20_ms")),
-        as_float(base.get("p80_ms")),
-        as_float(row.get("p20_ms")),
-        as_float(row.get("p80_ms")),
-        as_float(row.get("speedup_vs_torch")),
-    )
+    ratio_p20 = as_float(row.get("speedup_p20"))
+    ratio_p80 = as_float(row.get("speedup_p80"))
+    if ratio_p20 is not None and ratio_p80 is not None:
+        return verdict(ratio_p20, ratio_p80)
+    spreads = [as_float(r.get(c)) for r in (base, row) for c in ("p20_ms", "p80_ms")]
+    if None in spreads:
+        return None
+    return spread_verdict(*spreads, as_float(row.get("speedup_vs_torch")))  # type: ignore[arg-type]
 
 
 def shape_label(row: Mapping[str, object]) -> str:

@@ -3,7 +3,11 @@
 Method: ``warmup`` untimed runs, then ``repeats`` timed runs, each timed on its own. The
 providers of one case are timed interleaved (:func:`time_interleaved`): round r times every
 provider once (A B C, then B C A, ...), so a slow spell of a shared machine hits all of them
-alike and each round gives one paired ratio. On CUDA
+alike and each round gives one paired ratio. With ``min_sample_s`` one sample (one provider in
+one round) is the mean of as many back-to-back calls as make it last at least that long
+(sized from the last warm-up call): a call of a fraction of a millisecond jitters by tens of
+percent from one call to the next (a timer tick, a cache or TLB refill, a page fault lands on
+it whole), the mean of k calls by about 1/sqrt(k) of that. On CUDA
 every run is bracketed by CUDA events on the current stream and the end event is waited on
 (so the time is the GPU's, including every kernel the call launched); on the CPU every run is
 timed with ``time.perf_counter``, or, with one torch thread, with the process's CPU time
@@ -50,9 +54,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 class Timing:
     """Times of the timed runs (seconds) and what was taken."""
 
-    times_s: list[float]
+    times_s: list[float]  # one per round: the mean time of one call in that round's sample
     warmup: int
     first_s: float  # the first warm-up run (compile, autotune and allocation included)
+    calls_per_sample: int = 1  # back-to-back calls averaged into each of times_s
 
     @property
     def median_s(self) -> float:
@@ -146,6 +151,7 @@ def time_interleaved(
     max_seconds: float | None = None,
     min_repeats: int = 3,
     clock: str = "wall",
+    min_sample_s: float = 0.0,
 ) -> dict[str, Timing]:
     """Time several callables ``{name: (fn, setup)}`` round by round (see the module
     docstring): every name gets the same number of timed runs, ``times_s[r]`` of each taken
@@ -154,7 +160,9 @@ def time_interleaved(
     ``max_seconds`` caps the timed part per provider on average: when the last warm-up
     round says ``repeats`` rounds would take longer than ``max_seconds * len(calls)``, fewer
     rounds are taken (never fewer than ``min_repeats``). ``clock``: see :data:`CLOCKS`
-    (CPU only; a GPU is always timed with CUDA events).
+    (CPU only; a GPU is always timed with CUDA events). ``min_sample_s``: each sample is the
+    mean of ``ceil(min_sample_s / last warm-up time)`` calls of that name (at least one),
+    each after its own untimed ``setup``; the count is ``Timing.calls_per_sample``.
     """
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
@@ -171,7 +179,11 @@ def time_interleaved(
             last[name] = _timed_once(fn, device, clock)
             if index == 0:
                 first[name] = last[name]
-    round_s = sum(last.values())
+    calls_per_sample = {
+        name: max(1, math.ceil(min_sample_s / last[name])) if last[name] > 0 else 1
+        for name in names
+    }
+    round_s = sum(last[name] * calls_per_sample[name] for name in names)
     if max_seconds is not None and round_s > 0:
         repeats = max(min_repeats, min(repeats, int(max_seconds * len(names) / round_s)))
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -185,20 +197,30 @@ def time_interleaved(
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 fn, setup = calls[name]
-                if setup is not None:
-                    setup()
-                times[name].append(_timed_once(fn, device, clock))
+                count = calls_per_sample[name]
+                total = 0.0
+                for _ in range(count):
+                    if setup is not None:
+                        setup()
+                    total += _timed_once(fn, device, clock)
+                times[name].append(total / count)
     finally:
         if collecting:
             gc.enable()
-    return {name: Timing(times[name], warmup, first[name]) for name in names}
+    return {
+        name: Timing(times[name], warmup, first[name], calls_per_sample[name]) for name in names
+    }
+
+
+def paired_ratios(base: Timing, other: Timing) -> list[float]:
+    """Per round, ``base time / other time`` (speed-up of ``other`` over ``base``) from two
+    interleaved timings."""
+    return [b / o for b, o in zip(base.times_s, other.times_s) if o > 0]
 
 
 def paired_ratio(base: Timing, other: Timing) -> float:
-    """Median over rounds of ``base time / other time`` (speed-up of ``other`` over ``base``)
-    from two interleaved timings."""
-    ratios = [b / o for b, o in zip(base.times_s, other.times_s) if o > 0]
-    return percentile(ratios, 50)
+    """Median of :func:`paired_ratios`."""
+    return percentile(paired_ratios(base, other), 50)
 
 
 def peak_memory(

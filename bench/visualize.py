@@ -7,8 +7,8 @@
   (``floor_ms``) as a dashed line per workload, shapes in the tick labels; providers that
   did not run a workload are marked "skipped"/"error".
 * ``speedup_workloads.png``: speed-up over ``torch`` (median of the paired per-round
-  ratios) per workload, a line at 1, whiskers over the range the two p20–p80 spreads allow
-  and the verdict above each bar (+ faster, − slower, ≈: spreads overlap or within 1.1x).
+  ratios) per workload, a line at 1, whiskers over the p20–p80 of those ratios and the
+  verdict above each bar (+ faster, − slower, ≈: that spread is not entirely beyond 1.1x).
 * ``tokens_workloads.png``: throughput (real tokens/s) with whiskers, and the floor model's
   ceiling (tokens / floor_ms).
 * Quick-mode runs are titled as such in red (tiny shapes).
@@ -81,7 +81,7 @@ QUICK_BANNER = "QUICK MODE: tiny shapes, a smoke test (not representative of rea
 # metric -> (y label, CSV column of the value)
 METRICS = {
     "time": "median time per call (ms); bars: median, whiskers: p20–p80",
-    "speedup": "speed-up over torch (x); whiskers: spread-derived range",
+    "speedup": "speed-up over torch (x); whiskers: p20–p80 of the per-round ratios",
     "tokens": "throughput (tokens/s); whiskers: from p80/p20 times",
 }
 
@@ -104,10 +104,13 @@ def _value_and_spread(
     speedup = schema.as_float(row["speedup_vs_torch"])
     if base is None or not speedup:
         return None
+    ratio_p20, ratio_p80 = (schema.as_float(row[c]) for c in ("speedup_p20", "speedup_p80"))
+    if ratio_p20 and ratio_p80:  # the spread the verdict is taken from
+        return speedup, min(speedup, ratio_p20), max(speedup, ratio_p80)
     b20, b80 = schema.as_float(base["p20_ms"]), schema.as_float(base["p80_ms"])
     if not b20 or not b80:
         return None
-    # the range the two spreads allow, at least around the paired median itself
+    # older rows: the range the two time spreads allow, at least around the median itself
     return speedup, min(speedup, b20 / p80), max(speedup, b80 / p20)
 
 
@@ -219,7 +222,7 @@ def workload_figure(rows: list[dict[str, str]], metric: str = "time", quick: boo
         ax.set_ylabel(METRICS[metric], fontsize=7)
         title = f"{mode}, {dtype}"
         if metric == "speedup":
-            title += "  (+ faster, − slower, ≈ spreads overlap or within 1.1x)"
+            title += "  (+ faster, − slower, ≈ ratio p20–p80 not beyond 1.1x)"
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3, which="both")
     for ax in axes[len(panels) :]:

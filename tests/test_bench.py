@@ -92,6 +92,15 @@ def test_quick_lists_skipped_rows_with_reasons(quick_run: tuple[Path, str]) -> N
     assert float(by_case[("W1", "forward", "reference")]["speedup_vs_torch"]) > 0
     assert by_case[("W4", "forward", "reference")]["speedup_vs_torch"] == ""
     assert all(r["repeats"] == str(cli.QUICK_REPEATS) for r in rows if r["status"] == "ok")
+    for row in rows:  # interleaved with torch: the spread of the per-round ratios too
+        if row["speedup_vs_torch"]:
+            low, mid, high = (
+                float(row[c]) for c in ("speedup_p20", "speedup_vs_torch", "speedup_p80")
+            )
+            assert low <= mid <= high, row
+    # tiny calls are averaged into samples of at least QUICK_MIN_SAMPLE_MS, and say so
+    torch_w1 = by_case[("W1", "forward", "torch")]
+    assert "back-to-back calls" in torch_w1["notes"], torch_w1["notes"]
 
 
 def test_quick_says_what_it_measured(quick_run: tuple[Path, str]) -> None:
@@ -102,6 +111,11 @@ def test_quick_says_what_it_measured(quick_run: tuple[Path, str]) -> None:
     assert "1 CPU thread(s)" in header
     assert f"3 warm-up + {cli.QUICK_REPEATS} timed runs per provider, interleaved" in header
     assert "clock: process CPU time" in header  # one thread on a CPU: the auto clock
+    assert (
+        f"mean of as many back-to-back calls as take at least {cli.QUICK_MIN_SAMPLE_MS:g} ms"
+        in header
+    )
+    assert f"taken in {cli.QUICK_PASSES} passes over the whole matrix" in header
     rows = schema.read_rows(out / "bench.csv")
     torch_rows = {(r["workload"], r["mode"]): r for r in rows if r["provider"] == "torch"}
     lines = stdout.splitlines()
@@ -218,22 +232,40 @@ def test_percentile_matches_numpy() -> None:
         assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
 
 
-def test_verdict_needs_separate_spreads() -> None:
-    # (base p20, base p80, p20, p80): faster/slower only when the spreads do not overlap
-    assert schema.verdict(1.0, 1.2, 0.5, 0.9) == schema.FASTER
-    assert schema.verdict(1.0, 1.2, 1.3, 2.0) == schema.SLOWER
-    assert schema.verdict(1.0, 1.2, 0.5, 1.0) == schema.SIMILAR  # touching: overlap
-    assert schema.verdict(1.0, 1.2, 1.1, 1.15) == schema.SIMILAR  # inside
-    assert schema.verdict(1.0, 2.0, 0.2, 1.1) == schema.SIMILAR  # medians far apart, overlap
-    assert schema.verdict(None, 1.2, 0.5, 0.9) is None
-    # spreads apart, but a speed-up under MIN_EFFECT (1.1x) either way is not claimed
-    assert schema.verdict(1.0, 1.01, 0.95, 0.99, speedup=1.05) == schema.SIMILAR
-    assert schema.verdict(1.0, 1.01, 1.02, 1.05, speedup=1 / 1.05) == schema.SIMILAR
-    assert schema.verdict(1.0, 1.01, 0.85, 0.9, speedup=1.15) == schema.FASTER
-    assert schema.verdict(1.0, 1.01, 1.1, 1.2, speedup=1 / 1.15) == schema.SLOWER
-    base = {"status": "ok", "p20_ms": "1", "p80_ms": "1.2"}
+def test_verdict_needs_the_whole_ratio_spread_beyond_the_margin() -> None:
+    # (p20, p80 of the per-round ratios torch / provider): faster only when even the p20 is
+    # above 1.1, slower only when even the p80 is below 1/1.1
+    assert schema.verdict(1.15, 1.3) == schema.FASTER
+    assert schema.verdict(0.7, 0.85) == schema.SLOWER
+    assert schema.verdict(1.05, 1.5) == schema.SIMILAR  # median may be 1.2: p20 is not
+    assert schema.verdict(0.6, 0.95) == schema.SIMILAR
+    assert schema.verdict(0.95, 1.05) == schema.SIMILAR
+    assert schema.verdict(1.1, 1.2) == schema.SIMILAR  # at the margin: not beyond it
+    assert schema.verdict(0.85, 1 / 1.1) == schema.SIMILAR
+    assert schema.verdict(None, 1.2) is None
+
+
+def test_row_verdict_reads_the_ratio_spread_before_the_time_spreads() -> None:
+    base = {"status": "ok", "p20_ms": "1", "p80_ms": "1.6"}
+    # the machine's drift widened both time spreads until they overlap, but every round
+    # says the provider takes about 1.3x torch's time: slower
+    drifting = {"status": "ok", "p20_ms": "1.4", "p80_ms": "2.0", "speedup_vs_torch": "0.77"}
+    drifting.update(speedup_p20="0.74", speedup_p80="0.8")
+    assert schema.row_verdict(drifting, base) == schema.SLOWER
+    # the time spreads separate, but the rounds disagree (ratios 0.95..1.4): ≈
+    noisy = {"status": "ok", "p20_ms": "0.5", "p80_ms": "0.9", "speedup_vs_torch": "1.5"}
+    noisy.update(speedup_p20="0.95", speedup_p80="1.4")
+    assert schema.row_verdict(noisy, base) == schema.SIMILAR
+    skipped = {"status": "skipped", "p20_ms": "", "p80_ms": "", "speedup_p20": ""}
+    assert schema.row_verdict(skipped, base) is None
+    # rows of older files (no ratio spread): the time spreads must separate and the median
+    # ratio be beyond 1.1x
     assert schema.row_verdict({"status": "ok", "p20_ms": "2", "p80_ms": "3"}, base) == "slower"
-    assert schema.row_verdict({"status": "skipped", "p20_ms": "", "p80_ms": ""}, base) is None
+    old = {"status": "ok", "p20_ms": "0.5", "p80_ms": "0.9", "speedup_vs_torch": "1.5"}
+    assert schema.row_verdict(old, base) == schema.FASTER
+    assert schema.row_verdict(dict(old, p80_ms="1.0"), base) == schema.SIMILAR  # touching
+    assert schema.spread_verdict(1.0, 1.01, 0.95, 0.99, 1.05) == schema.SIMILAR  # < 1.1x
+    assert schema.spread_verdict(1.0, 1.01, 1.1, 1.2, 1 / 1.15) == schema.SLOWER
 
 
 def test_time_interleaved_rotates_rounds_and_pairs_them() -> None:
@@ -248,6 +280,30 @@ def test_time_interleaved_rotates_rounds_and_pairs_them() -> None:
     other = Timing([1.0, 5.0, 6.0], 1, 1.0)
     assert paired_ratio(base, other) == 1.0  # ratios 1, 2, 0.5
     assert base.median_s / other.median_s == 0.6
+
+
+def test_short_calls_are_averaged_into_samples_of_min_sample_s() -> None:
+    calls_made = {"short": 0, "long": 0}
+
+    def sleeper(name: str, seconds: float):
+        def call() -> None:
+            calls_made[name] += 1
+            time.sleep(seconds)
+
+        return call
+
+    calls = {"short": (sleeper("short", 0.002), None), "long": (sleeper("long", 0.012), None)}
+    timings = time_interleaved(
+        calls, torch.device("cpu"), warmup=1, repeats=3, clock="wall", min_sample_s=0.01
+    )
+    short, long = timings["short"], timings["long"]
+    # ceil(10 ms / a bit over 2 ms; sleep overshoots on a busy machine) calls per sample for
+    # the short call, one for the long
+    assert 2 <= short.calls_per_sample <= 5 and long.calls_per_sample == 1
+    assert calls_made == {"short": 1 + 3 * short.calls_per_sample, "long": 1 + 3}
+    # each sample is the mean time of one call, not the sample's total (at least 10 ms)
+    assert all(0.002 <= t < 0.008 for t in short.times_s), short.times_s
+    assert all(0.012 <= t for t in long.times_s)
 
 
 def test_cpu_clock_does_not_count_waiting() -> None:
@@ -274,7 +330,9 @@ def _measured_rows() -> list[dict[str, str]]:
         row.update(w.csv_fields(), status="ok", median_ms=median, p20_ms=p20, p80_ms=p80)
         row.update(tokens_per_s=w.tokens / (median / 1e3), floor_ms=0.25, repeats=21)
         row.update(device_name="test cpu", torch_version="x", fusedrnn_commit="abc")
-        row.update(speedup_vs_torch=4.0 / median if provider != "torch" else None)
+        if provider != "torch":  # per-round ratios: 1.8..2.2 on W1, 0.9..1.5 on W5
+            row.update(speedup_vs_torch=4.0 / median, speedup_p20=4.0 / p80 * 0.95)
+            row.update(speedup_p80=4.0 / p20 * 1.05)
         rows.append(schema.as_strings(row))
     return rows
 
