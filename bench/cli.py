@@ -170,25 +170,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else 3
     repeats = args.repeats if args.repeats is not None else (QUICK_REPEATS if quick else 10)
 
-    result = runner.run(
-        chosen,
-        provider_names,
-        dtypes,
-        modes,
-        device=device,
-        out_dir=args.out,
+    session = runner.Session(
+        device,
         quick=quick,
         warmup=warmup,
         repeats=repeats,
         max_case_s=args.max_case_s,
         compile_max_steps=args.compile_max_steps,
         budget_s=args.budget_s,
+        clock=args.clock,
+    )
+    result = runner.run(
+        chosen,
+        provider_names,
+        dtypes,
+        modes,
+        session=session,
+        out_dir=args.out,
         fresh=args.fresh,
         plots=not args.no_plots,
         progress=not args.no_progress,
-        clock=args.clock,
     )
-    session = result.session
     print(runner.format_header(session, result.rows))
     print(runner.format_table(result.rows))
     print()
