@@ -156,14 +156,16 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
         "w_hh": _c(inputs.w_hh),
         "b_hh": _c(inputs.b_hh),
         "lengths": None if inputs.lengths is None else inputs.lengths.to(torch.int64).contiguous(),
-        "gamma_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
-        "gamma_c": None,
-        "beta_c": None,
+        "norm_weight_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
+        "norm_weight_c": None,
+        "norm_bias_c": None,
     }
     if cfg.cell == "lstm" and cfg.norm != "none":
-        t["gamma_c"] = _c(inputs.norm_weight_c)
-        beta = inputs.norm_bias_c
-        t["beta_c"] = _c(beta) if beta is not None else torch.zeros_like(inputs.norm_weight_c)
+        t["norm_weight_c"] = _c(inputs.norm_weight_c)
+        norm_bias = inputs.norm_bias_c
+        t["norm_bias_c"] = (
+            _c(norm_bias) if norm_bias is not None else torch.zeros_like(inputs.norm_weight_c)
+        )
     if cfg.norm == "batch" and not inputs.training:
         t["running_mean_hh"] = _c(inputs.running_mean_hh)
         t["running_var_hh"] = _c(inputs.running_var_hh)

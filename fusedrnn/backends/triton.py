@@ -396,9 +396,9 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     grad_h0 = _empty(batch, hidden, **f32)
     grad_c0 = _empty(batch, hidden, **f32) if lstm else None
     grad_b_hh = _empty(gate_width, **f32)
-    grad_gamma_hh = _empty(gate_width, **f32) if norm != "none" else None
-    grad_gamma_c = _empty(hidden, **f32) if lstm and norm != "none" else None
-    grad_beta_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+    grad_norm_weight_hh = _empty(gate_width, **f32) if norm != "none" else None
+    grad_norm_weight_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+    grad_norm_bias_c = _empty(hidden, **f32) if lstm and norm != "none" else None
 
     if steps == 0:
         grad_xg.zero_()
@@ -406,7 +406,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         grad_h0.copy_(grad_h_n)
         if lstm:
             grad_c0.copy_(grad_c_n)
-        for g in (grad_b_hh, grad_gamma_hh, grad_gamma_c, grad_beta_c):
+        for g in (grad_b_hh, grad_norm_weight_hh, grad_norm_weight_c, grad_norm_bias_c):
             if g is not None:
                 g.zero_()
     else:
@@ -437,9 +437,9 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             grad_h0,
             grad_c0,
             grad_b_hh,
-            grad_gamma_hh,
-            grad_gamma_c,
-            grad_beta_c,
+            grad_norm_weight_hh,
+            grad_norm_weight_c,
+            grad_norm_bias_c,
             ln_partials,
             barrier,
             steps,
@@ -491,7 +491,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         "w_hh": cast(grad_w_hh, inputs.w_hh),
         "b_hh": cast(grad_b_hh, inputs.b_hh),
         "w_hr": None,
-        "norm_weight_hh": cast(grad_gamma_hh, inputs.norm_weight_hh),
-        "norm_weight_c": cast(grad_gamma_c, inputs.norm_weight_c),
-        "norm_bias_c": cast(grad_beta_c, inputs.norm_bias_c),
+        "norm_weight_hh": cast(grad_norm_weight_hh, inputs.norm_weight_hh),
+        "norm_weight_c": cast(grad_norm_weight_c, inputs.norm_weight_c),
+        "norm_bias_c": cast(grad_norm_bias_c, inputs.norm_bias_c),
     }
