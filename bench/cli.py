@@ -198,27 +198,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min_sample_ms is None:
         min_sample_ms = QUICK_MIN_SAMPLE_MS if quick else 0.0
 
-    result = runner.run(
-        chosen,
-        provider_names,
-        dtypes,
-        modes,
-        device=device,
-        out_dir=args.out,
+    session = runner.Session(
+        device,
         quick=quick,
         warmup=warmup,
         repeats=repeats,
         max_case_s=args.max_case_s,
         compile_max_steps=args.compile_max_steps,
         budget_s=args.budget_s,
-        fresh=args.fresh,
-        plots=not args.no_plots,
-        progress=not args.no_progress,
         clock=args.clock,
         min_sample_s=min_sample_ms / 1e3,
         passes=args.passes if args.passes is not None else (QUICK_PASSES if quick else 1),
     )
-    session = result.session
+    result = runner.run(
+        chosen,
+        provider_names,
+        dtypes,
+        modes,
+        session=session,
+        out_dir=args.out,
+        fresh=args.fresh,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
     print(runner.format_header(session, result.rows))
     print(runner.format_table(result.rows))
     print()

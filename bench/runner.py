@@ -396,24 +396,16 @@ def run(
     dtypes: Sequence[str],
     modes: Sequence[str],
     *,
-    device: torch.device,
+    session: Session,
     out_dir: Path | str = DEFAULT_OUT,
-    quick: bool = False,
-    warmup: int = 3,
-    repeats: int = 10,
-    max_case_s: float | None = 20.0,
-    compile_max_steps: int = providers.DEFAULT_COMPILE_MAX_STEPS,
-    budget_s: float | None = None,
     fresh: bool = False,
     plots: bool = True,
     progress: bool = True,
     csv_name: str = CSV_NAME,
-    clock: str = "auto",
-    min_sample_s: float = 0.0,
-    passes: int = 1,
 ) -> RunResult:
-    """Measure every (workload, dtype, mode, provider): the providers of one (workload,
-    dtype, mode) interleaved round by round, so their ratios are paired. With ``passes`` > 1
+    """Measure every (workload, dtype, mode, provider) in ``session`` (which holds the
+    device and the timing settings): the providers of one (workload, dtype, mode)
+    interleaved round by round, so their ratios are paired. With ``session.passes`` > 1
     every case is prepared first and its ``repeats`` rounds are taken in that many passes
     over the whole matrix (rows written at the end): the rounds of one case then sample the
     machine over the whole run, not over the second or so one case takes, so a change of
@@ -423,20 +415,9 @@ def run(
     appender = schema.CsvAppender(out / csv_name, fresh=fresh)
     appender.ensure_header()
     ordered = sorted(providers_, key=lambda p: (p != "torch", list(providers_).index(p)))
-    session = Session(
-        device,
-        quick=quick,
-        warmup=warmup,
-        repeats=repeats,
-        max_case_s=max_case_s,
-        compile_max_steps=compile_max_steps,
-        budget_s=budget_s,
-        clock=clock,
-        min_sample_s=min_sample_s,
-        passes=passes,
-    )
     cases = [(w, d, m) for w in workloads for d in dtypes for m in modes]
-    passes = max(1, min(passes, repeats))
+    repeats, max_case_s = session.repeats, session.max_case_s
+    passes = max(1, min(session.passes, repeats))
     bar = progress_bar(len(cases) * passes, progress)
     rows = []
     if passes == 1:
@@ -472,7 +453,7 @@ def run(
     if plots:
         from . import visualize
 
-        drawn = visualize.plot_csv(out / csv_name, out, run_id=session.run_id, quick=quick)
+        drawn = visualize.plot_csv(out / csv_name, out, run_id=session.run_id, quick=session.quick)
     return RunResult(rows, out / csv_name, drawn, metadata_path, session)
 
 

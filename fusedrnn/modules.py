@@ -74,11 +74,13 @@ def _check_probability(name: str, value) -> float:
 
 
 class _FusedRNNBase(nn.RNNBase):
-    """Shared constructor and forward of the fusedrnn modules."""
+    """Shared constructor and forward of the fusedrnn modules. The constructor's positional
+    arguments are torch.nn.LSTM's: RNNBase's, with ``mode`` taken from the class's ``_MODE``."""
+
+    _MODE: str  # torch's RNNBase mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"
 
     def __init__(
         self,
-        mode: str,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -91,6 +93,7 @@ class _FusedRNNBase(nn.RNNBase):
         dtype=None,
         **options: OptionValue,
     ) -> None:
+        mode = self._MODE
         _check_option_names(type(self).__name__, options, mode == "LSTM")
         opts = ModuleOptions(**options)
         input_dropout, recurrent_dropout = opts.input_dropout, opts.recurrent_dropout
@@ -476,34 +479,7 @@ class LSTM(_FusedRNNBase):
     ``forget_bias`` and ``backend``. See the README for each equation.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        **options: OptionValue,
-    ) -> None:
-        super().__init__(
-            "LSTM",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device,
-            dtype,
-            **options,
-        )
+    _MODE = "LSTM"
 
     def get_expected_cell_size(self, input, batch_sizes):
         return nn.LSTM.get_expected_cell_size(self, input, batch_sizes)
@@ -515,9 +491,9 @@ class LSTM(_FusedRNNBase):
         return nn.LSTM.permute_hidden(self, hx, permutation)
 
 
-class GRU(_FusedRNNBase):
-    r"""Drop-in ``torch.nn.GRU``; keyword-only extras as :class:`LSTM` except the LSTM-only
-    ``zoneout_cell``, ``forget_bias`` and ``proj_size``."""
+class _UnprojectedRNNBase(_FusedRNNBase):
+    """The constructor of GRU and RNN: torch.nn.GRU's positional arguments, and a
+    keyword-only ``proj_size`` that is rejected as torch.nn rejects it."""
 
     def __init__(
         self,
@@ -537,7 +513,6 @@ class GRU(_FusedRNNBase):
         if proj_size is not None:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__(
-            "GRU",
             input_size,
             hidden_size,
             num_layers,
@@ -552,7 +527,14 @@ class GRU(_FusedRNNBase):
         )
 
 
-class RNN(_FusedRNNBase):
+class GRU(_UnprojectedRNNBase):
+    r"""Drop-in ``torch.nn.GRU``; keyword-only extras as :class:`LSTM` except the LSTM-only
+    ``zoneout_cell``, ``forget_bias`` and ``proj_size``."""
+
+    _MODE = "GRU"
+
+
+class RNN(_UnprojectedRNNBase):
     r"""Drop-in ``torch.nn.RNN`` (``nonlinearity`` 'tanh' or 'relu'); keyword-only extras as
     :class:`GRU`."""
 
@@ -572,15 +554,12 @@ class RNN(_FusedRNNBase):
         proj_size: int | None = None,
         **options: OptionValue,
     ) -> None:
-        if proj_size is not None:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(
                 f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
             )
         self.nonlinearity = nonlinearity
         super().__init__(
-            "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU",
             input_size,
             hidden_size,
             num_layers,
@@ -588,11 +567,15 @@ class RNN(_FusedRNNBase):
             batch_first,
             dropout,
             bidirectional,
-            0,
             device,
             dtype,
+            proj_size=proj_size,
             **options,
         )
+
+    @property
+    def _MODE(self) -> str:
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
 
 _CONVERTIBLE = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}

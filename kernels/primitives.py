@@ -198,6 +198,33 @@ def bn_backward(dy_hat, xhat, rstd, active_f, count, TRAINING: tl.constexpr):
 
 
 @triton.jit
+def _exchange_row_pairs(
+    first, second, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
+):
+    """Publish this program's two per-row values ``first``, ``second`` [BLOCK_B] to
+    ``partials_ptr`` (float32 [2, num_programs, batch]), meet the other programs at barrier
+    ``generation``, and return every program's values, [PROGRAMS_PAD, BLOCK_B] each (0 in
+    padding), with the mask of the real (program, row) entries."""
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    row_in = rows < batch
+    tl.store(partials_ptr + pid * batch + rows, first, mask=row_in)
+    tl.store(partials_ptr + (num_programs + pid) * batch + rows, second, mask=row_in)
+    grid_barrier(barrier_ptr, generation)
+    programs = tl.arange(0, PROGRAMS_PAD)
+    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
+    ws_offsets = programs[:, None] * batch + rows[None, :]
+    firsts = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    seconds = tl.load(
+        partials_ptr + num_programs * batch + ws_offsets,
+        mask=ws_mask,
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    return firsts, seconds, ws_mask
+
+
+@triton.jit
 def layer_norm_row_stats(
     x,
     col_valid,
@@ -224,29 +251,16 @@ def layer_norm_row_stats(
     the two-pass mean/variance of the reference.
     """
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     valid_f = col_valid.to(tl.float32)[None, :]
     local_units = tl.minimum(hidden - pid * BLOCK_U, BLOCK_U)
     local_count = (COLUMNS_PER_UNIT * local_units).to(tl.float32)
     local_sum = tl.sum(x * valid_f, axis=1)
     local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
     local_m2 = tl.sum(local_dev * local_dev, axis=1)
-    row_in = rows < batch
-    tl.store(partials_ptr + pid * batch + rows, local_sum, mask=row_in)
-    tl.store(partials_ptr + (num_programs + pid) * batch + rows, local_m2, mask=row_in)
-    grid_barrier(barrier_ptr, generation)
-
-    programs = tl.arange(0, PROGRAMS_PAD)
-    program_in = programs < num_programs
-    ws_mask = program_in[:, None] & row_in[None, :]
-    ws_offsets = programs[:, None] * batch + rows[None, :]
-    sums = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
-    m2s = tl.load(
-        partials_ptr + num_programs * batch + ws_offsets,
-        mask=ws_mask,
-        other=0.0,
-        cache_modifier=".cg",
+    sums, m2s, ws_mask = _exchange_row_pairs(
+        local_sum, local_m2, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
     )
+    programs = tl.arange(0, PROGRAMS_PAD)
     counts = (
         COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
     ).to(tl.float32)
@@ -259,39 +273,15 @@ def layer_norm_row_stats(
 
 @triton.jit
 def row_sums_across_programs(
-    a,
-    b,
-    col_valid,
-    partials_ptr,
-    barrier_ptr,
-    generation,
-    rows,
-    batch,
-    PROGRAMS_PAD: tl.constexpr,
+    a, b, col_valid, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
 ):
     """Row sums of two matrices whose columns are split over the programs (layer-norm
     backward): each program publishes its partial sums to ``partials_ptr`` (float32
     [2, num_programs, batch]), meets the others at barrier ``generation`` and adds them up.
     """
-    pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     valid_f = col_valid.to(tl.float32)[None, :]
-    row_in = rows < batch
-    tl.store(partials_ptr + pid * batch + rows, tl.sum(a * valid_f, axis=1), mask=row_in)
-    tl.store(
-        partials_ptr + (num_programs + pid) * batch + rows,
-        tl.sum(b * valid_f, axis=1),
-        mask=row_in,
-    )
-    grid_barrier(barrier_ptr, generation)
-    programs = tl.arange(0, PROGRAMS_PAD)
-    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
-    ws_offsets = programs[:, None] * batch + rows[None, :]
-    sum_a = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
-    sum_b = tl.load(
-        partials_ptr + num_programs * batch + ws_offsets,
-        mask=ws_mask,
-        other=0.0,
-        cache_modifier=".cg",
+    row_sum_a, row_sum_b = tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1)
+    sum_a, sum_b, _ = _exchange_row_pairs(
+        row_sum_a, row_sum_b, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
     )
     return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0)

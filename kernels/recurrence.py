@@ -247,11 +247,17 @@ def recurrence_forward_kernel(
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
-        gamma_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+        norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
+            tl.float32
+        )
         if CELL == LSTM:
-            gamma_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+            norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
+                tl.float32
+            )
             if HAS_NORM_BIAS_C:
-                beta_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+                norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
+                    tl.float32
+                )
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT:
         # One mask for all steps, over the full row of h that enters the dot.
@@ -327,7 +333,7 @@ def recurrence_forward_kernel(
             tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
         if NORM != NORM_NONE:
             tl.store(xhat_hh_ptr + step_cols, xhat_hh, mask=col_mask)
-            a = xhat_hh * gamma_hh[None, :]
+            a = xhat_hh * norm_weight_hh[None, :]
         else:
             a = acc
         if HAS_BIAS:
@@ -384,9 +390,9 @@ def recurrence_forward_kernel(
                 tl.store(rstd_c_ptr + t64 * batch + rows, rstd_c, mask=row_in & (pid == 0))
             if NORM != NORM_NONE:
                 tl.store(xhat_c_ptr + step_own, xhat_c, mask=own_mask)
-                c_normed = xhat_c * gamma_c[None, :]
+                c_normed = xhat_c * norm_weight_c[None, :]
                 if HAS_NORM_BIAS_C:
-                    c_normed = c_normed + beta_c[None, :]
+                    c_normed = c_normed + norm_bias_c[None, :]
             else:
                 c_normed = c_cand
             h_cand, _ = lstm_hidden(o, c_normed)
@@ -565,14 +571,20 @@ def recurrence_backward_kernel(
         other=0.0,
     )
     if NORM != NORM_NONE:
-        gamma_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+        norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
+            tl.float32
+        )
         if CELL == LSTM:
-            gamma_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+            norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
+                tl.float32
+            )
             if HAS_NORM_BIAS_C:
-                beta_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
-            grad_gamma_c = tl.zeros((BLOCK_U,), tl.float32)
-            grad_beta_c = tl.zeros((BLOCK_U,), tl.float32)
-        grad_gamma_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
+                norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
+                    tl.float32
+                )
+            grad_norm_weight_c = tl.zeros((BLOCK_U,), tl.float32)
+            grad_norm_bias_c = tl.zeros((BLOCK_U,), tl.float32)
+        grad_norm_weight_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT:
@@ -625,24 +637,24 @@ def recurrence_backward_kernel(
             c_prev = tl.load(c_prev_ptr + step_own, mask=own_mask, other=0.0)
             if NORM != NORM_NONE:
                 xhat_c = tl.load(xhat_c_ptr + step_own, mask=own_mask, other=0.0)
-                c_normed = xhat_c * gamma_c[None, :]
+                c_normed = xhat_c * norm_weight_c[None, :]
                 if HAS_NORM_BIAS_C:
-                    c_normed = c_normed + beta_c[None, :]
+                    c_normed = c_normed + norm_bias_c[None, :]
             else:
                 c_normed = lstm_cell_state(i, f, g, c_prev)
             d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
             if NORM == NORM_BATCH:
-                grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)
-                grad_beta_c += tl.sum(dc_normed, axis=0)
+                grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
+                grad_norm_bias_c += tl.sum(dc_normed, axis=0)
                 rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
                 dc_from_h = bn_backward(
-                    dc_normed * gamma_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
+                    dc_normed * norm_weight_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
                 )
             elif NORM == NORM_LAYER:
-                grad_gamma_c += tl.sum(dc_normed * xhat_c, axis=0)
-                grad_beta_c += tl.sum(dc_normed, axis=0)
+                grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
+                grad_norm_bias_c += tl.sum(dc_normed, axis=0)
                 rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
-                dy_hat = dc_normed * gamma_c[None, :]
+                dy_hat = dc_normed * norm_weight_c[None, :]
                 sum_dy, sum_dy_xhat = row_sums_across_programs(
                     dy_hat,
                     dy_hat * xhat_c,
@@ -704,16 +716,16 @@ def recurrence_backward_kernel(
         grad_bias += tl.sum(d_a, axis=0)
         if NORM == NORM_BATCH:
             xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
-            grad_gamma_hh += tl.sum(d_a * xhat_hh, axis=0)
+            grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
             d_acc = bn_backward(
-                d_a * gamma_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
+                d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
             )
         elif NORM == NORM_LAYER:
             xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
-            grad_gamma_hh += tl.sum(d_a * xhat_hh, axis=0)
+            grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
-            dy_hat = d_a * gamma_hh[None, :]
+            dy_hat = d_a * norm_weight_hh[None, :]
             sum_dy, sum_dy_xhat = row_sums_across_programs(
                 dy_hat,
                 dy_hat * xhat_hh,
@@ -754,7 +766,7 @@ def recurrence_backward_kernel(
         tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
     tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
     if NORM != NORM_NONE:
-        tl.store(grad_norm_weight_hh_ptr + gate_col, grad_gamma_hh, mask=col_in)
+        tl.store(grad_norm_weight_hh_ptr + gate_col, grad_norm_weight_hh, mask=col_in)
         if CELL == LSTM:
-            tl.store(grad_norm_weight_c_ptr + units, grad_gamma_c, mask=unit_in)
-            tl.store(grad_norm_bias_c_ptr + units, grad_beta_c, mask=unit_in)
+            tl.store(grad_norm_weight_c_ptr + units, grad_norm_weight_c, mask=unit_in)
+            tl.store(grad_norm_bias_c_ptr + units, grad_norm_bias_c, mask=unit_in)

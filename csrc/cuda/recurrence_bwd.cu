@@ -51,9 +51,9 @@ __global__ void __launch_bounds__(kThreads)
   const S* w = static_cast<const S*>(p.w_hh);
   const S* h0 = static_cast<const S*>(p.h0);
   const S* c0 = static_cast<const S*>(p.c0);
-  const S* gamma_hh = static_cast<const S*>(p.gamma_hh);
-  const S* gamma_c = static_cast<const S*>(p.gamma_c);
-  const S* beta_c = static_cast<const S*>(p.beta_c);
+  const S* norm_weight_hh = static_cast<const S*>(p.norm_weight_hh);
+  const S* norm_weight_c = static_cast<const S*>(p.norm_weight_c);
+  const S* norm_bias_c = static_cast<const S*>(p.norm_bias_c);
   const S* out = static_cast<const S*>(p.out);
   const S* gout = static_cast<const S*>(p.grad_out);
   const S* ghn = static_cast<const S*>(p.grad_h_n);
@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
         dcp_sm[e] = act ? dprev_c : dc_sm[e];
         const float* gs = sv_gates + (t * B + b) * N;
         const LstmGates<float> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-        const float c_out = norm ? sv_xhat_c[(t * B + b) * H + j] * to_acc(gamma_c[j]) +
-                                       to_acc(beta_c[j])
+        const float c_out = norm ? sv_xhat_c[(t * B + b) * H + j] * to_acc(norm_weight_c[j]) +
+                                       to_acc(norm_bias_c[j])
                                  : sv_ctil[(t * B + b) * H + j];
         float dco;
         const float dpo = lstm_backward_h(ga, c_out, dht_sm[e], &dco);
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads)
           float s1 = 0.f, s2 = 0.f;
           for (int64_t b = 0; b < B; ++b)
             if (t < len(b)) {
-              const float dx = dco_sm[b * hl + jj] * to_acc(gamma_c[j]);
+              const float dx = dco_sm[b * hl + jj] * to_acc(norm_weight_c[j]);
               s1 += dx;
               s2 += dx * sv_xhat_c[(t * B + b) * H + j];
             }
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads)
           float s1 = 0.f, s2 = 0.f;
           for (int64_t jj = lane; jj < hl; jj += kWarp) {
             const int64_t j = j0 + jj;
-            const float dx = dco_sm[b * hl + jj] * to_acc(gamma_c[j]);
+            const float dx = dco_sm[b * hl + jj] * to_acc(norm_weight_c[j]);
             s1 += dx;
             s2 += dx * sv_xhat_c[(t * B + b) * H + j];
           }
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kThreads)
         const bool act = t < len(b);
         float dct = dct_sm[e];
         if (norm) {
-          const float dx = dco_sm[e] * to_acc(gamma_c[j]);
+          const float dx = dco_sm[e] * to_acc(norm_weight_c[j]);
           const float xh = sv_xhat_c[(t * B + b) * H + j];
           if (p.norm == kNormLayer) {
             dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], row_a[b], row_b[b]);
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kThreads)
           float s1 = 0.f, s2 = 0.f;
           for (int64_t b = 0; b < B; ++b)
             if (t < len(b)) {
-              const float dx = dab_sm[b * R + r] * to_acc(gamma_hh[n]);
+              const float dx = dab_sm[b * R + r] * to_acc(norm_weight_hh[n]);
               s1 += dx;
               s2 += dx * sv_xhat_hh[(t * B + b) * N + n];
             }
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kThreads)
           float s1 = 0.f, s2 = 0.f;
           for (int64_t r = lane; r < R; r += kWarp) {
             const int64_t n = ncol(r);
-            const float dx = dab_sm[b * R + r] * to_acc(gamma_hh[n]);
+            const float dx = dab_sm[b * R + r] * to_acc(norm_weight_hh[n]);
             s1 += dx;
             s2 += dx * sv_xhat_hh[(t * B + b) * N + n];
           }
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       for (int64_t e = tid; e < B * R; e += nth) {
         const int64_t b = e / R, r = e % R, n = ncol(r);
-        const float dx = dab_sm[e] * to_acc(gamma_hh[n]);
+        const float dx = dab_sm[e] * to_acc(norm_weight_hh[n]);
         const float xh = sv_xhat_hh[(t * B + b) * N + n];
         float v;
         if (p.norm == kNormLayer) {

@@ -51,9 +51,9 @@ __global__ void __launch_bounds__(kThreads)
   const S* h0 = static_cast<const S*>(p.h0);
   const S* c0 = static_cast<const S*>(p.c0);
   const S* bias = static_cast<const S*>(p.b_hh);
-  const S* gamma_hh = static_cast<const S*>(p.gamma_hh);
-  const S* gamma_c = static_cast<const S*>(p.gamma_c);
-  const S* beta_c = static_cast<const S*>(p.beta_c);
+  const S* norm_weight_hh = static_cast<const S*>(p.norm_weight_hh);
+  const S* norm_weight_c = static_cast<const S*>(p.norm_weight_c);
+  const S* norm_bias_c = static_cast<const S*>(p.norm_bias_c);
   const S* rm_hh = static_cast<const S*>(p.running_mean_hh);
   const S* rv_hh = static_cast<const S*>(p.running_var_hh);
   const S* rm_c = static_cast<const S*>(p.running_mean_c);
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
         const float rs = p.norm == kNormBatch ? col_b[r] : row_b[b];
         const float x = (a_sm[e] - mu) * rs;
         sv_xhat_hh[(t * B + b) * N + n] = x;
-        a_sm[e] = x * to_acc(gamma_hh[n]);
+        a_sm[e] = x * to_acc(norm_weight_hh[n]);
       }
       __syncthreads();
     }
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kThreads)
         const float rs = p.norm == kNormBatch ? col_b[jj] : row_b[b];
         const float x = (ct_sm[e] - mu) * rs;
         sv_xhat_c[(t * B + b) * H + j] = x;
-        co_sm[e] = x * to_acc(gamma_c[j]) + to_acc(beta_c[j]);
+        co_sm[e] = x * to_acc(norm_weight_c[j]) + to_acc(norm_bias_c[j]);
       }
       __syncthreads();
     }

@@ -158,9 +158,9 @@ void forward_impl(const RecurrenceFwdParams& p) {
   const T* c0 = static_cast<const T*>(p.c0);
   const T* w = static_cast<const T*>(p.w_hh);
   const T* bias = static_cast<const T*>(p.b_hh);
-  const T* gamma_hh = static_cast<const T*>(p.gamma_hh);
-  const T* gamma_c = static_cast<const T*>(p.gamma_c);
-  const T* beta_c = static_cast<const T*>(p.beta_c);
+  const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
+  const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
+  const T* norm_bias_c = static_cast<const T*>(p.norm_bias_c);
   const T* rm_hh = static_cast<const T*>(p.running_mean_hh);
   const T* rv_hh = static_cast<const T*>(p.running_var_hh);
   const T* rm_c = static_cast<const T*>(p.running_mean_c);
@@ -214,10 +214,10 @@ void forward_impl(const RecurrenceFwdParams& p) {
     std::vector<T> row_mean(static_cast<size_t>(B)), row_rstd(static_cast<size_t>(B));
     std::vector<uint8_t> active(static_cast<size_t>(B));
     std::vector<T> an_own(static_cast<size_t>(gru && !save ? hl : 0));  // a_n when not saved
-    std::vector<T> gamma_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
+    std::vector<T> norm_weight_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
     std::vector<T> bias_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(0));
     for (int64_t cc = 0; cc < nl; ++cc) {
-      if (gamma_hh) gamma_own[cc] = gamma_hh[col(cc)];
+      if (norm_weight_hh) norm_weight_own[cc] = norm_weight_hh[col(cc)];
       if (bias) bias_own[cc] = bias[col(cc)];
     }
     for (int64_t b = 0; b < B; ++b)
@@ -265,7 +265,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
               const int64_t cc = g * hl + jj;
               const T x = (ab[cc] - mean[cc]) * rstd[cc];
               xh[g * H + sl.j0 + jj] = x;
-              ab[cc] = x * gamma_own[cc];
+              ab[cc] = x * norm_weight_own[cc];
             }
         }
       } else if (cm.norm == kNormLayer) {
@@ -286,7 +286,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
               const int64_t cc = g * hl + jj;
               const T x = (ab[cc] - row_mean[b]) * row_rstd[b];
               xh[g * H + sl.j0 + jj] = x;
-              ab[cc] = x * gamma_own[cc];
+              ab[cc] = x * norm_weight_own[cc];
             }
         }
       }
@@ -390,7 +390,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
               const T rs = cm.norm == kNormBatch ? rstd[jj] : row_rstd[b];
               const T x = (ct[b * hl + jj] - mu) * rs;
               sv_xhat_c[(t * B + b) * H + j] = x;
-              cout_v[b * hl + jj] = x * gamma_c[j] + beta_c[j];
+              cout_v[b * hl + jj] = x * norm_weight_c[j] + norm_bias_c[j];
             }
         }
       }
@@ -443,9 +443,9 @@ void backward_impl(const RecurrenceBwdParams& p) {
   const T* h0 = static_cast<const T*>(p.h0);
   const T* c0 = static_cast<const T*>(p.c0);
   const T* w = static_cast<const T*>(p.w_hh);
-  const T* gamma_hh = static_cast<const T*>(p.gamma_hh);
-  const T* gamma_c = static_cast<const T*>(p.gamma_c);
-  const T* beta_c = static_cast<const T*>(p.beta_c);
+  const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
+  const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
+  const T* norm_bias_c = static_cast<const T*>(p.norm_bias_c);
   const T* out = static_cast<const T*>(p.out);
   const T* sv_gates = static_cast<const T*>(p.gates);
   const T* sv_an = static_cast<const T*>(p.gru_hn);
@@ -519,8 +519,8 @@ void backward_impl(const RecurrenceBwdParams& p) {
         if (lstm) {  // tanh(c_out) of the row, for lstm_backward_h's formula below
           for (int64_t jj = 0; jj < hl; ++jj) {
             const int64_t j = sl.j0 + jj;
-            tanh_c_out[jj] = norm ? sv_xhat_c[(t * B + b) * H + j] * gamma_c[j] + beta_c[j]
-                                  : sv_ctil[(t * B + b) * H + j];
+            const int64_t e = (t * B + b) * H + j;
+            tanh_c_out[jj] = norm ? sv_xhat_c[e] * norm_weight_c[j] + norm_bias_c[j] : sv_ctil[e];
           }
           tanh_inplace(tanh_c_out.data(), hl);
         }
@@ -568,7 +568,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
                 if (!active[b]) continue;
                 for (int64_t jj = 0; jj < hl; ++jj) {
                   const int64_t j = sl.j0 + jj;
-                  const T dx = dcout[b * hl + jj] * gamma_c[j];
+                  const T dx = dcout[b * hl + jj] * norm_weight_c[j];
                   colsum[jj] += dx;
                   colsum2[jj] += dx * sv_xhat_c[(t * B + b) * H + j];
                 }
@@ -578,7 +578,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
                 T s1 = 0, s2 = 0;
                 for (int64_t jj = 0; jj < hl; ++jj) {
                   const int64_t j = sl.j0 + jj;
-                  const T dx = dcout[b * hl + jj] * gamma_c[j];
+                  const T dx = dcout[b * hl + jj] * norm_weight_c[j];
                   s1 += dx;
                   s2 += dx * sv_xhat_c[(t * B + b) * H + j];
                 }
@@ -601,7 +601,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
             for (int64_t jj = 0; jj < hl; ++jj) {
               const int64_t j = sl.j0 + jj;
               const int64_t e = b * hl + jj;
-              const T dx = dcout[e] * gamma_c[j];
+              const T dx = dcout[e] * norm_weight_c[j];
               const T xh = sv_xhat_c[(t * B + b) * H + j];
               T dct;
               if (cm.norm == kNormLayer) {
@@ -684,7 +684,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
             for (int64_t g = 0; g < G; ++g)
               for (int64_t jj = 0; jj < hl; ++jj) {
                 const int64_t n = g * H + sl.j0 + jj;
-                const T dx = dy[n] * gamma_hh[n];
+                const T dx = dy[n] * norm_weight_hh[n];
                 colsum[g * hl + jj] += dx;
                 colsum2[g * hl + jj] += dx * xh[n];
               }
@@ -697,7 +697,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
             for (int64_t g = 0; g < G; ++g)
               for (int64_t jj = 0; jj < hl; ++jj) {
                 const int64_t n = g * H + sl.j0 + jj;
-                const T dx = dy[n] * gamma_hh[n];
+                const T dx = dy[n] * norm_weight_hh[n];
                 s1 += dx;
                 s2 += dx * xh[n];
               }
@@ -722,7 +722,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
           for (int64_t g = 0; g < G; ++g)
             for (int64_t jj = 0; jj < hl; ++jj) {
               const int64_t n = g * H + sl.j0 + jj;
-              const T dx = dy[n] * gamma_hh[n];
+              const T dx = dy[n] * norm_weight_hh[n];
               T v;
               if (cm.norm == kNormLayer) {
                 v = norm_backward(dx, xh[n], sv_rstd_hh[t * B + b], m1, m2);
@@ -822,9 +822,9 @@ void widen_common(RecurrenceFwdParams& q, Widened& w, bool forward) {
   q.c0 = w.in(q.c0, B * H);
   q.w_hh = w.in(q.w_hh, N * H);
   q.b_hh = w.in(q.b_hh, N);
-  q.gamma_hh = w.in(q.gamma_hh, N);
-  q.gamma_c = w.in(q.gamma_c, H);
-  q.beta_c = w.in(q.beta_c, H);
+  q.norm_weight_hh = w.in(q.norm_weight_hh, N);
+  q.norm_weight_c = w.in(q.norm_weight_c, H);
+  q.norm_bias_c = w.in(q.norm_bias_c, H);
   q.running_mean_hh = w.in(q.running_mean_hh, S * N);
   q.running_var_hh = w.in(q.running_var_hh, S * N);
   q.running_mean_c = w.in(q.running_mean_c, S * H);

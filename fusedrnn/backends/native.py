@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -155,14 +156,16 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
         "w_hh": _c(inputs.w_hh),
         "b_hh": _c(inputs.b_hh),
         "lengths": None if inputs.lengths is None else inputs.lengths.to(torch.int64).contiguous(),
-        "gamma_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
-        "gamma_c": None,
-        "beta_c": None,
+        "norm_weight_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
+        "norm_weight_c": None,
+        "norm_bias_c": None,
     }
     if cfg.cell == "lstm" and cfg.norm != "none":
-        t["gamma_c"] = _c(inputs.norm_weight_c)
-        beta = inputs.norm_bias_c
-        t["beta_c"] = _c(beta) if beta is not None else torch.zeros_like(inputs.norm_weight_c)
+        t["norm_weight_c"] = _c(inputs.norm_weight_c)
+        norm_bias = inputs.norm_bias_c
+        t["norm_bias_c"] = (
+            _c(norm_bias) if norm_bias is not None else torch.zeros_like(inputs.norm_weight_c)
+        )
     if cfg.norm == "batch" and not inputs.training:
         t["running_mean_hh"] = _c(inputs.running_mean_hh)
         t["running_var_hh"] = _c(inputs.running_var_hh)
@@ -224,6 +227,36 @@ def saved_like(inputs: RecurrenceInputs, save: bool = True) -> tuple[torch.Tenso
     return tuple(saved[k] for k in _SAVED)
 
 
+class _LaunchSizes(NamedTuple):
+    """The sizes and settings both launches read, from the contiguous ``xg`` and the config."""
+
+    steps: int
+    batch: int
+    gate_width: int  # G * H, the width of xg
+    hidden: int
+    dtype: torch.dtype
+    device: torch.device
+    acc: torch.dtype  # accumulate dtype of the statistics, ab/da and hin
+    lstm: bool
+    norm: str
+
+    @classmethod
+    def of(cls, xg: torch.Tensor, inputs: RecurrenceInputs) -> _LaunchSizes:
+        cfg = inputs.config
+        steps, batch, gate_width = xg.shape
+        return cls(
+            steps,
+            batch,
+            gate_width,
+            cfg.hidden_size,
+            xg.dtype,
+            xg.device,
+            accumulate_dtype(xg.dtype),
+            cfg.cell == "lstm",
+            cfg.norm,
+        )
+
+
 def launch_forward(
     inputs: RecurrenceInputs,
     run: Callable[[object], None],
@@ -234,16 +267,9 @@ def launch_forward(
     """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (the host
     backend when no gradient is needed) writes no per-step tensors for backward: the saved
     tuple then holds only empty tensors and the normalisation values."""
-    C = native()
-    cfg = inputs.config
-    p = C.RecurrenceFwdParams()
+    p = native().RecurrenceFwdParams()
     keep = _fill_common(p, inputs, num_threads)
-    xg = keep["xg"]
-    steps, batch, n = xg.shape
-    hidden = cfg.hidden_size
-    dtype, device = xg.dtype, xg.device
-    acc = accumulate_dtype(dtype)
-    lstm, norm = cfg.cell == "lstm", cfg.norm
+    steps, batch, n, hidden, dtype, device, acc, lstm, norm = _LaunchSizes.of(keep["xg"], inputs)
     bn_train = norm == "batch" and inputs.training
 
     saved = _allocate_saved(inputs, _empty, save)
@@ -292,16 +318,9 @@ def launch_backward(
 ) -> Gradients:
     """As ``launch_forward``, for ``Backend.backward``'s arguments."""
     grad_output, grad_h_n, grad_c_n = output_grads
-    C = native()
-    cfg = inputs.config
-    p = C.RecurrenceBwdParams()
+    p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
-    xg = keep["xg"]
-    steps, batch, n = xg.shape
-    hidden = cfg.hidden_size
-    dtype, device = xg.dtype, xg.device
-    acc = accumulate_dtype(dtype)
-    lstm, norm = cfg.cell == "lstm", cfg.norm
+    steps, batch, n, hidden, dtype, device, acc, lstm, norm = _LaunchSizes.of(keep["xg"], inputs)
     sv = dict(zip(_SAVED, saved))
     out = sv["out"]
     if out.numel() == 0 and steps * batch * hidden > 0:

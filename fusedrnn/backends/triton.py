@@ -23,16 +23,8 @@ import os
 import torch
 
 from .. import philox, reference_loop
-from .base import (
-    CELL_CODES,
-    NORM_CODES,
-    Gradients,
-    OutputGrad,
-    RecurrenceInputs,
-    RecurrenceOutputs,
-    accumulate_dtype,
-    check_mask_limits,
-)
+from . import base
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "triton"
 
@@ -90,26 +82,19 @@ def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> 
     block_gh = _next_power_of_2(num_gates * hidden)
     if _interpreting():
         block_b = _next_power_of_2(batch)
-        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
-        return {
-            "GATES_PAD": gates_pad,
-            "BLOCK_B": block_b,
-            "BLOCK_H": block_h,
-            "BLOCK_GH": block_gh,
-            "forward_units": units,
-            "backward_units": units,
-            "forward_programs": -(-hidden // units),
-            "backward_programs": -(-hidden // units),
-        }
-    # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
-    # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    block_b = max(16, _next_power_of_2(batch))
-    block_h = max(16, block_h)
-    block_gh = max(16, block_gh)
-    per_sm = -(-hidden // sms)
-    forward_units = max(16 // gates_pad, _next_power_of_2(per_sm))
-    backward_units = max(16, _next_power_of_2(per_sm))
+        forward_units = backward_units = INTERPRETER_UNITS_PER_PROGRAM or block_h
+        extra = {}
+    else:
+        # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
+        # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        block_b = max(16, _next_power_of_2(batch))
+        block_h = max(16, block_h)
+        block_gh = max(16, block_gh)
+        per_sm = -(-hidden // sms)
+        forward_units = max(16 // gates_pad, _next_power_of_2(per_sm))
+        backward_units = max(16, _next_power_of_2(per_sm))
+        extra = {"sms": sms}
     return {
         "GATES_PAD": gates_pad,
         "BLOCK_B": block_b,
@@ -119,7 +104,7 @@ def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> 
         "backward_units": backward_units,
         "forward_programs": -(-hidden // forward_units),
         "backward_programs": -(-hidden // backward_units),
-        "sms": sms,
+        **extra,
     }
 
 
@@ -177,7 +162,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     batch = inputs.xg.shape[1]
     hidden = cfg.hidden_size
     try:
-        check_mask_limits(inputs)
+        base.check_mask_limits(inputs)
     except ValueError as error:
         return str(error)
     if not _interpreting():
@@ -225,8 +210,8 @@ def _scalars(inputs: RecurrenceInputs) -> dict:
 def _meta(inputs: RecurrenceInputs) -> dict:
     cfg = inputs.config
     return {
-        "CELL": CELL_CODES[cfg.cell],
-        "NORM": NORM_CODES[cfg.norm],
+        "CELL": base.CELL_CODES[cfg.cell],
+        "NORM": base.NORM_CODES[cfg.norm],
         "TRAINING": bool(inputs.training),
         "REVERSE": bool(inputs.reverse),
         "HAS_NORM_BIAS_C": inputs.norm_bias_c is not None,
@@ -310,7 +295,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     c_n = _empty(batch, hidden, dtype=dtype, device=device) if lstm else None
     bn_train = norm == "batch" and training
     stats = [
-        _empty(steps, width, dtype=accumulate_dtype(dtype), device=device)
+        _empty(steps, width, dtype=base.accumulate_dtype(dtype), device=device)
         if bn_train and use
         else None
         for width, use in ((gate_width, True), (gate_width, True), (hidden, lstm), (hidden, lstm))
@@ -411,9 +396,9 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     grad_h0 = _empty(batch, hidden, **f32)
     grad_c0 = _empty(batch, hidden, **f32) if lstm else None
     grad_b_hh = _empty(gate_width, **f32)
-    grad_gamma_hh = _empty(gate_width, **f32) if norm != "none" else None
-    grad_gamma_c = _empty(hidden, **f32) if lstm and norm != "none" else None
-    grad_beta_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+    grad_norm_weight_hh = _empty(gate_width, **f32) if norm != "none" else None
+    grad_norm_weight_c = _empty(hidden, **f32) if lstm and norm != "none" else None
+    grad_norm_bias_c = _empty(hidden, **f32) if lstm and norm != "none" else None
 
     if steps == 0:
         grad_xg.zero_()
@@ -421,7 +406,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         grad_h0.copy_(grad_h_n)
         if lstm:
             grad_c0.copy_(grad_c_n)
-        for g in (grad_b_hh, grad_gamma_hh, grad_gamma_c, grad_beta_c):
+        for g in (grad_b_hh, grad_norm_weight_hh, grad_norm_weight_c, grad_norm_bias_c):
             if g is not None:
                 g.zero_()
     else:
@@ -452,9 +437,9 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             grad_h0,
             grad_c0,
             grad_b_hh,
-            grad_gamma_hh,
-            grad_gamma_c,
-            grad_beta_c,
+            grad_norm_weight_hh,
+            grad_norm_weight_c,
+            grad_norm_bias_c,
             ln_partials,
             barrier,
             steps,
@@ -506,7 +491,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         "w_hh": cast(grad_w_hh, inputs.w_hh),
         "b_hh": cast(grad_b_hh, inputs.b_hh),
         "w_hr": None,
-        "norm_weight_hh": cast(grad_gamma_hh, inputs.norm_weight_hh),
-        "norm_weight_c": cast(grad_gamma_c, inputs.norm_weight_c),
-        "norm_bias_c": cast(grad_beta_c, inputs.norm_bias_c),
+        "norm_weight_hh": cast(grad_norm_weight_hh, inputs.norm_weight_hh),
+        "norm_weight_c": cast(grad_norm_weight_c, inputs.norm_weight_c),
+        "norm_bias_c": cast(grad_norm_bias_c, inputs.norm_bias_c),
     }

@@ -51,9 +51,9 @@ struct RecurrenceFwdParams {
   const void* w_hh = nullptr;        // dtype [N, H]
   const void* b_hh = nullptr;        // dtype [N] or nullptr (bias=False)
   const int64_t* lengths = nullptr;  // int64 [B], 0 <= len <= T, or nullptr (all T)
-  const void* gamma_hh = nullptr;    // dtype [N] (norm != none)
-  const void* gamma_c = nullptr;     // dtype [H] (lstm, norm != none)
-  const void* beta_c = nullptr;      // dtype [H] (lstm, norm != none)
+  const void* norm_weight_hh = nullptr;   // dtype [N] (norm != none)
+  const void* norm_weight_c = nullptr;    // dtype [H] (lstm, norm != none)
+  const void* norm_bias_c = nullptr;      // dtype [H] (lstm, norm != none)
   const void* running_mean_hh = nullptr;  // dtype [S, N] (batch norm, eval)
   const void* running_var_hh = nullptr;   // dtype [S, N]
   const void* running_mean_c = nullptr;   // dtype [S, H] (lstm)
@@ -94,10 +94,10 @@ struct RecurrenceBwdParams : RecurrenceFwdParams {
 
   // ---- outputs
   void* dxg = nullptr;     // dtype [T, B, N]
-  void* dab = nullptr;     // acc [T, B, N] d(N_hh(W_hh h) + b_hh): sums give db_hh, dgamma_hh
+  void* dab = nullptr;     // acc [T, B, N] d(N_hh(W_hh h) + b_hh): sums: b_hh, norm_weight_hh grads
   void* da = nullptr;      // acc [T, B, N] d(W_hh h) (norm != none; else equal to dab)
   void* hin = nullptr;     // acc [T, B, H] m_h * h_{t-1}: dW_hh = da^T hin over all steps
-  void* dc_out = nullptr;  // acc [T, B, H] d(N_c(c~)) (lstm, norm != none): dgamma_c, dbeta_c
+  void* dc_out = nullptr;  // acc [T, B, H] d(N_c(c~)) (lstm, norm != none): the norm_*_c grads
   void* dh0 = nullptr;     // dtype [B, H]
   void* dc0 = nullptr;     // dtype [B, H] (lstm)
 
