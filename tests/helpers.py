@@ -127,12 +127,15 @@ def rule_errors(
     truth: Mapping[str, torch.Tensor | None],
     baseline: Mapping[str, torch.Tensor | None] | Sequence[Instance],
     dtype: torch.dtype,
+    floor: float | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     """{name: (error, baseline error, bound)} of every tensor of ``truth``; checks presence,
     shape, dtype and that ``results`` is non-finite exactly where the truth is (an unwritten,
     NaN-poisoned element fails here). ``baseline`` is the baseline's result on the problem of
     ``truth`` (one instance), or the instances of :func:`sample_baseline`, whose first
-    instance's truth must be ``truth``."""
+    instance's truth must be ``truth``. ``floor`` replaces ``FLOOR[dtype]`` where a test needs
+    a tighter one (a single elementwise function, not a whole recurrence)."""
+    floor_factor = FLOOR[dtype] if floor is None else floor
     assert set(results) == set(truth), (sorted(results), sorted(truth))
     if isinstance(baseline, Mapping):
         instances = [(baseline, truth)]
@@ -161,7 +164,7 @@ def rule_errors(
         finite_truth = want.double()[torch.isfinite(want)]
         scale = max(1.0, finite_truth.abs().max().item()) if finite_truth.numel() else 1.0
         error = _error(got, want)[0]
-        errors[name] = (error, base_error, 2 * base_error + FLOOR[dtype] * scale)
+        errors[name] = (error, base_error, 2 * base_error + floor_factor * scale)
     return errors
 
 
@@ -171,6 +174,7 @@ def assert_by_rule(
     baseline: Mapping[str, torch.Tensor | None] | Sequence[Instance],
     dtype: torch.dtype,
     what: str = "",
+    floor: float | None = None,
 ) -> None:
     """The 2x rule on every named tensor: ``results`` (in ``dtype``) against the float64
     ``truth``, bound ``2 x error(baseline) + FLOOR[dtype] x max(1, max |truth|)`` per
