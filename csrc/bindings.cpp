@@ -195,6 +195,7 @@ PYBIND11_MODULE(_C, m) {
         out["hs"] = plan.hs;
         out["w_in_smem"] = plan.w_in_smem;
         out["tensor_cores"] = plan.tensor_cores;
+        out["k_chunk"] = plan.k_chunk;
         out["smem_bytes"] = plan.smem_bytes;
         out["reason"] = plan.reason;
         return out;

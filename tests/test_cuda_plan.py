@@ -5,6 +5,7 @@ dispatch checks before it picks ``cuda`` (issue 14 items 1 and 5)."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -135,6 +136,77 @@ def test_tile_split_gives_each_tile_all_k_parts_once(rows, batch_rows):
     assert all(sorted(parts) == list(range(ksplit)) for parts in seen.values())
 
 
+def _c_mod(a: int, b: int) -> int:
+    """C's ``%`` (the sign of the dividend), which block_product_tc's k-part offset must undo."""
+    return int(math.fmod(a, b))
+
+
+def _emulate_block_product(x, w, k_chunk, k_step):
+    """block_product_tc (tensor_core.cuh) transcribed at tile level: batch blocks of 64 rows,
+    rounds of slots x kTilesPerWarp tiles, operand chunks of k_chunk columns, k-step j of the
+    whole product to k part j % ksplit (the kernel's C expression), the k_end cut, split-K
+    partials summed in warp order in the epilogue. Each tile product is W[16 rows, k_step]
+    @ X[8 rows, k_step]^T (one mma; its fragment layout is tested above)."""
+    batch, k = x.shape
+    rows = w.shape[0]
+    m_tiles, k_end = -(-rows // 16), -(-k // k_step) * k_step
+    chunks, steps_per_chunk = -(-k // k_chunk), k_chunk // k_step
+    w_smem = torch.zeros(m_tiles * 16, -(-k // 16) * 16, dtype=x.dtype)  # zero pad, rows >= R
+    w_smem[:rows, :k] = w
+    out = torch.full((batch, rows), float("nan"), dtype=x.dtype)
+    for b0 in range(0, batch, 64):
+        nbr = min(64, batch - b0)
+        tiles, ksplit, slots = native.native().mma_tile_split(rows, nbr)
+        staged = torch.zeros(-(-nbr // 8) * 8, chunks * k_chunk, dtype=x.dtype)
+        staged[:nbr, :k] = x[b0 : b0 + nbr]
+        for t0 in range(0, tiles, slots * TILES_PER_WARP):
+            acc = {
+                (wp, i): torch.zeros(16, 8, dtype=x.dtype) for wp in range(WARPS) for i in range(4)
+            }
+            for c in range(chunks):
+                for warp in range(WARPS):
+                    slot, part = warp // ksplit, warp % ksplit
+                    first = _c_mod(_c_mod(part - c * steps_per_chunk, ksplit) + ksplit, ksplit)
+                    for step in range(first, steps_per_chunk, ksplit):
+                        kk = c * k_chunk + step * k_step
+                        if kk >= k_end:
+                            break
+                        for i in range(TILES_PER_WARP):
+                            tile = t0 + slot + i * slots
+                            if tile < tiles:
+                                m0, n0 = (tile % m_tiles) * 16, (tile // m_tiles) * 8
+                                a = w_smem[m0 : m0 + 16, kk : kk + k_step]
+                                acc[warp, i] += a @ staged[n0 : n0 + 8, kk : kk + k_step].T
+            for warp in range(0, WARPS, ksplit):
+                for i in range(TILES_PER_WARP):
+                    tile = t0 + warp // ksplit + i * slots
+                    if tile >= tiles:
+                        continue
+                    total = acc[warp, i] + sum(acc[warp + p, 0] for p in range(1, ksplit))
+                    m0, n0 = (tile % m_tiles) * 16, (tile // m_tiles) * 8
+                    r_end, n_end = min(16, rows - m0), min(8, nbr - n0)
+                    out[b0 + n0 : b0 + n0 + n_end, m0 : m0 + r_end] = total[:r_end, :n_end].T
+    return out
+
+
+@pytest.mark.parametrize(
+    ("batch", "rows", "k", "k_chunk", "k_step"),
+    [
+        (1, 1, 1, 32, 16),
+        (9, 17, 40, 32, 8),
+        (70, 4, 200, 64, 16),
+        (130, 48, 131, 32, 16),
+        (16, 16, 512, 512, 16),
+        (64, 32, 1024, 256, 8),
+    ],
+)
+def test_block_product_schedule_computes_the_product(batch, rows, k, k_chunk, k_step):
+    gen = torch.Generator().manual_seed(batch + rows + k)
+    x = torch.randn(batch, k, generator=gen, dtype=torch.float64)
+    w = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_emulate_block_product(x, w, k_chunk, k_step), x @ w.T)
+
+
 # ------------------------------------------------------------------ the launch plan
 H100 = {
     "sms": 132,
@@ -159,9 +231,10 @@ def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, **limits):
 
 def test_plan_w1_bf16_forward_by_hand():
     """W1 LSTM bf16 forward (B=16, H=512) on an H100, every part of the shared memory counted
-    here: hs = ceil(512/132) = 4 units, 16 gate rows of 512 + 8 (pad) bf16 = 16,640 B; two
-    operand stages 2*16*36*4 = 4,608 B; split-K scratch 8*32*4*4 = 4,096 B; gates 16*16*4 =
-    1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B; column and row statistics 128 + 128 B."""
+    here: hs = ceil(512/132) = 4 units, 16 gate rows of 512 + 8 (pad) bf16 = 16,640 B; all of
+    K in one operand stage, 16 rows of 512 + 4 floats = 33,024 B; split-K scratch 8*32*4*4 =
+    4,096 B; gates 16*16*4 = 1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B; column and row
+    statistics 128 + 128 B."""
     plan = _plan(16, 4, 512, 2, backward=False)
     assert plan["reason"] == ""
     assert (plan["grid"], plan["hs"], plan["w_in_smem"], plan["tensor_cores"]) == (
@@ -170,7 +243,18 @@ def test_plan_w1_bf16_forward_by_hand():
         True,
         True,
     )
-    assert plan["smem_bytes"] == 16640 + 4608 + 4096 + 1024 + 1280 + 128 + 128
+    assert plan["k_chunk"] == 512
+    assert plan["smem_bytes"] == 16640 + 33024 + 4096 + 1024 + 1280 + 128 + 128
+
+
+def test_plan_w2_bf16_forward_halves_the_operand_chunk():
+    """W2 LSTM bf16 forward (B=64, H=1024): one stage of all K (64 rows of 1028 floats,
+    263,168 B) does not fit, nor two of 512 columns (264,192 B); two of 256 columns do:
+    W 32 rows of 1032 bf16 = 66,048 B, stages 2*64*260*4 = 133,120 B, scratch 4,096 B,
+    gates 64*32*4 = 8,192 B, units 5*64*8*4 = 10,240 B, statistics 256 + 512 B."""
+    plan = _plan(64, 4, 1024, 2, backward=False)
+    assert (plan["hs"], plan["tensor_cores"], plan["k_chunk"]) == (8, True, 256)
+    assert plan["smem_bytes"] == 66048 + 133120 + 4096 + 8192 + 10240 + 256 + 512
 
 
 def test_plan_falls_back_in_order():

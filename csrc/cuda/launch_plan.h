@@ -59,15 +59,15 @@ FRNN_HD FragCoord mma_m16n8_c(int lane, int e) {
 // The recurrent product of one block, out[b][r] = sum_k X[b][k] * W[r][k] (forward: X = m_h h,
 // W = the block's gate rows of W_hh, K = H; backward: X = d(a), W = W_hh[:, own units]^T,
 // K = G*H), runs on 16 x 8 output tiles (16 rows of W by 8 batch rows). The batch is taken in
-// blocks of kBatchBlock rows whose operand chunks (kKChunk columns of X, fp32) are staged in
-// shared memory by cp.async, kStages deep. Warps split the tiles of a batch block; when there
-// are fewer tiles than warps, `ksplit` warps share one tile and split its k-steps, and their
-// partial accumulators are summed in a fixed order (deterministic).
-constexpr int kKChunk = 32;                    // operand columns per stage
-constexpr int kStageLd = kKChunk + 4;          // floats per staged row (+4: no bank conflicts)
-constexpr int kBatchBlock = 64;                // batch rows per staged block (8 n-tiles)
-constexpr int kStages = 2;                     // cp.async double buffer
-constexpr int kTilesPerWarp = 4;               // accumulator tiles one warp holds at once
+// blocks of kBatchBlock rows whose operand (fp32 X) is staged in shared memory by cp.async in
+// chunks of k_chunk columns: the whole K at once (one copy per step) when it fits, else a
+// double buffer of smaller chunks (the launch plan picks k_chunk). Warps split the tiles of a
+// batch block; when there are fewer tiles than warps, `ksplit` warps share one tile and split
+// its k-steps, and their partial accumulators are summed in a fixed order (deterministic).
+constexpr int kKChunkMin = 32;   // k_chunk is a multiple of this (and so of every k-step)
+constexpr int kStagePad = 4;     // floats after each staged row: no shared-memory bank conflicts
+constexpr int kBatchBlock = 64;  // batch rows per staged block (8 n-tiles)
+constexpr int kTilesPerWarp = 4;  // accumulator tiles one warp holds at once
 constexpr int kScratchFloats = kWarps * kWarp * 4;  // split-K partial accumulators
 
 struct TileSplit {
@@ -86,7 +86,7 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
 // ------------------------------------------------------------------ shared memory plan
 // Dynamic shared memory of one block, in this order (each part 16-byte aligned):
 //   [W slice: rows x w_ld elements, storage type, only when w_in_smem]
-//   [operand stages: kStages x min(B8, kBatchBlock) x kStageLd floats, tensor cores only]
+//   [operand stages: stages x min(B8, kBatchBlock) x stage_ld floats, tensor cores only]
 //   [split-K scratch: kScratchFloats floats, tensor cores only]
 //   [B * G * hs floats: per-step gate pre-activations (fwd) / d(gates) (bwd)]
 //   [unit_arrays * B * hs floats: per-unit state of the block's hidden units]
@@ -95,8 +95,11 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
 // are `rows` = G*hs (forward) or hs (backward) of K = H (forward) or G*H (backward) elements;
 // for tensor cores each row is padded with zeros to a multiple of 16 plus 16 bytes (w_ld), so
 // the k tail needs no guard and the 8 rows one A-fragment load touches fall in distinct banks.
+// k_chunk = 0 plans the FMA product (no stages); else the operand columns per stage, with one
+// stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + pad.
 struct SmemPlan {
-  int64_t w_ld, w_bytes, stage_off, scratch_off, a_off, unit_off, col_off, row_off, total;
+  int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
+      row_off, total;
 };
 FRNN_HD int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 FRNN_HD int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -104,16 +107,20 @@ FRNN_HD int64_t staged_batch_rows(int64_t B) {
   const int64_t b8 = round_up(B, 8);
   return b8 < kBatchBlock ? b8 : kBatchBlock;
 }
+FRNN_HD int64_t product_k(int64_t G, int64_t H, bool backward) { return backward ? G * H : H; }
 FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes,
-                           bool w_in_smem, bool tensor_cores, bool backward) {
+                           bool w_in_smem, int64_t k_chunk, bool backward) {
   const int64_t unit_arrays = backward ? kBwdUnitArrays : kFwdUnitArrays;
   const int64_t rows = backward ? hs : G * hs;
-  const int64_t K = backward ? G * H : H;
+  const int64_t K = product_k(G, H, backward);
+  const bool tensor_cores = k_chunk > 0;
   SmemPlan s;
   s.w_ld = tensor_cores ? round_up(K, 16) + 16 / storage_bytes : K;
   s.w_bytes = w_in_smem ? align16(rows * s.w_ld * storage_bytes) : 0;
+  s.stages = !tensor_cores ? 0 : k_chunk >= K ? 1 : 2;
+  s.stage_ld = k_chunk + kStagePad;
   s.stage_off = s.w_bytes;
-  const int64_t stage_bytes = tensor_cores ? kStages * staged_batch_rows(B) * kStageLd * 4 : 0;
+  const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * 4;
   s.scratch_off = s.stage_off + align16(stage_bytes);
   s.a_off = s.scratch_off + (tensor_cores ? kScratchFloats * 4 : 0);
   s.unit_off = s.a_off + align16(B * G * hs * 4);
@@ -140,14 +147,17 @@ struct LaunchPlan {
   int64_t hs = 0;
   bool w_in_smem = false;
   bool tensor_cores = false;  // the mma.sync product (needs w_in_smem)
+  int64_t k_chunk = 0;        // operand columns per cp.async stage (tensor cores), else 0
   int64_t smem_bytes = 0;
   std::string reason;  // empty when the plan can launch
 };
 
 // Picks the grid (at most one block per SM, at most one per hidden unit), keeps the block's
-// W_hh slice in shared memory when it fits (tensor cores when wanted), else streams W from L2
-// with the FMA product; refuses with the reason when even that exceeds the device's
-// shared memory, or when the grid cannot be co-resident (cooperative launch).
+// W_hh slice in shared memory when it fits (tensor cores when wanted, with the largest operand
+// chunk that fits: all of K in one stage, else halving double-buffered chunks down to
+// kKChunkMin), else streams W from L2 with the FMA product; refuses with the reason when even
+// that exceeds the device's shared memory, or when the grid cannot be co-resident
+// (cooperative launch).
 inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, int64_t H,
                                   int64_t storage_bytes, bool backward, bool want_tensor_cores) {
   const char* what = backward ? "backward" : "forward";
@@ -155,16 +165,23 @@ inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, i
   plan.grid = H < d.sms ? H : d.sms;
   plan.hs = plan.grid > 0 ? (H + plan.grid - 1) / plan.grid : 0;
   plan.w_in_smem = true;
-  plan.tensor_cores = want_tensor_cores;
-  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, plan.tensor_cores, backward);
-  if (s.total > d.smem_per_block_optin && plan.tensor_cores) {
-    plan.tensor_cores = false;  // the exact FMA product needs no operand stages
-    s = smem_plan(B, G, H, plan.hs, storage_bytes, true, false, backward);
+  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, 0, backward);
+  if (want_tensor_cores) {
+    for (int64_t k_chunk = round_up(product_k(G, H, backward), kKChunkMin);;
+         k_chunk = round_up(k_chunk / 2, kKChunkMin)) {
+      const SmemPlan staged = smem_plan(B, G, H, plan.hs, storage_bytes, true, k_chunk, backward);
+      if (staged.total <= d.smem_per_block_optin) {
+        s = staged;
+        plan.tensor_cores = true;
+        plan.k_chunk = k_chunk;
+        break;
+      }
+      if (k_chunk == kKChunkMin) break;  // the exact FMA product needs no operand stages
+    }
   }
   if (s.total > d.smem_per_block_optin) {
     plan.w_in_smem = false;  // W_hh slice streams from L2 instead
-    plan.tensor_cores = false;
-    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, false, backward);
+    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, 0, backward);
   }
   plan.smem_bytes = s.total;
   if (s.total > d.smem_per_block_optin) {

@@ -37,7 +37,7 @@ __device__ void load_w_hh_cols(S* wt_sm, int64_t w_ld, const S* w, int64_t H, in
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     recurrence_backward_kernel(const RecurrenceBwdParams p, const int64_t hs, const bool w_in_smem,
-                               const bool tensor_cores) {
+                               const int64_t k_chunk) {
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nth / kWarp;
   const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, tensor_cores, true);
+  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, true);
+  const bool tensor_cores = k_chunk > 0;
   S* wt_sm = reinterpret_cast<S*>(smem);  // [hl][w_ld] W^T of own units
   float* stage = reinterpret_cast<float*>(smem + plan.stage_off);
   float* scratch = reinterpret_cast<float*>(smem + plan.scratch_off);
@@ -329,8 +330,9 @@ __global__ void __launch_bounds__(kThreads)
     // 2. d(h_{t-1}) of own units = direct terms + m_h * (d(a) W_hh)[:, own].
     const float* da_t = da + t * B * N;
     if (tensor_cores) {
-      block_product_tc(B, static_cast<int>(hl), N, da_t, N, vec16, wt_sm, plan.w_ld, dhin_sm,
-                       stage, scratch);
+      block_product_tc(B, static_cast<int>(hl), N, da_t, N, vec16, wt_sm, plan.w_ld,
+                       static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld), dhin_sm, stage,
+                       scratch);
     } else if (w_in_smem) {
       const int64_t ld = plan.w_ld;
       block_matvec(B, hl, N, da_t, N,
@@ -383,8 +385,8 @@ void launch(const RecurrenceBwdParams& p, cudaStream_t stream) {
   RecurrenceBwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
-  bool tensor_cores = plan.tensor_cores;
-  void* args[] = {&params, &hs, &w_in_smem, &tensor_cores};
+  int64_t k_chunk = plan.k_chunk;
+  void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(&recurrence_backward_kernel<S>),
       dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,

@@ -39,7 +39,7 @@ __device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     recurrence_forward_kernel(const RecurrenceFwdParams p, const int64_t hs, const bool w_in_smem,
-                              const bool tensor_cores) {
+                              const int64_t k_chunk) {
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nth / kWarp;
   const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, tensor_cores, false);
+  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false);
+  const bool tensor_cores = k_chunk > 0;
   S* w_sm = reinterpret_cast<S*>(smem);
   float* stage = reinterpret_cast<float*>(smem + plan.stage_off);
   float* scratch = reinterpret_cast<float*>(smem + plan.scratch_off);
@@ -133,8 +134,9 @@ __global__ void __launch_bounds__(kThreads)
 
     // 1. a = (m_h h_{t-1}) W_hh^T for own columns.
     if (tensor_cores) {
-      block_product_tc(B, static_cast<int>(R), H, hin_cur, H, vec16, w_sm, plan.w_ld, a_sm,
-                       stage, scratch);
+      block_product_tc(B, static_cast<int>(R), H, hin_cur, H, vec16, w_sm, plan.w_ld,
+                       static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld), a_sm, stage,
+                       scratch);
     } else if (w_in_smem) {
       const int64_t ld = plan.w_ld;
       block_matvec(B, R, H, hin_cur, H,
@@ -378,8 +380,8 @@ void launch(const RecurrenceFwdParams& p, cudaStream_t stream) {
   RecurrenceFwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
-  bool tensor_cores = plan.tensor_cores;
-  void* args[] = {&params, &hs, &w_in_smem, &tensor_cores};
+  int64_t k_chunk = plan.k_chunk;
+  void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(&recurrence_forward_kernel<S>),
       dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,
