@@ -148,6 +148,7 @@ TC_SHAPES = [(3, 1, 17), (4, 9, 64), (3, 65, 131), (2, 130, 256)]
 
 def _plan_of(inputs: RecurrenceInputs, backward: bool, use_tf32: bool) -> dict:
     limits = cuda_backend.device_limits(inputs.xg.device)
+    assert limits is not None, "this torch does not report the device limits the plan needs"
     return cuda_backend.launch_plan(inputs, backward, limits, use_tf32)
 
 

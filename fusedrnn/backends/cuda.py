@@ -44,16 +44,22 @@ def tf32_enabled() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
-def device_limits(device: torch.device) -> dict[str, int]:
-    """The device properties the launch plan needs (keyword arguments of ``launch_plan``)."""
+def device_limits(device: torch.device) -> dict[str, int] | None:
+    """The device properties the launch plan needs (keyword arguments of ``launch_plan``), or
+    None when this torch does not report one of them (the native launcher then checks the
+    plan alone, at launch)."""
     props = torch.cuda.get_device_properties(device)
-    return {
-        "sms": props.multi_processor_count,
-        "smem_per_block_optin": props.shared_memory_per_block_optin,
-        "smem_per_sm": props.shared_memory_per_multiprocessor,
-        "smem_reserved_per_block": _RESERVED_SMEM_PER_BLOCK if props.major >= 8 else 0,
-        "max_threads_per_sm": props.max_threads_per_multi_processor,
+    names = {
+        "sms": "multi_processor_count",
+        "smem_per_block_optin": "shared_memory_per_block_optin",
+        "smem_per_sm": "shared_memory_per_multiprocessor",
+        "max_threads_per_sm": "max_threads_per_multi_processor",
     }
+    if not all(hasattr(props, name) for name in names.values()):
+        return None
+    limits = {key: int(getattr(props, name)) for key, name in names.items()}
+    limits["smem_reserved_per_block"] = _RESERVED_SMEM_PER_BLOCK if props.major >= 8 else 0
+    return limits
 
 
 def launch_plan(
@@ -95,6 +101,8 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if reason is not None or inputs.xg.shape[1] == 0:
         return reason
     limits = device_limits(inputs.xg.device)
+    if limits is None:
+        return None
     for backward in (False, True) if inputs.needs_grad else (False,):
         reason = launch_plan(inputs, backward, limits, tf32_enabled())["reason"]
         if reason:
