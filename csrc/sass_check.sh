@@ -16,7 +16,9 @@ binary="${1:?usage: sass_check.sh BINARY}"
 archs="${ARCHS:-80 90a}"
 CUOBJDUMP="${CUOBJDUMP:-$(command -v cuobjdump || true)}"
 if [[ -z "$CUOBJDUMP" ]]; then
-  CUOBJDUMP="$(python3 -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))' 2> /dev/null || true)"
+  triton_bin="$(python3 -c 'import os, triton; print(os.path.dirname(triton.__file__))' \
+    2> /dev/null || true)/backends/nvidia/bin"
+  CUOBJDUMP="${triton_bin}/cuobjdump"
 fi
 if [[ -z "$CUOBJDUMP" || ! -x "$CUOBJDUMP" ]]; then
   echo "sass_check: cuobjdump not found (set CUOBJDUMP=/path/to/cuobjdump)" >&2
@@ -24,7 +26,8 @@ if [[ -z "$CUOBJDUMP" || ! -x "$CUOBJDUMP" ]]; then
 fi
 
 status=0
-printf "  %-7s %-42s %5s %6s %7s %6s %6s %6s %6s\n" arch kernel REG STACK SHARED LOCAL HMMA HGMMA FFMA
+printf "  %-7s %-42s %5s %6s %7s %6s %6s %6s %6s\n" \
+  arch kernel REG STACK SHARED LOCAL HMMA HGMMA FFMA
 for arch in $archs; do
   arch="${arch#sm_}"
   sass="$("$CUOBJDUMP" -sass -arch "sm_${arch}" "$binary" 2> /dev/null || true)"

@@ -176,6 +176,19 @@ def test_tensor_core_tf32(cell, reg, steps, batch, hidden):
         check_against_reference(base, F32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
+def test_tensor_core_double_buffered_operand(dtype):
+    """W2's shape (B=64, H=1024): all of K does not fit one operand stage, so the plan picks
+    smaller chunks through the cp.async double buffer, forward and backward."""
+    base = make_inputs("lstm", "all_ln", False, True, torch.float64, 2, 64, 1024)
+    with tf32(True):
+        for backward in (False, True):
+            plan = _plan_of(_to(base, dtype), backward, True)
+            k = 1024 * (4 if backward else 1)
+            assert plan["tensor_cores"] and 0 < plan["k_chunk"] < k, plan
+        check_against_reference(base, dtype)
+
+
 def test_exact_float32_when_tf32_is_off():
     """TF32 off: the plan picks the FMA product and float32 meets the exact reference's bound
     (the autouse fixture turns TF32 off for every other float32 test too)."""

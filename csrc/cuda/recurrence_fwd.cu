@@ -190,7 +190,8 @@ __global__ void __launch_bounds__(kThreads)
           m2 += d * d;
         }
         m2 = warp_sum(m2);
-        if (lane == 0) stats[(0 * B + b) * nblk + blk] = make_float4(static_cast<float>(R), mean, m2, 0.f);
+        if (lane == 0)
+          stats[(0 * B + b) * nblk + blk] = make_float4(static_cast<float>(R), mean, m2, 0.f);
       }
       grid.sync();
       for (int64_t b = warp; b < B; b += warps) {
@@ -294,7 +295,8 @@ __global__ void __launch_bounds__(kThreads)
             m2 += d * d;
           }
           m2 = warp_sum(m2);
-          if (lane == 0) stats[(1 * B + b) * nblk + blk] = make_float4(static_cast<float>(hl), mean, m2, 0.f);
+          if (lane == 0)
+            stats[(1 * B + b) * nblk + blk] = make_float4(static_cast<float>(hl), mean, m2, 0.f);
         }
         grid.sync();
         for (int64_t b = warp; b < B; b += warps) {
