@@ -140,10 +140,11 @@ def test_large_hidden_w_from_l2():
 
 
 # Shapes that reach every branch of the tensor-core product (tensor_core.cuh): hidden 17 and
-# 131 (rows not a multiple of 4: element-wise staging, k tails), 64 and 256 (16-byte
-# cp.async), batch 1 (one tile, 8-way split-K), 9 and 65 (partial n-tiles, two batch blocks of
+# 131 (rows not a multiple of 4: element-wise staging, k tails), 36 (a multiple of 4 but not
+# of 8: 16-byte copies of the fp32 operands, element-wise ones of the 16-bit forward
+# exchange), 64 and 256 (16-byte cp.async), batch 1 (one tile, 8-way split-K), 9 and 65 (partial n-tiles, two batch blocks of
 # 64), 130 (three blocks); hidden 131 and 256 use more blocks than SMs have units to spare.
-TC_SHAPES = [(3, 1, 17), (4, 9, 64), (3, 65, 131), (2, 130, 256)]
+TC_SHAPES = [(3, 1, 17), (3, 5, 36), (4, 9, 64), (3, 65, 131), (2, 130, 256)]
 
 
 def _plan_of(inputs: RecurrenceInputs, backward: bool, use_tf32: bool) -> dict:
@@ -177,15 +178,17 @@ def test_tensor_core_tf32(cell, reg, steps, batch, hidden):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
-def test_tensor_core_double_buffered_operand(dtype):
-    """W2's shape (B=64, H=1024): all of K does not fit one operand stage, so the plan picks
-    smaller chunks through the cp.async double buffer, forward and backward."""
+def test_tensor_core_operand_chunks(dtype):
+    """W2's shape (B=64, H=1024): the bf16 forward stages all of K (its 16-bit exchange) in one
+    copy; the fp32 forward and both backwards (fp32 d(a), K = 4096) go through the cp.async
+    double buffer in smaller chunks."""
     base = make_inputs("lstm", "all_ln", False, True, torch.float64, 2, 64, 1024)
+    forward = _plan_of(_to(base, dtype), False, True)
+    backward = _plan_of(_to(base, dtype), True, True)
+    assert forward["tensor_cores"] and backward["tensor_cores"]
+    assert (forward["k_chunk"] == 1024) == (dtype == torch.bfloat16), forward
+    assert 0 < backward["k_chunk"] < 4096, backward
     with tf32(True):
-        for backward in (False, True):
-            plan = _plan_of(_to(base, dtype), backward, True)
-            k = 1024 * (4 if backward else 1)
-            assert plan["tensor_cores"] and 0 < plan["k_chunk"] < k, plan
         check_against_reference(base, dtype)
 
 

@@ -232,9 +232,9 @@ def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, **limits):
 def test_plan_w1_bf16_forward_by_hand():
     """W1 LSTM bf16 forward (B=16, H=512) on an H100, every part of the shared memory counted
     here: hs = ceil(512/132) = 4 units, 16 gate rows of 512 + 8 (pad) bf16 = 16,640 B; all of
-    K in one operand stage, 16 rows of 512 + 4 floats = 33,024 B; split-K scratch 8*32*4*4 =
-    4,096 B; gates 16*16*4 = 1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B; column and row
-    statistics 128 + 128 B."""
+    K in one operand stage of the bf16 exchange, 16 rows of 512 + 8 = 16,640 B; split-K
+    scratch 8*32*4*4 = 4,096 B; gates 16*16*4 = 1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B;
+    column and row statistics 128 + 128 B."""
     plan = _plan(16, 4, 512, 2, backward=False)
     assert plan["reason"] == ""
     assert (plan["grid"], plan["hs"], plan["w_in_smem"], plan["tensor_cores"]) == (
@@ -244,17 +244,22 @@ def test_plan_w1_bf16_forward_by_hand():
         True,
     )
     assert plan["k_chunk"] == 512
-    assert plan["smem_bytes"] == 16640 + 33024 + 4096 + 1024 + 1280 + 128 + 128
+    assert plan["smem_bytes"] == 16640 + 16640 + 4096 + 1024 + 1280 + 128 + 128
 
 
-def test_plan_w2_bf16_forward_halves_the_operand_chunk():
-    """W2 LSTM bf16 forward (B=64, H=1024): one stage of all K (64 rows of 1028 floats,
-    263,168 B) does not fit, nor two of 512 columns (264,192 B); two of 256 columns do:
-    W 32 rows of 1032 bf16 = 66,048 B, stages 2*64*260*4 = 133,120 B, scratch 4,096 B,
-    gates 64*32*4 = 8,192 B, units 5*64*8*4 = 10,240 B, statistics 256 + 512 B."""
-    plan = _plan(64, 4, 1024, 2, backward=False)
-    assert (plan["hs"], plan["tensor_cores"], plan["k_chunk"]) == (8, True, 256)
-    assert plan["smem_bytes"] == 66048 + 133120 + 4096 + 8192 + 10240 + 256 + 512
+def test_plan_w2_forward_by_hand():
+    """W2 LSTM forward (B=64, H=1024, hs = 8, 32 gate rows); the other parts as above: scratch
+    4,096 B, gates 64*32*4 = 8,192 B, units 5*64*8*4 = 10,240 B, statistics 256 + 512 B.
+    bf16: W 32 x 1032 bf16 = 66,048 B and all of K in one bf16 stage, 64 x 1032 x 2 =
+    132,096 B. fp32 (TF32): W 32 x 1028 x 4 = 131,584 B; one fp32 stage of all K (263,168 B)
+    does not fit, nor two of 512 or 256 columns; two of 128 do: 2 x 64 x 132 x 4 = 67,584 B."""
+    rest = 4096 + 8192 + 10240 + 256 + 512
+    bf16 = _plan(64, 4, 1024, 2, backward=False)
+    assert (bf16["hs"], bf16["tensor_cores"], bf16["k_chunk"]) == (8, True, 1024)
+    assert bf16["smem_bytes"] == 66048 + 132096 + rest
+    tf32 = _plan(64, 4, 1024, 4, backward=False)
+    assert (tf32["tensor_cores"], tf32["k_chunk"]) == (True, 128)
+    assert tf32["smem_bytes"] == 131584 + 67584 + rest
 
 
 def test_plan_falls_back_in_order():

@@ -65,7 +65,7 @@ FRNN_HD FragCoord mma_m16n8_c(int lane, int e) {
 // batch block; when there are fewer tiles than warps, `ksplit` warps share one tile and split
 // its k-steps, and their partial accumulators are summed in a fixed order (deterministic).
 constexpr int kKChunkMin = 32;   // k_chunk is a multiple of this (and so of every k-step)
-constexpr int kStagePad = 4;     // floats after each staged row: no shared-memory bank conflicts
+constexpr int kStagePadBytes = 16;  // after each staged row: no shared-memory bank conflicts
 constexpr int kBatchBlock = 64;  // batch rows per staged block (8 n-tiles)
 constexpr int kTilesPerWarp = 4;  // accumulator tiles one warp holds at once
 constexpr int kScratchFloats = kWarps * kWarp * 4;  // split-K partial accumulators
@@ -86,7 +86,7 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
 // ------------------------------------------------------------------ shared memory plan
 // Dynamic shared memory of one block, in this order (each part 16-byte aligned):
 //   [W slice: rows x w_ld elements, storage type, only when w_in_smem]
-//   [operand stages: stages x min(B8, kBatchBlock) x stage_ld floats, tensor cores only]
+//   [operand stages: stages x min(B8, kBatchBlock) x stage_ld operand elements (tensor cores)]
 //   [split-K scratch: kScratchFloats floats, tensor cores only]
 //   [B * G * hs floats: per-step gate pre-activations (fwd) / d(gates) (bwd)]
 //   [unit_arrays * B * hs floats: per-unit state of the block's hidden units]
@@ -96,7 +96,9 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
 // for tensor cores each row is padded with zeros to a multiple of 16 plus 16 bytes (w_ld), so
 // the k tail needs no guard and the 8 rows one A-fragment load touches fall in distinct banks.
 // k_chunk = 0 plans the FMA product (no stages); else the operand columns per stage, with one
-// stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + pad.
+// stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + 16
+// bytes of operand elements (operand_bytes: the forward's exchange of a 16-bit dtype is in
+// that dtype when tensor cores run, the backward's d(a) is always fp32).
 struct SmemPlan {
   int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
       row_off, total;
@@ -108,6 +110,9 @@ FRNN_HD int64_t staged_batch_rows(int64_t B) {
   return b8 < kBatchBlock ? b8 : kBatchBlock;
 }
 FRNN_HD int64_t product_k(int64_t G, int64_t H, bool backward) { return backward ? G * H : H; }
+FRNN_HD int64_t operand_bytes(int64_t storage_bytes, bool backward) {
+  return !backward && storage_bytes == 2 ? 2 : 4;
+}
 FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes,
                            bool w_in_smem, int64_t k_chunk, bool backward) {
   const int64_t unit_arrays = backward ? kBwdUnitArrays : kFwdUnitArrays;
@@ -118,9 +123,10 @@ FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t 
   s.w_ld = tensor_cores ? round_up(K, 16) + 16 / storage_bytes : K;
   s.w_bytes = w_in_smem ? align16(rows * s.w_ld * storage_bytes) : 0;
   s.stages = !tensor_cores ? 0 : k_chunk >= K ? 1 : 2;
-  s.stage_ld = k_chunk + kStagePad;
+  const int64_t x_bytes = operand_bytes(storage_bytes, backward);
+  s.stage_ld = k_chunk + kStagePadBytes / x_bytes;
   s.stage_off = s.w_bytes;
-  const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * 4;
+  const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * x_bytes;
   s.scratch_off = s.stage_off + align16(stage_bytes);
   s.a_off = s.scratch_off + (tensor_cores ? kScratchFloats * 4 : 0);
   s.unit_off = s.a_off + align16(B * G * hs * 4);

@@ -89,7 +89,20 @@ __global__ void __launch_bounds__(kThreads)
   float* bv_hh = static_cast<float*>(p.batch_var_hh);
   float* bm_c = static_cast<float*>(p.batch_mean_c);
   float* bv_c = static_cast<float*>(p.batch_var_c);
-  float* hin = static_cast<float*>(p.ws_hin);      // [2][B][H]
+  // [2][B][H] exchange of m_h * h: fp32, or S when a 16-bit S runs on tensor cores (the
+  // product rounds it to S anyway; half the bytes every block reads each step).
+  float* hin = static_cast<float*>(p.ws_hin);
+  S* hin_s = static_cast<S*>(p.ws_hin);
+  constexpr bool kHalf = !std::is_same<S, float>::value;
+  const bool half_exchange = kHalf && tensor_cores;
+  auto publish = [&](int64_t buffer, int64_t b, int64_t j, float v) {
+    const int64_t i = buffer * B * H + b * H + j;
+    if (half_exchange) {
+      hin_s[i] = from_acc<S>(v);
+    } else {
+      hin[i] = v;
+    }
+  };
   float4* stats = static_cast<float4*>(p.ws_stats);  // [2][B][grid] partials
 
   const bool lstm = p.cell == kCellLstm, gru = p.cell == kCellGru;
@@ -113,7 +126,8 @@ __global__ void __launch_bounds__(kThreads)
 
   if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
   // cp.async needs 16-byte rows and chunks of the exchange buffer.
-  const bool vec16 = H % 4 == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
+  const bool vec16 =
+      H % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
   for (int64_t e = tid; e < B * hl; e += nth) {
     const int64_t b = e / hl, j = j0 + e % hl;
     const float h = to_acc(h0[b * H + j]);
@@ -123,17 +137,20 @@ __global__ void __launch_bounds__(kThreads)
     h_sm[e] = h;
     mh_sm[e] = m;
     if (lstm) c_sm[e] = to_acc(c0[b * H + j]);
-    hin[b * H + j] = m * h;
+    publish(0, b, j, m * h);
   }
   grid.sync();
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = p.reverse ? TT - 1 - s : s;
-    const float* hin_cur = hin + (s & 1) * B * H;
-    float* hin_next = hin + ((s + 1) & 1) * B * H;
+    const float* hin_cur = hin + (s & 1) * B * H;  // fp32 exchange (FMA products)
 
     // 1. a = (m_h h_{t-1}) W_hh^T for own columns.
-    if (tensor_cores) {
+    if (half_exchange) {
+      block_product_tc(B, static_cast<int>(R), H, hin_s + (s & 1) * B * H, H, vec16, w_sm,
+                       plan.w_ld, static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld),
+                       a_sm, reinterpret_cast<S*>(stage), scratch);
+    } else if (tensor_cores) {
       block_product_tc(B, static_cast<int>(R), H, hin_cur, H, vec16, w_sm, plan.w_ld,
                        static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld), a_sm, stage,
                        scratch);
@@ -340,7 +357,7 @@ __global__ void __launch_bounds__(kThreads)
       const float h_new = zoneout_forward(zh, zoned_h, h_sm[e], h_tilde);
       if (act) h_sm[e] = h_new;
       out[t * p.out_stride_t + b * p.out_stride_b + j] = from_acc<S>(act ? h_new : 0.f);
-      hin_next[b * H + j] = mh_sm[e] * h_sm[e];
+      publish((s + 1) & 1, b, j, mh_sm[e] * h_sm[e]);
     }
     grid.sync();
   }

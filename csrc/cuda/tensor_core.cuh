@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/kernel_common.cuh"
 #include "cuda/launch_plan.h"
 
 namespace fusedrnn {
@@ -37,25 +38,29 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// Stages X[b0 + r][k0 + c] (fp32, r < rows8, c < cols) into dst[r * ld + c], zero where
-// r >= nbr or k0 + c >= K. With `vec16` (K, ldx multiples of 4 and X 16-byte aligned) each
-// thread issues 16-byte cp.async copies (asynchronous: the caller commits and waits);
-// otherwise it copies element-wise through L2 (synchronous). cols and ld are multiples of 4.
-__device__ __forceinline__ void stage_operand_chunk(float* dst, int ld, int cols, const float* X,
+// Stages X[b0 + r][k0 + c] (fp32 or the 16-bit dtype, r < rows8, c < cols) into
+// dst[r * ld + c], zero where r >= nbr or k0 + c >= K. With `vec16` (K and ldx multiples of
+// 16 bytes of elements, X 16-byte aligned) each thread issues 16-byte cp.async copies
+// (asynchronous: the caller commits and waits); otherwise it copies element-wise through L2
+// (synchronous). cols and ld are multiples of 16 bytes of elements.
+template <class X>
+__device__ __forceinline__ void stage_operand_chunk(X* dst, int ld, int cols, const X* src,
                                                     int64_t ldx, int64_t b0, int nbr, int64_t K,
                                                     int64_t k0, bool vec16) {
+  constexpr int kPerVec = 16 / sizeof(X);
   const int rows8 = (nbr + 7) / 8 * 8;
   if (vec16) {
-    const int vecs = cols / 4;
+    const int vecs = cols / kPerVec;
     for (int v = threadIdx.x; v < rows8 * vecs; v += blockDim.x) {
-      const int r = v / vecs, c = (v % vecs) * 4;
+      const int r = v / vecs, c = (v % vecs) * kPerVec;
       const bool valid = r < nbr && k0 + c < K;
-      cp_async_16(dst + r * ld + c, valid ? X + (b0 + r) * ldx + k0 + c : X, valid);
+      cp_async_16(dst + r * ld + c, valid ? src + (b0 + r) * ldx + k0 + c : src, valid);
     }
   } else {
     for (int v = threadIdx.x; v < rows8 * cols; v += blockDim.x) {
       const int r = v / cols, c = v % cols;
-      dst[r * ld + c] = (r < nbr && k0 + c < K) ? __ldcg(X + (b0 + r) * ldx + k0 + c) : 0.f;
+      dst[r * ld + c] =
+          (r < nbr && k0 + c < K) ? __ldcg(src + (b0 + r) * ldx + k0 + c) : from_acc<X>(0.f);
     }
   }
 }
@@ -127,12 +132,19 @@ __device__ __forceinline__ void load_a_fragment(uint32_t a[4], const S* w_sm, in
   }
 }
 
-// B fragment of the staged operand: batch rows [n0, n0+8) of the stage buffer (ld floats per
-// row), stage columns [kk, kk+kStep). The stage holds fp32; 16-bit operands are rounded here.
-template <class S>
-__device__ __forceinline__ void load_b_fragment(uint32_t b[2], const float* xs, int ld, int n0,
+// B fragment of the staged operand: batch rows [n0, n0+8) of the stage buffer (ld elements
+// per row), stage columns [kk, kk+kStep). A stage of 16-bit elements (X = S) holds the
+// operands as they are; an fp32 stage of a 16-bit product is rounded here.
+template <class S, class X>
+__device__ __forceinline__ void load_b_fragment(uint32_t b[2], const X* xs, int ld, int n0,
                                                 int kk, int lane) {
-  if constexpr (std::is_same<S, float>::value) {
+  if constexpr (!std::is_same<X, float>::value) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const FragCoord c = mma_m16n8k16_b(lane, 2 * j);  // and 2j+1 at k + 1
+      b[j] = *reinterpret_cast<const uint32_t*>(xs + (n0 + c.col) * ld + kk + c.row);
+    }
+  } else if constexpr (std::is_same<S, float>::value) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const FragCoord c = mma_m16n8k8_tf32_b(lane, e);
@@ -161,22 +173,24 @@ __device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const 
 // out[b * R + r] = sum_{k < K} X[b * ldx + k] * W[r][k] for b < B, r < R, on tensor cores:
 // bf16 / fp16 operands (m16n8k16) or TF32 (m16n8k8, S = float), fp32 accumulation. W is the
 // block's resident slice in shared memory (w_sm, w_ld, zero-padded in k); X was written by
-// other blocks and arrives through `stage` (plan.stages buffers of plan.stage_ld floats per
-// batch row) in chunks of k_chunk columns: one cp.async copy of all of K per batch block when
+// other blocks (fp32, or S for a 16-bit S) and arrives through `stage` (plan.stages buffers of
+// plan.stage_ld elements per batch row) in chunks of k_chunk columns: one cp.async copy of all of K per batch block when
 // k_chunk covers K, else a double buffer. `scratch` holds kScratchFloats floats for the
 // split-K partials. Every thread of the block calls this (it contains __syncthreads); `out`
 // is complete when it returns.
-template <class S>
-__device__ void block_product_tc(int64_t B, int R, int64_t K, const float* X, int64_t ldx,
+template <class S, class X>
+__device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_t ldx,
                                  bool vec16, const S* w_sm, int64_t w_ld, int k_chunk,
-                                 int stage_ld, float* out, float* stage, float* scratch) {
+                                 int stage_ld, float* out, X* stage, float* scratch) {
+  static_assert(std::is_same<X, float>::value || std::is_same<X, S>::value,
+                "the operand is fp32 or the product's own 16-bit dtype");
   constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t k_end = round_up(K, kStep);
   const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
   const int steps_per_chunk = k_chunk / kStep;
   const int m_tiles = (R + 15) / 16;
-  const int stage_floats = static_cast<int>(staged_batch_rows(B)) * stage_ld;
+  const int stage_elems = static_cast<int>(staged_batch_rows(B)) * stage_ld;
   for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
     const int nbr = static_cast<int>(B - b0 < kBatchBlock ? B - b0 : kBatchBlock);
     const TileSplit sp = tile_split(R, nbr);
@@ -188,11 +202,11 @@ __device__ void block_product_tc(int64_t B, int R, int64_t K, const float* X, in
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-      stage_operand_chunk(stage, stage_ld, k_chunk, X, ldx, b0, nbr, K, 0, vec16);
+      stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
       cp_async_commit();
       for (int c = 0; c < chunks; ++c) {
         if (c + 1 < chunks) {
-          stage_operand_chunk(stage + ((c + 1) & 1) * stage_floats, stage_ld, k_chunk, X, ldx,
+          stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
                               b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
           cp_async_commit();
           cp_async_wait<1>();
@@ -200,7 +214,7 @@ __device__ void block_product_tc(int64_t B, int R, int64_t K, const float* X, in
           cp_async_wait<0>();
         }
         __syncthreads();
-        const float* xs = stage + (c & 1) * stage_floats;
+        const X* xs = stage + (c & 1) * stage_elems;
         // k-step j of the whole product belongs to k part j % ksplit.
         const int first = ((kpart - c * steps_per_chunk) % sp.ksplit + sp.ksplit) % sp.ksplit;
         for (int step = first; step < steps_per_chunk; step += sp.ksplit) {
