@@ -2,10 +2,11 @@
 // loads, block product), each with the fragment layout it relies on (launch_plan.h states the
 // layouts once, as functions the CPU tests check against a plain matrix product).
 //
-// Why raw `mma.sync` PTX (docs/kernels-v2.md §5.1): the cell needs to know which thread holds
-// which (row, column) of an accumulator, which WMMA leaves unspecified; the PTX ISA documents
-// the m16n8k16 / m16n8k8 layouts, the atoms are a few lines each, and they need no third-party
-// headers in the build (CuTe's SM80_16x8x16 atoms are the same instructions).
+// Why raw `mma.sync` PTX (docs/kernels-v2.md §5.1): the epilogue here (and the cell, once it
+// runs on the accumulators) must know which thread holds which (row, column) of an
+// accumulator, which WMMA leaves unspecified; the PTX ISA documents the m16n8k16 / m16n8k8
+// layouts, the atoms are a few lines each, and they need no third-party headers in the build
+// (CuTe's SM80_16x8x16 atoms are the same instructions).
 #pragma once
 
 #include <cuda_bf16.h>
