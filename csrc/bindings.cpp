@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda/launch_plan.h"
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
@@ -145,7 +146,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_RW(F, reverse).FRNN_RW(F, training)
       .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
       .FRNN_U64(F, seed).FRNN_U64(F, base_dropout).FRNN_U64(F, base_zoneout_c)
-      .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads)
+      .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32)
       .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
       .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
       .FRNN_PTR(F, lengths)
@@ -172,6 +173,76 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
   m.def("host_backward", &fusedrnn::host::recurrence_backward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence backward (host pointers).");
+
+  // The CUDA launch plan and the tensor-core fragment layouts are plain C++ (launch_plan.h):
+  // present in every build, so the CPU tests check them and the launcher plans before it
+  // launches.
+  m.def(
+      "cuda_launch_plan",
+      [](int64_t B, int64_t G, int64_t H, int64_t storage_bytes, bool backward,
+         bool want_tensor_cores, int64_t sms, int64_t smem_per_block_optin, int64_t smem_per_sm,
+         int64_t smem_reserved_per_block, int64_t max_threads_per_sm) {
+        fusedrnn::cuda::DeviceLimits d;
+        d.sms = sms;
+        d.smem_per_block_optin = smem_per_block_optin;
+        d.smem_per_sm = smem_per_sm;
+        d.smem_reserved_per_block = smem_reserved_per_block;
+        d.max_threads_per_sm = max_threads_per_sm;
+        const fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
+            d, B, G, H, storage_bytes, backward, want_tensor_cores);
+        py::dict out;
+        out["grid"] = plan.grid;
+        out["hs"] = plan.hs;
+        out["w_in_smem"] = plan.w_in_smem;
+        out["tensor_cores"] = plan.tensor_cores;
+        out["k_chunk"] = plan.k_chunk;
+        out["smem_bytes"] = plan.smem_bytes;
+        out["reason"] = plan.reason;
+        return out;
+      },
+      py::arg("B"), py::arg("G"), py::arg("H"), py::arg("storage_bytes"), py::arg("backward"),
+      py::arg("want_tensor_cores"), py::arg("sms"), py::arg("smem_per_block_optin"),
+      py::arg("smem_per_sm"), py::arg("smem_reserved_per_block"), py::arg("max_threads_per_sm"),
+      "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for).");
+  m.def(
+      "mma_fragment_map",
+      [](const std::string& operand, const std::string& shape) {
+        using fusedrnn::cuda::FragCoord;
+        const bool k16 = shape == "m16n8k16";
+        if (!k16 && shape != "m16n8k8_tf32")
+          throw std::invalid_argument("mma_fragment_map: shape is m16n8k16 or m16n8k8_tf32");
+        int elements;
+        FragCoord (*map)(int, int);
+        if (operand == "a") {
+          elements = k16 ? 8 : 4;
+          map = k16 ? &fusedrnn::cuda::mma_m16n8k16_a : &fusedrnn::cuda::mma_m16n8k8_tf32_a;
+        } else if (operand == "b") {
+          elements = k16 ? 4 : 2;
+          map = k16 ? &fusedrnn::cuda::mma_m16n8k16_b : &fusedrnn::cuda::mma_m16n8k8_tf32_b;
+        } else if (operand == "c") {
+          elements = 4;
+          map = &fusedrnn::cuda::mma_m16n8_c;
+        } else {
+          throw std::invalid_argument("mma_fragment_map: operand is 'a', 'b' or 'c'");
+        }
+        std::vector<std::vector<std::pair<int, int>>> lanes(32);
+        for (int lane = 0; lane < 32; ++lane)
+          for (int e = 0; e < elements; ++e) {
+            const FragCoord c = map(lane, e);
+            lanes[lane].emplace_back(c.row, c.col);
+          }
+        return lanes;
+      },
+      py::arg("operand"), py::arg("shape"),
+      "[lane][element] -> (row, col) of the kernels' mma.sync fragments (launch_plan.h).");
+  m.def(
+      "mma_tile_split",
+      [](int64_t rows, int64_t batch_rows) {
+        const fusedrnn::cuda::TileSplit s = fusedrnn::cuda::tile_split(rows, batch_rows);
+        return std::make_tuple(s.tiles, s.ksplit, s.slots);
+      },
+      py::arg("rows"), py::arg("batch_rows"),
+      "(tiles, ksplit, slots) of the block product for one batch block (launch_plan.h).");
 
 #if defined(FUSEDRNN_WITH_CUDA)
   m.def("cuda_forward", &fusedrnn::cuda::recurrence_forward, py::arg("params"), py::arg("stream"),

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds fusedrnn's CUDA kernels through the CMake target users build (_C, with
 # FUSEDRNN_ENABLE_CUDA=ON, in a temporary build directory; no GPU needed) and prints ptxas's
-# per-kernel register / spill report. The architectures are CMakeLists.txt's
-# FUSEDRNN_CUDA_ARCHS unless ARCHS is given. Fails on any compiler warning or error (the
-# target's flags make warnings errors), and (with FUSEDRNN_FAIL_ON_SPILL=1) on any register
-# spill. CI runs this script.
+# per-kernel register / spill report, then reads the built module's SASS (csrc/sass_check.sh:
+# per-kernel resource table, tensor-core instructions required). The architectures are
+# CMakeLists.txt's FUSEDRNN_CUDA_ARCHS unless ARCHS is given. Fails on any compiler warning or
+# error (the target's flags make warnings errors), on any register spill (unless
+# FUSEDRNN_FAIL_ON_SPILL=0), and on a recurrence kernel without HMMA/HGMMA in its SASS.
+# CI runs this script.
 #
 #   csrc/compile_check.sh              # CMakeLists.txt's architectures
 #   ARCHS="80" csrc/compile_check.sh   # a subset
@@ -55,9 +57,19 @@ if [[ $status -ne 0 ]] || grep -qiE "(error|warning)[: ]" "$log"; then
   cat "$log"
   status=1
 fi
-if [[ "${FUSEDRNN_FAIL_ON_SPILL:-0}" == "1" ]] && grep -E "[1-9][0-9]* bytes spill" "$report" > /dev/null; then
+if [[ "${FUSEDRNN_FAIL_ON_SPILL:-1}" == "1" ]] && grep -E "[1-9][0-9]* bytes spill" "$report" > /dev/null; then
   echo "compile_check: register spills found" >&2
   status=1
+fi
+if [[ $status -eq 0 ]]; then
+  module="$(find "$out/build" -name "_C*.so" | head -n 1)"
+  sass_archs="$(grep -o "sm_[0-9]*a\?" "$report" | sort -u | tr '\n' ' ')"
+  if [[ -z "$module" ]]; then
+    echo "compile_check: the built _C module was not found" >&2
+    status=1
+  elif ! ARCHS="$sass_archs" bash "$root/csrc/sass_check.sh" "$module"; then
+    status=1
+  fi
 fi
 if [[ $status -ne 0 ]]; then
   echo "compile_check: FAILED" >&2

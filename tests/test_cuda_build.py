@@ -99,7 +99,8 @@ def test_build_reports():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
 def test_compile_check_script():
-    """csrc/compile_check.sh: sm_80 and sm_90a, warnings as errors, ptxas report."""
+    """csrc/compile_check.sh: sm_80 and sm_90a, warnings as errors, ptxas report, no spills,
+    and the SASS check: a resource table and tensor cores in every recurrence kernel."""
     result = subprocess.run(
         ["bash", str(ROOT / "csrc" / "compile_check.sh")],
         capture_output=True,
@@ -110,6 +111,57 @@ def test_compile_check_script():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "sm_80" in result.stdout and "sm_90a" in result.stdout
     assert "registers" in result.stdout
+    assert "sass_check: OK" in result.stdout and "HMMA" in result.stdout
+
+
+_PROBE_KERNEL = r"""
+#include <cstdint>
+namespace fusedrnn {
+template <class S>
+__global__ void recurrence_forward_kernel(float* d, const uint32_t* a, const uint32_t* b) {
+  float acc[4] = {d[0], d[1], d[2], d[3]};
+#if TENSOR_CORES
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  for (int i = 0; i < 4; ++i) acc[i] = fmaf(__uint_as_float(a[i]), __uint_as_float(b[i & 1]), acc[i]);
+#endif
+  for (int i = 0; i < 4; ++i) d[threadIdx.x * 4 + i] = acc[i];
+}
+template __global__ void recurrence_forward_kernel<float>(float*, const uint32_t*, const uint32_t*);
+}  // namespace fusedrnn
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
+@pytest.mark.parametrize("tensor_cores", [True, False], ids=["mma", "ffma_only"])
+def test_sass_check_requires_tensor_cores(tmp_path, tensor_cores):
+    """csrc/sass_check.sh (run by compile_check.sh on the built _C) passes a recurrence kernel
+    with mma.sync and fails an FFMA-only one (the planted bug), naming the kernel."""
+    source = tmp_path / "probe.cu"
+    source.write_text(_PROBE_KERNEL)
+    binary = tmp_path / "probe.o"
+    nvcc = os.environ.get("NVCC", "nvcc")
+    build = [nvcc, "-arch=sm_90a", f"-DTENSOR_CORES={int(tensor_cores)}", "-c", str(source)]
+    subprocess.run([*build, "-o", str(binary)], check=True, capture_output=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(ROOT / "csrc" / "sass_check.sh"), str(binary)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ARCHS": "90a"},
+    )
+    print(result.stdout, result.stderr)
+    assert "recurrence_forward_kernelIfE" in result.stdout
+    if tensor_cores:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert "no tensor-core instruction" in result.stderr
 
 
 # ------------------------------------------------------------------------------- constants

@@ -10,6 +10,9 @@ cuDNN) plus the floor of D.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 from helpers import assert_by_rule
@@ -33,6 +36,35 @@ def _require_cuda_backend():
     must be usable, so a fusedrnn._C built without CUDA fails instead of skipping."""
     if _reason is not None:
         pytest.fail(f"this machine has a CUDA device but the cuda backend cannot run: {_reason}")
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """float32 products in TF32 (or exact) for cuDNN's RNN (what the cuda backend follows,
+    docs/kernels-v2.md §2) and for cuBLAS (the reference loop's products), restored after."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    matmul = torch.backends.cuda.matmul
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        before = (rnn.fp32_precision, matmul.fp32_precision)
+        rnn.fp32_precision = matmul.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            rnn.fp32_precision, matmul.fp32_precision = before
+    else:
+        before = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    """float32 runs the exact FP32 product unless a test asks for TF32 (tf32(True))."""
+    with tf32(False):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +137,104 @@ def test_large_hidden_w_from_l2():
     """W_hh slices that do not fit in shared memory take the L2 path."""
     base = make_inputs("lstm", "all", False, True, torch.float64, 3, 8, 2048)
     check_against_reference(base, torch.float16)
+
+
+# Shapes that reach every branch of the tensor-core product (tensor_core.cuh): hidden 17 and
+# 131 (rows not a multiple of 4: element-wise staging, k tails), 36 (a multiple of 4 but not
+# of 8: 16-byte copies of the fp32 operands, element-wise ones of the 16-bit forward
+# exchange), 64 and 256 (16-byte cp.async), batch 1 (one tile, 8-way split-K), 9 and 65 (partial n-tiles, two batch blocks of
+# 64), 130 (three blocks); hidden 131 and 256 use more blocks than SMs have units to spare.
+TC_SHAPES = [(3, 1, 17), (3, 5, 36), (4, 9, 64), (3, 65, 131), (2, 130, 256)]
+
+
+def _plan_of(inputs: RecurrenceInputs, backward: bool, use_tf32: bool) -> dict:
+    limits = cuda_backend.device_limits(inputs.xg.device)
+    assert limits is not None, "this torch does not report the device limits the plan needs"
+    return cuda_backend.launch_plan(inputs, backward, limits, use_tf32)
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden"), TC_SHAPES)
+@pytest.mark.parametrize("reg", ["none", "all", "all_ln"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_tensor_core_half(cell, reg, steps, batch, hidden, dtype):
+    """bf16 / fp16 operands on mma.sync m16n8k16, fp32 accumulation, forward and backward."""
+    base = make_inputs(cell, reg, False, True, torch.float64, steps, batch, hidden)
+    for backward in (False, True):
+        assert _plan_of(_to(base, dtype), backward, False)["tensor_cores"]
+    check_against_reference(base, dtype)
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden"), TC_SHAPES)
+@pytest.mark.parametrize("reg", ["none", "all_ln"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_tensor_core_tf32(cell, reg, steps, batch, hidden):
+    """float32 under TF32 (cuDNN's RNN flag on): mma.sync m16n8k8 .tf32; the yardstick is the
+    reference with its products in TF32 too (cuBLAS under the same setting)."""
+    base = make_inputs(cell, reg, True, True, torch.float64, steps, batch, hidden)
+    assert _plan_of(_to(base, F32), True, True)["tensor_cores"]
+    with tf32(True):
+        check_against_reference(base, F32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
+def test_tensor_core_operand_chunks(dtype):
+    """W2's shape (B=64, H=1024): the bf16 forward stages all of K (its 16-bit exchange) in one
+    copy; the fp32 forward and both backwards (fp32 d(a), K = 4096) go through the cp.async
+    double buffer in smaller chunks."""
+    base = make_inputs("lstm", "all_ln", False, True, torch.float64, 2, 64, 1024)
+    forward = _plan_of(_to(base, dtype), False, True)
+    backward = _plan_of(_to(base, dtype), True, True)
+    assert forward["tensor_cores"] and backward["tensor_cores"]
+    assert (forward["k_chunk"] == 1024) == (dtype == torch.bfloat16), forward
+    assert 0 < backward["k_chunk"] < 4096, backward
+    with tf32(True):
+        check_against_reference(base, dtype)
+
+
+def test_exact_float32_when_tf32_is_off():
+    """TF32 off: the plan picks the FMA product and float32 meets the exact reference's bound
+    (the autouse fixture turns TF32 off for every other float32 test too)."""
+    base = make_inputs("lstm", "all_ln", False, True, torch.float64, 5, 9, 131)
+    assert not _plan_of(_to(base, F32), False, False)["tensor_cores"]
+    check_against_reference(base, F32)
+
+
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (64, 1024), (640, 1024), (7, 131)])
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_python_plan_is_the_native_plan(batch, hidden, dtype):
+    """The plan dispatch checks (device properties from torch) gives the grid the kernels use,
+    or the reason the native launcher would throw with."""
+    C = native.native()
+    base = make_inputs("lstm", "none", False, False, torch.float64, 2, batch, hidden)
+    inputs = _to(base, dtype)
+    for backward in (False, True):
+        plan = _plan_of(inputs, backward, cuda_backend.tf32_enabled())
+        p = C.RecurrenceFwdParams()
+        p.T, p.B, p.H, p.G = 2, batch, hidden, 4
+        p.dtype = {F32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
+        p.allow_tf32 = cuda_backend.tf32_enabled()
+        if plan["reason"]:
+            with pytest.raises(RuntimeError, match=r"shared memory|co-resident"):
+                C.cuda_plan_grid(p, backward)
+        else:
+            assert C.cuda_plan_grid(p, backward) == plan["grid"]
+
+
+def test_dispatch_falls_back_instead_of_throwing():
+    """LSTM float32 backward at B=640 H=1024 does not fit (issue 14): ``auto`` skips cuda
+    with that reason, a named cuda raises it before any launch."""
+    from fusedrnn import dispatch
+
+    base = make_inputs("lstm", "ln", False, False, torch.float64, 2, 640, 1024)
+    inputs = _to(base, F32)
+    reason = cuda_backend.unsupported_reason(inputs)
+    assert reason is not None and "shared memory" in reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # auto may land on the reference loop
+        assert dispatch.recurrence_backend("auto", inputs).NAME != "cuda"
+    with pytest.raises(RuntimeError, match="shared memory"):
+        dispatch.recurrence_backend("cuda", inputs)
 
 
 TORCH_CELLS = {

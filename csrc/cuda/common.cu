@@ -34,44 +34,46 @@ int64_t plan_grid(const RecurrenceFwdParams& p, bool backward) {
   return backward ? plan_backward_grid(p) : plan_forward_grid(p);
 }
 
-LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
-                       int unit_arrays, const char* what) {
+DeviceLimits device_limits() {
   int device = 0;
   FRNN_CUDA_CHECK(cudaGetDevice(&device));
-  int sms = 0, smem_optin = 0, cooperative = 0;
+  int sms = 0, optin = 0, per_sm = 0, reserved = 0, threads = 0, cooperative = 0;
   FRNN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   FRNN_CUDA_CHECK(
-      cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FRNN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  FRNN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+  FRNN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, device));
   FRNN_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative)
     throw std::runtime_error("fusedrnn: this CUDA device does not support cooperative launches");
+  DeviceLimits d;
+  d.sms = sms;
+  d.smem_per_block_optin = optin;
+  d.smem_per_sm = per_sm;
+  d.smem_reserved_per_block = reserved;
+  d.max_threads_per_sm = threads;
+  return d;
+}
 
-  LaunchPlan plan;
-  plan.grid = H < sms ? H : sms;
-  plan.hs = (H + plan.grid - 1) / plan.grid;
-  plan.w_in_smem = true;
-  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, unit_arrays);
-  if (s.total > smem_optin) {
-    plan.w_in_smem = false;  // W_hh slice streams from L2 instead
-    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, unit_arrays);
-  }
-  if (s.total > smem_optin) {
-    throw std::runtime_error(
-        std::string("fusedrnn cuda ") + what + ": batch " + std::to_string(B) +
-        " x hidden " + std::to_string(H) + " needs " + std::to_string(s.total) +
-        " bytes of shared memory per block, the device allows " + std::to_string(smem_optin));
-  }
-  plan.smem_bytes = s.total;
+LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
+                       bool backward, bool want_tensor_cores) {
+  const DeviceLimits d = device_limits();
+  LaunchPlan plan = plan_launch_for(d, B, G, H, storage_bytes, backward, want_tensor_cores);
+  if (!plan.reason.empty()) throw std::runtime_error("fusedrnn cuda: " + plan.reason);
   FRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(plan.smem_bytes)));
   int per_sm = 0;
   FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kThreads, static_cast<size_t>(plan.smem_bytes)));
-  if (static_cast<int64_t>(per_sm) * sms < plan.grid) {
-    throw std::runtime_error(std::string("fusedrnn cuda ") + what + ": a grid of " +
-                             std::to_string(plan.grid) +
+  if (static_cast<int64_t>(per_sm) * d.sms < plan.grid) {
+    throw std::runtime_error(std::string("fusedrnn cuda ") + (backward ? "backward" : "forward") +
+                             ": a grid of " + std::to_string(plan.grid) +
                              " blocks cannot be co-resident (occupancy " +
-                             std::to_string(per_sm) + " block(s)/SM x " + std::to_string(sms) +
+                             std::to_string(per_sm) + " block(s)/SM x " + std::to_string(d.sms) +
                              " SMs)");
   }
   return plan;

@@ -10,16 +10,13 @@
 #include <string>
 
 #include "fusedrnn/cells.cuh"
+#include "cuda/launch_plan.h"
 #include "fusedrnn/params.h"
 
 namespace fusedrnn {
 namespace cuda {
 
-constexpr int kThreads = 256;  // threads per block (8 warps)
-constexpr int kWarp = 32;
-constexpr int kRowsPerWarpTask = 8;  // matvec: rows of W one warp task accumulates at once
-constexpr int kFwdUnitArrays = 5;    // h, c, c~, c_out, m_h
-constexpr int kBwdUnitArrays = 9;    // dh, dc, dh_prev, dc_prev, dh~, dc~, dc_out, m_h, dh_in
+constexpr int kRowsPerWarpTask = 8;  // FMA matvec: rows of W one warp task accumulates
 
 // Throws std::runtime_error with the CUDA error text.
 void check_cuda(cudaError_t status, const char* what);
@@ -55,46 +52,51 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// ------------------------------------------------------------------ shared memory plan
-// Dynamic shared memory of one block, in this order (each part 16-byte aligned):
-//   [W slice: rows x len, storage type, only when w_in_smem]
-//   [B * G * hs floats: per-step gate pre-activations (fwd) / d(gates) (bwd)]
-//   [unit_arrays * B * hs floats: per-unit state of the block's hidden units]
-//   [2 * G * hs floats: column statistics]  [2 * B floats: row statistics]
-// hs = ceil(H / grid) is the largest slice of hidden units a block owns.
-struct SmemPlan {
-  int64_t w_bytes, a_off, unit_off, col_off, row_off, total;
-};
-__host__ __device__ inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
-__host__ __device__ inline SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs,
-                                              int64_t storage_bytes, bool w_in_smem,
-                                              int unit_arrays) {
-  SmemPlan s;
-  s.w_bytes = w_in_smem ? align16(G * hs * H * storage_bytes) : 0;
-  s.a_off = s.w_bytes;
-  s.unit_off = s.a_off + align16(B * G * hs * 4);
-  s.col_off = s.unit_off + align16(unit_arrays * B * hs * 4);
-  s.row_off = s.col_off + align16(2 * G * hs * 4);
-  s.total = s.row_off + align16(2 * B * 4);
-  return s;
+// Plans the launch for this device (launch_plan.h's plan_launch_for with the device's
+// attributes), sets the kernel's dynamic shared memory limit and checks with the occupancy
+// calculator that the whole grid can be co-resident (cooperative launch requirement). Throws
+// with the reason otherwise; the Python launcher checks the same plan before it launches.
+LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
+                       bool backward, bool want_tensor_cores);
+
+// ------------------------------------------------------------------ layer-norm row reductions
+// Layer norm needs per-row statistics over all blocks' units. Each block writes one float4
+// partial per row into stats[row * nblk + blk] (a [rows][grid] array: a row's partials are
+// contiguous); after one grid barrier one warp per row reads all nblk partials of its row,
+// one 16-byte load through L2 per lane per 32 blocks, all in flight at once, and combines
+// them in registers and then across the warp by shuffles: log2(32) steps, not nblk dependent
+// L2 round trips.
+
+// Partials (count, mean, M2, unused): the merged count, mean and M2 of the row (Chan et al.).
+__device__ __forceinline__ MeanM2<float> merge_row_mean_m2(const float4* row, int64_t nblk,
+                                                           int lane) {
+  MeanM2<float> m{0.f, 0.f, 0.f};
+  for (int64_t k = lane; k < nblk; k += kWarp) {
+    const float4 v = __ldcg(row + k);
+    m = mean_m2_merge(m, MeanM2<float>{v.x, v.y, v.z});
+  }
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
+    const MeanM2<float> o{__shfl_xor_sync(0xffffffffu, m.n, offset),
+                          __shfl_xor_sync(0xffffffffu, m.mean, offset),
+                          __shfl_xor_sync(0xffffffffu, m.m2, offset)};
+    m = mean_m2_merge(m, o);
+  }
+  return m;
 }
 
-// Launch plan chosen on the host: grid size and where W lives.
-struct LaunchPlan {
-  int64_t grid = 0;
-  int64_t hs = 0;
-  bool w_in_smem = false;
-  int64_t smem_bytes = 0;
-};
+// Partials (s1, s2, unused, unused): the row's sums of both.
+__device__ __forceinline__ float2 sum_row_partials(const float4* row, int64_t nblk, int lane) {
+  float s1 = 0.f, s2 = 0.f;
+  for (int64_t k = lane; k < nblk; k += kWarp) {
+    const float4 v = __ldcg(row + k);
+    s1 += v.x;
+    s2 += v.y;
+  }
+  return make_float2(warp_sum(s1), warp_sum(s2));
+}
 
-// Picks the grid (at most one block per SM, at most one per hidden unit), decides whether the
-// block's W_hh slice fits in shared memory, sets the kernel's dynamic shared memory limit and
-// checks with the occupancy calculator that the whole grid can be co-resident (cooperative
-// launch requirement). Throws with the reason otherwise.
-LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
-                       int unit_arrays, const char* what);
-
-// ------------------------------------------------------------------ block matvec
+// ------------------------------------------------------------------ block matvec (exact FP32)
 // out[b * R + r] = sum_k X[b * ldx + k] * w(r, k) for b < B, r < R. X was written by other
 // blocks (read through L2); w(r, k) returns W as float. One warp task = one row b and up to
 // kRowsPerWarpTask rows r; lanes split k (coalesced), then a shuffle reduction.

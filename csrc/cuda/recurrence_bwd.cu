@@ -7,12 +7,14 @@
 //      normalisation backward (batch norm block-local, layer norm via a grid barrier), and
 //      writes dxg, d(N_hh(a) + b) and d(a) for its columns,
 //   2. grid.sync(), then d(h_{t-1}) for its units = direct terms + m_h * (d(a) W_hh)[:, own],
-//      reading the full d(a) row of the step from global memory.
+//      reading the full d(a) row of the step from global memory: on tensor cores
+//      (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32 FMA.
 // Weight gradients are one GEMM afterwards (in the Python launcher): dW_hh = d(a)^T (m_h h).
 #include <cooperative_groups.h>
 
 #include "cuda/kernel_common.cuh"
 #include "cuda/recurrence_cuda.h"
+#include "cuda/tensor_core.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -20,9 +22,22 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
+// The backward prologue's load of W_hh: the block's columns W_hh[:, j0 + kk] for kk < hl,
+// transposed, into wt_sm[kk * w_ld + n] for n < N = G*H, zero for N <= n < w_ld (the
+// tensor-core padding). The one place W_hh enters shared memory in the backward kernel.
+template <class S>
+__device__ void load_w_hh_cols(S* wt_sm, int64_t w_ld, const S* w, int64_t H, int64_t N,
+                               int64_t hl, int64_t j0) {
+  for (int64_t i = threadIdx.x; i < hl * w_ld; i += blockDim.x) {
+    const int64_t kk = i / w_ld, n = i % w_ld;
+    wt_sm[i] = n < N ? w[n * H + j0 + kk] : from_acc<S>(0.f);
+  }
+}
+
 template <class S>
 __global__ void __launch_bounds__(kThreads)
-    recurrence_backward_kernel(const RecurrenceBwdParams p, const int64_t hs, const bool w_in_smem) {
+    recurrence_backward_kernel(const RecurrenceBwdParams p, const int64_t hs, const bool w_in_smem,
+                               const int64_t k_chunk) {
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
@@ -30,8 +45,11 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nth / kWarp;
   const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, kBwdUnitArrays);
-  S* wt_sm = reinterpret_cast<S*>(smem);                        // [hl][N] W^T of own units
+  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, true);
+  const bool tensor_cores = k_chunk > 0;
+  S* wt_sm = reinterpret_cast<S*>(smem);  // [hl][w_ld] W^T of own units
+  float* stage = reinterpret_cast<float*>(smem + plan.stage_off);
+  float* scratch = reinterpret_cast<float*>(smem + plan.scratch_off);
   float* dab_sm = reinterpret_cast<float*>(smem + plan.a_off);  // [B][R] d(N(a) + b)
   float* units = reinterpret_cast<float*>(smem + plan.unit_off);
   float* dh_sm = units;               // d(h_t) state gradient
@@ -71,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
   float* da = p.da != nullptr ? static_cast<float*>(p.da) : dab;
   float* hin = static_cast<float*>(p.hin);
   float* dcout_sv = static_cast<float*>(p.dc_out);
-  float* stats = static_cast<float*>(p.ws_stats);  // [2][grid][B][3]
+  float4* stats = static_cast<float4*>(p.ws_stats);  // [2][B][grid] partials
 
   const bool lstm = p.cell == kCellLstm, gru = p.cell == kCellGru;
   const bool norm = p.norm != kNormNone;
@@ -92,9 +110,9 @@ __global__ void __launch_bounds__(kThreads)
 
   auto len = [&](int64_t b) { return p.lengths != nullptr ? __ldg(p.lengths + b) : TT; };
 
-  if (w_in_smem) {
-    for (int64_t i = tid; i < hl * N; i += nth) wt_sm[i] = w[(i % N) * H + j0 + i / N];
-  }
+  if (w_in_smem) load_w_hh_cols(wt_sm, plan.w_ld, w, H, N, hl, j0);
+  // cp.async needs 16-byte rows and chunks of d(a).
+  const bool vec16 = N % 4 == 0 && reinterpret_cast<uintptr_t>(da) % 16 == 0;
   for (int64_t e = tid; e < B * hl; e += nth) {
     const int64_t b = e / hl, j = j0 + e % hl;
     mh_sm[e] = dropout ? dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, j), p_drop,
@@ -178,22 +196,15 @@ __global__ void __launch_bounds__(kThreads)
           }
           s1 = warp_sum(s1);
           s2 = warp_sum(s2);
-          if (lane == 0) {
-            float* slot = stats + ((1 * nblk + blk) * B + b) * 3;
-            slot[0] = s1;
-            slot[1] = s2;
-          }
+          if (lane == 0) stats[(1 * B + b) * nblk + blk] = make_float4(s1, s2, 0.f, 0.f);
         }
         grid.sync();
-        for (int64_t b = tid; b < B; b += nth) {
-          float s1 = 0.f, s2 = 0.f;
-          for (int64_t k = 0; k < nblk; ++k) {
-            const float* slot = stats + ((1 * nblk + k) * B + b) * 3;
-            s1 += load_shared_global(slot);
-            s2 += load_shared_global(slot + 1);
+        for (int64_t b = warp; b < B; b += warps) {
+          const float2 s12 = sum_row_partials(stats + (1 * B + b) * nblk, nblk, lane);
+          if (lane == 0) {
+            row_a[b] = s12.x / static_cast<float>(H);
+            row_b[b] = s12.y / static_cast<float>(H);
           }
-          row_a[b] = s1 / static_cast<float>(H);
-          row_b[b] = s2 / static_cast<float>(H);
         }
         __syncthreads();
       }
@@ -287,22 +298,15 @@ __global__ void __launch_bounds__(kThreads)
           }
           s1 = warp_sum(s1);
           s2 = warp_sum(s2);
-          if (lane == 0) {
-            float* slot = stats + ((0 * nblk + blk) * B + b) * 3;
-            slot[0] = s1;
-            slot[1] = s2;
-          }
+          if (lane == 0) stats[(0 * B + b) * nblk + blk] = make_float4(s1, s2, 0.f, 0.f);
         }
         grid.sync();
-        for (int64_t b = tid; b < B; b += nth) {
-          float s1 = 0.f, s2 = 0.f;
-          for (int64_t k = 0; k < nblk; ++k) {
-            const float* slot = stats + ((0 * nblk + k) * B + b) * 3;
-            s1 += load_shared_global(slot);
-            s2 += load_shared_global(slot + 1);
+        for (int64_t b = warp; b < B; b += warps) {
+          const float2 s12 = sum_row_partials(stats + (0 * B + b) * nblk, nblk, lane);
+          if (lane == 0) {
+            row_a[b] = s12.x / static_cast<float>(N);
+            row_b[b] = s12.y / static_cast<float>(N);
           }
-          row_a[b] = s1 / static_cast<float>(N);
-          row_b[b] = s2 / static_cast<float>(N);
         }
         __syncthreads();
       }
@@ -325,9 +329,14 @@ __global__ void __launch_bounds__(kThreads)
 
     // 2. d(h_{t-1}) of own units = direct terms + m_h * (d(a) W_hh)[:, own].
     const float* da_t = da + t * B * N;
-    if (w_in_smem) {
+    if (tensor_cores) {
+      block_product_tc(B, static_cast<int>(hl), N, da_t, N, vec16, wt_sm, plan.w_ld,
+                       static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld), dhin_sm, stage,
+                       scratch);
+    } else if (w_in_smem) {
+      const int64_t ld = plan.w_ld;
       block_matvec(B, hl, N, da_t, N,
-                   [&](int64_t kk, int64_t n) { return to_acc(wt_sm[kk * N + n]); }, dhin_sm);
+                   [&](int64_t kk, int64_t n) { return to_acc(wt_sm[kk * ld + n]); }, dhin_sm);
     } else {
       block_matvec(B, hl, N, da_t, N,
                    [&](int64_t kk, int64_t n) { return to_acc(w[n * H + j0 + kk]); }, dhin_sm);
@@ -349,10 +358,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Tensor cores as in the forward kernel (bf16 / fp16 always, float32 under p.allow_tf32).
 template <class S>
 LaunchPlan plan_for(const RecurrenceFwdParams& p) {
+  const bool want_tensor_cores = !std::is_same<S, float>::value || p.allow_tf32;
   return plan_launch(reinterpret_cast<const void*>(&recurrence_backward_kernel<S>), p.B, p.G, p.H,
-                     sizeof(S), kBwdUnitArrays, "backward");
+                     sizeof(S), true, want_tensor_cores);
 }
 
 LaunchPlan plan_dispatch(const RecurrenceFwdParams& p) {
@@ -374,7 +385,8 @@ void launch(const RecurrenceBwdParams& p, cudaStream_t stream) {
   RecurrenceBwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
-  void* args[] = {&params, &hs, &w_in_smem};
+  int64_t k_chunk = plan.k_chunk;
+  void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(&recurrence_backward_kernel<S>),
       dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,

@@ -5,9 +5,10 @@
 // memory for the whole loop (or reads them from L2 when they do not fit), keeps h and c of its
 // units in shared memory, and per step:
 //   1. a = (m_h * h_{t-1}) W_hh^T for its columns, reading the full m_h * h_{t-1} from global
-//      memory (a double buffer every block writes its slice of),
-//   2. normalises a (batch norm: block-local; layer norm: partial row statistics merged over
-//      blocks after a grid barrier), adds b_hh,
+//      memory (a double buffer every block writes its slice of): on tensor cores
+//      (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32 FMA,
+//   2. normalises a (batch norm: block-local; layer norm: partial row statistics of every
+//      block combined in one pass after a grid barrier), adds b_hh,
 //   3. runs the cell (cells.cuh), normalises c~, applies zoneout (Philox, in-kernel), writes
 //      h_t, the saved quantities for backward and its slice of m_h * h_t,
 //   4. meets the other blocks at grid.sync().
@@ -15,6 +16,7 @@
 
 #include "cuda/kernel_common.cuh"
 #include "cuda/recurrence_cuda.h"
+#include "cuda/tensor_core.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -22,9 +24,22 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
+// The forward prologue's load of W_hh: the block's R = G*hl gate rows r = g*hl + jj (row
+// g*H + j0 + jj of W_hh), each K = H long, into w_sm[r * w_ld + k], zero for H <= k < w_ld
+// (the tensor-core padding). The one place W_hh enters shared memory in the forward kernel.
+template <class S>
+__device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int64_t hl,
+                               int64_t j0, int64_t R) {
+  for (int64_t i = threadIdx.x; i < R * w_ld; i += blockDim.x) {
+    const int64_t r = i / w_ld, k = i % w_ld;
+    w_sm[i] = k < H ? w[((r / hl) * H + j0 + r % hl) * H + k] : from_acc<S>(0.f);
+  }
+}
+
 template <class S>
 __global__ void __launch_bounds__(kThreads)
-    recurrence_forward_kernel(const RecurrenceFwdParams p, const int64_t hs, const bool w_in_smem) {
+    recurrence_forward_kernel(const RecurrenceFwdParams p, const int64_t hs, const bool w_in_smem,
+                              const int64_t k_chunk) {
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
@@ -32,8 +47,11 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nth / kWarp;
   const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, kFwdUnitArrays);
+  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false);
+  const bool tensor_cores = k_chunk > 0;
   S* w_sm = reinterpret_cast<S*>(smem);
+  float* stage = reinterpret_cast<float*>(smem + plan.stage_off);
+  float* scratch = reinterpret_cast<float*>(smem + plan.scratch_off);
   float* a_sm = reinterpret_cast<float*>(smem + plan.a_off);  // [B][R]
   float* units = reinterpret_cast<float*>(smem + plan.unit_off);
   float* h_sm = units;                 // [B][hl] h of own units
@@ -71,8 +89,21 @@ __global__ void __launch_bounds__(kThreads)
   float* bv_hh = static_cast<float*>(p.batch_var_hh);
   float* bm_c = static_cast<float*>(p.batch_mean_c);
   float* bv_c = static_cast<float*>(p.batch_var_c);
-  float* hin = static_cast<float*>(p.ws_hin);      // [2][B][H]
-  float* stats = static_cast<float*>(p.ws_stats);  // [2][grid][B][3]
+  // [2][B][H] exchange of m_h * h: fp32, or S when a 16-bit S runs on tensor cores (the
+  // product rounds it to S anyway; half the bytes every block reads each step).
+  float* hin = static_cast<float*>(p.ws_hin);
+  S* hin_s = static_cast<S*>(p.ws_hin);
+  constexpr bool kHalf = !std::is_same<S, float>::value;
+  const bool half_exchange = kHalf && tensor_cores;
+  auto publish = [&](int64_t buffer, int64_t b, int64_t j, float v) {
+    const int64_t i = buffer * B * H + b * H + j;
+    if (half_exchange) {
+      hin_s[i] = from_acc<S>(v);
+    } else {
+      hin[i] = v;
+    }
+  };
+  float4* stats = static_cast<float4*>(p.ws_stats);  // [2][B][grid] partials
 
   const bool lstm = p.cell == kCellLstm, gru = p.cell == kCellGru;
   const bool bn_train = p.norm == kNormBatch && p.training;
@@ -93,9 +124,10 @@ __global__ void __launch_bounds__(kThreads)
   auto col = [&](int64_t r) { return (r / hl) * H + j0 + r % hl; };
   auto len = [&](int64_t b) { return p.lengths != nullptr ? __ldg(p.lengths + b) : TT; };
 
-  if (w_in_smem) {
-    for (int64_t i = tid; i < R * H; i += nth) w_sm[i] = w[col(i / H) * H + i % H];
-  }
+  if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
+  // cp.async needs 16-byte rows and chunks of the exchange buffer.
+  const bool vec16 =
+      H % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
   for (int64_t e = tid; e < B * hl; e += nth) {
     const int64_t b = e / hl, j = j0 + e % hl;
     const float h = to_acc(h0[b * H + j]);
@@ -105,19 +137,27 @@ __global__ void __launch_bounds__(kThreads)
     h_sm[e] = h;
     mh_sm[e] = m;
     if (lstm) c_sm[e] = to_acc(c0[b * H + j]);
-    hin[b * H + j] = m * h;
+    publish(0, b, j, m * h);
   }
   grid.sync();
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = p.reverse ? TT - 1 - s : s;
-    const float* hin_cur = hin + (s & 1) * B * H;
-    float* hin_next = hin + ((s + 1) & 1) * B * H;
+    const float* hin_cur = hin + (s & 1) * B * H;  // fp32 exchange (FMA products)
 
     // 1. a = (m_h h_{t-1}) W_hh^T for own columns.
-    if (w_in_smem) {
+    if (half_exchange) {
+      block_product_tc(B, static_cast<int>(R), H, hin_s + (s & 1) * B * H, H, vec16, w_sm,
+                       plan.w_ld, static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld),
+                       a_sm, reinterpret_cast<S*>(stage), scratch);
+    } else if (tensor_cores) {
+      block_product_tc(B, static_cast<int>(R), H, hin_cur, H, vec16, w_sm, plan.w_ld,
+                       static_cast<int>(k_chunk), static_cast<int>(plan.stage_ld), a_sm, stage,
+                       scratch);
+    } else if (w_in_smem) {
+      const int64_t ld = plan.w_ld;
       block_matvec(B, R, H, hin_cur, H,
-                   [&](int64_t r, int64_t k) { return to_acc(w_sm[r * H + k]); }, a_sm);
+                   [&](int64_t r, int64_t k) { return to_acc(w_sm[r * ld + k]); }, a_sm);
     } else {
       block_matvec(B, R, H, hin_cur, H,
                    [&](int64_t r, int64_t k) { return to_acc(w[col(r) * H + k]); }, a_sm);
@@ -167,25 +207,17 @@ __global__ void __launch_bounds__(kThreads)
           m2 += d * d;
         }
         m2 = warp_sum(m2);
-        if (lane == 0) {
-          float* slot = stats + ((0 * nblk + blk) * B + b) * 3;
-          slot[0] = static_cast<float>(R);
-          slot[1] = mean;
-          slot[2] = m2;
-        }
+        if (lane == 0)
+          stats[(0 * B + b) * nblk + blk] = make_float4(static_cast<float>(R), mean, m2, 0.f);
       }
       grid.sync();
-      for (int64_t b = tid; b < B; b += nth) {
-        MeanM2<float> m{0.f, 0.f, 0.f};
-        for (int64_t k = 0; k < nblk; ++k) {
-          const float* slot = stats + ((0 * nblk + k) * B + b) * 3;
-          m = mean_m2_merge(m, MeanM2<float>{load_shared_global(slot),
-                                             load_shared_global(slot + 1),
-                                             load_shared_global(slot + 2)});
+      for (int64_t b = warp; b < B; b += warps) {
+        const MeanM2<float> m = merge_row_mean_m2(stats + (0 * B + b) * nblk, nblk, lane);
+        if (lane == 0) {
+          row_a[b] = m.mean;
+          row_b[b] = norm_rstd(m.m2 / static_cast<float>(N));
+          if (blk == 0) sv_rstd_hh[t * B + b] = row_b[b];
         }
-        row_a[b] = m.mean;
-        row_b[b] = norm_rstd(m.m2 / static_cast<float>(N));
-        if (blk == 0) sv_rstd_hh[t * B + b] = row_b[b];
       }
       __syncthreads();
     }
@@ -280,25 +312,17 @@ __global__ void __launch_bounds__(kThreads)
             m2 += d * d;
           }
           m2 = warp_sum(m2);
-          if (lane == 0) {
-            float* slot = stats + ((1 * nblk + blk) * B + b) * 3;
-            slot[0] = static_cast<float>(hl);
-            slot[1] = mean;
-            slot[2] = m2;
-          }
+          if (lane == 0)
+            stats[(1 * B + b) * nblk + blk] = make_float4(static_cast<float>(hl), mean, m2, 0.f);
         }
         grid.sync();
-        for (int64_t b = tid; b < B; b += nth) {
-          MeanM2<float> m{0.f, 0.f, 0.f};
-          for (int64_t k = 0; k < nblk; ++k) {
-            const float* slot = stats + ((1 * nblk + k) * B + b) * 3;
-            m = mean_m2_merge(m, MeanM2<float>{load_shared_global(slot),
-                                               load_shared_global(slot + 1),
-                                               load_shared_global(slot + 2)});
+        for (int64_t b = warp; b < B; b += warps) {
+          const MeanM2<float> m = merge_row_mean_m2(stats + (1 * B + b) * nblk, nblk, lane);
+          if (lane == 0) {
+            row_a[b] = m.mean;
+            row_b[b] = norm_rstd(m.m2 / static_cast<float>(H));
+            if (blk == 0) sv_rstd_c[t * B + b] = row_b[b];
           }
-          row_a[b] = m.mean;
-          row_b[b] = norm_rstd(m.m2 / static_cast<float>(H));
-          if (blk == 0) sv_rstd_c[t * B + b] = row_b[b];
         }
         __syncthreads();
       }
@@ -333,7 +357,7 @@ __global__ void __launch_bounds__(kThreads)
       const float h_new = zoneout_forward(zh, zoned_h, h_sm[e], h_tilde);
       if (act) h_sm[e] = h_new;
       out[t * p.out_stride_t + b * p.out_stride_b + j] = from_acc<S>(act ? h_new : 0.f);
-      hin_next[b * H + j] = mh_sm[e] * h_sm[e];
+      publish((s + 1) & 1, b, j, mh_sm[e] * h_sm[e]);
     }
     grid.sync();
   }
@@ -347,10 +371,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Tensor cores for bf16 / fp16 always, for float32 when TF32 is allowed (docs/kernels-v2.md
+// §2: the launcher reads torch's cuDNN RNN flag once per call into p.allow_tf32).
 template <class S>
 LaunchPlan plan_for(const RecurrenceFwdParams& p) {
+  const bool want_tensor_cores = !std::is_same<S, float>::value || p.allow_tf32;
   return plan_launch(reinterpret_cast<const void*>(&recurrence_forward_kernel<S>), p.B, p.G, p.H,
-                     sizeof(S), kFwdUnitArrays, "forward");
+                     sizeof(S), false, want_tensor_cores);
 }
 
 LaunchPlan plan_dispatch(const RecurrenceFwdParams& p) {
@@ -372,7 +399,8 @@ void launch(const RecurrenceFwdParams& p, cudaStream_t stream) {
   RecurrenceFwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
-  void* args[] = {&params, &hs, &w_in_smem};
+  int64_t k_chunk = plan.k_chunk;
+  void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(&recurrence_forward_kernel<S>),
       dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,

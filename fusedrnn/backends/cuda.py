@@ -7,7 +7,14 @@ passes raw device addresses plus ``torch.cuda.current_stream().cuda_stream``; th
 never allocates, never synchronises the host and reports CUDA errors as exceptions. Weight
 gradients are one GEMM over all steps afterwards (cuBLAS through torch).
 
-float32, float16 and bfloat16 (float32 accumulation). ``proj_size`` is not supported.
+float32, float16 and bfloat16 (float32 accumulation). The recurrent product runs on tensor
+cores (bf16/fp16 operands; float32 as TF32 when :func:`tf32_enabled`, else exact FP32 FMA)
+whenever the block's ``W_hh`` slice fits in shared memory (docs/kernels-v2.md §5).
+``proj_size`` is not supported.
+
+:func:`launch_plan` is the kernels' own plan (``_C.cuda_launch_plan``, csrc/cuda/launch_plan.h):
+``unsupported_reason`` refuses, with the plan's reason, a call whose shared memory or grid
+co-residency the device cannot meet, so ``auto`` falls back instead of the launch throwing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,59 @@ from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 NAME = "cuda"
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# cudaDevAttrReservedSharedMemoryPerBlock on sm_80 and later (torch's device properties do not
+# report it; the native plan reads the attribute itself).
+_RESERVED_SMEM_PER_BLOCK = 1024
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 recurrences use TF32 tensor cores: exactly what torch's cuDNN RNN reads
+    (docs/kernels-v2.md §2): ``torch.backends.cudnn.rnn.fp32_precision == "tf32"`` where
+    torch has it, else ``torch.backends.cudnn.allow_tf32``. Read once per call."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    precision = getattr(rnn, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def device_limits(device: torch.device) -> dict[str, int] | None:
+    """The device properties the launch plan needs (keyword arguments of ``launch_plan``), or
+    None when this torch does not report one of them (the native launcher then checks the
+    plan alone, at launch)."""
+    props = torch.cuda.get_device_properties(device)
+    names = {
+        "sms": "multi_processor_count",
+        "smem_per_block_optin": "shared_memory_per_block_optin",
+        "smem_per_sm": "shared_memory_per_multiprocessor",
+        "max_threads_per_sm": "max_threads_per_multi_processor",
+    }
+    if not all(hasattr(props, name) for name in names.values()):
+        return None
+    limits = {key: int(getattr(props, name)) for key, name in names.items()}
+    limits["smem_reserved_per_block"] = _RESERVED_SMEM_PER_BLOCK if props.major >= 8 else 0
+    return limits
+
+
+def launch_plan(
+    inputs: RecurrenceInputs, backward: bool, limits: dict[str, int], tf32: bool
+) -> dict:
+    """The CUDA kernel's plan for ``inputs`` on a device with ``limits`` (see
+    :func:`device_limits`): grid, hs, w_in_smem, tensor_cores, smem_bytes and ``reason``
+    (empty when it can launch)."""
+    _, batch, gate_width = inputs.xg.shape
+    hidden = inputs.config.hidden_size
+    dtype = inputs.xg.dtype
+    return native.native().cuda_launch_plan(
+        B=batch,
+        G=gate_width // hidden,
+        H=hidden,
+        storage_bytes=dtype.itemsize,
+        backward=backward,
+        want_tensor_cores=dtype != torch.float32 or tf32,
+        **limits,
+    )
 
 
 def availability() -> str | None:
@@ -37,7 +97,17 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
-    return native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
+    reason = native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
+    if reason is not None or inputs.xg.shape[1] == 0:
+        return reason
+    limits = device_limits(inputs.xg.device)
+    if limits is None:
+        return None
+    for backward in (False, True) if inputs.needs_grad else (False,):
+        reason = launch_plan(inputs, backward, limits, tf32_enabled())["reason"]
+        if reason:
+            return reason
+    return None
 
 
 def _check(inputs: RecurrenceInputs) -> None:
@@ -61,9 +131,10 @@ def _workspace(backward: bool):
     def allocate(p) -> list[torch.Tensor]:
         C = native.native()
         device = torch.device("cuda", torch.cuda.current_device())
+        p.allow_tf32 = tf32_enabled()
         grid = int(C.cuda_plan_grid(p, backward))
         hin = native._empty((2 * p.B * p.H,), torch.float32, device)
-        stats = native._empty((2 * grid * p.B * 3,), torch.float32, device)
+        stats = native._empty((2 * p.B * grid * 4,), torch.float32, device)
         p.ws_hin, p.ws_stats = hin.data_ptr(), stats.data_ptr()
         return [hin, stats]
 

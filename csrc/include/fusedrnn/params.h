@@ -42,6 +42,7 @@ struct RecurrenceFwdParams {
   uint64_t base_zoneout_c = 0;  // ... STREAM_ZONEOUT_CELL
   uint64_t base_zoneout_h = 0;  // ... STREAM_ZONEOUT_HIDDEN
   int32_t num_threads = 1;  // host backend: worker threads (ignored by CUDA)
+  bool allow_tf32 = false;  // CUDA, float32: recurrent product on TF32 tensor cores (else FMA)
 
   // ---- inputs
   const void* xg = nullptr;  // dtype [T, B, N], strides (xg_stride_t, xg_stride_b, 1)
@@ -81,7 +82,7 @@ struct RecurrenceFwdParams {
 
   // ---- workspace (CUDA only; the host backend uses its own stack/heap buffers)
   void* ws_hin = nullptr;   // acc [2, B, H] double buffer of m_h * h_{t-1}
-  void* ws_stats = nullptr;  // acc [2, grid, B, 3] layer-norm partial statistics
+  void* ws_stats = nullptr;  // acc [2, B, grid, 4] layer-norm partials (a row's contiguous)
 };
 
 // Backward kernel family: the same loop in reverse time order.

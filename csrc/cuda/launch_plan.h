@@ -1,0 +1,213 @@
+// Plain C++ (host and device) parts of the CUDA backend that the CPU can check:
+//   * the tensor-core fragment layouts (which thread holds which matrix element), and
+//   * the launch plan (grid, shared-memory layout, co-residency) from device properties.
+// Compiled by nvcc for the kernels and by the host compiler for the bindings, so the CPU tests
+// (tests/test_cuda_plan.py) exercise the very functions the kernels and the launcher use.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "fusedrnn/hostdevice.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+constexpr int kThreads = 256;  // threads per block (8 warps)
+constexpr int kWarp = 32;
+constexpr int kWarps = kThreads / kWarp;
+constexpr int kFwdUnitArrays = 5;  // h, c, c~, c_out, m_h
+constexpr int kBwdUnitArrays = 9;  // dh, dc, dh_prev, dc_prev, dh~, dc~, dc_out, m_h, dh_in
+
+// ------------------------------------------------------------------ tensor-core fragments
+// mma.sync fragment layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16 with
+// floating point type" and "... mma.m16n8k8 ... .tf32"), per lane of the warp and element
+// index e of the thread's fragment. groupID g = lane / 4, threadID_in_group q = lane % 4.
+//
+// m16n8k16, .bf16 / .f16 operands, f32 accumulators:
+//   A (16 x 16, row-major, M x K): 4 .b32 registers = 8 elements; register j holds elements
+//     2j (low half) and 2j+1 (high half).  e -> (row g + 8*((e>>1)&1), col 2q + (e&1) + 8*(e>>2))
+//   B (16 x 8, "col": K x N):        2 registers = 4 elements, register j holds 2j, 2j+1.
+//                                    e -> (k 2q + (e&1) + 8*(e>>1), n g)
+// m16n8k8, .tf32 operands (one 32-bit element per register):
+//   A (16 x 8):  e -> (row g + 8*(e&1), col q + 4*(e>>1))
+//   B (8 x 8):   e -> (k q + 4*e, n g)
+// Both shapes: C / D (16 x 8, f32): e -> (row g + 8*(e>>1), col 2q + (e&1)).
+//
+// So the two elements of one A or B register of m16n8k16 are adjacent in k: with W row-major
+// [rows][k] and the operand X row-major [n][k] (B "col" = X's rows), each register is one
+// aligned 32-bit load of two consecutive elements.
+struct FragCoord {
+  int row;  // A, C: row m; B: k
+  int col;  // A: k; B, C: column n
+};
+FRNN_HD FragCoord mma_m16n8k16_a(int lane, int e) {
+  return {lane / 4 + 8 * ((e >> 1) & 1), 2 * (lane % 4) + (e & 1) + 8 * (e >> 2)};
+}
+FRNN_HD FragCoord mma_m16n8k16_b(int lane, int e) {
+  return {2 * (lane % 4) + (e & 1) + 8 * (e >> 1), lane / 4};
+}
+FRNN_HD FragCoord mma_m16n8k8_tf32_a(int lane, int e) {
+  return {lane / 4 + 8 * (e & 1), lane % 4 + 4 * (e >> 1)};
+}
+FRNN_HD FragCoord mma_m16n8k8_tf32_b(int lane, int e) { return {lane % 4 + 4 * e, lane / 4}; }
+FRNN_HD FragCoord mma_m16n8_c(int lane, int e) {
+  return {lane / 4 + 8 * (e >> 1), 2 * (lane % 4) + (e & 1)};
+}
+
+// ------------------------------------------------------------------ the block product's tiling
+// The recurrent product of one block, out[b][r] = sum_k X[b][k] * W[r][k] (forward: X = m_h h,
+// W = the block's gate rows of W_hh, K = H; backward: X = d(a), W = W_hh[:, own units]^T,
+// K = G*H), runs on 16 x 8 output tiles (16 rows of W by 8 batch rows). The batch is taken in
+// blocks of kBatchBlock rows whose operand (fp32 X) is staged in shared memory by cp.async in
+// chunks of k_chunk columns: the whole K at once (one copy per step) when it fits, else a
+// double buffer of smaller chunks (the launch plan picks k_chunk). Warps split the tiles of a
+// batch block; when there are fewer tiles than warps, `ksplit` warps share one tile and split
+// its k-steps, and their partial accumulators are summed in a fixed order (deterministic).
+constexpr int kKChunkMin = 32;   // k_chunk is a multiple of this (and so of every k-step)
+constexpr int kStagePadBytes = 16;  // after each staged row: no shared-memory bank conflicts
+constexpr int kBatchBlock = 64;  // batch rows per staged block (8 n-tiles)
+constexpr int kTilesPerWarp = 4;  // accumulator tiles one warp holds at once
+constexpr int kScratchFloats = kWarps * kWarp * 4;  // split-K partial accumulators
+
+struct TileSplit {
+  int tiles;   // 16 x 8 output tiles of this batch block
+  int ksplit;  // warps per tile (1 when tiles >= warps)
+  int slots;   // tiles in flight at once across the block's warps (kWarps / ksplit)
+};
+FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
+  TileSplit s;
+  s.tiles = static_cast<int>(((rows + 15) / 16) * ((batch_rows + 7) / 8));
+  s.ksplit = s.tiles >= kWarps ? 1 : kWarps / s.tiles;
+  s.slots = kWarps / s.ksplit;
+  return s;
+}
+
+// ------------------------------------------------------------------ shared memory plan
+// Dynamic shared memory of one block, in this order (each part 16-byte aligned):
+//   [W slice: rows x w_ld elements, storage type, only when w_in_smem]
+//   [operand stages: stages x min(B8, kBatchBlock) x stage_ld operand elements (tensor cores)]
+//   [split-K scratch: kScratchFloats floats, tensor cores only]
+//   [B * G * hs floats: per-step gate pre-activations (fwd) / d(gates) (bwd)]
+//   [unit_arrays * B * hs floats: per-unit state of the block's hidden units]
+//   [2 * G * hs floats: column statistics]  [2 * B floats: row statistics]
+// hs = ceil(H / grid) is the largest slice of hidden units a block owns. The W slice's rows
+// are `rows` = G*hs (forward) or hs (backward) of K = H (forward) or G*H (backward) elements;
+// for tensor cores each row is padded with zeros to a multiple of 16 plus 16 bytes (w_ld), so
+// the k tail needs no guard and the 8 rows one A-fragment load touches fall in distinct banks.
+// k_chunk = 0 plans the FMA product (no stages); else the operand columns per stage, with one
+// stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + 16
+// bytes of operand elements (operand_bytes: the forward's exchange of a 16-bit dtype is in
+// that dtype when tensor cores run, the backward's d(a) is always fp32).
+struct SmemPlan {
+  int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
+      row_off, total;
+};
+FRNN_HD int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+FRNN_HD int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+FRNN_HD int64_t staged_batch_rows(int64_t B) {
+  const int64_t b8 = round_up(B, 8);
+  return b8 < kBatchBlock ? b8 : kBatchBlock;
+}
+FRNN_HD int64_t product_k(int64_t G, int64_t H, bool backward) { return backward ? G * H : H; }
+FRNN_HD int64_t operand_bytes(int64_t storage_bytes, bool backward) {
+  return !backward && storage_bytes == 2 ? 2 : 4;
+}
+FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes,
+                           bool w_in_smem, int64_t k_chunk, bool backward) {
+  const int64_t unit_arrays = backward ? kBwdUnitArrays : kFwdUnitArrays;
+  const int64_t rows = backward ? hs : G * hs;
+  const int64_t K = product_k(G, H, backward);
+  const bool tensor_cores = k_chunk > 0;
+  SmemPlan s;
+  s.w_ld = tensor_cores ? round_up(K, 16) + 16 / storage_bytes : K;
+  s.w_bytes = w_in_smem ? align16(rows * s.w_ld * storage_bytes) : 0;
+  s.stages = !tensor_cores ? 0 : k_chunk >= K ? 1 : 2;
+  const int64_t x_bytes = operand_bytes(storage_bytes, backward);
+  s.stage_ld = k_chunk + kStagePadBytes / x_bytes;
+  s.stage_off = s.w_bytes;
+  const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * x_bytes;
+  s.scratch_off = s.stage_off + align16(stage_bytes);
+  s.a_off = s.scratch_off + (tensor_cores ? kScratchFloats * 4 : 0);
+  s.unit_off = s.a_off + align16(B * G * hs * 4);
+  s.col_off = s.unit_off + align16(unit_arrays * B * hs * 4);
+  s.row_off = s.col_off + align16(2 * G * hs * 4);
+  s.total = s.row_off + align16(2 * B * 4);
+  return s;
+}
+
+// ------------------------------------------------------------------ launch plan
+// What the plan needs to know of the device (cudaDeviceGetAttribute on the GPU; any values in
+// the CPU tests).
+struct DeviceLimits {
+  int64_t sms = 0;
+  int64_t smem_per_block_optin = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int64_t smem_per_sm = 0;           // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  int64_t smem_reserved_per_block = 0;  // cudaDevAttrReservedSharedMemoryPerBlock (1 KiB)
+  int64_t max_threads_per_sm = 0;
+};
+
+// Launch plan: grid size, where W lives, which product runs, and why it cannot launch.
+struct LaunchPlan {
+  int64_t grid = 0;
+  int64_t hs = 0;
+  bool w_in_smem = false;
+  bool tensor_cores = false;  // the mma.sync product (needs w_in_smem)
+  int64_t k_chunk = 0;        // operand columns per cp.async stage (tensor cores), else 0
+  int64_t smem_bytes = 0;
+  std::string reason;  // empty when the plan can launch
+};
+
+// Picks the grid (at most one block per SM, at most one per hidden unit), keeps the block's
+// W_hh slice in shared memory when it fits (tensor cores when wanted, with the largest operand
+// chunk that fits: all of K in one stage, else halving double-buffered chunks down to
+// kKChunkMin), else streams W from L2 with the FMA product; refuses with the reason when even
+// that exceeds the device's shared memory, or when the grid cannot be co-resident
+// (cooperative launch).
+inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, int64_t H,
+                                  int64_t storage_bytes, bool backward, bool want_tensor_cores) {
+  const char* what = backward ? "backward" : "forward";
+  LaunchPlan plan;
+  plan.grid = H < d.sms ? H : d.sms;
+  plan.hs = plan.grid > 0 ? (H + plan.grid - 1) / plan.grid : 0;
+  plan.w_in_smem = true;
+  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, 0, backward);
+  if (want_tensor_cores) {
+    for (int64_t k_chunk = round_up(product_k(G, H, backward), kKChunkMin);;
+         k_chunk = round_up(k_chunk / 2, kKChunkMin)) {
+      const SmemPlan staged = smem_plan(B, G, H, plan.hs, storage_bytes, true, k_chunk, backward);
+      if (staged.total <= d.smem_per_block_optin) {
+        s = staged;
+        plan.tensor_cores = true;
+        plan.k_chunk = k_chunk;
+        break;
+      }
+      if (k_chunk == kKChunkMin) break;  // the exact FMA product needs no operand stages
+    }
+  }
+  if (s.total > d.smem_per_block_optin) {
+    plan.w_in_smem = false;  // W_hh slice streams from L2 instead
+    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, 0, backward);
+  }
+  plan.smem_bytes = s.total;
+  if (s.total > d.smem_per_block_optin) {
+    plan.reason = std::string("the ") + what + " kernel at batch " + std::to_string(B) +
+                  " x hidden " + std::to_string(H) + " needs " + std::to_string(s.total) +
+                  " bytes of shared memory per block, the device allows " +
+                  std::to_string(d.smem_per_block_optin);
+    return plan;
+  }
+  const int64_t by_smem = d.smem_per_sm / (s.total + d.smem_reserved_per_block);
+  const int64_t by_threads = d.max_threads_per_sm / kThreads;
+  const int64_t per_sm = by_smem < by_threads ? by_smem : by_threads;
+  if (per_sm * d.sms < plan.grid) {
+    plan.reason = std::string("the ") + what + " kernel's grid of " +
+                  std::to_string(plan.grid) + " blocks cannot be co-resident (" +
+                  std::to_string(per_sm) + " block(s) per SM x " + std::to_string(d.sms) +
+                  " SMs with " + std::to_string(s.total) + " bytes of shared memory each)";
+  }
+  return plan;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,267 @@
+// The recurrent product on tensor cores: named building blocks (copy, MMA atom, fragment
+// loads, block product), each with the fragment layout it relies on (launch_plan.h states the
+// layouts once, as functions the CPU tests check against a plain matrix product).
+//
+// Why raw `mma.sync` PTX (docs/kernels-v2.md §5.1): the epilogue here (and the cell, once it
+// runs on the accumulators) must know which thread holds which (row, column) of an
+// accumulator, which WMMA leaves unspecified; the PTX ISA documents the m16n8k16 / m16n8k8
+// layouts, the atoms are a few lines each, and they need no third-party headers in the build
+// (CuTe's SM80_16x8x16 atoms are the same instructions).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/kernel_common.cuh"
+#include "cuda/launch_plan.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// ------------------------------------------------------------------ copies
+// 16 bytes global -> shared through L2 only (.cg: never a stale L1 line of data other blocks
+// wrote during this launch); `valid` false writes 16 zero bytes (src-size 0).
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Stages X[b0 + r][k0 + c] (fp32 or the 16-bit dtype, r < rows8, c < cols) into
+// dst[r * ld + c], zero where r >= nbr or k0 + c >= K. With `vec16` (K and ldx multiples of
+// 16 bytes of elements, X 16-byte aligned) each thread issues 16-byte cp.async copies
+// (asynchronous: the caller commits and waits); otherwise it copies element-wise through L2
+// (synchronous). cols and ld are multiples of 16 bytes of elements.
+template <class X>
+__device__ __forceinline__ void stage_operand_chunk(X* dst, int ld, int cols, const X* src,
+                                                    int64_t ldx, int64_t b0, int nbr, int64_t K,
+                                                    int64_t k0, bool vec16) {
+  constexpr int kPerVec = 16 / sizeof(X);
+  const int rows8 = (nbr + 7) / 8 * 8;
+  if (vec16) {
+    const int vecs = cols / kPerVec;
+    for (int v = threadIdx.x; v < rows8 * vecs; v += blockDim.x) {
+      const int r = v / vecs, c = (v % vecs) * kPerVec;
+      const bool valid = r < nbr && k0 + c < K;
+      cp_async_16(dst + r * ld + c, valid ? src + (b0 + r) * ldx + k0 + c : src, valid);
+    }
+  } else {
+    for (int v = threadIdx.x; v < rows8 * cols; v += blockDim.x) {
+      const int r = v / cols, c = v % cols;
+      dst[r * ld + c] =
+          (r < nbr && k0 + c < K) ? __ldcg(src + (b0 + r) * ldx + k0 + c) : from_acc<X>(0.f);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ MMA atoms
+// D = A B + D, one warp, fragments as in launch_plan.h.
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4],
+                                             const uint32_t b[2], __nv_bfloat16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4],
+                                             const uint32_t b[2], __half) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4],
+                                                 const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// fp32 -> tf32 (round to nearest, ties away: what cuBLAS and cuDNN use).
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// Two floats -> one register of two 16-bit operands (lo = lower k).
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// ------------------------------------------------------------------ fragment loads
+// A fragment of rows [m0, m0+16) x columns [k, k+kStep) of the W slice in shared memory
+// (row-major, w_ld elements per row, zero-padded in k); rows >= R read as zero.
+template <class S>
+__device__ __forceinline__ void load_a_fragment(uint32_t a[4], const S* w_sm, int64_t w_ld,
+                                                int m0, int64_t k, int R, int lane) {
+  if constexpr (std::is_same<S, float>::value) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const FragCoord c = mma_m16n8k8_tf32_a(lane, e);
+      const int row = m0 + c.row;
+      a[e] = row < R ? to_tf32(w_sm[row * w_ld + k + c.col]) : 0u;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const FragCoord c = mma_m16n8k16_a(lane, 2 * j);  // and 2j+1 at col + 1
+      const int row = m0 + c.row;
+      a[j] = row < R ? *reinterpret_cast<const uint32_t*>(w_sm + row * w_ld + k + c.col) : 0u;
+    }
+  }
+}
+
+// B fragment of the staged operand: batch rows [n0, n0+8) of the stage buffer (ld elements
+// per row), stage columns [kk, kk+kStep). A stage of 16-bit elements (X = S) holds the
+// operands as they are; an fp32 stage of a 16-bit product is rounded here.
+template <class S, class X>
+__device__ __forceinline__ void load_b_fragment(uint32_t b[2], const X* xs, int ld, int n0,
+                                                int kk, int lane) {
+  if constexpr (!std::is_same<X, float>::value) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const FragCoord c = mma_m16n8k16_b(lane, 2 * j);  // and 2j+1 at k + 1
+      b[j] = *reinterpret_cast<const uint32_t*>(xs + (n0 + c.col) * ld + kk + c.row);
+    }
+  } else if constexpr (std::is_same<S, float>::value) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const FragCoord c = mma_m16n8k8_tf32_b(lane, e);
+      b[e] = to_tf32(xs[(n0 + c.col) * ld + kk + c.row]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const FragCoord c = mma_m16n8k16_b(lane, 2 * j);  // and 2j+1 at k + 1
+      const float2 v = *reinterpret_cast<const float2*>(xs + (n0 + c.col) * ld + kk + c.row);
+      b[j] = pack2(v.x, v.y, S());
+    }
+  }
+}
+
+template <class S>
+__device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  if constexpr (std::is_same<S, float>::value) {
+    mma_m16n8k8_tf32(d, a, b);
+  } else {
+    mma_m16n8k16(d, a, b, S());
+  }
+}
+
+// ------------------------------------------------------------------ the block product
+// out[b * R + r] = sum_{k < K} X[b * ldx + k] * W[r][k] for b < B, r < R, on tensor cores:
+// bf16 / fp16 operands (m16n8k16) or TF32 (m16n8k8, S = float), fp32 accumulation. W is the
+// block's resident slice in shared memory (w_sm, w_ld, zero-padded in k); X was written by
+// other blocks (fp32, or S for a 16-bit S) and arrives through `stage` (plan.stages buffers of
+// plan.stage_ld elements per batch row) in chunks of k_chunk columns: one cp.async copy of all of K per batch block when
+// k_chunk covers K, else a double buffer. `scratch` holds kScratchFloats floats for the
+// split-K partials. Every thread of the block calls this (it contains __syncthreads); `out`
+// is complete when it returns.
+template <class S, class X>
+__device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_t ldx,
+                                 bool vec16, const S* w_sm, int64_t w_ld, int k_chunk,
+                                 int stage_ld, float* out, X* stage, float* scratch) {
+  static_assert(std::is_same<X, float>::value || std::is_same<X, S>::value,
+                "the operand is fp32 or the product's own 16-bit dtype");
+  constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t k_end = round_up(K, kStep);
+  const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
+  const int steps_per_chunk = k_chunk / kStep;
+  const int m_tiles = (R + 15) / 16;
+  const int stage_elems = static_cast<int>(staged_batch_rows(B)) * stage_ld;
+  for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+    const int nbr = static_cast<int>(B - b0 < kBatchBlock ? B - b0 : kBatchBlock);
+    const TileSplit sp = tile_split(R, nbr);
+    const int slot = warp / sp.ksplit, kpart = warp % sp.ksplit;
+    for (int t0 = 0; t0 < sp.tiles; t0 += sp.slots * kTilesPerWarp) {
+      float acc[kTilesPerWarp][4];
+#pragma unroll
+      for (int i = 0; i < kTilesPerWarp; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+
+      stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
+      cp_async_commit();
+      for (int c = 0; c < chunks; ++c) {
+        if (c + 1 < chunks) {
+          stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
+                              b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        const X* xs = stage + (c & 1) * stage_elems;
+        // k-step j of the whole product belongs to k part j % ksplit.
+        const int first = ((kpart - c * steps_per_chunk) % sp.ksplit + sp.ksplit) % sp.ksplit;
+        for (int step = first; step < steps_per_chunk; step += sp.ksplit) {
+          const int kk = step * kStep;
+          const int64_t k = static_cast<int64_t>(c) * k_chunk + kk;
+          if (k >= k_end) break;
+#pragma unroll
+          for (int i = 0; i < kTilesPerWarp; ++i) {
+            const int tile = t0 + slot + i * sp.slots;
+            if (tile < sp.tiles) {
+              uint32_t a[4], b[2];
+              load_a_fragment(a, w_sm, w_ld, (tile % m_tiles) * 16, k, R, lane);
+              load_b_fragment<S>(b, xs, stage_ld, (tile / m_tiles) * 8, kk, lane);
+              mma_step<S>(acc[i], a, b);
+            }
+          }
+        }
+        __syncthreads();  // this buffer is restaged for chunk c + 2 (or the next round)
+      }
+
+      // Epilogue: accumulators -> out[b][r] (C fragment layout), split-K partials summed in
+      // warp order.
+      if (sp.ksplit > 1) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) scratch[(warp * kWarp + lane) * 4 + e] = acc[0][e];
+        __syncthreads();
+      }
+#pragma unroll
+      for (int i = 0; i < kTilesPerWarp; ++i) {
+        const int tile = t0 + slot + i * sp.slots;
+        if (kpart != 0 || tile >= sp.tiles) continue;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = acc[i][e];
+          for (int part = 1; part < sp.ksplit; ++part)
+            v += scratch[((warp + part) * kWarp + lane) * 4 + e];
+          const FragCoord cc = mma_m16n8_c(lane, e);
+          const int r = (tile % m_tiles) * 16 + cc.row;
+          const int n = (tile / m_tiles) * 8 + cc.col;
+          if (r < R && n < nbr) out[(b0 + n) * R + r] = v;
+        }
+      }
+      if (sp.ksplit > 1) __syncthreads();  // scratch is rewritten by the next round
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,333 @@
+"""The CUDA kernels' CPU-checkable parts (csrc/cuda/launch_plan.h, through fusedrnn._C):
+the mma.sync fragment layouts, the block product's tile split, and the launch plan that
+dispatch checks before it picks ``cuda`` (issue 14 items 1 and 5)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from fusedrnn.backends import cuda as cuda_backend
+from fusedrnn.backends import host, native
+from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs
+
+pytestmark = pytest.mark.skipif(host.availability() is not None, reason=str(host.availability()))
+
+# ------------------------------------------------------------------ fragment layouts
+# The PTX ISA's fragment tables ("Matrix Fragments for mma.m16n8k16 with floating point type",
+# "... mma.m16n8k8" for .tf32), transcribed here independently of launch_plan.h, in the ISA's
+# own terms: groupID = lane >> 2, threadID_in_group = lane % 4, element index i.
+
+
+def _isa_m16n8k16(operand: str, lane: int, i: int) -> tuple[int, int]:
+    group, tig = lane >> 2, lane % 4
+    if operand == "a":  # a0..a7: rows groupID (a0,a1,a4,a5) / groupID+8 (a2,a3,a6,a7)
+        row = group if i in (0, 1, 4, 5) else group + 8
+        col = tig * 2 + (i & 1) + (8 if i >= 4 else 0)
+        return row, col
+    if operand == "b":  # b0..b3: row (k) = tig*2 + (i & 1) (+8 for i >= 2), col = groupID
+        return tig * 2 + (i & 1) + (8 if i >= 2 else 0), group
+    row = group if i < 2 else group + 8  # c0..c3
+    return row, tig * 2 + (i & 1)
+
+
+def _isa_m16n8k8_tf32(operand: str, lane: int, i: int) -> tuple[int, int]:
+    group, tig = lane >> 2, lane % 4
+    if operand == "a":  # a0: (g, t) a1: (g+8, t) a2: (g, t+4) a3: (g+8, t+4)
+        return (group if i in (0, 2) else group + 8), (tig if i < 2 else tig + 4)
+    if operand == "b":  # b0: (k=t, n=g) b1: (k=t+4, n=g)
+        return (tig if i == 0 else tig + 4), group
+    return (group if i < 2 else group + 8), tig * 2 + (i & 1)
+
+
+SHAPES = {
+    "m16n8k16": (16, _isa_m16n8k16),
+    "m16n8k8_tf32": (8, _isa_m16n8k8_tf32),
+}
+
+
+def _maps(shape: str) -> dict[str, list[list[tuple[int, int]]]]:
+    C = native.native()
+    return {op: C.mma_fragment_map(op, shape) for op in ("a", "b", "c")}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_fragment_maps_cover_each_tile_once(shape):
+    """Every element of A (16 x K), B (K x 8) and C (16 x 8) is held by exactly one (lane, e)."""
+    k, _ = SHAPES[shape]
+    dims = {"a": (16, k), "b": (k, 8), "c": (16, 8)}
+    for op, lanes in _maps(shape).items():
+        held = [coord for lane in lanes for coord in lane]
+        rows, cols = dims[op]
+        assert sorted(held) == sorted(itertools.product(range(rows), range(cols))), op
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_fragment_maps_reproduce_the_matrix_product(shape):
+    """Emulate one mma.sync: fill each lane's fragments with the kernel's maps, let the
+    'hardware' (the ISA's tables) read A and B from the fragments and write D = A B into the
+    fragments, read D back with the kernel's C map: it must be A @ B."""
+    k, isa = SHAPES[shape]
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(16, k, generator=gen, dtype=torch.float64)
+    b = torch.randn(k, 8, generator=gen, dtype=torch.float64)
+    maps = _maps(shape)
+
+    def fragments(op, matrix):
+        return [[matrix[r, c].item() for r, c in lane] for lane in maps[op]]
+
+    frag_a, frag_b = fragments("a", a), fragments("b", b)
+    hw_a, hw_b = torch.zeros_like(a), torch.zeros_like(b)
+    for lane in range(32):
+        for i, v in enumerate(frag_a[lane]):
+            hw_a[isa("a", lane, i)] = v
+        for i, v in enumerate(frag_b[lane]):
+            hw_b[isa("b", lane, i)] = v
+    hw_d = hw_a @ hw_b
+    frag_d = [[hw_d[isa("c", lane, i)].item() for i in range(4)] for lane in range(32)]
+    d = torch.full((16, 8), float("nan"), dtype=torch.float64)
+    for lane, coords in enumerate(maps["c"]):
+        for i, (r, c) in enumerate(coords):
+            d[r, c] = frag_d[lane][i]
+    torch.testing.assert_close(d, a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_sixteen_bit_registers_hold_adjacent_k():
+    """The kernel loads each 16-bit A/B register (elements 2j, 2j+1) as one 32-bit word of
+    two consecutive k: the maps must agree."""
+    for op, lanes in _maps("m16n8k16").items():
+        if op == "c":
+            continue
+        for lane in lanes:
+            for j in range(len(lane) // 2):
+                (r0, c0), (r1, c1) = lane[2 * j], lane[2 * j + 1]
+                if op == "a":
+                    assert (r1, c1) == (r0, c0 + 1) and c0 % 2 == 0
+                else:
+                    assert (r1, c1) == (r0 + 1, c0) and r0 % 2 == 0
+
+
+# ------------------------------------------------------------------ the block product's split
+WARPS, TILES_PER_WARP = 8, 4
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch_rows"), [(1, 1), (4, 16), (16, 16), (17, 9), (64, 64), (3, 64), (48, 40)]
+)
+def test_tile_split_gives_each_tile_all_k_parts_once(rows, batch_rows):
+    """block_product_tc's assignment (warp -> slot = warp / ksplit, k part = warp % ksplit,
+    tiles t0 + slot + i*slots per round) computes every output tile's full k range once."""
+    tiles, ksplit, slots = native.native().mma_tile_split(rows, batch_rows)
+    assert tiles == -(-rows // 16) * -(-batch_rows // 8)
+    assert ksplit * slots <= WARPS and WARPS % ksplit == 0
+    assert ksplit == 1 or tiles * ksplit <= WARPS
+    seen = {}
+    for t0 in range(0, tiles, slots * TILES_PER_WARP):
+        for warp in range(WARPS):
+            slot, part = warp // ksplit, warp % ksplit
+            for i in range(TILES_PER_WARP):
+                tile = t0 + slot + i * slots
+                if tile < tiles:
+                    seen.setdefault(tile, []).append(part)
+    assert sorted(seen) == list(range(tiles))
+    assert all(sorted(parts) == list(range(ksplit)) for parts in seen.values())
+
+
+def _c_mod(a: int, b: int) -> int:
+    """C's ``%`` (the sign of the dividend), which block_product_tc's k-part offset must undo."""
+    return int(math.fmod(a, b))
+
+
+def _emulate_block_product(x, w, k_chunk, k_step):
+    """block_product_tc (tensor_core.cuh) transcribed at tile level: batch blocks of 64 rows,
+    rounds of slots x kTilesPerWarp tiles, operand chunks of k_chunk columns, k-step j of the
+    whole product to k part j % ksplit (the kernel's C expression), the k_end cut, split-K
+    partials summed in warp order in the epilogue. Each tile product is W[16 rows, k_step]
+    @ X[8 rows, k_step]^T (one mma; its fragment layout is tested above)."""
+    batch, k = x.shape
+    rows = w.shape[0]
+    m_tiles, k_end = -(-rows // 16), -(-k // k_step) * k_step
+    chunks, steps_per_chunk = -(-k // k_chunk), k_chunk // k_step
+    w_smem = torch.zeros(m_tiles * 16, -(-k // 16) * 16, dtype=x.dtype)  # zero pad, rows >= R
+    w_smem[:rows, :k] = w
+    out = torch.full((batch, rows), float("nan"), dtype=x.dtype)
+    for b0 in range(0, batch, 64):
+        nbr = min(64, batch - b0)
+        tiles, ksplit, slots = native.native().mma_tile_split(rows, nbr)
+        staged = torch.zeros(-(-nbr // 8) * 8, chunks * k_chunk, dtype=x.dtype)
+        staged[:nbr, :k] = x[b0 : b0 + nbr]
+        for t0 in range(0, tiles, slots * TILES_PER_WARP):
+            acc = {
+                (wp, i): torch.zeros(16, 8, dtype=x.dtype) for wp in range(WARPS) for i in range(4)
+            }
+            for c in range(chunks):
+                for warp in range(WARPS):
+                    slot, part = warp // ksplit, warp % ksplit
+                    first = _c_mod(_c_mod(part - c * steps_per_chunk, ksplit) + ksplit, ksplit)
+                    for step in range(first, steps_per_chunk, ksplit):
+                        kk = c * k_chunk + step * k_step
+                        if kk >= k_end:
+                            break
+                        for i in range(TILES_PER_WARP):
+                            tile = t0 + slot + i * slots
+                            if tile < tiles:
+                                m0, n0 = (tile % m_tiles) * 16, (tile // m_tiles) * 8
+                                a = w_smem[m0 : m0 + 16, kk : kk + k_step]
+                                acc[warp, i] += a @ staged[n0 : n0 + 8, kk : kk + k_step].T
+            for warp in range(0, WARPS, ksplit):
+                for i in range(TILES_PER_WARP):
+                    tile = t0 + warp // ksplit + i * slots
+                    if tile >= tiles:
+                        continue
+                    total = acc[warp, i] + sum(acc[warp + p, 0] for p in range(1, ksplit))
+                    m0, n0 = (tile % m_tiles) * 16, (tile // m_tiles) * 8
+                    r_end, n_end = min(16, rows - m0), min(8, nbr - n0)
+                    out[b0 + n0 : b0 + n0 + n_end, m0 : m0 + r_end] = total[:r_end, :n_end].T
+    return out
+
+
+@pytest.mark.parametrize(
+    ("batch", "rows", "k", "k_chunk", "k_step"),
+    [
+        (1, 1, 1, 32, 16),
+        (9, 17, 40, 32, 8),
+        (70, 4, 200, 64, 16),
+        (130, 48, 131, 32, 16),
+        (16, 16, 512, 512, 16),
+        (64, 32, 1024, 256, 8),
+    ],
+)
+def test_block_product_schedule_computes_the_product(batch, rows, k, k_chunk, k_step):
+    gen = torch.Generator().manual_seed(batch + rows + k)
+    x = torch.randn(batch, k, generator=gen, dtype=torch.float64)
+    w = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_emulate_block_product(x, w, k_chunk, k_step), x @ w.T)
+
+
+# ------------------------------------------------------------------ the launch plan
+H100 = {
+    "sms": 132,
+    "smem_per_block_optin": 232448,
+    "smem_per_sm": 233472,
+    "smem_reserved_per_block": 1024,
+    "max_threads_per_sm": 2048,
+}
+
+
+def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, **limits):
+    return native.native().cuda_launch_plan(
+        B=B,
+        G=G,
+        H=H,
+        storage_bytes=dtype_bytes,
+        backward=backward,
+        want_tensor_cores=tensor_cores,
+        **{**H100, **limits},
+    )
+
+
+def test_plan_w1_bf16_forward_by_hand():
+    """W1 LSTM bf16 forward (B=16, H=512) on an H100, every part of the shared memory counted
+    here: hs = ceil(512/132) = 4 units, 16 gate rows of 512 + 8 (pad) bf16 = 16,640 B; all of
+    K in one operand stage of the bf16 exchange, 16 rows of 512 + 8 = 16,640 B; split-K
+    scratch 8*32*4*4 = 4,096 B; gates 16*16*4 = 1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B;
+    column and row statistics 128 + 128 B."""
+    plan = _plan(16, 4, 512, 2, backward=False)
+    assert plan["reason"] == ""
+    assert (plan["grid"], plan["hs"], plan["w_in_smem"], plan["tensor_cores"]) == (
+        132,
+        4,
+        True,
+        True,
+    )
+    assert plan["k_chunk"] == 512
+    assert plan["smem_bytes"] == 16640 + 16640 + 4096 + 1024 + 1280 + 128 + 128
+
+
+def test_plan_w2_forward_by_hand():
+    """W2 LSTM forward (B=64, H=1024, hs = 8, 32 gate rows); the other parts as above: scratch
+    4,096 B, gates 64*32*4 = 8,192 B, units 5*64*8*4 = 10,240 B, statistics 256 + 512 B.
+    bf16: W 32 x 1032 bf16 = 66,048 B and all of K in one bf16 stage, 64 x 1032 x 2 =
+    132,096 B. fp32 (TF32): W 32 x 1028 x 4 = 131,584 B; one fp32 stage of all K (263,168 B)
+    does not fit, nor two of 512 or 256 columns; two of 128 do: 2 x 64 x 132 x 4 = 67,584 B."""
+    rest = 4096 + 8192 + 10240 + 256 + 512
+    bf16 = _plan(64, 4, 1024, 2, backward=False)
+    assert (bf16["hs"], bf16["tensor_cores"], bf16["k_chunk"]) == (8, True, 1024)
+    assert bf16["smem_bytes"] == 66048 + 132096 + rest
+    tf32 = _plan(64, 4, 1024, 4, backward=False)
+    assert (tf32["tensor_cores"], tf32["k_chunk"]) == (True, 128)
+    assert tf32["smem_bytes"] == 131584 + 67584 + rest
+
+
+def test_plan_falls_back_in_order():
+    """Tensor cores need the operand stages: when only the FMA plan fits the W slice stays in
+    shared memory without them; when that does not fit either, W streams from L2."""
+    B, G, H = 64, 4, 1024
+    tc = _plan(B, G, H, 4, backward=True)["smem_bytes"]
+    fma = _plan(B, G, H, 4, backward=True, tensor_cores=False)["smem_bytes"]
+    assert fma < tc
+    between = _plan(B, G, H, 4, backward=True, smem_per_block_optin=fma, smem_per_sm=fma + 1024)
+    assert (between["w_in_smem"], between["tensor_cores"], between["reason"]) == (True, False, "")
+    below = _plan(B, G, H, 4, backward=True, smem_per_block_optin=fma - 16, smem_per_sm=fma)
+    assert (below["w_in_smem"], below["tensor_cores"], below["reason"]) == (False, False, "")
+    assert below["smem_bytes"] < fma
+
+
+@pytest.mark.parametrize(("B", "backward"), [(640, True), (1024, False)])
+def test_plan_refuses_what_cannot_launch(B, backward):
+    """The cases issue 14 names (LSTM fp32 H=1024): backward at B=640, forward at B=1024."""
+    plan = _plan(B, 4, 1024, 4, backward=backward, tensor_cores=False)
+    assert "shared memory" in plan["reason"] and str(B) in plan["reason"]
+    assert plan["smem_bytes"] > H100["smem_per_block_optin"]
+
+
+def test_plan_checks_co_residency():
+    plan = _plan(8, 4, 256, 4, backward=False, max_threads_per_sm=128)
+    assert "co-resident" in plan["reason"]
+    assert _plan(8, 4, 256, 4, backward=False)["reason"] == ""
+
+
+def _cuda_inputs(batch: int, hidden: int, needs_grad: bool) -> RecurrenceInputs:
+    """Meta tensors: the shapes and dtype of a CUDA call without memory or a device."""
+    meta = torch.device("meta")
+    return RecurrenceInputs(
+        config=RecurrenceConfig(cell="lstm", hidden_size=hidden),
+        xg=torch.empty(2, batch, 4 * hidden, device=meta),
+        h0=torch.empty(batch, hidden, device=meta),
+        c0=torch.empty(batch, hidden, device=meta),
+        w_hh=torch.empty(4 * hidden, hidden, device=meta),
+        b_hh=None,
+        w_hr=None,
+        lengths=None,
+        needs_grad=needs_grad,
+    )
+
+
+def test_dispatch_refuses_with_the_plans_reason(monkeypatch):
+    """unsupported_reason (what dispatch asks) names the plan's reason instead of the launch
+    throwing; without gradients only the forward plan matters."""
+    monkeypatch.setattr(native, "common_unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(cuda_backend, "device_limits", lambda device: dict(H100))
+    monkeypatch.setattr(cuda_backend, "tf32_enabled", lambda: False)
+    reason = cuda_backend.unsupported_reason(_cuda_inputs(640, 1024, needs_grad=True))
+    assert reason is not None and "backward kernel" in reason and "shared memory" in reason
+    assert cuda_backend.unsupported_reason(_cuda_inputs(640, 1024, needs_grad=False)) is None
+    assert cuda_backend.unsupported_reason(_cuda_inputs(16, 512, needs_grad=True)) is None
+
+
+def test_tf32_flag_is_cudnn_rnn_precision(monkeypatch):
+    """docs/kernels-v2.md §2: float32 uses TF32 iff cuDNN's RNN would."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cudnn.rnn.fp32_precision")
+    before = rnn.fp32_precision
+    try:
+        rnn.fp32_precision = "tf32"
+        assert cuda_backend.tf32_enabled() is True
+        rnn.fp32_precision = "ieee"
+        assert cuda_backend.tf32_enabled() is False
+    finally:
+        rnn.fp32_precision = before
