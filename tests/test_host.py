@@ -158,13 +158,14 @@ def compare(inputs: RecurrenceInputs, check_grads: bool = True) -> None:
     dtype = inputs.xg.dtype
     gen = torch.Generator().manual_seed(7)
     steps, batch, _ = inputs.xg.shape
-    shape = (batch, inputs.config.hidden_size)
+    shape = (batch, inputs.config.out_size)  # h (P units)
     grad_output = grad_h_n = grad_c_n = None
     if check_grads:
         grad_output = torch.randn((steps, *shape), generator=gen, dtype=torch.float64)
         grad_h_n = torch.randn(shape, generator=gen, dtype=torch.float64)
         if inputs.config.cell == "lstm":
-            grad_c_n = torch.randn(shape, generator=gen, dtype=torch.float64)
+            cell_shape = (batch, inputs.config.hidden_size)
+            grad_c_n = torch.randn(cell_shape, generator=gen, dtype=torch.float64)
 
     def solve(perturb) -> tuple[dict, dict]:
         problem = map_floating(inputs, perturb)

@@ -37,6 +37,8 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
+    if inputs.config.proj_size > 0:
+        return "the cuda backend does not support proj_size (LSTM projections)"
     return native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
 
 
