@@ -54,7 +54,9 @@ def make_inputs(
     hidden: int = 13,
     bias: bool = True,
     seed: int = 0,
+    proj: int = 0,
 ) -> RecurrenceInputs:
+    """One layer-direction's inputs; ``proj`` > 0 (lstm): a projection to ``proj`` units."""
     gen = torch.Generator().manual_seed(seed + 1000 * len(reg) + len(cell))
     training = reg not in ("bn_eval", "zoneout_eval", "none")
     dropout = 0.3 if reg in ("recurrent_dropout", "all", "all_ln") else 0.0
@@ -69,8 +71,9 @@ def make_inputs(
         zoneout_cell=zone if cell == "lstm" else 0.0,
         zoneout_hidden=zone,
         norm=norm,
+        proj_size=proj,
     )
-    n = cfg.gate_size
+    n, out_size = cfg.gate_size, cfg.out_size
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
@@ -95,11 +98,11 @@ def make_inputs(
     return RecurrenceInputs(
         config=cfg,
         xg=rnd(steps, batch, n),
-        h0=rnd(batch, hidden, scale=0.5),
+        h0=rnd(batch, out_size, scale=0.5),
         c0=rnd(batch, hidden, scale=0.5) if cell == "lstm" else None,
-        w_hh=rnd(n, hidden, scale=hidden**-0.5),
+        w_hh=rnd(n, out_size, scale=out_size**-0.5),
         b_hh=rnd(n, scale=0.1) if bias else None,
-        w_hr=None,
+        w_hr=rnd(out_size, hidden, scale=hidden**-0.5) if proj else None,
         lengths=lengths,
         reverse=reverse,
         training=training,
@@ -254,11 +257,57 @@ def test_zero_steps():
 def test_unsupported_reasons():
     inputs = make_inputs("lstm", "none", False, False, torch.float32)
     assert host.unsupported_reason(inputs) is None
-    assert "float16" in host.unsupported_reason(inputs.replace(xg=inputs.xg.half()))
-    proj = inputs.replace(config=RecurrenceConfig(cell="lstm", hidden_size=13, proj_size=4))
-    assert "proj_size" in host.unsupported_reason(proj)
-    with pytest.raises(RuntimeError, match="proj_size"):
-        host.forward(proj)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert host.unsupported_reason(map_floating(inputs, lambda t, d=dtype: t.to(d))) is None
+    assert (
+        host.unsupported_reason(make_inputs("lstm", "all", False, True, torch.float32, proj=4))
+        is None
+    )
+    on_meta = map_floating(inputs, lambda t: t.to("meta"))
+    assert "needs cpu tensors, got meta" in host.unsupported_reason(on_meta)
+    with pytest.raises(RuntimeError, match="needs cpu tensors"):
+        host.forward(on_meta)
+
+
+# ----------------------------------------------------------------- LSTM projections
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", REGULARIZERS)
+def test_projection_parity(reg, reverse, lengths, dtype):
+    """proj_size: h~ = W_hr (o tanh(N_c(c~))), h and its masks over P units, with every
+    regulariser, both directions and lengths; outputs and every gradient incl. w_hr."""
+    compare(make_inputs("lstm", reg, reverse, lengths, dtype, proj=5))
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch", "hidden", "proj"),
+    [(1, 1, 2, 1), (2, 1, 3, 1), (5, 3, 7, 1), (11, 2, 17, 13), (3, 7, 31, 2), (4, 33, 9, 8)],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_projection_awkward_sizes_and_threads(steps, batch, hidden, proj, threads, monkeypatch):
+    """P = 1 and primes, more threads than projection units (empty slices of P)."""
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    for reg, dtype in (("all", torch.float64), ("all_ln", torch.float32), ("none", torch.float32)):
+        compare(make_inputs("lstm", reg, True, True, dtype, steps, batch, hidden, proj=proj))
+
+
+# ----------------------------------------------------------------- float16 / bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_precision_parity(cell, reg, reverse, dtype):
+    """Half-precision storage (computed in float32): by the rule against the reference
+    backend in the same dtype (torch.nn has no regularised recurrence; the plain layers are
+    held to torch.nn's own half-precision error in test_half_precision_matches_torch_nn)."""
+    compare(make_inputs(cell, reg, reverse, True, dtype))
+    if cell == "lstm":
+        compare(make_inputs(cell, reg, reverse, True, dtype, proj=5))
 
 
 # ------------------------------------------------------------------------------- Philox
