@@ -416,3 +416,20 @@ def test_host_applies_the_python_zoneout_mask():
     assert 0 < int(expected.sum()) < expected.numel()
     assert torch.equal(zoned, expected)
     torch.testing.assert_close(output[~zoned], torch.tanh(xg)[~zoned])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("reg", ["all", "all_ln", "bn_eval"])
+@pytest.mark.parametrize(("cell", "proj"), [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn_relu", 0)])
+@pytest.mark.filterwarnings("ignore:var\\(\\). degrees of freedom")
+def test_empty_batch(cell, proj, reg, dtype):
+    """B = 0 (module level: test_module_behaviour's empty-batch test): empty outputs, zero
+    weight gradients, no launch."""
+    inputs = make_inputs(cell, reg, False, False, dtype, batch=0, proj=proj)
+    compare(inputs)
+    out, saved = host.forward(inputs)
+    grads = host.backward(inputs, saved, out.output.new_ones(out.output.shape), None, None)
+    assert out.output.shape == (7, 0, inputs.config.out_size)
+    assert torch.count_nonzero(grads["w_hh"]) == 0 and grads["w_hh"].shape == inputs.w_hh.shape
+    if proj:
+        assert torch.count_nonzero(grads["w_hr"]) == 0 and grads["w_hr"].shape == (proj, 13)
