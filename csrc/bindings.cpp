@@ -142,6 +142,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<F>(m, "RecurrenceFwdParams")
       .def(py::init<>())
       .FRNN_RW(F, T).FRNN_RW(F, B).FRNN_RW(F, H).FRNN_RW(F, G).FRNN_RW(F, S)
+      .FRNN_RW(F, proj_size)
       .FRNN_RW(F, cell).FRNN_RW(F, norm).FRNN_RW(F, dtype)
       .FRNN_RW(F, reverse).FRNN_RW(F, training)
       .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
@@ -149,6 +150,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32)
       .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
       .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
+      .FRNN_PTR(F, w_hr)
       .FRNN_PTR(F, lengths)
       .FRNN_PTR(F, norm_weight_hh).FRNN_PTR(F, norm_weight_c).FRNN_PTR(F, norm_bias_c)
       .FRNN_PTR(F, running_mean_hh).FRNN_PTR(F, running_var_hh)
@@ -167,7 +169,8 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(Bw, grad_out).FRNN_RW(Bw, grad_out_stride_t).FRNN_RW(Bw, grad_out_stride_b)
       .FRNN_PTR(Bw, grad_h_n).FRNN_PTR(Bw, grad_c_n)
       .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
-      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
+      .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, h_pre_proj).FRNN_PTR(Bw, dproj)
+      .FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
 
   m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");

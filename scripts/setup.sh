@@ -36,7 +36,7 @@ fi
 missing=()
 for spec in $(missing_modules numpy:numpy pybind11:pybind11 ninja:ninja cmake:cmake \
               pytest:pytest pytest_benchmark:pytest-benchmark hypothesis:hypothesis \
-              matplotlib:matplotlib wheel:wheel); do
+              expecttest:expecttest matplotlib:matplotlib wheel:wheel); do
   missing+=("${spec##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -44,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   pip_install "${missing[@]}"
 else
   echo "  all present (torch, triton, numpy, pybind11, ninja, cmake, pytest, pytest-benchmark,"
-  echo "  hypothesis, matplotlib, wheel)"
+  echo "  hypothesis, expecttest, matplotlib, wheel)"
 fi
 
 step 2/4 "native extension fusedrnn._C (CMake + Ninja; Ninja prints [done/total] per file)"

@@ -290,8 +290,6 @@ def test_triton_interpreter_matches_reference_float32(case):
 @given(data=st.data())
 def test_plain_configs_match_torch_nn(backend, cell, data):
     case = data.draw(cases(cell=cell, plain=True, projections=True), label="case")
-    if backend == "host":
-        case = dataclasses.replace(case, proj_size=0)  # host has no LSTM projections
     torch.manual_seed(case.seed)
     theirs = TORCH[case.cell](**case.module_args(), dtype=torch.float64)
     ours = FUSED[case.cell](**case.module_args(), backend=backend, dtype=torch.float64)

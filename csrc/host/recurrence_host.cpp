@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -157,6 +158,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
   const T* h0 = static_cast<const T*>(p.h0);
   const T* c0 = static_cast<const T*>(p.c0);
   const T* w = static_cast<const T*>(p.w_hh);
+  const T* w_hr = static_cast<const T*>(p.w_hr);
   const T* bias = static_cast<const T*>(p.b_hh);
   const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
   const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
@@ -185,9 +187,14 @@ void forward_impl(const RecurrenceFwdParams& p) {
   // Inference (no gradient needed): the launcher passes no gates / gru_an / c_tilde /
   // c_state; the gates of the current step then live in `step_gates` and the rest is not kept.
   const bool save = sv_gates != nullptr;
+  // h has P units: proj_size with an lstm projection, else H.
+  const bool proj = p.proj_size > 0;
+  const int64_t P = proj ? p.proj_size : H;
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
-  std::vector<T> hin(static_cast<size_t>(2 * B * H));
+  std::vector<T> hin(static_cast<size_t>(2 * B * P));
+  // lstm projection: o * tanh(N_c(c~)) of every unit, the input of the shared h~ = W_hr (.).
+  std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));
   std::vector<T> step_gates(save ? 0 : static_cast<size_t>(B * N));
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
@@ -202,12 +209,21 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t hl = sl.size();
     const int64_t nl = G * hl;  // own columns, gate-major: c = g * hl + jj
     auto col = [&](int64_t c) { return (c / hl) * H + sl.j0 + c % hl; };
+    // The units of h this thread owns: its slice of the P projection outputs, or (no
+    // projection) the same units as its cell slice.
+    const Slice so = proj ? slice_of(P, tid, nt) : sl;
+    const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> wp =
-        pack_b<T>(H, nl, [&](int64_t k, int64_t c) { return w[col(c) * H + k]; });
-    const std::vector<T> mh = cm.dropout_mask(p, sl);
+        pack_b<T>(P, nl, [&](int64_t k, int64_t c) { return w[col(c) * P + k]; });
+    // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
+    const std::vector<T> wrp =
+        proj ? pack_b<T>(H, pl, [&](int64_t k, int64_t q) { return w_hr[(so.j0 + q) * H + k]; })
+             : std::vector<T>();
+    const std::vector<T> mh = cm.dropout_mask(p, so);
     std::vector<T> a(static_cast<size_t>(std::max<int64_t>(1, B * nl)));
-    std::vector<T> h(static_cast<size_t>(B * hl)), c(static_cast<size_t>(B * hl));
+    std::vector<T> h(static_cast<size_t>(B * pl)), c(static_cast<size_t>(B * hl));
+    std::vector<T> h_proj(static_cast<size_t>(proj ? std::max<int64_t>(1, B * pl) : 0));
     std::vector<T> ct(static_cast<size_t>(B * hl)), cout_v(static_cast<size_t>(B * hl));
     std::vector<T> mean(static_cast<size_t>(std::max<int64_t>(nl, 1)));
     std::vector<T> var(mean.size()), rstd(mean.size());
@@ -220,23 +236,25 @@ void forward_impl(const RecurrenceFwdParams& p) {
       if (norm_weight_hh) norm_weight_own[cc] = norm_weight_hh[col(cc)];
       if (bias) bias_own[cc] = bias[col(cc)];
     }
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t jj = 0; jj < hl; ++jj) {
-        h[b * hl + jj] = h0[b * H + sl.j0 + jj];
-        if (lstm) c[b * hl + jj] = c0[b * H + sl.j0 + jj];
-        hin[b * H + sl.j0 + jj] = mh[b * hl + jj] * h[b * hl + jj];
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t jj = 0; jj < pl; ++jj) {
+        h[b * pl + jj] = h0[b * P + so.j0 + jj];
+        hin[b * P + so.j0 + jj] = mh[b * pl + jj] * h[b * pl + jj];
       }
+      if (lstm)
+        for (int64_t jj = 0; jj < hl; ++jj) c[b * hl + jj] = c0[b * H + sl.j0 + jj];
+    }
     barrier();
 
     for (int64_t s = 0; s < TT; ++s) {
       const int64_t t = cm.time_at(s);
       T* gates_t = save ? sv_gates + t * B * N : step_gates.data();  // [B][N] of step t
-      const T* hin_cur = hin.data() + (s & 1) * B * H;
-      T* hin_next = hin.data() + ((s + 1) & 1) * B * H;
+      const T* hin_cur = hin.data() + (s & 1) * B * P;
+      T* hin_next = hin.data() + ((s + 1) & 1) * B * P;
       for (int64_t b = 0; b < B; ++b) active[b] = t < cm.len[b];
 
       // a = (m_h * h_{t-1}) W_hh^T for own columns.
-      if (nl > 0) gemm_packed(B, nl, H, hin_cur, H, wp.data(), a.data(), nl, false);
+      if (nl > 0) gemm_packed(B, nl, P, hin_cur, P, wp.data(), a.data(), nl, false);
 
       // Normalisation of W_hh h.
       if (cm.norm == kNormBatch) {
@@ -395,41 +413,58 @@ void forward_impl(const RecurrenceFwdParams& p) {
         }
       }
 
-      // Zoneout, state update, outputs. (lstm: cout_v becomes tanh(c_out) for h~ = o tanh.)
-      if (lstm) tanh_inplace(cout_v.data(), B * hl);
-      for (int64_t b = 0; b < B; ++b) {
-        const bool act = active[b] != 0;
-        const T* gs = gates_t + b * N;
-        T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
-        for (int64_t jj = 0; jj < hl; ++jj) {
-          const int64_t j = sl.j0 + jj;
-          const int64_t e = b * hl + jj;
-          T h_tilde;
-          if (lstm) {
-            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            h_tilde = ga.o * cout_v[e];  // lstm_h_tilde with tanh(c_out) computed above
+      // LSTM: zoneout and update of c; h~ = o tanh(c_out) (cout_v becomes tanh(c_out)) into
+      // ct, where gru and rnn left their h~, or into h_pre for the projection.
+      if (lstm) {
+        tanh_inplace(cout_v.data(), B * hl);
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = active[b] != 0;
+          const T* gs = gates_t + b * N;
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const int64_t e = b * hl + jj;
             const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
             if (act) c[e] = c_new;
             if (save) sv_cstate[(t * B + b) * H + j] = c[e];
-          } else {
-            h_tilde = ct[e];
+            const T h_cell = gs[3 * H + j] * cout_v[e];  // lstm_h_tilde, tanh(c_out) above
+            if (proj) {
+              h_pre[b * H + j] = h_cell;
+            } else {
+              ct[e] = h_cell;
+            }
           }
+        }
+      }
+      // The projection h~ = W_hr (o tanh(c_out)) of own outputs, once every unit is in h_pre.
+      if (proj) {
+        barrier();
+        if (pl > 0) gemm_packed(B, pl, H, h_pre.data(), H, wrp.data(), h_proj.data(), pl, false);
+      }
+
+      // Zoneout of h, state update, outputs (own units of h).
+      const T* h_tilde = proj ? h_proj.data() : ct.data();  // [B][pl]
+      for (int64_t b = 0; b < B; ++b) {
+        const bool act = active[b] != 0;
+        T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
+        for (int64_t jj = 0; jj < pl; ++jj) {
+          const int64_t j = so.j0 + jj;
+          const int64_t e = b * pl + jj;
           const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
-          const T h_new = zoneout_forward(cm.zh, zh, h[e], h_tilde);
+          const T h_new = zoneout_forward(cm.zh, zh, h[e], h_tilde[e]);
           if (act) h[e] = h_new;
           ob[j] = act ? h_new : T(0);
-          hin_next[b * H + j] = mh[e] * h[e];
+          hin_next[b * P + j] = mh[e] * h[e];
         }
       }
       barrier();
     }
 
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t jj = 0; jj < hl; ++jj) {
-        h_n[b * H + sl.j0 + jj] = h[b * hl + jj];
-        if (lstm) c_n[b * H + sl.j0 + jj] = c[b * hl + jj];
-      }
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t jj = 0; jj < pl; ++jj) h_n[b * P + so.j0 + jj] = h[b * pl + jj];
+      if (lstm)
+        for (int64_t jj = 0; jj < hl; ++jj) c_n[b * H + sl.j0 + jj] = c[b * hl + jj];
+    }
   }
 }
 
@@ -443,6 +478,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
   const T* h0 = static_cast<const T*>(p.h0);
   const T* c0 = static_cast<const T*>(p.c0);
   const T* w = static_cast<const T*>(p.w_hh);
+  const T* w_hr = static_cast<const T*>(p.w_hr);
   const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
   const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
   const T* norm_bias_c = static_cast<const T*>(p.norm_bias_c);
@@ -463,11 +499,15 @@ void backward_impl(const RecurrenceBwdParams& p) {
   T* da = p.da != nullptr ? static_cast<T*>(p.da) : dab;
   T* hin = static_cast<T*>(p.hin);
   T* dcout_sv = static_cast<T*>(p.dc_out);
+  T* sv_h_pre = static_cast<T*>(p.h_pre_proj);
+  T* dproj = static_cast<T*>(p.dproj);
   T* dh0 = static_cast<T*>(p.dh0);
   T* dc0 = static_cast<T*>(p.dc0);
   const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
   const bool norm = cm.norm != kNormNone;
   const bool bn_train = cm.norm == kNormBatch && cm.training;
+  const bool proj = p.proj_size > 0;
+  const int64_t P = proj ? p.proj_size : H;  // units of h
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
   // Layer norm row partials: (sum dxhat, sum dxhat * xhat) per thread and row.
@@ -482,23 +522,36 @@ void backward_impl(const RecurrenceBwdParams& p) {
     const int nt = team_size();
     const Slice sl = slice_of(H, tid, nt);
     const int64_t hl = sl.size();
-    // Packed W_hh restricted to own input units: B[n][kk] = W[n][j0 + kk].
+    // Own units of h (as in forward): a slice of the P projection outputs, or the cell slice.
+    const Slice so = proj ? slice_of(P, tid, nt) : sl;
+    const int64_t pl = so.size();
+    // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk].
     const std::vector<T> wp =
-        pack_b<T>(N, hl, [&](int64_t n, int64_t kk) { return w[n * H + sl.j0 + kk]; });
-    const std::vector<T> mh = cm.dropout_mask(p, sl);
-    std::vector<T> dh(static_cast<size_t>(B * hl)), dc(static_cast<size_t>(B * hl), T(0));
-    std::vector<T> dh_prev(dh.size()), dc_prev(dh.size()), dcout(dh.size());
-    std::vector<T> dhin(static_cast<size_t>(std::max<int64_t>(1, B * hl)));
-    std::vector<T> dhtil(dh.size()), dctil(dh.size());
+        pack_b<T>(N, pl, [&](int64_t n, int64_t kk) { return w[n * P + so.j0 + kk]; });
+    // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
+    const std::vector<T> wrp =
+        proj ? pack_b<T>(P, hl, [&](int64_t q, int64_t jj) { return w_hr[q * H + sl.j0 + jj]; })
+             : std::vector<T>();
+    const std::vector<T> mh = cm.dropout_mask(p, so);
+    // Over own units of h: d(h_t), its part for h_{t-1}, d(h~) (the projection's output with
+    // a projection), the product da W_hh.
+    std::vector<T> dh(static_cast<size_t>(B * pl)), dh_prev(dh.size()), dhtil_out(dh.size());
+    std::vector<T> dhin(static_cast<size_t>(std::max<int64_t>(1, B * pl)));
+    // Over own cell units: d(c_t), its part for c_{t-1}, d(N_c(c~)), d(c~), d(o tanh(c_out)).
+    std::vector<T> dc(static_cast<size_t>(B * hl), T(0));
+    std::vector<T> dc_prev(dc.size()), dcout(dc.size()), dctil(dc.size());
+    std::vector<T> dhtil_cell(static_cast<size_t>(proj ? std::max<int64_t>(1, B * hl) : 0));
+    // d(h~) of the cell's own units: the projection's input gradient, or dhtil_out itself.
+    T* dhtil = proj ? dhtil_cell.data() : dhtil_out.data();
     std::vector<T> colsum(static_cast<size_t>(std::max<int64_t>(1, G * hl)));
     std::vector<T> colsum2(colsum.size());
     std::vector<T> tanh_c_out(static_cast<size_t>(lstm ? hl : 0));  // one row, vectorised
     std::vector<uint8_t> active(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t jj = 0; jj < hl; ++jj) {
-        dh[b * hl + jj] = ghn[b * H + sl.j0 + jj];
-        if (lstm && gcn != nullptr) dc[b * hl + jj] = gcn[b * H + sl.j0 + jj];
-      }
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t jj = 0; jj < pl; ++jj) dh[b * pl + jj] = ghn[b * P + so.j0 + jj];
+      if (lstm && gcn != nullptr)
+        for (int64_t jj = 0; jj < hl; ++jj) dc[b * hl + jj] = gcn[b * H + sl.j0 + jj];
+    }
 
     for (int64_t s = TT - 1; s >= 0; --s) {
       const int64_t t = cm.time_at(s);
@@ -511,32 +564,45 @@ void backward_impl(const RecurrenceBwdParams& p) {
       }
       const T inv_count = T(1) / std::max(count, T(1));
 
-      // h_{t-1}, masked input of the product (for dW_hh), and d of the new state.
+      // h_{t-1}, masked input of the product (for dW_hh), and d of the new state (own
+      // units of h); zoneout on h splits it into the previous state and h~.
       for (int64_t b = 0; b < B; ++b) {
         const bool act = active[b] != 0;
         const bool prev_out = has_prev && tp < cm.len[b];
         const T* gb = gout + t * p.grad_out_stride_t + b * p.grad_out_stride_b;
-        if (lstm) {  // tanh(c_out) of the row, for lstm_backward_h's formula below
+        for (int64_t jj = 0; jj < pl; ++jj) {
+          const int64_t j = so.j0 + jj;
+          const int64_t e = b * pl + jj;
+          const T h_prev =
+              prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * P + j];
+          hin[(t * B + b) * P + j] = mh[e] * h_prev;
+          const T dnew = act ? dh[e] + gb[j] : T(0);
+          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
+          T dprev_h;
+          dhtil_out[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
+          dh_prev[e] = act ? dprev_h : dh[e];
+          if (proj) dproj[(t * B + b) * P + j] = dhtil_out[e];
+        }
+      }
+      // Projection: d(o tanh(c_out)) = d(h~) W_hr for own cell units, once every d(h~) is in.
+      if (proj) {
+        barrier();
+        if (hl > 0) gemm_packed(B, hl, P, dproj + t * B * P, P, wrp.data(), dhtil, hl, false);
+      }
+
+      if (lstm) {
+        for (int64_t b = 0; b < B; ++b) {
+          const bool act = active[b] != 0;
+          // tanh(c_out) of the row, for lstm_backward_h's formula below
           for (int64_t jj = 0; jj < hl; ++jj) {
             const int64_t j = sl.j0 + jj;
             const int64_t e = (t * B + b) * H + j;
             tanh_c_out[jj] = norm ? sv_xhat_c[e] * norm_weight_c[j] + norm_bias_c[j] : sv_ctil[e];
           }
           tanh_inplace(tanh_c_out.data(), hl);
-        }
-        for (int64_t jj = 0; jj < hl; ++jj) {
-          const int64_t j = sl.j0 + jj;
-          const int64_t e = b * hl + jj;
-          const T h_prev =
-              prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * H + j];
-          hin[(t * B + b) * H + j] = mh[e] * h_prev;
-          // Zoneout on h: split d(h_t) into the previous state and h~.
-          const T dnew = act ? dh[e] + gb[j] : T(0);
-          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
-          T dprev_h;
-          dhtil[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
-          dh_prev[e] = act ? dprev_h : dh[e];
-          if (lstm) {
+          for (int64_t jj = 0; jj < hl; ++jj) {
+            const int64_t j = sl.j0 + jj;
+            const int64_t e = b * hl + jj;
             const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             T dprev_c;
             const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
@@ -546,6 +612,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
             // row's tanh(c_out) computed above).
             const T o = sv_gates[(t * B + b) * N + 3 * H + j];
             const T tc = tanh_c_out[jj];
+            if (proj) sv_h_pre[(t * B + b) * H + j] = o * tc;
             const T dco = tanh_grad(dhtil[e] * o, tc);
             const T dpo = sigmoid_grad(dhtil[e] * tc, o);
             dxg[(t * B + b) * N + 3 * H + j] = dpo;
@@ -741,95 +808,183 @@ void backward_impl(const RecurrenceBwdParams& p) {
       barrier();  // da[t] complete
 
       // dh_in = da[t] W_hh for own input units; d(h_{t-1}) += m_h * dh_in.
-      if (hl > 0) gemm_packed(B, hl, N, da + t * B * N, N, wp.data(), dhin.data(), hl, false);
-      for (int64_t e = 0; e < B * hl; ++e) {
-        dh[e] = dh_prev[e] + mh[e] * dhin[e];
-        if (lstm) dc[e] = dc_prev[e];
-      }
+      if (pl > 0) gemm_packed(B, pl, N, da + t * B * N, N, wp.data(), dhin.data(), pl, false);
+      for (int64_t e = 0; e < B * pl; ++e) dh[e] = dh_prev[e] + mh[e] * dhin[e];
+      if (lstm) dc = dc_prev;
     }
 
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t jj = 0; jj < hl; ++jj) {
-        dh0[b * H + sl.j0 + jj] = dh[b * hl + jj];
-        if (lstm) dc0[b * H + sl.j0 + jj] = dc[b * hl + jj];
-      }
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t jj = 0; jj < pl; ++jj) dh0[b * P + so.j0 + jj] = dh[b * pl + jj];
+      if (lstm)
+        for (int64_t jj = 0; jj < hl; ++jj) dc0[b * H + sl.j0 + jj] = dc[b * hl + jj];
+    }
   }
 }
 
 // ======================================================================================
-// float32 with batch or layer norm: computed in double
+// Storage types computed in a wider type
 // ======================================================================================
-// A normalised recurrence is ill conditioned where a step's variance is small (batch norm
-// over one or two active rows, nearly equal rows): 1 / sqrt(var + eps) amplifies every
-// rounding of the products W_hh h and da W_hh, the cell arithmetic and the normalisation's
-// sums by up to ~300. Which roundings happen depends on the summation order (GEMM tiling,
-// AVX2 or AVX-512), so a float32 kernel's error there is a draw of the same size as the float32
-// reference's, and twice the reference's cannot be promised. Computed in double, with only
-// the results and the saved tensors rounded to float32, the error is ~10x below that bound
-// on every CPU. Every buffer is copied in (poisoned outputs stay NaN where not written) and
-// every written one copied back.
+// float32 with batch or layer norm: computed in double. A normalised recurrence is ill
+// conditioned where a step's variance is small (batch norm over one or two active rows,
+// nearly equal rows): 1 / sqrt(var + eps) amplifies every rounding of the products W_hh h and
+// da W_hh, the cell arithmetic and the normalisation's sums by up to ~300. Which roundings
+// happen depends on the summation order (GEMM tiling, AVX2 or AVX-512), so a float32 kernel's
+// error there is a draw of the same size as the float32 reference's, and twice the
+// reference's cannot be promised. Computed in double, with only the results and the saved
+// tensors rounded to float32, the error is ~10x below that bound on every CPU.
+//
+// float16 / bfloat16: computed by the float32 kernel. The storage-dtype tensors are converted
+// to float32 at the boundary of the call (exactly) and the results rounded back once, so the
+// products accumulate in float32, c and h stay float32 from step to step (never rounded to the
+// storage type in between), and the saved tensors, batch statistics and backward workspaces
+// are float32 already (params.h's "acc"). The conversions are scalar (no AVX512_BF16 or AMX
+// path).
+//
+// Every buffer is copied in (poisoned outputs stay NaN where not written) and every written
+// one copied back.
+struct Float16Bits {  // IEEE binary16 storage
+  uint16_t bits;
+};
+struct BFloat16Bits {
+  uint16_t bits;
+};
+
+// Storage value <-> compute value.
+template <class S, class C>
+struct Convert {
+  static C widen(S v) { return static_cast<C>(v); }
+  static S narrow(C v) { return static_cast<S>(v); }
+};
+template <>
+struct Convert<BFloat16Bits, float> {
+  static float widen(BFloat16Bits v) {
+    const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  static BFloat16Bits narrow(float f) {  // round to nearest even, NaN stays NaN
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x0040u)};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return {static_cast<uint16_t>(u >> 16)};
+  }
+};
+template <>
+struct Convert<Float16Bits, float> {  // the compiler's _Float16 conversions (round to even)
+  static float widen(Float16Bits v) {
+    _Float16 h;
+    std::memcpy(&h, &v.bits, sizeof h);
+    return static_cast<float>(h);
+  }
+  static Float16Bits narrow(float f) {
+    const _Float16 h = static_cast<_Float16>(f);
+    Float16Bits v;
+    std::memcpy(&v.bits, &h, sizeof h);
+    return v;
+  }
+};
+
+// Copies of storage-type S buffers in the compute type C. With S == C nothing is copied:
+// the pointers pass through.
+template <class S, class C>
 class Widened {
  public:
-  // A double copy of n floats at src (nullptr stays nullptr); rows of `inner` floats with
-  // strides (stride_t, stride_b) over [T, B] when strided.
-  double* in(const void* src, int64_t n) {
+  // A C copy of n elements at src (nullptr stays nullptr).
+  C* in(const void* src, int64_t n) {
     if (src == nullptr) return nullptr;
-    const float* f = static_cast<const float*>(src);
-    store_.emplace_back(f, f + n);
-    return store_.back().data();
+    if constexpr (std::is_same_v<S, C>) {
+      (void)n;
+      return static_cast<C*>(const_cast<void*>(src));
+    } else {
+      const S* f = static_cast<const S*>(src);
+      store_.emplace_back(static_cast<size_t>(n));
+      C* d = store_.back().data();
+      for (int64_t i = 0; i < n; ++i) d[i] = Convert<S, C>::widen(f[i]);
+      return d;
+    }
   }
-  double* in_strided(const void* src, int64_t T, int64_t B, int64_t inner, int64_t stride_t,
-                     int64_t stride_b) {
-    const float* f = static_cast<const float*>(src);
+  // A dense C copy of [T, B, inner] elements with strides (stride_t, stride_b, 1).
+  C* in_strided(const void* src, int64_t T, int64_t B, int64_t inner, int64_t stride_t,
+                int64_t stride_b) {
+    const S* f = static_cast<const S*>(src);
     store_.emplace_back(static_cast<size_t>(T * B * inner));
-    double* d = store_.back().data();
+    C* d = store_.back().data();
     for (int64_t t = 0; t < T; ++t)
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < inner; ++k)
-          d[(t * B + b) * inner + k] = f[t * stride_t + b * stride_b + k];
+          d[(t * B + b) * inner + k] = Convert<S, C>::widen(f[t * stride_t + b * stride_b + k]);
     return d;
   }
   // As in(), and copied back (rounded) by write_back().
-  void* out(void* dst, int64_t n) {
-    double* d = in(dst, n);
-    if (d != nullptr) back_.push_back({dst, d, n});
+  C* out(void* dst, int64_t n) {
+    C* d = in(dst, n);
+    if constexpr (!std::is_same_v<S, C>) {
+      if (d != nullptr) back_.push_back({dst, d, n});
+    }
+    return d;
+  }
+  // As in_strided(), and copied back (rounded) by write_back().
+  C* out_strided(void* dst, int64_t T, int64_t B, int64_t inner, int64_t stride_t,
+                 int64_t stride_b) {
+    C* d = in_strided(dst, T, B, inner, stride_t, stride_b);
+    back_strided_.push_back({dst, d, T, B, inner, stride_t, stride_b});
     return d;
   }
   void write_back() const {
     for (const Back& b : back_)
-      for (int64_t i = 0; i < b.n; ++i) static_cast<float*>(b.dst)[i] = float(b.src[i]);
+      for (int64_t i = 0; i < b.n; ++i) static_cast<S*>(b.dst)[i] = Convert<S, C>::narrow(b.src[i]);
+    for (const BackStrided& b : back_strided_)
+      for (int64_t t = 0; t < b.T; ++t)
+        for (int64_t r = 0; r < b.B; ++r)
+          for (int64_t k = 0; k < b.inner; ++k)
+            static_cast<S*>(b.dst)[t * b.stride_t + r * b.stride_b + k] =
+                Convert<S, C>::narrow(b.src[(t * b.B + r) * b.inner + k]);
   }
 
  private:
   struct Back {
     void* dst;
-    const double* src;
+    const C* src;
     int64_t n;
   };
-  std::vector<std::vector<double>> store_;
+  struct BackStrided {
+    void* dst;
+    const C* src;
+    int64_t T, B, inner, stride_t, stride_b;
+  };
+  std::vector<std::vector<C>> store_;
   std::vector<Back> back_;
+  std::vector<BackStrided> back_strided_;
 };
 
-// Points the fields shared by forward and backward at double copies. `forward` tells which
-// side writes the outputs, batch statistics and saved tensors (forward) or reads them.
-void widen_common(RecurrenceFwdParams& q, Widened& w, bool forward) {
-  const int64_t T = q.T, B = q.B, H = q.H, N = q.G * q.H, S = q.S;
+// Points the fields shared by forward and backward at C copies: `w` converts the storage-dtype
+// tensors, `wa` the float32 ("acc") ones. `forward` tells which side writes the outputs,
+// batch statistics and saved tensors (forward) or reads them.
+template <class S, class C>
+void widen_common(RecurrenceFwdParams& q, Widened<S, C>& w, Widened<float, C>& wa, bool forward) {
+  const int64_t T = q.T, B = q.B, H = q.H, N = q.G * q.H, S_ = q.S;
+  const int64_t P = q.proj_size > 0 ? q.proj_size : H;
   const bool ln = q.norm == kNormLayer;
   q.xg = w.in_strided(q.xg, T, B, N, q.xg_stride_t, q.xg_stride_b);
   q.xg_stride_t = B * N;
   q.xg_stride_b = N;
-  q.h0 = w.in(q.h0, B * H);
+  q.h0 = w.in(q.h0, B * P);
   q.c0 = w.in(q.c0, B * H);
-  q.w_hh = w.in(q.w_hh, N * H);
+  q.w_hh = w.in(q.w_hh, N * P);
+  q.w_hr = w.in(q.w_hr, P * H);
   q.b_hh = w.in(q.b_hh, N);
   q.norm_weight_hh = w.in(q.norm_weight_hh, N);
   q.norm_weight_c = w.in(q.norm_weight_c, H);
   q.norm_bias_c = w.in(q.norm_bias_c, H);
-  q.running_mean_hh = w.in(q.running_mean_hh, S * N);
-  q.running_var_hh = w.in(q.running_var_hh, S * N);
-  q.running_mean_c = w.in(q.running_mean_c, S * H);
-  q.running_var_c = w.in(q.running_var_c, S * H);
-  auto io = [&](void* ptr, int64_t n) -> void* { return forward ? w.out(ptr, n) : w.in(ptr, n); };
+  q.running_mean_hh = w.in(q.running_mean_hh, S_ * N);
+  q.running_var_hh = w.in(q.running_var_hh, S_ * N);
+  q.running_mean_c = w.in(q.running_mean_c, S_ * H);
+  q.running_var_c = w.in(q.running_var_c, S_ * H);
+  auto io = [&](void* ptr, int64_t n) -> void* {
+    return forward ? wa.out(ptr, n) : wa.in(ptr, n);
+  };
   q.batch_mean_hh = io(q.batch_mean_hh, T * N);
   q.batch_var_hh = io(q.batch_var_hh, T * N);
   q.batch_mean_c = io(q.batch_mean_c, T * H);
@@ -844,75 +999,86 @@ void widen_common(RecurrenceFwdParams& q, Widened& w, bool forward) {
   q.rstd_c = io(q.rstd_c, ln ? T * B : T * H);
 }
 
-void forward_float_in_double(const RecurrenceFwdParams& p) {
+template <class S, class C>
+void forward_widened(const RecurrenceFwdParams& p) {
   RecurrenceFwdParams q = p;
-  Widened w;
-  widen_common(q, w, true);
-  const int64_t T = p.T, B = p.B, H = p.H;
-  const double* out = w.in_strided(p.out, T, B, H, p.out_stride_t, p.out_stride_b);
-  q.out = const_cast<double*>(out);
-  q.out_stride_t = B * H;
-  q.out_stride_b = H;
-  q.h_n = w.out(q.h_n, B * H);
+  Widened<S, C> w;
+  Widened<float, C> wa;
+  widen_common(q, w, wa, true);
+  const int64_t T = p.T, B = p.B, H = p.H, P = p.proj_size > 0 ? p.proj_size : H;
+  q.out = w.out_strided(q.out, T, B, P, p.out_stride_t, p.out_stride_b);
+  q.out_stride_t = B * P;
+  q.out_stride_b = P;
+  q.h_n = w.out(q.h_n, B * P);
   q.c_n = w.out(q.c_n, B * H);
-  forward_impl<double>(q);
+  forward_impl<C>(q);
   w.write_back();
-  float* dst = static_cast<float*>(p.out);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < H; ++j)
-        dst[t * p.out_stride_t + b * p.out_stride_b + j] = float(out[(t * B + b) * H + j]);
+  wa.write_back();
 }
 
-void backward_float_in_double(const RecurrenceBwdParams& p) {
+template <class S, class C>
+void backward_widened(const RecurrenceBwdParams& p) {
   RecurrenceBwdParams q = p;
-  Widened w;
-  widen_common(q, w, false);
+  Widened<S, C> w;
+  Widened<float, C> wa;
+  widen_common(q, w, wa, false);
   const int64_t T = p.T, B = p.B, H = p.H, N = p.G * p.H;
+  const int64_t P = p.proj_size > 0 ? p.proj_size : H;
   if (q.out != nullptr) {
-    q.out = w.in_strided(q.out, T, B, H, q.out_stride_t, q.out_stride_b);
-    q.out_stride_t = B * H;
-    q.out_stride_b = H;
+    q.out = w.in_strided(q.out, T, B, P, q.out_stride_t, q.out_stride_b);
+    q.out_stride_t = B * P;
+    q.out_stride_b = P;
   }
-  q.grad_out = w.in_strided(q.grad_out, T, B, H, q.grad_out_stride_t, q.grad_out_stride_b);
-  q.grad_out_stride_t = B * H;
-  q.grad_out_stride_b = H;
-  q.grad_h_n = w.in(q.grad_h_n, B * H);
+  q.grad_out = w.in_strided(q.grad_out, T, B, P, q.grad_out_stride_t, q.grad_out_stride_b);
+  q.grad_out_stride_t = B * P;
+  q.grad_out_stride_b = P;
+  q.grad_h_n = w.in(q.grad_h_n, B * P);
   q.grad_c_n = w.in(q.grad_c_n, B * H);
   q.dxg = w.out(q.dxg, T * B * N);
-  q.dab = w.out(q.dab, T * B * N);
-  q.da = w.out(q.da, T * B * N);
-  q.hin = w.out(q.hin, T * B * H);
-  q.dc_out = w.out(q.dc_out, T * B * H);
-  q.dh0 = w.out(q.dh0, B * H);
+  q.dab = wa.out(q.dab, T * B * N);
+  q.da = wa.out(q.da, T * B * N);
+  q.hin = wa.out(q.hin, T * B * P);
+  q.dc_out = wa.out(q.dc_out, T * B * H);
+  q.h_pre_proj = wa.out(q.h_pre_proj, T * B * H);
+  q.dproj = wa.out(q.dproj, T * B * P);
+  q.dh0 = w.out(q.dh0, B * P);
   q.dc0 = w.out(q.dc0, B * H);
-  backward_impl<double>(q);
+  backward_impl<C>(q);
   w.write_back();
+  wa.write_back();
 }
 
 }  // namespace
 
 void recurrence_forward(const RecurrenceFwdParams& p) {
-  if (p.dtype == kFloat32 && p.norm != kNormNone) {
-    forward_float_in_double(p);
-  } else if (p.dtype == kFloat32) {
-    forward_impl<float>(p);
-  } else if (p.dtype == kFloat64) {
-    forward_impl<double>(p);
-  } else {
-    throw std::invalid_argument("fusedrnn host backend: dtype must be float32 or float64");
+  switch (p.dtype) {
+    case kFloat32:
+      if (p.norm != kNormNone) return forward_widened<float, double>(p);
+      return forward_impl<float>(p);
+    case kFloat64:
+      return forward_impl<double>(p);
+    case kFloat16:
+      return forward_widened<Float16Bits, float>(p);
+    case kBFloat16:
+      return forward_widened<BFloat16Bits, float>(p);
+    default:
+      throw std::invalid_argument("fusedrnn host backend: unknown dtype code");
   }
 }
 
 void recurrence_backward(const RecurrenceBwdParams& p) {
-  if (p.dtype == kFloat32 && p.norm != kNormNone) {
-    backward_float_in_double(p);
-  } else if (p.dtype == kFloat32) {
-    backward_impl<float>(p);
-  } else if (p.dtype == kFloat64) {
-    backward_impl<double>(p);
-  } else {
-    throw std::invalid_argument("fusedrnn host backend: dtype must be float32 or float64");
+  switch (p.dtype) {
+    case kFloat32:
+      if (p.norm != kNormNone) return backward_widened<float, double>(p);
+      return backward_impl<float>(p);
+    case kFloat64:
+      return backward_impl<double>(p);
+    case kFloat16:
+      return backward_widened<Float16Bits, float>(p);
+    case kBFloat16:
+      return backward_widened<BFloat16Bits, float>(p);
+    default:
+      throw std::invalid_argument("fusedrnn host backend: unknown dtype code");
   }
 }
 

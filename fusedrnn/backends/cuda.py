@@ -97,6 +97,8 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
+    if inputs.config.proj_size > 0:
+        return "the cuda backend does not support proj_size (LSTM projections)"
     reason = native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
     if reason is not None or inputs.xg.shape[1] == 0:
         return reason

@@ -1,4 +1,8 @@
-"""The ``host`` backend: fusedrnn._C's CPU build of the cell math (float32 and float64).
+"""The ``host`` backend: fusedrnn._C's CPU build of the cell math.
+
+float32 and float64; float16 and bfloat16 storage computed in float32 (float32 products,
+cell state and saved tensors; see csrc/host/recurrence_host.cpp). LSTM projections
+(``proj_size``) included.
 
 The native code (csrc/host/) runs the same ``cells.cuh`` / ``philox.cuh`` functions as the CUDA
 kernels, in one OpenMP region per call whose threads each own a slice of hidden units (as a
@@ -15,6 +19,8 @@ from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
 
 NAME = "host"
 
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
 # Worker threads of the native loop: None = torch.get_num_threads(), reduced for small
 # problems where a per-step barrier costs more than the split saves (see _threads()).
 NUM_THREADS: int | None = None
@@ -30,7 +36,7 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
-    return native.common_unsupported_reason(inputs, NAME, (torch.float32, torch.float64), "cpu")
+    return native.common_unsupported_reason(inputs, NAME, _DTYPES, "cpu")
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:

@@ -92,8 +92,6 @@ def common_unsupported_reason(
     """
     cfg = inputs.config
     xg = inputs.xg
-    if cfg.proj_size > 0:
-        return f"the {backend} backend does not support proj_size (LSTM projections)"
     if xg.device.type != device_type:
         return f"the {backend} backend needs {device_type} tensors, got {xg.device.type}"
     if xg.dtype not in dtypes:
@@ -137,6 +135,7 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
     xg = _unit_stride(inputs.xg)
     steps, batch, _ = xg.shape
     p.T, p.B, p.H, p.G = steps, batch, cfg.hidden_size, cfg.num_gates
+    p.proj_size = cfg.proj_size
     p.cell, p.norm, p.dtype = CELL_CODES[cfg.cell], NORM_CODES[cfg.norm], DTYPE_CODES[xg.dtype]
     p.reverse, p.training = bool(inputs.reverse), bool(inputs.training)
     p.p_dropout = float(cfg.recurrent_dropout)
@@ -155,6 +154,7 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
         "c0": _c(inputs.c0) if cfg.cell == "lstm" else None,
         "w_hh": _c(inputs.w_hh),
         "b_hh": _c(inputs.b_hh),
+        "w_hr": _c(inputs.w_hr) if cfg.proj_size > 0 else None,
         "lengths": None if inputs.lengths is None else inputs.lengths.to(torch.int64).contiguous(),
         "norm_weight_hh": _c(inputs.norm_weight_hh) if cfg.norm != "none" else None,
         "norm_weight_c": None,
@@ -201,7 +201,7 @@ def _allocate_saved(
     per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
     per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
     return {
-        "out": allocate((steps, batch, hidden), dtype, device),
+        "out": allocate((steps, batch, cfg.out_size), dtype, device),
         "gates": allocate((steps, batch, n), acc, device) if save else unused(),
         "gru_hn": allocate((steps, batch, hidden), acc, device)
         if cfg.cell == "gru" and save
@@ -234,6 +234,7 @@ class _LaunchSizes(NamedTuple):
     batch: int
     gate_width: int  # G * H, the width of xg
     hidden: int
+    out_size: int  # P, the units of h
     dtype: torch.dtype
     device: torch.device
     acc: torch.dtype  # accumulate dtype of the statistics, ab/da and hin
@@ -249,6 +250,7 @@ class _LaunchSizes(NamedTuple):
             batch,
             gate_width,
             cfg.hidden_size,
+            cfg.out_size,
             xg.dtype,
             xg.device,
             accumulate_dtype(xg.dtype),
@@ -269,12 +271,13 @@ def launch_forward(
     tuple then holds only empty tensors and the normalisation values."""
     p = native().RecurrenceFwdParams()
     keep = _fill_common(p, inputs, num_threads)
-    steps, batch, n, hidden, dtype, device, acc, lstm, norm = _LaunchSizes.of(keep["xg"], inputs)
+    sizes = _LaunchSizes.of(keep["xg"], inputs)
+    steps, batch, n, hidden, out_size, dtype, device, acc, lstm, norm = sizes
     bn_train = norm == "batch" and inputs.training
 
     saved = _allocate_saved(inputs, _empty, save)
     out = saved["out"]
-    h_n = _empty((batch, hidden), dtype, device)
+    h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
     stats = {}
     if bn_train:
@@ -320,10 +323,12 @@ def launch_backward(
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
-    steps, batch, n, hidden, dtype, device, acc, lstm, norm = _LaunchSizes.of(keep["xg"], inputs)
+    sizes = _LaunchSizes.of(keep["xg"], inputs)
+    steps, batch, n, hidden, out_size, dtype, device, acc, lstm, norm = sizes
+    proj = inputs.config.proj_size > 0
     sv = dict(zip(_SAVED, saved))
     out = sv["out"]
-    if out.numel() == 0 and steps * batch * hidden > 0:
+    if out.numel() == 0 and steps * batch * out_size > 0:
         raise RuntimeError(
             "fusedrnn: backward of a forward that saved nothing for it (the forward ran with "
             "needs_grad=False)"
@@ -333,10 +338,10 @@ def launch_backward(
         setattr(p, name, sv[name].data_ptr() if sv[name].numel() > 0 else 0)
 
     if grad_output is None:
-        grad_output = torch.zeros(steps, batch, hidden, dtype=dtype, device=device)
+        grad_output = torch.zeros(steps, batch, out_size, dtype=dtype, device=device)
     grad_output = _unit_stride(grad_output.to(dtype))
     grad_h_n = (
-        torch.zeros(batch, hidden, dtype=dtype, device=device)
+        torch.zeros(batch, out_size, dtype=dtype, device=device)
         if grad_h_n is None
         else grad_h_n.to(dtype).contiguous()
     )
@@ -351,12 +356,16 @@ def launch_backward(
     dxg = _empty((steps, batch, n), dtype, device)
     dab = _empty((steps, batch, n), acc, device)
     da = _empty((steps, batch, n), acc, device) if norm != "none" else None
-    hin = _empty((steps, batch, hidden), acc, device)
+    hin = _empty((steps, batch, out_size), acc, device)
     dc_out = _empty((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
-    dh0 = _empty((batch, hidden), dtype, device)
+    # The projection's input and output gradient per step: dW_hr = dproj^T h_pre_proj.
+    h_pre_proj = _empty((steps, batch, hidden), acc, device) if proj else None
+    dproj = _empty((steps, batch, out_size), acc, device) if proj else None
+    dh0 = _empty((batch, out_size), dtype, device)
     dc0 = _empty((batch, hidden), dtype, device) if lstm else None
     p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
     p.dc_out, p.dh0, p.dc0 = _ptr(dc_out), dh0.data_ptr(), _ptr(dc0)
+    p.h_pre_proj, p.dproj = _ptr(h_pre_proj), _ptr(dproj)
     if batch > 0:  # with no rows every per-row gradient is empty and the sums below are 0
         extra = workspace(p) if workspace is not None else []
         run(p)
@@ -367,8 +376,11 @@ def launch_backward(
     grads["h0"] = dh0
     grads["c0"] = dc0
     da_used = dab if da is None else da
-    w_grad = da_used.reshape(steps * batch, n).t() @ hin.reshape(steps * batch, hidden)
+    w_grad = da_used.reshape(steps * batch, n).t() @ hin.reshape(steps * batch, out_size)
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
+    if proj:
+        w_hr_grad = dproj.reshape(steps * batch, out_size).t() @ h_pre_proj.reshape(-1, hidden)
+        grads["w_hr"] = w_hr_grad.to(inputs.w_hr.dtype)
     if inputs.b_hh is not None:
         grads["b_hh"] = dab.sum(dim=(0, 1)).to(inputs.b_hh.dtype)
     if norm != "none":

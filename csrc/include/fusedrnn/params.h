@@ -1,7 +1,8 @@
 // Parameter structs of fusedrnn's native recurrence kernels (CUDA and host).
 //
 // Shape conventions, stated once (the same as fusedrnn/backends/base.py):
-//   T  time steps          B  batch rows          H  hidden units (h and c have H; no proj_size)
+//   T  time steps          B  batch rows          H  hidden units (c has H)
+//   P  units of h: proj_size with an lstm projection (host backend only), else H
 //   G  gates (lstm 4, gru 3, rnn 1)               N = G * H, the width of xg and of W_hh rows
 //   S  per-step batch-norm running buffers (max_steps)
 //
@@ -29,6 +30,7 @@ struct RecurrenceFwdParams {
   // ---- sizes and settings
   int64_t T = 0, B = 0, H = 0, G = 0;
   int64_t S = 0;       // rows of the running buffers (batch norm, eval)
+  int64_t proj_size = 0;  // P > 0: lstm projection h~ = W_hr (o tanh(c)); 0: P = H, none
   int32_t cell = 0;    // CellKind (cells.cuh)
   int32_t norm = 0;    // NormKind (cells.cuh)
   int32_t dtype = 0;   // DType
@@ -47,9 +49,10 @@ struct RecurrenceFwdParams {
   // ---- inputs
   const void* xg = nullptr;  // dtype [T, B, N], strides (xg_stride_t, xg_stride_b, 1)
   int64_t xg_stride_t = 0, xg_stride_b = 0;
-  const void* h0 = nullptr;          // dtype [B, H]
+  const void* h0 = nullptr;          // dtype [B, P]
   const void* c0 = nullptr;          // dtype [B, H] (lstm)
-  const void* w_hh = nullptr;        // dtype [N, H]
+  const void* w_hh = nullptr;        // dtype [N, P]
+  const void* w_hr = nullptr;        // dtype [P, H] (proj_size > 0)
   const void* b_hh = nullptr;        // dtype [N] or nullptr (bias=False)
   const int64_t* lengths = nullptr;  // int64 [B], 0 <= len <= T, or nullptr (all T)
   const void* norm_weight_hh = nullptr;   // dtype [N] (norm != none)
@@ -61,9 +64,9 @@ struct RecurrenceFwdParams {
   const void* running_var_c = nullptr;    // dtype [S, H] (lstm)
 
   // ---- outputs
-  void* out = nullptr;  // dtype [T, B, H], strides (out_stride_t, out_stride_b, 1); 0 when t >= len
+  void* out = nullptr;  // dtype [T, B, P], strides (out_stride_t, out_stride_b, 1); 0 when t >= len
   int64_t out_stride_t = 0, out_stride_b = 0;
-  void* h_n = nullptr;  // dtype [B, H]
+  void* h_n = nullptr;  // dtype [B, P]
   void* c_n = nullptr;  // dtype [B, H] (lstm)
   void* batch_mean_hh = nullptr;  // acc [T, N] (batch norm, training)
   void* batch_var_hh = nullptr;   // acc [T, N] biased variance over the active rows
@@ -88,18 +91,20 @@ struct RecurrenceFwdParams {
 // Backward kernel family: the same loop in reverse time order.
 struct RecurrenceBwdParams : RecurrenceFwdParams {
   // ---- incoming gradients
-  const void* grad_out = nullptr;  // dtype [T, B, H], strides (grad_out_stride_t, _b, 1)
+  const void* grad_out = nullptr;  // dtype [T, B, P], strides (grad_out_stride_t, _b, 1)
   int64_t grad_out_stride_t = 0, grad_out_stride_b = 0;
-  const void* grad_h_n = nullptr;  // dtype [B, H]
+  const void* grad_h_n = nullptr;  // dtype [B, P]
   const void* grad_c_n = nullptr;  // dtype [B, H] or nullptr (zero)
 
   // ---- outputs
   void* dxg = nullptr;     // dtype [T, B, N]
   void* dab = nullptr;     // acc [T, B, N] d(N_hh(W_hh h) + b_hh): sums: b_hh, norm_weight_hh grads
   void* da = nullptr;      // acc [T, B, N] d(W_hh h) (norm != none; else equal to dab)
-  void* hin = nullptr;     // acc [T, B, H] m_h * h_{t-1}: dW_hh = da^T hin over all steps
+  void* hin = nullptr;     // acc [T, B, P] m_h * h_{t-1}: dW_hh = da^T hin over all steps
   void* dc_out = nullptr;  // acc [T, B, H] d(N_c(c~)) (lstm, norm != none): the norm_*_c grads
-  void* dh0 = nullptr;     // dtype [B, H]
+  void* h_pre_proj = nullptr;  // acc [T, B, H] o tanh(c_out) (proj_size > 0)
+  void* dproj = nullptr;   // acc [T, B, P] d(W_hr h_pre_proj): dW_hr = dproj^T h_pre_proj
+  void* dh0 = nullptr;     // dtype [B, P]
   void* dc0 = nullptr;     // dtype [B, H] (lstm)
 
   // ---- workspace (CUDA only)
