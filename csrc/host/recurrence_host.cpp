@@ -65,6 +65,9 @@ struct Common {
   Zoneout<T> zc, zh;
   float p_drop;
   T keep_scale;
+  bool weight_drop;  // training with p_weight_drop > 0
+  float p_weight_drop;
+  T weight_keep_scale;
 
   explicit Common(const RecurrenceFwdParams& p)
       : T_(p.T), B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell), norm(p.norm),
@@ -75,6 +78,16 @@ struct Common {
     zh = make_zoneout(p.p_zoneout_h);
     p_drop = static_cast<float>(p.p_dropout);
     keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
+    weight_drop = training && p.p_weight_drop > 0;
+    p_weight_drop = static_cast<float>(p.p_weight_drop);
+    weight_keep_scale = T(1) / static_cast<T>(1.0 - p.p_weight_drop);
+  }
+  // W_hh[row][col] as the recurrence uses it: times its weight-drop mask element in training
+  // (applied where W_hh is packed, once per call; the mask is never stored).
+  T hh_weight(const RecurrenceFwdParams& p, T w, int64_t row, int64_t col) const {
+    if (!weight_drop) return w;
+    return w * weight_drop_scale(p.weight_drop_key, p.base_weight_drop, row, col, p_weight_drop,
+                                 weight_keep_scale);
   }
   Zoneout<T> make_zoneout(double prob) const {
     Zoneout<T> z;
@@ -204,7 +217,9 @@ void forward_impl(const RecurrenceFwdParams& p) {
     auto col = [&](int64_t c) { return (c / hl) * H + sl.j0 + c % hl; };
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> wp =
-        pack_b<T>(H, nl, [&](int64_t k, int64_t c) { return w[col(c) * H + k]; });
+        pack_b<T>(H, nl, [&](int64_t k, int64_t c) {
+          return cm.hh_weight(p, w[col(c) * H + k], col(c), k);
+        });
     const std::vector<T> mh = cm.dropout_mask(p, sl);
     std::vector<T> a(static_cast<size_t>(std::max<int64_t>(1, B * nl)));
     std::vector<T> h(static_cast<size_t>(B * hl)), c(static_cast<size_t>(B * hl));
@@ -484,7 +499,9 @@ void backward_impl(const RecurrenceBwdParams& p) {
     const int64_t hl = sl.size();
     // Packed W_hh restricted to own input units: B[n][kk] = W[n][j0 + kk].
     const std::vector<T> wp =
-        pack_b<T>(N, hl, [&](int64_t n, int64_t kk) { return w[n * H + sl.j0 + kk]; });
+        pack_b<T>(N, hl, [&](int64_t n, int64_t kk) {
+          return cm.hh_weight(p, w[n * H + sl.j0 + kk], n, sl.j0 + kk);
+        });
     const std::vector<T> mh = cm.dropout_mask(p, sl);
     std::vector<T> dh(static_cast<size_t>(B * hl)), dc(static_cast<size_t>(B * hl), T(0));
     std::vector<T> dh_prev(dh.size()), dc_prev(dh.size()), dcout(dh.size());
