@@ -22,6 +22,7 @@
 #include "fusedrnn/cells.cuh"
 #include "gemm.h"
 #include "simd_math.h"
+#include "weight_drop_host.h"
 
 namespace fusedrnn {
 namespace host {
@@ -66,8 +67,6 @@ struct Common {
   float p_drop;
   T keep_scale;
   bool weight_drop;  // training with p_weight_drop > 0
-  float p_weight_drop;
-  T weight_keep_scale;
 
   explicit Common(const RecurrenceFwdParams& p)
       : T_(p.T), B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell), norm(p.norm),
@@ -79,15 +78,20 @@ struct Common {
     p_drop = static_cast<float>(p.p_dropout);
     keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
     weight_drop = training && p.p_weight_drop > 0;
-    p_weight_drop = static_cast<float>(p.p_weight_drop);
-    weight_keep_scale = T(1) / static_cast<T>(1.0 - p.p_weight_drop);
   }
-  // W_hh[row][col] as the recurrence uses it: times its weight-drop mask element in training
-  // (applied where W_hh is packed, once per call; the mask is never stored).
-  T hh_weight(const RecurrenceFwdParams& p, T w, int64_t row, int64_t col) const {
-    if (!weight_drop) return w;
-    return w * weight_drop_scale(p.weight_drop_key, p.base_weight_drop, row, col, p_weight_drop,
-                                 weight_keep_scale);
+  // With weight drop in training: W_hh rows row_of(r) (r < rows), columns [col0, col0 + cols),
+  // times the weight-drop mask (weight_drop_host.h), as the dense [rows, cols] buffer a thread
+  // packs its panels from, once per call (the mask itself is never stored); else empty.
+  template <class RowOf>
+  std::vector<T> dropped_weight(const RecurrenceFwdParams& p, const T* w, int64_t rows,
+                                RowOf row_of, int64_t col0, int64_t cols) const {
+    std::vector<T> out;
+    if (!weight_drop) return out;
+    out.resize(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+      weight_drop_row(p.weight_drop_key, p.base_weight_drop, p.p_weight_drop, row_of(r), col0,
+                      cols, w + row_of(r) * H + col0, out.data() + r * cols);
+    return out;
   }
   Zoneout<T> make_zoneout(double prob) const {
     Zoneout<T> z;
@@ -216,10 +220,10 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t nl = G * hl;  // own columns, gate-major: c = g * hl + jj
     auto col = [&](int64_t c) { return (c / hl) * H + sl.j0 + c % hl; };
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
-    const std::vector<T> wp =
-        pack_b<T>(H, nl, [&](int64_t k, int64_t c) {
-          return cm.hh_weight(p, w[col(c) * H + k], col(c), k);
-        });
+    const std::vector<T> dropped = cm.dropped_weight(p, w, nl, col, 0, H);
+    const std::vector<T> wp = pack_b<T>(H, nl, [&](int64_t k, int64_t c) {
+      return dropped.empty() ? w[col(c) * H + k] : dropped[c * H + k];
+    });
     const std::vector<T> mh = cm.dropout_mask(p, sl);
     std::vector<T> a(static_cast<size_t>(std::max<int64_t>(1, B * nl)));
     std::vector<T> h(static_cast<size_t>(B * hl)), c(static_cast<size_t>(B * hl));
@@ -498,10 +502,11 @@ void backward_impl(const RecurrenceBwdParams& p) {
     const Slice sl = slice_of(H, tid, nt);
     const int64_t hl = sl.size();
     // Packed W_hh restricted to own input units: B[n][kk] = W[n][j0 + kk].
-    const std::vector<T> wp =
-        pack_b<T>(N, hl, [&](int64_t n, int64_t kk) {
-          return cm.hh_weight(p, w[n * H + sl.j0 + kk], n, sl.j0 + kk);
-        });
+    const std::vector<T> dropped =
+        cm.dropped_weight(p, w, N, [](int64_t n) { return n; }, sl.j0, hl);
+    const std::vector<T> wp = pack_b<T>(N, hl, [&](int64_t n, int64_t kk) {
+      return dropped.empty() ? w[n * H + sl.j0 + kk] : dropped[n * hl + kk];
+    });
     const std::vector<T> mh = cm.dropout_mask(p, sl);
     std::vector<T> dh(static_cast<size_t>(B * hl)), dc(static_cast<size_t>(B * hl), T(0));
     std::vector<T> dh_prev(dh.size()), dc_prev(dh.size()), dcout(dh.size());

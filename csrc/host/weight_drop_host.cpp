@@ -1,31 +1,90 @@
-// dst = src * (keep-scaled weight-drop mask), one OpenMP loop over the rows (params.h).
+// Weight drop on the host: philox.cuh's draw for a row segment of W_hh, built per ISA level
+// (multiversion.h) from a structure-of-arrays form of the Philox rounds that the compiler
+// vectorises (32x32 -> 64-bit products are vpmuludq lanes). Each number equals
+// mask_uniform(key, base, 0, row, col) bit for bit (tests/test_weight_drop.py).
 #include "weight_drop_host.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
 #include "fusedrnn/philox.cuh"
+#include "multiversion.h"
 
 namespace fusedrnn {
 namespace host {
 namespace {
 
+constexpr int kChunk = 64;  // elements drawn together (fixed trip count: vectorisable)
+
+// u[i] = uniform number of W_hh element (row, col0 + i), i < kChunk.
+FRNN_ALWAYS_INLINE void weight_uniforms_body(uint64_t key, uint64_t base, int64_t row,
+                                             int64_t col0, float* u) {
+  uint32_t c0[kChunk], c1[kChunk], c2[kChunk], c3[kChunk];
+  for (int i = 0; i < kChunk; ++i) {
+    const uint64_t offset = mask_offset(base, 0, row, col0 + i);
+    c0[i] = static_cast<uint32_t>(offset);
+    c1[i] = static_cast<uint32_t>(offset >> 32);
+    c2[i] = 0u;
+    c3[i] = 0u;
+  }
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    for (int i = 0; i < kChunk; ++i) {  // philox4x32_10_block's round, lane by lane
+      const uint64_t prod_b = static_cast<uint64_t>(kPhiloxRoundB) * c2[i];
+      const uint64_t prod_a = static_cast<uint64_t>(kPhiloxRoundA) * c0[i];
+      const uint32_t n0 = static_cast<uint32_t>(prod_b >> 32) ^ c1[i] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(prod_a >> 32) ^ c3[i] ^ k1;
+      c0[i] = n0;
+      c1[i] = static_cast<uint32_t>(prod_b);
+      c2[i] = n2;
+      c3[i] = static_cast<uint32_t>(prod_a);
+    }
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  for (int i = 0; i < kChunk; ++i) u[i] = philox_uint_to_uniform(c0[i]);
+}
+
+FRNN_DISPATCH(void, weight_uniforms,
+              (uint64_t key, uint64_t base, int64_t row, int64_t col0, float* u),
+              (key, base, row, col0, u))
+
+template <class T>
+void row_impl(uint64_t key, uint64_t base, double p, int64_t row, int64_t col0, int64_t n,
+              const T* src, T* dst) {
+  const float threshold = static_cast<float>(p);
+  const T keep_scale = T(1) / static_cast<T>(1.0 - p);
+  float u[kChunk];
+  for (int64_t start = 0; start < n; start += kChunk) {
+    weight_uniforms(key, base, row, col0 + start, u);
+    const int64_t m = std::min<int64_t>(kChunk, n - start);
+    for (int64_t i = 0; i < m; ++i)
+      dst[start + i] = src[start + i] * (u[i] < threshold ? T(0) : keep_scale);
+  }
+}
+
 template <class T>
 void apply(const WeightDropParams& p) {
   const T* src = static_cast<const T*>(p.src);
   T* dst = static_cast<T*>(p.dst);
-  const float threshold = static_cast<float>(p.p);
-  const T keep_scale = T(1) / static_cast<T>(1.0 - p.p);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
   for (int64_t r = 0; r < p.rows; ++r)
-    for (int64_t c = 0; c < p.cols; ++c)
-      dst[r * p.cols + c] =
-          src[r * p.cols + c] * weight_drop_scale(p.key, p.base, r, c, threshold, keep_scale);
+    row_impl<T>(p.key, p.base, p.p, r, 0, p.cols, src + r * p.cols, dst + r * p.cols);
 }
 
 }  // namespace
+
+void weight_drop_row(uint64_t key, uint64_t base, double p, int64_t row, int64_t col0,
+                     int64_t n, const float* src, float* dst) {
+  row_impl<float>(key, base, p, row, col0, n, src, dst);
+}
+void weight_drop_row(uint64_t key, uint64_t base, double p, int64_t row, int64_t col0,
+                     int64_t n, const double* src, double* dst) {
+  row_impl<double>(key, base, p, row, col0, n, src, dst);
+}
 
 void weight_drop_apply(const WeightDropParams& p) {
   if (!(p.p > 0.0 && p.p < 1.0))
