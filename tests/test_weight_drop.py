@@ -329,6 +329,35 @@ def test_gradcheck(backend, cell):
     assert torch.autograd.gradcheck(run, (x, *params))
 
 
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
+def test_double_backward_and_torch_func(backend):
+    """create_graph (the reference loop recomputes with the same seed, so the same mask) and
+    torch.func.grad (the reference loop under the transform) see the same weight drop."""
+    torch.manual_seed(0)
+    fused = fusedrnn.GRU(2, 3, weight_drop=0.3, backend=backend, dtype=torch.float64)
+    names = [n for n, _ in fused.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *params):
+        torch.manual_seed(5)
+        return torch.func.functional_call(fused, dict(zip(names, params)), (x,))[0]
+
+    params = [p.detach().requires_grad_() for p in fused.parameters()]
+    assert torch.autograd.gradgradcheck(run, (x, *params))
+
+    def loss(w_hh):
+        torch.manual_seed(5)
+        return torch.func.functional_call(fused, {"weight_hh_l0": w_hh}, (x.detach(),))[0].sum()
+
+    func_grad = torch.func.grad(loss)(fused.weight_hh_l0.detach())
+    torch.manual_seed(5)
+    fused(x.detach())[0].sum().backward()
+    assert torch.allclose(func_grad, fused.weight_hh_l0.grad, atol=FLOAT64_TOLERANCE)
+    seed = _seed_of_next_call(5)
+    keep = _keep_mask(seed, 0, 0, *func_grad.shape, 0.3).bool()
+    assert (func_grad[~keep] == 0).all() and (~keep).any()
+
+
 # ------------------------------------------------------------------------------------ API
 @pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), True, "0.5", 2])
 def test_bad_probability_is_rejected(bad):
