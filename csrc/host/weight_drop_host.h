@@ -1,5 +1,5 @@
-// The host backend's weight drop (DropConnect on W_hh; philox.cuh's weight_drop_scale, drawn
-// a row segment at a time so the Philox rounds vectorise).
+// The host backend's weight drop (DropConnect on W_hh; philox.cuh's draw, a row segment at a
+// time so that the Philox rounds vectorise).
 #pragma once
 
 #include <cstdint>
