@@ -1,7 +1,8 @@
 // Weight drop on the host: philox.cuh's draw (the same inline function the CUDA pass calls)
-// for a row segment of W_hh, 64 columns per fixed-length loop that the compiler vectorises,
-// built per ISA level (multiversion.h): 0.64 ms per 1024 x 256 on one EPYC core, 2.6x the
-// per-element draw (a hand-written structure-of-arrays copy of the rounds reached 0.38 ms, not
+// for a row segment of W_hh, 16 columns per fixed-length loop that the compiler vectorises,
+// built per ISA level (multiversion.h): 2.6 ns per element on one EPYC core (0.68 ms per
+// 1024 x 256), 2.4x the per-element draw; 16 rather than 64 so that narrow weights (H = 32)
+// waste no draws (a hand-written structure-of-arrays copy of the rounds reached 1.5 ns, not
 // worth a second definition of Philox).
 #include "weight_drop_host.h"
 
@@ -16,7 +17,7 @@ namespace fusedrnn {
 namespace host {
 namespace {
 
-constexpr int kChunk = 64;  // elements drawn together (fixed trip count: vectorisable)
+constexpr int kChunk = 16;  // columns drawn together (fixed trip count: vectorisable)
 
 // u[i] = uniform number of W_hh element (row, col0 + i), i < kChunk: philox.cuh's draw, inlined
 // into a fixed-length loop that the compiler vectorises.
