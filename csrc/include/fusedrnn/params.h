@@ -41,8 +41,9 @@ struct RecurrenceFwdParams {
   uint64_t base_dropout = 0;  // philox.mask_base_offset(STREAM_RECURRENT_DROPOUT, layer, dir)
   uint64_t base_zoneout_c = 0;  // ... STREAM_ZONEOUT_CELL
   uint64_t base_zoneout_h = 0;  // ... STREAM_ZONEOUT_HIDDEN
-  // Weight drop (DropConnect on W_hh), training only: W_hh * m_W at the load of W_hh, with
-  // m_W = weight_drop_scale(weight_drop_key, base_weight_drop, row, col, ...) (philox.cuh).
+  // Weight drop (DropConnect on W_hh), training only: W_hh * m_W where the host kernels pack
+  // W_hh (host/weight_drop_host.h; m_W is philox.cuh's weight_drop_scale). The cuda launcher
+  // passes the effective W_hh instead and leaves these 0 (docs/design.md §5.5).
   double p_weight_drop = 0.0;     // 0 = off
   uint64_t weight_drop_key = 0;   // philox.weight_drop_key(seed)
   uint64_t base_weight_drop = 0;  // philox.weight_drop_base_offset(layer, direction)
