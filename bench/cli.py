@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
-        "--workloads", default=None, help="comma-separated: W1..W7 (W6 = W6a,W6b), SB<B>, SH<H>"
+        "--workloads",
+        default=None,
+        help="comma-separated: W1..W8 (W6 = W6a,W6b), C1..C3, SB<B>, SH<H>",
     )
     parser.add_argument(
         "--providers", default=None, help=f"comma-separated from {','.join(providers.PROVIDERS)}"

@@ -66,7 +66,7 @@ def skip_reason(
     if provider == "torch":
         if workload.regularizers:
             return (
-                f"torch.nn has no recurrent dropout or zoneout ({workload.regularizers}); "
+                f"torch.nn has no fusedrnn regularizers ({workload.regularizers}); "
                 "only fusedrnn's backends compute this workload"
             )
         return None

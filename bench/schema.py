@@ -134,7 +134,10 @@ def shape_label(row: Mapping[str, object]) -> str:
         parts.append("bidir")
     if str(row.get("packed")) == "True":
         parts.append("packed")
-    if row.get("regularizers"):
+    regularizers = str(row.get("regularizers") or "")
+    if "weight_drop" in regularizers:
+        parts.append("weight-drop")
+    if "dropout=" in regularizers or "zoneout" in regularizers:
         parts.append("dropout+zoneout")
     return " ".join(parts)
 

@@ -13,13 +13,19 @@ W5     lstm  64    1024   256   1    PackedSequence, lengths uniform in [T/4, T]
 W6a    gru   16    512    512   1    W6 at W1's size
 W6b    gru   64    1024   256   1    W6 at W2's size
 W7     lstm  32    512    256   2    bidirectional
+W8     lstm  16    512    512   1    W1 with weight_drop 0.5 (its cost: W8 / W1, goal <= 1.05)
 C1     lstm  32    256    128   1    recurrent_dropout 0.25, zoneout_cell/hidden 0.1 (host)
 C2     lstm  32    256    128   1    C1 without regularizers (host vs torch.nn on a CPU)
+C3     lstm  32    256    128   1    C2 with weight_drop 0.5 (weight drop's cost on a CPU: C3 / C2)
 =====  ====  ====  =====  ====  ===  ======================================================
 
 C1 and C2 carry the CPU targets of the host backend (issue 4): on C1, host at least 5x faster
 than the reference loop; on C2, within 2x of torch.nn — each measured side by side in one run
 (``python -m bench --workloads C1,C2 --dtypes float32 --modes train --device cpu``).
+
+W8 and C3 measure what weight drop (DropConnect on W_hh, issue 15) costs: the same layer as
+W1 / C2 with ``weight_drop=0.5``, so a provider's W8 / W1 (C3 / C2) median ratio is the cost,
+goal at most 1.05 (``python -m bench --workloads W1,W8`` or ``C2,C3``).
 
 Quick workloads (``--quick``, CPU smoke test) keep the names and the features (regularizers,
 packing, GRU, 2-layer bidirectional) at tiny sizes. Sweeps (``--sweep``) vary B or H of an
@@ -58,6 +64,7 @@ class Workload:
     recurrent_dropout: float = 0.0
     zoneout_cell: float = 0.0
     zoneout_hidden: float = 0.0
+    weight_drop: float = 0.0
     suite: str = "workloads"  # "workloads" | "sweep-batch" | "sweep-hidden"
 
     @property
@@ -74,6 +81,7 @@ class Workload:
             "recurrent_dropout": self.recurrent_dropout,
             "zoneout_cell": self.zoneout_cell,
             "zoneout_hidden": self.zoneout_hidden,
+            "weight_drop": self.weight_drop,
         }
         return {name: value for name, value in options.items() if value > 0}
 
@@ -133,6 +141,7 @@ def _family(sizes: dict[str, tuple[int, int, int]]) -> dict[str, Workload]:
         "W6a": dataclasses.replace(w1, name="W6a", cell="gru"),
         "W6b": dataclasses.replace(w2, name="W6b", cell="gru"),
         "W7": Workload("W7", "lstm", b7, h7, h7, t7, layers=2, bidirectional=True),
+        "W8": dataclasses.replace(w1, name="W8", weight_drop=0.5),
     }
 
 
@@ -145,6 +154,7 @@ WORKLOADS: dict[str, Workload] = {
         _CPU_HOST, name="C1", recurrent_dropout=0.25, zoneout_cell=0.1, zoneout_hidden=0.1
     ),
     "C2": _CPU_HOST,
+    "C3": dataclasses.replace(_CPU_HOST, name="C3", weight_drop=0.5),
 }
 QUICK_WORKLOADS: dict[str, Workload] = _family(
     {"W1": (4, 32, 16), "W2": (8, 32, 16), "W3": (16, 32, 8), "W7": (4, 32, 16)}

@@ -19,8 +19,10 @@
 #include "host/gemm.h"
 #include "host/multiversion.h"
 #include "host/recurrence_host.h"
+#include "host/weight_drop_host.h"
 #if defined(FUSEDRNN_WITH_CUDA)
 #include "cuda/recurrence_cuda.h"
+#include "cuda/weight_drop_cuda.h"
 #endif
 
 #ifndef FUSEDRNN_CUDA_ARCHS_STRING
@@ -148,6 +150,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
       .FRNN_U64(F, seed).FRNN_U64(F, base_dropout).FRNN_U64(F, base_zoneout_c)
       .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32)
+      .FRNN_RW(F, p_weight_drop).FRNN_U64(F, weight_drop_key).FRNN_U64(F, base_weight_drop)
       .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
       .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
       .FRNN_PTR(F, w_hr)
@@ -171,6 +174,15 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
       .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, h_pre_proj).FRNN_PTR(Bw, dproj)
       .FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
+
+  using W = fusedrnn::WeightDropParams;
+  py::class_<W>(m, "WeightDropParams")
+      .def(py::init<>())
+      .FRNN_PTR(W, src).FRNN_PTR(W, dst).FRNN_RW(W, rows).FRNN_RW(W, cols).FRNN_RW(W, dtype)
+      .FRNN_RW(W, p).FRNN_U64(W, key).FRNN_U64(W, base);
+  m.def("host_weight_drop", &fusedrnn::host::weight_drop_apply, py::arg("params"),
+        py::call_guard<py::gil_scoped_release>(),
+        "dst = src * weight-drop mask (host pointers): masks dW_hh in place.");
 
   m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
@@ -260,10 +272,14 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("params"), py::arg("backward") = false);
   m.def("cuda_device_status", &fusedrnn::cuda::device_status);
+  m.def("cuda_weight_drop", &fusedrnn::cuda::weight_drop_apply, py::arg("params"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "dst = src * weight-drop mask on a stream: the effective W_hh, or dW_hh in place.");
 #else
   m.def("cuda_forward", [](const RecurrenceFwdParams&, uintptr_t) { no_cuda(); });
   m.def("cuda_backward", [](const RecurrenceBwdParams&, uintptr_t) { no_cuda(); });
   m.def("cuda_plan_grid", [](const RecurrenceFwdParams&, bool) -> int64_t { no_cuda(); });
+  m.def("cuda_weight_drop", [](const fusedrnn::WeightDropParams&, uintptr_t) { no_cuda(); });
   m.def("cuda_device_status",
         []() { return std::string("fusedrnn._C was built without CUDA (no nvcc at build time)"); });
 #endif

@@ -94,7 +94,7 @@ def layer_backend(requested: str, device: torch.device, needs_fusedrnn: bool) ->
         if needs_fusedrnn:
             raise ValueError(
                 "backend='torch' runs torch.nn's own kernels, which cannot compute fusedrnn's "
-                "options (input_dropout, recurrent_dropout, zoneout, recurrent_batch_norm, "
+                "options (input_dropout, recurrent_dropout, weight_drop, zoneout, recurrent_batch_norm, "
                 "layer_norm, residual); choose another backend or turn those options off"
             )
         return TORCH

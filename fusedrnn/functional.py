@@ -69,6 +69,8 @@ def _check_mask_limits(options: RNNOptions, steps: int, batch: int, input_size: 
         philox.check_offset_limits(steps, batch, options.hidden_size)
     if options.zoneout_hidden > 0:
         philox.check_offset_limits(steps, batch, out_size)
+    if options.weight_drop > 0:
+        philox.check_offset_limits(1, 1, out_size)  # W_hh [G*H, P]: columns in the unit field
     philox.mask_base_offset(0, options.num_layers - 1, options.num_directions - 1)
 
 

@@ -42,6 +42,7 @@ class ModuleOptions:
     recurrent_dropout: float = 0.0
     zoneout_cell: float = 0.0  # LSTM only
     zoneout_hidden: float = 0.0
+    weight_drop: float = 0.0  # DropConnect on W_hh
     recurrent_batch_norm: bool = False
     max_steps: int | None = None
     layer_norm: bool = False
@@ -98,6 +99,7 @@ class _FusedRNNBase(nn.RNNBase):
         opts = ModuleOptions(**options)
         input_dropout, recurrent_dropout = opts.input_dropout, opts.recurrent_dropout
         zoneout_cell, zoneout_hidden = opts.zoneout_cell, opts.zoneout_hidden
+        weight_drop = opts.weight_drop
         recurrent_batch_norm, max_steps = opts.recurrent_batch_norm, opts.max_steps
         layer_norm, residual = opts.layer_norm, opts.residual
         forget_bias, backend = opts.forget_bias, opts.backend
@@ -106,6 +108,7 @@ class _FusedRNNBase(nn.RNNBase):
         recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
         zoneout_cell = _check_probability("zoneout_cell", zoneout_cell)
         zoneout_hidden = _check_probability("zoneout_hidden", zoneout_hidden)
+        weight_drop = _check_probability("weight_drop", weight_drop)
         dispatch.check_backend_name(backend)
         if recurrent_batch_norm and layer_norm:
             raise ValueError("recurrent_batch_norm and layer_norm cannot both be on")
@@ -130,6 +133,7 @@ class _FusedRNNBase(nn.RNNBase):
         self.recurrent_dropout = recurrent_dropout
         self.zoneout_cell = zoneout_cell
         self.zoneout_hidden = zoneout_hidden
+        self.weight_drop = weight_drop
         self.recurrent_batch_norm = bool(recurrent_batch_norm)
         self.max_steps = max_steps
         self.layer_norm = bool(layer_norm)
@@ -269,6 +273,7 @@ class _FusedRNNBase(nn.RNNBase):
             recurrent_dropout=self.recurrent_dropout,
             zoneout_cell=self.zoneout_cell,
             zoneout_hidden=self.zoneout_hidden,
+            weight_drop=getattr(self, "weight_drop", 0.0),  # modules pickled before it existed
             norm=self.norm,
             residual=self.residual,
         )
@@ -474,7 +479,8 @@ class LSTM(_FusedRNNBase):
 
     Positional arguments and defaults are torch.nn.LSTM's. Keyword-only extras, the fields of
     :class:`ModuleOptions` (all off by default): ``input_dropout``, ``recurrent_dropout`` (variational, Gal & Ghahramani 2016),
-    ``zoneout_cell``, ``zoneout_hidden`` (Krueger et al. 2016), ``recurrent_batch_norm`` with
+    ``zoneout_cell``, ``zoneout_hidden`` (Krueger et al. 2016), ``weight_drop`` (DropConnect on
+    ``W_hh``, Merity et al. 2017), ``recurrent_batch_norm`` with
     ``max_steps`` (Cooijmans et al. 2016), ``layer_norm`` (Ba et al. 2016), ``residual``,
     ``forget_bias`` and ``backend``. See the README for each equation.
     """

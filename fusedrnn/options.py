@@ -24,6 +24,7 @@ class RNNOptions:
     recurrent_dropout: float = 0.0
     zoneout_cell: float = 0.0
     zoneout_hidden: float = 0.0
+    weight_drop: float = 0.0  # DropConnect on W_hh (training)
     norm: str = "none"  # "none" | "batch" | "layer"
     residual: bool = False
 
@@ -40,11 +41,14 @@ class RNNOptions:
             zoneout_cell=self.zoneout_cell,
             zoneout_hidden=self.zoneout_hidden,
             norm=self.norm,
+            weight_drop=self.weight_drop,
         )
 
     def needs_fusedrnn(self, training: bool) -> bool:
         """Whether this call computes something torch.nn's kernels cannot."""
-        random = training and (self.input_dropout > 0 or self.recurrent_dropout > 0)
+        random = training and (
+            self.input_dropout > 0 or self.recurrent_dropout > 0 or self.weight_drop > 0
+        )
         zoneout = self.zoneout_cell > 0 or self.zoneout_hidden > 0  # eval: the expectation
         return random or zoneout or self.norm != "none" or self.residual
 
@@ -58,6 +62,7 @@ class RNNOptions:
             or self.recurrent_dropout > 0
             or self.zoneout_cell > 0
             or self.zoneout_hidden > 0
+            or self.weight_drop > 0
         )
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_UNITS",
     "STREAM_INPUT_DROPOUT",
     "STREAM_RECURRENT_DROPOUT",
+    "STREAM_WEIGHT_DROP_HH",
     "STREAM_ZONEOUT_CELL",
     "STREAM_ZONEOUT_HIDDEN",
     "check_offset_limits",
@@ -38,6 +39,9 @@ __all__ = [
     "rand",
     "uniform_from_uint32",
     "uniform_mask",
+    "weight_drop_base_offset",
+    "weight_drop_key",
+    "weight_drop_uniform",
 ]
 
 # Philox4x32 constants (Random123): round multipliers and Weyl key increments.
@@ -102,6 +106,70 @@ def mask_base_offset(stream: int, layer: int, direction: int) -> int:
             f"random masks support at most {MAX_LAYER_DIRECTIONS // 2} layers, got layer={layer}"
         )
     return _to_int64((stream << STREAM_SHIFT) | (layer_direction << LAYER_DIRECTION_SHIFT))
+
+
+# ---------------------------------------------------------------------------------------
+# Weight drop (DropConnect on W_hh, issue 15): a second key, the same layout.
+#
+# The four stream values above are taken, so weight masks are drawn under a derived key
+#
+#     key = seed XOR WEIGHT_DROP_KEY_XOR       (as an int64 bit pattern)
+#
+# with the offset layout unchanged except that a weight's row takes the t and b fields:
+#
+#     bits 62..63  stream under the derived key: 0 W_hh [G*H, P]  (1..3 reserved)
+#     bits 56..61  2*layer + direction
+#     bits 20..55  row of the weight (gate-major n = g*H + j)      limit 2**36
+#     bits  0..19  column (input unit of h)                        limit 2**20
+#
+# i.e. the offset is mask_offset(STREAM_WEIGHT_DROP_HH, layer, direction, 0, row, col) and
+# the kernels' ordinary mask draw with (t, b, unit) = (0, row, col) under the derived key.
+# draw_seed() returns seeds in [0, 2**63), and the constant has its top bit set, so a derived
+# key is never the key of any call's other masks: weight masks cannot coincide with the
+# dropout/zoneout masks of this or of any other call. One mask per (call, layer, direction),
+# shared by every time step and every batch row; an element is kept when its number >= p.
+# The launchers compute the derived key here and pass it to the kernels as their seed, so the
+# derivation, like the bit layout, is written down once.
+# ---------------------------------------------------------------------------------------
+WEIGHT_DROP_KEY_XOR = 0x9E3779B97F4A7C15  # 2**64 / golden ratio; top bit set
+STREAM_WEIGHT_DROP_HH = 0  # under the weight-drop key: DropConnect mask of W_hh [G*H, P]
+WEIGHT_ROW_SHIFT = BATCH_SHIFT  # 20: a weight row fills bits 20..55 (the b and t fields)
+MAX_WEIGHT_ROWS = 1 << (BATCH_BITS + STEP_BITS)
+
+
+def weight_drop_key(seed: int | torch.Tensor) -> int | torch.Tensor:
+    """The Philox key of a call's weight-drop masks: ``seed XOR WEIGHT_DROP_KEY_XOR`` as int64
+    (a 0-d int64 tensor for a tensor seed)."""
+    if isinstance(seed, torch.Tensor):
+        return seed.to(torch.int64) ^ _to_int64(WEIGHT_DROP_KEY_XOR)
+    return _to_int64(seed ^ WEIGHT_DROP_KEY_XOR)
+
+
+def weight_drop_base_offset(layer: int, direction: int) -> int:
+    """The int64 offset of element (row 0, col 0) of a layer-direction's W_hh mask."""
+    return mask_base_offset(STREAM_WEIGHT_DROP_HH, layer, direction)
+
+
+def weight_drop_uniform(
+    seed: int | torch.Tensor,
+    layer: int,
+    direction: int,
+    rows: int,
+    cols: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Uniform numbers [rows, cols] of the W_hh weight-drop mask of ``seed``'s call (the
+    call's seed, not the derived key). Element < p means dropped."""
+    if rows > MAX_WEIGHT_ROWS or cols > MAX_UNITS:
+        raise ValueError(
+            f"fusedrnn weight drop supports weights of at most {MAX_WEIGHT_ROWS} x {MAX_UNITS}, "
+            f"got {rows} x {cols}"
+        )
+    row = torch.arange(rows, dtype=torch.int64, device=device)[:, None]
+    col = torch.arange(cols, dtype=torch.int64, device=device)[None, :]
+    base = weight_drop_base_offset(layer, direction)
+    offsets = base + (row << WEIGHT_ROW_SHIFT) + col
+    return rand(weight_drop_key(seed), offsets)
 
 
 def check_offset_limits(steps: int, batch: int, units: int) -> None:

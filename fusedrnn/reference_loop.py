@@ -8,6 +8,7 @@ torch ops, one time step at a time, so autograd gives its backward. The equation
 LSTM (gates i, f, g, o)::
 
     a     = W_hh (m_h * h_{t-1})            m_h: variational recurrent-dropout mask
+                                            (W_hh * m_W in training with weight drop, below)
     gates = xg_t + N_hh(a) + b_hh           N: identity, recurrent BN or layer norm
     c~    = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
     h~    = sigmoid(o) * tanh(N_c(c~))      then h~ = W_hr h~ with a projection
@@ -21,6 +22,10 @@ GRU (gates r, z, n)::
     h~ = (1 - z) * n + z * h_{t-1};         h_t = zoneout(h_{t-1}, h~)
 
 RNN: ``h~ = tanh|relu(xg_t + N_hh(W_hh (m_h * h_{t-1})) + b_hh)``, ``h_t = zoneout(h_{t-1}, h~)``.
+
+Weight drop (DropConnect, training only): every step uses ``W_hh * m_W`` with one keep-scaled
+mask ``m_W`` [G*H, P] per call, layer and direction (0 where dropped, else 1 / (1 - p)); in
+evaluation ``W_hh`` itself.
 
 Rows whose sequence has ended (``t >= len_b``) keep their state and output zeros. In reverse
 mode step t runs from T-1 down to 0, so a row of length L starts at t = L-1 from its initial
@@ -36,7 +41,14 @@ import torch.nn.functional as F
 from . import philox
 from .backends.base import NORM_EPS, RecurrenceInputs, RecurrenceOutputs, accumulate_dtype
 
-__all__ = ["active_rows", "masks", "normalize", "recurrence", "variational_mask"]
+__all__ = [
+    "active_rows",
+    "masks",
+    "normalize",
+    "recurrence",
+    "variational_mask",
+    "weight_drop_mask",
+]
 
 
 def active_rows(lengths: torch.Tensor | None, steps: int, batch: int, device) -> torch.Tensor:
@@ -61,6 +73,22 @@ def variational_mask(
     """[B, units] keep-scaled dropout mask shared by all time steps: 0 where the uniform
     number is < p, else 1 / (1 - p)."""
     uniform = philox.uniform_mask(seed, stream, layer, direction, None, batch, units, device)
+    return (uniform >= p).to(dtype) / (1.0 - p)
+
+
+def weight_drop_mask(
+    seed: int | torch.Tensor,
+    layer: int,
+    direction: int,
+    rows: int,
+    cols: int,
+    p: float,
+    dtype: torch.dtype,
+    device,
+) -> torch.Tensor:
+    """[rows, cols] keep-scaled DropConnect mask of W_hh (philox.py's weight-drop draw): 0 where
+    the uniform number is < p, else 1 / (1 - p)."""
+    uniform = philox.weight_drop_uniform(seed, layer, direction, rows, cols, device)
     return (uniform >= p).to(dtype) / (1.0 - p)
 
 
@@ -161,6 +189,18 @@ def recurrence(inputs: RecurrenceInputs) -> RecurrenceOutputs:
     def running(buffer: torch.Tensor | None, t: int) -> torch.Tensor | None:
         return None if buffer is None else buffer[min(t, stat_index_limit)]
 
+    w_hh = inputs.w_hh
+    if cfg.uses_weight_drop(inputs.training):
+        w_hh = w_hh * weight_drop_mask(
+            inputs.seed,
+            inputs.layer,
+            inputs.direction,
+            cfg.gate_size,
+            cfg.out_size,
+            cfg.weight_drop,
+            w_hh.dtype,
+            device,
+        )
     h, c = inputs.h0, inputs.c0
     outputs: list[torch.Tensor | None] = [None] * steps
     stats: dict[str, list] = {"mean_hh": [None] * steps, "var_hh": [None] * steps}
@@ -169,7 +209,7 @@ def recurrence(inputs: RecurrenceInputs) -> RecurrenceOutputs:
     for t in time_order:
         active_t = active[t]
         h_in = h if m["m_h"] is None else h * m["m_h"]
-        a = h_in @ inputs.w_hh.t()
+        a = h_in @ w_hh.t()
         if norm != "none":
             a, stats["mean_hh"][t], stats["var_hh"][t] = normalize(
                 a,

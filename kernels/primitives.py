@@ -25,6 +25,7 @@ from fusedrnn import philox
 # The offset layout of fusedrnn/philox.py, mirrored (never redefined) for the kernels.
 STEP_SHIFT: tl.constexpr = tl.constexpr(philox.STEP_SHIFT)  # 38
 BATCH_SHIFT: tl.constexpr = tl.constexpr(philox.BATCH_SHIFT)  # 20
+WEIGHT_ROW_SHIFT: tl.constexpr = tl.constexpr(philox.WEIGHT_ROW_SHIFT)  # 20
 
 # tanh(x) for |x| below this uses its odd Taylor polynomial: the exp form 1 - e^{-2|x|}
 # cancels there and would lose up to ulp(1) / (2|x|) relative accuracy.
@@ -111,6 +112,20 @@ def dropout_mask(seed, base_offset, rows, units, p, keep_scale):
     """Variational recurrent-dropout mask [rows, units]: 0 or 1/(1-p) (same for all t)."""
     u = mask_uniform(seed, base_offset, 0, rows, units)
     return tl.where(u >= p, keep_scale, 0.0)
+
+
+@triton.jit
+def weight_drop_scale(key, base_offset, row, col, p, keep_scale):
+    """Keep-scaled weight-drop (DropConnect) mask of W_hh elements (row, col), 0 or 1/(1-p).
+
+    ``row`` and ``col`` are integer tensors that broadcast against each other (a tile of
+    W_hh or of its transpose); ``key`` is philox.weight_drop_key(seed) and ``base_offset``
+    philox.weight_drop_base_offset(layer, direction). Identical to philox.weight_drop_uniform.
+    """
+    offsets = (
+        tl.cast(base_offset, tl.int64) + (row.to(tl.int64) << WEIGHT_ROW_SHIFT) + col.to(tl.int64)
+    )
+    return tl.where(tl.rand(key, offsets) >= p, keep_scale, 0.0)
 
 
 @triton.jit

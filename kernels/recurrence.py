@@ -85,6 +85,7 @@ from .primitives import (
     layer_norm_row_stats,
     row_sums_across_programs,
     tanh,
+    weight_drop_scale,
     zoneout,
     zoneout_weight,
 )
@@ -109,6 +110,8 @@ _RUNTIME_SCALARS = [
     "dropout_base",
     "zoneout_cell_base",
     "zoneout_hidden_base",
+    "weight_drop_key",
+    "weight_drop_base",
 ]
 
 
@@ -186,6 +189,10 @@ def recurrence_forward_kernel(
     dropout_keep_scale,  # 1 / (1 - dropout_p)
     zoneout_cell_p,
     zoneout_hidden_p,
+    weight_drop_key,  # philox.weight_drop_key(seed) (int64)
+    weight_drop_base,  # philox.weight_drop_base_offset(layer, direction)
+    weight_drop_p,  # DropConnect probability of W_hh
+    weight_drop_keep_scale,  # 1 / (1 - weight_drop_p)
     # ---- meta-parameters
     CELL: tl.constexpr,  # CELL_CODES
     NORM: tl.constexpr,  # NORM_CODES
@@ -196,6 +203,7 @@ def recurrence_forward_kernel(
     USE_DROPOUT: tl.constexpr,  # training and recurrent_dropout > 0
     USE_ZONEOUT_CELL: tl.constexpr,  # zoneout_cell > 0 (LSTM)
     USE_ZONEOUT_HIDDEN: tl.constexpr,  # zoneout_hidden > 0
+    USE_WEIGHT_DROP: tl.constexpr,  # training and weight_drop > 0
     NUM_GATES: tl.constexpr,  # G
     GATES_PAD: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -244,6 +252,18 @@ def recurrence_forward_kernel(
         mask=k_in[:, None] & col_in[None, :],
         other=0.0,
     )
+    if USE_WEIGHT_DROP:  # W_hh * m_W, drawn here once per call (regenerated in backward)
+        w_t = (
+            w_t.to(tl.float32)
+            * weight_drop_scale(
+                weight_drop_key,
+                weight_drop_base,
+                gate_col[None, :],
+                ks[:, None],
+                weight_drop_p,
+                weight_drop_keep_scale,
+            )
+        ).to(w_t.dtype)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -511,6 +531,10 @@ def recurrence_backward_kernel(
     dropout_keep_scale,
     zoneout_cell_p,
     zoneout_hidden_p,
+    weight_drop_key,
+    weight_drop_base,
+    weight_drop_p,
+    weight_drop_keep_scale,
     # ---- meta-parameters (as the forward kernel; BLOCK_GH replaces BLOCK_H)
     CELL: tl.constexpr,
     NORM: tl.constexpr,
@@ -520,6 +544,7 @@ def recurrence_backward_kernel(
     USE_DROPOUT: tl.constexpr,
     USE_ZONEOUT_CELL: tl.constexpr,
     USE_ZONEOUT_HIDDEN: tl.constexpr,
+    USE_WEIGHT_DROP: tl.constexpr,
     NUM_GATES: tl.constexpr,
     GATES_PAD: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -570,6 +595,18 @@ def recurrence_backward_kernel(
         mask=gh_in[:, None] & unit_in[None, :],
         other=0.0,
     )
+    if USE_WEIGHT_DROP:  # the forward's W_hh * m_W, the mask regenerated from the seed
+        w_cols = (
+            w_cols.to(tl.float32)
+            * weight_drop_scale(
+                weight_drop_key,
+                weight_drop_base,
+                gh[:, None],
+                units[None, :],
+                weight_drop_p,
+                weight_drop_keep_scale,
+            )
+        ).to(w_cols.dtype)
     if NORM != NORM_NONE:
         norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
             tl.float32

@@ -120,7 +120,7 @@ def test_quick_says_what_it_measured(quick_run: tuple[Path, str]) -> None:
     torch_rows = {(r["workload"], r["mode"]): r for r in rows if r["provider"] == "torch"}
     lines = stdout.splitlines()
     for row in rows:
-        if row["provider"] != "host" or row["status"] != "ok" or row["workload"] == "W4":
+        if row["provider"] != "host" or row["status"] != "ok" or row["regularizers"]:
             continue
         # the table line of this case names the shape and shows host's spread and verdict
         line = next(x for x in lines if x.startswith(row["workload"] + " ") and row["mode"] in x)
@@ -493,7 +493,7 @@ def test_pytest_benchmark_integration(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed, 1 skipped" in result.stdout  # torch cannot run W4: skipped, with why
-    assert "torch.nn has no recurrent dropout" in result.stdout
+    assert "torch.nn has no fusedrnn regularizers" in result.stdout
     data = json.loads(out.read_text())
     assert len(data["benchmarks"]) == 3
     for bench in data["benchmarks"]:

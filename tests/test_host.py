@@ -35,6 +35,7 @@ REGULARIZERS = (
     "ln",
     "all",
     "all_ln",
+    "weight_drop",  # with recurrent dropout: both masks meet at W_hh (m_h h_{t-1})
 )
 
 
@@ -59,7 +60,7 @@ def make_inputs(
     """One layer-direction's inputs; ``proj`` > 0 (lstm): a projection to ``proj`` units."""
     gen = torch.Generator().manual_seed(seed + 1000 * len(reg) + len(cell))
     training = reg not in ("bn_eval", "zoneout_eval", "none")
-    dropout = 0.3 if reg in ("recurrent_dropout", "all", "all_ln") else 0.0
+    dropout = 0.3 if reg in ("recurrent_dropout", "all", "all_ln", "weight_drop") else 0.0
     zone = 0.25 if reg in ("zoneout", "zoneout_eval", "all", "all_ln") else 0.0
     norm = {"bn_train": "batch", "bn_eval": "batch", "ln": "layer", "all": "batch"}.get(reg, "none")
     if reg == "all_ln":
@@ -72,6 +73,7 @@ def make_inputs(
         zoneout_hidden=zone,
         norm=norm,
         proj_size=proj,
+        weight_drop=0.4 if reg == "weight_drop" else 0.0,
     )
     n, out_size = cfg.gate_size, cfg.out_size
 

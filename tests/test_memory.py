@@ -230,3 +230,16 @@ def test_input_dropout_mask_is_not_saved_for_backward(backend):
     reg_bytes, reg_shapes = _saved_bytes(regularised, x)
     print(f"\n{backend}: without {plain_bytes} B, with input dropout too {reg_bytes} B")
     assert reg_bytes <= plain_bytes, sorted(set(reg_shapes) - set(plain_shapes))
+
+
+@pytest.mark.parametrize("backend", _backends_for_saved())
+def test_weight_drop_mask_is_not_saved_for_backward(backend):
+    """Weight drop saves nothing W_hh-shaped beyond what the plain layer saves (W_hh itself):
+    backward regenerates the mask (or the cuda backend's effective weight) from the seed."""
+    plain, regularised, x = _module_pair(backend, {"weight_drop": 0.4}.items())
+    plain_bytes, plain_shapes = _saved_bytes(plain, x)
+    reg_bytes, reg_shapes = _saved_bytes(regularised, x)
+    print(f"\n{backend}: without {plain_bytes} B, with weight drop too {reg_bytes} B")
+    assert reg_bytes <= plain_bytes, sorted(set(reg_shapes) - set(plain_shapes))
+    weight_shape = (4 * HIDDEN, HIDDEN)
+    assert reg_shapes.count(weight_shape) <= plain_shapes.count(weight_shape)

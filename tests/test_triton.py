@@ -76,6 +76,7 @@ REGULARIZERS = {
         {"recurrent_dropout": 0.3, "zoneout_cell": 0.3, "zoneout_hidden": 0.4, "norm": "layer"},
         True,
     ),
+    "weight_drop": ({"weight_drop": 0.4, "recurrent_dropout": 0.3}, True),
 }
 # B = 8 keeps training batch norm well conditioned (with 3 rows the float32 reference itself
 # is 6e-5 away from float64); lengths cover 0, 1, T and unequal values.

@@ -45,6 +45,7 @@ FAMILIES = [
     case("gru", "recurrent_dropout", "float32", 5, 37),
     case("rnn_relu", "zoneout", "float32", 5, 37),
     case("rnn_tanh", "layer_norm", "bfloat16", 5, 37),
+    case("lstm", "weight_drop", "bfloat16", 5, 37),
 ]
 # The envelope's boundary: the largest hidden size the launcher accepts at each batch bound.
 BOUNDARY = [

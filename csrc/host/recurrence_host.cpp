@@ -23,6 +23,7 @@
 #include "fusedrnn/cells.cuh"
 #include "gemm.h"
 #include "simd_math.h"
+#include "weight_drop_host.h"
 
 namespace fusedrnn {
 namespace host {
@@ -66,6 +67,7 @@ struct Common {
   Zoneout<T> zc, zh;
   float p_drop;
   T keep_scale;
+  bool weight_drop;  // training with p_weight_drop > 0
 
   explicit Common(const RecurrenceFwdParams& p)
       : T_(p.T), B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell), norm(p.norm),
@@ -76,6 +78,21 @@ struct Common {
     zh = make_zoneout(p.p_zoneout_h);
     p_drop = static_cast<float>(p.p_dropout);
     keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
+    weight_drop = training && p.p_weight_drop > 0;
+  }
+  // With weight drop in training: W_hh rows row_of(r) (r < rows), columns [col0, col0 + cols),
+  // times the weight-drop mask (weight_drop_host.h), as the dense [rows, cols] buffer a thread
+  // packs its panels from, once per call (the mask itself is never stored); else empty.
+  template <class RowOf>
+  std::vector<T> dropped_weight(const RecurrenceFwdParams& p, const T* w, int64_t ld,
+                                int64_t rows, RowOf row_of, int64_t col0, int64_t cols) const {
+    std::vector<T> out;
+    if (!weight_drop) return out;
+    out.resize(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+      weight_drop_row(p.weight_drop_key, p.base_weight_drop, p.p_weight_drop, row_of(r), col0,
+                      cols, w + row_of(r) * ld + col0, out.data() + r * cols);
+    return out;
   }
   Zoneout<T> make_zoneout(double prob) const {
     Zoneout<T> z;
@@ -214,8 +231,10 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const Slice so = proj ? slice_of(P, tid, nt) : sl;
     const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
-    const std::vector<T> wp =
-        pack_b<T>(P, nl, [&](int64_t k, int64_t c) { return w[col(c) * P + k]; });
+    const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
+    const std::vector<T> wp = pack_b<T>(P, nl, [&](int64_t k, int64_t c) {
+      return dropped.empty() ? w[col(c) * P + k] : dropped[c * P + k];
+    });
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const std::vector<T> wrp =
         proj ? pack_b<T>(H, pl, [&](int64_t k, int64_t q) { return w_hr[(so.j0 + q) * H + k]; })
@@ -525,9 +544,12 @@ void backward_impl(const RecurrenceBwdParams& p) {
     // Own units of h (as in forward): a slice of the P projection outputs, or the cell slice.
     const Slice so = proj ? slice_of(P, tid, nt) : sl;
     const int64_t pl = so.size();
-    // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk].
-    const std::vector<T> wp =
-        pack_b<T>(N, pl, [&](int64_t n, int64_t kk) { return w[n * P + so.j0 + kk]; });
+    // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk] (W_hh is [N, P]).
+    const std::vector<T> dropped =
+        cm.dropped_weight(p, w, P, N, [](int64_t n) { return n; }, so.j0, pl);
+    const std::vector<T> wp = pack_b<T>(N, pl, [&](int64_t n, int64_t kk) {
+      return dropped.empty() ? w[n * P + so.j0 + kk] : dropped[n * pl + kk];
+    });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
     const std::vector<T> wrp =
         proj ? pack_b<T>(P, hl, [&](int64_t q, int64_t jj) { return w_hr[q * H + sl.j0 + jj]; })

@@ -51,6 +51,7 @@ class RecurrenceConfig:
     zoneout_cell: float = 0.0  # lstm only
     zoneout_hidden: float = 0.0
     norm: str = "none"  # "none" | "batch" (recurrent BN) | "layer" (layer norm)
+    weight_drop: float = 0.0  # DropConnect on W_hh: one [G*H, P] mask per call (training)
 
     @property
     def num_gates(self) -> int:
@@ -74,7 +75,16 @@ class RecurrenceConfig:
         """Whether a call in this mode draws Philox masks (and so the seed matters)."""
         if not training:
             return False
-        return self.recurrent_dropout > 0 or self.zoneout_cell > 0 or self.zoneout_hidden > 0
+        return (
+            self.recurrent_dropout > 0
+            or self.zoneout_cell > 0
+            or self.zoneout_hidden > 0
+            or self.weight_drop > 0
+        )
+
+    def uses_weight_drop(self, training: bool) -> bool:
+        """Whether W_hh is multiplied by a weight-drop mask in this mode (training only)."""
+        return training and self.weight_drop > 0
 
 
 @dataclasses.dataclass
@@ -153,6 +163,8 @@ def check_mask_limits(inputs: RecurrenceInputs) -> None:
         philox.check_offset_limits(steps, batch, cfg.hidden_size)
     if cfg.zoneout_hidden > 0:
         philox.check_offset_limits(steps, batch, cfg.out_size)
+    if cfg.weight_drop > 0:
+        philox.check_offset_limits(1, 1, cfg.out_size)  # W_hh rows always fit (2**36)
     if cfg.draws_masks(inputs.training):
         philox.mask_base_offset(0, inputs.layer, inputs.direction)
 

@@ -15,9 +15,15 @@ whenever the block's ``W_hh`` slice fits in shared memory (docs/kernels-v2.md §
 :func:`launch_plan` is the kernels' own plan (``_C.cuda_launch_plan``, csrc/cuda/launch_plan.h):
 ``unsupported_reason`` refuses, with the plan's reason, a call whose shared memory or grid
 co-residency the device cannot meet, so ``auto`` falls back instead of the launch throwing.
+
+Weight drop is a pre-pass: ``_C.cuda_weight_drop`` builds the effective ``W_hh * m_W`` once
+per call (forward, and again in backward: regenerated, never saved), the persistent kernels
+run a plain recurrence on it, and the same pass masks ``dW_hh`` in place (docs/design.md §3.2).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -147,13 +153,28 @@ def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
     return native.saved_like(inputs)  # the host build's layout, always saved
 
 
+def _with_dropped_weight(inputs: RecurrenceInputs, stream: int) -> RecurrenceInputs:
+    """``inputs`` with W_hh replaced by ``W_hh * m_W`` (a transient weight-shaped tensor,
+    built by one elementwise pass) and weight drop off, when this call drops weights."""
+    cfg = inputs.config
+    if not cfg.uses_weight_drop(inputs.training):
+        return inputs
+    w_hh = inputs.w_hh.contiguous()
+    dropped = torch.empty_like(w_hh)
+    native.native().cuda_weight_drop(native.weight_drop_params(inputs, w_hh, dropped), stream)
+    return inputs.replace(config=dataclasses.replace(cfg, weight_drop=0.0), w_hh=dropped)
+
+
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
         return native.launch_forward(
-            inputs, lambda p: C.cuda_forward(p, stream), 1, _workspace(False)
+            _with_dropped_weight(inputs, stream),
+            lambda p: C.cuda_forward(p, stream),
+            1,
+            _workspace(False),
         )
 
 
@@ -162,11 +183,12 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
-        return native.launch_backward(
-            inputs,
+        grads = native.launch_backward(
+            _with_dropped_weight(inputs, stream),
             saved,
             output_grads,
             lambda p: C.cuda_backward(p, stream),
             1,
             _workspace(True),
         )
+        return native.mask_weight_grad(inputs, grads, lambda w: C.cuda_weight_drop(w, stream))

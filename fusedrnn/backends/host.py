@@ -72,6 +72,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     _check(inputs)
     C = native.native()
     with torch.no_grad():
-        return native.launch_backward(
+        grads = native.launch_backward(
             inputs, saved, output_grads, C.host_backward, _threads(inputs)
         )
+        return native.mask_weight_grad(inputs, grads, C.host_weight_drop)

@@ -106,6 +106,36 @@ def common_unsupported_reason(
     return None
 
 
+def weight_drop_params(inputs: RecurrenceInputs, src: torch.Tensor, dst: torch.Tensor):
+    """``_C.WeightDropParams`` for ``dst = src * m_W`` with this call's weight-drop mask of
+    W_hh (``src``, ``dst`` contiguous ``[G*H, P]``; the same tensor for in place)."""
+    if not (src.is_contiguous() and dst.is_contiguous() and src.shape == dst.shape):
+        raise ValueError("weight_drop_params: src and dst must be contiguous and of one shape")
+    w = native().WeightDropParams()
+    w.src, w.dst = src.data_ptr(), dst.data_ptr()
+    w.rows, w.cols = src.shape
+    w.dtype = DTYPE_CODES[src.dtype]
+    w.p = float(inputs.config.weight_drop)
+    w.key = philox.weight_drop_key(int(inputs.seed))
+    w.base = philox.weight_drop_base_offset(inputs.layer, inputs.direction)
+    return w
+
+
+def mask_weight_grad(inputs: RecurrenceInputs, grads: Gradients, run: Callable[[object], None]):
+    """With weight drop in training, ``dW_hh = dW_eff * m_W``: zero exactly where an entry was
+    dropped. ``run(params)`` is the backend's weight-drop pass (``_C.host_weight_drop`` or
+    ``_C.cuda_weight_drop`` on a stream), run in place on the GEMM's result."""
+    if inputs.config.uses_weight_drop(inputs.training) and grads["w_hh"] is not None:
+        grad = grads["w_hh"].contiguous()
+        # The host pass is float32/float64 only (host computes half layers in float32): a
+        # half gradient is masked in float32, where 0 and g / (1 - p) are then rounded once.
+        host_half = grad.device.type == "cpu" and grad.dtype in (torch.float16, torch.bfloat16)
+        work = grad.float() if host_half else grad
+        run(weight_drop_params(inputs, work, work))
+        grads["w_hh"] = work.to(grad.dtype)
+    return grads
+
+
 def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -147,6 +177,10 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
         p.base_dropout = base(philox.STREAM_RECURRENT_DROPOUT, inputs.layer, inputs.direction)
         p.base_zoneout_c = base(philox.STREAM_ZONEOUT_CELL, inputs.layer, inputs.direction)
         p.base_zoneout_h = base(philox.STREAM_ZONEOUT_HIDDEN, inputs.layer, inputs.direction)
+    if cfg.uses_weight_drop(inputs.training):  # applied where the kernel loads W_hh (host)
+        p.p_weight_drop = float(cfg.weight_drop)
+        p.weight_drop_key = philox.weight_drop_key(int(inputs.seed))
+        p.base_weight_drop = philox.weight_drop_base_offset(inputs.layer, inputs.direction)
     p.num_threads = max(1, int(num_threads))
     t = {
         "xg": xg,

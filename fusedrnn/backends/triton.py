@@ -204,7 +204,41 @@ def _scalars(inputs: RecurrenceInputs) -> dict:
         "dropout_keep_scale": 1.0 / (1.0 - p) if use_dropout else 1.0,
         "zoneout_cell_p": float(cfg.zoneout_cell),
         "zoneout_hidden_p": float(cfg.zoneout_hidden),
+        **_weight_drop_scalars(inputs),
     }
+
+
+def _weight_drop_scalars(inputs: RecurrenceInputs) -> dict:
+    """The weight-drop arguments of the recurrence kernels and of the dW_hh pass."""
+    cfg = inputs.config
+    on = cfg.uses_weight_drop(inputs.training)
+    return {
+        # Always a negative int64 when on (the derived key has its top bit set).
+        "weight_drop_key": philox.weight_drop_key(int(inputs.seed)) if on else 0,
+        "weight_drop_base": philox.weight_drop_base_offset(inputs.layer, inputs.direction),
+        "weight_drop_p": float(cfg.weight_drop),
+        "weight_drop_keep_scale": 1.0 / (1.0 - cfg.weight_drop) if on else 1.0,
+    }
+
+
+def _mask_weight_grad(inputs: RecurrenceInputs, grad: torch.Tensor) -> None:
+    """``grad *= m_W`` in place (contiguous ``[G*H, P]``): dW_hh is zero where W_hh was dropped."""
+    from fusedrnn.kernels.weight_drop import weight_drop_kernel
+
+    rows, cols = grad.shape
+    block = 1024
+    scalars = _weight_drop_scalars(inputs)
+    weight_drop_kernel[(max(1, -(-rows * cols // block)),)](
+        grad,
+        grad,
+        rows,
+        cols,
+        scalars["weight_drop_key"],
+        scalars["weight_drop_base"],
+        scalars["weight_drop_p"],
+        scalars["weight_drop_keep_scale"],
+        BLOCK=block,
+    )
 
 
 def _meta(inputs: RecurrenceInputs) -> dict:
@@ -218,6 +252,7 @@ def _meta(inputs: RecurrenceInputs) -> dict:
         "USE_DROPOUT": bool(inputs.training and cfg.recurrent_dropout > 0),
         "USE_ZONEOUT_CELL": cfg.has_cell_state and cfg.zoneout_cell > 0,
         "USE_ZONEOUT_HIDDEN": cfg.zoneout_hidden > 0,
+        "USE_WEIGHT_DROP": cfg.uses_weight_drop(inputs.training),
         "NUM_GATES": cfg.num_gates,
     }
 
@@ -478,6 +513,8 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         )
     else:
         grad_w_hh = torch.zeros(gate_width, hidden, **f32)
+    if meta["USE_WEIGHT_DROP"]:  # d(W_hh * m_W)/dW_hh = m_W: zero where dropped
+        _mask_weight_grad(inputs, grad_w_hh)
 
     def cast(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
         if grad is None or like is None:

@@ -43,6 +43,12 @@ struct RecurrenceFwdParams {
   uint64_t base_dropout = 0;  // philox.mask_base_offset(STREAM_RECURRENT_DROPOUT, layer, dir)
   uint64_t base_zoneout_c = 0;  // ... STREAM_ZONEOUT_CELL
   uint64_t base_zoneout_h = 0;  // ... STREAM_ZONEOUT_HIDDEN
+  // Weight drop (DropConnect on W_hh), training only: W_hh * m_W where the host kernels pack
+  // W_hh (host/weight_drop_host.h; m_W is philox.cuh's weight_drop_scale). The cuda launcher
+  // passes the effective W_hh instead and leaves these 0 (docs/design.md §5.5).
+  double p_weight_drop = 0.0;     // 0 = off
+  uint64_t weight_drop_key = 0;   // philox.weight_drop_key(seed)
+  uint64_t base_weight_drop = 0;  // philox.weight_drop_base_offset(layer, direction)
   int32_t num_threads = 1;  // host backend: worker threads (ignored by CUDA)
   bool allow_tf32 = false;  // CUDA, float32: recurrent product on TF32 tensor cores (else FMA)
 
@@ -108,6 +114,24 @@ struct RecurrenceBwdParams : RecurrenceFwdParams {
   void* dc0 = nullptr;     // dtype [B, H] (lstm)
 
   // ---- workspace (CUDA only)
+};
+
+}  // namespace fusedrnn
+
+namespace fusedrnn {
+
+// One elementwise pass dst[r][c] = src[r][c] * weight_drop_scale(key, base, r, c, p, 1/(1-p))
+// over a dense row-major [rows, cols] weight-shaped tensor (philox.cuh): masks dW_hh where the
+// launcher's GEMM produced it (in place, src == dst), and builds the cuda backend's effective
+// W_hh once per call. Nothing mask-shaped is written.
+struct WeightDropParams {
+  const void* src = nullptr;  // dtype [rows, cols]
+  void* dst = nullptr;        // dtype [rows, cols]; may equal src
+  int64_t rows = 0, cols = 0;
+  int32_t dtype = 0;          // DType
+  double p = 0.0;             // drop probability, in (0, 1)
+  uint64_t key = 0;           // philox.weight_drop_key(seed)
+  uint64_t base = 0;          // philox.weight_drop_base_offset(layer, direction)
 };
 
 }  // namespace fusedrnn

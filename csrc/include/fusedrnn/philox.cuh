@@ -101,4 +101,16 @@ FRNN_HD float mask_uniform(uint64_t seed, uint64_t base, int64_t t, int64_t b, i
   return philox_uniform(seed, mask_offset(base, t, b, unit));
 }
 
+// Weight drop (DropConnect on W_hh): the keep-scaled mask element of weight (row, col), 0 when
+// dropped (uniform < p) else keep_scale = 1 / (1 - p). `key` is the call's weight-drop key,
+// philox.weight_drop_key(seed) = seed XOR 0x9E3779B97F4A7C15, and `base` is
+// philox.weight_drop_base_offset(layer, direction); both come from the launcher. The row
+// takes the (t, b) fields of the layout: offset = base + (row << 20) + col (fusedrnn/philox.py).
+// The host draws row segments with mask_uniform in a vectorised loop (host/weight_drop_host.h).
+template <class T>
+FRNN_HD T weight_drop_scale(uint64_t key, uint64_t base, int64_t row, int64_t col, float p,
+                            T keep_scale) {
+  return mask_uniform(key, base, 0, row, col) < p ? T(0) : keep_scale;
+}
+
 }  // namespace fusedrnn
