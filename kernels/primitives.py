@@ -5,6 +5,7 @@ Everything here is a ``@triton.jit`` helper inlined into the kernels:
 * numerically stable activations (the interpreter has no ``tl.math.tanh``, and the naive
   ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
 * the grid barrier that lets one program per SM meet the others between time steps,
+* the loads of the resident W_hh tiles and the per-step recurrent product (tensor cores),
 * the Philox mask draws, built from the offset layout of ``fusedrnn/philox.py``,
 * the gate-tile view (a program's gate columns as ``[rows, gates, units]``),
 * the normalisation statistics: recurrent batch norm over the active rows of a column, and
@@ -69,22 +70,81 @@ def tanh(x):
 def grid_barrier(counter_ptr, generation):
     """Wait until every program of the grid has arrived at barrier number ``generation``.
 
-    ``counter_ptr``: int32 [1], zero at launch, only ever incremented, so barrier ``n`` is
-    passed once it reaches ``(n + 1) * num_programs`` (no reset, no sense reversal).
+    ``counter_ptr``: int64 [1], zero at launch, only ever incremented, so barrier ``n`` is
+    passed once it reaches ``(n + 1) * num_programs`` (no reset, no sense reversal). 64 bits
+    cannot wrap: 2^63 arrivals are ~10^5 years of 132 programs at 10^6 barriers per second,
+    where an int32 counter wrapped after ~5M step-barriers.
 
     The CTA barrier before the arrival makes every thread's global stores of this step
     happen-before thread 0's release (a scalar atomic runs on one thread); the acquire
     polls then make the other programs' stores visible here, and the CTA barrier after
     the wait keeps every thread from reading before the wait is over. Loads of data written
     by other programs additionally use ``cache_modifier=".cg"`` (L2, never a stale L1).
-    With one program (the interpreter) the first poll already passes.
+    The launcher launches cooperatively (``launch_cooperative_grid=True``), so all programs
+    are co-resident or the launch fails: a spin here never waits on a program that cannot
+    run. With one program (the interpreter) the first poll already passes.
     """
     tl.debug_barrier()
     arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") + 1
-    target = (generation + 1) * tl.num_programs(0)
+    target = (tl.cast(generation, tl.int64) + 1) * tl.num_programs(0).to(tl.int64)
     while arrived < target:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------------------
+# The recurrent product: W_hh loaded on chip once per launch, one dot per step
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def load_w_hh_tile_forward(w_hh_ptr, gate_rows, ks, row_in, k_in, hidden):
+    """``W_hh[gate_rows, ks]`` transposed, ``[len(ks), len(gate_rows)]`` in W_hh's dtype: the
+    forward kernel's resident tile (this program's gate rows, every input unit ``k``).
+
+    The ONE place the forward kernel reads W_hh: a per-element transform of W_hh (weight
+    drop's DropConnect mask of element ``(gate_rows[j], ks[k])``) belongs here.
+    """
+    return tl.load(
+        w_hh_ptr + gate_rows[None, :] * hidden + ks[:, None],
+        mask=k_in[:, None] & row_in[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def load_w_hh_tile_backward(w_hh_ptr, gate_rows, units, row_in, unit_in, hidden):
+    """``W_hh[gate_rows, units]``, ``[len(gate_rows), len(units)]`` in W_hh's dtype: the
+    backward kernel's resident tile (every gate row, this program's units as columns).
+
+    The ONE place the backward kernel reads W_hh (see load_w_hh_tile_forward).
+    """
+    return tl.load(
+        w_hh_ptr + gate_rows[:, None] * hidden + units[None, :],
+        mask=row_in[:, None] & unit_in[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def recurrent_dot(operand, w_tile, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr):
+    """``operand @ w_tile`` with a float32 result: the per-step recurrent product.
+
+    ``operand`` (float32: ``m_h * h_{t-1}`` or ``dL/d acc``) is rounded to the resident
+    tile's dtype, so bf16 / fp16 operands reach the tensor cores in their own dtype with fp32
+    accumulation, and float32 ones run with ``input_precision=INPUT_PRECISION`` ("tf32":
+    TF32 tensor cores; "ieee": exact FP32 FMA), which the launcher sets from torch's cuDNN
+    RNN TF32 flag. ``UPCAST_OPERANDS`` (the interpreter, whose numpy dot has no bf16 and no
+    TF32) multiplies both in float32 instead, so CI runs this same kernel source.
+    """
+    if UPCAST_OPERANDS:
+        product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), input_precision="ieee")
+    else:
+        product = tl.dot(
+            operand.to(w_tile.dtype),
+            w_tile,
+            input_precision=INPUT_PRECISION,
+            out_dtype=tl.float32,
+        )
+    return product
 
 
 # ----------------------------------------------------------------------------------------

@@ -83,6 +83,9 @@ from .primitives import (
     gates_to_tile,
     grid_barrier,
     layer_norm_row_stats,
+    load_w_hh_tile_backward,
+    load_w_hh_tile_forward,
+    recurrent_dot,
     row_sums_across_programs,
     tanh,
     zoneout,
@@ -116,6 +119,18 @@ _RUNTIME_SCALARS = [
 def _rows_cols_offsets(t, batch, rows, cols, width):
     """Offsets of element (t, rows, cols) of a contiguous [T, batch, width] tensor (int64)."""
     return (tl.cast(t, tl.int64) * batch + rows[:, None]) * width + cols[None, :]
+
+
+@triton.jit
+def _gate_product(
+    operand_ptrs, operand_mask, w_gate, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr
+):
+    """One gate's share of the backward product: ``dL/d acc[:, gate columns] @ W_gate``.
+
+    The operand was written by every program before the barrier, so it is read from L2.
+    """
+    operand = tl.load(operand_ptrs, mask=operand_mask, other=0.0, cache_modifier=".cg")
+    return recurrent_dot(operand, w_gate, INPUT_PRECISION, UPCAST_OPERANDS)
 
 
 @triton.jit
@@ -166,7 +181,7 @@ def recurrence_forward_kernel(
     rstd_c_ptr,  # [T, H] (batch) or [T, B] (layer)
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
-    barrier_ptr,  # int32 [1], zero at launch: the grid-barrier counter
+    barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
     # ---- sizes
     steps,  # T
     batch,  # B
@@ -202,6 +217,8 @@ def recurrence_forward_kernel(
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
     PROGRAMS_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
+    UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -239,11 +256,7 @@ def recurrence_forward_kernel(
 
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
     # Loaded once, stored in D, live in registers for the whole loop.
-    w_t = tl.load(
-        w_hh_ptr + gate_col[None, :] * hidden + ks[:, None],
-        mask=k_in[:, None] & col_in[None, :],
-        other=0.0,
-    )
+    w_t = load_w_hh_tile_forward(w_hh_ptr, gate_col, ks, col_in, k_in, hidden)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -294,7 +307,7 @@ def recurrence_forward_kernel(
         )
         if USE_DROPOUT:
             h_full = h_full * m_h_full
-        acc = tl.dot(h_full, w_t.to(tl.float32), input_precision="ieee")
+        acc = recurrent_dot(h_full, w_t, INPUT_PRECISION, UPCAST_OPERANDS)
 
         # 3. normalisation of W_hh h, bias.
         if NORM == NORM_BATCH:
@@ -494,7 +507,7 @@ def recurrence_backward_kernel(
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, B]
-    barrier_ptr,  # int32 [1], zero at launch
+    barrier_ptr,  # int64 [1], zero at launch
     # ---- sizes
     steps,
     batch,
@@ -511,7 +524,7 @@ def recurrence_backward_kernel(
     dropout_keep_scale,
     zoneout_cell_p,
     zoneout_hidden_p,
-    # ---- meta-parameters (as the forward kernel; BLOCK_GH replaces BLOCK_H)
+    # ---- meta-parameters (as the forward kernel)
     CELL: tl.constexpr,
     NORM: tl.constexpr,
     TRAINING: tl.constexpr,
@@ -524,8 +537,10 @@ def recurrence_backward_kernel(
     GATES_PAD: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
-    BLOCK_GH: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     PROGRAMS_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -561,15 +576,18 @@ def recurrence_backward_kernel(
     col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
     gate_col = col_gate * hidden + col_unit
     col_mask = row_in[:, None] & col_in[None, :]
-    gh = tl.arange(0, BLOCK_GH)
-    gh_in = gh < gate_width
+    ks = tl.arange(0, BLOCK_H)
+    k_in = ks < hidden
 
-    # W_hh[:, units]: [BLOCK_GH, BLOCK_U] in D, on chip for the whole loop.
-    w_cols = tl.load(
-        w_hh_ptr + gh[:, None] * hidden + units[None, :],
-        mask=gh_in[:, None] & unit_in[None, :],
-        other=0.0,
-    )
+    # W_hh[:, units] as one [BLOCK_H, BLOCK_U] tile per gate (rows gate * H + k), in D, on
+    # chip for the whole loop: per-gate tiles need no padding of G*H to a power of two.
+    w_gate0 = load_w_hh_tile_backward(w_hh_ptr, ks, units, k_in, unit_in, hidden)
+    if NUM_GATES > 1:
+        w_gate1 = load_w_hh_tile_backward(w_hh_ptr, hidden + ks, units, k_in, unit_in, hidden)
+    if NUM_GATES > 2:
+        w_gate2 = load_w_hh_tile_backward(w_hh_ptr, 2 * hidden + ks, units, k_in, unit_in, hidden)
+    if NUM_GATES > 3:
+        w_gate3 = load_w_hh_tile_backward(w_hh_ptr, 3 * hidden + ks, units, k_in, unit_in, hidden)
     if NORM != NORM_NONE:
         norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
             tl.float32
@@ -749,13 +767,24 @@ def recurrence_backward_kernel(
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
-        d_acc_all = tl.load(
-            grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gh, gate_width),
-            mask=row_in[:, None] & gh_in[None, :],
-            other=0.0,
-            cache_modifier=".cg",
+        #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
+        d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
+        d_acc_mask = row_in[:, None] & k_in[None, :]
+        dh_recurrent = _gate_product(
+            d_acc_step, d_acc_mask, w_gate0, INPUT_PRECISION, UPCAST_OPERANDS
         )
-        dh_recurrent = tl.dot(d_acc_all, w_cols.to(tl.float32), input_precision="ieee")
+        if NUM_GATES > 1:
+            dh_recurrent += _gate_product(
+                d_acc_step + hidden, d_acc_mask, w_gate1, INPUT_PRECISION, UPCAST_OPERANDS
+            )
+        if NUM_GATES > 2:
+            dh_recurrent += _gate_product(
+                d_acc_step + 2 * hidden, d_acc_mask, w_gate2, INPUT_PRECISION, UPCAST_OPERANDS
+            )
+        if NUM_GATES > 3:
+            dh_recurrent += _gate_product(
+                d_acc_step + 3 * hidden, d_acc_mask, w_gate3, INPUT_PRECISION, UPCAST_OPERANDS
+            )
         if USE_DROPOUT:
             dh_recurrent = dh_recurrent * m_h_own
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)

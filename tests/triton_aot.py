@@ -53,9 +53,16 @@ def ptx_instructions(ptx: str, opcode: str) -> list[str]:
     return found
 
 
+def tensor_core_opcodes(ptx: str) -> list[str]:
+    """The distinct tensor-core matrix instructions of the PTX (``mma.sync.…`` / ``wgmma.…``
+    opcodes, operands dropped), sorted."""
+    found = ptx_instructions(ptx, "mma.") + ptx_instructions(ptx, "wgmma.")
+    return sorted({instruction.split()[0] for instruction in found})
+
+
 def uses_tensor_cores(ptx: str) -> bool:
     """Whether the PTX holds a tensor-core matrix instruction (``mma.sync`` / ``wgmma``)."""
-    return bool(ptx_instructions(ptx, "mma.") or ptx_instructions(ptx, "wgmma."))
+    return bool(tensor_core_opcodes(ptx))
 
 
 def ptxas_spills(ptx: str, arch: int) -> tuple[int, int]:
@@ -250,7 +257,11 @@ def compile_case(case: dict, arch: int) -> list[dict]:
         with contextlib.suppress(BackwardLaunched):
             triton_backend.backward(inputs, saved, *grads)
         geometry = triton_backend._geometry(
-            case["batch"], case["hidden"], inputs.config.num_gates, inputs.xg.device
+            case["batch"],
+            case["hidden"],
+            inputs.config.num_gates,
+            inputs.xg.device,
+            inputs.xg.dtype,
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []
@@ -276,6 +287,8 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "atomics": ptx_instructions(ptx, "atom."),
                 "acquire_loads": [i for i in ptx_instructions(ptx, "ld.") if ".acquire" in i],
                 "tensor_cores": uses_tensor_cores(ptx),
+                "tensor_core_opcodes": tensor_core_opcodes(ptx),
+                "input_precision": kwargs["INPUT_PRECISION"],
                 "compile_seconds": round(seconds, 1),
             }
         )

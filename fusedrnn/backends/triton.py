@@ -75,46 +75,53 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> dict:
-    """Block sizes and grids of both kernels (kernels/recurrence.py, "Block sizes")."""
+def _geometry(
+    batch: int, hidden: int, num_gates: int, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
+
+    Forward and backward use the same split: each program owns ``units`` hidden units, so
+    the backward has as many programs as the forward, and W_hh's bytes per program are the
+    same in both (the forward holds its ``G*units`` rows, the backward the ``units`` columns
+    of every gate).
+    """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
-    block_gh = _next_power_of_2(num_gates * hidden)
     if _interpreting():
         block_b = _next_power_of_2(batch)
-        forward_units = backward_units = INTERPRETER_UNITS_PER_PROGRAM or block_h
+        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
         extra = {}
     else:
-        # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
-        # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
+        # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
+        # triton 3.6-3.8): batch rows, K, and units (the backward's N; the forward's N is
+        # GATES_PAD times that).
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         block_b = max(16, _next_power_of_2(batch))
         block_h = max(16, block_h)
-        block_gh = max(16, block_gh)
-        per_sm = -(-hidden // sms)
-        forward_units = max(16 // gates_pad, _next_power_of_2(per_sm))
-        backward_units = max(16, _next_power_of_2(per_sm))
+        units = max(16, _next_power_of_2(-(-hidden // sms)))
         extra = {"sms": sms}
     return {
         "GATES_PAD": gates_pad,
         "BLOCK_B": block_b,
         "BLOCK_H": block_h,
-        "BLOCK_GH": block_gh,
-        "forward_units": forward_units,
-        "backward_units": backward_units,
-        "forward_programs": -(-hidden // forward_units),
-        "backward_programs": -(-hidden // backward_units),
+        "units": units,
+        "programs": -(-hidden // units),
+        "num_gates": num_gates,
+        "element_bytes": torch.empty((), dtype=dtype).element_size(),
         **extra,
     }
 
 
 def _shared_memory_bytes(geo: dict) -> dict[str, int]:
-    """Shared memory of each kernel: its one tl.dot stages both float32 operands there,
-    (M*K + K*N) * 4 bytes (this matches the compiled sm_80 / sm_90 kernels exactly)."""
-    forward_n = geo["GATES_PAD"] * geo["forward_units"]
+    """Shared memory of each kernel. Each tl.dot stages both operands there, in the dot's
+    operand dtype (D: the h / dL/d acc operand is rounded to W_hh's dtype), ``(M*K + K*N) *
+    element_bytes``: the forward's one dot ``[B, H] x [H, G*units]``; the backward's per-gate
+    dots ``[B, H] x [H, units]`` reuse one staging buffer. (Checked against the compiled sm_80
+    and sm_90a kernels by tests/test_triton_aot.py.)"""
+    b, h, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["element_bytes"]
     return {
-        "forward": 4 * (geo["BLOCK_B"] * geo["BLOCK_H"] + geo["BLOCK_H"] * forward_n),
-        "backward": 4 * geo["BLOCK_GH"] * (geo["BLOCK_B"] + geo["backward_units"]),
+        "forward": e * (b * h + h * geo["GATES_PAD"] * geo["units"]),
+        "backward": e * (b * h + h * geo["units"]),
     }
 
 
@@ -122,9 +129,7 @@ def _resource_reason(geo: dict, device: torch.device) -> str | None:
     """Why one program of either kernel would not fit on an SM, or None."""
     tiles = {
         "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
-        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["forward_units"],
-        "backward gradient row block [B, G*H]": geo["BLOCK_B"] * geo["BLOCK_GH"],
-        "backward W_hh slice [G*H, units]": geo["BLOCK_GH"] * geo["backward_units"],
+        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
     }
     for what, elements in tiles.items():
         if elements > _MAX_TILE_ELEMENTS:
@@ -168,7 +173,8 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
-        return _resource_reason(_geometry(batch, hidden, cfg.num_gates, device), device)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype)
+        return _resource_reason(geo, device)
     return None
 
 
@@ -207,9 +213,42 @@ def _scalars(inputs: RecurrenceInputs) -> dict:
     }
 
 
+def float32_uses_tf32() -> bool:
+    """Whether float32 recurrent products run on TF32 tensor cores (docs/kernels-v2.md §2).
+
+    The flag cuDNN's RNN reads (aten/src/ATen/native/cudnn/RNN.cpp passes
+    ``allowTF32CuDNN(Float32Op::RNN)`` to the RNN descriptor), so a float32 comparison with
+    torch.nn.LSTM on cuDNN is like for like: ``torch.backends.cudnn.rnn.fp32_precision``,
+    where "none" inherits from ``torch.backends.cudnn.fp32_precision`` and then
+    ``torch.backends.fp32_precision`` (TF32 iff the first setting that is not "none" is
+    "tf32"; the default is "tf32"; ``torch.backends.cudnn.allow_tf32 = False`` sets it to
+    "none" everywhere, i.e. exact). On a torch without those attributes: the legacy
+    ``torch.backends.cudnn.allow_tf32`` (never read on a newer torch: its getter raises when
+    the conv and rnn flags differ).
+    """
+    backends = torch.backends
+    rnn_flags = getattr(backends.cudnn, "rnn", None)
+    if rnn_flags is None or not hasattr(rnn_flags, "fp32_precision"):
+        return bool(backends.cudnn.allow_tf32)
+    for flags in (rnn_flags, backends.cudnn, backends):
+        precision = getattr(flags, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+def _dot_precision(dtype: torch.dtype) -> dict:
+    """The kernels' dot meta-parameters: the interpreter multiplies in exact float32 (numpy
+    has no bf16 or TF32 product); on a GPU half-precision operands go to the tensor cores as
+    they are and float32 ones follow float32_uses_tf32(), read once per call."""
+    tf32 = dtype == torch.float32 and not _interpreting() and float32_uses_tf32()
+    return {"INPUT_PRECISION": "tf32" if tf32 else "ieee", "UPCAST_OPERANDS": _interpreting()}
+
+
 def _meta(inputs: RecurrenceInputs) -> dict:
     cfg = inputs.config
     return {
+        **_dot_precision(inputs.xg.dtype),
         "CELL": base.CELL_CODES[cfg.cell],
         "NORM": base.NORM_CODES[cfg.norm],
         "TRAINING": bool(inputs.training),
@@ -311,13 +350,13 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
         return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
-    geo = _geometry(batch, hidden, cfg.num_gates, device)
-    programs, block_u = geo["forward_programs"], geo["forward_units"]
+    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype)
+    programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
     saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
     ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
-    barrier = torch.zeros(1, dtype=torch.int32, device=device)
+    barrier = torch.zeros(1, dtype=torch.int64, device=device)
     running = [
         _contiguous(getattr(inputs, f"running_{k}"))
         for k in ("mean_hh", "var_hh", "mean_c", "var_c")
@@ -361,6 +400,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         num_warps=_num_warps(
             geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
         ),
+        launch_cooperative_grid=True,
     )
     result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
     if bn_train:
@@ -410,11 +450,11 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             if g is not None:
                 g.zero_()
     else:
-        geo = _geometry(batch, hidden, cfg.num_gates, device)
-        programs, block_u = geo["backward_programs"], geo["backward_units"]
+        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype)
+        programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
-        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        barrier = torch.zeros(1, dtype=torch.int64, device=device)
         recurrence_backward_kernel[(programs,)](
             grad_output,
             grad_h_n,
@@ -452,9 +492,12 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             GATES_PAD=geo["GATES_PAD"],
             BLOCK_B=geo["BLOCK_B"],
             BLOCK_U=block_u,
-            BLOCK_GH=geo["BLOCK_GH"],
+            BLOCK_H=geo["BLOCK_H"],
             PROGRAMS_PAD=_next_power_of_2(programs),
-            num_warps=_num_warps(geo["BLOCK_B"] * geo["BLOCK_GH"], geo["BLOCK_GH"] * block_u),
+            num_warps=_num_warps(
+                geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
+            ),
+            launch_cooperative_grid=True,
         )
 
     # dL/dW_hh = sum over t, b of dL/dacc^T (m_h h_{t-1}): one GEMM over all steps.
