@@ -125,8 +125,11 @@ def load_w_hh_tile_backward(w_hh_ptr, gate_rows, units, row_in, unit_in, hidden)
 
 
 @triton.jit
-def recurrent_dot(operand, w_tile, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr):
-    """``operand @ w_tile`` with a float32 result: the per-step recurrent product.
+def recurrent_dot(
+    operand, w_tile, acc, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr
+):
+    """``acc + operand @ w_tile`` in float32 (``acc`` float32): the per-step recurrent
+    product, accumulated in place on the tensor cores.
 
     ``operand`` (float32: ``m_h * h_{t-1}`` or ``dL/d acc``) is rounded to the resident
     tile's dtype, so bf16 / fp16 operands reach the tensor cores in their own dtype with fp32
@@ -136,14 +139,9 @@ def recurrent_dot(operand, w_tile, INPUT_PRECISION: tl.constexpr, UPCAST_OPERAND
     TF32) multiplies both in float32 instead, so CI runs this same kernel source.
     """
     if UPCAST_OPERANDS:
-        product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), input_precision="ieee")
+        product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
     else:
-        product = tl.dot(
-            operand.to(w_tile.dtype),
-            w_tile,
-            input_precision=INPUT_PRECISION,
-            out_dtype=tl.float32,
-        )
+        product = tl.dot(operand.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
     return product
 
 

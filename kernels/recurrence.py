@@ -5,7 +5,8 @@ or backward (``recurrence_backward_kernel``); fusedrnn/backends/triton.py is the
 
 Work split (both kernels)
 -------------------------
-The grid is one dimension of at most one program per SM. Program ``pid`` owns hidden units
+The grid is one dimension of at most one program per SM, launched cooperatively (all
+programs co-resident, or the launch fails). Program ``pid`` owns hidden units
 ``[pid * BLOCK_U, (pid + 1) * BLOCK_U)``: all gates of those units, for all batch rows. So:
 
 * a program's *gate columns* (``GATES_PAD * BLOCK_U`` of them; column ``j`` is gate
@@ -32,23 +33,34 @@ Block sizes (chosen by the launcher)
 ------------------------------------
 ``BLOCK_B``   next power of two >= batch (>= 16 on a GPU for ``tl.dot``): every row in one
               program, which keeps batch statistics local.
-``BLOCK_U``   units per program: the smallest power of two that keeps the grid within the
-              SM count (and gives a dot N-dimension >= 16 on a GPU).
-``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row).
-``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward dot.
+``BLOCK_U``   units per program, the same in both kernels (so the backward has as many
+              programs as the forward): the smallest power of two >= 16 (the tensor-core N
+              minimum) that keeps the grid within the SM count.
+``BLOCK_H``   next power of two >= H: the K dimension of every dot (the forward's one dot
+              over the full h row; the backward's one dot per gate).
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
 
-Limits: each kernel does one ``tl.dot`` per step over the whole K dimension (H forward,
-G*H backward), and Triton stages both float32 operands in shared memory:
-``(BLOCK_B * K + K * N) * 4`` bytes. The launcher reports larger shapes as unsupported (so
-dispatch falls back) instead of failing at launch; on an H100 the backward bound is G*H
-padded to 1024 for batch <= 16 (LSTM / GRU hidden <= 256, RNN <= 1024). Lifting it needs a
-K-chunked loop that streams W_hh from L2 (future work).
+W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
+helper per direction (kernels/primitives.py: ``load_w_hh_tile_forward``: the program's
+``G*BLOCK_U`` gate rows, transposed; ``load_w_hh_tile_backward``: the program's
+``BLOCK_U`` columns of one gate's rows), and keeps it on chip (shared memory or registers,
+the compiler's choice; the AOT test measures which) for all steps. Per step it is never
+re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
-Numerics: every tile is float32 (weights are kept on chip in their own dtype and upcast
-per step; ``tl.dot`` uses ``input_precision="ieee"``, never TF32), so float16 / bfloat16
-inputs get float32 accumulation and a float32 LSTM cell state.
+Limits: every dot stages its operands in shared memory (launcher: ``_shared_memory_bytes``,
+checked against the compiled kernels), and the whole K = H is one dot, so the envelope ends
+where that staging exceeds the device's shared memory: on an H100 LSTM / GRU H <= 512 at
+B <= 16 in float32 and H <= 1024 in bf16 / fp16; H <= 256 (float32) / 512 at B <= 64. The
+launcher reports larger shapes as unsupported (dispatch falls back). Beyond: K-chunks with W
+streamed from L2 (not built).
+
+Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
+operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
+cuDNN's half-precision RNN does) with float32 accumulation, and float32 operands as TF32 or
+exactly (``INPUT_PRECISION``: the launcher's TF32 rule, torch's cuDNN RNN flag). Under the
+interpreter (``UPCAST_OPERANDS``) both operands are multiplied in float32. Everything else
+(cell, norms, state, saved tensors) is float32.
 
 Randomness: masks are never stored. Each is drawn with ``tl.rand(seed, offset)`` at the
 offset ``base + (t << 38) + (b << 20) + unit`` of fusedrnn/philox.py (``base`` =
@@ -123,14 +135,19 @@ def _rows_cols_offsets(t, batch, rows, cols, width):
 
 @triton.jit
 def _gate_product(
-    operand_ptrs, operand_mask, w_gate, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr
+    operand_ptrs,
+    operand_mask,
+    w_gate,
+    acc,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
 ):
-    """One gate's share of the backward product: ``dL/d acc[:, gate columns] @ W_gate``.
+    """One gate's share of the backward product: ``acc + dL/d acc[:, gate columns] @ W_gate``.
 
     The operand was written by every program before the barrier, so it is read from L2.
     """
     operand = tl.load(operand_ptrs, mask=operand_mask, other=0.0, cache_modifier=".cg")
-    return recurrent_dot(operand, w_gate, INPUT_PRECISION, UPCAST_OPERANDS)
+    return recurrent_dot(operand, w_gate, acc, INPUT_PRECISION, UPCAST_OPERANDS)
 
 
 @triton.jit
@@ -307,7 +324,13 @@ def recurrence_forward_kernel(
         )
         if USE_DROPOUT:
             h_full = h_full * m_h_full
-        acc = recurrent_dot(h_full, w_t, INPUT_PRECISION, UPCAST_OPERANDS)
+        acc = recurrent_dot(
+            h_full,
+            w_t,
+            tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+            INPUT_PRECISION,
+            UPCAST_OPERANDS,
+        )
 
         # 3. normalisation of W_hh h, bias.
         if NORM == NORM_BATCH:
@@ -771,19 +794,39 @@ def recurrence_backward_kernel(
         d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
         d_acc_mask = row_in[:, None] & k_in[None, :]
         dh_recurrent = _gate_product(
-            d_acc_step, d_acc_mask, w_gate0, INPUT_PRECISION, UPCAST_OPERANDS
+            d_acc_step,
+            d_acc_mask,
+            w_gate0,
+            tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+            INPUT_PRECISION,
+            UPCAST_OPERANDS,
         )
         if NUM_GATES > 1:
-            dh_recurrent += _gate_product(
-                d_acc_step + hidden, d_acc_mask, w_gate1, INPUT_PRECISION, UPCAST_OPERANDS
+            dh_recurrent = _gate_product(
+                d_acc_step + hidden,
+                d_acc_mask,
+                w_gate1,
+                dh_recurrent,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
             )
         if NUM_GATES > 2:
-            dh_recurrent += _gate_product(
-                d_acc_step + 2 * hidden, d_acc_mask, w_gate2, INPUT_PRECISION, UPCAST_OPERANDS
+            dh_recurrent = _gate_product(
+                d_acc_step + 2 * hidden,
+                d_acc_mask,
+                w_gate2,
+                dh_recurrent,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
             )
         if NUM_GATES > 3:
-            dh_recurrent += _gate_product(
-                d_acc_step + 3 * hidden, d_acc_mask, w_gate3, INPUT_PRECISION, UPCAST_OPERANDS
+            dh_recurrent = _gate_product(
+                d_acc_step + 3 * hidden,
+                d_acc_mask,
+                w_gate3,
+                dh_recurrent,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
             )
         if USE_DROPOUT:
             dh_recurrent = dh_recurrent * m_h_own

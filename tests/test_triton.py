@@ -159,6 +159,74 @@ def cast_inputs(inputs: RecurrenceInputs, dtype: torch.dtype) -> RecurrenceInput
     return map_floating(inputs, lambda value: value.to(dtype))
 
 
+def _tf32_flags() -> dict:
+    """torch's float32-precision settings that fusedrnn's TF32 rule reads (new API)."""
+    backends = torch.backends
+    return {
+        "root": backends.fp32_precision,
+        "cudnn": backends.cudnn.fp32_precision,
+        "rnn": backends.cudnn.rnn.fp32_precision,
+        "conv": backends.cudnn.conv.fp32_precision,
+        "matmul": backends.cuda.matmul.fp32_precision,
+    }
+
+
+def _restore_tf32_flags(flags: dict) -> None:
+    backends = torch.backends
+    backends.fp32_precision = flags["root"]
+    backends.cudnn.fp32_precision = flags["cudnn"]
+    backends.cudnn.rnn.fp32_precision = flags["rnn"]
+    backends.cudnn.conv.fp32_precision = flags["conv"]
+    backends.cuda.matmul.fp32_precision = flags["matmul"]
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """float32 kernels on the exact path (TF32 off, as the reference's own float32 error
+    assumes), restored afterwards; test_tf32_rule checks the rule itself."""
+    if not hasattr(torch.backends.cudnn, "rnn"):  # a torch before the per-operator flags
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+        torch.backends.cudnn.allow_tf32 = saved
+        return
+    saved = _tf32_flags()
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    yield
+    _restore_tf32_flags(saved)
+
+
+@pytest.mark.skipif(
+    not hasattr(torch.backends.cudnn, "rnn"), reason="torch without per-operator fp32 flags"
+)
+def test_tf32_rule(monkeypatch):
+    """float32 uses TF32 exactly when cuDNN's RNN would (docs/kernels-v2.md §2): its
+    per-operator flag, "none" inheriting from cudnn and then the root; half precision always
+    on tensor cores; the interpreter always exact with upcast operands."""
+    backends = torch.backends
+
+    def precision(dtype):
+        return triton_backend._dot_precision(dtype)
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    backends.cudnn.rnn.fp32_precision = "tf32"
+    assert triton_backend.float32_uses_tf32()
+    assert precision(torch.float32) == {"INPUT_PRECISION": "tf32", "UPCAST_OPERANDS": False}
+    assert precision(torch.bfloat16) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": False}
+    backends.cudnn.rnn.fp32_precision = "ieee"
+    assert not triton_backend.float32_uses_tf32()
+    assert precision(torch.float32)["INPUT_PRECISION"] == "ieee"
+    backends.cudnn.allow_tf32 = False  # the legacy setter: "none" everywhere -> exact
+    assert not triton_backend.float32_uses_tf32()
+    backends.cudnn.rnn.fp32_precision = "none"
+    backends.cudnn.fp32_precision = "tf32"  # inherited by rnn
+    assert triton_backend.float32_uses_tf32()
+    backends.cuda.matmul.fp32_precision = "ieee"  # cuBLAS's flag is not the RNN's
+    assert triton_backend.float32_uses_tf32()
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: True)
+    assert precision(torch.float32) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": True}
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Fill every tensor the launcher allocates with NaN (catches unwritten elements)."""

@@ -237,13 +237,16 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
 def compile_case(case: dict, arch: int) -> list[dict]:
     """Run the launcher's forward and backward on one case; compile both kernels.
 
-    ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary.
+    ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary; ``case["tf32"]``
+    (optional) sets torch's cuDNN TF32 flag first (this runs in its own subprocess).
     """
     from test_triton import upstream_gradients
 
     from fusedrnn.backends import triton as triton_backend
 
     case = dict(case)
+    if "tf32" in case:  # the float32 TF32 flag the launcher reads (its TF32 rule)
+        torch.backends.cudnn.allow_tf32 = case["tf32"]
     if case["hidden"] == "max":
         case["hidden"], case["rejected_beyond"] = largest_accepted_hidden(case, arch)
     host_inputs = _launcher_inputs(case, case["hidden"])

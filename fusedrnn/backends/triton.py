@@ -2,11 +2,13 @@
 
 Validate, allocate with torch, launch; no math here except the one GEMM for ``dL/dW_hh``.
 
-Launch geometry. One program per slice of ``BLOCK_U`` hidden units (all gates, all rows);
-the grid never exceeds the SM count, because the programs wait for each other at a grid
-barrier every step and a program that is not resident could never arrive (a hang). A grid
-of at most one program per SM is co-resident whenever one program fits on an SM, which the
-launch itself checks (it fails, it does not hang, when a program is too big). Under the
+Launch geometry. One program per slice of ``BLOCK_U`` hidden units (all gates, all rows),
+the same split for the forward and the backward kernel; the grid never exceeds the SM
+count, because the programs wait for each other at a grid barrier every step and a program
+that is not resident could never arrive (a hang). Both kernels are launched cooperatively
+(``launch_cooperative_grid=True``, triton >= 3.6): the driver then guarantees that every
+program is resident at once or fails the launch, also under MPS SM limits, green contexts or
+a concurrent launch on another stream. Under the
 Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) programs run one after another, so
 the grid is exactly one program owning every unit.
 
@@ -113,16 +115,26 @@ def _geometry(
 
 
 def _shared_memory_bytes(geo: dict) -> dict[str, int]:
-    """Shared memory of each kernel. Each tl.dot stages both operands there, in the dot's
-    operand dtype (D: the h / dL/d acc operand is rounded to W_hh's dtype), ``(M*K + K*N) *
-    element_bytes``: the forward's one dot ``[B, H] x [H, G*units]``; the backward's per-gate
-    dots ``[B, H] x [H, units]`` reuse one staging buffer. (Checked against the compiled sm_80
-    and sm_90a kernels by tests/test_triton_aot.py.)"""
-    b, h, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["element_bytes"]
-    return {
-        "forward": e * (b * h + h * geo["GATES_PAD"] * geo["units"]),
-        "backward": e * (b * h + h * geo["units"]),
-    }
+    """Shared memory of each kernel as triton 3.8 allocates it for sm_80 / sm_90a (checked
+    against the compiled kernels by tests/test_triton_aot.py), ``e`` = the dtype's bytes:
+
+    * forward, one dot ``[B, H] x [H, G*units]``: both operands staged in the dtype, the
+      W_hh tile resident there for the whole loop: ``e * (B*H + H*G*units)``;
+    * backward, float32: the per-gate W_hh tiles ``[H, units]`` stay in shared memory and
+      one float32 staging buffer of the ``[B, H]`` operand serves every gate:
+      ``4 * (G*H*units + B*H)``;
+    * backward, bf16 / fp16: the compiler moves the W_hh tiles into registers before the loop
+      (their shared-memory copies, plus the ``[B, units]`` float32 layout conversion of
+      ``dh`` beside them, are freed there) and stages the float32 operand per gate:
+      ``max(e*G*H*units + 4*B*units, 4*B*H)``.
+    """
+    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    gates = geo["num_gates"]
+    if e == 4:
+        backward = 4 * (gates * h * u + b * h)
+    else:
+        backward = max(e * gates * h * u + 4 * b * u, 4 * b * h)
+    return {"forward": e * (b * h + h * geo["GATES_PAD"] * u), "backward": backward}
 
 
 def _resource_reason(geo: dict, device: torch.device) -> str | None:
