@@ -561,6 +561,8 @@ def recurrence_backward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_GH: tl.constexpr,  # next power of two >= G*H (the one dot's K when not GATE_DOTS)
+    GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
@@ -602,15 +604,25 @@ def recurrence_backward_kernel(
     ks = tl.arange(0, BLOCK_H)
     k_in = ks < hidden
 
-    # W_hh[:, units] as one [BLOCK_H, BLOCK_U] tile per gate (rows gate * H + k), in D, on
-    # chip for the whole loop: per-gate tiles need no padding of G*H to a power of two.
-    w_gate0 = load_w_hh_tile_backward(w_hh_ptr, ks, units, k_in, unit_in, hidden)
-    if NUM_GATES > 1:
-        w_gate1 = load_w_hh_tile_backward(w_hh_ptr, hidden + ks, units, k_in, unit_in, hidden)
-    if NUM_GATES > 2:
-        w_gate2 = load_w_hh_tile_backward(w_hh_ptr, 2 * hidden + ks, units, k_in, unit_in, hidden)
-    if NUM_GATES > 3:
-        w_gate3 = load_w_hh_tile_backward(w_hh_ptr, 3 * hidden + ks, units, k_in, unit_in, hidden)
+    # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
+    # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
+    # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H).
+    if GATE_DOTS:
+        w_gate0 = load_w_hh_tile_backward(w_hh_ptr, ks, units, k_in, unit_in, hidden)
+        if NUM_GATES > 1:
+            w_gate1 = load_w_hh_tile_backward(w_hh_ptr, hidden + ks, units, k_in, unit_in, hidden)
+        if NUM_GATES > 2:
+            w_gate2 = load_w_hh_tile_backward(
+                w_hh_ptr, 2 * hidden + ks, units, k_in, unit_in, hidden
+            )
+        if NUM_GATES > 3:
+            w_gate3 = load_w_hh_tile_backward(
+                w_hh_ptr, 3 * hidden + ks, units, k_in, unit_in, hidden
+            )
+    else:
+        gate_rows = tl.arange(0, BLOCK_GH)
+        gate_row_in = gate_rows < gate_width
+        w_gates = load_w_hh_tile_backward(w_hh_ptr, gate_rows, units, gate_row_in, unit_in, hidden)
     if NORM != NORM_NONE:
         norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
             tl.float32
@@ -790,41 +802,51 @@ def recurrence_backward_kernel(
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
-        #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
-        d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
-        d_acc_mask = row_in[:, None] & k_in[None, :]
-        dh_recurrent = _gate_product(
-            d_acc_step,
-            d_acc_mask,
-            w_gate0,
-            tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
-            INPUT_PRECISION,
-            UPCAST_OPERANDS,
-        )
-        if NUM_GATES > 1:
+        if GATE_DOTS:
+            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
+            d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
+            d_acc_mask = row_in[:, None] & k_in[None, :]
             dh_recurrent = _gate_product(
-                d_acc_step + hidden,
+                d_acc_step,
                 d_acc_mask,
-                w_gate1,
-                dh_recurrent,
+                w_gate0,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
-        if NUM_GATES > 2:
+            if NUM_GATES > 1:
+                dh_recurrent = _gate_product(
+                    d_acc_step + hidden,
+                    d_acc_mask,
+                    w_gate1,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if NUM_GATES > 2:
+                dh_recurrent = _gate_product(
+                    d_acc_step + 2 * hidden,
+                    d_acc_mask,
+                    w_gate2,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if NUM_GATES > 3:
+                dh_recurrent = _gate_product(
+                    d_acc_step + 3 * hidden,
+                    d_acc_mask,
+                    w_gate3,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+        else:
             dh_recurrent = _gate_product(
-                d_acc_step + 2 * hidden,
-                d_acc_mask,
-                w_gate2,
-                dh_recurrent,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-        if NUM_GATES > 3:
-            dh_recurrent = _gate_product(
-                d_acc_step + 3 * hidden,
-                d_acc_mask,
-                w_gate3,
-                dh_recurrent,
+                grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gate_rows, gate_width),
+                row_in[:, None] & gate_row_in[None, :],
+                w_gates,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )

@@ -54,9 +54,9 @@ def ptx_instructions(ptx: str, opcode: str) -> list[str]:
 
 
 def tensor_core_opcodes(ptx: str) -> list[str]:
-    """The distinct tensor-core matrix instructions of the PTX (``mma.sync.…`` / ``wgmma.…``
-    opcodes, operands dropped), sorted."""
-    found = ptx_instructions(ptx, "mma.") + ptx_instructions(ptx, "wgmma.")
+    """The distinct tensor-core matrix instructions of the PTX (``mma.sync.…`` /
+    ``wgmma.mma_async.…`` opcodes, operands dropped; not wgmma's fences), sorted."""
+    found = ptx_instructions(ptx, "mma.") + ptx_instructions(ptx, "wgmma.mma_async")
     return sorted({instruction.split()[0] for instruction in found})
 
 
@@ -238,15 +238,16 @@ def compile_case(case: dict, arch: int) -> list[dict]:
     """Run the launcher's forward and backward on one case; compile both kernels.
 
     ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary; ``case["tf32"]``
-    (optional) sets torch's cuDNN TF32 flag first (this runs in its own subprocess).
+    (optional, default True: torch's default) sets torch's cuDNN TF32 flag first.
     """
     from test_triton import upstream_gradients
 
     from fusedrnn.backends import triton as triton_backend
 
     case = dict(case)
-    if "tf32" in case:  # the float32 TF32 flag the launcher reads (its TF32 rule)
-        torch.backends.cudnn.allow_tf32 = case["tf32"]
+    # The float32 TF32 flag the launcher reads (its TF32 rule): torch's default unless the
+    # case says otherwise.
+    torch.backends.cudnn.allow_tf32 = case.get("tf32", True)
     if case["hidden"] == "max":
         case["hidden"], case["rejected_beyond"] = largest_accepted_hidden(case, arch)
     host_inputs = _launcher_inputs(case, case["hidden"])

@@ -92,20 +92,27 @@ def _geometry(
     if _interpreting():
         block_b = _next_power_of_2(batch)
         units = INTERPRETER_UNITS_PER_PROGRAM or block_h
-        extra = {}
+        extra = {"wgmma": False}
     else:
         # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
         # triton 3.6-3.8): batch rows, K, and units (the backward's N; the forward's N is
         # GATES_PAD times that).
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        properties = torch.cuda.get_device_properties(device)
+        sms = properties.multi_processor_count
         block_b = max(16, _next_power_of_2(batch))
         block_h = max(16, block_h)
         units = max(16, _next_power_of_2(-(-hidden // sms)))
-        extra = {"sms": sms}
+        # Triton picks wgmma (one warpgroup per 64 rows) on sm_90 when M = BLOCK_B >= 64.
+        extra = {"sms": sms, "wgmma": properties.major >= 9 and block_b >= 64}
     return {
         "GATES_PAD": gates_pad,
         "BLOCK_B": block_b,
         "BLOCK_H": block_h,
+        "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
+        # float32: one dot per gate (the tiles stay in shared memory, one operand staging
+        # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
+        # into warp-replicated registers by the compiler, and spill).
+        "gate_dots": dtype == torch.float32,
         "units": units,
         "programs": -(-hidden // units),
         "num_gates": num_gates,
@@ -115,26 +122,30 @@ def _geometry(
 
 
 def _shared_memory_bytes(geo: dict) -> dict[str, int]:
-    """Shared memory of each kernel as triton 3.8 allocates it for sm_80 / sm_90a (checked
-    against the compiled kernels by tests/test_triton_aot.py), ``e`` = the dtype's bytes:
+    """Shared memory of each kernel (triton 3.8, sm_80 / sm_90a; tests/test_triton_aot.py
+    checks it against the compiled kernels); ``e`` = the dtype's bytes. Every dot stages its
+    operands there, and the W_hh tiles stay there for the whole loop (or move to registers).
 
-    * forward, one dot ``[B, H] x [H, G*units]``: both operands staged in the dtype, the
-      W_hh tile resident there for the whole loop: ``e * (B*H + H*G*units)``;
-    * backward, float32: the per-gate W_hh tiles ``[H, units]`` stay in shared memory and
-      one float32 staging buffer of the ``[B, H]`` operand serves every gate:
-      ``4 * (G*H*units + B*H)``;
-    * backward, bf16 / fp16: the compiler moves the W_hh tiles into registers before the loop
-      (their shared-memory copies, plus the ``[B, units]`` float32 layout conversion of
-      ``dh`` beside them, are freed there) and stages the float32 operand per gate:
-      ``max(e*G*H*units + 4*B*units, 4*B*H)``.
+    * float32, exact: forward, one dot ``[B, H] x [H, G*units]``: ``4 * (B*H + H*G*units)``;
+      backward, one dot per gate ``[B, H] x [H, units]``: the gate tiles plus one staging
+      buffer, ``4 * (G*H*units + B*H)``.
+    * bf16 / fp16, forward, an upper bound: the float32 ``h`` staged in float32 plus the W
+      tile in the dtype, ``4*B*H + e*H*G*units`` (reached when ``h`` is masked first; less
+      when the compiler rounds ``h`` before staging it or keeps it in registers).
+    * bf16 / fp16, backward, one dot over all gate rows (K = G*H padded to a power of two),
+      exact: mma.sync stages both operands in the dtype, ``e * (B + units) * K``; wgmma
+      (sm_90, B >= 64) stages the float32 operand before rounding it,
+      ``(4*B + e*units) * K``.
     """
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
-    gates = geo["num_gates"]
-    if e == 4:
-        backward = 4 * (gates * h * u + b * h)
+    forward = 4 * b * h + e * h * geo["GATES_PAD"] * u
+    if geo["gate_dots"]:
+        backward = e * (geo["num_gates"] * h * u + b * h)
+    elif geo["wgmma"]:
+        backward = (4 * b + e * u) * geo["BLOCK_GH"]
     else:
-        backward = max(e * gates * h * u + 4 * b * u, 4 * b * h)
-    return {"forward": e * (b * h + h * geo["GATES_PAD"] * u), "backward": backward}
+        backward = e * (b + u) * geo["BLOCK_GH"]
+    return {"forward": forward, "backward": backward}
 
 
 def _resource_reason(geo: dict, device: torch.device) -> str | None:
@@ -143,6 +154,9 @@ def _resource_reason(geo: dict, device: torch.device) -> str | None:
         "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
         "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
     }
+    if not geo["gate_dots"]:
+        tiles["backward gradient row block [B, G*H]"] = geo["BLOCK_B"] * geo["BLOCK_GH"]
+        tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
     for what, elements in tiles.items():
         if elements > _MAX_TILE_ELEMENTS:
             return (
@@ -505,6 +519,8 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             BLOCK_B=geo["BLOCK_B"],
             BLOCK_U=block_u,
             BLOCK_H=geo["BLOCK_H"],
+            BLOCK_GH=geo["BLOCK_GH"],
+            GATE_DOTS=geo["gate_dots"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             num_warps=_num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
