@@ -36,8 +36,10 @@ Block sizes (chosen by the launcher)
 ``BLOCK_U``   units per program, the same in both kernels (so the backward has as many
               programs as the forward): the smallest power of two >= 16 (the tensor-core N
               minimum) that keeps the grid within the SM count.
-``BLOCK_H``   next power of two >= H: the K dimension of every dot (the forward's one dot
-              over the full h row; the backward's one dot per gate).
+``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row) and
+              of the backward's per-gate dots (``GATE_DOTS``, float32).
+``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward's one dot over all
+              gate rows (bf16 / fp16).
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
 
@@ -49,11 +51,11 @@ the compiler's choice; the AOT test measures which) for all steps. Per step it i
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
 Limits: every dot stages its operands in shared memory (launcher: ``_shared_memory_bytes``,
-checked against the compiled kernels), and the whole K = H is one dot, so the envelope ends
-where that staging exceeds the device's shared memory: on an H100 LSTM / GRU H <= 512 at
-B <= 16 in float32 and H <= 1024 in bf16 / fp16; H <= 256 (float32) / 512 at B <= 64. The
-launcher reports larger shapes as unsupported (dispatch falls back). Beyond: K-chunks with W
-streamed from L2 (not built).
+checked against the compiled kernels), and each dot takes its whole K at once, so the
+envelope ends where that staging exceeds the device's shared memory (on an H100: LSTM / GRU
+H <= 512 at B <= 16 in every dtype, so W1 and W6a; B = 64 only to H = 128-256). The launcher
+reports larger shapes as unsupported (dispatch falls back). Beyond: N-chunks of batch rows
+and K-chunks with W streamed from L2 (docs/kernels-v2.md §6; not built).
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
@@ -272,7 +274,8 @@ def recurrence_forward_kernel(
     k_in = ks < hidden
 
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
-    # Loaded once, stored in D, live in registers for the whole loop.
+    # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
+    # memory, the dot's B operand).
     w_t = load_w_hh_tile_forward(w_hh_ptr, gate_col, ks, col_in, k_in, hidden)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
@@ -569,8 +572,8 @@ def recurrence_backward_kernel(
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
-    State per program, in registers: ``dh``, ``dc`` (gradients of the owned units' state
-    after the current step), this program's columns ``W_hh[:, units]`` (``[G*H, BLOCK_U]``,
+    State per program, on chip: ``dh``, ``dc`` (gradients of the owned units' state
+    after the current step), this program's columns ``W_hh[:, units]`` (``G*H x BLOCK_U``,
     loaded once), the dropout mask of its units, and float32 accumulators of dL/d b_hh,
     dL/d gamma and dL/d beta of its columns. Per step:
 
@@ -581,7 +584,8 @@ def recurrence_backward_kernel(
        to ``dL/d acc`` (acc = W_hh m_h h_{t-1}); ``dL/d xg`` and ``dL/d acc`` of this
        program's columns are written out, and the programs meet at a barrier;
     3. ``dL/d h_{t-1}`` of the owned units = ``m_h * (dL/d acc)[all columns] @ W_hh[:, units]``
-       (one dot) plus the direct paths (zoneout, GRU's z); inactive rows pass ``dh`` through.
+       (one dot per gate, or one over all gate rows: ``GATE_DOTS``) plus the direct paths
+       (zoneout, GRU's z); inactive rows pass ``dh`` through.
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
     """
