@@ -196,9 +196,12 @@ def exact_float32():
     _restore_tf32_flags(saved)
 
 
-@pytest.mark.skipif(
+needs_fp32_precision_api = pytest.mark.skipif(
     not hasattr(torch.backends.cudnn, "rnn"), reason="torch without per-operator fp32 flags"
 )
+
+
+@needs_fp32_precision_api
 def test_tf32_rule(monkeypatch):
     """float32 uses TF32 exactly when cuDNN's RNN would (docs/kernels-v2.md §2): its
     per-operator flag, "none" inheriting from cudnn and then the root; half precision always
@@ -443,6 +446,28 @@ def test_gpu_multi_program_matches_reference(poisoned, cell, regularizer, revers
     )
     assert geometry["programs"] > 1
     assert_matches_reference(inputs)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_fp32_precision_api
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_float32_tf32(cell):
+    """With torch's cuDNN RNN TF32 flag on (its default), float32 runs on TF32 tensor cores:
+    the results differ from the exact path, by no more than TF32's 10-bit mantissa allows."""
+    inputs = make_inputs(
+        cell, "layer_norm", steps=GPU_STEPS, batch=GPU_BATCH, hidden=GPU_HIDDEN, device="cuda"
+    )
+    truth = run_backend(reference_backend, cast_inputs(inputs, torch.float64))
+    exact = run_backend(triton_backend, inputs)
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"  # the autouse fixture restores it
+    tf32 = run_backend(triton_backend, inputs)
+    assert not torch.equal(tf32["output"], exact["output"]), "TF32 flag on, exact product"
+    for name, value in tf32.items():
+        if value is not None and value.is_floating_point():
+            expected = truth[name].to(torch.float32)
+            scale = expected.abs().max().clamp_min(1.0)
+            assert (value - expected).abs().max() <= 2e-2 * scale, name
 
 
 @pytest.mark.gpu
