@@ -5,8 +5,8 @@ signature / specialisation of a real launch; tests/triton_aot.py runs
 fusedrnn/backends/triton.py on fake CUDA tensors of an A100 or H100 and records the launches),
 both kernels compile for each target, at the launcher's envelope boundary (the largest hidden
 size it accepts, found through its own unsupported_reason) and for each cell, norm,
-regulariser and dtype family; the compiled shared memory equals the launcher's prediction
-(on which its envelope rests) and fits the device; the grid barrier's atomics carry
+regulariser and dtype family; the compiled shared memory is within the launcher's prediction
+(an upper bound, on which its envelope rests, and a tight one) and fits the device; the grid barrier's atomics carry
 acquire/release semantics; ptxas spills stay within a small budget; the recurrent products
 run on tensor cores (``mma.sync`` / ``wgmma`` of the operand dtype in the PTX) for bf16 /
 fp16 and for float32 under TF32, and on FP32 FMA (no tensor-core instruction) for float32
@@ -28,6 +28,12 @@ triton = pytest.importorskip("triton")
 
 ARCHS = (80, 90)
 SPILL_BUDGET_BYTES = 64  # stores and loads each, per kernel
+# How far below the launcher's shared-memory bound a compiled kernel may fall: the bound is
+# the allocation read off the compiled kernels, so close, except for the bf16 / fp16
+# forward, whose bound stages h in float32 where the compiler may stage it in the half dtype
+# (or keep it in registers): W1 bf16 81920 / 98304 B, RNN fp16 B=256 69632 / 135168 B.
+SHARED_BOUND_TIGHTNESS = 0.85
+HALF_FORWARD_BOUND_TIGHTNESS = 0.5
 
 
 def case(cell, regularizer, dtype, batch, hidden, *marks, tf32=None, name=None):
@@ -156,18 +162,18 @@ def test_compiles_for_gpu(compiled, arch, spec):
     for kernel in compiled:
         name = f"{kernel['kernel']} ({kernel['programs']} programs, H={kernel['hidden']})"
         assert kernel["cubin_bytes"] > 0, name
-        # The launcher's prediction is exact, except for the bf16 / fp16 forward: an upper
-        # bound (the compiler may round h before staging it, or not stage it).
-        if spec["dtype"] == "float32" or kernel["kernel"] == "backward":
-            assert kernel["shared"] == kernel["predicted_shared"], (
-                f"{name}: compiled shared memory {kernel['shared']} B, the launcher predicts "
-                f"{kernel['predicted_shared']} B"
-            )
-        else:
-            assert kernel["shared"] <= kernel["predicted_shared"], (
-                f"{name}: compiled shared memory {kernel['shared']} B > the launcher's bound "
-                f"{kernel['predicted_shared']} B"
-            )
+        # The launcher's envelope rests on its shared-memory prediction: an upper bound,
+        # and a tight one (a loose bound would refuse shapes that fit).
+        assert kernel["shared"] <= kernel["predicted_shared"], (
+            f"{name}: compiled shared memory {kernel['shared']} B > the launcher's bound "
+            f"{kernel['predicted_shared']} B"
+        )
+        half_forward = spec["dtype"] != "float32" and kernel["kernel"] == "forward"
+        tightness = HALF_FORWARD_BOUND_TIGHTNESS if half_forward else SHARED_BOUND_TIGHTNESS
+        assert kernel["shared"] >= tightness * kernel["predicted_shared"], (
+            f"{name}: compiled shared memory {kernel['shared']} B, far below the launcher's "
+            f"bound {kernel['predicted_shared']} B"
+        )
         assert kernel["shared"] <= kernel["shared_limit"], (
             f"{name}: {kernel['shared']} B of shared memory > the device's "
             f"{kernel['shared_limit']} B"
@@ -202,7 +208,6 @@ SPILLING = {
     "rnn_tanh-none-float16-B16-Hmax",
     "lstm-all_layer_norm-bfloat16-B64-Hmax",
     "gru-all_batch_norm-float32-B64-Hmax",
-    "rnn_tanh-none-float16-B64-Hmax",
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
     "gru-all_batch_norm-float32-B256-Hmax",
     "rnn_relu-all_layer_norm-float16-B256-Hmax",

@@ -102,7 +102,8 @@ def _geometry(
         block_b = max(16, _next_power_of_2(batch))
         block_h = max(16, block_h)
         units = max(16, _next_power_of_2(-(-hidden // sms)))
-        # Triton picks wgmma (one warpgroup per 64 rows) on sm_90 when M = BLOCK_B >= 64.
+        # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once M = BLOCK_B >= 64,
+        # which allocates shared memory differently from mma.sync (_shared_memory_bytes).
         extra = {"sms": sms, "wgmma": properties.major >= 9 and block_b >= 64}
     return {
         "GATES_PAD": gates_pad,
@@ -122,29 +123,31 @@ def _geometry(
 
 
 def _shared_memory_bytes(geo: dict) -> dict[str, int]:
-    """Shared memory of each kernel (triton 3.8, sm_80 / sm_90a; tests/test_triton_aot.py
-    checks it against the compiled kernels); ``e`` = the dtype's bytes. Every dot stages its
-    operands there, and the W_hh tiles stay there for the whole loop (or move to registers).
+    """Shared memory of each kernel: an upper bound, close to what triton 3.8 allocates for
+    sm_80 / sm_90a (tests/test_triton_aot.py checks both sides on the compiled kernels);
+    ``e`` = the dtype's bytes, ``N`` = the forward's gate columns ``G*units``, K = the
+    backward's ``G*H`` padded to a power of two. The W_hh tiles stay in shared memory for
+    the whole loop (or move to registers), each dot stages its per-step operand, and with
+    wgmma (sm_90, B >= 64) the float32 accumulator's layout conversions take scratch space.
 
-    * float32, exact: forward, one dot ``[B, H] x [H, G*units]``: ``4 * (B*H + H*G*units)``;
-      backward, one dot per gate ``[B, H] x [H, units]``: the gate tiles plus one staging
-      buffer, ``4 * (G*H*units + B*H)``.
-    * bf16 / fp16, forward, an upper bound: the float32 ``h`` staged in float32 plus the W
-      tile in the dtype, ``4*B*H + e*H*G*units`` (reached when ``h`` is masked first; less
-      when the compiler rounds ``h`` before staging it or keeps it in registers).
-    * bf16 / fp16, backward, one dot over all gate rows (K = G*H padded to a power of two),
-      exact: mma.sync stages both operands in the dtype, ``e * (B + units) * K``; wgmma
-      (sm_90, B >= 64) stages the float32 operand before rounding it,
-      ``(4*B + e*units) * K``.
+    * forward, one dot ``[B, H] x [H, N]``: ``e*H*N + 4*B*H`` (the W tile and the float32
+      ``h`` staging; exact for float32, for bf16 / fp16 the compiler may round ``h`` first or
+      keep it in registers); wgmma: ``e*H*N + 4*B*max(H, N)``;
+    * backward, float32, one dot per gate ``[B, H] x [H, units]``: the G gate tiles and one
+      staging buffer, ``4 * (G*H*units + B*H)``, plus ``4*B*units`` scratch with wgmma;
+    * backward, bf16 / fp16, one dot ``[B, K] x [K, units]``: ``e * (B + units) * K`` below
+      64 rows (mma.sync stages both operands in the dtype); from 64 rows the float32 operand
+      is staged before rounding, ``4*B*K``, plus the W tile ``e*K*units`` with wgmma.
     """
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
-    forward = 4 * b * h + e * h * geo["GATES_PAD"] * u
+    n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    forward = e * h * n + 4 * b * (max(h, n) if wgmma else h)
     if geo["gate_dots"]:
-        backward = e * (geo["num_gates"] * h * u + b * h)
-    elif geo["wgmma"]:
-        backward = (4 * b + e * u) * geo["BLOCK_GH"]
+        backward = 4 * (geo["num_gates"] * h * u + b * h + (b * u if wgmma else 0))
+    elif b < 64:
+        backward = e * (b + u) * k
     else:
-        backward = e * (b + u) * geo["BLOCK_GH"]
+        backward = 4 * b * k + (e * k * u if wgmma else 0)
     return {"forward": forward, "backward": backward}
 
 
