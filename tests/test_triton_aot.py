@@ -6,8 +6,9 @@ fusedrnn/backends/triton.py on fake CUDA tensors of an A100 or H100 and records 
 both kernels compile for each target, at the launcher's envelope boundary (the largest hidden
 size it accepts, found through its own unsupported_reason) and for each cell, norm,
 regulariser and dtype family; the compiled shared memory is within the launcher's prediction
-(an upper bound, on which its envelope rests, and a tight one) and fits the device; the grid barrier's atomics carry
-acquire/release semantics; ptxas spills stay within a small budget; the recurrent products
+(an upper bound, on which its envelope rests, and a tight one) and fits the device; both
+kernels use one grid and are launched cooperatively; the grid barrier's atomics carry
+acquire/release semantics on a 64-bit counter; ptxas spills stay within a small budget; the recurrent products
 run on tensor cores (``mma.sync`` / ``wgmma`` of the operand dtype in the PTX) for bf16 /
 fp16 and for float32 under TF32, and on FP32 FMA (no tensor-core instruction) for float32
 with TF32 off; the bench workloads W1 and W6a compile (W2 and W6b are outside the envelope:
@@ -180,6 +181,8 @@ def test_compiles_for_gpu(compiled, arch, spec):
         )
         if spec["hidden"] == "max":  # the boundary is the launcher's shared-memory limit
             assert "too large" in kernel["rejected_beyond"], kernel["rejected_beyond"]
+        # Launched cooperatively: every program resident at once, or the launch fails.
+        assert kernel["cooperative"], f"{name}: not a cooperative launch"
         # Grid barrier: arrivals are release (acq_rel) atomics, polls acquire loads / atomics;
         # a relaxed one would let a program read another's stale h_{t-1}.
         arrivals = kernel["atomics"]
@@ -191,6 +194,11 @@ def test_compiles_for_gpu(compiled, arch, spec):
                 f"{name}: barrier atomic without acquire/release semantics: {atomic}"
             )
         assert any(".acq_rel" in a or ".release" in a for a in arrivals), name
+        # The counter is 64-bit, so it cannot wrap (an int32 one wrapped after ~5M barriers).
+        for instruction in arrivals + kernel["acquire_loads"]:
+            assert instruction.split()[0].endswith(("64", "64;")), (
+                f"{name}: barrier access narrower than 64 bits: {instruction}"
+            )
         assert len(polls) >= len([a for a in arrivals if ".acquire" not in a]), name
 
 

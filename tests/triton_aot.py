@@ -290,6 +290,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "spill_loads": spill_loads,
                 "atomics": ptx_instructions(ptx, "atom."),
                 "acquire_loads": [i for i in ptx_instructions(ptx, "ld.") if ".acquire" in i],
+                "cooperative": compiled.metadata.launch_cooperative_grid,
                 "tensor_cores": uses_tensor_cores(ptx),
                 "tensor_core_opcodes": tensor_core_opcodes(ptx),
                 "input_precision": kwargs["INPUT_PRECISION"],
