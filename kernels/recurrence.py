@@ -5,7 +5,8 @@ or backward (``recurrence_backward_kernel``); fusedrnn/backends/triton.py is the
 
 Work split (both kernels)
 -------------------------
-The grid is one dimension of at most one program per SM. Program ``pid`` owns hidden units
+The grid is one dimension of at most one program per SM, launched cooperatively (all
+programs co-resident, or the launch fails). Program ``pid`` owns hidden units
 ``[pid * BLOCK_U, (pid + 1) * BLOCK_U)``: all gates of those units, for all batch rows. So:
 
 * a program's *gate columns* (``GATES_PAD * BLOCK_U`` of them; column ``j`` is gate
@@ -32,23 +33,36 @@ Block sizes (chosen by the launcher)
 ------------------------------------
 ``BLOCK_B``   next power of two >= batch (>= 16 on a GPU for ``tl.dot``): every row in one
               program, which keeps batch statistics local.
-``BLOCK_U``   units per program: the smallest power of two that keeps the grid within the
-              SM count (and gives a dot N-dimension >= 16 on a GPU).
-``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row).
-``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward dot.
+``BLOCK_U``   units per program, the same in both kernels (so the backward has as many
+              programs as the forward): the smallest power of two >= 16 (the tensor-core N
+              minimum) that keeps the grid within the SM count.
+``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row) and
+              of the backward's per-gate dots (``GATE_DOTS``, float32).
+``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward's one dot over all
+              gate rows (bf16 / fp16).
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
 
-Limits: each kernel does one ``tl.dot`` per step over the whole K dimension (H forward,
-G*H backward), and Triton stages both float32 operands in shared memory:
-``(BLOCK_B * K + K * N) * 4`` bytes. The launcher reports larger shapes as unsupported (so
-dispatch falls back) instead of failing at launch; on an H100 the backward bound is G*H
-padded to 1024 for batch <= 16 (LSTM / GRU hidden <= 256, RNN <= 1024). Lifting it needs a
-K-chunked loop that streams W_hh from L2 (future work).
+W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
+helper per direction (kernels/primitives.py: ``load_w_hh_tile_forward``: the program's
+``G*BLOCK_U`` gate rows, transposed; ``load_w_hh_tile_backward``: the program's
+``BLOCK_U`` columns of one gate's rows), and keeps it on chip (shared memory or registers,
+the compiler's choice; the AOT test measures which) for all steps. Per step it is never
+re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
-Numerics: every tile is float32 (weights are kept on chip in their own dtype and upcast
-per step; ``tl.dot`` uses ``input_precision="ieee"``, never TF32), so float16 / bfloat16
-inputs get float32 accumulation and a float32 LSTM cell state.
+Limits: every dot stages its operands in shared memory (launcher: ``_shared_memory_bytes``,
+checked against the compiled kernels), and each dot takes its whole K at once, so the
+envelope ends where that staging exceeds the device's shared memory (on an H100: LSTM / GRU
+H <= 512 at B <= 16 in every dtype, so W1 and W6a; B = 64 only to H = 128-256). The launcher
+reports larger shapes as unsupported (dispatch falls back). Beyond: N-chunks of batch rows
+and K-chunks with W streamed from L2 (docs/kernels-v2.md §6; not built).
+
+Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
+operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
+cuDNN's half-precision RNN does) with float32 accumulation, and float32 operands as TF32 or
+exactly (``INPUT_PRECISION``: the launcher's TF32 rule, torch's cuDNN RNN flag). Under the
+interpreter (``UPCAST_OPERANDS``) both operands are multiplied in float32. Everything else
+(cell, norms, state, saved tensors) is float32.
 
 Randomness: masks are never stored. Each is drawn with ``tl.rand(seed, offset)`` at the
 offset ``base + (t << 38) + (b << 20) + unit`` of fusedrnn/philox.py (``base`` =
@@ -83,9 +97,11 @@ from .primitives import (
     gates_to_tile,
     grid_barrier,
     layer_norm_row_stats,
+    load_w_hh_tile_backward,
+    load_w_hh_tile_forward,
+    recurrent_dot,
     row_sums_across_programs,
     tanh,
-    weight_drop_scale,
     zoneout,
     zoneout_weight,
 )
@@ -119,6 +135,23 @@ _RUNTIME_SCALARS = [
 def _rows_cols_offsets(t, batch, rows, cols, width):
     """Offsets of element (t, rows, cols) of a contiguous [T, batch, width] tensor (int64)."""
     return (tl.cast(t, tl.int64) * batch + rows[:, None]) * width + cols[None, :]
+
+
+@triton.jit
+def _gate_product(
+    operand_ptrs,
+    operand_mask,
+    w_gate,
+    acc,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """One gate's share of the backward product: ``acc + dL/d acc[:, gate columns] @ W_gate``.
+
+    The operand was written by every program before the barrier, so it is read from L2.
+    """
+    operand = tl.load(operand_ptrs, mask=operand_mask, other=0.0, cache_modifier=".cg")
+    return recurrent_dot(operand, w_gate, acc, INPUT_PRECISION, UPCAST_OPERANDS)
 
 
 @triton.jit
@@ -169,7 +202,7 @@ def recurrence_forward_kernel(
     rstd_c_ptr,  # [T, H] (batch) or [T, B] (layer)
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
-    barrier_ptr,  # int32 [1], zero at launch: the grid-barrier counter
+    barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
     # ---- sizes
     steps,  # T
     batch,  # B
@@ -210,6 +243,8 @@ def recurrence_forward_kernel(
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
     PROGRAMS_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
+    UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -246,24 +281,21 @@ def recurrence_forward_kernel(
     k_in = ks < hidden
 
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
-    # Loaded once, stored in D, live in registers for the whole loop.
-    w_t = tl.load(
-        w_hh_ptr + gate_col[None, :] * hidden + ks[:, None],
-        mask=k_in[:, None] & col_in[None, :],
-        other=0.0,
+    # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
+    # memory, the dot's B operand).
+    w_t = load_w_hh_tile_forward(
+        w_hh_ptr,
+        gate_col,
+        ks,
+        col_in,
+        k_in,
+        hidden,
+        USE_WEIGHT_DROP,
+        weight_drop_key,
+        weight_drop_base,
+        weight_drop_p,
+        weight_drop_keep_scale,
     )
-    if USE_WEIGHT_DROP:  # W_hh * m_W, drawn here once per call (regenerated in backward)
-        w_t = (
-            w_t.to(tl.float32)
-            * weight_drop_scale(
-                weight_drop_key,
-                weight_drop_base,
-                gate_col[None, :],
-                ks[:, None],
-                weight_drop_p,
-                weight_drop_keep_scale,
-            )
-        ).to(w_t.dtype)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -314,7 +346,13 @@ def recurrence_forward_kernel(
         )
         if USE_DROPOUT:
             h_full = h_full * m_h_full
-        acc = tl.dot(h_full, w_t.to(tl.float32), input_precision="ieee")
+        acc = recurrent_dot(
+            h_full,
+            w_t,
+            tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+            INPUT_PRECISION,
+            UPCAST_OPERANDS,
+        )
 
         # 3. normalisation of W_hh h, bias.
         if NORM == NORM_BATCH:
@@ -514,7 +552,7 @@ def recurrence_backward_kernel(
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, B]
-    barrier_ptr,  # int32 [1], zero at launch
+    barrier_ptr,  # int64 [1], zero at launch
     # ---- sizes
     steps,
     batch,
@@ -535,7 +573,7 @@ def recurrence_backward_kernel(
     weight_drop_base,
     weight_drop_p,
     weight_drop_keep_scale,
-    # ---- meta-parameters (as the forward kernel; BLOCK_GH replaces BLOCK_H)
+    # ---- meta-parameters (as the forward kernel)
     CELL: tl.constexpr,
     NORM: tl.constexpr,
     TRAINING: tl.constexpr,
@@ -549,13 +587,17 @@ def recurrence_backward_kernel(
     GATES_PAD: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
-    BLOCK_GH: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_GH: tl.constexpr,  # next power of two >= G*H (the one dot's K when not GATE_DOTS)
+    GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
     PROGRAMS_PAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
-    State per program, in registers: ``dh``, ``dc`` (gradients of the owned units' state
-    after the current step), this program's columns ``W_hh[:, units]`` (``[G*H, BLOCK_U]``,
+    State per program, on chip: ``dh``, ``dc`` (gradients of the owned units' state
+    after the current step), this program's columns ``W_hh[:, units]`` (``G*H x BLOCK_U``,
     loaded once), the dropout mask of its units, and float32 accumulators of dL/d b_hh,
     dL/d gamma and dL/d beta of its columns. Per step:
 
@@ -566,7 +608,8 @@ def recurrence_backward_kernel(
        to ``dL/d acc`` (acc = W_hh m_h h_{t-1}); ``dL/d xg`` and ``dL/d acc`` of this
        program's columns are written out, and the programs meet at a barrier;
     3. ``dL/d h_{t-1}`` of the owned units = ``m_h * (dL/d acc)[all columns] @ W_hh[:, units]``
-       (one dot) plus the direct paths (zoneout, GRU's z); inactive rows pass ``dh`` through.
+       (one dot per gate, or one over all gate rows: ``GATE_DOTS``) plus the direct paths
+       (zoneout, GRU's z); inactive rows pass ``dh`` through.
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
     """
@@ -586,27 +629,84 @@ def recurrence_backward_kernel(
     col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
     gate_col = col_gate * hidden + col_unit
     col_mask = row_in[:, None] & col_in[None, :]
-    gh = tl.arange(0, BLOCK_GH)
-    gh_in = gh < gate_width
+    ks = tl.arange(0, BLOCK_H)
+    k_in = ks < hidden
 
-    # W_hh[:, units]: [BLOCK_GH, BLOCK_U] in D, on chip for the whole loop.
-    w_cols = tl.load(
-        w_hh_ptr + gh[:, None] * hidden + units[None, :],
-        mask=gh_in[:, None] & unit_in[None, :],
-        other=0.0,
-    )
-    if USE_WEIGHT_DROP:  # the forward's W_hh * m_W, the mask regenerated from the seed
-        w_cols = (
-            w_cols.to(tl.float32)
-            * weight_drop_scale(
+    # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
+    # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
+    # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H).
+    if GATE_DOTS:
+        w_gate0 = load_w_hh_tile_backward(
+            w_hh_ptr,
+            ks,
+            units,
+            k_in,
+            unit_in,
+            hidden,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+        )
+        if NUM_GATES > 1:
+            w_gate1 = load_w_hh_tile_backward(
+                w_hh_ptr,
+                hidden + ks,
+                units,
+                k_in,
+                unit_in,
+                hidden,
+                USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
-                gh[:, None],
-                units[None, :],
                 weight_drop_p,
                 weight_drop_keep_scale,
             )
-        ).to(w_cols.dtype)
+        if NUM_GATES > 2:
+            w_gate2 = load_w_hh_tile_backward(
+                w_hh_ptr,
+                2 * hidden + ks,
+                units,
+                k_in,
+                unit_in,
+                hidden,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
+            )
+        if NUM_GATES > 3:
+            w_gate3 = load_w_hh_tile_backward(
+                w_hh_ptr,
+                3 * hidden + ks,
+                units,
+                k_in,
+                unit_in,
+                hidden,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
+            )
+    else:
+        gate_rows = tl.arange(0, BLOCK_GH)
+        gate_row_in = gate_rows < gate_width
+        w_gates = load_w_hh_tile_backward(
+            w_hh_ptr,
+            gate_rows,
+            units,
+            gate_row_in,
+            unit_in,
+            hidden,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+        )
     if NORM != NORM_NONE:
         norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
             tl.float32
@@ -786,13 +886,54 @@ def recurrence_backward_kernel(
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
-        d_acc_all = tl.load(
-            grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gh, gate_width),
-            mask=row_in[:, None] & gh_in[None, :],
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        dh_recurrent = tl.dot(d_acc_all, w_cols.to(tl.float32), input_precision="ieee")
+        if GATE_DOTS:
+            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
+            d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
+            d_acc_mask = row_in[:, None] & k_in[None, :]
+            dh_recurrent = _gate_product(
+                d_acc_step,
+                d_acc_mask,
+                w_gate0,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+            if NUM_GATES > 1:
+                dh_recurrent = _gate_product(
+                    d_acc_step + hidden,
+                    d_acc_mask,
+                    w_gate1,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if NUM_GATES > 2:
+                dh_recurrent = _gate_product(
+                    d_acc_step + 2 * hidden,
+                    d_acc_mask,
+                    w_gate2,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if NUM_GATES > 3:
+                dh_recurrent = _gate_product(
+                    d_acc_step + 3 * hidden,
+                    d_acc_mask,
+                    w_gate3,
+                    dh_recurrent,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+        else:
+            dh_recurrent = _gate_product(
+                grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gate_rows, gate_width),
+                row_in[:, None] & gate_row_in[None, :],
+                w_gates,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
         if USE_DROPOUT:
             dh_recurrent = dh_recurrent * m_h_own
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)

@@ -160,6 +160,77 @@ def cast_inputs(inputs: RecurrenceInputs, dtype: torch.dtype) -> RecurrenceInput
     return map_floating(inputs, lambda value: value.to(dtype))
 
 
+def _tf32_flags() -> dict:
+    """torch's float32-precision settings that fusedrnn's TF32 rule reads (new API)."""
+    backends = torch.backends
+    return {
+        "root": backends.fp32_precision,
+        "cudnn": backends.cudnn.fp32_precision,
+        "rnn": backends.cudnn.rnn.fp32_precision,
+        "conv": backends.cudnn.conv.fp32_precision,
+        "matmul": backends.cuda.matmul.fp32_precision,
+    }
+
+
+def _restore_tf32_flags(flags: dict) -> None:
+    backends = torch.backends
+    backends.fp32_precision = flags["root"]
+    backends.cudnn.fp32_precision = flags["cudnn"]
+    backends.cudnn.rnn.fp32_precision = flags["rnn"]
+    backends.cudnn.conv.fp32_precision = flags["conv"]
+    backends.cuda.matmul.fp32_precision = flags["matmul"]
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """float32 kernels on the exact path (TF32 off, as the reference's own float32 error
+    assumes), restored afterwards; test_tf32_rule checks the rule itself."""
+    if not hasattr(torch.backends.cudnn, "rnn"):  # a torch before the per-operator flags
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+        torch.backends.cudnn.allow_tf32 = saved
+        return
+    saved = _tf32_flags()
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    yield
+    _restore_tf32_flags(saved)
+
+
+needs_fp32_precision_api = pytest.mark.skipif(
+    not hasattr(torch.backends.cudnn, "rnn"), reason="torch without per-operator fp32 flags"
+)
+
+
+@needs_fp32_precision_api
+def test_tf32_rule(monkeypatch):
+    """float32 uses TF32 exactly when cuDNN's RNN would (docs/kernels-v2.md §2): its
+    per-operator flag, "none" inheriting from cudnn and then the root; half precision always
+    on tensor cores; the interpreter always exact with upcast operands."""
+    backends = torch.backends
+
+    def precision(dtype):
+        return triton_backend._dot_precision(dtype)
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    backends.cudnn.rnn.fp32_precision = "tf32"
+    assert triton_backend.float32_uses_tf32()
+    assert precision(torch.float32) == {"INPUT_PRECISION": "tf32", "UPCAST_OPERANDS": False}
+    assert precision(torch.bfloat16) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": False}
+    backends.cudnn.rnn.fp32_precision = "ieee"
+    assert not triton_backend.float32_uses_tf32()
+    assert precision(torch.float32)["INPUT_PRECISION"] == "ieee"
+    backends.cudnn.allow_tf32 = False  # the legacy setter: "none" everywhere -> exact
+    assert not triton_backend.float32_uses_tf32()
+    backends.cudnn.rnn.fp32_precision = "none"
+    backends.cudnn.fp32_precision = "tf32"  # inherited by rnn
+    assert triton_backend.float32_uses_tf32()
+    backends.cuda.matmul.fp32_precision = "ieee"  # cuBLAS's flag is not the RNN's
+    assert triton_backend.float32_uses_tf32()
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: True)
+    assert precision(torch.float32) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": True}
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Fill every tensor the launcher allocates with NaN (catches unwritten elements)."""
@@ -371,9 +442,33 @@ def test_gpu_multi_program_matches_reference(poisoned, cell, regularizer, revers
         reverse=reverse,
         device="cuda",
     )
-    geometry = triton_backend._geometry(GPU_BATCH, GPU_HIDDEN, inputs.config.num_gates, "cuda")
-    assert geometry["forward_programs"] > 1 and geometry["backward_programs"] > 1
+    geometry = triton_backend._geometry(
+        GPU_BATCH, GPU_HIDDEN, inputs.config.num_gates, "cuda", inputs.xg.dtype
+    )
+    assert geometry["programs"] > 1
     assert_matches_reference(inputs)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_fp32_precision_api
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_float32_tf32(cell):
+    """With torch's cuDNN RNN TF32 flag on (its default), float32 runs on TF32 tensor cores:
+    the results differ from the exact path, by no more than TF32's 10-bit mantissa allows."""
+    inputs = make_inputs(
+        cell, "layer_norm", steps=GPU_STEPS, batch=GPU_BATCH, hidden=GPU_HIDDEN, device="cuda"
+    )
+    truth = run_backend(reference_backend, cast_inputs(inputs, torch.float64))
+    exact = run_backend(triton_backend, inputs)
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"  # the autouse fixture restores it
+    tf32 = run_backend(triton_backend, inputs)
+    assert not torch.equal(tf32["output"], exact["output"]), "TF32 flag on, exact product"
+    for name, value in tf32.items():
+        if value is not None and value.is_floating_point():
+            expected = truth[name].to(torch.float32)
+            scale = expected.abs().max().clamp_min(1.0)
+            assert (value - expected).abs().max() <= 2e-2 * scale, name
 
 
 @pytest.mark.gpu
@@ -526,12 +621,12 @@ def compile_kernels_for_gpu(arch: int) -> list[str]:
         outputs, saved = triton_backend.forward(inputs)
         grad_output, grad_h_n, grad_c_n = upstream_gradients(outputs)
         triton_backend.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
-        gates_pad = triton_backend._next_power_of_2(inputs.config.num_gates)
-        gpu_blocks = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_GH": 256, "PROGRAMS_PAD": 16}
+        gpu_blocks = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_U": 16, "PROGRAMS_PAD": 16}
+        gpu_blocks["UPCAST_OPERANDS"] = False  # the interpreter's upcast is off on a GPU
         for kernel, (args, kwargs) in captured.items():
             values = dict(zip(kernel.arg_names, args)) | kwargs | gpu_blocks
-            values["BLOCK_U"] = 16 if "BLOCK_GH" in kwargs else max(1, 16 // gates_pad)
             values.pop("num_warps")
+            values.pop("launch_cooperative_grid")
             signature, constants = {}, {}
             for param, arg_name in zip(kernel.params, kernel.arg_names):
                 value = values[arg_name]

@@ -5,13 +5,15 @@ than the others) and those programs running concurrently in threads
 (tests/triton_concurrent.py), the grid barrier, the cross-program layer-norm statistics and
 gradient sums, and the split of units / gate columns between programs give the reference
 backend's results, forward and backward, for every cell and normalisation, with unequal
-lengths and in both directions. The interpreter tests in test_triton.py run one program
+lengths and in both directions, in float32 (one backward dot per gate) and in bf16 / fp16
+(one backward dot over all gate rows). The interpreter tests in test_triton.py run one program
 owning every unit, so none of that code executes there.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from test_triton import (
     CELLS,
     LENGTHS,
@@ -78,4 +80,17 @@ def test_multi_program_matches_reference(cell, regularizer, reverse, lengths):
 def test_multi_program_with_regularizers(cell, regularizer):
     """Dropout masks and zoneout draws of each program's own units, with the norms."""
     inputs = make_inputs(cell, regularizer, hidden=HIDDEN, reverse=True, lengths=LENGTHS)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_multi_program_half_precision(cell, dtype):
+    """Half precision takes the backward's other product (one dot over all G*H gate rows
+    instead of one per gate: triton_backend._geometry's ``gate_dots``), split the same way."""
+    inputs = make_inputs(
+        cell, "all_layer_norm", hidden=HIDDEN, dtype=dtype, reverse=True, lengths=LENGTHS
+    )
+    batch, gates = inputs.xg.shape[1], inputs.config.num_gates
+    assert not triton_backend._geometry(batch, HIDDEN, gates, "cpu", dtype)["gate_dots"]
     assert_matches_reference(inputs)

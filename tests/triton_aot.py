@@ -53,9 +53,16 @@ def ptx_instructions(ptx: str, opcode: str) -> list[str]:
     return found
 
 
+def tensor_core_opcodes(ptx: str) -> list[str]:
+    """The distinct tensor-core matrix instructions of the PTX (``mma.sync.…`` /
+    ``wgmma.mma_async.…`` opcodes, operands dropped; not wgmma's fences), sorted."""
+    found = ptx_instructions(ptx, "mma.") + ptx_instructions(ptx, "wgmma.mma_async")
+    return sorted({instruction.split()[0] for instruction in found})
+
+
 def uses_tensor_cores(ptx: str) -> bool:
     """Whether the PTX holds a tensor-core matrix instruction (``mma.sync`` / ``wgmma``)."""
-    return bool(ptx_instructions(ptx, "mma.") or ptx_instructions(ptx, "wgmma."))
+    return bool(tensor_core_opcodes(ptx))
 
 
 def ptxas_spills(ptx: str, arch: int) -> tuple[int, int]:
@@ -230,13 +237,17 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
 def compile_case(case: dict, arch: int) -> list[dict]:
     """Run the launcher's forward and backward on one case; compile both kernels.
 
-    ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary.
+    ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary; ``case["tf32"]``
+    (optional, default True: torch's default) sets torch's cuDNN TF32 flag first.
     """
     from test_triton import upstream_gradients
 
     from fusedrnn.backends import triton as triton_backend
 
     case = dict(case)
+    # The float32 TF32 flag the launcher reads (its TF32 rule): torch's default unless the
+    # case says otherwise.
+    torch.backends.cudnn.allow_tf32 = case.get("tf32", True)
     if case["hidden"] == "max":
         case["hidden"], case["rejected_beyond"] = largest_accepted_hidden(case, arch)
     host_inputs = _launcher_inputs(case, case["hidden"])
@@ -250,7 +261,11 @@ def compile_case(case: dict, arch: int) -> list[dict]:
         with contextlib.suppress(BackwardLaunched):
             triton_backend.backward(inputs, saved, *grads)
         geometry = triton_backend._geometry(
-            case["batch"], case["hidden"], inputs.config.num_gates, inputs.xg.device
+            case["batch"],
+            case["hidden"],
+            inputs.config.num_gates,
+            inputs.xg.device,
+            inputs.xg.dtype,
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []
@@ -275,7 +290,10 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "spill_loads": spill_loads,
                 "atomics": ptx_instructions(ptx, "atom."),
                 "acquire_loads": [i for i in ptx_instructions(ptx, "ld.") if ".acquire" in i],
+                "cooperative": compiled.metadata.launch_cooperative_grid,
                 "tensor_cores": uses_tensor_cores(ptx),
+                "tensor_core_opcodes": tensor_core_opcodes(ptx),
+                "input_precision": kwargs["INPUT_PRECISION"],
                 "compile_seconds": round(seconds, 1),
             }
         )

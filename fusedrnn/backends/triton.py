@@ -2,11 +2,13 @@
 
 Validate, allocate with torch, launch; no math here except the one GEMM for ``dL/dW_hh``.
 
-Launch geometry. One program per slice of ``BLOCK_U`` hidden units (all gates, all rows);
-the grid never exceeds the SM count, because the programs wait for each other at a grid
-barrier every step and a program that is not resident could never arrive (a hang). A grid
-of at most one program per SM is co-resident whenever one program fits on an SM, which the
-launch itself checks (it fails, it does not hang, when a program is too big). Under the
+Launch geometry. One program per slice of ``BLOCK_U`` hidden units (all gates, all rows),
+the same split for the forward and the backward kernel; the grid never exceeds the SM
+count, because the programs wait for each other at a grid barrier every step and a program
+that is not resident could never arrive (a hang). Both kernels are launched cooperatively
+(``launch_cooperative_grid=True``, triton >= 3.6): the driver then guarantees that every
+program is resident at once or fails the launch, also under MPS SM limits, green contexts or
+a concurrent launch on another stream. Under the
 Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) programs run one after another, so
 the grid is exactly one program owning every unit.
 
@@ -75,57 +77,89 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _geometry(batch: int, hidden: int, num_gates: int, device: torch.device) -> dict:
-    """Block sizes and grids of both kernels (kernels/recurrence.py, "Block sizes")."""
+def _geometry(
+    batch: int, hidden: int, num_gates: int, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
+
+    Forward and backward use the same split: each program owns ``units`` hidden units, so
+    the backward has as many programs as the forward, and W_hh's bytes per program are the
+    same in both (the forward holds its ``G*units`` rows, the backward the ``units`` columns
+    of every gate).
+    """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
-    block_gh = _next_power_of_2(num_gates * hidden)
     if _interpreting():
         block_b = _next_power_of_2(batch)
-        forward_units = backward_units = INTERPRETER_UNITS_PER_PROGRAM or block_h
-        extra = {}
+        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
+        extra = {"wgmma": False}
     else:
-        # On a GPU every tl.dot dimension is kept >= 16 (tensor-core / FMA-dot minimum across
-        # triton 3.6-3.8): batch rows, gate columns (forward N) and units (backward N).
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
+        # triton 3.6-3.8): batch rows, K, and units (the backward's N; the forward's N is
+        # GATES_PAD times that).
+        properties = torch.cuda.get_device_properties(device)
+        sms = properties.multi_processor_count
         block_b = max(16, _next_power_of_2(batch))
         block_h = max(16, block_h)
-        block_gh = max(16, block_gh)
-        per_sm = -(-hidden // sms)
-        forward_units = max(16 // gates_pad, _next_power_of_2(per_sm))
-        backward_units = max(16, _next_power_of_2(per_sm))
-        extra = {"sms": sms}
+        units = max(16, _next_power_of_2(-(-hidden // sms)))
+        # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once M = BLOCK_B >= 64,
+        # which allocates shared memory differently from mma.sync (_shared_memory_bytes).
+        extra = {"sms": sms, "wgmma": properties.major >= 9 and block_b >= 64}
     return {
         "GATES_PAD": gates_pad,
         "BLOCK_B": block_b,
         "BLOCK_H": block_h,
-        "BLOCK_GH": block_gh,
-        "forward_units": forward_units,
-        "backward_units": backward_units,
-        "forward_programs": -(-hidden // forward_units),
-        "backward_programs": -(-hidden // backward_units),
+        "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
+        # float32: one dot per gate (the tiles stay in shared memory, one operand staging
+        # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
+        # into warp-replicated registers by the compiler, and spill).
+        "gate_dots": dtype == torch.float32,
+        "units": units,
+        "programs": -(-hidden // units),
+        "num_gates": num_gates,
+        "element_bytes": torch.empty((), dtype=dtype).element_size(),
         **extra,
     }
 
 
 def _shared_memory_bytes(geo: dict) -> dict[str, int]:
-    """Shared memory of each kernel: its one tl.dot stages both float32 operands there,
-    (M*K + K*N) * 4 bytes (this matches the compiled sm_80 / sm_90 kernels exactly)."""
-    forward_n = geo["GATES_PAD"] * geo["forward_units"]
-    return {
-        "forward": 4 * (geo["BLOCK_B"] * geo["BLOCK_H"] + geo["BLOCK_H"] * forward_n),
-        "backward": 4 * geo["BLOCK_GH"] * (geo["BLOCK_B"] + geo["backward_units"]),
-    }
+    """Shared memory of each kernel: an upper bound, close to what triton 3.8 allocates for
+    sm_80 / sm_90a (tests/test_triton_aot.py checks both sides on the compiled kernels);
+    ``e`` = the dtype's bytes, ``N`` = the forward's gate columns ``G*units``, K = the
+    backward's ``G*H`` padded to a power of two. The W_hh tiles stay in shared memory for
+    the whole loop (or move to registers), each dot stages its per-step operand, and with
+    wgmma (sm_90, B >= 64) the float32 accumulator's layout conversions take scratch space.
+
+    * forward, one dot ``[B, H] x [H, N]``: ``e*H*N + 4*B*H`` (the W tile and the float32
+      ``h`` staging; exact for float32, for bf16 / fp16 the compiler may round ``h`` first or
+      keep it in registers); wgmma: ``e*H*N + 4*B*max(H, N)``;
+    * backward, float32, one dot per gate ``[B, H] x [H, units]``: the G gate tiles and one
+      staging buffer, ``4 * (G*H*units + B*H)``, plus ``4*B*units`` scratch with wgmma;
+    * backward, bf16 / fp16, one dot ``[B, K] x [K, units]``: ``e * (B + units) * K`` below
+      64 rows (mma.sync stages both operands in the dtype); from 64 rows the float32 operand
+      is staged before rounding, ``4*B*K``, plus the W tile ``e*K*units`` with wgmma.
+    """
+    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    forward = e * h * n + 4 * b * (max(h, n) if wgmma else h)
+    if geo["gate_dots"]:
+        backward = 4 * (geo["num_gates"] * h * u + b * h + (b * u if wgmma else 0))
+    elif b < 64:
+        backward = e * (b + u) * k
+    else:
+        backward = 4 * b * k + (e * k * u if wgmma else 0)
+    return {"forward": forward, "backward": backward}
 
 
 def _resource_reason(geo: dict, device: torch.device) -> str | None:
     """Why one program of either kernel would not fit on an SM, or None."""
     tiles = {
         "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
-        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["forward_units"],
-        "backward gradient row block [B, G*H]": geo["BLOCK_B"] * geo["BLOCK_GH"],
-        "backward W_hh slice [G*H, units]": geo["BLOCK_GH"] * geo["backward_units"],
+        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
     }
+    if not geo["gate_dots"]:
+        tiles["backward gradient row block [B, G*H]"] = geo["BLOCK_B"] * geo["BLOCK_GH"]
+        tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
     for what, elements in tiles.items():
         if elements > _MAX_TILE_ELEMENTS:
             return (
@@ -168,7 +202,8 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
-        return _resource_reason(_geometry(batch, hidden, cfg.num_gates, device), device)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype)
+        return _resource_reason(geo, device)
     return None
 
 
@@ -241,9 +276,42 @@ def _mask_weight_grad(inputs: RecurrenceInputs, grad: torch.Tensor) -> None:
     )
 
 
+def float32_uses_tf32() -> bool:
+    """Whether float32 recurrent products run on TF32 tensor cores (docs/kernels-v2.md §2).
+
+    The flag cuDNN's RNN reads (aten/src/ATen/native/cudnn/RNN.cpp passes
+    ``allowTF32CuDNN(Float32Op::RNN)`` to the RNN descriptor), so a float32 comparison with
+    torch.nn.LSTM on cuDNN is like for like: ``torch.backends.cudnn.rnn.fp32_precision``,
+    where "none" inherits from ``torch.backends.cudnn.fp32_precision`` and then
+    ``torch.backends.fp32_precision`` (TF32 iff the first setting that is not "none" is
+    "tf32"; the default is "tf32"; ``torch.backends.cudnn.allow_tf32 = False`` sets it to
+    "none" everywhere, i.e. exact). On a torch without those attributes: the legacy
+    ``torch.backends.cudnn.allow_tf32`` (never read on a newer torch: its getter raises when
+    the conv and rnn flags differ).
+    """
+    backends = torch.backends
+    rnn_flags = getattr(backends.cudnn, "rnn", None)
+    if rnn_flags is None or not hasattr(rnn_flags, "fp32_precision"):
+        return bool(backends.cudnn.allow_tf32)
+    for flags in (rnn_flags, backends.cudnn, backends):
+        precision = getattr(flags, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+def _dot_precision(dtype: torch.dtype) -> dict:
+    """The kernels' dot meta-parameters: the interpreter multiplies in exact float32 (numpy
+    has no bf16 or TF32 product); on a GPU half-precision operands go to the tensor cores as
+    they are and float32 ones follow float32_uses_tf32(), read once per call."""
+    tf32 = dtype == torch.float32 and not _interpreting() and float32_uses_tf32()
+    return {"INPUT_PRECISION": "tf32" if tf32 else "ieee", "UPCAST_OPERANDS": _interpreting()}
+
+
 def _meta(inputs: RecurrenceInputs) -> dict:
     cfg = inputs.config
     return {
+        **_dot_precision(inputs.xg.dtype),
         "CELL": base.CELL_CODES[cfg.cell],
         "NORM": base.NORM_CODES[cfg.norm],
         "TRAINING": bool(inputs.training),
@@ -346,13 +414,13 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
         return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
-    geo = _geometry(batch, hidden, cfg.num_gates, device)
-    programs, block_u = geo["forward_programs"], geo["forward_units"]
+    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype)
+    programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
     saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
     ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
-    barrier = torch.zeros(1, dtype=torch.int32, device=device)
+    barrier = torch.zeros(1, dtype=torch.int64, device=device)
     running = [
         _contiguous(getattr(inputs, f"running_{k}"))
         for k in ("mean_hh", "var_hh", "mean_c", "var_c")
@@ -396,6 +464,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         num_warps=_num_warps(
             geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
         ),
+        launch_cooperative_grid=True,
     )
     result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
     if bn_train:
@@ -445,11 +514,11 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             if g is not None:
                 g.zero_()
     else:
-        geo = _geometry(batch, hidden, cfg.num_gates, device)
-        programs, block_u = geo["backward_programs"], geo["backward_units"]
+        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype)
+        programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
-        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        barrier = torch.zeros(1, dtype=torch.int64, device=device)
         recurrence_backward_kernel[(programs,)](
             grad_output,
             grad_h_n,
@@ -487,9 +556,14 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             GATES_PAD=geo["GATES_PAD"],
             BLOCK_B=geo["BLOCK_B"],
             BLOCK_U=block_u,
+            BLOCK_H=geo["BLOCK_H"],
             BLOCK_GH=geo["BLOCK_GH"],
+            GATE_DOTS=geo["gate_dots"],
             PROGRAMS_PAD=_next_power_of_2(programs),
-            num_warps=_num_warps(geo["BLOCK_B"] * geo["BLOCK_GH"], geo["BLOCK_GH"] * block_u),
+            num_warps=_num_warps(
+                geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
+            ),
+            launch_cooperative_grid=True,
         )
 
     # dL/dW_hh = sum over t, b of dL/dacc^T (m_h h_{t-1}): one GEMM over all steps.
