@@ -75,8 +75,8 @@ struct Common {
         training(p.training), reverse(p.reverse), len(static_cast<size_t>(p.B), p.T) {
     if (p.lengths != nullptr)
       for (int64_t b = 0; b < B; ++b) len[b] = p.lengths[b];
-    zc = make_zoneout(p.p_zoneout_c);
-    zh = make_zoneout(p.p_zoneout_h);
+    zc = make_zoneout<T>(p.p_zoneout_c, training);
+    zh = make_zoneout<T>(p.p_zoneout_h, training);
     p_drop = static_cast<float>(p.p_dropout);
     keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
     weight_drop = training && p.p_weight_drop > 0;
@@ -95,15 +95,6 @@ struct Common {
                       cols, w + row_of(r) * ld + col0, out.data() + r * cols);
     return out;
   }
-  Zoneout<T> make_zoneout(double prob) const {
-    Zoneout<T> z;
-    z.on = prob > 0;
-    z.training = training;
-    z.p = static_cast<T>(prob);
-    z.q = static_cast<T>(1.0 - prob);
-    z.threshold = static_cast<float>(prob);
-    return z;
-  }
   bool dropout_on() const { return training && p_drop > 0.f; }
   int64_t time_at(int64_t s) const { return reverse ? T_ - 1 - s : s; }
   int64_t stat_row(int64_t t, int64_t S) const { return std::min(t, S - 1); }
@@ -116,10 +107,6 @@ struct Common {
         m[b * s.size() + j - s.j0] =
             dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, j), p_drop, keep_scale);
     return m;
-  }
-  bool zoned(const Zoneout<T>& z, uint64_t seed, uint64_t base, int64_t t, int64_t b,
-             int64_t j) const {
-    return z.on && z.training && mask_uniform(seed, base, t, b, j) < z.threshold;
   }
 };
 
@@ -191,12 +178,15 @@ struct HostForwardPolicy {
   // The vectorised simd_math.h functions over each row's column range (one call when the
   // range is whole rows).
   void sigmoid_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    if (c0 == 0 && c1 == ld) return sigmoid_inplace(x, rows * ld);
-    for (int64_t i = 0; i < rows; ++i) sigmoid_inplace(x + i * ld + c0, c1 - c0);
+    on_cols([](T* v, int64_t n) { sigmoid_inplace(v, n); }, x, rows, ld, c0, c1);
   }
   void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    if (c0 == 0 && c1 == ld) return tanh_inplace(x, rows * ld);
-    for (int64_t i = 0; i < rows; ++i) tanh_inplace(x + i * ld + c0, c1 - c0);
+    on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0, c1);
+  }
+  template <class F>
+  static void on_cols(F fn, T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) {
+    if (c0 == 0 && c1 == ld) return fn(x, rows * ld);
+    for (int64_t i = 0; i < rows; ++i) fn(x + i * ld + c0, c1 - c0);
   }
   void project(const T* h_pre, T* h_proj) const {
     if (pl > 0) gemm_packed(B, pl, H, h_pre, H, w_hr_packed, h_proj, pl, false);
@@ -239,7 +229,9 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const std::vector<T> wrp =
         proj ? pack_b<T>(H, pl, [&](int64_t k, int64_t q) { return w_hr[(so.j0 + q) * H + k]; })
              : std::vector<T>();
-    auto buffer = [](int64_t n) { return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1))); };
+    auto buffer = [](int64_t n) {
+      return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    };
     std::vector<T> a = buffer(B * nl), h = buffer(B * pl), c = buffer(B * hl), ct = buffer(B * hl),
                    co = buffer(B * hl), mh = buffer(B * pl), col_mean = buffer(nl),
                    col_rstd = buffer(nl), row_mean = buffer(B), row_rstd = buffer(B),
@@ -375,7 +367,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
               prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * P + j];
           hin[(t * B + b) * P + j] = mh[e] * h_prev;
           const T dnew = act ? dh[e] + gb[j] : T(0);
-          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
+          const bool zh = zoned_out(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
           T dprev_h;
           dhtil_out[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
           dh_prev[e] = act ? dprev_h : dh[e];
@@ -401,7 +393,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
           for (int64_t jj = 0; jj < hl; ++jj) {
             const int64_t j = sl.j0 + jj;
             const int64_t e = b * hl + jj;
-            const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
+            const bool zc = zoned_out(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             T dprev_c;
             const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
             dctil[e] = dct;

@@ -198,7 +198,9 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     pol.publish(0, b, q, m * h);
   });
   if (lstm)
-    pol.for_each(B, hl, [&](int64_t b, int64_t jj) { w.c[b * hl + jj] = widen(c0[b * H + j0 + jj]); });
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      w.c[b * hl + jj] = widen(c0[b * H + j0 + jj]);
+    });
   pol.sync_all();
 
   for (int64_t s = 0; s < TT; ++s) {
@@ -268,12 +270,15 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     }
     pol.sync_worker();
 
-    // The cell up to c~ (lstm) or h~ (gru, rnn); the saved gates.
+    // The saved gates, one contiguous run per (row, gate); the cell up to c~ (lstm) or h~.
+    if (save)
+      pol.for_each(B * G, hl, [&](int64_t bg, int64_t jj) {
+        const int64_t b = bg / G, g = bg % G;
+        sv_gates[(t * B + b) * N + g * H + j0 + jj] = w.a[b * R + g * hl + jj];
+      });
     pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
       const A* ab = w.a + b * R;
       const int64_t e = b * hl + jj, j = j0 + jj;
-      if (save)
-        for (int64_t g = 0; g < G; ++g) sv_gates[(t * B + b) * N + g * H + j] = ab[g * hl + jj];
       if (lstm) {
         const LstmGates<A> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj], ab[3 * hl + jj]};
         const A ctil = lstm_c_tilde(ga, w.c[e]);
