@@ -21,6 +21,7 @@
 #endif
 
 #include "fusedrnn/cells.cuh"
+#include "fusedrnn/step_loop.h"
 #include "gemm.h"
 #include "simd_math.h"
 #include "weight_drop_host.h"
@@ -74,8 +75,8 @@ struct Common {
         training(p.training), reverse(p.reverse), len(static_cast<size_t>(p.B), p.T) {
     if (p.lengths != nullptr)
       for (int64_t b = 0; b < B; ++b) len[b] = p.lengths[b];
-    zc = make_zoneout(p.p_zoneout_c);
-    zh = make_zoneout(p.p_zoneout_h);
+    zc = make_zoneout<T>(p.p_zoneout_c, training);
+    zh = make_zoneout<T>(p.p_zoneout_h, training);
     p_drop = static_cast<float>(p.p_dropout);
     keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
     weight_drop = training && p.p_weight_drop > 0;
@@ -94,15 +95,6 @@ struct Common {
                       cols, w + row_of(r) * ld + col0, out.data() + r * cols);
     return out;
   }
-  Zoneout<T> make_zoneout(double prob) const {
-    Zoneout<T> z;
-    z.on = prob > 0;
-    z.training = training;
-    z.p = static_cast<T>(prob);
-    z.q = static_cast<T>(1.0 - prob);
-    z.threshold = static_cast<float>(prob);
-    return z;
-  }
   bool dropout_on() const { return training && p_drop > 0.f; }
   int64_t time_at(int64_t s) const { return reverse ? T_ - 1 - s : s; }
   int64_t stat_row(int64_t t, int64_t S) const { return std::min(t, S - 1); }
@@ -116,38 +108,7 @@ struct Common {
             dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, j), p_drop, keep_scale);
     return m;
   }
-  bool zoned(const Zoneout<T>& z, uint64_t seed, uint64_t base, int64_t t, int64_t b,
-             int64_t j) const {
-    return z.on && z.training && mask_uniform(seed, base, t, b, j) < z.threshold;
-  }
 };
-
-// Per-column statistics over the active rows (batch norm, training), two-pass as the
-// reference: values[b * ld + c] for c < cols.
-template <class T>
-void column_stats(const T* values, int64_t ld, int64_t B, int64_t cols, const uint8_t* active,
-                  T* mean, T* var) {
-  T count = 0;
-  for (int64_t b = 0; b < B; ++b) count += active[b] ? T(1) : T(0);
-  const T inv = T(1) / std::max(count, T(1));
-  std::fill(mean, mean + cols, T(0));
-  std::fill(var, var + cols, T(0));
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active[b]) continue;
-    const T* v = values + b * ld;
-    for (int64_t c = 0; c < cols; ++c) mean[c] += v[c];
-  }
-  for (int64_t c = 0; c < cols; ++c) mean[c] *= inv;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!active[b]) continue;
-    const T* v = values + b * ld;
-    for (int64_t c = 0; c < cols; ++c) {
-      const T d = v[c] - mean[c];
-      var[c] += d * d;
-    }
-  }
-  for (int64_t c = 0; c < cols; ++c) var[c] *= inv;
-}
 
 // Mean and M2 of one row slice.
 template <class T>
@@ -165,54 +126,85 @@ MeanM2<T> row_partial(const T* v, int64_t n) {
 }
 
 // ======================================================================================
-// Forward
+// Forward: the shared step loop (fusedrnn/step_loop.h) on OpenMP threads
 // ======================================================================================
+// Thread k of nt is one worker: cell units slice_of(H, k, nt), h units slice_of(P, k, nt) with
+// a projection (else the same slice). Its product is gemm_packed over its packed W_hh^T
+// columns; the exchange is a [2, B, P] double buffer every thread writes its slice of.
+template <class T>
+struct HostForwardPolicy {
+  using Storage = T;
+  using Acc = T;
+  static constexpr bool kProjection = true;
+  static T widen(T v) { return v; }
+  static T narrow(T v) { return v; }
+
+  int64_t j0, hl, q0, pl;
+  int tid, nt;
+  int64_t B, H, P, R;
+  const T* w_packed;     // W_hh^T restricted to own columns (pack_b)
+  const T* w_hr_packed;  // W_hr^T restricted to own h units (projection)
+  T* hin;                // [2][B][P] m_h * h exchange
+  MeanM2<T>* parts[2];   // [nt][B] layer-norm partials of W_hh h and of c~
+
+  bool first_worker() const { return tid == 0; }
+  template <class F>
+  void for_each(int64_t rows, int64_t cols, F f) const {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < cols; ++k) f(i, k);
+  }
+  void sync_worker() const {}
+  void sync_all() const { barrier(); }
+  void recurrent_product(int64_t s, T* a) const {
+    if (R > 0) gemm_packed(B, R, P, hin + (s & 1) * B * P, P, w_packed, a, R, false);
+  }
+  void publish(int64_t buffer, int64_t b, int64_t q, T v) const {
+    hin[(buffer * B + b) * P + q] = v;
+  }
+  // Own partials, a barrier, then every thread merges all threads' partials in thread order
+  // (so every thread gets the same statistics).
+  void row_stats(int which, const T* x, int64_t ld, int64_t cols, int64_t total, T* mean,
+                 T* rstd) const {
+    MeanM2<T>* part = parts[which];
+    for (int64_t b = 0; b < B; ++b) part[tid * B + b] = row_partial(x + b * ld, cols);
+    barrier();
+    for (int64_t b = 0; b < B; ++b) {
+      MeanM2<T> m = part[b];
+      for (int k = 1; k < nt; ++k) m = mean_m2_merge(m, part[k * B + b]);
+      mean[b] = m.mean;
+      rstd[b] = norm_rstd(m.m2 / T(total));
+    }
+  }
+  // The vectorised simd_math.h functions over each row's column range (one call when the
+  // range is whole rows).
+  void sigmoid_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
+    on_cols([](T* v, int64_t n) { sigmoid_inplace(v, n); }, x, rows, ld, c0, c1);
+  }
+  void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
+    on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0, c1);
+  }
+  template <class F>
+  static void on_cols(F fn, T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) {
+    if (c0 == 0 && c1 == ld) return fn(x, rows * ld);
+    for (int64_t i = 0; i < rows; ++i) fn(x + i * ld + c0, c1 - c0);
+  }
+  void project(const T* h_pre, T* h_proj) const {
+    if (pl > 0) gemm_packed(B, pl, H, h_pre, H, w_hr_packed, h_proj, pl, false);
+  }
+};
+
 template <class T>
 void forward_impl(const RecurrenceFwdParams& p) {
   const Common<T> cm(p);
-  const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N, TT = cm.T_;
-  const T* xg = static_cast<const T*>(p.xg);
-  const T* h0 = static_cast<const T*>(p.h0);
-  const T* c0 = static_cast<const T*>(p.c0);
+  const int64_t B = cm.B, H = cm.H, G = cm.G;
   const T* w = static_cast<const T*>(p.w_hh);
   const T* w_hr = static_cast<const T*>(p.w_hr);
-  const T* bias = static_cast<const T*>(p.b_hh);
-  const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
-  const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
-  const T* norm_bias_c = static_cast<const T*>(p.norm_bias_c);
-  const T* rm_hh = static_cast<const T*>(p.running_mean_hh);
-  const T* rv_hh = static_cast<const T*>(p.running_var_hh);
-  const T* rm_c = static_cast<const T*>(p.running_mean_c);
-  const T* rv_c = static_cast<const T*>(p.running_var_c);
-  T* out = static_cast<T*>(p.out);
-  T* h_n = static_cast<T*>(p.h_n);
-  T* c_n = static_cast<T*>(p.c_n);
-  T* bm_hh = static_cast<T*>(p.batch_mean_hh);
-  T* bv_hh = static_cast<T*>(p.batch_var_hh);
-  T* bm_c = static_cast<T*>(p.batch_mean_c);
-  T* bv_c = static_cast<T*>(p.batch_var_c);
-  T* sv_gates = static_cast<T*>(p.gates);
-  T* sv_an = static_cast<T*>(p.gru_hn);
-  T* sv_xhat_hh = static_cast<T*>(p.xhat_hh);
-  T* sv_rstd_hh = static_cast<T*>(p.rstd_hh);
-  T* sv_ctil = static_cast<T*>(p.c_tilde);
-  T* sv_cstate = static_cast<T*>(p.c_state);
-  T* sv_xhat_c = static_cast<T*>(p.xhat_c);
-  T* sv_rstd_c = static_cast<T*>(p.rstd_c);
-  const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
-  const bool bn_train = cm.norm == kNormBatch && cm.training;
-  // Inference (no gradient needed): the launcher passes no gates / gru_an / c_tilde /
-  // c_state; the gates of the current step then live in `step_gates` and the rest is not kept.
-  const bool save = sv_gates != nullptr;
-  // h has P units: proj_size with an lstm projection, else H.
   const bool proj = p.proj_size > 0;
-  const int64_t P = proj ? p.proj_size : H;
+  const int64_t P = proj ? p.proj_size : H;  // units of h
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
   std::vector<T> hin(static_cast<size_t>(2 * B * P));
-  // lstm projection: o * tanh(N_c(c~)) of every unit, the input of the shared h~ = W_hr (.).
-  std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));
-  std::vector<T> step_gates(save ? 0 : static_cast<size_t>(B * N));
+  std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
 
@@ -226,9 +218,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t hl = sl.size();
     const int64_t nl = G * hl;  // own columns, gate-major: c = g * hl + jj
     auto col = [&](int64_t c) { return (c / hl) * H + sl.j0 + c % hl; };
-    // The units of h this thread owns: its slice of the P projection outputs, or (no
-    // projection) the same units as its cell slice.
-    const Slice so = proj ? slice_of(P, tid, nt) : sl;
+    const Slice so = proj ? slice_of(P, tid, nt) : sl;  // own units of h
     const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
@@ -239,251 +229,29 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const std::vector<T> wrp =
         proj ? pack_b<T>(H, pl, [&](int64_t k, int64_t q) { return w_hr[(so.j0 + q) * H + k]; })
              : std::vector<T>();
-    const std::vector<T> mh = cm.dropout_mask(p, so);
-    std::vector<T> a(static_cast<size_t>(std::max<int64_t>(1, B * nl)));
-    std::vector<T> h(static_cast<size_t>(B * pl)), c(static_cast<size_t>(B * hl));
-    std::vector<T> h_proj(static_cast<size_t>(proj ? std::max<int64_t>(1, B * pl) : 0));
-    std::vector<T> ct(static_cast<size_t>(B * hl)), cout_v(static_cast<size_t>(B * hl));
-    std::vector<T> mean(static_cast<size_t>(std::max<int64_t>(nl, 1)));
-    std::vector<T> var(mean.size()), rstd(mean.size());
-    std::vector<T> row_mean(static_cast<size_t>(B)), row_rstd(static_cast<size_t>(B));
-    std::vector<uint8_t> active(static_cast<size_t>(B));
-    std::vector<T> an_own(static_cast<size_t>(gru && !save ? hl : 0));  // a_n when not saved
-    std::vector<T> norm_weight_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(1));
-    std::vector<T> bias_own(static_cast<size_t>(std::max<int64_t>(nl, 1)), T(0));
-    for (int64_t cc = 0; cc < nl; ++cc) {
-      if (norm_weight_hh) norm_weight_own[cc] = norm_weight_hh[col(cc)];
-      if (bias) bias_own[cc] = bias[col(cc)];
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t jj = 0; jj < pl; ++jj) {
-        h[b * pl + jj] = h0[b * P + so.j0 + jj];
-        hin[b * P + so.j0 + jj] = mh[b * pl + jj] * h[b * pl + jj];
-      }
-      if (lstm)
-        for (int64_t jj = 0; jj < hl; ++jj) c[b * hl + jj] = c0[b * H + sl.j0 + jj];
-    }
-    barrier();
-
-    for (int64_t s = 0; s < TT; ++s) {
-      const int64_t t = cm.time_at(s);
-      T* gates_t = save ? sv_gates + t * B * N : step_gates.data();  // [B][N] of step t
-      const T* hin_cur = hin.data() + (s & 1) * B * P;
-      T* hin_next = hin.data() + ((s + 1) & 1) * B * P;
-      for (int64_t b = 0; b < B; ++b) active[b] = t < cm.len[b];
-
-      // a = (m_h * h_{t-1}) W_hh^T for own columns.
-      if (nl > 0) gemm_packed(B, nl, P, hin_cur, P, wp.data(), a.data(), nl, false);
-
-      // Normalisation of W_hh h.
-      if (cm.norm == kNormBatch) {
-        if (bn_train) {
-          column_stats(a.data(), nl, B, nl, active.data(), mean.data(), var.data());
-          for (int64_t cc = 0; cc < nl; ++cc) {
-            bm_hh[t * N + col(cc)] = mean[cc];
-            bv_hh[t * N + col(cc)] = var[cc];
-          }
-        } else {
-          const int64_t r = cm.stat_row(t, p.S);
-          for (int64_t cc = 0; cc < nl; ++cc) {
-            mean[cc] = rm_hh[r * N + col(cc)];
-            var[cc] = rv_hh[r * N + col(cc)];
-          }
-        }
-        for (int64_t cc = 0; cc < nl; ++cc) {
-          rstd[cc] = norm_rstd(var[cc]);
-          sv_rstd_hh[t * N + col(cc)] = rstd[cc];
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          T* ab = a.data() + b * nl;
-          T* xh = sv_xhat_hh + (t * B + b) * N;
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              const int64_t cc = g * hl + jj;
-              const T x = (ab[cc] - mean[cc]) * rstd[cc];
-              xh[g * H + sl.j0 + jj] = x;
-              ab[cc] = x * norm_weight_own[cc];
-            }
-        }
-      } else if (cm.norm == kNormLayer) {
-        for (int64_t b = 0; b < B; ++b) part_hh[tid * B + b] = row_partial(a.data() + b * nl, nl);
-        barrier();
-        for (int64_t b = 0; b < B; ++b) {
-          MeanM2<T> m = part_hh[b];
-          for (int k = 1; k < nt; ++k) m = mean_m2_merge(m, part_hh[k * B + b]);
-          row_mean[b] = m.mean;
-          row_rstd[b] = norm_rstd(m.m2 / T(N));
-          if (tid == 0) sv_rstd_hh[t * B + b] = row_rstd[b];
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          T* ab = a.data() + b * nl;
-          T* xh = sv_xhat_hh + (t * B + b) * N;
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              const int64_t cc = g * hl + jj;
-              const T x = (ab[cc] - row_mean[b]) * row_rstd[b];
-              xh[g * H + sl.j0 + jj] = x;
-              ab[cc] = x * norm_weight_own[cc];
-            }
-        }
-      }
-
-      // Cell, first part (lstm up to c~; gru and rnn complete). Pre-activations are built
-      // in place in `a` (gate-major, so each gate's units are contiguous) and activated a
-      // gate slice at a time by the vectorised simd_math.h functions.
-      for (int64_t b = 0; b < B; ++b) {
-        const T* xb = xg + t * p.xg_stride_t + b * p.xg_stride_b;
-        T* ab = a.data() + b * nl;
-        T* gs = gates_t + b * N;
-        for (int64_t cc = 0; cc < nl; ++cc) ab[cc] += bias_own[cc];
-        if (lstm) {
-          for (int64_t g = 0; g < 4; ++g)
-            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
-          sigmoid_inplace(ab, 2 * hl);  // i, f
-          tanh_inplace(ab + 2 * hl, hl);  // g
-          sigmoid_inplace(ab + 3 * hl, hl);  // o
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const LstmGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj], ab[3 * hl + jj]};
-            gs[j] = ga.i;
-            gs[H + j] = ga.f;
-            gs[2 * H + j] = ga.g;
-            gs[3 * H + j] = ga.o;
-            const T ctil = lstm_c_tilde(ga, c[b * hl + jj]);
-            ct[b * hl + jj] = ctil;
-            if (save) sv_ctil[(t * B + b) * H + j] = ctil;
-          }
-        } else if (gru) {
-          // gru_activate, vectorised: r, z = s(x + a); n = tanh(x_n + r a_n).
-          T* an = save ? sv_an + (t * B + b) * H + sl.j0 : an_own.data();
-          for (int64_t jj = 0; jj < hl; ++jj) an[jj] = ab[2 * hl + jj];
-          for (int64_t g = 0; g < 2; ++g)
-            for (int64_t jj = 0; jj < hl; ++jj) ab[g * hl + jj] += xb[g * H + sl.j0 + jj];
-          sigmoid_inplace(ab, 2 * hl);
-          for (int64_t jj = 0; jj < hl; ++jj)
-            ab[2 * hl + jj] = xb[2 * H + sl.j0 + jj] + ab[jj] * an[jj];
-          tanh_inplace(ab + 2 * hl, hl);
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const GruGates<T> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj]};
-            gs[j] = ga.r;
-            gs[H + j] = ga.z;
-            gs[2 * H + j] = ga.n;
-            ct[b * hl + jj] = gru_h_tilde(ga, h[b * hl + jj]);  // h~
-          }
-        } else {
-          for (int64_t jj = 0; jj < hl; ++jj) ab[jj] += xb[sl.j0 + jj];
-          if (cm.cell == kCellRnnTanh) {
-            tanh_inplace(ab, hl);
-          } else {
-            for (int64_t jj = 0; jj < hl; ++jj) ab[jj] = rnn_activate(cm.cell, ab[jj]);
-          }
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            gs[sl.j0 + jj] = ab[jj];
-            ct[b * hl + jj] = ab[jj];  // h~
-          }
-        }
-      }
-
-      // LSTM: normalisation of c~ and h~ = o tanh(N_c(c~)).
-      if (lstm) {
-        if (cm.norm == kNormNone) {
-          std::memcpy(cout_v.data(), ct.data(), sizeof(T) * B * hl);
-        } else {
-          if (cm.norm == kNormBatch) {
-            if (bn_train) {
-              column_stats(ct.data(), hl, B, hl, active.data(), mean.data(), var.data());
-              for (int64_t jj = 0; jj < hl; ++jj) {
-                bm_c[t * H + sl.j0 + jj] = mean[jj];
-                bv_c[t * H + sl.j0 + jj] = var[jj];
-              }
-            } else {
-              const int64_t r = cm.stat_row(t, p.S);
-              for (int64_t jj = 0; jj < hl; ++jj) {
-                mean[jj] = rm_c[r * H + sl.j0 + jj];
-                var[jj] = rv_c[r * H + sl.j0 + jj];
-              }
-            }
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              rstd[jj] = norm_rstd(var[jj]);
-              sv_rstd_c[t * H + sl.j0 + jj] = rstd[jj];
-            }
-          } else {
-            for (int64_t b = 0; b < B; ++b)
-              part_c[tid * B + b] = row_partial(ct.data() + b * hl, hl);
-            barrier();
-            for (int64_t b = 0; b < B; ++b) {
-              MeanM2<T> m = part_c[b];
-              for (int k = 1; k < nt; ++k) m = mean_m2_merge(m, part_c[k * B + b]);
-              row_mean[b] = m.mean;
-              row_rstd[b] = norm_rstd(m.m2 / T(H));
-              if (tid == 0) sv_rstd_c[t * B + b] = row_rstd[b];
-            }
-          }
-          for (int64_t b = 0; b < B; ++b)
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              const int64_t j = sl.j0 + jj;
-              const T mu = cm.norm == kNormBatch ? mean[jj] : row_mean[b];
-              const T rs = cm.norm == kNormBatch ? rstd[jj] : row_rstd[b];
-              const T x = (ct[b * hl + jj] - mu) * rs;
-              sv_xhat_c[(t * B + b) * H + j] = x;
-              cout_v[b * hl + jj] = x * norm_weight_c[j] + norm_bias_c[j];
-            }
-        }
-      }
-
-      // LSTM: zoneout and update of c; h~ = o tanh(c_out) (cout_v becomes tanh(c_out)) into
-      // ct, where gru and rnn left their h~, or into h_pre for the projection.
-      if (lstm) {
-        tanh_inplace(cout_v.data(), B * hl);
-        for (int64_t b = 0; b < B; ++b) {
-          const bool act = active[b] != 0;
-          const T* gs = gates_t + b * N;
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const int64_t e = b * hl + jj;
-            const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
-            const T c_new = zoneout_forward(cm.zc, zc, c[e], ct[e]);
-            if (act) c[e] = c_new;
-            if (save) sv_cstate[(t * B + b) * H + j] = c[e];
-            const T h_cell = gs[3 * H + j] * cout_v[e];  // lstm_h_tilde, tanh(c_out) above
-            if (proj) {
-              h_pre[b * H + j] = h_cell;
-            } else {
-              ct[e] = h_cell;
-            }
-          }
-        }
-      }
-      // The projection h~ = W_hr (o tanh(c_out)) of own outputs, once every unit is in h_pre.
-      if (proj) {
-        barrier();
-        if (pl > 0) gemm_packed(B, pl, H, h_pre.data(), H, wrp.data(), h_proj.data(), pl, false);
-      }
-
-      // Zoneout of h, state update, outputs (own units of h).
-      const T* h_tilde = proj ? h_proj.data() : ct.data();  // [B][pl]
-      for (int64_t b = 0; b < B; ++b) {
-        const bool act = active[b] != 0;
-        T* ob = out + t * p.out_stride_t + b * p.out_stride_b;
-        for (int64_t jj = 0; jj < pl; ++jj) {
-          const int64_t j = so.j0 + jj;
-          const int64_t e = b * pl + jj;
-          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
-          const T h_new = zoneout_forward(cm.zh, zh, h[e], h_tilde[e]);
-          if (act) h[e] = h_new;
-          ob[j] = act ? h_new : T(0);
-          hin_next[b * P + j] = mh[e] * h[e];
-        }
-      }
-      barrier();
-    }
-
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t jj = 0; jj < pl; ++jj) h_n[b * P + so.j0 + jj] = h[b * pl + jj];
-      if (lstm)
-        for (int64_t jj = 0; jj < hl; ++jj) c_n[b * H + sl.j0 + jj] = c[b * hl + jj];
-    }
+    auto buffer = [](int64_t n) {
+      return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    };
+    std::vector<T> a = buffer(B * nl), h = buffer(B * pl), c = buffer(B * hl), ct = buffer(B * hl),
+                   co = buffer(B * hl), mh = buffer(B * pl), col_mean = buffer(nl),
+                   col_rstd = buffer(nl), row_mean = buffer(B), row_rstd = buffer(B),
+                   h_proj = buffer(proj ? B * pl : 0);
+    ForwardScratch<T> scratch;
+    scratch.a = a.data();
+    scratch.h = h.data();
+    scratch.c = c.data();
+    scratch.ct = ct.data();
+    scratch.co = co.data();
+    scratch.mh = mh.data();
+    scratch.col_mean = col_mean.data();
+    scratch.col_rstd = col_rstd.data();
+    scratch.row_mean = row_mean.data();
+    scratch.row_rstd = row_rstd.data();
+    scratch.h_pre = h_pre.data();
+    scratch.h_proj = h_proj.data();
+    HostForwardPolicy<T> policy{sl.j0, hl, so.j0, pl, tid, nt, B, H, P, nl, wp.data(),
+                                wrp.data(), hin.data(), {part_hh.data(), part_c.data()}};
+    forward_steps(policy, p, scratch);
   }
 }
 
@@ -599,7 +367,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
               prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * P + j];
           hin[(t * B + b) * P + j] = mh[e] * h_prev;
           const T dnew = act ? dh[e] + gb[j] : T(0);
-          const bool zh = cm.zoned(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
+          const bool zh = zoned_out(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
           T dprev_h;
           dhtil_out[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
           dh_prev[e] = act ? dprev_h : dh[e];
@@ -625,7 +393,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
           for (int64_t jj = 0; jj < hl; ++jj) {
             const int64_t j = sl.j0 + jj;
             const int64_t e = b * hl + jj;
-            const bool zc = cm.zoned(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
+            const bool zc = zoned_out(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
             T dprev_c;
             const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
             dctil[e] = dct;

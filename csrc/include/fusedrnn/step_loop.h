@@ -1,0 +1,377 @@
+// The step loop of fusedrnn's persistent recurrence, written once for the host backend (OpenMP
+// threads, csrc/host/recurrence_host.cpp) and the CUDA kernels (blocks of a cooperative grid,
+// csrc/cuda/recurrence_fwd.cu), templated on an execution policy (docs/design.md §5.3, §5.4).
+//
+// The algorithm
+// -------------
+// A *worker* (a host thread, a CUDA block) owns a slice of the H hidden units with all their G
+// gates: cell units [j0, j0 + hl), so its R = G * hl columns of W_hh h are gate-major in its tile
+// (column r = g * hl + jj is gate g of unit j0 + jj; W_hh row (r / hl) * H + j0 + r % hl), and
+// every batch row of them, so batch-norm statistics are worker-local. It also owns the units
+// [q0, q0 + pl) of h: the same slice without a projection (P = H), else a slice of the P outputs
+// of the LSTM projection. The workers exchange m_h ⊙ h through a double buffer in shared
+// memory (host) or global memory (CUDA), and meet at a barrier once per step, plus once per
+// layer-norm reduction and once for the projection.
+//
+// forward_steps() runs, per step s (t = s, or T - 1 - s with `reverse`):
+//   1. a = (m_h ⊙ h_{t-1}) W_hh^T for the worker's R columns          (policy: the product)
+//   2. N_hh: batch norm (training: two-pass mean and biased variance over the active rows
+//      t < len[b], written to batch_mean/var_hh; eval: the running buffers at row min(t, S-1))
+//      or layer norm (row statistics over all N columns: a cross-worker reduction) → saved
+//      xhat_hh and rstd_hh, a = xhat · γ_hh
+//   3. pre-activations a + b_hh (+ xg, except GRU's a_n which waits for r), then the
+//      activations by gate slice (policy: sigmoid/tanh over a column range), GRU's
+//      n = tanh(x_n + r a_n); the cell (cells.cuh) gives c~ (LSTM) or h~ (GRU, RNN); saved
+//      gates, gru_hn, c_tilde
+//   4. LSTM: N_c(c~) (batch or layer norm as in 2, saved xhat_c, rstd_c, + β_c), zoneout of c
+//      (Philox draw at (t, b, j)), c kept only for active rows, saved c_state,
+//      h~ = o tanh(N_c(c~)); with a projection h~ = W_hr (o tanh(..)) after a barrier
+//   5. zoneout of h, h kept only for active rows, out = h (0 where t >= len[b]), and the
+//      worker's slice m_h ⊙ h_t of the exchange; a barrier.
+// Masks are drawn from philox.cuh at their coordinates and never stored. The saved tensors
+// (params.h) are written only when the launcher passes them (`gates` null: no gradient needed).
+//
+// The policy
+// ----------
+// What differs between the CPU and the GPU is a small set of named primitives; everything
+// else above is this file. A policy type `Policy` provides:
+//   using Storage, Acc;          storage type of the dtype tensors, accumulation type (params.h)
+//   static Acc widen(Storage); static Storage narrow(Acc);
+//   static constexpr bool kProjection;   whether it implements project() (proj_size > 0)
+//   int64_t j0, hl, q0, pl;      the worker's cell units [j0, j0+hl) and h units [q0, q0+pl)
+//   bool first_worker() const;   the one worker that writes per-row layer-norm rstd
+//   for_each(rows, cols, f)      f(i, k) for every i < rows, k < cols, split among the worker's
+//                                threads (host: one thread, nested loops; CUDA: the block)
+//   sync_worker()                the worker's threads see each other's writes (CUDA
+//                                __syncthreads; host: nothing)
+//   sync_all()                   barrier of all workers (omp barrier / grid.sync())
+//   recurrent_product(s, a)      a[b * R + r] = Σ_k X[b][k] W_hh[row(r)][k], X the exchange
+//                                buffer s & 1; visible to the whole worker on return
+//   publish(buffer, b, q, v)     element (b, q) of exchange buffer `buffer` (q an h unit)
+//   row_stats(which, x, ld, cols, total, mean, rstd)
+//                                layer norm: the statistics of each batch row over all
+//                                workers' columns, this worker's being x[b * ld + c], c < cols,
+//                                `total` columns in all; mean[b], rstd[b] for every b, visible
+//                                to the worker on return. `which` (0: W_hh h, 1: c~) selects
+//                                the partials buffer, so both reductions of a step coexist.
+//   sigmoid_cols(x, rows, ld, c0, c1), tanh_cols(...)
+//                                x[i * ld + c] = σ / tanh of itself for i < rows, c0 <= c < c1
+//   project(h_pre, h_proj)       (kProjection) h_proj[b * pl + q] = Σ_j h_pre[b * H + j]
+//                                W_hr[q0 + q][j]; all workers' h_pre written (after sync_all)
+// and the worker's scratch (ForwardScratch below: host vectors, CUDA shared memory).
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/cells.cuh"
+#include "fusedrnn/params.h"
+#include "fusedrnn/philox.cuh"
+
+#if defined(__CUDACC__)
+#define FRNN_STEP __device__ __forceinline__
+#else
+#define FRNN_STEP inline
+#endif
+
+namespace fusedrnn {
+
+// One worker's scratch for forward_steps(), in the accumulation type A.
+template <class A>
+struct ForwardScratch {
+  A* a = nullptr;         // [B][R] the gate tile: W_hh h, then pre-activations, then gates
+  A* h = nullptr;         // [B][pl] own units of h
+  A* c = nullptr;         // [B][hl] own units of c (lstm)
+  A* ct = nullptr;        // [B][hl] c~ (lstm), h~ (gru, rnn); lstm without projection: h~
+  A* co = nullptr;        // [B][hl] lstm: N_c(c~), then tanh of it
+  A* mh = nullptr;        // [B][pl] recurrent-dropout mask of own h units
+  A* col_mean = nullptr;  // [R] batch-norm statistics of own columns
+  A* col_rstd = nullptr;  // [R]
+  A* row_mean = nullptr;  // [B] layer-norm statistics of every row
+  A* row_rstd = nullptr;  // [B]
+  A* h_pre = nullptr;     // [B][H] projection input o tanh(c_out), shared by all workers
+  A* h_proj = nullptr;    // [B][pl] projection output (own units)
+};
+
+template <class A>
+FRNN_STEP Zoneout<A> make_zoneout(double prob, bool training) {
+  Zoneout<A> z;
+  z.on = prob > 0;
+  z.training = training;
+  z.p = static_cast<A>(prob);
+  z.q = static_cast<A>(1.0 - prob);
+  z.threshold = static_cast<float>(prob);
+  return z;
+}
+
+// Whether unit j of row b is zoned out at step t (training draws only).
+template <class A>
+FRNN_STEP bool zoned_out(const Zoneout<A>& z, uint64_t seed, uint64_t base, int64_t t, int64_t b,
+                         int64_t j) {
+  return z.on && z.training && mask_uniform(seed, base, t, b, j) < z.threshold;
+}
+
+// Batch-norm statistics of one column x[b * ld] over the active rows (training), or the
+// running buffers' row (eval): mean and rstd, and the saved / batch tensors at index n.
+template <class A, class S, class Widen>
+FRNN_STEP void batch_norm_column(const A* x, int64_t ld, int64_t B, int64_t t, const int64_t* len,
+                                 int64_t T, bool training, const S* run_mean, const S* run_var,
+                                 int64_t S_rows, int64_t width, int64_t n, A* batch_mean,
+                                 A* batch_var, A* rstd_saved, A* mean_out, A* rstd_out,
+                                 Widen widen) {
+  A mean, var;
+  if (training) {
+    A cnt = A(0), sum = A(0);
+    for (int64_t b = 0; b < B; ++b)
+      if (t < (len != nullptr ? len[b] : T)) {
+        cnt += A(1);
+        sum += x[b * ld];
+      }
+    const A denom = cnt > A(1) ? cnt : A(1);
+    mean = sum / denom;
+    A m2 = A(0);
+    for (int64_t b = 0; b < B; ++b)
+      if (t < (len != nullptr ? len[b] : T)) {
+        const A d = x[b * ld] - mean;
+        m2 += d * d;
+      }
+    var = m2 / denom;
+    batch_mean[t * width + n] = mean;
+    batch_var[t * width + n] = var;
+  } else {
+    const int64_t row = t < S_rows - 1 ? t : S_rows - 1;
+    mean = widen(run_mean[row * width + n]);
+    var = widen(run_var[row * width + n]);
+  }
+  *mean_out = mean;
+  *rstd_out = norm_rstd(var);
+  rstd_saved[t * width + n] = *rstd_out;
+}
+
+// One layer-direction's forward time loop, run by every worker (see the top of this file).
+template <class Policy>
+FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
+                             const ForwardScratch<typename Policy::Acc>& w) {
+  using S = typename Policy::Storage;
+  using A = typename Policy::Acc;
+  const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
+  const int64_t j0 = pol.j0, hl = pol.hl, R = G * hl, q0 = pol.q0, pl = pol.pl;
+  const bool proj = p.proj_size > 0;
+  const int64_t P = proj ? p.proj_size : H;
+  const bool lstm = p.cell == kCellLstm, gru = p.cell == kCellGru;
+  const bool save = p.gates != nullptr;
+  const int64_t* len = p.lengths;
+  auto widen = [](S v) { return Policy::widen(v); };
+  auto active = [&](int64_t t, int64_t b) { return t < (len != nullptr ? len[b] : TT); };
+
+  const S* xg = static_cast<const S*>(p.xg);
+  const S* h0 = static_cast<const S*>(p.h0);
+  const S* c0 = static_cast<const S*>(p.c0);
+  const S* bias = static_cast<const S*>(p.b_hh);
+  const S* gamma_hh = static_cast<const S*>(p.norm_weight_hh);
+  const S* gamma_c = static_cast<const S*>(p.norm_weight_c);
+  const S* beta_c = static_cast<const S*>(p.norm_bias_c);
+  S* out = static_cast<S*>(p.out);
+  A* sv_gates = static_cast<A*>(p.gates);
+  A* sv_an = static_cast<A*>(p.gru_hn);
+  A* sv_xhat_hh = static_cast<A*>(p.xhat_hh);
+  A* sv_rstd_hh = static_cast<A*>(p.rstd_hh);
+  A* sv_ctil = static_cast<A*>(p.c_tilde);
+  A* sv_cstate = static_cast<A*>(p.c_state);
+  A* sv_xhat_c = static_cast<A*>(p.xhat_c);
+  A* sv_rstd_c = static_cast<A*>(p.rstd_c);
+
+  const Zoneout<A> zc = make_zoneout<A>(p.p_zoneout_c, p.training);
+  const Zoneout<A> zh = make_zoneout<A>(p.p_zoneout_h, p.training);
+  const bool dropout = p.training && p.p_dropout > 0;
+  const float p_drop = static_cast<float>(p.p_dropout);
+  const A keep_scale = A(1) / static_cast<A>(1.0 - p.p_dropout);
+
+  // Prologue: h_0, c_0, the dropout mask (fixed over time: drawn at t = 0) and m_h ⊙ h_0.
+  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+    const int64_t e = b * pl + qq, q = q0 + qq;
+    const A h = widen(h0[b * P + q]);
+    const A m =
+        dropout ? dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, q), p_drop, keep_scale)
+                : A(1);
+    w.h[e] = h;
+    w.mh[e] = m;
+    pol.publish(0, b, q, m * h);
+  });
+  if (lstm)
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      w.c[b * hl + jj] = widen(c0[b * H + j0 + jj]);
+    });
+  pol.sync_all();
+
+  for (int64_t s = 0; s < TT; ++s) {
+    const int64_t t = p.reverse ? TT - 1 - s : s;
+
+    // 1. a = (m_h ⊙ h_{t-1}) W_hh^T for own columns.
+    pol.recurrent_product(s, w.a);
+
+    // 2. N_hh.
+    if (p.norm == kNormBatch) {
+      pol.for_each(G, hl, [&](int64_t g, int64_t jj) {
+        const int64_t r = g * hl + jj;
+        batch_norm_column(w.a + r, R, B, t, len, TT, p.training,
+                          static_cast<const S*>(p.running_mean_hh),
+                          static_cast<const S*>(p.running_var_hh), p.S, N, g * H + j0 + jj,
+                          static_cast<A*>(p.batch_mean_hh), static_cast<A*>(p.batch_var_hh),
+                          sv_rstd_hh, w.col_mean + r, w.col_rstd + r, widen);
+      });
+      pol.sync_worker();
+    } else if (p.norm == kNormLayer) {
+      pol.row_stats(0, w.a, R, R, N, w.row_mean, w.row_rstd);
+      if (pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
+          sv_rstd_hh[t * B + b] = w.row_rstd[b];
+        });
+    }
+    if (p.norm != kNormNone) {
+      const bool bn = p.norm == kNormBatch;
+      pol.for_each(B * G, hl, [&](int64_t bg, int64_t jj) {
+        const int64_t b = bg / G, r = (bg % G) * hl + jj, n = (bg % G) * H + j0 + jj;
+        const A mu = bn ? w.col_mean[r] : w.row_mean[b];
+        const A rs = bn ? w.col_rstd[r] : w.row_rstd[b];
+        const A x = (w.a[b * R + r] - mu) * rs;
+        sv_xhat_hh[(t * B + b) * N + n] = x;
+        w.a[b * R + r] = x * widen(gamma_hh[n]);
+      });
+      pol.sync_worker();
+    }
+
+    // 3. Pre-activations: + b_hh, + xg (GRU's a_n keeps only b_hh: n needs r first).
+    pol.for_each(B * G, hl, [&](int64_t bg, int64_t jj) {
+      const int64_t b = bg / G, g = bg % G, n = g * H + j0 + jj;
+      A v = w.a[b * R + g * hl + jj];
+      if (bias != nullptr) v = v + widen(bias[n]);
+      if (!(gru && g == 2)) v = widen(xg[t * p.xg_stride_t + b * p.xg_stride_b + n]) + v;
+      if (p.cell == kCellRnnRelu) v = relu(v);
+      w.a[b * R + g * hl + jj] = v;
+    });
+    pol.sync_worker();
+    if (lstm) {
+      pol.sigmoid_cols(w.a, B, R, 0, 2 * hl);  // i, f
+      pol.tanh_cols(w.a, B, R, 2 * hl, 3 * hl);  // g
+      pol.sigmoid_cols(w.a, B, R, 3 * hl, 4 * hl);  // o
+    } else if (gru) {
+      pol.sigmoid_cols(w.a, B, R, 0, 2 * hl);  // r, z
+      pol.sync_worker();
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        A* ab = w.a + b * R;
+        const A a_n = ab[2 * hl + jj];
+        if (save) sv_an[(t * B + b) * H + j0 + jj] = a_n;
+        ab[2 * hl + jj] = widen(xg[t * p.xg_stride_t + b * p.xg_stride_b + 2 * H + j0 + jj]) +
+                          ab[jj] * a_n;
+      });
+      pol.sync_worker();
+      pol.tanh_cols(w.a, B, R, 2 * hl, 3 * hl);  // n
+    } else if (p.cell == kCellRnnTanh) {
+      pol.tanh_cols(w.a, B, R, 0, hl);
+    }
+    pol.sync_worker();
+
+    // The saved gates, one contiguous run per (row, gate); the cell up to c~ (lstm) or h~.
+    if (save)
+      pol.for_each(B * G, hl, [&](int64_t bg, int64_t jj) {
+        const int64_t b = bg / G, g = bg % G;
+        sv_gates[(t * B + b) * N + g * H + j0 + jj] = w.a[b * R + g * hl + jj];
+      });
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      const A* ab = w.a + b * R;
+      const int64_t e = b * hl + jj, j = j0 + jj;
+      if (lstm) {
+        const LstmGates<A> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj], ab[3 * hl + jj]};
+        const A ctil = lstm_c_tilde(ga, w.c[e]);
+        w.ct[e] = ctil;
+        if (save) sv_ctil[(t * B + b) * H + j] = ctil;
+      } else if (gru) {
+        const GruGates<A> ga{ab[jj], ab[hl + jj], ab[2 * hl + jj]};
+        w.ct[e] = gru_h_tilde(ga, w.h[e]);  // no projection: h units are the cell units
+      } else {
+        w.ct[e] = ab[jj];
+      }
+    });
+    pol.sync_worker();
+
+    // 4. LSTM: N_c(c~), zoneout and update of c, h~ = o tanh(N_c(c~)).
+    if (lstm) {
+      if (p.norm == kNormBatch) {
+        pol.for_each(1, hl, [&](int64_t, int64_t jj) {
+          batch_norm_column(w.ct + jj, hl, B, t, len, TT, p.training,
+                            static_cast<const S*>(p.running_mean_c),
+                            static_cast<const S*>(p.running_var_c), p.S, H, j0 + jj,
+                            static_cast<A*>(p.batch_mean_c), static_cast<A*>(p.batch_var_c),
+                            sv_rstd_c, w.col_mean + jj, w.col_rstd + jj, widen);
+        });
+        pol.sync_worker();
+      } else if (p.norm == kNormLayer) {
+        pol.row_stats(1, w.ct, hl, hl, H, w.row_mean, w.row_rstd);
+        if (pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
+            sv_rstd_c[t * B + b] = w.row_rstd[b];
+          });
+      }
+      const bool bn = p.norm == kNormBatch;
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t e = b * hl + jj, j = j0 + jj;
+        if (p.norm == kNormNone) {
+          w.co[e] = w.ct[e];
+        } else {
+          const A mu = bn ? w.col_mean[jj] : w.row_mean[b];
+          const A rs = bn ? w.col_rstd[jj] : w.row_rstd[b];
+          const A x = (w.ct[e] - mu) * rs;
+          sv_xhat_c[(t * B + b) * H + j] = x;
+          w.co[e] = x * widen(gamma_c[j]) + widen(beta_c[j]);
+        }
+      });
+      pol.sync_worker();
+      pol.tanh_cols(w.co, B, hl, 0, hl);
+      pol.sync_worker();
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t e = b * hl + jj, j = j0 + jj;
+        const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
+        const A c_new = zoneout_forward(zc, zoned, w.c[e], w.ct[e]);
+        if (active(t, b)) w.c[e] = c_new;
+        if (save) sv_cstate[(t * B + b) * H + j] = w.c[e];
+        const A h_cell = w.a[b * R + 3 * hl + jj] * w.co[e];  // lstm_h_tilde: o tanh(c_out)
+        if (proj) {
+          w.h_pre[b * H + j] = h_cell;
+        } else {
+          w.ct[e] = h_cell;
+        }
+      });
+      pol.sync_worker();
+    }
+    const A* h_tilde = w.ct;  // [B][pl]
+    if constexpr (Policy::kProjection) {
+      if (proj) {
+        pol.sync_all();
+        pol.project(w.h_pre, w.h_proj);
+        h_tilde = w.h_proj;
+      }
+    }
+
+    // 5. Zoneout of h, state update, outputs, own slice of m_h ⊙ h_t.
+    pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+      const int64_t e = b * pl + qq, q = q0 + qq;
+      const bool act = active(t, b);
+      const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, q);
+      const A h_new = zoneout_forward(zh, zoned, w.h[e], h_tilde[e]);
+      if (act) w.h[e] = h_new;
+      out[t * p.out_stride_t + b * p.out_stride_b + q] = Policy::narrow(act ? h_new : A(0));
+      pol.publish((s + 1) & 1, b, q, w.mh[e] * w.h[e]);
+    });
+    pol.sync_all();
+  }
+
+  S* h_n = static_cast<S*>(p.h_n);
+  S* c_n = static_cast<S*>(p.c_n);
+  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+    h_n[b * P + q0 + qq] = Policy::narrow(w.h[b * pl + qq]);
+  });
+  if (lstm)
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      c_n[b * H + j0 + jj] = Policy::narrow(w.c[b * hl + jj]);
+    });
+}
+
+}  // namespace fusedrnn
