@@ -125,11 +125,15 @@ def rnn(
             "fusedrnn: torch.func.vmap(..., randomness='different') is not supported: a "
             "layer call draws one mask seed for its whole batch; use randomness='same'"
         )
-    if lengths is None:
-        active = torch.ones(steps, batch, dtype=torch.bool, device=input.device)
-    else:
-        active = torch.arange(steps, device=input.device)[:, None] < lengths[None, :]
-    counts = active.sum(dim=1)  # active rows per step, for BN running updates
+    # The active rows of each step, for the norms; their count per step, for BN running
+    # updates. Without a norm neither is read.
+    active = counts = None
+    if options.norm != "none":
+        if lengths is None:
+            active = torch.ones(steps, batch, dtype=torch.bool, device=input.device)
+        else:
+            active = torch.arange(steps, device=input.device)[:, None] < lengths[None, :]
+        counts = active.sum(dim=1)
     config = options.recurrence_config()
 
     layer_input = input
@@ -188,8 +192,9 @@ def rnn(
         if options.dropout > 0 and training and layer < options.num_layers - 1:
             layer_output = F.dropout(layer_output, options.dropout, training=True)
         layer_input = layer_output
-    return (
-        layer_input,
-        torch.stack(h_n),
-        torch.stack(c_n) if c_n else None,
-    )
+    return layer_input, _stacked(h_n), _stacked(c_n) if c_n else None
+
+
+def _stacked(states: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(states)``; one state (one layer and direction) as a view, no copy."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)

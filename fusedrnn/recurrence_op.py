@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -61,25 +62,42 @@ _NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; then backe
 _BACKEND_NAMES = tuple(backends.RECURRENCE_BACKENDS)
 
 
+# Each op argument's name and whether it is a field of the config (else of the inputs).
+_ARG_SOURCES = tuple((name, name in _CONFIG_FIELDS) for name in _INPUT_ARGS)
+_SEED_INDEX = _INPUT_ARGS.index(_SEED_FIELD)
+_CONFIG_SLICE = slice(len(_TENSOR_ARGS), len(_TENSOR_ARGS) + len(_CONFIG_FIELDS))
+# The config fields are the first scalars: the slice of the arguments that holds them.
+assert _INPUT_ARGS[_CONFIG_SLICE] == _CONFIG_FIELDS
+_OTHER_ARGS = tuple(name for name in _INPUT_ARGS if name not in _CONFIG_FIELDS)
+
+
+@functools.lru_cache(maxsize=64, typed=True)
+def _shared_config(*values) -> RecurrenceConfig:
+    """RecurrenceConfig of these field values: a layer calls with the same few configurations
+    every time and the frozen dataclass is immutable, so one instance per value is shared."""
+    return RecurrenceConfig(*values)
+
+
 def op_arguments(inputs: RecurrenceInputs, seed: torch.Tensor | None = None) -> list:
     """``inputs`` as the ops' positional arguments (``seed`` overrides ``inputs.seed``)."""
-    values = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
-    values.update({name: getattr(inputs.config, name) for name in _CONFIG_FIELDS})
-    values[_SEED_FIELD] = torch.tensor(inputs.seed, dtype=torch.int64) if seed is None else seed
-    return [values[name] for name in _INPUT_ARGS]
+    config = inputs.config
+    values = [getattr(config if of_config else inputs, name) for name, of_config in _ARG_SOURCES]
+    values[_SEED_INDEX] = torch.tensor(inputs.seed, dtype=torch.int64) if seed is None else seed
+    return values
 
 
 def _op_inputs(args, read_seed: bool = True) -> RecurrenceInputs:
     """The inverse of :func:`op_arguments` (seed 0 where it cannot be read: fake tensors)."""
-    values = dict(zip(_INPUT_ARGS, args, strict=True))
-    config = RecurrenceConfig(**{name: values.pop(name) for name in _CONFIG_FIELDS})
+    if len(args) != len(_INPUT_ARGS):
+        raise TypeError(f"expected {len(_INPUT_ARGS)} op arguments, got {len(args)}")
+    values = dict(zip(_OTHER_ARGS, (*args[: _CONFIG_SLICE.start], *args[_CONFIG_SLICE.stop :])))
+    try:
+        config = _shared_config(*args[_CONFIG_SLICE])
+    except TypeError:  # an unhashable value (a symbolic scalar while tracing)
+        config = RecurrenceConfig(*args[_CONFIG_SLICE])
     seed = values[_SEED_FIELD]
     values[_SEED_FIELD] = int(seed) if read_seed and isinstance(seed, torch.Tensor) else 0
     return RecurrenceInputs(config=config, **values)
-
-
-def _empty_like_absent(reference_tensor: torch.Tensor) -> torch.Tensor:
-    return reference_tensor.new_empty(0)
 
 
 def _result_shapes(inputs: RecurrenceInputs) -> list[tuple[tuple[int, ...], torch.dtype]]:
@@ -100,9 +118,30 @@ def _result_shapes(inputs: RecurrenceInputs) -> list[tuple[tuple[int, ...], torc
     ]
 
 
-def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
-    """A custom op's outputs may not alias its inputs or each other: copy one that does
-    (for example a backend whose saved tuple holds its own output).
+def _storage_address(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _absent_results(inputs: RecurrenceInputs) -> tuple[bool, ...]:
+    """Which of the op's first ``_NUM_RESULTS`` outputs are placeholders (see
+    :func:`_result_shapes`, whose 0-size entries these are)."""
+    has_c = inputs.config.has_cell_state
+    stats = inputs.config.norm == "batch" and inputs.training
+    return (
+        False,
+        False,
+        not has_c,
+        not stats,
+        not stats,
+        not (stats and has_c),
+        not (stats and has_c),
+    )
+
+
+def _unaliased(result: torch.Tensor, taken: set[int]) -> torch.Tensor:
+    """A custom op's outputs may not alias its inputs or each other: copy one that does (for
+    example a backend whose saved tuple holds its own output). ``taken`` holds the storage
+    addresses of the non-empty inputs and of the results so far; this result's is added.
 
     A result that is a view of one of the backend's intermediates (``torch.stack`` may
     return one) is detached from its base: autograd would otherwise treat it as a view made
@@ -111,11 +150,14 @@ def _unaliased(result: torch.Tensor, others: list) -> torch.Tensor:
     """
     if result.numel() == 0:  # placeholders: one shared empty tensor would alias itself
         return result.new_empty(result.shape)
-    for t in others:
-        if isinstance(t, torch.Tensor) and t.numel():
-            if t.untyped_storage().data_ptr() == result.untyped_storage().data_ptr():
-                return result.clone()
-    return result.detach() if result._is_view() else result
+    address = _storage_address(result)
+    if address in taken:
+        result = result.clone()
+        address = _storage_address(result)
+    elif result._is_view():
+        result = result.detach()
+    taken.add(address)
+    return result
 
 
 def _recurrence_impl(*args) -> list[torch.Tensor]:
@@ -123,12 +165,18 @@ def _recurrence_impl(*args) -> list[torch.Tensor]:
     validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
     outputs, saved = module.forward(inputs)
+    if not inputs.needs_grad:  # no backward can follow: return nothing for one
+        saved = ()
     results = [outputs.output, outputs.h_n, outputs.c_n]
     results += [getattr(outputs, f) for f in _STAT_FIELDS]
-    results = [_empty_like_absent(inputs.xg) if r is None else r for r in results]
-    returned: list[torch.Tensor] = []
-    for r in [*results, *saved]:
-        returned.append(_unaliased(r, [*args[: len(_TENSOR_ARGS)], *returned]))
+    taken = {
+        _storage_address(t)
+        for t in args[: len(_TENSOR_ARGS)]
+        if isinstance(t, torch.Tensor) and t.numel()
+    }
+    returned = [
+        inputs.xg.new_empty(0) if r is None else _unaliased(r, taken) for r in (*results, *saved)
+    ]
     ran = torch.tensor(_BACKEND_NAMES.index(module.NAME), dtype=torch.int64)
     return [*returned[:_NUM_RESULTS], ran, *returned[_NUM_RESULTS:]]
 
@@ -149,7 +197,8 @@ def _recurrence_op_fake(*args):
     xg = inputs.xg
     results = [xg.new_empty(shape, dtype=dtype) for shape, dtype in _result_shapes(inputs)]
     ran = xg.new_empty((), dtype=torch.int64, device="cpu")
-    return [*results, ran, *module.saved_like(inputs)]
+    saved = module.saved_like(inputs) if inputs.needs_grad else ()
+    return [*results, ran, *saved]
 
 
 def _recurrence_backward_impl(
@@ -161,15 +210,19 @@ def _recurrence_backward_impl(
     module = backends.load(_BACKEND_NAMES[int(backend)])
     grads = module.backward(inputs, tuple(saved), grad_output, grad_h_n, grad_c_n)
     result = []
-    tensors = [getattr(inputs, name) for name in _TENSOR_ARGS]
+    taken = {
+        _storage_address(t)
+        for t in (*args[: len(_TENSOR_ARGS)], grad_output, grad_h_n)
+        if isinstance(t, torch.Tensor) and t.numel()
+    }
     for field in RecurrenceInputs.GRAD_FIELDS:
         value = getattr(inputs, field)
         if value is None:
-            result.append(_empty_like_absent(inputs.xg))
+            result.append(inputs.xg.new_empty(0))
         elif grads.get(field) is None:
             result.append(torch.zeros_like(value))
         else:
-            result.append(_unaliased(grads[field], [*tensors, grad_output, grad_h_n]))
+            result.append(_unaliased(grads[field], taken))
     return result
 
 
@@ -299,6 +352,35 @@ def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple
     return results, module.NAME
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _calls_impl_directly(args: list, needs_grad: bool) -> bool:
+    """Whether calling the op's implementation is the same as calling the op, so that the
+    dispatcher's fixed cost per call (tens of microseconds, a B=1 layer's order of magnitude)
+    can be skipped.
+
+    It is when nothing could see the op other than its own CPU kernel: no gradient is needed
+    (the autograd kernel then only redispatches), eager mode (not compiling, not jit tracing),
+    no profiler (a profile shows the op), no dispatch or torch-function mode (FakeTensorMode,
+    FunctionalTensorMode, ``with torch.device(...)``, ...) and every tensor a plain CPU
+    ``Tensor`` or ``Parameter`` (no subclass, no meta tensor: those dispatch elsewhere). The
+    caller has already routed torch.func transforms away (``_functorch_active``). The kernel
+    is ``_recurrence_impl`` itself, which returns no output that aliases an input or another
+    output (the dispatcher's one check of a custom op's results).
+    """
+    if needs_grad or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
+        return False
+    if torch.autograd.profiler._is_profiler_enabled:
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(
+        t is None or (type(t) in _PLAIN_TENSOR_TYPES and t.device.type == "cpu")
+        for t in args[: len(_TENSOR_ARGS)]
+    )
+
+
 def recurrence(
     inputs: RecurrenceInputs,
     backend: str = "auto",
@@ -317,18 +399,19 @@ def recurrence(
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in vars(inputs).values()
     )
-    inputs = inputs.replace(needs_grad=needs_grad)
+    if inputs.needs_grad != needs_grad:
+        inputs = inputs.replace(needs_grad=needs_grad)
     if _functorch_active():
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
         results, ran = _reference_recurrence(inputs, backend)
     else:
-        outputs = _recurrence_op(*op_arguments(inputs, seed), backend)
-        # Placeholders (absent c_n / statistics) back to None; the shapes say which are absent.
-        shapes = _result_shapes(inputs)
+        args = op_arguments(inputs, seed)
+        run = _recurrence_impl if _calls_impl_directly(args, needs_grad) else _recurrence_op
+        outputs = run(*args, backend)
+        # Placeholders (absent c_n / statistics) back to None; the configuration says which.
         results = tuple(
-            None if i >= 2 and shapes[i][0] == (0,) else r
-            for i, r in enumerate(outputs[:_NUM_RESULTS])
+            None if absent else r for r, absent in zip(outputs, _absent_results(inputs))
         )
         ran = None if torch.compiler.is_compiling() else _BACKEND_NAMES[int(outputs[_NUM_RESULTS])]
     if backends_ran is not None and ran is not None:

@@ -24,13 +24,13 @@ if fusedrnn.available_backends().get("triton") is None:
     BACKENDS.append("triton")  # the interpreter on a CPU machine
 
 
-def _op_args(backend: str, cell: str, norm: str, training: bool):
+def _op_args(backend: str, cell: str, norm: str, training: bool, needs_grad: bool = True):
     hidden, batch, steps = 3, 2, 4
     gates = {"lstm": 4, "gru": 3}[cell] * hidden
     dtype = torch.float32 if backend == "triton" else torch.float64
 
     def rand(*shape):
-        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+        return torch.randn(*shape, dtype=dtype, requires_grad=needs_grad)
 
     lstm = cell == "lstm"
     has_norm = norm != "none"
@@ -64,6 +64,7 @@ def _op_args(backend: str, cell: str, norm: str, training: bool):
         seed=1234,
         layer=1,
         direction=1,
+        needs_grad=needs_grad,
     )
     return [*functional.op_arguments(inputs), backend]
 
@@ -77,6 +78,17 @@ def test_opcheck(backend, cell, norm, training):
     result = torch.library.opcheck(
         recurrence_op._recurrence_op, _op_args(backend, cell, norm, training)
     )
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize(("cell", "norm"), [("lstm", "batch"), ("gru", "none")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_without_grad(backend, cell, norm):
+    """With needs_grad=False the op returns no saved tensors: the fake implementation agrees."""
+    args = _op_args(backend, cell, norm, training=False, needs_grad=False)
+    outputs = recurrence_op._recurrence_op(*args)
+    assert len(outputs) == recurrence_op._NUM_RESULTS + 1  # the results and the backend index
+    result = torch.library.opcheck(recurrence_op._recurrence_op, args)
     assert all(v == "SUCCESS" for v in result.values()), result
 
 

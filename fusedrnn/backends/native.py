@@ -208,18 +208,22 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
             t["running_mean_c"] = _c(inputs.running_mean_c)
             t["running_var_c"] = _c(inputs.running_var_c)
     for name, tensor in t.items():
-        if name != "xg":
-            setattr(p, name, _ptr(tensor))
+        if name != "xg" and tensor is not None:  # the params' pointers start as null
+            setattr(p, name, tensor.data_ptr())
     p.xg = xg.data_ptr()
     p.xg_stride_t, p.xg_stride_b = xg.stride(0), xg.stride(1)
     return t
 
 
 def _allocate_saved(
-    inputs: RecurrenceInputs, allocate, save: bool = True
+    inputs: RecurrenceInputs,
+    allocate,
+    save: bool = True,
+    unused: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
-    a slot is unused. ``allocate(shape, dtype, device)`` makes each one. ``save=False``
+    a slot is unused (``unused`` in every such slot when given, else one allocated each).
+    ``allocate(shape, dtype, device)`` makes each one. ``save=False``
     (host inference: no gradient needed) leaves out the per-step gates, gru_hn, c_tilde and
     c_state, which the native forward then keeps for one step only; "out" is the output
     either way (the caller drops it from the saved tuple)."""
@@ -229,25 +233,31 @@ def _allocate_saved(
     acc = accumulate_dtype(dtype)
     lstm, norm = cfg.cell == "lstm", cfg.norm
 
-    def unused():
-        return allocate((0,), acc, device)
+    def unused_slot():
+        return allocate((0,), acc, device) if unused is None else unused
 
     per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
     per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
     return {
         "out": allocate((steps, batch, cfg.out_size), dtype, device),
-        "gates": allocate((steps, batch, n), acc, device) if save else unused(),
+        "gates": allocate((steps, batch, n), acc, device) if save else unused_slot(),
         "gru_hn": allocate((steps, batch, hidden), acc, device)
         if cfg.cell == "gru" and save
-        else unused(),
-        "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused(),
-        "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused(),
-        "c_tilde": allocate((steps, batch, hidden), acc, device) if lstm and save else unused(),
-        "c_state": allocate((steps, batch, hidden), acc, device) if lstm and save else unused(),
+        else unused_slot(),
+        "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused_slot(),
+        "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused_slot(),
+        "c_tilde": allocate((steps, batch, hidden), acc, device)
+        if lstm and save
+        else unused_slot(),
+        "c_state": allocate((steps, batch, hidden), acc, device)
+        if lstm and save
+        else unused_slot(),
         "xhat_c": allocate((steps, batch, hidden), acc, device)
         if lstm and norm != "none"
-        else unused(),
-        "rstd_c": allocate(per_step_rows_c, acc, device) if lstm and norm != "none" else unused(),
+        else unused_slot(),
+        "rstd_c": allocate(per_step_rows_c, acc, device)
+        if lstm and norm != "none"
+        else unused_slot(),
     }
 
 
@@ -309,7 +319,9 @@ def launch_forward(
     steps, batch, n, hidden, out_size, dtype, device, acc, lstm, norm = sizes
     bn_train = norm == "batch" and inputs.training
 
-    saved = _allocate_saved(inputs, _empty, save)
+    # One empty tensor for the unused slots: the op gives each empty result its own (custom-op
+    # outputs may not alias), and drops the saved tuple when no gradient is needed.
+    saved = _allocate_saved(inputs, _empty, save, unused=torch.empty(0, dtype=acc, device=device))
     out = saved["out"]
     h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
@@ -324,8 +336,8 @@ def launch_forward(
     p.out, p.out_stride_t, p.out_stride_b = out.data_ptr(), out.stride(0), out.stride(1)
     p.h_n, p.c_n = h_n.data_ptr(), _ptr(c_n)
     for name, tensor in saved.items():
-        if name != "out":
-            setattr(p, name, tensor.data_ptr() if tensor.numel() > 0 else 0)
+        if name != "out" and tensor.numel() > 0:  # the params' pointers start as null
+            setattr(p, name, tensor.data_ptr())
     for name, tensor in stats.items():
         setattr(p, name, tensor.data_ptr())
     if batch > 0:
