@@ -44,9 +44,9 @@ Block sizes (chosen by the launcher)
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
 
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
-helper per direction (kernels/primitives.py: ``load_w_hh_tile_forward``: the program's
-``G*BLOCK_U`` gate rows, transposed; ``load_w_hh_tile_backward``: the program's
-``BLOCK_U`` columns of one gate's rows), and keeps it on chip (shared memory or registers,
+helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
+gate rows, transposed; in backward the program's ``BLOCK_U`` columns of one gate's rows or of
+all of them), and keeps it on chip (shared memory or registers,
 the compiler's choice; the AOT test measures which) for all steps. Per step it is never
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
@@ -97,8 +97,7 @@ from .primitives import (
     gates_to_tile,
     grid_barrier,
     layer_norm_row_stats,
-    load_w_hh_tile_backward,
-    load_w_hh_tile_forward,
+    load_w_hh_tile,
     recurrent_dot,
     row_sums_across_programs,
     tanh,
@@ -283,12 +282,11 @@ def recurrence_forward_kernel(
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
     # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
     # memory, the dot's B operand).
-    w_t = load_w_hh_tile_forward(
+    w_t = load_w_hh_tile(
         w_hh_ptr,
-        gate_col,
-        ks,
-        col_in,
-        k_in,
+        gate_col[None, :],
+        ks[:, None],
+        k_in[:, None] & col_in[None, :],
         hidden,
         USE_WEIGHT_DROP,
         weight_drop_key,
@@ -636,12 +634,11 @@ def recurrence_backward_kernel(
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
     # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H).
     if GATE_DOTS:
-        w_gate0 = load_w_hh_tile_backward(
+        w_gate0 = load_w_hh_tile(
             w_hh_ptr,
-            ks,
-            units,
-            k_in,
-            unit_in,
+            ks[:, None],
+            units[None, :],
+            k_in[:, None] & unit_in[None, :],
             hidden,
             USE_WEIGHT_DROP,
             weight_drop_key,
@@ -650,12 +647,11 @@ def recurrence_backward_kernel(
             weight_drop_keep_scale,
         )
         if NUM_GATES > 1:
-            w_gate1 = load_w_hh_tile_backward(
+            w_gate1 = load_w_hh_tile(
                 w_hh_ptr,
-                hidden + ks,
-                units,
-                k_in,
-                unit_in,
+                (hidden + ks)[:, None],
+                units[None, :],
+                k_in[:, None] & unit_in[None, :],
                 hidden,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
@@ -664,12 +660,11 @@ def recurrence_backward_kernel(
                 weight_drop_keep_scale,
             )
         if NUM_GATES > 2:
-            w_gate2 = load_w_hh_tile_backward(
+            w_gate2 = load_w_hh_tile(
                 w_hh_ptr,
-                2 * hidden + ks,
-                units,
-                k_in,
-                unit_in,
+                (2 * hidden + ks)[:, None],
+                units[None, :],
+                k_in[:, None] & unit_in[None, :],
                 hidden,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
@@ -678,12 +673,11 @@ def recurrence_backward_kernel(
                 weight_drop_keep_scale,
             )
         if NUM_GATES > 3:
-            w_gate3 = load_w_hh_tile_backward(
+            w_gate3 = load_w_hh_tile(
                 w_hh_ptr,
-                3 * hidden + ks,
-                units,
-                k_in,
-                unit_in,
+                (3 * hidden + ks)[:, None],
+                units[None, :],
+                k_in[:, None] & unit_in[None, :],
                 hidden,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
@@ -694,12 +688,11 @@ def recurrence_backward_kernel(
     else:
         gate_rows = tl.arange(0, BLOCK_GH)
         gate_row_in = gate_rows < gate_width
-        w_gates = load_w_hh_tile_backward(
+        w_gates = load_w_hh_tile(
             w_hh_ptr,
-            gate_rows,
-            units,
-            gate_row_in,
-            unit_in,
+            gate_rows[:, None],
+            units[None, :],
+            gate_row_in[:, None] & unit_in[None, :],
             hidden,
             USE_WEIGHT_DROP,
             weight_drop_key,
