@@ -13,10 +13,19 @@ from torch import nn
 
 import fusedrnn
 
+_FLAGS_FROZEN_BEFORE = torch.backends.flags_frozen()
 common_modules = pytest.importorskip(
     "torch.testing._internal.common_modules",
     reason="torch.testing._internal needs expecttest (scripts/setup.sh installs it)",
 )
+if not _FLAGS_FROZEN_BEFORE:
+    # Importing torch's test utilities calls torch.backends.disable_global_flags() for the
+    # whole process (at collection), after which every other test file's plain assignment of
+    # a torch.backends flag (the TF32 fixtures of the Triton and CUDA tests) raises.
+    # torch.backends' module object wraps its namespace: reset the flag where the functions
+    # that read it look it up.
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+    assert not torch.backends.flags_frozen()
 
 HOST_REASON = fusedrnn.available_backends().get("host")
 pytestmark = pytest.mark.skipif(HOST_REASON is not None, reason=str(HOST_REASON))
