@@ -379,9 +379,12 @@ def test_older_files_stay_readable_with_their_own_verdict_rule(tmp_path: Path) -
     assert schema.row_verdict(host["W1"], torch_rows["W1"]) == schema.FASTER
     assert schema.row_verdict(host["W5"], torch_rows["W5"]) == schema.SIMILAR
     # other headers are still refused: a column that was never added later, or reordered
+    # (with or without the added columns)
+    older = [c for c in schema.COLUMNS if c not in ci_columns]
     for header in (
         [c for c in schema.COLUMNS if c != "median_ms"],
         [*schema.COLUMNS[1:], schema.COLUMNS[0]],
+        [*older[1:], older[0]],
     ):
         odd = tmp_path / "odd.csv"
         odd.write_text(",".join(header) + "\n")
