@@ -25,9 +25,12 @@ from pathlib import Path
 from . import providers, runner, workloads
 from .workloads import DTYPES, MODES
 
-# Quick mode's timed runs per provider: enough for a p20–p80 spread that is not two samples
-# (tiny shapes: about 10 s for the whole matrix on one CPU core).
-QUICK_REPEATS = 21
+# Quick mode's timed runs per provider. The verdict is taken from the 95 % confidence
+# interval of the median per-round ratio, [x_(k), x_(n+1-k)]: with 21 rounds k = 6, about
+# the ratios' p25–p75, hardly narrower than their p20–p80; with 41, k = 14, about p32–p68.
+# The whole `python -m bench --quick --no-plots` took 21 s with 21, 26 s with 41 and 34 s
+# with 63 rounds on the shared 2-core machine (load about 3).
+QUICK_REPEATS = 41
 # Quick mode's shortest timed sample: its calls take 0.1-1 ms, whose call-to-call jitter
 # (tens of percent) made the p20-p80 spreads so wide that a verdict could flip between two
 # runs; each sample averages as many back-to-back calls as take this long (see

@@ -227,7 +227,10 @@ def speedup_section(rows: list[dict[str, str]]) -> str:
         "",
         "Median time per call, and in bold the speed-up over torch.nn (median of the "
         "per-round ratios of interleaved runs, same device; >1 is faster than torch.nn: cuDNN "
-        "on a GPU); ≈ where the p20–p80 of the per-round ratios is not entirely beyond 1.1× (older runs: the two time spreads overlap or the ratio is within 1.1×).",
+        "on a GPU); ≈ where the 95 % confidence interval of that median (binomial order "
+        "statistics) is not entirely beyond 1.1× (older runs without it: the p20–p80 of the "
+        "per-round ratios, or before those the two time spreads overlap or the ratio is "
+        "within 1.1×).",
     ]
     for suite in ("workloads", "cpu", "sweep-batch", "sweep-hidden"):
         subset = [r for r in rows if r["suite"] == suite]
@@ -479,14 +482,14 @@ def readme_block(folder: Folder, readme: Path) -> str:
     if subset:  # the GPU workloads: speed-ups only
         lines.append(
             "Speed-up over torch.nn (median of the per-round ratios, same run; >1 is faster; "
-            "≈ where the p20–p80 of the per-round ratios is not entirely beyond 1.1×):"
+            "≈ where the 95 % CI of the median ratio is not entirely beyond 1.1×):"
         )
         providers, cell = [p for p in _providers(subset) if p != "torch"], _speedup_only
     else:  # a CPU-only report (the host targets C1/C2): medians and speed-ups
         subset = [r for r in folder.rows if r["suite"] == "cpu"]
         lines.append(
             "Median time per call and, in bold, speed-up over torch.nn (same run; >1 is "
-            "faster; ≈ where the p20–p80 of the per-round ratios is not entirely beyond 1.1×):"
+            "faster; ≈ where the 95 % CI of the median ratio is not entirely beyond 1.1×):"
         )
         providers, cell = _providers(subset), _speed_cell
     for mode in _modes(subset):

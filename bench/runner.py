@@ -203,10 +203,13 @@ class Session:
                 continue
             if "torch" in timings:  # interleaved with torch in this call: per-round ratios
                 ratios = paired_ratios(base, timing)
+                ci_low, ci_high = schema.median_ci(ratios)
                 rows[provider].update(
                     speedup_vs_torch=percentile(ratios, 50),
                     speedup_p20=percentile(ratios, 20),
                     speedup_p80=percentile(ratios, 80),
+                    speedup_ci_low=ci_low,
+                    speedup_ci_high=ci_high,
                 )
             else:  # torch's earlier, separate measurement: no rounds to pair, no verdict
                 rows[provider]["speedup_vs_torch"] = base.median_s / timing.median_s
@@ -468,7 +471,7 @@ def _spread_text(row: dict[str, object]) -> str:
 
 def _verdict_text(row: dict[str, object], base: dict[str, object] | None) -> str:
     """'2.10x faster' / '0.26x slower' (the median per-round ratio) per
-    :func:`bench.schema.row_verdict`, else '≈'."""
+    :func:`bench.schema.row_verdict` (the median's confidence interval), else '≈'."""
     strings = schema.as_strings
     judged = schema.row_verdict(strings(row), None if base is None else strings(base))
     if judged is None:
@@ -520,8 +523,9 @@ def format_table(rows: Iterable[dict[str, object]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         "(ms per call: median [p20–p80]; vs torch.nn: 'N.NNx faster|slower' (median of the "
-        "per-round ratios torch / provider) only where the p20–p80 spread of those ratios is "
-        f"entirely beyond {schema.MIN_EFFECT:g}x either way, '≈' otherwise)"
+        "per-round ratios torch / provider) only where the 95 % confidence interval of that "
+        f"median (binomial order statistics) is entirely beyond {schema.MIN_EFFECT:g}x either "
+        "way, '≈' otherwise)"
     )
     others = [r for r in rows if r["status"] != schema.STATUS_OK]
     if others:

@@ -9,7 +9,9 @@ same process, device and moment.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 # Column -> meaning. The order is the CSV's column order.
@@ -46,8 +48,12 @@ COLUMN_DOCS: dict[str, str] = {
     "floor_multiple": "median_ms / floor_ms",
     "speedup_vs_torch": "median over the rounds of torch's time / this provider's time, both "
     "timed in the same round of interleaved runs (same run, same case; empty if none)",
-    "speedup_p20": "20th percentile of those per-round ratios (empty if none)",
+    "speedup_p20": "20th percentile of those per-round ratios: their spread (empty if none)",
     "speedup_p80": "80th percentile of those per-round ratios (empty if none)",
+    "speedup_ci_low": "low end of the distribution-free 95 % confidence interval of the median "
+    "of those per-round ratios (binomial order statistics; 0 with fewer than 6 rounds; empty "
+    "if none): the verdict is taken from this interval",
+    "speedup_ci_high": "high end of that interval (inf with fewer than 6 rounds; empty if none)",
     "device": "cpu | cuda",
     "device_name": "GPU name, or the CPU model and thread count",
     "torch_version": "torch.__version__",
@@ -59,6 +65,10 @@ COLUMN_DOCS: dict[str, str] = {
     "notes": "anything else (for example torch.compile's compile time)",
 }
 COLUMNS: tuple[str, ...] = tuple(COLUMN_DOCS)
+# Columns added to the schema after files were first written, oldest first. A file whose
+# header is COLUMNS less some of these (an older file) is still read, those cells empty;
+# appending to it is refused (one file, one header).
+ADDED_COLUMNS: tuple[str, ...] = ("speedup_p20", "speedup_p80", "speedup_ci_low", "speedup_ci_high")
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -73,21 +83,58 @@ SIMILAR = "≈"
 # 0.83-1.05 for one pair over nine runs), so such a verdict would not survive a second run.
 MIN_EFFECT = 1.10
 
+# Each tail of the median's confidence interval may hold at most this probability: a 95 %
+# interval. Exact (a Fraction) so the rank is an exact binomial computation.
+CI_TAIL = Fraction(1, 40)
 
-def verdict(speedup_p20: float | None, speedup_p80: float | None) -> str | None:
-    """From the p20–p80 spread of the per-round ratios torch / provider of interleaved runs:
-    ``faster`` when even their p20 is above :data:`MIN_EFFECT`, ``slower`` when even their
-    p80 is below 1 / MIN_EFFECT, ``≈`` otherwise; None when unknown.
 
-    Why the ratios and not the two providers' own time spreads: a shared machine's speed
-    drifts over a case (another process's cache and memory traffic, the clock), which widens
-    both providers' spreads alike but cancels in each round's ratio, so the ratios' spread
-    separates what is real from what a second run would not reproduce."""
-    if speedup_p20 is None or speedup_p80 is None:
+def median_ci_rank(n: int) -> int:
+    """The rank k (1-based; 0 when none exists) of the order statistics [x_(k), x_(n+1-k)]
+    that form a distribution-free 95 % confidence interval of the median of n independent
+    samples: the largest k with P(Binomial(n, 1/2) < k) <= :data:`CI_TAIL`. (The median lies
+    below x_(k) only when fewer than k samples fall below it, which has that probability.)
+    With n < 6 even k = 1 has P = 2**-n > 2.5 %: no interval, k = 0."""
+    if n < 0:
+        raise ValueError(f"median_ci_rank: n must be >= 0, got {n}")
+    below = 0  # sum of comb(n, i) for i < k: P(Binomial(n, 1/2) < k) * 2**n
+    k = 0
+    while k < n and (below + math.comb(n, k)) <= CI_TAIL * 2**n:
+        below += math.comb(n, k)
+        k += 1
+    return k
+
+
+def median_ci(values: Sequence[float]) -> tuple[float, float]:
+    """The distribution-free 95 % confidence interval [x_(k), x_(n+1-k)] of the median of
+    ``values`` (positive ratios), k from :func:`median_ci_rank`; (0, inf) when there are too
+    few values for one (fewer than 6), which no verdict can come out of."""
+    if not values:
+        raise ValueError("median_ci of no values")
+    ordered = sorted(values)
+    k = median_ci_rank(len(ordered))
+    if k == 0:
+        return 0.0, math.inf
+    return ordered[k - 1], ordered[len(ordered) - k]
+
+
+def verdict(low: float | None, high: float | None) -> str | None:
+    """From an interval of the ratio torch / provider of interleaved runs: ``faster`` when
+    its low end is above :data:`MIN_EFFECT`, ``slower`` when its high end is below
+    1 / MIN_EFFECT, ``≈`` otherwise; None when unknown.
+
+    The interval is the 95 % confidence interval of the median per-round ratio
+    (``speedup_ci_low``/``speedup_ci_high``): "is the median ratio beyond 1.1x" is a question
+    about the median, and its interval narrows as rounds are added. Files written before
+    that interval was recorded pass the p20–p80 of the per-round ratios instead (their
+    spread, which does not narrow with more rounds and flipped heavy-tailed rows between
+    two runs). Why ratios and not the two providers' own time spreads: a shared machine's
+    speed drifts over a case (another process's cache and memory traffic, the clock), which
+    widens both providers' spreads alike but cancels in each round's ratio."""
+    if low is None or high is None:
         return None
-    if speedup_p20 > MIN_EFFECT:
+    if low > MIN_EFFECT:
         return FASTER
-    if speedup_p80 < 1 / MIN_EFFECT:
+    if high < 1 / MIN_EFFECT:
         return SLOWER
     return SIMILAR
 
@@ -108,14 +155,18 @@ def spread_verdict(
 
 
 def row_verdict(row: Mapping[str, str], base: Mapping[str, str] | None) -> str | None:
-    """:func:`verdict` of two CSV rows (``base``: torch's row of the same run and case);
-    rows without the ratio spread (older files) get :func:`spread_verdict`."""
+    """:func:`verdict` of two CSV rows (``base``: torch's row of the same run and case) from
+    the median's confidence interval; rows of older files without it: :func:`verdict` of
+    the ratios' p20–p80, and without those :func:`spread_verdict`."""
     if base is None or row.get("status") != STATUS_OK or base.get("status") != STATUS_OK:
         return None
-    ratio_p20 = as_float(row.get("speedup_p20"))
-    ratio_p80 = as_float(row.get("speedup_p80"))
-    if ratio_p20 is not None and ratio_p80 is not None:
-        return verdict(ratio_p20, ratio_p80)
+    for low_column, high_column in (
+        ("speedup_ci_low", "speedup_ci_high"),
+        ("speedup_p20", "speedup_p80"),
+    ):
+        low, high = as_float(row.get(low_column)), as_float(row.get(high_column))
+        if low is not None and high is not None:
+            return verdict(low, high)
     spreads = [as_float(r.get(c)) for r in (base, row) for c in ("p20_ms", "p80_ms")]
     if None in spreads:
         return None
@@ -205,13 +256,26 @@ def write_rows(path: Path | str, rows: Iterable[Mapping[str, object]]) -> Path:
     return Path(path)
 
 
+def is_older_header(header: Sequence[str]) -> bool:
+    """True when ``header`` is :data:`COLUMNS` less some of :data:`ADDED_COLUMNS` (a file
+    written before those columns existed)."""
+    missing = [name for name in COLUMNS if name not in header]
+    return (
+        bool(missing)
+        and all(name in ADDED_COLUMNS for name in missing)
+        and tuple(header) == tuple(name for name in COLUMNS if name not in missing)
+    )
+
+
 def read_rows(path: Path | str) -> list[dict[str, str]]:
-    """All rows of a CSV of this schema (values as strings; checks the header)."""
+    """All rows of a CSV of this schema (values as strings; checks the header). An older
+    file (:func:`is_older_header`) reads with its missing columns empty."""
     with Path(path).open(newline="") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
+        header = tuple(reader.fieldnames or ())
+        if header != COLUMNS and not is_older_header(header):
             raise SchemaError(f"{path}: header does not match bench/schema.py's COLUMNS")
-        return list(reader)
+        return [{name: row.get(name) or "" for name in COLUMNS} for row in reader]
 
 
 def as_float(value: str | None) -> float | None:

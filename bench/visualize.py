@@ -7,8 +7,10 @@
   (``floor_ms``) as a dashed line per workload, shapes in the tick labels; providers that
   did not run a workload are marked "skipped"/"error".
 * ``speedup_workloads.png``: speed-up over ``torch`` (median of the paired per-round
-  ratios) per workload, a line at 1, whiskers over the p20–p80 of those ratios and the
-  verdict above each bar (+ faster, − slower, ≈: that spread is not entirely beyond 1.1x).
+  ratios) per workload, a line at 1, whiskers over the p20–p80 of those ratios (their
+  spread) and the verdict above each bar (+ faster, − slower, ≈: the 95 % confidence
+  interval of the median ratio, ``speedup_ci_low``–``speedup_ci_high``, is not entirely
+  beyond 1.1x; older files: their p20–p80 is not).
 * ``tokens_workloads.png``: throughput (real tokens/s) with whiskers, and the floor model's
   ceiling (tokens / floor_ms).
 * Quick-mode runs are titled as such in red (tiny shapes).
@@ -105,7 +107,7 @@ def _value_and_spread(
     if base is None or not speedup:
         return None
     ratio_p20, ratio_p80 = (schema.as_float(row[c]) for c in ("speedup_p20", "speedup_p80"))
-    if ratio_p20 and ratio_p80:  # the spread the verdict is taken from
+    if ratio_p20 and ratio_p80:  # the spread of the ratios (the verdict: the median's CI)
         return speedup, min(speedup, ratio_p20), max(speedup, ratio_p80)
     b20, b80 = schema.as_float(base["p20_ms"]), schema.as_float(base["p80_ms"])
     if not b20 or not b80:
@@ -222,7 +224,7 @@ def workload_figure(rows: list[dict[str, str]], metric: str = "time", quick: boo
         ax.set_ylabel(METRICS[metric], fontsize=7)
         title = f"{mode}, {dtype}"
         if metric == "speedup":
-            title += "  (+ faster, − slower, ≈ ratio p20–p80 not beyond 1.1x)"
+            title += "  (+ faster, − slower, ≈: 95% CI of median ratio not beyond 1.1x)"
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3, which="both")
     for ax in axes[len(panels) :]:

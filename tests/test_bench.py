@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ is not installed: plain `pytest` must find it too
     sys.path.insert(0, str(REPO))
 
-from bench import cli, floor, providers, runner, schema, visualize, workloads  # noqa: E402
+from bench import cli, floor, providers, report, runner, schema, visualize, workloads  # noqa: E402
 from bench.timing import Timing, paired_ratio, percentile, time_interleaved  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +99,9 @@ def test_quick_lists_skipped_rows_with_reasons(quick_run: tuple[Path, str]) -> N
                 float(row[c]) for c in ("speedup_p20", "speedup_vs_torch", "speedup_p80")
             )
             assert low <= mid <= high, row
+            # and the median's confidence interval, which lies inside that spread at these n
+            ci_low, ci_high = (float(row[c]) for c in ("speedup_ci_low", "speedup_ci_high"))
+            assert low <= ci_low <= mid <= ci_high <= high, row
     # tiny calls are averaged into samples of at least QUICK_MIN_SAMPLE_MS, and say so
     torch_w1 = by_case[("W1", "forward", "torch")]
     assert "back-to-back calls" in torch_w1["notes"], torch_w1["notes"]
@@ -232,12 +236,75 @@ def test_percentile_matches_numpy() -> None:
         assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
 
 
-def test_verdict_needs_the_whole_ratio_spread_beyond_the_margin() -> None:
-    # (p20, p80 of the per-round ratios torch / provider): faster only when even the p20 is
-    # above 1.1, slower only when even the p80 is below 1/1.1
+def _binomial_half_cdf_below(n: int, k: int) -> Fraction:
+    """P(Binomial(n, 1/2) < k), exactly, by building the distribution one coin at a time
+    (Pascal's rule on probabilities; no binomial coefficients)."""
+    pmf = [Fraction(1)]
+    for _ in range(n):
+        pmf = [(a + b) / 2 for a, b in zip([Fraction(0), *pmf], [*pmf, Fraction(0)])]
+    return sum(pmf[:k], Fraction(0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 21, 41, 63])
+def test_median_ci_rank_is_the_largest_with_tail_at_most_2_5_percent(n: int) -> None:
+    allowed = [k for k in range(n + 1) if _binomial_half_cdf_below(n, k) <= Fraction(1, 40)]
+    assert schema.median_ci_rank(n) == max(allowed)
+    # the interval [x_(k), x_(n+1-k)] on 1..n is [k, n+1-k]; none below 6 values
+    values = [float(v) for v in range(n, 0, -1)]
+    k = max(allowed)
+    expected = (0.0, math.inf) if k == 0 else (float(k), float(n + 1 - k))
+    assert schema.median_ci(values) == expected
+
+
+def test_median_ci_rank_textbook_values() -> None:
+    # tables of the distribution-free 95 % interval of the median: n=6: (x1, x6), 96.9 %;
+    # n=10: (x2, x9), 97.9 %
+    assert schema.median_ci_rank(6) == 1
+    assert schema.median_ci_rank(10) == 2
+
+
+def _heavy_tailed_ratios(scale: float = 1.0) -> list[float]:
+    """41 per-round ratios: a core of 21 from 1.15 to 1.35 (median 1.25), 10 rounds far
+    below (a noisy spell that hit the provider) and 10 far above."""
+    low_tail = [0.5 + 0.05 * i for i in range(10)]  # 0.50..0.95
+    core = [1.15 + 0.01 * i for i in range(21)]
+    high_tail = [2.0 + 0.2 * i for i in range(10)]
+    return [r * scale for r in (*high_tail, *core, *low_tail)]
+
+
+def test_verdict_from_the_median_ci_where_the_p20_rule_said_similar() -> None:
+    ratios = _heavy_tailed_ratios()
+    assert math.isclose(percentile(ratios, 50), 1.25)
+    p20, p80 = percentile(ratios, 20), percentile(ratios, 80)
+    assert schema.verdict(p20, p80) == schema.SIMILAR  # the spread: p20 < 1.1
+    ci_low, ci_high = schema.median_ci(ratios)
+    assert ci_low > schema.MIN_EFFECT
+    assert schema.verdict(ci_low, ci_high) == schema.FASTER
+    row = {"status": "ok", "speedup_vs_torch": "1.25", "p20_ms": "1", "p80_ms": "2"}
+    row.update(speedup_p20=str(p20), speedup_p80=str(p80))
+    base = {"status": "ok", "p20_ms": "1", "p80_ms": "2"}
+    judged = dict(row, speedup_ci_low=str(ci_low), speedup_ci_high=str(ci_high))
+    assert schema.row_verdict(judged, base) == schema.FASTER  # the CI, not the p20
+    assert schema.row_verdict(row, base) == schema.SIMILAR  # an older file: the p20 rule
+    # mirrored: the provider takes 1.25x torch's time, with the same tails
+    slow = [1 / r for r in ratios]
+    assert schema.verdict(*schema.median_ci(slow)) == schema.SLOWER
+    assert schema.verdict(percentile(slow, 20), percentile(slow, 80)) == schema.SIMILAR
+    # a median of 1.125, at the margin: its interval reaches below 1.1, ≈
+    at_margin = _heavy_tailed_ratios(scale=0.9)
+    assert math.isclose(percentile(at_margin, 50), 1.125)
+    assert schema.verdict(*schema.median_ci(at_margin)) == schema.SIMILAR
+    # too few rounds for an interval: ≈ whatever they say
+    assert schema.verdict(*schema.median_ci([2.0] * 5)) == schema.SIMILAR
+    assert schema.verdict(*schema.median_ci([2.0] * 6)) == schema.FASTER
+
+
+def test_verdict_needs_the_whole_interval_beyond_the_margin() -> None:
+    # (low, high) of an interval of the ratio torch / provider: faster only when its low
+    # end is above 1.1, slower only when its high end is below 1/1.1
     assert schema.verdict(1.15, 1.3) == schema.FASTER
     assert schema.verdict(0.7, 0.85) == schema.SLOWER
-    assert schema.verdict(1.05, 1.5) == schema.SIMILAR  # median may be 1.2: p20 is not
+    assert schema.verdict(1.05, 1.5) == schema.SIMILAR  # median may be 1.2: the low end is not
     assert schema.verdict(0.6, 0.95) == schema.SIMILAR
     assert schema.verdict(0.95, 1.05) == schema.SIMILAR
     assert schema.verdict(1.1, 1.2) == schema.SIMILAR  # at the margin: not beyond it
@@ -266,6 +333,63 @@ def test_row_verdict_reads_the_ratio_spread_before_the_time_spreads() -> None:
     assert schema.row_verdict(dict(old, p80_ms="1.0"), base) == schema.SIMILAR  # touching
     assert schema.spread_verdict(1.0, 1.01, 0.95, 0.99, 1.05) == schema.SIMILAR  # < 1.1x
     assert schema.spread_verdict(1.0, 1.01, 1.1, 1.2, 1 / 1.15) == schema.SLOWER
+
+
+def _older_csv(path: Path, dropped: tuple[str, ...], rows: list[dict[str, str]]) -> None:
+    header = [c for c in schema.COLUMNS if c not in dropped]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([row.get(c, "") for c in header])
+
+
+def test_older_files_stay_readable_with_their_own_verdict_rule(tmp_path: Path) -> None:
+    rows = _measured_rows()  # W1 host: ratio spread 1.81..2.21; W5 host: 0.84..1.68
+    ci_columns = ("speedup_ci_low", "speedup_ci_high")
+    # a file from before the confidence interval: read, its CI cells empty, p20/p80 rule
+    before_ci = tmp_path / "before_ci" / "bench.csv"
+    before_ci.parent.mkdir()
+    _older_csv(before_ci, ci_columns, rows)
+    read = schema.read_rows(before_ci)
+    assert [tuple(r) for r in read] == [schema.COLUMNS] * len(rows)
+    assert all(r["speedup_ci_low"] == "" and r["speedup_ci_high"] == "" for r in read)
+    torch_rows = {r["workload"]: r for r in read if r["provider"] == "torch"}
+    host = {r["workload"]: r for r in read if r["provider"] == "host"}
+    assert schema.row_verdict(host["W1"], torch_rows["W1"]) == schema.FASTER
+    assert schema.row_verdict(host["W5"], torch_rows["W5"]) == schema.SIMILAR
+    # the table, the report and the plots read it
+    assert "2.00x faster" in runner.format_table(read)
+    assert "**2.00×**" in report.speedup_section(read)
+    drawn = visualize.plot_csv(before_ci, quick=False)
+    assert {p.name for p in drawn} >= {"workloads.png", "speedup_workloads.png"}
+    # appending to it is refused (one header per file); --fresh starts a new one
+    with pytest.raises(schema.SchemaError):
+        schema.CsvAppender(before_ci)
+    schema.CsvAppender(before_ci, fresh=True).ensure_header()
+    assert before_ci.read_text().splitlines()[0] == ",".join(schema.COLUMNS)
+    # a file from before the ratio spread too: the time-spread rule (W1 host: 1.9–2.1 ms
+    # against torch's 3.8–4.2, apart: faster; W5: they overlap, ≈)
+    oldest = tmp_path / "oldest.csv"
+    _older_csv(oldest, ("speedup_p20", "speedup_p80", *ci_columns), rows)
+    read = schema.read_rows(oldest)
+    torch_rows = {r["workload"]: r for r in read if r["provider"] == "torch"}
+    host = {r["workload"]: r for r in read if r["provider"] == "host"}
+    assert host["W1"]["speedup_p20"] == ""
+    assert schema.row_verdict(host["W1"], torch_rows["W1"]) == schema.FASTER
+    assert schema.row_verdict(host["W5"], torch_rows["W5"]) == schema.SIMILAR
+    # other headers are still refused: a column that was never added later, or reordered
+    # (with or without the added columns)
+    older = [c for c in schema.COLUMNS if c not in ci_columns]
+    for header in (
+        [c for c in schema.COLUMNS if c != "median_ms"],
+        [*schema.COLUMNS[1:], schema.COLUMNS[0]],
+        [*older[1:], older[0]],
+    ):
+        odd = tmp_path / "odd.csv"
+        odd.write_text(",".join(header) + "\n")
+        with pytest.raises(schema.SchemaError):
+            schema.read_rows(odd)
 
 
 def test_time_interleaved_rotates_rounds_and_pairs_them() -> None:
