@@ -43,6 +43,23 @@ std::vector<T> pack_b(int64_t K, int64_t N, Source src) {
   return packed;
 }
 
+// As pack_b, for a source whose column n is contiguous in k (B[k][n] = column(n)[k], a row
+// of W_hh or W_hr for the forward's B = W^T): one pointer per column and a unit-stride read,
+// instead of a column-index computation per element (the per-call pack is a B = 1 call's
+// largest native cost).
+template <class T, class Column>
+std::vector<T> pack_b_columns(int64_t K, int64_t N, Column column) {
+  constexpr int64_t P = GemmPanel<T>::kWidth;
+  const int64_t panels = (N + P - 1) / P;
+  std::vector<T> packed(static_cast<size_t>(panels * K * P), T(0));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* src = column(n);
+    T* dst = packed.data() + (n / P) * K * P + n % P;
+    for (int64_t k = 0; k < K; ++k) dst[k * P] = src[k];
+  }
+  return packed;
+}
+
 // C = A * B (accumulate = false) or C += A * B (accumulate = true).
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
                  float* C, int64_t ldc, bool accumulate);

@@ -222,12 +222,12 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
-    const std::vector<T> wp = pack_b<T>(P, nl, [&](int64_t k, int64_t c) {
-      return dropped.empty() ? w[col(c) * P + k] : dropped[c * P + k];
+    const std::vector<T> wp = pack_b_columns<T>(P, nl, [&](int64_t c) {
+      return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     });
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const std::vector<T> wrp =
-        proj ? pack_b<T>(H, pl, [&](int64_t k, int64_t q) { return w_hr[(so.j0 + q) * H + k]; })
+        proj ? pack_b_columns<T>(H, pl, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
              : std::vector<T>();
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
