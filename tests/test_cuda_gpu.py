@@ -209,11 +209,11 @@ def test_python_plan_is_the_native_plan(batch, hidden, dtype):
     base = make_inputs("lstm", "none", False, False, torch.float64, 2, batch, hidden)
     inputs = _to(base, dtype)
     for backward in (False, True):
-        plan = _plan_of(inputs, backward, cuda_backend.tf32_enabled())
+        plan = _plan_of(inputs, backward, cuda_backend.float32_uses_tf32())
         p = C.RecurrenceFwdParams()
         p.T, p.B, p.H, p.G = 2, batch, hidden, 4
         p.dtype = {F32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
-        p.allow_tf32 = cuda_backend.tf32_enabled()
+        p.allow_tf32 = cuda_backend.float32_uses_tf32()
         if plan["reason"]:
             with pytest.raises(RuntimeError, match=r"shared memory|co-resident"):
                 C.cuda_plan_grid(p, backward)

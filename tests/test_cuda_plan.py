@@ -311,7 +311,7 @@ def test_dispatch_refuses_with_the_plans_reason(monkeypatch):
     throwing; without gradients only the forward plan matters."""
     monkeypatch.setattr(native, "common_unsupported_reason", lambda *args: None)
     monkeypatch.setattr(cuda_backend, "device_limits", lambda device: dict(H100))
-    monkeypatch.setattr(cuda_backend, "tf32_enabled", lambda: False)
+    monkeypatch.setattr(cuda_backend, "float32_uses_tf32", lambda: False)
     reason = cuda_backend.unsupported_reason(_cuda_inputs(640, 1024, needs_grad=True))
     assert reason is not None and "backward kernel" in reason and "shared memory" in reason
     assert cuda_backend.unsupported_reason(_cuda_inputs(640, 1024, needs_grad=False)) is None
@@ -326,8 +326,8 @@ def test_tf32_flag_is_cudnn_rnn_precision(monkeypatch):
     before = rnn.fp32_precision
     try:
         rnn.fp32_precision = "tf32"
-        assert cuda_backend.tf32_enabled() is True
+        assert cuda_backend.float32_uses_tf32() is True
         rnn.fp32_precision = "ieee"
-        assert cuda_backend.tf32_enabled() is False
+        assert cuda_backend.float32_uses_tf32() is False
     finally:
         rnn.fp32_precision = before

@@ -32,6 +32,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'fuse
 
 from helpers import assert_by_rule, sample_baseline  # noqa: E402
 
+from fusedrnn.backends import base as backend_base  # noqa: E402
 from fusedrnn.backends import reference as reference_backend  # noqa: E402
 from fusedrnn.backends import triton as triton_backend  # noqa: E402
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs  # noqa: E402
@@ -214,19 +215,19 @@ def test_tf32_rule(monkeypatch):
 
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
     backends.cudnn.rnn.fp32_precision = "tf32"
-    assert triton_backend.float32_uses_tf32()
+    assert backend_base.float32_uses_tf32()
     assert precision(torch.float32) == {"INPUT_PRECISION": "tf32", "UPCAST_OPERANDS": False}
     assert precision(torch.bfloat16) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": False}
     backends.cudnn.rnn.fp32_precision = "ieee"
-    assert not triton_backend.float32_uses_tf32()
+    assert not backend_base.float32_uses_tf32()
     assert precision(torch.float32)["INPUT_PRECISION"] == "ieee"
     backends.cudnn.allow_tf32 = False  # the legacy setter: "none" everywhere -> exact
-    assert not triton_backend.float32_uses_tf32()
+    assert not backend_base.float32_uses_tf32()
     backends.cudnn.rnn.fp32_precision = "none"
     backends.cudnn.fp32_precision = "tf32"  # inherited by rnn
-    assert triton_backend.float32_uses_tf32()
+    assert backend_base.float32_uses_tf32()
     backends.cuda.matmul.fp32_precision = "ieee"  # cuBLAS's flag is not the RNN's
-    assert triton_backend.float32_uses_tf32()
+    assert backend_base.float32_uses_tf32()
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: True)
     assert precision(torch.float32) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": True}
 

@@ -303,3 +303,27 @@ class Backend(Protocol):
         ``grad_output [T, B, P]``, ``grad_h_n [B, P]``, ``grad_c_n [B, H]`` (None without a
         cell state).
         """
+
+
+def float32_uses_tf32() -> bool:
+    """Whether float32 recurrent products run on TF32 tensor cores (docs/kernels-v2.md §2).
+
+    The flag cuDNN's RNN reads (aten/src/ATen/native/cudnn/RNN.cpp passes
+    ``allowTF32CuDNN(Float32Op::RNN)`` to the RNN descriptor), so a float32 comparison with
+    torch.nn.LSTM on cuDNN is like for like: ``torch.backends.cudnn.rnn.fp32_precision``,
+    where "none" inherits from ``torch.backends.cudnn.fp32_precision`` and then
+    ``torch.backends.fp32_precision`` (TF32 iff the first setting that is not "none" is
+    "tf32"; the default is "tf32"; ``torch.backends.cudnn.allow_tf32 = False`` sets it to
+    "none" everywhere, i.e. exact). On a torch without those attributes: the legacy
+    ``torch.backends.cudnn.allow_tf32`` (never read on a newer torch: its getter raises when
+    the conv and rnn flags differ).
+    """
+    backends = torch.backends
+    rnn_flags = getattr(backends.cudnn, "rnn", None)
+    if rnn_flags is None or not hasattr(rnn_flags, "fp32_precision"):
+        return bool(backends.cudnn.allow_tf32)
+    for flags in (rnn_flags, backends.cudnn, backends):
+        precision = getattr(flags, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False

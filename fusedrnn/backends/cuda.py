@@ -8,7 +8,7 @@ never allocates, never synchronises the host and reports CUDA errors as exceptio
 gradients are one GEMM over all steps afterwards (cuBLAS through torch).
 
 float32, float16 and bfloat16 (float32 accumulation). The recurrent product runs on tensor
-cores (bf16/fp16 operands; float32 as TF32 when :func:`tf32_enabled`, else exact FP32 FMA)
+cores (bf16/fp16 operands; float32 as TF32 when :func:`~fusedrnn.backends.base.float32_uses_tf32` (the one TF32 rule), else exact FP32 FMA)
 whenever the block's ``W_hh`` slice fits in shared memory (docs/kernels-v2.md §5).
 ``proj_size`` is not supported.
 
@@ -28,7 +28,7 @@ import dataclasses
 import torch
 
 from . import native
-from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs
+from .base import Gradients, OutputGrad, RecurrenceInputs, RecurrenceOutputs, float32_uses_tf32
 
 NAME = "cuda"
 
@@ -37,17 +37,6 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # cudaDevAttrReservedSharedMemoryPerBlock on sm_80 and later (torch's device properties do not
 # report it; the native plan reads the attribute itself).
 _RESERVED_SMEM_PER_BLOCK = 1024
-
-
-def tf32_enabled() -> bool:
-    """Whether float32 recurrences use TF32 tensor cores: exactly what torch's cuDNN RNN reads
-    (docs/kernels-v2.md §2): ``torch.backends.cudnn.rnn.fp32_precision == "tf32"`` where
-    torch has it, else ``torch.backends.cudnn.allow_tf32``. Read once per call."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    precision = getattr(rnn, "fp32_precision", None)
-    if precision is not None:
-        return precision == "tf32"
-    return bool(torch.backends.cudnn.allow_tf32)
 
 
 def device_limits(device: torch.device) -> dict[str, int] | None:
@@ -112,7 +101,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if limits is None:
         return None
     for backward in (False, True) if inputs.needs_grad else (False,):
-        reason = launch_plan(inputs, backward, limits, tf32_enabled())["reason"]
+        reason = launch_plan(inputs, backward, limits, float32_uses_tf32())["reason"]
         if reason:
             return reason
     return None
@@ -139,7 +128,7 @@ def _workspace(backward: bool):
     def allocate(p) -> list[torch.Tensor]:
         C = native.native()
         device = torch.device("cuda", torch.cuda.current_device())
-        p.allow_tf32 = tf32_enabled()
+        p.allow_tf32 = float32_uses_tf32()
         grid = int(C.cuda_plan_grid(p, backward))
         hin = native._empty((2 * p.B * p.H,), torch.float32, device)
         stats = native._empty((2 * p.B * grid * 4,), torch.float32, device)

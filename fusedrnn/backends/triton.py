@@ -276,35 +276,11 @@ def _mask_weight_grad(inputs: RecurrenceInputs, grad: torch.Tensor) -> None:
     )
 
 
-def float32_uses_tf32() -> bool:
-    """Whether float32 recurrent products run on TF32 tensor cores (docs/kernels-v2.md §2).
-
-    The flag cuDNN's RNN reads (aten/src/ATen/native/cudnn/RNN.cpp passes
-    ``allowTF32CuDNN(Float32Op::RNN)`` to the RNN descriptor), so a float32 comparison with
-    torch.nn.LSTM on cuDNN is like for like: ``torch.backends.cudnn.rnn.fp32_precision``,
-    where "none" inherits from ``torch.backends.cudnn.fp32_precision`` and then
-    ``torch.backends.fp32_precision`` (TF32 iff the first setting that is not "none" is
-    "tf32"; the default is "tf32"; ``torch.backends.cudnn.allow_tf32 = False`` sets it to
-    "none" everywhere, i.e. exact). On a torch without those attributes: the legacy
-    ``torch.backends.cudnn.allow_tf32`` (never read on a newer torch: its getter raises when
-    the conv and rnn flags differ).
-    """
-    backends = torch.backends
-    rnn_flags = getattr(backends.cudnn, "rnn", None)
-    if rnn_flags is None or not hasattr(rnn_flags, "fp32_precision"):
-        return bool(backends.cudnn.allow_tf32)
-    for flags in (rnn_flags, backends.cudnn, backends):
-        precision = getattr(flags, "fp32_precision", "none")
-        if precision != "none":
-            return precision == "tf32"
-    return False
-
-
 def _dot_precision(dtype: torch.dtype) -> dict:
     """The kernels' dot meta-parameters: the interpreter multiplies in exact float32 (numpy
     has no bf16 or TF32 product); on a GPU half-precision operands go to the tensor cores as
-    they are and float32 ones follow float32_uses_tf32(), read once per call."""
-    tf32 = dtype == torch.float32 and not _interpreting() and float32_uses_tf32()
+    they are and float32 ones follow base.float32_uses_tf32(), read once per call."""
+    tf32 = dtype == torch.float32 and not _interpreting() and base.float32_uses_tf32()
     return {"INPUT_PRECISION": "tf32" if tf32 else "ieee", "UPCAST_OPERANDS": _interpreting()}
 
 
