@@ -10,6 +10,7 @@
 // (multiversion.h), so a wheel-like build needs no -march flag (see CMakeLists.txt).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -28,34 +29,24 @@ struct GemmPanel<double> {
   static constexpr int64_t kWidth = 8;
 };
 
-// Packs B[k][n] = src(k, n) for k < K, n < N into panels; returns the packed buffer.
-template <class T, class Source>
-std::vector<T> pack_b(int64_t K, int64_t N, Source src) {
+// Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N into panels (zero-padded) and
+// returns the packed buffer. One pointer per column: a source whose columns are rows of a
+// matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its columns (k_stride = the
+// row length: the backward's B = W), without an index computation per element (the per-call
+// pack is a B = 1 call's largest native cost). Within a panel the k loop is outer, so a
+// k_stride > 1 source is read along its rows.
+template <class T, class Column>
+std::vector<T> pack_b(int64_t K, int64_t N, int64_t k_stride, Column column) {
   constexpr int64_t P = GemmPanel<T>::kWidth;
   const int64_t panels = (N + P - 1) / P;
   std::vector<T> packed(static_cast<size_t>(panels * K * P), T(0));
   for (int64_t p = 0; p < panels; ++p) {
+    const int64_t width = std::min<int64_t>(P, N - p * P);
+    const T* src[P];
+    for (int64_t q = 0; q < width; ++q) src[q] = column(p * P + q);
     T* dst = packed.data() + p * K * P;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t q = 0; q < P && p * P + q < N; ++q) dst[k * P + q] = src(k, p * P + q);
-    }
-  }
-  return packed;
-}
-
-// As pack_b, for a source whose column n is contiguous in k (B[k][n] = column(n)[k], a row
-// of W_hh or W_hr for the forward's B = W^T): one pointer per column and a unit-stride read,
-// instead of a column-index computation per element (the per-call pack is a B = 1 call's
-// largest native cost).
-template <class T, class Column>
-std::vector<T> pack_b_columns(int64_t K, int64_t N, Column column) {
-  constexpr int64_t P = GemmPanel<T>::kWidth;
-  const int64_t panels = (N + P - 1) / P;
-  std::vector<T> packed(static_cast<size_t>(panels * K * P), T(0));
-  for (int64_t n = 0; n < N; ++n) {
-    const T* src = column(n);
-    T* dst = packed.data() + (n / P) * K * P + n % P;
-    for (int64_t k = 0; k < K; ++k) dst[k * P] = src[k];
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t q = 0; q < width; ++q) dst[k * P + q] = src[q][k * k_stride];
   }
   return packed;
 }

@@ -222,12 +222,12 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
-    const std::vector<T> wp = pack_b_columns<T>(P, nl, [&](int64_t c) {
+    const std::vector<T> wp = pack_b<T>(P, nl, 1, [&](int64_t c) {
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     });
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const std::vector<T> wrp =
-        proj ? pack_b_columns<T>(H, pl, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
+        proj ? pack_b<T>(H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
              : std::vector<T>();
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
@@ -315,12 +315,13 @@ void backward_impl(const RecurrenceBwdParams& p) {
     // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk] (W_hh is [N, P]).
     const std::vector<T> dropped =
         cm.dropped_weight(p, w, P, N, [](int64_t n) { return n; }, so.j0, pl);
-    const std::vector<T> wp = pack_b<T>(N, pl, [&](int64_t n, int64_t kk) {
-      return dropped.empty() ? w[n * P + so.j0 + kk] : dropped[n * pl + kk];
-    });
+    const std::vector<T> wp =
+        dropped.empty()
+            ? pack_b<T>(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
+            : pack_b<T>(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
     const std::vector<T> wrp =
-        proj ? pack_b<T>(P, hl, [&](int64_t q, int64_t jj) { return w_hr[q * H + sl.j0 + jj]; })
+        proj ? pack_b<T>(P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
              : std::vector<T>();
     const std::vector<T> mh = cm.dropout_mask(p, so);
     // Over own units of h: d(h_t), its part for h_{t-1}, d(h~) (the projection's output with
