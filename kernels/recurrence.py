@@ -137,20 +137,186 @@ def _rows_cols_offsets(t, batch, rows, cols, width):
 
 
 @triton.jit
-def _gate_product(
-    operand_ptrs,
-    operand_mask,
-    w_gate,
+def _load_resident_tiles(
+    w_hh_ptr,
+    n_index,
+    n_in,
+    k_total,
+    hidden,
+    K_IS_W_ROW: tl.constexpr,
+    K_TILES: tl.constexpr,
+    BLOCK_KR: tl.constexpr,
+    USE_WEIGHT_DROP: tl.constexpr,
+    weight_drop_key,
+    weight_drop_base,
+    weight_drop_p,
+    weight_drop_keep_scale,
+):
+    """A program's resident share of W_hh as ``K_TILES`` tiles [BLOCK_KR, N] (a tuple, tile
+    ``c`` = K rows ``c * BLOCK_KR ...``): element (k, n) is ``W_hh[k, n_index[n]]``
+    (``K_IS_W_ROW``: the backward's gate rows) or ``W_hh[n_index[n], k]`` (the forward's
+    transposed gate rows), 0 for ``k >= k_total``. Loaded once per launch through
+    :func:`load_w_hh_tile` (weight drop applies there)."""
+    tiles = ()
+    for tile in tl.static_range(K_TILES):
+        ks = tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
+        if K_IS_W_ROW:
+            w_rows = ks[:, None]
+            w_cols = n_index[None, :]
+        else:
+            w_rows = n_index[None, :]
+            w_cols = ks[:, None]
+        # Concatenation, not (*tiles, x): triton's code generator builds tuples this way.
+        tiles = tiles + (  # noqa: RUF005
+            load_w_hh_tile(
+                w_hh_ptr,
+                w_rows,
+                w_cols,
+                (ks < k_total)[:, None] & n_in[None, :],
+                hidden,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
+            ),
+        )
+    return tiles
+
+
+@triton.jit
+def _resident_product(
+    step_ptr,
+    width,
+    k_offset,
+    k_total,
+    batch,
+    w_tiles,
     acc,
+    OPERAND_DROPOUT: tl.constexpr,
+    seed,
+    dropout_base,
+    dropout_p,
+    dropout_keep_scale,
+    K_TILES: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
-    """One gate's share of the backward product: ``acc + dL/d acc[:, gate columns] @ W_gate``.
+    """``acc + operand @ W`` with W resident on chip as the tuple ``w_tiles`` of ``K_TILES``
+    K-chunk tiles (:func:`_load_resident_tiles`), ``acc`` float32 [BLOCK_B, N]; row ``r`` of
+    the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``.
 
-    The operand was written by every program before the barrier, so it is read from L2.
+    The operand was written by every program before the barrier, so it is read from L2. It
+    is taken ``BLOCK_R`` rows by one K tile at a time (static loops: one dot per piece, each
+    against a tile that stays on chip), so a dot holds and stages only ``[BLOCK_R, K /
+    K_TILES]`` of it: that is what lets B = 64 keep W_hh on chip at H = 1024 without
+    spilling. ``OPERAND_DROPOUT``: the operand is ``m_h * h``, each piece's mask drawn again.
     """
-    operand = tl.load(operand_ptrs, mask=operand_mask, other=0.0, cache_modifier=".cg")
-    return recurrent_dot(operand, w_gate, acc, INPUT_PRECISION, UPCAST_OPERANDS)
+    BLOCK_KR: tl.constexpr = w_tiles[0].shape[0]
+    CHUNKS: tl.constexpr = acc.shape[0] // BLOCK_R
+    WIDTH_N: tl.constexpr = acc.shape[1]
+    chunk_ids = tl.arange(0, CHUNKS)[:, None, None]
+    acc3 = tl.reshape(acc, (CHUNKS, BLOCK_R, WIDTH_N))
+    for chunk in tl.static_range(CHUNKS):
+        rows = chunk * BLOCK_R + tl.arange(0, BLOCK_R)
+        if CHUNKS == 1:
+            part = acc
+        else:
+            part = tl.zeros((BLOCK_R, WIDTH_N), tl.float32)
+        for tile in tl.static_range(K_TILES):
+            ks = tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
+            operand = tl.load(
+                step_ptr + rows[:, None] * width + k_offset + ks[None, :],
+                mask=(rows < batch)[:, None] & (ks < k_total)[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            if OPERAND_DROPOUT:
+                operand = operand * dropout_mask(
+                    seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale
+                )
+            part = recurrent_dot(operand, w_tiles[tile], part, INPUT_PRECISION, UPCAST_OPERANDS)
+        if CHUNKS == 1:
+            acc3 = part
+        else:
+            acc3 = acc3 + tl.where(chunk_ids == chunk, part[None, :, :], 0.0)
+    if CHUNKS == 1:
+        result = acc3
+    else:
+        result = tl.reshape(acc3, (CHUNKS * BLOCK_R, WIDTH_N))
+    return result
+
+
+@triton.jit
+def _streamed_product(
+    step_ptr,
+    width,
+    rows,
+    row_in,
+    k_total,
+    w_hh_ptr,
+    n_index,
+    n_in,
+    hidden,
+    K_IS_W_ROW: tl.constexpr,
+    USE_WEIGHT_DROP: tl.constexpr,
+    weight_drop_key,
+    weight_drop_base,
+    weight_drop_p,
+    weight_drop_keep_scale,
+    OPERAND_DROPOUT: tl.constexpr,
+    seed,
+    dropout_base,
+    dropout_p,
+    dropout_keep_scale,
+    acc,
+    STREAM_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """``acc + operand @ W`` with W_hh streamed from L2 in K-chunks of ``STREAM_K`` (shapes
+    whose W_hh does not fit on chip): row ``r`` of the operand is ``step_ptr[r * width + k]``
+    for ``k < k_total``; the tile's element (k, n) is ``W_hh[k, n_index[n]]``
+    (``K_IS_W_ROW``: the backward's gate rows) or ``W_hh[n_index[n], k]`` (the forward's
+    transposed gate rows). Each chunk goes through :func:`load_w_hh_tile`, so weight drop
+    applies as in the resident tiles. ``OPERAND_DROPOUT`` as in :func:`_resident_product`.
+    """
+    k0 = 0
+    while k0 < k_total:
+        ks = k0 + tl.arange(0, STREAM_K)
+        k_in = ks < k_total
+        operand = tl.load(
+            step_ptr + rows[:, None] * width + ks[None, :],
+            mask=row_in[:, None] & k_in[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        if OPERAND_DROPOUT:
+            operand = operand * dropout_mask(
+                seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale
+            )
+        if K_IS_W_ROW:
+            w_rows = ks[:, None]
+            w_cols = n_index[None, :]
+        else:
+            w_rows = n_index[None, :]
+            w_cols = ks[:, None]
+        w_chunk = load_w_hh_tile(
+            w_hh_ptr,
+            w_rows,
+            w_cols,
+            k_in[:, None] & n_in[None, :],
+            hidden,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+        )
+        acc = recurrent_dot(operand, w_chunk, acc, INPUT_PRECISION, UPCAST_OPERANDS)
+        k0 += STREAM_K
+    return acc
 
 
 @triton.jit
@@ -241,6 +407,9 @@ def recurrence_forward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_R: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
+    K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
+    STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
@@ -281,19 +450,24 @@ def recurrence_forward_kernel(
 
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
     # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
-    # memory, the dot's B operand).
-    w_t = load_w_hh_tile(
-        w_hh_ptr,
-        gate_col[None, :],
-        ks[:, None],
-        k_in[:, None] & col_in[None, :],
-        hidden,
-        USE_WEIGHT_DROP,
-        weight_drop_key,
-        weight_drop_base,
-        weight_drop_p,
-        weight_drop_keep_scale,
-    )
+    # memory, the dot's B operand). STREAM_K: too large for that, read per step in K-chunks.
+    # K_TILES > 1: held as that many K-chunk tiles (a tuple), one dot per tile.
+    if STREAM_K == 0:
+        w_tiles = _load_resident_tiles(
+            w_hh_ptr,
+            gate_col,
+            col_in,
+            hidden,
+            hidden,
+            False,
+            K_TILES,
+            BLOCK_H // K_TILES,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+        )
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -309,8 +483,11 @@ def recurrence_forward_kernel(
                     tl.float32
                 )
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
-    if USE_DROPOUT:
-        # One mask for all steps, over the full row of h that enters the dot.
+    # One dropout mask for all steps, over the full row of h that enters the dot (the chunked
+    # products draw each chunk's share again per step instead of holding [B, H]).
+    ONE_DOT: tl.constexpr = STREAM_K == 0 and BLOCK_R == BLOCK_B and K_TILES == 1
+    HOLD_DROPOUT_MASK: tl.constexpr = USE_DROPOUT and ONE_DOT
+    if HOLD_DROPOUT_MASK:
         m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
 
     own_offsets = rows[:, None] * hidden + units[None, :]
@@ -336,21 +513,69 @@ def recurrence_forward_kernel(
         step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
 
         # 1-2. the recurrent product for this program's gate columns.
-        h_full = tl.load(
-            h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, hidden),
-            mask=row_in[:, None] & k_in[None, :],
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        if USE_DROPOUT:
-            h_full = h_full * m_h_full
-        acc = recurrent_dot(
-            h_full,
-            w_t,
-            tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
-            INPUT_PRECISION,
-            UPCAST_OPERANDS,
-        )
+        h_step_ptr = h_prev_ptr + t64 * batch * hidden
+        if STREAM_K > 0:
+            acc = _streamed_product(
+                h_step_ptr,
+                hidden,
+                rows,
+                row_in,
+                hidden,
+                w_hh_ptr,
+                gate_col,
+                col_in,
+                hidden,
+                False,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
+                USE_DROPOUT,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+                STREAM_K,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+        elif ONE_DOT:
+            h_full = tl.load(
+                h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, hidden),
+                mask=row_in[:, None] & k_in[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            if USE_DROPOUT:
+                h_full = h_full * m_h_full
+            acc = recurrent_dot(
+                h_full,
+                w_tiles[0],
+                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+        else:
+            acc = _resident_product(
+                h_step_ptr,
+                hidden,
+                0,
+                hidden,
+                batch,
+                w_tiles,
+                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+                USE_DROPOUT,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                K_TILES,
+                BLOCK_R,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
 
         # 3. normalisation of W_hh h, bias.
         if NORM == NORM_BATCH:
@@ -588,6 +813,9 @@ def recurrence_backward_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_GH: tl.constexpr,  # next power of two >= G*H (the one dot's K when not GATE_DOTS)
     GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
+    BLOCK_R: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
+    K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
+    STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
@@ -632,8 +860,11 @@ def recurrence_backward_kernel(
 
     # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
-    # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H).
-    if GATE_DOTS:
+    # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H). STREAM_K: none held,
+    # the gate rows are read per step in K-chunks.
+    if STREAM_K > 0:
+        pass
+    elif GATE_DOTS:
         w_gate0 = load_w_hh_tile(
             w_hh_ptr,
             ks[:, None],
@@ -686,14 +917,15 @@ def recurrence_backward_kernel(
                 weight_drop_keep_scale,
             )
     else:
-        gate_rows = tl.arange(0, BLOCK_GH)
-        gate_row_in = gate_rows < gate_width
-        w_gates = load_w_hh_tile(
+        w_gates = _load_resident_tiles(
             w_hh_ptr,
-            gate_rows[:, None],
-            units[None, :],
-            gate_row_in[:, None] & unit_in[None, :],
+            units,
+            unit_in,
+            gate_width,
             hidden,
+            True,
+            K_TILES,
+            BLOCK_GH // K_TILES,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -879,51 +1111,128 @@ def recurrence_backward_kernel(
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
-        if GATE_DOTS:
-            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
-            d_acc_step = grad_acc_ptr + _rows_cols_offsets(t, batch, rows, ks, gate_width)
-            d_acc_mask = row_in[:, None] & k_in[None, :]
-            dh_recurrent = _gate_product(
+        d_acc_step = grad_acc_ptr + t64 * batch * gate_width
+        if STREAM_K > 0:
+            #    W_hh[:, units] streamed: K = G*H gate rows in chunks of STREAM_K.
+            dh_recurrent = _streamed_product(
                 d_acc_step,
-                d_acc_mask,
-                w_gate0,
+                gate_width,
+                rows,
+                row_in,
+                gate_width,
+                w_hh_ptr,
+                units,
+                unit_in,
+                hidden,
+                True,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
+                False,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
                 tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                STREAM_K,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+        elif GATE_DOTS:
+            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
+            dh_recurrent = _resident_product(
+                d_acc_step,
+                gate_width,
+                0,
+                hidden,
+                batch,
+                (w_gate0,),
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                False,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                1,
+                BLOCK_R,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
             if NUM_GATES > 1:
-                dh_recurrent = _gate_product(
-                    d_acc_step + hidden,
-                    d_acc_mask,
-                    w_gate1,
+                dh_recurrent = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    hidden,
+                    hidden,
+                    batch,
+                    (w_gate1,),
                     dh_recurrent,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    1,
+                    BLOCK_R,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
             if NUM_GATES > 2:
-                dh_recurrent = _gate_product(
-                    d_acc_step + 2 * hidden,
-                    d_acc_mask,
-                    w_gate2,
+                dh_recurrent = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    2 * hidden,
+                    hidden,
+                    batch,
+                    (w_gate2,),
                     dh_recurrent,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    1,
+                    BLOCK_R,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
             if NUM_GATES > 3:
-                dh_recurrent = _gate_product(
-                    d_acc_step + 3 * hidden,
-                    d_acc_mask,
-                    w_gate3,
+                dh_recurrent = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    3 * hidden,
+                    hidden,
+                    batch,
+                    (w_gate3,),
                     dh_recurrent,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    1,
+                    BLOCK_R,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
         else:
-            dh_recurrent = _gate_product(
-                grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gate_rows, gate_width),
-                row_in[:, None] & gate_row_in[None, :],
+            dh_recurrent = _resident_product(
+                d_acc_step,
+                gate_width,
+                0,
+                gate_width,
+                batch,
                 w_gates,
                 tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                False,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                K_TILES,
+                BLOCK_R,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )

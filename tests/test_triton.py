@@ -347,6 +347,119 @@ def test_half_precision(poisoned, dtype, cell, regularizer):
     assert_matches_reference(make_inputs(cell, regularizer, dtype=dtype, lengths=LENGTHS))
 
 
+# The launcher's paths for shapes beyond one dot (fusedrnn/backends/triton.py _geometry): on a
+# GPU B = 64 at H = 1024 takes its operand in row pieces and K tiles of the resident W_hh,
+# and H = 2048 streams W_hh from L2 in K-chunks. The test-only knobs force them at small,
+# awkward sizes (H = 7: the last K tile / chunk is partial; 8 rows in pieces of 2).
+LARGE_SHAPE_PATHS = {
+    "row-pieces": {"INTERPRETER_ROWS_PER_DOT": 2},
+    "k-tiles": {"INTERPRETER_K_TILES": 2},
+    "rows-and-k-tiles": {"INTERPRETER_ROWS_PER_DOT": 4, "INTERPRETER_K_TILES": 4},
+    "streamed": {"INTERPRETER_STREAM_K": 4},
+}
+LARGE_SHAPE_CASES = [
+    ("lstm", "all_layer_norm", torch.float32),
+    ("gru", "all_batch_norm", torch.bfloat16),
+    ("lstm", "weight_drop", torch.float16),
+    ("gru", "recurrent_dropout", torch.float32),
+    ("rnn_tanh", "zoneout", torch.bfloat16),
+]
+
+
+def force_large_shape_path(monkeypatch, path: str, inputs: RecurrenceInputs) -> dict:
+    """Set the path's knobs; returns the geometry the launcher then uses for ``inputs``."""
+    for name, value in LARGE_SHAPE_PATHS[path].items():
+        monkeypatch.setattr(triton_backend, name, value)
+    geo = triton_backend._geometry(
+        inputs.xg.shape[1], inputs.config.hidden_size, inputs.config.num_gates, "cpu",
+        inputs.xg.dtype,
+    )  # fmt: skip
+    knobs = LARGE_SHAPE_PATHS[path]
+    assert geo["stream_k"] == knobs.get("INTERPRETER_STREAM_K", 0)
+    assert geo["rows_forward"] == geo["rows_backward"] < geo["BLOCK_B"] or (
+        "INTERPRETER_ROWS_PER_DOT" not in knobs
+    )
+    assert geo["k_tiles_forward"] == knobs.get("INTERPRETER_K_TILES", 1)
+    return geo
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(("cell", "regularizer", "dtype"), LARGE_SHAPE_CASES)
+@pytest.mark.parametrize("path", list(LARGE_SHAPE_PATHS))
+def test_large_shape_paths(poisoned, monkeypatch, path, cell, regularizer, dtype):
+    """Row pieces, K tiles of the resident W_hh and the streamed W_hh give the reference's
+    outputs, statistics and gradients, forward and backward, for each cell and norm."""
+    inputs = make_inputs(
+        cell, regularizer, hidden=7, dtype=dtype, lengths=LENGTHS, reverse=cell == "gru"
+    )
+    force_large_shape_path(monkeypatch, path, inputs)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("path", ["rows-and-k-tiles", "streamed"])
+def test_large_shape_paths_awkward_batch(poisoned, monkeypatch, path):
+    """5 rows (pieces of 4: the second has one real row) and H = 17 (K tiles of 8 on a
+    32-wide block: two tiles are partly or wholly padding; streamed chunks of 4)."""
+    inputs = make_inputs("lstm", "all_batch_norm", batch=5, hidden=17, steps=3)
+    force_large_shape_path(monkeypatch, path, inputs)
+    assert_matches_reference(inputs)
+
+
+def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16, arch=90):
+    """The launcher's geometry and reason on an A100 / H100 (its properties faked, nothing
+    launched): the envelope's decisions, checkable without a GPU."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", triton_aot.fake_device_properties(arch)
+    )
+    gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+    geo = triton_backend._geometry(batch, hidden, gates, "cuda", dtype)
+    return geo, triton_backend._resource_reason(geo)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (17, 500), (64, 128)])
+def test_envelope_keeps_w_hh_on_chip(monkeypatch, batch, hidden, cell, dtype):
+    """W1 / W6a (H = 512 at B = 16) keep W_hh on chip on an H100, split over at most one
+    program per SM, the same programs in both kernels, within shared memory."""
+    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype)
+    assert reason is None, reason
+    assert geo["stream_k"] == 0, geo.get("stream_reason")
+    assert geo["programs"] <= geo["sms"]
+    shared = triton_backend._shared_memory_bytes(geo)
+    assert max(shared.values()) <= geo["shared_limit"], shared
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("batch", "hidden"), [(64, 1024), (16, 2048), (8, 4093), (64, 2048)], ids=str
+)
+def test_envelope_streams_larger_w_hh(monkeypatch, batch, hidden, dtype):
+    """Beyond what one dot holds on chip (W2 / W6b: B = 64 at H = 1024; bf16 LSTM W_hh at
+    H = 2048 is 32 MiB), the launcher streams W_hh from L2 in K-chunks instead of refusing,
+    says why, and keeps both kernels on the same programs within shared memory."""
+    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, "lstm", dtype)
+    assert reason is None, reason
+    assert geo["stream_k"] > 0
+    assert "streamed from L2" in geo["stream_reason"] and "too large" in geo["stream_reason"]
+    assert geo["programs"] <= geo["sms"]
+    shared = triton_backend._shared_memory_bytes(geo)
+    assert max(shared.values()) <= geo["shared_limit"], shared
+
+
+def test_envelope_refuses_with_a_reason(monkeypatch):
+    """Beyond the streamed path's own limits (the per-program gate-column tile), dispatch
+    gets a reason instead of a launch."""
+    _, reason = _gpu_geometry(monkeypatch, 256, 16384, "lstm", torch.bfloat16)
+    assert reason is not None and "too large" in reason and "gate-column tile" in reason
+
+
 @pytest.mark.interpreter
 @needs_backend
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -581,9 +694,21 @@ def test_gpu_no_recompile_for_new_lengths():
 @needs_gpu
 def test_gpu_too_large_is_unsupported_not_a_crash():
     reason = triton_backend.unsupported_reason(
-        make_inputs("lstm", "none", hidden=2048, device="cuda")
+        make_inputs("lstm", "none", batch=256, hidden=16384, steps=1, device="cuda")
     )
     assert reason is not None and "too large" in reason
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize(("batch", "hidden"), [(64, 1024), (16, 2048)], ids=["W2", "streamed"])
+def test_gpu_large_shapes_match_reference(poisoned, batch, hidden):
+    """W2's row pieces and K tiles, and H = 2048's streamed W_hh, on the GPU (bf16)."""
+    inputs = make_inputs(
+        "lstm", "none", steps=3, batch=batch, hidden=hidden, dtype=torch.bfloat16, device="cuda"
+    )
+    assert triton_backend.unsupported_reason(inputs) is None
+    assert_matches_reference(inputs)
 
 
 # ----------------------------------------------------------------------------------------

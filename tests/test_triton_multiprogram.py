@@ -18,6 +18,7 @@ from test_triton import (
     CELLS,
     LENGTHS,
     assert_matches_reference,
+    force_large_shape_path,
     make_inputs,
     needs_backend,
     poisoned,  # noqa: F401 - a fixture, used through pytestmark
@@ -93,4 +94,24 @@ def test_multi_program_half_precision(cell, dtype):
     )
     batch, gates = inputs.xg.shape[1], inputs.config.num_gates
     assert not triton_backend._geometry(batch, HIDDEN, gates, "cpu", dtype)["gate_dots"]
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    ("cell", "regularizer", "dtype"),
+    [
+        ("lstm", "all_layer_norm", torch.bfloat16),
+        ("gru", "all_batch_norm", torch.float32),
+        ("lstm", "weight_drop", torch.float32),
+    ],
+)
+@pytest.mark.parametrize("path", ["rows-and-k-tiles", "streamed"])
+def test_multi_program_large_shape_paths(monkeypatch, path, cell, regularizer, dtype):
+    """The row pieces and K tiles of the resident W_hh (B = 64 at H = 1024 on a GPU) and the
+    streamed W_hh (H = 2048), split over the programs: each program's tiles / chunks of its
+    own gate columns, the operand read back from every program's writes."""
+    inputs = make_inputs(
+        cell, regularizer, hidden=HIDDEN, dtype=dtype, reverse=cell == "gru", lengths=LENGTHS
+    )
+    force_large_shape_path(monkeypatch, path, inputs)
     assert_matches_reference(inputs)

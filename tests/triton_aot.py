@@ -213,13 +213,22 @@ def _launcher_inputs(case: dict, hidden: int):
 
 
 def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tuple[int, str]:
-    """The largest hidden size the launcher accepts for ``case`` on the target (its envelope
-    boundary), and the launcher's reason for rejecting one unit more."""
+    """The largest hidden size the launcher accepts for ``case`` on the target with W_hh on
+    chip (its resident envelope's boundary), and the launcher's reason for streaming W_hh
+    (or rejecting the shape) one unit more."""
     from fusedrnn.backends import triton as triton_backend
 
     def reason(hidden: int) -> str | None:
+        """The launcher's reason to reject, or to stream W_hh instead of holding it on chip."""
         with recorded_launches(arch):
-            return triton_backend.unsupported_reason(_on_fake_cuda(_launcher_inputs(case, hidden)))
+            inputs = _on_fake_cuda(_launcher_inputs(case, hidden))
+            rejected = triton_backend.unsupported_reason(inputs)
+            if rejected is not None:
+                return rejected
+            geometry = triton_backend._geometry(
+                case["batch"], hidden, inputs.config.num_gates, "cuda", inputs.xg.dtype
+            )
+            return geometry.get("stream_reason")
 
     if reason(1) is not None:
         raise ValueError(f"the launcher rejects {case} at hidden=1: {reason(1)}")
@@ -284,6 +293,9 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "num_warps": kwargs["num_warps"],
                 "shared": compiled.metadata.shared,
                 "predicted_shared": predicted[which],
+                "rows_per_dot": geometry[f"rows_{which}"],
+                "k_tiles": geometry[f"k_tiles_{which}"],
+                "stream_k": geometry["stream_k"],
                 "shared_limit": TARGETS[arch]["shared_limit"],
                 "cubin_bytes": len(compiled.asm["cubin"]),
                 "spill_stores": spill_stores,

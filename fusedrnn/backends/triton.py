@@ -40,6 +40,20 @@ _MAX_BATCH = 256
 # every unit, as the interpreter runs programs one after another. The multi-program tests set
 # it while tests/triton_concurrent.py runs the grid's programs concurrently in threads.
 INTERPRETER_UNITS_PER_PROGRAM: int | None = None
+# Test-only, also under the interpreter: rows per recurrent dot (a power of two; None: all
+# rows in one dot) and the K-chunk of the streamed-W_hh path (a power of two; None: W_hh
+# resident), so CPU tests run the paths the launcher picks for large shapes on a GPU.
+INTERPRETER_ROWS_PER_DOT: int | None = None
+INTERPRETER_STREAM_K: int | None = None
+INTERPRETER_K_TILES: int = 1  # K-chunk tiles of the resident W_hh (a power of two)
+# The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
+_STREAM_K = 64
+# Smallest units per program on a GPU (the backward dot's N): mma's n8, so a grid of up to
+# H / 8 programs can split W_hh when H / 16 programs would not hold it on chip.
+_MIN_UNITS = 8
+# Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
+# piece sits in registers before it is staged, so a larger one spills.
+_MAX_OPERAND_PIECE = _MAX_TILE_ELEMENTS
 _SAVED_FIELDS = (
     "h_prev",
     "c_prev",
@@ -86,39 +100,115 @@ def _geometry(
     the backward has as many programs as the forward, and W_hh's bytes per program are the
     same in both (the forward holds its ``G*units`` rows, the backward the ``units`` columns
     of every gate).
+
+    On a GPU the first configuration that fits (``_shape_reason``) is taken, in this order:
+    W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), then with
+    twice as many (``units`` >= 8), each with every row and all of K in one dot; else W_hh
+    streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
+    saying why it is not resident. ``rows_*`` / ``k_tiles_*`` (row pieces and K tiles of the
+    resident product) are set only by the interpreter knobs (see the comment below).
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
-    if _interpreting():
-        block_b = _next_power_of_2(batch)
-        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
-        extra = {"wgmma": False}
-    else:
-        # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
-        # triton 3.6-3.8): batch rows, K, and units (the backward's N; the forward's N is
-        # GATES_PAD times that).
-        properties = torch.cuda.get_device_properties(device)
-        sms = properties.multi_processor_count
-        block_b = max(16, _next_power_of_2(batch))
-        block_h = max(16, block_h)
-        units = max(16, _next_power_of_2(-(-hidden // sms)))
-        # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once M = BLOCK_B >= 64,
-        # which allocates shared memory differently from mma.sync (_shared_memory_bytes).
-        extra = {"sms": sms, "wgmma": properties.major >= 9 and block_b >= 64}
-    return {
+    common = {
         "GATES_PAD": gates_pad,
-        "BLOCK_B": block_b,
-        "BLOCK_H": block_h,
-        "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
+        "num_gates": num_gates,
+        "element_bytes": torch.empty((), dtype=dtype).element_size(),
         # float32: one dot per gate (the tiles stay in shared memory, one operand staging
         # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
         # into warp-replicated registers by the compiler, and spill).
         "gate_dots": dtype == torch.float32,
+    }
+    if _interpreting():
+        block_b = _next_power_of_2(batch)
+        units = INTERPRETER_UNITS_PER_PROGRAM or block_h
+        rows = min(INTERPRETER_ROWS_PER_DOT or block_b, block_b)
+        return _configured(
+            common, block_b, block_h, num_gates, hidden, units, rows, rows,
+            INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
+            sms=None, shared_limit=None, wgmma_arch=False,
+        )  # fmt: skip
+    # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
+    # triton 3.6-3.8) except the backward's N = units (>= 8, mma's n8): batch rows, K.
+    properties = torch.cuda.get_device_properties(device)
+    sms = properties.multi_processor_count
+    shared_limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
+    block_b = max(16, _next_power_of_2(batch))
+    block_h = max(16, block_h)
+    fewest = max(16, _next_power_of_2(-(-hidden // sms)))
+    # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once a dot's M >= 64, which
+    # allocates shared memory differently from mma.sync (_shared_memory_bytes).
+    device_args = {"sms": sms, "shared_limit": shared_limit, "wgmma_arch": properties.major >= 9}
+    why = None
+    for units in (fewest, fewest // 2):
+        if units < _MIN_UNITS or -(-hidden // units) > sms:
+            continue
+        chosen = {}
+        for kernel in ("forward", "backward"):
+            # Every row and all of K in one dot. The kernels' row pieces and K tiles of the
+            # resident W_hh (BLOCK_R < BLOCK_B, K_TILES > 1; the interpreter tests run them)
+            # fit shared memory at B = 64, H = 1024, but compiled for sm_90a (triton 3.8)
+            # they spill 2.5-3.3 KB forward and 15-31 KB backward: the unrolled pieces'
+            # operand loads are all in flight and the compiler moves W_hh tiles into
+            # registers. Streaming from L2 is the faster choice there until that is solved.
+            geo = _configured(
+                common, block_b, block_h, num_gates, hidden, units, block_b, block_b, 1, 1, 0,
+                **device_args,
+            )  # fmt: skip
+            reason = _shape_reason(geo, kernel)
+            if reason is None:
+                chosen[kernel] = (block_b, 1)
+            else:
+                why = reason
+        if len(chosen) == 2:
+            return _configured(
+                common, block_b, block_h, num_gates, hidden, units,
+                chosen["forward"][0], chosen["backward"][0],
+                chosen["forward"][1], chosen["backward"][1], 0, **device_args,
+            )  # fmt: skip
+    geo = _configured(
+        common, block_b, block_h, num_gates, hidden, fewest, block_b, block_b, 1, 1, _STREAM_K,
+        **device_args,
+    )  # fmt: skip
+    geo["stream_reason"] = f"W_hh does not stay on chip ({why}): streamed from L2 in K-chunks"
+    return geo
+
+
+def _configured(
+    common: dict,
+    block_b: int,
+    block_h: int,
+    num_gates: int,
+    hidden: int,
+    units: int,
+    rows_forward: int,
+    rows_backward: int,
+    k_tiles_forward: int,
+    k_tiles_backward: int,
+    stream_k: int,
+    *,
+    sms: int | None,
+    shared_limit: int | None,
+    wgmma_arch: bool,
+) -> dict:
+    """One candidate geometry (see _geometry); ``wgmma_*``: whether that kernel's dots have
+    M >= 64 rows on sm_90 (triton then emits wgmma)."""
+    return {
+        **common,
+        "BLOCK_B": block_b,
+        "BLOCK_H": block_h,
+        "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
         "units": units,
         "programs": -(-hidden // units),
-        "num_gates": num_gates,
-        "element_bytes": torch.empty((), dtype=dtype).element_size(),
-        **extra,
+        "rows_forward": rows_forward,
+        "rows_backward": rows_backward,
+        "k_tiles_forward": k_tiles_forward,
+        "k_tiles_backward": k_tiles_backward,
+        "stream_k": stream_k,
+        "sms": sms,
+        "shared_limit": shared_limit,
+        "wgmma_forward": wgmma_arch and rows_forward >= 64,
+        "wgmma_backward": wgmma_arch and rows_backward >= 64,
     }
 
 
@@ -126,56 +216,81 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     """Shared memory of each kernel: an upper bound, close to what triton 3.8 allocates for
     sm_80 / sm_90a (tests/test_triton_aot.py checks both sides on the compiled kernels);
     ``e`` = the dtype's bytes, ``N`` = the forward's gate columns ``G*units``, K = the
-    backward's ``G*H`` padded to a power of two. The W_hh tiles stay in shared memory for
-    the whole loop (or move to registers), each dot stages its per-step operand, and with
-    wgmma (sm_90, B >= 64) the float32 accumulator's layout conversions take scratch space.
+    backward's ``G*H`` padded to a power of two, ``R`` = the kernel's rows per dot (all
+    ``B`` rows, or a chunk of them: the staging is per dot, the chunks reuse it). The W_hh
+    tiles stay in shared memory for the whole loop (or move to registers), each dot stages
+    its per-step operand, and with wgmma (sm_90, R >= 64) the float32 accumulator's layout
+    conversions take scratch space.
 
-    * forward, one dot ``[B, H] x [H, N]``: ``e*H*N + 4*B*H`` (the W tile and the float32
+    * forward, one dot ``[R, H] x [H, N]``: ``e*H*N + 4*R*H`` (the W tile and the float32
       ``h`` staging; exact for float32, for bf16 / fp16 the compiler may round ``h`` first or
-      keep it in registers); wgmma: ``e*H*N + 4*B*max(H, N)``;
-    * backward, float32, one dot per gate ``[B, H] x [H, units]``: the G gate tiles and one
-      staging buffer, ``4 * (G*H*units + B*H)``, plus ``4*B*units`` scratch with wgmma;
-    * backward, bf16 / fp16, one dot ``[B, K] x [K, units]``: ``e * (B + units) * K`` below
+      keep it in registers); wgmma: ``e*H*N + 4*R*max(H, N)``;
+    * backward, float32, one dot per gate ``[R, H] x [H, units]``: the G gate tiles and one
+      staging buffer, ``4 * (G*H*units + R*H)``, plus ``4*R*units`` scratch with wgmma;
+    * backward, bf16 / fp16, one dot ``[R, K] x [K, units]``: ``e * (R + units) * K`` below
       64 rows (mma.sync stages both operands in the dtype); from 64 rows the float32 operand
-      is staged before rounding, ``4*B*K``, plus the W tile ``e*K*units`` with wgmma.
+      is staged before rounding, ``4*R*K``, plus the W tile ``e*K*units`` with wgmma.
+    * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + 4*B*S``
+      forward and ``e*S*units + 4*B*S`` backward.
     """
-    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
-    n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
-    forward = e * h * n + 4 * b * (max(h, n) if wgmma else h)
+    h, u, e = geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    n, k, s = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["stream_k"]
+    wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
+    if s:
+        b = geo["BLOCK_B"]
+        return {
+            "forward": e * s * n + (4 if wgmma_f else e) * b * s,
+            "backward": e * s * u + (4 if wgmma_b else e) * b * s,
+        }
+    rf, rb = geo["rows_forward"], geo["rows_backward"]
+    hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
+    forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf)
     if geo["gate_dots"]:
-        backward = 4 * (geo["num_gates"] * h * u + b * h + (b * u if wgmma else 0))
-    elif b < 64:
-        backward = e * (b + u) * k
+        backward = 4 * (geo["num_gates"] * h * u + rb * h + (rb * u if wgmma_b else 0))
+    elif rb < 64:
+        backward = e * (u * k + rb * kb)
     else:
-        backward = 4 * b * k + (e * k * u if wgmma else 0)
+        backward = 4 * rb * kb + (e * k * u if wgmma_b else 0)
     return {"forward": forward, "backward": backward}
 
 
-def _resource_reason(geo: dict, device: torch.device) -> str | None:
-    """Why one program of either kernel would not fit on an SM, or None."""
-    tiles = {
-        "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
-        "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
-    }
-    if not geo["gate_dots"]:
-        tiles["backward gradient row block [B, G*H]"] = geo["BLOCK_B"] * geo["BLOCK_GH"]
+def _shape_reason(geo: dict, kernel: str) -> str | None:
+    """Why one program of ``kernel`` ("forward" / "backward") would not fit on an SM, or None:
+    a register tile beyond _MAX_TILE_ELEMENTS, or shared memory beyond the device's."""
+    s = geo["stream_k"]
+    gate_columns = geo["GATES_PAD"] * geo["units"]
+    tiles = {"gate-column tile [B, G*units]": geo["BLOCK_B"] * gate_columns}
+    if kernel == "forward":
+        if s:
+            tiles["h chunk [B, K-chunk]"] = geo["BLOCK_B"] * s
+        else:
+            piece = geo["rows_forward"] * geo["BLOCK_H"] // geo["k_tiles_forward"]
+            tiles["h piece [rows, H / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
+            tiles["W_hh slice [H, gate columns]"] = geo["BLOCK_H"] * gate_columns
+    elif not geo["gate_dots"] and not s:
+        piece = geo["rows_backward"] * geo["BLOCK_GH"] // geo["k_tiles_backward"]
+        tiles["backward gradient piece [rows, G*H / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
         tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
-    for what, elements in tiles.items():
-        if elements > _MAX_TILE_ELEMENTS:
+    for what, size in tiles.items():
+        elements, limit = size if isinstance(size, tuple) else (size, _MAX_TILE_ELEMENTS)
+        if elements > limit:
             return (
-                f"shape too large for on-chip tiles ({what} has {elements} > "
-                f"{_MAX_TILE_ELEMENTS} elements; the CUDA or reference backend handles it)"
+                f"shape too large for on-chip tiles ({what} has {elements} > {limit} "
+                "elements; the CUDA or reference backend handles it)"
             )
-    properties = torch.cuda.get_device_properties(device)
-    limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
-    for kernel, needed in _shared_memory_bytes(geo).items():
-        if needed > limit:
-            return (
-                f"shape too large: the {kernel} kernel would need {needed} bytes of shared "
-                f"memory per program, the GPU has {limit} (the CUDA or reference backend "
-                "handles it)"
-            )
+    needed, limit = _shared_memory_bytes(geo)[kernel], geo["shared_limit"]
+    if needed > limit:
+        return (
+            f"shape too large: the {kernel} kernel would need {needed} bytes of shared "
+            f"memory per program, the GPU has {limit} (the CUDA or reference backend "
+            "handles it)"
+        )
     return None
+
+
+def _resource_reason(geo: dict) -> str | None:
+    """Why one program of either kernel would not fit on an SM, or None."""
+    return _shape_reason(geo, "forward") or _shape_reason(geo, "backward")
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
@@ -203,7 +318,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
         geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype)
-        return _resource_reason(geo, device)
+        return _resource_reason(geo)
     return None
 
 
@@ -436,6 +551,9 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         BLOCK_B=geo["BLOCK_B"],
         BLOCK_U=block_u,
         BLOCK_H=geo["BLOCK_H"],
+        BLOCK_R=geo["rows_forward"],
+        K_TILES=geo["k_tiles_forward"],
+        STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
         num_warps=_num_warps(
             geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
@@ -535,6 +653,9 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             BLOCK_H=geo["BLOCK_H"],
             BLOCK_GH=geo["BLOCK_GH"],
             GATE_DOTS=geo["gate_dots"],
+            BLOCK_R=geo["rows_backward"],
+            K_TILES=geo["k_tiles_backward"],
+            STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             num_warps=_num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
