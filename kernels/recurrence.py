@@ -51,11 +51,14 @@ the compiler's choice; the AOT test measures which) for all steps. Per step it i
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
 Limits: every dot stages its operands in shared memory (launcher: ``_shared_memory_bytes``,
-checked against the compiled kernels), and each dot takes its whole K at once, so the
-envelope ends where that staging exceeds the device's shared memory (on an H100: LSTM / GRU
-H <= 512 at B <= 16 in every dtype, so W1 and W6a; B = 64 only to H = 128-256). The launcher
-reports larger shapes as unsupported (dispatch falls back). Beyond: N-chunks of batch rows
-and K-chunks with W streamed from L2 (docs/kernels-v2.md §6; not built).
+checked against the compiled kernels). With W_hh resident the envelope ends where that
+staging exceeds the device's shared memory (on an H100: LSTM / GRU H <= 512 at B <= 16 in
+every dtype, so W1 and W6a; B = 64 only to H = 128-256). Beyond it ``STREAM_K`` > 0: W_hh is
+read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
+the same ``load_w_hh_tile``), which takes W2, W6b and H = 2048. ``BLOCK_R`` < ``BLOCK_B``
+(row pieces) and ``K_TILES`` > 1 (the resident W_hh as a tuple of K tiles) split the resident
+product into smaller dots (``_resident_product``); only the interpreter tests select them
+today (compiled for sm_90a they spill: docs/design.md §5.2).
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
