@@ -267,7 +267,7 @@ class HopperAssumptions:
 
 
 HOPPER = HopperAssumptions()
-STEP_DESIGNS = ("cuda", "cuda-splitk", "triton", "cluster")
+STEP_DESIGNS = ("cuda", "cuda-splitk", "triton", "triton-streamed", "cluster")
 STEP_DIRECTIONS = ("forward", "backward")
 STEP_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Transcendentals per (unit, batch row) of the cell; each costs two MUFU ops (ex2 + rcp).
@@ -326,7 +326,7 @@ def _mma_plan(
     N = W's rows. wgmma needs M in 64s (one warpgroup), mma.sync M in 16s, N in 8s; Triton's
     tl.dot needs every dimension >= 16.
     """
-    n_multiple = 16 if design == "triton" else 8
+    n_multiple = 16 if design.startswith("triton") else 8
     best: tuple[int, str, str, tuple[int, int, int]] | None = None
     for w_operand, m, n in (("A", rows_w, batch), ("B", batch, rows_w)):
         instruction = "ffma" if not tensor_cores else ("wgmma" if m >= 64 else "mma.sync")
@@ -372,7 +372,10 @@ def _step_model_for_ctas(
     register_room = int(hw.register_file_bytes * hw.w_register_fraction)
     if instruction == "wgmma" and w_operand == "B":
         register_room = 0  # wgmma reads B from shared memory only
-    smem_room = 0 if design == "triton" else hw.smem_bytes_per_cta - hw.smem_reserved_bytes
+    if design == "triton-streamed":  # the launcher's path beyond its on-chip envelope
+        register_room = 0
+    triton = design.startswith("triton")
+    smem_room = 0 if triton else hw.smem_bytes_per_cta - hw.smem_reserved_bytes
     w_registers = min(w_bytes, register_room)
     w_smem = min(w_bytes - w_registers, smem_room)
     w_streamed = w_bytes - w_registers - w_smem
@@ -397,7 +400,7 @@ def _step_model_for_ctas(
         tiles = (m // 16) * (n // 8)
         split_k = max(1, hw.warps_per_cta // tiles)
         chain_clk = -(-(kp // 16) // split_k) * hw.mma_sync_latency_clk
-    staged = 2 * operand if design == "triton" else operand  # Triton stores it, then reads it
+    staged = 2 * operand if triton else operand  # Triton stores it, then reads it
     smem_clk = (staged + w_smem + w_streamed) / hw.smem_bytes_per_clk
     mma_s = max(throughput_clk, chain_clk, smem_clk) * clk
 
@@ -463,7 +466,8 @@ def tensor_core_step_model(
     ``design``: "cuda" (grid of CTAs, grid barrier, h_{t-1} by TMA multicast within 8-CTA
     clusters), "cuda-splitk" (grid of 8-CTA clusters; a cluster owns a block of units and its
     CTAs split K, then reduce the fp32 partial sums over DSMEM), "triton" (grid of programs, grid barrier, W_hh in registers, the operand staged
-    through shared memory) or "cluster" (one 16-CTA cluster, DSMEM exchange, hardware cluster
+    through shared memory), "triton-streamed" (the same with all of W_hh read from L2 in
+    K-chunks every step: the launcher's ``STREAM_K`` path for W2, W6b, W3, H = 2048) or "cluster" (one 16-CTA cluster, DSMEM exchange, hardware cluster
     barrier; raises ValueError where W_hh does not fit in it). ``ctas`` None picks, for the
     grid designs, the fastest of 16, 32, 64 and 128 CTAs that divides H. ``tf32`` applies
     to float32 only (False: exact FP32 FMA). See docs/kernels-v2.md.
@@ -559,7 +563,11 @@ def step_model_markdown() -> str:
         "|---|---|---|---:|---:|---|---:|",
     ]
     goals = {"W1": 3.0, "W6a": 2.0, "W2": 1.5, "W3": 1.0}
-    kernels = {"CUDA": ("cuda", "cuda-splitk", "cluster"), "Triton": ("triton",)}
+    kernels = {
+        "CUDA": ("cuda", "cuda-splitk", "cluster"),
+        "Triton": ("triton",),
+        "Triton (W_hh streamed)": ("triton-streamed",),
+    }
     for name, ratio in goals.items():
         for dtype in ("float32", "bfloat16"):
             for kernel, designs in kernels.items():

@@ -90,6 +90,25 @@ def test_streamed_k_chunks_beyond_the_register_budget() -> None:
     assert resident.w_streamed_bytes == 0 and resident.transfer_us < m.transfer_us
 
 
+@pytest.mark.parametrize("direction", floor.STEP_DIRECTIONS)
+@pytest.mark.parametrize("name", ["W2", "W3"])
+def test_triton_streamed_reads_all_of_w_hh_each_step(name: str, direction: str) -> None:
+    """The launcher's streamed path (W2, W3): every CTA reads its whole W_hh slice from L2
+    each step, so its transfer covers W_hh once per step and exceeds the resident design's."""
+    w = workloads.WORKLOADS[name]
+    streamed = floor.tensor_core_step_model(
+        w, "triton-streamed", "bfloat16", direction, ctas=64, hw=HW
+    )
+    resident = floor.tensor_core_step_model(w, "triton", "bfloat16", direction, ctas=64, hw=HW)
+    assert streamed.w_register_bytes == streamed.w_smem_bytes == 0
+    assert streamed.w_streamed_bytes * streamed.ctas == w.num_gates * w.hidden_size**2 * 2
+    chip_bytes = streamed.ctas * (streamed.operand_bytes + streamed.w_streamed_bytes)
+    assert streamed.transfer_us >= chip_bytes / HW.dram_bytes_per_s * 1e6 * 0.999 or (
+        streamed.transfer_us >= chip_bytes / HW.l2_bytes_per_s * 1e6 * 0.999
+    )
+    assert streamed.total_us > resident.total_us
+
+
 @pytest.mark.parametrize("design", floor.STEP_DESIGNS)
 @pytest.mark.parametrize("direction", floor.STEP_DIRECTIONS)
 @pytest.mark.parametrize("name", ["W1", "W6a"])

@@ -48,9 +48,6 @@ INTERPRETER_STREAM_K: int | None = None
 INTERPRETER_K_TILES: int = 1  # K-chunk tiles of the resident W_hh (a power of two)
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
-# Smallest units per program on a GPU (the backward dot's N): mma's n8, so a grid of up to
-# H / 8 programs can split W_hh when H / 16 programs would not hold it on chip.
-_MIN_UNITS = 8
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
 # piece sits in registers before it is staged, so a larger one spills.
 _MAX_OPERAND_PIECE = _MAX_TILE_ELEMENTS
@@ -102,8 +99,8 @@ def _geometry(
     of every gate).
 
     On a GPU the first configuration that fits (``_shape_reason``) is taken, in this order:
-    W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), then with
-    twice as many (``units`` >= 8), each with every row and all of K in one dot; else W_hh
+    W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), with every
+    row and all of K in one dot; else W_hh
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
     saying why it is not resident. ``rows_*`` / ``k_tiles_*`` (row pieces and K tiles of the
     resident product) are set only by the interpreter knobs (see the comment below).
@@ -129,7 +126,7 @@ def _geometry(
             sms=None, shared_limit=None, wgmma_arch=False,
         )  # fmt: skip
     # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
-    # triton 3.6-3.8) except the backward's N = units (>= 8, mma's n8): batch rows, K.
+    # triton 3.6-3.8): batch rows, K, and units (the backward's N).
     properties = torch.cuda.get_device_properties(device)
     sms = properties.multi_processor_count
     shared_limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
@@ -140,9 +137,10 @@ def _geometry(
     # allocates shared memory differently from mma.sync (_shared_memory_bytes).
     device_args = {"sms": sms, "shared_limit": shared_limit, "wgmma_arch": properties.major >= 9}
     why = None
-    for units in (fewest, fewest // 2):
-        if units < _MIN_UNITS or -(-hidden // units) > sms:
-            continue
+    # One candidate split today: at 8 units per program (twice the programs) the compiled
+    # bf16 backward stages its operand in float32 (262144 B at B = 16, H = 1024, above this
+    # model), so halving units waits for a model that holds there.
+    for units in (fewest,):
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row and all of K in one dot. The kernels' row pieces and K tiles of the
