@@ -357,6 +357,18 @@ def launch_forward(
     return result, tuple(saved[k] for k in _SAVED)
 
 
+def _rows_product(grad_rows: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
+    """``grad_rows^T @ input_rows``, a weight gradient summed over all T*B rows: on oneDNN for
+    float32 CPU tensors where input_projection._linear would use it (MKL's sgemm runs a
+    generic kernel on AMD CPUs; docs/design.md §5.4), else ``@``."""
+    from ..input_projection import _onednn_linear_applies  # imports backends: not at load
+
+    a, w = grad_rows.t(), input_rows.t()
+    if grad_rows.numel() > 0 and input_rows.numel() > 0 and _onednn_linear_applies(a, w, None):
+        return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+    return a @ input_rows
+
+
 def launch_backward(
     inputs: RecurrenceInputs,
     saved: tuple,
@@ -422,10 +434,12 @@ def launch_backward(
     grads["h0"] = dh0
     grads["c0"] = dc0
     da_used = dab if da is None else da
-    w_grad = da_used.reshape(steps * batch, n).t() @ hin.reshape(steps * batch, out_size)
+    w_grad = _rows_product(da_used.reshape(steps * batch, n), hin.reshape(steps * batch, out_size))
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
     if proj:
-        w_hr_grad = dproj.reshape(steps * batch, out_size).t() @ h_pre_proj.reshape(-1, hidden)
+        w_hr_grad = _rows_product(
+            dproj.reshape(steps * batch, out_size), h_pre_proj.reshape(-1, hidden)
+        )
         grads["w_hr"] = w_hr_grad.to(inputs.w_hr.dtype)
     if inputs.b_hh is not None:
         grads["b_hh"] = dab.sum(dim=(0, 1)).to(inputs.b_hh.dtype)
