@@ -162,6 +162,8 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     """
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    if geo.get("proj", 0) > 0:
+        return _projected_shared_memory_bytes(geo)
     forward = e * h * n + 4 * b * (max(h, n) if wgmma else h)
     if geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + b * h + (b * u if wgmma else 0))
@@ -172,12 +174,37 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     return {"forward": forward, "backward": backward}
 
 
+def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
+    """_shared_memory_bytes with a projection (P = ``BLOCK_P``, h units per program R =
+    ``BLOCK_R``): the recurrent dot's K is P and the backward's W_hh tiles have R columns;
+    the resident W_hr tile adds ``e*H*R`` (forward, ``[H, R]``) / ``e*P*units`` (backward,
+    ``[P, units]``); the projection dots' operands (``[B, H]`` h~, ``[B, P]`` dL/dh~) reuse
+    the other dot's staging buffer (its size is the larger of the two). Read off triton
+    3.8's sm_90a kernels at W1 with P = 128 (tests/test_triton_aot.py): float32 exact both
+    ways, bf16 backward 0.97 and forward 0.52 of the bound (the compiler keeps the bf16
+    forward's operands partly in registers)."""
+    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    p, r = geo["BLOCK_P"], geo["BLOCK_R"]
+    forward = e * p * n + e * h * r + 4 * b * (max(p, h, n) if wgmma else max(p, h))
+    if geo["gate_dots"]:
+        backward = 4 * (geo["num_gates"] * h * r + b * h + (b * r if wgmma else 0) + p * u)
+    elif b < 64:
+        backward = e * (b + r) * k + e * p * u
+    else:
+        backward = 4 * b * k + (e * k * r if wgmma else 0) + e * p * u
+    return {"forward": forward, "backward": backward}
+
+
 def _resource_reason(geo: dict, device: torch.device) -> str | None:
     """Why one program of either kernel would not fit on an SM, or None."""
     tiles = {
         "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
         "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
     }
+    if geo.get("proj", 0) > 0:
+        tiles["W_hr slice [H, h units]"] = geo["BLOCK_H"] * geo["BLOCK_R"]
+        tiles["backward W_hr slice [P, units]"] = geo["BLOCK_P"] * geo["units"]
     if not geo["gate_dots"]:
         tiles["backward gradient row block [B, G*H]"] = geo["BLOCK_B"] * geo["BLOCK_GH"]
         tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
@@ -216,15 +243,6 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     except ValueError as error:
         return str(error)
     if not _interpreting():
-        if cfg.proj_size > 0:
-            # The kernels run proj_size (tested under the interpreter, single- and
-            # multi-program), but _shared_memory_bytes has no verified term for the W_hr
-            # tiles and the extra dots yet (tests/test_triton_aot.py compares it with the
-            # compiled kernels): refused on a GPU until it has, so the limits stay exact.
-            return (
-                "proj_size on a GPU: the launcher's shared-memory plan for the projection "
-                "(W_hr tiles, the h~ exchange) is not yet checked against compiled kernels"
-            )
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
         geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size)
