@@ -121,6 +121,7 @@ _RUNTIME_SCALARS = [
     "steps",
     "batch",
     "hidden",
+    "proj",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -154,13 +155,16 @@ def _gate_product(
 
 
 @triton.jit
-def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr):
-    """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM)."""
+def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr, HAS_PROJ: tl.constexpr):
+    """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM),
+    plus one for the projection's exchange of h~ (forward) or dL/dh~ (backward)."""
     count = 1
     if NORM == NORM_LAYER:
         count += 1
         if CELL == LSTM:
             count += 1
+    if HAS_PROJ:
+        count += 1
     return count
 
 
@@ -199,6 +203,8 @@ def recurrence_forward_kernel(
     rstd_hh_ptr,  # [T, G*H] (batch) or [T, B] (layer): 1 / sqrt(var + eps)
     xhat_c_ptr,  # [T, B, H] normalised c~ before gamma, beta (LSTM, NORM != none)
     rstd_c_ptr,  # [T, H] (batch) or [T, B] (layer)
+    h_pre_proj_ptr,  # [T, B, H] o tanh(N_c(c~)) before W_hr (HAS_PROJ; 0 in inactive rows):
+    #                  the buffer through which programs exchange it, and dW_hr's operand
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
     barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
@@ -225,6 +231,10 @@ def recurrence_forward_kernel(
     weight_drop_base,  # philox.weight_drop_base_offset(layer, direction)
     weight_drop_p,  # DropConnect probability of W_hh
     weight_drop_keep_scale,  # 1 / (1 - weight_drop_p)
+    # ---- LSTM projection (HAS_PROJ): h = W_hr h~ has P units, c has H. Without it the
+    #      h0 / h_n / output / h_prev shapes above read P = H.
+    w_hr_ptr,  # [P, H] D
+    proj,  # P
     # ---- meta-parameters
     CELL: tl.constexpr,  # CELL_CODES
     NORM: tl.constexpr,  # NORM_CODES
@@ -241,6 +251,9 @@ def recurrence_forward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    BLOCK_P: tl.constexpr,  # next power of two >= P (BLOCK_H without a projection)
+    BLOCK_R: tl.constexpr,  # h units per program (BLOCK_U without a projection)
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
@@ -263,7 +276,7 @@ def recurrence_forward_kernel(
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
-    barriers_per_step = _barriers_per_step(CELL, NORM)
+    barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
     rows = tl.arange(0, BLOCK_B)
     row_in = rows < batch
@@ -278,6 +291,22 @@ def recurrence_forward_kernel(
     col_mask = row_in[:, None] & col_in[None, :]
     ks = tl.arange(0, BLOCK_H)
     k_in = ks < hidden
+    # h's units: with a projection h has P of them, split over the programs in slices of
+    # BLOCK_R (a program may own none), and they are the recurrent dot's K; h~'s H units
+    # (ks_h) are the projection's K. Without one, h's slice is the cell's.
+    if HAS_PROJ:
+        state_size = proj
+        h_units = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        ks_h = ks
+        k_h_in = k_in
+        ks = tl.arange(0, BLOCK_P)
+        k_in = ks < proj
+    else:
+        state_size = hidden
+        h_units = units
+    h_unit_in = h_units < state_size
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
 
     # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
     # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
@@ -287,7 +316,7 @@ def recurrence_forward_kernel(
         gate_col[None, :],
         ks[:, None],
         k_in[:, None] & col_in[None, :],
-        hidden,
+        state_size,
         USE_WEIGHT_DROP,
         weight_drop_key,
         weight_drop_base,
@@ -313,8 +342,15 @@ def recurrence_forward_kernel(
         # One mask for all steps, over the full row of h that enters the dot.
         m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
 
+    if HAS_PROJ:
+        # W_hr[own h units, :] transposed, [BLOCK_H, BLOCK_R], on chip for all steps.
+        w_hr_t = tl.load(
+            w_hr_ptr + h_units[None, :] * hidden + ks_h[:, None],
+            mask=k_h_in[:, None] & h_unit_in[None, :],
+            other=0.0,
+        )
     own_offsets = rows[:, None] * hidden + units[None, :]
-    h_own = tl.load(h0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    h_own = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
     if CELL == LSTM:
         c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
@@ -337,7 +373,7 @@ def recurrence_forward_kernel(
 
         # 1-2. the recurrent product for this program's gate columns.
         h_full = tl.load(
-            h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, hidden),
+            h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, state_size),
             mask=row_in[:, None] & k_in[None, :],
             other=0.0,
             cache_modifier=".cg",
@@ -491,29 +527,50 @@ def recurrence_forward_kernel(
                 mask=own_mask,
             )
 
+        if HAS_PROJ:
+            # h~ = W_hr (o tanh(N_c(c~))): publish this program's H units of the row block,
+            # meet, and project the full row onto this program's P units.
+            tl.store(
+                h_pre_proj_ptr + step_own, tl.where(active[:, None], h_cand, 0.0), mask=own_mask
+            )
+            grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 2)
+            h_pre_full = tl.load(
+                h_pre_proj_ptr + _rows_cols_offsets(t, batch, rows, ks_h, hidden),
+                mask=row_in[:, None] & k_h_in[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            h_cand = recurrent_dot(
+                h_pre_full,
+                w_hr_t,
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+
         # 5. zoneout of h, lengths, outputs, the h exchange, the barrier.
         if USE_ZONEOUT_HIDDEN:
             d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
             )
             h_next = zoneout(h_own, h_cand, d_h)
         else:
             h_next = h_cand
         h_own = tl.where(active[:, None], h_next, h_own)
         tl.store(
-            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + units[None, :],
+            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + h_units[None, :],
             tl.where(active[:, None], h_next, 0.0),
-            mask=own_mask,
+            mask=h_own_mask,
         )
         tl.store(
-            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, units, hidden),
+            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, h_units, state_size),
             h_own,
-            mask=own_mask & (s + 1 < steps),
+            mask=h_own_mask & (s + 1 < steps),
         )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
         s += 1
 
-    tl.store(h_n_ptr + own_offsets, h_own, mask=own_mask)
+    tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
     if CELL == LSTM:
         tl.store(c_n_ptr + own_offsets, c_own, mask=own_mask)
 
@@ -571,6 +628,12 @@ def recurrence_backward_kernel(
     weight_drop_base,
     weight_drop_p,
     weight_drop_keep_scale,
+    # ---- LSTM projection (HAS_PROJ): grad_output, grad_h_n, h_prev, grad_h0 and W_hh's
+    #      second dimension have P units
+    w_hr_ptr,  # [P, H] D
+    grad_proj_ptr,  # [T, B, P] float32: dL/dh~ after W_hr (0 for inactive rows), exchanged
+    #                 between programs and the launcher's dW_hr GEMM operand
+    proj,  # P
     # ---- meta-parameters (as the forward kernel)
     CELL: tl.constexpr,
     NORM: tl.constexpr,
@@ -587,6 +650,9 @@ def recurrence_backward_kernel(
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_GH: tl.constexpr,  # next power of two >= G*H (the one dot's K when not GATE_DOTS)
+    HAS_PROJ: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -614,7 +680,7 @@ def recurrence_backward_kernel(
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
-    barriers_per_step = _barriers_per_step(CELL, NORM)
+    barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
     rows = tl.arange(0, BLOCK_B)
     row_in = rows < batch
@@ -629,6 +695,24 @@ def recurrence_backward_kernel(
     col_mask = row_in[:, None] & col_in[None, :]
     ks = tl.arange(0, BLOCK_H)
     k_in = ks < hidden
+    # h's units (as the forward kernel): dh, m_h and W_hh's columns are over them.
+    if HAS_PROJ:
+        state_size = proj
+        h_units = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        ps = tl.arange(0, BLOCK_P)
+        p_in = ps < proj
+        # W_hr[:, own cell units], [BLOCK_P, BLOCK_U], on chip for all steps.
+        w_hr_own = tl.load(
+            w_hr_ptr + ps[:, None] * hidden + units[None, :],
+            mask=p_in[:, None] & unit_in[None, :],
+            other=0.0,
+        )
+    else:
+        state_size = hidden
+        h_units = units
+    h_unit_in = h_units < state_size
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
 
     # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
@@ -637,9 +721,9 @@ def recurrence_backward_kernel(
         w_gate0 = load_w_hh_tile(
             w_hh_ptr,
             ks[:, None],
-            units[None, :],
-            k_in[:, None] & unit_in[None, :],
-            hidden,
+            h_units[None, :],
+            k_in[:, None] & h_unit_in[None, :],
+            state_size,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -650,9 +734,9 @@ def recurrence_backward_kernel(
             w_gate1 = load_w_hh_tile(
                 w_hh_ptr,
                 (hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -663,9 +747,9 @@ def recurrence_backward_kernel(
             w_gate2 = load_w_hh_tile(
                 w_hh_ptr,
                 (2 * hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -676,9 +760,9 @@ def recurrence_backward_kernel(
             w_gate3 = load_w_hh_tile(
                 w_hh_ptr,
                 (3 * hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -691,9 +775,9 @@ def recurrence_backward_kernel(
         w_gates = load_w_hh_tile(
             w_hh_ptr,
             gate_rows[:, None],
-            units[None, :],
-            gate_row_in[:, None] & unit_in[None, :],
-            hidden,
+            h_units[None, :],
+            gate_row_in[:, None] & h_unit_in[None, :],
+            state_size,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -718,10 +802,10 @@ def recurrence_backward_kernel(
     grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT:
-        m_h_own = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
+        m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
 
     own_offsets = rows[:, None] * hidden + units[None, :]
-    dh = tl.load(grad_h_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    dh = tl.load(grad_h_n_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
     if CELL == LSTM:
         dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
@@ -743,20 +827,44 @@ def recurrence_backward_kernel(
 
         # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
         grad_out = tl.load(
-            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
-            mask=own_mask,
+            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + h_units[None, :],
+            mask=h_own_mask,
             other=0.0,
         ).to(tl.float32)
         dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
         if USE_ZONEOUT_HIDDEN:
             d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
             )
             dh_cand = (1.0 - d_h) * dh_total
             dh_direct = d_h * dh_total
         else:
             dh_cand = dh_total
-            dh_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
+            dh_direct = tl.zeros((BLOCK_B, BLOCK_R), tl.float32)
+        cell_barrier = first_barrier
+        if HAS_PROJ:
+            # dL/d(o tanh(N_c(c~))) of the own cell units = dL/dh~ (every program's P units,
+            # exchanged through grad_proj) @ W_hr[:, own units].
+            tl.store(
+                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, h_units, proj),
+                dh_cand,
+                mask=h_own_mask,
+            )
+            grid_barrier(barrier_ptr, first_barrier)
+            cell_barrier = first_barrier + 1
+            d_proj_full = tl.load(
+                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, ps, proj),
+                mask=row_in[:, None] & p_in[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            dh_cand = recurrent_dot(
+                d_proj_full,
+                w_hr_own,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
 
         gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
         if CELL == LSTM:
@@ -791,7 +899,7 @@ def recurrence_backward_kernel(
                     unit_in,
                     ln_partials_ptr + 2 * num_programs * batch,
                     barrier_ptr,
-                    first_barrier,
+                    cell_barrier,
                     rows,
                     batch,
                     PROGRAMS_PAD,
@@ -887,7 +995,7 @@ def recurrence_backward_kernel(
                 d_acc_step,
                 d_acc_mask,
                 w_gate0,
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -923,7 +1031,7 @@ def recurrence_backward_kernel(
                 grad_acc_ptr + _rows_cols_offsets(t, batch, rows, gate_rows, gate_width),
                 row_in[:, None] & gate_row_in[None, :],
                 w_gates,
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -932,7 +1040,7 @@ def recurrence_backward_kernel(
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
         s += 1
 
-    tl.store(grad_h0_ptr + own_offsets, dh, mask=own_mask)
+    tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
     if CELL == LSTM:
         tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
     tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)

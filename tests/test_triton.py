@@ -99,15 +99,16 @@ def make_inputs(
     dtype: torch.dtype = torch.float32,
     device: str = DEVICE,
     seed: int = 1234,
+    proj: int = 0,
 ) -> RecurrenceInputs:
+    """One layer-direction's inputs; ``proj`` > 0 (lstm): h = W_hr h~ has ``proj`` units."""
     fields, training = REGULARIZERS[regularizer]
     if cell != "lstm":
         fields = {k: v for k, v in fields.items() if k != "zoneout_cell"}
-    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden, **fields)
-    gen = torch.Generator().manual_seed(
-        zlib.crc32(f"{cell}/{regularizer}/{steps}/{batch}/{hidden}".encode())
-    )
-    gates = cfg.gate_size
+    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden, proj_size=proj, **fields)
+    key = f"{cell}/{regularizer}/{steps}/{batch}/{hidden}" + (f"/{proj}" if proj else "")
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    gates, out_size = cfg.gate_size, cfg.out_size
 
     def rand(*shape: int, scale: float = 0.5, offset: float = 0.0) -> torch.Tensor:
         value = offset + scale * torch.randn(*shape, generator=gen)
@@ -132,11 +133,11 @@ def make_inputs(
     return RecurrenceInputs(
         config=cfg,
         xg=rand(steps, batch, gates, scale=1.0),
-        h0=rand(batch, hidden),
+        h0=rand(batch, out_size),
         c0=rand(batch, hidden) if cell == "lstm" else None,
-        w_hh=rand(gates, hidden),
+        w_hh=rand(gates, out_size),
         b_hh=rand(gates, scale=0.2) if bias else None,
-        w_hr=None,
+        w_hr=rand(proj, hidden, scale=hidden**-0.5) if proj else None,
         lengths=None if lengths is None else torch.tensor(lengths, device=device),
         reverse=reverse,
         training=training,
@@ -347,6 +348,108 @@ def test_half_precision(poisoned, dtype, cell, regularizer):
     assert_matches_reference(make_inputs(cell, regularizer, dtype=dtype, lengths=LENGTHS))
 
 
+# ----------------------------------------------------------------------------------------
+# LSTM projections (proj_size = P): h = W_hr (o tanh(N_c(c~))) has P units, c has H
+# ----------------------------------------------------------------------------------------
+PROJ = 3
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("reverse", "lengths"),
+    [(False, LENGTHS), (True, None), (True, LENGTHS)],
+    ids=["forward-lengths", "reverse-full", "reverse-lengths"],
+)
+@pytest.mark.parametrize("regularizer", list(REGULARIZERS))
+def test_projection_matches_reference(poisoned, regularizer, reverse, lengths):
+    """Every regulariser with a projection: outputs, h_n [B, P], c_n [B, H] and every
+    gradient, dL/dW_hr included; the masks of h (dropout, zoneout) are over P units."""
+    inputs = make_inputs("lstm", regularizer, reverse=reverse, lengths=lengths, proj=PROJ)
+    assert inputs.w_hr.shape == (PROJ, HIDDEN) and triton_backend.unsupported_reason(inputs) is None
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("batch", "hidden", "proj", "steps", "lengths"),
+    [(2, 7, 1, 3, [3, 1]), (3, 17, 13, 2, None), (1, 17, 16, 3, [2]), (5, 2, 1, 4, None)],
+    ids=["proj1", "hidden17-proj13", "proj16-close-to-hidden17", "hidden2-proj1"],
+)
+@pytest.mark.parametrize("regularizer", ["none", "all_batch_norm", "all_layer_norm"])
+def test_projection_awkward_sizes(poisoned, regularizer, batch, hidden, proj, steps, lengths):
+    inputs = make_inputs(
+        "lstm",
+        regularizer,
+        batch=batch,
+        hidden=hidden,
+        steps=steps,
+        lengths=lengths,
+        reverse=True,
+        proj=proj,
+    )
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_projection_half_precision(poisoned, dtype):
+    inputs = make_inputs("lstm", "all_layer_norm", dtype=dtype, lengths=LENGTHS, proj=PROJ)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("layers", "bidirectional", "lengths"),
+    [(1, False, None), (2, True, (4, 2, 6))],
+    ids=["one-layer", "two-layers-bidirectional-packed"],
+)
+def test_projection_matches_torch_nn(layers, bidirectional, lengths):
+    """The module on the triton backend against torch.nn.LSTM(proj_size=...) with the same
+    state_dict: float32 by the rule, the truth torch.nn in float64, the baseline torch.nn's
+    own float32 error; output, h_n, c_n and the gradients of x, h0, c0 and every weight
+    (weight_hr_l*)."""
+    import test_parity_torch as parity
+
+    import fusedrnn
+
+    case = parity.Case(
+        "projection",
+        input_size=4,
+        hidden_size=HIDDEN,
+        proj_size=PROJ,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        lengths=lengths,
+        steps=6 if lengths else 4,
+    )
+    torch.manual_seed(0)
+    torch64 = torch.nn.LSTM(
+        case.input_size, HIDDEN, layers, proj_size=PROJ, bidirectional=bidirectional
+    ).double()
+    torch32 = copy.deepcopy(torch64).float()
+    fused32 = fusedrnn.LSTM(
+        case.input_size,
+        HIDDEN,
+        layers,
+        proj_size=PROJ,
+        bidirectional=bidirectional,
+        backend="triton",
+    )
+    fused32.load_state_dict(torch32.state_dict())
+    x, hx = parity._inputs("lstm", case, torch.float64, torch.Generator().manual_seed(1))
+    truth = parity._run(torch64, "lstm", case, x, hx, 7)
+    x32 = x.detach().float().requires_grad_(True)
+    hx32 = tuple(h.detach().float().requires_grad_(True) for h in hx)
+    baseline = parity._run(torch32, "lstm", case, x32, hx32, 7)
+    ours = parity._run(fused32, "lstm", case, x32, hx32, 7)
+    assert any(name.startswith("grad_weight_hr") for name in ours)
+    assert_by_rule(ours, truth, baseline, torch.float32, what="triton proj_size")
+
+
 @pytest.mark.interpreter
 @needs_backend
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -397,11 +500,10 @@ def test_saved_like_and_tensor_seed(cell, regularizer):
 
 
 def test_unsupported_and_availability():
-    inputs = make_inputs("lstm", "none", device="cpu")
-    projected = inputs.replace(
-        config=dataclasses.replace(inputs.config, proj_size=3), w_hr=torch.zeros(3, HIDDEN)
+    inputs = make_inputs("lstm", "none", device="cpu", proj=3)
+    assert "float64 is not supported" in triton_backend.unsupported_reason(
+        cast_inputs(inputs, torch.float64)
     )
-    assert "proj_size" in triton_backend.unsupported_reason(projected)
     reason = triton_backend.availability()
     assert reason is None or isinstance(reason, str)
     assert triton_backend.NAME == "triton"

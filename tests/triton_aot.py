@@ -209,6 +209,7 @@ def _launcher_inputs(case: dict, hidden: int):
         hidden=hidden,
         dtype=getattr(torch, case["dtype"]),
         device="cpu",
+        proj=case.get("proj", 0),
     )
 
 
@@ -266,6 +267,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
             inputs.config.num_gates,
             inputs.xg.device,
             inputs.xg.dtype,
+            inputs.config.proj_size,
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []

@@ -49,6 +49,7 @@ _SAVED_FIELDS = (
     "rstd_hh",
     "xhat_c",
     "rstd_c",
+    "h_pre_proj",
 )
 
 
@@ -78,7 +79,12 @@ def _next_power_of_2(n: int) -> int:
 
 
 def _geometry(
-    batch: int, hidden: int, num_gates: int, device: torch.device, dtype: torch.dtype
+    batch: int,
+    hidden: int,
+    num_gates: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    proj: int = 0,
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -86,6 +92,12 @@ def _geometry(
     the backward has as many programs as the forward, and W_hh's bytes per program are the
     same in both (the forward holds its ``G*units`` rows, the backward the ``units`` columns
     of every gate).
+
+    With a projection (``proj`` = P > 0, LSTM) h has P units: a program also owns
+    ``BLOCK_R`` of them (the smallest power of two covering P over the programs, >= 16 on a
+    GPU, so the last programs may own none), K of the recurrent product is ``BLOCK_P`` and the
+    backward's W_hh tiles have ``BLOCK_R`` columns. Without one ``BLOCK_P`` = ``BLOCK_H`` and
+    ``BLOCK_R`` = ``units``.
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
@@ -105,10 +117,19 @@ def _geometry(
         # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once M = BLOCK_B >= 64,
         # which allocates shared memory differently from mma.sync (_shared_memory_bytes).
         extra = {"sms": sms, "wgmma": properties.major >= 9 and block_b >= 64}
+    block_p, block_r = block_h, units
+    if proj > 0:
+        programs = -(-hidden // units)
+        minimum = 1 if _interpreting() else 16
+        block_p = max(minimum, _next_power_of_2(proj))
+        block_r = max(minimum, _next_power_of_2(-(-proj // programs)))
     return {
         "GATES_PAD": gates_pad,
         "BLOCK_B": block_b,
         "BLOCK_H": block_h,
+        "proj": proj,
+        "BLOCK_P": block_p,
+        "BLOCK_R": block_r,
         "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
         # float32: one dot per gate (the tiles stay in shared memory, one operand staging
         # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
@@ -141,6 +162,8 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     """
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    if geo.get("proj", 0) > 0:
+        return _projected_shared_memory_bytes(geo)
     forward = e * h * n + 4 * b * (max(h, n) if wgmma else h)
     if geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + b * h + (b * u if wgmma else 0))
@@ -151,12 +174,37 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     return {"forward": forward, "backward": backward}
 
 
+def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
+    """_shared_memory_bytes with a projection (P = ``BLOCK_P``, h units per program R =
+    ``BLOCK_R``): the recurrent dot's K is P and the backward's W_hh tiles have R columns;
+    the resident W_hr tile adds ``e*H*R`` (forward, ``[H, R]``) / ``e*P*units`` (backward,
+    ``[P, units]``); the projection dots' operands (``[B, H]`` h~, ``[B, P]`` dL/dh~) reuse
+    the other dot's staging buffer (its size is the larger of the two). Read off triton
+    3.8's sm_90a kernels at W1 with P = 128 (tests/test_triton_aot.py): float32 exact both
+    ways, bf16 backward 0.97 and forward 0.52 of the bound (the compiler keeps the bf16
+    forward's operands partly in registers)."""
+    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    n, k, wgmma = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["wgmma"]
+    p, r = geo["BLOCK_P"], geo["BLOCK_R"]
+    forward = e * p * n + e * h * r + 4 * b * (max(p, h, n) if wgmma else max(p, h))
+    if geo["gate_dots"]:
+        backward = 4 * (geo["num_gates"] * h * r + b * h + (b * r if wgmma else 0) + p * u)
+    elif b < 64:
+        backward = e * (b + r) * k + e * p * u
+    else:
+        backward = 4 * b * k + (e * k * r if wgmma else 0) + e * p * u
+    return {"forward": forward, "backward": backward}
+
+
 def _resource_reason(geo: dict, device: torch.device) -> str | None:
     """Why one program of either kernel would not fit on an SM, or None."""
     tiles = {
         "h row block [B, H]": geo["BLOCK_B"] * geo["BLOCK_H"],
         "W_hh slice [H, gate columns]": geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
     }
+    if geo.get("proj", 0) > 0:
+        tiles["W_hr slice [H, h units]"] = geo["BLOCK_H"] * geo["BLOCK_R"]
+        tiles["backward W_hr slice [P, units]"] = geo["BLOCK_P"] * geo["units"]
     if not geo["gate_dots"]:
         tiles["backward gradient row block [B, G*H]"] = geo["BLOCK_B"] * geo["BLOCK_GH"]
         tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
@@ -180,11 +228,6 @@ def _resource_reason(geo: dict, device: torch.device) -> str | None:
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     cfg = inputs.config
-    if cfg.proj_size > 0 or inputs.w_hr is not None:
-        return (
-            "the Triton kernels do not support proj_size (LSTM projection w_hr): h~ has H units "
-            "but h has P, which needs a second cross-program exchange per step"
-        )
     device = inputs.xg.device
     if _interpreting():
         if device.type != "cpu":
@@ -202,7 +245,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
-        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size)
         return _resource_reason(geo, device)
     return None
 
@@ -301,6 +344,17 @@ def _meta(inputs: RecurrenceInputs) -> dict:
     }
 
 
+def _projection_arguments(inputs: RecurrenceInputs, geo: dict) -> dict:
+    """The projection's kernel arguments (both kernels): W_hr, P and the h tile sizes."""
+    return {
+        "w_hr_ptr": _contiguous(inputs.w_hr),
+        "proj": inputs.config.out_size,
+        "HAS_PROJ": inputs.config.proj_size > 0,
+        "BLOCK_P": geo["BLOCK_P"],
+        "BLOCK_R": geo["BLOCK_R"],
+    }
+
+
 def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
     steps, batch, _ = inputs.xg.shape
     if inputs.lengths is None:
@@ -330,7 +384,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
     """Shape of each saved float32 tensor, in _SAVED_FIELDS order; (0,) where unused."""
     cfg = inputs.config
     steps, batch, _ = inputs.xg.shape
-    hidden, gates = cfg.hidden_size, cfg.gate_size
+    hidden, gates, out_size = cfg.hidden_size, cfg.gate_size, cfg.out_size
     lstm, norm = cfg.has_cell_state, cfg.norm
     per_step_stat = {"batch": None, "layer": batch}  # BN: per column; LN: per row
 
@@ -338,7 +392,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
         return shape if condition else (0,)
 
     return {
-        "h_prev": (steps, batch, hidden),
+        "h_prev": (steps, batch, out_size),
         "c_prev": used(lstm, steps, batch, hidden),
         "gates": (steps, batch, gates),
         "gru_hn": used(cfg.cell == "gru", steps, batch, hidden),
@@ -346,6 +400,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
         "rstd_hh": used(norm != "none", steps, per_step_stat.get(norm) or gates),
         "xhat_c": used(lstm and norm != "none", steps, batch, hidden),
         "rstd_c": used(lstm and norm != "none", steps, per_step_stat.get(norm) or hidden),
+        "h_pre_proj": used(cfg.proj_size > 0, steps, batch, hidden),
     }
 
 
@@ -369,8 +424,9 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     meta = _meta(inputs)
     f32 = {"dtype": torch.float32, "device": device}
 
-    output = _empty(steps, batch, hidden, dtype=dtype, device=device)
-    h_n = _empty(batch, hidden, dtype=dtype, device=device)
+    out_size = cfg.out_size
+    output = _empty(steps, batch, out_size, dtype=dtype, device=device)
+    h_n = _empty(batch, out_size, dtype=dtype, device=device)
     c_n = _empty(batch, hidden, dtype=dtype, device=device) if lstm else None
     bn_train = norm == "batch" and training
     stats = [
@@ -390,7 +446,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
         return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
-    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype)
+    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size)
     programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
@@ -436,6 +492,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         BLOCK_B=geo["BLOCK_B"],
         BLOCK_U=block_u,
         BLOCK_H=geo["BLOCK_H"],
+        **_projection_arguments(inputs, geo),
         PROGRAMS_PAD=_next_power_of_2(programs),
         num_warps=_num_warps(
             geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
@@ -456,7 +513,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     cfg = inputs.config
     xg = inputs.xg
     steps, batch, _ = xg.shape
-    hidden, gate_width = cfg.hidden_size, cfg.gate_size
+    hidden, gate_width, out_size = cfg.hidden_size, cfg.gate_size, cfg.out_size
     device = xg.device
     lstm, norm = cfg.has_cell_state, cfg.norm
     meta = _meta(inputs)
@@ -464,16 +521,18 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     f32 = {"dtype": torch.float32, "device": device}
 
     if grad_output is None:
-        grad_output = torch.zeros(steps, batch, hidden, dtype=xg.dtype, device=device)
+        grad_output = torch.zeros(steps, batch, out_size, dtype=xg.dtype, device=device)
     if grad_output.stride(-1) != 1:
         grad_output = grad_output.contiguous()
-    grad_h_n = torch.zeros(batch, hidden, **f32) if grad_h_n is None else grad_h_n.contiguous()
+    grad_h_n = torch.zeros(batch, out_size, **f32) if grad_h_n is None else grad_h_n.contiguous()
     if lstm:
         grad_c_n = torch.zeros(batch, hidden, **f32) if grad_c_n is None else grad_c_n.contiguous()
 
     grad_xg = _empty(steps, batch, gate_width, dtype=xg.dtype, device=device)
     grad_acc = _empty(steps, batch, gate_width, **f32)
-    grad_h0 = _empty(batch, hidden, **f32)
+    grad_h0 = _empty(batch, out_size, **f32)
+    projected = cfg.proj_size > 0
+    grad_proj = _empty(steps, batch, out_size, **f32) if projected else None
     grad_c0 = _empty(batch, hidden, **f32) if lstm else None
     grad_b_hh = _empty(gate_width, **f32)
     grad_norm_weight_hh = _empty(gate_width, **f32) if norm != "none" else None
@@ -483,6 +542,8 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     if steps == 0:
         grad_xg.zero_()
         grad_acc.zero_()
+        if projected:
+            grad_proj.zero_()
         grad_h0.copy_(grad_h_n)
         if lstm:
             grad_c0.copy_(grad_c_n)
@@ -490,7 +551,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             if g is not None:
                 g.zero_()
     else:
-        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
@@ -529,11 +590,13 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             grad_output.stride(1),
             **_scalars(inputs),
             **meta,
+            grad_proj_ptr=grad_proj,
             GATES_PAD=geo["GATES_PAD"],
             BLOCK_B=geo["BLOCK_B"],
             BLOCK_U=block_u,
             BLOCK_H=geo["BLOCK_H"],
             BLOCK_GH=geo["BLOCK_GH"],
+            **_projection_arguments(inputs, geo),
             GATE_DOTS=geo["gate_dots"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             num_warps=_num_warps(
@@ -552,17 +615,23 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             inputs.layer,
             inputs.direction,
             batch,
-            hidden,
+            out_size,
             cfg.recurrent_dropout,
             torch.float32,
             device,
         )
     if steps > 0:
         grad_w_hh = grad_acc.reshape(steps * batch, gate_width).t() @ operand.reshape(
-            steps * batch, hidden
+            steps * batch, out_size
         )
     else:
-        grad_w_hh = torch.zeros(gate_width, hidden, **f32)
+        grad_w_hh = torch.zeros(gate_width, out_size, **f32)
+    # dL/dW_hr = sum over t, b of dL/dh~^T (o tanh(N_c(c~))): one GEMM over all steps too.
+    grad_w_hr = None
+    if projected:
+        grad_w_hr = grad_proj.reshape(steps * batch, out_size).t() @ tensors["h_pre_proj"].reshape(
+            steps * batch, hidden
+        )
     if meta["USE_WEIGHT_DROP"]:  # d(W_hh * m_W)/dW_hh = m_W: zero where dropped
         _mask_weight_grad(inputs, grad_w_hh)
 
@@ -577,7 +646,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         "c0": cast(grad_c0, inputs.c0),
         "w_hh": cast(grad_w_hh, inputs.w_hh),
         "b_hh": cast(grad_b_hh, inputs.b_hh),
-        "w_hr": None,
+        "w_hr": cast(grad_w_hr, inputs.w_hr),
         "norm_weight_hh": cast(grad_norm_weight_hh, inputs.norm_weight_hh),
         "norm_weight_c": cast(grad_norm_weight_c, inputs.norm_weight_c),
         "norm_bias_c": cast(grad_norm_bias_c, inputs.norm_bias_c),
