@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workloads",
         default=None,
-        help="comma-separated: W1..W8 (W6 = W6a,W6b), C1..C3, SB<B>, SH<H>",
+        help="comma-separated: W1..W8 (W6 = W6a,W6b), C1..C8, SB<B>, SH<H>",
     )
     parser.add_argument(
         "--providers", default=None, help=f"comma-separated from {','.join(providers.PROVIDERS)}"

@@ -17,11 +17,21 @@ W8     lstm  16    512    512   1    W1 with weight_drop 0.5 (its cost: W8 / W1,
 C1     lstm  32    256    128   1    recurrent_dropout 0.25, zoneout_cell/hidden 0.1 (host)
 C2     lstm  32    256    128   1    C1 without regularizers (host vs torch.nn on a CPU)
 C3     lstm  32    256    128   1    C2 with weight_drop 0.5 (weight drop's cost on a CPU: C3 / C2)
+C4     gru   32    256    128   1    C2 as a GRU
+C5     lstm  64    512    64    1    the host speed goal's second shape (issue 12)
+C6     gru   64    512    64    1    C5 as a GRU
+C7     lstm  1     128    256   1    B=1 latency (issue 12; bench/latency.py times it per call)
+C8     gru   1     128    256   1    C7 as a GRU
 =====  ====  ====  =====  ====  ===  ======================================================
 
 C1 and C2 carry the CPU targets of the host backend (issue 4): on C1, host at least 5x faster
 than the reference loop; on C2, within 2x of torch.nn — each measured side by side in one run
 (``python -m bench --workloads C1,C2 --dtypes float32 --modes train --device cpu``).
+
+C2 and C4-C8 carry issue 12's host speed goals against torch.nn (plain layers, training and
+inference, host <= 1.0x torch.nn; C1 against torch.nn's plain C2 <= 1.15x):
+``python -m bench --workloads C1,C2,C4,C5,C6,C7,C8 --modes forward,train --device cpu
+--providers torch,host``.
 
 W8 and C3 measure what weight drop (DropConnect on W_hh, issue 15) costs: the same layer as
 W1 / C2 with ``weight_drop=0.5``, so a provider's W8 / W1 (C3 / C2) median ratio is the cost,
@@ -155,6 +165,11 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "C2": _CPU_HOST,
     "C3": dataclasses.replace(_CPU_HOST, name="C3", weight_drop=0.5),
+    "C4": dataclasses.replace(_CPU_HOST, name="C4", cell="gru"),
+    "C5": Workload("C5", "lstm", 64, 512, 512, 64, suite="cpu"),
+    "C6": Workload("C6", "gru", 64, 512, 512, 64, suite="cpu"),
+    "C7": Workload("C7", "lstm", 1, 128, 128, 256, suite="cpu"),
+    "C8": Workload("C8", "gru", 1, 128, 128, 256, suite="cpu"),
 }
 QUICK_WORKLOADS: dict[str, Workload] = _family(
     {"W1": (4, 32, 16), "W2": (8, 32, 16), "W3": (16, 32, 8), "W7": (4, 32, 16)}

@@ -164,6 +164,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(F, batch_mean_c).FRNN_PTR(F, batch_var_c)
       .FRNN_PTR(F, gates).FRNN_PTR(F, gru_hn).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
       .FRNN_PTR(F, c_tilde).FRNN_PTR(F, c_state).FRNN_PTR(F, xhat_c).FRNN_PTR(F, rstd_c)
+      .FRNN_PTR(F, h_state)
       .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats);
 
   using Bw = RecurrenceBwdParams;

@@ -48,6 +48,37 @@ class DroppedInputProjection(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+def _onednn_linear_applies(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> bool:
+    """Whether ``x W_ih^T + b_ih`` may run on oneDNN: plain dense float32 CPU tensors, eager
+    mode, no gradient needed (the op has no autograd formula)."""
+    tensors = (x, w_ih) if b_ih is None else (x, w_ih, b_ih)
+    if not _ONEDNN_LINEAR or not all(
+        type(t) in _PLAIN_TENSORS and t.device.type == "cpu" and t.dtype == torch.float32
+        for t in tensors
+    ):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return (
+        not torch.compiler.is_compiling() and not _functorch_active() and x.layout == torch.strided
+    )
+
+
+def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear``, on oneDNN where it applies: torch's CPU wheel sends F.linear to MKL, whose
+    sgemm runs a generic kernel on AMD CPUs (2.25x slower than oneDNN's at the B=32 host
+    workload's shape, docs/design.md §5.4)."""
+    if _onednn_linear_applies(x, w_ih, b_ih):
+        return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
+    return F.linear(x, w_ih, b_ih)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not fake, functional or other subclasses
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
+
+
 def _input_projection(x, w_ih, b_ih, seed, options: RNNOptions, training, layer, direction):
     """``(m_x * x) W_ih^T + b_ih`` (the mask only in training with input_dropout)."""
     if training and options.input_dropout > 0:
@@ -57,4 +88,4 @@ def _input_projection(x, w_ih, b_ih, seed, options: RNNOptions, training, layer,
         return DroppedInputProjection.apply(
             x, w_ih, b_ih, seed, options.input_dropout, layer, direction
         )
-    return F.linear(x, w_ih, b_ih)
+    return _linear(x, w_ih, b_ih)

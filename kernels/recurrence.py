@@ -40,6 +40,12 @@ Block sizes (chosen by the launcher)
               of the backward's per-gate dots (``GATE_DOTS``, float32).
 ``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward's one dot over all
               gate rows (bf16 / fp16).
+``BLOCK_P``   with a projection (``HAS_PROJ``) next power of two >= P, the forward dot's K
+              (h has P units); ``BLOCK_H`` without one.
+``BLOCK_R``   h units per program: ``BLOCK_U`` without a projection.
+``ROWS_PER_DOT`` batch rows per dot of the resident product (``BLOCK_B`` unless row pieces).
+``K_TILES``   resident W_hh as this many K tiles (1 unless split).
+``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
 
@@ -55,7 +61,7 @@ checked against the compiled kernels). With W_hh resident the envelope ends wher
 staging exceeds the device's shared memory (on an H100: LSTM / GRU H <= 512 at B <= 16 in
 every dtype, so W1 and W6a; B = 64 only to H = 128-256). Beyond it ``STREAM_K`` > 0: W_hh is
 read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
-the same ``load_w_hh_tile``), which takes W2, W6b and H = 2048. ``BLOCK_R`` < ``BLOCK_B``
+the same ``load_w_hh_tile``), which takes W2, W6b and H = 2048. ``ROWS_PER_DOT`` < ``BLOCK_B``
 (row pieces) and ``K_TILES`` > 1 (the resident W_hh as a tuple of K tiles) split the resident
 product into smaller dots (``_resident_product``); only the interpreter tests select them
 today (compiled for sm_90a they spill: docs/design.md §5.2).
@@ -124,6 +130,7 @@ _RUNTIME_SCALARS = [
     "steps",
     "batch",
     "hidden",
+    "proj",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -145,7 +152,7 @@ def _load_resident_tiles(
     n_index,
     n_in,
     k_total,
-    hidden,
+    w_row_stride,
     K_IS_W_ROW: tl.constexpr,
     K_TILES: tl.constexpr,
     BLOCK_KR: tl.constexpr,
@@ -158,7 +165,8 @@ def _load_resident_tiles(
     """A program's resident share of W_hh as ``K_TILES`` tiles [BLOCK_KR, N] (a tuple, tile
     ``c`` = K rows ``c * BLOCK_KR ...``): element (k, n) is ``W_hh[k, n_index[n]]``
     (``K_IS_W_ROW``: the backward's gate rows) or ``W_hh[n_index[n], k]`` (the forward's
-    transposed gate rows), 0 for ``k >= k_total``. Loaded once per launch through
+    transposed gate rows), 0 for ``k >= k_total``; ``w_row_stride`` is W_hh's row length
+    (the h size: P with a projection, H without). Loaded once per launch through
     :func:`load_w_hh_tile` (weight drop applies there)."""
     tiles = ()
     for tile in tl.static_range(K_TILES):
@@ -176,7 +184,7 @@ def _load_resident_tiles(
                 w_rows,
                 w_cols,
                 (ks < k_total)[:, None] & n_in[None, :],
-                hidden,
+                w_row_stride,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -202,7 +210,7 @@ def _resident_product(
     dropout_p,
     dropout_keep_scale,
     K_TILES: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    ROWS_PER_DOT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
@@ -211,22 +219,22 @@ def _resident_product(
     the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``.
 
     The operand was written by every program before the barrier, so it is read from L2. It
-    is taken ``BLOCK_R`` rows by one K tile at a time (static loops: one dot per piece, each
-    against a tile that stays on chip), so a dot holds and stages only ``[BLOCK_R, K /
+    is taken ``ROWS_PER_DOT`` rows by one K tile at a time (static loops: one dot per piece, each
+    against a tile that stays on chip), so a dot holds and stages only ``[ROWS_PER_DOT, K /
     K_TILES]`` of it: that is what lets B = 64 keep W_hh on chip at H = 1024 without
     spilling. ``OPERAND_DROPOUT``: the operand is ``m_h * h``, each piece's mask drawn again.
     """
     BLOCK_KR: tl.constexpr = w_tiles[0].shape[0]
-    CHUNKS: tl.constexpr = acc.shape[0] // BLOCK_R
+    CHUNKS: tl.constexpr = acc.shape[0] // ROWS_PER_DOT
     WIDTH_N: tl.constexpr = acc.shape[1]
     chunk_ids = tl.arange(0, CHUNKS)[:, None, None]
-    acc3 = tl.reshape(acc, (CHUNKS, BLOCK_R, WIDTH_N))
+    acc3 = tl.reshape(acc, (CHUNKS, ROWS_PER_DOT, WIDTH_N))
     for chunk in tl.static_range(CHUNKS):
-        rows = chunk * BLOCK_R + tl.arange(0, BLOCK_R)
+        rows = chunk * ROWS_PER_DOT + tl.arange(0, ROWS_PER_DOT)
         if CHUNKS == 1:
             part = acc
         else:
-            part = tl.zeros((BLOCK_R, WIDTH_N), tl.float32)
+            part = tl.zeros((ROWS_PER_DOT, WIDTH_N), tl.float32)
         for tile in tl.static_range(K_TILES):
             ks = tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
             operand = tl.load(
@@ -247,7 +255,7 @@ def _resident_product(
     if CHUNKS == 1:
         result = acc3
     else:
-        result = tl.reshape(acc3, (CHUNKS * BLOCK_R, WIDTH_N))
+        result = tl.reshape(acc3, (CHUNKS * ROWS_PER_DOT, WIDTH_N))
     return result
 
 
@@ -261,7 +269,7 @@ def _streamed_product(
     w_hh_ptr,
     n_index,
     n_in,
-    hidden,
+    w_row_stride,
     K_IS_W_ROW: tl.constexpr,
     USE_WEIGHT_DROP: tl.constexpr,
     weight_drop_key,
@@ -282,8 +290,9 @@ def _streamed_product(
     whose W_hh does not fit on chip): row ``r`` of the operand is ``step_ptr[r * width + k]``
     for ``k < k_total``; the tile's element (k, n) is ``W_hh[k, n_index[n]]``
     (``K_IS_W_ROW``: the backward's gate rows) or ``W_hh[n_index[n], k]`` (the forward's
-    transposed gate rows). Each chunk goes through :func:`load_w_hh_tile`, so weight drop
-    applies as in the resident tiles. ``OPERAND_DROPOUT`` as in :func:`_resident_product`.
+    transposed gate rows), ``w_row_stride`` as in :func:`_load_resident_tiles`. Each chunk
+    goes through :func:`load_w_hh_tile`, so weight drop applies as in the resident tiles.
+    ``OPERAND_DROPOUT`` as in :func:`_resident_product`.
     """
     k0 = 0
     while k0 < k_total:
@@ -310,7 +319,7 @@ def _streamed_product(
             w_rows,
             w_cols,
             k_in[:, None] & n_in[None, :],
-            hidden,
+            w_row_stride,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -323,13 +332,16 @@ def _streamed_product(
 
 
 @triton.jit
-def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr):
-    """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM)."""
+def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr, HAS_PROJ: tl.constexpr):
+    """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM),
+    plus one for the projection's exchange of h~ (forward) or dL/dh~ (backward)."""
     count = 1
     if NORM == NORM_LAYER:
         count += 1
         if CELL == LSTM:
             count += 1
+    if HAS_PROJ:
+        count += 1
     return count
 
 
@@ -368,6 +380,8 @@ def recurrence_forward_kernel(
     rstd_hh_ptr,  # [T, G*H] (batch) or [T, B] (layer): 1 / sqrt(var + eps)
     xhat_c_ptr,  # [T, B, H] normalised c~ before gamma, beta (LSTM, NORM != none)
     rstd_c_ptr,  # [T, H] (batch) or [T, B] (layer)
+    h_pre_proj_ptr,  # [T, B, H] o tanh(N_c(c~)) before W_hr (HAS_PROJ; 0 in inactive rows):
+    #                  the buffer through which programs exchange it, and dW_hr's operand
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
     barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
@@ -394,6 +408,10 @@ def recurrence_forward_kernel(
     weight_drop_base,  # philox.weight_drop_base_offset(layer, direction)
     weight_drop_p,  # DropConnect probability of W_hh
     weight_drop_keep_scale,  # 1 / (1 - weight_drop_p)
+    # ---- LSTM projection (HAS_PROJ): h = W_hr h~ has P units, c has H. Without it the
+    #      h0 / h_n / output / h_prev shapes above read P = H.
+    w_hr_ptr,  # [P, H] D
+    proj,  # P
     # ---- meta-parameters
     CELL: tl.constexpr,  # CELL_CODES
     NORM: tl.constexpr,  # NORM_CODES
@@ -410,7 +428,10 @@ def recurrence_forward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_R: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
+    HAS_PROJ: tl.constexpr,
+    BLOCK_P: tl.constexpr,  # next power of two >= P (BLOCK_H without a projection)
+    BLOCK_R: tl.constexpr,  # h units per program (BLOCK_U without a projection)
+    ROWS_PER_DOT: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
     K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
@@ -435,7 +456,7 @@ def recurrence_forward_kernel(
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
-    barriers_per_step = _barriers_per_step(CELL, NORM)
+    barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
     rows = tl.arange(0, BLOCK_B)
     row_in = rows < batch
@@ -450,8 +471,24 @@ def recurrence_forward_kernel(
     col_mask = row_in[:, None] & col_in[None, :]
     ks = tl.arange(0, BLOCK_H)
     k_in = ks < hidden
+    # h's units: with a projection h has P of them, split over the programs in slices of
+    # BLOCK_R (a program may own none), and they are the recurrent dot's K; h~'s H units
+    # (ks_h) are the projection's K. Without one, h's slice is the cell's.
+    if HAS_PROJ:
+        state_size = proj
+        h_units = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        ks_h = ks
+        k_h_in = k_in
+        ks = tl.arange(0, BLOCK_P)
+        k_in = ks < proj
+    else:
+        state_size = hidden
+        h_units = units
+    h_unit_in = h_units < state_size
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
 
-    # This program's gate columns of W_hh, transposed for the dot: [BLOCK_H, GATES_PAD*BLOCK_U].
+    # This program's gate columns of W_hh, transposed for the dot: [BLOCK_P, GATES_PAD*BLOCK_U].
     # Loaded once, in D, on chip for the whole loop (the compiled kernels keep it in shared
     # memory, the dot's B operand). STREAM_K: too large for that, read per step in K-chunks.
     # K_TILES > 1: held as that many K-chunk tiles (a tuple), one dot per tile.
@@ -460,11 +497,11 @@ def recurrence_forward_kernel(
             w_hh_ptr,
             gate_col,
             col_in,
-            hidden,
-            hidden,
+            state_size,
+            state_size,
             False,
             K_TILES,
-            BLOCK_H // K_TILES,
+            BLOCK_P // K_TILES,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -488,13 +525,20 @@ def recurrence_forward_kernel(
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     # One dropout mask for all steps, over the full row of h that enters the dot (the chunked
     # products draw each chunk's share again per step instead of holding [B, H]).
-    ONE_DOT: tl.constexpr = STREAM_K == 0 and BLOCK_R == BLOCK_B and K_TILES == 1
+    ONE_DOT: tl.constexpr = STREAM_K == 0 and ROWS_PER_DOT == BLOCK_B and K_TILES == 1
     HOLD_DROPOUT_MASK: tl.constexpr = USE_DROPOUT and ONE_DOT
     if HOLD_DROPOUT_MASK:
         m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
 
+    if HAS_PROJ:
+        # W_hr[own h units, :] transposed, [BLOCK_H, BLOCK_R], on chip for all steps.
+        w_hr_t = tl.load(
+            w_hr_ptr + h_units[None, :] * hidden + ks_h[:, None],
+            mask=k_h_in[:, None] & h_unit_in[None, :],
+            other=0.0,
+        )
     own_offsets = rows[:, None] * hidden + units[None, :]
-    h_own = tl.load(h0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    h_own = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
     if CELL == LSTM:
         c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
@@ -516,18 +560,18 @@ def recurrence_forward_kernel(
         step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
 
         # 1-2. the recurrent product for this program's gate columns.
-        h_step_ptr = h_prev_ptr + t64 * batch * hidden
+        h_step_ptr = h_prev_ptr + t64 * batch * state_size
         if STREAM_K > 0:
             acc = _streamed_product(
                 h_step_ptr,
-                hidden,
+                state_size,
                 rows,
                 row_in,
-                hidden,
+                state_size,
                 w_hh_ptr,
                 gate_col,
                 col_in,
-                hidden,
+                state_size,
                 False,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
@@ -546,7 +590,7 @@ def recurrence_forward_kernel(
             )
         elif ONE_DOT:
             h_full = tl.load(
-                h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, hidden),
+                h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, state_size),
                 mask=row_in[:, None] & k_in[None, :],
                 other=0.0,
                 cache_modifier=".cg",
@@ -563,9 +607,9 @@ def recurrence_forward_kernel(
         else:
             acc = _resident_product(
                 h_step_ptr,
-                hidden,
+                state_size,
                 0,
-                hidden,
+                state_size,
                 batch,
                 w_tiles,
                 tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
@@ -575,7 +619,7 @@ def recurrence_forward_kernel(
                 dropout_p,
                 dropout_keep_scale,
                 K_TILES,
-                BLOCK_R,
+                ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -719,29 +763,50 @@ def recurrence_forward_kernel(
                 mask=own_mask,
             )
 
+        if HAS_PROJ:
+            # h~ = W_hr (o tanh(N_c(c~))): publish this program's H units of the row block,
+            # meet, and project the full row onto this program's P units.
+            tl.store(
+                h_pre_proj_ptr + step_own, tl.where(active[:, None], h_cand, 0.0), mask=own_mask
+            )
+            grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 2)
+            h_pre_full = tl.load(
+                h_pre_proj_ptr + _rows_cols_offsets(t, batch, rows, ks_h, hidden),
+                mask=row_in[:, None] & k_h_in[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            h_cand = recurrent_dot(
+                h_pre_full,
+                w_hr_t,
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+
         # 5. zoneout of h, lengths, outputs, the h exchange, the barrier.
         if USE_ZONEOUT_HIDDEN:
             d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
             )
             h_next = zoneout(h_own, h_cand, d_h)
         else:
             h_next = h_cand
         h_own = tl.where(active[:, None], h_next, h_own)
         tl.store(
-            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + units[None, :],
+            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + h_units[None, :],
             tl.where(active[:, None], h_next, 0.0),
-            mask=own_mask,
+            mask=h_own_mask,
         )
         tl.store(
-            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, units, hidden),
+            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, h_units, state_size),
             h_own,
-            mask=own_mask & (s + 1 < steps),
+            mask=h_own_mask & (s + 1 < steps),
         )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
         s += 1
 
-    tl.store(h_n_ptr + own_offsets, h_own, mask=own_mask)
+    tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
     if CELL == LSTM:
         tl.store(c_n_ptr + own_offsets, c_own, mask=own_mask)
 
@@ -799,6 +864,12 @@ def recurrence_backward_kernel(
     weight_drop_base,
     weight_drop_p,
     weight_drop_keep_scale,
+    # ---- LSTM projection (HAS_PROJ): grad_output, grad_h_n, h_prev, grad_h0 and W_hh's
+    #      second dimension have P units
+    w_hr_ptr,  # [P, H] D
+    grad_proj_ptr,  # [T, B, P] float32: dL/dh~ after W_hr (0 for inactive rows), exchanged
+    #                 between programs and the launcher's dW_hr GEMM operand
+    proj,  # P
     # ---- meta-parameters (as the forward kernel)
     CELL: tl.constexpr,
     NORM: tl.constexpr,
@@ -815,8 +886,11 @@ def recurrence_backward_kernel(
     BLOCK_U: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_GH: tl.constexpr,  # next power of two >= G*H (the one dot's K when not GATE_DOTS)
+    HAS_PROJ: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
-    BLOCK_R: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
+    ROWS_PER_DOT: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
     K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
@@ -845,7 +919,7 @@ def recurrence_backward_kernel(
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
-    barriers_per_step = _barriers_per_step(CELL, NORM)
+    barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
     rows = tl.arange(0, BLOCK_B)
     row_in = rows < batch
@@ -860,6 +934,24 @@ def recurrence_backward_kernel(
     col_mask = row_in[:, None] & col_in[None, :]
     ks = tl.arange(0, BLOCK_H)
     k_in = ks < hidden
+    # h's units (as the forward kernel): dh, m_h and W_hh's columns are over them.
+    if HAS_PROJ:
+        state_size = proj
+        h_units = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        ps = tl.arange(0, BLOCK_P)
+        p_in = ps < proj
+        # W_hr[:, own cell units], [BLOCK_P, BLOCK_U], on chip for all steps.
+        w_hr_own = tl.load(
+            w_hr_ptr + ps[:, None] * hidden + units[None, :],
+            mask=p_in[:, None] & unit_in[None, :],
+            other=0.0,
+        )
+    else:
+        state_size = hidden
+        h_units = units
+    h_unit_in = h_units < state_size
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
 
     # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
@@ -871,9 +963,9 @@ def recurrence_backward_kernel(
         w_gate0 = load_w_hh_tile(
             w_hh_ptr,
             ks[:, None],
-            units[None, :],
-            k_in[:, None] & unit_in[None, :],
-            hidden,
+            h_units[None, :],
+            k_in[:, None] & h_unit_in[None, :],
+            state_size,
             USE_WEIGHT_DROP,
             weight_drop_key,
             weight_drop_base,
@@ -884,9 +976,9 @@ def recurrence_backward_kernel(
             w_gate1 = load_w_hh_tile(
                 w_hh_ptr,
                 (hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -897,9 +989,9 @@ def recurrence_backward_kernel(
             w_gate2 = load_w_hh_tile(
                 w_hh_ptr,
                 (2 * hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -910,9 +1002,9 @@ def recurrence_backward_kernel(
             w_gate3 = load_w_hh_tile(
                 w_hh_ptr,
                 (3 * hidden + ks)[:, None],
-                units[None, :],
-                k_in[:, None] & unit_in[None, :],
-                hidden,
+                h_units[None, :],
+                k_in[:, None] & h_unit_in[None, :],
+                state_size,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
                 weight_drop_base,
@@ -922,10 +1014,10 @@ def recurrence_backward_kernel(
     else:
         w_gates = _load_resident_tiles(
             w_hh_ptr,
-            units,
-            unit_in,
+            h_units,
+            h_unit_in,
             gate_width,
-            hidden,
+            state_size,
             True,
             K_TILES,
             BLOCK_GH // K_TILES,
@@ -953,10 +1045,10 @@ def recurrence_backward_kernel(
     grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT:
-        m_h_own = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
+        m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
 
     own_offsets = rows[:, None] * hidden + units[None, :]
-    dh = tl.load(grad_h_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    dh = tl.load(grad_h_n_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
     if CELL == LSTM:
         dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
@@ -978,20 +1070,44 @@ def recurrence_backward_kernel(
 
         # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
         grad_out = tl.load(
-            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
-            mask=own_mask,
+            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + h_units[None, :],
+            mask=h_own_mask,
             other=0.0,
         ).to(tl.float32)
         dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
         if USE_ZONEOUT_HIDDEN:
             d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
             )
             dh_cand = (1.0 - d_h) * dh_total
             dh_direct = d_h * dh_total
         else:
             dh_cand = dh_total
-            dh_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
+            dh_direct = tl.zeros((BLOCK_B, BLOCK_R), tl.float32)
+        cell_barrier = first_barrier
+        if HAS_PROJ:
+            # dL/d(o tanh(N_c(c~))) of the own cell units = dL/dh~ (every program's P units,
+            # exchanged through grad_proj) @ W_hr[:, own units].
+            tl.store(
+                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, h_units, proj),
+                dh_cand,
+                mask=h_own_mask,
+            )
+            grid_barrier(barrier_ptr, first_barrier)
+            cell_barrier = first_barrier + 1
+            d_proj_full = tl.load(
+                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, ps, proj),
+                mask=row_in[:, None] & p_in[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            dh_cand = recurrent_dot(
+                d_proj_full,
+                w_hr_own,
+                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
 
         gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
         if CELL == LSTM:
@@ -1026,7 +1142,7 @@ def recurrence_backward_kernel(
                     unit_in,
                     ln_partials_ptr + 2 * num_programs * batch,
                     barrier_ptr,
-                    first_barrier,
+                    cell_barrier,
                     rows,
                     batch,
                     PROGRAMS_PAD,
@@ -1124,9 +1240,9 @@ def recurrence_backward_kernel(
                 row_in,
                 gate_width,
                 w_hh_ptr,
-                units,
-                unit_in,
-                hidden,
+                h_units,
+                h_unit_in,
+                state_size,
                 True,
                 USE_WEIGHT_DROP,
                 weight_drop_key,
@@ -1138,7 +1254,7 @@ def recurrence_backward_kernel(
                 dropout_base,
                 dropout_p,
                 dropout_keep_scale,
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 STREAM_K,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
@@ -1152,14 +1268,14 @@ def recurrence_backward_kernel(
                 hidden,
                 batch,
                 (w_gate0,),
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 False,
                 seed,
                 dropout_base,
                 dropout_p,
                 dropout_keep_scale,
                 1,
-                BLOCK_R,
+                ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -1178,7 +1294,7 @@ def recurrence_backward_kernel(
                     dropout_p,
                     dropout_keep_scale,
                     1,
-                    BLOCK_R,
+                    ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
@@ -1197,7 +1313,7 @@ def recurrence_backward_kernel(
                     dropout_p,
                     dropout_keep_scale,
                     1,
-                    BLOCK_R,
+                    ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
@@ -1216,7 +1332,7 @@ def recurrence_backward_kernel(
                     dropout_p,
                     dropout_keep_scale,
                     1,
-                    BLOCK_R,
+                    ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
@@ -1228,14 +1344,14 @@ def recurrence_backward_kernel(
                 gate_width,
                 batch,
                 w_gates,
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
+                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 False,
                 seed,
                 dropout_base,
                 dropout_p,
                 dropout_keep_scale,
                 K_TILES,
-                BLOCK_R,
+                ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -1244,7 +1360,7 @@ def recurrence_backward_kernel(
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
         s += 1
 
-    tl.store(grad_h0_ptr + own_offsets, dh, mask=own_mask)
+    tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
     if CELL == LSTM:
         tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
     tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)

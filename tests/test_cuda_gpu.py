@@ -360,3 +360,28 @@ def test_stream_and_no_sync():
         F32,
         what="cuda on a side stream",
     )
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_backward_row_sums_across_blocks(cell, dtype):
+    """Layer-norm backward's row sums over every block's columns, with more blocks than
+    warps per block and uneven slices."""
+    base = make_inputs(cell, "all_ln", False, True, torch.float64, 3, 37, 600)
+    check_against_reference(base, dtype)
+
+
+@pytest.mark.parametrize("reg", ["none", "all", "all_ln", "bn_eval"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_saves_nothing(cell, reg):
+    """With no gradient needed the forward writes no saved tensor (norm statistics included)
+    and gives the same results as with one."""
+    base = _to(make_inputs(cell, reg, False, True, torch.float64), F32)
+    with_grad, saved = cuda_backend.forward(base)
+    without, nothing = cuda_backend.forward(base.replace(needs_grad=False))
+    assert any(t.numel() > 0 for t in saved[1:])
+    assert all(t.numel() == 0 for t in nothing), [tuple(t.shape) for t in nothing]
+    assert len(cuda_backend.saved_like(base.replace(needs_grad=False))) == len(nothing)
+    for name in ("output", "h_n", "c_n"):
+        if getattr(with_grad, name) is not None:
+            assert torch.equal(getattr(with_grad, name), getattr(without, name)), name

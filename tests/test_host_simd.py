@@ -196,13 +196,28 @@ def test_nan_in_gives_nan_out():
         assert torch.equal(torch.isnan(got), torch.isnan(values)), cell
 
 
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_inference_saves_nothing_and_gives_the_same_results(cell):
+def test_inference_saves_nothing_and_gives_the_same_results(cell, norm):
+    """Nothing per step is saved when no gradient is needed, normalisation statistics
+    included (native.py's layout, shared with the cuda backend)."""
     torch.manual_seed(3)
     steps, batch, hidden = 6, 5, 19
     gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    running = {}
+    if norm == "batch":  # eval mode reads the running buffers
+        running = dict(
+            running_mean_hh=torch.randn(steps, gates * hidden),
+            running_var_hh=torch.rand(steps, gates * hidden) + 0.5,
+            running_mean_c=torch.randn(steps, hidden) if cell == "lstm" else None,
+            running_var_c=torch.rand(steps, hidden) + 0.5 if cell == "lstm" else None,
+        )
     common = dict(
-        config=RecurrenceConfig(cell, hidden, 0, 0.0, 0.3, 0.2, "none"),
+        config=RecurrenceConfig(cell, hidden, 0, 0.0, 0.3, 0.2, norm),
+        norm_weight_hh=torch.rand(gates * hidden) + 0.5 if norm != "none" else None,
+        norm_weight_c=torch.rand(hidden) + 0.5 if norm != "none" and cell == "lstm" else None,
+        norm_bias_c=torch.randn(hidden) if norm != "none" and cell == "lstm" else None,
+        **running,
         xg=torch.randn(steps, batch, gates * hidden),
         h0=torch.randn(batch, hidden),
         c0=torch.randn(batch, hidden) if cell == "lstm" else None,

@@ -99,15 +99,16 @@ def make_inputs(
     dtype: torch.dtype = torch.float32,
     device: str = DEVICE,
     seed: int = 1234,
+    proj: int = 0,
 ) -> RecurrenceInputs:
+    """One layer-direction's inputs; ``proj`` > 0 (lstm): h = W_hr h~ has ``proj`` units."""
     fields, training = REGULARIZERS[regularizer]
     if cell != "lstm":
         fields = {k: v for k, v in fields.items() if k != "zoneout_cell"}
-    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden, **fields)
-    gen = torch.Generator().manual_seed(
-        zlib.crc32(f"{cell}/{regularizer}/{steps}/{batch}/{hidden}".encode())
-    )
-    gates = cfg.gate_size
+    cfg = RecurrenceConfig(cell=cell, hidden_size=hidden, proj_size=proj, **fields)
+    key = f"{cell}/{regularizer}/{steps}/{batch}/{hidden}" + (f"/{proj}" if proj else "")
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    gates, out_size = cfg.gate_size, cfg.out_size
 
     def rand(*shape: int, scale: float = 0.5, offset: float = 0.0) -> torch.Tensor:
         value = offset + scale * torch.randn(*shape, generator=gen)
@@ -132,11 +133,11 @@ def make_inputs(
     return RecurrenceInputs(
         config=cfg,
         xg=rand(steps, batch, gates, scale=1.0),
-        h0=rand(batch, hidden),
+        h0=rand(batch, out_size),
         c0=rand(batch, hidden) if cell == "lstm" else None,
-        w_hh=rand(gates, hidden),
+        w_hh=rand(gates, out_size),
         b_hh=rand(gates, scale=0.2) if bias else None,
-        w_hr=None,
+        w_hr=rand(proj, hidden, scale=hidden**-0.5) if proj else None,
         lengths=None if lengths is None else torch.tensor(lengths, device=device),
         reverse=reverse,
         training=training,
@@ -372,7 +373,7 @@ def force_large_shape_path(monkeypatch, path: str, inputs: RecurrenceInputs) -> 
         monkeypatch.setattr(triton_backend, name, value)
     geo = triton_backend._geometry(
         inputs.xg.shape[1], inputs.config.hidden_size, inputs.config.num_gates, "cpu",
-        inputs.xg.dtype,
+        inputs.xg.dtype, inputs.config.proj_size,
     )  # fmt: skip
     knobs = LARGE_SHAPE_PATHS[path]
     assert geo["stream_k"] == knobs.get("INTERPRETER_STREAM_K", 0)
@@ -408,7 +409,7 @@ def test_large_shape_paths_awkward_batch(poisoned, monkeypatch, path):
     assert_matches_reference(inputs)
 
 
-def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16, arch=90):
+def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16, arch=90, proj=0):
     """The launcher's geometry and reason on an A100 / H100 (its properties faked, nothing
     launched): the envelope's decisions, checkable without a GPU."""
     import triton_aot
@@ -418,7 +419,7 @@ def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16,
         torch.cuda, "get_device_properties", triton_aot.fake_device_properties(arch)
     )
     gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-    geo = triton_backend._geometry(batch, hidden, gates, "cuda", dtype)
+    geo = triton_backend._geometry(batch, hidden, gates, "cuda", dtype, proj)
     return geo, triton_backend._resource_reason(geo)
 
 
@@ -458,6 +459,136 @@ def test_envelope_refuses_with_a_reason(monkeypatch):
     gets a reason instead of a launch."""
     _, reason = _gpu_geometry(monkeypatch, 256, 16384, "lstm", torch.bfloat16)
     assert reason is not None and "too large" in reason and "gate-column tile" in reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_envelope_projection(monkeypatch, dtype):
+    """With proj_size, W1 (B = 16, H = 512, P = 128) keeps W_hh ([4H, P]) and W_hr on chip;
+    where W_hh would be streamed (B = 64, H = 2048) the launcher refuses with a reason, as
+    that combination's shared-memory plan is unchecked on compiled kernels."""
+    geo, reason = _gpu_geometry(monkeypatch, 16, 512, "lstm", dtype, proj=128)
+    assert reason is None, reason
+    assert geo["stream_k"] == 0 and geo["BLOCK_P"] == 128
+    geo, reason = _gpu_geometry(monkeypatch, 64, 2048, "lstm", dtype, proj=512)
+    assert geo["stream_k"] > 0
+    assert reason is not None and "proj_size" in reason and "streamed from L2" in reason
+
+
+# ----------------------------------------------------------------------------------------
+# LSTM projections (proj_size = P): h = W_hr (o tanh(N_c(c~))) has P units, c has H
+# ----------------------------------------------------------------------------------------
+PROJ = 3
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("reverse", "lengths"),
+    [(False, LENGTHS), (True, None), (True, LENGTHS)],
+    ids=["forward-lengths", "reverse-full", "reverse-lengths"],
+)
+@pytest.mark.parametrize("regularizer", list(REGULARIZERS))
+def test_projection_matches_reference(poisoned, regularizer, reverse, lengths):
+    """Every regulariser with a projection: outputs, h_n [B, P], c_n [B, H] and every
+    gradient, dL/dW_hr included; the masks of h (dropout, zoneout) are over P units."""
+    inputs = make_inputs("lstm", regularizer, reverse=reverse, lengths=lengths, proj=PROJ)
+    assert inputs.w_hr.shape == (PROJ, HIDDEN) and triton_backend.unsupported_reason(inputs) is None
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("batch", "hidden", "proj", "steps", "lengths"),
+    [(2, 7, 1, 3, [3, 1]), (3, 17, 13, 2, None), (1, 17, 16, 3, [2]), (5, 2, 1, 4, None)],
+    ids=["proj1", "hidden17-proj13", "proj16-close-to-hidden17", "hidden2-proj1"],
+)
+@pytest.mark.parametrize("regularizer", ["none", "all_batch_norm", "all_layer_norm"])
+def test_projection_awkward_sizes(poisoned, regularizer, batch, hidden, proj, steps, lengths):
+    inputs = make_inputs(
+        "lstm",
+        regularizer,
+        batch=batch,
+        hidden=hidden,
+        steps=steps,
+        lengths=lengths,
+        reverse=True,
+        proj=proj,
+    )
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_projection_half_precision(poisoned, dtype):
+    inputs = make_inputs("lstm", "all_layer_norm", dtype=dtype, lengths=LENGTHS, proj=PROJ)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize("regularizer", ["all_layer_norm", "weight_drop"])
+@pytest.mark.parametrize("path", list(LARGE_SHAPE_PATHS))
+def test_projection_large_shape_paths(poisoned, monkeypatch, path, regularizer):
+    """The row-piece, K-tile and streamed products with a projection: W_hh's rows are P
+    long, so its tiles / chunks run over P, not H (H = 7, P = 5: the last K tile or chunk
+    of 4 is partial; weight drop's mask is drawn over the same [G*H, P] elements)."""
+    inputs = make_inputs(
+        "lstm", regularizer, hidden=7, proj=5, lengths=LENGTHS, reverse=True
+    )  # fmt: skip
+    force_large_shape_path(monkeypatch, path, inputs)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.interpreter
+@needs_backend
+@pytest.mark.parametrize(
+    ("layers", "bidirectional", "lengths"),
+    [(1, False, None), (2, True, (4, 2, 6))],
+    ids=["one-layer", "two-layers-bidirectional-packed"],
+)
+def test_projection_matches_torch_nn(layers, bidirectional, lengths):
+    """The module on the triton backend against torch.nn.LSTM(proj_size=...) with the same
+    state_dict: float32 by the rule, the truth torch.nn in float64, the baseline torch.nn's
+    own float32 error; output, h_n, c_n and the gradients of x, h0, c0 and every weight
+    (weight_hr_l*)."""
+    import test_parity_torch as parity
+
+    import fusedrnn
+
+    case = parity.Case(
+        "projection",
+        input_size=4,
+        hidden_size=HIDDEN,
+        proj_size=PROJ,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        lengths=lengths,
+        steps=6 if lengths else 4,
+    )
+    torch.manual_seed(0)
+    torch64 = torch.nn.LSTM(
+        case.input_size, HIDDEN, layers, proj_size=PROJ, bidirectional=bidirectional
+    ).double()
+    torch32 = copy.deepcopy(torch64).float()
+    fused32 = fusedrnn.LSTM(
+        case.input_size,
+        HIDDEN,
+        layers,
+        proj_size=PROJ,
+        bidirectional=bidirectional,
+        backend="triton",
+    )
+    fused32.load_state_dict(torch32.state_dict())
+    x, hx = parity._inputs("lstm", case, torch.float64, torch.Generator().manual_seed(1))
+    truth = parity._run(torch64, "lstm", case, x, hx, 7)
+    x32 = x.detach().float().requires_grad_(True)
+    hx32 = tuple(h.detach().float().requires_grad_(True) for h in hx)
+    baseline = parity._run(torch32, "lstm", case, x32, hx32, 7)
+    ours = parity._run(fused32, "lstm", case, x32, hx32, 7)
+    assert any(name.startswith("grad_weight_hr") for name in ours)
+    assert_by_rule(ours, truth, baseline, torch.float32, what="triton proj_size")
 
 
 @pytest.mark.interpreter
@@ -510,11 +641,10 @@ def test_saved_like_and_tensor_seed(cell, regularizer):
 
 
 def test_unsupported_and_availability():
-    inputs = make_inputs("lstm", "none", device="cpu")
-    projected = inputs.replace(
-        config=dataclasses.replace(inputs.config, proj_size=3), w_hr=torch.zeros(3, HIDDEN)
+    inputs = make_inputs("lstm", "none", device="cpu", proj=3)
+    assert "float64 is not supported" in triton_backend.unsupported_reason(
+        cast_inputs(inputs, torch.float64)
     )
-    assert "proj_size" in triton_backend.unsupported_reason(projected)
     reason = triton_backend.availability()
     assert reason is None or isinstance(reason, str)
     assert triton_backend.NAME == "triton"
@@ -748,6 +878,9 @@ def compile_kernels_for_gpu(arch: int) -> list[str]:
         grad_output, grad_h_n, grad_c_n = upstream_gradients(outputs)
         triton_backend.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
         gpu_blocks = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_U": 16, "PROGRAMS_PAD": 16}
+        # Without a projection h's units are the cell's (BLOCK_P = BLOCK_H, BLOCK_R =
+        # BLOCK_U), and every row goes into one dot.
+        gpu_blocks |= {"BLOCK_P": 64, "BLOCK_R": 16, "ROWS_PER_DOT": 16}
         gpu_blocks["UPCAST_OPERANDS"] = False  # the interpreter's upcast is off on a GPU
         for kernel, (args, kwargs) in captured.items():
             values = dict(zip(kernel.arg_names, args)) | kwargs | gpu_blocks

@@ -115,3 +115,39 @@ def test_multi_program_large_shape_paths(monkeypatch, path, cell, regularizer, d
     )
     force_large_shape_path(monkeypatch, path, inputs)
     assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("path", ["rows-and-k-tiles", "streamed"])
+def test_multi_program_projection_large_shape_paths(monkeypatch, path):
+    """The large-shape products with a projection, split over the programs: W_hh's tiles /
+    chunks over the P units of h, each program's columns of the backward's W_hh being its
+    BLOCK_R h units (P = 5: one program owns none)."""
+    inputs = make_inputs(
+        "lstm", "all_layer_norm", hidden=HIDDEN, reverse=True, lengths=LENGTHS, proj=5
+    )
+    force_large_shape_path(monkeypatch, path, inputs)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    ("regularizer", "proj", "dtype"),
+    [
+        ("none", 5, torch.float32),
+        ("all_batch_norm", 5, torch.float32),
+        ("all_layer_norm", 5, torch.float32),
+        ("all_layer_norm", 1, torch.float32),
+        ("weight_drop", 6, torch.float32),
+        ("all_layer_norm", 6, torch.bfloat16),
+    ],
+    ids=["none-p5", "all_batch_norm-p5", "all_layer_norm-p5", "all_layer_norm-p1", "wd-p6", "bf16"],
+)
+def test_multi_program_projection(regularizer, proj, dtype):
+    """proj_size: h's P units split over the programs in slices of BLOCK_R (P = 5: 2, 2, 1
+    and one program without any; P = 1: only the first), with the per-step exchange of h~
+    (forward) and dL/dh~ (backward) and its extra barrier between the layer-norm ones."""
+    inputs = make_inputs(
+        "lstm", regularizer, hidden=HIDDEN, reverse=True, lengths=LENGTHS, dtype=dtype, proj=proj
+    )
+    geometry = triton_backend._geometry(8, HIDDEN, 4, "cpu", dtype, proj)
+    assert geometry["BLOCK_R"] * (PROGRAMS - 1) >= proj  # some program owns no h unit
+    assert_matches_reference(inputs)

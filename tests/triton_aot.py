@@ -209,6 +209,7 @@ def _launcher_inputs(case: dict, hidden: int):
         hidden=hidden,
         dtype=getattr(torch, case["dtype"]),
         device="cpu",
+        proj=case.get("proj", 0),
     )
 
 
@@ -226,7 +227,12 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
             if rejected is not None:
                 return rejected
             geometry = triton_backend._geometry(
-                case["batch"], hidden, inputs.config.num_gates, "cuda", inputs.xg.dtype
+                case["batch"],
+                hidden,
+                inputs.config.num_gates,
+                "cuda",
+                inputs.xg.dtype,
+                inputs.config.proj_size,
             )
             return geometry.get("stream_reason")
 
@@ -275,6 +281,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
             inputs.config.num_gates,
             inputs.xg.device,
             inputs.xg.dtype,
+            inputs.config.proj_size,
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []

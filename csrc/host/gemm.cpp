@@ -32,12 +32,13 @@ struct Tile {
 
 constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
 
-// C tile [rows <= Rows, cols <= Panels * kPanel] (+)= A[rows, K] * panels[K, ...]; panel q of
-// the tile starts panel_stride elements after panel q - 1.
+// C tile [rows <= Rows, cols <= Panels * kPanel] (+)= A[rows, K] * panels[K, ...]: panel q of
+// the tile starts kPanel elements after panel q - 1, and row k of each PackedLayout::kRow
+// elements after row k - 1.
 template <class T, class Shape>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
-                                     int64_t panel_stride, T* C, int64_t ldc, int64_t rows,
-                                     int64_t cols, bool accumulate) {
+                                     T* C, int64_t ldc, int64_t rows, int64_t cols,
+                                     bool accumulate) {
   using V = typename Vec<T, Shape::kBytes>::type;
   using VU = typename Vec<T, Shape::kBytes>::unaligned;
   constexpr int64_t P = GemmPanel<T>::kWidth;
@@ -45,6 +46,7 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
   constexpr int64_t PV = P / L;  // vectors per panel row
   constexpr int64_t NV = Shape::kPanels * PV;
   constexpr int64_t MR = Shape::kRows;
+  constexpr int64_t R = PackedLayout<T>::kRow;
   const T* a_row[MR];
   for (int64_t i = 0; i < MR; ++i) a_row[i] = A + std::min(i, rows - 1) * lda;
   V acc[MR][NV];
@@ -54,7 +56,7 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
     V b[NV];
     for (int64_t q = 0; q < Shape::kPanels; ++q)
       for (int64_t v = 0; v < PV; ++v)
-        b[q * PV + v] = *reinterpret_cast<const VU*>(panel + q * panel_stride + k * P + v * L);
+        b[q * PV + v] = *reinterpret_cast<const VU*>(panel + q * P + k * R + v * L);
     for (int64_t i = 0; i < MR; ++i) {
       const T a = a_row[i][k];
       for (int64_t v = 0; v < NV; ++v) acc[i][v] += b[v] * a;
@@ -85,20 +87,20 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
     const bool acc = accumulate || k0 > 0;
     int64_t p = 0;
     for (; p + NP <= panels; p += NP) {
-      const T* panel = packed + p * K * P + k0 * P;
+      const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
       const int64_t cols = std::min(NP * P, N - p * P);
       for (int64_t m = 0; m < M; m += Shape::kRows) {
         const int64_t rows = std::min(Shape::kRows, M - m);
-        micro_kernel<T, Shape>(kb, A + m * lda + k0, lda, panel, K * P, C + m * ldc + p * P, ldc,
+        micro_kernel<T, Shape>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
                                rows, cols, acc);
       }
     }
     for (; p < panels; ++p) {
-      const T* panel = packed + p * K * P + k0 * P;
+      const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
       const int64_t cols = std::min(P, N - p * P);
       for (int64_t m = 0; m < M; m += One::kRows) {
         const int64_t rows = std::min(One::kRows, M - m);
-        micro_kernel<T, One>(kb, A + m * lda + k0, lda, panel, K * P, C + m * ldc + p * P, ldc,
+        micro_kernel<T, One>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
                              rows, cols, acc);
       }
     }

@@ -3,8 +3,8 @@
 //   C[M, N] (=|+=) A[M, K] * B[K, N]
 //
 // A is row-major with row stride lda; B is pre-packed once per call of the recurrence into
-// panels of kPanel columns (packed[p][k][kPanel], zero-padded), so the micro-kernel reads it
-// sequentially. The micro-kernel keeps an MR x kPanel tile of C in vector registers and is
+// panels of kPanel columns (PackedLayout: groups of 8 panels side by side, zero-padded), so
+// the micro-kernel reads it in order. The micro-kernel keeps an MR x kPanel tile of C in vector registers and is
 // written with GCC/Clang vector extensions, so it vectorises on any target; gemm.cpp builds it
 // for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA) and the baseline and picks one per process
 // (multiversion.h), so a wheel-like build needs no -march flag (see CMakeLists.txt).
@@ -29,7 +29,24 @@ struct GemmPanel<double> {
   static constexpr int64_t kWidth = 8;
 };
 
-// Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N into panels (zero-padded) and
+// The packed layout. Panels are stored in groups of kGroup side by side: group g is K rows of
+// kGroup * kWidth elements (panels g * kGroup ... of row k, zero beyond N), so the eight panels
+// the one-row (B = 1) tile reads together are one sequential stream rather than eight streams
+// a whole panel apart. Groups start one cache line beyond their size: without it they are a
+// multiple of 4 KiB apart, so a tile's loads would fall into one L1 set and 4K-alias.
+template <class T>
+struct PackedLayout {
+  static constexpr int64_t kGroup = 8;
+  static constexpr int64_t kRow = kGroup * GemmPanel<T>::kWidth;  // elements per k in a group
+  static int64_t group_stride(int64_t K) { return K * kRow + static_cast<int64_t>(64 / sizeof(T)); }
+  static int64_t size(int64_t K, int64_t N) { return (N + kRow - 1) / kRow * group_stride(K); }
+  // Where panel p's row k0 starts; the panel's row k is kRow elements after row k - 1.
+  static int64_t panel_start(int64_t K, int64_t p, int64_t k0) {
+    return p / kGroup * group_stride(K) + p % kGroup * GemmPanel<T>::kWidth + k0 * kRow;
+  }
+};
+
+// Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N (PackedLayout, zero-padded) and
 // returns the packed buffer. One pointer per column: a source whose columns are rows of a
 // matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its columns (k_stride = the
 // row length: the backward's B = W), without an index computation per element (the per-call
@@ -37,16 +54,17 @@ struct GemmPanel<double> {
 // k_stride > 1 source is read along its rows.
 template <class T, class Column>
 std::vector<T> pack_b(int64_t K, int64_t N, int64_t k_stride, Column column) {
+  using Layout = PackedLayout<T>;
   constexpr int64_t P = GemmPanel<T>::kWidth;
   const int64_t panels = (N + P - 1) / P;
-  std::vector<T> packed(static_cast<size_t>(panels * K * P), T(0));
+  std::vector<T> packed(static_cast<size_t>(Layout::size(K, N)), T(0));
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t width = std::min<int64_t>(P, N - p * P);
     const T* src[P];
     for (int64_t q = 0; q < width; ++q) src[q] = column(p * P + q);
-    T* dst = packed.data() + p * K * P;
+    T* dst = packed.data() + Layout::panel_start(K, p, 0);
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t q = 0; q < width; ++q) dst[k * P + q] = src[q][k * k_stride];
+      for (int64_t q = 0; q < width; ++q) dst[k * Layout::kRow + q] = src[q][k * k_stride];
   }
   return packed;
 }

@@ -59,28 +59,16 @@ inline Slice slice_of(int64_t H, int tid, int nt) {
   return Slice{H * tid / nt, H * (tid + 1) / nt};
 }
 
+// What both loops read besides the params: sizes, and W_hh times the weight-drop mask.
 template <class T>
 struct Common {
-  int64_t T_, B, H, G, N;
-  int cell, norm;
-  bool training, reverse;
-  std::vector<int64_t> len;  // [B]
-  Zoneout<T> zc, zh;
-  float p_drop;
-  T keep_scale;
+  int64_t B, H, G, N;
+  int cell;
   bool weight_drop;  // training with p_weight_drop > 0
 
   explicit Common(const RecurrenceFwdParams& p)
-      : T_(p.T), B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell), norm(p.norm),
-        training(p.training), reverse(p.reverse), len(static_cast<size_t>(p.B), p.T) {
-    if (p.lengths != nullptr)
-      for (int64_t b = 0; b < B; ++b) len[b] = p.lengths[b];
-    zc = make_zoneout<T>(p.p_zoneout_c, training);
-    zh = make_zoneout<T>(p.p_zoneout_h, training);
-    p_drop = static_cast<float>(p.p_dropout);
-    keep_scale = T(1) / static_cast<T>(1.0 - p.p_dropout);
-    weight_drop = training && p.p_weight_drop > 0;
-  }
+      : B(p.B), H(p.H), G(p.G), N(p.G * p.H), cell(p.cell),
+        weight_drop(p.training && p.p_weight_drop > 0) {}
   // With weight drop in training: W_hh rows row_of(r) (r < rows), columns [col0, col0 + cols),
   // times the weight-drop mask (weight_drop_host.h), as the dense [rows, cols] buffer a thread
   // packs its panels from, once per call (the mask itself is never stored); else empty.
@@ -94,19 +82,6 @@ struct Common {
       weight_drop_row(p.weight_drop_key, p.base_weight_drop, p.p_weight_drop, row_of(r), col0,
                       cols, w + row_of(r) * ld + col0, out.data() + r * cols);
     return out;
-  }
-  bool dropout_on() const { return training && p_drop > 0.f; }
-  int64_t time_at(int64_t s) const { return reverse ? T_ - 1 - s : s; }
-  int64_t stat_row(int64_t t, int64_t S) const { return std::min(t, S - 1); }
-  // Variational recurrent-dropout mask of units [j0, j1): [B][j1 - j0].
-  std::vector<T> dropout_mask(const RecurrenceFwdParams& p, Slice s) const {
-    std::vector<T> m(static_cast<size_t>(B * s.size()), T(1));
-    if (!dropout_on()) return m;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = s.j0; j < s.j1; ++j)
-        m[b * s.size() + j - s.j0] =
-            dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, j), p_drop, keep_scale);
-    return m;
   }
 };
 
@@ -256,50 +231,83 @@ void forward_impl(const RecurrenceFwdParams& p) {
 }
 
 // ======================================================================================
-// Backward
+// Backward: the shared step loop (backward_steps) on OpenMP threads
 // ======================================================================================
+// Thread k owns the same units as in forward. Its product is gemm_packed over its packed
+// columns W_hh[:, own h units] (K = N), reading the whole da_t row of the step; with a
+// projection it also packs W_hr[:, own cell units] (K = P).
+template <class T>
+struct HostBackwardPolicy {
+  using Storage = T;
+  using Acc = T;
+  static constexpr bool kProjection = true;
+  static T widen(T v) { return v; }
+  static T narrow(T v) { return v; }
+
+  int64_t j0, hl, q0, pl;
+  int tid, nt;
+  int64_t B, N, P;
+  const T* w_packed;     // W_hh restricted to own h units (pack_b, K = N)
+  const T* w_hr_packed;  // W_hr restricted to own cell units (projection, K = P)
+  SumPair<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
+
+  bool first_worker() const { return tid == 0; }
+  template <class F>
+  void for_each(int64_t rows, int64_t cols, F f) const {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < cols; ++k) f(i, k);
+  }
+  void sync_worker() const {}
+  void sync_all() const { barrier(); }
+  void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
+    HostForwardPolicy<T>::on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0,
+                                  c1);
+  }
+  void backward_product(const T* da_t, T* d) const {
+    if (pl > 0) gemm_packed(B, pl, N, da_t, N, w_packed, d, pl, false);
+  }
+  void project_backward(const T* dproj_t, T* d) const {
+    if (hl > 0) gemm_packed(B, hl, P, dproj_t, P, w_hr_packed, d, hl, false);
+  }
+  // Own partials, a barrier, then every thread sums all threads' partials in thread order.
+  template <class F>
+  void row_sums(int which, int64_t cols, F f, T* s1, T* s2) const {
+    SumPair<T>* part = parts[which];
+    for (int64_t b = 0; b < B; ++b) {
+      SumPair<T> sum{T(0), T(0)};
+      for (int64_t c = 0; c < cols; ++c) {
+        const SumPair<T> v = f(b, c);
+        sum.x += v.x;
+        sum.y += v.y;
+      }
+      part[tid * B + b] = sum;
+    }
+    barrier();
+    for (int64_t b = 0; b < B; ++b) {
+      T x = 0, y = 0;
+      for (int k = 0; k < nt; ++k) {
+        x += part[k * B + b].x;
+        y += part[k * B + b].y;
+      }
+      s1[b] = x;
+      s2[b] = y;
+    }
+  }
+};
+
 template <class T>
 void backward_impl(const RecurrenceBwdParams& p) {
   const Common<T> cm(p);
-  const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N, TT = cm.T_;
-  const T* h0 = static_cast<const T*>(p.h0);
-  const T* c0 = static_cast<const T*>(p.c0);
+  const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N;
   const T* w = static_cast<const T*>(p.w_hh);
   const T* w_hr = static_cast<const T*>(p.w_hr);
-  const T* norm_weight_hh = static_cast<const T*>(p.norm_weight_hh);
-  const T* norm_weight_c = static_cast<const T*>(p.norm_weight_c);
-  const T* norm_bias_c = static_cast<const T*>(p.norm_bias_c);
-  const T* out = static_cast<const T*>(p.out);
-  const T* sv_gates = static_cast<const T*>(p.gates);
-  const T* sv_an = static_cast<const T*>(p.gru_hn);
-  const T* sv_xhat_hh = static_cast<const T*>(p.xhat_hh);
-  const T* sv_rstd_hh = static_cast<const T*>(p.rstd_hh);
-  const T* sv_ctil = static_cast<const T*>(p.c_tilde);
-  const T* sv_cstate = static_cast<const T*>(p.c_state);
-  const T* sv_xhat_c = static_cast<const T*>(p.xhat_c);
-  const T* sv_rstd_c = static_cast<const T*>(p.rstd_c);
-  const T* gout = static_cast<const T*>(p.grad_out);
-  const T* ghn = static_cast<const T*>(p.grad_h_n);
-  const T* gcn = static_cast<const T*>(p.grad_c_n);
-  T* dxg = static_cast<T*>(p.dxg);
-  T* dab = static_cast<T*>(p.dab);
-  T* da = p.da != nullptr ? static_cast<T*>(p.da) : dab;
-  T* hin = static_cast<T*>(p.hin);
-  T* dcout_sv = static_cast<T*>(p.dc_out);
-  T* sv_h_pre = static_cast<T*>(p.h_pre_proj);
-  T* dproj = static_cast<T*>(p.dproj);
-  T* dh0 = static_cast<T*>(p.dh0);
-  T* dc0 = static_cast<T*>(p.dc0);
-  const bool lstm = cm.cell == kCellLstm, gru = cm.cell == kCellGru;
-  const bool norm = cm.norm != kNormNone;
-  const bool bn_train = cm.norm == kNormBatch && cm.training;
+  const bool lstm = cm.cell == kCellLstm;
   const bool proj = p.proj_size > 0;
   const int64_t P = proj ? p.proj_size : H;  // units of h
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
-  // Layer norm row partials: (sum dxhat, sum dxhat * xhat) per thread and row.
-  std::vector<T> part_hh(static_cast<size_t>(nt_req * B * 2));
-  std::vector<T> part_c(static_cast<size_t>(nt_req * B * 2));
+  std::vector<SumPair<T>> part_hh(static_cast<size_t>(nt_req * B));
+  std::vector<SumPair<T>> part_c(static_cast<size_t>(nt_req * B));
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt_req)
@@ -323,292 +331,35 @@ void backward_impl(const RecurrenceBwdParams& p) {
     const std::vector<T> wrp =
         proj ? pack_b<T>(P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
              : std::vector<T>();
-    const std::vector<T> mh = cm.dropout_mask(p, so);
-    // Over own units of h: d(h_t), its part for h_{t-1}, d(h~) (the projection's output with
-    // a projection), the product da W_hh.
-    std::vector<T> dh(static_cast<size_t>(B * pl)), dh_prev(dh.size()), dhtil_out(dh.size());
-    std::vector<T> dhin(static_cast<size_t>(std::max<int64_t>(1, B * pl)));
-    // Over own cell units: d(c_t), its part for c_{t-1}, d(N_c(c~)), d(c~), d(o tanh(c_out)).
-    std::vector<T> dc(static_cast<size_t>(B * hl), T(0));
-    std::vector<T> dc_prev(dc.size()), dcout(dc.size()), dctil(dc.size());
-    std::vector<T> dhtil_cell(static_cast<size_t>(proj ? std::max<int64_t>(1, B * hl) : 0));
-    // d(h~) of the cell's own units: the projection's input gradient, or dhtil_out itself.
-    T* dhtil = proj ? dhtil_cell.data() : dhtil_out.data();
-    std::vector<T> colsum(static_cast<size_t>(std::max<int64_t>(1, G * hl)));
-    std::vector<T> colsum2(colsum.size());
-    std::vector<T> tanh_c_out(static_cast<size_t>(lstm ? hl : 0));  // one row, vectorised
-    std::vector<uint8_t> active(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t jj = 0; jj < pl; ++jj) dh[b * pl + jj] = ghn[b * P + so.j0 + jj];
-      if (lstm && gcn != nullptr)
-        for (int64_t jj = 0; jj < hl; ++jj) dc[b * hl + jj] = gcn[b * H + sl.j0 + jj];
-    }
-
-    for (int64_t s = TT - 1; s >= 0; --s) {
-      const int64_t t = cm.time_at(s);
-      const int64_t tp = cm.reverse ? t + 1 : t - 1;  // the step that produced the state
-      const bool has_prev = tp >= 0 && tp < TT;
-      T count = 0;
-      for (int64_t b = 0; b < B; ++b) {
-        active[b] = t < cm.len[b];
-        count += active[b] ? T(1) : T(0);
-      }
-      const T inv_count = T(1) / std::max(count, T(1));
-
-      // h_{t-1}, masked input of the product (for dW_hh), and d of the new state (own
-      // units of h); zoneout on h splits it into the previous state and h~.
-      for (int64_t b = 0; b < B; ++b) {
-        const bool act = active[b] != 0;
-        const bool prev_out = has_prev && tp < cm.len[b];
-        const T* gb = gout + t * p.grad_out_stride_t + b * p.grad_out_stride_b;
-        for (int64_t jj = 0; jj < pl; ++jj) {
-          const int64_t j = so.j0 + jj;
-          const int64_t e = b * pl + jj;
-          const T h_prev =
-              prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * P + j];
-          hin[(t * B + b) * P + j] = mh[e] * h_prev;
-          const T dnew = act ? dh[e] + gb[j] : T(0);
-          const bool zh = zoned_out(cm.zh, p.seed, p.base_zoneout_h, t, b, j);
-          T dprev_h;
-          dhtil_out[e] = zoneout_backward(cm.zh, zh, dnew, &dprev_h);
-          dh_prev[e] = act ? dprev_h : dh[e];
-          if (proj) dproj[(t * B + b) * P + j] = dhtil_out[e];
-        }
-      }
-      // Projection: d(o tanh(c_out)) = d(h~) W_hr for own cell units, once every d(h~) is in.
-      if (proj) {
-        barrier();
-        if (hl > 0) gemm_packed(B, hl, P, dproj + t * B * P, P, wrp.data(), dhtil, hl, false);
-      }
-
-      if (lstm) {
-        for (int64_t b = 0; b < B; ++b) {
-          const bool act = active[b] != 0;
-          // tanh(c_out) of the row, for lstm_backward_h's formula below
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const int64_t e = (t * B + b) * H + j;
-            tanh_c_out[jj] = norm ? sv_xhat_c[e] * norm_weight_c[j] + norm_bias_c[j] : sv_ctil[e];
-          }
-          tanh_inplace(tanh_c_out.data(), hl);
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const int64_t e = b * hl + jj;
-            const bool zc = zoned_out(cm.zc, p.seed, p.base_zoneout_c, t, b, j);
-            T dprev_c;
-            const T dct = zoneout_backward(cm.zc, zc, act ? dc[e] : T(0), &dprev_c);
-            dctil[e] = dct;
-            dc_prev[e] = act ? dprev_c : dc[e];
-            // h~ = o tanh(c_out): d(pre_o) and d(c_out) (lstm_backward_h, with the
-            // row's tanh(c_out) computed above).
-            const T o = sv_gates[(t * B + b) * N + 3 * H + j];
-            const T tc = tanh_c_out[jj];
-            if (proj) sv_h_pre[(t * B + b) * H + j] = o * tc;
-            const T dco = tanh_grad(dhtil[e] * o, tc);
-            const T dpo = sigmoid_grad(dhtil[e] * tc, o);
-            dxg[(t * B + b) * N + 3 * H + j] = dpo;
-            dab[(t * B + b) * N + 3 * H + j] = dpo;
-            dcout[e] = dco;
-            if (norm) dcout_sv[(t * B + b) * H + j] = dco;
-          }
-        }
-      }
-
-      if (lstm) {
-        // Backward of N_c: d(c~) += N_c'(d c_out).
-        if (norm) {
-          if (cm.norm == kNormLayer || bn_train) {
-            // sums of dxhat and dxhat * xhat: per column (BN) or per row (LN)
-            if (cm.norm == kNormBatch) {
-              std::fill(colsum.begin(), colsum.begin() + hl, T(0));
-              std::fill(colsum2.begin(), colsum2.begin() + hl, T(0));
-              for (int64_t b = 0; b < B; ++b) {
-                if (!active[b]) continue;
-                for (int64_t jj = 0; jj < hl; ++jj) {
-                  const int64_t j = sl.j0 + jj;
-                  const T dx = dcout[b * hl + jj] * norm_weight_c[j];
-                  colsum[jj] += dx;
-                  colsum2[jj] += dx * sv_xhat_c[(t * B + b) * H + j];
-                }
-              }
-            } else {
-              for (int64_t b = 0; b < B; ++b) {
-                T s1 = 0, s2 = 0;
-                for (int64_t jj = 0; jj < hl; ++jj) {
-                  const int64_t j = sl.j0 + jj;
-                  const T dx = dcout[b * hl + jj] * norm_weight_c[j];
-                  s1 += dx;
-                  s2 += dx * sv_xhat_c[(t * B + b) * H + j];
-                }
-                part_c[(tid * B + b) * 2] = s1;
-                part_c[(tid * B + b) * 2 + 1] = s2;
-              }
-              barrier();
-            }
-          }
-          for (int64_t b = 0; b < B; ++b) {
-            T m1 = 0, m2 = 0;
-            if (cm.norm == kNormLayer) {
-              for (int k = 0; k < nt; ++k) {
-                m1 += part_c[(k * B + b) * 2];
-                m2 += part_c[(k * B + b) * 2 + 1];
-              }
-              m1 /= T(H);
-              m2 /= T(H);
-            }
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              const int64_t j = sl.j0 + jj;
-              const int64_t e = b * hl + jj;
-              const T dx = dcout[e] * norm_weight_c[j];
-              const T xh = sv_xhat_c[(t * B + b) * H + j];
-              T dct;
-              if (cm.norm == kNormLayer) {
-                dct = norm_backward(dx, xh, sv_rstd_c[t * B + b], m1, m2);
-              } else if (bn_train) {
-                dct = active[b] ? norm_backward(dx, xh, sv_rstd_c[t * H + j],
-                                                colsum[jj] * inv_count, colsum2[jj] * inv_count)
-                                : T(0);
-              } else {
-                dct = dx * sv_rstd_c[t * H + j];
-              }
-              dctil[e] += dct;
-            }
-          }
-        } else {
-          for (int64_t e = 0; e < B * hl; ++e) dctil[e] += dcout[e];
-        }
-        // c~ = f c_prev + i g.
-        for (int64_t b = 0; b < B; ++b) {
-          const bool act = active[b] != 0;
-          const T* gs = sv_gates + (t * B + b) * N;
-          T* dx = dxg + (t * B + b) * N;
-          T* dy = dab + (t * B + b) * N;
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const int64_t e = b * hl + jj;
-            const LstmGates<T> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-            const T c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : c0[b * H + j];
-            const LstmGateGrads<T> d = lstm_backward_c(ga, c_prev, act ? dctil[e] : T(0));
-            dx[j] = dy[j] = d.i;
-            dx[H + j] = dy[H + j] = d.f;
-            dx[2 * H + j] = dy[2 * H + j] = d.g;
-            if (act) dc_prev[e] += d.c_prev;
-          }
-        }
-      } else if (gru) {
-        for (int64_t b = 0; b < B; ++b) {
-          const bool act = active[b] != 0;
-          const bool prev_out = has_prev && tp < cm.len[b];
-          const T* gs = sv_gates + (t * B + b) * N;
-          T* dx = dxg + (t * B + b) * N;
-          T* dy = dab + (t * B + b) * N;
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const int64_t e = b * hl + jj;
-            const GruGates<T> ga{gs[j], gs[H + j], gs[2 * H + j]};
-            const T h_prev =
-                prev_out ? out[tp * p.out_stride_t + b * p.out_stride_b + j] : h0[b * H + j];
-            const GruGrads<T> d =
-                gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? dhtil[e] : T(0));
-            dx[j] = dy[j] = d.x_r;
-            dx[H + j] = dy[H + j] = d.x_z;
-            dx[2 * H + j] = d.x_n;
-            dy[2 * H + j] = d.a_n;
-            if (act) dh_prev[e] += d.h_prev;
-          }
-        }
-      } else {
-        for (int64_t b = 0; b < B; ++b) {
-          const bool act = active[b] != 0;
-          const T* gs = sv_gates + (t * B + b) * N;
-          for (int64_t jj = 0; jj < hl; ++jj) {
-            const int64_t j = sl.j0 + jj;
-            const T d = rnn_backward(cm.cell, gs[j], act ? dhtil[b * hl + jj] : T(0));
-            dxg[(t * B + b) * N + j] = d;
-            dab[(t * B + b) * N + j] = d;
-          }
-        }
-      }
-
-      // Backward of N_hh: da from dab (own columns).
-      if (norm) {
-        if (cm.norm == kNormBatch && bn_train) {
-          std::fill(colsum.begin(), colsum.end(), T(0));
-          std::fill(colsum2.begin(), colsum2.end(), T(0));
-          for (int64_t b = 0; b < B; ++b) {
-            if (!active[b]) continue;
-            const T* dy = dab + (t * B + b) * N;
-            const T* xh = sv_xhat_hh + (t * B + b) * N;
-            for (int64_t g = 0; g < G; ++g)
-              for (int64_t jj = 0; jj < hl; ++jj) {
-                const int64_t n = g * H + sl.j0 + jj;
-                const T dx = dy[n] * norm_weight_hh[n];
-                colsum[g * hl + jj] += dx;
-                colsum2[g * hl + jj] += dx * xh[n];
-              }
-          }
-        } else if (cm.norm == kNormLayer) {
-          for (int64_t b = 0; b < B; ++b) {
-            const T* dy = dab + (t * B + b) * N;
-            const T* xh = sv_xhat_hh + (t * B + b) * N;
-            T s1 = 0, s2 = 0;
-            for (int64_t g = 0; g < G; ++g)
-              for (int64_t jj = 0; jj < hl; ++jj) {
-                const int64_t n = g * H + sl.j0 + jj;
-                const T dx = dy[n] * norm_weight_hh[n];
-                s1 += dx;
-                s2 += dx * xh[n];
-              }
-            part_hh[(tid * B + b) * 2] = s1;
-            part_hh[(tid * B + b) * 2 + 1] = s2;
-          }
-          barrier();
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          T m1 = 0, m2 = 0;
-          if (cm.norm == kNormLayer) {
-            for (int k = 0; k < nt; ++k) {
-              m1 += part_hh[(k * B + b) * 2];
-              m2 += part_hh[(k * B + b) * 2 + 1];
-            }
-            m1 /= T(N);
-            m2 /= T(N);
-          }
-          const T* dy = dab + (t * B + b) * N;
-          const T* xh = sv_xhat_hh + (t * B + b) * N;
-          T* dr = da + (t * B + b) * N;
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t jj = 0; jj < hl; ++jj) {
-              const int64_t n = g * H + sl.j0 + jj;
-              const T dx = dy[n] * norm_weight_hh[n];
-              T v;
-              if (cm.norm == kNormLayer) {
-                v = norm_backward(dx, xh[n], sv_rstd_hh[t * B + b], m1, m2);
-              } else if (bn_train) {
-                v = active[b] ? norm_backward(dx, xh[n], sv_rstd_hh[t * N + n],
-                                              colsum[g * hl + jj] * inv_count,
-                                              colsum2[g * hl + jj] * inv_count)
-                              : T(0);
-              } else {
-                v = dx * sv_rstd_hh[t * N + n];
-              }
-              dr[n] = v;
-            }
-        }
-      }
-      barrier();  // da[t] complete
-
-      // dh_in = da[t] W_hh for own input units; d(h_{t-1}) += m_h * dh_in.
-      if (pl > 0) gemm_packed(B, pl, N, da + t * B * N, N, wp.data(), dhin.data(), pl, false);
-      for (int64_t e = 0; e < B * pl; ++e) dh[e] = dh_prev[e] + mh[e] * dhin[e];
-      if (lstm) dc = dc_prev;
-    }
-
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t jj = 0; jj < pl; ++jj) dh0[b * P + so.j0 + jj] = dh[b * pl + jj];
-      if (lstm)
-        for (int64_t jj = 0; jj < hl; ++jj) dc0[b * H + sl.j0 + jj] = dc[b * hl + jj];
-    }
+    auto buffer = [](int64_t n) {
+      return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    };
+    const int64_t cell = lstm ? B * hl : 0;
+    std::vector<T> dab = buffer(B * G * hl), dh = buffer(B * pl), dh_prev = buffer(B * pl),
+                   dhtil = buffer(B * pl), dhtil_cell = buffer(proj ? B * hl : 0),
+                   dc = buffer(cell), dc_prev = buffer(cell), dctil = buffer(cell),
+                   dco = buffer(cell), mh = buffer(B * pl), dhin = buffer(B * pl),
+                   col_a = buffer(G * hl), col_b = buffer(G * hl), row_a = buffer(B),
+                   row_b = buffer(B);
+    BackwardScratch<T> scratch;
+    scratch.dab = dab.data();
+    scratch.dh = dh.data();
+    scratch.dh_prev = dh_prev.data();
+    scratch.dhtil = dhtil.data();
+    scratch.dhtil_cell = dhtil_cell.data();
+    scratch.dc = dc.data();
+    scratch.dc_prev = dc_prev.data();
+    scratch.dctil = dctil.data();
+    scratch.dco = dco.data();
+    scratch.mh = mh.data();
+    scratch.dhin = dhin.data();
+    scratch.col_a = col_a.data();
+    scratch.col_b = col_b.data();
+    scratch.row_a = row_a.data();
+    scratch.row_b = row_b.data();
+    HostBackwardPolicy<T> policy{sl.j0, hl, so.j0, pl, tid, nt, B, N, P, wp.data(),
+                                 wrp.data(), {part_hh.data(), part_c.data()}};
+    backward_steps(policy, p, scratch);
   }
 }
 
@@ -788,6 +539,7 @@ void widen_common(RecurrenceFwdParams& q, Widened<S, C>& w, Widened<float, C>& w
   q.c_state = io(q.c_state, T * B * H);
   q.xhat_c = io(q.xhat_c, T * B * H);
   q.rstd_c = io(q.rstd_c, ln ? T * B : T * H);
+  q.h_state = io(q.h_state, T * B * P);
 }
 
 template <class S, class C>

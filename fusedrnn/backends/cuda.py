@@ -139,7 +139,9 @@ def _workspace(backward: bool):
 
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
-    return native.saved_like(inputs)  # the host build's layout, always saved
+    # The native launcher's layout (shared with host); nothing when no gradient is needed.
+    # No h_state: the CUDA backward still reads h_{t-1} from `out` (docs/design.md §7).
+    return native.saved_like(inputs, save=inputs.needs_grad, h_state=False)
 
 
 def _with_dropped_weight(inputs: RecurrenceInputs, stream: int) -> RecurrenceInputs:
@@ -164,6 +166,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
             lambda p: C.cuda_forward(p, stream),
             1,
             _workspace(False),
+            save=inputs.needs_grad,
+            h_state=False,
         )
 
 

@@ -156,7 +156,18 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-_SAVED = ("out", "gates", "gru_hn", "xhat_hh", "rstd_hh", "c_tilde", "c_state", "xhat_c", "rstd_c")
+_SAVED = (
+    "out",
+    "gates",
+    "gru_hn",
+    "xhat_hh",
+    "rstd_hh",
+    "c_tilde",
+    "c_state",
+    "xhat_c",
+    "rstd_c",
+    "h_state",
+)
 
 
 def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, torch.Tensor | None]:
@@ -220,51 +231,52 @@ def _allocate_saved(
     allocate,
     save: bool = True,
     unused: torch.Tensor | None = None,
+    h_state: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
     a slot is unused (``unused`` in every such slot when given, else one allocated each).
-    ``allocate(shape, dtype, device)`` makes each one. ``save=False``
-    (host inference: no gradient needed) leaves out the per-step gates, gru_hn, c_tilde and
-    c_state, which the native forward then keeps for one step only; "out" is the output
-    either way (the caller drops it from the saved tuple)."""
+    ``allocate(shape, dtype, device)`` makes each one. ``save=False`` (no gradient needed)
+    leaves out every per-step tensor (the native forward then keeps what it needs for one
+    step only); "out" is the output either way (the caller drops it from the saved tuple).
+    ``h_state`` (h in the accumulation dtype, when asked for: the host backward reads it) is
+    kept only where the storage dtype is narrower (float16, bfloat16), so that backward's
+    h_{t-1} is not ``out`` rounded to storage."""
     cfg = inputs.config
     steps, batch, n = inputs.xg.shape
     hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
     acc = accumulate_dtype(dtype)
     lstm, norm = cfg.cell == "lstm", cfg.norm
 
-    def unused_slot():
+    def slot(shape: tuple[int, ...], used: bool) -> torch.Tensor:
+        if save and used:
+            return allocate(shape, acc, device)
         return allocate((0,), acc, device) if unused is None else unused
 
     per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
     per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
     return {
         "out": allocate((steps, batch, cfg.out_size), dtype, device),
-        "gates": allocate((steps, batch, n), acc, device) if save else unused_slot(),
-        "gru_hn": allocate((steps, batch, hidden), acc, device)
-        if cfg.cell == "gru" and save
-        else unused_slot(),
-        "xhat_hh": allocate((steps, batch, n), acc, device) if norm != "none" else unused_slot(),
-        "rstd_hh": allocate(per_step_rows, acc, device) if norm != "none" else unused_slot(),
-        "c_tilde": allocate((steps, batch, hidden), acc, device)
-        if lstm and save
-        else unused_slot(),
-        "c_state": allocate((steps, batch, hidden), acc, device)
-        if lstm and save
-        else unused_slot(),
-        "xhat_c": allocate((steps, batch, hidden), acc, device)
-        if lstm and norm != "none"
-        else unused_slot(),
-        "rstd_c": allocate(per_step_rows_c, acc, device)
-        if lstm and norm != "none"
-        else unused_slot(),
+        "gates": slot((steps, batch, n), True),
+        "gru_hn": slot((steps, batch, hidden), cfg.cell == "gru"),
+        "xhat_hh": slot((steps, batch, n), norm != "none"),
+        "rstd_hh": slot(per_step_rows, norm != "none"),
+        "c_tilde": slot((steps, batch, hidden), lstm),
+        "c_state": slot((steps, batch, hidden), lstm),
+        "xhat_c": slot((steps, batch, hidden), lstm and norm != "none"),
+        "rstd_c": slot(per_step_rows_c, lstm and norm != "none"),
+        "h_state": slot((steps, batch, cfg.out_size), h_state and acc != dtype),
     }
 
 
-def saved_like(inputs: RecurrenceInputs, save: bool = True) -> tuple[torch.Tensor, ...]:
+def saved_like(
+    inputs: RecurrenceInputs, save: bool = True, h_state: bool = True
+) -> tuple[torch.Tensor, ...]:
     """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
     saved = _allocate_saved(
-        inputs, lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype), save
+        inputs,
+        lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype),
+        save,
+        h_state=h_state,
     )
     if not save:
         saved["out"] = inputs.xg.new_empty(0)
@@ -309,10 +321,11 @@ def launch_forward(
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     save: bool = True,
+    h_state: bool = True,
 ) -> tuple[RecurrenceOutputs, tuple]:
-    """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (the host
-    backend when no gradient is needed) writes no per-step tensors for backward: the saved
-    tuple then holds only empty tensors and the normalisation values."""
+    """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (no
+    gradient needed) writes no per-step tensors for backward: the saved tuple then holds only
+    empty tensors."""
     p = native().RecurrenceFwdParams()
     keep = _fill_common(p, inputs, num_threads)
     sizes = _LaunchSizes.of(keep["xg"], inputs)
@@ -321,7 +334,8 @@ def launch_forward(
 
     # One empty tensor for the unused slots: the op gives each empty result its own (custom-op
     # outputs may not alias), and drops the saved tuple when no gradient is needed.
-    saved = _allocate_saved(inputs, _empty, save, unused=torch.empty(0, dtype=acc, device=device))
+    unused = torch.empty(0, dtype=acc, device=device)
+    saved = _allocate_saved(inputs, _empty, save, unused=unused, h_state=h_state)
     out = saved["out"]
     h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
@@ -355,6 +369,18 @@ def launch_forward(
     if not save:  # an output, not a saved tensor (an alias would be copied by the op)
         saved["out"] = out.new_empty(0)
     return result, tuple(saved[k] for k in _SAVED)
+
+
+def _rows_product(grad_rows: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
+    """``grad_rows^T @ input_rows``, a weight gradient summed over all T*B rows: on oneDNN for
+    float32 CPU tensors where input_projection._linear would use it (MKL's sgemm runs a
+    generic kernel on AMD CPUs; docs/design.md §5.4), else ``@``."""
+    from ..input_projection import _onednn_linear_applies  # imports backends: not at load
+
+    a, w = grad_rows.t(), input_rows.t()
+    if grad_rows.numel() > 0 and input_rows.numel() > 0 and _onednn_linear_applies(a, w, None):
+        return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+    return a @ input_rows
 
 
 def launch_backward(
@@ -422,10 +448,12 @@ def launch_backward(
     grads["h0"] = dh0
     grads["c0"] = dc0
     da_used = dab if da is None else da
-    w_grad = da_used.reshape(steps * batch, n).t() @ hin.reshape(steps * batch, out_size)
+    w_grad = _rows_product(da_used.reshape(steps * batch, n), hin.reshape(steps * batch, out_size))
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
     if proj:
-        w_hr_grad = dproj.reshape(steps * batch, out_size).t() @ h_pre_proj.reshape(-1, hidden)
+        w_hr_grad = _rows_product(
+            dproj.reshape(steps * batch, out_size), h_pre_proj.reshape(-1, hidden)
+        )
         grads["w_hr"] = w_hr_grad.to(inputs.w_hr.dtype)
     if inputs.b_hh is not None:
         grads["b_hh"] = dab.sum(dim=(0, 1)).to(inputs.b_hh.dtype)

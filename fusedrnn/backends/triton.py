@@ -60,6 +60,7 @@ _SAVED_FIELDS = (
     "rstd_hh",
     "xhat_c",
     "rstd_c",
+    "h_pre_proj",
 )
 
 
@@ -89,7 +90,12 @@ def _next_power_of_2(n: int) -> int:
 
 
 def _geometry(
-    batch: int, hidden: int, num_gates: int, device: torch.device, dtype: torch.dtype
+    batch: int,
+    hidden: int,
+    num_gates: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    proj: int = 0,
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -98,18 +104,26 @@ def _geometry(
     same in both (the forward holds its ``G*units`` rows, the backward the ``units`` columns
     of every gate).
 
+    With a projection (``proj`` = P > 0, LSTM) h has P units: a program also owns
+    ``BLOCK_R`` of them (the smallest power of two covering P over the programs, >= 16 on a
+    GPU, so the last programs may own none), K of the recurrent product is ``BLOCK_P`` and the
+    backward's W_hh tiles have ``BLOCK_R`` columns. Without one ``BLOCK_P`` = ``BLOCK_H`` and
+    ``BLOCK_R`` = ``units``.
+
     On a GPU the first configuration that fits (``_shape_reason``) is taken, in this order:
     W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), with every
     row and all of K in one dot; else W_hh
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
-    saying why it is not resident. ``rows_*`` / ``k_tiles_*`` (row pieces and K tiles of the
-    resident product) are set only by the interpreter knobs (see the comment below).
+    saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
+    ``rows_*`` / ``k_tiles_*`` (row pieces and K tiles of the resident product) are set only
+    by the interpreter knobs (see the comment below).
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
     common = {
         "GATES_PAD": gates_pad,
         "num_gates": num_gates,
+        "proj": proj,
         "element_bytes": torch.empty((), dtype=dtype).element_size(),
         # float32: one dot per gate (the tiles stay in shared memory, one operand staging
         # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
@@ -144,7 +158,7 @@ def _geometry(
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row and all of K in one dot. The kernels' row pieces and K tiles of the
-            # resident W_hh (BLOCK_R < BLOCK_B, K_TILES > 1; the interpreter tests run them)
+            # resident W_hh (ROWS_PER_DOT < BLOCK_B, K_TILES > 1; the interpreter tests run them)
             # fit shared memory at B = 64, H = 1024, but compiled for sm_90a (triton 3.8)
             # they spill 2.5-3.3 KB forward and 15-31 KB backward: the unrolled pieces'
             # operand loads are all in flight and the compiler moves W_hh tiles into
@@ -191,13 +205,21 @@ def _configured(
 ) -> dict:
     """One candidate geometry (see _geometry); ``wgmma_*``: whether that kernel's dots have
     M >= 64 rows on sm_90 (triton then emits wgmma)."""
+    programs = -(-hidden // units)
+    block_p, block_r, proj = block_h, units, common["proj"]
+    if proj > 0:
+        minimum = 1 if _interpreting() else 16
+        block_p = max(minimum, _next_power_of_2(proj))
+        block_r = max(minimum, _next_power_of_2(-(-proj // programs)))
     return {
         **common,
         "BLOCK_B": block_b,
         "BLOCK_H": block_h,
+        "BLOCK_P": block_p,
+        "BLOCK_R": block_r,
         "BLOCK_GH": max(block_h, _next_power_of_2(num_gates * hidden)),
         "units": units,
-        "programs": -(-hidden // units),
+        "programs": programs,
         "rows_forward": rows_forward,
         "rows_backward": rows_backward,
         "k_tiles_forward": k_tiles_forward,
@@ -231,6 +253,8 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + 4*B*S``
       forward and ``e*S*units + 4*B*S`` backward.
     """
+    if geo["proj"] > 0:
+        return _projected_shared_memory_bytes(geo)
     h, u, e = geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k, s = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["stream_k"]
     wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
@@ -252,23 +276,62 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     return {"forward": forward, "backward": backward}
 
 
+def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
+    """_shared_memory_bytes with a projection (P = ``BLOCK_P``, h units per program R =
+    ``BLOCK_R``) and W_hh resident, every row and all of K in one dot (what _geometry picks
+    on a GPU): the recurrent dot's K is P and the backward's W_hh tiles have R columns;
+    the resident W_hr tile adds ``e*H*R`` (forward, ``[H, R]``) / ``e*P*units`` (backward,
+    ``[P, units]``); the projection dots' operands (``[B, H]`` h~, ``[B, P]`` dL/dh~) reuse
+    the other dot's staging buffer (its size is the larger of the two). Read off triton
+    3.8's sm_90a kernels at W1 with P = 128 (tests/test_triton_aot.py): float32 exact both
+    ways, bf16 backward 0.97 and forward 0.52 of the bound (the compiler keeps the bf16
+    forward's operands partly in registers)."""
+    b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
+    n, k = geo["GATES_PAD"] * u, geo["BLOCK_GH"]
+    wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
+    p, r = geo["BLOCK_P"], geo["BLOCK_R"]
+    forward = e * p * n + e * h * r + 4 * b * (max(p, h, n) if wgmma_f else max(p, h))
+    if geo["gate_dots"]:
+        backward = 4 * (geo["num_gates"] * h * r + b * h + (b * r if wgmma_b else 0) + p * u)
+    elif b < 64:
+        backward = e * (b + r) * k + e * p * u
+    else:
+        backward = 4 * b * k + (e * k * r if wgmma_b else 0) + e * p * u
+    return {"forward": forward, "backward": backward}
+
+
 def _shape_reason(geo: dict, kernel: str) -> str | None:
     """Why one program of ``kernel`` ("forward" / "backward") would not fit on an SM, or None:
     a register tile beyond _MAX_TILE_ELEMENTS, or shared memory beyond the device's."""
-    s = geo["stream_k"]
+    s, proj = geo["stream_k"], geo["proj"]
+    if proj > 0 and s:
+        # The kernels run this combination (the interpreter tests do), but no shared-memory
+        # plan of it has been checked on compiled kernels.
+        return (
+            "proj_size with W_hh streamed from L2 is not supported on a GPU (its shared-memory "
+            f"plan is unchecked; {geo.get('stream_reason', 'W_hh does not stay on chip')}); "
+            "the CUDA or reference backend handles it"
+        )
     gate_columns = geo["GATES_PAD"] * geo["units"]
+    k_forward = geo["BLOCK_P"]  # h's units: P with a projection, H without
     tiles = {"gate-column tile [B, G*units]": geo["BLOCK_B"] * gate_columns}
     if kernel == "forward":
         if s:
             tiles["h chunk [B, K-chunk]"] = geo["BLOCK_B"] * s
         else:
-            piece = geo["rows_forward"] * geo["BLOCK_H"] // geo["k_tiles_forward"]
-            tiles["h piece [rows, H / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
-            tiles["W_hh slice [H, gate columns]"] = geo["BLOCK_H"] * gate_columns
-    elif not geo["gate_dots"] and not s:
-        piece = geo["rows_backward"] * geo["BLOCK_GH"] // geo["k_tiles_backward"]
-        tiles["backward gradient piece [rows, G*H / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
-        tiles["backward W_hh slice [G*H, units]"] = geo["BLOCK_GH"] * geo["units"]
+            piece = geo["rows_forward"] * k_forward // geo["k_tiles_forward"]
+            tiles["h piece [rows, K / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
+            tiles["W_hh slice [K, gate columns]"] = k_forward * gate_columns
+        if proj > 0:
+            tiles["h~ row block [B, H]"] = geo["BLOCK_B"] * geo["BLOCK_H"]
+            tiles["W_hr slice [H, h units]"] = geo["BLOCK_H"] * geo["BLOCK_R"]
+    else:
+        if proj > 0:
+            tiles["backward W_hr slice [P, units]"] = geo["BLOCK_P"] * geo["units"]
+        if not geo["gate_dots"] and not s:
+            piece = geo["rows_backward"] * geo["BLOCK_GH"] // geo["k_tiles_backward"]
+            tiles["backward gradient piece [rows, G*H / K tiles]"] = (piece, _MAX_OPERAND_PIECE)
+            tiles["backward W_hh slice [G*H, h units]"] = geo["BLOCK_GH"] * geo["BLOCK_R"]
     for what, size in tiles.items():
         elements, limit = size if isinstance(size, tuple) else (size, _MAX_TILE_ELEMENTS)
         if elements > limit:
@@ -293,11 +356,6 @@ def _resource_reason(geo: dict) -> str | None:
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     cfg = inputs.config
-    if cfg.proj_size > 0 or inputs.w_hr is not None:
-        return (
-            "the Triton kernels do not support proj_size (LSTM projection w_hr): h~ has H units "
-            "but h has P, which needs a second cross-program exchange per step"
-        )
     device = inputs.xg.device
     if _interpreting():
         if device.type != "cpu":
@@ -315,7 +373,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
-        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size)
         return _resource_reason(geo)
     return None
 
@@ -414,6 +472,17 @@ def _meta(inputs: RecurrenceInputs) -> dict:
     }
 
 
+def _projection_arguments(inputs: RecurrenceInputs, geo: dict) -> dict:
+    """The projection's kernel arguments (both kernels): W_hr, P and the h tile sizes."""
+    return {
+        "w_hr_ptr": _contiguous(inputs.w_hr),
+        "proj": inputs.config.out_size,
+        "HAS_PROJ": inputs.config.proj_size > 0,
+        "BLOCK_P": geo["BLOCK_P"],
+        "BLOCK_R": geo["BLOCK_R"],
+    }
+
+
 def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
     steps, batch, _ = inputs.xg.shape
     if inputs.lengths is None:
@@ -443,7 +512,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
     """Shape of each saved float32 tensor, in _SAVED_FIELDS order; (0,) where unused."""
     cfg = inputs.config
     steps, batch, _ = inputs.xg.shape
-    hidden, gates = cfg.hidden_size, cfg.gate_size
+    hidden, gates, out_size = cfg.hidden_size, cfg.gate_size, cfg.out_size
     lstm, norm = cfg.has_cell_state, cfg.norm
     per_step_stat = {"batch": None, "layer": batch}  # BN: per column; LN: per row
 
@@ -451,7 +520,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
         return shape if condition else (0,)
 
     return {
-        "h_prev": (steps, batch, hidden),
+        "h_prev": (steps, batch, out_size),
         "c_prev": used(lstm, steps, batch, hidden),
         "gates": (steps, batch, gates),
         "gru_hn": used(cfg.cell == "gru", steps, batch, hidden),
@@ -459,6 +528,7 @@ def _saved_shapes(inputs: RecurrenceInputs) -> dict[str, tuple[int, ...]]:
         "rstd_hh": used(norm != "none", steps, per_step_stat.get(norm) or gates),
         "xhat_c": used(lstm and norm != "none", steps, batch, hidden),
         "rstd_c": used(lstm and norm != "none", steps, per_step_stat.get(norm) or hidden),
+        "h_pre_proj": used(cfg.proj_size > 0, steps, batch, hidden),
     }
 
 
@@ -482,8 +552,9 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     meta = _meta(inputs)
     f32 = {"dtype": torch.float32, "device": device}
 
-    output = _empty(steps, batch, hidden, dtype=dtype, device=device)
-    h_n = _empty(batch, hidden, dtype=dtype, device=device)
+    out_size = cfg.out_size
+    output = _empty(steps, batch, out_size, dtype=dtype, device=device)
+    h_n = _empty(batch, out_size, dtype=dtype, device=device)
     c_n = _empty(batch, hidden, dtype=dtype, device=device) if lstm else None
     bn_train = norm == "batch" and training
     stats = [
@@ -503,7 +574,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
         return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
-    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype)
+    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size)
     programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
@@ -549,7 +620,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         BLOCK_B=geo["BLOCK_B"],
         BLOCK_U=block_u,
         BLOCK_H=geo["BLOCK_H"],
-        BLOCK_R=geo["rows_forward"],
+        **_projection_arguments(inputs, geo),
+        ROWS_PER_DOT=geo["rows_forward"],
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
@@ -572,7 +644,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     cfg = inputs.config
     xg = inputs.xg
     steps, batch, _ = xg.shape
-    hidden, gate_width = cfg.hidden_size, cfg.gate_size
+    hidden, gate_width, out_size = cfg.hidden_size, cfg.gate_size, cfg.out_size
     device = xg.device
     lstm, norm = cfg.has_cell_state, cfg.norm
     meta = _meta(inputs)
@@ -580,16 +652,18 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     f32 = {"dtype": torch.float32, "device": device}
 
     if grad_output is None:
-        grad_output = torch.zeros(steps, batch, hidden, dtype=xg.dtype, device=device)
+        grad_output = torch.zeros(steps, batch, out_size, dtype=xg.dtype, device=device)
     if grad_output.stride(-1) != 1:
         grad_output = grad_output.contiguous()
-    grad_h_n = torch.zeros(batch, hidden, **f32) if grad_h_n is None else grad_h_n.contiguous()
+    grad_h_n = torch.zeros(batch, out_size, **f32) if grad_h_n is None else grad_h_n.contiguous()
     if lstm:
         grad_c_n = torch.zeros(batch, hidden, **f32) if grad_c_n is None else grad_c_n.contiguous()
 
     grad_xg = _empty(steps, batch, gate_width, dtype=xg.dtype, device=device)
     grad_acc = _empty(steps, batch, gate_width, **f32)
-    grad_h0 = _empty(batch, hidden, **f32)
+    grad_h0 = _empty(batch, out_size, **f32)
+    projected = cfg.proj_size > 0
+    grad_proj = _empty(steps, batch, out_size, **f32) if projected else None
     grad_c0 = _empty(batch, hidden, **f32) if lstm else None
     grad_b_hh = _empty(gate_width, **f32)
     grad_norm_weight_hh = _empty(gate_width, **f32) if norm != "none" else None
@@ -599,6 +673,8 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     if steps == 0:
         grad_xg.zero_()
         grad_acc.zero_()
+        if projected:
+            grad_proj.zero_()
         grad_h0.copy_(grad_h_n)
         if lstm:
             grad_c0.copy_(grad_c_n)
@@ -606,7 +682,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             if g is not None:
                 g.zero_()
     else:
-        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype)
+        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
@@ -645,13 +721,15 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             grad_output.stride(1),
             **_scalars(inputs),
             **meta,
+            grad_proj_ptr=grad_proj,
             GATES_PAD=geo["GATES_PAD"],
             BLOCK_B=geo["BLOCK_B"],
             BLOCK_U=block_u,
             BLOCK_H=geo["BLOCK_H"],
             BLOCK_GH=geo["BLOCK_GH"],
+            **_projection_arguments(inputs, geo),
             GATE_DOTS=geo["gate_dots"],
-            BLOCK_R=geo["rows_backward"],
+            ROWS_PER_DOT=geo["rows_backward"],
             K_TILES=geo["k_tiles_backward"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
@@ -671,17 +749,23 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             inputs.layer,
             inputs.direction,
             batch,
-            hidden,
+            out_size,
             cfg.recurrent_dropout,
             torch.float32,
             device,
         )
     if steps > 0:
         grad_w_hh = grad_acc.reshape(steps * batch, gate_width).t() @ operand.reshape(
-            steps * batch, hidden
+            steps * batch, out_size
         )
     else:
-        grad_w_hh = torch.zeros(gate_width, hidden, **f32)
+        grad_w_hh = torch.zeros(gate_width, out_size, **f32)
+    # dL/dW_hr = sum over t, b of dL/dh~^T (o tanh(N_c(c~))): one GEMM over all steps too.
+    grad_w_hr = None
+    if projected:
+        grad_w_hr = grad_proj.reshape(steps * batch, out_size).t() @ tensors["h_pre_proj"].reshape(
+            steps * batch, hidden
+        )
     if meta["USE_WEIGHT_DROP"]:  # d(W_hh * m_W)/dW_hh = m_W: zero where dropped
         _mask_weight_grad(inputs, grad_w_hh)
 
@@ -696,7 +780,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         "c0": cast(grad_c0, inputs.c0),
         "w_hh": cast(grad_w_hh, inputs.w_hh),
         "b_hh": cast(grad_b_hh, inputs.b_hh),
-        "w_hr": None,
+        "w_hr": cast(grad_w_hr, inputs.w_hr),
         "norm_weight_hh": cast(grad_norm_weight_hh, inputs.norm_weight_hh),
         "norm_weight_c": cast(grad_norm_weight_c, inputs.norm_weight_c),
         "norm_bias_c": cast(grad_norm_bias_c, inputs.norm_bias_c),

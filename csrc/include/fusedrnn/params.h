@@ -88,6 +88,10 @@ struct RecurrenceFwdParams {
   void* c_state = nullptr;  // acc [T, B, H] lstm: c after step t (every row)
   void* xhat_c = nullptr;   // acc [T, B, H] lstm, norm != none: normalised c~ before gamma
   void* rstd_c = nullptr;   // acc batch norm [T, H], layer norm [T, B] (lstm)
+  // acc [T, B, P] h after step t (every row), or nullptr: the launcher keeps it when the
+  // storage type is narrower than acc (float16, bfloat16), so that backward's h_{t-1} (dW_hh's
+  // input, GRU's dz) is the state the forward computed, not `out` rounded to storage.
+  void* h_state = nullptr;
 
   // ---- workspace (CUDA only; the host backend uses its own stack/heap buffers)
   void* ws_hin = nullptr;   // acc [2, B, H] double buffer of m_h * h_{t-1}

@@ -29,7 +29,8 @@
 //   5. zoneout of h, h kept only for active rows, out = h (0 where t >= len[b]), and the
 //      worker's slice m_h ⊙ h_t of the exchange; a barrier.
 // Masks are drawn from philox.cuh at their coordinates and never stored. The saved tensors
-// (params.h) are written only when the launcher passes them (`gates` null: no gradient needed).
+// (params.h) are written only when the launcher passes them (`gates` null: no gradient needed,
+// nothing saved, norm statistics included; h_state only for float16 / bfloat16 storage).
 //
 // The policy
 // ----------
@@ -59,6 +60,42 @@
 //   project(h_pre, h_proj)       (kProjection) h_proj[b * pl + q] = Σ_j h_pre[b * H + j]
 //                                W_hr[q0 + q][j]; all workers' h_pre written (after sync_all)
 // and the worker's scratch (ForwardScratch below: host vectors, CUDA shared memory).
+//
+// The backward
+// ------------
+// backward_steps() (run by the host backend; csrc/cuda/recurrence_bwd.cu is still a separate
+// copy of it, docs/design.md §7) runs the same steps in the opposite order (s = T-1 .. 0),
+// from d(h_t) of the worker's h units and d(c_t) of its cell units, with every mask
+// regenerated at its coordinates and the forward's saved tensors (params.h), per step:
+//   A. h_{t-1} (saved h_state when the launcher kept h at accumulation precision, else `out`
+//      / h_0) → hin = m_h ⊙ h_{t-1} for the launcher's dW_hh GEMM; d(h_t) += grad_out_t
+//      (active rows); zoneout of h splits it into d(h~) and the direct part of d(h_{t-1});
+//      with a projection d(h~) is written to dproj, a barrier, and d(o tanh c_out) =
+//      dproj_t W_hr for the cell units (policy: project_backward)
+//   B. LSTM: tanh(c_out) (c_out = N_c(c~) from the saved xhat_c, or c~), d(pre_o), d(c_out),
+//      h_pre_proj; zoneout of c; N_c backward (batch norm: column sums over the active rows;
+//      layer norm: row sums over all workers, policy row_sums); c~ = f c_{t-1} + i g backward
+//      (i, f, g and the direct part of d(c_{t-1})); GRU: gru_backward with h_{t-1}; RNN
+//   C. dxg, dab = d(N_hh(W_hh h) + b_hh) of own columns; N_hh backward → da (column or row
+//      sums as in B), written for all rows; a barrier (da_t complete)
+//   D. d(h_{t-1}) = direct part + m_h ⊙ (da_t W_hh)[:, own h units] (policy:
+//      backward_product); d(c_{t-1}) = its direct part.
+// Weight gradients are GEMMs over all steps in the launcher (dW_hh = da^T hin, dW_hr =
+// dproj^T h_pre_proj). A backward policy provides, besides the forward's Storage, Acc,
+// widen, narrow, kProjection, j0/hl/q0/pl, first_worker, for_each, sync_worker, sync_all and
+// tanh_cols:
+//   backward_product(da_t, d)    d[b * pl + q] = Σ_n da_t[b * N + n] W_hh[n][q0 + q], da_t all
+//                                workers' columns of the step (after sync_all); visible to
+//                                the worker on return
+//   row_sums(which, cols, f, s1, s2)
+//                                layer-norm backward: f(b, c) → SumPair{x, y} for this
+//                                worker's columns c < cols; s1[b] = Σ x, s2[b] = Σ y over
+//                                every worker's columns, for every row b, visible to the
+//                                worker on return; `which` as in row_stats
+//   project_backward(dproj_t, d) (kProjection) d[b * hl + jj] = Σ_q dproj_t[b * P + q]
+//                                W_hr[q][j0 + jj]; all workers' dproj_t written (after
+//                                sync_all)
+// and the worker's scratch (BackwardScratch below).
 #pragma once
 
 #include <cstdint>
@@ -92,6 +129,32 @@ struct ForwardScratch {
   A* h_proj = nullptr;    // [B][pl] projection output (own units)
 };
 
+// One worker's scratch for backward_steps(), in the accumulation type A.
+template <class A>
+struct BackwardScratch {
+  A* dab = nullptr;      // [B][R] d(N_hh(W_hh h) + b_hh) of own columns, gate-major as `a`
+  A* dh = nullptr;       // [B][pl] d(h_t), the state gradient entering the step
+  A* dh_prev = nullptr;  // [B][pl] direct part of d(h_{t-1})
+  A* dhtil = nullptr;    // [B][pl] d(h~) of own h units (with a projection: its output's)
+  A* dhtil_cell = nullptr;  // [B][hl] d(o tanh c_out) with a projection (else = dhtil)
+  A* dc = nullptr;       // [B][hl] d(c_t) (lstm)
+  A* dc_prev = nullptr;  // [B][hl] d(c_{t-1})
+  A* dctil = nullptr;    // [B][hl] d(c~)
+  A* dco = nullptr;      // [B][hl] tanh(c_out), then d(c_out) in place
+  A* mh = nullptr;       // [B][pl] recurrent-dropout mask of own h units
+  A* dhin = nullptr;     // [B][pl] (da_t W_hh) of own h units
+  A* col_a = nullptr;    // [R] batch-norm backward: mean of dxhat per own column
+  A* col_b = nullptr;    // [R] mean of dxhat * xhat
+  A* row_a = nullptr;    // [B] layer-norm backward: sums of dxhat per row
+  A* row_b = nullptr;    // [B] sums of dxhat * xhat
+};
+
+// Two sums carried together (layer-norm backward: Σ dxhat and Σ dxhat xhat of a row).
+template <class A>
+struct SumPair {
+  A x, y;
+};
+
 template <class A>
 FRNN_STEP Zoneout<A> make_zoneout(double prob, bool training) {
   Zoneout<A> z;
@@ -111,7 +174,8 @@ FRNN_STEP bool zoned_out(const Zoneout<A>& z, uint64_t seed, uint64_t base, int6
 }
 
 // Batch-norm statistics of one column x[b * ld] over the active rows (training), or the
-// running buffers' row (eval): mean and rstd, and the saved / batch tensors at index n.
+// running buffers' row (eval): mean and rstd, and the saved (when not null) / batch tensors at
+// index n.
 template <class A, class S, class Widen>
 FRNN_STEP void batch_norm_column(const A* x, int64_t ld, int64_t B, int64_t t, const int64_t* len,
                                  int64_t T, bool training, const S* run_mean, const S* run_var,
@@ -144,7 +208,7 @@ FRNN_STEP void batch_norm_column(const A* x, int64_t ld, int64_t B, int64_t t, c
   }
   *mean_out = mean;
   *rstd_out = norm_rstd(var);
-  rstd_saved[t * width + n] = *rstd_out;
+  if (rstd_saved != nullptr) rstd_saved[t * width + n] = *rstd_out;
 }
 
 // One layer-direction's forward time loop, run by every worker (see the top of this file).
@@ -179,6 +243,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
   A* sv_cstate = static_cast<A*>(p.c_state);
   A* sv_xhat_c = static_cast<A*>(p.xhat_c);
   A* sv_rstd_c = static_cast<A*>(p.rstd_c);
+  A* sv_hstate = static_cast<A*>(p.h_state);
 
   const Zoneout<A> zc = make_zoneout<A>(p.p_zoneout_c, p.training);
   const Zoneout<A> zh = make_zoneout<A>(p.p_zoneout_h, p.training);
@@ -222,7 +287,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
       pol.sync_worker();
     } else if (p.norm == kNormLayer) {
       pol.row_stats(0, w.a, R, R, N, w.row_mean, w.row_rstd);
-      if (pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
+      if (save && pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
           sv_rstd_hh[t * B + b] = w.row_rstd[b];
         });
     }
@@ -233,7 +298,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
         const A mu = bn ? w.col_mean[r] : w.row_mean[b];
         const A rs = bn ? w.col_rstd[r] : w.row_rstd[b];
         const A x = (w.a[b * R + r] - mu) * rs;
-        sv_xhat_hh[(t * B + b) * N + n] = x;
+        if (save) sv_xhat_hh[(t * B + b) * N + n] = x;
         w.a[b * R + r] = x * widen(gamma_hh[n]);
       });
       pol.sync_worker();
@@ -306,7 +371,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
         pol.sync_worker();
       } else if (p.norm == kNormLayer) {
         pol.row_stats(1, w.ct, hl, hl, H, w.row_mean, w.row_rstd);
-        if (pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
+        if (save && pol.first_worker()) pol.for_each(1, B, [&](int64_t, int64_t b) {
             sv_rstd_c[t * B + b] = w.row_rstd[b];
           });
       }
@@ -319,7 +384,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
           const A mu = bn ? w.col_mean[jj] : w.row_mean[b];
           const A rs = bn ? w.col_rstd[jj] : w.row_rstd[b];
           const A x = (w.ct[e] - mu) * rs;
-          sv_xhat_c[(t * B + b) * H + j] = x;
+          if (save) sv_xhat_c[(t * B + b) * H + j] = x;
           w.co[e] = x * widen(gamma_c[j]) + widen(beta_c[j]);
         }
       });
@@ -357,6 +422,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
       const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, q);
       const A h_new = zoneout_forward(zh, zoned, w.h[e], h_tilde[e]);
       if (act) w.h[e] = h_new;
+      if (sv_hstate != nullptr) sv_hstate[(t * B + b) * P + q] = w.h[e];
       out[t * p.out_stride_t + b * p.out_stride_b + q] = Policy::narrow(act ? h_new : A(0));
       pol.publish((s + 1) & 1, b, q, w.mh[e] * w.h[e]);
     });
@@ -371,6 +437,291 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
   if (lstm)
     pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
       c_n[b * H + j0 + jj] = Policy::narrow(w.c[b * hl + jj]);
+    });
+}
+
+// Batch-norm backward of one column over the active rows: the means of dx(b) and of
+// dx(b) xhat(b) (norm_backward's m1, m2).
+template <class A, class Dx, class Xhat>
+FRNN_STEP void batch_norm_column_sums(int64_t B, int64_t t, const int64_t* len, int64_t T,
+                                      A inv_count, Dx dx, Xhat xhat, A* m1, A* m2) {
+  A s1 = A(0), s2 = A(0);
+  for (int64_t b = 0; b < B; ++b)
+    if (t < (len != nullptr ? len[b] : T)) {
+      const A d = dx(b);
+      s1 += d;
+      s2 += d * xhat(b);
+    }
+  *m1 = s1 * inv_count;
+  *m2 = s2 * inv_count;
+}
+
+// One layer-direction's backward time loop, run by every worker (see the top of this file).
+template <class Policy>
+FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
+                              const BackwardScratch<typename Policy::Acc>& w) {
+  using S = typename Policy::Storage;
+  using A = typename Policy::Acc;
+  const int64_t TT = p.T, B = p.B, H = p.H, G = p.G, N = G * H;
+  const int64_t j0 = pol.j0, hl = pol.hl, R = G * hl, q0 = pol.q0, pl = pol.pl;
+  const bool proj = p.proj_size > 0;
+  const int64_t P = proj ? p.proj_size : H;
+  const bool lstm = p.cell == kCellLstm, gru = p.cell == kCellGru;
+  const bool norm = p.norm != kNormNone, ln = p.norm == kNormLayer;
+  const bool bn_train = p.norm == kNormBatch && p.training;
+  const int64_t* len = p.lengths;
+  auto widen = [](S v) { return Policy::widen(v); };
+  auto active = [&](int64_t t, int64_t b) { return t < (len != nullptr ? len[b] : TT); };
+
+  const S* h0 = static_cast<const S*>(p.h0);
+  const S* c0 = static_cast<const S*>(p.c0);
+  const S* gamma_hh = static_cast<const S*>(p.norm_weight_hh);
+  const S* gamma_c = static_cast<const S*>(p.norm_weight_c);
+  const S* beta_c = static_cast<const S*>(p.norm_bias_c);
+  const S* out = static_cast<const S*>(p.out);
+  const S* gout = static_cast<const S*>(p.grad_out);
+  const S* ghn = static_cast<const S*>(p.grad_h_n);
+  const S* gcn = static_cast<const S*>(p.grad_c_n);
+  const A* sv_gates = static_cast<const A*>(p.gates);
+  const A* sv_an = static_cast<const A*>(p.gru_hn);
+  const A* sv_xhat_hh = static_cast<const A*>(p.xhat_hh);
+  const A* sv_rstd_hh = static_cast<const A*>(p.rstd_hh);
+  const A* sv_ctil = static_cast<const A*>(p.c_tilde);
+  const A* sv_cstate = static_cast<const A*>(p.c_state);
+  const A* sv_xhat_c = static_cast<const A*>(p.xhat_c);
+  const A* sv_rstd_c = static_cast<const A*>(p.rstd_c);
+  const A* sv_hstate = static_cast<const A*>(p.h_state);
+  S* dxg = static_cast<S*>(p.dxg);
+  A* dab = static_cast<A*>(p.dab);
+  A* da = p.da != nullptr ? static_cast<A*>(p.da) : dab;
+  A* hin = static_cast<A*>(p.hin);
+  A* sv_dcout = static_cast<A*>(p.dc_out);
+  A* sv_h_pre = static_cast<A*>(p.h_pre_proj);
+  A* dproj = static_cast<A*>(p.dproj);
+  A* dhc = proj ? w.dhtil_cell : w.dhtil;  // d(h~) of the cell's units
+
+  const Zoneout<A> zc = make_zoneout<A>(p.p_zoneout_c, p.training);
+  const Zoneout<A> zh = make_zoneout<A>(p.p_zoneout_h, p.training);
+  const bool dropout = p.training && p.p_dropout > 0;
+  const float p_drop = static_cast<float>(p.p_dropout);
+  const A keep_scale = A(1) / static_cast<A>(1.0 - p.p_dropout);
+
+  // h_{t-1} of row b, unit q: the state step tp produced when it ran for the row, else h_0.
+  auto h_prev_of = [&](int64_t tp, bool prev_out, int64_t b, int64_t q) -> A {
+    if (!prev_out) return widen(h0[b * P + q]);
+    if (sv_hstate != nullptr) return sv_hstate[(tp * B + b) * P + q];
+    return widen(out[tp * p.out_stride_t + b * p.out_stride_b + q]);
+  };
+  // The gradient of gate g of own unit jj, row b, step t: d_xg into dxg (xg's gradient),
+  // d_ab into dab (the launcher's sums) and the worker's dab tile (they differ for GRU's n).
+  auto write_gate = [&](int64_t t, int64_t b, int64_t g, int64_t jj, A d_ab, A d_xg) {
+    const int64_t i = (t * B + b) * N + g * H + j0 + jj;
+    dxg[i] = Policy::narrow(d_xg);
+    dab[i] = d_ab;
+    w.dab[b * R + g * hl + jj] = d_ab;
+  };
+
+  // Prologue: the dropout mask (drawn at t = 0), d(h_T) and d(c_T).
+  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+    const int64_t e = b * pl + qq, q = q0 + qq;
+    w.mh[e] = dropout
+                  ? dropout_scale(mask_uniform(p.seed, p.base_dropout, 0, b, q), p_drop, keep_scale)
+                  : A(1);
+    w.dh[e] = widen(ghn[b * P + q]);
+  });
+  if (lstm)
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      w.dc[b * hl + jj] = gcn != nullptr ? widen(gcn[b * H + j0 + jj]) : A(0);
+    });
+  pol.sync_worker();
+
+  for (int64_t s = TT - 1; s >= 0; --s) {
+    const int64_t t = p.reverse ? TT - 1 - s : s;
+    const int64_t tp = p.reverse ? t + 1 : t - 1;  // the step that produced h_{t-1}, c_{t-1}
+    const bool has_prev = tp >= 0 && tp < TT;
+    A count = A(0);
+    for (int64_t b = 0; b < B; ++b) count += active(t, b) ? A(1) : A(0);
+    const A inv_count = A(1) / (count > A(1) ? count : A(1));
+
+    // A. hin, d(h~) and the direct part of d(h_{t-1}) (zoneout of h), own h units.
+    pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+      const int64_t e = b * pl + qq, q = q0 + qq;
+      const bool act = active(t, b);
+      hin[(t * B + b) * P + q] = w.mh[e] * h_prev_of(tp, has_prev && active(tp, b), b, q);
+      const A dnew =
+          act ? w.dh[e] + widen(gout[t * p.grad_out_stride_t + b * p.grad_out_stride_b + q])
+              : A(0);
+      const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, q);
+      A dprev;
+      w.dhtil[e] = zoneout_backward(zh, zoned, dnew, &dprev);
+      w.dh_prev[e] = act ? dprev : w.dh[e];
+      if (proj) dproj[(t * B + b) * P + q] = w.dhtil[e];
+    });
+    pol.sync_worker();
+    if constexpr (Policy::kProjection) {
+      if (proj) {
+        pol.sync_all();
+        pol.project_backward(dproj + t * B * P, w.dhtil_cell);
+      }
+    }
+
+    // B. The cell's backward: d(gates) of own units into dxg, dab and the dab tile.
+    if (lstm) {
+      // tanh(c_out), c_out = N_c(c~) (from the saved xhat_c) or c~.
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t i = (t * B + b) * H + j0 + jj;
+        w.dco[b * hl + jj] = norm ? sv_xhat_c[i] * widen(gamma_c[j0 + jj]) + widen(beta_c[j0 + jj])
+                                  : sv_ctil[i];
+      });
+      pol.sync_worker();
+      pol.tanh_cols(w.dco, B, hl, 0, hl);
+      pol.sync_worker();
+      // h~ = o tanh(c_out): d(pre_o), d(c_out); zoneout of c.
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t e = b * hl + jj, j = j0 + jj;
+        const bool act = active(t, b);
+        const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
+        A dprev;
+        w.dctil[e] = zoneout_backward(zc, zoned, act ? w.dc[e] : A(0), &dprev);
+        w.dc_prev[e] = act ? dprev : w.dc[e];
+        const A o = sv_gates[(t * B + b) * N + 3 * H + j];
+        const A tc = w.dco[e];
+        if (proj) sv_h_pre[(t * B + b) * H + j] = o * tc;
+        const A dco = tanh_grad(dhc[e] * o, tc);
+        const A dpo = sigmoid_grad(dhc[e] * tc, o);
+        write_gate(t, b, 3, jj, dpo, dpo);
+        w.dco[e] = dco;
+        if (norm) sv_dcout[(t * B + b) * H + j] = dco;
+      });
+      pol.sync_worker();
+      // N_c backward: the statistics of d(xhat_c).
+      if (bn_train) {
+        pol.for_each(1, hl, [&](int64_t, int64_t jj) {
+          const int64_t j = j0 + jj;
+          const A gj = widen(gamma_c[j]);
+          batch_norm_column_sums(
+              B, t, len, TT, inv_count, [&](int64_t b) { return w.dco[b * hl + jj] * gj; },
+              [&](int64_t b) { return sv_xhat_c[(t * B + b) * H + j]; }, w.col_a + jj,
+              w.col_b + jj);
+        });
+        pol.sync_worker();
+      } else if (ln) {
+        pol.row_sums(1, hl, [&](int64_t b, int64_t jj) {
+          const int64_t j = j0 + jj;
+          const A dx = w.dco[b * hl + jj] * widen(gamma_c[j]);
+          return SumPair<A>{dx, dx * sv_xhat_c[(t * B + b) * H + j]};
+        }, w.row_a, w.row_b);
+      }
+      // d(c~) += N_c'(d c_out); c~ = f c_{t-1} + i g.
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t e = b * hl + jj, j = j0 + jj;
+        const bool act = active(t, b);
+        A dct = w.dctil[e];
+        if (norm) {
+          const A dx = w.dco[e] * widen(gamma_c[j]);
+          const A xh = sv_xhat_c[(t * B + b) * H + j];
+          if (ln) {
+            dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], w.row_a[b] / A(H),
+                                 w.row_b[b] / A(H));
+          } else if (bn_train) {
+            dct += act ? norm_backward(dx, xh, sv_rstd_c[t * H + j], w.col_a[jj], w.col_b[jj])
+                       : A(0);
+          } else {
+            dct += dx * sv_rstd_c[t * H + j];
+          }
+        } else {
+          dct += w.dco[e];
+        }
+        const A* gs = sv_gates + (t * B + b) * N;
+        const LstmGates<A> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
+        const A c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : widen(c0[b * H + j]);
+        const LstmGateGrads<A> d = lstm_backward_c(ga, c_prev, act ? dct : A(0));
+        write_gate(t, b, 0, jj, d.i, d.i);
+        write_gate(t, b, 1, jj, d.f, d.f);
+        write_gate(t, b, 2, jj, d.g, d.g);
+        if (act) w.dc_prev[e] += d.c_prev;
+      });
+    } else if (gru) {  // no projection: h units are the cell units (pl = hl, q0 = j0)
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const int64_t e = b * hl + jj, j = j0 + jj;
+        const bool act = active(t, b);
+        const A h_prev = h_prev_of(tp, has_prev && active(tp, b), b, j);
+        const A* gs = sv_gates + (t * B + b) * N;
+        const GruGates<A> ga{gs[j], gs[H + j], gs[2 * H + j]};
+        const GruGrads<A> d =
+            gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? w.dhtil[e] : A(0));
+        write_gate(t, b, 0, jj, d.x_r, d.x_r);
+        write_gate(t, b, 1, jj, d.x_z, d.x_z);
+        write_gate(t, b, 2, jj, d.a_n, d.x_n);
+        if (act) w.dh_prev[e] += d.h_prev;
+      });
+    } else {
+      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        const A y = sv_gates[(t * B + b) * N + j0 + jj];
+        const A d = rnn_backward(p.cell, y, active(t, b) ? w.dhtil[b * hl + jj] : A(0));
+        write_gate(t, b, 0, jj, d, d);
+      });
+    }
+    pol.sync_worker();
+
+    // C. N_hh backward: da of own columns (dab itself without a norm).
+    if (norm) {
+      auto ncol = [&](int64_t r) { return (r / hl) * H + j0 + r % hl; };
+      if (bn_train) {
+        pol.for_each(1, R, [&](int64_t, int64_t r) {
+          const int64_t n = ncol(r);
+          const A gn = widen(gamma_hh[n]);
+          batch_norm_column_sums(
+              B, t, len, TT, inv_count, [&](int64_t b) { return w.dab[b * R + r] * gn; },
+              [&](int64_t b) { return sv_xhat_hh[(t * B + b) * N + n]; }, w.col_a + r,
+              w.col_b + r);
+        });
+        pol.sync_worker();
+      } else if (ln) {
+        pol.row_sums(0, R, [&](int64_t b, int64_t r) {
+          const int64_t n = ncol(r);
+          const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
+          return SumPair<A>{dx, dx * sv_xhat_hh[(t * B + b) * N + n]};
+        }, w.row_a, w.row_b);
+      }
+      pol.for_each(B, R, [&](int64_t b, int64_t r) {
+        const int64_t n = ncol(r);
+        const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
+        const A xh = sv_xhat_hh[(t * B + b) * N + n];
+        A v;
+        if (ln) {
+          v = norm_backward(dx, xh, sv_rstd_hh[t * B + b], w.row_a[b] / A(N), w.row_b[b] / A(N));
+        } else if (bn_train) {
+          v = active(t, b) ? norm_backward(dx, xh, sv_rstd_hh[t * N + n], w.col_a[r], w.col_b[r])
+                           : A(0);
+        } else {
+          v = dx * sv_rstd_hh[t * N + n];
+        }
+        da[(t * B + b) * N + n] = v;
+      });
+    }
+    pol.sync_all();  // da_t complete
+
+    // D. d(h_{t-1}) = direct part + m_h ⊙ (da_t W_hh)[:, own]; d(c_{t-1}).
+    pol.backward_product(da + t * B * N, w.dhin);
+    pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+      const int64_t e = b * pl + qq;
+      w.dh[e] = w.dh_prev[e] + w.mh[e] * w.dhin[e];
+    });
+    if (lstm) pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+        w.dc[b * hl + jj] = w.dc_prev[b * hl + jj];
+      });
+    pol.sync_worker();
+  }
+
+  S* dh0 = static_cast<S*>(p.dh0);
+  S* dc0 = static_cast<S*>(p.dc0);
+  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+    dh0[b * P + q0 + qq] = Policy::narrow(w.dh[b * pl + qq]);
+  });
+  if (lstm)
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      dc0[b * H + j0 + jj] = Policy::narrow(w.dc[b * hl + jj]);
     });
 }
 
