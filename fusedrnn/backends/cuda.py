@@ -176,12 +176,12 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
-        grads = native.launch_backward(
+        return native.launch_backward(
             _with_dropped_weight(inputs, stream),
             saved,
             output_grads,
             lambda p: C.cuda_backward(p, stream),
             1,
             _workspace(True),
+            mask_w_hh_grad=native.w_hh_grad_mask(inputs, lambda w: C.cuda_weight_drop(w, stream)),
         )
-        return native.mask_weight_grad(inputs, grads, lambda w: C.cuda_weight_drop(w, stream))

@@ -121,19 +121,16 @@ def weight_drop_params(inputs: RecurrenceInputs, src: torch.Tensor, dst: torch.T
     return w
 
 
-def mask_weight_grad(inputs: RecurrenceInputs, grads: Gradients, run: Callable[[object], None]):
-    """With weight drop in training, ``dW_hh = dW_eff * m_W``: zero exactly where an entry was
-    dropped. ``run(params)`` is the backend's weight-drop pass (``_C.host_weight_drop`` or
-    ``_C.cuda_weight_drop`` on a stream), run in place on the GEMM's result."""
-    if inputs.config.uses_weight_drop(inputs.training) and grads["w_hh"] is not None:
-        grad = grads["w_hh"].contiguous()
-        # The host pass is float32/float64 only (host computes half layers in float32): a
-        # half gradient is masked in float32, where 0 and g / (1 - p) are then rounded once.
-        host_half = grad.device.type == "cpu" and grad.dtype in (torch.float16, torch.bfloat16)
-        work = grad.float() if host_half else grad
-        run(weight_drop_params(inputs, work, work))
-        grads["w_hh"] = work.to(grad.dtype)
-    return grads
+def w_hh_grad_mask(
+    inputs: RecurrenceInputs, run: Callable[[object], None]
+) -> Callable[[torch.Tensor], None] | None:
+    """With weight drop in training, ``dW_hh = dW_eff * m_W`` (zero exactly where an entry was
+    dropped): the in-place mask of a contiguous ``[G*H, P]`` gradient by ``run(params)``, the
+    backend's weight-drop pass (``_C.host_weight_drop``, ``_C.cuda_weight_drop`` on a stream);
+    None when this call drops no weights."""
+    if not inputs.config.uses_weight_drop(inputs.training):
+        return None
+    return lambda grad: run(weight_drop_params(inputs, grad, grad))
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -390,8 +387,11 @@ def launch_backward(
     run: Callable[[object], None],
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
+    mask_w_hh_grad: Callable[[torch.Tensor], None] | None = None,
 ) -> Gradients:
-    """As ``launch_forward``, for ``Backend.backward``'s arguments."""
+    """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
+    ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
+    rounding to storage."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -449,6 +449,9 @@ def launch_backward(
     grads["c0"] = dc0
     da_used = dab if da is None else da
     w_grad = _rows_product(da_used.reshape(steps * batch, n), hin.reshape(steps * batch, out_size))
+    if mask_w_hh_grad is not None:
+        w_grad = w_grad.contiguous()
+        mask_w_hh_grad(w_grad)
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
     if proj:
         w_hr_grad = _rows_product(
