@@ -140,8 +140,8 @@ def _workspace(backward: bool):
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
     # The native launcher's layout (shared with host); nothing when no gradient is needed.
-    # No h_state: the CUDA backward still reads h_{t-1} from `out` (docs/design.md §7).
-    return native.saved_like(inputs, save=inputs.needs_grad, h_state=False)
+    # h_state for 16-bit storage: the backward reads h_{t-1} at accumulation precision.
+    return native.saved_like(inputs, save=inputs.needs_grad)
 
 
 def _with_dropped_weight(inputs: RecurrenceInputs, stream: int) -> RecurrenceInputs:
@@ -167,7 +167,6 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
             1,
             _workspace(False),
             save=inputs.needs_grad,
-            h_state=False,
         )
 
 

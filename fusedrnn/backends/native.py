@@ -228,16 +228,15 @@ def _allocate_saved(
     allocate,
     save: bool = True,
     unused: torch.Tensor | None = None,
-    h_state: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
     a slot is unused (``unused`` in every such slot when given, else one allocated each).
     ``allocate(shape, dtype, device)`` makes each one. ``save=False`` (no gradient needed)
     leaves out every per-step tensor (the native forward then keeps what it needs for one
     step only); "out" is the output either way (the caller drops it from the saved tuple).
-    ``h_state`` (h in the accumulation dtype, when asked for: the host backward reads it) is
-    kept only where the storage dtype is narrower (float16, bfloat16), so that backward's
-    h_{t-1} is not ``out`` rounded to storage."""
+    ``h_state`` (h in the accumulation dtype: the host and CUDA backward read it) is kept
+    only where the storage dtype is narrower (float16, bfloat16), so that backward's h_{t-1}
+    is not ``out`` rounded to storage."""
     cfg = inputs.config
     steps, batch, n = inputs.xg.shape
     hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
@@ -261,19 +260,16 @@ def _allocate_saved(
         "c_state": slot((steps, batch, hidden), lstm),
         "xhat_c": slot((steps, batch, hidden), lstm and norm != "none"),
         "rstd_c": slot(per_step_rows_c, lstm and norm != "none"),
-        "h_state": slot((steps, batch, cfg.out_size), h_state and acc != dtype),
+        "h_state": slot((steps, batch, cfg.out_size), acc != dtype),
     }
 
 
-def saved_like(
-    inputs: RecurrenceInputs, save: bool = True, h_state: bool = True
-) -> tuple[torch.Tensor, ...]:
+def saved_like(inputs: RecurrenceInputs, save: bool = True) -> tuple[torch.Tensor, ...]:
     """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
     saved = _allocate_saved(
         inputs,
         lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype),
         save,
-        h_state=h_state,
     )
     if not save:
         saved["out"] = inputs.xg.new_empty(0)
@@ -318,7 +314,6 @@ def launch_forward(
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     save: bool = True,
-    h_state: bool = True,
 ) -> tuple[RecurrenceOutputs, tuple]:
     """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (no
     gradient needed) writes no per-step tensors for backward: the saved tuple then holds only
@@ -332,7 +327,7 @@ def launch_forward(
     # One empty tensor for the unused slots: the op gives each empty result its own (custom-op
     # outputs may not alias), and drops the saved tuple when no gradient is needed.
     unused = torch.empty(0, dtype=acc, device=device)
-    saved = _allocate_saved(inputs, _empty, save, unused=unused, h_state=h_state)
+    saved = _allocate_saved(inputs, _empty, save, unused=unused)
     out = saved["out"]
     h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
