@@ -385,3 +385,31 @@ def test_inference_saves_nothing(cell, reg):
     for name in ("output", "h_n", "c_n"):
         if getattr(with_grad, name) is not None:
             assert torch.equal(getattr(with_grad, name), getattr(without, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_half_backward_reads_h_state(cell, dtype):
+    """16-bit storage: the forward saves h_t at float32 (h_state, whose rounding to ``dtype``
+    is the output), and the backward's h_{t-1} (dW_hh's input, GRU's dz) is that saved state,
+    not ``out`` rounded to ``dtype``: handing the backward h_state rounded like ``out`` changes
+    dW_hh (and GRU's d(xg))."""
+    inputs = _to(make_inputs(cell, "none", False, False, torch.float64, 6, 5, 37), dtype)
+    out, saved = cuda_backend.forward(inputs)
+    slot = native._SAVED.index("h_state")
+    h_state = saved[slot]
+    assert h_state.dtype == torch.float32 and h_state.shape == out.output.shape
+    assert torch.equal(h_state.to(dtype), out.output)
+    assert not torch.equal(h_state, out.output.float())  # float32 carries more than dtype
+    go, gh, gc = (
+        None if g is None else g.to(dtype)
+        for g in _grads(tuple(out.output.shape), tuple(inputs.h0.shape), cell == "lstm", "cuda")
+    )
+    grads = cuda_backend.backward(inputs, saved, go, gh, gc)
+    rounded = list(saved)
+    rounded[slot] = h_state.to(dtype).float()
+    grads_rounded = cuda_backend.backward(inputs, tuple(rounded), go, gh, gc)
+    torch.cuda.synchronize()
+    assert not torch.equal(grads["w_hh"], grads_rounded["w_hh"])
+    if cell == "gru":
+        assert not torch.equal(grads["xg"], grads_rounded["xg"])

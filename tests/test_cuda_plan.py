@@ -336,17 +336,18 @@ def test_tf32_flag_is_cudnn_rnn_precision(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_saved_tensors_follow_needs_grad_and_dtype(dtype):
     """The cuda launcher's saved layout (native.py, shared with host): nothing when no
-    gradient is needed; no h_state (its backward kernel reads h_{t-1} from the output)."""
+    gradient is needed; h_state (float32) exactly where the host keeps it, for 16-bit dtypes
+    (both backwards read h_{t-1} from it)."""
     inputs = _cuda_inputs(3, 8, needs_grad=True)
     inputs = inputs.replace(xg=inputs.xg.to(dtype), h0=inputs.h0.to(dtype))
     saved = dict(zip(native._SAVED, cuda_backend.saved_like(inputs)))
     assert saved["gates"].shape == (2, 3, 32) and saved["c_state"].shape == (2, 3, 8)
-    assert saved["h_state"].numel() == 0
     host_saved = dict(zip(native._SAVED, host.saved_like(inputs)))
-    if dtype == torch.float32:
-        assert host_saved["h_state"].numel() == 0
-    else:
-        assert host_saved["h_state"].shape == (2, 3, 8)
-        assert host_saved["h_state"].dtype == torch.float32
+    for layout in (saved, host_saved):
+        if dtype == torch.float32:
+            assert layout["h_state"].numel() == 0
+        else:
+            assert layout["h_state"].shape == (2, 3, 8)
+            assert layout["h_state"].dtype == torch.float32
     nothing = cuda_backend.saved_like(inputs.replace(needs_grad=False))
     assert all(t.numel() == 0 for t in nothing)

@@ -281,11 +281,13 @@ def test_float64_matches_torch_with_masked_weights(backend, cell):
         assert (results[name] - want).abs().max() < FLOAT64_TOLERANCE, name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_weight_grad_is_exactly_zero_where_dropped(backend):
+def test_weight_grad_is_exactly_zero_where_dropped(backend, dtype):
     p = 0.4
     fused, _ = _pair("lstm", backend, p, 3, 6, 1, True)
-    x = torch.randn(4, 2, 3)
+    fused = fused.to(dtype)
+    x = torch.randn(4, 2, 3, dtype=dtype)
     torch.manual_seed(8)
     seed = int(philox.draw_seed())
     torch.manual_seed(8)

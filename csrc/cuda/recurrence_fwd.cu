@@ -12,6 +12,7 @@
 // grid barrier; the blocks meet at grid.sync() once per step.
 #include <cooperative_groups.h>
 
+#include "cuda/block_worker.cuh"
 #include "cuda/kernel_common.cuh"
 #include "cuda/recurrence_cuda.h"
 #include "cuda/tensor_core.cuh"
@@ -35,18 +36,10 @@ __device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int
   }
 }
 
-// The device policy of the shared step loop (fusedrnn/step_loop.h): a worker is a block of
-// kThreads threads, its scratch is shared memory (smem_plan), workers meet at grid.sync().
+// The device policy of forward_steps (fusedrnn/step_loop.h): BlockWorker (block_worker.cuh)
+// plus the recurrent product, the exchange of m_h ⊙ h and the layer-norm row statistics.
 template <class S>
-struct DeviceForwardPolicy {
-  using Storage = S;
-  using Acc = float;
-  static constexpr bool kProjection = false;  // the launcher refuses proj_size
-  __device__ static float widen(S v) { return to_acc(v); }
-  __device__ static S narrow(float v) { return from_acc<S>(v); }
-
-  int64_t j0, hl, q0, pl;
-  cg::grid_group grid;
+struct DeviceForwardPolicy : BlockWorker<S> {
   int64_t B, H, R;
   // The product (see recurrence_forward_kernel's arguments and smem_plan).
   const S* w;         // W_hh in global memory (the L2 path)
@@ -58,14 +51,6 @@ struct DeviceForwardPolicy {
   float* hin;  // [2][B][H] exchange: fp32, or S when half_exchange
   float4* stats;  // [2][B][grid] layer-norm partials
 
-  __device__ bool first_worker() const { return blockIdx.x == 0; }
-  template <class F>
-  __device__ void for_each(int64_t rows, int64_t cols, F f) const {
-    const int64_t n = rows * cols;
-    for (int64_t e = threadIdx.x; e < n; e += blockDim.x) f(e / cols, e % cols);
-  }
-  __device__ void sync_worker() const { __syncthreads(); }
-  __device__ void sync_all() { grid.sync(); }
   __device__ void recurrent_product(int64_t s, float* a) const {
     const float* hin_cur = hin + (s & 1) * B * H;
     if (half_exchange) {
@@ -83,7 +68,7 @@ struct DeviceForwardPolicy {
                    [&](int64_t r, int64_t k) { return to_acc(ws[r * ld + k]); }, a);
     } else {
       const S* wg = w;
-      const int64_t hs = hl, h = H, first = j0;
+      const int64_t hs = this->hl, h = H, first = this->j0;
       block_matvec(B, R, H, hin_cur, H, [&](int64_t r, int64_t k) {
         return to_acc(wg[((r / hs) * h + first + r % hs) * h + k]);
       }, a);
@@ -119,7 +104,7 @@ struct DeviceForwardPolicy {
       if (lane == 0)
         part[b * nblk + blockIdx.x] = make_float4(static_cast<float>(cols), m, m2, 0.f);
     }
-    grid.sync();
+    this->grid.sync();
     for (int64_t b = warp; b < B; b += warps) {
       const MeanM2<float> m = merge_row_mean_m2(part + b * nblk, nblk, lane);
       if (lane == 0) {
@@ -128,18 +113,6 @@ struct DeviceForwardPolicy {
       }
     }
     __syncthreads();
-  }
-  __device__ void sigmoid_cols(float* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    for_each(rows, c1 - c0, [&](int64_t i, int64_t c) {
-      float& v = x[i * ld + c0 + c];
-      v = sigmoid(v);
-    });
-  }
-  __device__ void tanh_cols(float* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    for_each(rows, c1 - c0, [&](int64_t i, int64_t c) {
-      float& v = x[i * ld + c0 + c];
-      v = frnn_tanh(v);
-    });
   }
 };
 
@@ -179,7 +152,7 @@ __global__ void __launch_bounds__(kThreads)
       H % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
   if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
 
-  DeviceForwardPolicy<S> policy{j0, hl, j0, hl, cg::this_grid(), B, H, R, w, w_sm,
+  DeviceForwardPolicy<S> policy{{j0, hl, j0, hl, cg::this_grid()}, B, H, R, w, w_sm,
                                 plan.w_ld, plan.stage_ld, k_chunk, tensor_cores, w_in_smem,
                                 half_exchange, vec16,
                                 reinterpret_cast<float*>(smem + plan.stage_off),

@@ -140,8 +140,8 @@ def _workspace(backward: bool):
 
 def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
     # The native launcher's layout (shared with host); nothing when no gradient is needed.
-    # No h_state: the CUDA backward still reads h_{t-1} from `out` (docs/design.md §7).
-    return native.saved_like(inputs, save=inputs.needs_grad, h_state=False)
+    # h_state for 16-bit storage: the backward reads h_{t-1} at accumulation precision.
+    return native.saved_like(inputs, save=inputs.needs_grad)
 
 
 def _with_dropped_weight(inputs: RecurrenceInputs, stream: int) -> RecurrenceInputs:
@@ -167,7 +167,6 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
             1,
             _workspace(False),
             save=inputs.needs_grad,
-            h_state=False,
         )
 
 
@@ -176,12 +175,12 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     C = native.native()
     with torch.no_grad(), torch.cuda.device(inputs.xg.device):
         stream = torch.cuda.current_stream().cuda_stream
-        grads = native.launch_backward(
+        return native.launch_backward(
             _with_dropped_weight(inputs, stream),
             saved,
             output_grads,
             lambda p: C.cuda_backward(p, stream),
             1,
             _workspace(True),
+            mask_w_hh_grad=native.w_hh_grad_mask(inputs, lambda w: C.cuda_weight_drop(w, stream)),
         )
-        return native.mask_weight_grad(inputs, grads, lambda w: C.cuda_weight_drop(w, stream))

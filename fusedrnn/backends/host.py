@@ -72,7 +72,11 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     _check(inputs)
     C = native.native()
     with torch.no_grad():
-        grads = native.launch_backward(
-            inputs, saved, output_grads, C.host_backward, _threads(inputs)
+        return native.launch_backward(
+            inputs,
+            saved,
+            output_grads,
+            C.host_backward,
+            _threads(inputs),
+            mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
         )
-        return native.mask_weight_grad(inputs, grads, C.host_weight_drop)

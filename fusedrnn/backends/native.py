@@ -121,19 +121,16 @@ def weight_drop_params(inputs: RecurrenceInputs, src: torch.Tensor, dst: torch.T
     return w
 
 
-def mask_weight_grad(inputs: RecurrenceInputs, grads: Gradients, run: Callable[[object], None]):
-    """With weight drop in training, ``dW_hh = dW_eff * m_W``: zero exactly where an entry was
-    dropped. ``run(params)`` is the backend's weight-drop pass (``_C.host_weight_drop`` or
-    ``_C.cuda_weight_drop`` on a stream), run in place on the GEMM's result."""
-    if inputs.config.uses_weight_drop(inputs.training) and grads["w_hh"] is not None:
-        grad = grads["w_hh"].contiguous()
-        # The host pass is float32/float64 only (host computes half layers in float32): a
-        # half gradient is masked in float32, where 0 and g / (1 - p) are then rounded once.
-        host_half = grad.device.type == "cpu" and grad.dtype in (torch.float16, torch.bfloat16)
-        work = grad.float() if host_half else grad
-        run(weight_drop_params(inputs, work, work))
-        grads["w_hh"] = work.to(grad.dtype)
-    return grads
+def w_hh_grad_mask(
+    inputs: RecurrenceInputs, run: Callable[[object], None]
+) -> Callable[[torch.Tensor], None] | None:
+    """With weight drop in training, ``dW_hh = dW_eff * m_W`` (zero exactly where an entry was
+    dropped): the in-place mask of a contiguous ``[G*H, P]`` gradient by ``run(params)``, the
+    backend's weight-drop pass (``_C.host_weight_drop``, ``_C.cuda_weight_drop`` on a stream);
+    None when this call drops no weights."""
+    if not inputs.config.uses_weight_drop(inputs.training):
+        return None
+    return lambda grad: run(weight_drop_params(inputs, grad, grad))
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -231,16 +228,15 @@ def _allocate_saved(
     allocate,
     save: bool = True,
     unused: torch.Tensor | None = None,
-    h_state: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
     a slot is unused (``unused`` in every such slot when given, else one allocated each).
     ``allocate(shape, dtype, device)`` makes each one. ``save=False`` (no gradient needed)
     leaves out every per-step tensor (the native forward then keeps what it needs for one
     step only); "out" is the output either way (the caller drops it from the saved tuple).
-    ``h_state`` (h in the accumulation dtype, when asked for: the host backward reads it) is
-    kept only where the storage dtype is narrower (float16, bfloat16), so that backward's
-    h_{t-1} is not ``out`` rounded to storage."""
+    ``h_state`` (h in the accumulation dtype: the host and CUDA backward read it) is kept
+    only where the storage dtype is narrower (float16, bfloat16), so that backward's h_{t-1}
+    is not ``out`` rounded to storage."""
     cfg = inputs.config
     steps, batch, n = inputs.xg.shape
     hidden, dtype, device = cfg.hidden_size, inputs.xg.dtype, inputs.xg.device
@@ -264,19 +260,16 @@ def _allocate_saved(
         "c_state": slot((steps, batch, hidden), lstm),
         "xhat_c": slot((steps, batch, hidden), lstm and norm != "none"),
         "rstd_c": slot(per_step_rows_c, lstm and norm != "none"),
-        "h_state": slot((steps, batch, cfg.out_size), h_state and acc != dtype),
+        "h_state": slot((steps, batch, cfg.out_size), acc != dtype),
     }
 
 
-def saved_like(
-    inputs: RecurrenceInputs, save: bool = True, h_state: bool = True
-) -> tuple[torch.Tensor, ...]:
+def saved_like(inputs: RecurrenceInputs, save: bool = True) -> tuple[torch.Tensor, ...]:
     """Empty tensors shaped like ``launch_forward``'s saved tuple (for fake tensors)."""
     saved = _allocate_saved(
         inputs,
         lambda shape, dtype, device: inputs.xg.new_empty(shape, dtype=dtype),
         save,
-        h_state=h_state,
     )
     if not save:
         saved["out"] = inputs.xg.new_empty(0)
@@ -321,7 +314,6 @@ def launch_forward(
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     save: bool = True,
-    h_state: bool = True,
 ) -> tuple[RecurrenceOutputs, tuple]:
     """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (no
     gradient needed) writes no per-step tensors for backward: the saved tuple then holds only
@@ -335,7 +327,7 @@ def launch_forward(
     # One empty tensor for the unused slots: the op gives each empty result its own (custom-op
     # outputs may not alias), and drops the saved tuple when no gradient is needed.
     unused = torch.empty(0, dtype=acc, device=device)
-    saved = _allocate_saved(inputs, _empty, save, unused=unused, h_state=h_state)
+    saved = _allocate_saved(inputs, _empty, save, unused=unused)
     out = saved["out"]
     h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
@@ -390,8 +382,11 @@ def launch_backward(
     run: Callable[[object], None],
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
+    mask_w_hh_grad: Callable[[torch.Tensor], None] | None = None,
 ) -> Gradients:
-    """As ``launch_forward``, for ``Backend.backward``'s arguments."""
+    """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
+    ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
+    rounding to storage."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -449,6 +444,9 @@ def launch_backward(
     grads["c0"] = dc0
     da_used = dab if da is None else da
     w_grad = _rows_product(da_used.reshape(steps * batch, n), hin.reshape(steps * batch, out_size))
+    if mask_w_hh_grad is not None:
+        w_grad = w_grad.contiguous()
+        mask_w_hh_grad(w_grad)
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
     if proj:
         w_hr_grad = _rows_product(

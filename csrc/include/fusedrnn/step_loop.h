@@ -1,6 +1,7 @@
 // The step loop of fusedrnn's persistent recurrence, written once for the host backend (OpenMP
 // threads, csrc/host/recurrence_host.cpp) and the CUDA kernels (blocks of a cooperative grid,
-// csrc/cuda/recurrence_fwd.cu), templated on an execution policy (docs/design.md §5.3, §5.4).
+// csrc/cuda/recurrence_fwd.cu and recurrence_bwd.cu, with csrc/cuda/block_worker.cuh),
+// templated on an execution policy (docs/design.md §5.3, §5.4).
 //
 // The algorithm
 // -------------
@@ -63,10 +64,10 @@
 //
 // The backward
 // ------------
-// backward_steps() (run by the host backend; csrc/cuda/recurrence_bwd.cu is still a separate
-// copy of it, docs/design.md §7) runs the same steps in the opposite order (s = T-1 .. 0),
-// from d(h_t) of the worker's h units and d(c_t) of its cell units, with every mask
-// regenerated at its coordinates and the forward's saved tensors (params.h), per step:
+// backward_steps() (run by the host backend and csrc/cuda/recurrence_bwd.cu) runs the same
+// steps in the opposite order (s = T-1 .. 0), from d(h_t) of the worker's h units and d(c_t)
+// of its cell units, with every mask regenerated at its coordinates and the forward's saved
+// tensors (params.h), per step:
 //   A. h_{t-1} (saved h_state when the launcher kept h at accumulation precision, else `out`
 //      / h_0) → hin = m_h ⊙ h_{t-1} for the launcher's dW_hh GEMM; d(h_t) += grad_out_t
 //      (active rows); zoneout of h splits it into d(h~) and the direct part of d(h_{t-1});
