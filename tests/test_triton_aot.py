@@ -184,7 +184,10 @@ def test_compiles_for_gpu(compiled, arch, spec):
             f"{kernel['predicted_shared']} B"
         )
         half_forward = spec["dtype"] != "float32" and kernel["kernel"] == "forward"
-        tightness = HALF_FORWARD_BOUND_TIGHTNESS if half_forward else SHARED_BOUND_TIGHTNESS
+        # Streamed W_hh: a few KiB per K-chunk (never what limits the envelope), and the
+        # compiler may keep a chunk's operand in registers (sm_80, H = 2048: 4096 of 6144 B).
+        loose = half_forward or kernel["stream_k"] > 0
+        tightness = HALF_FORWARD_BOUND_TIGHTNESS if loose else SHARED_BOUND_TIGHTNESS
         assert kernel["shared"] >= tightness * kernel["predicted_shared"], (
             f"{name}: compiled shared memory {kernel['shared']} B, far below the launcher's "
             f"bound {kernel['predicted_shared']} B"
@@ -222,7 +225,8 @@ def test_compiles_for_gpu(compiled, arch, spec):
 # LSTM+LN bf16 B=16 1492, RNN fp16 B=16 H=2048 696); B >= 64 (wgmma) 750-850; the
 # float32 LSTM+BN backward at B=5 120 (its per-gate operand loads); W2 streamed, forward bf16
 # 288, float32 72 (the B = 64 cell tiles); W1 with proj_size 128 in bf16: forward 1376,
-# backward 2942. Not strict: sm_80 was not measured case by case.
+# backward 2942; on sm_80 only (an "sm80-" id): the streamed H = 2048 forward, 84. Not
+# strict: sm_80 was not measured case by case.
 SPILLING = {
     "lstm-all_batch_norm-float32-B5-H37",
     "W1-bfloat16",
@@ -237,6 +241,7 @@ SPILLING = {
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
     "gru-all_batch_norm-float32-B256-Hmax",
     "rnn_relu-all_layer_norm-float16-B256-Hmax",
+    "sm80-streamed-H2048",
 }
 
 
@@ -246,7 +251,7 @@ def _spill_cases():
     for param in CASES:
         arch, spec = param.values
         marks = list(param.marks)
-        if param.id.split("-", 1)[1] in SPILLING:
+        if param.id in SPILLING or param.id.split("-", 1)[1] in SPILLING:
             reason = "issue 13: the kernel spills beyond the budget (see SPILLING)"
             marks.append(pytest.mark.xfail(reason=reason, strict=False))
         out.append(pytest.param(arch, spec, id=param.id, marks=marks))

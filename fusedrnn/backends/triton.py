@@ -250,8 +250,10 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     * backward, bf16 / fp16, one dot ``[R, K] x [K, units]``: ``e * (R + units) * K`` below
       64 rows (mma.sync stages both operands in the dtype); from 64 rows the float32 operand
       is staged before rounding, ``4*R*K``, plus the W tile ``e*K*units`` with wgmma.
-    * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + 4*B*S``
-      forward and ``e*S*units + 4*B*S`` backward.
+    * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + x*B*S``
+      forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
+      wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
+      the dtype (x = e).
     """
     if geo["proj"] > 0:
         return _projected_shared_memory_bytes(geo)
@@ -262,7 +264,7 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
         b = geo["BLOCK_B"]
         return {
             "forward": e * s * n + (4 if wgmma_f else e) * b * s,
-            "backward": e * s * u + (4 if wgmma_b else e) * b * s,
+            "backward": e * s * u + (4 if wgmma_b or b >= 64 else e) * b * s,
         }
     rf, rb = geo["rows_forward"], geo["rows_backward"]
     hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
