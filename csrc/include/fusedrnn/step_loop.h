@@ -212,6 +212,24 @@ FRNN_STEP void batch_norm_column(const A* x, int64_t ld, int64_t B, int64_t t, c
   if (rstd_saved != nullptr) rstd_saved[t * width + n] = *rstd_out;
 }
 
+// The loop's last write: the worker's slices of the [B, P] h-sized and (LSTM) [B, H] c-sized
+// results (h_n / c_n forward, dh0 / dc0 backward) from its step state, rounded to storage.
+template <class Policy, class A>
+FRNN_STEP void write_final_slices(Policy& pol, int64_t B, int64_t P, int64_t H, bool lstm,
+                                  const A* h_slice, const A* c_slice, void* h_dst, void* c_dst) {
+  using S = typename Policy::Storage;
+  S* h_out = static_cast<S*>(h_dst);
+  S* c_out = static_cast<S*>(c_dst);
+  const int64_t q0 = pol.q0, pl = pol.pl, j0 = pol.j0, hl = pol.hl;
+  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+    h_out[b * P + q0 + qq] = Policy::narrow(h_slice[b * pl + qq]);
+  });
+  if (lstm)
+    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+      c_out[b * H + j0 + jj] = Policy::narrow(c_slice[b * hl + jj]);
+    });
+}
+
 // One layer-direction's forward time loop, run by every worker (see the top of this file).
 template <class Policy>
 FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
@@ -430,15 +448,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     pol.sync_all();
   }
 
-  S* h_n = static_cast<S*>(p.h_n);
-  S* c_n = static_cast<S*>(p.c_n);
-  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
-    h_n[b * P + q0 + qq] = Policy::narrow(w.h[b * pl + qq]);
-  });
-  if (lstm)
-    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-      c_n[b * H + j0 + jj] = Policy::narrow(w.c[b * hl + jj]);
-    });
+  write_final_slices(pol, B, P, H, lstm, w.h, w.c, p.h_n, p.c_n);
 }
 
 // Batch-norm backward of one column over the active rows: the means of dx(b) and of
@@ -715,15 +725,7 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
     pol.sync_worker();
   }
 
-  S* dh0 = static_cast<S*>(p.dh0);
-  S* dc0 = static_cast<S*>(p.dc0);
-  pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
-    dh0[b * P + q0 + qq] = Policy::narrow(w.dh[b * pl + qq]);
-  });
-  if (lstm)
-    pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-      dc0[b * H + j0 + jj] = Policy::narrow(w.dc[b * hl + jj]);
-    });
+  write_final_slices(pol, B, P, H, lstm, w.dh, w.dc, p.dh0, p.dc0);
 }
 
 }  // namespace fusedrnn
