@@ -101,13 +101,13 @@ MeanM2<T> row_partial(const T* v, int64_t n) {
 }
 
 // ======================================================================================
-// Forward: the shared step loop (fusedrnn/step_loop.h) on OpenMP threads
+// The host worker: what both step loops' host policies share
 // ======================================================================================
 // Thread k of nt is one worker: cell units slice_of(H, k, nt), h units slice_of(P, k, nt) with
-// a projection (else the same slice). Its product is gemm_packed over its packed W_hh^T
-// columns; the exchange is a [2, B, P] double buffer every thread writes its slice of.
+// a projection (else the same slice); its threads are itself (for_each is nested loops), the
+// barrier of all workers is an omp barrier, activations are simd_math.h's vector functions.
 template <class T>
-struct HostForwardPolicy {
+struct HostWorker {
   using Storage = T;
   using Acc = T;
   static constexpr bool kProjection = true;
@@ -116,11 +116,6 @@ struct HostForwardPolicy {
 
   int64_t j0, hl, q0, pl;
   int tid, nt;
-  int64_t B, H, P, R;
-  const T* w_packed;     // W_hh^T restricted to own columns (pack_b)
-  const T* w_hr_packed;  // W_hr^T restricted to own h units (projection)
-  T* hin;                // [2][B][P] m_h * h exchange
-  MeanM2<T>* parts[2];   // [nt][B] layer-norm partials of W_hh h and of c~
 
   bool first_worker() const { return tid == 0; }
   template <class F>
@@ -130,6 +125,37 @@ struct HostForwardPolicy {
   }
   void sync_worker() const {}
   void sync_all() const { barrier(); }
+  // The vectorised functions over each row's column range (one call when the range is whole
+  // rows).
+  void sigmoid_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
+    on_cols([](T* v, int64_t n) { sigmoid_inplace(v, n); }, x, rows, ld, c0, c1);
+  }
+  void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
+    on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0, c1);
+  }
+  template <class F>
+  static void on_cols(F fn, T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) {
+    if (c0 == 0 && c1 == ld) return fn(x, rows * ld);
+    for (int64_t i = 0; i < rows; ++i) fn(x + i * ld + c0, c1 - c0);
+  }
+};
+
+// ======================================================================================
+// Forward: the shared step loop (fusedrnn/step_loop.h) on OpenMP threads
+// ======================================================================================
+// A worker's product is gemm_packed over its packed W_hh^T columns; the exchange is a
+// [2, B, P] double buffer every thread writes its slice of.
+template <class T>
+struct HostForwardPolicy : HostWorker<T> {
+  using HostWorker<T>::tid;
+  using HostWorker<T>::nt;
+  using HostWorker<T>::pl;
+  int64_t B, H, P, R;
+  const T* w_packed;     // W_hh^T restricted to own columns (pack_b)
+  const T* w_hr_packed;  // W_hr^T restricted to own h units (projection)
+  T* hin;                // [2][B][P] m_h * h exchange
+  MeanM2<T>* parts[2];   // [nt][B] layer-norm partials of W_hh h and of c~
+
   void recurrent_product(int64_t s, T* a) const {
     if (R > 0) gemm_packed(B, R, P, hin + (s & 1) * B * P, P, w_packed, a, R, false);
   }
@@ -149,19 +175,6 @@ struct HostForwardPolicy {
       mean[b] = m.mean;
       rstd[b] = norm_rstd(m.m2 / T(total));
     }
-  }
-  // The vectorised simd_math.h functions over each row's column range (one call when the
-  // range is whole rows).
-  void sigmoid_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    on_cols([](T* v, int64_t n) { sigmoid_inplace(v, n); }, x, rows, ld, c0, c1);
-  }
-  void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0, c1);
-  }
-  template <class F>
-  static void on_cols(F fn, T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) {
-    if (c0 == 0 && c1 == ld) return fn(x, rows * ld);
-    for (int64_t i = 0; i < rows; ++i) fn(x + i * ld + c0, c1 - c0);
   }
   void project(const T* h_pre, T* h_proj) const {
     if (pl > 0) gemm_packed(B, pl, H, h_pre, H, w_hr_packed, h_proj, pl, false);
@@ -224,8 +237,9 @@ void forward_impl(const RecurrenceFwdParams& p) {
     scratch.row_rstd = row_rstd.data();
     scratch.h_pre = h_pre.data();
     scratch.h_proj = h_proj.data();
-    HostForwardPolicy<T> policy{sl.j0, hl, so.j0, pl, tid, nt, B, H, P, nl, wp.data(),
-                                wrp.data(), hin.data(), {part_hh.data(), part_c.data()}};
+    HostForwardPolicy<T> policy{
+        {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl, wp.data(), wrp.data(), hin.data(),
+        {part_hh.data(), part_c.data()}};
     forward_steps(policy, p, scratch);
   }
 }
@@ -237,32 +251,16 @@ void forward_impl(const RecurrenceFwdParams& p) {
 // columns W_hh[:, own h units] (K = N), reading the whole da_t row of the step; with a
 // projection it also packs W_hr[:, own cell units] (K = P).
 template <class T>
-struct HostBackwardPolicy {
-  using Storage = T;
-  using Acc = T;
-  static constexpr bool kProjection = true;
-  static T widen(T v) { return v; }
-  static T narrow(T v) { return v; }
-
-  int64_t j0, hl, q0, pl;
-  int tid, nt;
+struct HostBackwardPolicy : HostWorker<T> {
+  using HostWorker<T>::tid;
+  using HostWorker<T>::nt;
+  using HostWorker<T>::hl;
+  using HostWorker<T>::pl;
   int64_t B, N, P;
   const T* w_packed;     // W_hh restricted to own h units (pack_b, K = N)
   const T* w_hr_packed;  // W_hr restricted to own cell units (projection, K = P)
   SumPair<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
 
-  bool first_worker() const { return tid == 0; }
-  template <class F>
-  void for_each(int64_t rows, int64_t cols, F f) const {
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < cols; ++k) f(i, k);
-  }
-  void sync_worker() const {}
-  void sync_all() const { barrier(); }
-  void tanh_cols(T* x, int64_t rows, int64_t ld, int64_t c0, int64_t c1) const {
-    HostForwardPolicy<T>::on_cols([](T* v, int64_t n) { tanh_inplace(v, n); }, x, rows, ld, c0,
-                                  c1);
-  }
   void backward_product(const T* da_t, T* d) const {
     if (pl > 0) gemm_packed(B, pl, N, da_t, N, w_packed, d, pl, false);
   }
@@ -357,8 +355,9 @@ void backward_impl(const RecurrenceBwdParams& p) {
     scratch.col_b = col_b.data();
     scratch.row_a = row_a.data();
     scratch.row_b = row_b.data();
-    HostBackwardPolicy<T> policy{sl.j0, hl, so.j0, pl, tid, nt, B, N, P, wp.data(),
-                                 wrp.data(), {part_hh.data(), part_c.data()}};
+    HostBackwardPolicy<T> policy{
+        {sl.j0, hl, so.j0, pl, tid, nt}, B, N, P, wp.data(), wrp.data(),
+        {part_hh.data(), part_c.data()}};
     backward_steps(policy, p, scratch);
   }
 }
