@@ -6,6 +6,8 @@ Everything here is a ``@triton.jit`` helper inlined into the kernels:
   ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
 * the grid barrier that lets one program per SM meet the others between time steps,
 * the loads of the resident W_hh tiles and the per-step recurrent product (tensor cores),
+  and the publish / barrier / read-back / product exchange of a row block split over the
+  programs (the projection's),
 * the Philox mask draws, built from the offset layout of ``fusedrnn/philox.py``,
 * the gate-tile view (a program's gate columns as ``[rows, gates, units]``),
 * the normalisation statistics: recurrent batch norm over the active rows of a column, and
@@ -146,6 +148,42 @@ def recurrent_dot(
     else:
         product = tl.dot(operand.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
     return product
+
+
+@triton.jit
+def exchange_and_multiply(
+    own_values,
+    exchange_ptr,
+    own_offsets,
+    own_mask,
+    barrier_ptr,
+    generation,
+    full_offsets,
+    full_mask,
+    w_tile,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """``full @ w_tile`` in float32, where ``full`` [BLOCK_B, K] is a row block whose K
+    columns are split over the programs: each program publishes its ``own_values`` to
+    ``exchange_ptr + own_offsets`` (``own_mask``), all meet at barrier ``generation``, and each
+    reads the whole block back from ``exchange_ptr + full_offsets`` (``full_mask``, 0
+    elsewhere) through L2 (``.cg``: never a stale L1 line) for one product against its
+    resident ``w_tile`` [K, N] (:func:`recurrent_dot`).
+
+    The projection's two exchanges: h~ (forward, times ``W_hr^T`` of the program's h units)
+    and dL/dh~ (backward, times ``W_hr`` of its cell units).
+    """
+    tl.store(exchange_ptr + own_offsets, own_values, mask=own_mask)
+    grid_barrier(barrier_ptr, generation)
+    full = tl.load(exchange_ptr + full_offsets, mask=full_mask, other=0.0, cache_modifier=".cg")
+    return recurrent_dot(
+        full,
+        w_tile,
+        tl.zeros((full.shape[0], w_tile.shape[1]), tl.float32),
+        INPUT_PRECISION,
+        UPCAST_OPERANDS,
+    )
 
 
 # ----------------------------------------------------------------------------------------

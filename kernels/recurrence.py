@@ -102,6 +102,7 @@ from .primitives import (
     active_column_stats,
     bn_backward,
     dropout_mask,
+    exchange_and_multiply,
     gate_of,
     gates_to_tile,
     grid_barrier,
@@ -766,20 +767,16 @@ def recurrence_forward_kernel(
         if HAS_PROJ:
             # h~ = W_hr (o tanh(N_c(c~))): publish this program's H units of the row block,
             # meet, and project the full row onto this program's P units.
-            tl.store(
-                h_pre_proj_ptr + step_own, tl.where(active[:, None], h_cand, 0.0), mask=own_mask
-            )
-            grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 2)
-            h_pre_full = tl.load(
-                h_pre_proj_ptr + _rows_cols_offsets(t, batch, rows, ks_h, hidden),
-                mask=row_in[:, None] & k_h_in[None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            h_cand = recurrent_dot(
-                h_pre_full,
+            h_cand = exchange_and_multiply(
+                tl.where(active[:, None], h_cand, 0.0),
+                h_pre_proj_ptr,
+                step_own,
+                own_mask,
+                barrier_ptr,
+                first_barrier + barriers_per_step - 2,
+                _rows_cols_offsets(t, batch, rows, ks_h, hidden),
+                row_in[:, None] & k_h_in[None, :],
                 w_hr_t,
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
@@ -1088,26 +1085,20 @@ def recurrence_backward_kernel(
         if HAS_PROJ:
             # dL/d(o tanh(N_c(c~))) of the own cell units = dL/dh~ (every program's P units,
             # exchanged through grad_proj) @ W_hr[:, own units].
-            tl.store(
-                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, h_units, proj),
+            dh_cand = exchange_and_multiply(
                 dh_cand,
-                mask=h_own_mask,
-            )
-            grid_barrier(barrier_ptr, first_barrier)
-            cell_barrier = first_barrier + 1
-            d_proj_full = tl.load(
-                grad_proj_ptr + _rows_cols_offsets(t, batch, rows, ps, proj),
-                mask=row_in[:, None] & p_in[None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            dh_cand = recurrent_dot(
-                d_proj_full,
+                grad_proj_ptr,
+                _rows_cols_offsets(t, batch, rows, h_units, proj),
+                h_own_mask,
+                barrier_ptr,
+                first_barrier,
+                _rows_cols_offsets(t, batch, rows, ps, proj),
+                row_in[:, None] & p_in[None, :],
                 w_hr_own,
-                tl.zeros((BLOCK_B, BLOCK_U), tl.float32),
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
+            cell_barrier = first_barrier + 1
 
         gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
         if CELL == LSTM:
