@@ -160,9 +160,11 @@ def _geometry(
             # Every row and all of K in one dot. The kernels' row pieces and K tiles of the
             # resident W_hh (ROWS_PER_DOT < BLOCK_B, K_TILES > 1; the interpreter tests run them)
             # fit shared memory at B = 64, H = 1024, but compiled for sm_90a (triton 3.8)
-            # they spill 2.5-3.3 KB forward and 15-31 KB backward: the unrolled pieces'
-            # operand loads are all in flight and the compiler moves W_hh tiles into
-            # registers. Streaming from L2 is the faster choice there until that is solved.
+            # they spill 2.5-3.3 KB forward and 15-31 KB backward: the W_hh tiles stay in
+            # shared memory, but LLVM hoists every wgmma descriptor of them (one 64-bit
+            # value per 16-deep K step: 112 forward, ~500 backward) and the per-step
+            # loads' addresses out of the time loop (docs/kernels-v2.md §6.1). Streaming
+            # from L2 is the choice there until that is solved.
             geo = _configured(
                 common, block_b, block_h, num_gates, hidden, units, block_b, block_b, 1, 1, 0,
                 **device_args,
