@@ -149,7 +149,8 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_RW(F, reverse).FRNN_RW(F, training)
       .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
       .FRNN_U64(F, seed).FRNN_U64(F, base_dropout).FRNN_U64(F, base_zoneout_c)
-      .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32).FRNN_RW(F, fused_cell)
+      .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32)
+      .FRNN_RW(F, fused_cell)
       .FRNN_RW(F, p_weight_drop).FRNN_U64(F, weight_drop_key).FRNN_U64(F, base_weight_drop)
       .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
       .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
@@ -291,7 +292,8 @@ PYBIND11_MODULE(_C, m) {
           const int64_t nbr = B - b0 < kBatchBlock ? B - b0 : kBatchBlock;
           const TileSplit sp = fused_cell_split(groups, nbr);
           for (int item = 0; item < sp.tiles; ++item) {
-            const int group = static_cast<int>(item % groups), n_tile = static_cast<int>(item / groups);
+            const int group = static_cast<int>(item % groups);
+            const int n_tile = static_cast<int>(item / groups);
             const int warp = (item % sp.slots) * sp.ksplit;
             for (int lane = 0; lane < kWarp; ++lane) {
               const int64_t jj = fused_cell_unit(group, lane);

@@ -128,7 +128,9 @@ FRNN_HD FusedAcc fused_cell_acc(int g, int c) { return {g / 2, 2 * (g % 2) + c};
 FRNN_HD int64_t fused_cell_unit(int64_t group, int lane) {
   return group * kFusedUnitsPerGroup + lane / 4;
 }
-FRNN_HD int fused_cell_batch(int n_tile, int lane, int c) { return n_tile * 8 + 2 * (lane % 4) + c; }
+FRNN_HD int fused_cell_batch(int n_tile, int lane, int c) {
+  return n_tile * 8 + 2 * (lane % 4) + c;
+}
 // Work items of one batch block (groups x 8-column batch tiles) and their split over warps;
 // item i is group i % groups of batch tile i / groups.
 FRNN_HD TileSplit fused_cell_split(int64_t groups, int64_t batch_rows) {

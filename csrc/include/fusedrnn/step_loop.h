@@ -63,7 +63,7 @@
 //   product_and_cell(s, a, cell) (optional: a policy with `static constexpr bool kFusedCell =
 //                                true`) the product of step s and the rest of the step fused
 //                                onto its results: for every (b, jj), b < B, jj < hl, exactly one
-//                                call cell(b, jj, rec) with rec[g] = Σ_k X[b][k] W_hh[g*H+j0+jj][k]
+//                                call cell(b, jj, rec), rec[g] = Σ_k X[b][k] W_hh[g*H + j0 + jj][k]
 //                                (g < G), made by the thread that owns (b, jj) in every step (its
 //                                state in the scratch is then thread-private); `a` is the
 //                                worker's [B][R] gate tile for a policy that computes the product
