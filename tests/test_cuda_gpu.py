@@ -424,10 +424,11 @@ def test_half_backward_reads_h_state(cell, dtype):
 # checked against the float64 truth with the same yardstick; the backward is the phased one in
 # both, so a wrong saved tensor of the fused forward shows in the gradients.
 FUSED_REGULARIZERS = ("none", "recurrent_dropout", "zoneout", "zoneout_eval", "weight_drop")
-# hidden 1 (one unit per block), 13 (hl = 1), 300 (hl 2-3: one half-empty 8-unit group),
-# 1100 (hl 8-9: a full group and one with a single unit; more items than warps at B = 65),
-# batch 1 (8-way split-K), 9 and 65 (partial batch tiles, two batch blocks), 130 (three).
-FUSED_SHAPES = [(3, 1, 1), (4, 9, 13), (3, 65, 300), (2, 16, 1100), (2, 130, 64)]
+# hidden 1 (one unit per block), 13 (hl = 1), 300 (hl 2-3: one part-empty 8-unit group),
+# 1050 (hl 7-8 over 132 blocks; at B = 65: 8 items without split-K in the first batch block,
+# one item with 8-way split-K in the second; fp32 operand in double-buffered chunks), batch 1
+# (8-way split-K), 9 and 65 (partial batch tiles, two batch blocks), 130 (three).
+FUSED_SHAPES = [(3, 1, 1), (4, 9, 13), (3, 65, 300), (2, 65, 1050), (2, 130, 64)]
 
 
 def _fused_plan_matches(base: RecurrenceInputs, dtype, fused: bool, use_tf32: bool) -> None:
@@ -472,7 +473,7 @@ def test_fused_cell_sizes(cell, precision, fused, steps, batch, hidden, monkeypa
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
-def test_fused_cell_w1_and_w2_shapes(dtype, monkeypatch):
+def test_fused_cell_w1_and_w2_shapes(dtype):
     """W1 (B=16, H=512: 4 units per block, one half-empty group, 4-way split-K) and W2
     (B=64, H=1024: 8 units per block, one group, 8 items, fp32 in double-buffered chunks)."""
     for steps, batch, hidden in ((3, 16, 512), (2, 64, 1024)):

@@ -495,3 +495,15 @@ def test_fused_cell_plan_keeps_the_phased_plan_when_it_does_not_fit():
     limits = {"smem_per_block_optin": phased["smem_bytes"], "smem_per_sm": 2 * 1024 * 1024}
     plan = _plan(16, 4, 512, 2, backward=False, want_fused_cell=True, **limits)
     assert not plan["fused_cell"] and plan["smem_bytes"] == phased["smem_bytes"]
+
+
+def test_fused_cell_plan_halves_the_chunk_when_the_padded_slice_needs_it():
+    """GRU float32 (TF32) at B=65, H=1050: hs = 8 units, 24 phased rows but 32 fused ones
+    (the zero fourth gate slot) of 1,060 floats = 135,680 B; with the phased plan's chunk of
+    160 columns (two stages of 64 x 164 floats, 83,968 B), 8,192 B of split-K scratch and
+    10,400 B of unit state that is over the H100's 232,448 B, so the fused plan takes the next
+    halved chunk (96 columns) and fits."""
+    phased = _plan(65, 3, 1050, 4, backward=False)
+    fused = _plan(65, 3, 1050, 4, backward=False, want_fused_cell=True)
+    assert (phased["k_chunk"], fused["k_chunk"], fused["fused_cell"]) == (160, 96, True)
+    assert fused["smem_bytes"] <= H100["smem_per_block_optin"]

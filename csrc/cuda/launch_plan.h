@@ -274,22 +274,28 @@ inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, i
 }
 
 // The forward's tensor-core plan `base` with the cell on the accumulators, when its shared
-// memory (same grid and k_chunk; the gate-interleaved W slice, no gate tile) fits and the grid
-// stays co-resident; else `base` unchanged. The caller decides that the step allows it
-// (fused_cell_applies, step_loop.h: no norm, no projection).
+// memory (same grid; the gate-interleaved W slice, no gate tile) fits with base's k_chunk or,
+// halving it down to kKChunkMin, a smaller one (the padded W slice can be larger than the
+// phased one when hs is not a multiple of 8), and the grid stays co-resident; else `base`
+// unchanged. The caller decides that the step allows it (fused_cell_applies, step_loop.h: no
+// norm, no projection).
 inline LaunchPlan plan_fused_cell(const DeviceLimits& d, const LaunchPlan& base, int64_t B,
                                   int64_t G, int64_t H, int64_t storage_bytes) {
   if (!base.reason.empty() || !base.tensor_cores || !base.w_in_smem) return base;
-  const SmemPlan s =
-      smem_plan(B, G, H, base.hs, storage_bytes, true, base.k_chunk, false, true);
-  if (s.total > d.smem_per_block_optin) return base;
-  const int64_t by_smem = d.smem_per_sm / (s.total + d.smem_reserved_per_block);
-  const int64_t by_threads = d.max_threads_per_sm / kThreads;
-  if ((by_smem < by_threads ? by_smem : by_threads) * d.sms < base.grid) return base;
-  LaunchPlan plan = base;
-  plan.fused_cell = true;
-  plan.smem_bytes = s.total;
-  return plan;
+  for (int64_t k_chunk = base.k_chunk;; k_chunk = round_up(k_chunk / 2, kKChunkMin)) {
+    const SmemPlan s = smem_plan(B, G, H, base.hs, storage_bytes, true, k_chunk, false, true);
+    if (s.total <= d.smem_per_block_optin) {
+      const int64_t by_smem = d.smem_per_sm / (s.total + d.smem_reserved_per_block);
+      const int64_t by_threads = d.max_threads_per_sm / kThreads;
+      if ((by_smem < by_threads ? by_smem : by_threads) * d.sms < base.grid) return base;
+      LaunchPlan plan = base;
+      plan.fused_cell = true;
+      plan.k_chunk = k_chunk;
+      plan.smem_bytes = s.total;
+      return plan;
+    }
+    if (k_chunk <= kKChunkMin) return base;
+  }
 }
 
 }  // namespace cuda
