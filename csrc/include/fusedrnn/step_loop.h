@@ -68,8 +68,8 @@
 //                                state in the scratch is then thread-private); `a` is the
 //                                worker's [B][R] gate tile for a policy that computes the product
 //                                there first (host). Used when fused_cell_applies(p): the
-//                                per-element form of steps 2-5 below (fused_cell_step), the same
-//                                cells.cuh calls in the same order as the phased form.
+//                                per-element form of steps 3-5 below (fused_cell_step), the same
+//                                cells.cuh functions in the same order as the phased form.
 // and the worker's scratch (ForwardScratch below: host vectors, CUDA shared memory).
 //
 // The backward
@@ -312,9 +312,10 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     });
   pol.sync_all();
 
-  // Steps 3 and 5 of one (row b, own unit jj) from its recurrent pre-activations rec[g] (the
-  // fused form, no norm and no projection: h units are the cell units): the phased loop below
-  // does the same cells.cuh calls in the same order, spread over the worker's threads.
+  // Steps 3-5 of one (row b, own unit jj) from its recurrent pre-activations rec[g] (the fused
+  // form: no norm, so steps 2 and 4's N_c are identities, and no projection, so h units are the
+  // cell units). The phased loop below computes the same cells.cuh functions in the same order,
+  // spread over the worker's threads (the host's phased activations are its vector versions).
   auto fused_cell_step = [&](int64_t s, int64_t t, int64_t b, int64_t jj, const A* rec) {
     const int64_t e = b * hl + jj, j = j0 + jj;
     const S* x = xg + t * p.xg_stride_t + b * p.xg_stride_b + j;
