@@ -150,6 +150,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_RW(F, p_dropout).FRNN_RW(F, p_zoneout_c).FRNN_RW(F, p_zoneout_h)
       .FRNN_U64(F, seed).FRNN_U64(F, base_dropout).FRNN_U64(F, base_zoneout_c)
       .FRNN_U64(F, base_zoneout_h).FRNN_RW(F, num_threads).FRNN_RW(F, allow_tf32)
+      .FRNN_RW(F, fused_cell)
       .FRNN_RW(F, p_weight_drop).FRNN_U64(F, weight_drop_key).FRNN_U64(F, base_weight_drop)
       .FRNN_PTR(F, xg).FRNN_RW(F, xg_stride_t).FRNN_RW(F, xg_stride_b)
       .FRNN_PTR(F, h0).FRNN_PTR(F, c0).FRNN_PTR(F, w_hh).FRNN_PTR(F, b_hh)
@@ -197,21 +198,24 @@ PYBIND11_MODULE(_C, m) {
       "cuda_launch_plan",
       [](int64_t B, int64_t G, int64_t H, int64_t storage_bytes, bool backward,
          bool want_tensor_cores, int64_t sms, int64_t smem_per_block_optin, int64_t smem_per_sm,
-         int64_t smem_reserved_per_block, int64_t max_threads_per_sm) {
+         int64_t smem_reserved_per_block, int64_t max_threads_per_sm, bool want_fused_cell) {
         fusedrnn::cuda::DeviceLimits d;
         d.sms = sms;
         d.smem_per_block_optin = smem_per_block_optin;
         d.smem_per_sm = smem_per_sm;
         d.smem_reserved_per_block = smem_reserved_per_block;
         d.max_threads_per_sm = max_threads_per_sm;
-        const fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
+        fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
             d, B, G, H, storage_bytes, backward, want_tensor_cores);
+        if (want_fused_cell && !backward)
+          plan = fusedrnn::cuda::plan_fused_cell(d, plan, B, G, H, storage_bytes);
         py::dict out;
         out["grid"] = plan.grid;
         out["hs"] = plan.hs;
         out["w_in_smem"] = plan.w_in_smem;
         out["tensor_cores"] = plan.tensor_cores;
         out["k_chunk"] = plan.k_chunk;
+        out["fused_cell"] = plan.fused_cell;
         out["smem_bytes"] = plan.smem_bytes;
         out["reason"] = plan.reason;
         return out;
@@ -219,7 +223,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("B"), py::arg("G"), py::arg("H"), py::arg("storage_bytes"), py::arg("backward"),
       py::arg("want_tensor_cores"), py::arg("sms"), py::arg("smem_per_block_optin"),
       py::arg("smem_per_sm"), py::arg("smem_reserved_per_block"), py::arg("max_threads_per_sm"),
-      "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for).");
+      py::arg("want_fused_cell") = false,
+      "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for; "
+      "with want_fused_cell, the forward's plan_fused_cell).");
   m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {
@@ -259,6 +265,77 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("rows"), py::arg("batch_rows"),
       "(tiles, ksplit, slots) of the block product for one batch block (launch_plan.h).");
+
+  m.def(
+      "fused_cell_rows",
+      [](int64_t G, int64_t hl) {
+        std::vector<std::pair<int, int64_t>> rows;
+        for (int64_t r = 0; r < fusedrnn::cuda::fused_cell_rows(G, hl); ++r) {
+          const fusedrnn::cuda::FusedRow f = fusedrnn::cuda::fused_cell_row(G, hl, r);
+          rows.emplace_back(f.gate, f.unit);
+        }
+        return rows;
+      },
+      py::arg("G"), py::arg("hl"),
+      "[row] -> (gate, unit) of the fused-cell forward's gate-interleaved W slice; (-1, -1) "
+      "for a zero padding row (launch_plan.h fused_cell_row).");
+  m.def(
+      "fused_cell_map",
+      [](int64_t G, int64_t hl, int64_t B) {
+        // Enumerated as block_product_cell_tc (tensor_core.cuh) walks its work, with the same
+        // index functions: one record per cell input the kernel's threads read.
+        using namespace fusedrnn::cuda;
+        py::list records;
+        const int tiles = fused_cell_tiles(G);
+        const int64_t groups = fused_cell_groups(hl);
+        for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+          const int64_t nbr = B - b0 < kBatchBlock ? B - b0 : kBatchBlock;
+          const TileSplit sp = fused_cell_split(groups, nbr);
+          for (int item = 0; item < sp.tiles; ++item) {
+            const int group = static_cast<int>(item % groups);
+            const int n_tile = static_cast<int>(item / groups);
+            const int warp = (item % sp.slots) * sp.ksplit;
+            for (int lane = 0; lane < kWarp; ++lane) {
+              const int64_t jj = fused_cell_unit(group, lane);
+              for (int c = 0; c < 2; ++c) {
+                const int n = fused_cell_batch(n_tile, lane, c);
+                if (jj >= hl || n >= nbr) continue;
+                for (int g = 0; g < G; ++g) {
+                  const FusedAcc f = fused_cell_acc(g, c);
+                  const FragCoord cc = mma_m16n8_c(lane, f.e);
+                  py::dict r;
+                  r["b0"] = b0;
+                  r["item"] = item;
+                  r["warp"] = warp;
+                  r["lane"] = lane;
+                  r["c"] = c;
+                  r["gate"] = g;
+                  r["unit"] = jj;
+                  r["batch"] = b0 + n;
+                  r["tile"] = group * tiles + f.tile;
+                  r["e"] = f.e;
+                  r["row"] = (group * tiles + f.tile) * 16 + cc.row;
+                  r["col"] = b0 + n_tile * 8 + cc.col;
+                  records.append(r);
+                }
+              }
+            }
+          }
+        }
+        return records;
+      },
+      py::arg("G"), py::arg("hl"), py::arg("B"),
+      "The fused-cell forward's cell inputs: for each (batch block, work item, lane, column c, "
+      "gate) the unit and batch row the thread attributes it to, and the accumulator tile, "
+      "element and (row of the W slice, batch row) the C fragment layout puts there.");
+  m.def(
+      "fused_cell_split",
+      [](int64_t groups, int64_t batch_rows) {
+        const fusedrnn::cuda::TileSplit s = fusedrnn::cuda::fused_cell_split(groups, batch_rows);
+        return std::make_tuple(s.tiles, s.ksplit, s.slots);
+      },
+      py::arg("groups"), py::arg("batch_rows"),
+      "(work items, ksplit, slots) of the fused-cell product for one batch block.");
 
 #if defined(FUSEDRNN_WITH_CUDA)
   m.def("cuda_forward", &fusedrnn::cuda::recurrence_forward, py::arg("params"), py::arg("stream"),

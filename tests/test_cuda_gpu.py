@@ -15,9 +15,11 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_by_rule
+from helpers import assert_by_rule, run_and_grad
 from test_host import REGULARIZERS, _reference, cast, make_inputs, named_results, to_float64
+from torch.nn.utils.rnn import pack_padded_sequence
 
+import fusedrnn
 from fusedrnn.backends import cuda as cuda_backend
 from fusedrnn.backends import native
 from fusedrnn.backends.base import RecurrenceInputs
@@ -413,3 +415,124 @@ def test_half_backward_reads_h_state(cell, dtype):
     assert not torch.equal(grads["w_hh"], grads_rounded["w_hh"])
     if cell == "gru":
         assert not torch.equal(grads["xg"], grads_rounded["xg"])
+
+
+# ------------------------------------------------------------------ the cell on the accumulators
+# The forward's fused-cell path (block_product_cell_tc, tensor_core.cuh; step_loop.h
+# product_and_cell): taken by default where the plan allows it (tensor cores, no norm, no
+# projection), forced off by cuda_backend.FUSED_CELL = False (the phased path). Both are
+# checked against the float64 truth with the same yardstick; the backward is the phased one in
+# both, so a wrong saved tensor of the fused forward shows in the gradients.
+FUSED_REGULARIZERS = ("none", "recurrent_dropout", "zoneout", "zoneout_eval", "weight_drop")
+# hidden 1 (one unit per block), 13 (hl = 1), 300 (hl 2-3: one part-empty 8-unit group),
+# 1050 (hl 7-8 over 132 blocks; at B = 65: 8 items without split-K in the first batch block,
+# one item with 8-way split-K in the second; fp32 operand in double-buffered chunks), batch 1
+# (8-way split-K), 9 and 65 (partial batch tiles, two batch blocks), 130 (three).
+FUSED_SHAPES = [(3, 1, 1), (4, 9, 13), (3, 65, 300), (2, 65, 1050), (2, 130, 64)]
+
+
+def _fused_plan_matches(base: RecurrenceInputs, dtype, fused: bool, use_tf32: bool) -> None:
+    plan = _plan_of(_to(base, dtype), False, use_tf32)
+    assert plan["tensor_cores"] == (dtype != F32 or use_tf32), plan
+    assert plan["fused_cell"] == (fused and plan["tensor_cores"]), plan
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
+@pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", FUSED_REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_parity_reference(cell, reg, reverse, lengths, precision, fused, monkeypatch):
+    """Every cell with zoneout (training draws and eval), recurrent dropout and weight drop,
+    both directions, with and without lengths; fp32 with TF32 off has no tensor cores and so
+    always runs the phased path (the plan says so)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", fused)
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
+    use_tf32 = precision == "tf32"
+    base = make_inputs(cell, reg, reverse, lengths, torch.float64, 7, 5, 13)
+    with tf32(use_tf32):
+        _fused_plan_matches(base, dtype, fused, use_tf32)
+        check_against_reference(base, dtype)
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden"), FUSED_SHAPES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_sizes(cell, precision, fused, steps, batch, hidden, monkeypatch):
+    """The fused product's work split at awkward sizes: partial 8-unit groups and batch tiles,
+    split-K from 8 ways down to none, several batch blocks, many blocks."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", fused)
+    dtype = torch.bfloat16 if precision == "bf16" else F32
+    for reg in ("zoneout", "recurrent_dropout"):
+        base = make_inputs(cell, reg, True, True, torch.float64, steps, batch, hidden)
+        with tf32(precision == "tf32"):
+            _fused_plan_matches(base, dtype, fused, precision == "tf32")
+            check_against_reference(base, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
+def test_fused_cell_w1_and_w2_shapes(dtype):
+    """W1 (B=16, H=512: 4 units per block, one half-empty group, 4-way split-K) and W2
+    (B=64, H=1024: 8 units per block, one group, 8 items, fp32 in double-buffered chunks)."""
+    for steps, batch, hidden in ((3, 16, 512), (2, 64, 1024)):
+        base = make_inputs("lstm", "zoneout", False, True, torch.float64, steps, batch, hidden)
+        with tf32(True):
+            _fused_plan_matches(base, dtype, True, True)
+            check_against_reference(base, dtype)
+
+
+def test_fused_cell_norms_take_the_phased_path():
+    """Batch and layer norm need statistics across the block's or all blocks' columns before
+    the cell: the plan keeps the phased path with FUSED_CELL on, and the results hold."""
+    for reg in ("bn_train", "ln"):
+        base = make_inputs("lstm", reg, False, True, torch.float64, 4, 9, 40)
+        assert not _plan_of(_to(base, torch.bfloat16), False, False)["fused_cell"]
+        check_against_reference(base, torch.bfloat16)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
+@pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_packed_bidirectional_matches_torch_nn(cell, precision, fused, monkeypatch):
+    """A two-layer bidirectional layer on a packed batch (uneven lengths) through the public
+    module with backend="cuda", against torch.nn (cuDNN) in the same precision and the float64
+    module: outputs, final states and every gradient (input, h0, c0, every parameter)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", fused)
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
+    name, kw = TORCH_CELLS[cell]
+    fused_cls = {"LSTM": fusedrnn.LSTM, "GRU": fusedrnn.GRU, "RNN": fusedrnn.RNN}[name]
+    size = dict(input_size=7, hidden_size=300, num_layers=2, bidirectional=True, **kw)
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, name)(**size).to(device="cuda", dtype=dtype)
+    ours = fused_cls(**size, backend="cuda").to(device="cuda", dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    truth_module = getattr(torch.nn, name)(**size).to(device="cuda", dtype=torch.float64)
+    truth_module.load_state_dict(theirs.state_dict())
+
+    gen = torch.Generator().manual_seed(1)
+    steps, batch = 9, 6
+    lengths = torch.tensor([9, 4, 1, 7, 9, 2])
+    x = torch.randn(steps, batch, 7, generator=gen).to(dtype)
+    h0 = (torch.randn(4, batch, 300, generator=gen) * 0.5).to(dtype)
+    c0 = (torch.randn(4, batch, 300, generator=gen) * 0.5).to(dtype)
+    shapes = [(int(lengths.sum()), 600), (4, batch, 300)]
+    if name == "LSTM":
+        shapes.append((4, batch, 300))
+    weights = [torch.randn(s, generator=gen).to(dtype).double().cuda() for s in shapes]
+
+    def run(module, values_dtype):
+        leaf = x.to(device="cuda", dtype=values_dtype).requires_grad_(True)
+        packed = pack_padded_sequence(leaf, lengths, enforce_sorted=False)
+        h = h0.to(device="cuda", dtype=values_dtype).requires_grad_(True)
+        c = c0.to(device="cuda", dtype=values_dtype).requires_grad_(True)
+        return run_and_grad(module, packed, (h, c) if name == "LSTM" else h, weights)
+
+    with tf32(precision == "tf32"):
+        got = run(ours, dtype)
+        baseline = run(theirs, dtype)
+        truth = run(truth_module, torch.float64)
+    torch.cuda.synchronize()
+    assert ours.last_backend == "cuda", ours.last_backend
+    assert_by_rule(got, truth, baseline, dtype, what=f"cuda {cell} packed bidirectional")

@@ -351,3 +351,159 @@ def test_saved_tensors_follow_needs_grad_and_dtype(dtype):
             assert layout["h_state"].dtype == torch.float32
     nothing = cuda_backend.saved_like(inputs.replace(needs_grad=False))
     assert all(t.numel() == 0 for t in nothing)
+
+
+# ------------------------------------------------------------------ the cell on the accumulators
+# The fused-cell forward (launch_plan.h "the cell on the accumulators", block_product_cell_tc in
+# tensor_core.cuh): the block's W_hh rows gate-interleaved per group of 8 units, so that each
+# thread's accumulators hold every gate of one unit for two batch columns. The layout stated
+# here independently: within a group of fused_tiles(G) = ceil(G/2) 16-row tiles, row 8 g + u is
+# gate g of the group's unit slot u (slots past hl and gates past G: zero rows).
+FUSED_SIZES = [
+    (4, 1, 1),
+    (4, 4, 16),
+    (4, 8, 16),
+    (4, 9, 7),
+    (4, 13, 65),
+    (3, 4, 16),
+    (3, 16, 9),
+    (3, 5, 130),
+    (1, 3, 2),
+    (1, 17, 64),
+    (4, 2, 200),
+]
+
+
+def _fused_groups(G: int, hl: int) -> tuple[int, int]:
+    return -(-G // 2), -(-hl // 8)
+
+
+@pytest.mark.parametrize(("G", "hl"), sorted({(g, h) for g, h, _ in FUSED_SIZES}))
+def test_fused_cell_rows_interleave_gates_per_eight_units(G, hl):
+    tiles, groups = _fused_groups(G, hl)
+    rows = native.native().fused_cell_rows(G, hl)
+    expected = []
+    for group in range(groups):
+        for slot_row in range(tiles * 16):
+            gate, unit = slot_row // 8, group * 8 + slot_row % 8
+            expected.append((gate, unit) if gate < G and unit < hl else (-1, -1))
+    assert [tuple(r) for r in rows] == expected
+    held = sorted(r for r in map(tuple, rows) if r != (-1, -1))
+    assert held == sorted(itertools.product(range(G), range(hl)))
+
+
+@pytest.mark.parametrize(("G", "hl", "B"), FUSED_SIZES)
+def test_fused_cell_map_gives_each_thread_all_gates_of_one_unit(G, hl, B):
+    """Each thread's cell call (batch block, item, lane, column c) reads all G gates of one
+    unit and one batch row; every (batch row, unit, gate) is read exactly once; the accumulator
+    element it reads (tile, e) is, by the ISA's C table, the W slice row of that gate and unit
+    and the operand row of that batch row; one warp per item in a round of items."""
+    C = native.native()
+    rows = [tuple(r) for r in C.fused_cell_rows(G, hl)]
+    records = C.fused_cell_map(G, hl, B)
+    calls = {}
+    for r in records:
+        calls.setdefault((r["b0"], r["item"], r["lane"], r["c"]), []).append(r)
+        tile_row, tile_col = _isa_m16n8k16("c", r["lane"], r["e"])
+        assert r["row"] == r["tile"] * 16 + tile_row
+        assert (r["col"] - r["b0"]) % 8 == tile_col and r["col"] == r["batch"]
+        assert rows[r["row"]] == (r["gate"], r["unit"])
+    for call in calls.values():
+        assert sorted(r["gate"] for r in call) == list(range(G))
+        assert len({(r["unit"], r["batch"]) for r in call}) == 1
+    covered = sorted((r["batch"], r["unit"], r["gate"]) for r in records)
+    assert covered == sorted(itertools.product(range(B), range(hl), range(G)))
+    _, groups = _fused_groups(G, hl)
+    for b0 in range(0, B, 64):
+        items, ksplit, slots = C.fused_cell_split(groups, min(64, B - b0))
+        assert items == groups * -(-min(64, B - b0) // 8)
+        assert ksplit * slots <= WARPS and (ksplit == 1 or items * ksplit <= WARPS)
+        warps = {(r["item"] // slots, r["warp"]) for r in records if r["b0"] == b0}
+        by_round = {}
+        for round_, warp in warps:
+            by_round.setdefault(round_, []).append(warp)
+        assert all(len(set(w)) == len(w) for w in by_round.values())
+
+
+@pytest.mark.parametrize(("G", "hl", "B"), FUSED_SIZES)
+@pytest.mark.parametrize("k_step", [16, 8], ids=["k16", "tf32"])
+def test_fused_cell_product_emulation_is_w_hh_h(G, hl, B, k_step):
+    """block_product_cell_tc at tile level: the gate-interleaved slice (built from
+    fused_cell_rows), each work item's tiles summed over its k-steps with k-step j in k part
+    j % ksplit and the parts added in warp order, each thread's accumulator elements read
+    through the ISA's C table at the (tile, e) the map gives: the cell's input must be
+    (W_hh h)[gate g of unit jj, batch b] of the plain gate-major product."""
+    C = native.native()
+    K = 37
+    gen = torch.Generator().manual_seed(G * 1000 + hl * 10 + B)
+    w = torch.randn(G * hl, K, generator=gen, dtype=torch.float64)  # row g * hl + jj
+    x = torch.randn(B, K, generator=gen, dtype=torch.float64)
+    k_pad = -(-K // k_step) * k_step
+    rows = C.fused_cell_rows(G, hl)
+    w_fused = torch.zeros(len(rows), k_pad, dtype=torch.float64)
+    for r, (gate, unit) in enumerate(rows):
+        if gate >= 0:
+            w_fused[r, :K] = w[gate * hl + unit]
+    tiles, groups = _fused_groups(G, hl)
+    acc = {}
+    for b0 in range(0, B, 64):
+        nbr = min(64, B - b0)
+        items, ksplit, _ = C.fused_cell_split(groups, nbr)
+        staged = torch.zeros(-(-nbr // 8) * 8, k_pad, dtype=torch.float64)
+        staged[:nbr, :K] = x[b0 : b0 + nbr]
+        for item in range(items):
+            group, n_tile = item % groups, item // groups
+            xb = staged[n_tile * 8 : n_tile * 8 + 8]
+            for i in range(tiles):
+                wt = w_fused[(group * tiles + i) * 16 : (group * tiles + i + 1) * 16]
+                parts = [torch.zeros(16, 8, dtype=torch.float64) for _ in range(ksplit)]
+                for j in range(k_pad // k_step):
+                    ks = slice(j * k_step, (j + 1) * k_step)
+                    parts[j % ksplit] += wt[:, ks] @ xb[:, ks].T
+                total = parts[0]
+                for part in parts[1:]:
+                    total = total + part
+                acc[(b0, item, group * tiles + i)] = total
+    truth = w @ x.T
+    for r in C.fused_cell_map(G, hl, B):
+        value = acc[(r["b0"], r["item"], r["tile"])][_isa_m16n8k16("c", r["lane"], r["e"])]
+        expected = truth[r["gate"] * hl + r["unit"], r["batch"]]
+        assert abs(value.item() - expected.item()) <= 1e-12 * (1 + abs(expected.item())), r
+
+
+def test_fused_cell_plan_w1_bf16_by_hand():
+    """W1 LSTM bf16 forward with the cell on the accumulators: hs = 4 units take one 8-unit
+    group of 2 tiles, 32 rows of 520 bf16 = 33,280 B (half of them zero); the stage as in the
+    phased plan (16,640 B); split-K scratch for 2 tiles, 8*32*2*4*4 = 8,192 B; no gate tile;
+    5 unit arrays 1,280 B; statistics 128 + 128 B. Only asked for, and only forward."""
+    fused = _plan(16, 4, 512, 2, backward=False, want_fused_cell=True)
+    assert (fused["fused_cell"], fused["grid"], fused["k_chunk"], fused["reason"]) == (
+        True,
+        132,
+        512,
+        "",
+    )
+    assert fused["smem_bytes"] == 33280 + 16640 + 8192 + 1280 + 128 + 128
+    assert not _plan(16, 4, 512, 2, backward=False)["fused_cell"]
+    assert not _plan(16, 4, 512, 2, backward=True, want_fused_cell=True)["fused_cell"]
+    fma = _plan(16, 4, 512, 4, backward=False, tensor_cores=False, want_fused_cell=True)
+    assert not fma["fused_cell"]
+
+
+def test_fused_cell_plan_keeps_the_phased_plan_when_it_does_not_fit():
+    phased = _plan(16, 4, 512, 2, backward=False)
+    limits = {"smem_per_block_optin": phased["smem_bytes"], "smem_per_sm": 2 * 1024 * 1024}
+    plan = _plan(16, 4, 512, 2, backward=False, want_fused_cell=True, **limits)
+    assert not plan["fused_cell"] and plan["smem_bytes"] == phased["smem_bytes"]
+
+
+def test_fused_cell_plan_halves_the_chunk_when_the_padded_slice_needs_it():
+    """GRU float32 (TF32) at B=65, H=1050: hs = 8 units, 24 phased rows but 32 fused ones
+    (the zero fourth gate slot) of 1,060 floats = 135,680 B; with the phased plan's chunk of
+    160 columns (two stages of 64 x 164 floats, 83,968 B), 8,192 B of split-K scratch and
+    10,400 B of unit state that is over the H100's 232,448 B, so the fused plan takes the next
+    halved chunk (96 columns) and fits."""
+    phased = _plan(65, 3, 1050, 4, backward=False)
+    fused = _plan(65, 3, 1050, 4, backward=False, want_fused_cell=True)
+    assert (phased["k_chunk"], fused["k_chunk"], fused["fused_cell"]) == (160, 96, True)
+    assert fused["smem_bytes"] <= H100["smem_per_block_optin"]

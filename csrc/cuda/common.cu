@@ -79,5 +79,19 @@ LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int6
   return plan;
 }
 
+LaunchPlan plan_launch_fused_cell(const void* fused_kernel, const LaunchPlan& base, int64_t B,
+                                  int64_t G, int64_t H, int64_t storage_bytes) {
+  const DeviceLimits d = device_limits();
+  const LaunchPlan plan = plan_fused_cell(d, base, B, G, H, storage_bytes);
+  if (!plan.fused_cell) return base;
+  FRNN_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(plan.smem_bytes)));
+  int per_sm = 0;
+  FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, fused_kernel, kThreads, static_cast<size_t>(plan.smem_bytes)));
+  return static_cast<int64_t>(per_sm) * d.sms < plan.grid ? base : plan;
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn

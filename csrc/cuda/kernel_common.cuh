@@ -58,6 +58,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 // with the reason otherwise; the Python launcher checks the same plan before it launches.
 LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
                        bool backward, bool want_tensor_cores);
+// The forward's plan `base` (from plan_launch) upgraded to the cell on the accumulators when
+// launch_plan.h's plan_fused_cell allows it and the occupancy calculator agrees for
+// `fused_kernel` (whose dynamic shared memory limit it then sets); else `base`.
+LaunchPlan plan_launch_fused_cell(const void* fused_kernel, const LaunchPlan& base, int64_t B,
+                                  int64_t G, int64_t H, int64_t storage_bytes);
 
 // ------------------------------------------------------------------ layer-norm row reductions
 // Layer norm needs per-row statistics over all blocks' units. Each block writes one float4

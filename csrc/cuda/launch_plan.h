@@ -83,6 +83,64 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
   return s;
 }
 
+// ------------------------------------------------------------------ the cell on the accumulators
+// The forward's fast path (docs/kernels-v2.md §5.0, "cell on the accumulators"): the block's
+// W_hh rows are ordered gate-interleaved per group of 8 units, so that the two-tile C fragment
+// of one warp holds, in each thread, every gate of one unit for two batch columns. A group of
+// 8 unit slots u0..u7 takes fused_cell_tiles(G) 16-row M tiles: row 8*g + u is gate g of unit
+// slot u (LSTM: tiles [i | f], [g | o]; GRU: [r | z], [n | zero rows]; RNN: [a | zero rows]);
+// slots past the block's hl units are zero rows. With the C layout (element e at row
+// lane/4 + 8*(e>>1), batch column 2*(lane%4) + (e&1)), tile g/2 element 2*(g%2) + c of a lane
+// is gate g of unit slot lane/4 at batch column 2*(lane%4) + c: the thread runs the whole cell
+// of its unit for those two batch columns in registers, with no shared-memory round trip.
+// A warp's work item is one (group, 8-column batch tile) with all its M tiles; when a batch
+// block has fewer items than warps, `ksplit` warps share an item and split its k-steps (as
+// the plain product does), summed in warp order before the cell.
+constexpr int kFusedUnitsPerGroup = 8;
+constexpr int kFusedMaxTiles = 2;  // M tiles per group for G <= 4
+FRNN_HD int fused_cell_tiles(int64_t G) { return static_cast<int>((G + 1) / 2); }
+FRNN_HD int64_t fused_cell_groups(int64_t hl) {
+  return (hl + kFusedUnitsPerGroup - 1) / kFusedUnitsPerGroup;
+}
+// Rows of the block's gate-interleaved W_hh slice (zero padding rows included).
+FRNN_HD int64_t fused_cell_rows(int64_t G, int64_t hl) {
+  return fused_cell_groups(hl) * fused_cell_tiles(G) * 16;
+}
+struct FusedRow {
+  int gate;      // -1: a zero padding row
+  int64_t unit;  // the block's unit jj (< hl), -1 for padding
+};
+// Which gate of which of the block's units row `row` of the slice holds.
+FRNN_HD FusedRow fused_cell_row(int64_t G, int64_t hl, int64_t row) {
+  const int64_t per_group = fused_cell_tiles(G) * 16;
+  const int gate = static_cast<int>((row % per_group) / kFusedUnitsPerGroup);
+  const int64_t unit = (row / per_group) * kFusedUnitsPerGroup + row % kFusedUnitsPerGroup;
+  if (gate >= G || unit >= hl) return {-1, -1};
+  return {gate, unit};
+}
+// Where gate g of the thread's batch column c (0, 1) is among a work item's accumulators.
+struct FusedAcc {
+  int tile;  // M tile of the item (0 .. fused_cell_tiles(G) - 1)
+  int e;     // accumulator element of that tile (C fragment index)
+};
+FRNN_HD FusedAcc fused_cell_acc(int g, int c) { return {g / 2, 2 * (g % 2) + c}; }
+// The unit (of the block) and batch row (of the batch block) a lane's accumulators belong to.
+FRNN_HD int64_t fused_cell_unit(int64_t group, int lane) {
+  return group * kFusedUnitsPerGroup + lane / 4;
+}
+FRNN_HD int fused_cell_batch(int n_tile, int lane, int c) {
+  return n_tile * 8 + 2 * (lane % 4) + c;
+}
+// Work items of one batch block (groups x 8-column batch tiles) and their split over warps;
+// item i is group i % groups of batch tile i / groups.
+FRNN_HD TileSplit fused_cell_split(int64_t groups, int64_t batch_rows) {
+  TileSplit s;
+  s.tiles = static_cast<int>(groups * ((batch_rows + 7) / 8));
+  s.ksplit = s.tiles >= kWarps ? 1 : kWarps / s.tiles;
+  s.slots = kWarps / s.ksplit;
+  return s;
+}
+
 // ------------------------------------------------------------------ shared memory plan
 // Dynamic shared memory of one block, in this order (each part 16-byte aligned):
 //   [W slice: rows x w_ld elements, storage type, only when w_in_smem]
@@ -98,7 +156,9 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
 // k_chunk = 0 plans the FMA product (no stages); else the operand columns per stage, with one
 // stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + 16
 // bytes of operand elements (operand_bytes: the forward's exchange of a 16-bit dtype is in
-// that dtype when tensor cores run, the backward's d(a) is always fp32).
+// that dtype when tensor cores run, the backward's d(a) is always fp32). `fused_cell` (the
+// forward's cell on the accumulators) stores fused_cell_rows(G, hs) gate-interleaved rows,
+// fused_cell_tiles(G) accumulator tiles of split-K scratch per thread, and no gate tile.
 struct SmemPlan {
   int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
       row_off, total;
@@ -114,9 +174,10 @@ FRNN_HD int64_t operand_bytes(int64_t storage_bytes, bool backward) {
   return !backward && storage_bytes == 2 ? 2 : 4;
 }
 FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes,
-                           bool w_in_smem, int64_t k_chunk, bool backward) {
+                           bool w_in_smem, int64_t k_chunk, bool backward,
+                           bool fused_cell = false) {
   const int64_t unit_arrays = backward ? kBwdUnitArrays : kFwdUnitArrays;
-  const int64_t rows = backward ? hs : G * hs;
+  const int64_t rows = backward ? hs : fused_cell ? fused_cell_rows(G, hs) : G * hs;
   const int64_t K = product_k(G, H, backward);
   const bool tensor_cores = k_chunk > 0;
   SmemPlan s;
@@ -128,8 +189,10 @@ FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t 
   s.stage_off = s.w_bytes;
   const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * x_bytes;
   s.scratch_off = s.stage_off + align16(stage_bytes);
-  s.a_off = s.scratch_off + (tensor_cores ? kScratchFloats * 4 : 0);
-  s.unit_off = s.a_off + align16(B * G * hs * 4);
+  const int64_t scratch_floats =
+      !tensor_cores ? 0 : fused_cell ? kScratchFloats * fused_cell_tiles(G) : kScratchFloats;
+  s.a_off = s.scratch_off + scratch_floats * 4;
+  s.unit_off = s.a_off + (fused_cell ? 0 : align16(B * G * hs * 4));  // fused: no gate tile
   s.col_off = s.unit_off + align16(unit_arrays * B * hs * 4);
   s.row_off = s.col_off + align16(2 * G * hs * 4);
   s.total = s.row_off + align16(2 * B * 4);
@@ -154,6 +217,7 @@ struct LaunchPlan {
   bool w_in_smem = false;
   bool tensor_cores = false;  // the mma.sync product (needs w_in_smem)
   int64_t k_chunk = 0;        // operand columns per cp.async stage (tensor cores), else 0
+  bool fused_cell = false;    // forward: the cell on the accumulators (plan_fused_cell)
   int64_t smem_bytes = 0;
   std::string reason;  // empty when the plan can launch
 };
@@ -207,6 +271,31 @@ inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, i
                   " SMs with " + std::to_string(s.total) + " bytes of shared memory each)";
   }
   return plan;
+}
+
+// The forward's tensor-core plan `base` with the cell on the accumulators, when its shared
+// memory (same grid; the gate-interleaved W slice, no gate tile) fits with base's k_chunk or,
+// halving it down to kKChunkMin, a smaller one (the padded W slice can be larger than the
+// phased one when hs is not a multiple of 8), and the grid stays co-resident; else `base`
+// unchanged. The caller decides that the step allows it (fused_cell_applies, step_loop.h: no
+// norm, no projection).
+inline LaunchPlan plan_fused_cell(const DeviceLimits& d, const LaunchPlan& base, int64_t B,
+                                  int64_t G, int64_t H, int64_t storage_bytes) {
+  if (!base.reason.empty() || !base.tensor_cores || !base.w_in_smem) return base;
+  for (int64_t k_chunk = base.k_chunk;; k_chunk = round_up(k_chunk / 2, kKChunkMin)) {
+    const SmemPlan s = smem_plan(B, G, H, base.hs, storage_bytes, true, k_chunk, false, true);
+    if (s.total <= d.smem_per_block_optin) {
+      const int64_t by_smem = d.smem_per_sm / (s.total + d.smem_reserved_per_block);
+      const int64_t by_threads = d.max_threads_per_sm / kThreads;
+      if ((by_smem < by_threads ? by_smem : by_threads) * d.sms < base.grid) return base;
+      LaunchPlan plan = base;
+      plan.fused_cell = true;
+      plan.k_chunk = k_chunk;
+      plan.smem_bytes = s.total;
+      return plan;
+    }
+    if (k_chunk <= kKChunkMin) return base;
+  }
 }
 
 }  // namespace cuda

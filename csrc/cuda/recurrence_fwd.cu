@@ -36,6 +36,20 @@ __device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int
   }
 }
 
+// The fused-cell prologue's load of W_hh: the block's fused_cell_rows(G, hl) gate-interleaved
+// rows (launch_plan.h fused_cell_row: row -> gate g, unit jj, W_hh row g*H + j0 + jj; zero
+// padding rows), zero-padded in k as load_w_hh_rows.
+template <class S>
+__device__ void load_w_hh_fused_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int64_t G,
+                                     int64_t hl, int64_t j0) {
+  const int64_t rows = fused_cell_rows(G, hl);
+  for (int64_t i = threadIdx.x; i < rows * w_ld; i += blockDim.x) {
+    const int64_t k = i % w_ld;
+    const FusedRow fr = fused_cell_row(G, hl, i / w_ld);
+    w_sm[i] = k < H && fr.gate >= 0 ? w[(fr.gate * H + j0 + fr.unit) * H + k] : from_acc<S>(0.f);
+  }
+}
+
 // The device policy of forward_steps (fusedrnn/step_loop.h): BlockWorker (block_worker.cuh)
 // plus the recurrent product, the exchange of m_h ⊙ h and the layer-norm row statistics.
 template <class S>
@@ -116,15 +130,42 @@ struct DeviceForwardPolicy : BlockWorker<S> {
   }
 };
 
+// The policy of the fused-cell forward (the launcher's plan_fused_cell): forward_steps runs
+// product_and_cell instead of the phased steps (step_loop.h), on the gate-interleaved W slice.
 template <class S>
-__global__ void __launch_bounds__(kThreads)
+struct DeviceFusedCellPolicy : DeviceForwardPolicy<S> {
+  static constexpr bool kFusedCell = true;
+  int64_t G;
+
+  template <class Cell>
+  __device__ void product_and_cell(int64_t s, float*, Cell cell) const {
+    const int g = static_cast<int>(G), hl = static_cast<int>(this->hl);
+    const int k_chunk = static_cast<int>(this->k_chunk), ld = static_cast<int>(this->stage_ld);
+    const int64_t H = this->H, offset = (s & 1) * this->B * H;
+    if (this->half_exchange) {
+      block_product_cell_tc(this->B, g, hl, H, reinterpret_cast<const S*>(this->hin) + offset, H,
+                            this->vec16, this->w_sm, this->w_ld, k_chunk, ld,
+                            reinterpret_cast<S*>(this->stage), this->scratch, cell);
+    } else {
+      block_product_cell_tc(this->B, g, hl, H, this->hin + offset, H, this->vec16, this->w_sm,
+                            this->w_ld, k_chunk, ld, this->stage, this->scratch, cell);
+    }
+  }
+};
+
+// kFusedCell: the fused-cell forward (plan.fused_cell), with DeviceFusedCellPolicy and the
+// gate-interleaved W slice; else the phased forward. The fused form holds the accumulators of
+// two tiles and the cell's values at once: it gets the register budget of one block per SM
+// (the plan's grid is at most one block per SM), where ptxas would otherwise cap it at 128.
+template <class S, bool kFusedCell = false>
+__global__ void __launch_bounds__(kThreads, kFusedCell ? 1 : 0)
     recurrence_forward_kernel(const RecurrenceFwdParams p, const int64_t hs, const bool w_in_smem,
                               const int64_t k_chunk) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
   const int64_t B = p.B, H = p.H, G = p.G;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false);
+  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false, kFusedCell);
   S* w_sm = reinterpret_cast<S*>(smem);
   float* units = reinterpret_cast<float*>(smem + plan.unit_off);
   float* col_stats = reinterpret_cast<float*>(smem + plan.col_off);  // [2][G*hs]
@@ -150,15 +191,20 @@ __global__ void __launch_bounds__(kThreads)
   // cp.async needs 16-byte rows and chunks of the exchange buffer.
   const bool vec16 =
       H % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
-  if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
-
   DeviceForwardPolicy<S> policy{{j0, hl, j0, hl, cg::this_grid()}, B, H, R, w, w_sm,
                                 plan.w_ld, plan.stage_ld, k_chunk, tensor_cores, w_in_smem,
                                 half_exchange, vec16,
                                 reinterpret_cast<float*>(smem + plan.stage_off),
                                 reinterpret_cast<float*>(smem + plan.scratch_off), hin,
                                 static_cast<float4*>(p.ws_stats)};
-  forward_steps(policy, p, scratch);
+  if constexpr (kFusedCell) {
+    load_w_hh_fused_rows(w_sm, plan.w_ld, w, H, G, hl, j0);
+    DeviceFusedCellPolicy<S> fused{policy, G};
+    forward_steps(fused, p, scratch);
+  } else {
+    if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
+    forward_steps(policy, p, scratch);
+  }
 }
 
 // Tensor cores for bf16 / fp16 always, for float32 when TF32 is allowed (docs/kernels-v2.md
@@ -185,14 +231,20 @@ LaunchPlan plan_dispatch(const RecurrenceFwdParams& p) {
 
 template <class S>
 void launch(const RecurrenceFwdParams& p, cudaStream_t stream) {
-  const LaunchPlan plan = plan_for<S>(p);
+  LaunchPlan plan = plan_for<S>(p);
+  const void* kernel = reinterpret_cast<const void*>(&recurrence_forward_kernel<S>);
+  if (fused_cell_applies(p)) {
+    const void* fused = reinterpret_cast<const void*>(&recurrence_forward_kernel<S, true>);
+    plan = plan_launch_fused_cell(fused, plan, p.B, p.G, p.H, sizeof(S));
+    if (plan.fused_cell) kernel = fused;
+  }
   RecurrenceFwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
   int64_t k_chunk = plan.k_chunk;
   void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(&recurrence_forward_kernel<S>),
+      kernel,
       dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,
       static_cast<size_t>(plan.smem_bytes), stream));
   FRNN_CUDA_CHECK(cudaGetLastError());

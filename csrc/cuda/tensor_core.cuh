@@ -263,5 +263,118 @@ __device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_
   }
 }
 
+// ------------------------------------------------------------------ the product with the cell
+// The forward's product with the cell on its accumulators (launch_plan.h "the cell on the
+// accumulators"): w_sm holds the block's fused_cell_rows(G, hl) gate-interleaved rows; each
+// warp's work item is one 8-unit group x one 8-column batch tile with its fused_cell_tiles(G)
+// M tiles (sharing each B fragment), the operand staged as in block_product_tc. After the
+// k-loop (and the split-K partials summed in warp order) each thread of the item's k-part-0
+// warp calls cell(b, jj, rec) for its unit jj = fused_cell_unit(group, lane) and its two batch
+// rows b, rec[g] = gate g's accumulator (fused_cell_acc): the rest of the step runs in
+// registers and stores h_t straight to the exchange. `scratch` holds kScratchFloats *
+// fused_cell_tiles(G) floats. Every thread of the block calls this (it contains
+// __syncthreads); each (b < B, jj < hl) gets exactly one cell call.
+template <class S, class X, class Cell>
+__device__ __forceinline__ void block_product_cell_tc(int64_t B, int G, int hl, int64_t K,
+                                                      const X* x, int64_t ldx, bool vec16,
+                                                      const S* w_sm, int64_t w_ld, int k_chunk,
+                                                      int stage_ld, X* stage, float* scratch,
+                                                      Cell cell) {
+  static_assert(std::is_same<X, float>::value || std::is_same<X, S>::value,
+                "the operand is fp32 or the product's own 16-bit dtype");
+  constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t k_end = round_up(K, kStep);
+  const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
+  const int steps_per_chunk = k_chunk / kStep;
+  const int tiles = fused_cell_tiles(G);
+  const int groups = static_cast<int>(fused_cell_groups(hl));
+  const int R = static_cast<int>(fused_cell_rows(G, hl));
+  const int stage_elems = static_cast<int>(staged_batch_rows(B)) * stage_ld;
+  for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+    const int nbr = static_cast<int>(B - b0 < kBatchBlock ? B - b0 : kBatchBlock);
+    const TileSplit sp = fused_cell_split(groups, nbr);
+    const int slot = warp / sp.ksplit, kpart = warp % sp.ksplit;
+    for (int i0 = 0; i0 < sp.tiles; i0 += sp.slots) {
+      const int item = i0 + slot;
+      const bool busy = item < sp.tiles;
+      const int group = item % groups, n_tile = item / groups;
+      float acc[kFusedMaxTiles][4];
+#pragma unroll
+      for (int i = 0; i < kFusedMaxTiles; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+
+      stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
+      cp_async_commit();
+      for (int c = 0; c < chunks; ++c) {
+        if (c + 1 < chunks) {
+          stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
+                              b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        const X* xs = stage + (c & 1) * stage_elems;
+        const int first = ((kpart - c * steps_per_chunk) % sp.ksplit + sp.ksplit) % sp.ksplit;
+        for (int step = busy ? first : steps_per_chunk; step < steps_per_chunk;
+             step += sp.ksplit) {
+          const int kk = step * kStep;
+          const int64_t k = static_cast<int64_t>(c) * k_chunk + kk;
+          if (k >= k_end) break;
+          uint32_t b[2];
+          load_b_fragment<S>(b, xs, stage_ld, n_tile * 8, kk, lane);
+#pragma unroll
+          for (int i = 0; i < kFusedMaxTiles; ++i) {
+            if (i < tiles) {
+              uint32_t a[4];
+              load_a_fragment(a, w_sm, w_ld, (group * tiles + i) * 16, k, R, lane);
+              mma_step<S>(acc[i], a, b);
+            }
+          }
+        }
+        __syncthreads();  // this buffer is restaged for chunk c + 2 (or the next round)
+      }
+
+      // Split-K partials summed in warp order, then the cell on the accumulators.
+      if (sp.ksplit > 1) {
+#pragma unroll
+        for (int i = 0; i < kFusedMaxTiles; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (i < tiles) scratch[((warp * kWarp + lane) * tiles + i) * 4 + e] = acc[i][e];
+        __syncthreads();
+        if (busy && kpart == 0)
+          for (int part = 1; part < sp.ksplit; ++part)
+#pragma unroll
+            for (int i = 0; i < kFusedMaxTiles; ++i)
+#pragma unroll
+              for (int e = 0; e < 4; ++e)
+                if (i < tiles)
+                  acc[i][e] += scratch[(((warp + part) * kWarp + lane) * tiles + i) * 4 + e];
+      }
+      const int64_t jj = fused_cell_unit(group, lane);
+      if (busy && kpart == 0 && jj < hl) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int n = fused_cell_batch(n_tile, lane, c);
+          if (n < nbr) {
+            float rec[4];
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+              const FusedAcc f = fused_cell_acc(g, c);
+              rec[g] = g < G ? acc[f.tile][f.e] : 0.f;
+            }
+            cell(b0 + n, jj, rec);
+          }
+        }
+      }
+      if (sp.ksplit > 1) __syncthreads();  // scratch is rewritten by the next round
+    }
+  }
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -159,6 +159,22 @@ struct HostForwardPolicy : HostWorker<T> {
   void recurrent_product(int64_t s, T* a) const {
     if (R > 0) gemm_packed(B, R, P, hin + (s & 1) * B * P, P, w_packed, a, R, false);
   }
+  // The fused form of the step (p.fused_cell, step_loop.h): the same product into the gate
+  // tile, then the cell per (row, unit) on its G values. The host's phased form is faster (it
+  // runs the activations vectorised); this one exists so that the CPU tests run the per-element
+  // step the CUDA tensor-core forward runs on its accumulators.
+  static constexpr bool kFusedCell = true;
+  template <class Cell>
+  void product_and_cell(int64_t s, T* a, Cell cell) const {
+    recurrent_product(s, a);
+    const int64_t units = this->hl, G = units > 0 ? R / units : 0;
+    T rec[4];
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < units; ++jj) {
+        for (int64_t g = 0; g < G; ++g) rec[g] = a[b * R + g * units + jj];
+        cell(b, jj, rec);
+      }
+  }
   void publish(int64_t buffer, int64_t b, int64_t q, T v) const {
     hin[(buffer * B + b) * P + q] = v;
   }

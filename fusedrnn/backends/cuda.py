@@ -34,6 +34,11 @@ NAME = "cuda"
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# The forward runs the cell on the tensor-core product's accumulators where the plan allows
+# it (no norm, no projection, the gate-interleaved W slice fits: launch_plan.h plan_fused_cell;
+# docs/kernels-v2.md §5.0). The gpu tests turn it off to compare with the phased form.
+FUSED_CELL = True
+
 # cudaDevAttrReservedSharedMemoryPerBlock on sm_80 and later (torch's device properties do not
 # report it; the native plan reads the attribute itself).
 _RESERVED_SMEM_PER_BLOCK = 1024
@@ -61,8 +66,9 @@ def launch_plan(
     inputs: RecurrenceInputs, backward: bool, limits: dict[str, int], tf32: bool
 ) -> dict:
     """The CUDA kernel's plan for ``inputs`` on a device with ``limits`` (see
-    :func:`device_limits`): grid, hs, w_in_smem, tensor_cores, smem_bytes and ``reason``
-    (empty when it can launch)."""
+    :func:`device_limits`): grid, hs, w_in_smem, tensor_cores, k_chunk, fused_cell (the
+    forward's cell on the accumulators), smem_bytes and ``reason`` (empty when it can
+    launch)."""
     _, batch, gate_width = inputs.xg.shape
     hidden = inputs.config.hidden_size
     dtype = inputs.xg.dtype
@@ -73,6 +79,9 @@ def launch_plan(
         storage_bytes=dtype.itemsize,
         backward=backward,
         want_tensor_cores=dtype != torch.float32 or tf32,
+        want_fused_cell=FUSED_CELL
+        and inputs.config.norm == "none"
+        and inputs.config.proj_size == 0,
         **limits,
     )
 
@@ -129,6 +138,7 @@ def _workspace(backward: bool):
         C = native.native()
         device = torch.device("cuda", torch.cuda.current_device())
         p.allow_tf32 = float32_uses_tf32()
+        p.fused_cell = FUSED_CELL
         grid = int(C.cuda_plan_grid(p, backward))
         hin = native._empty((2 * p.B * p.H,), torch.float32, device)
         stats = native._empty((2 * p.B * grid * 4,), torch.float32, device)

@@ -26,6 +26,11 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 NUM_THREADS: int | None = None
 # Per-step multiply-adds per thread below which another thread does not pay.
 _MIN_MACS_PER_THREAD = 1 << 18
+# Run the forward step in its fused, per-element form (step_loop.h ``fused_cell_step``, the
+# form the CUDA tensor-core forward runs on its accumulators) where it applies (no norm, no
+# projection). Off by default: the phased form is faster on the CPU (vectorised activations);
+# the tests turn it on to check the fused form against the reference on the CPU.
+FUSED_CELL = False
 
 
 def availability() -> str | None:
@@ -63,9 +68,12 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = native.native()
     with torch.no_grad():
-        return native.launch_forward(
-            inputs, C.host_forward, _threads(inputs), save=inputs.needs_grad
-        )
+
+        def run(p) -> None:
+            p.fused_cell = FUSED_CELL
+            C.host_forward(p)
+
+        return native.launch_forward(inputs, run, _threads(inputs), save=inputs.needs_grad)
 
 
 def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:

@@ -51,6 +51,11 @@ struct RecurrenceFwdParams {
   uint64_t base_weight_drop = 0;  // philox.weight_drop_base_offset(layer, direction)
   int32_t num_threads = 1;  // host backend: worker threads (ignored by CUDA)
   bool allow_tf32 = false;  // CUDA, float32: recurrent product on TF32 tensor cores (else FMA)
+  // Run the cell on the product's results per (row, unit) when the step allows it (no norm, no
+  // projection: step_loop.h fused_cell_applies): the CUDA forward on tensor cores then keeps the
+  // gates in the accumulators (docs/kernels-v2.md §5.0); the host runs the same per-element step
+  // (the launchers set it: cuda by default, host only when asked, for the tests).
+  bool fused_cell = false;
 
   // ---- inputs
   const void* xg = nullptr;  // dtype [T, B, N], strides (xg_stride_t, xg_stride_b, 1)

@@ -60,6 +60,16 @@
 //                                x[i * ld + c] = σ / tanh of itself for i < rows, c0 <= c < c1
 //   project(h_pre, h_proj)       (kProjection) h_proj[b * pl + q] = Σ_j h_pre[b * H + j]
 //                                W_hr[q0 + q][j]; all workers' h_pre written (after sync_all)
+//   product_and_cell(s, a, cell) (optional: a policy with `static constexpr bool kFusedCell =
+//                                true`) the product of step s and the rest of the step fused
+//                                onto its results: for every (b, jj), b < B, jj < hl, exactly one
+//                                call cell(b, jj, rec), rec[g] = Σ_k X[b][k] W_hh[g*H + j0 + jj][k]
+//                                (g < G), made by the thread that owns (b, jj) in every step (its
+//                                state in the scratch is then thread-private); `a` is the
+//                                worker's [B][R] gate tile for a policy that computes the product
+//                                there first (host). Used when fused_cell_applies(p): the
+//                                per-element form of steps 3-5 below (fused_cell_step), the same
+//                                cells.cuh functions in the same order as the phased form.
 // and the worker's scratch (ForwardScratch below: host vectors, CUDA shared memory).
 //
 // The backward
@@ -100,6 +110,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/params.h"
@@ -112,6 +123,20 @@
 #endif
 
 namespace fusedrnn {
+
+// Whether a step of these params can run the cell per element on the product's results (the
+// fused form): asked for (p.fused_cell), no norm (its statistics span the worker's or all
+// workers' columns before the cell) and no projection (h~ needs all units' o tanh(c) first).
+FRNN_HD bool fused_cell_applies(const RecurrenceFwdParams& p) {
+  return p.fused_cell && p.norm == kNormNone && p.proj_size == 0;
+}
+
+// Policy::kFusedCell when the policy declares it (it then implements product_and_cell).
+template <class P, class = void>
+struct PolicyFusesCell : std::false_type {};
+template <class P>
+struct PolicyFusesCell<P, std::void_t<decltype(P::kFusedCell)>>
+    : std::integral_constant<bool, P::kFusedCell> {};
 
 // One worker's scratch for forward_steps(), in the accumulation type A.
 template <class A>
@@ -287,8 +312,72 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     });
   pol.sync_all();
 
+  // Steps 3-5 of one (row b, own unit jj) from its recurrent pre-activations rec[g] (the fused
+  // form: no norm, so steps 2 and 4's N_c are identities, and no projection, so h units are the
+  // cell units). The phased loop below computes the same cells.cuh functions in the same order,
+  // spread over the worker's threads (the host's phased activations are its vector versions).
+  auto fused_cell_step = [&](int64_t s, int64_t t, int64_t b, int64_t jj, const A* rec) {
+    const int64_t e = b * hl + jj, j = j0 + jj;
+    const S* x = xg + t * p.xg_stride_t + b * p.xg_stride_b + j;
+    A a[4];  // W_hh h + b_hh (constant indices: registers on the GPU)
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int g = 0; g < 4; ++g)
+      a[g] = g >= G ? A(0) : bias != nullptr ? rec[g] + widen(bias[g * H + j]) : rec[g];
+    A* gates_out = save ? sv_gates + (t * B + b) * N + j : nullptr;
+    A h_tilde;
+    if (lstm) {
+      const LstmGates<A> ga = lstm_activate(widen(x[0]) + a[0], widen(x[H]) + a[1],
+                                            widen(x[2 * H]) + a[2], widen(x[3 * H]) + a[3]);
+      const A ctil = lstm_c_tilde(ga, w.c[e]);
+      if (save) {
+        gates_out[0] = ga.i;
+        gates_out[H] = ga.f;
+        gates_out[2 * H] = ga.g;
+        gates_out[3 * H] = ga.o;
+        sv_ctil[(t * B + b) * H + j] = ctil;
+      }
+      const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
+      const A c_new = zoneout_forward(zc, zoned, w.c[e], ctil);
+      if (active(t, b)) w.c[e] = c_new;
+      if (save) sv_cstate[(t * B + b) * H + j] = w.c[e];
+      h_tilde = lstm_h_tilde(ga, ctil);
+    } else if (gru) {
+      const GruGates<A> ga =
+          gru_activate(widen(x[0]), widen(x[H]), widen(x[2 * H]), a[0], a[1], a[2]);
+      if (save) {
+        gates_out[0] = ga.r;
+        gates_out[H] = ga.z;
+        gates_out[2 * H] = ga.n;
+        sv_an[(t * B + b) * H + j] = a[2];
+      }
+      h_tilde = gru_h_tilde(ga, w.h[e]);
+    } else {
+      h_tilde = rnn_activate(p.cell, widen(x[0]) + a[0]);
+      if (save) gates_out[0] = h_tilde;
+    }
+    const bool act = active(t, b);
+    const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, j);
+    const A h_new = zoneout_forward(zh, zoned, w.h[e], h_tilde);
+    if (act) w.h[e] = h_new;
+    if (sv_hstate != nullptr) sv_hstate[(t * B + b) * P + j] = w.h[e];
+    out[t * p.out_stride_t + b * p.out_stride_b + j] = Policy::narrow(act ? h_new : A(0));
+    pol.publish((s + 1) & 1, b, j, w.mh[e] * w.h[e]);
+  };
+
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = p.reverse ? TT - 1 - s : s;
+
+    if constexpr (PolicyFusesCell<Policy>::value) {
+      if (fused_cell_applies(p)) {
+        pol.product_and_cell(s, w.a, [&](int64_t b, int64_t jj, const A* rec) {
+          fused_cell_step(s, t, b, jj, rec);
+        });
+        pol.sync_all();
+        continue;
+      }
+    }
 
     // 1. a = (m_h ⊙ h_{t-1}) W_hh^T for own columns.
     pol.recurrent_product(s, w.a);
