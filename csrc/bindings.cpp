@@ -165,7 +165,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(F, gates).FRNN_PTR(F, gru_hn).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
       .FRNN_PTR(F, c_tilde).FRNN_PTR(F, c_state).FRNN_PTR(F, xhat_c).FRNN_PTR(F, rstd_c)
       .FRNN_PTR(F, h_state)
-      .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats);
+      .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats).FRNN_PTR(F, ws_h_pre);
 
   using Bw = RecurrenceBwdParams;
   py::class_<Bw, F>(m, "RecurrenceBwdParams")
@@ -197,7 +197,7 @@ PYBIND11_MODULE(_C, m) {
       "cuda_launch_plan",
       [](int64_t B, int64_t G, int64_t H, int64_t storage_bytes, bool backward,
          bool want_tensor_cores, int64_t sms, int64_t smem_per_block_optin, int64_t smem_per_sm,
-         int64_t smem_reserved_per_block, int64_t max_threads_per_sm) {
+         int64_t smem_reserved_per_block, int64_t max_threads_per_sm, int64_t proj) {
         fusedrnn::cuda::DeviceLimits d;
         d.sms = sms;
         d.smem_per_block_optin = smem_per_block_optin;
@@ -205,10 +205,11 @@ PYBIND11_MODULE(_C, m) {
         d.smem_reserved_per_block = smem_reserved_per_block;
         d.max_threads_per_sm = max_threads_per_sm;
         const fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
-            d, B, G, H, storage_bytes, backward, want_tensor_cores);
+            d, B, G, H, storage_bytes, backward, want_tensor_cores, proj);
         py::dict out;
         out["grid"] = plan.grid;
         out["hs"] = plan.hs;
+        out["ps"] = plan.ps;
         out["w_in_smem"] = plan.w_in_smem;
         out["tensor_cores"] = plan.tensor_cores;
         out["k_chunk"] = plan.k_chunk;
@@ -219,6 +220,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("B"), py::arg("G"), py::arg("H"), py::arg("storage_bytes"), py::arg("backward"),
       py::arg("want_tensor_cores"), py::arg("sms"), py::arg("smem_per_block_optin"),
       py::arg("smem_per_sm"), py::arg("smem_reserved_per_block"), py::arg("max_threads_per_sm"),
+      py::arg("proj") = 0,
       "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for).");
   m.def(
       "mma_fragment_map",

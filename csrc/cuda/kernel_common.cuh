@@ -57,7 +57,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // calculator that the whole grid can be co-resident (cooperative launch requirement). Throws
 // with the reason otherwise; the Python launcher checks the same plan before it launches.
 LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
-                       bool backward, bool want_tensor_cores);
+                       bool backward, bool want_tensor_cores, int64_t proj);
 
 // ------------------------------------------------------------------ layer-norm row reductions
 // Layer norm needs per-row statistics over all blocks' units. Each block writes one float4
