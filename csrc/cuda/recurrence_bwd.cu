@@ -12,6 +12,10 @@
 // m_h * (d(a) W_hh)[:, own], reading the full d(a) row of the step from global memory: on
 // tensor cores (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32 FMA.
 // Weight gradients are one GEMM afterwards (in the Python launcher): dW_hh = d(a)^T (m_h h).
+// With an LSTM projection (proj_size = P) the product's rows are the block's h units [q0, q0 +
+// pl) (W_hh is [G*H, P]); d(h~) of them goes to dproj, and after one more grid barrier
+// `project_backward` gives d(o tanh c_out) of the block's cell units from its W_hr columns;
+// dW_hr = dproj^T h_pre_proj is the launcher's second GEMM.
 #include <cooperative_groups.h>
 
 #include "cuda/block_worker.cuh"

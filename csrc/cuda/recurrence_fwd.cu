@@ -9,7 +9,10 @@
 // m_h * h_{t-1} from global memory (a double buffer every block writes its slice of): on
 // tensor cores (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32
 // FMA; layer-norm row statistics are partials of every block combined in one pass after a
-// grid barrier; the blocks meet at grid.sync() once per step.
+// grid barrier; the blocks meet at grid.sync() once per step. With an LSTM projection
+// (proj_size = P) a block also owns h units [q0, q0 + pl): the product's K is P, o tanh(c_out)
+// of every block meets in the global ws_h_pre, and after one more grid barrier `project`
+// computes the block's pl outputs with its W_hr rows (resident beside W_hh, or from L2).
 #include <cooperative_groups.h>
 
 #include "cuda/block_worker.cuh"
