@@ -166,7 +166,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(F, gates).FRNN_PTR(F, gru_hn).FRNN_PTR(F, xhat_hh).FRNN_PTR(F, rstd_hh)
       .FRNN_PTR(F, c_tilde).FRNN_PTR(F, c_state).FRNN_PTR(F, xhat_c).FRNN_PTR(F, rstd_c)
       .FRNN_PTR(F, h_state)
-      .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats);
+      .FRNN_PTR(F, ws_hin).FRNN_PTR(F, ws_stats).FRNN_PTR(F, ws_h_pre);
 
   using Bw = RecurrenceBwdParams;
   py::class_<Bw, F>(m, "RecurrenceBwdParams")
@@ -198,7 +198,8 @@ PYBIND11_MODULE(_C, m) {
       "cuda_launch_plan",
       [](int64_t B, int64_t G, int64_t H, int64_t storage_bytes, bool backward,
          bool want_tensor_cores, int64_t sms, int64_t smem_per_block_optin, int64_t smem_per_sm,
-         int64_t smem_reserved_per_block, int64_t max_threads_per_sm, bool want_fused_cell) {
+         int64_t smem_reserved_per_block, int64_t max_threads_per_sm, bool want_fused_cell,
+         int64_t proj) {
         fusedrnn::cuda::DeviceLimits d;
         d.sms = sms;
         d.smem_per_block_optin = smem_per_block_optin;
@@ -206,12 +207,13 @@ PYBIND11_MODULE(_C, m) {
         d.smem_reserved_per_block = smem_reserved_per_block;
         d.max_threads_per_sm = max_threads_per_sm;
         fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
-            d, B, G, H, storage_bytes, backward, want_tensor_cores);
-        if (want_fused_cell && !backward)
+            d, B, G, H, storage_bytes, backward, want_tensor_cores, proj);
+        if (want_fused_cell && !backward && proj == 0)
           plan = fusedrnn::cuda::plan_fused_cell(d, plan, B, G, H, storage_bytes);
         py::dict out;
         out["grid"] = plan.grid;
         out["hs"] = plan.hs;
+        out["ps"] = plan.ps;
         out["w_in_smem"] = plan.w_in_smem;
         out["tensor_cores"] = plan.tensor_cores;
         out["k_chunk"] = plan.k_chunk;
@@ -223,9 +225,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("B"), py::arg("G"), py::arg("H"), py::arg("storage_bytes"), py::arg("backward"),
       py::arg("want_tensor_cores"), py::arg("sms"), py::arg("smem_per_block_optin"),
       py::arg("smem_per_sm"), py::arg("smem_reserved_per_block"), py::arg("max_threads_per_sm"),
-      py::arg("want_fused_cell") = false,
+      py::arg("want_fused_cell") = false, py::arg("proj") = 0,
       "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for; "
-      "with want_fused_cell, the forward's plan_fused_cell).");
+      "with want_fused_cell and no projection, the forward's plan_fused_cell).");
   m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {

@@ -84,11 +84,15 @@ def _to(inputs: RecurrenceInputs, dtype, device="cuda") -> RecurrenceInputs:
     return inputs.replace(**changes)
 
 
-def _grads(shape_out, shape_state, lstm, device):
+def _grads(shape_out, shape_h, shape_c, device):
+    """Incoming gradients of out, h_n and (shape_c not None: LSTM) c_n; h has P units with a
+    projection, c always H."""
     gen = torch.Generator().manual_seed(11)
     go = torch.randn(shape_out, generator=gen, dtype=torch.float64).to(device)
-    gh = torch.randn(shape_state, generator=gen, dtype=torch.float64).to(device)
-    gc = torch.randn(shape_state, generator=gen, dtype=torch.float64).to(device) if lstm else None
+    gh = torch.randn(shape_h, generator=gen, dtype=torch.float64).to(device)
+    gc = None
+    if shape_c is not None:
+        gc = torch.randn(shape_c, generator=gen, dtype=torch.float64).to(device)
     return go, gh, gc
 
 
@@ -98,7 +102,10 @@ def check_against_reference(base: RecurrenceInputs, dtype) -> None:
     lstm = inputs.config.cell == "lstm"
     steps, batch, _ = inputs.xg.shape
     go, gh, gc = _grads(
-        (steps, batch, inputs.config.hidden_size), tuple(inputs.h0.shape), lstm, "cuda"
+        (steps, batch, inputs.config.out_size),
+        tuple(inputs.h0.shape),
+        (batch, inputs.config.hidden_size) if lstm else None,
+        "cuda",
     )
     truth_out, truth_grads = _reference(truth_inputs, go, gh, gc)
     same_out, same_grads = _reference(inputs, go, gh, gc)
@@ -320,7 +327,7 @@ def test_stream_and_no_sync():
     """
     steps, batch, hidden = 6, 4, 40
     base = _to(make_inputs("gru", "all", False, True, torch.float64, steps, batch, hidden), F32)
-    grad_output, grad_h_n, _ = _grads((steps, batch, hidden), (batch, hidden), False, "cuda")
+    grad_output, grad_h_n, _ = _grads((steps, batch, hidden), (batch, hidden), None, "cuda")
     grad_output, grad_h_n = grad_output.to(F32), grad_h_n.to(F32)
 
     def run(inputs):
@@ -405,7 +412,12 @@ def test_half_backward_reads_h_state(cell, dtype):
     assert not torch.equal(h_state, out.output.float())  # float32 carries more than dtype
     go, gh, gc = (
         None if g is None else g.to(dtype)
-        for g in _grads(tuple(out.output.shape), tuple(inputs.h0.shape), cell == "lstm", "cuda")
+        for g in _grads(
+            tuple(out.output.shape),
+            tuple(inputs.h0.shape),
+            tuple(inputs.h0.shape) if cell == "lstm" else None,
+            "cuda",
+        )
     )
     grads = cuda_backend.backward(inputs, saved, go, gh, gc)
     rounded = list(saved)
@@ -536,3 +548,131 @@ def test_fused_cell_packed_bidirectional_matches_torch_nn(cell, precision, fused
     torch.cuda.synchronize()
     assert ours.last_backend == "cuda", ours.last_backend
     assert_by_rule(got, truth, baseline, dtype, what=f"cuda {cell} packed bidirectional")
+
+
+# ------------------------------------------------------------------ LSTM projections
+# (steps, batch, hidden, proj): P = 1; primes; P > the grid's blocks and P < them (blocks that
+# own no h unit); P close to H (H - 1); H > the SM count (several cell units per block).
+PROJ_SHAPES = [(5, 7, 131, 1), (6, 9, 67, 13), (4, 33, 257, 256), (3, 5, 300, 7), (4, 16, 512, 131)]
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden", "proj"), PROJ_SHAPES)
+@pytest.mark.parametrize("reg", ["none", "all", "all_ln"])
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_projection_parity_reference(dtype, reg, steps, batch, hidden, proj):
+    """proj_size: h = W_hr (o tanh(N_c(c~))) over P units, every output, final state and
+    gradient (W_hr's included) against the float64 reference by the rule; bf16 / fp16 run
+    both the recurrent product (K = P) and the projection on tensor cores, float32 exactly
+    (TF32 off)."""
+    base = make_inputs("lstm", reg, True, True, torch.float64, steps, batch, hidden, proj=proj)
+    for backward in (False, True):
+        plan = _plan_of(_to(base, dtype), backward, False)
+        assert plan["reason"] == "" and plan["tensor_cores"] == (dtype != F32), plan
+        assert plan["ps"] == -(-proj // plan["grid"]), plan
+    check_against_reference(base, dtype)
+
+
+@pytest.mark.parametrize(("steps", "batch", "hidden", "proj"), PROJ_SHAPES[2:])
+def test_projection_tf32(steps, batch, hidden, proj):
+    """float32 under TF32: both products on mma.sync m16n8k8 .tf32 (the projection's operand
+    staged in chunks: K = H there against the recurrent product's K = P)."""
+    base = make_inputs(
+        "lstm", "all_ln", False, True, torch.float64, steps, batch, hidden, proj=proj
+    )
+    assert _plan_of(_to(base, F32), False, True)["tensor_cores"]
+    with tf32(True):
+        check_against_reference(base, F32)
+
+
+def test_projection_w_from_l2():
+    """The backward of LSTM fp32 B=200 H=1024 P=1023 does not fit W_hh's and W_hr's slices
+    beside its per-row arrays: both stream from L2 (FMA product and projection), while the
+    forward keeps them in shared memory."""
+    base = make_inputs("lstm", "all", False, True, torch.float64, 2, 200, 1024, proj=1023)
+    forward = _plan_of(_to(base, F32), False, False)
+    backward = _plan_of(_to(base, F32), True, False)
+    assert forward["reason"] == "" and forward["w_in_smem"], forward
+    assert backward["reason"] == "" and not backward["w_in_smem"], backward
+    check_against_reference(base, F32)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize(
+    ("steps", "batch", "inp", "hidden", "proj"), [(16, 8, 32, 64, 17), (7, 3, 5, 129, 1)]
+)
+def test_projection_parity_cudnn(dtype, steps, batch, inp, hidden, proj):
+    """Output, h_n, c_n and dx / dW_hh / dW_hr against torch.nn.LSTM(proj_size=...) in the
+    same dtype (the float64 module is the truth)."""
+    torch.manual_seed(0)
+    module64 = torch.nn.LSTM(inp, hidden, proj_size=proj).double().cuda()
+    module = torch.nn.LSTM(inp, hidden, proj_size=proj).to(device="cuda", dtype=dtype)
+    module.load_state_dict(module64.state_dict())
+    x64 = torch.randn(steps, batch, inp, dtype=torch.float64, device="cuda")
+    h64 = torch.randn(batch, proj, dtype=torch.float64, device="cuda") * 0.5
+    c64 = torch.randn(batch, hidden, dtype=torch.float64, device="cuda") * 0.5
+
+    def loss_of(out, hn, cn):
+        return out.double().sin().sum() + hn.double().cos().sum() + cn.double().square().sum()
+
+    def run_torch(mod, x, h, c):
+        x = x.detach().requires_grad_(True)
+        out, (hn, cn) = mod(x, (h[None], c[None]))
+        loss_of(out, hn[0], cn[0]).backward()
+        return out, hn[0], cn[0], x.grad, mod.weight_hh_l0.grad, mod.weight_hr_l0.grad
+
+    truth = run_torch(module64, x64, h64, c64)
+    same = run_torch(module, x64.to(dtype), h64.to(dtype), c64.to(dtype))
+
+    from fusedrnn.backends.base import RecurrenceConfig
+
+    w_ih, b_ih = module.weight_ih_l0.detach(), module.bias_ih_l0.detach()
+    xg = (x64.to(dtype) @ w_ih.t() + b_ih).detach()
+    inputs = RecurrenceInputs(
+        RecurrenceConfig(cell="lstm", hidden_size=hidden, proj_size=proj),
+        xg,
+        h64.to(dtype),
+        c64.to(dtype),
+        module.weight_hh_l0.detach(),
+        module.bias_hh_l0.detach(),
+        module.weight_hr_l0.detach(),
+        None,
+    )
+    out, saved = cuda_backend.forward(inputs)
+    go = out.output.double().cos().to(dtype)
+    gh = (-out.h_n.double().sin()).to(dtype)
+    gc = (2 * out.c_n.double()).to(dtype)
+    grads = cuda_backend.backward(inputs, saved, go, gh, gc)
+    dx = grads["xg"] @ w_ih
+    names = ("output", "h_n", "c_n", "dx", "dW_hh", "dW_hr")
+    mine = (out.output, out.h_n, out.c_n, dx, grads["w_hh"], grads["w_hr"])
+    assert_by_rule(
+        dict(zip(names, mine)), dict(zip(names, truth)), dict(zip(names, same)), dtype, what="cuda"
+    )
+
+
+def test_projection_layer_bidirectional_multi_layer():
+    """fusedrnn.LSTM(proj_size, bidirectional, 2 layers) on the cuda backend against
+    torch.nn.LSTM with the same weights: outputs, (h_n, c_n) and every parameter's gradient,
+    by the rule (float64 module the truth, float32 module the baseline; TF32 off)."""
+    import fusedrnn
+
+    torch.manual_seed(1)
+    kw = dict(num_layers=2, bidirectional=True, proj_size=5)
+    module64 = torch.nn.LSTM(7, 23, **kw).double().cuda()
+    module = torch.nn.LSTM(7, 23, **kw).cuda()
+    module.load_state_dict(module64.state_dict())
+    fused = fusedrnn.LSTM(7, 23, backend="cuda", **kw).cuda()
+    fused.load_state_dict(module.state_dict())
+    x64 = torch.randn(6, 4, 7, dtype=torch.float64, device="cuda")
+
+    def run(mod, x):
+        x = x.detach().requires_grad_(True)
+        out, (hn, cn) = mod(x)
+        (out.double().sin().sum() + hn.double().cos().sum() + cn.double().square().sum()).backward()
+        results = {"output": out, "h_n": hn, "c_n": cn, "dx": x.grad}
+        results.update({"d" + k: p.grad for k, p in mod.named_parameters()})
+        return results
+
+    truth, same, mine = run(module64, x64), run(module, x64.float()), run(fused, x64.float())
+    assert fused.last_backend == "cuda", fused.last_backend
+    assert_by_rule(mine, truth, same, F32, what="cuda")

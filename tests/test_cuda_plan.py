@@ -217,7 +217,7 @@ H100 = {
 }
 
 
-def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, **limits):
+def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, proj=0, **limits):
     return native.native().cuda_launch_plan(
         B=B,
         G=G,
@@ -225,6 +225,7 @@ def _plan(B, G, H, dtype_bytes, backward, tensor_cores=True, **limits):
         storage_bytes=dtype_bytes,
         backward=backward,
         want_tensor_cores=tensor_cores,
+        proj=proj,
         **{**H100, **limits},
     )
 
@@ -290,17 +291,18 @@ def test_plan_checks_co_residency():
     assert _plan(8, 4, 256, 4, backward=False)["reason"] == ""
 
 
-def _cuda_inputs(batch: int, hidden: int, needs_grad: bool) -> RecurrenceInputs:
+def _cuda_inputs(batch: int, hidden: int, needs_grad: bool, proj: int = 0) -> RecurrenceInputs:
     """Meta tensors: the shapes and dtype of a CUDA call without memory or a device."""
     meta = torch.device("meta")
+    out = proj if proj > 0 else hidden
     return RecurrenceInputs(
-        config=RecurrenceConfig(cell="lstm", hidden_size=hidden),
+        config=RecurrenceConfig(cell="lstm", hidden_size=hidden, proj_size=proj),
         xg=torch.empty(2, batch, 4 * hidden, device=meta),
-        h0=torch.empty(batch, hidden, device=meta),
+        h0=torch.empty(batch, out, device=meta),
         c0=torch.empty(batch, hidden, device=meta),
-        w_hh=torch.empty(4 * hidden, hidden, device=meta),
+        w_hh=torch.empty(4 * hidden, out, device=meta),
         b_hh=None,
-        w_hr=None,
+        w_hr=torch.empty(proj, hidden, device=meta) if proj > 0 else None,
         lengths=None,
         needs_grad=needs_grad,
     )
@@ -316,6 +318,138 @@ def test_dispatch_refuses_with_the_plans_reason(monkeypatch):
     assert reason is not None and "backward kernel" in reason and "shared memory" in reason
     assert cuda_backend.unsupported_reason(_cuda_inputs(640, 1024, needs_grad=False)) is None
     assert cuda_backend.unsupported_reason(_cuda_inputs(16, 512, needs_grad=True)) is None
+
+
+# ------------------------------------------------------------------ the plan with a projection
+def _a16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _proj_smem_model(B, H, P, nbytes, backward, grid, w_in_smem, k_chunk):
+    """The shared memory of one block of the LSTM kernels with a projection, written from
+    docs/kernels-v2.md §5.0 (not from launch_plan.h): cell units hs = ceil(H/grid), h units
+    ps = ceil(P/grid); the W_hh slice (forward: 4*hs gate rows of K = P; backward: ps h-unit
+    columns of K = 4H) and the W_hr slice (forward: ps rows of K = H; backward: hs columns of
+    K = P), each row padded to a multiple of 16 plus 16 bytes on tensor cores; one operand
+    stage region big enough for both products (the recurrent one's operand in the 16-bit
+    dtype forward, fp32 backward; the projection's always fp32, chunks of at most k_chunk);
+    split-K scratch; the gate tile; unit arrays of max(hs, ps) floats per row (5 + 1 forward,
+    9 + 1 backward); column and row statistics."""
+    hs, ps = -(-H // grid), -(-P // grid)
+    tc = k_chunk > 0
+    rows8 = min(-(-B // 8) * 8, 64)
+
+    def slice_bytes(rows, k):
+        ld = (-(-k // 16) * 16 + 16 // nbytes) if tc else k
+        return _a16(rows * ld * nbytes) if w_in_smem else 0
+
+    def stage_bytes(k, xbytes, chunk):
+        if not tc:
+            return 0
+        return (1 if chunk >= k else 2) * rows8 * (chunk + 16 // xbytes) * xbytes
+
+    if backward:
+        k, xbytes, w_rows, proj_rows, proj_k, arrays = 4 * H, 4, ps, hs, P, 10
+    else:
+        k, xbytes, w_rows, proj_rows, proj_k, arrays = (
+            P,
+            nbytes if nbytes == 2 else 4,
+            4 * hs,
+            ps,
+            H,
+            6,
+        )
+    proj_chunk = min(k_chunk, -(-proj_k // 32) * 32)
+    stages = max(stage_bytes(k, xbytes, k_chunk), stage_bytes(proj_k, 4, proj_chunk))
+    return (
+        slice_bytes(w_rows, k)
+        + slice_bytes(proj_rows, proj_k)
+        + _a16(stages)
+        + (8 * 32 * 4 * 4 if tc else 0)
+        + _a16(B * 4 * hs * 4)
+        + _a16(arrays * B * max(hs, ps) * 4)
+        + _a16(2 * 4 * hs * 4)
+        + _a16(2 * B * 4)
+    )
+
+
+def test_plan_w1_bf16_with_projection_by_hand():
+    """W1 LSTM bf16 (B=16, H=512) with proj_size 128 on an H100, grid 132, hs = 4, ps = 1.
+    Forward: W_hh 16 rows x (128 + 8) bf16 = 4,352 B; W_hr 1 row x (512 + 8) = 1,040 B; the
+    recurrent operand in one bf16 stage of 128 columns (16 x 136 x 2 = 4,352 B) and the
+    projection's fp32 operand (K = 512) in two stages of 128 (2 x 16 x 132 x 4 = 16,896 B):
+    the region is 16,896 B; scratch 4,096; gates 1,024; 6 unit arrays 6 x 16 x 4 x 4 = 1,536;
+    statistics 128 + 128. Backward: W_hh^T 1 row x (2048 + 8) bf16 = 4,112 B; W_hr^T 4 rows x
+    (128 + 8) = 1,088 B; the d(a) stage 16 x 2052 x 4 = 131,328 B (the projection's one stage
+    of 128 is smaller); scratch 4,096; gates 1,024; 10 unit arrays 2,560; statistics 256."""
+    fwd = _plan(16, 4, 512, 2, backward=False, proj=128)
+    assert (fwd["reason"], fwd["grid"], fwd["hs"], fwd["ps"]) == ("", 132, 4, 1)
+    assert (fwd["w_in_smem"], fwd["tensor_cores"], fwd["k_chunk"]) == (True, True, 128)
+    assert fwd["smem_bytes"] == 4352 + 1040 + 16896 + 4096 + 1024 + 1536 + 128 + 128
+    bwd = _plan(16, 4, 512, 2, backward=True, proj=128)
+    assert (bwd["reason"], bwd["ps"], bwd["k_chunk"]) == ("", 1, 2048)
+    assert bwd["smem_bytes"] == 4112 + 1088 + 131328 + 4096 + 1024 + 2560 + 128 + 128
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("nbytes", [2, 4])
+@pytest.mark.parametrize(
+    ("B", "H", "P", "sms"),
+    [
+        (16, 512, 1, 132),
+        (5, 67, 13, 132),
+        (64, 1024, 1023, 132),
+        (33, 300, 257, 108),
+        (200, 1024, 512, 132),
+        (3, 9, 7, 4),
+    ],
+)
+def test_plan_with_projection_matches_the_model(B, H, P, sms, nbytes, backward):
+    """Awkward P (1, primes, P close to H, P > grid): the plan's bytes equal the model's for
+    the placement and chunk the plan chose, and that choice is the first that fits in the
+    plan's order (tensor cores with the largest chunk, the FMA product, W from L2)."""
+    limits = {**H100, "sms": sms}
+    plan = _plan(B, 4, H, nbytes, backward, proj=P, sms=sms)
+    grid = min(H, sms)
+    assert (plan["grid"], plan["hs"], plan["ps"]) == (grid, -(-H // grid), -(-P // grid))
+    model = _proj_smem_model(B, H, P, nbytes, backward, grid, plan["w_in_smem"], plan["k_chunk"])
+    assert plan["smem_bytes"] == model
+    optin = limits["smem_per_block_optin"]
+    k = 4 * H if backward else P
+    chunk = -(-k // 32) * 32
+    while True:  # the first tensor-core chunk that fits, if any
+        if _proj_smem_model(B, H, P, nbytes, backward, grid, True, chunk) <= optin:
+            expected = (True, chunk)
+            break
+        if chunk == 32:
+            fma = _proj_smem_model(B, H, P, nbytes, backward, grid, True, 0) <= optin
+            expected = (fma, 0)
+            break
+        chunk = -(-(chunk // 2) // 32) * 32
+    assert (plan["w_in_smem"], plan["k_chunk"]) == expected
+    assert plan["reason"] == ""
+
+
+def test_plan_with_projection_refuses_with_the_reason():
+    """LSTM fp32 H=1024, exact FMA with W from L2: without a projection B=720 fits (296 B per
+    batch row: gates 4*8*4, 5 unit arrays 5*8*4, row statistics 8); the projection's sixth
+    unit array (32 B per row) does not (720 x 328 + 256 > 232,448), and the reason says so."""
+    plain = _plan(720, 4, 1024, 4, backward=False, tensor_cores=False)
+    assert plain["reason"] == "" and not plain["w_in_smem"]
+    plan = _plan(720, 4, 1024, 4, backward=False, tensor_cores=False, proj=512)
+    assert plan["smem_bytes"] == 720 * (128 + 192 + 8) + 256
+    assert "shared memory" in plan["reason"] and "proj_size 512" in plan["reason"]
+
+
+def test_dispatch_takes_projections_when_the_plan_fits(monkeypatch):
+    """proj_size is no longer refused as such: unsupported_reason is the plan's."""
+    monkeypatch.setattr(native, "common_unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(cuda_backend, "device_limits", lambda device: dict(H100))
+    monkeypatch.setattr(cuda_backend, "float32_uses_tf32", lambda: False)
+    assert cuda_backend.unsupported_reason(_cuda_inputs(16, 512, True, proj=128)) is None
+    assert cuda_backend.unsupported_reason(_cuda_inputs(720, 1024, False)) is None
+    reason = cuda_backend.unsupported_reason(_cuda_inputs(720, 1024, False, proj=512))
+    assert reason is not None and "forward kernel" in reason and "proj_size 512" in reason
 
 
 def test_tf32_flag_is_cudnn_rnn_precision(monkeypatch):

@@ -20,7 +20,9 @@ template <class S>
 struct BlockWorker {
   using Storage = S;
   using Acc = float;
-  static constexpr bool kProjection = false;  // the launchers refuse proj_size
+  // Both device policies implement the projection (forward project, backward
+  // project_backward); the step loop takes that path only when proj_size > 0.
+  static constexpr bool kProjection = true;
   __device__ static float widen(S v) { return to_acc(v); }
   __device__ static S narrow(float v) { return from_acc<S>(v); }
 

@@ -60,9 +60,10 @@ DeviceLimits device_limits() {
 }
 
 LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
-                       bool backward, bool want_tensor_cores) {
+                       bool backward, bool want_tensor_cores, int64_t proj) {
   const DeviceLimits d = device_limits();
-  LaunchPlan plan = plan_launch_for(d, B, G, H, storage_bytes, backward, want_tensor_cores);
+  LaunchPlan plan =
+      plan_launch_for(d, B, G, H, storage_bytes, backward, want_tensor_cores, proj);
   if (!plan.reason.empty()) throw std::runtime_error("fusedrnn cuda: " + plan.reason);
   FRNN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(plan.smem_bytes)));

@@ -57,7 +57,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // calculator that the whole grid can be co-resident (cooperative launch requirement). Throws
 // with the reason otherwise; the Python launcher checks the same plan before it launches.
 LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int64_t storage_bytes,
-                       bool backward, bool want_tensor_cores);
+                       bool backward, bool want_tensor_cores, int64_t proj);
 // The forward's plan `base` (from plan_launch) upgraded to the cell on the accumulators when
 // launch_plan.h's plan_fused_cell allows it and the occupancy calculator agrees for
 // `fused_kernel` (whose dynamic shared memory limit it then sets); else `base`.

@@ -157,11 +157,28 @@ FRNN_HD TileSplit fused_cell_split(int64_t groups, int64_t batch_rows) {
 // stage when k_chunk covers K and two (a double buffer) otherwise; stage_ld = k_chunk + 16
 // bytes of operand elements (operand_bytes: the forward's exchange of a 16-bit dtype is in
 // that dtype when tensor cores run, the backward's d(a) is always fp32). `fused_cell` (the
-// forward's cell on the accumulators) stores fused_cell_rows(G, hs) gate-interleaved rows,
-// fused_cell_tiles(G) accumulator tiles of split-K scratch per thread, and no gate tile.
+// forward's cell on the accumulators; never with a projection) stores fused_cell_rows(G, hs)
+// gate-interleaved rows, fused_cell_tiles(G) accumulator tiles of split-K scratch per thread,
+// and no gate tile.
+//
+// With an LSTM projection (proj = P > 0; docs/kernels-v2.md §5.0) a block also owns h units
+// [q0, q0 + pl), pl <= ps = ceil(P / grid), and:
+//   * the forward product's K is P (h has P units); the backward product's rows are the ps h
+//     units (d(a) W_hh[:, own h units], W_hh being [G*H, P]);
+//   * the block's W_hr slice (only when w_in_smem) follows the W_hh slice at proj_w_off:
+//     forward its ps rows W_hr[q0 + q][:] (K = H), backward its hs cell units' columns
+//     W_hr[:, j0 + jj] transposed (K = P), padded as the W_hh slice (proj_w_ld);
+//   * the projection's operand (forward o tanh(c_out) [B][H], backward d(h~) [B][P], both
+//     fp32 in global memory) is staged in the same stage region in chunks of proj_k_chunk =
+//     min(k_chunk, K rounded up to kKChunkMin) fp32 columns (one stage when that covers K, else
+//     two), stage_ld proj_stage_ld: the region is the larger of the two products' needs;
+//   * the unit arrays are max(hs, ps) floats per batch row (unit_ld), plus one: the forward's
+//     projection output h_proj, the backward's d(o tanh c_out) of the cell units.
 struct SmemPlan {
   int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
       row_off, total;
+  int64_t unit_ld;  // floats per batch row of each unit array: max(hs, ps)
+  int64_t proj_w_ld, proj_w_off, proj_w_bytes, proj_k_chunk, proj_stages, proj_stage_ld;
 };
 FRNN_HD int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 FRNN_HD int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -169,16 +186,28 @@ FRNN_HD int64_t staged_batch_rows(int64_t B) {
   const int64_t b8 = round_up(B, 8);
   return b8 < kBatchBlock ? b8 : kBatchBlock;
 }
-FRNN_HD int64_t product_k(int64_t G, int64_t H, bool backward) { return backward ? G * H : H; }
+// K of the recurrent product: forward the units of h (P with a projection, else H), backward
+// the G*H gate columns.
+FRNN_HD int64_t product_k(int64_t G, int64_t H, bool backward, int64_t proj = 0) {
+  return backward ? G * H : proj > 0 ? proj : H;
+}
+// K of the projection's product: forward h = W_hr (o tanh c_out) sums over the H cell units,
+// backward d(o tanh c_out) = d(h~) W_hr over the P outputs.
+FRNN_HD int64_t proj_product_k(int64_t H, bool backward, int64_t proj) {
+  return backward ? proj : H;
+}
 FRNN_HD int64_t operand_bytes(int64_t storage_bytes, bool backward) {
   return !backward && storage_bytes == 2 ? 2 : 4;
 }
 FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes,
                            bool w_in_smem, int64_t k_chunk, bool backward,
-                           bool fused_cell = false) {
-  const int64_t unit_arrays = backward ? kBwdUnitArrays : kFwdUnitArrays;
-  const int64_t rows = backward ? hs : fused_cell ? fused_cell_rows(G, hs) : G * hs;
-  const int64_t K = product_k(G, H, backward);
+                           bool fused_cell = false, int64_t proj = 0, int64_t ps = 0) {
+  const bool projection = proj > 0;
+  const int64_t unit_arrays = (backward ? kBwdUnitArrays : kFwdUnitArrays) + (projection ? 1 : 0);
+  const int64_t rows = backward     ? (projection ? ps : hs)
+                       : fused_cell ? fused_cell_rows(G, hs)
+                                    : G * hs;
+  const int64_t K = product_k(G, H, backward, proj);
   const bool tensor_cores = k_chunk > 0;
   SmemPlan s;
   s.w_ld = tensor_cores ? round_up(K, 16) + 16 / storage_bytes : K;
@@ -186,14 +215,28 @@ FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t 
   s.stages = !tensor_cores ? 0 : k_chunk >= K ? 1 : 2;
   const int64_t x_bytes = operand_bytes(storage_bytes, backward);
   s.stage_ld = k_chunk + kStagePadBytes / x_bytes;
-  s.stage_off = s.w_bytes;
   const int64_t stage_bytes = s.stages * staged_batch_rows(B) * s.stage_ld * x_bytes;
-  s.scratch_off = s.stage_off + align16(stage_bytes);
+  // The projection: its W_hr slice after W_hh's, its fp32 operand chunks in the stage region.
+  const int64_t proj_rows = backward ? hs : ps, proj_k = proj_product_k(H, backward, proj);
+  s.proj_w_ld = !projection     ? 0
+                : tensor_cores ? round_up(proj_k, 16) + 16 / storage_bytes
+                               : proj_k;
+  s.proj_w_off = s.w_bytes;
+  s.proj_w_bytes = projection && w_in_smem ? align16(proj_rows * s.proj_w_ld * storage_bytes) : 0;
+  const int64_t proj_k32 = round_up(proj_k, kKChunkMin);
+  s.proj_k_chunk = projection && tensor_cores ? (k_chunk < proj_k32 ? k_chunk : proj_k32) : 0;
+  s.proj_stages = s.proj_k_chunk == 0 ? 0 : s.proj_k_chunk >= proj_k ? 1 : 2;
+  s.proj_stage_ld = s.proj_k_chunk + kStagePadBytes / 4;
+  const int64_t proj_stage_bytes = s.proj_stages * staged_batch_rows(B) * s.proj_stage_ld * 4;
+  s.stage_off = s.proj_w_off + s.proj_w_bytes;
+  s.scratch_off =
+      s.stage_off + align16(stage_bytes > proj_stage_bytes ? stage_bytes : proj_stage_bytes);
   const int64_t scratch_floats =
       !tensor_cores ? 0 : fused_cell ? kScratchFloats * fused_cell_tiles(G) : kScratchFloats;
   s.a_off = s.scratch_off + scratch_floats * 4;
+  s.unit_ld = projection && ps > hs ? ps : hs;
   s.unit_off = s.a_off + (fused_cell ? 0 : align16(B * G * hs * 4));  // fused: no gate tile
-  s.col_off = s.unit_off + align16(unit_arrays * B * hs * 4);
+  s.col_off = s.unit_off + align16(unit_arrays * B * s.unit_ld * 4);
   s.row_off = s.col_off + align16(2 * G * hs * 4);
   s.total = s.row_off + align16(2 * B * 4);
   return s;
@@ -214,6 +257,7 @@ struct DeviceLimits {
 struct LaunchPlan {
   int64_t grid = 0;
   int64_t hs = 0;
+  int64_t ps = 0;  // h units per block with a projection (ceil(P / grid)), else 0
   bool w_in_smem = false;
   bool tensor_cores = false;  // the mma.sync product (needs w_in_smem)
   int64_t k_chunk = 0;        // operand columns per cp.async stage (tensor cores), else 0
@@ -228,18 +272,24 @@ struct LaunchPlan {
 // kKChunkMin), else streams W from L2 with the FMA product; refuses with the reason when even
 // that exceeds the device's shared memory, or when the grid cannot be co-resident
 // (cooperative launch).
+// With a projection (proj = P > 0) the W_hr slice is resident exactly when W_hh's is (both
+// or neither) and its operand shares the stages (smem_plan).
 inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, int64_t H,
-                                  int64_t storage_bytes, bool backward, bool want_tensor_cores) {
+                                  int64_t storage_bytes, bool backward, bool want_tensor_cores,
+                                  int64_t proj = 0) {
   const char* what = backward ? "backward" : "forward";
   LaunchPlan plan;
   plan.grid = H < d.sms ? H : d.sms;
   plan.hs = plan.grid > 0 ? (H + plan.grid - 1) / plan.grid : 0;
+  plan.ps = proj > 0 && plan.grid > 0 ? (proj + plan.grid - 1) / plan.grid : 0;
+  const int64_t ps = plan.ps;
   plan.w_in_smem = true;
-  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, 0, backward);
+  SmemPlan s = smem_plan(B, G, H, plan.hs, storage_bytes, true, 0, backward, false, proj, ps);
   if (want_tensor_cores) {
-    for (int64_t k_chunk = round_up(product_k(G, H, backward), kKChunkMin);;
+    for (int64_t k_chunk = round_up(product_k(G, H, backward, proj), kKChunkMin);;
          k_chunk = round_up(k_chunk / 2, kKChunkMin)) {
-      const SmemPlan staged = smem_plan(B, G, H, plan.hs, storage_bytes, true, k_chunk, backward);
+      const SmemPlan staged =
+          smem_plan(B, G, H, plan.hs, storage_bytes, true, k_chunk, backward, false, proj, ps);
       if (staged.total <= d.smem_per_block_optin) {
         s = staged;
         plan.tensor_cores = true;
@@ -250,13 +300,15 @@ inline LaunchPlan plan_launch_for(const DeviceLimits& d, int64_t B, int64_t G, i
     }
   }
   if (s.total > d.smem_per_block_optin) {
-    plan.w_in_smem = false;  // W_hh slice streams from L2 instead
-    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, 0, backward);
+    plan.w_in_smem = false;  // W_hh (and W_hr) slice streams from L2 instead
+    s = smem_plan(B, G, H, plan.hs, storage_bytes, false, 0, backward, false, proj, ps);
   }
   plan.smem_bytes = s.total;
   if (s.total > d.smem_per_block_optin) {
     plan.reason = std::string("the ") + what + " kernel at batch " + std::to_string(B) +
-                  " x hidden " + std::to_string(H) + " needs " + std::to_string(s.total) +
+                  " x hidden " + std::to_string(H) +
+                  (proj > 0 ? " with proj_size " + std::to_string(proj) : std::string()) +
+                  " needs " + std::to_string(s.total) +
                   " bytes of shared memory per block, the device allows " +
                   std::to_string(d.smem_per_block_optin);
     return plan;

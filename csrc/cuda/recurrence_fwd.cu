@@ -9,7 +9,10 @@
 // m_h * h_{t-1} from global memory (a double buffer every block writes its slice of): on
 // tensor cores (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32
 // FMA; layer-norm row statistics are partials of every block combined in one pass after a
-// grid barrier; the blocks meet at grid.sync() once per step.
+// grid barrier; the blocks meet at grid.sync() once per step. With an LSTM projection
+// (proj_size = P) a block also owns h units [q0, q0 + pl): the product's K is P, o tanh(c_out)
+// of every block meets in the global ws_h_pre, and after one more grid barrier `project`
+// computes the block's pl outputs with its W_hr rows (resident beside W_hh, or from L2).
 #include <cooperative_groups.h>
 
 #include "cuda/block_worker.cuh"
@@ -25,14 +28,26 @@ namespace cuda {
 namespace {
 
 // The forward prologue's load of W_hh: the block's R = G*hl gate rows r = g*hl + jj (row
-// g*H + j0 + jj of W_hh), each K = H long, into w_sm[r * w_ld + k], zero for H <= k < w_ld
-// (the tensor-core padding). The one place W_hh enters shared memory in the forward kernel.
+// g*H + j0 + jj of W_hh), each K long (the units of h: P with a projection, else H), into
+// w_sm[r * w_ld + k], zero for K <= k < w_ld (the tensor-core padding). The one place W_hh
+// enters shared memory in the forward kernel.
 template <class S>
-__device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int64_t hl,
-                               int64_t j0, int64_t R) {
+__device__ void load_w_hh_rows(S* w_sm, int64_t w_ld, const S* w, int64_t H, int64_t K,
+                               int64_t hl, int64_t j0, int64_t R) {
   for (int64_t i = threadIdx.x; i < R * w_ld; i += blockDim.x) {
     const int64_t r = i / w_ld, k = i % w_ld;
-    w_sm[i] = k < H ? w[((r / hl) * H + j0 + r % hl) * H + k] : from_acc<S>(0.f);
+    w_sm[i] = k < K ? w[((r / hl) * H + j0 + r % hl) * K + k] : from_acc<S>(0.f);
+  }
+}
+
+// The forward prologue's load of W_hr (proj_size > 0): the block's pl rows W_hr[q0 + q][:]
+// (its h units), each H long, into wr_sm[q * ld + k], zero for H <= k < ld.
+template <class S>
+__device__ void load_w_hr_rows(S* wr_sm, int64_t ld, const S* w_hr, int64_t H, int64_t q0,
+                               int64_t pl) {
+  for (int64_t i = threadIdx.x; i < pl * ld; i += blockDim.x) {
+    const int64_t q = i / ld, k = i % ld;
+    wr_sm[i] = k < H ? w_hr[(q0 + q) * H + k] : from_acc<S>(0.f);
   }
 }
 
@@ -55,6 +70,7 @@ __device__ void load_w_hh_fused_rows(S* w_sm, int64_t w_ld, const S* w, int64_t 
 template <class S>
 struct DeviceForwardPolicy : BlockWorker<S> {
   int64_t B, H, R;
+  int64_t P;  // units of h, the product's K: proj_size with a projection, else H
   // The product (see recurrence_forward_kernel's arguments and smem_plan).
   const S* w;         // W_hh in global memory (the L2 path)
   const S* w_sm;      // the block's W_hh rows in shared memory, row stride w_ld
@@ -64,33 +80,65 @@ struct DeviceForwardPolicy : BlockWorker<S> {
   float* scratch;
   float* hin;  // [2][B][H] exchange: fp32, or S when half_exchange
   float4* stats;  // [2][B][grid] layer-norm partials
+  // The projection (proj_size > 0; see smem_plan): W_hr, the block's rows of it in shared
+  // memory (row stride proj_w_ld) and its operand chunks of proj_k_chunk fp32 columns.
+  const S* w_hr;
+  const S* wr_sm;
+  int64_t proj_w_ld, proj_k_chunk, proj_stage_ld;
+  bool proj_vec16;
 
   __device__ void recurrent_product(int64_t s, float* a) const {
-    const float* hin_cur = hin + (s & 1) * B * H;
+    const float* hin_cur = hin + (s & 1) * B * P;
     if (half_exchange) {
-      block_product_tc(B, static_cast<int>(R), H,
-                       reinterpret_cast<const S*>(hin) + (s & 1) * B * H, H, vec16, w_sm, w_ld,
+      block_product_tc(B, static_cast<int>(R), P,
+                       reinterpret_cast<const S*>(hin) + (s & 1) * B * P, P, vec16, w_sm, w_ld,
                        static_cast<int>(k_chunk), static_cast<int>(stage_ld), a,
                        reinterpret_cast<S*>(stage), scratch);
     } else if (tensor_cores) {
-      block_product_tc(B, static_cast<int>(R), H, hin_cur, H, vec16, w_sm, w_ld,
+      block_product_tc(B, static_cast<int>(R), P, hin_cur, P, vec16, w_sm, w_ld,
                        static_cast<int>(k_chunk), static_cast<int>(stage_ld), a, stage, scratch);
     } else if (w_in_smem) {
       const S* ws = w_sm;
       const int64_t ld = w_ld;
-      block_matvec(B, R, H, hin_cur, H,
+      block_matvec(B, R, P, hin_cur, P,
                    [&](int64_t r, int64_t k) { return to_acc(ws[r * ld + k]); }, a);
     } else {
       const S* wg = w;
-      const int64_t hs = this->hl, h = H, first = this->j0;
-      block_matvec(B, R, H, hin_cur, H, [&](int64_t r, int64_t k) {
-        return to_acc(wg[((r / hs) * h + first + r % hs) * h + k]);
+      const int64_t hs = this->hl, h = H, first = this->j0, k_len = P;
+      block_matvec(B, R, P, hin_cur, P, [&](int64_t r, int64_t k) {
+        return to_acc(wg[((r / hs) * h + first + r % hs) * k_len + k]);
       }, a);
     }
     __syncthreads();
   }
+  // h_proj[b * pl + q] = Σ_j h_pre[b * H + j] W_hr[q0 + q][j]: h_pre (global, fp32) holds every
+  // block's o tanh(c_out) (the step loop's sync_all precedes this). The same products as the
+  // recurrent one: tensor cores on the resident W_hr rows (the fp32 operand rounded to S, or
+  // TF32), else exact FP32 FMA from shared memory or L2. A block that owns no h unit (P <
+  // grid) has nothing to compute.
+  __device__ void project(const float* h_pre, float* h_proj) const {
+    const int64_t pl = this->pl;
+    if (pl == 0) return;
+    if (tensor_cores) {
+      block_product_tc(B, static_cast<int>(pl), H, h_pre, H, proj_vec16, wr_sm, proj_w_ld,
+                       static_cast<int>(proj_k_chunk), static_cast<int>(proj_stage_ld), h_proj,
+                       stage, scratch);
+    } else if (w_in_smem) {
+      const S* ws = wr_sm;
+      const int64_t ld = proj_w_ld;
+      block_matvec(B, pl, H, h_pre, H,
+                   [&](int64_t q, int64_t k) { return to_acc(ws[q * ld + k]); }, h_proj);
+    } else {
+      const S* wg = w_hr;
+      const int64_t h = H, first = this->q0;
+      block_matvec(B, pl, H, h_pre, H,
+                   [&](int64_t q, int64_t k) { return to_acc(wg[(first + q) * h + k]); },
+                   h_proj);
+    }
+    __syncthreads();
+  }
   __device__ void publish(int64_t buffer, int64_t b, int64_t q, float v) const {
-    const int64_t i = (buffer * B + b) * H + q;
+    const int64_t i = (buffer * B + b) * P + q;
     if (half_exchange) {
       reinterpret_cast<S*>(hin)[i] = from_acc<S>(v);
     } else {
@@ -154,29 +202,39 @@ struct DeviceFusedCellPolicy : DeviceForwardPolicy<S> {
 };
 
 // kFusedCell: the fused-cell forward (plan.fused_cell), with DeviceFusedCellPolicy and the
-// gate-interleaved W slice; else the phased forward. The fused form holds the accumulators of
-// two tiles and the cell's values at once: it gets the register budget of one block per SM
-// (the plan's grid is at most one block per SM), where ptxas would otherwise cap it at 128.
+// gate-interleaved W slice; else the phased forward. One block per SM (plan_launch's grid), as
+// the backward kernel: the fused form holds two tiles' accumulators and the cell's values at
+// once, and the phased form inlines the projection's second product; ptxas otherwise capped
+// both at 128 registers and spilled.
 template <class S, bool kFusedCell = false>
-__global__ void __launch_bounds__(kThreads, kFusedCell ? 1 : 0)
+__global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(const RecurrenceFwdParams p, const int64_t hs, const bool w_in_smem,
                               const int64_t k_chunk) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t nblk = gridDim.x, blk = blockIdx.x;
   const int64_t B = p.B, H = p.H, G = p.G;
   const int64_t j0 = H * blk / nblk, j1 = H * (blk + 1) / nblk, hl = j1 - j0, R = G * hl;
-  const SmemPlan plan = smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false, kFusedCell);
+  // Own h units: a slice of the projection's P outputs (ps = plan_launch_for's), else j0..j1.
+  const int64_t proj = p.proj_size, P = proj > 0 ? proj : H;
+  const int64_t ps = proj > 0 ? (proj + nblk - 1) / nblk : 0;
+  const int64_t q0 = proj > 0 ? P * blk / nblk : j0, pl = proj > 0 ? P * (blk + 1) / nblk - q0 : hl;
+  const SmemPlan plan =
+      smem_plan(B, G, H, hs, sizeof(S), w_in_smem, k_chunk, false, kFusedCell, proj, ps);
   S* w_sm = reinterpret_cast<S*>(smem);
+  S* wr_sm = reinterpret_cast<S*>(smem + plan.proj_w_off);  // [pl][proj_w_ld] own W_hr rows
   float* units = reinterpret_cast<float*>(smem + plan.unit_off);
   float* col_stats = reinterpret_cast<float*>(smem + plan.col_off);  // [2][G*hs]
   float* row_stats = reinterpret_cast<float*>(smem + plan.row_off);  // [2][B]
   ForwardScratch<float> scratch;
+  const int64_t u = plan.unit_ld;
   scratch.a = reinterpret_cast<float*>(smem + plan.a_off);  // [B][R]
   scratch.h = units;
-  scratch.c = units + 1 * B * hs;
-  scratch.ct = units + 2 * B * hs;
-  scratch.co = units + 3 * B * hs;
-  scratch.mh = units + 4 * B * hs;
+  scratch.c = units + 1 * B * u;
+  scratch.ct = units + 2 * B * u;
+  scratch.co = units + 3 * B * u;
+  scratch.mh = units + 4 * B * u;
+  scratch.h_proj = units + 5 * B * u;                    // (proj) [B][pl]
+  scratch.h_pre = static_cast<float*>(p.ws_h_pre);        // (proj) [B][H], global
   scratch.col_mean = col_stats;
   scratch.col_rstd = col_stats + G * hs;
   scratch.row_mean = row_stats;
@@ -190,19 +248,24 @@ __global__ void __launch_bounds__(kThreads, kFusedCell ? 1 : 0)
   const bool half_exchange = !std::is_same<S, float>::value && tensor_cores;
   // cp.async needs 16-byte rows and chunks of the exchange buffer.
   const bool vec16 =
-      H % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
-  DeviceForwardPolicy<S> policy{{j0, hl, j0, hl, cg::this_grid()}, B, H, R, w, w_sm,
+      P % (half_exchange ? 8 : 4) == 0 && reinterpret_cast<uintptr_t>(hin) % 16 == 0;
+  const S* w_hr = static_cast<const S*>(p.w_hr);
+  const bool proj_vec16 = H % 4 == 0 && reinterpret_cast<uintptr_t>(p.ws_h_pre) % 16 == 0;
+  DeviceForwardPolicy<S> policy{{j0, hl, q0, pl, cg::this_grid()},
+                                B, H, R, P, w, w_sm,
                                 plan.w_ld, plan.stage_ld, k_chunk, tensor_cores, w_in_smem,
                                 half_exchange, vec16,
                                 reinterpret_cast<float*>(smem + plan.stage_off),
                                 reinterpret_cast<float*>(smem + plan.scratch_off), hin,
-                                static_cast<float4*>(p.ws_stats)};
-  if constexpr (kFusedCell) {
+                                static_cast<float4*>(p.ws_stats), w_hr, wr_sm, plan.proj_w_ld,
+                                plan.proj_k_chunk, plan.proj_stage_ld, proj_vec16};
+  if constexpr (kFusedCell) {  // never with a projection (fused_cell_applies)
     load_w_hh_fused_rows(w_sm, plan.w_ld, w, H, G, hl, j0);
     DeviceFusedCellPolicy<S> fused{policy, G};
     forward_steps(fused, p, scratch);
   } else {
-    if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, hl, j0, R);
+    if (w_in_smem) load_w_hh_rows(w_sm, plan.w_ld, w, H, P, hl, j0, R);
+    if (w_in_smem && proj > 0) load_w_hr_rows(wr_sm, plan.proj_w_ld, w_hr, H, q0, pl);
     forward_steps(policy, p, scratch);
   }
 }
@@ -213,7 +276,7 @@ template <class S>
 LaunchPlan plan_for(const RecurrenceFwdParams& p) {
   const bool want_tensor_cores = !std::is_same<S, float>::value || p.allow_tf32;
   return plan_launch(reinterpret_cast<const void*>(&recurrence_forward_kernel<S>), p.B, p.G, p.H,
-                     sizeof(S), false, want_tensor_cores);
+                     sizeof(S), false, want_tensor_cores, p.proj_size);
 }
 
 LaunchPlan plan_dispatch(const RecurrenceFwdParams& p) {
@@ -256,7 +319,8 @@ int64_t plan_forward_grid(const RecurrenceFwdParams& p) { return plan_dispatch(p
 
 void recurrence_forward(const RecurrenceFwdParams& p, uintptr_t stream_handle) {
   if (p.cell == kCellLstm && p.H > 0 && p.G != 4) throw std::invalid_argument("lstm needs G=4");
-  if (p.proj_size > 0) throw std::invalid_argument("fusedrnn cuda: proj_size is not supported");
+  if (p.proj_size > 0 && (p.cell != kCellLstm || p.ws_h_pre == nullptr))
+    throw std::invalid_argument("fusedrnn cuda: proj_size needs the lstm cell and ws_h_pre");
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   switch (p.dtype) {
     case kFloat32:

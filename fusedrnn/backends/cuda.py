@@ -10,7 +10,9 @@ gradients are one GEMM over all steps afterwards (cuBLAS through torch).
 float32, float16 and bfloat16 (float32 accumulation). The recurrent product runs on tensor
 cores (bf16/fp16 operands; float32 as TF32 when :func:`~fusedrnn.backends.base.float32_uses_tf32` (the one TF32 rule), else exact FP32 FMA)
 whenever the block's ``W_hh`` slice fits in shared memory (docs/kernels-v2.md §5).
-``proj_size`` is not supported.
+LSTM projections (``proj_size``) run in the same launch: every block's ``o tanh(c)`` meets in
+a global buffer, a grid barrier, and each block projects its share of the P outputs with
+``W_hr`` resident beside ``W_hh`` (docs/kernels-v2.md §5.0); ``dW_hr`` is one GEMM afterwards.
 
 :func:`launch_plan` is the kernels' own plan (``_C.cuda_launch_plan``, csrc/cuda/launch_plan.h):
 ``unsupported_reason`` refuses, with the plan's reason, a call whose shared memory or grid
@@ -66,9 +68,9 @@ def launch_plan(
     inputs: RecurrenceInputs, backward: bool, limits: dict[str, int], tf32: bool
 ) -> dict:
     """The CUDA kernel's plan for ``inputs`` on a device with ``limits`` (see
-    :func:`device_limits`): grid, hs, w_in_smem, tensor_cores, k_chunk, fused_cell (the
-    forward's cell on the accumulators), smem_bytes and ``reason`` (empty when it can
-    launch)."""
+    :func:`device_limits`): grid, hs (cell units per block), ps (h units per block with a
+    projection, else 0), w_in_smem, tensor_cores, k_chunk, fused_cell (the forward's cell on
+    the accumulators), smem_bytes and ``reason`` (empty when it can launch)."""
     _, batch, gate_width = inputs.xg.shape
     hidden = inputs.config.hidden_size
     dtype = inputs.xg.dtype
@@ -82,6 +84,7 @@ def launch_plan(
         want_fused_cell=FUSED_CELL
         and inputs.config.norm == "none"
         and inputs.config.proj_size == 0,
+        proj=inputs.config.proj_size,
         **limits,
     )
 
@@ -101,8 +104,6 @@ def availability() -> str | None:
 
 
 def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
-    if inputs.config.proj_size > 0:
-        return "the cuda backend does not support proj_size (LSTM projections)"
     reason = native.common_unsupported_reason(inputs, NAME, _DTYPES, "cuda")
     if reason is not None or inputs.xg.shape[1] == 0:
         return reason
@@ -140,10 +141,16 @@ def _workspace(backward: bool):
         p.allow_tf32 = float32_uses_tf32()
         p.fused_cell = FUSED_CELL
         grid = int(C.cuda_plan_grid(p, backward))
-        hin = native._empty((2 * p.B * p.H,), torch.float32, device)
+        out_size = p.proj_size if p.proj_size > 0 else p.H  # the units of h
+        hin = native._empty((2 * p.B * out_size,), torch.float32, device)
         stats = native._empty((2 * p.B * grid * 4,), torch.float32, device)
         p.ws_hin, p.ws_stats = hin.data_ptr(), stats.data_ptr()
-        return [hin, stats]
+        buffers = [hin, stats]
+        if p.proj_size > 0 and not backward:  # o tanh(c) of every unit, the projection's input
+            h_pre = native._empty((p.B * p.H,), torch.float32, device)
+            p.ws_h_pre = h_pre.data_ptr()
+            buffers.append(h_pre)
+        return buffers
 
     return allocate
 

@@ -2,7 +2,7 @@
 //
 // Shape conventions, stated once (the same as fusedrnn/backends/base.py):
 //   T  time steps          B  batch rows          H  hidden units (c has H)
-//   P  units of h: proj_size with an lstm projection (host backend only), else H
+//   P  units of h: proj_size with an lstm projection, else H
 //   G  gates (lstm 4, gru 3, rnn 1)               N = G * H, the width of xg and of W_hh rows
 //   S  per-step batch-norm running buffers (max_steps)
 //
@@ -99,8 +99,9 @@ struct RecurrenceFwdParams {
   void* h_state = nullptr;
 
   // ---- workspace (CUDA only; the host backend uses its own stack/heap buffers)
-  void* ws_hin = nullptr;   // acc [2, B, H] double buffer of m_h * h_{t-1}
+  void* ws_hin = nullptr;   // acc [2, B, P] double buffer of m_h * h_{t-1}
   void* ws_stats = nullptr;  // acc [2, B, grid, 4] layer-norm partials (a row's contiguous)
+  void* ws_h_pre = nullptr;  // acc [B, H] forward, proj_size > 0: o tanh(c_out), every block's
 };
 
 // Backward kernel family: the same loop in reverse time order.
