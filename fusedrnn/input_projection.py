@@ -115,12 +115,17 @@ def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> t
     """``F.linear``, on oneDNN where it applies: torch's CPU wheel sends F.linear to MKL, whose
     sgemm runs a generic kernel on AMD CPUs (2.25x slower than oneDNN's at the B=32 host
     workload's shape, docs/design.md §5.4). With a gradient, ``OneDNNLinear`` runs the
-    backward's GEMMs on oneDNN too."""
-    if _onednn_linear_applies(x, w_ih, b_ih):
-        return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
-    if _onednn_linear_trainable(x, w_ih, b_ih):
-        return OneDNNLinear.apply(x, w_ih, b_ih)
+    backward's GEMMs on oneDNN too. Below ``_ONEDNN_MIN_ROWS`` rows F.linear is faster (oneDNN's
+    per-call cost: 16 against 6 us at 1 row, equal at 16, docs/design.md §5.4)."""
+    if x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]:
+        if _onednn_linear_applies(x, w_ih, b_ih):
+            return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
+        if _onednn_linear_trainable(x, w_ih, b_ih):
+            return OneDNNLinear.apply(x, w_ih, b_ih)
     return F.linear(x, w_ih, b_ih)
+
+
+_ONEDNN_MIN_ROWS = 16  # rows of x (T * B) from which oneDNN's linear beats MKL's
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not fake, functional or other subclasses

@@ -55,7 +55,7 @@ def _float64_linear_grads(x, w, b, grad):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(
     "steps, batch, in_size, out_size",
-    [(7, 3, 13, 17), (5, 1, 19, 5), (1, 2, 1, 31)],  # dW's narrower operand either side
+    [(7, 3, 13, 17), (17, 1, 19, 5), (4, 5, 1, 31)],  # dW's narrower operand either side
 )
 @pytest.mark.parametrize("transposed_input", [False, True])
 def test_onednn_linear_gradients_match_float64_like_f_linear(
@@ -123,6 +123,10 @@ def test_f_linear_where_onednn_linear_does_not_apply():
     """float64, and torch.func transforms, keep F.linear's autograd."""
     x, w, b = _operands(torch.float64, requires_grad=True)
     assert type(ip._linear(x, w, b).grad_fn).__name__ != "OneDNNLinearBackward"
+    x, w, b = _operands(requires_grad=True)
+    few_rows = x[:1]  # 3 rows: below the threshold where oneDNN pays
+    assert few_rows.numel() < ip._ONEDNN_MIN_ROWS * x.shape[-1]
+    assert type(ip._linear(few_rows, w, b).grad_fn).__name__ != "OneDNNLinearBackward"
     x, w, b = _operands(requires_grad=True)
 
     def loss(weight):
