@@ -32,17 +32,20 @@ class DroppedInputProjection(torch.autograd.Function):
         ctx.save_for_backward(x, w_ih, seed)
         ctx.args = (p, layer, direction)
         ctx.has_bias = b_ih is not None
-        return F.linear(x * DroppedInputProjection.mask(x, seed, p, layer, direction), w_ih, b_ih)
+        return _linear(x * DroppedInputProjection.mask(x, seed, p, layer, direction), w_ih, b_ih)
 
     @staticmethod
     def backward(ctx, grad):
+        from .backends.native import _rows_product  # backends import this module
+
         x, w_ih, seed = ctx.saved_tensors
         m_x = DroppedInputProjection.mask(x, seed, *ctx.args)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ w_ih) * m_x
+            grad_x = _linear(grad, w_ih.t(), None) * m_x
         if ctx.needs_input_grad[1]:
-            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ (x * m_x).reshape(-1, x.shape[-1])
+            grad_rows = grad.reshape(-1, grad.shape[-1])
+            grad_w = _rows_product(grad_rows, (x * m_x).reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None

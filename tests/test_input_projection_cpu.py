@@ -135,3 +135,32 @@ def test_f_linear_where_onednn_linear_does_not_apply():
     got = torch.func.grad(loss)(w.detach())
     expected = torch.autograd.grad(F.linear(x, w, b).sum(), [w])[0]
     torch.testing.assert_close(got, expected)
+
+
+@needs_onednn
+def test_dropped_input_projection_gradients_match_float64():
+    """Input dropout's projection (its GEMMs on oneDNN in float32): output and gradients
+    within 2x those of the plain float32 expression ``F.linear(x * m_x, W, b)``."""
+    gen = torch.Generator().manual_seed(2)
+    steps, batch, in_size, out_size = 9, 4, 23, 31
+    x = torch.randn(steps, batch, in_size, generator=gen, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(out_size, in_size, generator=gen))
+    b = torch.nn.Parameter(torch.randn(out_size, generator=gen))
+    grad = torch.randn(steps, batch, out_size, generator=gen)
+    seed, p = torch.tensor(5), 0.3
+    args = (p, 0, 0)
+    got = ip.DroppedInputProjection.apply(x, w, b, seed, *args)
+    got_grads = torch.autograd.grad(got, [x, w, b], grad)
+    m_x = ip.DroppedInputProjection.mask(x, seed, *args)
+    assert 0 < (m_x == 0).sum() < m_x.numel()
+    results = {}
+    for dtype in (torch.float32, torch.float64):  # the plain expression's error, and the truth
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (x, w, b)]
+        out = F.linear(leaves[0] * m_x.to(dtype), leaves[1], leaves[2])
+        results[dtype] = (out, *torch.autograd.grad(out, leaves, grad.to(dtype)))
+    for name, mine, theirs, exact in zip(
+        ("out", "dx", "dW", "db"), (got, *got_grads), results[torch.float32], results[torch.float64]
+    ):
+        torch_err = (theirs.double() - exact).abs().max().item()
+        err = (mine.double() - exact).abs().max().item()
+        assert err <= 2 * torch_err + 1e-5, (name, err, torch_err)
