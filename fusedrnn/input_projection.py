@@ -32,17 +32,20 @@ class DroppedInputProjection(torch.autograd.Function):
         ctx.save_for_backward(x, w_ih, seed)
         ctx.args = (p, layer, direction)
         ctx.has_bias = b_ih is not None
-        return F.linear(x * DroppedInputProjection.mask(x, seed, p, layer, direction), w_ih, b_ih)
+        return _linear(x * DroppedInputProjection.mask(x, seed, p, layer, direction), w_ih, b_ih)
 
     @staticmethod
     def backward(ctx, grad):
+        from .backends.native import _rows_product  # backends import this module
+
         x, w_ih, seed = ctx.saved_tensors
         m_x = DroppedInputProjection.mask(x, seed, *ctx.args)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ w_ih) * m_x
+            grad_x = _linear(grad, w_ih.t(), None) * m_x
         if ctx.needs_input_grad[1]:
-            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ (x * m_x).reshape(-1, x.shape[-1])
+            grad_rows = grad.reshape(-1, grad.shape[-1])
+            grad_w = _rows_product(grad_rows, (x * m_x).reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None
@@ -64,13 +67,68 @@ def _onednn_linear_applies(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tens
     )
 
 
+def _onednn_linear_trainable(
+    x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None
+) -> bool:
+    """Whether ``x W_ih^T + b_ih`` with a gradient may run as ``OneDNNLinear``: what
+    ``_onednn_linear_applies`` asks of the tensors, except that they may require grad."""
+    tensors = (x, w_ih) if b_ih is None else (x, w_ih, b_ih)
+    return (
+        _ONEDNN_LINEAR
+        and all(
+            type(t) in _PLAIN_TENSORS and t.device.type == "cpu" and t.dtype == torch.float32
+            for t in tensors
+        )
+        and x.layout == torch.strided
+        and not torch.compiler.is_compiling()
+        and not _functorch_active()
+    )
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``x W^T + b`` with its gradients, every GEMM on oneDNN (``_linear_pointwise``, which
+    has no autograd formula of its own): ``dx = grad W``, ``dW = grad_rows^T x_rows``.
+
+    Backward with ``create_graph=True`` computes through ``_linear`` / ``@``, which then take
+    torch's differentiable ops, so double backward still works."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .backends.native import _rows_product  # backends import this module
+
+        x, w = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _linear(grad, w.t(), None)
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = _rows_product(grad_rows, x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
 def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> torch.Tensor:
     """``F.linear``, on oneDNN where it applies: torch's CPU wheel sends F.linear to MKL, whose
     sgemm runs a generic kernel on AMD CPUs (2.25x slower than oneDNN's at the B=32 host
-    workload's shape, docs/design.md §5.4)."""
-    if _onednn_linear_applies(x, w_ih, b_ih):
-        return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
+    workload's shape, docs/design.md §5.4). With a gradient, ``OneDNNLinear`` runs the
+    backward's GEMMs on oneDNN too. Below ``_ONEDNN_MIN_ROWS`` rows F.linear is faster (oneDNN's
+    per-call cost: 16 against 6 us at 1 row, equal at 16, docs/design.md §5.4)."""
+    if x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]:
+        if _onednn_linear_applies(x, w_ih, b_ih):
+            return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
+        if _onednn_linear_trainable(x, w_ih, b_ih):
+            return OneDNNLinear.apply(x, w_ih, b_ih)
     return F.linear(x, w_ih, b_ih)
+
+
+_ONEDNN_MIN_ROWS = 16  # rows of x (T * B) from which oneDNN's linear beats MKL's
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not fake, functional or other subclasses
