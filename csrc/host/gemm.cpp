@@ -32,13 +32,14 @@ struct Tile {
 
 constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
 
-// C tile [rows <= Rows, cols <= Panels * kPanel] (+)= A[rows, K] * panels[K, ...]: panel q of
-// the tile starts kPanel elements after panel q - 1, and row k of each PackedLayout::kRow
-// elements after row k - 1.
+// C tile [Shape::kRows, cols <= Panels * kPanel] (+)= A[Shape::kRows, K] * panels[K, ...]:
+// panel q of the tile starts kPanel elements after panel q - 1, and row k of each
+// PackedLayout::kRow elements after row k - 1. A full-width tile is stored straight from the
+// accumulators; only a tile at the right edge of C (cols < the tile's width) goes through a
+// copy on the stack.
 template <class T, class Shape>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
-                                     T* C, int64_t ldc, int64_t rows, int64_t cols,
-                                     bool accumulate) {
+                                     T* C, int64_t ldc, int64_t cols, bool accumulate) {
   using V = typename Vec<T, Shape::kBytes>::type;
   using VU = typename Vec<T, Shape::kBytes>::unaligned;
   constexpr int64_t P = GemmPanel<T>::kWidth;
@@ -47,8 +48,6 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
   constexpr int64_t NV = Shape::kPanels * PV;
   constexpr int64_t MR = Shape::kRows;
   constexpr int64_t R = PackedLayout<T>::kRow;
-  const T* a_row[MR];
-  for (int64_t i = 0; i < MR; ++i) a_row[i] = A + std::min(i, rows - 1) * lda;
   V acc[MR][NV];
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
@@ -58,13 +57,21 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
       for (int64_t v = 0; v < PV; ++v)
         b[q * PV + v] = *reinterpret_cast<const VU*>(panel + q * P + k * R + v * L);
     for (int64_t i = 0; i < MR; ++i) {
-      const T a = a_row[i][k];
+      const T a = A[i * lda + k];
       for (int64_t v = 0; v < NV; ++v) acc[i][v] += b[v] * a;
     }
   }
+  if (cols == NV * L) {
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t v = 0; v < NV; ++v) {
+        VU* c = reinterpret_cast<VU*>(C + i * ldc + v * L);
+        *c = accumulate ? *c + acc[i][v] : acc[i][v];
+      }
+    return;
+  }
   T tile[MR][NV * L];
   std::memcpy(tile, acc, sizeof(tile));
-  for (int64_t i = 0; i < rows; ++i) {
+  for (int64_t i = 0; i < MR; ++i) {
     T* c = C + i * ldc;
     if (accumulate) {
       for (int64_t q = 0; q < cols; ++q) c[q] += tile[i][q];
@@ -72,6 +79,22 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
       for (int64_t q = 0; q < cols; ++q) c[q] = tile[i][q];
     }
   }
+}
+
+// One tile of `rows` (1 <= rows <= Shape::kRows) rows: the micro-kernel built for exactly
+// that many rows, so no row of the tile is computed twice or thrown away.
+template <class T, class Shape, int64_t Rows = Shape::kRows>
+FRNN_ALWAYS_INLINE void tile_of_rows(int64_t rows, int64_t K, const T* A, int64_t lda,
+                                     const T* panel, T* C, int64_t ldc, int64_t cols,
+                                     bool accumulate) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      tile_of_rows<T, Shape, Rows - 1>(rows, K, A, lda, panel, C, ldc, cols, accumulate);
+      return;
+    }
+  }
+  micro_kernel<T, Tile<Shape::kBytes, Rows, Shape::kPanels>>(K, A, lda, panel, C, ldc, cols,
+                                                              accumulate);
 }
 
 // All of C with tiles of Shape (Shape::kPanels panels at a time, then one at a time).
@@ -82,6 +105,9 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
   constexpr int64_t P = GemmPanel<T>::kWidth;
   constexpr int64_t NP = Shape::kPanels;
   const int64_t panels = (N + P - 1) / P;
+  // M in tiles of at most kRows rows, the rows spread evenly (M = 32 with 6-row tiles:
+  // 6, 6, 5, 5, 5, 5 rather than five of 6 and one of 2 computed as 6).
+  const int64_t tiles = (M + Shape::kRows - 1) / Shape::kRows;
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     const int64_t kb = std::min(kBlockK, K - k0);
     const bool acc = accumulate || k0 > 0;
@@ -89,19 +115,19 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
     for (; p + NP <= panels; p += NP) {
       const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
       const int64_t cols = std::min(NP * P, N - p * P);
-      for (int64_t m = 0; m < M; m += Shape::kRows) {
-        const int64_t rows = std::min(Shape::kRows, M - m);
-        micro_kernel<T, Shape>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                               rows, cols, acc);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
+        tile_of_rows<T, Shape>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
+                               cols, acc);
       }
     }
     for (; p < panels; ++p) {
       const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
       const int64_t cols = std::min(P, N - p * P);
-      for (int64_t m = 0; m < M; m += One::kRows) {
-        const int64_t rows = std::min(One::kRows, M - m);
-        micro_kernel<T, One>(kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                             rows, cols, acc);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
+        tile_of_rows<T, One>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
+                             cols, acc);
       }
     }
   }
