@@ -17,6 +17,7 @@
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
 #include "host/gemm.h"
+#include "host/mask_rows_host.h"
 #include "host/multiversion.h"
 #include "host/recurrence_host.h"
 #include "host/weight_drop_host.h"
@@ -139,6 +140,21 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("seed"), py::arg("base"), py::arg("t"), py::arg("b"), py::arg("unit"),
       "mask_uniform(seed, base, t, b, unit) of philox.cuh: the number the kernels compare to p.");
+  m.def(
+      "host_mask_below_rows",
+      [](const py::int_& seed, const py::int_& base, int64_t t, int64_t rows, int64_t u0,
+         int64_t n, float threshold) {
+        if (rows < 0 || n < 0 || t < 0 || u0 < 0)
+          throw std::invalid_argument("host_mask_below_rows: t, rows, u0 and n must be >= 0");
+        std::vector<uint8_t> below(static_cast<size_t>(rows * n));
+        fusedrnn::host::mask_below_rows(low64(seed), low64(base), t, rows, u0, n, threshold,
+                                        below.data());
+        return below;
+      },
+      py::arg("seed"), py::arg("base"), py::arg("t"), py::arg("rows"), py::arg("u0"),
+      py::arg("n"), py::arg("threshold"),
+      "The host's vectorised step-mask draw (the running FUSEDRNN_HOST_ISA build): row-major "
+      "[rows][n] of mask_uniform(seed, base, t, b, u0 + k) < threshold as 0/1.");
 
   using F = RecurrenceFwdParams;
   py::class_<F>(m, "RecurrenceFwdParams")

@@ -23,6 +23,7 @@
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/step_loop.h"
 #include "gemm.h"
+#include "mask_rows_host.h"
 #include "simd_math.h"
 #include "weight_drop_host.h"
 
@@ -116,8 +117,19 @@ struct HostWorker {
 
   int64_t j0, hl, q0, pl;
   int tid, nt;
+  std::vector<uint8_t> mask_rows[2] = {};  // a step's zoneout decisions of c (0) and h (1)
 
   bool first_worker() const { return tid == 0; }
+  // A step's zoneout mask rows drawn at once, the Philox rounds in SIMD lanes (docs/design.md
+  // §5.4: the per-element draw made zoneout the largest cost of regularized training).
+  static constexpr bool kDrawsMaskRows = true;
+  const uint8_t* zoneout_mask_rows(int which, uint64_t seed, uint64_t base, int64_t t, int64_t B,
+                                   int64_t u0, int64_t n, float threshold) {
+    std::vector<uint8_t>& rows = mask_rows[which];
+    rows.resize(static_cast<size_t>(B * n));
+    mask_below_rows(seed, base, t, B, u0, n, threshold, rows.data());
+    return rows.data();
+  }
   template <class F>
   void for_each(int64_t rows, int64_t cols, F f) const {
     for (int64_t i = 0; i < rows; ++i)

@@ -199,6 +199,34 @@ FRNN_STEP bool zoned_out(const Zoneout<A>& z, uint64_t seed, uint64_t base, int6
   return z.on && z.training && mask_uniform(seed, base, t, b, j) < z.threshold;
 }
 
+// Policy::kDrawsMaskRows when the policy declares it; it then implements
+//   const uint8_t* zoneout_mask_rows(int which, uint64_t seed, uint64_t base, int64_t t,
+//                                    int64_t B, int64_t u0, int64_t n, float threshold)
+// returning below[b * n + k] = (mask_uniform(seed, base, t, b, u0 + k) < threshold) for b < B,
+// k < n, visible to the worker on return; `which` (0: c, 1: h) selects its buffer, so both
+// zoneout masks of a step coexist (the host: vectorised Philox, host/mask_rows_host.h).
+template <class P, class = void>
+struct PolicyDrawsMaskRows : std::false_type {};
+template <class P>
+struct PolicyDrawsMaskRows<P, std::void_t<decltype(P::kDrawsMaskRows)>>
+    : std::integral_constant<bool, P::kDrawsMaskRows> {};
+
+// The zoneout decisions of step t for the worker's units [u0, u0 + n): zoned(b, u) = zoned_out
+// (z, seed, base, t, b, u). A policy that draws mask rows draws the step's rows here, at once;
+// otherwise each element is drawn where it is used (CUDA: one element per thread).
+template <class Policy, class A>
+FRNN_STEP auto zoneout_step_mask(Policy& pol, int which, const Zoneout<A>& z, uint64_t seed,
+                                 uint64_t base, int64_t t, int64_t B, int64_t u0, int64_t n) {
+  if constexpr (PolicyDrawsMaskRows<Policy>::value) {
+    const uint8_t* below = z.on && z.training
+                               ? pol.zoneout_mask_rows(which, seed, base, t, B, u0, n, z.threshold)
+                               : nullptr;
+    return [=](int64_t b, int64_t u) { return below != nullptr && below[b * n + u - u0] != 0; };
+  } else {
+    return [=](int64_t b, int64_t u) { return zoned_out(z, seed, base, t, b, u); };
+  }
+}
+
 // Batch-norm statistics of one column x[b * ld] over the active rows (training), or the
 // running buffers' row (eval): mean and rstd, and the saved (when not null) / batch tensors at
 // index n.
@@ -316,7 +344,8 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
   // form: no norm, so steps 2 and 4's N_c are identities, and no projection, so h units are the
   // cell units). The phased loop below computes the same cells.cuh functions in the same order,
   // spread over the worker's threads (the host's phased activations are its vector versions).
-  auto fused_cell_step = [&](int64_t s, int64_t t, int64_t b, int64_t jj, const A* rec) {
+  auto fused_cell_step = [&](int64_t s, int64_t t, int64_t b, int64_t jj, const A* rec,
+                             const auto& zoned_c, const auto& zoned_h) {
     const int64_t e = b * hl + jj, j = j0 + jj;
     const S* x = xg + t * p.xg_stride_t + b * p.xg_stride_b + j;
     A a[4];  // W_hh h + b_hh (constant indices: registers on the GPU)
@@ -338,8 +367,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
         gates_out[3 * H] = ga.o;
         sv_ctil[(t * B + b) * H + j] = ctil;
       }
-      const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
-      const A c_new = zoneout_forward(zc, zoned, w.c[e], ctil);
+      const A c_new = zoneout_forward(zc, zoned_c(b, j), w.c[e], ctil);
       if (active(t, b)) w.c[e] = c_new;
       if (save) sv_cstate[(t * B + b) * H + j] = w.c[e];
       h_tilde = lstm_h_tilde(ga, ctil);
@@ -358,8 +386,7 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
       if (save) gates_out[0] = h_tilde;
     }
     const bool act = active(t, b);
-    const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, j);
-    const A h_new = zoneout_forward(zh, zoned, w.h[e], h_tilde);
+    const A h_new = zoneout_forward(zh, zoned_h(b, j), w.h[e], h_tilde);
     if (act) w.h[e] = h_new;
     if (sv_hstate != nullptr) sv_hstate[(t * B + b) * P + j] = w.h[e];
     out[t * p.out_stride_t + b * p.out_stride_b + j] = Policy::narrow(act ? h_new : A(0));
@@ -371,8 +398,10 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
 
     if constexpr (PolicyFusesCell<Policy>::value) {
       if (fused_cell_applies(p)) {
+        const auto zoned_c = zoneout_step_mask(pol, 0, zc, p.seed, p.base_zoneout_c, t, B, j0, hl);
+        const auto zoned_h = zoneout_step_mask(pol, 1, zh, p.seed, p.base_zoneout_h, t, B, j0, hl);
         pol.product_and_cell(s, w.a, [&](int64_t b, int64_t jj, const A* rec) {
-          fused_cell_step(s, t, b, jj, rec);
+          fused_cell_step(s, t, b, jj, rec, zoned_c, zoned_h);
         });
         pol.sync_all();
         continue;
@@ -498,11 +527,11 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
       });
       pol.sync_worker();
       pol.tanh_cols(w.co, B, hl, 0, hl);
+      const auto zoned_c = zoneout_step_mask(pol, 0, zc, p.seed, p.base_zoneout_c, t, B, j0, hl);
       pol.sync_worker();
       pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
         const int64_t e = b * hl + jj, j = j0 + jj;
-        const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
-        const A c_new = zoneout_forward(zc, zoned, w.c[e], w.ct[e]);
+        const A c_new = zoneout_forward(zc, zoned_c(b, j), w.c[e], w.ct[e]);
         if (active(t, b)) w.c[e] = c_new;
         if (save) sv_cstate[(t * B + b) * H + j] = w.c[e];
         const A h_cell = w.a[b * R + 3 * hl + jj] * w.co[e];  // lstm_h_tilde: o tanh(c_out)
@@ -524,11 +553,11 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
     }
 
     // 5. Zoneout of h, state update, outputs, own slice of m_h ⊙ h_t.
+    const auto zoned_h = zoneout_step_mask(pol, 1, zh, p.seed, p.base_zoneout_h, t, B, q0, pl);
     pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
       const int64_t e = b * pl + qq, q = q0 + qq;
       const bool act = active(t, b);
-      const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, q);
-      const A h_new = zoneout_forward(zh, zoned, w.h[e], h_tilde[e]);
+      const A h_new = zoneout_forward(zh, zoned_h(b, q), w.h[e], h_tilde[e]);
       if (act) w.h[e] = h_new;
       if (sv_hstate != nullptr) sv_hstate[(t * B + b) * P + q] = w.h[e];
       out[t * p.out_stride_t + b * p.out_stride_b + q] = Policy::narrow(act ? h_new : A(0));
@@ -644,6 +673,7 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
     const A inv_count = A(1) / (count > A(1) ? count : A(1));
 
     // A. hin, d(h~) and the direct part of d(h_{t-1}) (zoneout of h), own h units.
+    const auto zoned_h = zoneout_step_mask(pol, 1, zh, p.seed, p.base_zoneout_h, t, B, q0, pl);
     pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
       const int64_t e = b * pl + qq, q = q0 + qq;
       const bool act = active(t, b);
@@ -651,9 +681,8 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
       const A dnew =
           act ? w.dh[e] + widen(gout[t * p.grad_out_stride_t + b * p.grad_out_stride_b + q])
               : A(0);
-      const bool zoned = zoned_out(zh, p.seed, p.base_zoneout_h, t, b, q);
       A dprev;
-      w.dhtil[e] = zoneout_backward(zh, zoned, dnew, &dprev);
+      w.dhtil[e] = zoneout_backward(zh, zoned_h(b, q), dnew, &dprev);
       w.dh_prev[e] = act ? dprev : w.dh[e];
       if (proj) dproj[(t * B + b) * P + q] = w.dhtil[e];
     });
@@ -675,14 +704,14 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
       });
       pol.sync_worker();
       pol.tanh_cols(w.dco, B, hl, 0, hl);
+      const auto zoned_c = zoneout_step_mask(pol, 0, zc, p.seed, p.base_zoneout_c, t, B, j0, hl);
       pol.sync_worker();
       // h~ = o tanh(c_out): d(pre_o), d(c_out); zoneout of c.
       pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
         const int64_t e = b * hl + jj, j = j0 + jj;
         const bool act = active(t, b);
-        const bool zoned = zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j);
         A dprev;
-        w.dctil[e] = zoneout_backward(zc, zoned, act ? w.dc[e] : A(0), &dprev);
+        w.dctil[e] = zoneout_backward(zc, zoned_c(b, j), act ? w.dc[e] : A(0), &dprev);
         w.dc_prev[e] = act ? dprev : w.dc[e];
         const A o = sv_gates[(t * B + b) * N + 3 * H + j];
         const A tc = w.dco[e];
