@@ -224,8 +224,9 @@ PYBIND11_MODULE(_C, m) {
         d.max_threads_per_sm = max_threads_per_sm;
         fusedrnn::cuda::LaunchPlan plan = fusedrnn::cuda::plan_launch_for(
             d, B, G, H, storage_bytes, backward, want_tensor_cores, proj);
-        if (want_fused_cell && !backward && proj == 0)
-          plan = fusedrnn::cuda::plan_fused_cell(d, plan, B, G, H, storage_bytes);
+        if (want_fused_cell && proj == 0)
+          plan = backward ? fusedrnn::cuda::plan_fused_cell_backward(plan)
+                          : fusedrnn::cuda::plan_fused_cell(d, plan, B, G, H, storage_bytes);
         py::dict out;
         out["grid"] = plan.grid;
         out["hs"] = plan.hs;
@@ -243,7 +244,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("smem_per_sm"), py::arg("smem_reserved_per_block"), py::arg("max_threads_per_sm"),
       py::arg("want_fused_cell") = false, py::arg("proj") = 0,
       "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for; "
-      "with want_fused_cell and no projection, the forward's plan_fused_cell).");
+"with want_fused_cell and no projection, plan_fused_cell / plan_fused_cell_backward).");
   m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {

@@ -609,7 +609,7 @@ def test_fused_cell_plan_w1_bf16_by_hand():
     """W1 LSTM bf16 forward with the cell on the accumulators: hs = 4 units take one 8-unit
     group of 2 tiles, 32 rows of 520 bf16 = 33,280 B (half of them zero); the stage as in the
     phased plan (16,640 B); split-K scratch for 2 tiles, 8*32*2*4*4 = 8,192 B; no gate tile;
-    5 unit arrays 1,280 B; statistics 128 + 128 B. Only asked for, and only forward."""
+    5 unit arrays 1,280 B; statistics 128 + 128 B. Only asked for."""
     fused = _plan(16, 4, 512, 2, backward=False, want_fused_cell=True)
     assert (fused["fused_cell"], fused["grid"], fused["k_chunk"], fused["reason"]) == (
         True,
@@ -619,7 +619,6 @@ def test_fused_cell_plan_w1_bf16_by_hand():
     )
     assert fused["smem_bytes"] == 33280 + 16640 + 8192 + 1280 + 128 + 128
     assert not _plan(16, 4, 512, 2, backward=False)["fused_cell"]
-    assert not _plan(16, 4, 512, 2, backward=True, want_fused_cell=True)["fused_cell"]
     fma = _plan(16, 4, 512, 4, backward=False, tensor_cores=False, want_fused_cell=True)
     assert not fma["fused_cell"]
 
@@ -641,3 +640,47 @@ def test_fused_cell_plan_halves_the_chunk_when_the_padded_slice_needs_it():
     fused = _plan(65, 3, 1050, 4, backward=False, want_fused_cell=True)
     assert (phased["k_chunk"], fused["k_chunk"], fused["fused_cell"]) == (160, 96, True)
     assert fused["smem_bytes"] <= H100["smem_per_block_optin"]
+
+
+@pytest.mark.parametrize(
+    ("B", "G", "H", "dtype_bytes"), [(16, 4, 512, 2), (16, 4, 512, 4), (7, 3, 65, 2)]
+)
+def test_fused_cell_backward_plan_is_the_phased_plan_on_tensor_cores(B, G, H, dtype_bytes):
+    """The backward's cell on the accumulators needs no reordered W slice (the product's C
+    fragment already holds one value per (unit, batch row)): where the phased backward runs
+    tensor cores on the resident slice, the fused plan is it with fused_cell set, same grid,
+    chunk and shared memory; not without being asked for."""
+    phased = _plan(B, G, H, dtype_bytes, backward=True)
+    assert phased["tensor_cores"] and phased["w_in_smem"] and not phased["fused_cell"]
+    fused = _plan(B, G, H, dtype_bytes, backward=True, want_fused_cell=True)
+    assert fused["fused_cell"]
+    assert {k: v for k, v in fused.items() if k != "fused_cell"} == {
+        k: v for k, v in phased.items() if k != "fused_cell"
+    }
+
+
+@pytest.mark.parametrize(
+    ("B", "G", "H", "dtype_bytes", "tensor_cores", "proj"),
+    [
+        (16, 4, 512, 4, False, 0),  # exact FP32 (TF32 off): the FMA product, no accumulators
+        (256, 4, 1024, 4, True, 0),  # W_hh streams from L2 (FMA product)
+        (640, 4, 1024, 4, True, 0),  # cannot launch at all
+        (16, 4, 512, 2, True, 128),  # a projection (the cell needs every unit's o tanh c)
+    ],
+)
+def test_fused_cell_backward_plan_only_on_resident_tensor_cores(
+    B, G, H, dtype_bytes, tensor_cores, proj
+):
+    phased = _plan(B, G, H, dtype_bytes, backward=True, tensor_cores=tensor_cores, proj=proj)
+    fused = _plan(
+        B,
+        G,
+        H,
+        dtype_bytes,
+        backward=True,
+        tensor_cores=tensor_cores,
+        proj=proj,
+        want_fused_cell=True,
+    )
+    assert not fused["fused_cell"]
+    assert fused == phased

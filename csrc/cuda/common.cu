@@ -94,5 +94,17 @@ LaunchPlan plan_launch_fused_cell(const void* fused_kernel, const LaunchPlan& ba
   return static_cast<int64_t>(per_sm) * d.sms < plan.grid ? base : plan;
 }
 
+LaunchPlan plan_launch_fused_cell_backward(const void* fused_kernel, const LaunchPlan& base) {
+  const LaunchPlan plan = plan_fused_cell_backward(base);
+  if (!plan.fused_cell) return base;
+  FRNN_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(plan.smem_bytes)));
+  int per_sm = 0;
+  FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, fused_kernel, kThreads, static_cast<size_t>(plan.smem_bytes)));
+  return static_cast<int64_t>(per_sm) * device_limits().sms < plan.grid ? base : plan;
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn

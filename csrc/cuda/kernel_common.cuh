@@ -63,6 +63,9 @@ LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int6
 // `fused_kernel` (whose dynamic shared memory limit it then sets); else `base`.
 LaunchPlan plan_launch_fused_cell(const void* fused_kernel, const LaunchPlan& base, int64_t B,
                                   int64_t G, int64_t H, int64_t storage_bytes);
+// The backward's twin (launch_plan.h plan_fused_cell_backward, same shared memory and grid),
+// with the occupancy calculator's check for `fused_kernel`.
+LaunchPlan plan_launch_fused_cell_backward(const void* fused_kernel, const LaunchPlan& base);
 
 // ------------------------------------------------------------------ layer-norm row reductions
 // Layer norm needs per-row statistics over all blocks' units. Each block writes one float4

@@ -261,7 +261,7 @@ struct LaunchPlan {
   bool w_in_smem = false;
   bool tensor_cores = false;  // the mma.sync product (needs w_in_smem)
   int64_t k_chunk = 0;        // operand columns per cp.async stage (tensor cores), else 0
-  bool fused_cell = false;    // forward: the cell on the accumulators (plan_fused_cell)
+  bool fused_cell = false;    // the cell on the accumulators (plan_fused_cell, _backward)
   int64_t smem_bytes = 0;
   std::string reason;  // empty when the plan can launch
 };
@@ -348,6 +348,18 @@ inline LaunchPlan plan_fused_cell(const DeviceLimits& d, const LaunchPlan& base,
     }
     if (k_chunk <= kKChunkMin) return base;
   }
+}
+
+// The backward's plan `base` with the cell backward on the accumulators (the product's C
+// fragment already holds one d(h_{t-1}) value per (own unit, batch row): no reordered W slice,
+// the same shared memory and grid), when base runs the tensor-core product on the resident W
+// slice; else `base` unchanged. The caller decides that the step allows it
+// (fused_cell_applies: no norm, no projection).
+inline LaunchPlan plan_fused_cell_backward(const LaunchPlan& base) {
+  if (!base.reason.empty() || !base.tensor_cores || !base.w_in_smem) return base;
+  LaunchPlan plan = base;
+  plan.fused_cell = true;
+  return plan;
 }
 
 }  // namespace cuda

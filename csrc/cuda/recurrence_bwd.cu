@@ -11,6 +11,10 @@
 // for its columns, then after grid.sync() d(h_{t-1}) of its units = direct terms +
 // m_h * (d(a) W_hh)[:, own], reading the full d(a) row of the step from global memory: on
 // tensor cores (block_product_tc, tensor_core.cuh) when the W slice is resident, else FP32 FMA.
+// Without a norm or a projection, on tensor cores (plan_fused_cell_backward), the fused form
+// runs instead: each thread takes the product's accumulators it holds (one d(h_{t-1}) value
+// per own unit and batch row) and runs that element's cell backward of the next step on them,
+// one grid barrier per step (step_loop.h fused_cell_backward_step).
 // Weight gradients are one GEMM afterwards (in the Python launcher): dW_hh = d(a)^T (m_h h).
 // With an LSTM projection (proj_size = P) the product's rows are the block's h units [q0, q0 +
 // pl) (W_hh is [G*H, P]); d(h~) of them goes to dproj, and after one more grid barrier
@@ -152,10 +156,30 @@ struct DeviceBackwardPolicy : BlockWorker<S> {
   }
 };
 
+// The policy of the fused-cell backward (the launcher's plan_fused_cell_backward): backward_steps
+// runs product_and_cell_backward instead of the phased steps (step_loop.h). The product's C
+// fragment holds one d(h_{t-1}) recurrent value per (own unit, batch row), so the cell backward
+// of that element runs on it in the thread that holds it (block_product_tc_each).
+template <class S>
+struct DeviceFusedCellBackwardPolicy : DeviceBackwardPolicy<S> {
+  static constexpr bool kFusedCellBackward = true;
+
+  template <class Cell>
+  __device__ void product_and_cell_backward(const float* da_t, Cell cell) const {
+    const int rows = static_cast<int>(this->pl);
+    if (rows == 0) return;
+    block_product_tc_each(this->B, rows, this->N, da_t, this->N, this->vec16, this->wt_sm,
+                          this->w_ld, static_cast<int>(this->k_chunk),
+                          static_cast<int>(this->stage_ld), this->stage, this->scratch,
+                          [&](int64_t b, int jj, float v) { cell(b, jj, v); });
+  }
+};
+
 // One block per SM (plan_launch's grid): the `1` tells ptxas so, which lets it keep the step
 // loop's state in registers; without it ptxas capped the 16-bit instances at 80 registers and
-// spilled.
-template <class S>
+// spilled. kFusedCell: the fused-cell backward (plan.fused_cell) with
+// DeviceFusedCellBackwardPolicy, else the phased backward.
+template <class S, bool kFusedCell = false>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_backward_kernel(const RecurrenceBwdParams p, const int64_t hs, const bool w_in_smem,
                                const int64_t k_chunk) {
@@ -209,7 +233,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  static_cast<float4*>(p.ws_stats), w_hr, wrt_sm,
                                  plan.proj_w_ld, plan.proj_k_chunk, plan.proj_stage_ld,
                                  proj_vec16};
-  backward_steps(policy, p, scratch);
+  if constexpr (kFusedCell) {  // never with a projection (fused_cell_applies)
+    DeviceFusedCellBackwardPolicy<S> fused{policy};
+    backward_steps(fused, p, scratch);
+  } else {
+    backward_steps(policy, p, scratch);
+  }
 }
 
 // Tensor cores as in the forward kernel (bf16 / fp16 always, float32 under p.allow_tf32).
@@ -235,15 +264,20 @@ LaunchPlan plan_dispatch(const RecurrenceFwdParams& p) {
 
 template <class S>
 void launch(const RecurrenceBwdParams& p, cudaStream_t stream) {
-  const LaunchPlan plan = plan_for<S>(p);
+  LaunchPlan plan = plan_for<S>(p);
+  const void* kernel = reinterpret_cast<const void*>(&recurrence_backward_kernel<S>);
+  if (fused_cell_applies(p)) {
+    const void* fused = reinterpret_cast<const void*>(&recurrence_backward_kernel<S, true>);
+    plan = plan_launch_fused_cell_backward(fused, plan);
+    if (plan.fused_cell) kernel = fused;
+  }
   RecurrenceBwdParams params = p;
   int64_t hs = plan.hs;
   bool w_in_smem = plan.w_in_smem;
   int64_t k_chunk = plan.k_chunk;
   void* args[] = {&params, &hs, &w_in_smem, &k_chunk};
   FRNN_CUDA_CHECK(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(&recurrence_backward_kernel<S>),
-      dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,
+      kernel, dim3(static_cast<unsigned>(plan.grid)), dim3(kThreads), args,
       static_cast<size_t>(plan.smem_bytes), stream));
   FRNN_CUDA_CHECK(cudaGetLastError());
 }

@@ -179,10 +179,15 @@ __device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const 
 // k_chunk covers K, else a double buffer. `scratch` holds kScratchFloats floats for the
 // split-K partials. Every thread of the block calls this (it contains __syncthreads); `out`
 // is complete when it returns.
-template <class S, class X>
-__device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_t ldx,
-                                 bool vec16, const S* w_sm, int64_t w_ld, int k_chunk,
-                                 int stage_ld, float* out, X* stage, float* scratch) {
+// block_product_tc_each is the same product with the epilogue `store(b, r, v)` called on each
+// result (b < B, r < R) by the thread whose accumulator holds it (the C fragment layout: the
+// same thread for the same (b, r) on every call with the same B and R), and x null meaning a
+// zero operand (no copies, no MMA: every store gets v = 0). block_product_tc stores into out.
+template <class S, class X, class Store>
+__device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t K, const X* x,
+                                                      int64_t ldx, bool vec16, const S* w_sm,
+                                                      int64_t w_ld, int k_chunk, int stage_ld,
+                                                      X* stage, float* scratch, Store store) {
   static_assert(std::is_same<X, float>::value || std::is_same<X, S>::value,
                 "the operand is fp32 or the product's own 16-bit dtype");
   constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
@@ -203,9 +208,9 @@ __device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-      stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
+      if (x != nullptr) stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
       cp_async_commit();
-      for (int c = 0; c < chunks; ++c) {
+      for (int c = 0; x != nullptr && c < chunks; ++c) {
         if (c + 1 < chunks) {
           stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
                               b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
@@ -255,12 +260,20 @@ __device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_
           const FragCoord cc = mma_m16n8_c(lane, e);
           const int r = (tile % m_tiles) * 16 + cc.row;
           const int n = (tile / m_tiles) * 8 + cc.col;
-          if (r < R && n < nbr) out[(b0 + n) * R + r] = v;
+          if (r < R && n < nbr) store(b0 + n, r, v);
         }
       }
       if (sp.ksplit > 1) __syncthreads();  // scratch is rewritten by the next round
     }
   }
+}
+
+template <class S, class X>
+__device__ void block_product_tc(int64_t B, int R, int64_t K, const X* x, int64_t ldx,
+                                 bool vec16, const S* w_sm, int64_t w_ld, int k_chunk,
+                                 int stage_ld, float* out, X* stage, float* scratch) {
+  block_product_tc_each(B, R, K, x, ldx, vec16, w_sm, w_ld, k_chunk, stage_ld, stage, scratch,
+                        [&](int64_t b, int r, float v) { out[b * R + r] = v; });
 }
 
 // ------------------------------------------------------------------ the product with the cell

@@ -288,9 +288,20 @@ struct HostBackwardPolicy : HostWorker<T> {
   const T* w_packed;     // W_hh restricted to own h units (pack_b, K = N)
   const T* w_hr_packed;  // W_hr restricted to own cell units (projection, K = P)
   SumPair<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
+  T* rec;                // [B][pl] the fused form's product (the scratch's dhin)
 
   void backward_product(const T* da_t, T* d) const {
     if (pl > 0) gemm_packed(B, pl, N, da_t, N, w_packed, d, pl, false);
+  }
+  // The fused form of the backward step (p.fused_cell, step_loop.h): the same product into
+  // `rec`, then the cell backward per (row, unit). As in the forward, this exists so that the
+  // CPU tests run the per-element step the CUDA tensor-core backward runs on its accumulators.
+  static constexpr bool kFusedCellBackward = true;
+  template <class Cell>
+  void product_and_cell_backward(const T* da_t, Cell cell) const {
+    if (da_t != nullptr) backward_product(da_t, rec);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t jj = 0; jj < pl; ++jj) cell(b, jj, da_t != nullptr ? rec[b * pl + jj] : T(0));
   }
   void project_backward(const T* dproj_t, T* d) const {
     if (hl > 0) gemm_packed(B, hl, P, dproj_t, P, w_hr_packed, d, hl, false);
@@ -385,7 +396,7 @@ void backward_impl(const RecurrenceBwdParams& p) {
     scratch.row_b = row_b.data();
     HostBackwardPolicy<T> policy{
         {sl.j0, hl, so.j0, pl, tid, nt}, B, N, P, wp.data(), wrp.data(),
-        {part_hh.data(), part_c.data()}};
+        {part_hh.data(), part_c.data()}, dhin.data()};
     backward_steps(policy, p, scratch);
   }
 }

@@ -26,10 +26,11 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 NUM_THREADS: int | None = None
 # Per-step multiply-adds per thread below which another thread does not pay.
 _MIN_MACS_PER_THREAD = 1 << 18
-# Run the forward step in its fused, per-element form (step_loop.h ``fused_cell_step``, the
-# form the CUDA tensor-core forward runs on its accumulators) where it applies (no norm, no
-# projection). Off by default: the phased form is faster on the CPU (vectorised activations);
-# the tests turn it on to check the fused form against the reference on the CPU.
+# Run the forward and backward steps in their fused, per-element forms (step_loop.h
+# ``fused_cell_step`` / ``fused_cell_backward_step``, the forms the CUDA tensor-core kernels run
+# on their accumulators) where they apply (no norm, no projection). Off by default: the phased
+# forms are faster on the CPU (vectorised activations); the tests turn it on to check the fused
+# forms against the reference on the CPU.
 FUSED_CELL = False
 
 
@@ -80,11 +81,16 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     _check(inputs)
     C = native.native()
     with torch.no_grad():
+
+        def run(p) -> None:
+            p.fused_cell = FUSED_CELL
+            C.host_backward(p)
+
         return native.launch_backward(
             inputs,
             saved,
             output_grads,
-            C.host_backward,
+            run,
             _threads(inputs),
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
         )

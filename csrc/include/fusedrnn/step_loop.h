@@ -106,6 +106,18 @@
 //   project_backward(dproj_t, d) (kProjection) d[b * hl + jj] = Σ_q dproj_t[b * P + q]
 //                                W_hr[q][j0 + jj]; all workers' dproj_t written (after
 //                                sync_all)
+//   product_and_cell_backward(da_t, cell)
+//                                (optional: a policy with `static constexpr bool
+//                                kFusedCellBackward = true`) step D's product fused with the
+//                                next step's cell backward: for every (b, jj), b < B, jj < hl,
+//                                exactly one call cell(b, jj, rec), rec = Σ_n da_t[b * N + n]
+//                                W_hh[n][j0 + jj] (rec = 0 when da_t is null: the first step
+//                                has no product), made by the thread that owns (b, jj) in
+//                                every step (its state in the scratch is then thread-private);
+//                                da_t is all workers' columns (after sync_all). Used when
+//                                fused_cell_applies(p): the per-element form of steps A-D
+//                                (fused_cell_backward_step), the same cells.cuh functions in
+//                                the same order as the phased form, one barrier per step.
 // and the worker's scratch (BackwardScratch below).
 #pragma once
 
@@ -137,6 +149,14 @@ struct PolicyFusesCell : std::false_type {};
 template <class P>
 struct PolicyFusesCell<P, std::void_t<decltype(P::kFusedCell)>>
     : std::integral_constant<bool, P::kFusedCell> {};
+
+// Policy::kFusedCellBackward when the policy declares it (it then implements
+// product_and_cell_backward).
+template <class P, class = void>
+struct PolicyFusesCellBackward : std::false_type {};
+template <class P>
+struct PolicyFusesCellBackward<P, std::void_t<decltype(P::kFusedCellBackward)>>
+    : std::integral_constant<bool, P::kFusedCellBackward> {};
 
 // One worker's scratch for forward_steps(), in the accumulation type A.
 template <class A>
@@ -663,6 +683,88 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
       w.dc[b * hl + jj] = gcn != nullptr ? widen(gcn[b * H + j0 + jj]) : A(0);
     });
   pol.sync_worker();
+
+  // Steps A-D of step s for one (row b, own unit jj) (the fused form: no norm, so da = dab and
+  // N_c is the identity, and no projection, so h units are the cell units): w.dh[e] / w.dc[e]
+  // hold d(h_t) / d(c_t) on entry (d(h_t) with the recurrent part of the later step's product
+  // already added) and the direct parts of d(h_{t-1}) / d(c_{t-1}) on return. The phased loop
+  // below computes the same cells.cuh functions in the same order, spread over the worker's
+  // threads (the host's phased tanh(c_out) is its vector version).
+  auto fused_cell_backward_step = [&](int64_t s, int64_t b, int64_t jj) {
+    const int64_t t = p.reverse ? TT - 1 - s : s;
+    const int64_t tp = p.reverse ? t + 1 : t - 1;
+    const bool has_prev = tp >= 0 && tp < TT;
+    const int64_t e = b * hl + jj, j = j0 + jj;
+    const bool act = active(t, b);
+    const int64_t row = (t * B + b) * N;
+    auto write_gate_fused = [&](int64_t g, A d_ab, A d_xg) {
+      dxg[row + g * H + j] = Policy::narrow(d_xg);
+      dab[row + g * H + j] = d_ab;
+    };
+    hin[(t * B + b) * P + j] = w.mh[e] * h_prev_of(tp, has_prev && active(tp, b), b, j);
+    const A dnew =
+        act ? w.dh[e] + widen(gout[t * p.grad_out_stride_t + b * p.grad_out_stride_b + j])
+            : A(0);
+    A dprev;
+    const A dhtil = zoneout_backward(zh, zoned_out(zh, p.seed, p.base_zoneout_h, t, b, j), dnew,
+                                     &dprev);
+    A dh_prev = act ? dprev : w.dh[e];
+    const A* gs = sv_gates + row;
+    if (lstm) {
+      A dcp;
+      const A dctil = zoneout_backward(zc, zoned_out(zc, p.seed, p.base_zoneout_c, t, b, j),
+                                       act ? w.dc[e] : A(0), &dcp);
+      A dc_prev = act ? dcp : w.dc[e];
+      const A o = gs[3 * H + j];
+      const A tc = frnn_tanh(sv_ctil[(t * B + b) * H + j]);
+      const A dco = tanh_grad(dhtil * o, tc);
+      const A dpo = sigmoid_grad(dhtil * tc, o);
+      write_gate_fused(3, dpo, dpo);
+      const A dct = dctil + dco;
+      const LstmGates<A> ga{gs[j], gs[H + j], gs[2 * H + j], o};
+      const A c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : widen(c0[b * H + j]);
+      const LstmGateGrads<A> d = lstm_backward_c(ga, c_prev, act ? dct : A(0));
+      write_gate_fused(0, d.i, d.i);
+      write_gate_fused(1, d.f, d.f);
+      write_gate_fused(2, d.g, d.g);
+      if (act) dc_prev += d.c_prev;
+      w.dc[e] = dc_prev;
+    } else if (gru) {
+      const A h_prev = h_prev_of(tp, has_prev && active(tp, b), b, j);
+      const GruGates<A> ga{gs[j], gs[H + j], gs[2 * H + j]};
+      const GruGrads<A> d =
+          gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? dhtil : A(0));
+      write_gate_fused(0, d.x_r, d.x_r);
+      write_gate_fused(1, d.x_z, d.x_z);
+      write_gate_fused(2, d.a_n, d.x_n);
+      if (act) dh_prev += d.h_prev;
+    } else {
+      const A d = rnn_backward(p.cell, gs[j], act ? dhtil : A(0));
+      write_gate_fused(0, d, d);
+    }
+    w.dh[e] = dh_prev;
+  };
+
+  // The fused form: iteration s finishes d(h_t) of step s with the product of the later
+  // step's d(a) (none for the last step) and runs step s's cell backward on it; the product of
+  // step 0's d(a) then gives d(h_0). One barrier per step (d(a) of the step complete).
+  if constexpr (PolicyFusesCellBackward<Policy>::value) {
+    if (fused_cell_applies(p)) {
+      for (int64_t s = TT - 1; s >= -1; --s) {
+        const int64_t t_later = p.reverse ? TT - 2 - s : s + 1;  // the step of the product's d(a)
+        pol.product_and_cell_backward(s + 1 < TT ? da + t_later * B * N : nullptr,
+                                      [&](int64_t b, int64_t jj, A rec) {
+                                        const int64_t e = b * hl + jj;
+                                        w.dh[e] = w.dh[e] + w.mh[e] * rec;
+                                        if (s >= 0) fused_cell_backward_step(s, b, jj);
+                                      });
+        if (s >= 0) pol.sync_all();
+      }
+      pol.sync_worker();
+      write_final_slices(pol, B, P, H, lstm, w.dh, w.dc, p.dh0, p.dc0);
+      return;
+    }
+  }
 
   for (int64_t s = TT - 1; s >= 0; --s) {
     const int64_t t = p.reverse ? TT - 1 - s : s;
