@@ -286,6 +286,36 @@ PYBIND11_MODULE(_C, m) {
       "(tiles, ksplit, slots) of the block product for one batch block (launch_plan.h).");
 
   m.def(
+      "tc_product_owners",
+      [](int64_t B, int64_t R) {
+        // Enumerated as block_product_tc_each (tensor_core.cuh) walks its batch blocks, rounds,
+        // warps, tiles and accumulator elements, with the same index functions: one record
+        // (b, r, warp, lane, tile, e, m0, n0, b0, t0) per store(b, r, v) of one call.
+        using namespace fusedrnn::cuda;
+        std::vector<std::tuple<int64_t, int, int, int, int, int, int, int, int64_t, int>> out;
+        for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+          const int nbr = static_cast<int>(B - b0 < kBatchBlock ? B - b0 : kBatchBlock);
+          const TileSplit sp = tile_split(R, nbr);
+          for (int t0 = 0; t0 < sp.tiles; t0 += sp.slots * kTilesPerWarp)
+            for (int warp = 0; warp < kWarps; ++warp)
+              for (int i = 0; i < kTilesPerWarp; ++i) {
+                const int tile = tc_tile(sp, t0, warp, i);
+                if (!tc_stores(sp, tile, warp)) continue;
+                const TileOrigin org = tc_tile_origin(tile, R);
+                for (int lane = 0; lane < kWarp; ++lane)
+                  for (int e = 0; e < 4; ++e) {
+                    const ProductOut o = tc_output(tile, R, lane, e);
+                    if (o.r < R && o.n < nbr)
+                      out.emplace_back(b0 + o.n, o.r, warp, lane, tile, e, org.m0, org.n0, b0, t0);
+                  }
+              }
+        }
+        return out;
+      },
+      py::arg("B"), py::arg("R"),
+      "block_product_tc_each's stores for B batch rows and R rows of W: (b, r, warp, lane, "
+      "tile, e, m0, n0, b0, t0) per store (launch_plan.h tc_tile / tc_stores / tc_output).");
+  m.def(
       "fused_cell_rows",
       [](int64_t G, int64_t hl) {
         std::vector<std::pair<int, int64_t>> rows;

@@ -433,8 +433,9 @@ def test_half_backward_reads_h_state(cell, dtype):
 # The forward's fused-cell path (block_product_cell_tc, tensor_core.cuh; step_loop.h
 # product_and_cell): taken by default where the plan allows it (tensor cores, no norm, no
 # projection), forced off by cuda_backend.FUSED_CELL = False (the phased path). Both are
-# checked against the float64 truth with the same yardstick; the backward is the phased one in
-# both, so a wrong saved tensor of the fused forward shows in the gradients.
+# checked against the float64 truth with the same yardstick; these tests pin the backward to
+# its phased form (FUSED_CELL_BACKWARD = False, the `phased_backward` fixture), so a wrong
+# saved tensor of the fused forward shows in the gradients of a backward tested on its own.
 FUSED_REGULARIZERS = ("none", "recurrent_dropout", "zoneout", "zoneout_eval", "weight_drop")
 # hidden 1 (one unit per block), 13 (hl = 1), 300 (hl 2-3: one part-empty 8-unit group),
 # 1050 (hl 7-8 over 132 blocks; at B = 65: 8 items without split-K in the first batch block,
@@ -449,6 +450,40 @@ def _fused_plan_matches(base: RecurrenceInputs, dtype, fused: bool, use_tf32: bo
     assert plan["fused_cell"] == (fused and plan["tensor_cores"]), plan
 
 
+@pytest.fixture
+def phased_backward(monkeypatch):
+    """The forward's fused-cell tests run the phased backward (tested on its own)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", False)
+
+
+@pytest.fixture
+def phased_forward(monkeypatch):
+    """The backward's fused-cell tests run the phased forward (tested on its own)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", False)
+
+
+def _launched(run, *args) -> tuple[object, list[str]]:
+    """run(*args) and the names of the recurrence kernels it launched (torch.profiler's CUDA
+    activity: the demangled template instance, e.g. `recurrence_backward_kernel<__nv_bfloat16,
+    true>`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        result = run(*args)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if "recurrence_" in e.name and "_kernel<" in e.name]
+    return result, names
+
+
+def _instance_is_fused(names: list[str], kernel: str) -> bool:
+    """Whether the launches of `kernel` (recurrence_forward_kernel / recurrence_backward_kernel)
+    in `names` are the fused-cell instance (<S, true>); all of them must agree."""
+    forms = {", true>" in n for n in names if kernel + "<" in n}
+    assert len(forms) == 1, (kernel, names)
+    return forms.pop()
+
+
+@pytest.mark.usefixtures("phased_backward")
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
 @pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
@@ -468,6 +503,7 @@ def test_fused_cell_parity_reference(cell, reg, reverse, lengths, precision, fus
         check_against_reference(base, dtype)
 
 
+@pytest.mark.usefixtures("phased_backward")
 @pytest.mark.parametrize(("steps", "batch", "hidden"), FUSED_SHAPES)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
@@ -484,6 +520,7 @@ def test_fused_cell_sizes(cell, precision, fused, steps, batch, hidden, monkeypa
             check_against_reference(base, dtype)
 
 
+@pytest.mark.usefixtures("phased_backward")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
 def test_fused_cell_w1_and_w2_shapes(dtype):
     """W1 (B=16, H=512: 4 units per block, one half-empty group, 4-way split-K) and W2
@@ -495,6 +532,7 @@ def test_fused_cell_w1_and_w2_shapes(dtype):
             check_against_reference(base, dtype)
 
 
+@pytest.mark.usefixtures("phased_backward")
 def test_fused_cell_norms_take_the_phased_path():
     """Batch and layer norm need statistics across the block's or all blocks' columns before
     the cell: the plan keeps the phased path with FUSED_CELL on, and the results hold."""
@@ -504,14 +542,19 @@ def test_fused_cell_norms_take_the_phased_path():
         check_against_reference(base, torch.bfloat16)
 
 
+@pytest.mark.parametrize("backward", [True, False], ids=["fused_bwd", "phased_bwd"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
 @pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_fused_cell_packed_bidirectional_matches_torch_nn(cell, precision, fused, monkeypatch):
+def test_fused_cell_packed_bidirectional_matches_torch_nn(
+    cell, precision, fused, backward, monkeypatch
+):
     """A two-layer bidirectional layer on a packed batch (uneven lengths) through the public
     module with backend="cuda", against torch.nn (cuDNN) in the same precision and the float64
-    module: outputs, final states and every gradient (input, h0, c0, every parameter)."""
+    module: outputs, final states and every gradient (input, h0, c0, every parameter), with the
+    forward's (`fused`) and the backward's (`backward`) cell on the accumulators or phased."""
     monkeypatch.setattr(cuda_backend, "FUSED_CELL", fused)
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", backward)
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
     name, kw = TORCH_CELLS[cell]
     fused_cls = {"LSTM": fusedrnn.LSTM, "GRU": fusedrnn.GRU, "RNN": fusedrnn.RNN}[name]
@@ -548,6 +591,210 @@ def test_fused_cell_packed_bidirectional_matches_torch_nn(cell, precision, fused
     torch.cuda.synchronize()
     assert ours.last_backend == "cuda", ours.last_backend
     assert_by_rule(got, truth, baseline, dtype, what=f"cuda {cell} packed bidirectional")
+
+
+# ------------------------------------------------------------------ the cell backward on the accumulators
+# The backward's fused-cell path (plan_fused_cell_backward; recurrence_backward_kernel<S, true>
+# with block_product_tc_each, tensor_core.cuh; step_loop.h product_and_cell_backward /
+# fused_cell_backward_step): taken by default where the phased backward runs tensor cores on
+# the resident W slice and the step has no norm and no projection; FUSED_CELL_BACKWARD = False
+# forces the phased backward. These tests pin the forward to its phased form (the
+# `phased_forward` fixture) unless they say otherwise, so a difference is the backward's.
+# The backward's rows are the block's hl units (one 16-row M tile up to hl = 16), K = G*H:
+# the forward's shapes (hl 1 to 8, 8-way split-K down to none, 1-3 batch blocks, W2's 4200-wide
+# fp32 d(a) in double-buffered chunks) plus hidden 2200 at batch 130 (hl 16-17: two M tiles, 16
+# tiles per batch block, two per warp, three batch blocks; W_hh resident for the bf16 RNN
+# cells, the L2 path and so the phased form for the rest, which the plan check confirms).
+FUSED_BWD_SHAPES = [*FUSED_SHAPES, (2, 130, 2200)]
+
+
+def _fused_backward_plan(base: RecurrenceInputs, dtype, fused: bool, use_tf32: bool) -> dict:
+    """The backward's plan: the cell on the accumulators exactly when asked for and the phased
+    plan runs tensor cores on the resident W slice."""
+    plan = _plan_of(_to(base, dtype), True, use_tf32)
+    assert plan["reason"] == "", plan
+    assert plan["fused_cell"] == (fused and plan["tensor_cores"] and plan["w_in_smem"]), plan
+    return plan
+
+
+@pytest.mark.usefixtures("phased_forward")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
+@pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reg", FUSED_REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_backward_parity_reference(
+    cell, reg, reverse, lengths, precision, fused, monkeypatch
+):
+    """Every cell with zoneout (training draws and eval), recurrent dropout and weight drop,
+    both directions, with and without lengths: outputs, final states and every gradient
+    against the float64 truth by the rule; fp32 with TF32 off has no tensor cores and so
+    always runs the phased backward (the plan says so)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", fused)
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
+    use_tf32 = precision == "tf32"
+    base = make_inputs(cell, reg, reverse, lengths, torch.float64, 7, 5, 13)
+    with tf32(use_tf32):
+        plan = _fused_backward_plan(base, dtype, fused, use_tf32)
+        assert plan["tensor_cores"] == (dtype != F32 or use_tf32), plan
+        check_against_reference(base, dtype)
+
+
+def _backward_both_forms(base: RecurrenceInputs, dtype, monkeypatch) -> tuple[dict, dict, dict]:
+    """One forward (phased), then the phased and the fused backward on its saved tensors and
+    the same output gradients, each checked to launch its own kernel instance: the named
+    results (outputs and every gradient) of each, and of the float64 reference."""
+    inputs = _to(base, dtype)
+    lstm = inputs.config.cell == "lstm"
+    steps, batch, _ = inputs.xg.shape
+    go, gh, gc = _grads(
+        (steps, batch, inputs.config.out_size),
+        tuple(inputs.h0.shape),
+        (batch, inputs.config.hidden_size) if lstm else None,
+        "cuda",
+    )
+    truth = named_results(*_reference(to_float64(inputs), go, gh, gc))
+    out, saved = cuda_backend.forward(inputs)
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", fused)
+        grads, names = _launched(
+            cuda_backend.backward, inputs, saved, cast(go, dtype), cast(gh, dtype), cast(gc, dtype)
+        )
+        assert _instance_is_fused(names, "recurrence_backward_kernel") == fused, names
+        results[fused] = named_results(out, grads)
+    return results[False], results[True], truth
+
+
+@pytest.mark.usefixtures("phased_forward")
+@pytest.mark.parametrize(("steps", "batch", "hidden"), [(7, 5, 13), (3, 65, 300), (4, 16, 512)])
+@pytest.mark.parametrize("precision", ["bf16", "f16", "tf32"])
+@pytest.mark.parametrize("reg", FUSED_REGULARIZERS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_backward_matches_phased(
+    cell, reg, precision, steps, batch, hidden, monkeypatch
+):
+    """The fused against the phased backward on the same forward (its saved tensors) and the
+    same output gradients, each launching its own kernel instance (the profiler's kernel
+    names): every gradient of the fused form within the rule's bound with the phased form as
+    the baseline (2x its error against the float64 truth plus the floor), and the phased
+    within the rule with the fused as the baseline (neither form is worse than twice the
+    other)."""
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
+    base = make_inputs(cell, reg, True, True, torch.float64, steps, batch, hidden)
+    with tf32(precision == "tf32"):
+        assert _fused_backward_plan(base, dtype, True, precision == "tf32")["fused_cell"]
+        phased, fused, truth = _backward_both_forms(base, dtype, monkeypatch)
+    assert_by_rule(fused, truth, phased, dtype, what="fused backward (baseline: phased)")
+    assert_by_rule(phased, truth, fused, dtype, what="phased backward (baseline: fused)")
+
+
+@pytest.mark.usefixtures("phased_forward")
+@pytest.mark.parametrize(("steps", "batch", "hidden"), FUSED_BWD_SHAPES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "phased"])
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_backward_sizes(cell, precision, fused, steps, batch, hidden, monkeypatch):
+    """The fused backward's product split at awkward sizes: hl from 1 to 17 rows (one and two
+    M tiles), partial batch tiles, split-K from 8 ways down to none, several tiles per warp,
+    several batch blocks, many blocks; the plan takes the fused form only on resident tensor
+    cores."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", fused)
+    dtype = torch.bfloat16 if precision == "bf16" else F32
+    for reg in ("zoneout", "recurrent_dropout"):
+        base = make_inputs(cell, reg, True, True, torch.float64, steps, batch, hidden)
+        with tf32(precision == "tf32"):
+            plan = _fused_backward_plan(base, dtype, fused, precision == "tf32")
+            if hidden < 2200 or (cell.startswith("rnn") and dtype != F32):
+                assert plan["tensor_cores"] and plan["w_in_smem"], plan
+            check_against_reference(base, dtype)
+
+
+@pytest.mark.usefixtures("phased_forward")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=["bf16", "tf32"])
+def test_fused_cell_backward_w1_w2_w3_shapes(dtype):
+    """W1 (B=16, H=512: 4 rows per block, 4-way split-K, all of d(a)'s K = 2048 in one
+    stage), W2 (B=64, H=1024: 8 rows, 8 tiles, K = 4096 in double-buffered chunks) and W3
+    (B=256: four batch blocks; bf16 only: fp32's W slice streams from L2)."""
+    shapes = [(3, 16, 512), (2, 64, 1024)] + ([(2, 256, 1024)] if dtype != F32 else [])
+    for steps, batch, hidden in shapes:
+        base = make_inputs("lstm", "zoneout", False, True, torch.float64, steps, batch, hidden)
+        with tf32(True):
+            assert _fused_backward_plan(base, dtype, True, True)["fused_cell"]
+            check_against_reference(base, dtype)
+
+
+def test_fused_cell_backward_norms_and_projection_take_the_phased_path():
+    """Batch and layer norm need column or row sums across units before d(a), a projection
+    needs every block's d(h~) before the cell: the plan keeps the phased backward with
+    FUSED_CELL_BACKWARD on, the phased kernel instance is the one launched, and the results
+    hold."""
+    assert cuda_backend.FUSED_CELL_BACKWARD
+    cases = [("bn_train", 0), ("ln", 0), ("zoneout", 5)]
+    for reg, proj in cases:
+        base = make_inputs("lstm", reg, False, True, torch.float64, 4, 9, 40, proj=proj)
+        inputs = _to(base, torch.bfloat16)
+        plan = _plan_of(inputs, True, False)
+        assert plan["tensor_cores"] and not plan["fused_cell"], (reg, plan)
+        out, saved = cuda_backend.forward(inputs)
+        go = torch.randn_like(out.output)
+        gh = torch.randn_like(out.h_n)
+        _, names = _launched(cuda_backend.backward, inputs, saved, go, gh, None)
+        assert not _instance_is_fused(names, "recurrence_backward_kernel"), names
+        check_against_reference(base, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["fused_bwd", "phased_bwd"])
+@pytest.mark.parametrize("forward", [True, False], ids=["fused_fwd", "phased_fwd"])
+@pytest.mark.parametrize("precision", ["bf16", "f16", "tf32", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cell_flags_pick_the_kernel_instances(
+    cell, precision, forward, backward, monkeypatch
+):
+    """FUSED_CELL and FUSED_CELL_BACKWARD each pick their kernel's instance (the profiler's
+    kernel names: recurrence_*_kernel<S, true> or <S, false>) exactly where the plan says so,
+    independently of each other, and the results hold; both on is the shipping default."""
+    assert cuda_backend.FUSED_CELL and cuda_backend.FUSED_CELL_BACKWARD  # the defaults
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", forward)
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", backward)
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, F32)
+    use_tf32 = precision == "tf32"
+    tensor_cores = dtype != F32 or use_tf32
+    base = make_inputs(cell, "zoneout", True, True, torch.float64, 5, 9, 300)
+    with tf32(use_tf32):
+        inputs = _to(base, dtype)
+        assert _plan_of(inputs, False, use_tf32)["fused_cell"] == (forward and tensor_cores)
+        assert _plan_of(inputs, True, use_tf32)["fused_cell"] == (backward and tensor_cores)
+        _, names = _launched(check_against_reference, base, dtype)
+    assert _instance_is_fused(names, "recurrence_forward_kernel") == (forward and tensor_cores)
+    assert _instance_is_fused(names, "recurrence_backward_kernel") == (backward and tensor_cores)
+
+
+# ------------------------------------------------------------------ the weight-drop pass
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_weight_drop_kernel_is_the_host_pass(dtype):
+    """weight_drop_kernel (weight_drop.cu) draws the host pass's mask at the same Philox
+    coordinates: out of place (the effective W_hh) and in place (dW_hh), dst = src * m_W with
+    m_W in {0, 1 / (1 - p)} rounded once to ``dtype``, equal bit for bit to the host pass's
+    float32 mask (host_weight_drop on ones) applied the same way."""
+    C = native.native()
+    inputs = _to(make_inputs("gru", "weight_drop", False, False, torch.float64, 2, 3, 37), dtype)
+    assert inputs.config.uses_weight_drop(inputs.training)
+    stream = torch.cuda.current_stream().cuda_stream
+    src = inputs.w_hh.contiguous()
+    ones = torch.ones(src.shape, dtype=F32)
+    mask = torch.empty_like(ones)
+    C.host_weight_drop(native.weight_drop_params(inputs, ones, mask))
+    assert 0 < int((mask == 0).sum()) < mask.numel()
+    expected = (src.float().cpu() * mask).to(dtype)
+    out = torch.full_like(src, float("nan"))
+    C.cuda_weight_drop(native.weight_drop_params(inputs, src, out), stream)
+    in_place = src.clone()
+    C.cuda_weight_drop(native.weight_drop_params(inputs, in_place, in_place), stream)
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), expected)
+    assert torch.equal(in_place.cpu(), expected)
 
 
 # ------------------------------------------------------------------ LSTM projections

@@ -4,8 +4,11 @@ dispatch checks before it picks ``cuda`` (issue 14 items 1 and 5)."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,6 +210,39 @@ def test_block_product_schedule_computes_the_product(batch, rows, k, k_chunk, k_
     torch.testing.assert_close(_emulate_block_product(x, w, k_chunk, k_step), x @ w.T)
 
 
+@pytest.mark.parametrize(
+    ("batch", "rows"),
+    [(1, 1), (5, 4), (16, 4), (9, 17), (64, 8), (65, 8), (130, 17), (256, 33), (3, 48), (200, 70)],
+)
+def test_tc_product_owners_hold_each_output_once_in_the_same_thread(batch, rows):
+    """block_product_tc_each's epilogue (the fused backward's product: B batch rows, R = the
+    block's units) through the kernel's own index functions (_C.tc_product_owners): every
+    output (b, r) is stored exactly once per call, by one thread (warp, lane) of the k-part-0
+    warp of its tile, and the accumulator element it stores is, by the ISA's C table, the
+    (row, column) of that tile whose A rows start at m0 and B rows at n0: so it is (W X^T)[r,
+    b] (the tile-level schedule test above), and, the map depending on (B, R) alone, the same
+    thread holds the same (b, r) on every call of a launch (the fused backward keeps its
+    per-(b, r) state in that thread). Tiles go to warps as the tile-level schedule above
+    transcribes it (tile t0 + slot + i * slots to warp slot * ksplit)."""
+    C = native.native()
+    records = C.tc_product_owners(batch, rows)
+    assert records == C.tc_product_owners(batch, rows)
+    owners = {}
+    m_tiles = -(-rows // 16)
+    for b, r, warp, lane, tile, e, m0, n0, b0, t0 in records:
+        assert (b, r) not in owners, (b, r)
+        owners[b, r] = (warp, lane)
+        row, col = _isa_m16n8k16("c", lane, e)
+        assert (r, b - b0) == (m0 + row, n0 + col)
+        assert (m0, n0) == ((tile % m_tiles) * 16, (tile // m_tiles) * 8)
+        tiles, ksplit, slots = C.mma_tile_split(rows, min(64, batch - b0))
+        assert warp % ksplit == 0 and tile < tiles
+        # tile t0 + slot + i * slots of warp slot * ksplit (its k part 0), i < kTilesPerWarp
+        assert (tile - t0) % slots == warp // ksplit and (tile - t0) // slots < TILES_PER_WARP
+        assert t0 % (slots * TILES_PER_WARP) == 0
+    assert sorted(owners) == sorted(itertools.product(range(batch), range(rows)))
+
+
 # ------------------------------------------------------------------ the launch plan
 H100 = {
     "sms": 132,
@@ -291,16 +327,23 @@ def test_plan_checks_co_residency():
     assert _plan(8, 4, 256, 4, backward=False)["reason"] == ""
 
 
-def _cuda_inputs(batch: int, hidden: int, needs_grad: bool, proj: int = 0) -> RecurrenceInputs:
+def _cuda_inputs(
+    batch: int,
+    hidden: int,
+    needs_grad: bool,
+    proj: int = 0,
+    norm: str = "none",
+    dtype: torch.dtype = torch.float32,
+) -> RecurrenceInputs:
     """Meta tensors: the shapes and dtype of a CUDA call without memory or a device."""
     meta = torch.device("meta")
     out = proj if proj > 0 else hidden
     return RecurrenceInputs(
-        config=RecurrenceConfig(cell="lstm", hidden_size=hidden, proj_size=proj),
-        xg=torch.empty(2, batch, 4 * hidden, device=meta),
-        h0=torch.empty(batch, out, device=meta),
-        c0=torch.empty(batch, hidden, device=meta),
-        w_hh=torch.empty(4 * hidden, out, device=meta),
+        config=RecurrenceConfig(cell="lstm", hidden_size=hidden, proj_size=proj, norm=norm),
+        xg=torch.empty(2, batch, 4 * hidden, device=meta, dtype=dtype),
+        h0=torch.empty(batch, out, device=meta, dtype=dtype),
+        c0=torch.empty(batch, hidden, device=meta, dtype=dtype),
+        w_hh=torch.empty(4 * hidden, out, device=meta, dtype=dtype),
         b_hh=None,
         w_hr=torch.empty(proj, hidden, device=meta) if proj > 0 else None,
         lengths=None,
@@ -684,3 +727,97 @@ def test_fused_cell_backward_plan_only_on_resident_tensor_cores(
     )
     assert not fused["fused_cell"]
     assert fused == phased
+
+
+@pytest.mark.parametrize(
+    ("forward_flag", "backward_flag"), list(itertools.product([True, False], repeat=2))
+)
+def test_dispatch_asks_each_kernel_for_its_fused_cell_by_its_own_flag(
+    forward_flag, backward_flag, monkeypatch
+):
+    """backends/cuda.py's plan (what dispatch checks and what _workspace hands the launcher):
+    the forward's cell on the accumulators follows FUSED_CELL, the backward's follows
+    FUSED_CELL_BACKWARD (and not the other flag); with a norm or a projection neither asks,
+    and float32 with TF32 off (the FMA product) never gets it. The fused backward's plan is the
+    phased one's with the flag set (same grid, chunk, shared memory)."""
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL", forward_flag)
+    monkeypatch.setattr(cuda_backend, "FUSED_CELL_BACKWARD", backward_flag)
+    limits = dict(H100)
+
+    def plans(inputs, tf32=False):
+        return [cuda_backend.launch_plan(inputs, bwd, limits, tf32) for bwd in (False, True)]
+
+    fwd, bwd = plans(_cuda_inputs(16, 512, True, dtype=torch.bfloat16))
+    assert (fwd["fused_cell"], bwd["fused_cell"]) == (forward_flag, backward_flag)
+    phased_bwd = _plan(16, 4, 512, 2, backward=True)
+    assert {k: v for k, v in bwd.items() if k != "fused_cell"} == {
+        k: v for k, v in phased_bwd.items() if k != "fused_cell"
+    }
+    assert [p["fused_cell"] for p in plans(_cuda_inputs(16, 512, True), tf32=True)] == [
+        forward_flag,
+        backward_flag,
+    ]
+    for inputs in (
+        _cuda_inputs(16, 512, True, norm="layer", dtype=torch.bfloat16),
+        _cuda_inputs(16, 512, True, norm="batch", dtype=torch.bfloat16),
+        _cuda_inputs(16, 512, True, proj=128, dtype=torch.bfloat16),
+        _cuda_inputs(16, 512, True),  # float32, TF32 off
+    ):
+        assert [p["fused_cell"] for p in plans(inputs)] == [False, False], inputs.config
+
+
+# ------------------------------------------------------------------ the gpu test audit
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _device_functions() -> set[str]:
+    """Every __device__ / __global__ function (or member) defined in csrc/cuda/."""
+    names = set()
+    for path in sorted((ROOT / "csrc" / "cuda").glob("*.cu*")):
+        text = re.sub(r"__launch_bounds__\([^)]*\)", "", path.read_text())
+        text = re.sub(r"//[^\n]*", "", text)
+        for match in re.finditer(r"__(?:device|global)__\b[^;{(]*?\b([A-Za-z_]\w*)\s*\(", text):
+            names.add(match.group(1))
+    return names
+
+
+def _test_functions(name: str) -> set[str]:
+    tree = ast.parse((ROOT / "tests" / name).read_text())
+    return {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+    }
+
+
+def _audit_rows() -> list[list[str]]:
+    doc = (ROOT / "docs" / "kernels-v2.md").read_text()
+    section = doc.split("<!-- gpu-audit:begin -->")[1].split("<!-- gpu-audit:end -->")[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not set(cells[0]) <= set("-") and "gpu tests" not in cells:
+            rows.append(cells)
+    return rows
+
+
+def test_gpu_audit_table_is_complete():
+    """docs/kernels-v2.md §5.0's GPU test audit: every device function of csrc/cuda/ is named
+    in its first column; the last column of each row names gpu tests that exist in
+    tests/test_cuda_gpu.py, and every test there is named; CPU tests named elsewhere in the
+    table exist in this file."""
+    rows = _audit_rows()
+    assert len(rows) > 10
+    named = {n for row in rows for n in re.findall(r"`(\w+)", row[0])}
+    missing = _device_functions() - named
+    assert not missing, f"device functions without a row in the gpu audit: {sorted(missing)}"
+    gpu_tests, cpu_tests = _test_functions("test_cuda_gpu.py"), _test_functions("test_cuda_plan.py")
+    cited = set()
+    for row in rows:
+        in_row = set(re.findall(r"`(test_\w+)`", row[-1]))
+        assert in_row or row[-1] == "(below)", row
+        assert in_row <= gpu_tests, f"not gpu tests: {sorted(in_row - gpu_tests)}"
+        cited |= in_row
+        others = {n for cell in row[:-1] for n in re.findall(r"`(test_\w+)`", cell)}
+        assert others <= cpu_tests, (
+            f"not CPU tests of test_cuda_plan.py: {sorted(others - cpu_tests)}"
+        )
+    assert gpu_tests <= cited, f"gpu tests missing from the audit: {sorted(gpu_tests - cited)}"

@@ -83,6 +83,40 @@ FRNN_HD TileSplit tile_split(int64_t rows, int64_t batch_rows) {
   return s;
 }
 
+// Who computes and who stores what in block_product_tc_each (tensor_core.cuh), the functions
+// its k-loop and epilogue call. Within one batch block of nbr rows (split sp = tile_split(R,
+// nbr)) the product runs in rounds t0 = 0, slots * kTilesPerWarp, ...; in a round warp w's
+// i-th tile is tc_tile(sp, t0, w, i), whose A fragments are W rows [m0, m0 + 16) and B
+// fragments batch rows [n0, n0 + 8) of the block (tc_tile_origin, m_tiles = ceil(R / 16)
+// tiles down the rows). Only the k-part-0 warp of a tile stores (tc_stores), and accumulator
+// element e of lane l of tile `tile` is out[b0 + n][r], (r, n) = tc_output(tile, R, l, e).
+// Nothing here depends on the operand or the call: for given (B, R) the same thread holds
+// (and stores) the same (b, r) on every call, which the fused backward relies on
+// (step_loop.h product_and_cell_backward keeps per-(b, r) state thread-private).
+struct TileOrigin {
+  int m0;  // first W row (output column r) of the tile
+  int n0;  // first batch row of the tile, within the batch block
+};
+FRNN_HD TileOrigin tc_tile_origin(int tile, int64_t R) {
+  const int m_tiles = static_cast<int>((R + 15) / 16);
+  return {(tile % m_tiles) * 16, (tile / m_tiles) * 8};
+}
+FRNN_HD int tc_tile(const TileSplit& sp, int t0, int warp, int i) {
+  return t0 + warp / sp.ksplit + i * sp.slots;
+}
+FRNN_HD bool tc_stores(const TileSplit& sp, int tile, int warp) {
+  return warp % sp.ksplit == 0 && tile < sp.tiles;
+}
+struct ProductOut {
+  int r;  // row of W: the output column
+  int n;  // batch row within the batch block
+};
+FRNN_HD ProductOut tc_output(int tile, int64_t R, int lane, int e) {
+  const TileOrigin o = tc_tile_origin(tile, R);
+  const FragCoord cc = mma_m16n8_c(lane, e);
+  return {o.m0 + cc.row, o.n0 + cc.col};
+}
+
 // ------------------------------------------------------------------ the cell on the accumulators
 // The forward's fast path (docs/kernels-v2.md §5.0, "cell on the accumulators"): the block's
 // W_hh rows are ordered gate-interleaved per group of 8 units, so that the two-tile C fragment

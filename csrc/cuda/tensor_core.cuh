@@ -180,8 +180,9 @@ __device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const 
 // split-K partials. Every thread of the block calls this (it contains __syncthreads); `out`
 // is complete when it returns.
 // block_product_tc_each is the same product with the epilogue `store(b, r, v)` called on each
-// result (b < B, r < R) by the thread whose accumulator holds it (the C fragment layout: the
-// same thread for the same (b, r) on every call with the same B and R), and x null meaning a
+// result (b < B, r < R) by the thread whose accumulator holds it (launch_plan.h tc_tile,
+// tc_stores, tc_output: the same thread for the same (b, r) on every call with the same B and
+// R; _C.tc_product_owners enumerates them for the CPU tests), and x null meaning a
 // zero operand (no copies, no MMA: every store gets v = 0). block_product_tc stores into out.
 template <class S, class X, class Store>
 __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t K, const X* x,
@@ -195,12 +196,11 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
   const int64_t k_end = round_up(K, kStep);
   const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
   const int steps_per_chunk = k_chunk / kStep;
-  const int m_tiles = (R + 15) / 16;
   const int stage_elems = static_cast<int>(staged_batch_rows(B)) * stage_ld;
   for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
     const int nbr = static_cast<int>(B - b0 < kBatchBlock ? B - b0 : kBatchBlock);
     const TileSplit sp = tile_split(R, nbr);
-    const int slot = warp / sp.ksplit, kpart = warp % sp.ksplit;
+    const int kpart = warp % sp.ksplit;
     for (int t0 = 0; t0 < sp.tiles; t0 += sp.slots * kTilesPerWarp) {
       float acc[kTilesPerWarp][4];
 #pragma unroll
@@ -229,11 +229,12 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
           if (k >= k_end) break;
 #pragma unroll
           for (int i = 0; i < kTilesPerWarp; ++i) {
-            const int tile = t0 + slot + i * sp.slots;
+            const int tile = tc_tile(sp, t0, warp, i);
             if (tile < sp.tiles) {
+              const TileOrigin o = tc_tile_origin(tile, R);
               uint32_t a[4], b[2];
-              load_a_fragment(a, w_sm, w_ld, (tile % m_tiles) * 16, k, R, lane);
-              load_b_fragment<S>(b, xs, stage_ld, (tile / m_tiles) * 8, kk, lane);
+              load_a_fragment(a, w_sm, w_ld, o.m0, k, R, lane);
+              load_b_fragment<S>(b, xs, stage_ld, o.n0, kk, lane);
               mma_step<S>(acc[i], a, b);
             }
           }
@@ -250,17 +251,15 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
       }
 #pragma unroll
       for (int i = 0; i < kTilesPerWarp; ++i) {
-        const int tile = t0 + slot + i * sp.slots;
-        if (kpart != 0 || tile >= sp.tiles) continue;
+        const int tile = tc_tile(sp, t0, warp, i);
+        if (!tc_stores(sp, tile, warp)) continue;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float v = acc[i][e];
           for (int part = 1; part < sp.ksplit; ++part)
             v += scratch[((warp + part) * kWarp + lane) * 4 + e];
-          const FragCoord cc = mma_m16n8_c(lane, e);
-          const int r = (tile % m_tiles) * 16 + cc.row;
-          const int n = (tile / m_tiles) * 8 + cc.col;
-          if (r < R && n < nbr) store(b0 + n, r, v);
+          const ProductOut o = tc_output(tile, R, lane, e);
+          if (o.r < R && o.n < nbr) store(b0 + o.n, o.r, v);
         }
       }
       if (sp.ksplit > 1) __syncthreads();  // scratch is rewritten by the next round

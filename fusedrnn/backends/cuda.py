@@ -40,10 +40,12 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # it (no norm, no projection, the gate-interleaved W slice fits: launch_plan.h plan_fused_cell;
 # docs/kernels-v2.md §5.0). The gpu tests turn it off to compare with the phased form.
 FUSED_CELL = True
-# The backward's fused form (plan_fused_cell_backward, recurrence_backward_kernel<S, true>) is
-# built, compiles clean and runs on the host in CI (host.FUSED_CELL), but has no gpu test yet:
-# off on the GPU until one compares it with the phased backward there.
-FUSED_CELL_BACKWARD = False
+# The backward likewise runs the next step's cell backward on the product's accumulators where
+# the plan allows it (no norm, no projection, tensor cores on the resident W slice:
+# launch_plan.h plan_fused_cell_backward, recurrence_backward_kernel<S, true>; the host runs the
+# same step loop in CI, host.FUSED_CELL). The gpu tests (test_fused_cell_backward_*) turn it off
+# to compare with the phased backward and check which kernel instance launched.
+FUSED_CELL_BACKWARD = True
 
 # cudaDevAttrReservedSharedMemoryPerBlock on sm_80 and later (torch's device properties do not
 # report it; the native plan reads the attribute itself).
@@ -73,8 +75,8 @@ def launch_plan(
 ) -> dict:
     """The CUDA kernel's plan for ``inputs`` on a device with ``limits`` (see
     :func:`device_limits`): grid, hs (cell units per block), ps (h units per block with a
-    projection, else 0), w_in_smem, tensor_cores, k_chunk, fused_cell (the forward's cell on
-    the accumulators), smem_bytes and ``reason`` (empty when it can launch)."""
+    projection, else 0), w_in_smem, tensor_cores, k_chunk, fused_cell (the cell, or the cell
+    backward, on the accumulators), smem_bytes and ``reason`` (empty when it can launch)."""
     _, batch, gate_width = inputs.xg.shape
     hidden = inputs.config.hidden_size
     dtype = inputs.xg.dtype
