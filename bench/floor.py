@@ -597,5 +597,195 @@ def step_model_markdown() -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ the CUDA kernels as built
+# docs/kernels-v2.md §5.0: csrc/cuda's persistent kernels as they are (one block per SM up to
+# H, the launch plan's W placement, mma.sync m16n8k16 / m16n8k8 on 16 x 8 tiles, split-K
+# across the 8 warps, batch blocks of 64 rows), each in its phased form and with the cell
+# (forward) or the cell backward on the accumulators (fused). Unmeasured: HopperAssumptions
+# plus the two guesses below.
+BUILT_FORMS = ("phased", "fused")
+# Guess: the phased form's elementwise phases per 64-row batch block (about ten __syncthreads-
+# separated phases and the gate tile's round trip through shared memory).
+PHASED_ELEMENTWISE_US = 0.5
+# Guess: split-K partials through shared memory and one __syncthreads before the fused cell.
+SPLITK_REDUCE_CLK = 80.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltStepModel:
+    """Predicted time of one step of a built CUDA kernel (µs per term) and its plan.
+
+    step = transfer + product + elementwise + barrier, with transfer = max(one SM's operand
+    ingress, the chip's L2 reads of every block's copy), product = batch blocks x the
+    accumulator chain (k-steps / ksplit x the mma.sync latency; a warp's tiles are independent
+    chains), elementwise = the phased guess per batch block, or (fused) the split-K reduction
+    + one L2 round trip (xg / b_hh forward, the saved tensors backward: not prefetched) + the
+    cell chains one thread runs (cells_per_thread x cell_latency_clk) per batch block."""
+
+    workload: str
+    dtype: str
+    direction: str
+    form: str
+    grid: int
+    rows: int  # rows of the block's W slice (the product's M; fused forward: gate-interleaved)
+    k: int
+    placement: str  # "tensor cores" | "FMA, W in shared memory" | "FMA, W from L2"
+    ksplit: int  # warps per tile or work item (the first batch block)
+    batch_blocks: int
+    cells_per_thread: int  # fused: cell (backward) elements one thread runs per batch block
+    operand_bytes: int  # the exchange every block reads per step
+    transfer_us: float
+    product_us: float
+    elementwise_us: float
+    barrier_us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.transfer_us + self.product_us + self.elementwise_us + self.barrier_us
+
+
+def _native_plan(workload: Workload, dtype: str, backward: bool, fused: bool, hw) -> dict | None:
+    """csrc/cuda/launch_plan.h's plan for these sizes on the assumed H100 (None without _C)."""
+    try:
+        from fusedrnn.backends import native
+    except ImportError:  # pragma: no cover - bench without the package
+        return None
+    module, _ = native.load_native()
+    if module is None:
+        return None
+    return module.cuda_launch_plan(
+        B=workload.batch,
+        G=workload.num_gates,
+        H=workload.hidden_size,
+        storage_bytes=STEP_DTYPE_BYTES[dtype],
+        backward=backward,
+        want_tensor_cores=True,
+        sms=hw.sms,
+        smem_per_block_optin=hw.smem_bytes_per_cta,
+        smem_per_sm=hw.smem_bytes_per_cta + 1024,
+        smem_reserved_per_block=1024,
+        max_threads_per_sm=2048,
+        want_fused_cell=fused,
+    )
+
+
+def built_step_model(
+    workload: Workload,
+    dtype: str,
+    direction: str,
+    form: str,
+    *,
+    hw: HopperAssumptions = HOPPER,
+    plan: dict | None = None,
+) -> BuiltStepModel:
+    """One step of the built forward or backward kernel (float32 under TF32), phased or fused.
+    ``plan`` (the launch plan's dict; by default _C's for ``hw``) decides where W lives and
+    whether the fused form runs; where it does not (W from L2), the model is the phased FMA
+    path's transfer with the FMA product over the streamed W (ffma rate)."""
+    if direction not in STEP_DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}")
+    if form not in BUILT_FORMS:
+        raise ValueError(f"unknown form {form!r}; expected one of {BUILT_FORMS}")
+    backward = direction == "backward"
+    B, H, G = workload.batch, workload.hidden_size, workload.num_gates
+    if plan is None:
+        plan = _native_plan(workload, dtype, backward, form == "fused", hw)
+    grid = min(H, hw.sms)
+    hs = -(-H // grid)
+    tensor_cores = plan is None or plan["tensor_cores"]
+    fused = form == "fused" and (plan is None or plan["fused_cell"])
+    if plan is not None and not plan["w_in_smem"]:
+        placement = "FMA, W from L2"
+    else:
+        placement = "tensor cores" if tensor_cores else "FMA, W in shared memory"
+    k = G * H if backward else H
+    e = 4 if backward or dtype == "float32" or not tensor_cores else 2
+    operand = B * k * e
+    clk_us = 1e6 / hw.clock_hz
+    transfer = max(
+        operand / hw.sm_ingress_bytes_per_clk * clk_us, grid * operand / hw.l2_bytes_per_s * 1e6
+    )
+    nbr, batch_blocks = min(B, 64), -(-B // 64)
+    n_tiles = -(-nbr // 8)
+    if backward:
+        rows = hs
+        work = -(-rows // 16) * n_tiles
+        per_item = 2 * min(2, -(-rows // 8))  # C fragment rows lane/4 (+ 8), two columns
+    elif fused:
+        groups = -(-hs // 8)
+        rows = groups * -(-G // 2) * 16
+        work = groups * n_tiles
+        per_item = 2  # one unit, two batch columns
+    else:
+        rows, per_item = G * hs, 0
+        work = -(-rows // 16) * n_tiles
+    warps = hw.warps_per_cta
+    ksplit = warps // work if work < warps else 1
+    if tensor_cores:
+        k_step = 8 if dtype == "float32" else 16
+        chain = -(-_round_up(k, k_step) // (k_step * ksplit))
+        product = batch_blocks * chain * hw.mma_sync_latency_clk * clk_us
+    else:  # block_matvec: every FMA of the block's rows x B x K at the FFMA rate
+        product = 2.0 * rows * B * k / hw.ffma_flops_per_clk * clk_us
+        if placement == "FMA, W from L2":
+            transfer += rows * k * STEP_DTYPE_BYTES[dtype] / hw.sm_ingress_bytes_per_clk * clk_us
+    if fused:
+        cells = per_item * -(-work // (warps // ksplit))
+        reduce_clk = SPLITK_REDUCE_CLK if ksplit > 1 else 0.0
+        elementwise = (
+            batch_blocks * (reduce_clk + hw.l2_latency_clk + cells * hw.cell_latency_clk) * clk_us
+        )
+    else:
+        cells = 0
+        elementwise = batch_blocks * PHASED_ELEMENTWISE_US
+    return BuiltStepModel(
+        workload=workload.name,
+        dtype=dtype,
+        direction=direction,
+        form="fused" if fused else "phased",
+        grid=grid,
+        rows=rows,
+        k=k,
+        placement=placement,
+        ksplit=ksplit,
+        batch_blocks=batch_blocks,
+        cells_per_thread=cells,
+        operand_bytes=operand,
+        transfer_us=transfer,
+        product_us=product,
+        elementwise_us=elementwise,
+        barrier_us=hw.grid_barrier_s * 1e6,
+    )
+
+
+def built_model_markdown() -> str:
+    """docs/kernels-v2.md §5.0's per-step table of the built kernels (``python3 -m
+    bench.floor`` prints it after §8's)."""
+    from .workloads import WORKLOADS
+
+    lines = [
+        "| workload | dtype | direction | form | placement | rows x K | ksplit | batch blocks "
+        "| cells/thread | operand KiB | transfer | product | elementwise | barrier "
+        "| **µs/step** |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("W1", "W2", "W3"):
+        for dtype in ("float32", "bfloat16"):
+            for direction in STEP_DIRECTIONS:
+                for form in BUILT_FORMS:
+                    m = built_step_model(WORKLOADS[name], dtype, direction, form)
+                    asked = " (plan: phased)" if form == "fused" and m.form == "phased" else ""
+                    lines.append(
+                        f"| {name} | {dtype} | {direction} | {form}{asked} | {m.placement} | "
+                        f"{m.rows} x {m.k} | {m.ksplit} | {m.batch_blocks} | "
+                        f"{m.cells_per_thread} | {m.operand_bytes / 1024:g} | "
+                        f"{m.transfer_us:.2f} | {m.product_us:.2f} | {m.elementwise_us:.2f} | "
+                        f"{m.barrier_us:.2f} | **{m.total_us:.2f}** |"
+                    )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(step_model_markdown())
+    print()
+    print(built_model_markdown())

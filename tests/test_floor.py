@@ -193,3 +193,70 @@ def test_design_doc_tables_are_the_models_output() -> None:
     doc = (REPO / "docs" / "kernels-v2.md").read_text()
     missing = [line for line in floor.step_model_markdown().splitlines() if line not in doc]
     assert not missing, f"docs/kernels-v2.md is stale, e.g. {missing[:2]}"
+
+
+# ------------------------------------------------------------------ the CUDA kernels as built
+RESIDENT_TC = {"tensor_cores": True, "w_in_smem": True, "fused_cell": True}
+
+
+def test_built_w1_bf16_by_hand() -> None:
+    """W1 bf16 on the round-figure H100 (1 clk = 1 ns), plan: tensor cores on the resident
+    slice. Backward: 132 blocks of hs = 4 units, rows 4 x K 2048, one 16 x 8 tile per 8 batch
+    rows (2 tiles: ksplit 4), d(a) 16 x 2048 x 4 B = 128 KiB into each SM (2,048 ns at
+    64 B/clk) and 132 x that from L2 (3.146 µs at 5.5 TB/s); 2048 / 16 / 4 = 32 chained mma
+    (1,056 ns); fused: 2 cell elements per thread (rows g < 4, two columns), 80 + 400 + 2 x
+    150 ns. Forward fused: 32 gate-interleaved rows, 2 items (ksplit 4), 512 / 64 = 8 chained
+    mma (264 ns), the bf16 exchange 16 KiB (256 ns; 132 x 16 KiB from L2 = 0.393 µs)."""
+    bwd = floor.built_step_model(W1, "bfloat16", "backward", "fused", hw=HW, plan=RESIDENT_TC)
+    assert (bwd.grid, bwd.rows, bwd.k, bwd.ksplit, bwd.cells_per_thread) == (132, 4, 2048, 4, 2)
+    assert bwd.operand_bytes == 16 * 2048 * 4
+    assert math.isclose(bwd.transfer_us, 132 * 131072 / 5.5e12 * 1e6)
+    assert math.isclose(bwd.product_us, 1.056)
+    assert math.isclose(bwd.elementwise_us, 0.78)
+    assert math.isclose(bwd.total_us, 132 * 131072 / 5.5e6 + 1.056 + 0.78 + 1.0)
+    phased = floor.built_step_model(W1, "bfloat16", "backward", "phased", hw=HW, plan=RESIDENT_TC)
+    assert math.isclose(phased.elementwise_us, floor.PHASED_ELEMENTWISE_US)
+    assert math.isclose(phased.total_us - phased.elementwise_us, bwd.total_us - bwd.elementwise_us)
+    fwd = floor.built_step_model(W1, "bfloat16", "forward", "fused", hw=HW, plan=RESIDENT_TC)
+    assert (fwd.rows, fwd.k, fwd.ksplit, fwd.cells_per_thread) == (32, 512, 4, 2)
+    assert math.isclose(fwd.product_us, 0.264)
+    assert math.isclose(fwd.transfer_us, 132 * 16384 / 5.5e6)
+    fwd_phased = floor.built_step_model(
+        W1, "bfloat16", "forward", "phased", hw=HW, plan=RESIDENT_TC
+    )
+    assert (fwd_phased.rows, fwd_phased.ksplit) == (16, 4)
+
+
+def test_built_model_follows_the_plan() -> None:
+    """Where the plan keeps the phased form (W from L2: W3 float32 backward on the H100) the
+    fused row is the phased one; TF32 k-steps of 8 double the chain; batch blocks of 64 rows
+    multiply the product and the elementwise terms."""
+    w3 = workloads.WORKLOADS["W3"]
+    l2 = {"tensor_cores": False, "w_in_smem": False, "fused_cell": False}
+    fused = floor.built_step_model(w3, "float32", "backward", "fused", plan=l2)
+    phased = floor.built_step_model(w3, "float32", "backward", "phased", plan=l2)
+    assert fused == phased and fused.form == "phased" and fused.placement == "FMA, W from L2"
+    tf32 = floor.built_step_model(W1, "float32", "forward", "phased", hw=HW, plan=RESIDENT_TC)
+    bf16 = floor.built_step_model(W1, "bfloat16", "forward", "phased", hw=HW, plan=RESIDENT_TC)
+    assert math.isclose(tf32.product_us, 2 * bf16.product_us)
+    assert tf32.operand_bytes == 2 * bf16.operand_bytes
+    w2 = floor.built_step_model(workloads.WORKLOADS["W2"], "bfloat16", "forward", "fused", hw=HW)
+    w3b = floor.built_step_model(w3, "bfloat16", "forward", "fused", hw=HW)
+    assert w3b.batch_blocks == 4 and math.isclose(w3b.product_us, 4 * w2.product_us)
+    assert math.isclose(w3b.elementwise_us, 4 * w2.elementwise_us)
+    with pytest.raises(ValueError, match="unknown form"):
+        floor.built_step_model(W1, "bfloat16", "forward", "cluster")
+
+
+def test_built_table_covers_every_kernel_and_is_in_the_design_doc() -> None:
+    """docs/kernels-v2.md §5.0 quotes `python3 -m bench.floor`'s built-kernel table: W1-W3,
+    float32 (TF32) and bfloat16, forward and backward, phased and fused."""
+    text = floor.built_model_markdown()
+    for name in ("W1", "W2", "W3"):
+        for dtype in ("float32", "bfloat16"):
+            for direction in floor.STEP_DIRECTIONS:
+                for form in floor.BUILT_FORMS:
+                    assert f"| {name} | {dtype} | {direction} | {form}" in text
+    doc = (REPO / "docs" / "kernels-v2.md").read_text()
+    missing = [line for line in text.splitlines() if line not in doc]
+    assert not missing, f"docs/kernels-v2.md §5.0 is stale, e.g. {missing[:2]}"
