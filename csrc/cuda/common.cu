@@ -80,30 +80,36 @@ LaunchPlan plan_launch(const void* kernel, int64_t B, int64_t G, int64_t H, int6
   return plan;
 }
 
+namespace {
+
+// `fused` (a fused-cell variant of `base`, or `base` itself when the plan declined) when
+// `fused_kernel` takes its shared memory with the grid co-resident (the occupancy
+// calculator, as plan_launch asks it of the phased kernel), else `base`.
+LaunchPlan fused_if_co_resident(const void* fused_kernel, const LaunchPlan& base,
+                                const LaunchPlan& fused, int64_t sms) {
+  if (!fused.fused_cell) return base;
+  FRNN_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(fused.smem_bytes)));
+  int per_sm = 0;
+  FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, fused_kernel, kThreads, static_cast<size_t>(fused.smem_bytes)));
+  return static_cast<int64_t>(per_sm) * sms < fused.grid ? base : fused;
+}
+
+}  // namespace
+
 LaunchPlan plan_launch_fused_cell(const void* fused_kernel, const LaunchPlan& base, int64_t B,
                                   int64_t G, int64_t H, int64_t storage_bytes) {
   const DeviceLimits d = device_limits();
-  const LaunchPlan plan = plan_fused_cell(d, base, B, G, H, storage_bytes);
-  if (!plan.fused_cell) return base;
-  FRNN_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(plan.smem_bytes)));
-  int per_sm = 0;
-  FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, fused_kernel, kThreads, static_cast<size_t>(plan.smem_bytes)));
-  return static_cast<int64_t>(per_sm) * d.sms < plan.grid ? base : plan;
+  return fused_if_co_resident(fused_kernel, base,
+                              plan_fused_cell(d, base, B, G, H, storage_bytes), d.sms);
 }
 
 LaunchPlan plan_launch_fused_cell_backward(const void* fused_kernel, const LaunchPlan& base) {
-  const LaunchPlan plan = plan_fused_cell_backward(base);
-  if (!plan.fused_cell) return base;
-  FRNN_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(plan.smem_bytes)));
-  int per_sm = 0;
-  FRNN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, fused_kernel, kThreads, static_cast<size_t>(plan.smem_bytes)));
-  return static_cast<int64_t>(per_sm) * device_limits().sms < plan.grid ? base : plan;
+  const LaunchPlan fused = plan_fused_cell_backward(base);
+  if (!fused.fused_cell) return base;
+  return fused_if_co_resident(fused_kernel, base, fused, device_limits().sms);
 }
 
 }  // namespace cuda

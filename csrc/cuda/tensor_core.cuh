@@ -170,6 +170,36 @@ __device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const 
   }
 }
 
+// ------------------------------------------------------------------ the operand's chunk loop
+// The k-loop over the operand's chunks that both products run for one batch block (rows b0 ..
+// b0 + nbr of X): stages chunk 0, then for each chunk c < chunks stages chunk c + 1 into the
+// other buffer (the double buffer; stage_elems elements each) while waiting for chunk c,
+// and calls body(xs, c) on the staged chunk between two __syncthreads (the second because
+// the buffer is restaged for chunk c + 2, or the next round). x null: nothing is staged and
+// body is never called (a zero operand). Every thread of the block calls this.
+template <class X, class Body>
+__device__ __forceinline__ void for_each_staged_chunk(const X* x, int64_t ldx, bool vec16,
+                                                      int64_t b0, int nbr, int64_t K,
+                                                      int k_chunk, int stage_ld,
+                                                      int stage_elems, X* stage, Body body) {
+  const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
+  if (x != nullptr) stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
+  cp_async_commit();
+  for (int c = 0; x != nullptr && c < chunks; ++c) {
+    if (c + 1 < chunks) {
+      stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx, b0,
+                          nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(static_cast<const X*>(stage + (c & 1) * stage_elems), c);
+    __syncthreads();
+  }
+}
+
 // ------------------------------------------------------------------ the block product
 // out[b * R + r] = sum_{k < K} X[b * ldx + k] * W[r][k] for b < B, r < R, on tensor cores:
 // bf16 / fp16 operands (m16n8k16) or TF32 (m16n8k8, S = float), fp32 accumulation. W is the
@@ -194,7 +224,6 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
   constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t k_end = round_up(K, kStep);
-  const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
   const int steps_per_chunk = k_chunk / kStep;
   const int stage_elems = static_cast<int>(staged_batch_rows(B)) * stage_ld;
   for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
@@ -208,19 +237,8 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-      if (x != nullptr) stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
-      cp_async_commit();
-      for (int c = 0; x != nullptr && c < chunks; ++c) {
-        if (c + 1 < chunks) {
-          stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
-                              b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
-          cp_async_commit();
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        __syncthreads();
-        const X* xs = stage + (c & 1) * stage_elems;
+      for_each_staged_chunk(x, ldx, vec16, b0, nbr, K, k_chunk, stage_ld, stage_elems, stage,
+                            [&](const X* xs, int c) {
         // k-step j of the whole product belongs to k part j % ksplit.
         const int first = ((kpart - c * steps_per_chunk) % sp.ksplit + sp.ksplit) % sp.ksplit;
         for (int step = first; step < steps_per_chunk; step += sp.ksplit) {
@@ -239,8 +257,7 @@ __device__ __forceinline__ void block_product_tc_each(int64_t B, int R, int64_t 
             }
           }
         }
-        __syncthreads();  // this buffer is restaged for chunk c + 2 (or the next round)
-      }
+      });
 
       // Epilogue: accumulators -> out[b][r] (C fragment layout), split-K partials summed in
       // warp order.
@@ -297,7 +314,6 @@ __device__ __forceinline__ void block_product_cell_tc(int64_t B, int G, int hl, 
   constexpr int kStep = std::is_same<S, float>::value ? 8 : 16;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t k_end = round_up(K, kStep);
-  const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
   const int steps_per_chunk = k_chunk / kStep;
   const int tiles = fused_cell_tiles(G);
   const int groups = static_cast<int>(fused_cell_groups(hl));
@@ -317,19 +333,8 @@ __device__ __forceinline__ void block_product_cell_tc(int64_t B, int G, int hl, 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
 
-      stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
-      cp_async_commit();
-      for (int c = 0; c < chunks; ++c) {
-        if (c + 1 < chunks) {
-          stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx,
-                              b0, nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
-          cp_async_commit();
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        __syncthreads();
-        const X* xs = stage + (c & 1) * stage_elems;
+      for_each_staged_chunk(x, ldx, vec16, b0, nbr, K, k_chunk, stage_ld, stage_elems, stage,
+                            [&](const X* xs, int c) {
         const int first = ((kpart - c * steps_per_chunk) % sp.ksplit + sp.ksplit) % sp.ksplit;
         for (int step = busy ? first : steps_per_chunk; step < steps_per_chunk;
              step += sp.ksplit) {
@@ -347,8 +352,7 @@ __device__ __forceinline__ void block_product_cell_tc(int64_t B, int G, int hl, 
             }
           }
         }
-        __syncthreads();  // this buffer is restaged for chunk c + 2 (or the next round)
-      }
+      });
 
       // Split-K partials summed in warp order, then the cell on the accumulators.
       if (sp.ksplit > 1) {
