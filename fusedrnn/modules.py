@@ -470,7 +470,9 @@ class _FusedRNNBase(nn.RNNBase):
                 output = output.transpose(0, 1)
             hidden = (h_n, c_n) if is_lstm else h_n
         if not torch.compiler.is_compiling():
-            self.last_backend = "+".join(dict.fromkeys(backends_ran))
+            # a plain attribute (no parameter, buffer or module): set it without the
+            # nn.Module / RNNBase __setattr__ checks (microseconds of a B=1 call)
+            self.__dict__["last_backend"] = "+".join(dict.fromkeys(backends_ran))
         return output, hidden
 
 
