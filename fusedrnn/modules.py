@@ -290,13 +290,15 @@ class _FusedRNNBase(nn.RNNBase):
     # ---------------------------------------------------------------- forward
     def _check_devices_and_dtypes(self, input: torch.Tensor, hx: tuple) -> None:
         weight = self._flat_weights[0]
-        if input.device != weight.device:
+        # (both on the CPU: the same device, known without building device objects)
+        on_cpu = input.is_cpu
+        if not (on_cpu and weight.is_cpu) and input.device != weight.device:
             raise RuntimeError(
                 "Input and parameter tensors are not at the same device, found input tensor "
                 f"at {input.device} and parameter tensor at {weight.device}"
             )
         for h in hx:
-            if h.device != input.device:
+            if not (on_cpu and h.is_cpu) and h.device != input.device:
                 raise RuntimeError(
                     "Input and hidden tensors are not at the same device, found input tensor "
                     f"at {input.device} and hidden tensor at {h.device}"
