@@ -48,6 +48,8 @@ def known_backends() -> tuple[str, ...]:
 
 def check_backend_name(name: str) -> None:
     """Raise ValueError for a name that is not a backend."""
+    if isinstance(name, str) and (name in (AUTO, TORCH) or name in backends.RECURRENCE_BACKENDS):
+        return  # (known_backends() without building its tuple: every forward checks)
     if not isinstance(name, str) or name not in known_backends():
         raise ValueError(
             f"unknown backend {name!r}; expected one of {', '.join(map(repr, known_backends()))}"

@@ -95,7 +95,8 @@ def rnn(
         c0: [L*D, B, H] initial cell states (lstm), else None.
         params: L*D ``LayerParams`` in the same order.
         lengths: [B] integer lengths in [1, T], or None for all T.
-        seed: Philox key of this call; drawn from torch's default generator when None.
+        seed: Philox key of this call; drawn from torch's default generator when None and a
+            mask is drawn (else 0).
         backends_ran: if given, the name of the backend that runs each layer-direction is
             appended to it (eager mode; a compiled graph resolves ``auto`` when it runs).
 
@@ -119,8 +120,11 @@ def rnn(
         _check_mask_limits(options, steps, batch, input.shape[2])
         if seed is None:
             seed = philox.draw_seed()
-    seed = torch.as_tensor(0 if seed is None else seed, dtype=torch.int64)
-    if _vmap_active() and torch._C._functorch.is_batchedtensor(seed):
+    # No seed and no mask: None (the recurrence then reads seed 0; nothing else reads it), so
+    # that an inference call makes no 0-d tensor (a few microseconds of a B=1 call).
+    if seed is not None:
+        seed = torch.as_tensor(seed, dtype=torch.int64)
+    if seed is not None and _vmap_active() and torch._C._functorch.is_batchedtensor(seed):
         raise RuntimeError(
             "fusedrnn: torch.func.vmap(..., randomness='different') is not supported: a "
             "layer call draws one mask seed for its whole batch; use randomness='same'"
@@ -174,6 +178,9 @@ def rnn(
                 training=training,
                 layer=layer,
                 direction=direction,
+                # recurrence() decides (grad mode and requires_grad); with grad mode off it
+                # agrees, so an inference call makes no copy of the inputs to change it
+                needs_grad=torch.is_grad_enabled(),
             )
             out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(
                 inputs, backend, seed, backends_ran

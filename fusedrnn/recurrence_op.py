@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 
 import torch
 
@@ -59,6 +60,9 @@ _INPUT_SCHEMA = ", ".join(f"{dict(_FIELDS)[name]} {name}" for name in _INPUT_ARG
 _CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(RecurrenceConfig))
 _STAT_FIELDS = ("batch_mean_hh", "batch_var_hh", "batch_mean_c", "batch_var_c")
 _NUM_RESULTS = 3 + len(_STAT_FIELDS)  # output, h_n, c_n, statistics; then backend, saved
+_RESULT_FIELDS = ("output", "h_n", "c_n", *_STAT_FIELDS)  # RecurrenceOutputs, in that order
+# The tensor fields of RecurrenceInputs (the ops' tensors but the seed, an int there).
+_INPUT_TENSOR_FIELDS = tuple(name for name in _TENSOR_ARGS if name != _SEED_FIELD)
 _BACKEND_NAMES = tuple(backends.RECURRENCE_BACKENDS)
 
 
@@ -160,25 +164,60 @@ def _unaliased(result: torch.Tensor, taken: set[int]) -> torch.Tensor:
     return result
 
 
-def _recurrence_impl(*args) -> list[torch.Tensor]:
-    inputs, backend = _op_inputs(args[:-1]), args[-1]
+def _input_addresses(tensors) -> set[int]:
+    """Storage addresses of the non-empty tensors among ``tensors`` (None skipped)."""
+    return {_storage_address(t) for t in tensors if isinstance(t, torch.Tensor) and t.numel()}
+
+
+def _run_backend(inputs: RecurrenceInputs, backend: str):
+    """Validate ``inputs``, resolve ``backend`` and run its forward: (outputs, saved, module),
+    ``saved`` empty when no gradient is needed (no backward can follow)."""
     validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
     outputs, saved = module.forward(inputs)
     if not inputs.needs_grad:  # no backward can follow: return nothing for one
         saved = ()
+    return outputs, saved, module
+
+
+def _recurrence_impl(*args) -> list[torch.Tensor]:
+    inputs, backend = _op_inputs(args[:-1]), args[-1]
+    outputs, saved, module = _run_backend(inputs, backend)
     results = [outputs.output, outputs.h_n, outputs.c_n]
     results += [getattr(outputs, f) for f in _STAT_FIELDS]
-    taken = {
-        _storage_address(t)
-        for t in args[: len(_TENSOR_ARGS)]
-        if isinstance(t, torch.Tensor) and t.numel()
-    }
+    taken = _input_addresses(args[: len(_TENSOR_ARGS)])
     returned = [
         inputs.xg.new_empty(0) if r is None else _unaliased(r, taken) for r in (*results, *saved)
     ]
     ran = torch.tensor(_BACKEND_NAMES.index(module.NAME), dtype=torch.int64)
     return [*returned[:_NUM_RESULTS], ran, *returned[_NUM_RESULTS:]]
+
+
+_input_tensors = operator.attrgetter(*_INPUT_TENSOR_FIELDS)  # inputs -> their tensor fields
+
+
+def _recurrence_direct(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, str]:
+    """What ``recurrence`` makes of ``_recurrence_impl``'s results, without the round trip
+    through the op's arguments and results (``_calls_impl_directly``: no gradient, so nothing
+    is saved): the same checks, backend and unaliasing, None where a result is absent rather
+    than a placeholder tensor, and the backend's name rather than its index as a tensor.
+    Returns (results, name of the backend that ran)."""
+    outputs, _, module = _run_backend(inputs, backend)
+    # A backend whose results are always tensors it allocated itself (FRESH_OUTPUTS: no input,
+    # no view, no two sharing storage) needs no unaliasing; tests/test_eager_fast_path.py
+    # checks the host's claim.
+    fresh = getattr(module, "FRESH_OUTPUTS", False)
+    taken = None if fresh else _input_addresses(_input_tensors(inputs))
+    results = []
+    for field, absent in zip(_RESULT_FIELDS, _absent_results(inputs)):
+        r = getattr(outputs, field)
+        if absent:
+            results.append(None)
+        elif r is None:
+            results.append(inputs.xg.new_empty(0))
+        else:
+            results.append(r if fresh else _unaliased(r, taken))
+    return tuple(results), module.NAME
 
 
 _recurrence_op = torch.library.custom_op(
@@ -358,7 +397,7 @@ def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _calls_impl_directly(args: list, needs_grad: bool) -> bool:
+def _calls_impl_directly(inputs: RecurrenceInputs, seed, needs_grad: bool) -> bool:
     """Whether calling the op's implementation is the same as calling the op, so that the
     dispatcher's fixed cost per call (tens of microseconds, a B=1 layer's order of magnitude)
     can be skipped.
@@ -367,10 +406,12 @@ def _calls_impl_directly(args: list, needs_grad: bool) -> bool:
     (the autograd kernel then only redispatches), eager mode (not compiling, not jit tracing),
     no profiler (a profile shows the op), no dispatch or torch-function mode (FakeTensorMode,
     FunctionalTensorMode, ``with torch.device(...)``, ...) and every tensor a plain CPU
-    ``Tensor`` or ``Parameter`` (no subclass, no meta tensor: those dispatch elsewhere). The
+    ``Tensor`` or ``Parameter`` (no subclass, no meta tensor: those dispatch elsewhere; the
+    tensors of ``inputs`` and ``seed``, None for an absent one). The
     caller has already routed torch.func transforms away (``_functorch_active``). The kernel
     is ``_recurrence_impl`` itself, which returns no output that aliases an input or another
-    output (the dispatcher's one check of a custom op's results).
+    output (the dispatcher's one check of a custom op's results); ``_recurrence_direct`` runs
+    it without the round trip through the op's argument and result lists.
     """
     if needs_grad or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return False
@@ -378,9 +419,13 @@ def _calls_impl_directly(args: list, needs_grad: bool) -> bool:
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
         return False
+    # ``is_cpu`` rather than ``device.type == "cpu"``: the same answer at a twentieth of the
+    # cost (a device object per tensor and call)
+    # (the tensors are gathered only here: torch.compile has returned above, and dynamo does
+    # not trace operator.attrgetter)
     return all(
-        t is None or (type(t) in _PLAIN_TENSOR_TYPES and t.device.type == "cpu")
-        for t in args[: len(_TENSOR_ARGS)]
+        t is None or (type(t) in _PLAIN_TENSOR_TYPES and t.is_cpu)
+        for t in (seed, *_input_tensors(inputs))
     )
 
 
@@ -408,10 +453,13 @@ def recurrence(
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
         results, ran = _reference_recurrence(inputs, backend)
+    elif _calls_impl_directly(inputs, seed, needs_grad):
+        if seed is not None:
+            inputs = inputs.replace(seed=int(seed))
+        results, ran = _recurrence_direct(inputs, backend)
     else:
         args = op_arguments(inputs, seed)
-        run = _recurrence_impl if _calls_impl_directly(args, needs_grad) else _recurrence_op
-        outputs = run(*args, backend)
+        outputs = _recurrence_op(*args, backend)
         # Placeholders (absent c_n / statistics) back to None; the configuration says which.
         results = tuple(
             None if absent else r for r, absent in zip(outputs, _absent_results(inputs))

@@ -115,3 +115,134 @@ def test_the_direct_call_gives_the_ops_results(monkeypatch, cell, options):
     for a, b in zip(flat_direct, flat_op):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ the direct call's shortcuts
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("cell", "options"),
+    [
+        ("lstm", {}),
+        ("lstm", {"proj_size": 3}),
+        ("gru", {}),
+        ("lstm", {"recurrent_batch_norm": True, "max_steps": 4}),
+        ("rnn", {"bias": False}),
+    ],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_host_results_are_fresh(cell, options, training):
+    """host.FRESH_OUTPUTS (the direct call skips its aliasing check on it): every result of
+    host.forward is a tensor of its own, no view, sharing storage with no input and no other
+    result (batch statistics in training included)."""
+    from fusedrnn import functional
+    from fusedrnn.backends import host
+
+    assert host.FRESH_OUTPUTS
+    layer, x = _layer_and_input(cell, **options)
+    layer.train(training)
+    captured = []
+    real = host.forward
+
+    def spy(inputs):
+        outputs, saved = real(inputs)
+        captured.append((inputs, outputs))
+        return outputs, saved
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(host, "forward", spy)
+        functional.rnn(
+            x,
+            *_zero_state(layer, x),
+            layer._layer_params(),
+            layer.options(),
+            training=training,
+            backend="host",
+        )
+    assert captured
+    for inputs, outputs in captured:
+        results = [r for r in vars(outputs).values() if isinstance(r, torch.Tensor)]
+        inputs_at = {
+            _storage(t) for t in vars(inputs).values() if isinstance(t, torch.Tensor) and t.numel()
+        }
+        seen: set[int] = set()
+        for r in results:
+            assert not r._is_view()
+            assert _storage(r) not in inputs_at
+            assert _storage(r) not in seen
+            seen.add(_storage(r))
+
+
+def _zero_state(layer, x):
+    h0 = torch.zeros(1, x.shape[1], layer.proj_size or layer.hidden_size)
+    c0 = torch.zeros(1, x.shape[1], layer.hidden_size) if layer.mode == "LSTM" else None
+    return h0, c0
+
+
+def test_the_direct_call_unaliases_a_backend_without_fresh_outputs(monkeypatch):
+    """A backend that does not claim FRESH_OUTPUTS gets the op's aliasing rule on the direct
+    path too: a result that is an input is copied, a view is detached from its base."""
+    from fusedrnn.backends import host
+
+    real = host.forward
+
+    def aliasing(inputs):
+        outputs, saved = real(inputs)
+        outputs.h_n = inputs.h0  # an input as a result
+        outputs.c_n = outputs.output[-1]  # a view of another result
+        return outputs, saved
+
+    monkeypatch.setattr(host, "forward", aliasing)
+    monkeypatch.setattr(host, "FRESH_OUTPUTS", False)
+    layer, x = _layer_and_input()
+    h0, c0 = torch.randn(1, 3, 7), torch.randn(1, 3, 7)
+    with torch.no_grad():
+        out, (h_n, c_n) = layer(x, (h0, c0))
+    assert _storage(h_n) != _storage(h0)
+    torch.testing.assert_close(h_n, h0, rtol=0, atol=0)
+    assert not c_n._is_view() or c_n._base is not out
+    torch.testing.assert_close(c_n[0], out[-1], rtol=0, atol=0)
+    c_n += 1  # in place, as torch.nn allows: a detached view does not refuse it
+
+
+def test_no_seed_reads_zero():
+    """functional.rnn with seed=None and no mask drawn passes no seed tensor; the results are
+    those of seed 0 (inference, and training without a mask), eager and through the op."""
+    from fusedrnn import functional
+
+    layer, x = _layer_and_input("lstm", zoneout_cell=0.5)
+    h0, c0 = _zero_state(layer, x)
+    args = (x, h0, c0, layer._layer_params(), layer.options())
+    with torch.no_grad():
+        for training in (False,):
+            none = functional.rnn(*args, training=training, backend="host")
+            zero = functional.rnn(*args, training=training, backend="host", seed=0)
+            for a, b in zip(none, zero):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    plain, x = _layer_and_input("gru")
+    h0, _ = _zero_state(plain, x)
+    args = (x, h0, None, plain._layer_params(), plain.options())
+    none = functional.rnn(*args, training=True, backend="host")  # grad: through the op
+    zero = functional.rnn(*args, training=True, backend="host", seed=0)
+    for a, b in zip(none, zero):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_backend_modules_are_loaded_once_and_failures_retried(monkeypatch):
+    """backends.load remembers an imported module (a call's dispatch loads two) but not a
+    failed import: the next call tries again."""
+    import importlib
+
+    from fusedrnn import backends
+
+    assert backends.load("host") is importlib.import_module("fusedrnn.backends.host")
+    monkeypatch.setitem(backends.RECURRENCE_BACKENDS, "missing", "fusedrnn.backends._missing")
+    for _ in range(2):
+        with pytest.raises(ImportError):
+            backends.load("missing")
+    assert "missing" not in backends._loaded

@@ -451,3 +451,25 @@ def test_half_results_rounded_to_nearest(dtype):
     assert differ < 0.01, f"{differ:.1%} of the elements differ from round-to-nearest"
     ulp = torch.finfo(dtype).eps
     torch.testing.assert_close(out.output, expected, rtol=ulp, atol=0)
+
+
+# ----------------------------------------------------------------- one row (B = 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("hidden", "proj"), [(16, 0), (40, 0), (67, 0), (37, 21)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_row_reads_the_weights_in_place(cell, hidden, proj, threads, monkeypatch):
+    """B = 1 runs the product as gemv_rows over W_hh's (and W_hr's) own rows, not packed:
+    whole blocks of vector-width rows (16, 40), tails of rows and of K (67, 37), several
+    threads (uneven gate blocks), weight drop (its dropped copy of the rows, another gate
+    stride), projection; float32 and float64 by the rule, gradients included."""
+    if proj and cell != "lstm":
+        pytest.skip("projection is lstm only")
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    for reg, dtype in (
+        ("none", torch.float32),
+        ("weight_drop", torch.float64),
+        ("zoneout_eval", torch.float64),
+    ):
+        compare(make_inputs(cell, reg, False, False, dtype, 5, 1, hidden, proj=proj))

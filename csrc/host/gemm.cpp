@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "multiversion.h"
 
@@ -148,6 +149,91 @@ FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, i
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// The B = 1 product straight from a row-major W (no packing): y[r] = sum_k W[r][k] x[k].
+// L rows at a time (L = lanes of a vector), one accumulator vector per row, so L independent
+// FMA chains; the L accumulators are then reduced into one vector of the L row sums by a
+// log2(L)-level tree of lane shuffles (fold), whose output lanes are rows r .. r + L - 1.
+// fold: a and b each hold L / W groups of W lanes (a group = one row's partial sums); the
+// result holds the groups of a then those of b, each folded to W / 2 lanes (its lower half
+// plus its upper half).
+template <int L, int W, bool Upper, int I>
+constexpr int fold_index() {
+  constexpr int groups = L / W, half = W / 2;
+  constexpr int g = I / half, o = I % half;
+  return (g < groups ? g * W : L + (g - groups) * W) + o + (Upper ? half : 0);
+}
+// (Vectors by pointer, not by value: a vector argument or return of a non-inlined function
+// would change the ABI between the ISA builds, -Wpsabi.)
+template <class V, int L, int W, int... I>
+FRNN_ALWAYS_INLINE void fold(V* out, const V* a, const V* b, std::integer_sequence<int, I...>) {
+  *out = __builtin_shufflevector(*a, *b, fold_index<L, W, false, I>()...) +
+         __builtin_shufflevector(*a, *b, fold_index<L, W, true, I>()...);
+}
+template <class V, int L, int W>
+FRNN_ALWAYS_INLINE void reduce_rows(V* v) {
+  if constexpr (W > 1) {
+    for (int i = 0; i < W / 2; ++i)
+      fold<V, L, W>(v + i, v + 2 * i, v + 2 * i + 1, std::make_integer_sequence<int, L>{});
+    reduce_rows<V, L, W / 2>(v);
+  }
+}
+
+template <class T, int Bytes>
+FRNN_ALWAYS_INLINE void gemv_rows_impl(int64_t rows, int64_t K, const T* W, int64_t ldw,
+                                       const T* x, T* y) {
+  using V = typename Vec<T, Bytes>::type;
+  using VU = typename Vec<T, Bytes>::unaligned;
+  constexpr int L = Bytes / static_cast<int>(sizeof(T));
+  const int64_t kv = K / L * L;
+  int64_t r = 0;
+  for (; r + L <= rows; r += L) {
+    V acc[L];
+    for (int i = 0; i < L; ++i) acc[i] = V{};
+    for (int64_t k = 0; k < kv; k += L) {
+      const V xv = *reinterpret_cast<const VU*>(x + k);
+      for (int i = 0; i < L; ++i)
+        acc[i] += *reinterpret_cast<const VU*>(W + (r + i) * ldw + k) * xv;
+    }
+    reduce_rows<V, L, L>(acc);
+    *reinterpret_cast<VU*>(y + r) = acc[0];
+    for (int i = 0; i < L && kv < K; ++i) {
+      T sum = 0;
+      for (int64_t k = kv; k < K; ++k) sum += W[(r + i) * ldw + k] * x[k];
+      y[r + i] += sum;
+    }
+  }
+  for (; r < rows; ++r) {  // the last rows % L rows, one at a time
+    V acc = V{};
+    for (int64_t k = 0; k < kv; k += L)
+      acc += *reinterpret_cast<const VU*>(W + r * ldw + k) * *reinterpret_cast<const VU*>(x + k);
+    T lanes[L];
+    std::memcpy(lanes, &acc, sizeof lanes);
+    T sum = 0;
+    for (int i = 0; i < L; ++i) sum += lanes[i];
+    for (int64_t k = kv; k < K; ++k) sum += W[r * ldw + k] * x[k];
+    y[r] = sum;
+  }
+}
+
+#define FRNN_GEMV_PARAMS(T) \
+  (int64_t rows, int64_t K, const T* W, int64_t ldw, const T* x, T* y)
+#define FRNN_GEMV_ARGS (rows, K, W, ldw, x, y)
+FRNN_ALWAYS_INLINE void gemv_f32_v4_body FRNN_GEMV_PARAMS(float) {
+  gemv_rows_impl<float, 64> FRNN_GEMV_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemv_f32_body FRNN_GEMV_PARAMS(float) {
+  gemv_rows_impl<float, 32> FRNN_GEMV_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemv_f64_v4_body FRNN_GEMV_PARAMS(double) {
+  gemv_rows_impl<double, 64> FRNN_GEMV_ARGS;
+}
+FRNN_ALWAYS_INLINE void gemv_f64_body FRNN_GEMV_PARAMS(double) {
+  gemv_rows_impl<double, 32> FRNN_GEMV_ARGS;
+}
+FRNN_DISPATCH_SPLIT(void, gemv_f32, FRNN_GEMV_PARAMS(float), FRNN_GEMV_ARGS)
+FRNN_DISPATCH_SPLIT(void, gemv_f64, FRNN_GEMV_PARAMS(double), FRNN_GEMV_ARGS)
+
 using TileAvx2 = Tile<32, 6, 1>;
 using TileAvx512 = Tile<64, 8, 2>;
 
@@ -189,6 +275,15 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
                  const double* packed, double* C, int64_t ldc, bool accumulate) {
   gemm_f64(M, N, K, A, lda, packed, C, ldc, accumulate);
+}
+
+void gemv_rows(int64_t rows, int64_t K, const float* W, int64_t ldw, const float* x, float* y) {
+  gemv_f32(rows, K, W, ldw, x, y);
+}
+
+void gemv_rows(int64_t rows, int64_t K, const double* W, int64_t ldw, const double* x,
+               double* y) {
+  gemv_f64(rows, K, W, ldw, x, y);
 }
 
 const char* gemm_variant() { return isa_name(runtime_isa()); }

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <utility>
 #include <vector>
 
 namespace fusedrnn {
@@ -46,18 +48,52 @@ struct PackedLayout {
   }
 };
 
+// An allocator whose value-less construct() default-initialises: a PackedB<T>(n) holds n
+// uninitialised elements, so pack_b writes each element once rather than after a zero fill
+// (the fill was a B = 1 call's largest native cost after the packing itself).
+template <class T>
+struct NoInitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = NoInitAllocator<U>;
+  };
+  NoInitAllocator() = default;
+  template <class U>
+  NoInitAllocator(const NoInitAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <class T>
+using PackedB = std::vector<T, NoInitAllocator<T>>;
+
 // Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N (PackedLayout, zero-padded) and
 // returns the packed buffer. One pointer per column: a source whose columns are rows of a
 // matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its columns (k_stride = the
 // row length: the backward's B = W), without an index computation per element (the per-call
 // pack is a B = 1 call's largest native cost). Within a panel the k loop is outer, so a
-// k_stride > 1 source is read along its rows.
+// k_stride > 1 source is read along its rows. Only the padding (columns past N in the last
+// group, the cache line after each group) is zeroed; every other element is written once.
 template <class T, class Column>
-std::vector<T> pack_b(int64_t K, int64_t N, int64_t k_stride, Column column) {
+PackedB<T> pack_b(int64_t K, int64_t N, int64_t k_stride, Column column) {
   using Layout = PackedLayout<T>;
   constexpr int64_t P = GemmPanel<T>::kWidth;
   const int64_t panels = (N + P - 1) / P;
-  std::vector<T> packed(static_cast<size_t>(Layout::size(K, N)), T(0));
+  PackedB<T> packed(static_cast<size_t>(Layout::size(K, N)));
+  const int64_t groups = (N + Layout::kRow - 1) / Layout::kRow;
+  for (int64_t g = 0; g < groups; ++g) {
+    T* group = packed.data() + g * Layout::group_stride(K);
+    const int64_t cols = std::min<int64_t>(Layout::kRow, N - g * Layout::kRow);
+    if (cols < Layout::kRow)
+      for (int64_t k = 0; k < K; ++k)
+        std::fill(group + k * Layout::kRow + cols, group + (k + 1) * Layout::kRow, T(0));
+    std::fill(group + K * Layout::kRow, group + Layout::group_stride(K), T(0));
+  }
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t width = std::min<int64_t>(P, N - p * P);
     const T* src[P];
@@ -74,6 +110,12 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
                  float* C, int64_t ldc, bool accumulate);
 void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
                  const double* packed, double* C, int64_t ldc, bool accumulate);
+
+// y[r] = sum_k W[r * ldw + k] * x[k] for r < rows: the one-row (B = 1) product read straight
+// from a row-major W, with no packing (the pack is a one-row call's largest fixed cost).
+void gemv_rows(int64_t rows, int64_t K, const float* W, int64_t ldw, const float* x, float* y);
+void gemv_rows(int64_t rows, int64_t K, const double* W, int64_t ldw, const double* x,
+               double* y);
 
 // Which variant runs ("x86-64-v4" / "x86-64-v3" / "baseline" / "portable"), for the report;
 // the activations of simd_math.h use the same one.

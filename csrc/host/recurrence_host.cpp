@@ -168,8 +168,16 @@ struct HostForwardPolicy : HostWorker<T> {
   T* hin;                // [2][B][P] m_h * h exchange
   MeanM2<T>* parts[2];   // [nt][B] layer-norm partials of W_hh h and of c~
 
+  const T* w_rows;       // B = 1: own W_hh rows in place, not packed (else nullptr)
+  int64_t w_rows_gate;   // elements from one gate's own rows to the next gate's
+
   void recurrent_product(int64_t s, T* a) const {
-    if (R > 0) gemm_packed(B, R, P, hin + (s & 1) * B * P, P, w_packed, a, R, false);
+    if (R <= 0) return;
+    const T* x = hin + (s & 1) * B * P;
+    if (w_rows == nullptr) return gemm_packed(B, R, P, x, P, w_packed, a, R, false);
+    const int64_t units = this->hl;  // one row: G blocks of hl contiguous rows, no pack
+    for (int64_t g = 0; g < R / units; ++g)
+      gemv_rows(units, P, w_rows + g * w_rows_gate, P, x, a + g * units);
   }
   // The fused form of the step (p.fused_cell, step_loop.h): the same product into the gate
   // tile, then the cell per (row, unit) on its G values. The host's phased form is faster (it
@@ -204,8 +212,11 @@ struct HostForwardPolicy : HostWorker<T> {
       rstd[b] = norm_rstd(m.m2 / T(total));
     }
   }
+  const T* w_hr_rows;    // B = 1: own W_hr rows in place, not packed (else nullptr)
   void project(const T* h_pre, T* h_proj) const {
-    if (pl > 0) gemm_packed(B, pl, H, h_pre, H, w_hr_packed, h_proj, pl, false);
+    if (pl <= 0) return;
+    if (w_hr_rows != nullptr) return gemv_rows(pl, H, w_hr_rows, H, h_pre, h_proj);
+    gemm_packed(B, pl, H, h_pre, H, w_hr_packed, h_proj, pl, false);
   }
 };
 
@@ -238,13 +249,20 @@ void forward_impl(const RecurrenceFwdParams& p) {
     const int64_t pl = so.size();
     // Packed W_hh^T restricted to own columns: B[k][c] = W[col(c)][k].
     const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
-    const std::vector<T> wp = pack_b<T>(P, nl, 1, [&](int64_t c) {
+    // One row (B = 1): the product reads the rows in place (gemv_rows), no pack. The pack
+    // cost about four one-row products (most of a T = 1 call), and the packed one-row product
+    // measured slower per step too (docs/design.md, host performance).
+    const bool rows_form = B == 1;
+    const PackedB<T> wp = rows_form ? PackedB<T>() : pack_b<T>(P, nl, 1, [&](int64_t c) {
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     });
+    const T* w_rows = !rows_form ? nullptr : dropped.empty() ? w + sl.j0 * P : dropped.data();
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
-    const std::vector<T> wrp =
-        proj ? pack_b<T>(H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
-             : std::vector<T>();
+    const PackedB<T> wrp =
+        proj && !rows_form
+            ? pack_b<T>(H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
+            : PackedB<T>();
+    const T* w_hr_rows = proj && rows_form ? w_hr + so.j0 * H : nullptr;
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
     };
@@ -267,7 +285,7 @@ void forward_impl(const RecurrenceFwdParams& p) {
     scratch.h_proj = h_proj.data();
     HostForwardPolicy<T> policy{
         {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl, wp.data(), wrp.data(), hin.data(),
-        {part_hh.data(), part_c.data()}};
+        {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
     forward_steps(policy, p, scratch);
   }
 }
@@ -360,14 +378,14 @@ void backward_impl(const RecurrenceBwdParams& p) {
     // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk] (W_hh is [N, P]).
     const std::vector<T> dropped =
         cm.dropped_weight(p, w, P, N, [](int64_t n) { return n; }, so.j0, pl);
-    const std::vector<T> wp =
+    const PackedB<T> wp =
         dropped.empty()
             ? pack_b<T>(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
             : pack_b<T>(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
-    const std::vector<T> wrp =
+    const PackedB<T> wrp =
         proj ? pack_b<T>(P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
-             : std::vector<T>();
+             : PackedB<T>();
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
     };

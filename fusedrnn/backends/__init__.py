@@ -20,6 +20,12 @@ RECURRENCE_BACKENDS: dict[str, str] = {
 }
 
 
+_loaded: dict[str, ModuleType] = {}  # the modules imported so far (a call's dispatch loads two)
+
+
 def load(name: str) -> ModuleType:
     """Import the launcher module of backend ``name`` (raises ImportError if it cannot)."""
-    return importlib.import_module(RECURRENCE_BACKENDS[name])
+    module = _loaded.get(name)
+    if module is None:  # a failed import is not remembered: the next call tries again
+        module = _loaded[name] = importlib.import_module(RECURRENCE_BACKENDS[name])
+    return module

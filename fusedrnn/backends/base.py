@@ -245,15 +245,16 @@ def validate(inputs: RecurrenceInputs, read_lengths: bool = True) -> None:
         raise TypeError(f"xg must be a floating point tensor, got {xg.dtype}")
     if xg.dim() != 3 or xg.shape[2] != cfg.gate_size:
         raise ValueError(f"xg must have shape [T, B, {cfg.gate_size}], got {list(xg.shape)}")
+    xg_cpu = xg.is_cpu  # both on the CPU: the same device without making device objects
     for field, (shape, required) in _expected_shapes(inputs).items():
         tensor = getattr(inputs, field)
         if tensor is None:
             if required:
                 raise ValueError(f"{field} is required for this configuration")
             continue
-        if tuple(tensor.shape) != shape:
+        if tensor.shape != shape:
             raise ValueError(f"{field} must have shape {list(shape)}, got {list(tensor.shape)}")
-        if tensor.device != xg.device:
+        if not (xg_cpu and tensor.is_cpu) and tensor.device != xg.device:
             raise ValueError(f"{field} is on {tensor.device}, xg on {xg.device}")
         if tensor.dtype != xg.dtype:
             raise TypeError(f"{field} has dtype {tensor.dtype}, xg {xg.dtype}")

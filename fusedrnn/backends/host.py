@@ -32,6 +32,10 @@ _MIN_MACS_PER_THREAD = 1 << 18
 # forms are faster on the CPU (vectorised activations); the tests turn it on to check the fused
 # forms against the reference on the CPU.
 FUSED_CELL = False
+# Every result of forward() is a tensor launch_forward allocated for it (no input, no view, no
+# two sharing storage), so the eager fast path skips its aliasing check
+# (recurrence_op._recurrence_direct; tests/test_eager_fast_path.py checks this).
+FRESH_OUTPUTS = True
 
 
 def availability() -> str | None:
@@ -68,12 +72,14 @@ def _check(inputs: RecurrenceInputs) -> None:
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = native.native()
+
+    def run(p) -> None:
+        p.fused_cell = FUSED_CELL
+        C.host_forward(p)
+
+    if not torch.is_grad_enabled():  # as below, without the context's cost (B = 1 inference)
+        return native.launch_forward(inputs, run, _threads(inputs), save=inputs.needs_grad)
     with torch.no_grad():
-
-        def run(p) -> None:
-            p.fused_cell = FUSED_CELL
-            C.host_forward(p)
-
         return native.launch_forward(inputs, run, _threads(inputs), save=inputs.needs_grad)
 
 

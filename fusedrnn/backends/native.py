@@ -92,7 +92,8 @@ def common_unsupported_reason(
     """
     cfg = inputs.config
     xg = inputs.xg
-    if xg.device.type != device_type:
+    # (is_cpu: no device object, a B = 1 call's check runs twice: dispatch, then the backend)
+    if not (xg.is_cpu if device_type == "cpu" else xg.device.type == device_type):
         return f"the {backend} backend needs {device_type} tensors, got {xg.device.type}"
     if xg.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
@@ -248,6 +249,11 @@ def _allocate_saved(
             return allocate(shape, acc, device)
         return allocate((0,), acc, device) if unused is None else unused
 
+    if not save:  # no per-step slot: all empty (the B = 1 inference path, kept short)
+        saved = {"out": allocate((steps, batch, cfg.out_size), dtype, device)}
+        for name in _SAVED[1:]:
+            saved[name] = allocate((0,), acc, device) if unused is None else unused
+        return saved
     per_step_rows = (steps, n) if norm == "batch" else (steps, batch)
     per_step_rows_c = (steps, hidden) if norm == "batch" else (steps, batch)
     return {
@@ -341,7 +347,7 @@ def launch_forward(
 
     p.out, p.out_stride_t, p.out_stride_b = out.data_ptr(), out.stride(0), out.stride(1)
     p.h_n, p.c_n = h_n.data_ptr(), _ptr(c_n)
-    for name, tensor in saved.items():
+    for name, tensor in saved.items() if save else ():  # without save every slot is empty
         if name != "out" and tensor.numel() > 0:  # the params' pointers start as null
             setattr(p, name, tensor.data_ptr())
     for name, tensor in stats.items():
@@ -359,7 +365,7 @@ def launch_forward(
     for name, tensor in stats.items():
         setattr(result, name, tensor)  # accumulate dtype, as the contract states
     if not save:  # an output, not a saved tensor (an alias would be copied by the op)
-        saved["out"] = out.new_empty(0)
+        saved["out"] = unused if unused.dtype == dtype else out.new_empty(0)
     return result, tuple(saved[k] for k in _SAVED)
 
 
