@@ -20,6 +20,7 @@
 #include <omp.h>
 #endif
 
+#include "cell_host.h"
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/step_loop.h"
 #include "gemm.h"
@@ -195,6 +196,49 @@ struct HostForwardPolicy : HostWorker<T> {
         cell(b, jj, rec);
       }
   }
+  // Steps 3-5 of the phased form as one vectorised pass (float32, vector_cell_applies(p)):
+  // cell_host.h's kernel over every row of the worker's units.
+  static constexpr bool kVectorCell = std::is_same_v<T, float>;
+  void vector_cell_step(const RecurrenceFwdParams& p, const ForwardScratch<T>& w, int64_t s,
+                        int64_t t) {
+    const int64_t u0 = this->j0, n = this->hl, N = p.G * H;
+    CellForwardArgs q{};
+    q.cell = p.cell;
+    q.B = B;
+    q.H = H;
+    q.n = n;
+    q.t = t;
+    q.T = p.T;
+    q.len = p.lengths;
+    q.a = w.a;
+    q.xg = static_cast<const float*>(p.xg) + t * p.xg_stride_t + u0;
+    q.xg_ld = p.xg_stride_b;
+    q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
+    q.c = w.c;
+    q.h = w.h;
+    q.mh = w.mh;
+    q.zc = make_zoneout<float>(p.p_zoneout_c, p.training);
+    q.zh = make_zoneout<float>(p.p_zoneout_h, p.training);
+    if (q.zc.on && q.zc.training)
+      q.zc_rows = this->zoneout_mask_rows(0, p.seed, p.base_zoneout_c, t, B, u0, n, q.zc.threshold);
+    if (q.zh.on && q.zh.training)
+      q.zh_rows = this->zoneout_mask_rows(1, p.seed, p.base_zoneout_h, t, B, u0, n, q.zh.threshold);
+    auto at = [&](void* base, int64_t step_size) {
+      return base != nullptr ? static_cast<float*>(base) + t * step_size + u0 : nullptr;
+    };
+    if (p.gates != nullptr) {
+      q.gates = at(p.gates, B * N);
+      q.gru_hn = at(p.gru_hn, B * H);
+      q.c_tilde = at(p.c_tilde, B * H);
+      q.c_state = at(p.c_state, B * H);
+    }
+    q.h_state = at(p.h_state, B * P);
+    q.h_ld = P;
+    q.out = static_cast<float*>(p.out) + t * p.out_stride_t + u0;
+    q.out_ld = p.out_stride_b;
+    q.hin = hin + ((s + 1) & 1) * B * P + u0;
+    cell_forward_rows(q);
+  }
   void publish(int64_t buffer, int64_t b, int64_t q, T v) const {
     hin[(buffer * B + b) * P + q] = v;
   }
@@ -320,6 +364,59 @@ struct HostBackwardPolicy : HostWorker<T> {
     if (da_t != nullptr) backward_product(da_t, rec);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t jj = 0; jj < pl; ++jj) cell(b, jj, da_t != nullptr ? rec[b * pl + jj] : T(0));
+  }
+  // Steps A-C of the phased form as one vectorised pass (float32, vector_cell_applies(p)).
+  static constexpr bool kVectorCell = std::is_same_v<T, float>;
+  void vector_cell_backward_step(const RecurrenceBwdParams& p, const BackwardScratch<T>& w,
+                                 int64_t t, int64_t tp, bool has_prev) {
+    const int64_t u0 = this->j0, n = this->hl, H = p.H;
+    CellBackwardArgs q{};
+    q.cell = p.cell;
+    q.B = B;
+    q.H = H;
+    q.n = n;
+    q.t = t;
+    q.T = p.T;
+    q.len = p.lengths;
+    q.has_prev = has_prev;
+    q.tp = tp;
+    if (has_prev) {
+      if (p.h_state != nullptr) {
+        q.h_prev = static_cast<const float*>(p.h_state) + tp * B * P + u0;
+        q.h_prev_ld = P;
+      } else {
+        q.h_prev = static_cast<const float*>(p.out) + tp * p.out_stride_t + u0;
+        q.h_prev_ld = p.out_stride_b;
+      }
+    }
+    q.h0 = static_cast<const float*>(p.h0) + u0;
+    q.h_ld = P;
+    if (p.cell == kCellLstm)
+      q.c_prev = has_prev ? static_cast<const float*>(p.c_state) + tp * B * H + u0
+                          : static_cast<const float*>(p.c0) + u0;
+    auto at = [&](const void* base, int64_t step_size) {
+      return base != nullptr ? static_cast<const float*>(base) + t * step_size + u0 : nullptr;
+    };
+    q.gates = at(p.gates, B * N);
+    q.c_tilde = at(p.c_tilde, B * H);
+    q.gru_hn = at(p.gru_hn, B * H);
+    q.grad_out = static_cast<const float*>(p.grad_out) + t * p.grad_out_stride_t + u0;
+    q.grad_out_ld = p.grad_out_stride_b;
+    q.dh = w.dh;
+    q.dc = w.dc;
+    q.mh = w.mh;
+    q.zc = make_zoneout<float>(p.p_zoneout_c, p.training);
+    q.zh = make_zoneout<float>(p.p_zoneout_h, p.training);
+    if (q.zc.on && q.zc.training)
+      q.zc_rows = this->zoneout_mask_rows(0, p.seed, p.base_zoneout_c, t, B, u0, n, q.zc.threshold);
+    if (q.zh.on && q.zh.training)
+      q.zh_rows = this->zoneout_mask_rows(1, p.seed, p.base_zoneout_h, t, B, u0, n, q.zh.threshold);
+    q.hin = static_cast<float*>(p.hin) + t * B * P + u0;
+    q.dxg = static_cast<float*>(p.dxg) + t * B * N + u0;
+    q.dab = static_cast<float*>(p.dab) + t * B * N + u0;
+    q.dh_prev = w.dh_prev;
+    q.dc_prev = w.dc_prev;
+    cell_backward_rows(q);
   }
   void project_backward(const T* dproj_t, T* d) const {
     if (hl > 0) gemm_packed(B, hl, P, dproj_t, P, w_hr_packed, d, hl, false);

@@ -176,12 +176,23 @@ FRNN_HD void zoneout_weights(const Zoneout<T>& z, bool zoned, T* d_prev, T* d_ne
     *d_next = z.q;
   }
 }
+// The mix and its backward given the weights: T may be a vector of lanes, each with its own
+// weights (the host's vectorised cell, csrc/host/cell_host.cpp).
+template <class T>
+FRNN_HD T zoneout_mix(T d_prev, T d_next, T prev, T next) {
+  return d_prev * prev + d_next * next;
+}
+template <class T>
+FRNN_HD T zoneout_split(T w_prev, T w_next, T d_state, T* d_prev) {
+  *d_prev = w_prev * d_state;
+  return w_next * d_state;
+}
 template <class T>
 FRNN_HD T zoneout_forward(const Zoneout<T>& z, bool zoned, T prev, T next) {
   if (!z.on) return next;
   T d_prev, d_next;
   zoneout_weights(z, zoned, &d_prev, &d_next);
-  return d_prev * prev + d_next * next;
+  return zoneout_mix(d_prev, d_next, prev, next);
 }
 // Splits d(state) into the part for the previous value and the part for the new value.
 template <class T>
@@ -192,8 +203,7 @@ FRNN_HD T zoneout_backward(const Zoneout<T>& z, bool zoned, T d_state, T* d_prev
   }
   T w_prev, w_next;
   zoneout_weights(z, zoned, &w_prev, &w_next);
-  *d_prev = w_prev * d_state;
-  return w_next * d_state;
+  return zoneout_split(w_prev, w_next, d_state, d_prev);
 }
 
 // ----------------------------------------------------------------------------------------

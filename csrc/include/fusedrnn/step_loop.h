@@ -70,6 +70,12 @@
 //                                there first (host). Used when fused_cell_applies(p): the
 //                                per-element form of steps 3-5 below (fused_cell_step), the same
 //                                cells.cuh functions in the same order as the phased form.
+//   vector_cell_step(p, w, s, t) (optional: a policy with `static constexpr bool kVectorCell =
+//                                true`; the host's float32) steps 3-5 of step s (= time t)
+//                                after the product, for every row and own unit, when
+//                                vector_cell_applies(p) (LSTM / GRU, no norm, no projection):
+//                                the same cells.cuh functions in the same order as the phased
+//                                code below, on SIMD vectors of units (csrc/host/cell_host.h)
 // and the worker's scratch (ForwardScratch below: host vectors, CUDA shared memory).
 //
 // The backward
@@ -118,6 +124,10 @@
 //                                fused_cell_applies(p): the per-element form of steps A-D
 //                                (fused_cell_backward_step), the same cells.cuh functions in
 //                                the same order as the phased form, one barrier per step.
+//   vector_cell_backward_step(p, w, t, tp, has_prev)
+//                                (optional, with kVectorCell) steps A-C of step t when
+//                                vector_cell_applies(p): hin, dxg, dab of the step and
+//                                w.dh_prev / w.dc_prev, as the phased code computes them
 // and the worker's scratch (BackwardScratch below).
 #pragma once
 
@@ -157,6 +167,20 @@ struct PolicyFusesCellBackward : std::false_type {};
 template <class P>
 struct PolicyFusesCellBackward<P, std::void_t<decltype(P::kFusedCellBackward)>>
     : std::integral_constant<bool, P::kFusedCellBackward> {};
+
+// Policy::kVectorCell when the policy declares it (it then implements vector_cell_step and
+// vector_cell_backward_step: the host's float32 SIMD cell, csrc/host/cell_host.h).
+template <class P, class = void>
+struct PolicyRunsVectorCell : std::false_type {};
+template <class P>
+struct PolicyRunsVectorCell<P, std::void_t<decltype(P::kVectorCell)>>
+    : std::integral_constant<bool, P::kVectorCell> {};
+
+// Whether a phased step of these params runs as the policy's vector cell: an LSTM or GRU
+// layer without norm or projection.
+FRNN_HD bool vector_cell_applies(const RecurrenceFwdParams& p) {
+  return p.norm == kNormNone && p.proj_size == 0 && (p.cell == kCellLstm || p.cell == kCellGru);
+}
 
 // One worker's scratch for forward_steps(), in the accumulation type A.
 template <class A>
@@ -430,6 +454,15 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
 
     // 1. a = (m_h ⊙ h_{t-1}) W_hh^T for own columns.
     pol.recurrent_product(s, w.a);
+
+    // Steps 3-5 in one vectorised pass (a policy with kVectorCell, vector_cell_applies(p)).
+    if constexpr (PolicyRunsVectorCell<Policy>::value) {
+      if (vector_cell_applies(p)) {
+        pol.vector_cell_step(p, w, s, t);
+        pol.sync_all();
+        continue;
+      }
+    }
 
     // 2. N_hh.
     if (p.norm == kNormBatch) {
@@ -774,162 +807,171 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
     for (int64_t b = 0; b < B; ++b) count += active(t, b) ? A(1) : A(0);
     const A inv_count = A(1) / (count > A(1) ? count : A(1));
 
-    // A. hin, d(h~) and the direct part of d(h_{t-1}) (zoneout of h), own h units.
-    const auto zoned_h = zoneout_step_mask(pol, 1, zh, p.seed, p.base_zoneout_h, t, B, q0, pl);
-    pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
-      const int64_t e = b * pl + qq, q = q0 + qq;
-      const bool act = active(t, b);
-      hin[(t * B + b) * P + q] = w.mh[e] * h_prev_of(tp, has_prev && active(tp, b), b, q);
-      const A dnew =
-          act ? w.dh[e] + widen(gout[t * p.grad_out_stride_t + b * p.grad_out_stride_b + q])
-              : A(0);
-      A dprev;
-      w.dhtil[e] = zoneout_backward(zh, zoned_h(b, q), dnew, &dprev);
-      w.dh_prev[e] = act ? dprev : w.dh[e];
-      if (proj) dproj[(t * B + b) * P + q] = w.dhtil[e];
-    });
-    pol.sync_worker();
-    if constexpr (Policy::kProjection) {
-      if (proj) {
-        pol.sync_all();
-        pol.project_backward(dproj + t * B * P, w.dhtil_cell);
-      }
+    // Steps A-C in one vectorised pass (a policy with kVectorCell, vector_cell_applies(p):
+    // without a norm C is nothing, da = dab).
+    bool vector_cell = false;
+    if constexpr (PolicyRunsVectorCell<Policy>::value) {
+      vector_cell = vector_cell_applies(p);
+      if (vector_cell) pol.vector_cell_backward_step(p, w, t, tp, has_prev);
     }
-
-    // B. The cell's backward: d(gates) of own units into dxg, dab and the dab tile.
-    if (lstm) {
-      // tanh(c_out), c_out = N_c(c~) (from the saved xhat_c) or c~.
-      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-        const int64_t i = (t * B + b) * H + j0 + jj;
-        w.dco[b * hl + jj] = norm ? sv_xhat_c[i] * widen(gamma_c[j0 + jj]) + widen(beta_c[j0 + jj])
-                                  : sv_ctil[i];
-      });
-      pol.sync_worker();
-      pol.tanh_cols(w.dco, B, hl, 0, hl);
-      const auto zoned_c = zoneout_step_mask(pol, 0, zc, p.seed, p.base_zoneout_c, t, B, j0, hl);
-      pol.sync_worker();
-      // h~ = o tanh(c_out): d(pre_o), d(c_out); zoneout of c.
-      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-        const int64_t e = b * hl + jj, j = j0 + jj;
+    if (!vector_cell) {
+      // A. hin, d(h~) and the direct part of d(h_{t-1}) (zoneout of h), own h units.
+      const auto zoned_h = zoneout_step_mask(pol, 1, zh, p.seed, p.base_zoneout_h, t, B, q0, pl);
+      pol.for_each(B, pl, [&](int64_t b, int64_t qq) {
+        const int64_t e = b * pl + qq, q = q0 + qq;
         const bool act = active(t, b);
+        hin[(t * B + b) * P + q] = w.mh[e] * h_prev_of(tp, has_prev && active(tp, b), b, q);
+        const A dnew =
+            act ? w.dh[e] + widen(gout[t * p.grad_out_stride_t + b * p.grad_out_stride_b + q])
+                : A(0);
         A dprev;
-        w.dctil[e] = zoneout_backward(zc, zoned_c(b, j), act ? w.dc[e] : A(0), &dprev);
-        w.dc_prev[e] = act ? dprev : w.dc[e];
-        const A o = sv_gates[(t * B + b) * N + 3 * H + j];
-        const A tc = w.dco[e];
-        if (proj) sv_h_pre[(t * B + b) * H + j] = o * tc;
-        const A dco = tanh_grad(dhc[e] * o, tc);
-        const A dpo = sigmoid_grad(dhc[e] * tc, o);
-        write_gate(t, b, 3, jj, dpo, dpo);
-        w.dco[e] = dco;
-        if (norm) sv_dcout[(t * B + b) * H + j] = dco;
+        w.dhtil[e] = zoneout_backward(zh, zoned_h(b, q), dnew, &dprev);
+        w.dh_prev[e] = act ? dprev : w.dh[e];
+        if (proj) dproj[(t * B + b) * P + q] = w.dhtil[e];
       });
       pol.sync_worker();
-      // N_c backward: the statistics of d(xhat_c).
-      if (bn_train) {
-        pol.for_each(1, hl, [&](int64_t, int64_t jj) {
-          const int64_t j = j0 + jj;
-          const A gj = widen(gamma_c[j]);
-          batch_norm_column_sums(
-              B, t, len, TT, inv_count, [&](int64_t b) { return w.dco[b * hl + jj] * gj; },
-              [&](int64_t b) { return sv_xhat_c[(t * B + b) * H + j]; }, w.col_a + jj,
-              w.col_b + jj);
-        });
-        pol.sync_worker();
-      } else if (ln) {
-        pol.row_sums(1, hl, [&](int64_t b, int64_t jj) {
-          const int64_t j = j0 + jj;
-          const A dx = w.dco[b * hl + jj] * widen(gamma_c[j]);
-          return SumPair<A>{dx, dx * sv_xhat_c[(t * B + b) * H + j]};
-        }, w.row_a, w.row_b);
-      }
-      // d(c~) += N_c'(d c_out); c~ = f c_{t-1} + i g.
-      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-        const int64_t e = b * hl + jj, j = j0 + jj;
-        const bool act = active(t, b);
-        A dct = w.dctil[e];
-        if (norm) {
-          const A dx = w.dco[e] * widen(gamma_c[j]);
-          const A xh = sv_xhat_c[(t * B + b) * H + j];
-          if (ln) {
-            dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], w.row_a[b] / A(H),
-                                 w.row_b[b] / A(H));
-          } else if (bn_train) {
-            dct += act ? norm_backward(dx, xh, sv_rstd_c[t * H + j], w.col_a[jj], w.col_b[jj])
-                       : A(0);
-          } else {
-            dct += dx * sv_rstd_c[t * H + j];
-          }
-        } else {
-          dct += w.dco[e];
+      if constexpr (Policy::kProjection) {
+        if (proj) {
+          pol.sync_all();
+          pol.project_backward(dproj + t * B * P, w.dhtil_cell);
         }
-        const A* gs = sv_gates + (t * B + b) * N;
-        const LstmGates<A> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
-        const A c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : widen(c0[b * H + j]);
-        const LstmGateGrads<A> d = lstm_backward_c(ga, c_prev, act ? dct : A(0));
-        write_gate(t, b, 0, jj, d.i, d.i);
-        write_gate(t, b, 1, jj, d.f, d.f);
-        write_gate(t, b, 2, jj, d.g, d.g);
-        if (act) w.dc_prev[e] += d.c_prev;
-      });
-    } else if (gru) {  // no projection: h units are the cell units (pl = hl, q0 = j0)
-      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-        const int64_t e = b * hl + jj, j = j0 + jj;
-        const bool act = active(t, b);
-        const A h_prev = h_prev_of(tp, has_prev && active(tp, b), b, j);
-        const A* gs = sv_gates + (t * B + b) * N;
-        const GruGates<A> ga{gs[j], gs[H + j], gs[2 * H + j]};
-        const GruGrads<A> d =
-            gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? w.dhtil[e] : A(0));
-        write_gate(t, b, 0, jj, d.x_r, d.x_r);
-        write_gate(t, b, 1, jj, d.x_z, d.x_z);
-        write_gate(t, b, 2, jj, d.a_n, d.x_n);
-        if (act) w.dh_prev[e] += d.h_prev;
-      });
-    } else {
-      pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
-        const A y = sv_gates[(t * B + b) * N + j0 + jj];
-        const A d = rnn_backward(p.cell, y, active(t, b) ? w.dhtil[b * hl + jj] : A(0));
-        write_gate(t, b, 0, jj, d, d);
-      });
-    }
-    pol.sync_worker();
+      }
 
-    // C. N_hh backward: da of own columns (dab itself without a norm).
-    if (norm) {
-      auto ncol = [&](int64_t r) { return (r / hl) * H + j0 + r % hl; };
-      if (bn_train) {
-        pol.for_each(1, R, [&](int64_t, int64_t r) {
-          const int64_t n = ncol(r);
-          const A gn = widen(gamma_hh[n]);
-          batch_norm_column_sums(
-              B, t, len, TT, inv_count, [&](int64_t b) { return w.dab[b * R + r] * gn; },
-              [&](int64_t b) { return sv_xhat_hh[(t * B + b) * N + n]; }, w.col_a + r,
-              w.col_b + r);
+      // B. The cell's backward: d(gates) of own units into dxg, dab and the dab tile.
+      if (lstm) {
+        // tanh(c_out), c_out = N_c(c~) (from the saved xhat_c) or c~.
+        pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+          const int64_t i = (t * B + b) * H + j0 + jj;
+          w.dco[b * hl + jj] =
+              norm ? sv_xhat_c[i] * widen(gamma_c[j0 + jj]) + widen(beta_c[j0 + jj]) : sv_ctil[i];
         });
         pol.sync_worker();
-      } else if (ln) {
-        pol.row_sums(0, R, [&](int64_t b, int64_t r) {
+        pol.tanh_cols(w.dco, B, hl, 0, hl);
+        const auto zoned_c = zoneout_step_mask(pol, 0, zc, p.seed, p.base_zoneout_c, t, B, j0, hl);
+        pol.sync_worker();
+        // h~ = o tanh(c_out): d(pre_o), d(c_out); zoneout of c.
+        pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+          const int64_t e = b * hl + jj, j = j0 + jj;
+          const bool act = active(t, b);
+          A dprev;
+          w.dctil[e] = zoneout_backward(zc, zoned_c(b, j), act ? w.dc[e] : A(0), &dprev);
+          w.dc_prev[e] = act ? dprev : w.dc[e];
+          const A o = sv_gates[(t * B + b) * N + 3 * H + j];
+          const A tc = w.dco[e];
+          if (proj) sv_h_pre[(t * B + b) * H + j] = o * tc;
+          const A dco = tanh_grad(dhc[e] * o, tc);
+          const A dpo = sigmoid_grad(dhc[e] * tc, o);
+          write_gate(t, b, 3, jj, dpo, dpo);
+          w.dco[e] = dco;
+          if (norm) sv_dcout[(t * B + b) * H + j] = dco;
+        });
+        pol.sync_worker();
+        // N_c backward: the statistics of d(xhat_c).
+        if (bn_train) {
+          pol.for_each(1, hl, [&](int64_t, int64_t jj) {
+            const int64_t j = j0 + jj;
+            const A gj = widen(gamma_c[j]);
+            batch_norm_column_sums(
+                B, t, len, TT, inv_count, [&](int64_t b) { return w.dco[b * hl + jj] * gj; },
+                [&](int64_t b) { return sv_xhat_c[(t * B + b) * H + j]; }, w.col_a + jj,
+                w.col_b + jj);
+          });
+          pol.sync_worker();
+        } else if (ln) {
+          pol.row_sums(1, hl, [&](int64_t b, int64_t jj) {
+            const int64_t j = j0 + jj;
+            const A dx = w.dco[b * hl + jj] * widen(gamma_c[j]);
+            return SumPair<A>{dx, dx * sv_xhat_c[(t * B + b) * H + j]};
+          }, w.row_a, w.row_b);
+        }
+        // d(c~) += N_c'(d c_out); c~ = f c_{t-1} + i g.
+        pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+          const int64_t e = b * hl + jj, j = j0 + jj;
+          const bool act = active(t, b);
+          A dct = w.dctil[e];
+          if (norm) {
+            const A dx = w.dco[e] * widen(gamma_c[j]);
+            const A xh = sv_xhat_c[(t * B + b) * H + j];
+            if (ln) {
+              dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], w.row_a[b] / A(H),
+                                   w.row_b[b] / A(H));
+            } else if (bn_train) {
+              dct += act ? norm_backward(dx, xh, sv_rstd_c[t * H + j], w.col_a[jj], w.col_b[jj])
+                         : A(0);
+            } else {
+              dct += dx * sv_rstd_c[t * H + j];
+            }
+          } else {
+            dct += w.dco[e];
+          }
+          const A* gs = sv_gates + (t * B + b) * N;
+          const LstmGates<A> ga{gs[j], gs[H + j], gs[2 * H + j], gs[3 * H + j]};
+          const A c_prev = has_prev ? sv_cstate[(tp * B + b) * H + j] : widen(c0[b * H + j]);
+          const LstmGateGrads<A> d = lstm_backward_c(ga, c_prev, act ? dct : A(0));
+          write_gate(t, b, 0, jj, d.i, d.i);
+          write_gate(t, b, 1, jj, d.f, d.f);
+          write_gate(t, b, 2, jj, d.g, d.g);
+          if (act) w.dc_prev[e] += d.c_prev;
+        });
+      } else if (gru) {  // no projection: h units are the cell units (pl = hl, q0 = j0)
+        pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+          const int64_t e = b * hl + jj, j = j0 + jj;
+          const bool act = active(t, b);
+          const A h_prev = h_prev_of(tp, has_prev && active(tp, b), b, j);
+          const A* gs = sv_gates + (t * B + b) * N;
+          const GruGates<A> ga{gs[j], gs[H + j], gs[2 * H + j]};
+          const GruGrads<A> d =
+              gru_backward(ga, sv_an[(t * B + b) * H + j], h_prev, act ? w.dhtil[e] : A(0));
+          write_gate(t, b, 0, jj, d.x_r, d.x_r);
+          write_gate(t, b, 1, jj, d.x_z, d.x_z);
+          write_gate(t, b, 2, jj, d.a_n, d.x_n);
+          if (act) w.dh_prev[e] += d.h_prev;
+        });
+      } else {
+        pol.for_each(B, hl, [&](int64_t b, int64_t jj) {
+          const A y = sv_gates[(t * B + b) * N + j0 + jj];
+          const A d = rnn_backward(p.cell, y, active(t, b) ? w.dhtil[b * hl + jj] : A(0));
+          write_gate(t, b, 0, jj, d, d);
+        });
+      }
+      pol.sync_worker();
+
+      // C. N_hh backward: da of own columns (dab itself without a norm).
+      if (norm) {
+        auto ncol = [&](int64_t r) { return (r / hl) * H + j0 + r % hl; };
+        if (bn_train) {
+          pol.for_each(1, R, [&](int64_t, int64_t r) {
+            const int64_t n = ncol(r);
+            const A gn = widen(gamma_hh[n]);
+            batch_norm_column_sums(
+                B, t, len, TT, inv_count, [&](int64_t b) { return w.dab[b * R + r] * gn; },
+                [&](int64_t b) { return sv_xhat_hh[(t * B + b) * N + n]; }, w.col_a + r,
+                w.col_b + r);
+          });
+          pol.sync_worker();
+        } else if (ln) {
+          pol.row_sums(0, R, [&](int64_t b, int64_t r) {
+            const int64_t n = ncol(r);
+            const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
+            return SumPair<A>{dx, dx * sv_xhat_hh[(t * B + b) * N + n]};
+          }, w.row_a, w.row_b);
+        }
+        pol.for_each(B, R, [&](int64_t b, int64_t r) {
           const int64_t n = ncol(r);
           const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
-          return SumPair<A>{dx, dx * sv_xhat_hh[(t * B + b) * N + n]};
-        }, w.row_a, w.row_b);
+          const A xh = sv_xhat_hh[(t * B + b) * N + n];
+          A v;
+          if (ln) {
+            v = norm_backward(dx, xh, sv_rstd_hh[t * B + b], w.row_a[b] / A(N), w.row_b[b] / A(N));
+          } else if (bn_train) {
+            v = active(t, b) ? norm_backward(dx, xh, sv_rstd_hh[t * N + n], w.col_a[r], w.col_b[r])
+                             : A(0);
+          } else {
+            v = dx * sv_rstd_hh[t * N + n];
+          }
+          da[(t * B + b) * N + n] = v;
+        });
       }
-      pol.for_each(B, R, [&](int64_t b, int64_t r) {
-        const int64_t n = ncol(r);
-        const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
-        const A xh = sv_xhat_hh[(t * B + b) * N + n];
-        A v;
-        if (ln) {
-          v = norm_backward(dx, xh, sv_rstd_hh[t * B + b], w.row_a[b] / A(N), w.row_b[b] / A(N));
-        } else if (bn_train) {
-          v = active(t, b) ? norm_backward(dx, xh, sv_rstd_hh[t * N + n], w.col_a[r], w.col_b[r])
-                           : A(0);
-        } else {
-          v = dx * sv_rstd_hh[t * N + n];
-        }
-        da[(t * B + b) * N + n] = v;
-      });
     }
     pol.sync_all();  // da_t complete
 
