@@ -87,6 +87,7 @@ import triton.language as tl
 from fusedrnn.backends.base import CELL_CODES, NORM_CODES
 from fusedrnn.backends.base import NORM_EPS as _NORM_EPS
 
+from . import interpreter_compat
 from .cells import (
     gru_cell,
     gru_cell_backward,
@@ -115,6 +116,10 @@ from .primitives import (
     zoneout_weight,
 )
 
+# Under TRITON_INTERPRET=1 with triton 3.6 and numpy >= 2.3, the time loop's runtime
+# tl.range bound needs this (a no-op otherwise).
+interpreter_compat.apply()
+
 # Compile-time codes of the cell and the normalisation (fusedrnn/backends/base.py defines them;
 # the launcher maps names to them).
 LSTM: tl.constexpr = tl.constexpr(CELL_CODES["lstm"])
@@ -130,8 +135,6 @@ NORM_EPS: tl.constexpr = tl.constexpr(_NORM_EPS)
 _RUNTIME_SCALARS = [
     "steps",
     "batch",
-    "hidden",
-    "proj",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -543,10 +546,11 @@ def recurrence_forward_kernel(
     if CELL == LSTM:
         c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
-    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
-    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
-    s = 0
-    while s < steps:
+    # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
+    # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
+    # per-element addresses of the per-step loads out of the loop and spill them. Under
+    # triton 3.6's interpreter a runtime bound needs kernels/interpreter_compat.py.
+    for s in tl.range(0, steps, disable_licm=True):
         if REVERSE:
             t = steps - 1 - s
             t_next = t - 1
@@ -801,7 +805,6 @@ def recurrence_forward_kernel(
             mask=h_own_mask & (s + 1 < steps),
         )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
-        s += 1
 
     tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
     if CELL == LSTM:
@@ -1049,10 +1052,11 @@ def recurrence_backward_kernel(
     if CELL == LSTM:
         dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
-    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
-    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
-    s = 0
-    while s < steps:
+    # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
+    # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
+    # per-element addresses of the per-step loads out of the loop and spill them. Under
+    # triton 3.6's interpreter a runtime bound needs kernels/interpreter_compat.py.
+    for s in tl.range(0, steps, disable_licm=True):
         if REVERSE:
             t = s
         else:
@@ -1349,7 +1353,6 @@ def recurrence_backward_kernel(
         if USE_DROPOUT:
             dh_recurrent = dh_recurrent * m_h_own
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
-        s += 1
 
     tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
     if CELL == LSTM:
