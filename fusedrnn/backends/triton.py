@@ -317,8 +317,11 @@ def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
     ``[P, units]``); the projection dots' operands (``[B, H]`` h~, ``[B, P]`` dL/dh~) reuse
     the other dot's staging buffer (its size is the larger of the two). Read off triton
     3.8's sm_90a kernels at W1 with P = 128 (tests/test_triton_aot.py): float32 exact both
-    ways, bf16 backward 0.97 and forward 0.52 of the bound (the compiler keeps the bf16
-    forward's operands partly in registers)."""
+    ways, bf16 forward 0.52 of the bound (the compiler keeps the bf16 forward's operands
+    partly in registers). The bf16 / fp16 backward's W_hh may be K tiles (the launcher's
+    ``k_tiles_backward``; W1: 4): their float32 operand piece and the projection's ``[B, P]``
+    operand share one staging buffer, ``4*B*max(K/T, P)`` (within the AOT test's 0.85-1 of
+    the compiled kernel at W1)."""
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k = geo["GATES_PAD"] * u, geo["BLOCK_GH"]
     wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
