@@ -616,7 +616,12 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
     saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
-    ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+    ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
+    # m_h * h by step parity, for the chunked products with recurrent dropout (the kernel's
+    # MASKED_EXCHANGE: they cannot hold the [B, H] mask; one dot can).
+    one_dot = geo["stream_k"] == 0 and geo["rows_forward"] == geo["BLOCK_B"]
+    one_dot = one_dot and geo["k_tiles_forward"] == 1
+    h_masked = _empty(2, batch, out_size, **f32) if meta["USE_DROPOUT"] and not one_dot else None
     barrier = torch.zeros(1, dtype=torch.int64, device=device)
     running = [
         _contiguous(getattr(inputs, f"running_{k}"))
@@ -641,6 +646,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         *stats,
         *(saved[k] for k in _SAVED_FIELDS),
         ln_partials,
+        h_masked,
         barrier,
         steps,
         batch,
@@ -722,7 +728,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
-        ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+        ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
         barrier = torch.zeros(1, dtype=torch.int64, device=device)
         recurrence_backward_kernel[(programs,)](
             grad_output,
