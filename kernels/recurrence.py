@@ -68,7 +68,7 @@ equal to the compiled kernels' at W1 / W2). The launcher holds the resident W_hh
 ``K_TILES`` tiles (``_resident_product``: one dot per tile, each staging a ``[B, K/K_TILES]``
 operand piece), so the envelope ends where the W slice itself no longer fits shared memory:
 on an A100 / H100 LSTM / GRU to H = 1024 at B <= 64 in bf16 / fp16 (W1, W6a, W2, W6b), in
-float32 to H = 512 at B <= 16 and H = 256 at B <= 64. Beyond it ``STREAM_K`` > 0: W_hh is
+float32 to H = 512 at B <= 64. Beyond it ``STREAM_K`` > 0: W_hh is
 read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
 the same ``load_w_hh_tile``), which takes float32 W2 / W6b and H = 2048. ``ROWS_PER_DOT`` <
 ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.

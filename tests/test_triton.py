@@ -425,10 +425,11 @@ def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (17, 500), (64, 128)])
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (17, 500), (64, 128), (64, 512)])
 def test_envelope_keeps_w_hh_on_chip(monkeypatch, batch, hidden, cell, dtype):
-    """W1 / W6a (H = 512 at B = 16) keep W_hh on chip on an H100, split over at most one
-    program per SM, the same programs in both kernels, within shared memory."""
+    """W1 / W6a (H = 512 at B = 16), and H = 512 at B = 64, keep W_hh on chip on an H100 in
+    every dtype (float32 at B = 64: one K-tiled dot instead of one dot per gate), split over
+    at most one program per SM, the same programs in both kernels, within shared memory."""
     geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype)
     assert reason is None, reason
     assert geo["stream_k"] == 0, geo.get("stream_reason")

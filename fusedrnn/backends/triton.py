@@ -159,7 +159,13 @@ def _geometry(
     # One candidate split today: at 8 units per program (twice the programs) the compiled
     # bf16 backward stages its operand in float32 (262144 B at B = 16, H = 1024, above this
     # model), so halving units waits for a model that holds there.
-    for units in (fewest,):
+    # float32's backward: one dot per gate first (W1); where its [B, H] staging per gate does
+    # not fit (B = 64 at H = 512), one dot over K = G*H in K tiles as bf16 / fp16 do.
+    gate_dot_options = (
+        (True, False) if common["gate_dots"] and proj == 0 else (common["gate_dots"],)
+    )
+    for units, gate_dots in ((u, g) for u in (fewest,) for g in gate_dot_options):
+        options = {**common, "gate_dots": gate_dots}
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
@@ -173,10 +179,10 @@ def _geometry(
             elif kernel == "forward":
                 k = block_h
             else:
-                k = 1 if common["gate_dots"] else _next_power_of_2(num_gates * hidden)
+                k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
             for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
                 geo = _configured(
-                    common, block_b, block_h, num_gates, hidden, units, block_b, block_b,
+                    options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
                     k_tiles, k_tiles, 0, **device_args,
                 )  # fmt: skip
                 reason = _shape_reason(geo, kernel)
@@ -187,7 +193,7 @@ def _geometry(
                 why = reason
         if len(chosen) == 2:
             return _configured(
-                common, block_b, block_h, num_gates, hidden, units,
+                options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
                 chosen["forward"][1], chosen["backward"][1], 0, **device_args,
             )  # fmt: skip
@@ -299,11 +305,15 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
         }
     rf, rb = geo["rows_forward"], geo["rows_backward"]
     hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
-    forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf)
+    # float32 (TF32) wgmma: a [R, units] float32 layout-conversion scratch in each kernel
+    # (measured at B = 64, H = 512: 4096 B beside the tiles and the staging).
+    scratch_f = 4 * rf * u if wgmma_f and e == 4 else 0
+    scratch_b = 4 * rb * u if wgmma_b and e == 4 else 0
+    forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf) + scratch_f
     if geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + rb * h + (rb * u if wgmma_b else 0))
     elif geo["k_tiles_backward"] > 1 or rb < 64:
-        backward = e * k * u + 4 * rb * kb
+        backward = e * k * u + 4 * rb * kb + scratch_b
     else:
         backward = 4 * rb * kb + (e * k * u if wgmma_b else 0)
     return {"forward": forward, "backward": backward}
