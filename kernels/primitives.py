@@ -315,21 +315,23 @@ def _exchange_row_pairs(
     first, second, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
 ):
     """Publish this program's two per-row values ``first``, ``second`` [BLOCK_B] to
-    ``partials_ptr`` (float32 [2, num_programs, batch]), meet the other programs at barrier
-    ``generation``, and return every program's values, [PROGRAMS_PAD, BLOCK_B] each (0 in
-    padding), with the mask of the real (program, row) entries."""
+    ``partials_ptr`` (float32 [2, num_programs, BLOCK_B]: a compile-time row stride, so the
+    per-step addresses are cheap to rebuild in the time loop), meet the other programs at
+    barrier ``generation``, and return every program's values, [PROGRAMS_PAD, BLOCK_B] each
+    (0 in padding), with the mask of the real (program, row) entries."""
+    BLOCK_B: tl.constexpr = rows.shape[0]
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     row_in = rows < batch
-    tl.store(partials_ptr + pid * batch + rows, first, mask=row_in)
-    tl.store(partials_ptr + (num_programs + pid) * batch + rows, second, mask=row_in)
+    tl.store(partials_ptr + pid * BLOCK_B + rows, first, mask=row_in)
+    tl.store(partials_ptr + (num_programs + pid) * BLOCK_B + rows, second, mask=row_in)
     grid_barrier(barrier_ptr, generation)
     programs = tl.arange(0, PROGRAMS_PAD)
     ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
-    ws_offsets = programs[:, None] * batch + rows[None, :]
+    ws_offsets = programs[:, None] * BLOCK_B + rows[None, :]
     firsts = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
     seconds = tl.load(
-        partials_ptr + num_programs * batch + ws_offsets,
+        partials_ptr + num_programs * BLOCK_B + ws_offsets,
         mask=ws_mask,
         other=0.0,
         cache_modifier=".cg",
@@ -355,7 +357,7 @@ def layer_norm_row_stats(
     """Mean and variance of each row of a matrix whose columns are split over the programs.
 
     ``x`` [BLOCK_B, C] is this program's columns, ``col_valid`` [C] which are real.
-    ``partials_ptr``: float32 [2, num_programs, batch] workspace for (sum, M2) per program.
+    ``partials_ptr``: float32 [2, num_programs, BLOCK_B] workspace for (sum, M2) per program.
     Each program publishes its local sum and M2 (squared deviations from its own mean),
     meets the others at barrier ``generation``, and merges all partials with Chan's
     parallel formula ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``: one barrier, no
@@ -390,7 +392,7 @@ def row_sums_across_programs(
 ):
     """Row sums of two matrices whose columns are split over the programs (layer-norm
     backward): each program publishes its partial sums to ``partials_ptr`` (float32
-    [2, num_programs, batch]), meets the others at barrier ``generation`` and adds them up.
+    [2, num_programs, BLOCK_B]), meets the others at barrier ``generation`` and adds them up.
     """
     valid_f = col_valid.to(tl.float32)[None, :]
     row_sum_a, row_sum_b = tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1)

@@ -25,9 +25,16 @@ The SAME code runs with a single program owning every unit: that is how the Trit
 interpreter (``TRITON_INTERPRET=1``, which runs programs one after another, so a
 multi-program barrier could never be passed) runs it on a CPU.
 
-Sizes are runtime arguments (``steps``, ``batch``, ``hidden``, ``stat_steps`` and the seed /
-offsets are excluded from value specialisation), so a new sequence length or batch size
-never recompiles; only the block sizes below are compile-time.
+Sizes are runtime arguments (``steps``, ``batch``, ``stat_steps`` and the seed / offsets are
+excluded from value specialisation), so a new sequence length or batch size never
+recompiles. ``hidden`` and ``proj`` (layer constants) are left to Triton's specialisation
+(divisible by 16: the per-step row loads vectorise and their addresses stay cheap to
+recompute in the loop, docs/kernels-v2.md §6.1); the block sizes below are compile-time.
+
+The time loop is ``for s in tl.range(0, steps, disable_licm=True)``: with loop-invariant code
+motion on, LLVM hoisted the resident W_hh tiles' wgmma descriptors and the per-step
+addresses out of the loop and spilled them (kernels/interpreter_compat.py lets triton 3.6's
+interpreter take the runtime bound).
 
 Block sizes (chosen by the launcher)
 ------------------------------------
@@ -57,14 +64,14 @@ the compiler's choice; the AOT test measures which) for all steps. Per step it i
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
 Limits: every dot stages its operands in shared memory (launcher: ``_shared_memory_bytes``,
-checked against the compiled kernels). With W_hh resident the envelope ends where that
-staging exceeds the device's shared memory (on an H100: LSTM / GRU H <= 512 at B <= 16 in
-every dtype, so W1 and W6a; B = 64 only to H = 128-256). Beyond it ``STREAM_K`` > 0: W_hh is
+equal to the compiled kernels' at W1 / W2). The launcher holds the resident W_hh as
+``K_TILES`` tiles (``_resident_product``: one dot per tile, each staging a ``[B, K/K_TILES]``
+operand piece), so the envelope ends where the W slice itself no longer fits shared memory:
+on an A100 / H100 LSTM / GRU to H = 1024 at B <= 64 in bf16 / fp16 (W1, W6a, W2, W6b), in
+float32 to H = 512 at B <= 64. Beyond it ``STREAM_K`` > 0: W_hh is
 read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
-the same ``load_w_hh_tile``), which takes W2, W6b and H = 2048. ``ROWS_PER_DOT`` < ``BLOCK_B``
-(row pieces) and ``K_TILES`` > 1 (the resident W_hh as a tuple of K tiles) split the resident
-product into smaller dots (``_resident_product``); only the interpreter tests select them
-today (compiled for sm_90a they spill: docs/design.md §5.2).
+the same ``load_w_hh_tile``), which takes float32 W2 / W6b and H = 2048. ``ROWS_PER_DOT`` <
+``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
@@ -87,6 +94,7 @@ import triton.language as tl
 from fusedrnn.backends.base import CELL_CODES, NORM_CODES
 from fusedrnn.backends.base import NORM_EPS as _NORM_EPS
 
+from . import interpreter_compat
 from .cells import (
     gru_cell,
     gru_cell_backward,
@@ -115,6 +123,10 @@ from .primitives import (
     zoneout_weight,
 )
 
+# Under TRITON_INTERPRET=1 with triton 3.6 and numpy >= 2.3, the time loop's runtime
+# tl.range bound needs this (a no-op otherwise).
+interpreter_compat.apply()
+
 # Compile-time codes of the cell and the normalisation (fusedrnn/backends/base.py defines them;
 # the launcher maps names to them).
 LSTM: tl.constexpr = tl.constexpr(CELL_CODES["lstm"])
@@ -130,8 +142,6 @@ NORM_EPS: tl.constexpr = tl.constexpr(_NORM_EPS)
 _RUNTIME_SCALARS = [
     "steps",
     "batch",
-    "hidden",
-    "proj",
     "seed",
     "dropout_base",
     "zoneout_cell_base",
@@ -384,7 +394,8 @@ def recurrence_forward_kernel(
     h_pre_proj_ptr,  # [T, B, H] o tanh(N_c(c~)) before W_hr (HAS_PROJ; 0 in inactive rows):
     #                  the buffer through which programs exchange it, and dW_hr's operand
     # ---- pointers: workspace
-    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, B]
+    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, BLOCK_B]
+    h_masked_ptr,  # float32 [2, B, P or H]: m_h * h_{t-1} by step parity (MASKED_EXCHANGE)
     barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
     # ---- sizes
     steps,  # T
@@ -444,7 +455,9 @@ def recurrence_forward_kernel(
     Per step t (in processing order; ``t = T-1-s`` when REVERSE):
 
     1. read the full ``h_{t-1}`` row block ``[B, H]`` (written by every program at the
-       previous step) and apply the variational mask ``m_h`` (drawn once, kept in registers);
+       previous step) and apply the variational mask ``m_h`` (drawn once, kept in registers;
+       with K tiles / row pieces / streamed W_hh each program instead publishes ``m_h * h``
+       of its own units, ``MASKED_EXCHANGE``, and the masked row is read);
     2. ``acc = (m_h h_{t-1}) W_hh[cols]^T``: one dot against this program's gate columns of
        ``W_hh``, loaded before the loop and kept on chip;
     3. normalise ``acc`` (BN over the active rows: local; LN over the row: a barrier to merge
@@ -530,6 +543,15 @@ def recurrence_forward_kernel(
     HOLD_DROPOUT_MASK: tl.constexpr = USE_DROPOUT and ONE_DOT
     if HOLD_DROPOUT_MASK:
         m_h_full = dropout_mask(seed, dropout_base, rows, ks, dropout_p, dropout_keep_scale)
+    # The chunked products (K tiles, row pieces, streamed W_hh) cannot hold the [B, H] mask,
+    # and drawing each chunk's share again every step spills (W2: 2.7 KB). Instead each
+    # program publishes m_h * h of its own units beside h (``h_masked``, two rows by step
+    # parity: a row is rewritten only after every program has passed the barrier that
+    # follows its last read), and the product reads the masked row. One extra barrier,
+    # before the loop, publishes m_h * h0.
+    MASKED_EXCHANGE: tl.constexpr = USE_DROPOUT and not ONE_DOT
+    FIRST_BARRIER: tl.constexpr = 1 if MASKED_EXCHANGE else 0
+    OPERAND_DROPOUT: tl.constexpr = USE_DROPOUT and not MASKED_EXCHANGE
 
     if HAS_PROJ:
         # W_hr[own h units, :] transposed, [BLOCK_H, BLOCK_R], on chip for all steps.
@@ -542,11 +564,16 @@ def recurrence_forward_kernel(
     h_own = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
     if CELL == LSTM:
         c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    if MASKED_EXCHANGE:
+        m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
+        tl.store(h_masked_ptr + h_own_offsets, m_h_own * h_own, mask=h_own_mask)
+        grid_barrier(barrier_ptr, 0)
 
-    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
-    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
-    s = 0
-    while s < steps:
+    # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
+    # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
+    # per-element addresses of the per-step loads out of the loop and spill them. Under
+    # triton 3.6's interpreter a runtime bound needs kernels/interpreter_compat.py.
+    for s in tl.range(0, steps, disable_licm=True):
         if REVERSE:
             t = steps - 1 - s
             t_next = t - 1
@@ -554,14 +581,17 @@ def recurrence_forward_kernel(
             t = s
             t_next = t + 1
         t64 = tl.cast(t, tl.int64)
-        first_barrier = s * barriers_per_step
+        first_barrier = s * barriers_per_step + FIRST_BARRIER
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         step_own = _rows_cols_offsets(t, batch, rows, units, hidden)
         step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
 
         # 1-2. the recurrent product for this program's gate columns.
-        h_step_ptr = h_prev_ptr + t64 * batch * state_size
+        if MASKED_EXCHANGE:
+            h_step_ptr = h_masked_ptr + (s % 2) * batch * state_size
+        else:
+            h_step_ptr = h_prev_ptr + t64 * batch * state_size
         if STREAM_K > 0:
             acc = _streamed_product(
                 h_step_ptr,
@@ -579,7 +609,7 @@ def recurrence_forward_kernel(
                 weight_drop_base,
                 weight_drop_p,
                 weight_drop_keep_scale,
-                USE_DROPOUT,
+                OPERAND_DROPOUT,
                 seed,
                 dropout_base,
                 dropout_p,
@@ -614,7 +644,7 @@ def recurrence_forward_kernel(
                 batch,
                 w_tiles,
                 tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
-                USE_DROPOUT,
+                OPERAND_DROPOUT,
                 seed,
                 dropout_base,
                 dropout_p,
@@ -703,7 +733,7 @@ def recurrence_forward_kernel(
                 mean_c, var_c = layer_norm_row_stats(
                     c_cand,
                     unit_in,
-                    ln_partials_ptr + 2 * num_programs * batch,
+                    ln_partials_ptr + 2 * num_programs * BLOCK_B,
                     barrier_ptr,
                     first_barrier + 1,
                     rows,
@@ -800,8 +830,13 @@ def recurrence_forward_kernel(
             h_own,
             mask=h_own_mask & (s + 1 < steps),
         )
+        if MASKED_EXCHANGE:
+            tl.store(
+                h_masked_ptr + ((s + 1) % 2) * batch * state_size + h_own_offsets,
+                m_h_own * h_own,
+                mask=h_own_mask & (s + 1 < steps),
+            )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
-        s += 1
 
     tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
     if CELL == LSTM:
@@ -839,7 +874,7 @@ def recurrence_backward_kernel(
     grad_norm_weight_c_ptr,  # [H] float32 (LSTM, NORM != none)
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
-    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, B]
+    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, BLOCK_B]
     barrier_ptr,  # int64 [1], zero at launch
     # ---- sizes
     steps,
@@ -1049,10 +1084,11 @@ def recurrence_backward_kernel(
     if CELL == LSTM:
         dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
-    # A while loop, not range(steps): triton 3.6's interpreter cannot take a runtime range
-    # bound (int() of a one-element array with numpy >= 2.3); both compile to the same loop.
-    s = 0
-    while s < steps:
+    # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
+    # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
+    # per-element addresses of the per-step loads out of the loop and spill them. Under
+    # triton 3.6's interpreter a runtime bound needs kernels/interpreter_compat.py.
+    for s in tl.range(0, steps, disable_licm=True):
         if REVERSE:
             t = s
         else:
@@ -1131,7 +1167,7 @@ def recurrence_backward_kernel(
                     dy_hat,
                     dy_hat * xhat_c,
                     unit_in,
-                    ln_partials_ptr + 2 * num_programs * batch,
+                    ln_partials_ptr + 2 * num_programs * BLOCK_B,
                     barrier_ptr,
                     cell_barrier,
                     rows,
@@ -1349,7 +1385,6 @@ def recurrence_backward_kernel(
         if USE_DROPOUT:
             dh_recurrent = dh_recurrent * m_h_own
         dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
-        s += 1
 
     tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
     if CELL == LSTM:

@@ -425,10 +425,11 @@ def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (17, 500), (64, 128)])
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (17, 500), (64, 128), (64, 512)])
 def test_envelope_keeps_w_hh_on_chip(monkeypatch, batch, hidden, cell, dtype):
-    """W1 / W6a (H = 512 at B = 16) keep W_hh on chip on an H100, split over at most one
-    program per SM, the same programs in both kernels, within shared memory."""
+    """W1 / W6a (H = 512 at B = 16), and H = 512 at B = 64, keep W_hh on chip on an H100 in
+    every dtype (float32 at B = 64: one K-tiled dot instead of one dot per gate), split over
+    at most one program per SM, the same programs in both kernels, within shared memory."""
     geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype)
     assert reason is None, reason
     assert geo["stream_k"] == 0, geo.get("stream_reason")
@@ -437,14 +438,43 @@ def test_envelope_keeps_w_hh_on_chip(monkeypatch, batch, hidden, cell, dtype):
     assert max(shared.values()) <= geo["shared_limit"], shared
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("batch", "hidden"), [(64, 1024), (16, 1024), (64, 512), (33, 1000)])
+def test_envelope_keeps_half_w_hh_on_chip_to_1024(monkeypatch, batch, hidden, cell, dtype, arch):
+    """Issue 13 item 2: in bf16 / fp16 W_hh stays on chip up to H = 1024 at B <= 64 (W2,
+    W6b) on an A100 and an H100, as K tiles whose per-step operand piece is at most
+    _RESIDENT_PIECE elements (W2: 8 forward, 32 backward), within shared memory."""
+    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch)
+    assert reason is None, reason
+    assert geo["stream_k"] == 0, geo.get("stream_reason")
+    assert geo["programs"] <= geo["sms"]
+    for kernel, k in (("forward", geo["BLOCK_H"]), ("backward", geo["BLOCK_GH"])):
+        tiles = geo[f"k_tiles_{kernel}"]
+        assert geo[f"rows_{kernel}"] * k // tiles <= triton_backend._RESIDENT_PIECE, kernel
+    shared = triton_backend._shared_memory_bytes(geo)
+    assert max(shared.values()) <= geo["shared_limit"], shared
+    if (batch, hidden) == (64, 1024):
+        assert (geo["k_tiles_forward"], geo["k_tiles_backward"]) == (8, 32)
+        assert shared == {"forward": 163840, "backward": 163840}  # compiled: the AOT test
+
+
 @pytest.mark.parametrize(
-    ("batch", "hidden"), [(64, 1024), (16, 2048), (8, 4093), (64, 2048)], ids=str
+    ("batch", "hidden", "dtype"),
+    [
+        (64, 1024, torch.float32),
+        (16, 1024, torch.float32),
+        (16, 2048, torch.bfloat16),
+        (8, 4093, torch.bfloat16),
+        (64, 2048, torch.float32),
+    ],
+    ids=str,
 )
 def test_envelope_streams_larger_w_hh(monkeypatch, batch, hidden, dtype):
-    """Beyond what one dot holds on chip (W2 / W6b: B = 64 at H = 1024; bf16 LSTM W_hh at
-    H = 2048 is 32 MiB), the launcher streams W_hh from L2 in K-chunks instead of refusing,
-    says why, and keeps both kernels on the same programs within shared memory."""
+    """Beyond what fits on chip (float32 W_hh at H = 1024: 256 KiB a program; bf16 LSTM W_hh
+    at H = 2048 is 32 MiB), the launcher streams W_hh from L2 in K-chunks instead of
+    refusing, says why, and keeps both kernels on the same programs within shared memory."""
     geo, reason = _gpu_geometry(monkeypatch, batch, hidden, "lstm", dtype)
     assert reason is None, reason
     assert geo["stream_k"] > 0

@@ -38,6 +38,7 @@ TARGETS = {
 }
 
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGISTERS = re.compile(r"Used (\d+) registers")
 
 
 def ptx_instructions(ptx: str, opcode: str) -> list[str]:
@@ -65,8 +66,9 @@ def uses_tensor_cores(ptx: str) -> bool:
     return bool(tensor_core_opcodes(ptx))
 
 
-def ptxas_spills(ptx: str, arch: int) -> tuple[int, int]:
-    """(spill store bytes, spill load bytes) of ``ptxas -v`` (the triton wheel's) on ``ptx``."""
+def ptxas_spills(ptx: str, arch: int) -> tuple[int, int, int]:
+    """(spill store bytes, spill load bytes, registers per thread) of ``ptxas -v`` (the
+    triton wheel's) on ``ptx``."""
     import triton
     from triton.backends.nvidia.compiler import sm_arch_from_capability
 
@@ -91,7 +93,8 @@ def ptxas_spills(ptx: str, arch: int) -> tuple[int, int]:
     matches = _SPILLS.findall(result.stderr + result.stdout)
     if not matches:
         raise RuntimeError(f"no spill line in ptxas -v output:\n{result.stderr}")
-    return sum(int(m[0]) for m in matches), sum(int(m[1]) for m in matches)
+    registers = max((int(r) for r in _REGISTERS.findall(result.stderr + result.stdout)), default=0)
+    return sum(int(m[0]) for m in matches), sum(int(m[1]) for m in matches), registers
 
 
 def fake_device_properties(arch: int):
@@ -291,7 +294,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
         compiled = compile_recorded(kernel, args, kwargs, arch)
         seconds = time.monotonic() - start
         ptx = compiled.asm["ptx"]
-        spill_stores, spill_loads = ptxas_spills(ptx, arch)
+        spill_stores, spill_loads, registers = ptxas_spills(ptx, arch)
         results.append(
             {
                 **case,
@@ -307,6 +310,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "cubin_bytes": len(compiled.asm["cubin"]),
                 "spill_stores": spill_stores,
                 "spill_loads": spill_loads,
+                "registers": registers,
                 "atomics": ptx_instructions(ptx, "atom."),
                 "acquire_loads": [i for i in ptx_instructions(ptx, "ld.") if ".acquire" in i],
                 "cooperative": compiled.metadata.launch_cooperative_grid,

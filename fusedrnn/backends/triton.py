@@ -51,6 +51,10 @@ _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
 # piece sits in registers before it is staged, so a larger one spills.
 _MAX_OPERAND_PIECE = _MAX_TILE_ELEMENTS
+# The piece the launcher aims for when it splits the resident W_hh into K tiles ([64, 128]
+# float32: 32 registers a thread at 8 warps), and the smallest K of a tile it takes.
+_RESIDENT_PIECE = 8192
+_MIN_TILE_K = 64
 _SAVED_FIELDS = (
     "h_prev",
     "c_prev",
@@ -111,12 +115,13 @@ def _geometry(
     ``BLOCK_R`` = ``units``.
 
     On a GPU the first configuration that fits (``_shape_reason``) is taken, in this order:
-    W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), with every
-    row and all of K in one dot; else W_hh
+    W_hh resident with the fewest programs that fit the SMs (``units`` >= 16), every row in
+    one dot and W_hh as the fewest K tiles (``k_tiles_*``, per kernel) whose per-step operand
+    piece is at most _RESIDENT_PIECE elements (_resident_k_tiles; more tiles while shared
+    memory is short: W2 bf16 8 forward, 32 backward); else W_hh
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
     saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
-    ``rows_*`` / ``k_tiles_*`` (row pieces and K tiles of the resident product) are set only
-    by the interpreter knobs (see the comment below).
+    ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
@@ -154,29 +159,41 @@ def _geometry(
     # One candidate split today: at 8 units per program (twice the programs) the compiled
     # bf16 backward stages its operand in float32 (262144 B at B = 16, H = 1024, above this
     # model), so halving units waits for a model that holds there.
-    for units in (fewest,):
+    # float32's backward: one dot per gate first (W1); where its [B, H] staging per gate does
+    # not fit (B = 64 at H = 512), one dot over K = G*H in K tiles as bf16 / fp16 do.
+    gate_dot_options = (
+        (True, False) if common["gate_dots"] and proj == 0 else (common["gate_dots"],)
+    )
+    for units, gate_dots in ((u, g) for u in (fewest,) for g in gate_dot_options):
+        options = {**common, "gate_dots": gate_dots}
         chosen = {}
         for kernel in ("forward", "backward"):
-            # Every row and all of K in one dot. The kernels' row pieces and K tiles of the
-            # resident W_hh (ROWS_PER_DOT < BLOCK_B, K_TILES > 1; the interpreter tests run them)
-            # fit shared memory at B = 64, H = 1024, but compiled for sm_90a (triton 3.8)
-            # they spill 2.5-3.3 KB forward and 15-31 KB backward: the W_hh tiles stay in
-            # shared memory, but LLVM hoists every wgmma descriptor of them (one 64-bit
-            # value per 16-deep K step: 112 forward, ~500 backward) and the per-step
-            # loads' addresses out of the time loop (docs/kernels-v2.md §6.1). Streaming
-            # from L2 is the choice there until that is solved.
-            geo = _configured(
-                common, block_b, block_h, num_gates, hidden, units, block_b, block_b, 1, 1, 0,
-                **device_args,
-            )  # fmt: skip
-            reason = _shape_reason(geo, kernel)
-            if reason is None:
-                chosen[kernel] = (block_b, 1)
+            # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
+            # operand piece stays small (_resident_k_tiles), more while shared memory is short.
+            # The time loop runs with LICM off (docs/kernels-v2.md §6.1), so neither the
+            # tiles' wgmma descriptors nor the operand addresses are hoisted and spilled.
+            # With a projection the forward's product stays one dot (its shared-memory
+            # plan, _projected_shared_memory_bytes, is checked only for that).
+            if proj > 0 and kernel == "forward":
+                k = 1
+            elif kernel == "forward":
+                k = block_h
             else:
+                k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
+            for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
+                geo = _configured(
+                    options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
+                    k_tiles, k_tiles, 0, **device_args,
+                )  # fmt: skip
+                reason = _shape_reason(geo, kernel)
+                if reason is None:
+                    chosen[kernel] = (block_b, k_tiles)
+                    break
+            if kernel not in chosen:
                 why = reason
         if len(chosen) == 2:
             return _configured(
-                common, block_b, block_h, num_gates, hidden, units,
+                options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
                 chosen["forward"][1], chosen["backward"][1], 0, **device_args,
             )  # fmt: skip
@@ -186,6 +203,21 @@ def _geometry(
     )  # fmt: skip
     geo["stream_reason"] = f"W_hh does not stay on chip ({why}): streamed from L2 in K-chunks"
     return geo
+
+
+def _resident_k_tiles(k: int, rows: int) -> list[int]:
+    """Candidate K-tile counts of a resident product with K = ``k`` and ``rows`` rows per dot,
+    fewest first: from the fewest whose operand piece ``rows * k / tiles`` is at most
+    _RESIDENT_PIECE (or whose tile K is _MIN_TILE_K), doubling while a tile keeps
+    _MIN_TILE_K (more tiles stage less shared memory)."""
+    tiles = 1
+    while rows * k // tiles > _RESIDENT_PIECE and k // tiles > _MIN_TILE_K:
+        tiles *= 2
+    counts = [tiles]
+    while k // (tiles * 2) >= _MIN_TILE_K:
+        tiles *= 2
+        counts.append(tiles)
+    return counts
 
 
 def _configured(
@@ -244,14 +276,17 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     its per-step operand, and with wgmma (sm_90, R >= 64) the float32 accumulator's layout
     conversions take scratch space.
 
-    * forward, one dot ``[R, H] x [H, N]``: ``e*H*N + 4*R*H`` (the W tile and the float32
-      ``h`` staging; exact for float32, for bf16 / fp16 the compiler may round ``h`` first or
-      keep it in registers); wgmma: ``e*H*N + 4*R*max(H, N)``;
+    * forward, ``[R, H] x [H, N]`` as ``T`` K tiles (one dot each): ``e*H*N + 4*R*H/T``
+      (the W tiles and the float32 ``h`` piece's staging, reused by every tile; exact for
+      float32, for bf16 / fp16 the compiler may round ``h`` first or keep it in registers);
+      wgmma: ``e*H*N + 4*R*max(H/T, N)``;
     * backward, float32, one dot per gate ``[R, H] x [H, units]``: the G gate tiles and one
       staging buffer, ``4 * (G*H*units + R*H)``, plus ``4*R*units`` scratch with wgmma;
-    * backward, bf16 / fp16, one dot ``[R, K] x [K, units]``: ``e * (R + units) * K`` below
-      64 rows (mma.sync stages both operands in the dtype); from 64 rows the float32 operand
-      is staged before rounding, ``4*R*K``, plus the W tile ``e*K*units`` with wgmma.
+    * backward, bf16 / fp16, ``[R, K] x [K, units]`` as ``T`` K tiles: the W tiles in
+      shared memory and each float32 operand piece staged before rounding,
+      ``e*K*units + 4*R*K/T``, on sm_80 and sm_90a alike (measured: W1 bf16 98304 B, W2 bf16
+      163840 B, H = 37 at B = 5 exact); only with one tile, mma.sync and R >= 64 (small H
+      at B >= 64) the compiler keeps the W tile in registers: ``4*R*K``.
     * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + x*B*S``
       forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
       wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
@@ -270,11 +305,15 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
         }
     rf, rb = geo["rows_forward"], geo["rows_backward"]
     hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
-    forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf)
+    # float32 (TF32) wgmma: a [R, units] float32 layout-conversion scratch in each kernel
+    # (measured at B = 64, H = 512: 4096 B beside the tiles and the staging).
+    scratch_f = 4 * rf * u if wgmma_f and e == 4 else 0
+    scratch_b = 4 * rb * u if wgmma_b and e == 4 else 0
+    forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf) + scratch_f
     if geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + rb * h + (rb * u if wgmma_b else 0))
-    elif rb < 64:
-        backward = e * (u * k + rb * kb)
+    elif geo["k_tiles_backward"] > 1 or rb < 64:
+        backward = e * k * u + 4 * rb * kb + scratch_b
     else:
         backward = 4 * rb * kb + (e * k * u if wgmma_b else 0)
     return {"forward": forward, "backward": backward}
@@ -288,17 +327,21 @@ def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
     ``[P, units]``); the projection dots' operands (``[B, H]`` h~, ``[B, P]`` dL/dh~) reuse
     the other dot's staging buffer (its size is the larger of the two). Read off triton
     3.8's sm_90a kernels at W1 with P = 128 (tests/test_triton_aot.py): float32 exact both
-    ways, bf16 backward 0.97 and forward 0.52 of the bound (the compiler keeps the bf16
-    forward's operands partly in registers)."""
+    ways, bf16 forward 0.52 of the bound (the compiler keeps the bf16 forward's operands
+    partly in registers). The bf16 / fp16 backward's W_hh may be K tiles (the launcher's
+    ``k_tiles_backward``; W1: 4): their float32 operand piece and the projection's ``[B, P]``
+    operand share one staging buffer, ``4*B*max(K/T, P)`` (within the AOT test's 0.85-1 of
+    the compiled kernel at W1)."""
     b, h, u, e = geo["BLOCK_B"], geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k = geo["GATES_PAD"] * u, geo["BLOCK_GH"]
     wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
     p, r = geo["BLOCK_P"], geo["BLOCK_R"]
     forward = e * p * n + e * h * r + 4 * b * (max(p, h, n) if wgmma_f else max(p, h))
+    kb = k // geo["k_tiles_backward"]
     if geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * r + b * h + (b * r if wgmma_b else 0) + p * u)
-    elif b < 64:
-        backward = e * (b + r) * k + e * p * u
+    elif b < 64 or geo["k_tiles_backward"] > 1:
+        backward = e * r * k + 4 * b * max(kb, p) + e * p * u
     else:
         backward = 4 * b * k + (e * k * r if wgmma_b else 0) + e * p * u
     return {"forward": forward, "backward": backward}
@@ -583,7 +626,12 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
     saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
-    ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+    ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
+    # m_h * h by step parity, for the chunked products with recurrent dropout (the kernel's
+    # MASKED_EXCHANGE: they cannot hold the [B, H] mask; one dot can).
+    one_dot = geo["stream_k"] == 0 and geo["rows_forward"] == geo["BLOCK_B"]
+    one_dot = one_dot and geo["k_tiles_forward"] == 1
+    h_masked = _empty(2, batch, out_size, **f32) if meta["USE_DROPOUT"] and not one_dot else None
     barrier = torch.zeros(1, dtype=torch.int64, device=device)
     running = [
         _contiguous(getattr(inputs, f"running_{k}"))
@@ -608,6 +656,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         *stats,
         *(saved[k] for k in _SAVED_FIELDS),
         ln_partials,
+        h_masked,
         barrier,
         steps,
         batch,
@@ -689,7 +738,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
-        ln_partials = _empty(2, 2, programs, batch, **f32) if norm == "layer" else None
+        ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
         barrier = torch.zeros(1, dtype=torch.int64, device=device)
         recurrence_backward_kernel[(programs,)](
             grad_output,
