@@ -246,6 +246,30 @@ PYBIND11_MODULE(_C, m) {
       "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for; "
 "with want_fused_cell and no projection, plan_fused_cell / plan_fused_cell_backward).");
   m.def(
+      "cuda_smem_plan",
+      [](int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes, bool w_in_smem,
+         int64_t k_chunk, bool backward, bool fused_cell, int64_t proj, int64_t ps) {
+        const fusedrnn::cuda::SmemPlan s = fusedrnn::cuda::smem_plan(
+            B, G, H, hs, storage_bytes, w_in_smem, k_chunk, backward, fused_cell, proj, ps);
+        py::dict out;
+        out["w_bytes"] = s.w_bytes;
+        out["proj_w_off"] = s.proj_w_off;
+        out["proj_w_bytes"] = s.proj_w_bytes;
+        out["bar_off"] = s.bar_off;
+        out["stage_off"] = s.stage_off;
+        out["stages"] = s.stages;
+        out["stage_ld"] = s.stage_ld;
+        out["scratch_off"] = s.scratch_off;
+        out["total"] = s.total;
+        out["stage_barrier_bytes"] = fusedrnn::cuda::kStageBarrierBytes;
+        return out;
+      },
+      py::arg("B"), py::arg("G"), py::arg("H"), py::arg("hs"), py::arg("storage_bytes"),
+      py::arg("w_in_smem"), py::arg("k_chunk"), py::arg("backward"), py::arg("fused_cell") = false,
+      py::arg("proj") = 0, py::arg("ps") = 0,
+      "One block's shared-memory layout (launch_plan.h smem_plan): offsets of the W slices, the "
+      "stage barriers, the operand stages and the split-K scratch.");
+  m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {
         using fusedrnn::cuda::FragCoord;
