@@ -133,11 +133,13 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 }
 // Proxy fences: the bulk copy is an async-proxy access, the rest of the kernel's loads and
 // stores are generic-proxy ones, and the memory model orders the two only through
-// fence.proxy.async (docs/kernels-v2.md §4). Full form: global (the exchange other blocks
-// wrote with ordinary stores, seen through the grid barrier) and shared (the stage buffer the
-// block last read, or zero-filled, with ordinary accesses).
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async;\n" ::: "memory");
+// fence.proxy.async (docs/kernels-v2.md §4), one per state space: global (the exchange other
+// blocks wrote with ordinary stores, seen through the grid barrier; SASS FENCE.VIEW.ASYNC.G)
+// and shared (the stage buffer the block last read, or zero-filled, with ordinary accesses;
+// FENCE.VIEW.ASYNC.S). The unqualified fence.proxy.async compiles to MEMBAR.ALL.GPU +
+// FENCE.VIEW.ASYNC.S with nvcc 13 (no .G view fence), so the two are named explicitly.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -181,7 +183,8 @@ __device__ __forceinline__ void bulk_stage_operand_chunk(X* dst, int ld, int col
     __syncwarp();
     // After the grid barrier's acquire (the exchange's ordinary stores) and the block barrier
     // (this buffer's last ordinary reads / zero-fills), before the async-proxy copies.
-    fence_proxy_async();
+    fence_proxy_async_global();
+    fence_proxy_async_shared();
     for (int r = threadIdx.x; r < nbr; r += kWarp)
       bulk_copy_g2s(dst + r * ld, src + (b0 + r) * ldx + k0, row_bytes, bar);
   }
