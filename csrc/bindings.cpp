@@ -270,6 +270,24 @@ PYBIND11_MODULE(_C, m) {
       "One block's shared-memory layout (launch_plan.h smem_plan): offsets of the W slices, the "
       "stage barriers, the operand stages and the split-K scratch.");
   m.def(
+      "bulk_stage_cover",
+      [](int nbr, int cols, int64_t K, int64_t k0, int per_vec) {
+        // (row, first column, columns, is_copy) of each bulk copy and zero-fill vector.
+        std::vector<std::tuple<int, int, int, bool>> out;
+        const int valid = fusedrnn::cuda::bulk_valid_cols(cols, K, k0);
+        for (int r = 0; r < nbr; ++r) out.emplace_back(r, 0, valid, true);
+        const int n = fusedrnn::cuda::bulk_zero_vectors(nbr, cols, valid, per_vec);
+        for (int v = 0; v < n; ++v) {
+          const fusedrnn::cuda::StageVec z =
+              fusedrnn::cuda::bulk_zero_vector(v, nbr, cols, valid, per_vec);
+          out.emplace_back(z.r, z.c, per_vec, false);
+        }
+        return out;
+      },
+      py::arg("nbr"), py::arg("cols"), py::arg("K"), py::arg("k0"), py::arg("per_vec"),
+      "sm_90's TMA staging of one chunk (launch_plan.h bulk_valid_cols, bulk_zero_vector): the "
+      "bulk copies' and zero-fill vectors' (row, column, columns, is_copy).");
+  m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {
         using fusedrnn::cuda::FragCoord;

@@ -334,6 +334,42 @@ def test_smem_plan_reserves_the_stage_barriers(B, G, H, nbytes, k_chunk, fused, 
     assert s["stage_off"] + s["stages"] * rows8 * s["stage_ld"] * xbytes <= s["scratch_off"]
 
 
+@pytest.mark.parametrize("per_vec", [4, 8], ids=["fp32", "16bit"])
+@pytest.mark.parametrize(
+    ("nbr", "cols", "K", "k0"),
+    [
+        (1, 32, 8, 0),
+        (3, 64, 40, 0),
+        (8, 128, 1020, 896),
+        (16, 512, 512, 0),
+        (61, 160, 4080, 3840),
+        (64, 96, 1056, 960),
+        (5, 4096, 4080, 0),
+    ],
+)
+def test_bulk_stage_covers_the_chunk_once(nbr, cols, K, k0, per_vec):
+    """sm_90's TMA staging of one chunk (launch_plan.h bulk_valid_cols / bulk_zero_vector, as
+    tensor_core.cuh bulk_stage_operand_chunk issues them): the nbr bulk copies (the row's
+    columns up to K) and the 16-byte zero vectors cover the rows8 x cols block that the
+    fragments read exactly once, the copies only the operand's own elements, each copy a
+    whole number of 16-byte units when K is (the vec16 condition)."""
+    if K % per_vec:
+        pytest.skip("rows not a multiple of 16 bytes take the element-wise copy")
+    rows8 = -(-nbr // 8) * 8
+    count = [[0] * cols for _ in range(rows8)]
+    copied = 0
+    for r, c, n, is_copy in native.native().bulk_stage_cover(nbr, cols, K, k0, per_vec):
+        assert 0 <= r < rows8 and 0 <= c and c + n <= cols
+        assert c % per_vec == 0 and n % per_vec == 0  # 16-byte units
+        if is_copy:
+            assert r < nbr and c == 0 and k0 + n <= K
+            copied += n
+        for j in range(c, c + n):
+            count[r][j] += 1
+    assert all(v == 1 for row in count for v in row)
+    assert copied == nbr * min(cols, K - k0)
+
+
 def test_plan_falls_back_in_order():
     """Tensor cores need the operand stages: when only the FMA plan fits the W slice stays in
     shared memory without them; when that does not fit either, W streams from L2."""

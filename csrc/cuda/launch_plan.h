@@ -73,6 +73,28 @@ constexpr int kScratchFloats = kWarps * kWarp * 4;  // split-K partial accumulat
 // tensor_core.cuh StageBarriers), 16-byte aligned, right before the stage region.
 constexpr int kStageBarrierBytes = 32;
 
+// sm_90's TMA staging of one chunk (tensor_core.cuh bulk_stage_operand_chunk): of the
+// rows8 = ceil(nbr / 8) * 8 staged rows x cols columns, batch rows r < nbr get one bulk copy
+// of their first bulk_valid_cols elements (K - k0 at the last chunk); the rest is zero-filled
+// in 16-byte vectors of per_vec elements, vector v < bulk_zero_vectors at bulk_zero_vector:
+// first the k tails of the nbr rows, then the rows past nbr whole.
+struct StageVec {
+  int r;  // staged row
+  int c;  // first column
+};
+FRNN_HD int bulk_valid_cols(int cols, int64_t K, int64_t k0) {
+  return static_cast<int>(K - k0 < cols ? K - k0 : cols);
+}
+FRNN_HD int bulk_zero_vectors(int nbr, int cols, int valid, int per_vec) {
+  const int rows8 = (nbr + 7) / 8 * 8;
+  return nbr * ((cols - valid) / per_vec) + (rows8 - nbr) * (cols / per_vec);
+}
+FRNN_HD StageVec bulk_zero_vector(int v, int nbr, int cols, int valid, int per_vec) {
+  const int tail = (cols - valid) / per_vec, vecs = cols / per_vec, n_tail = nbr * tail;
+  if (v < n_tail) return {v / tail, valid + (v % tail) * per_vec};
+  return {nbr + (v - n_tail) / vecs, ((v - n_tail) % vecs) * per_vec};
+}
+
 struct TileSplit {
   int tiles;   // 16 x 8 output tiles of this batch block
   int ksplit;  // warps per tile (1 when tiles >= warps)

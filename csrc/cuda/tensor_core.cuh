@@ -168,15 +168,15 @@ __device__ __forceinline__ void init_stage_barriers(void* stage) {
 // (r < nbr: min(cols, K - k0) elements, a multiple of 16 bytes under vec16), lane 0 first
 // arming `bar` with the chunk's total bytes; every thread zero-fills the rest of the rows8 x
 // cols block (columns past K, rows past nbr) with ordinary stores, disjoint from the copies'
-// bytes. Asynchronous: the caller waits on bar.
+// bytes (launch_plan.h bulk_zero_vector; _C.bulk_stage_cover for the CPU test). Asynchronous:
+// the caller waits on bar.
 #if FUSEDRNN_BULK_COPY
 template <class X>
 __device__ __forceinline__ void bulk_stage_operand_chunk(X* dst, int ld, int cols, const X* src,
                                                          int64_t ldx, int64_t b0, int nbr,
                                                          int64_t K, int64_t k0, uint64_t* bar) {
   constexpr int kPerVec = 16 / sizeof(X);
-  const int rows8 = (nbr + 7) / 8 * 8;
-  const int valid = static_cast<int>(K - k0 < cols ? K - k0 : cols);
+  const int valid = bulk_valid_cols(cols, K, k0);
   const unsigned row_bytes = static_cast<unsigned>(valid) * sizeof(X);
   if (threadIdx.x < kWarp) {
     if (threadIdx.x == 0) mbarrier_arrive_expect_tx(bar, row_bytes * nbr);
@@ -188,12 +188,10 @@ __device__ __forceinline__ void bulk_stage_operand_chunk(X* dst, int ld, int col
     for (int r = threadIdx.x; r < nbr; r += kWarp)
       bulk_copy_g2s(dst + r * ld, src + (b0 + r) * ldx + k0, row_bytes, bar);
   }
-  const int tail = (cols - valid) / kPerVec, vecs = cols / kPerVec;
-  const int n_tail = nbr * tail, n_zero = n_tail + (rows8 - nbr) * vecs;
+  const int n_zero = bulk_zero_vectors(nbr, cols, valid, kPerVec);
   for (int v = threadIdx.x; v < n_zero; v += blockDim.x) {
-    const int r = v < n_tail ? v / tail : nbr + (v - n_tail) / vecs;
-    const int c = v < n_tail ? valid + (v % tail) * kPerVec : ((v - n_tail) % vecs) * kPerVec;
-    *reinterpret_cast<uint4*>(dst + r * ld + c) = make_uint4(0, 0, 0, 0);
+    const StageVec z = bulk_zero_vector(v, nbr, cols, valid, kPerVec);
+    *reinterpret_cast<uint4*>(dst + z.r * ld + z.c) = make_uint4(0, 0, 0, 0);
   }
   // These ordinary stores precede a later use's bulk copy into the same bytes.
   if (n_zero > 0) fence_proxy_async_shared();
