@@ -246,6 +246,48 @@ PYBIND11_MODULE(_C, m) {
       "The CUDA kernels' launch plan for these device limits (launch_plan.h plan_launch_for; "
 "with want_fused_cell and no projection, plan_fused_cell / plan_fused_cell_backward).");
   m.def(
+      "cuda_smem_plan",
+      [](int64_t B, int64_t G, int64_t H, int64_t hs, int64_t storage_bytes, bool w_in_smem,
+         int64_t k_chunk, bool backward, bool fused_cell, int64_t proj, int64_t ps) {
+        const fusedrnn::cuda::SmemPlan s = fusedrnn::cuda::smem_plan(
+            B, G, H, hs, storage_bytes, w_in_smem, k_chunk, backward, fused_cell, proj, ps);
+        py::dict out;
+        out["w_bytes"] = s.w_bytes;
+        out["proj_w_off"] = s.proj_w_off;
+        out["proj_w_bytes"] = s.proj_w_bytes;
+        out["bar_off"] = s.bar_off;
+        out["stage_off"] = s.stage_off;
+        out["stages"] = s.stages;
+        out["stage_ld"] = s.stage_ld;
+        out["scratch_off"] = s.scratch_off;
+        out["total"] = s.total;
+        out["stage_barrier_bytes"] = fusedrnn::cuda::kStageBarrierBytes;
+        return out;
+      },
+      py::arg("B"), py::arg("G"), py::arg("H"), py::arg("hs"), py::arg("storage_bytes"),
+      py::arg("w_in_smem"), py::arg("k_chunk"), py::arg("backward"), py::arg("fused_cell") = false,
+      py::arg("proj") = 0, py::arg("ps") = 0,
+      "One block's shared-memory layout (launch_plan.h smem_plan): offsets of the W slices, the "
+      "stage barriers, the operand stages and the split-K scratch.");
+  m.def(
+      "bulk_stage_cover",
+      [](int nbr, int cols, int64_t K, int64_t k0, int per_vec) {
+        // (row, first column, columns, is_copy) of each bulk copy and zero-fill vector.
+        std::vector<std::tuple<int, int, int, bool>> out;
+        const int valid = fusedrnn::cuda::bulk_valid_cols(cols, K, k0);
+        for (int r = 0; r < nbr; ++r) out.emplace_back(r, 0, valid, true);
+        const int n = fusedrnn::cuda::bulk_zero_vectors(nbr, cols, valid, per_vec);
+        for (int v = 0; v < n; ++v) {
+          const fusedrnn::cuda::StageVec z =
+              fusedrnn::cuda::bulk_zero_vector(v, nbr, cols, valid, per_vec);
+          out.emplace_back(z.r, z.c, per_vec, false);
+        }
+        return out;
+      },
+      py::arg("nbr"), py::arg("cols"), py::arg("K"), py::arg("k0"), py::arg("per_vec"),
+      "sm_90's TMA staging of one chunk (launch_plan.h bulk_valid_cols, bulk_zero_vector): the "
+      "bulk copies' and zero-fill vectors' (row, column, columns, is_copy).");
+  m.def(
       "mma_fragment_map",
       [](const std::string& operand, const std::string& shape) {
         using fusedrnn::cuda::FragCoord;

@@ -3,7 +3,9 @@
 # cuobjdump and, for every recurrence kernel of each architecture, prints a resource table
 # (registers, stack, static shared memory, local memory, tensor-core / FFMA instruction
 # counts) and fails unless each kernel contains tensor-core instructions (HMMA from mma.sync,
-# or HGMMA from wgmma on sm_90a), or the binary holds no code for an architecture.
+# or HGMMA from wgmma on sm_90a), or the binary holds no code for an architecture; and fails
+# unless the operand's TMA bulk copy (UBLKCP, from cp.async.bulk; tensor_core.cuh
+# bulk_stage_operand_chunk) is in every sm_90+ recurrence kernel and in no sm_80 one.
 # csrc/compile_check.sh runs it on the module it builds; no GPU needed.
 #
 #   csrc/sass_check.sh path/to/_C.so             # sm_80 and sm_90a
@@ -26,8 +28,8 @@ if [[ -z "$CUOBJDUMP" || ! -x "$CUOBJDUMP" ]]; then
 fi
 
 status=0
-printf "  %-7s %-42s %5s %6s %7s %6s %6s %6s %6s\n" \
-  arch kernel REG STACK SHARED LOCAL HMMA HGMMA FFMA
+printf "  %-7s %-42s %5s %6s %7s %6s %6s %6s %6s %6s\n" \
+  arch kernel REG STACK SHARED LOCAL HMMA HGMMA FFMA UBLKCP
 for arch in $archs; do
   arch="${arch#sm_}"
   sass="$("$CUOBJDUMP" -sass -arch "sm_${arch}" "$binary" 2> /dev/null || true)"
@@ -51,14 +53,16 @@ for arch in $archs; do
       file == 2 && /HGMMA/ { hgmma[name]++; next }
       file == 2 && /HMMA/ { hmma[name]++; next }
       file == 2 && /FFMA/ { ffma[name]++; next }
+      file == 2 && /UBLKCP/ { ublkcp[name]++; next }
       END {
         for (n in names) {
           if (n !~ /recurrence_[a-z]+_kernel/) continue
           short = n
           match(n, /recurrence_[a-z]+_kernelI[^E]*E/)
           if (RSTART > 0) short = substr(n, RSTART, RLENGTH)
-          printf "  %-7s %-42s %5d %6d %7d %6d %6d %6d %6d\n", arch, short, res[n, "REG"],
-                 res[n, "STACK"], res[n, "SHARED"], res[n, "LOCAL"], hmma[n], hgmma[n], ffma[n]
+          printf "  %-7s %-42s %5d %6d %7d %6d %6d %6d %6d %6d\n", arch, short, res[n, "REG"],
+                 res[n, "STACK"], res[n, "SHARED"], res[n, "LOCAL"], hmma[n], hgmma[n], ffma[n],
+                 ublkcp[n]
         }
       }
     ' <(printf "%s\n" "$resources") <(printf "%s\n" "$sass") | sort
@@ -69,10 +73,18 @@ for arch in $archs; do
     continue
   fi
   printf "%s\n" "$table"
-  # Columns: 7 = HMMA, 8 = HGMMA.
-  while read -r _ kernel _ _ _ _ hmma hgmma _; do
+  # Columns: 7 = HMMA, 8 = HGMMA, 10 = UBLKCP.
+  while read -r _ kernel _ _ _ _ hmma hgmma _ ublkcp; do
     if [[ $((hmma + hgmma)) -eq 0 ]]; then
       echo "sass_check: sm_${arch} ${kernel} has no tensor-core instruction (HMMA/HGMMA)" >&2
+      status=1
+    fi
+    # sm_90 stages the operand by TMA bulk copies; sm_80 keeps cp.async.
+    if [[ "${arch%a}" -ge 90 && "$ublkcp" -eq 0 ]]; then
+      echo "sass_check: sm_${arch} ${kernel} has no TMA bulk copy (UBLKCP)" >&2
+      status=1
+    elif [[ "${arch%a}" -lt 90 && "$ublkcp" -ne 0 ]]; then
+      echo "sass_check: sm_${arch} ${kernel} has a TMA bulk copy (UBLKCP) below sm_90" >&2
       status=1
     fi
   done <<< "$table"
@@ -80,6 +92,6 @@ done
 if [[ $status -ne 0 ]]; then
   echo "sass_check: FAILED" >&2
 else
-  echo "sass_check: OK (every recurrence kernel uses tensor cores)"
+  echo "sass_check: OK (every recurrence kernel uses tensor cores; TMA bulk copies on sm_90+)"
 fi
 exit $status

@@ -114,6 +114,7 @@ def test_compile_check_script():
     assert "sm_80" in result.stdout and "sm_90a" in result.stdout
     assert "registers" in result.stdout
     assert "sass_check: OK" in result.stdout and "HMMA" in result.stdout
+    assert "UBLKCP" in result.stdout
 
 
 _PROBE_KERNEL = r"""
@@ -131,6 +132,24 @@ __global__ void recurrence_forward_kernel(float* d, const uint32_t* a, const uin
 #else
   for (int i = 0; i < 4; ++i) acc[i] = fmaf(__uint_as_float(a[i]), __uint_as_float(b[i & 1]), acc[i]);
 #endif
+#if BULK_COPY
+  __shared__ __align__(16) float stage[64];
+  __shared__ uint64_t bar;
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(stage));
+  const unsigned m = static_cast<unsigned>(__cvta_generic_to_shared(&bar));
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(m) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], 256;\n" ::"r"(m) : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 256, [%2];\n"
+        ::"r"(s), "l"(d), "r"(m) : "memory");
+  }
+  unsigned done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(m) : "memory");
+  acc[0] += stage[threadIdx.x % 64];
+#endif
   for (int i = 0; i < 4; ++i) d[threadIdx.x * 4 + i] = acc[i];
 }
 template __global__ void recurrence_forward_kernel<float>(float*, const uint32_t*, const uint32_t*);
@@ -140,15 +159,27 @@ template __global__ void recurrence_forward_kernel<float>(float*, const uint32_t
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
-@pytest.mark.parametrize("tensor_cores", [True, False], ids=["mma", "ffma_only"])
-def test_sass_check_requires_tensor_cores(tmp_path, tensor_cores):
-    """csrc/sass_check.sh (run by compile_check.sh on the built _C) passes a recurrence kernel
-    with mma.sync and fails an FFMA-only one (the planted bug), naming the kernel."""
+@pytest.mark.parametrize(
+    "tensor_cores, bulk_copy",
+    [(True, True), (False, True), (True, False)],
+    ids=["mma_bulk", "ffma_only", "no_bulk_copy"],
+)
+def test_sass_check_requires_tensor_cores(tmp_path, tensor_cores, bulk_copy):
+    """csrc/sass_check.sh (run by compile_check.sh on the built _C) passes an sm_90a recurrence
+    kernel with mma.sync and a TMA bulk copy (UBLKCP), and fails an FFMA-only one and one
+    without the bulk copy (the planted bugs), naming the kernel."""
     source = tmp_path / "probe.cu"
     source.write_text(_PROBE_KERNEL)
     binary = tmp_path / "probe.o"
     nvcc = os.environ.get("NVCC", "nvcc")
-    build = [nvcc, "-arch=sm_90a", f"-DTENSOR_CORES={int(tensor_cores)}", "-c", str(source)]
+    build = [
+        nvcc,
+        "-arch=sm_90a",
+        f"-DTENSOR_CORES={int(tensor_cores)}",
+        f"-DBULK_COPY={int(bulk_copy)}",
+        "-c",
+        str(source),
+    ]
     subprocess.run([*build, "-o", str(binary)], check=True, capture_output=True, timeout=300)
     result = subprocess.run(
         ["bash", str(ROOT / "csrc" / "sass_check.sh"), str(binary)],
@@ -159,11 +190,12 @@ def test_sass_check_requires_tensor_cores(tmp_path, tensor_cores):
     )
     print(result.stdout, result.stderr)
     assert "recurrence_forward_kernelIfE" in result.stdout
-    if tensor_cores:
+    if tensor_cores and bulk_copy:
         assert result.returncode == 0, result.stderr
     else:
         assert result.returncode != 0
-        assert "no tensor-core instruction" in result.stderr
+        message = "no tensor-core instruction" if not tensor_cores else "no TMA bulk copy"
+        assert message in result.stderr
 
 
 # ------------------------------------------------------------------------------- constants

@@ -201,6 +201,40 @@ def test_tensor_core_operand_chunks(dtype):
         check_against_reference(base, dtype)
 
 
+# Shapes for sm_90's TMA staging (tensor_core.cuh bulk_stage_operand_chunk: one 1-D bulk copy
+# per batch row, the rest zero-filled): rows whose bytes are a multiple of the bulk copy's 16
+# but not of the chunk (the k tail zero-filled up to the k-step: hidden 40 bf16, 36 and 1020
+# fp32), rows past the batch (batch 5, 67's second block of 3), several chunks with a short
+# last one (1020 fp32: chunks smaller than K), and rows that are not a multiple of 16 bytes
+# (hidden 36 and 1020 in the 16-bit exchange: 72 / 2040 bytes), which fall back to the
+# element-wise copy on sm_90 too. (dtype, cell, reg, batch, hidden); the fused-cell forms
+# ("none") and the phased ones ("all_ln") both stage through for_each_staged_chunk.
+BULK_SHAPES = [
+    (torch.bfloat16, "lstm", "none", 5, 40),
+    (torch.bfloat16, "gru", "all_ln", 67, 36),
+    (torch.float16, "lstm", "none", 3, 1020),
+    (F32, "lstm", "none", 5, 36),
+    (F32, "gru", "all_ln", 67, 1020),
+]
+
+
+@pytest.mark.parametrize(("dtype", "cell", "reg", "batch", "hidden"), BULK_SHAPES)
+def test_bulk_copy_ragged_rows(dtype, cell, reg, batch, hidden):
+    """Every shape runs the tensor-core product (on sm_90 through the TMA bulk copies and their
+    mbarriers, on sm_80 through cp.async) and meets the reference; the plan shows which
+    chunking each direction takes. Three steps: each stage barrier completes several phases,
+    across steps, batch blocks and chunks (the parity tracking)."""
+    base = make_inputs(cell, reg, False, True, torch.float64, 3, batch, hidden)
+    inputs = _to(base, dtype)
+    for backward in (False, True):
+        plan = _plan_of(inputs, backward, True)
+        assert plan["tensor_cores"] and plan["reason"] == "", plan
+    if hidden == 1020 and dtype == F32:
+        assert _plan_of(inputs, False, True)["k_chunk"] < hidden  # several forward chunks
+    with tf32(True):
+        check_against_reference(base, dtype)
+
+
 def test_exact_float32_when_tf32_is_off():
     """TF32 off: the plan picks the FMA product and float32 meets the exact reference's bound
     (the autouse fixture turns TF32 off for every other float32 test too)."""

@@ -244,6 +244,7 @@ def test_tc_product_owners_hold_each_output_once_in_the_same_thread(batch, rows)
 
 
 # ------------------------------------------------------------------ the launch plan
+BARRIERS = 32  # the stage buffers' two 8-byte mbarriers and parity word (sm_90 TMA staging)
 H100 = {
     "sms": 132,
     "smem_per_block_optin": 232448,
@@ -271,7 +272,7 @@ def test_plan_w1_bf16_forward_by_hand():
     here: hs = ceil(512/132) = 4 units, 16 gate rows of 512 + 8 (pad) bf16 = 16,640 B; all of
     K in one operand stage of the bf16 exchange, 16 rows of 512 + 8 = 16,640 B; split-K
     scratch 8*32*4*4 = 4,096 B; gates 16*16*4 = 1,024 B; 5 unit arrays 5*16*4*4 = 1,280 B;
-    column and row statistics 128 + 128 B."""
+    column and row statistics 128 + 128 B; the stage buffers' mbarriers 32 B."""
     plan = _plan(16, 4, 512, 2, backward=False)
     assert plan["reason"] == ""
     assert (plan["grid"], plan["hs"], plan["w_in_smem"], plan["tensor_cores"]) == (
@@ -281,7 +282,7 @@ def test_plan_w1_bf16_forward_by_hand():
         True,
     )
     assert plan["k_chunk"] == 512
-    assert plan["smem_bytes"] == 16640 + 16640 + 4096 + 1024 + 1280 + 128 + 128
+    assert plan["smem_bytes"] == 16640 + 16640 + 4096 + 1024 + 1280 + 128 + 128 + BARRIERS
 
 
 def test_plan_w2_forward_by_hand():
@@ -290,13 +291,83 @@ def test_plan_w2_forward_by_hand():
     bf16: W 32 x 1032 bf16 = 66,048 B and all of K in one bf16 stage, 64 x 1032 x 2 =
     132,096 B. fp32 (TF32): W 32 x 1028 x 4 = 131,584 B; one fp32 stage of all K (263,168 B)
     does not fit, nor two of 512 or 256 columns; two of 128 do: 2 x 64 x 132 x 4 = 67,584 B."""
-    rest = 4096 + 8192 + 10240 + 256 + 512
+    rest = 4096 + 8192 + 10240 + 256 + 512 + BARRIERS
     bf16 = _plan(64, 4, 1024, 2, backward=False)
     assert (bf16["hs"], bf16["tensor_cores"], bf16["k_chunk"]) == (8, True, 1024)
     assert bf16["smem_bytes"] == 66048 + 132096 + rest
     tf32 = _plan(64, 4, 1024, 4, backward=False)
     assert (tf32["tensor_cores"], tf32["k_chunk"]) == (True, 128)
     assert tf32["smem_bytes"] == 131584 + 67584 + rest
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize(
+    ("B", "G", "H", "nbytes", "k_chunk", "fused", "proj"),
+    [
+        (16, 4, 512, 2, 512, False, 0),
+        (16, 4, 512, 2, 512, True, 0),
+        (64, 4, 1024, 4, 128, False, 0),
+        (65, 3, 1050, 4, 96, True, 0),
+        (7, 3, 65, 2, 96, False, 0),
+        (16, 4, 512, 2, 128, False, 128),
+        (5, 1, 67, 4, 0, False, 0),
+    ],
+)
+def test_smem_plan_reserves_the_stage_barriers(B, G, H, nbytes, k_chunk, fused, proj, backward):
+    """sm_90's TMA staging (tensor_core.cuh stage_barriers) finds the stage buffers' two 8-byte
+    mbarriers and their parity word in the kStageBarrierBytes right before the stage region:
+    on tensor cores that gap is reserved (8-byte aligned, after the W slices, before the
+    stages, which end before the split-K scratch); the FMA product (k_chunk 0) reserves
+    nothing."""
+    fused = fused and not backward
+    hs = -(-H // min(H, 132))
+    ps = -(-proj // min(H, 132)) if proj else 0
+    s = native.native().cuda_smem_plan(
+        B, G, H, hs, nbytes, True, k_chunk, backward, fused_cell=fused, proj=proj, ps=ps
+    )
+    assert s["stage_barrier_bytes"] == BARRIERS >= 2 * 8 + 4
+    assert s["bar_off"] == s["proj_w_off"] + s["proj_w_bytes"] >= s["w_bytes"]
+    assert s["bar_off"] % 16 == 0 and s["stage_off"] % 16 == 0
+    assert s["stage_off"] - s["bar_off"] == (BARRIERS if k_chunk else 0)
+    xbytes = 2 if nbytes == 2 and not backward else 4
+    rows8 = min(-(-B // 8) * 8, 64)
+    assert s["stage_off"] + s["stages"] * rows8 * s["stage_ld"] * xbytes <= s["scratch_off"]
+
+
+@pytest.mark.parametrize("per_vec", [4, 8], ids=["fp32", "16bit"])
+@pytest.mark.parametrize(
+    ("nbr", "cols", "K", "k0"),
+    [
+        (1, 32, 8, 0),
+        (3, 64, 40, 0),
+        (8, 128, 1020, 896),
+        (16, 512, 512, 0),
+        (61, 160, 4080, 3840),
+        (64, 96, 1056, 960),
+        (5, 4096, 4080, 0),
+    ],
+)
+def test_bulk_stage_covers_the_chunk_once(nbr, cols, K, k0, per_vec):
+    """sm_90's TMA staging of one chunk (launch_plan.h bulk_valid_cols / bulk_zero_vector, as
+    tensor_core.cuh bulk_stage_operand_chunk issues them): the nbr bulk copies (the row's
+    columns up to K) and the 16-byte zero vectors cover the rows8 x cols block that the
+    fragments read exactly once, the copies only the operand's own elements, each copy a
+    whole number of 16-byte units when K is (the vec16 condition)."""
+    if K % per_vec:
+        pytest.skip("rows not a multiple of 16 bytes take the element-wise copy")
+    rows8 = -(-nbr // 8) * 8
+    count = [[0] * cols for _ in range(rows8)]
+    copied = 0
+    for r, c, n, is_copy in native.native().bulk_stage_cover(nbr, cols, K, k0, per_vec):
+        assert 0 <= r < rows8 and 0 <= c and c + n <= cols
+        assert c % per_vec == 0 and n % per_vec == 0  # 16-byte units
+        if is_copy:
+            assert r < nbr and c == 0 and k0 + n <= K
+            copied += n
+        for j in range(c, c + n):
+            count[r][j] += 1
+    assert all(v == 1 for row in count for v in row)
+    assert copied == nbr * min(cols, K - k0)
 
 
 def test_plan_falls_back_in_order():
@@ -375,8 +446,8 @@ def _proj_smem_model(B, H, P, nbytes, backward, grid, w_in_smem, k_chunk):
     columns of K = 4H) and the W_hr slice (forward: ps rows of K = H; backward: hs columns of
     K = P), each row padded to a multiple of 16 plus 16 bytes on tensor cores; one operand
     stage region big enough for both products (the recurrent one's operand in the 16-bit
-    dtype forward, fp32 backward; the projection's always fp32, chunks of at most k_chunk);
-    split-K scratch; the gate tile; unit arrays of max(hs, ps) floats per row (5 + 1 forward,
+    dtype forward, fp32 backward; the projection's always fp32, chunks of at most k_chunk),
+    after the stage buffers' 32 bytes of mbarriers (tensor cores); split-K scratch; the gate tile; unit arrays of max(hs, ps) floats per row (5 + 1 forward,
     9 + 1 backward); column and row statistics."""
     hs, ps = -(-H // grid), -(-P // grid)
     tc = k_chunk > 0
@@ -407,6 +478,7 @@ def _proj_smem_model(B, H, P, nbytes, backward, grid, w_in_smem, k_chunk):
     return (
         slice_bytes(w_rows, k)
         + slice_bytes(proj_rows, proj_k)
+        + (BARRIERS if tc else 0)
         + _a16(stages)
         + (8 * 32 * 4 * 4 if tc else 0)
         + _a16(B * 4 * hs * 4)
@@ -428,10 +500,10 @@ def test_plan_w1_bf16_with_projection_by_hand():
     fwd = _plan(16, 4, 512, 2, backward=False, proj=128)
     assert (fwd["reason"], fwd["grid"], fwd["hs"], fwd["ps"]) == ("", 132, 4, 1)
     assert (fwd["w_in_smem"], fwd["tensor_cores"], fwd["k_chunk"]) == (True, True, 128)
-    assert fwd["smem_bytes"] == 4352 + 1040 + 16896 + 4096 + 1024 + 1536 + 128 + 128
+    assert fwd["smem_bytes"] == 4352 + 1040 + 16896 + 4096 + 1024 + 1536 + 128 + 128 + BARRIERS
     bwd = _plan(16, 4, 512, 2, backward=True, proj=128)
     assert (bwd["reason"], bwd["ps"], bwd["k_chunk"]) == ("", 1, 2048)
-    assert bwd["smem_bytes"] == 4112 + 1088 + 131328 + 4096 + 1024 + 2560 + 128 + 128
+    assert bwd["smem_bytes"] == 4112 + 1088 + 131328 + 4096 + 1024 + 2560 + 128 + 128 + BARRIERS
 
 
 @pytest.mark.parametrize("backward", [False, True])
@@ -660,7 +732,7 @@ def test_fused_cell_plan_w1_bf16_by_hand():
         512,
         "",
     )
-    assert fused["smem_bytes"] == 33280 + 16640 + 8192 + 1280 + 128 + 128
+    assert fused["smem_bytes"] == 33280 + 16640 + 8192 + 1280 + 128 + 128 + BARRIERS
     assert not _plan(16, 4, 512, 2, backward=False)["fused_cell"]
     fma = _plan(16, 4, 512, 4, backward=False, tensor_cores=False, want_fused_cell=True)
     assert not fma["fused_cell"]

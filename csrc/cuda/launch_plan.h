@@ -69,6 +69,31 @@ constexpr int kStagePadBytes = 16;  // after each staged row: no shared-memory b
 constexpr int kBatchBlock = 64;  // batch rows per staged block (8 n-tiles)
 constexpr int kTilesPerWarp = 4;  // accumulator tiles one warp holds at once
 constexpr int kScratchFloats = kWarps * kWarp * 4;  // split-K partial accumulators
+// The stage buffers' two 8-byte mbarriers and their parity word (sm_90's TMA staging,
+// tensor_core.cuh StageBarriers), 16-byte aligned, right before the stage region.
+constexpr int kStageBarrierBytes = 32;
+
+// sm_90's TMA staging of one chunk (tensor_core.cuh bulk_stage_operand_chunk): of the
+// rows8 = ceil(nbr / 8) * 8 staged rows x cols columns, batch rows r < nbr get one bulk copy
+// of their first bulk_valid_cols elements (K - k0 at the last chunk); the rest is zero-filled
+// in 16-byte vectors of per_vec elements, vector v < bulk_zero_vectors at bulk_zero_vector:
+// first the k tails of the nbr rows, then the rows past nbr whole.
+struct StageVec {
+  int r;  // staged row
+  int c;  // first column
+};
+FRNN_HD int bulk_valid_cols(int cols, int64_t K, int64_t k0) {
+  return static_cast<int>(K - k0 < cols ? K - k0 : cols);
+}
+FRNN_HD int bulk_zero_vectors(int nbr, int cols, int valid, int per_vec) {
+  const int rows8 = (nbr + 7) / 8 * 8;
+  return nbr * ((cols - valid) / per_vec) + (rows8 - nbr) * (cols / per_vec);
+}
+FRNN_HD StageVec bulk_zero_vector(int v, int nbr, int cols, int valid, int per_vec) {
+  const int tail = (cols - valid) / per_vec, vecs = cols / per_vec, n_tail = nbr * tail;
+  if (v < n_tail) return {v / tail, valid + (v % tail) * per_vec};
+  return {nbr + (v - n_tail) / vecs, ((v - n_tail) % vecs) * per_vec};
+}
 
 struct TileSplit {
   int tiles;   // 16 x 8 output tiles of this batch block
@@ -178,6 +203,7 @@ FRNN_HD TileSplit fused_cell_split(int64_t groups, int64_t batch_rows) {
 // ------------------------------------------------------------------ shared memory plan
 // Dynamic shared memory of one block, in this order (each part 16-byte aligned):
 //   [W slice: rows x w_ld elements, storage type, only when w_in_smem]
+//   [stage barriers: kStageBarrierBytes (tensor cores), ending where the stages start]
 //   [operand stages: stages x min(B8, kBatchBlock) x stage_ld operand elements (tensor cores)]
 //   [split-K scratch: kScratchFloats floats, tensor cores only]
 //   [B * G * hs floats: per-step gate pre-activations (fwd) / d(gates) (bwd)]
@@ -209,8 +235,8 @@ FRNN_HD TileSplit fused_cell_split(int64_t groups, int64_t batch_rows) {
 //   * the unit arrays are max(hs, ps) floats per batch row (unit_ld), plus one: the forward's
 //     projection output h_proj, the backward's d(o tanh c_out) of the cell units.
 struct SmemPlan {
-  int64_t w_ld, w_bytes, stages, stage_ld, stage_off, scratch_off, a_off, unit_off, col_off,
-      row_off, total;
+  int64_t w_ld, w_bytes, stages, stage_ld, bar_off, stage_off, scratch_off, a_off, unit_off,
+      col_off, row_off, total;
   int64_t unit_ld;  // floats per batch row of each unit array: max(hs, ps)
   int64_t proj_w_ld, proj_w_off, proj_w_bytes, proj_k_chunk, proj_stages, proj_stage_ld;
 };
@@ -262,7 +288,8 @@ FRNN_HD SmemPlan smem_plan(int64_t B, int64_t G, int64_t H, int64_t hs, int64_t 
   s.proj_stages = s.proj_k_chunk == 0 ? 0 : s.proj_k_chunk >= proj_k ? 1 : 2;
   s.proj_stage_ld = s.proj_k_chunk + kStagePadBytes / 4;
   const int64_t proj_stage_bytes = s.proj_stages * staged_batch_rows(B) * s.proj_stage_ld * 4;
-  s.stage_off = s.proj_w_off + s.proj_w_bytes;
+  s.bar_off = s.proj_w_off + s.proj_w_bytes;  // tensor_core.cuh stage_barriers(stage)
+  s.stage_off = s.bar_off + (tensor_cores ? kStageBarrierBytes : 0);
   s.scratch_off =
       s.stage_off + align16(stage_bytes > proj_stage_bytes ? stage_bytes : proj_stage_bytes);
   const int64_t scratch_floats =

@@ -233,6 +233,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  static_cast<float4*>(p.ws_stats), w_hr, wrt_sm,
                                  plan.proj_w_ld, plan.proj_k_chunk, plan.proj_stage_ld,
                                  proj_vec16};
+  // sm_90 stages the operand by TMA bulk copies completing on mbarriers (tensor_core.cuh).
+  if (k_chunk > 0) init_stage_barriers(smem + plan.stage_off);
   if constexpr (kFusedCell) {  // never with a projection (fused_cell_applies)
     DeviceFusedCellBackwardPolicy<S> fused{policy};
     backward_steps(fused, p, scratch);

@@ -259,6 +259,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                 reinterpret_cast<float*>(smem + plan.scratch_off), hin,
                                 static_cast<float4*>(p.ws_stats), w_hr, wr_sm, plan.proj_w_ld,
                                 plan.proj_k_chunk, plan.proj_stage_ld, proj_vec16};
+  // sm_90 stages the operand by TMA bulk copies completing on mbarriers (tensor_core.cuh).
+  if (k_chunk > 0) init_stage_barriers(smem + plan.stage_off);
   if constexpr (kFusedCell) {  // never with a projection (fused_cell_applies)
     load_w_hh_fused_rows(w_sm, plan.w_ld, w, H, G, hl, j0);
     DeviceFusedCellPolicy<S> fused{policy, G};

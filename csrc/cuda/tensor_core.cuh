@@ -66,6 +66,138 @@ __device__ __forceinline__ void stage_operand_chunk(X* dst, int ld, int cols, co
   }
 }
 
+// ------------------------------------------------------------------ bulk copies (sm_90: TMA)
+// On sm_90 the operand rows arrive through the TMA engine's 1-D bulk copy
+// (cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes: no tensor map, sizes and
+// both addresses multiples of 16 bytes), one copy per staged batch row (the rows of a chunk
+// are ldx elements apart in global memory and stage_ld apart in shared memory, so they are
+// not one contiguous segment), completing on the stage buffer's mbarrier. The barriers live
+// in the kStageBarrierBytes just before the stage region (launch_plan.h smem_plan: stage_off
+// = bar_off + kStageBarrierBytes), so every product that stages through for_each_staged_chunk
+// finds them from its stage pointer. sm_80 keeps 16-byte cp.async per thread.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FUSEDRNN_BULK_COPY 1
+#else
+#define FUSEDRNN_BULK_COPY 0
+#endif
+
+struct StageBarriers {
+  uint64_t full[2];  // mbarrier of stage buffer i: one arrival (expect_tx) + the copies' bytes
+  uint32_t parity;   // bit i: parity of full[i]'s next phase to complete (every thread's view
+                     // at the start of a for_each_staged_chunk call)
+};
+static_assert(sizeof(StageBarriers) <= kStageBarrierBytes, "launch_plan.h reserves this");
+
+__device__ __forceinline__ StageBarriers* stage_barriers(void* stage) {
+  return reinterpret_cast<StageBarriers*>(static_cast<char*>(stage) - kStageBarrierBytes);
+}
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+#if FUSEDRNN_BULK_COPY
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals)
+               : "memory");
+}
+// The one arrival of a phase, raising its expected transaction bytes first.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// Waits until the phase of the given parity completed (its bytes are then visible to the
+// waiting thread).
+__device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, unsigned parity) {
+  const unsigned addr = smem_addr(bar);
+  unsigned done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  }
+}
+// One 1-D bulk copy global -> shared (bytes, both addresses multiples of 16), completing
+// `bytes` transactions on bar. A CTA launched without clusters is its own cluster, so its
+// shared::cta address is a valid shared::cluster one.
+__device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_src,
+                                              unsigned bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+      ::"r"(smem_addr(smem_dst)), "l"(gmem_src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+// Proxy fences: the bulk copy is an async-proxy access, the rest of the kernel's loads and
+// stores are generic-proxy ones, and the memory model orders the two only through
+// fence.proxy.async (docs/kernels-v2.md §4), one per state space: global (the exchange other
+// blocks wrote with ordinary stores, seen through the grid barrier; SASS FENCE.VIEW.ASYNC.G)
+// and shared (the stage buffer the block last read, or zero-filled, with ordinary accesses;
+// FENCE.VIEW.ASYNC.S). The unqualified fence.proxy.async compiles to MEMBAR.ALL.GPU +
+// FENCE.VIEW.ASYNC.S with nvcc 13 (no .G view fence), so the two are named explicitly.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif
+
+// Once per kernel, before any product, by every thread: thread 0 initialises both stage
+// barriers (one arrival per phase) and the parity word; the fence makes the initialisation
+// visible to the async proxy (the bulk copies' complete_tx). A no-op below sm_90.
+__device__ __forceinline__ void init_stage_barriers(void* stage) {
+#if FUSEDRNN_BULK_COPY
+  if (threadIdx.x == 0) {
+    StageBarriers* sb = stage_barriers(stage);
+    mbarrier_init(&sb->full[0], 1);
+    mbarrier_init(&sb->full[1], 1);
+    sb->parity = 0;
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+#else
+  (void)stage;
+#endif
+}
+
+// stage_operand_chunk's vec16 form on sm_90: warp 0 issues one bulk copy per valid batch row
+// (r < nbr: min(cols, K - k0) elements, a multiple of 16 bytes under vec16), lane 0 first
+// arming `bar` with the chunk's total bytes; every thread zero-fills the rest of the rows8 x
+// cols block (columns past K, rows past nbr) with ordinary stores, disjoint from the copies'
+// bytes (launch_plan.h bulk_zero_vector; _C.bulk_stage_cover for the CPU test). Asynchronous:
+// the caller waits on bar.
+#if FUSEDRNN_BULK_COPY
+template <class X>
+__device__ __forceinline__ void bulk_stage_operand_chunk(X* dst, int ld, int cols, const X* src,
+                                                         int64_t ldx, int64_t b0, int nbr,
+                                                         int64_t K, int64_t k0, uint64_t* bar) {
+  constexpr int kPerVec = 16 / sizeof(X);
+  const int valid = bulk_valid_cols(cols, K, k0);
+  const unsigned row_bytes = static_cast<unsigned>(valid) * sizeof(X);
+  if (threadIdx.x < kWarp) {
+    if (threadIdx.x == 0) mbarrier_arrive_expect_tx(bar, row_bytes * nbr);
+    __syncwarp();
+    // After the grid barrier's acquire (the exchange's ordinary stores) and the block barrier
+    // (this buffer's last ordinary reads / zero-fills), before the async-proxy copies.
+    fence_proxy_async_global();
+    fence_proxy_async_shared();
+    for (int r = threadIdx.x; r < nbr; r += kWarp)
+      bulk_copy_g2s(dst + r * ld, src + (b0 + r) * ldx + k0, row_bytes, bar);
+  }
+  const int n_zero = bulk_zero_vectors(nbr, cols, valid, kPerVec);
+  for (int v = threadIdx.x; v < n_zero; v += blockDim.x) {
+    const StageVec z = bulk_zero_vector(v, nbr, cols, valid, kPerVec);
+    *reinterpret_cast<uint4*>(dst + z.r * ld + z.c) = make_uint4(0, 0, 0, 0);
+  }
+  // These ordinary stores precede a later use's bulk copy into the same bytes.
+  if (n_zero > 0) fence_proxy_async_shared();
+}
+#endif
+
 // ------------------------------------------------------------------ MMA atoms
 // D = A B + D, one warp, fragments as in launch_plan.h.
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4],
@@ -177,24 +309,59 @@ __device__ __forceinline__ void mma_step(float d[4], const uint32_t a[4], const 
 // and calls body(xs, c) on the staged chunk between two __syncthreads (the second because
 // the buffer is restaged for chunk c + 2, or the next round). x null: nothing is staged and
 // body is never called (a zero operand). Every thread of the block calls this.
+// The copies: on sm_90 with vec16, TMA bulk copies (bulk_stage_operand_chunk), buffer i
+// completing on stage_barriers(stage)->full[i], whose phase parities every thread tracks from
+// the shared parity word (thread 0 stores the call's final parities between the last chunk's
+// two __syncthreads, after every thread read the word and before any thread of the next call
+// reads it); else cp.async per thread (commit groups) or the synchronous element-wise copy.
 template <class X, class Body>
 __device__ __forceinline__ void for_each_staged_chunk(const X* x, int64_t ldx, bool vec16,
                                                       int64_t b0, int nbr, int64_t K,
                                                       int k_chunk, int stage_ld,
                                                       int stage_elems, X* stage, Body body) {
+  if (x == nullptr) return;
   const int chunks = static_cast<int>((K + k_chunk - 1) / k_chunk);
-  if (x != nullptr) stage_operand_chunk(stage, stage_ld, k_chunk, x, ldx, b0, nbr, K, 0, vec16);
-  cp_async_commit();
-  for (int c = 0; x != nullptr && c < chunks; ++c) {
-    if (c + 1 < chunks) {
-      stage_operand_chunk(stage + ((c + 1) & 1) * stage_elems, stage_ld, k_chunk, x, ldx, b0,
-                          nbr, K, static_cast<int64_t>(c + 1) * k_chunk, vec16);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+#if FUSEDRNN_BULK_COPY
+  const bool bulk = vec16;  // the TMA form: each buffer's chunk completes on its mbarrier
+  StageBarriers* sb = stage_barriers(stage);
+  unsigned parity = bulk ? sb->parity : 0u;  // every thread reads it before chunk 0's sync
+#else
+  constexpr bool bulk = false;
+#endif
+  // Chunk c into buffer c & 1.
+  auto stage_chunk = [&](int c) {
+    X* dst = stage + (c & 1) * stage_elems;
+    const int64_t k0 = static_cast<int64_t>(c) * k_chunk;
+#if FUSEDRNN_BULK_COPY
+    if (bulk) {
+      bulk_stage_operand_chunk(dst, stage_ld, k_chunk, x, ldx, b0, nbr, K, k0, &sb->full[c & 1]);
+      return;
     }
-    __syncthreads();
+#endif
+    stage_operand_chunk(dst, stage_ld, k_chunk, x, ldx, b0, nbr, K, k0, vec16);
+    cp_async_commit();
+  };
+  stage_chunk(0);
+  for (int c = 0; c < chunks; ++c) {
+    const bool next = c + 1 < chunks;
+    if (next) stage_chunk(c + 1);
+#if FUSEDRNN_BULK_COPY
+    if (bulk) {
+      mbarrier_wait_parity(&sb->full[c & 1], (parity >> (c & 1)) & 1u);
+      parity ^= 1u << (c & 1);
+    }
+#endif
+    if (!bulk) {
+      if (next) {
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    }
+    __syncthreads();  // every thread's copies (and zero-fills); every thread read sb->parity
+#if FUSEDRNN_BULK_COPY
+    if (bulk && !next && threadIdx.x == 0) sb->parity = parity;  // for the next call
+#endif
     body(static_cast<const X*>(stage + (c & 1) * stage_elems), c);
     __syncthreads();
   }
