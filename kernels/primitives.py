@@ -297,14 +297,21 @@ def active_column_stats(x, active_f):
 def bn_backward(dy_hat, xhat, rstd, active_f, count, TRAINING: tl.constexpr):
     """d(input of BN) from dy_hat = d(output) * gamma, per column over the active rows.
 
-    Training: ``rstd * (dy_hat - mean(dy_hat) - xhat * mean(dy_hat * xhat))`` with means
-    over the active rows (the statistics depend on them only); inactive rows get 0.
+    Training: ``rstd * (dy_hat - mean(dy_hat) - (xhat - mean(xhat)) * mean(dy_hat * xhat))``
+    with means over the active rows (the statistics depend on them only); inactive rows get 0.
+    ``mean(xhat)`` is 0 in exact arithmetic, but the saved float32 ``xhat`` carries the
+    forward's rounding of the batch mean, ``rstd`` times it (x ~300 where var ~ eps); without
+    the term that error enters dx unprojected (``sum(dx) = -rstd sum(xhat) mean(dy xhat)``, not
+    0), many times the float32 reference's, whose autograd centres dx last (dx = d_dev -
+    mean(d_dev)) exactly as this form does (docs/design.md §3.3).
     Evaluation: the statistics are constants, so ``dy_hat * rstd``.
     """
     if TRAINING:
         m1 = tl.sum(dy_hat * active_f[:, None], axis=0) / count
         m2 = tl.sum(dy_hat * xhat * active_f[:, None], axis=0) / count
-        dx = (dy_hat - m1[None, :] - xhat * m2[None, :]) * rstd[None, :] * active_f[:, None]
+        mx = tl.sum(xhat * active_f[:, None], axis=0) / count
+        xc = xhat - mx[None, :]
+        dx = (dy_hat - m1[None, :] - xc * m2[None, :]) * rstd[None, :] * active_f[:, None]
     else:
         dx = dy_hat * rstd[None, :] * active_f[:, None]
     return dx

@@ -42,16 +42,24 @@ FLOOR = {
 # largest error over K instances of the same problem, each perturbed by ~1 ulp (a different
 # draw of the same roundings), estimates the spread of PyTorch's own error in D.
 #
-# Why 4, and why it is no loosening: the largest of K draws grows slowly with K. Over the 64
-# well-conditioned float32 cases of test_host (no norm, dropout, zoneout, eval BN) the bound
-# with K = 4 is a median 1.04x, at most 1.38x, the single-instance one. Over 192 float32
+# Why 4 (at first), and why it is no loosening: the largest of K draws grows slowly with K.
+# Over the 64 well-conditioned float32 cases of test_host (no norm, dropout, zoneout, eval
+# BN) the bound with K = 4 is a median 1.04x, at most 1.38x, the single-instance one. Over 192 float32
 # normalised cases (test_host's shapes, 3 seeds) a float32 host kernel (no double compute)
 # fails "2x one draw" 7 times, worst 6.35x its bound, and passes "2x the largest of 4" with a
 # worst 0.98 (0.98 with 8 too); a planted one-pass variance or a dropped term of a BN
 # backward reduction still fails (docs/design.md §3.3). Each instance costs one baseline and
 # one float64 run, so tests with an expensive or well-conditioned baseline (torch.nn/cuDNN on
 # a plain recurrence, float64 which is its own truth) pass one instance (K = 1).
-BASELINE_SAMPLES = 4
+#
+# Why 8 since (docs/design.md §3.3 "Why 8 instances"): the error over ill-conditioned
+# instances is heavy tailed. Over 12 instances of test_norm_numerics' bidirectional LSTM batch-norm case the
+# float32 reference's grad_weight_ih error had median 1.05e-5, max 2.92e-5, and its largest of
+# the first 4 was 1.19e-5; Triton's, drawn from the same distribution (median 1.55e-5, max
+# 2.97e-5), failed "2x the largest of 4" on an Intel AVX-512 CPU (other GEMM roundings) and
+# passed on AMD. The largest of 8 reaches that tail; planted bugs (one-pass variance, a BN
+# backward term or row dropped, triton's uncentred BN backward) still fail.
+BASELINE_SAMPLES = 8
 
 # Relative size of the perturbation (in units of D's eps): about one ulp.
 _PERTURBATION_ULPS = 1.0
