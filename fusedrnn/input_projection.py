@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -115,17 +119,87 @@ class OneDNNLinear(torch.autograd.Function):
 
 
 def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear``, on oneDNN where it applies: torch's CPU wheel sends F.linear to MKL, whose
-    sgemm runs a generic kernel on AMD CPUs (2.25x slower than oneDNN's at the B=32 host
-    workload's shape, docs/design.md §5.4). With a gradient, ``OneDNNLinear`` runs the
-    backward's GEMMs on oneDNN too. Below ``_ONEDNN_MIN_ROWS`` rows F.linear is faster (oneDNN's
-    per-call cost: 16 against 6 us at 1 row, equal at 16, docs/design.md §5.4)."""
+    """``F.linear``, on oneDNN where it applies and ``gemm_libraries().linear`` says so:
+    torch's CPU wheel sends F.linear to MKL, whose sgemm runs a generic kernel on AMD CPUs
+    (2.25x slower than oneDNN's at the B=32 host workload's shape, docs/design.md §5.4). With a
+    gradient, ``OneDNNLinear`` runs the backward's GEMMs on oneDNN too (``dW`` as
+    ``gemm_libraries().weight_grad`` says). Below ``_ONEDNN_MIN_ROWS`` rows F.linear is faster
+    (oneDNN's per-call cost: 16 against 6 us at 1 row, equal at 16, docs/design.md §5.4)."""
     if x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]:
-        if _onednn_linear_applies(x, w_ih, b_ih):
+        # gemm_libraries() after the checks, which exclude torch.compile (it reads a file)
+        if _onednn_linear_applies(x, w_ih, b_ih) and gemm_libraries().linear == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
-        if _onednn_linear_trainable(x, w_ih, b_ih):
+        if _onednn_linear_trainable(x, w_ih, b_ih) and gemm_libraries().linear == "onednn":
             return OneDNNLinear.apply(x, w_ih, b_ih)
     return F.linear(x, w_ih, b_ih)
+
+
+class GemmLibraries(NamedTuple):
+    """Which library runs the float32 CPU GEMMs outside the fused recurrence: ``linear`` the
+    input projection ``x W^T + b`` (and its ``dx``), ``weight_grad`` the weight gradients
+    ``dy^T x`` over all T*B rows (dW_ih, dW_hh, dW_hr). Each "onednn"
+    (``torch.ops.mkldnn._linear_pointwise``) or "mkl" (torch's own F.linear / ``@``)."""
+
+    linear: str
+    weight_grad: str
+
+
+# Per CPU vendor (docs/design.md §5.4): AMD: MKL's sgemm takes a generic kernel, oneDNN is
+# 1.3-2.25x faster for every GEMM. Intel (Xeon, AVX-512): oneDNN 1.07-1.2x faster for the
+# T*B-row forward projection, equal for dx, MKL 1.1-2.2x faster for the weight gradients.
+_VENDOR_LIBRARIES = {
+    "GenuineIntel": GemmLibraries(linear="onednn", weight_grad="mkl"),
+    "AuthenticAMD": GemmLibraries(linear="onednn", weight_grad="onednn"),
+}
+_DEFAULT_LIBRARIES = GemmLibraries(linear="onednn", weight_grad="onednn")
+GEMM_ENV = "FUSEDRNN_HOST_GEMM"  # "auto" (default), "onednn", "mkl" or "linear=X,weight_grad=Y"
+
+
+def cpu_vendor(cpuinfo: str | None = None) -> str | None:
+    """The ``vendor_id`` of ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, ...), or
+    None where there is none (other OS or architecture)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "vendor_id":
+            return value.strip() or None
+    return None
+
+
+def parse_gemm_libraries(setting: str | None, vendor: str | None) -> GemmLibraries:
+    """The libraries for ``FUSEDRNN_HOST_GEMM``'s value ``setting`` on a CPU of ``vendor``:
+    unset, empty or "auto" the vendor's entry (oneDNN for both where unknown); "onednn" or
+    "mkl" both GEMM kinds on that library; "linear=X,weight_grad=Y" each (an omitted one
+    takes the vendor's)."""
+    auto = _VENDOR_LIBRARIES.get(vendor or "", _DEFAULT_LIBRARIES)
+    setting = (setting or "").strip().lower()
+    if setting in ("", "auto"):
+        return auto
+    if setting in ("onednn", "mkl"):
+        return GemmLibraries(setting, setting)
+    chosen = auto._asdict()
+    for item in setting.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in chosen or value not in ("onednn", "mkl"):
+            raise ValueError(
+                f"fusedrnn: {GEMM_ENV}={setting!r}: expected auto, onednn, mkl or "
+                "linear=onednn|mkl,weight_grad=onednn|mkl"
+            )
+        chosen[key] = value
+    return GemmLibraries(**chosen)
+
+
+@functools.cache
+def gemm_libraries() -> GemmLibraries:
+    """The libraries of this process's CPU GEMMs: computed once, on first use (not at import),
+    from ``FUSEDRNN_HOST_GEMM`` and the CPU vendor. Tests clear it with ``cache_clear()``.
+    Callers ask only after their eager-mode checks: dynamo cannot trace the file read."""
+    return parse_gemm_libraries(os.environ.get(GEMM_ENV), cpu_vendor())
 
 
 _ONEDNN_MIN_ROWS = 16  # rows of x (T * B) from which oneDNN's linear beats MKL's

@@ -9,6 +9,12 @@ from fusedrnn import input_projection as ip
 needs_onednn = pytest.mark.skipif(not ip._ONEDNN_LINEAR, reason="torch built without oneDNN")
 
 
+def _use_onednn(monkeypatch, weight_grad="onednn"):
+    """The input projection on oneDNN (OneDNNLinear) whatever this CPU or FUSEDRNN_HOST_GEMM
+    chose, its weight gradient on ``weight_grad``."""
+    monkeypatch.setattr(ip, "gemm_libraries", lambda: ip.GemmLibraries("onednn", weight_grad))
+
+
 def _operands(dtype=torch.float32, requires_grad=False):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(7, 3, 13, generator=gen, dtype=dtype)
@@ -58,11 +64,13 @@ def _float64_linear_grads(x, w, b, grad):
     [(7, 3, 13, 17), (17, 1, 19, 5), (4, 5, 1, 31)],  # dW's narrower operand either side
 )
 @pytest.mark.parametrize("transposed_input", [False, True])
+@pytest.mark.parametrize("weight_grad", ["onednn", "mkl"])
 def test_onednn_linear_gradients_match_float64_like_f_linear(
-    bias, steps, batch, in_size, out_size, transposed_input
+    monkeypatch, bias, steps, batch, in_size, out_size, transposed_input, weight_grad
 ):
     """With a gradient, ``_linear`` runs OneDNNLinear: output and every gradient within 2x
-    F.linear's own float32 error of float64 (+ a floor)."""
+    F.linear's own float32 error of float64 (+ a floor), dW on either library."""
+    _use_onednn(monkeypatch, weight_grad)
     gen = torch.Generator().manual_seed(1)
     if transposed_input:  # a batch_first layer's time-major view
         x = torch.randn(batch, steps, in_size, generator=gen).transpose(0, 1)
@@ -93,9 +101,10 @@ def test_onednn_linear_gradients_match_float64_like_f_linear(
 
 
 @needs_onednn
-def test_onednn_linear_only_the_needed_gradients_and_double_backward():
+def test_onednn_linear_only_the_needed_gradients_and_double_backward(monkeypatch):
     """A frozen weight gets no gradient; with ``create_graph=True`` the backward is itself
     differentiable and its second derivative is F.linear's."""
+    _use_onednn(monkeypatch)
     x, w, b = _operands(requires_grad=True)
     w.requires_grad_(False)
     x.requires_grad_()

@@ -371,14 +371,20 @@ def launch_forward(
 
 def _rows_product(grad_rows: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
     """``grad_rows^T @ input_rows``, a weight gradient summed over all T*B rows: on oneDNN for
-    float32 CPU tensors where input_projection._linear would use it (MKL's sgemm runs a
-    generic kernel on AMD CPUs; docs/design.md §5.4), else ``@``. oneDNN's linear copies its
-    first operand to contiguous, so the narrower of the two (transposed) goes first and the
-    product is transposed back: at T*B=4096 rows, 1024 x 256 columns, 15 -> 11 ms."""
-    from ..input_projection import _onednn_linear_applies  # imports backends: not at load
+    float32 CPU tensors where input_projection._linear would use it and
+    ``gemm_libraries().weight_grad`` is "onednn" (MKL's sgemm runs a generic kernel on AMD
+    CPUs; on Intel MKL's is the faster here; docs/design.md §5.4), else ``@``. oneDNN's linear
+    copies its first operand to contiguous, so the narrower of the two (transposed) goes first
+    and the product is transposed back: at T*B=4096 rows, 1024 x 256 columns, 15 -> 11 ms."""
+    from ..input_projection import _onednn_linear_applies, gemm_libraries  # imports backends
 
     a, w = grad_rows.t(), input_rows.t()
-    if grad_rows.numel() > 0 and input_rows.numel() > 0 and _onednn_linear_applies(a, w, None):
+    if (
+        grad_rows.numel() > 0
+        and input_rows.numel() > 0
+        and _onednn_linear_applies(a, w, None)
+        and gemm_libraries().weight_grad == "onednn"  # after: not under torch.compile
+    ):
         if input_rows.shape[1] < grad_rows.shape[1]:
             product = torch.ops.mkldnn._linear_pointwise(w, a, None, "none", [], "")
             return product.t().contiguous()
