@@ -115,6 +115,18 @@ _ISA_SCRIPT = textwrap.dedent(
 )
 
 
+def _run_script_on_build(script: str, isa: str) -> None:
+    """Runs ``script`` in a subprocess with the host build forced to ``isa``; it must pass
+    and print that build's name last."""
+    env = dict(os.environ, FUSEDRNN_HOST_ISA=isa)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == isa
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_build_follows_the_numerics_rule(isa):
     best = _best_isa_of_cpu()
@@ -122,13 +134,7 @@ def test_every_build_follows_the_numerics_rule(isa):
         pytest.skip("x86-64 Linux with multiversioning only")
     if ISAS.index(isa) > ISAS.index(best):
         pytest.skip(f"this CPU has no {isa}")
-    env = dict(os.environ, FUSEDRNN_HOST_ISA=isa)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    run = subprocess.run(
-        [sys.executable, "-c", _ISA_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == isa
+    _run_script_on_build(_ISA_SCRIPT, isa)
 
 
 # Runs in a subprocess per build: the vectorised cell (csrc/host/cell_host.cpp: steps 3-5 and
@@ -161,17 +167,7 @@ def test_every_build_of_the_vector_cell_follows_the_numerics_rule(isa):
         pytest.skip("x86-64 Linux with multiversioning only")
     if ISAS.index(isa) > ISAS.index(best):
         pytest.skip(f"this CPU has no {isa}")
-    env = dict(os.environ, FUSEDRNN_HOST_ISA=isa)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    run = subprocess.run(
-        [sys.executable, "-c", _VECTOR_CELL_SCRIPT],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == isa
+    _run_script_on_build(_VECTOR_CELL_SCRIPT, isa)
 
 
 def _gate_inputs(values: torch.Tensor, cell: str, needs_grad: bool = True) -> RecurrenceInputs:

@@ -131,6 +131,17 @@ struct HostWorker {
     mask_below_rows(seed, base, t, B, u0, n, threshold, rows.data());
     return rows.data();
   }
+  // A vector-cell step's zoneout state (forward and backward alike): the two parameters and,
+  // in training, the step's decisions drawn as rows for this worker's units [u0, u0 + n).
+  template <class Step, class Params>
+  void set_zoneout(Step& q, const Params& p, int64_t t, int64_t B, int64_t u0, int64_t n) {
+    q.zc = make_zoneout<float>(p.p_zoneout_c, p.training);
+    q.zh = make_zoneout<float>(p.p_zoneout_h, p.training);
+    if (q.zc.on && q.zc.training)
+      q.zc_rows = zoneout_mask_rows(0, p.seed, p.base_zoneout_c, t, B, u0, n, q.zc.threshold);
+    if (q.zh.on && q.zh.training)
+      q.zh_rows = zoneout_mask_rows(1, p.seed, p.base_zoneout_h, t, B, u0, n, q.zh.threshold);
+  }
   template <class F>
   void for_each(int64_t rows, int64_t cols, F f) const {
     for (int64_t i = 0; i < rows; ++i)
@@ -217,12 +228,7 @@ struct HostForwardPolicy : HostWorker<T> {
     q.c = w.c;
     q.h = w.h;
     q.mh = w.mh;
-    q.zc = make_zoneout<float>(p.p_zoneout_c, p.training);
-    q.zh = make_zoneout<float>(p.p_zoneout_h, p.training);
-    if (q.zc.on && q.zc.training)
-      q.zc_rows = this->zoneout_mask_rows(0, p.seed, p.base_zoneout_c, t, B, u0, n, q.zc.threshold);
-    if (q.zh.on && q.zh.training)
-      q.zh_rows = this->zoneout_mask_rows(1, p.seed, p.base_zoneout_h, t, B, u0, n, q.zh.threshold);
+    this->set_zoneout(q, p, t, B, u0, n);
     auto at = [&](void* base, int64_t step_size) {
       return base != nullptr ? static_cast<float*>(base) + t * step_size + u0 : nullptr;
     };
@@ -405,12 +411,7 @@ struct HostBackwardPolicy : HostWorker<T> {
     q.dh = w.dh;
     q.dc = w.dc;
     q.mh = w.mh;
-    q.zc = make_zoneout<float>(p.p_zoneout_c, p.training);
-    q.zh = make_zoneout<float>(p.p_zoneout_h, p.training);
-    if (q.zc.on && q.zc.training)
-      q.zc_rows = this->zoneout_mask_rows(0, p.seed, p.base_zoneout_c, t, B, u0, n, q.zc.threshold);
-    if (q.zh.on && q.zh.training)
-      q.zh_rows = this->zoneout_mask_rows(1, p.seed, p.base_zoneout_h, t, B, u0, n, q.zh.threshold);
+    this->set_zoneout(q, p, t, B, u0, n);
     q.hin = static_cast<float*>(p.hin) + t * B * P + u0;
     q.dxg = static_cast<float*>(p.dxg) + t * B * N + u0;
     q.dab = static_cast<float*>(p.dab) + t * B * N + u0;
