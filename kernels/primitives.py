@@ -395,15 +395,37 @@ def layer_norm_row_stats(
 
 @triton.jit
 def row_sums_across_programs(
-    a, b, col_valid, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
+    a,
+    b,
+    c,
+    col_valid,
+    partials_ptr,
+    barrier_ptr,
+    generation,
+    rows,
+    batch,
+    PROGRAMS_PAD: tl.constexpr,
 ):
-    """Row sums of two matrices whose columns are split over the programs (layer-norm
-    backward): each program publishes its partial sums to ``partials_ptr`` (float32
-    [2, num_programs, BLOCK_B]), meets the others at barrier ``generation`` and adds them up.
+    """Row sums of three matrices whose columns are split over the programs (layer-norm
+    backward: dy, dy xhat and xhat): each program publishes its partial sums to
+    ``partials_ptr`` (float32 [3, num_programs, BLOCK_B]), meets the others at barrier
+    ``generation`` (one barrier for all three) and adds them up.
     """
+    BLOCK_B: tl.constexpr = rows.shape[0]
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
     valid_f = col_valid.to(tl.float32)[None, :]
-    row_sum_a, row_sum_b = tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1)
-    sum_a, sum_b, _ = _exchange_row_pairs(
-        row_sum_a, row_sum_b, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
-    )
-    return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0)
+    row_in = rows < batch
+    own = partials_ptr + pid * BLOCK_B + rows
+    stride = num_programs * BLOCK_B
+    tl.store(own, tl.sum(a * valid_f, axis=1), mask=row_in)
+    tl.store(own + stride, tl.sum(b * valid_f, axis=1), mask=row_in)
+    tl.store(own + 2 * stride, tl.sum(c * valid_f, axis=1), mask=row_in)
+    grid_barrier(barrier_ptr, generation)
+    programs = tl.arange(0, PROGRAMS_PAD)
+    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
+    ws = partials_ptr + programs[:, None] * BLOCK_B + rows[None, :]
+    sum_a = tl.load(ws, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    sum_b = tl.load(ws + stride, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    sum_c = tl.load(ws + 2 * stride, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0), tl.sum(sum_c, axis=0)

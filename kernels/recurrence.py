@@ -874,7 +874,7 @@ def recurrence_backward_kernel(
     grad_norm_weight_c_ptr,  # [H] float32 (LSTM, NORM != none)
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
-    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 sums, programs, BLOCK_B]
+    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 3 sums, programs, BLOCK_B]
     barrier_ptr,  # int64 [1], zero at launch
     # ---- sizes
     steps,
@@ -1163,11 +1163,12 @@ def recurrence_backward_kernel(
                 grad_norm_bias_c += tl.sum(dc_normed, axis=0)
                 rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
                 dy_hat = dc_normed * norm_weight_c[None, :]
-                sum_dy, sum_dy_xhat = row_sums_across_programs(
+                sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
                     dy_hat,
                     dy_hat * xhat_c,
+                    xhat_c,
                     unit_in,
-                    ln_partials_ptr + 2 * num_programs * BLOCK_B,
+                    ln_partials_ptr + 3 * num_programs * BLOCK_B,
                     barrier_ptr,
                     cell_barrier,
                     rows,
@@ -1179,7 +1180,8 @@ def recurrence_backward_kernel(
                     (
                         dy_hat
                         - (sum_dy / hidden_f)[:, None]
-                        - xhat_c * (sum_dy_xhat / hidden_f)[:, None]
+                        - (xhat_c - (sum_xhat / hidden_f)[:, None])
+                        * (sum_dy_xhat / hidden_f)[:, None]
                     )
                     * rstd_c[:, None]
                     * active_f[:, None]
@@ -1234,9 +1236,10 @@ def recurrence_backward_kernel(
             grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
             dy_hat = d_a * norm_weight_hh[None, :]
-            sum_dy, sum_dy_xhat = row_sums_across_programs(
+            sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
                 dy_hat,
                 dy_hat * xhat_hh,
+                xhat_hh,
                 col_in,
                 ln_partials_ptr,
                 barrier_ptr,
@@ -1246,8 +1249,10 @@ def recurrence_backward_kernel(
                 PROGRAMS_PAD,
             )
             width_f = gate_width.to(tl.float32)
+            # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
+            xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
             d_acc = (
-                (dy_hat - (sum_dy / width_f)[:, None] - xhat_hh * (sum_dy_xhat / width_f)[:, None])
+                (dy_hat - (sum_dy / width_f)[:, None] - xc_hh * (sum_dy_xhat / width_f)[:, None])
                 * rstd_row[:, None]
                 * active_f[:, None]
             )

@@ -93,15 +93,16 @@ __device__ __forceinline__ MeanM2<float> merge_row_mean_m2(const float4* row, in
   return m;
 }
 
-// Partials (s1, s2, unused, unused): the row's sums of both.
-__device__ __forceinline__ float2 sum_row_partials(const float4* row, int64_t nblk, int lane) {
-  float s1 = 0.f, s2 = 0.f;
+// Partials (s1, s2, s3, unused): the row's sums of the three.
+__device__ __forceinline__ float3 sum_row_partials(const float4* row, int64_t nblk, int lane) {
+  float s1 = 0.f, s2 = 0.f, s3 = 0.f;
   for (int64_t k = lane; k < nblk; k += kWarp) {
     const float4 v = __ldcg(row + k);
     s1 += v.x;
     s2 += v.y;
+    s3 += v.z;
   }
-  return make_float2(warp_sum(s1), warp_sum(s2));
+  return make_float3(warp_sum(s1), warp_sum(s2), warp_sum(s3));
 }
 
 // ------------------------------------------------------------------ block matvec (exact FP32)

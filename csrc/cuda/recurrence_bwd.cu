@@ -128,28 +128,31 @@ struct DeviceBackwardPolicy : BlockWorker<S> {
   // One warp per row: the block's partial sums into stats, a grid barrier, then
   // sum_row_partials over all blocks' partials of the row (kernel_common.cuh).
   template <class F>
-  __device__ void row_sums(int which, int64_t cols, F f, float* s1, float* s2) {
+  __device__ void row_sums(int which, int64_t cols, float inv_total, F f, float* shift,
+                           float* m2) {
     const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
     const int warps = blockDim.x / kWarp;
     const int64_t nblk = gridDim.x;
     float4* part = stats + which * B * nblk;
     for (int64_t b = warp; b < B; b += warps) {
-      float x = 0.f, y = 0.f;
+      float x = 0.f, y = 0.f, z = 0.f;
       for (int64_t c = lane; c < cols; c += kWarp) {
-        const SumPair<float> v = f(b, c);
-        x += v.x;
-        y += v.y;
+        const NormSums<float> v = f(b, c);
+        x += v.dx;
+        y += v.dx_xhat;
+        z += v.xhat;
       }
       x = warp_sum(x);
       y = warp_sum(y);
-      if (lane == 0) part[b * nblk + blockIdx.x] = make_float4(x, y, 0.f, 0.f);
+      z = warp_sum(z);
+      if (lane == 0) part[b * nblk + blockIdx.x] = make_float4(x, y, z, 0.f);
     }
     this->grid.sync();
     for (int64_t b = warp; b < B; b += warps) {
-      const float2 sums = sum_row_partials(part + b * nblk, nblk, lane);
+      const float3 sums = sum_row_partials(part + b * nblk, nblk, lane);
       if (lane == 0) {
-        s1[b] = sums.x;
-        s2[b] = sums.y;
+        m2[b] = sums.y * inv_total;
+        shift[b] = norm_backward_shift(sums.x * inv_total, m2[b], sums.z * inv_total);
       }
     }
     __syncthreads();

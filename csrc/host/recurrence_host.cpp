@@ -355,7 +355,7 @@ struct HostBackwardPolicy : HostWorker<T> {
   int64_t B, N, P;
   const T* w_packed;     // W_hh restricted to own h units (pack_b, K = N)
   const T* w_hr_packed;  // W_hr restricted to own cell units (projection, K = P)
-  SumPair<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
+  NormSums<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
   T* rec;                // [B][pl] the fused form's product (the scratch's dhin)
 
   void backward_product(const T* da_t, T* d) const {
@@ -424,26 +424,28 @@ struct HostBackwardPolicy : HostWorker<T> {
   }
   // Own partials, a barrier, then every thread sums all threads' partials in thread order.
   template <class F>
-  void row_sums(int which, int64_t cols, F f, T* s1, T* s2) const {
-    SumPair<T>* part = parts[which];
+  void row_sums(int which, int64_t cols, T inv_total, F f, T* shift, T* m2) const {
+    NormSums<T>* part = parts[which];
     for (int64_t b = 0; b < B; ++b) {
-      SumPair<T> sum{T(0), T(0)};
+      NormSums<T> sum{T(0), T(0), T(0)};
       for (int64_t c = 0; c < cols; ++c) {
-        const SumPair<T> v = f(b, c);
-        sum.x += v.x;
-        sum.y += v.y;
+        const NormSums<T> v = f(b, c);
+        sum.dx += v.dx;
+        sum.dx_xhat += v.dx_xhat;
+        sum.xhat += v.xhat;
       }
       part[tid * B + b] = sum;
     }
     barrier();
     for (int64_t b = 0; b < B; ++b) {
-      T x = 0, y = 0;
+      T x = 0, y = 0, z = 0;
       for (int k = 0; k < nt; ++k) {
-        x += part[k * B + b].x;
-        y += part[k * B + b].y;
+        x += part[k * B + b].dx;
+        y += part[k * B + b].dx_xhat;
+        z += part[k * B + b].xhat;
       }
-      s1[b] = x;
-      s2[b] = y;
+      m2[b] = y * inv_total;
+      shift[b] = norm_backward_shift(x * inv_total, m2[b], z * inv_total);
     }
   }
 };
@@ -459,8 +461,8 @@ void backward_impl(const RecurrenceBwdParams& p) {
   const int64_t P = proj ? p.proj_size : H;  // units of h
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
-  std::vector<SumPair<T>> part_hh(static_cast<size_t>(nt_req * B));
-  std::vector<SumPair<T>> part_c(static_cast<size_t>(nt_req * B));
+  std::vector<NormSums<T>> part_hh(static_cast<size_t>(nt_req * B));
+  std::vector<NormSums<T>> part_c(static_cast<size_t>(nt_req * B));
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt_req)

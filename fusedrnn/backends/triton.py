@@ -738,7 +738,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
-        ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
+        ln_partials = _empty(2, 3, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
         barrier = torch.zeros(1, dtype=torch.int64, device=device)
         recurrence_backward_kernel[(programs,)](
             grad_output,

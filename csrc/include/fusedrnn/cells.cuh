@@ -235,11 +235,20 @@ FRNN_HD MeanM2<T> mean_m2_merge(MeanM2<T> a, MeanM2<T> b) {
 }
 
 // Backward of y = xhat * gamma with xhat = (x - mean) * rstd and batch (or row) statistics
-// over `count` values: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
-// where dxhat = dy * gamma and the two means are `sum_dxhat / count`, `sum_dxhat_xhat / count`.
+// over `count` values, centred as the reference's autograd is (docs/design.md §3.3):
+//   dx = rstd * (dxhat - mean(dxhat) - (xhat - mean(xhat)) * mean(dxhat * xhat)),
+// dxhat = dy * gamma, means over the `count` values. mean(xhat) is 0 in exact arithmetic, but
+// the saved float32 xhat carries the forward's rounding of the mean times rstd (large where
+// var ~ eps); without it that error enters dx unprojected. Evaluated as
+// rstd * (dxhat - shift - xhat * mean(dxhat * xhat)), shift = norm_backward_shift(...) once
+// per column (batch norm) or row (layer norm).
 template <class T>
-FRNN_HD T norm_backward(T dxhat, T xhat, T rstd, T mean_dxhat, T mean_dxhat_xhat) {
-  return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+FRNN_HD T norm_backward_shift(T mean_dxhat, T mean_dxhat_xhat, T mean_xhat) {
+  return mean_dxhat - mean_xhat * mean_dxhat_xhat;
+}
+template <class T>
+FRNN_HD T norm_backward(T dxhat, T xhat, T rstd, T shift, T mean_dxhat_xhat) {
+  return rstd * (dxhat - shift - xhat * mean_dxhat_xhat);
 }
 
 // ----------------------------------------------------------------------------------------

@@ -104,11 +104,13 @@
 //   backward_product(da_t, d)    d[b * pl + q] = Σ_n da_t[b * N + n] W_hh[n][q0 + q], da_t all
 //                                workers' columns of the step (after sync_all); visible to
 //                                the worker on return
-//   row_sums(which, cols, f, s1, s2)
-//                                layer-norm backward: f(b, c) → SumPair{x, y} for this
-//                                worker's columns c < cols; s1[b] = Σ x, s2[b] = Σ y over
-//                                every worker's columns, for every row b, visible to the
-//                                worker on return; `which` as in row_stats
+//   row_sums(which, cols, inv_total, f, shift, m2)
+//                                layer-norm backward: f(b, c) → NormSums{dx, dx xhat, xhat}
+//                                for this worker's columns c < cols; with X = Σ over every
+//                                worker's columns times inv_total, m2[b] = X(dx xhat) and
+//                                shift[b] = norm_backward_shift(X(dx), m2[b], X(xhat)), for
+//                                every row b, visible to the worker on return; `which` as in
+//                                row_stats
 //   project_backward(dproj_t, d) (kProjection) d[b * hl + jj] = Σ_q dproj_t[b * P + q]
 //                                W_hr[q][j0 + jj]; all workers' dproj_t written (after
 //                                sync_all)
@@ -213,16 +215,16 @@ struct BackwardScratch {
   A* dco = nullptr;      // [B][hl] tanh(c_out), then d(c_out) in place
   A* mh = nullptr;       // [B][pl] recurrent-dropout mask of own h units
   A* dhin = nullptr;     // [B][pl] (da_t W_hh) of own h units
-  A* col_a = nullptr;    // [R] batch-norm backward: mean of dxhat per own column
+  A* col_a = nullptr;    // [R] batch-norm backward: norm_backward's shift per own column
   A* col_b = nullptr;    // [R] mean of dxhat * xhat
-  A* row_a = nullptr;    // [B] layer-norm backward: sums of dxhat per row
-  A* row_b = nullptr;    // [B] sums of dxhat * xhat
+  A* row_a = nullptr;    // [B] layer-norm backward: norm_backward's shift per row
+  A* row_b = nullptr;    // [B] mean of dxhat * xhat
 };
 
-// Two sums carried together (layer-norm backward: Σ dxhat and Σ dxhat xhat of a row).
+// Three sums carried together (layer-norm backward: Σ dxhat, Σ dxhat xhat, Σ xhat of a row).
 template <class A>
-struct SumPair {
-  A x, y;
+struct NormSums {
+  A dx, dx_xhat, xhat;
 };
 
 template <class A>
@@ -622,20 +624,21 @@ FRNN_STEP void forward_steps(Policy& pol, const RecurrenceFwdParams& p,
   write_final_slices(pol, B, P, H, lstm, w.h, w.c, p.h_n, p.c_n);
 }
 
-// Batch-norm backward of one column over the active rows: the means of dx(b) and of
-// dx(b) xhat(b) (norm_backward's m1, m2).
+// Batch-norm backward of one column over the active rows: norm_backward's shift (from the
+// means of dx(b) and of xhat(b), centring xhat) and the mean of dx(b) xhat(b).
 template <class A, class Dx, class Xhat>
 FRNN_STEP void batch_norm_column_sums(int64_t B, int64_t t, const int64_t* len, int64_t T,
-                                      A inv_count, Dx dx, Xhat xhat, A* m1, A* m2) {
-  A s1 = A(0), s2 = A(0);
+                                      A inv_count, Dx dx, Xhat xhat, A* shift, A* m2) {
+  A s1 = A(0), s2 = A(0), s3 = A(0);
   for (int64_t b = 0; b < B; ++b)
     if (t < (len != nullptr ? len[b] : T)) {
-      const A d = dx(b);
+      const A d = dx(b), x = xhat(b);
       s1 += d;
-      s2 += d * xhat(b);
+      s2 += d * x;
+      s3 += x;
     }
-  *m1 = s1 * inv_count;
   *m2 = s2 * inv_count;
+  *shift = norm_backward_shift(s1 * inv_count, *m2, s3 * inv_count);
 }
 
 // One layer-direction's backward time loop, run by every worker (see the top of this file).
@@ -878,10 +881,11 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
           });
           pol.sync_worker();
         } else if (ln) {
-          pol.row_sums(1, hl, [&](int64_t b, int64_t jj) {
+          pol.row_sums(1, hl, A(1) / A(H), [&](int64_t b, int64_t jj) {
             const int64_t j = j0 + jj;
             const A dx = w.dco[b * hl + jj] * widen(gamma_c[j]);
-            return SumPair<A>{dx, dx * sv_xhat_c[(t * B + b) * H + j]};
+            const A xh = sv_xhat_c[(t * B + b) * H + j];
+            return NormSums<A>{dx, dx * xh, xh};
           }, w.row_a, w.row_b);
         }
         // d(c~) += N_c'(d c_out); c~ = f c_{t-1} + i g.
@@ -893,8 +897,7 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
             const A dx = w.dco[e] * widen(gamma_c[j]);
             const A xh = sv_xhat_c[(t * B + b) * H + j];
             if (ln) {
-              dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], w.row_a[b] / A(H),
-                                   w.row_b[b] / A(H));
+              dct += norm_backward(dx, xh, sv_rstd_c[t * B + b], w.row_a[b], w.row_b[b]);
             } else if (bn_train) {
               dct += act ? norm_backward(dx, xh, sv_rstd_c[t * H + j], w.col_a[jj], w.col_b[jj])
                          : A(0);
@@ -950,10 +953,11 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
           });
           pol.sync_worker();
         } else if (ln) {
-          pol.row_sums(0, R, [&](int64_t b, int64_t r) {
+          pol.row_sums(0, R, A(1) / A(N), [&](int64_t b, int64_t r) {
             const int64_t n = ncol(r);
             const A dx = w.dab[b * R + r] * widen(gamma_hh[n]);
-            return SumPair<A>{dx, dx * sv_xhat_hh[(t * B + b) * N + n]};
+            const A xh = sv_xhat_hh[(t * B + b) * N + n];
+            return NormSums<A>{dx, dx * xh, xh};
           }, w.row_a, w.row_b);
         }
         pol.for_each(B, R, [&](int64_t b, int64_t r) {
@@ -962,7 +966,7 @@ FRNN_STEP void backward_steps(Policy& pol, const RecurrenceBwdParams& p,
           const A xh = sv_xhat_hh[(t * B + b) * N + n];
           A v;
           if (ln) {
-            v = norm_backward(dx, xh, sv_rstd_hh[t * B + b], w.row_a[b] / A(N), w.row_b[b] / A(N));
+            v = norm_backward(dx, xh, sv_rstd_hh[t * B + b], w.row_a[b], w.row_b[b]);
           } else if (bn_train) {
             v = active(t, b) ? norm_backward(dx, xh, sv_rstd_hh[t * N + n], w.col_a[r], w.col_b[r])
                              : A(0);
