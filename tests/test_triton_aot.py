@@ -231,27 +231,25 @@ def test_compiles_for_gpu(compiled, arch, spec):
 
 
 # Cases whose kernels spill more than the budget with triton 3.8 (bytes of spill stores per
-# thread, worst kernel, sm_90a), measured before the time loop ran with LICM off (W1 bf16 400,
-# W6a fp16 532, W2 bf16 resident 1444 B then; 0 now) and not all re-measured since: the
-# float32 LSTM+BN backward at B=5 120 (its per-gate operand loads); W2 streamed float32 72;
-# B >= 64 boundary shapes 750-850; W1 with proj_size 128 in bf16: forward 1376, backward
-# 2942; on sm_80 only (an "sm80-" id): the streamed H = 2048 forward, 84. Not strict: a case
-# that now passes shows as XPASS.
+# thread, worst kernel). Measured before the time loop ran with LICM off (W1 bf16 400, W6a
+# fp16 532, W2 bf16 resident 1444 B then; 0 now); the rest as last measured: the sm_90a
+# float32 LSTM+BN backward at B=5 (its per-gate operand loads, 120 then), the B >= 64 / 256
+# boundary shapes with norms (750-850 then), W2 with layer norm (132 / 80). Not strict: a case
+# that now passes shows as XPASS, and then leaves the list (below).
 SPILLING = {
     # W2 with layer norm, recurrent dropout and zoneout: forward 132, backward 80 (the
     # layer-norm partial sums and the zoneout draws beside the resident W_hh).
     "W2-layer-norm",
-    "lstm-all_batch_norm-float32-B5-H37",
-    "W2-float32",
-    "sm80-W1-proj128-bfloat16",
-    "rnn_tanh-none-float16-B16-Hmax",
+    "sm90-lstm-all_batch_norm-float32-B5-H37",  # sm_80: within budget since the time loop
     "lstm-all_layer_norm-bfloat16-B64-Hmax",
-    "sm80-gru-all_batch_norm-float32-B64-Hmax",  # sm_90a: passes (not re-measured on sm_80)
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
     "gru-all_batch_norm-float32-B256-Hmax",
     "rnn_relu-all_layer_norm-float16-B256-Hmax",
-    "sm80-streamed-H2048",
 }
+# Off the list since the disable_licm time loop and the specialised hidden size (CI on
+# 2026-11-23 reported them XPASS): W2-float32, sm80-W1-proj128-bfloat16,
+# rnn_tanh-none-float16-B16-Hmax, sm80-gru-all_batch_norm-float32-B64-Hmax,
+# sm80-streamed-H2048, sm80-lstm-all_batch_norm-float32-B5-H37.
 
 
 def _spill_cases():
