@@ -304,6 +304,12 @@ class StepModel:
     cell_us: float
     write_us: float
     barrier_us: float
+    # The Triton designs (``_triton_step_model``): the launcher's layout and the parts of
+    # ``mma_us`` (empty / 0 for the other designs).
+    layout: str = ""
+    w_smem_us: float = 0.0  # shared-memory reads (and, streamed, stores) of W_hh's tiles
+    staging_us: float = 0.0  # the operand piece's store + load (+ wgmma's accumulator scratch)
+    tensor_us: float = 0.0  # padded FLOPs over the rate, or the mma.sync accumulation chain
 
     @property
     def total_us(self) -> float:
@@ -320,13 +326,13 @@ class StepModel:
 def _mma_plan(
     design: str, rows_w: int, batch: int, k: int, tensor_cores: bool
 ) -> tuple[str, str, tuple[int, int, int]]:
-    """Instruction, W's operand and padded (M, N, K): the orientation that wastes less.
+    """Instruction, W's operand and padded (M, N, K): the orientation that wastes less (the
+    CUDA designs; the Triton ones take the launcher's, ``_triton_step_model``).
 
     W as A: M = the CTA's gate rows (forward) or units (backward), N = batch. W as B: M = batch,
-    N = W's rows. wgmma needs M in 64s (one warpgroup), mma.sync M in 16s, N in 8s; Triton's
-    tl.dot needs every dimension >= 16.
+    N = W's rows. wgmma needs M in 64s (one warpgroup), mma.sync M in 16s, N in 8s.
     """
-    n_multiple = 16 if design.startswith("triton") else 8
+    n_multiple = 8
     best: tuple[int, str, str, tuple[int, int, int]] | None = None
     for w_operand, m, n in (("A", rows_w, batch), ("B", batch, rows_w)):
         instruction = "ffma" if not tensor_cores else ("wgmma" if m >= 64 else "mma.sync")
@@ -372,10 +378,7 @@ def _step_model_for_ctas(
     register_room = int(hw.register_file_bytes * hw.w_register_fraction)
     if instruction == "wgmma" and w_operand == "B":
         register_room = 0  # wgmma reads B from shared memory only
-    if design == "triton-streamed":  # the launcher's path beyond its on-chip envelope
-        register_room = 0
-    triton = design.startswith("triton")
-    smem_room = 0 if triton else hw.smem_bytes_per_cta - hw.smem_reserved_bytes
+    smem_room = hw.smem_bytes_per_cta - hw.smem_reserved_bytes
     w_registers = min(w_bytes, register_room)
     w_smem = min(w_bytes - w_registers, smem_room)
     w_streamed = w_bytes - w_registers - w_smem
@@ -400,8 +403,7 @@ def _step_model_for_ctas(
         tiles = (m // 16) * (n // 8)
         split_k = max(1, hw.warps_per_cta // tiles)
         chain_clk = -(-(kp // 16) // split_k) * hw.mma_sync_latency_clk
-    staged = 2 * operand if triton else operand  # Triton stores it, then reads it
-    smem_clk = (staged + w_smem + w_streamed) / hw.smem_bytes_per_clk
+    smem_clk = (operand + w_smem + w_streamed) / hw.smem_bytes_per_clk
     mma_s = max(throughput_clk, chain_clk, smem_clk) * clk
 
     # Operand arrival: L2 (grid designs; TMA multicast shares one read among 8 CTAs in CUDA)
@@ -451,6 +453,177 @@ def _step_model_for_ctas(
     )
 
 
+# ----------------------------------------------------------- the Triton kernels as launched
+# "triton" is the layout fusedrnn/backends/triton.py::_geometry builds on the assumed H100
+# (W_hh resident where it fits shared memory, else streamed), "triton-streamed" the launcher's
+# streamed fallback at every size. Geometry from the launcher itself (``triton_geometry``);
+# per step (kernels/recurrence.py ``_resident_product`` / ``_streamed_product``):
+#
+#     step = latency + max(mma, transfer) + cell + write + barrier,
+#     mma  = max(tensor, W smem + staging)
+#
+# * W smem: resident, every step the dot reads the program's W_hh tiles (the B operand,
+#   [K, G*units] forward, [G*H, units] or one [H, units] tile per gate backward) from shared
+#   memory, once per 64-row wgmma block (wgmma reads B from shared memory per instruction) or
+#   once with mma.sync (ldmatrix per warp; the warps split N, the rows are one m16 block at
+#   B = 16); streamed, each K-chunk's W piece is stored to and read from shared memory;
+# * staging: the operand piece ([B, K / K_TILES] per tile, float32 as the launcher's
+#   _shared_memory_bytes counts it: "each float32 operand piece staged before rounding")
+#   stored to shared memory and read back by the dot; with wgmma the float32 accumulator's
+#   layout conversion ([B, N] float32) goes through shared memory too;
+# * tensor: padded 2*B*N*K FLOPs over the wgmma rate (mma.sync: x mma_sync_fraction), or the
+#   mma.sync chain (K / k-step dependent mma, k-step 16 bf16 / 8 TF32: triton's dot keeps one
+#   accumulator per output fragment and does not split K across warps), the larger;
+#   exact float32 ("ieee"): FFMA;
+# * transfer: the operand (the float32 exchange buffers h_prev / grad_acc: batch x K x 4 B)
+#   and, streamed, W_hh's bytes from L2, over one SM's ingress and the chip's L2 rate;
+# * latency: one L2 round trip (resident: the static tile loop's loads do not depend on the
+#   dots, so later tiles overlap them; optimistic), or one per K-chunk streamed (a runtime
+#   ``while`` loop: no software pipelining, each chunk's loads wait for the previous dot);
+# * cell / write / barrier as the other designs (one grid barrier a step; no norm).
+
+
+def _triton_launcher():
+    try:
+        from fusedrnn.backends import triton as launcher
+    except ImportError as error:  # pragma: no cover - bench without triton
+        raise ValueError(
+            f"the Triton step model needs fusedrnn's triton backend: {error}"
+        ) from error
+    return launcher
+
+
+def triton_geometry(
+    workload: Workload, dtype: str, *, streamed: bool = False, hw: HopperAssumptions = HOPPER
+) -> dict:
+    """fusedrnn/backends/triton.py::_geometry on the assumed H100 (``hw``: its SMs, 227 KiB
+    opt-in shared memory, sm_90 so M >= 64 dots are wgmma), no GPU needed. ``streamed``: the
+    launcher's streamed fallback (its last ``_configured`` call: K-chunks of ``_STREAM_K``,
+    every row in one dot, one tile) where it would keep W_hh resident."""
+    import types
+
+    launcher = _triton_launcher()
+    properties = types.SimpleNamespace(
+        multi_processor_count=hw.sms, shared_memory_per_block_optin=hw.smem_bytes_per_cta, major=9
+    )
+    torch_dtype = getattr(torch, dtype)
+    B, H, G = workload.batch, workload.hidden_size, workload.num_gates
+    geo = launcher._geometry(B, H, G, None, torch_dtype, 0, properties=properties)
+    if streamed and not geo["stream_k"]:
+        geo = {
+            **geo,
+            "gate_dots": torch_dtype == torch.float32,
+            "rows_forward": geo["BLOCK_B"],
+            "rows_backward": geo["BLOCK_B"],
+            "k_tiles_forward": 1,
+            "k_tiles_backward": 1,
+            "stream_k": launcher._STREAM_K,
+        }
+        geo["wgmma_forward"] = geo["wgmma_backward"] = geo["BLOCK_B"] >= 64
+        geo["stream_reason"] = "forced by the model (the launcher keeps W_hh resident here)"
+    return geo
+
+
+def _triton_step_model(
+    workload: Workload,
+    design: str,
+    dtype: str,
+    direction: str,
+    tf32: bool,
+    hw: HopperAssumptions,
+) -> StepModel:
+    geo = triton_geometry(workload, dtype, streamed=design == "triton-streamed", hw=hw)
+    G, H, batch = workload.num_gates, workload.hidden_size, workload.batch
+    e = STEP_DTYPE_BYTES[dtype]
+    clk_us = 1e6 / hw.clock_hz
+    bp, units, programs, s = geo["BLOCK_B"], geo["units"], geo["programs"], geo["stream_k"]
+    tensor_cores = dtype != "float32" or tf32
+    forward = direction == "forward"
+    wgmma = geo["wgmma_forward" if forward else "wgmma_backward"]
+    tiles = geo["k_tiles_forward" if forward else "k_tiles_backward"]
+    if forward:  # [B, H] x [H, GATES_PAD*units]
+        n, k, k_real = geo["GATES_PAD"] * units, geo["BLOCK_H"], H
+        dots = 1
+    elif geo["gate_dots"] and not s:  # G dots [B, H] x [H, units], one staging buffer
+        n, k, k_real, dots = units, geo["BLOCK_H"], G * H, G
+    else:  # [B, G*H] x [G*H, units]
+        n, k, k_real, dots = units, geo["BLOCK_GH"], G * H, 1
+    k_total = k * dots  # padded K of all the step's dots together
+    if s:  # the streamed loop runs ceil(K / STREAM_K) chunks of the unpadded K
+        k_total = -(-k_real // s) * s
+    w_tile_bytes = e * k_total * n  # the tiles as the launcher holds them (padding included)
+    operand = batch * k_real * 4  # the float32 exchange buffer's rows (h_prev / grad_acc)
+    if not tensor_cores:
+        instruction, rate, k_step = "ffma", hw.ffma_flops_per_clk, 0
+    else:
+        instruction = "wgmma" if wgmma else "mma.sync"
+        rate = hw.wgmma_tf32_flops_per_clk if dtype == "float32" else hw.wgmma_half_flops_per_clk
+        rate *= 1.0 if wgmma else hw.mma_sync_fraction
+        k_step = 8 if dtype == "float32" else 16
+    throughput_clk = 2.0 * bp * n * k_total / rate
+    chain_clk = k_total / k_step * hw.mma_sync_latency_clk if instruction == "mma.sync" else 0.0
+    if s:  # streamed: each K-chunk's W piece and operand staged (launcher's plan)
+        w_smem_bytes = 0
+        w_streamed = e * k_real * (G * units if forward else units)
+        w_smem_clk = 2 * w_tile_bytes / hw.smem_bytes_per_clk
+        x = 4 if wgmma or (not forward and bp >= 64) else e
+        chunks = -(-k_real // s)
+        latency_clk = chunks * hw.l2_latency_clk
+        layout = f"streamed, {chunks} K-chunks of {s}"
+    else:
+        w_smem_bytes, w_streamed = w_tile_bytes, 0
+        m_blocks = -(-bp // 64) if wgmma else 1
+        w_smem_clk = w_tile_bytes * m_blocks / hw.smem_bytes_per_clk
+        x = 4
+        latency_clk = hw.l2_latency_clk
+        layout = f"resident, {tiles} K tile{'s' if tiles > 1 else ''}"
+        if dots > 1:
+            layout = f"resident, {dots} gate dots"
+    staged = 2 * bp * k_total * x + (2 * 4 * bp * n if wgmma else 0)
+    staging_clk = staged / hw.smem_bytes_per_clk
+    tensor_clk = max(throughput_clk, chain_clk)
+    mma_clk = max(tensor_clk, w_smem_clk + staging_clk)
+    ingress = operand + w_streamed
+    transfer_us = max(
+        ingress / hw.sm_ingress_bytes_per_clk * clk_us,
+        programs * ingress / hw.l2_bytes_per_s * 1e6,
+    )
+    mufu = 2 * CELL_TRANSCENDENTALS[(workload.cell, direction)]
+    cell_us = (hw.cell_latency_clk + units * bp * mufu / hw.mufu_per_clk) * clk_us
+    if forward:  # h_prev (the exchange), c_prev (LSTM), the G gates: float32; y in the dtype
+        c_state = 4 if workload.cell == "lstm" else 0
+        writes = batch * units * (4 + c_state + 4 * G + e)
+    else:  # grad_acc (float32, the exchange) and grad_xg (the dtype) of the G*units columns
+        writes = batch * G * units * (4 + e)
+    return StepModel(
+        design=design,
+        dtype=dtype,
+        direction=direction,
+        tf32=tf32,
+        ctas=programs,
+        units_per_cta=units,
+        instruction=instruction,
+        w_operand="B",
+        mma_shape=(bp, n, k_total),
+        w_bytes_per_cta=w_smem_bytes + w_streamed,
+        w_register_bytes=0,
+        w_smem_bytes=w_smem_bytes,
+        w_streamed_bytes=w_streamed,
+        operand_bytes=operand,
+        latency_us=latency_clk * clk_us,
+        mma_us=mma_clk * clk_us,
+        transfer_us=transfer_us,
+        reduce_us=0.0,
+        cell_us=cell_us,
+        write_us=writes / hw.store_bytes_per_clk * clk_us,
+        barrier_us=hw.grid_barrier_s * 1e6,
+        layout=layout,
+        w_smem_us=w_smem_clk * clk_us,
+        staging_us=staging_clk * clk_us,
+        tensor_us=tensor_clk * clk_us,
+    )
+
+
 def tensor_core_step_model(
     workload: Workload,
     design: str,
@@ -465,12 +638,15 @@ def tensor_core_step_model(
 
     ``design``: "cuda" (grid of CTAs, grid barrier, h_{t-1} by TMA multicast within 8-CTA
     clusters), "cuda-splitk" (grid of 8-CTA clusters; a cluster owns a block of units and its
-    CTAs split K, then reduce the fp32 partial sums over DSMEM), "triton" (grid of programs, grid barrier, W_hh in registers, the operand staged
-    through shared memory), "triton-streamed" (the same with all of W_hh read from L2 in
-    K-chunks every step: the launcher's ``STREAM_K`` path for W2, W6b, W3, H = 2048) or "cluster" (one 16-CTA cluster, DSMEM exchange, hardware cluster
-    barrier; raises ValueError where W_hh does not fit in it). ``ctas`` None picks, for the
-    grid designs, the fastest of 16, 32, 64 and 128 CTAs that divides H. ``tf32`` applies
-    to float32 only (False: exact FP32 FMA). See docs/kernels-v2.md.
+    CTAs split K, then reduce the fp32 partial sums over DSMEM), "triton" (the Triton kernels
+    as fusedrnn/backends/triton.py lays them out on the assumed H100: its grid, W_hh resident
+    in shared memory as the B operand in K tiles where it fits, else streamed;
+    ``_triton_step_model``), "triton-streamed" (the launcher's streamed layout, W_hh read from
+    L2 in K-chunks every step, at every size) or "cluster" (one 16-CTA cluster, DSMEM
+    exchange, hardware cluster barrier; raises ValueError where W_hh does not fit in it).
+    ``ctas`` None picks, for the CUDA grid designs, the fastest of 16, 32, 64 and 128 CTAs that
+    divides H; the Triton designs take the launcher's grid (another ``ctas`` is a ValueError).
+    ``tf32`` applies to float32 only (False: exact FP32 FMA). See docs/kernels-v2.md §8.
     """
     if design not in STEP_DESIGNS:
         raise ValueError(f"unknown design {design!r}; expected one of {STEP_DESIGNS}")
@@ -480,6 +656,11 @@ def tensor_core_step_model(
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(STEP_DTYPE_BYTES)}")
     if (workload.cell, direction) not in CELL_TRANSCENDENTALS:
         raise ValueError(f"no step model for cell {workload.cell!r}")
+    if design.startswith("triton"):
+        model = _triton_step_model(workload, design, dtype, direction, tf32, hw)
+        if ctas is not None and ctas != model.ctas:
+            raise ValueError(f"the Triton launcher runs {model.ctas} programs here, not {ctas}")
+        return model
     if design == "cluster":
         candidates = [hw.cluster_ctas] if ctas is None else [ctas]
         if candidates[0] > hw.cluster_ctas:
@@ -594,6 +775,39 @@ def step_model_markdown() -> str:
                     f"{best['backward'].design} | {forward:.2f} | {train:.2f} | {goal} | "
                     f"≥ {ratio * train:.1f} |"
                 )
+    return "\n".join(lines)
+
+
+TRITON_MODEL_LABEL = "model, unverified until a GPU runs bench/gpu_check.sh"
+
+
+def triton_model_markdown() -> str:
+    """docs/kernels-v2.md §8.3: the Triton step model's terms at W1-W3 (``python3 -m
+    bench.floor`` prints it after §8.2's tables)."""
+    from .workloads import WORKLOADS
+
+    lines = [
+        f"Triton per step, µs ({TRITON_MODEL_LABEL}):",
+        "",
+        "| workload | dtype | direction | design | layout | programs x units | dot (M,N,K) "
+        "| W smem / L2 KiB | operand KiB | latency | W smem | staging | tensor | mma "
+        "| transfer | cell | write | barrier | **µs/step** |",
+        "|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("W1", "W2", "W3"):
+        for dtype in ("float32", "bfloat16"):
+            for direction in STEP_DIRECTIONS:
+                for design in ("triton", "triton-streamed"):
+                    m = tensor_core_step_model(WORKLOADS[name], design, dtype, direction)
+                    lines.append(
+                        f"| {name} | {dtype} | {direction} | {design} | {m.layout} | "
+                        f"{m.ctas} x {m.units_per_cta} | {m.instruction} {m.mma_shape} | "
+                        f"{m.w_smem_bytes / 1024:g} / {m.w_streamed_bytes / 1024:g} | "
+                        f"{m.operand_bytes / 1024:g} | {m.latency_us:.2f} | {m.w_smem_us:.2f} | "
+                        f"{m.staging_us:.2f} | {m.tensor_us:.2f} | {m.mma_us:.2f} | "
+                        f"{m.transfer_us:.2f} | {m.cell_us:.2f} | {m.write_us:.2f} | "
+                        f"{m.barrier_us:.2f} | **{m.total_us:.2f}** |"
+                    )
     return "\n".join(lines)
 
 
@@ -787,5 +1001,7 @@ def built_model_markdown() -> str:
 
 if __name__ == "__main__":
     print(step_model_markdown())
+    print()
+    print(triton_model_markdown())
     print()
     print(built_model_markdown())

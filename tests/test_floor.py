@@ -75,37 +75,38 @@ def test_w1_backward_bf16_cuda_by_hand() -> None:
     assert math.isclose(m.total_us, (400 + 1024 + 158 + 8) / 1000 + 1.0, rel_tol=1e-12)
 
 
-def test_streamed_k_chunks_beyond_the_register_budget() -> None:
+def test_h2048_is_streamed_by_the_launcher() -> None:
+    """H = 2048: the launcher streams W_hh in every dtype, so "triton" is the streamed layout
+    (the same row as "triton-streamed"); the CUDA design keeps it on chip."""
     big = dataclasses.replace(W1, name="H2048", hidden_size=2048, input_size=2048)
-    m = floor.tensor_core_step_model(big, "triton", "bfloat16", "forward", ctas=128, hw=HW)
-    # 16 units x 4 gates x K = 2048 in bf16 = 256 KiB: half fits the 128 KiB register budget
-    assert m.w_bytes_per_cta == 262_144
-    assert (m.w_register_bytes, m.w_smem_bytes, m.w_streamed_bytes) == (131_072, 0, 131_072)
+    m = floor.tensor_core_step_model(big, "triton", "bfloat16", "forward", hw=HW)
+    # 128 programs of 16 units: 2048 x 64 gate columns in bf16 = 256 KiB a program, streamed
+    assert (m.ctas, m.units_per_cta, m.layout) == (128, 16, "streamed, 32 K-chunks of 64")
+    assert (m.w_register_bytes, m.w_smem_bytes, m.w_streamed_bytes) == (0, 0, 262_144)
+    forced = floor.tensor_core_step_model(big, "triton-streamed", "bfloat16", "forward", hw=HW)
+    assert dataclasses.replace(forced, design="triton") == m
     cuda = floor.tensor_core_step_model(big, "cuda", "bfloat16", "forward", ctas=128, hw=HW)
-    assert cuda.w_streamed_bytes == 0  # CUDA adds shared memory: all resident
-    more_registers = dataclasses.replace(HW, w_register_fraction=1.0)
-    resident = floor.tensor_core_step_model(
-        big, "triton", "bfloat16", "forward", ctas=128, hw=more_registers
-    )
-    assert resident.w_streamed_bytes == 0 and resident.transfer_us < m.transfer_us
+    assert cuda.w_streamed_bytes == 0  # CUDA adds registers to shared memory: all resident
 
 
 @pytest.mark.parametrize("direction", floor.STEP_DIRECTIONS)
 @pytest.mark.parametrize("name", ["W2", "W3"])
 def test_triton_streamed_reads_all_of_w_hh_each_step(name: str, direction: str) -> None:
-    """The launcher's streamed path (W2, W3): every CTA reads its whole W_hh slice from L2
-    each step, so its transfer covers W_hh once per step and exceeds the resident design's."""
+    """The launcher's streamed layout: every program reads its whole W_hh slice from L2 each
+    step, so its transfer covers W_hh once per step, and one L2 round trip per K-chunk; in
+    bf16 the launcher keeps W_hh resident at W2 and W3, which the model predicts faster."""
     w = workloads.WORKLOADS[name]
-    streamed = floor.tensor_core_step_model(
-        w, "triton-streamed", "bfloat16", direction, ctas=64, hw=HW
-    )
-    resident = floor.tensor_core_step_model(w, "triton", "bfloat16", direction, ctas=64, hw=HW)
+    streamed = floor.tensor_core_step_model(w, "triton-streamed", "bfloat16", direction, hw=HW)
+    resident = floor.tensor_core_step_model(w, "triton", "bfloat16", direction, hw=HW)
+    assert resident.layout.startswith("resident") and streamed.layout.startswith("streamed")
     assert streamed.w_register_bytes == streamed.w_smem_bytes == 0
     assert streamed.w_streamed_bytes * streamed.ctas == w.num_gates * w.hidden_size**2 * 2
     chip_bytes = streamed.ctas * (streamed.operand_bytes + streamed.w_streamed_bytes)
-    assert streamed.transfer_us >= chip_bytes / HW.dram_bytes_per_s * 1e6 * 0.999 or (
-        streamed.transfer_us >= chip_bytes / HW.l2_bytes_per_s * 1e6 * 0.999
-    )
+    assert streamed.transfer_us >= chip_bytes / HW.l2_bytes_per_s * 1e6 * 0.999
+    k = w.hidden_size * (w.num_gates if direction == "backward" else 1)
+    assert math.isclose(streamed.latency_us, k // 64 * HW.l2_latency_clk / 1000)
+    assert math.isclose(resident.latency_us, HW.l2_latency_clk / 1000)
+    assert streamed.transfer_us > resident.transfer_us
     assert streamed.total_us > resident.total_us
 
 
@@ -116,20 +117,27 @@ def test_byte_counts_add_up(design: str, direction: str, name: str) -> None:
     w = workloads.WORKLOADS[name]
     for dtype, e in floor.STEP_DTYPE_BYTES.items():
         m = floor.tensor_core_step_model(w, design, dtype, direction, hw=HW)
-        # Every CTA's W slice together is W_hh once.
-        assert m.w_bytes_per_cta * m.ctas == w.num_gates * w.hidden_size**2 * e
+        # Every CTA's W slice together is W_hh once (Triton's resident tiles: padded to powers
+        # of two, GRU's 3 gates to 4 columns forward and G*H = 1536 rows to 2048 backward;
+        # float32's backward holds one [H, units] tile per gate: no padding)
+        gate_dots = dtype == "float32" and direction == "backward"
+        pad = 4 / 3 if design == "triton" and w.num_gates == 3 and not gate_dots else 1
+        assert m.w_bytes_per_cta * m.ctas == w.num_gates * w.hidden_size**2 * e * pad
         assert m.w_register_bytes + m.w_smem_bytes + m.w_streamed_bytes == m.w_bytes_per_cta
         split = HW.multicast_ctas if design == "cuda-splitk" else 1
         row = w.hidden_size * (w.num_gates if direction == "backward" else 1)
-        assert m.operand_bytes * split == w.batch * row * e
+        # Triton's exchange buffers (h_prev, grad_acc) are float32 in every dtype
+        operand_e = 4 if design.startswith("triton") else e
+        assert m.operand_bytes * split == w.batch * row * operand_e
 
 
 @pytest.mark.parametrize("design", ["cuda", "cuda-splitk", "triton"])
 def test_scaling(design: str) -> None:
+    ctas = None if design == "triton" else 64  # Triton: the launcher's grid
     for direction in floor.STEP_DIRECTIONS:
         totals = [
             floor.tensor_core_step_model(
-                dataclasses.replace(W1, batch=b), design, "bfloat16", direction, ctas=64, hw=HW
+                dataclasses.replace(W1, batch=b), design, "bfloat16", direction, ctas=ctas, hw=HW
             ).total_us
             for b in (16, 32, 64, 128)
         ]
@@ -137,26 +145,38 @@ def test_scaling(design: str) -> None:
         for name in ("W1", "W2", "W3"):
             w = workloads.WORKLOADS[name]
             args = (w, design)
-            bf16 = floor.tensor_core_step_model(*args, "bfloat16", direction, ctas=64, hw=HW)
-            tf32 = floor.tensor_core_step_model(*args, "float32", direction, ctas=64, hw=HW)
+            bf16 = floor.tensor_core_step_model(*args, "bfloat16", direction, ctas=ctas, hw=HW)
+            tf32 = floor.tensor_core_step_model(*args, "float32", direction, ctas=ctas, hw=HW)
             exact = floor.tensor_core_step_model(
-                *args, "float32", direction, tf32=False, ctas=64, hw=HW
+                *args, "float32", direction, tf32=False, ctas=ctas, hw=HW
             )
             # transfer-bound steps hide the slower product, so the totals may tie
-            assert bf16.total_us <= tf32.total_us <= exact.total_us
-            assert bf16.mma_us <= tf32.mma_us < exact.mma_us
+            assert bf16.total_us <= tf32.total_us
+            assert bf16.mma_us <= tf32.mma_us
             assert exact.instruction == "ffma" and tf32.instruction != "ffma"
+            if design == "triton":
+                # the Triton model's exact float32 counts FFMA throughput only, not the
+                # chain of dependent mma.sync it charges TF32: compare the rates alone
+                assert 2.0 * exact.mma_shape[0] * exact.mma_shape[1] * exact.mma_shape[2] / (
+                    HW.ffma_flops_per_clk * 1000
+                ) == pytest.approx(exact.tensor_us)
+            else:
+                assert tf32.total_us <= exact.total_us and tf32.mma_us < exact.mma_us
     slower = dataclasses.replace(HW, grid_barrier_s=2e-6)
-    base = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=64, hw=HW)
-    late = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=64, hw=slower)
+    base = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=ctas, hw=HW)
+    late = floor.tensor_core_step_model(W1, design, "bfloat16", "forward", ctas=ctas, hw=slower)
     assert math.isclose(late.total_us - base.total_us, 1.0, rel_tol=1e-9)
 
 
 def test_grid_size_is_the_fastest_candidate() -> None:
-    chosen = floor.tensor_core_step_model(W1, "triton", "float32", "backward", hw=HW)
+    chosen = floor.tensor_core_step_model(W1, "cuda", "float32", "backward", hw=HW)
     for ctas in (16, 32, 64, 128):
-        fixed = floor.tensor_core_step_model(W1, "triton", "float32", "backward", ctas=ctas, hw=HW)
+        fixed = floor.tensor_core_step_model(W1, "cuda", "float32", "backward", ctas=ctas, hw=HW)
         assert chosen.total_us <= fixed.total_us
+    # the Triton designs run the launcher's grid (W1: 32 programs of 16 units), no other
+    assert floor.tensor_core_step_model(W1, "triton", "float32", "backward", hw=HW).ctas == 32
+    with pytest.raises(ValueError, match="runs 32 programs here, not 64"):
+        floor.tensor_core_step_model(W1, "triton", "float32", "backward", ctas=64, hw=HW)
 
 
 def test_cluster_design_limits_and_barrier() -> None:
@@ -193,6 +213,149 @@ def test_design_doc_tables_are_the_models_output() -> None:
     doc = (REPO / "docs" / "kernels-v2.md").read_text()
     missing = [line for line in floor.step_model_markdown().splitlines() if line not in doc]
     assert not missing, f"docs/kernels-v2.md is stale, e.g. {missing[:2]}"
+
+
+# ------------------------------------------------------------- the Triton kernels as launched
+def _launcher():
+    from fusedrnn.backends import triton as launcher
+
+    return launcher
+
+
+def test_triton_w1_bf16_forward_by_hand() -> None:
+    """W1 bf16 forward as launched (1 clk = 1 ns): 32 programs x 16 units, one dot [16, 512] x
+    [512, 64] (mma.sync: 16 rows < 64), W_hh's 64 KiB tile resident in shared memory."""
+    m = floor.tensor_core_step_model(W1, "triton", "bfloat16", "forward", hw=HW)
+    assert (m.ctas, m.units_per_cta, m.instruction, m.w_operand) == (32, 16, "mma.sync", "B")
+    assert (m.mma_shape, m.layout) == ((16, 64, 512), "resident, 1 K tile")
+    assert (m.w_smem_bytes, m.w_streamed_bytes, m.operand_bytes) == (65_536, 0, 16 * 512 * 4)
+    assert math.isclose(m.w_smem_us, 65_536 / 128 / 1000)  # W tile read once: 512 clk
+    assert math.isclose(m.staging_us, 2 * 16 * 512 * 4 / 128 / 1000)  # f32 piece in + out
+    # throughput 2*16*64*512 / (4096 * 0.5) = 512 clk; chain 512 / 16 x 33 = 1056 clk
+    assert math.isclose(m.tensor_us, 1.056) and math.isclose(m.mma_us, 1.056)
+    assert math.isclose(m.transfer_us, 32_768 / 64 / 1000)  # one SM's ingress, 512 clk
+    assert math.isclose(m.latency_us, 0.4)
+    assert math.isclose(m.cell_us, (150 + 16 * 16 * 10 / 16) / 1000)
+    # h_prev, c_prev, 4 gates (float32) and y (bf16) of 16 rows x 16 units: 6656 B
+    assert math.isclose(m.write_us, 16 * 16 * (4 + 4 + 16 + 2) / 64 / 1000)
+    assert math.isclose(m.total_us, 0.4 + 1.056 + 0.31 + 0.104 + 1.0)
+
+
+def test_triton_w2_bf16_backward_by_hand() -> None:
+    """W2 bf16 backward as launched: 64 programs x 16 units, [64, 4096] x [4096, 16] as 32 K
+    tiles on wgmma (64 rows), the 128 KiB W tile resident; every program reads all of
+    dL/d acc (float32, 1 MiB) each step, which bounds the step."""
+    m = floor.tensor_core_step_model(
+        workloads.WORKLOADS["W2"], "triton", "bfloat16", "backward", hw=HW
+    )
+    assert (m.ctas, m.instruction, m.mma_shape) == (64, "wgmma", (64, 16, 4096))
+    assert (m.layout, m.w_smem_bytes, m.operand_bytes) == ("resident, 32 K tiles", 131_072, 1 << 20)
+    assert math.isclose(m.w_smem_us, 1.024)  # one 64-row block reads the tiles once
+    # the operand piece in + out (2 MiB) and wgmma's float32 accumulator through shared memory
+    assert math.isclose(m.staging_us, (2 * 64 * 4096 * 4 + 2 * 4 * 64 * 16) / 128 / 1000)
+    assert math.isclose(m.tensor_us, 2 * 64 * 16 * 4096 / 4096 / 1000)  # no chain on wgmma
+    assert math.isclose(m.mma_us, m.w_smem_us + m.staging_us)  # shared memory bound: 17.472
+    assert math.isclose(m.transfer_us, (1 << 20) / 64 / 1000)  # 16.384 > the chip's 12.2
+    assert math.isclose(m.cell_us, (150 + 16 * 64 * 2 / 16) / 1000)
+    assert math.isclose(m.write_us, 64 * 4 * 16 * (4 + 2) / 64 / 1000)
+    assert math.isclose(m.total_us, 0.4 + 17.472 + 0.278 + 0.384 + 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["W1", "W2", "W3"])
+def test_triton_model_takes_the_launchers_geometry(name: str, dtype: str) -> None:
+    """The model's grid, units, dot shape and K tiles are the launcher's _geometry on the
+    assumed H100 (132 SMs, 232,448 B shared memory, sm_90); bf16's and W1's layouts are
+    spelled out (issue 13 item 2: W1 / W2 / W3 bf16 resident in 1-4 / 8-32 / 16-64 tiles)."""
+    w = workloads.WORKLOADS[name]
+    geo = floor.triton_geometry(w, dtype)
+    assert geo["sms"] == 132 and geo["shared_limit"] == 232_448
+    fwd = floor.tensor_core_step_model(w, "triton", dtype, "forward")
+    bwd = floor.tensor_core_step_model(w, "triton", dtype, "backward")
+    for m, kernel in ((fwd, "forward"), (bwd, "backward")):
+        assert (m.ctas, m.units_per_cta) == (geo["programs"], geo["units"])
+        assert m.mma_shape[0] == geo["BLOCK_B"] == max(16, w.batch)
+        assert (m.instruction == "wgmma") == geo[f"wgmma_{kernel}"] == (w.batch >= 64)
+        if geo["stream_k"]:
+            assert m.layout.startswith("streamed, ") and m.layout.endswith(f"of {geo['stream_k']}")
+        elif not (kernel == "backward" and geo["gate_dots"]):
+            assert m.layout.startswith(f"resident, {geo[f'k_tiles_{kernel}']} K tile")
+    assert fwd.mma_shape[1:] == (4 * geo["units"], geo["BLOCK_H"])
+    expected = {
+        ("W1", "float32"): ("resident, 1 K tile", "resident, 4 gate dots"),
+        ("W1", "bfloat16"): ("resident, 1 K tile", "resident, 4 K tiles"),
+        ("W2", "bfloat16"): ("resident, 8 K tiles", "resident, 32 K tiles"),
+        ("W3", "bfloat16"): ("resident, 16 K tiles", "resident, 64 K tiles"),
+    }
+    if (name, dtype) in expected:
+        assert (fwd.layout, bwd.layout) == expected[(name, dtype)]
+        assert (fwd.ctas, fwd.units_per_cta) == ((32, 16) if name == "W1" else (64, 16))
+
+
+def test_forced_streamed_geometry_is_the_launchers_fallback() -> None:
+    """triton_geometry(streamed=True) rebuilds the launcher's streamed fallback: where the
+    launcher streams by itself (a 64 KiB shared-memory limit at W1 bf16) its geometry is the
+    same but for the limit and the reason."""
+    small = dataclasses.replace(floor.HOPPER, smem_bytes_per_cta=65_536)
+    own = floor.triton_geometry(W1, "bfloat16", hw=small)
+    assert own["stream_k"] == _launcher()._STREAM_K
+    forced = floor.triton_geometry(W1, "bfloat16", streamed=True)
+    assert forced["stream_reason"] != own["stream_reason"]
+    drop = ("shared_limit", "stream_reason")
+    assert {k: v for k, v in forced.items() if k not in drop} == {
+        k: v for k, v in own.items() if k not in drop
+    }
+    assert floor.triton_geometry(W1, "bfloat16")["stream_k"] == 0
+
+
+def test_triton_model_orderings() -> None:
+    """Orderings the design rests on, each of which a wrong term would break."""
+    W2, W3 = workloads.WORKLOADS["W2"], workloads.WORKLOADS["W3"]
+
+    def model(w, design, dtype, direction, **kw):
+        return floor.tensor_core_step_model(w, design, dtype, direction, hw=HW, **kw)
+
+    for direction in floor.STEP_DIRECTIONS:  # resident beats streamed where both run
+        for w in (W1, W2, W3):
+            resident = model(w, "triton", "bfloat16", direction)
+            assert resident.total_us < model(w, "triton-streamed", "bfloat16", direction).total_us
+    # bf16 tiles are half float32's bytes: half the shared-memory reads of the same layout
+    bf16, f32 = (
+        model(W1, "triton", "bfloat16", "forward"),
+        model(W1, "triton", "float32", "forward"),
+    )
+    assert bf16.layout == f32.layout and math.isclose(2 * bf16.w_smem_us, f32.w_smem_us)
+    # wgmma reads W once per 64-row block: W3 (256 rows) reads the same 128 KiB tiles 4x W2's
+    w2, w3 = model(W2, "triton", "bfloat16", "forward"), model(W3, "triton", "bfloat16", "forward")
+    assert w2.w_smem_bytes == w3.w_smem_bytes and math.isclose(w3.w_smem_us, 4 * w2.w_smem_us)
+    # TF32 mma.sync takes k-steps of 8: twice bf16's chain at W1
+    assert math.isclose(f32.tensor_us, 2 * bf16.tensor_us)
+    # the launcher streams float32 at H = 1024 (W2, W3): "triton" is then the streamed row
+    for w in (W2, W3):
+        for direction in floor.STEP_DIRECTIONS:
+            launched = model(w, "triton", "float32", direction)
+            assert launched.layout.startswith("streamed")
+
+
+def test_triton_terms_positive_and_table_labelled() -> None:
+    text = floor.triton_model_markdown()
+    assert floor.TRITON_MODEL_LABEL in text.splitlines()[0]
+    rows = [line for line in text.splitlines() if line.startswith("| W")]
+    assert len(rows) == 3 * 2 * 2 * 2
+    for name in ("W1", "W2", "W3"):
+        for dtype in ("float32", "bfloat16"):
+            for direction in floor.STEP_DIRECTIONS:
+                for design in ("triton", "triton-streamed"):
+                    m = floor.tensor_core_step_model(
+                        workloads.WORKLOADS[name], design, dtype, direction
+                    )
+                    terms = (m.latency_us, m.w_smem_us, m.staging_us, m.tensor_us, m.mma_us)
+                    terms += (m.transfer_us, m.cell_us, m.write_us, m.barrier_us)
+                    assert all(t > 0 for t in terms), m
+                    assert m.mma_us >= max(m.tensor_us, m.w_smem_us + m.staging_us) * 0.999999
+    doc = (REPO / "docs" / "kernels-v2.md").read_text()
+    missing = [line for line in text.splitlines() if line and line not in doc]
+    assert not missing, f"docs/kernels-v2.md §8.3 is stale, e.g. {missing[:2]}"
 
 
 # ------------------------------------------------------------------ the CUDA kernels as built

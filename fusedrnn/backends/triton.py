@@ -100,6 +100,8 @@ def _geometry(
     device: torch.device,
     dtype: torch.dtype,
     proj: int = 0,
+    *,
+    properties=None,
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -122,6 +124,10 @@ def _geometry(
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
     saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
+
+    ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
+    its ``multi_processor_count``, ``shared_memory_per_block_optin`` and ``major``): the GPU
+    geometry without a GPU, also under the interpreter (bench/floor.py's Triton step model).
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
@@ -135,7 +141,7 @@ def _geometry(
         # into warp-replicated registers by the compiler, and spill).
         "gate_dots": dtype == torch.float32,
     }
-    if _interpreting():
+    if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
         units = INTERPRETER_UNITS_PER_PROGRAM or block_h
         rows = min(INTERPRETER_ROWS_PER_DOT or block_b, block_b)
@@ -146,7 +152,7 @@ def _geometry(
         )  # fmt: skip
     # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
     # triton 3.6-3.8): batch rows, K, and units (the backward's N).
-    properties = torch.cuda.get_device_properties(device)
+    properties = properties or torch.cuda.get_device_properties(device)
     sms = properties.multi_processor_count
     shared_limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
     block_b = max(16, _next_power_of_2(batch))
