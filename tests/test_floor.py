@@ -292,20 +292,24 @@ def test_triton_model_takes_the_launchers_geometry(name: str, dtype: str) -> Non
         assert (fwd.ctas, fwd.units_per_cta) == ((32, 16) if name == "W1" else (64, 16))
 
 
-def test_forced_streamed_geometry_is_the_launchers_fallback() -> None:
+@pytest.mark.parametrize("name", ["W1", "W2"])
+def test_forced_streamed_geometry_is_the_launchers_fallback(name: str) -> None:
     """triton_geometry(streamed=True) rebuilds the launcher's streamed fallback: where the
-    launcher streams by itself (a 64 KiB shared-memory limit at W1 bf16) its geometry is the
-    same but for the limit and the reason."""
+    launcher streams by itself (a 64 KiB shared-memory limit, bf16) its geometry is the same
+    but for the limit and the reason (W2: resident it has 8 / 32 K tiles, streamed 1)."""
+    w = workloads.WORKLOADS[name]
     small = dataclasses.replace(floor.HOPPER, smem_bytes_per_cta=65_536)
-    own = floor.triton_geometry(W1, "bfloat16", hw=small)
+    own = floor.triton_geometry(w, "bfloat16", hw=small)
     assert own["stream_k"] == _launcher()._STREAM_K
-    forced = floor.triton_geometry(W1, "bfloat16", streamed=True)
+    forced = floor.triton_geometry(w, "bfloat16", streamed=True)
     assert forced["stream_reason"] != own["stream_reason"]
     drop = ("shared_limit", "stream_reason")
     assert {k: v for k, v in forced.items() if k not in drop} == {
         k: v for k, v in own.items() if k not in drop
     }
-    assert floor.triton_geometry(W1, "bfloat16")["stream_k"] == 0
+    resident = floor.triton_geometry(w, "bfloat16")
+    assert resident["stream_k"] == 0
+    assert resident["k_tiles_backward"] == (4 if name == "W1" else 32)
 
 
 def test_triton_model_orderings() -> None:
