@@ -312,6 +312,36 @@ def test_forced_streamed_geometry_is_the_launchers_fallback(name: str) -> None:
     assert resident["k_tiles_backward"] == (4 if name == "W1" else 32)
 
 
+def test_triton_pair_split_backward_by_hand() -> None:
+    """The float32 pair split-K backward (the launcher's ``split_k`` 2 at W2: 128 programs of
+    8 units, W_hh's 16 K tiles of 256 rows split 8 / 8 over a program pair): one dot
+    [64, 2048] x [2048, 16] per program on the pair's 16 columns, then pair_sum (three L2
+    round trips, the [64, 16] float32 partial stored and read back)."""
+    w2 = workloads.WORKLOADS["W2"]
+    geo = {
+        **floor.triton_geometry(w2, "float32", hw=HW),
+        "units": 8,
+        "programs": 128,
+        "gate_dots": False,
+        "split_k": 2,
+        "k_tiles_forward": 8,
+        "k_tiles_backward": 16,
+        "stream_k": 0,
+    }
+    m = floor._triton_step_model(w2, "triton", "float32", "backward", True, HW, geo)
+    assert (m.ctas, m.units_per_cta, m.mma_shape) == (128, 8, (64, 16, 2048))
+    assert m.layout == "resident, 8 K tiles, pair split-K"
+    assert m.w_smem_bytes == 4 * 2048 * 16 and m.operand_bytes == 64 * 2048 * 4
+    assert math.isclose(m.reduce_us, (3 * 400 + 64 * 16 * 4 / 64 + 64 * 16 * 4 / 64) / 1000)
+    assert math.isclose(m.write_us, 64 * 4 * 8 * (4 + 4) / 64 / 1000)
+    unsplit = floor._triton_step_model(
+        w2, "triton", "float32", "backward", True, HW, {**geo, "split_k": 1}
+    )
+    # without the split the program reads all 4096 K rows of dL/d acc: twice the operand
+    assert unsplit.reduce_us == 0 and unsplit.operand_bytes == 2 * m.operand_bytes
+    assert m.transfer_us < unsplit.transfer_us
+
+
 def test_triton_model_orderings() -> None:
     """Orderings the design rests on, each of which a wrong term would break."""
     W2, W3 = workloads.WORKLOADS["W2"], workloads.WORKLOADS["W3"]
