@@ -480,6 +480,8 @@ def _step_model_for_ctas(
 # * latency: one L2 round trip (resident: the static tile loop's loads do not depend on the
 #   dots, so later tiles overlap them; optimistic), or one per K-chunk streamed (a runtime
 #   ``while`` loop: no software pipelining, each chunk's loads wait for the previous dot);
+# * pair sum (the float32 pair split-K backward, ``split_k`` 2): pair_sum's partial store,
+#   flag release, partner's flag acquire and read-back: three L2 round trips and the bytes;
 # * cell / write / barrier as the other designs (one grid barrier a step; no norm).
 
 
@@ -531,8 +533,12 @@ def _triton_step_model(
     direction: str,
     tf32: bool,
     hw: HopperAssumptions,
+    geo: dict | None = None,
 ) -> StepModel:
-    geo = triton_geometry(workload, dtype, streamed=design == "triton-streamed", hw=hw)
+    """One step of the Triton kernels in the launcher's geometry ``geo`` (by default
+    ``triton_geometry``'s for ``design``)."""
+    if geo is None:
+        geo = triton_geometry(workload, dtype, streamed=design == "triton-streamed", hw=hw)
     G, H, batch = workload.num_gates, workload.hidden_size, workload.batch
     e = STEP_DTYPE_BYTES[dtype]
     clk_us = 1e6 / hw.clock_hz
@@ -541,9 +547,17 @@ def _triton_step_model(
     forward = direction == "forward"
     wgmma = geo["wgmma_forward" if forward else "wgmma_backward"]
     tiles = geo["k_tiles_forward" if forward else "k_tiles_backward"]
+    # split_k 2 (float32 at H = 1024 where 16 units do not fit, 8 units a program): the
+    # backward's K rows split over program pairs, summed by kernels/primitives.py pair_sum
+    split = not forward and geo.get("split_k", 1) == 2
     if forward:  # [B, H] x [H, GATES_PAD*units]
         n, k, k_real = geo["GATES_PAD"] * units, geo["BLOCK_H"], H
         dots = 1
+    elif split and not s:  # pair split-K: half of the K tiles, the pair's 2*units columns
+        tile = geo["BLOCK_GH"] // tiles
+        tiles = (-(-G * geo["BLOCK_H"] // tile) + 1) // 2  # = the launcher's split_tiles
+        n, k, dots = 2 * units, tile * tiles, 1
+        k_real = min(k, G * H)  # the first program's half (the larger)
     elif geo["gate_dots"] and not s:  # G dots [B, H] x [H, units], one staging buffer
         n, k, k_real, dots = units, geo["BLOCK_H"], G * H, G
     else:  # [B, G*H] x [G*H, units]
@@ -579,6 +593,8 @@ def _triton_step_model(
         layout = f"resident, {tiles} K tile{'s' if tiles > 1 else ''}"
         if dots > 1:
             layout = f"resident, {dots} gate dots"
+        if split:
+            layout += ", pair split-K"
     staged = 2 * bp * k_total * x + (2 * 4 * bp * n if wgmma else 0)
     staging_clk = staged / hw.smem_bytes_per_clk
     tensor_clk = max(throughput_clk, chain_clk)
@@ -588,6 +604,11 @@ def _triton_step_model(
         ingress / hw.sm_ingress_bytes_per_clk * clk_us,
         programs * ingress / hw.l2_bytes_per_s * 1e6,
     )
+    reduce_us = 0.0
+    if split and not s:  # pair_sum: store the [B, 2*units] float32 partial, release the flag,
+        # acquire the partner's, read both halves of the own units: three L2 round trips
+        reduce_clk = 3 * hw.l2_latency_clk + batch * n * 4 / hw.store_bytes_per_clk
+        reduce_us = (reduce_clk + batch * n * 4 / hw.sm_ingress_bytes_per_clk) * clk_us
     mufu = 2 * CELL_TRANSCENDENTALS[(workload.cell, direction)]
     cell_us = (hw.cell_latency_clk + units * bp * mufu / hw.mufu_per_clk) * clk_us
     if forward:  # h_prev (the exchange), c_prev (LSTM), the G gates: float32; y in the dtype
@@ -613,7 +634,7 @@ def _triton_step_model(
         latency_us=latency_clk * clk_us,
         mma_us=mma_clk * clk_us,
         transfer_us=transfer_us,
-        reduce_us=0.0,
+        reduce_us=reduce_us,
         cell_us=cell_us,
         write_us=writes / hw.store_bytes_per_clk * clk_us,
         barrier_us=hw.grid_barrier_s * 1e6,
@@ -791,8 +812,9 @@ def triton_model_markdown() -> str:
         "",
         "| workload | dtype | direction | design | layout | programs x units | dot (M,N,K) "
         "| W smem / L2 KiB | operand KiB | latency | W smem | staging | tensor | mma "
-        "| transfer | cell | write | barrier | **µs/step** |",
-        "|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| transfer | pair sum | cell | write | barrier | **µs/step** |",
+        "|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+        "|---:|",
     ]
     for name in ("W1", "W2", "W3"):
         for dtype in ("float32", "bfloat16"):
@@ -805,8 +827,8 @@ def triton_model_markdown() -> str:
                         f"{m.w_smem_bytes / 1024:g} / {m.w_streamed_bytes / 1024:g} | "
                         f"{m.operand_bytes / 1024:g} | {m.latency_us:.2f} | {m.w_smem_us:.2f} | "
                         f"{m.staging_us:.2f} | {m.tensor_us:.2f} | {m.mma_us:.2f} | "
-                        f"{m.transfer_us:.2f} | {m.cell_us:.2f} | {m.write_us:.2f} | "
-                        f"{m.barrier_us:.2f} | **{m.total_us:.2f}** |"
+                        f"{m.transfer_us:.2f} | {m.reduce_us:.2f} | {m.cell_us:.2f} | "
+                        f"{m.write_us:.2f} | {m.barrier_us:.2f} | **{m.total_us:.2f}** |"
                     )
     return "\n".join(lines)
 
