@@ -511,17 +511,21 @@ def triton_geometry(
     torch_dtype = getattr(torch, dtype)
     B, H, G = workload.batch, workload.hidden_size, workload.num_gates
     geo = launcher._geometry(B, H, G, None, torch_dtype, 0, properties=properties)
-    if streamed and not geo["stream_k"]:
-        geo = {
-            **geo,
-            "gate_dots": torch_dtype == torch.float32,
-            "rows_forward": geo["BLOCK_B"],
-            "rows_backward": geo["BLOCK_B"],
-            "k_tiles_forward": 1,
-            "k_tiles_backward": 1,
-            "stream_k": launcher._STREAM_K,
+    if streamed and not geo["stream_k"]:  # _geometry's last lines, from its own "common"
+        common = {
+            key: geo[key]
+            for key in ("GATES_PAD", "num_gates", "proj", "element_bytes", "gate_dots", "split_k")
+            if key in geo
         }
-        geo["wgmma_forward"] = geo["wgmma_backward"] = geo["BLOCK_B"] >= 64
+        common["gate_dots"] = torch_dtype == torch.float32
+        if "split_k" in common:
+            common["split_k"] = 1
+        bb, bh = geo["BLOCK_B"], geo["BLOCK_H"]
+        fewest = max(16, 1 << max(0, (-(-H // hw.sms) - 1).bit_length()))
+        geo = launcher._configured(
+            common, bb, bh, G, H, fewest, bb, bb, 1, 1, launcher._STREAM_K,
+            sms=hw.sms, shared_limit=hw.smem_bytes_per_cta, wgmma_arch=True,
+        )  # fmt: skip
         geo["stream_reason"] = "forced by the model (the launcher keeps W_hh resident here)"
     return geo
 
