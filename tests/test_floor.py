@@ -150,9 +150,11 @@ def test_scaling(design: str) -> None:
             exact = floor.tensor_core_step_model(
                 *args, "float32", direction, tf32=False, ctas=ctas, hw=HW
             )
-            # transfer-bound steps hide the slower product, so the totals may tie
-            assert bf16.total_us <= tf32.total_us
-            if bf16.units_per_cta == tf32.units_per_cta:  # (Triton: float32 may run 8 units)
+            # transfer-bound steps hide the slower product, so the totals may tie. (Triton's
+            # float32 may run another layout: 8 units a program, the backward's K split over
+            # program pairs, which halves each program's operand: no ordering then.)
+            if bf16.units_per_cta == tf32.units_per_cta:
+                assert bf16.total_us <= tf32.total_us
                 assert bf16.mma_us <= tf32.mma_us
             assert exact.instruction == "ffma" and tf32.instruction != "ffma"
             if design == "triton":
