@@ -4,7 +4,8 @@ Everything here is a ``@triton.jit`` helper inlined into the kernels:
 
 * numerically stable activations (the interpreter has no ``tl.math.tanh``, and the naive
   ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
-* the grid barrier that lets one program per SM meet the others between time steps,
+* the grid barrier that lets one program per SM meet the others between time steps, and
+  the pairwise handshake that adds a program pair's split-K partial products (``pair_sum``),
 * the loads of the resident W_hh tiles and the per-step recurrent product (tensor cores),
   and the publish / barrier / read-back / product exchange of a row block split over the
   programs (the projection's),

@@ -18,7 +18,10 @@ programs co-resident, or the launch fails). Program ``pid`` owns hidden units
 
 Only ``h_{t-1}`` (forward) or ``dL/d(W_hh h)`` (backward) crosses programs: each program
 writes its slice to global memory, all meet at a grid barrier (kernels/primitives.py), and
-each reads the full row back (L2). Layer norm, whose statistics span all columns of a row,
+each reads the full row back (L2). One exception, ``SPLIT_K`` = 2 (float32 W2 / W6b): the
+backward's recurrent product of programs ``2p`` and ``2p + 1`` is split over K (each holds
+half of the gate rows for both programs' units) and the pair adds its partial products
+through a pairwise flag handshake (``pair_sum``). Layer norm, whose statistics span all columns of a row,
 adds one barrier per normalised quantity with a small partial-sum workspace.
 
 The SAME code runs with a single program owning every unit: that is how the Triton
@@ -42,7 +45,9 @@ Block sizes (chosen by the launcher)
               program, which keeps batch statistics local.
 ``BLOCK_U``   units per program, the same in both kernels (so the backward has as many
               programs as the forward): the smallest power of two >= 16 (the tensor-core N
-              minimum) that keeps the grid within the SM count.
+              minimum) that keeps the grid within the SM count; 8 with ``SPLIT_K`` = 2
+              (float32 where 16 units' W_hh does not fit: the backward's dot then has the
+              pair's 16 units as N).
 ``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row) and
               of the backward's per-gate dots (``GATE_DOTS``, float32).
 ``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward's one dot over all
@@ -52,6 +57,9 @@ Block sizes (chosen by the launcher)
 ``BLOCK_R``   h units per program: ``BLOCK_U`` without a projection.
 ``ROWS_PER_DOT`` batch rows per dot of the resident product (``BLOCK_B`` unless row pieces).
 ``K_TILES``   resident W_hh as this many K tiles (1 unless split).
+``SPLIT_K``   backward only: 1, or 2 for the split over program pairs, where each program
+              holds ``SPLIT_TILES`` (half, rounded up) of the ``BLOCK_GH // K_TILES``-row
+              tiles that cover ``G * BLOCK_H``: the first or the second half.
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
@@ -59,7 +67,8 @@ Block sizes (chosen by the launcher)
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
 helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
 gate rows, transposed; in backward the program's ``BLOCK_U`` columns of one gate's rows or of
-all of them), and keeps it on chip (shared memory or registers,
+all of them, or with ``SPLIT_K`` = 2 its pair's ``2 * BLOCK_U`` columns of half of them), and
+keeps it on chip (shared memory or registers,
 the compiler's choice; the AOT test measures which) for all steps. Per step it is never
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
@@ -68,9 +77,10 @@ equal to the compiled kernels' at W1 / W2). The launcher holds the resident W_hh
 ``K_TILES`` tiles (``_resident_product``: one dot per tile, each staging a ``[B, K/K_TILES]``
 operand piece), so the envelope ends where the W slice itself no longer fits shared memory:
 on an A100 / H100 LSTM / GRU to H = 1024 at B <= 64 in bf16 / fp16 (W1, W6a, W2, W6b), in
-float32 to H = 512 at B <= 64. Beyond it ``STREAM_K`` > 0: W_hh is
+float32 to H = 512 at B <= 64, and on an H100 (132 SMs) to H = 1024 (float32 W2 / W6b:
+``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is
 read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
-the same ``load_w_hh_tile``), which takes float32 W2 / W6b and H = 2048. ``ROWS_PER_DOT`` <
+the same ``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048. ``ROWS_PER_DOT`` <
 ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16

@@ -124,6 +124,10 @@ def _geometry(
     memory is short: W2 bf16 8 forward, 32 backward); else W_hh
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
     saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
+    Between the two, in float32 without a projection where 16 units a program do not fit
+    (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
+    H100 at H = 1024, not an A100): 8 units a program with the backward's gate rows split
+    over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
     """
     gates_pad = _next_power_of_2(num_gates)
