@@ -66,8 +66,9 @@ FAMILIES = [
     case("lstm", "none", "float32", 5, 37, tf32=False),
 ]
 # The bench workloads (bench/workloads.py) at their recurrence shapes. W1 / W6a (B = 16,
-# H = 512) and, in bf16 / fp16, W2 / W6b (B = 64, H = 1024) keep W_hh on chip (RESIDENT);
-# float32 at H = 1024 and H = 2048 stream W_hh from L2 in K-chunks (the launcher's stream_k).
+# H = 512) and W2 / W6b (B = 64, H = 1024) keep W_hh on chip (RESIDENT; float32 W2 / W6b on
+# sm_90a only); H = 2048, and float32 W2 / W6b on sm_80, stream W_hh from L2 in K-chunks (the
+# launcher's stream_k).
 WORKLOADS = [
     case("lstm", "none", "bfloat16", 16, 512, name="W1-bfloat16"),
     case("lstm", "none", "float32", 16, 512, name="W1-float32"),
