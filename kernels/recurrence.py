@@ -21,8 +21,9 @@ writes its slice to global memory, all meet at a grid barrier (kernels/primitive
 each reads the full row back (L2). One exception, ``SPLIT_K`` = 2 (float32 W2 / W6b): the
 backward's recurrent product of programs ``2p`` and ``2p + 1`` is split over K (each holds
 half of the gate rows for both programs' units) and the pair adds its partial products
-through a pairwise flag handshake (``pair_sum``). Layer norm, whose statistics span all columns of a row,
-adds one barrier per normalised quantity with a small partial-sum workspace.
+through a pairwise flag handshake (``pair_sum``). Layer norm, whose statistics span all
+columns of a row, adds one barrier per normalised quantity with a small partial-sum
+workspace.
 
 The SAME code runs with a single program owning every unit: that is how the Triton
 interpreter (``TRITON_INTERPRET=1``, which runs programs one after another, so a
@@ -78,10 +79,10 @@ equal to the compiled kernels' at W1 / W2). The launcher holds the resident W_hh
 operand piece), so the envelope ends where the W slice itself no longer fits shared memory:
 on an A100 / H100 LSTM / GRU to H = 1024 at B <= 64 in bf16 / fp16 (W1, W6a, W2, W6b), in
 float32 to H = 512 at B <= 64, and on an H100 (132 SMs) to H = 1024 (float32 W2 / W6b:
-``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is
-read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
-the same ``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048. ``ROWS_PER_DOT`` <
-``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
+``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is read per step from L2
+in K-chunks of that many rows / columns (``_streamed_product``, through the same
+``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048.
+``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as

@@ -6,7 +6,9 @@ than the others) and those programs running concurrently in threads
 gradient sums, and the split of units / gate columns between programs give the reference
 backend's results, forward and backward, for every cell and normalisation, with unequal
 lengths and in both directions, in float32 (one backward dot per gate) and in bf16 / fp16
-(one backward dot over all gate rows). The interpreter tests in test_triton.py run one program
+(one backward dot over all gate rows), and with the float32 W2 / W6b backward's split-K over
+program pairs (each program half the gate rows of its pair's units, the pair's partial
+products added through a flag handshake). The interpreter tests in test_triton.py run one program
 owning every unit, so none of that code executes there.
 """
 

@@ -314,9 +314,10 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
       163840 B, H = 37 at B = 5 exact); only with one tile, mma.sync and R >= 64 (small H
       at B >= 64) the compiler keeps the W tile in registers: ``4*R*K``.
     * backward split over program pairs (``split_k`` = 2, float32 W2 / W6b): the pair's
-      ``2*units`` columns of this program's half of the ``T`` K tiles of ``K/T`` rows (of the
-      ``ceil(G*H/(K/T))`` that cover ``G*H``, rounded up to even): ``e*K_half*2*units`` for
-      the W tiles, ``4*R*K/T`` staging and, with wgmma, ``4*R*2*units`` scratch;
+      ``2*units`` columns of this program's K tiles of ``K/T`` rows (half, rounded up, of the
+      ``ceil(G*BLOCK_H/(K/T))`` tiles that cover ``G*BLOCK_H``: :func:`split_tiles`, giving
+      ``K_half`` rows): ``e*K_half*2*units`` for the W tiles, ``4*R*K/T`` staging and, with
+      wgmma, ``4*R*2*units`` scratch (exact at W2 / W6b float32, sm_90a and sm_80);
     * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + x*B*S``
       forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
       wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
