@@ -479,6 +479,19 @@ def test_envelope_keeps_float32_w_hh_on_chip_to_1024(monkeypatch, batch, hidden,
         assert shared == {"forward": 167936, "backward": backward}
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_envelope_float32_pair_split_on_an_a100(monkeypatch, cell):
+    """On an A100 (108 SMs) the float32 pair split takes H = 864 (108 programs) and not
+    H = 865 (110 programs: streamed, saying so)."""
+    geo, reason = _gpu_geometry(monkeypatch, 64, 864, cell, torch.float32, arch=80)
+    assert reason is None and geo["stream_k"] == 0, reason or geo.get("stream_reason")
+    assert (geo["split_k"], geo["programs"]) == (2, 108)
+    assert max(triton_backend._shared_memory_bytes(geo).values()) <= geo["shared_limit"]
+    geo, reason = _gpu_geometry(monkeypatch, 64, 865, cell, torch.float32, arch=80)
+    assert reason is None and geo["stream_k"] > 0
+    assert "needs 110 programs, the GPU has 108 SMs" in geo["stream_reason"]
+
+
 @pytest.mark.parametrize(
     ("batch", "hidden", "dtype", "arch"),
     [

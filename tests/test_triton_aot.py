@@ -91,8 +91,8 @@ WORKLOADS = [
 # compiled shared memory exactly the launcher's prediction (issue 13 item 2's envelope).
 RESIDENT = {"W1-bfloat16", "W1-float32", "W6a-float16", "W2", "W6b", "W2-float16"}
 RESIDENT |= {"W2-layer-norm", "B64-H512-float32", "W2-float32", "W6b-float32"}
-# Resident on the H100 only: the float32 pair split needs 128 programs, the A100 has 108 SMs,
-# so there W_hh streams (docs/kernels-v2.md §2.6).
+# Resident on the H100 only: the float32 pair split needs 128 programs at H = 1024, the A100
+# has 108 SMs (enough to H = 864), so there W_hh streams (docs/kernels-v2.md §6.2).
 SM90_RESIDENT_ONLY = {"W2-float32", "W6b-float32"}
 # The envelope's boundary: the largest hidden size the launcher accepts at each batch bound.
 BOUNDARY = [

@@ -126,7 +126,7 @@ def _geometry(
     saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
     Between the two, in float32 without a projection where 16 units a program do not fit
     (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
-    H100 at H = 1024, not an A100): 8 units a program with the backward's gate rows split
+    H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
     """
