@@ -4,7 +4,8 @@ Everything here is a ``@triton.jit`` helper inlined into the kernels:
 
 * numerically stable activations (the interpreter has no ``tl.math.tanh``, and the naive
   ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
-* the grid barrier that lets one program per SM meet the others between time steps,
+* the grid barrier that lets one program per SM meet the others between time steps, and
+  the pairwise handshake that adds a program pair's split-K partial products (``pair_sum``),
 * the loads of the resident W_hh tiles and the per-step recurrent product (tensor cores),
   and the publish / barrier / read-back / product exchange of a row block split over the
   programs (the projection's),
@@ -93,6 +94,48 @@ def grid_barrier(counter_ptr, generation):
     while arrived < target:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def pair_sum(partial, scratch_ptr, flags_ptr, step, rows, BLOCK_U: tl.constexpr):
+    """Split-K over a program pair: programs ``2p`` and ``2p + 1`` each hold half of the K
+    rows of the pair's ``2 * BLOCK_U`` columns (the backward's W_hh tiles) and computed
+    ``partial`` (float32 ``[BLOCK_B, 2 * BLOCK_U]``) over their half. Returns the full sum
+    for this program's own ``BLOCK_U`` columns (column block ``pid % 2``): own partial plus
+    the partner's (``pid ^ 1``).
+
+    Each program writes its partial to its slot of ``scratch_ptr`` (float32 ``[programs,
+    BLOCK_B, 2 * BLOCK_U]``), then releases its int64 flag (``flags_ptr[pid]``, zero at
+    launch, one increment per call, so after step ``step`` it holds ``step + 1``) and spins
+    with acquire loads until the partner's flag has reached ``step + 1``: a pairwise
+    handshake, not a grid barrier. The CTA barriers order every thread's stores before the
+    release and every read after the wait (as :func:`grid_barrier`). A slot is rewritten one
+    step later only after the next grid barrier, which the partner reaches only after its
+    reads of this step, so one slot per program suffices. Both halves are read back from L2
+    (``.cg``) and summed in the same order by both programs."""
+    pid = tl.program_id(0)
+    partner = pid ^ 1
+    BLOCK_B: tl.constexpr = partial.shape[0]
+    WIDTH: tl.constexpr = partial.shape[1]
+    cols = tl.arange(0, WIDTH)
+    slot = rows[:, None] * WIDTH + cols[None, :]
+    tl.store(scratch_ptr + pid * (BLOCK_B * WIDTH) + slot, partial)
+    tl.debug_barrier()
+    tl.atomic_add(flags_ptr + pid, 1, sem="release", scope="gpu")
+    target = tl.cast(step, tl.int64) + 1
+    seen = tl.atomic_add(flags_ptr + partner, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(flags_ptr + partner, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+    own = (pid % 2) * BLOCK_U + tl.arange(0, BLOCK_U)
+    own_slot = rows[:, None] * WIDTH + own[None, :]
+    first = tl.load(
+        scratch_ptr + (pid - pid % 2) * (BLOCK_B * WIDTH) + own_slot, cache_modifier=".cg"
+    )
+    second = tl.load(
+        scratch_ptr + (pid - pid % 2 + 1) * (BLOCK_B * WIDTH) + own_slot, cache_modifier=".cg"
+    )
+    return first + second
 
 
 # ----------------------------------------------------------------------------------------

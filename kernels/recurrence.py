@@ -18,8 +18,12 @@ programs co-resident, or the launch fails). Program ``pid`` owns hidden units
 
 Only ``h_{t-1}`` (forward) or ``dL/d(W_hh h)`` (backward) crosses programs: each program
 writes its slice to global memory, all meet at a grid barrier (kernels/primitives.py), and
-each reads the full row back (L2). Layer norm, whose statistics span all columns of a row,
-adds one barrier per normalised quantity with a small partial-sum workspace.
+each reads the full row back (L2). One exception, ``SPLIT_K`` = 2 (float32 W2 / W6b): the
+backward's recurrent product of programs ``2p`` and ``2p + 1`` is split over K (each holds
+half of the gate rows for both programs' units) and the pair adds its partial products
+through a pairwise flag handshake (``pair_sum``). Layer norm, whose statistics span all
+columns of a row, adds one barrier per normalised quantity with a small partial-sum
+workspace.
 
 The SAME code runs with a single program owning every unit: that is how the Triton
 interpreter (``TRITON_INTERPRET=1``, which runs programs one after another, so a
@@ -42,7 +46,9 @@ Block sizes (chosen by the launcher)
               program, which keeps batch statistics local.
 ``BLOCK_U``   units per program, the same in both kernels (so the backward has as many
               programs as the forward): the smallest power of two >= 16 (the tensor-core N
-              minimum) that keeps the grid within the SM count.
+              minimum) that keeps the grid within the SM count; 8 with ``SPLIT_K`` = 2
+              (float32 where 16 units' W_hh does not fit: the backward's dot then has the
+              pair's 16 units as N).
 ``BLOCK_H``   next power of two >= H: the K dimension of the forward dot (full h row) and
               of the backward's per-gate dots (``GATE_DOTS``, float32).
 ``BLOCK_GH``  next power of two >= G*H: the K dimension of the backward's one dot over all
@@ -52,6 +58,9 @@ Block sizes (chosen by the launcher)
 ``BLOCK_R``   h units per program: ``BLOCK_U`` without a projection.
 ``ROWS_PER_DOT`` batch rows per dot of the resident product (``BLOCK_B`` unless row pieces).
 ``K_TILES``   resident W_hh as this many K tiles (1 unless split).
+``SPLIT_K``   backward only: 1, or 2 for the split over program pairs, where each program
+              holds ``SPLIT_TILES`` (half, rounded up) of the ``BLOCK_GH // K_TILES``-row
+              tiles that cover ``G * BLOCK_H``: the first or the second half.
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
@@ -59,7 +68,8 @@ Block sizes (chosen by the launcher)
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
 helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
 gate rows, transposed; in backward the program's ``BLOCK_U`` columns of one gate's rows or of
-all of them), and keeps it on chip (shared memory or registers,
+all of them, or with ``SPLIT_K`` = 2 its pair's ``2 * BLOCK_U`` columns of half of them), and
+keeps it on chip (shared memory or registers,
 the compiler's choice; the AOT test measures which) for all steps. Per step it is never
 re-read from global memory: only ``h_{t-1}`` / ``dL/d acc`` are.
 
@@ -68,10 +78,11 @@ equal to the compiled kernels' at W1 / W2). The launcher holds the resident W_hh
 ``K_TILES`` tiles (``_resident_product``: one dot per tile, each staging a ``[B, K/K_TILES]``
 operand piece), so the envelope ends where the W slice itself no longer fits shared memory:
 on an A100 / H100 LSTM / GRU to H = 1024 at B <= 64 in bf16 / fp16 (W1, W6a, W2, W6b), in
-float32 to H = 512 at B <= 64. Beyond it ``STREAM_K`` > 0: W_hh is
-read per step from L2 in K-chunks of that many rows / columns (``_streamed_product``, through
-the same ``load_w_hh_tile``), which takes float32 W2 / W6b and H = 2048. ``ROWS_PER_DOT`` <
-``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
+float32 to H = 512 at B <= 64, and on an H100 (132 SMs) to H = 1024 (float32 W2 / W6b:
+``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is read per step from L2
+in K-chunks of that many rows / columns (``_streamed_product``, through the same
+``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048.
+``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
@@ -116,6 +127,7 @@ from .primitives import (
     grid_barrier,
     layer_norm_row_stats,
     load_w_hh_tile,
+    pair_sum,
     recurrent_dot,
     row_sums_across_programs,
     tanh,
@@ -162,6 +174,7 @@ def _load_resident_tiles(
     w_hh_ptr,
     n_index,
     n_in,
+    k_start,
     k_total,
     w_row_stride,
     K_IS_W_ROW: tl.constexpr,
@@ -174,14 +187,14 @@ def _load_resident_tiles(
     weight_drop_keep_scale,
 ):
     """A program's resident share of W_hh as ``K_TILES`` tiles [BLOCK_KR, N] (a tuple, tile
-    ``c`` = K rows ``c * BLOCK_KR ...``): element (k, n) is ``W_hh[k, n_index[n]]``
+    ``c`` = K rows ``k_start + c * BLOCK_KR ...``): element (k, n) is ``W_hh[k, n_index[n]]``
     (``K_IS_W_ROW``: the backward's gate rows) or ``W_hh[n_index[n], k]`` (the forward's
     transposed gate rows), 0 for ``k >= k_total``; ``w_row_stride`` is W_hh's row length
     (the h size: P with a projection, H without). Loaded once per launch through
     :func:`load_w_hh_tile` (weight drop applies there)."""
     tiles = ()
     for tile in tl.static_range(K_TILES):
-        ks = tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
+        ks = k_start + tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
         if K_IS_W_ROW:
             w_rows = ks[:, None]
             w_cols = n_index[None, :]
@@ -511,6 +524,7 @@ def recurrence_forward_kernel(
             w_hh_ptr,
             gate_col,
             col_in,
+            0,
             state_size,
             state_size,
             False,
@@ -875,7 +889,9 @@ def recurrence_backward_kernel(
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
     ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 3 sums, programs, BLOCK_B]
-    barrier_ptr,  # int64 [1], zero at launch
+    pair_partials_ptr,  # float32 [programs, BLOCK_B, 2 * BLOCK_U] (SPLIT_K == 2)
+    barrier_ptr,  # int64 [1 + programs], zero at launch: the grid-barrier counter, then
+    #               the pair flags of SPLIT_K == 2
     # ---- sizes
     steps,
     batch,
@@ -924,6 +940,7 @@ def recurrence_backward_kernel(
     GATE_DOTS: tl.constexpr,  # one dot per gate (K = H) instead of one over K = G*H
     ROWS_PER_DOT: tl.constexpr,  # rows per dot (a power of two dividing BLOCK_B)
     K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
+    SPLIT_K: tl.constexpr,  # 2: the K rows split over program pairs (one dot over G*H only)
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -944,7 +961,12 @@ def recurrence_backward_kernel(
        program's columns are written out, and the programs meet at a barrier;
     3. ``dL/d h_{t-1}`` of the owned units = ``m_h * (dL/d acc)[all columns] @ W_hh[:, units]``
        (one dot per gate, or one over all gate rows: ``GATE_DOTS``) plus the direct paths
-       (zoneout, GRU's z); inactive rows pass ``dh`` through.
+       (zoneout, GRU's z); inactive rows pass ``dh`` through. ``SPLIT_K`` = 2 (float32 W2 /
+       W6b, where ``G*H x BLOCK_U`` does not fit one SM at the N >= 16 the dot needs):
+       programs ``2p`` and ``2p + 1`` hold the pair's ``2 * BLOCK_U`` columns, each for
+       half of the ``G*H`` gate rows (the first / second half of the non-empty K tiles),
+       each computes that half's partial product, and the pair adds them
+       (kernels/primitives.py ``pair_sum``: a pairwise flag handshake, no grid barrier).
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
     """
@@ -984,6 +1006,15 @@ def recurrence_backward_kernel(
     h_unit_in = h_units < state_size
     h_own_mask = row_in[:, None] & h_unit_in[None, :]
     h_own_offsets = rows[:, None] * state_size + h_units[None, :]
+    # SPLIT_K == 2: this program's K tiles, half of those that cover G * BLOCK_H gate rows
+    # (the last ones of GRU's BLOCK_GH are empty), the pair's units (programs 2p, 2p + 1).
+    SPLIT_TILES: tl.constexpr = (
+        (NUM_GATES * BLOCK_H + BLOCK_GH // K_TILES - 1) // (BLOCK_GH // K_TILES) + 1
+    ) // 2
+    if SPLIT_K == 2:
+        pair_units = (pid // 2) * (2 * BLOCK_U) + tl.arange(0, 2 * BLOCK_U)
+        pair_unit_in = pair_units < state_size
+        split_k_start = (pid % 2) * (SPLIT_TILES * (BLOCK_GH // K_TILES))
 
     # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
@@ -1043,11 +1074,31 @@ def recurrence_backward_kernel(
                 weight_drop_p,
                 weight_drop_keep_scale,
             )
+    elif SPLIT_K == 2:
+        # The pair's columns, this program's half of the gate rows: of the non-empty tiles of
+        # BLOCK_GH // K_TILES rows (cover G * BLOCK_H), the first or the second half.
+        w_gates = _load_resident_tiles(
+            w_hh_ptr,
+            pair_units,
+            pair_unit_in,
+            split_k_start,
+            gate_width,
+            state_size,
+            True,
+            SPLIT_TILES,
+            BLOCK_GH // K_TILES,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+        )
     else:
         w_gates = _load_resident_tiles(
             w_hh_ptr,
             h_units,
             h_unit_in,
+            0,
             gate_width,
             state_size,
             True,
@@ -1368,6 +1419,30 @@ def recurrence_backward_kernel(
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
+        elif SPLIT_K == 2:
+            #    This program's half of the gate rows for the pair's columns, then the pair's
+            #    partials added (kernels/primitives.py pair_sum).
+            dh_partial = _resident_product(
+                d_acc_step,
+                gate_width,
+                split_k_start,
+                gate_width - split_k_start,
+                batch,
+                w_gates,
+                tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
+                False,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                SPLIT_TILES,
+                ROWS_PER_DOT,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+            dh_recurrent = pair_sum(
+                dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
+            )
         else:
             dh_recurrent = _resident_product(
                 d_acc_step,

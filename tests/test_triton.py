@@ -460,25 +460,60 @@ def test_envelope_keeps_half_w_hh_on_chip_to_1024(monkeypatch, batch, hidden, ce
         assert shared == {"forward": 163840, "backward": 163840}  # compiled: the AOT test
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("batch", "hidden"), [(64, 1024), (16, 1024), (33, 1000), (64, 768)])
+def test_envelope_keeps_float32_w_hh_on_chip_to_1024(monkeypatch, batch, hidden, cell):
+    """Issue 13 item 2 in float32 (W2 / W6b float32) on an H100: 16 units a program would
+    hold 256 KiB of W_hh, so 8 units a program (<= 132 programs, each forward slice 128 KiB)
+    with the backward's G*H gate rows split over program pairs (split_k: each program half
+    the K tiles of the pair's 16 units, N = 16), the same programs in both kernels."""
+    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, torch.float32)
+    assert reason is None, reason
+    assert geo["stream_k"] == 0, geo.get("stream_reason")
+    assert (geo["units"], geo["split_k"], geo["gate_dots"]) == (8, 2, False)
+    assert geo["programs"] == 2 * -(-hidden // 16) <= geo["sms"]
+    shared = triton_backend._shared_memory_bytes(geo)
+    assert max(shared.values()) <= geo["shared_limit"], shared
+    if (batch, hidden) == (64, 1024):  # compiled: tests/test_triton_aot.py W2 / W6b-float32
+        backward = 167936 if cell == "lstm" else 135168
+        assert shared == {"forward": 167936, "backward": backward}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_envelope_float32_pair_split_on_an_a100(monkeypatch, cell):
+    """On an A100 (108 SMs) the float32 pair split takes H = 864 (108 programs) and not
+    H = 865 (110 programs: streamed, saying so)."""
+    geo, reason = _gpu_geometry(monkeypatch, 64, 864, cell, torch.float32, arch=80)
+    assert reason is None and geo["stream_k"] == 0, reason or geo.get("stream_reason")
+    assert (geo["split_k"], geo["programs"]) == (2, 108)
+    assert max(triton_backend._shared_memory_bytes(geo).values()) <= geo["shared_limit"]
+    geo, reason = _gpu_geometry(monkeypatch, 64, 865, cell, torch.float32, arch=80)
+    assert reason is None and geo["stream_k"] > 0
+    assert "needs 110 programs, the GPU has 108 SMs" in geo["stream_reason"]
+
+
 @pytest.mark.parametrize(
-    ("batch", "hidden", "dtype"),
+    ("batch", "hidden", "dtype", "arch"),
     [
-        (64, 1024, torch.float32),
-        (16, 1024, torch.float32),
-        (16, 2048, torch.bfloat16),
-        (8, 4093, torch.bfloat16),
-        (64, 2048, torch.float32),
+        (64, 1024, torch.float32, 80),
+        (16, 1024, torch.float32, 80),
+        (16, 2048, torch.bfloat16, 90),
+        (8, 4093, torch.bfloat16, 90),
+        (64, 2048, torch.float32, 90),
     ],
     ids=str,
 )
-def test_envelope_streams_larger_w_hh(monkeypatch, batch, hidden, dtype):
-    """Beyond what fits on chip (float32 W_hh at H = 1024: 256 KiB a program; bf16 LSTM W_hh
-    at H = 2048 is 32 MiB), the launcher streams W_hh from L2 in K-chunks instead of
-    refusing, says why, and keeps both kernels on the same programs within shared memory."""
-    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, "lstm", dtype)
+def test_envelope_streams_larger_w_hh(monkeypatch, batch, hidden, dtype, arch):
+    """Beyond what fits on chip (float32 W_hh at H = 1024 on an A100: 256 KiB a program at
+    16 units, and the pair split's 128 programs exceed its 108 SMs; bf16 LSTM W_hh at
+    H = 2048 is 32 MiB), the launcher streams W_hh from L2 in K-chunks instead of refusing,
+    says why, and keeps both kernels on the same programs within shared memory."""
+    geo, reason = _gpu_geometry(monkeypatch, batch, hidden, "lstm", dtype, arch)
     assert reason is None, reason
     assert geo["stream_k"] > 0
     assert "streamed from L2" in geo["stream_reason"] and "too large" in geo["stream_reason"]
+    if (dtype, hidden, arch) == (torch.float32, 1024, 80):
+        assert "needs 128 programs, the GPU has 108 SMs" in geo["stream_reason"]
     assert geo["programs"] <= geo["sms"]
     shared = triton_backend._shared_memory_bytes(geo)
     assert max(shared.values()) <= geo["shared_limit"], shared

@@ -6,7 +6,9 @@ than the others) and those programs running concurrently in threads
 gradient sums, and the split of units / gate columns between programs give the reference
 backend's results, forward and backward, for every cell and normalisation, with unequal
 lengths and in both directions, in float32 (one backward dot per gate) and in bf16 / fp16
-(one backward dot over all gate rows). The interpreter tests in test_triton.py run one program
+(one backward dot over all gate rows), and with the float32 W2 / W6b backward's split-K over
+program pairs (each program half the gate rows of its pair's units, the pair's partial
+products added through a flag handshake). The interpreter tests in test_triton.py run one program
 owning every unit, so none of that code executes there.
 """
 
@@ -150,4 +152,32 @@ def test_multi_program_projection(regularizer, proj, dtype):
     )
     geometry = triton_backend._geometry(8, HIDDEN, 4, "cpu", dtype, proj)
     assert geometry["BLOCK_R"] * (PROGRAMS - 1) >= proj  # some program owns no h unit
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    ("cell", "regularizer", "reverse"),
+    [
+        ("lstm", "none", False),
+        ("lstm", "all_layer_norm", True),
+        ("lstm", "all_batch_norm", False),
+        ("gru", "none", True),
+        ("gru", "all_batch_norm", True),
+        ("gru", "weight_drop", False),
+    ],
+)
+def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
+    """The float32 W2 / W6b backward (_geometry's ``split_k``): programs 2p and 2p + 1 share
+    the pair's units, each holds half of the G*H gate rows' K tiles for them and computes
+    that half's partial dL/dh, and the pair adds the two through its flag handshake
+    (kernels/primitives.py pair_sum); the forward runs the same grid of programs."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
+    inputs = make_inputs(cell, regularizer, hidden=HIDDEN, reverse=reverse, lengths=LENGTHS)
+    gates = inputs.config.num_gates
+    geo = triton_backend._geometry(inputs.xg.shape[1], HIDDEN, gates, "cpu", torch.float32)
+    assert geo["split_k"] == 2 and not geo["gate_dots"] and geo["programs"] == PROGRAMS
+    # Both halves of a pair hold real gate rows (the second starts inside G*H).
+    tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
+    assert 0 < triton_backend.split_tiles(geo) * tile < gates * HIDDEN
     assert_matches_reference(inputs)

@@ -46,6 +46,9 @@ INTERPRETER_UNITS_PER_PROGRAM: int | None = None
 INTERPRETER_ROWS_PER_DOT: int | None = None
 INTERPRETER_STREAM_K: int | None = None
 INTERPRETER_K_TILES: int = 1  # K-chunk tiles of the resident W_hh (a power of two)
+# Test-only: 2 runs the backward's split-K over program pairs (_geometry's ``split_k``; needs
+# an even number of programs' worth of units and INTERPRETER_K_TILES >= 2 to split anything).
+INTERPRETER_SPLIT_K: int = 1
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -123,6 +126,10 @@ def _geometry(
     memory is short: W2 bf16 8 forward, 32 backward); else W_hh
     streamed from L2 in K-chunks of ``_STREAM_K`` (``stream_k``), with ``stream_reason``
     saying why it is not resident (not with a projection: ``_shape_reason`` refuses that).
+    Between the two, in float32 without a projection where 16 units a program do not fit
+    (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
+    H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
+    over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
 
     ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
@@ -140,11 +147,14 @@ def _geometry(
         # buffer: W1 fits); bf16 / fp16: one dot over K = G*H (per-gate tiles would be moved
         # into warp-replicated registers by the compiler, and spill).
         "gate_dots": dtype == torch.float32,
+        "split_k": 1,
     }
     if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
         units = INTERPRETER_UNITS_PER_PROGRAM or block_h
         rows = min(INTERPRETER_ROWS_PER_DOT or block_b, block_b)
+        if INTERPRETER_SPLIT_K > 1:
+            common = {**common, "gate_dots": False, "split_k": INTERPRETER_SPLIT_K}
         return _configured(
             common, block_b, block_h, num_gates, hidden, units, rows, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
@@ -170,8 +180,17 @@ def _geometry(
     gate_dot_options = (
         (True, False) if common["gate_dots"] and proj == 0 else (common["gate_dots"],)
     )
-    for units, gate_dots in ((u, g) for u in (fewest,) for g in gate_dot_options):
-        options = {**common, "gate_dots": gate_dots}
+    candidates = [(fewest, gate_dots, 1) for gate_dots in gate_dot_options]
+    # float32 where neither fits at 16 units (the forward's 4 * 16 * H float32 W_hh rows do
+    # not fit one SM from H = 1024): 8 units per program, twice the programs, and the
+    # backward's K rows split over program pairs (N = the pair's 16 units; split_k,
+    # kernels/primitives.py pair_sum). Both kernels keep one program per SM.
+    pair_programs = 2 * -(-hidden // 16)
+    pair_split = common["element_bytes"] == 4 and proj == 0 and fewest == 16
+    if pair_split and pair_programs <= sms:
+        candidates.append((8, False, 2))
+    for units, gate_dots, split_k in candidates:
+        options = {**common, "gate_dots": gate_dots, "split_k": split_k}
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
@@ -207,6 +226,11 @@ def _geometry(
         common, block_b, block_h, num_gates, hidden, fewest, block_b, block_b, 1, 1, _STREAM_K,
         **device_args,
     )  # fmt: skip
+    if pair_split and pair_programs > sms:  # an A100 at H = 1024: 128 programs, 108 SMs
+        why += (
+            f"; the float32 pair split at 8 units per program needs {pair_programs} "
+            f"programs, the GPU has {sms} SMs"
+        )
     geo["stream_reason"] = f"W_hh does not stay on chip ({why}): streamed from L2 in K-chunks"
     return geo
 
@@ -246,6 +270,8 @@ def _configured(
     """One candidate geometry (see _geometry); ``wgmma_*``: whether that kernel's dots have
     M >= 64 rows on sm_90 (triton then emits wgmma)."""
     programs = -(-hidden // units)
+    if common["split_k"] == 2:  # whole pairs (the last program's units may all be padding)
+        programs = 2 * -(-hidden // (2 * units))
     block_p, block_r, proj = block_h, units, common["proj"]
     if proj > 0:
         minimum = 1 if _interpreting() else 16
@@ -285,7 +311,7 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     * forward, ``[R, H] x [H, N]`` as ``T`` K tiles (one dot each): ``e*H*N + 4*R*H/T``
       (the W tiles and the float32 ``h`` piece's staging, reused by every tile; exact for
       float32, for bf16 / fp16 the compiler may round ``h`` first or keep it in registers);
-      wgmma: ``e*H*N + 4*R*max(H/T, N)``;
+      wgmma: ``e*H*N + 4*R*max(H/T, N)``, plus ``4*R*max(units, 16)`` scratch in float32;
     * backward, float32, one dot per gate ``[R, H] x [H, units]``: the G gate tiles and one
       staging buffer, ``4 * (G*H*units + R*H)``, plus ``4*R*units`` scratch with wgmma;
     * backward, bf16 / fp16, ``[R, K] x [K, units]`` as ``T`` K tiles: the W tiles in
@@ -293,6 +319,11 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
       ``e*K*units + 4*R*K/T``, on sm_80 and sm_90a alike (measured: W1 bf16 98304 B, W2 bf16
       163840 B, H = 37 at B = 5 exact); only with one tile, mma.sync and R >= 64 (small H
       at B >= 64) the compiler keeps the W tile in registers: ``4*R*K``.
+    * backward split over program pairs (``split_k`` = 2, float32 W2 / W6b): the pair's
+      ``2*units`` columns of this program's K tiles of ``K/T`` rows (half, rounded up, of the
+      ``ceil(G*BLOCK_H/(K/T))`` tiles that cover ``G*BLOCK_H``: :func:`split_tiles`, giving
+      ``K_half`` rows): ``e*K_half*2*units`` for the W tiles, ``4*R*K/T`` staging and, with
+      wgmma, ``4*R*2*units`` scratch (exact at W2 / W6b float32, sm_90a and sm_80);
     * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + x*B*S``
       forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
       wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
@@ -312,17 +343,28 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     rf, rb = geo["rows_forward"], geo["rows_backward"]
     hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
     # float32 (TF32) wgmma: a [R, units] float32 layout-conversion scratch in each kernel
-    # (measured at B = 64, H = 512: 4096 B beside the tiles and the staging).
-    scratch_f = 4 * rf * u if wgmma_f and e == 4 else 0
+    # (measured at B = 64, H = 512: 4096 B beside the tiles and the staging), in the forward
+    # at least 16 columns wide (measured at 8 units, float32 W2: 4096 B too).
+    scratch_f = 4 * rf * max(u, 16) if wgmma_f and e == 4 else 0
     scratch_b = 4 * rb * u if wgmma_b and e == 4 else 0
     forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf) + scratch_f
-    if geo["gate_dots"]:
+    if geo["split_k"] == 2:
+        k_half = split_tiles(geo) * kb
+        backward = e * k_half * 2 * u + 4 * rb * kb + (4 * rb * 2 * u if wgmma_b else 0)
+    elif geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + rb * h + (rb * u if wgmma_b else 0))
     elif geo["k_tiles_backward"] > 1 or rb < 64:
         backward = e * k * u + 4 * rb * kb + scratch_b
     else:
         backward = 4 * rb * kb + (e * k * u if wgmma_b else 0)
     return {"forward": forward, "backward": backward}
+
+
+def split_tiles(geo: dict) -> int:
+    """K tiles per program of the pair-split backward (the kernel's ``SPLIT_TILES``): half
+    (rounded up) of the tiles of ``BLOCK_GH / k_tiles_backward`` rows covering G*BLOCK_H."""
+    tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
+    return (-(-geo["num_gates"] * geo["BLOCK_H"] // tile) + 1) // 2
 
 
 def _projected_shared_memory_bytes(geo: dict) -> dict[str, int]:
@@ -745,7 +787,10 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         ln_partials = _empty(2, 3, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
-        barrier = torch.zeros(1, dtype=torch.int64, device=device)
+        # The grid-barrier counter, then one pair flag per program (split_k).
+        barrier = torch.zeros(1 + programs, dtype=torch.int64, device=device)
+        split = geo["split_k"] == 2
+        pair_partials = _empty(programs, geo["BLOCK_B"], 2 * block_u, **f32) if split else None
         recurrence_backward_kernel[(programs,)](
             grad_output,
             grad_h_n,
@@ -772,6 +817,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             grad_norm_weight_c,
             grad_norm_bias_c,
             ln_partials,
+            pair_partials,
             barrier,
             steps,
             batch,
@@ -790,6 +836,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             GATE_DOTS=geo["gate_dots"],
             ROWS_PER_DOT=geo["rows_backward"],
             K_TILES=geo["k_tiles_backward"],
+            SPLIT_K=geo["split_k"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             num_warps=_num_warps(
