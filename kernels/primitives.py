@@ -361,32 +361,42 @@ def bn_backward(dy_hat, xhat, rstd, active_f, count, TRAINING: tl.constexpr):
 
 
 @triton.jit
-def _exchange_row_pairs(
-    first, second, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
+def _exchange_row_values(
+    values, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
 ):
-    """Publish this program's two per-row values ``first``, ``second`` [BLOCK_B] to
-    ``partials_ptr`` (float32 [2, num_programs, BLOCK_B]: a compile-time row stride, so the
-    per-step addresses are cheap to rebuild in the time loop), meet the other programs at
-    barrier ``generation``, and return every program's values, [PROGRAMS_PAD, BLOCK_B] each
-    (0 in padding), with the mask of the real (program, row) entries."""
+    """The row-statistics exchange of the layer-norm helpers: publish this program's per-row
+    values ``values`` (a tuple of Q [BLOCK_B] float32 vectors), meet the other programs at
+    barrier ``generation`` (one barrier for all Q), and return every program's values, a
+    tuple of Q [PROGRAMS_PAD, BLOCK_B] tiles (0 in padding), with the mask of the real
+    (program, row) entries.
+
+    ``partials_ptr``: float32 [2, Q, num_programs, BLOCK_B], slot ``generation % 2`` used
+    (a compile-time row stride). A slot written for barrier g is next written for barrier
+    g + 2, which no program reaches before every program has passed barrier g + 1, after its
+    reads of g: so one workspace serves every exchange of a step (both of the forward's,
+    W_hh h and c~, as both of the backward's), and the slot's address varies with the step,
+    so the compiler rebuilds the addresses in the time loop rather than hoisting them out
+    of it and keeping (spilling) them all through the loop (W2 with layer norm: 132 B).
+    """
     BLOCK_B: tl.constexpr = rows.shape[0]
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     row_in = rows < batch
-    tl.store(partials_ptr + pid * BLOCK_B + rows, first, mask=row_in)
-    tl.store(partials_ptr + (num_programs + pid) * BLOCK_B + rows, second, mask=row_in)
+    stride = num_programs * BLOCK_B
+    slot_ptr = partials_ptr + (generation % 2) * (len(values) * stride)
+    for q in tl.static_range(len(values)):
+        tl.store(slot_ptr + q * stride + pid * BLOCK_B + rows, values[q], mask=row_in)
     grid_barrier(barrier_ptr, generation)
     programs = tl.arange(0, PROGRAMS_PAD)
     ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
     ws_offsets = programs[:, None] * BLOCK_B + rows[None, :]
-    firsts = tl.load(partials_ptr + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg")
-    seconds = tl.load(
-        partials_ptr + num_programs * BLOCK_B + ws_offsets,
-        mask=ws_mask,
-        other=0.0,
-        cache_modifier=".cg",
-    )
-    return firsts, seconds, ws_mask
+    gathered = ()
+    for q in tl.static_range(len(values)):
+        tile = tl.load(
+            slot_ptr + q * stride + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg"
+        )
+        gathered = gathered + (tile,)  # noqa: RUF005 (triton: no Starred)
+    return gathered, ws_mask
 
 
 @triton.jit
@@ -407,7 +417,8 @@ def layer_norm_row_stats(
     """Mean and variance of each row of a matrix whose columns are split over the programs.
 
     ``x`` [BLOCK_B, C] is this program's columns, ``col_valid`` [C] which are real.
-    ``partials_ptr``: float32 [2, num_programs, BLOCK_B] workspace for (sum, M2) per program.
+    ``partials_ptr``: float32 [2 slots, 2, num_programs, BLOCK_B] workspace for (sum, M2) per
+    program (:func:`_exchange_row_values`).
     Each program publishes its local sum and M2 (squared deviations from its own mean),
     meets the others at barrier ``generation``, and merges all partials with Chan's
     parallel formula ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``: one barrier, no
@@ -422,8 +433,8 @@ def layer_norm_row_stats(
     local_sum = tl.sum(x * valid_f, axis=1)
     local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
     local_m2 = tl.sum(local_dev * local_dev, axis=1)
-    sums, m2s, ws_mask = _exchange_row_pairs(
-        local_sum, local_m2, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
+    (sums, m2s), ws_mask = _exchange_row_values(
+        (local_sum, local_m2), partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
     )
     programs = tl.arange(0, PROGRAMS_PAD)
     counts = (
@@ -451,24 +462,18 @@ def row_sums_across_programs(
 ):
     """Row sums of three matrices whose columns are split over the programs (layer-norm
     backward: dy, dy xhat and xhat): each program publishes its partial sums to
-    ``partials_ptr`` (float32 [3, num_programs, BLOCK_B]), meets the others at barrier
+    ``partials_ptr`` (float32 [2 slots, 3, num_programs, BLOCK_B],
+    :func:`_exchange_row_values`), meets the others at barrier
     ``generation`` (one barrier for all three) and adds them up.
     """
-    BLOCK_B: tl.constexpr = rows.shape[0]
-    pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     valid_f = col_valid.to(tl.float32)[None, :]
-    row_in = rows < batch
-    own = partials_ptr + pid * BLOCK_B + rows
-    stride = num_programs * BLOCK_B
-    tl.store(own, tl.sum(a * valid_f, axis=1), mask=row_in)
-    tl.store(own + stride, tl.sum(b * valid_f, axis=1), mask=row_in)
-    tl.store(own + 2 * stride, tl.sum(c * valid_f, axis=1), mask=row_in)
-    grid_barrier(barrier_ptr, generation)
-    programs = tl.arange(0, PROGRAMS_PAD)
-    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
-    ws = partials_ptr + programs[:, None] * BLOCK_B + rows[None, :]
-    sum_a = tl.load(ws, mask=ws_mask, other=0.0, cache_modifier=".cg")
-    sum_b = tl.load(ws + stride, mask=ws_mask, other=0.0, cache_modifier=".cg")
-    sum_c = tl.load(ws + 2 * stride, mask=ws_mask, other=0.0, cache_modifier=".cg")
+    (sum_a, sum_b, sum_c), _ = _exchange_row_values(
+        (tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1), tl.sum(c * valid_f, axis=1)),
+        partials_ptr,
+        barrier_ptr,
+        generation,
+        rows,
+        batch,
+        PROGRAMS_PAD,
+    )
     return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0), tl.sum(sum_c, axis=0)

@@ -407,7 +407,7 @@ def recurrence_forward_kernel(
     h_pre_proj_ptr,  # [T, B, H] o tanh(N_c(c~)) before W_hr (HAS_PROJ; 0 in inactive rows):
     #                  the buffer through which programs exchange it, and dW_hr's operand
     # ---- pointers: workspace
-    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 2 (sum, M2), programs, BLOCK_B]
+    ln_partials_ptr,  # float32 [2 slots (barrier parity), 2 (sum, M2), programs, BLOCK_B]
     h_masked_ptr,  # float32 [2, B, P or H]: m_h * h_{t-1} by step parity (MASKED_EXCHANGE)
     barrier_ptr,  # int64 [1], zero at launch: the grid-barrier counter
     # ---- sizes
@@ -481,7 +481,6 @@ def recurrence_forward_kernel(
        quantities and the next row of ``h_prev``, and meet the other programs at a barrier.
     """
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
     barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
@@ -747,7 +746,7 @@ def recurrence_forward_kernel(
                 mean_c, var_c = layer_norm_row_stats(
                     c_cand,
                     unit_in,
-                    ln_partials_ptr + 2 * num_programs * BLOCK_B,
+                    ln_partials_ptr,
                     barrier_ptr,
                     first_barrier + 1,
                     rows,
@@ -888,7 +887,7 @@ def recurrence_backward_kernel(
     grad_norm_weight_c_ptr,  # [H] float32 (LSTM, NORM != none)
     grad_norm_bias_c_ptr,  # [H] float32 (LSTM, NORM != none)
     # ---- pointers: workspace
-    ln_partials_ptr,  # float32 [2 quantities (W_hh h, c~), 3 sums, programs, BLOCK_B]
+    ln_partials_ptr,  # float32 [2 slots (barrier parity), 3 sums, programs, BLOCK_B]
     pair_partials_ptr,  # float32 [programs, BLOCK_B, 2 * BLOCK_U] (SPLIT_K == 2)
     barrier_ptr,  # int64 [1 + programs], zero at launch: the grid-barrier counter, then
     #               the pair flags of SPLIT_K == 2
@@ -971,7 +970,6 @@ def recurrence_backward_kernel(
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
     """
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     gate_width = NUM_GATES * hidden
     barriers_per_step = _barriers_per_step(CELL, NORM, HAS_PROJ)
 
@@ -1219,7 +1217,7 @@ def recurrence_backward_kernel(
                     dy_hat * xhat_c,
                     xhat_c,
                     unit_in,
-                    ln_partials_ptr + 3 * num_programs * BLOCK_B,
+                    ln_partials_ptr,
                     barrier_ptr,
                     cell_barrier,
                     rows,

@@ -674,6 +674,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
     saved["h_prev"][steps - 1 if inputs.reverse else 0].copy_(inputs.h0)
+    # Layer norm's per-program row partials (sum, M2), in two slots by barrier parity
+    # (kernels/primitives.py _exchange_row_values): W_hh h and c~ take turns.
     ln_partials = _empty(2, 2, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
     # m_h * h by step parity, for the chunked products with recurrent dropout (the kernel's
     # MASKED_EXCHANGE: they cannot hold the [B, H] mask; one dot can).
@@ -786,6 +788,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
         geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
+        # (sum dy, sum dy xhat, sum xhat) per row and program, two slots by barrier parity.
         ln_partials = _empty(2, 3, programs, geo["BLOCK_B"], **f32) if norm == "layer" else None
         # The grid-barrier counter, then one pair flag per program (split_k).
         barrier = torch.zeros(1 + programs, dtype=torch.int64, device=device)
