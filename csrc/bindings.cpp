@@ -17,6 +17,7 @@
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
 #include "host/gemm.h"
+#include "host/gemm_bf16.h"
 #include "host/mask_rows_host.h"
 #include "host/multiversion.h"
 #include "host/recurrence_host.h"
@@ -82,6 +83,20 @@ PYBIND11_MODULE(_C, m) {
       "The dispatch rule: the build chosen for a CPU with these levels and a "
       "FUSEDRNN_HOST_ISA value ('' = unset).");
 
+  m.def("host_bf16_variant", &fusedrnn::host::bf16_variant,
+        "Which tier (amx-bf16, avx512-bf16, none = the float32 kernel) runs the host "
+        "backend's bfloat16 recurrent products.");
+  m.def(
+      "host_choose_bf16_tier",
+      [](bool cpu_has_v4, bool cpu_has_avx512bf16, bool cpu_has_amx, const std::string& request) {
+        return std::string(fusedrnn::host::bf16_tier_name(fusedrnn::host::choose_bf16_tier(
+            cpu_has_v4, cpu_has_avx512bf16, cpu_has_amx,
+            request.empty() ? nullptr : request.c_str())));
+      },
+      py::arg("cpu_has_v4"), py::arg("cpu_has_avx512bf16"), py::arg("cpu_has_amx"),
+      py::arg("request") = "",
+      "The bf16 tier rule: the tier chosen for a CPU with these features and a "
+      "FUSEDRNN_HOST_ISA value ('' = unset), before the AMX permission is asked.");
   m.def(
       "philox4x32_10",
       [](const py::int_& seed, const py::int_& offset) {

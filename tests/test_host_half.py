@@ -86,10 +86,16 @@ def _rounded_inputs(cell: str, proj_size: int, reverse: bool, dtype: torch.dtype
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell, proj_size", [("gru", 0), ("lstm", 0), ("lstm", 4)])
 def test_half_is_the_float32_run_rounded_once(cell, proj_size, reverse, dtype):
-    """Storage-only half precision: on inputs representable in ``dtype`` every result, every
-    gradient included, is the float32 run's rounded once. So backward's h_{t-1} (dW_hh's
+    """Storage-only half precision (float16; bfloat16 where no bf16 tier runs, or a plain RNN
+    cell): on inputs representable in ``dtype`` every result, every gradient included, is the
+    float32 run's rounded once. So backward's h_{t-1} (dW_hh's
     input, GRU's dz) is the forward's float32 state (saved as h_state), not ``out`` rounded to
     ``dtype``."""
+    if dtype == torch.bfloat16 and native.native().host_bf16_variant() != "none":
+        pytest.skip(
+            "the bf16 tiers round h_{t-1} for W_hh h (test_host_bf16.py runs this test with "
+            "FUSEDRNN_HOST_ISA=x86-64-v4, the float32 fallback)"
+        )
     fields, cotangents = _rounded_inputs(cell, proj_size, reverse, dtype)
     if cell != "lstm":
         cotangents[2] = None

@@ -4,8 +4,9 @@
 // DQ/VL), x86-64-v3 (AVX2 + FMA) and the build's baseline, and `FRNN_DISPATCH` picks one per
 // process on first use: the best the CPU supports, or a lower one named by the environment
 // variable FUSEDRNN_HOST_ISA ("baseline", "x86-64-v3", "x86-64-v4"; a level the CPU lacks is
-// never chosen). So a wheel-like build needs no -march flag (see CMakeLists.txt), and tests
-// can run every variant the machine has.
+// never chosen; "avx512-bf16" and "amx-bf16" are the bfloat16 product tiers above x86-64-v4,
+// gemm_bf16.h, and leave these builds unlowered). So a wheel-like build needs no -march flag
+// (see CMakeLists.txt), and tests can run every variant the machine has.
 #pragma once
 
 #include <cstdlib>

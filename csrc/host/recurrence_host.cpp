@@ -24,6 +24,7 @@
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/step_loop.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "mask_rows_host.h"
 #include "simd_math.h"
 #include "weight_drop_host.h"
@@ -186,6 +187,9 @@ struct HostForwardPolicy : HostWorker<T> {
   void recurrent_product(int64_t s, T* a) const {
     if (R <= 0) return;
     const T* x = hin + (s & 1) * B * P;
+    if constexpr (std::is_same_v<T, float>) {
+      if (w_bf16 != nullptr) return gemm_bf16(B, x, P, *w_bf16, a, R, *bf16_scratch);
+    }
     if (w_rows == nullptr) return gemm_packed(B, R, P, x, P, w_packed, a, R, false);
     const int64_t units = this->hl;  // one row: G blocks of hl contiguous rows, no pack
     for (int64_t g = 0; g < R / units; ++g)
@@ -224,6 +228,14 @@ struct HostForwardPolicy : HostWorker<T> {
     q.a = w.a;
     q.xg = static_cast<const float*>(p.xg) + t * p.xg_stride_t + u0;
     q.xg_ld = p.xg_stride_b;
+    if (xg_bf16 != nullptr) {  // bfloat16 xg: own columns of step t widened here
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = 0; g < p.G; ++g)
+          widen_bf16(xg_bf16 + t * xg_bf16_stride_t + b * xg_bf16_stride_b + g * H + u0,
+                     xg_step->data() + b * N + g * H + u0, n);
+      q.xg = xg_step->data() + u0;
+      q.xg_ld = N;
+    }
     q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
     q.c = w.c;
     q.h = w.h;
@@ -263,6 +275,13 @@ struct HostForwardPolicy : HostWorker<T> {
     }
   }
   const T* w_hr_rows;    // B = 1: own W_hr rows in place, not packed (else nullptr)
+  // bfloat16 layers (gemm_bf16.h): own W_hh^T columns packed in bf16 (else nullptr).
+  const PackedBf16* w_bf16 = nullptr;
+  Bf16Scratch* bf16_scratch = nullptr;
+  // bfloat16 xg read per step by vector_cell_step (p.xg unused), widened into xg_step [B, N].
+  const uint16_t* xg_bf16 = nullptr;
+  int64_t xg_bf16_stride_t = 0, xg_bf16_stride_b = 0;
+  std::vector<float>* xg_step = nullptr;
   void project(const T* h_pre, T* h_proj) const {
     if (pl <= 0) return;
     if (w_hr_rows != nullptr) return gemv_rows(pl, H, w_hr_rows, H, h_pre, h_proj);
@@ -270,8 +289,18 @@ struct HostForwardPolicy : HostWorker<T> {
   }
 };
 
+// The bfloat16 layers' options of forward_impl: the recurrent product in bfloat16
+// (gemm_bf16.h; B > 1), and xg left in bfloat16 and widened a step at a time by the vector
+// cell (vector_cell_applies, not fused_cell; p.xg is then unused).
+struct Bf16Forward {
+  bool product = false;
+  const uint16_t* xg = nullptr;
+  int64_t xg_stride_t = 0, xg_stride_b = 0;
+};
+
 template <class T>
-void forward_impl(const RecurrenceFwdParams& p) {
+void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward()) {
+  const bool bf16_product = bf.product;
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G;
   const T* w = static_cast<const T*>(p.w_hh);
@@ -303,9 +332,16 @@ void forward_impl(const RecurrenceFwdParams& p) {
     // cost about four one-row products (most of a T = 1 call), and the packed one-row product
     // measured slower per step too (docs/design.md, host performance).
     const bool rows_form = B == 1;
-    const PackedB<T> wp = rows_form ? PackedB<T>() : pack_b<T>(P, nl, 1, [&](int64_t c) {
+    auto w_col = [&](int64_t c) {
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
-    });
+    };
+    const bool bf16 = bf16_product && !rows_form;
+    const PackedB<T> wp = rows_form || bf16 ? PackedB<T>() : pack_b<T>(P, nl, 1, w_col);
+    PackedBf16 wp_bf16;
+    Bf16Scratch bf16_scratch;
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) wp_bf16 = pack_b_bf16(P, nl, 1, w_col);
+    }
     const T* w_rows = !rows_form ? nullptr : dropped.empty() ? w + sl.j0 * P : dropped.data();
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const PackedB<T> wrp =
@@ -336,6 +372,18 @@ void forward_impl(const RecurrenceFwdParams& p) {
     HostForwardPolicy<T> policy{
         {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl, wp.data(), wrp.data(), hin.data(),
         {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
+    if (bf16) {
+      policy.w_bf16 = &wp_bf16;
+      policy.bf16_scratch = &bf16_scratch;
+    }
+    std::vector<float> xg_step;
+    if (bf.xg != nullptr) {
+      xg_step.resize(static_cast<size_t>(B * G * H));
+      policy.xg_bf16 = bf.xg;
+      policy.xg_bf16_stride_t = bf.xg_stride_t;
+      policy.xg_bf16_stride_b = bf.xg_stride_b;
+      policy.xg_step = &xg_step;
+    }
     forward_steps(policy, p, scratch);
   }
 }
@@ -357,8 +405,17 @@ struct HostBackwardPolicy : HostWorker<T> {
   const T* w_hr_packed;  // W_hr restricted to own cell units (projection, K = P)
   NormSums<T>* parts[2];  // [nt][B] layer-norm backward partials of N_hh and of N_c
   T* rec;                // [B][pl] the fused form's product (the scratch's dhin)
+  // bfloat16 layers (gemm_bf16.h): own W_hh columns packed in bf16 (else nullptr).
+  const PackedBf16* w_bf16 = nullptr;
+  Bf16Scratch* bf16_scratch = nullptr;
 
   void backward_product(const T* da_t, T* d) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (w_bf16 != nullptr) {
+        if (pl > 0) gemm_bf16(B, da_t, N, *w_bf16, d, pl, *bf16_scratch);
+        return;
+      }
+    }
     if (pl > 0) gemm_packed(B, pl, N, da_t, N, w_packed, d, pl, false);
   }
   // The fused form of the backward step (p.fused_cell, step_loop.h): the same product into
@@ -450,8 +507,9 @@ struct HostBackwardPolicy : HostWorker<T> {
   }
 };
 
+// bf16_product: the product da W_hh in bfloat16 (gemm_bf16.h; bfloat16 layers, B > 1).
 template <class T>
-void backward_impl(const RecurrenceBwdParams& p) {
+void backward_impl(const RecurrenceBwdParams& p, bool bf16_product = false) {
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N;
   const T* w = static_cast<const T*>(p.w_hh);
@@ -478,8 +536,18 @@ void backward_impl(const RecurrenceBwdParams& p) {
     // Packed W_hh restricted to own input units: B[n][kk] = W[n][so.j0 + kk] (W_hh is [N, P]).
     const std::vector<T> dropped =
         cm.dropped_weight(p, w, P, N, [](int64_t n) { return n; }, so.j0, pl);
+    const bool bf16 = bf16_product && B > 1;
+    PackedBf16 wp_bf16;
+    Bf16Scratch bf16_scratch;
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16)
+        wp_bf16 = dropped.empty()
+                      ? pack_b_bf16(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
+                      : pack_b_bf16(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
+    }
     const PackedB<T> wp =
-        dropped.empty()
+        bf16 ? PackedB<T>()
+        : dropped.empty()
             ? pack_b<T>(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
             : pack_b<T>(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
@@ -515,6 +583,10 @@ void backward_impl(const RecurrenceBwdParams& p) {
     HostBackwardPolicy<T> policy{
         {sl.j0, hl, so.j0, pl, tid, nt}, B, N, P, wp.data(), wrp.data(),
         {part_hh.data(), part_c.data()}, dhin.data()};
+    if (bf16) {
+      policy.w_bf16 = &wp_bf16;
+      policy.bf16_scratch = &bf16_scratch;
+    }
     backward_steps(policy, p, scratch);
   }
 }
@@ -535,8 +607,8 @@ void backward_impl(const RecurrenceBwdParams& p) {
 // to float32 at the boundary of the call (exactly) and the results rounded back once, so the
 // products accumulate in float32, c and h stay float32 from step to step (never rounded to the
 // storage type in between), and the saved tensors, batch statistics and backward workspaces
-// are float32 already (params.h's "acc"). The conversions are scalar (no AVX512_BF16 or AMX
-// path).
+// are float32 already (params.h's "acc"). The conversions are scalar. bfloat16's recurrent
+// products run in bf16 on AMX / AVX512_BF16 where the CPU has them (kBf16Storage below).
 //
 // Every buffer is copied in (poisoned outputs stay NaN where not written) and every written
 // one copied back.
@@ -584,6 +656,31 @@ struct Convert<Float16Bits, float> {  // the compiler's _Float16 conversions (ro
   }
 };
 
+// n contiguous storage values widened / compute values rounded back: the 16-bit types by
+// gemm_bf16.h's vectorised conversions, the others one by one.
+template <class S, class C>
+void widen_run(const S* src, C* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  if constexpr (std::is_same_v<S, BFloat16Bits> && std::is_same_v<C, float>) {
+    widen_bf16(bits, dst, n);
+  } else if constexpr (std::is_same_v<S, Float16Bits> && std::is_same_v<C, float>) {
+    widen_f16(bits, dst, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = Convert<S, C>::widen(src[i]);
+  }
+}
+template <class S, class C>
+void narrow_run(const C* src, S* dst, int64_t n) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+  if constexpr (std::is_same_v<S, BFloat16Bits> && std::is_same_v<C, float>) {
+    narrow_bf16(src, bits, n);
+  } else if constexpr (std::is_same_v<S, Float16Bits> && std::is_same_v<C, float>) {
+    narrow_f16(src, bits, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = Convert<S, C>::narrow(src[i]);
+  }
+}
+
 // Copies of storage-type S buffers in the compute type C. With S == C nothing is copied:
 // the pointers pass through.
 template <class S, class C>
@@ -596,10 +693,9 @@ class Widened {
       (void)n;
       return static_cast<C*>(const_cast<void*>(src));
     } else {
-      const S* f = static_cast<const S*>(src);
-      store_.emplace_back(static_cast<size_t>(n));
+      store_.emplace_back(static_cast<size_t>(n));  // not zeroed: every element is written
       C* d = store_.back().data();
-      for (int64_t i = 0; i < n; ++i) d[i] = Convert<S, C>::widen(f[i]);
+      widen_run<S, C>(static_cast<const S*>(src), d, n);
       return d;
     }
   }
@@ -611,8 +707,7 @@ class Widened {
     C* d = store_.back().data();
     for (int64_t t = 0; t < T; ++t)
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < inner; ++k)
-          d[(t * B + b) * inner + k] = Convert<S, C>::widen(f[t * stride_t + b * stride_b + k]);
+        widen_run<S, C>(f + t * stride_t + b * stride_b, d + (t * B + b) * inner, inner);
     return d;
   }
   // As in(), and copied back (rounded) by write_back().
@@ -631,14 +726,12 @@ class Widened {
     return d;
   }
   void write_back() const {
-    for (const Back& b : back_)
-      for (int64_t i = 0; i < b.n; ++i) static_cast<S*>(b.dst)[i] = Convert<S, C>::narrow(b.src[i]);
+    for (const Back& b : back_) narrow_run<S, C>(b.src, static_cast<S*>(b.dst), b.n);
     for (const BackStrided& b : back_strided_)
       for (int64_t t = 0; t < b.T; ++t)
         for (int64_t r = 0; r < b.B; ++r)
-          for (int64_t k = 0; k < b.inner; ++k)
-            static_cast<S*>(b.dst)[t * b.stride_t + r * b.stride_b + k] =
-                Convert<S, C>::narrow(b.src[(t * b.B + r) * b.inner + k]);
+          narrow_run<S, C>(b.src + (t * b.B + r) * b.inner,
+                           static_cast<S*>(b.dst) + t * b.stride_t + r * b.stride_b, b.inner);
   }
 
  private:
@@ -652,7 +745,7 @@ class Widened {
     const C* src;
     int64_t T, B, inner, stride_t, stride_b;
   };
-  std::vector<std::vector<C>> store_;
+  std::vector<PackedB<C>> store_;  // PackedB: a vector that does not zero its elements
   std::vector<Back> back_;
   std::vector<BackStrided> back_strided_;
 };
@@ -665,9 +758,11 @@ void widen_common(RecurrenceFwdParams& q, Widened<S, C>& w, Widened<float, C>& w
   const int64_t T = q.T, B = q.B, H = q.H, N = q.G * q.H, S_ = q.S;
   const int64_t P = q.proj_size > 0 ? q.proj_size : H;
   const bool ln = q.norm == kNormLayer;
-  q.xg = w.in_strided(q.xg, T, B, N, q.xg_stride_t, q.xg_stride_b);
-  q.xg_stride_t = B * N;
-  q.xg_stride_b = N;
+  if (q.xg != nullptr) {
+    q.xg = w.in_strided(q.xg, T, B, N, q.xg_stride_t, q.xg_stride_b);
+    q.xg_stride_t = B * N;
+    q.xg_stride_b = N;
+  }
   q.h0 = w.in(q.h0, B * P);
   q.c0 = w.in(q.c0, B * H);
   q.w_hh = w.in(q.w_hh, N * P);
@@ -698,11 +793,33 @@ void widen_common(RecurrenceFwdParams& q, Widened<S, C>& w, Widened<float, C>& w
   q.h_state = io(q.h_state, T * B * P);
 }
 
+// bfloat16 LSTM / GRU layers run the recurrent products in bfloat16 where the CPU has a bf16
+// tier (gemm_bf16.h: AMX or AVX512_BF16; float32 accumulation, h_{t-1} / the step's gate
+// gradients rounded to bf16 for the product, W_hh exact in bf16); elsewhere, for float16 and
+// for the plain RNN cells, the float32 kernel computes them. (rnn_relu: the rounding of h moves
+// pre-activations near 0 across relu's kink, whose derivative jumps 0 <-> 1; that failed the
+// numerics rule's gradient bound at H = 32, so the plain cells keep the float32 product.)
+template <class S, class C>
+constexpr bool kBf16Storage = std::is_same_v<S, BFloat16Bits> && std::is_same_v<C, float>;
+inline bool bf16_product_applies(const RecurrenceFwdParams& p) {
+  return (p.cell == kCellLstm || p.cell == kCellGru) && bf16_tier() != Bf16Tier::kNone;
+}
+
 template <class S, class C>
 void forward_widened(const RecurrenceFwdParams& p) {
   RecurrenceFwdParams q = p;
   Widened<S, C> w;
   Widened<float, C> wa;
+  Bf16Forward bf;
+  if constexpr (kBf16Storage<S, C>) {
+    bf.product = bf16_product_applies(p);
+    if (vector_cell_applies(p) && !p.fused_cell) {
+      bf.xg = static_cast<const uint16_t*>(p.xg);
+      bf.xg_stride_t = p.xg_stride_t;
+      bf.xg_stride_b = p.xg_stride_b;
+      q.xg = nullptr;  // not widened (widen_common skips it)
+    }
+  }
   widen_common(q, w, wa, true);
   const int64_t T = p.T, B = p.B, H = p.H, P = p.proj_size > 0 ? p.proj_size : H;
   q.out = w.out_strided(q.out, T, B, P, p.out_stride_t, p.out_stride_b);
@@ -710,7 +827,7 @@ void forward_widened(const RecurrenceFwdParams& p) {
   q.out_stride_b = P;
   q.h_n = w.out(q.h_n, B * P);
   q.c_n = w.out(q.c_n, B * H);
-  forward_impl<C>(q);
+  forward_impl<C>(q, bf);
   w.write_back();
   wa.write_back();
 }
@@ -720,6 +837,7 @@ void backward_widened(const RecurrenceBwdParams& p) {
   RecurrenceBwdParams q = p;
   Widened<S, C> w;
   Widened<float, C> wa;
+  q.xg = nullptr;  // the backward never reads xg: not widened
   widen_common(q, w, wa, false);
   const int64_t T = p.T, B = p.B, H = p.H, N = p.G * p.H;
   const int64_t P = p.proj_size > 0 ? p.proj_size : H;
@@ -742,7 +860,7 @@ void backward_widened(const RecurrenceBwdParams& p) {
   q.dproj = wa.out(q.dproj, T * B * P);
   q.dh0 = w.out(q.dh0, B * P);
   q.dc0 = w.out(q.dc0, B * H);
-  backward_impl<C>(q);
+  backward_impl<C>(q, kBf16Storage<S, C> && bf16_product_applies(p));
   w.write_back();
   wa.write_back();
 }

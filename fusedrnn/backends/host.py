@@ -1,7 +1,9 @@
 """The ``host`` backend: fusedrnn._C's CPU build of the cell math.
 
-float32 and float64; float16 and bfloat16 storage computed in float32 (float32 products,
-cell state and saved tensors; see csrc/host/recurrence_host.cpp). LSTM projections
+float32 and float64; float16 and bfloat16 storage computed in float32 (float32 cell state and
+saved tensors; see csrc/host/recurrence_host.cpp). bfloat16 LSTM / GRU on a CPU with AMX or
+AVX512_BF16 run their recurrent products in bf16 with float32 accumulation (h_{t-1} rounded to
+bf16 for the product; csrc/host/gemm_bf16.h), and the weight-gradient GEMMs on bf16 operands. LSTM projections
 (``proj_size``) included.
 
 The native code (csrc/host/) runs the same ``cells.cuh`` / ``philox.cuh`` functions as the CUDA
@@ -63,6 +65,16 @@ def _threads(inputs: RecurrenceInputs) -> int:
     return max(1, min(torch.get_num_threads(), macs // _MIN_MACS_PER_THREAD))
 
 
+def _bf16_products(inputs: RecurrenceInputs, C) -> bool:
+    """Whether this bfloat16 layer's products run in bf16 (csrc/host/gemm_bf16.h: a CPU with
+    AMX or AVX512_BF16, LSTM / GRU): then the weight-gradient GEMMs take bf16 operands too."""
+    return (
+        inputs.xg.dtype == torch.bfloat16
+        and inputs.config.cell in ("lstm", "gru")
+        and C.host_bf16_variant() != "none"
+    )
+
+
 def _check(inputs: RecurrenceInputs) -> None:
     reason = availability() or unsupported_reason(inputs)
     if reason is not None:
@@ -99,4 +111,5 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             run,
             _threads(inputs),
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
+            narrow_weight_grads=_bf16_products(inputs, C),
         )

@@ -400,10 +400,14 @@ def launch_backward(
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     mask_w_hh_grad: Callable[[torch.Tensor], None] | None = None,
+    narrow_weight_grads: bool = False,
 ) -> Gradients:
     """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
     ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
-    rounding to storage."""
+    rounding to storage. ``narrow_weight_grads`` (the host backend's bfloat16 layers on a CPU
+    with a bf16 tier): the ``dW_hh`` / ``dW_hr`` GEMMs take their operands rounded to the
+    storage dtype (float32 accumulation inside torch's GEMM, as torch.nn's bf16 layers do),
+    not with a weight-drop mask (which is applied before the one rounding)."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -460,14 +464,23 @@ def launch_backward(
     grads["h0"] = dh0
     grads["c0"] = dc0
     da_used = dab if da is None else da
-    w_grad = _rows_product(da_used.reshape(steps * batch, n), hin.reshape(steps * batch, out_size))
+
+    def rows(t: torch.Tensor, narrow: bool) -> torch.Tensor:
+        return t.to(dtype) if narrow else t
+
+    narrow_w_hh = narrow_weight_grads and mask_w_hh_grad is None
+    w_grad = _rows_product(
+        rows(da_used, narrow_w_hh).reshape(steps * batch, n),
+        rows(hin, narrow_w_hh).reshape(steps * batch, out_size),
+    )
     if mask_w_hh_grad is not None:
         w_grad = w_grad.contiguous()
         mask_w_hh_grad(w_grad)
     grads["w_hh"] = w_grad.to(inputs.w_hh.dtype)
     if proj:
         w_hr_grad = _rows_product(
-            dproj.reshape(steps * batch, out_size), h_pre_proj.reshape(-1, hidden)
+            rows(dproj, narrow_weight_grads).reshape(steps * batch, out_size),
+            rows(h_pre_proj, narrow_weight_grads).reshape(-1, hidden),
         )
         grads["w_hr"] = w_hr_grad.to(inputs.w_hr.dtype)
     if inputs.b_hh is not None:

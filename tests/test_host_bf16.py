@@ -1,0 +1,170 @@
+"""The host backend's bfloat16 recurrent products (csrc/host/gemm_bf16.{h,cpp}, issue 12).
+
+* Dispatch: the tier (amx-bf16, avx512-bf16, none = the float32 kernel) is the best the CPU
+  has, lowered by FUSEDRNN_HOST_ISA (levels baseline < x86-64-v3 < x86-64-v4 < avx512-bf16 <
+  amx-bf16), never above the CPU.
+* Every tier the machine can run (forced in a subprocess) passes the numerics rule against
+  torch.nn in bfloat16 (float64 truth): LSTM and GRU, outputs, final states and every gradient,
+  at awkward sizes (B = 1, 3, 17; H = 1, 13, 33, 65: K not a multiple of 32 nor even, panels
+  and 16-row AMX blocks partly filled, the one-row form), reversed and with lengths; and a bf16
+  tier really runs (its results differ from the float32 product's).
+* The fallback keeps the storage-only contract (test_host_half's "float32 run rounded once").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import fusedrnn
+from fusedrnn.backends import native
+
+pytestmark = pytest.mark.skipif(
+    fusedrnn.available_backends().get("host") is not None, reason="fusedrnn._C not built"
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TIERS = ("x86-64-v4", "avx512-bf16", "amx-bf16")  # x86-64-v4: no bf16 tier (the fallback)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _best_tier_of_cpu() -> str:
+    flags = _cpu_flags()
+    v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma"} <= flags
+    if not (v4 and "avx512_bf16" in flags):
+        return "none"
+    return "amx-bf16" if {"amx_bf16", "amx_tile"} <= flags else "avx512-bf16"
+
+
+@pytest.mark.parametrize(
+    "v4, bf16, amx, request_, expected",
+    [
+        (True, True, True, "", "amx-bf16"),
+        (True, True, False, "", "avx512-bf16"),
+        (True, False, False, "", "none"),
+        (False, True, True, "", "none"),  # no AVX-512 state: no bf16 tier
+        (True, False, True, "", "none"),  # AMX without AVX512_BF16 (not a real CPU)
+        (True, True, True, "avx512-bf16", "avx512-bf16"),
+        (True, True, True, "amx-bf16", "amx-bf16"),
+        (True, True, False, "amx-bf16", "avx512-bf16"),  # never above the CPU
+        (True, True, True, "x86-64-v4", "none"),
+        (True, True, True, "x86-64-v3", "none"),
+        (True, True, True, "baseline", "none"),
+        (True, True, True, "bogus", "amx-bf16"),  # an unknown name sets no ceiling
+    ],
+)
+def test_tier_rule(v4, bf16, amx, request_, expected):
+    assert native.native().host_choose_bf16_tier(v4, bf16, amx, request_) == expected
+
+
+def _run(code: str, isa: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_HOST_ISA"}
+    if isa is not None:
+        env["FUSEDRNN_HOST_ISA"] = isa
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_default_tier_is_the_best_the_cpu_has():
+    if native.native().host_gemm_variant() == "portable":
+        pytest.skip("built without multiversioning")
+    run = _run("from fusedrnn import _C; print(_C.host_bf16_variant())", None)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # AMX may be refused by the OS (arch_prctl): then the AVX512_BF16 tier runs
+    best = _best_tier_of_cpu()
+    allowed = {best, "avx512-bf16"} if best == "amx-bf16" else {best}
+    assert run.stdout.strip() in allowed
+
+
+_TIER_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, fusedrnn
+    sys.path.insert(0, "tests")
+    from fusedrnn import _C
+    from fusedrnn.backends import host
+    from helpers import assert_by_rule, run_and_grad
+    tier = _C.host_bf16_variant()
+    dt = torch.bfloat16
+    torch.manual_seed(0)
+    differs = []
+    for cls, ref_cls in ((fusedrnn.LSTM, torch.nn.LSTM), (fusedrnn.GRU, torch.nn.GRU)):
+        for batch, hidden, reverse in ((1, 13, False), (3, 1, False), (3, 33, True),
+                                       (17, 65, False), (17, 13, True)):
+            steps, inp = 6, 5
+            kw = dict(bidirectional=reverse)
+            theirs = ref_cls(inp, hidden, **kw).to(dt)
+            ours = cls(inp, hidden, backend="host", **kw).to(dt)
+            ours.load_state_dict(theirs.state_dict())
+            truth_module = ref_cls(inp, hidden, **kw).double()
+            truth_module.load_state_dict(theirs.state_dict())
+            gen = torch.Generator().manual_seed(batch * 100 + hidden)
+            x = torch.randn(steps, batch, inp, generator=gen).to(dt)
+            d = 2 if reverse else 1
+            shapes = [(steps, batch, d * hidden), (d, batch, hidden)]
+            if ref_cls is torch.nn.LSTM:
+                shapes.append((d, batch, hidden))
+            weights = [torch.randn(s, generator=gen).to(dt).double() for s in shapes]
+            run = lambda m, vd: run_and_grad(m, x.to(vd).requires_grad_(True), None, weights)
+            got = run(ours, dt)
+            assert ours.last_backend == "host"
+            what = f"{tier}: {cls.__name__} B={batch} H={hidden} reverse={reverse}"
+            assert_by_rule(got, run(truth_module, torch.float64), run(theirs, dt), dt, what=what)
+    # a bf16 tier really ran: with h rounded to bf16 for W_hh h the results differ from the
+    # float32 product's rounded once (which the fallback gives exactly, test_host_half)
+    from test_host_half import _rounded_inputs
+    from fusedrnn.backends.base import RecurrenceInputs
+    for cell in ("lstm", "gru"):
+        fields, _ = _rounded_inputs(cell, 0, False, dt)
+        def out(vd):
+            cast = {k: v.to(vd) if torch.is_tensor(v) and v.is_floating_point() else v
+                    for k, v in fields.items()}
+            return host.forward(RecurrenceInputs(**cast))[0].output
+        differs.append(not torch.equal(out(dt), out(torch.float32).to(dt)))
+    assert all(differs) if tier != "none" else not any(differs), (tier, differs)
+    print(tier)
+    """
+)
+
+
+@pytest.mark.parametrize("isa", TIERS)
+def test_every_tier_follows_the_numerics_rule(isa):
+    if native.native().host_gemm_variant() == "portable":
+        pytest.skip("built without multiversioning")
+    best = _best_tier_of_cpu()
+    order = ("none", "avx512-bf16", "amx-bf16")
+    want = "none" if isa == "x86-64-v4" else isa
+    if order.index(want) > order.index(best):
+        pytest.skip(f"this CPU has no {isa}")
+    run = _run(_TIER_SCRIPT, isa)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = run.stdout.strip().splitlines()[-1]
+    assert got == want or (want == "amx-bf16" and got == "avx512-bf16")  # AMX refused by the OS
+
+
+def test_fallback_keeps_the_float32_run_rounded_once():
+    """test_host_half's exactness contract, on the float32 fallback (FUSEDRNN_HOST_ISA=x86-64-v4),
+    bfloat16 included."""
+    code = (
+        "import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+        "'tests/test_host_half.py', '-k', 'rounded_once and bf16']))"
+    )
+    run = _run(code, "x86-64-v4")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "6 passed" in run.stdout, run.stdout[-2000:]
