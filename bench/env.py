@@ -36,10 +36,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The instruction sets the CPU providers run with: torch's ATen kernels
+    (``ATEN_CPU_CAPABILITY``) and the host backend's float32 GEMM and bf16 product builds
+    (``FUSEDRNN_HOST_ISA``), so a report made under an ISA cap says so."""
+    parts = [f"torch {torch.backends.cpu.get_cpu_capability()}"]
+    try:
+        from fusedrnn import _C
+    except ImportError:  # no built extension
+        return parts[0] + ", host not built"
+    for label, query in (("host", "host_gemm_variant"), ("bf16", "host_bf16_variant")):
+        if hasattr(_C, query):  # an extension built before the query existed has none
+            parts.append(f"{label} {getattr(_C, query)()}")
+    return ", ".join(parts)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads; {cpu_isa()})"
 
 
 def slug(text: str) -> str:

@@ -55,7 +55,7 @@ COLUMN_DOCS: dict[str, str] = {
     "if none): the verdict is taken from this interval",
     "speedup_ci_high": "high end of that interval (inf with fewer than 6 rounds; empty if none)",
     "device": "cpu | cuda",
-    "device_name": "GPU name, or the CPU model and thread count",
+    "device_name": "GPU name, or the CPU model, thread count and ISA builds in use",
     "torch_version": "torch.__version__",
     "triton_version": "triton's version, or empty",
     "cuda_version": "torch.version.cuda (+ cuDNN version), or empty",
