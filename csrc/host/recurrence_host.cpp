@@ -303,14 +303,14 @@ void forward_impl(const RecurrenceFwdParams& p) {
     // cost about four one-row products (most of a T = 1 call), and the packed one-row product
     // measured slower per step too (docs/design.md, host performance).
     const bool rows_form = B == 1;
-    const PackedB<T> wp = rows_form ? PackedB<T>() : pack_b<T>(P, nl, 1, [&](int64_t c) {
+    const PackedB<T> wp = rows_form ? PackedB<T>() : pack_b<T>(B, P, nl, 1, [&](int64_t c) {
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     });
     const T* w_rows = !rows_form ? nullptr : dropped.empty() ? w + sl.j0 * P : dropped.data();
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const PackedB<T> wrp =
         proj && !rows_form
-            ? pack_b<T>(H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
+            ? pack_b<T>(B, H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
             : PackedB<T>();
     const T* w_hr_rows = proj && rows_form ? w_hr + so.j0 * H : nullptr;
     auto buffer = [](int64_t n) {
@@ -480,11 +480,11 @@ void backward_impl(const RecurrenceBwdParams& p) {
         cm.dropped_weight(p, w, P, N, [](int64_t n) { return n; }, so.j0, pl);
     const PackedB<T> wp =
         dropped.empty()
-            ? pack_b<T>(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
-            : pack_b<T>(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
+            ? pack_b<T>(B, N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
+            : pack_b<T>(B, N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
     const PackedB<T> wrp =
-        proj ? pack_b<T>(P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
+        proj ? pack_b<T>(B, P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
              : PackedB<T>();
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
