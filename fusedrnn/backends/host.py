@@ -99,4 +99,5 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             run,
             _threads(inputs),
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
+            dab_may_alias_dxg=True,
         )
