@@ -35,10 +35,10 @@ constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
 constexpr int64_t kOneRowPanels = 8;  // the one-row tile's panels (and group: packed_group)
 
 // C tile [Shape::kRows, cols <= Panels * kPanel] (+)= A[Shape::kRows, K] * panels[K, ...]:
-// panel q of the tile starts kPanel elements after panel q - 1, and row k of each
-// R elements (the layout's group row) after row k - 1. A full-width tile is stored straight from the
-// accumulators; only a tile at the right edge of C (cols < the tile's width) goes through a
-// copy on the stack.
+// panel q of the tile starts kPanel elements after panel q - 1, and row k of each R elements
+// (a row of the layout's group) after row k - 1. A full-width tile is stored straight from
+// the accumulators; only a tile at the right edge of C (cols < the tile's width) goes through
+// a copy on the stack.
 template <class T, class Shape, int64_t R>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
                                      T* C, int64_t ldc, int64_t cols, bool accumulate) {
@@ -121,8 +121,8 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
       const int64_t cols = std::min(NP * P, N - p * P);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
-        tile_of_rows<T, Shape, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                               cols, acc);
+        tile_of_rows<T, Shape, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
+                                  ldc, cols, acc);
       }
     }
     for (; p < panels; ++p) {
@@ -130,8 +130,8 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
       const int64_t cols = std::min(P, N - p * P);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
-        tile_of_rows<T, One, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                             cols, acc);
+        tile_of_rows<T, One, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
+                                ldc, cols, acc);
       }
     }
   }
@@ -146,7 +146,8 @@ FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, i
     return;
   }
   if (M == 1) {  // matrix-vector: wide tiles instead of Rows - 1 wasted rows
-    gemm_tiles<T, Tile<Shape::kBytes, 1, kOneRowPanels>>(M, N, K, A, lda, packed, C, ldc, accumulate);
+    gemm_tiles<T, Tile<Shape::kBytes, 1, kOneRowPanels>>(M, N, K, A, lda, packed, C, ldc,
+                                                         accumulate);
   } else {
     gemm_tiles<T, Shape>(M, N, K, A, lda, packed, C, ldc, accumulate);
   }

@@ -3,11 +3,12 @@
 //   C[M, N] (=|+=) A[M, K] * B[K, N]
 //
 // A is row-major with row stride lda; B is pre-packed once per call of the recurrence into
-// panels of kPanel columns (PackedLayout: groups of 8 panels side by side, zero-padded), so
-// the micro-kernel reads it in order. The micro-kernel keeps an MR x kPanel tile of C in vector registers and is
-// written with GCC/Clang vector extensions, so it vectorises on any target; gemm.cpp builds it
-// for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA) and the baseline and picks one per process
-// (multiversion.h), so a wheel-like build needs no -march flag (see CMakeLists.txt).
+// panels of kPanel columns (PackedLayout: groups of packed_group(M) panels side by side,
+// zero-padded), so the micro-kernel reads it in order. The micro-kernel keeps an MR x kPanel
+// tile of C in vector registers and is written with GCC/Clang vector extensions, so it
+// vectorises on any target; gemm.cpp builds it for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA)
+// and the baseline and picks one per process (multiversion.h), so a wheel-like build needs no
+// -march flag (see CMakeLists.txt).
 #pragma once
 
 #include <algorithm>
@@ -105,7 +106,8 @@ PackedB<T> pack_b(int64_t M, int64_t K, int64_t N, int64_t k_stride, Column colu
     T* group = packed.data() + g * layout.group_stride(K);
     const int64_t cols = std::min<int64_t>(row, N - g * row);
     if (cols < row)
-      for (int64_t k = 0; k < K; ++k) std::fill(group + k * row + cols, group + (k + 1) * row, T(0));
+      for (int64_t k = 0; k < K; ++k)
+        std::fill(group + k * row + cols, group + (k + 1) * row, T(0));
     std::fill(group + K * row, group + layout.group_stride(K), T(0));
   }
   for (int64_t p = 0; p < panels; ++p) {
@@ -119,7 +121,8 @@ PackedB<T> pack_b(int64_t M, int64_t K, int64_t N, int64_t k_stride, Column colu
   return packed;
 }
 
-// C = A * B (accumulate = false) or C += A * B (accumulate = true); `packed` is pack_b(M, K, N, ...).
+// C = A * B (accumulate = false) or C += A * B (accumulate = true); `packed` is
+// pack_b(M, K, N, ...).
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
                  float* C, int64_t ldc, bool accumulate);
 void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
