@@ -6,6 +6,7 @@
 #include "cell_host.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "multiversion.h"
 #include "simd_vec.h"
@@ -115,8 +116,10 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
     const uint8_t* zc_row = q.zc_rows != nullptr ? q.zc_rows + b * n : nullptr;
     const uint8_t* zh_row = q.zh_rows != nullptr ? q.zh_rows + b * n : nullptr;
     float* gates = q.gates != nullptr ? q.gates + b * G * H : nullptr;
-    for (int64_t k0 = 0; k0 < n; k0 += L) {
-      const int64_t k = n - k0 < L ? n - k0 : L;
+    // The body once for whole vectors (k = L, a constant: loads and stores without the
+    // partial-vector test) and once for the last n % L units.
+    auto units = [&](int64_t k0, auto kk) __attribute__((always_inline)) {
+      const int64_t k = kk;
       // W_hh h + b_hh of gate g (the phased form's a + b_hh, then xg + that).
       auto rec = [&](int64_t g) {
         const V v = ld<L>(ab + g * n + k0, k);
@@ -159,7 +162,10 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
       if (q.h_state != nullptr) st<L>(q.h_state + b * q.h_ld + k0, h_new, k);
       st<L>(q.out + b * q.out_ld + k0, act ? h_zo : V(0.0f), k);
       st<L>(q.hin + b * q.h_ld + k0, ld<L>(mh + k0, k) * h_new, k);
-    }
+    };
+    int64_t k0 = 0;
+    for (; k0 + L <= n; k0 += L) units(k0, std::integral_constant<int64_t, L>{});
+    if (k0 < n) units(k0, n - k0);
   }
 }
 

@@ -32,13 +32,14 @@ struct Tile {
 };
 
 constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
+constexpr int64_t kOneRowPanels = 8;  // the one-row tile's panels (and group: packed_group)
 
 // C tile [Shape::kRows, cols <= Panels * kPanel] (+)= A[Shape::kRows, K] * panels[K, ...]:
-// panel q of the tile starts kPanel elements after panel q - 1, and row k of each
-// PackedLayout::kRow elements after row k - 1. A full-width tile is stored straight from the
-// accumulators; only a tile at the right edge of C (cols < the tile's width) goes through a
-// copy on the stack.
-template <class T, class Shape>
+// panel q of the tile starts kPanel elements after panel q - 1, and row k of each R elements
+// (a row of the layout's group) after row k - 1. A full-width tile is stored straight from
+// the accumulators; only a tile at the right edge of C (cols < the tile's width) goes through
+// a copy on the stack.
+template <class T, class Shape, int64_t R>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
                                      T* C, int64_t ldc, int64_t cols, bool accumulate) {
   using V = typename Vec<T, Shape::kBytes>::type;
@@ -48,7 +49,6 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
   constexpr int64_t PV = P / L;  // vectors per panel row
   constexpr int64_t NV = Shape::kPanels * PV;
   constexpr int64_t MR = Shape::kRows;
-  constexpr int64_t R = PackedLayout<T>::kRow;
   V acc[MR][NV];
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
@@ -84,27 +84,30 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
 
 // One tile of `rows` (1 <= rows <= Shape::kRows) rows: the micro-kernel built for exactly
 // that many rows, so no row of the tile is computed twice or thrown away.
-template <class T, class Shape, int64_t Rows = Shape::kRows>
+template <class T, class Shape, int64_t R, int64_t Rows = Shape::kRows>
 FRNN_ALWAYS_INLINE void tile_of_rows(int64_t rows, int64_t K, const T* A, int64_t lda,
                                      const T* panel, T* C, int64_t ldc, int64_t cols,
                                      bool accumulate) {
   if constexpr (Rows > 1) {
     if (rows < Rows) {
-      tile_of_rows<T, Shape, Rows - 1>(rows, K, A, lda, panel, C, ldc, cols, accumulate);
+      tile_of_rows<T, Shape, R, Rows - 1>(rows, K, A, lda, panel, C, ldc, cols, accumulate);
       return;
     }
   }
-  micro_kernel<T, Tile<Shape::kBytes, Rows, Shape::kPanels>>(K, A, lda, panel, C, ldc, cols,
-                                                              accumulate);
+  micro_kernel<T, Tile<Shape::kBytes, Rows, Shape::kPanels>, R>(K, A, lda, panel, C, ldc, cols,
+                                                                 accumulate);
 }
 
-// All of C with tiles of Shape (Shape::kPanels panels at a time, then one at a time).
+// All of C with tiles of Shape (Shape::kPanels panels at a time, then one at a time), from
+// B packed in groups of Shape::kPanels panels (packed_group).
 template <class T, class Shape>
 FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                                    const T* packed, T* C, int64_t ldc, bool accumulate) {
   using One = Tile<Shape::kBytes, Shape::kRows, 1>;
   constexpr int64_t P = GemmPanel<T>::kWidth;
   constexpr int64_t NP = Shape::kPanels;
+  constexpr int64_t R = NP * P;
+  const PackedLayout<T> layout{NP};
   const int64_t panels = (N + P - 1) / P;
   // M in tiles of at most kRows rows, the rows spread evenly (M = 32 with 6-row tiles:
   // 6, 6, 5, 5, 5, 5 rather than five of 6 and one of 2 computed as 6).
@@ -114,21 +117,21 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
     const bool acc = accumulate || k0 > 0;
     int64_t p = 0;
     for (; p + NP <= panels; p += NP) {
-      const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
+      const T* panel = packed + layout.panel_start(K, p, k0);
       const int64_t cols = std::min(NP * P, N - p * P);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
-        tile_of_rows<T, Shape>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                               cols, acc);
+        tile_of_rows<T, Shape, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
+                                  ldc, cols, acc);
       }
     }
     for (; p < panels; ++p) {
-      const T* panel = packed + PackedLayout<T>::panel_start(K, p, k0);
+      const T* panel = packed + layout.panel_start(K, p, k0);
       const int64_t cols = std::min(P, N - p * P);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
-        tile_of_rows<T, One>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P, ldc,
-                             cols, acc);
+        tile_of_rows<T, One, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
+                                ldc, cols, acc);
       }
     }
   }
@@ -143,7 +146,8 @@ FRNN_ALWAYS_INLINE void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, i
     return;
   }
   if (M == 1) {  // matrix-vector: wide tiles instead of Rows - 1 wasted rows
-    gemm_tiles<T, Tile<Shape::kBytes, 1, 8>>(M, N, K, A, lda, packed, C, ldc, accumulate);
+    gemm_tiles<T, Tile<Shape::kBytes, 1, kOneRowPanels>>(M, N, K, A, lda, packed, C, ldc,
+                                                         accumulate);
   } else {
     gemm_tiles<T, Shape>(M, N, K, A, lda, packed, C, ldc, accumulate);
   }
@@ -284,6 +288,12 @@ void gemv_rows(int64_t rows, int64_t K, const float* W, int64_t ldw, const float
 void gemv_rows(int64_t rows, int64_t K, const double* W, int64_t ldw, const double* x,
                double* y) {
   gemv_f64(rows, K, W, ldw, x, y);
+}
+
+int64_t packed_group(int64_t M) {
+  if (M == 1) return kOneRowPanels;
+  return runtime_isa() == Isa::kX86_64_V4 && FRNN_HAVE_MULTIVERSION ? TileAvx512::kPanels
+                                                                    : TileAvx2::kPanels;
 }
 
 const char* gemm_variant() { return isa_name(runtime_isa()); }

@@ -3,11 +3,12 @@
 //   C[M, N] (=|+=) A[M, K] * B[K, N]
 //
 // A is row-major with row stride lda; B is pre-packed once per call of the recurrence into
-// panels of kPanel columns (PackedLayout: groups of 8 panels side by side, zero-padded), so
-// the micro-kernel reads it in order. The micro-kernel keeps an MR x kPanel tile of C in vector registers and is
-// written with GCC/Clang vector extensions, so it vectorises on any target; gemm.cpp builds it
-// for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA) and the baseline and picks one per process
-// (multiversion.h), so a wheel-like build needs no -march flag (see CMakeLists.txt).
+// panels of kPanel columns (PackedLayout: groups of packed_group(M) panels side by side,
+// zero-padded), so the micro-kernel reads it in order. The micro-kernel keeps an MR x kPanel
+// tile of C in vector registers and is written with GCC/Clang vector extensions, so it
+// vectorises on any target; gemm.cpp builds it for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA)
+// and the baseline and picks one per process (multiversion.h), so a wheel-like build needs no
+// -march flag (see CMakeLists.txt).
 #pragma once
 
 #include <algorithm>
@@ -31,22 +32,36 @@ struct GemmPanel<double> {
   static constexpr int64_t kWidth = 8;
 };
 
-// The packed layout. Panels are stored in groups of kGroup side by side: group g is K rows of
-// kGroup * kWidth elements (panels g * kGroup ... of row k, zero beyond N), so the eight panels
-// the one-row (B = 1) tile reads together are one sequential stream rather than eight streams
-// a whole panel apart. Groups start one cache line beyond their size: without it they are a
-// multiple of 4 KiB apart, so a tile's loads would fall into one L1 set and 4K-alias.
+// The packed layout. Panels are stored in groups of `group` panels side by side: group g is K
+// rows of group * kWidth elements (panels g * group ... of row k, zero beyond N), so the
+// panels one micro-kernel tile reads together are one sequential stream rather than streams a
+// whole panel apart. The group is packed_group(M) for a product of M rows: the one-row
+// (B = 1) tile reads eight panels, so 8; a many-row tile reads its own 1 or 2 panels, so
+// exactly those (a wider group leaves its K rows a group row apart, which is 512 B for 8
+// float panels: such a tile touched only 1/8 of L1's sets, and its 32 KiB block of B fell out
+// of L1 between the row tiles that reuse it). Groups start one cache line beyond their size:
+// without it they are a multiple of 4 KiB apart, so a tile's loads would fall into one L1 set
+// and 4K-alias.
 template <class T>
 struct PackedLayout {
-  static constexpr int64_t kGroup = 8;
-  static constexpr int64_t kRow = kGroup * GemmPanel<T>::kWidth;  // elements per k in a group
-  static int64_t group_stride(int64_t K) { return K * kRow + static_cast<int64_t>(64 / sizeof(T)); }
-  static int64_t size(int64_t K, int64_t N) { return (N + kRow - 1) / kRow * group_stride(K); }
-  // Where panel p's row k0 starts; the panel's row k is kRow elements after row k - 1.
-  static int64_t panel_start(int64_t K, int64_t p, int64_t k0) {
-    return p / kGroup * group_stride(K) + p % kGroup * GemmPanel<T>::kWidth + k0 * kRow;
+  int64_t group;  // panels per group
+  int64_t row() const { return group * GemmPanel<T>::kWidth; }  // elements per k in a group
+  int64_t group_stride(int64_t K) const {
+    return K * row() + static_cast<int64_t>(64 / sizeof(T));
+  }
+  int64_t size(int64_t K, int64_t N) const { return (N + row() - 1) / row() * group_stride(K); }
+  // Where panel p's row k0 starts; the panel's row k is row() elements after row k - 1.
+  int64_t panel_start(int64_t K, int64_t p, int64_t k0) const {
+    return p / group * group_stride(K) + p % group * GemmPanel<T>::kWidth + k0 * row();
   }
 };
+
+// The panels per group of a product of M rows on this process's ISA (gemm.cpp's tiles).
+int64_t packed_group(int64_t M);
+template <class T>
+PackedLayout<T> packed_layout(int64_t M) {
+  return PackedLayout<T>{packed_group(M)};
+}
 
 // An allocator whose value-less construct() default-initialises: a PackedB<T>(n) holds n
 // uninitialised elements, so pack_b writes each element once rather than after a zero fill
@@ -72,40 +87,42 @@ struct NoInitAllocator : std::allocator<T> {
 template <class T>
 using PackedB = std::vector<T, NoInitAllocator<T>>;
 
-// Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N (PackedLayout, zero-padded) and
-// returns the packed buffer. One pointer per column: a source whose columns are rows of a
-// matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its columns (k_stride = the
-// row length: the backward's B = W), without an index computation per element (the per-call
-// pack is a B = 1 call's largest native cost). Within a panel the k loop is outer, so a
-// k_stride > 1 source is read along its rows. Only the padding (columns past N in the last
-// group, the cache line after each group) is zeroed; every other element is written once.
+// Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N (packed_layout(M) for products of
+// M rows, zero-padded) and returns the packed buffer. One pointer per column: a source whose
+// columns are rows of a matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its
+// columns (k_stride = the row length: the backward's B = W), without an index computation per
+// element (the per-call pack is a B = 1 call's largest native cost). Within a panel the k loop
+// is outer, so a k_stride > 1 source is read along its rows. Only the padding (columns past N
+// in the last group, the cache line after each group) is zeroed; every other element is
+// written once.
 template <class T, class Column>
-PackedB<T> pack_b(int64_t K, int64_t N, int64_t k_stride, Column column) {
-  using Layout = PackedLayout<T>;
+PackedB<T> pack_b(int64_t M, int64_t K, int64_t N, int64_t k_stride, Column column) {
+  const PackedLayout<T> layout = packed_layout<T>(M);
   constexpr int64_t P = GemmPanel<T>::kWidth;
-  const int64_t panels = (N + P - 1) / P;
-  PackedB<T> packed(static_cast<size_t>(Layout::size(K, N)));
-  const int64_t groups = (N + Layout::kRow - 1) / Layout::kRow;
+  const int64_t panels = (N + P - 1) / P, row = layout.row();
+  PackedB<T> packed(static_cast<size_t>(layout.size(K, N)));
+  const int64_t groups = (N + row - 1) / row;
   for (int64_t g = 0; g < groups; ++g) {
-    T* group = packed.data() + g * Layout::group_stride(K);
-    const int64_t cols = std::min<int64_t>(Layout::kRow, N - g * Layout::kRow);
-    if (cols < Layout::kRow)
+    T* group = packed.data() + g * layout.group_stride(K);
+    const int64_t cols = std::min<int64_t>(row, N - g * row);
+    if (cols < row)
       for (int64_t k = 0; k < K; ++k)
-        std::fill(group + k * Layout::kRow + cols, group + (k + 1) * Layout::kRow, T(0));
-    std::fill(group + K * Layout::kRow, group + Layout::group_stride(K), T(0));
+        std::fill(group + k * row + cols, group + (k + 1) * row, T(0));
+    std::fill(group + K * row, group + layout.group_stride(K), T(0));
   }
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t width = std::min<int64_t>(P, N - p * P);
     const T* src[P];
     for (int64_t q = 0; q < width; ++q) src[q] = column(p * P + q);
-    T* dst = packed.data() + Layout::panel_start(K, p, 0);
+    T* dst = packed.data() + layout.panel_start(K, p, 0);
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t q = 0; q < width; ++q) dst[k * Layout::kRow + q] = src[q][k * k_stride];
+      for (int64_t q = 0; q < width; ++q) dst[k * row + q] = src[q][k * k_stride];
   }
   return packed;
 }
 
-// C = A * B (accumulate = false) or C += A * B (accumulate = true).
+// C = A * B (accumulate = false) or C += A * B (accumulate = true); `packed` is
+// pack_b(M, K, N, ...).
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
                  float* C, int64_t ldc, bool accumulate);
 void gemm_packed(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,

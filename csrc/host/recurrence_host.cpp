@@ -336,7 +336,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     };
     const bool bf16 = bf16_product && !rows_form;
-    const PackedB<T> wp = rows_form || bf16 ? PackedB<T>() : pack_b<T>(P, nl, 1, w_col);
+    const PackedB<T> wp = rows_form || bf16 ? PackedB<T>() : pack_b<T>(B, P, nl, 1, w_col);
     PackedBf16 wp_bf16;
     Bf16Scratch bf16_scratch;
     if constexpr (std::is_same_v<T, float>) {
@@ -346,7 +346,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     // Packed W_hr^T restricted to own outputs: B[k][q] = W_hr[so.j0 + q][k].
     const PackedB<T> wrp =
         proj && !rows_form
-            ? pack_b<T>(H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
+            ? pack_b<T>(B, H, pl, 1, [&](int64_t q) { return w_hr + (so.j0 + q) * H; })
             : PackedB<T>();
     const T* w_hr_rows = proj && rows_form ? w_hr + so.j0 * H : nullptr;
     auto buffer = [](int64_t n) {
@@ -548,11 +548,11 @@ void backward_impl(const RecurrenceBwdParams& p, bool bf16_product = false) {
     const PackedB<T> wp =
         bf16 ? PackedB<T>()
         : dropped.empty()
-            ? pack_b<T>(N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
-            : pack_b<T>(N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
+            ? pack_b<T>(B, N, pl, P, [&](int64_t kk) { return w + so.j0 + kk; })
+            : pack_b<T>(B, N, pl, pl, [&](int64_t kk) { return dropped.data() + kk; });
     // Packed W_hr restricted to own cell units: B[q][jj] = W_hr[q][sl.j0 + jj].
     const PackedB<T> wrp =
-        proj ? pack_b<T>(P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
+        proj ? pack_b<T>(B, P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
              : PackedB<T>();
     auto buffer = [](int64_t n) {
       return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));

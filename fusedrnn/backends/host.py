@@ -112,4 +112,5 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             _threads(inputs),
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
             narrow_weight_grads=_bf16_products(inputs, C),
+            dab_may_alias_dxg=True,
         )

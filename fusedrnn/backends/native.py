@@ -401,13 +401,18 @@ def launch_backward(
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     mask_w_hh_grad: Callable[[torch.Tensor], None] | None = None,
     narrow_weight_grads: bool = False,
+    dab_may_alias_dxg: bool = False,
 ) -> Gradients:
     """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
     ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
     rounding to storage. ``narrow_weight_grads`` (the host backend's bfloat16 layers on a CPU
     with a bf16 tier): the ``dW_hh`` / ``dW_hr`` GEMMs take their operands rounded to the
     storage dtype (float32 accumulation inside torch's GEMM, as torch.nn's bf16 layers do),
-    not with a weight-drop mask (which is applied before the one rounding)."""
+    not with a weight-drop mask (which is applied before the one rounding).
+    ``dab_may_alias_dxg``: the backend writes the same value to ``dab`` and ``dxg`` wherever
+    they are equal (the host's cells do), so where they are (no norm, not GRU, whose ``a_n``
+    differs, storage dtype = accumulation dtype) one buffer serves both: a [T, B, N] buffer
+    fewer to allocate, page in and write."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -442,7 +447,8 @@ def launch_backward(
     p.grad_h_n, p.grad_c_n = grad_h_n.data_ptr(), _ptr(grad_c_n)
 
     dxg = _empty((steps, batch, n), dtype, device)
-    dab = _empty((steps, batch, n), acc, device)
+    same = dab_may_alias_dxg and norm == "none" and inputs.config.cell != "gru" and dtype == acc
+    dab = dxg if same else _empty((steps, batch, n), acc, device)
     da = _empty((steps, batch, n), acc, device) if norm != "none" else None
     hin = _empty((steps, batch, out_size), acc, device)
     dc_out = _empty((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
