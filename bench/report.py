@@ -34,9 +34,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: python bench/report.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import schema
+    from bench import schema, workloads
 else:
-    from . import schema
+    from . import schema, workloads
 
 START_MARKER = "<!-- bench:latest:start -->"
 END_MARKER = "<!-- bench:latest:end -->"
@@ -206,6 +206,45 @@ def _speedup_only(row: dict[str, str] | None, base: dict[str, str] | None = None
     if row["provider"] == "torch":
         return "1.00×" if speedup is not None else "—"
     return "n/a (no torch)" if speedup is None else _speedup_text(row, base, bold=False)
+
+
+def host_goals_section(rows: list[dict[str, str]], heading: str = "## Host speed goals") -> str:
+    """Issue 12's goals (bench/workloads.py ``HOST_GOALS``) against this run: host's median
+    over torch.nn's median of the goal's comparison workload, per dtype; '' without any."""
+    medians = {
+        (r["provider"], r["workload"], r["mode"], r["dtype"]): float(r["median_ms"])
+        for r in _latest_per_case(rows)
+        if r["status"] == "ok" and r["median_ms"]
+    }
+    lines = []
+    for dtype in sorted({key[3] for key in medians}, key=lambda d: (d != "float32", d)):
+        for (name, mode), (versus, limit) in workloads.HOST_GOALS.items():
+            host = medians.get(("host", name, mode, dtype))
+            torch_ms = medians.get(("torch", versus, mode, dtype))
+            if host is None or torch_ms is None:
+                continue
+            ratio = host / torch_ms
+            against = name if versus == name else f"{name} vs torch.nn {versus}"
+            verdict = "met" if ratio <= limit else "**not met**"
+            lines.append(
+                f"| {against} | {mode} | {dtype} | {_fmt(torch_ms)} ms | {_fmt(host)} ms "
+                f"| {ratio:.2f} | ≤ {limit:.2f}: {verdict} |"
+            )
+    if not lines:
+        return ""
+    return "\n".join(
+        [
+            heading,
+            "",
+            "host median time / torch.nn median time (< 1: host faster), against issue 12's "
+            "goals (bench/workloads.py `HOST_GOALS`; one run, so the ratio carries that run's "
+            "spread):",
+            "",
+            "| workload | mode | dtype | torch.nn | host | host / torch.nn | goal |",
+            "|---|---|---|---:|---:|---:|---|",
+            *lines,
+        ]
+    )
 
 
 def _floor_cell(row: dict[str, str] | None, base: dict[str, str] | None = None) -> str:
@@ -444,6 +483,7 @@ def build_summary(folder: Folder) -> str:
         steps_section(folder.steps),
         parity_section(folder.junit),
         speedup_section(folder.rows),
+        host_goals_section(folder.rows),
         floor_section(folder.rows, folder.ceilings),
         skipped_section(folder.rows),
     ]
@@ -495,6 +535,9 @@ def readme_block(folder: Folder, readme: Path) -> str:
     for mode in _modes(subset):
         lines += ["", f"{mode}:", ""]
         lines += _table([r for r in subset if r["mode"] == mode], cell, providers)
+    goals = host_goals_section(subset, heading="Host speed goals (issue 12):")
+    if goals:
+        lines += ["", goals]
     return "\n".join(lines)
 
 

@@ -171,6 +171,16 @@ WORKLOADS: dict[str, Workload] = {
     "C7": Workload("C7", "lstm", 1, 128, 128, 256, suite="cpu"),
     "C8": Workload("C8", "gru", 1, 128, 128, 256, suite="cpu"),
 }
+# Issue 12's host speed goals, defined once (report.py's "host goals" section reads them):
+# (workload, mode) -> (the torch.nn workload it is compared with, the largest host / torch.nn
+# median ratio that meets it). Plain layers at C2/C4/C5/C6, training and inference; B=1
+# inference latency (C7/C8); regularized training (C1) against torch.nn's *plain* C2.
+HOST_GOALS: dict[tuple[str, str], tuple[str, float]] = {
+    **{(w, m): (w, 1.0) for w in ("C2", "C4", "C5", "C6") for m in ("forward", "train")},
+    ("C7", "forward"): ("C7", 1.0),
+    ("C8", "forward"): ("C8", 1.0),
+    ("C1", "train"): ("C2", 1.15),
+}
 QUICK_WORKLOADS: dict[str, Workload] = _family(
     {"W1": (4, 32, 16), "W2": (8, 32, 16), "W3": (16, 32, 8), "W7": (4, 32, 16)}
 )

@@ -682,3 +682,31 @@ def test_gpu_check_dry_run_accepts_skips_but_not_an_empty_run(tmp_path: Path) ->
     empty = _gpu_check(tmp_path, "def test_not_gpu():\n    pass\n")
     assert empty.returncode == 1, empty.stdout + empty.stderr
     assert "pytest-gpu: " in empty.stdout and "rc=5" in empty.stdout
+
+
+def test_host_goals_section_compares_with_the_goals_workload() -> None:
+    """report.host_goals_section: host / torch.nn medians against workloads.HOST_GOALS, C1's
+    regularized training against torch.nn's plain C2, a verdict at the goal's limit."""
+
+    def row(provider: str, name: str, mode: str, median: float | None, status="ok") -> dict:
+        w = workloads.WORKLOADS[name]
+        out = {"run_id": "r1", "provider": provider, "mode": mode, "dtype": "float32"}
+        out.update(w.csv_fields(), status=status, median_ms=median)
+        return schema.as_strings(out)
+
+    rows = [
+        row("torch", "C2", "train", 100.0),
+        row("host", "C2", "train", 100.0),  # exactly at the limit: met
+        row("torch", "C1", "train", None, status="skipped"),  # torch.nn has no regularizers
+        row("host", "C1", "train", 116.0),  # 1.16 x torch.nn's plain C2: not met
+        row("torch", "C5", "forward", 50.0),
+        row("host", "C5", "forward", 40.0),
+        row("host", "C6", "forward", 40.0),  # no torch.nn row: no goal line
+    ]
+    section = report.host_goals_section(rows)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()}
+    assert "| 1.00 | ≤ 1.00: met |" in lines["C2"]
+    assert "| 1.16 | ≤ 1.15: **not met** |" in lines["C1 vs torch.nn C2"]
+    assert "| 0.80 | ≤ 1.00: met |" in lines["C5"]
+    assert "C6" not in lines
+    assert report.host_goals_section([row("torch", "C2", "train", 1.0)]) == ""
