@@ -301,6 +301,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "kernel": which,
                 "programs": grid[0],
                 "num_warps": kwargs["num_warps"],
+                "maxnreg": kwargs.get("maxnreg"),
                 "shared": compiled.metadata.shared,
                 "predicted_shared": predicted[which],
                 "rows_per_dot": geometry[f"rows_{which}"],

@@ -585,9 +585,41 @@ def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
     return inputs.lengths.to(torch.int64).contiguous()
 
 
-def _num_warps(*tile_elements: int) -> int:
-    """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4."""
-    return 8 if max(tile_elements) > 32 * 128 else 4
+def _num_warps(*tile_elements: int, rows: int, registers_per_element: int = 1) -> int:
+    """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
+    16 at ``rows`` (``BLOCK_B``) = 256.
+
+    At 256 rows every ``[B, ·]`` tile (the ``[256, G*units]`` float32 accumulator: 64
+    registers a thread at 8 warps) is halved per thread at 16 warps, for the same register
+    file (16 x 32 x 128 = 8 x 32 x 256 registers): ptxas spill stores of the B = 256
+    boundaries, forward / backward, 8 warps -> 16 warps (both with _warp_options' maxnreg):
+    LSTM layer norm bf16 sm_90a 3,564 / 3,644 -> 2,012 / 2,140, sm_80 3,004 / 2,404 ->
+    1,708 / 1,796; RNN layer norm fp16 sm_90a 4,080 / 700 -> 2,908 / 476 (docs/kernels-v2.md
+    §6.1).
+
+    ``registers_per_element`` = 2 for the backward, which keeps about twice the forward's
+    values per tile element live (the state gradients, the saved gates and norm statistics
+    reloaded each step, the gradient accumulators): it takes 8 warps from half the tile
+    size (B = 5, H = 37, float32 LSTM with batch norm, dropout and zoneout on sm_90a: 92 B
+    of ptxas spills at 4 warps, 12 B at 8; docs/kernels-v2.md §6.1).
+    """
+    if rows >= 256:
+        return 16
+    return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
+
+
+_REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80, sm_90)
+_MAX_REGISTERS_PER_THREAD = 255
+
+
+def _warp_options(num_warps: int) -> dict:
+    """``num_warps`` and ``maxnreg`` of a launch: every register of the SM to the one program
+    it runs (the grid is persistent, one program per SM). Without ``maxnreg`` ptxas aims at
+    two CTAs per SM and caps a 256-thread kernel at 128 registers, spilling the rest (sm_80,
+    B = 256 LSTM layer-norm backward: 128 registers and 5,536 B of spill stores; with
+    ``maxnreg`` 255 registers and 2,404 B; docs/kernels-v2.md §6.1)."""
+    per_thread = _REGISTER_FILE // (32 * num_warps)
+    return {"num_warps": num_warps, "maxnreg": min(_MAX_REGISTERS_PER_THREAD, per_thread)}
 
 
 def _check_grid(programs: int, geo: dict) -> None:
@@ -728,8 +760,12 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
-        num_warps=_num_warps(
-            geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
+        **_warp_options(
+            _num_warps(
+                geo["BLOCK_B"] * geo["BLOCK_H"],
+                geo["BLOCK_H"] * geo["GATES_PAD"] * block_u,
+                rows=geo["BLOCK_B"],
+            )
         ),
         launch_cooperative_grid=True,
     )
@@ -842,8 +878,13 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             SPLIT_K=geo["split_k"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
-            num_warps=_num_warps(
-                geo["BLOCK_B"] * geo["BLOCK_H"], geo["BLOCK_H"] * geo["GATES_PAD"] * block_u
+            **_warp_options(
+                _num_warps(
+                    geo["BLOCK_B"] * geo["BLOCK_H"],
+                    geo["BLOCK_H"] * geo["GATES_PAD"] * block_u,
+                    rows=geo["BLOCK_B"],
+                    registers_per_element=2,
+                )
             ),
             launch_cooperative_grid=True,
         )
