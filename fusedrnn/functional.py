@@ -5,7 +5,8 @@ For each layer and direction:
 1. the variational input-dropout mask ``m_x [B, I]`` on the layer input (Philox, one mask for
    all time steps),
 2. the input projection for all steps at once, ``xg = (m_x * x) W_ih^T`` (one GEMM, so the
-   BLAS library does the non-recurrent half of the work),
+   BLAS library does the non-recurrent half of the work; float32 CPU inference on the host
+   backend leaves it to the host's step loop instead, ``_defers_projection``),
 3. its normalisation when asked for (recurrent BN per time step over the active rows, or layer
    norm per row), then ``+ b_ih``,
 4. the backend's recurrence (``Recurrence``, an autograd Function over the backend's forward
