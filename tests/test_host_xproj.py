@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import functional
-from fusedrnn.backends import native
+from fusedrnn.backends import host, native
 
 pytestmark = pytest.mark.skipif(native.load_native()[1] is not None, reason="no _C")
 
@@ -43,10 +43,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("chunk_steps", ["", "2", "3"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_in_loop_projection_by_rule(case, chunk_steps, monkeypatch):
+def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
     cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    # workers owning slices of the hidden units (own gate columns of W_ih; 3: uneven slices)
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
     monkeypatch.setenv("FUSEDRNN_HOST_XPROJ_STEPS", chunk_steps)  # "" = the default chunk
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
     torch.manual_seed(B * 100 + T)
