@@ -31,7 +31,7 @@ from .batch_norm import _normalize_projection, _update_running
 from .input_projection import DroppedInputProjection, _input_projection
 from .options import LayerParams, RNNOptions
 from .packing import check_packed_batch_sizes, packed_to_padded, padded_to_packed
-from .recurrence_op import _vmap_active, op_arguments, recurrence
+from .recurrence_op import _functorch_active, _vmap_active, op_arguments, recurrence
 from .torch_path import torch_rnn
 
 __all__ = [
@@ -230,8 +230,10 @@ def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, tra
         and options.cell in ("lstm", "gru")
         and not (training and options.input_dropout > 0)
         and p.w_ih.dtype == torch.float32
-        and (p.b_ih is None or p.b_ih.dtype == torch.float32)
+        and p.w_ih.is_cpu
+        and (p.b_ih is None or (p.b_ih.dtype == torch.float32 and p.b_ih.is_cpu))
         and not torch.compiler.is_compiling()
+        and not _functorch_active()
     )
 
 
