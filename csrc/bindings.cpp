@@ -190,6 +190,8 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(F, norm_weight_hh).FRNN_PTR(F, norm_weight_c).FRNN_PTR(F, norm_bias_c)
       .FRNN_PTR(F, running_mean_hh).FRNN_PTR(F, running_var_hh)
       .FRNN_PTR(F, running_mean_c).FRNN_PTR(F, running_var_c)
+      .FRNN_PTR(F, x).FRNN_RW(F, x_stride_t).FRNN_RW(F, x_stride_b)
+      .FRNN_RW(F, input_size).FRNN_PTR(F, w_ih).FRNN_PTR(F, b_ih)
       .FRNN_PTR(F, out).FRNN_RW(F, out_stride_t).FRNN_RW(F, out_stride_b)
       .FRNN_PTR(F, h_n).FRNN_PTR(F, c_n)
       .FRNN_PTR(F, batch_mean_hh).FRNN_PTR(F, batch_var_hh)
@@ -219,6 +221,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("host_forward", &fusedrnn::host::recurrence_forward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
+  m.def("host_xproj_in_loop_calls", &fusedrnn::host::xproj_in_loop_calls,
+        "Host forward calls that computed x W_ih^T + b_ih in the step loop (for the tests).");
   m.def("host_backward", &fusedrnn::host::recurrence_backward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence backward (host pointers).");
 

@@ -5,7 +5,8 @@ For each layer and direction:
 1. the variational input-dropout mask ``m_x [B, I]`` on the layer input (Philox, one mask for
    all time steps),
 2. the input projection for all steps at once, ``xg = (m_x * x) W_ih^T`` (one GEMM, so the
-   BLAS library does the non-recurrent half of the work),
+   BLAS library does the non-recurrent half of the work; float32 CPU inference on the host
+   backend leaves it to the host's step loop instead, ``_defers_projection``),
 3. its normalisation when asked for (recurrent BN per time step over the active rows, or layer
    norm per row), then ``+ b_ih``,
 4. the backend's recurrence (``Recurrence``, an autograd Function over the backend's forward
@@ -19,6 +20,8 @@ time-major ``[T, B, features]`` and padded; ``lengths [B]`` marks each row's tru
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +31,7 @@ from .batch_norm import _normalize_projection, _update_running
 from .input_projection import DroppedInputProjection, _input_projection
 from .options import LayerParams, RNNOptions
 from .packing import check_packed_batch_sizes, packed_to_padded, padded_to_packed
-from .recurrence_op import _vmap_active, op_arguments, recurrence
+from .recurrence_op import _functorch_active, _vmap_active, op_arguments, recurrence
 from .torch_path import torch_rnn
 
 __all__ = [
@@ -148,7 +151,14 @@ def rnn(
             index = layer * num_dirs + direction
             p = params[index]
             x = layer_input
-            if options.norm == "none":
+            x_proj = None
+            if _defers_projection(x, p, options, training):
+                # xg = x W_ih^T + b_ih left to the host's step loop (recurrence_op: computed
+                # here after all where another backend or the op runs): a placeholder of its
+                # shape with no storage behind it
+                x_proj = (x, p.w_ih, p.b_ih)
+                xg = x.new_empty(1).expand(steps, batch, p.w_ih.shape[0])
+            elif options.norm == "none":
                 xg = _input_projection(x, p.w_ih, p.b_ih, seed, options, training, layer, direction)
             else:
                 raw = _input_projection(x, p.w_ih, None, seed, options, training, layer, direction)
@@ -181,6 +191,7 @@ def rnn(
                 # recurrence() decides (grad mode and requires_grad); with grad mode off it
                 # agrees, so an inference call makes no copy of the inputs to change it
                 needs_grad=torch.is_grad_enabled(),
+                x_proj=x_proj,
             )
             out, h_last, c_last, mean_hh, var_hh, mean_c, var_c = recurrence(
                 inputs, backend, seed, backends_ran
@@ -200,6 +211,36 @@ def rnn(
             layer_output = F.dropout(layer_output, options.dropout, training=True)
         layer_input = layer_output
     return layer_input, _stacked(h_n), _stacked(c_n) if c_n else None
+
+
+def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, training) -> bool:
+    """Whether this layer's input projection may be left to the recurrence (float32 CPU
+    inference of an LSTM / GRU layer without norm or projection, more than one row, no
+    gradient, eager mode): the host backend then computes it in its step loop (docs/design.md
+    §5.4); recurrence_op.materialized_xg computes it for any other path."""
+    return (
+        DEFER_PROJECTION
+        and not torch.is_grad_enabled()
+        and x.dtype == torch.float32
+        and x.is_cpu
+        and x.shape[0] > 0
+        and x.shape[1] > 1
+        and options.norm == "none"
+        and options.proj_size == 0
+        and options.cell in ("lstm", "gru")
+        and not (training and options.input_dropout > 0)
+        and p.w_ih.dtype == torch.float32
+        and p.w_ih.is_cpu
+        and (p.b_ih is None or (p.b_ih.dtype == torch.float32 and p.b_ih.is_cpu))
+        and not torch.compiler.is_compiling()
+        and not _functorch_active()
+    )
+
+
+# Leave float32 CPU inference's input projection to the host's step loop (_defers_projection);
+# False (or FUSEDRNN_HOST_XPROJ=0) computes it here first, as every other call does (for
+# measurements and tests).
+DEFER_PROJECTION = os.environ.get("FUSEDRNN_HOST_XPROJ", "1") != "0"
 
 
 def _stacked(states: list[torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,8 @@ def _op_fields(cls: type = RecurrenceInputs) -> list[tuple[str, str]]:
     """(name, schema type) of each field of ``cls``, a RecurrenceConfig's fields flattened."""
     fields = []
     for field in dataclasses.fields(cls):
+        if field.metadata.get("op", True) is False:  # not an op argument (x_proj)
+            continue
         if field.type == RecurrenceConfig.__name__:
             fields += _op_fields(RecurrenceConfig)
         elif field.name == _SEED_FIELD:
@@ -169,11 +171,24 @@ def _input_addresses(tensors) -> set[int]:
     return {_storage_address(t) for t in tensors if isinstance(t, torch.Tensor) and t.numel()}
 
 
+def materialized_xg(inputs: RecurrenceInputs) -> RecurrenceInputs:
+    """``inputs`` with a real ``xg = x W_ih^T + b_ih`` where it defers the input projection
+    (``x_proj``, functional.rnn's float32 CPU inference), else ``inputs`` itself."""
+    if inputs.x_proj is None:
+        return inputs
+    from .input_projection import _linear  # it imports this module
+
+    x, w_ih, b_ih = inputs.x_proj
+    return inputs.replace(xg=_linear(x, w_ih, b_ih), x_proj=None)
+
+
 def _run_backend(inputs: RecurrenceInputs, backend: str):
     """Validate ``inputs``, resolve ``backend`` and run its forward: (outputs, saved, module),
     ``saved`` empty when no gradient is needed (no backward can follow)."""
     validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
+    if inputs.x_proj is not None and not getattr(module, "XPROJ_IN_LOOP", False):
+        inputs = materialized_xg(inputs)
     outputs, saved = module.forward(inputs)
     if not inputs.needs_grad:  # no backward can follow: return nothing for one
         saved = ()
@@ -449,11 +464,17 @@ def recurrence(
     )
     if inputs.needs_grad != needs_grad:
         inputs = inputs.replace(needs_grad=needs_grad)
-    if _functorch_active():
+    functorch = _functorch_active()
+    direct = not functorch and _calls_impl_directly(inputs, seed, needs_grad)
+    if inputs.x_proj is not None and not (
+        direct and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in inputs.x_proj)
+    ):
+        inputs = materialized_xg(inputs)  # only the direct path below runs a deferred xg
+    if functorch:
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
         results, ran = _reference_recurrence(inputs, backend)
-    elif _calls_impl_directly(inputs, seed, needs_grad):
+    elif direct:
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
         results, ran = _recurrence_direct(inputs, backend)

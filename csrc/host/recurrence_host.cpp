@@ -11,6 +11,8 @@
 #include "recurrence_host.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -237,6 +239,14 @@ struct HostForwardPolicy : HostWorker<T> {
       q.xg_ld = N;
     }
     q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (w_ih != nullptr) {  // xg of step t from this worker's chunk buffer
+        project_chunk(p, t);
+        q.xg = xbuf + (t - chunk * xk) * B * N + u0;
+        q.xg_ld = N;
+        q.bias = bias_sum + u0;
+      }
+    }
     q.c = w.c;
     q.h = w.h;
     q.mh = w.mh;
@@ -282,6 +292,39 @@ struct HostForwardPolicy : HostWorker<T> {
   const uint16_t* xg_bf16 = nullptr;
   int64_t xg_bf16_stride_t = 0, xg_bf16_stride_b = 0;
   std::vector<float>* xg_step = nullptr;
+  // float32 inference with the input projection in the loop (xproj_in_loop_applies): own
+  // columns of gate g of W_ih^T packed in w_ih[g] (K = I); xg of `xk` steps at a time,
+  // [xk * B, G * H] with only own columns written, in xbuf; bias_sum = b_ih + b_hh (own
+  // columns, gate stride H).
+  const PackedB<T>* w_ih = nullptr;
+  int64_t xk = 0, chunk = -1;
+  T* xbuf = nullptr;
+  const T* bias_sum = nullptr;
+  // xg = x W_ih^T of the chunk of steps holding t (own columns), unless it is the current one.
+  void project_chunk(const RecurrenceFwdParams& p, int64_t t) {
+    const int64_t c = t / xk;
+    if (c == chunk) return;
+    chunk = c;
+    const int64_t t0 = c * xk, t1 = std::min<int64_t>(p.T, t0 + xk), N = p.G * H;
+    const int64_t I = p.input_size, u0 = this->j0, n = this->hl;
+    const T* x = static_cast<const T*>(p.x);
+    if (p.x_stride_t == B * p.x_stride_b) {  // the chunk's rows are one [rows, I] matrix
+      for (int64_t g = 0; g < p.G; ++g)
+        gemm_packed((t1 - t0) * B, n, I, x + t0 * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+                    xbuf + g * H + u0, N, false);
+    } else {
+      for (int64_t tt = t0; tt < t1; ++tt)
+        for (int64_t g = 0; g < p.G; ++g)
+          gemm_packed(B, n, I, x + tt * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+                      xbuf + (tt - t0) * B * N + g * H + u0, N, false);
+    }
+    const T* b_ih = static_cast<const T*>(p.b_ih);
+    if (p.cell == kCellGru && b_ih != nullptr)  // b_in stays in xg (bias_sum has the rest)
+      for (int64_t r = 0; r < (t1 - t0) * B; ++r) {
+        T* row = xbuf + r * N + 2 * H + u0;
+        for (int64_t k = 0; k < n; ++k) row[k] += b_ih[2 * H + u0 + k];
+      }
+  }
   void project(const T* h_pre, T* h_proj) const {
     if (pl <= 0) return;
     if (w_hr_rows != nullptr) return gemv_rows(pl, H, w_hr_rows, H, h_pre, h_proj);
@@ -298,6 +341,17 @@ struct Bf16Forward {
   int64_t xg_stride_t = 0, xg_stride_b = 0;
 };
 
+std::atomic<int64_t> g_xproj_calls{0};
+
+// Steps per chunk of the input projection in the loop: FUSEDRNN_HOST_XPROJ_STEPS if set (for
+// measurements), else enough steps for ~256 rows (the GEMM's efficient row count).
+int64_t xproj_chunk_steps(int64_t T, int64_t B) {
+  const char* v = std::getenv("FUSEDRNN_HOST_XPROJ_STEPS");
+  const int64_t env = v != nullptr ? std::atoll(v) : int64_t(0);
+  const int64_t k = env > 0 ? env : (256 + B - 1) / B;
+  return std::max<int64_t>(1, std::min<int64_t>(k, T));
+}
+
 template <class T>
 void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward()) {
   const bool bf16_product = bf.product;
@@ -309,6 +363,12 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   const int64_t P = proj ? p.proj_size : H;  // units of h
 
   const int nt_req = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.num_threads, H)));
+  // The input projection in the step loop: steps per chunk.
+  const bool xproj = std::is_same_v<T, float> && !bf16_product && bf.xg == nullptr &&
+                     xproj_in_loop_applies(p);
+  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B) : 0;
+  if (xproj) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  const T* w_b_hh = static_cast<const T*>(p.b_hh);
   std::vector<T> hin(static_cast<size_t>(2 * B * P));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
@@ -383,6 +443,34 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       policy.xg_bf16_stride_t = bf.xg_stride_t;
       policy.xg_bf16_stride_b = bf.xg_stride_b;
       policy.xg_step = &xg_step;
+    }
+    // The input projection in the step loop (xproj_in_loop_applies): own W_ih^T columns
+    // packed per gate, once per call; the sum of the two biases for own columns.
+    std::vector<PackedB<T>> w_ih_packed;
+    std::vector<T> xbuf, bias_sum;
+    if (xproj) {
+      const T* w_ih = static_cast<const T*>(p.w_ih);
+      const T* b_ih = static_cast<const T*>(p.b_ih);
+      const int64_t I = p.input_size, N = G * H;
+      w_ih_packed.reserve(static_cast<size_t>(G));
+      for (int64_t g = 0; g < G; ++g)
+        w_ih_packed.push_back(pack_b<T>(
+            B, I, hl, 1, [&](int64_t jj) { return w_ih + (g * H + sl.j0 + jj) * I; }));
+      xbuf.resize(static_cast<size_t>(xk * B * N));
+      // b_ih folded into the recurrent bias, but for the GRU's n gate (xg_n + r (a_n + b_hn)):
+      // there it is added to the chunk's xg (project_chunk).
+      bias_sum.assign(static_cast<size_t>(N), T(0));
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t jj = 0; jj < hl; ++jj) {
+          const int64_t n = g * H + sl.j0 + jj;
+          const bool fold = !(p.cell == kCellGru && g == 2);
+          bias_sum[n] = (fold && b_ih != nullptr ? b_ih[n] : T(0)) +
+                        (p.b_hh != nullptr ? w_b_hh[n] : T(0));
+        }
+      policy.w_ih = w_ih_packed.data();
+      policy.xk = xk;
+      policy.xbuf = xbuf.data();
+      policy.bias_sum = bias_sum.data();
     }
     forward_steps(policy, p, scratch);
   }
@@ -867,9 +955,19 @@ void backward_widened(const RecurrenceBwdParams& p) {
 
 }  // namespace
 
+int64_t xproj_in_loop_calls() { return g_xproj_calls.load(); }
+
+bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
+  return p.dtype == kFloat32 && p.x != nullptr && p.w_ih != nullptr && p.input_size > 0 &&
+         vector_cell_applies(p) && !p.fused_cell && p.B > 1;
+}
+
 void recurrence_forward(const RecurrenceFwdParams& p) {
   switch (p.dtype) {
     case kFloat32:
+      if (p.xg == nullptr && p.T * p.B > 0 && !xproj_in_loop_applies(p))
+        throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
+                                    "the step loop for these params");
       if (p.norm != kNormNone) return forward_widened<float, double>(p);
       return forward_impl<float>(p);
     case kFloat64:

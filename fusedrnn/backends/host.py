@@ -38,6 +38,25 @@ FUSED_CELL = False
 # two sharing storage), so the eager fast path skips its aliasing check
 # (recurrence_op._recurrence_direct; tests/test_eager_fast_path.py checks this).
 FRESH_OUTPUTS = True
+# float32 inference may leave the input projection to the step loop (RecurrenceInputs.x_proj,
+# csrc/host/recurrence_host.cpp: each worker computes x W_ih^T + b_ih for its own gate columns,
+# a few steps at a time, with no [T, B, G*H] tensor; docs/design.md §5.4).
+XPROJ_IN_LOOP = True
+
+
+def xproj_in_loop_applies(inputs: RecurrenceInputs) -> bool:
+    """Whether the native loop computes ``x W_ih^T + b_ih`` itself for ``inputs.x_proj``
+    (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): float32 LSTM / GRU, no norm, no
+    projection, the phased (not fused) cell, more than one row."""
+    cfg = inputs.config
+    return (
+        inputs.xg.dtype == torch.float32
+        and cfg.cell in ("lstm", "gru")
+        and cfg.norm == "none"
+        and cfg.proj_size == 0
+        and not FUSED_CELL
+        and inputs.xg.shape[1] > 1
+    )
 
 
 def availability() -> str | None:
@@ -84,6 +103,10 @@ def _check(inputs: RecurrenceInputs) -> None:
 def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
     _check(inputs)
     C = native.native()
+    if inputs.x_proj is not None and not xproj_in_loop_applies(inputs):
+        from ..recurrence_op import materialized_xg
+
+        inputs = materialized_xg(inputs)
 
     def run(p) -> None:
         p.fused_cell = FUSED_CELL

@@ -171,7 +171,8 @@ _SAVED = (
 def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, torch.Tensor | None]:
     """Sizes, settings and input addresses; returns the (contiguous) tensors it points at."""
     cfg = inputs.config
-    xg = _unit_stride(inputs.xg)
+    xproj = inputs.x_proj is not None  # xg a placeholder; x W_ih^T + b_ih in the step loop
+    xg = inputs.xg if xproj else _unit_stride(inputs.xg)
     steps, batch, _ = xg.shape
     p.T, p.B, p.H, p.G = steps, batch, cfg.hidden_size, cfg.num_gates
     p.proj_size = cfg.proj_size
@@ -219,6 +220,15 @@ def _fill_common(p, inputs: RecurrenceInputs, num_threads: int) -> dict[str, tor
     for name, tensor in t.items():
         if name != "xg" and tensor is not None:  # the params' pointers start as null
             setattr(p, name, tensor.data_ptr())
+    if xproj:  # host float32 inference (params.h: x, w_ih, b_ih; xg stays null)
+        x, w_ih, b_ih = inputs.x_proj
+        x = _unit_stride(x)
+        t["x"], t["w_ih"], t["b_ih"] = x, _c(w_ih), _c(b_ih)
+        p.x, p.w_ih = x.data_ptr(), t["w_ih"].data_ptr()
+        if b_ih is not None:
+            p.b_ih = t["b_ih"].data_ptr()
+        p.x_stride_t, p.x_stride_b, p.input_size = x.stride(0), x.stride(1), x.shape[2]
+        return t
     p.xg = xg.data_ptr()
     p.xg_stride_t, p.xg_stride_b = xg.stride(0), xg.stride(1)
     return t

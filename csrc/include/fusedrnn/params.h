@@ -73,6 +73,14 @@ struct RecurrenceFwdParams {
   const void* running_var_hh = nullptr;   // dtype [S, N]
   const void* running_mean_c = nullptr;   // dtype [S, H] (lstm)
   const void* running_var_c = nullptr;    // dtype [S, H] (lstm)
+  // Host float32 inference only (csrc/host/recurrence_host.cpp, "input projection in the step
+  // loop"): when x is set, the host computes xg = x W_ih^T + b_ih itself, a few steps at a time
+  // per worker, and xg above is not read. x: float32 [T, B, input_size], strides
+  // (x_stride_t, x_stride_b, 1); w_ih: [N, input_size] row-major; b_ih: [N] or nullptr.
+  const void* x = nullptr;
+  int64_t x_stride_t = 0, x_stride_b = 0, input_size = 0;
+  const void* w_ih = nullptr;
+  const void* b_ih = nullptr;
 
   // ---- outputs
   void* out = nullptr;  // dtype [T, B, P], strides (out_stride_t, out_stride_b, 1); 0 when t >= len

@@ -1,0 +1,143 @@
+"""The host's float32 inference path that computes the input projection in its step loop
+(functional._defers_projection, csrc/host/recurrence_host.cpp ``project_chunk``;
+docs/design.md §5.4): it runs where it should (a counter of the native calls that took it),
+not where it should not, and its results meet the numerics rule (tests/helpers.py) against a
+float64 truth with torch.nn float32 as the baseline, at awkward sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_by_rule
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn import functional
+from fusedrnn.backends import host, native
+
+pytestmark = pytest.mark.skipif(native.load_native()[1] is not None, reason="no _C")
+
+
+def _calls() -> int:
+    return native.native().host_xproj_in_loop_calls()
+
+
+def _run(module, x, lengths, batch_first=False):
+    if lengths is not None:
+        x = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    out, state = module(x)
+    if lengths is not None:
+        out, _ = pad_packed_sequence(out, batch_first=batch_first)
+    h_n, c_n = state if isinstance(state, tuple) else (state, None)
+    return {"output": out, "h_n": h_n, "c_n": c_n}
+
+
+CASES = [
+    # cell, B, I, H, T, layers, bidirectional, lengths, batch_first
+    ("lstm", 2, 5, 7, 1, 1, False, False, False),
+    ("lstm", 3, 9, 16, 7, 2, True, True, False),
+    ("lstm", 17, 12, 33, 7, 1, True, False, True),
+    ("gru", 2, 6, 4, 7, 1, False, True, False),
+    ("gru", 17, 12, 33, 7, 2, True, True, False),
+    ("gru", 3, 20, 9, 1, 1, True, False, True),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("chunk_steps", ["", "2", "3"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
+    cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    # workers owning slices of the hidden units (own gate columns of W_ih; 3: uneven slices)
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    monkeypatch.setenv("FUSEDRNN_HOST_XPROJ_STEPS", chunk_steps)  # "" = the default chunk
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    torch.manual_seed(B * 100 + T)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    module = cls(I, H, backend="host", **kw).eval()
+    nn_module = getattr(torch.nn, cell.upper())(I, H, **kw).eval()
+    nn_module.load_state_dict(module.state_dict())
+    truth_module = cls(I, H, backend="host", **kw).double().eval()
+    truth_module.load_state_dict(module.state_dict())
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape)
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[B // 2] = T
+    with torch.no_grad():
+        before = _calls()
+        got = _run(module, x, lengths, batch_first)
+        ran = _calls() - before
+        truth = _run(truth_module, x.double(), lengths, batch_first)
+        base = _run(nn_module, x, lengths, batch_first)
+    assert ran == layers * (2 if bidirectional else 1), "the in-loop projection did not run"
+    truth = {k: v for k, v in truth.items() if v is not None}
+    got = {k: got[k] for k in truth}
+    base = {k: base[k] for k in truth}
+    assert_by_rule(got, truth, base, torch.float32, what=f"host in-loop xproj {case}")
+
+
+def test_not_taken_with_grad_or_off():
+    """With a gradient (autograd needs xg), one row, or DEFER_PROJECTION off the old path runs."""
+    module = fusedrnn.LSTM(8, 16, backend="host").eval()
+    x = torch.randn(5, 4, 8)
+    before = _calls()
+    module(x)  # grad mode on: xg is computed first
+    with torch.no_grad():
+        module(x[:, :1])  # B = 1: the rows path
+        old = functional.DEFER_PROJECTION
+        functional.DEFER_PROJECTION = False
+        try:
+            module(x)
+        finally:
+            functional.DEFER_PROJECTION = old
+        assert _calls() == before
+        module(x)
+    assert _calls() == before + 1
+
+
+def test_other_backend_materializes_xg():
+    """A deferred projection reaching a backend without the in-loop path (reference) gets a
+    real xg first (recurrence_op.materialized_xg)."""
+    torch.manual_seed(0)
+    module = fusedrnn.GRU(6, 10, backend="host").eval()
+    ref = fusedrnn.GRU(6, 10, backend="reference").eval()
+    ref.load_state_dict(module.state_dict())
+    x = torch.randn(4, 3, 6)
+    with torch.no_grad():
+        a, _ = module(x)
+        before = _calls()
+        b, _ = ref(x)
+        assert _calls() == before
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_masks_without_gradient(monkeypatch):
+    """Training under no_grad (zoneout, recurrent dropout, weight drop; no input dropout) takes
+    the path too and draws the same masks: the same results as with xg computed first."""
+    torch.manual_seed(1)
+    module = fusedrnn.LSTM(
+        7,
+        12,
+        backend="host",
+        bidirectional=True,
+        zoneout_cell=0.3,
+        zoneout_hidden=0.2,
+        recurrent_dropout=0.25,
+        weight_drop=0.3,
+    ).train()
+    x = torch.randn(6, 5, 7)
+    results = {}
+    with torch.no_grad():
+        for defer in (True, False):
+            monkeypatch.setattr(functional, "DEFER_PROJECTION", defer)
+            before = _calls()
+            torch.manual_seed(7)
+            results[defer] = module(x)
+            assert _calls() - before == (2 if defer else 0)
+    out, (h_n, c_n) = results[True]
+    ref, (h_ref, c_ref) = results[False]
+    for a, b in ((out, ref), (h_n, h_ref), (c_n, c_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
