@@ -1,11 +1,12 @@
 // Vectorised activations over arrays for the host cell loops (in place).
 //
-// float32: a polynomial exp (Cephes' expf coefficients, Cody-Waite range reduction, 2^n
-// applied in two halves so the result neither overflows early nor loses denormals),
-// sigmoid = 1 / (1 + exp(-x)) as cells.cuh computes it, and tanh from an odd polynomial for
-// |x| < 0.625 and 1 - 2 / (1 + exp(2|x|)) above, so a large |x| gives +-1, never
-// inf / inf = NaN. A NaN input gives NaN; +-inf give the limits. simd_math.cpp
-// builds the kernels for each ISA level of multiversion.h, like gemm.cpp.
+// float32: simd_vec.h's functions (one definition, shared with cell_host.cpp's vector cell):
+// a polynomial e^x = 2^n (1 + q) (Cephes' expf coefficients, Cody-Waite range reduction,
+// 2^n from the rounding trick's bits), sigmoid = 1 / (1 + exp(-x)) as cells.cuh computes it
+// on a clamped argument, and tanh |x| = m / (m + 2) with m = e^(2|x|) - 1 = 2^n q + 2^n - 1,
+// 2|x| clamped to 20, so a large |x| gives +-1, never inf / inf = NaN. A NaN input gives NaN;
+// +-inf give the limits. simd_math.cpp builds the kernels for each ISA level of
+// multiversion.h, like gemm.cpp.
 //
 // float64 (the ground-truth dtype) keeps cells.cuh's scalar libm functions.
 #pragma once
