@@ -115,6 +115,24 @@ FAST_SM80 = {
 }
 
 
+# TF32 off (issue 13 item 1): float32 on the exact path, FP32 FMA (input_precision="ieee"),
+# at the bench workloads. test_tensor_cores checks the FMA product, test_spills_within_budget
+# the spills (SPILLING_TF32_OFF below: the FMA dot's layout holds W_hh tiles in registers;
+# W1 is spill-free on both targets). Triton's "tf32x3" (3xTF32 on the tensor cores) is not used: it splits the
+# resident W tile in registers and stages both halves in shared memory (W1 float32 294912 B,
+# beyond both devices; docs/kernels-v2.md §2).
+TF32_OFF = [
+    case("lstm", "none", "float32", 16, 512, tf32=False, name="W1-float32"),
+    case("gru", "none", "float32", 16, 512, tf32=False, name="W6a-float32"),
+    case("lstm", "none", "float32", 64, 1024, pytest.mark.slow, tf32=False, name="W2-float32"),
+    case("gru", "none", "float32", 64, 1024, pytest.mark.slow, tf32=False, name="W6b-float32"),
+    case("gru", "none", "float32", 64, 512, pytest.mark.slow, tf32=False, name="B64-H512-float32"),
+]
+WORKLOADS += TF32_OFF
+RESIDENT |= {"W1-float32-ieee", "W6a-float32-ieee"}
+FAST_SM80 |= {"W1-float32-ieee"}
+
+
 def _with_arch_marks(params, arch):
     """sm_80 runs the boundary LSTM and one family case by default, the rest as slow."""
     out = []
@@ -266,6 +284,22 @@ SPILLING = {
 # reported them XPASS): W2-float32, sm80-W1-proj128-bfloat16,
 # rnn_tanh-none-float16-B16-Hmax, sm80-gru-all_batch_norm-float32-B64-Hmax,
 # sm80-streamed-H2048, sm80-lstm-all_batch_norm-float32-B5-H37.
+
+
+# TF32 off (FP32 FMA, "ieee"), measured 2026-11-23 (stores / loads, forward; backward):
+# sm_90a W6a 7468 / 9748; 0, W2 10288 / 11464; 0, W6b 6428 / 7156; 16 / 20, B64-H512
+# 27432 / 40896; 3628 / 3604;
+# sm_80 (W2 / W6b stream W_hh) W2 212 / 216; 0, W6b 80 / 80; 0, B64-H512 4464 / 9356;
+# 3736 / 3776. W1 (both) and W6a on sm_80: none.
+SPILLING_TF32_OFF = {
+    "sm90-W6a-float32-ieee",
+    "sm90-W2-float32-ieee",
+    "sm90-W6b-float32-ieee",
+    "B64-H512-float32-ieee",
+    "sm80-W2-float32-ieee",
+    "sm80-W6b-float32-ieee",
+}
+SPILLING |= SPILLING_TF32_OFF
 
 
 def _spill_cases():
