@@ -546,7 +546,8 @@ def _dot_precision(dtype: torch.dtype) -> dict:
     """The kernels' dot meta-parameters: the interpreter multiplies in exact float32 (numpy
     has no bf16 or TF32 product); on a GPU half-precision operands go to the tensor cores as
     they are and float32 ones follow base.float32_uses_tf32(), read once per call: "tf32"
-    when it holds, else exact FP32 FMA ("ieee", cuDNN's CUDNN_FMA_MATH with TF32 off).
+    when it holds, else exact FP32 FMA ("ieee", cuDNN's CUDNN_FMA_MATH with TF32 off; in K
+    chunks, kernels/primitives.py fma_dot, so W_hh stays in shared memory).
 
     Not triton's "tf32x3" (3xTF32: float32-accurate products on the tensor cores): it splits
     the resident W tile elementwise at the dot, so the compiler holds W in registers and
