@@ -200,7 +200,7 @@ def recurrent_dot(
     ``operand`` (float32: ``m_h * h_{t-1}`` or ``dL/d acc``) is rounded to the resident
     tile's dtype, so bf16 / fp16 operands reach the tensor cores in their own dtype with fp32
     accumulation, and float32 ones run with ``input_precision=INPUT_PRECISION`` ("tf32":
-    TF32 tensor cores; "ieee": exact FP32 FMA, in K chunks of 64: :func:`fma_dot`), which
+    TF32 tensor cores; "ieee": exact FP32 FMA, in 8 K chunks: :func:`fma_dot`), which
     the launcher sets from torch's cuDNN RNN TF32 flag. ``UPCAST_OPERANDS`` (the interpreter,
     whose numpy dot has no bf16 and no TF32) multiplies both in float32 instead, so CI runs
     this same kernel source.
@@ -208,10 +208,10 @@ def recurrent_dot(
     if UPCAST_OPERANDS:
         product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
     elif INPUT_PRECISION == "ieee" and w_tile.dtype == tl.float32:
-        if w_tile.shape[0] > 512:  # at most 8 chunks (as measured at K = 512 and 1024)
+        if w_tile.shape[0] >= 64:  # 8 chunks (as measured at K = 64 ... 1024)
             product = fma_dot(operand, w_tile, acc, w_tile.shape[0] // 8)
         else:
-            product = fma_dot(operand, w_tile, acc, 64)
+            product = tl.dot(operand, w_tile, acc, input_precision="ieee")
     else:
         product = tl.dot(operand.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
     return product

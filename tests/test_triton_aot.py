@@ -223,8 +223,8 @@ def test_compiles_for_gpu(compiled, arch, spec):
         loose = half_forward or kernel["stream_k"] > 0
         tightness = HALF_FORWARD_BOUND_TIGHTNESS if loose else SHARED_BOUND_TIGHTNESS
         # TF32 off: the bound is the tensor-core path's; the FMA path (fma_dot) stages its
-        # operand per 64-column K chunk, less (W1 139264 / 163840 B, sm_90a W2 139264 /
-        # 167936 B, sm_80 streamed W6b 8192 / 32768 B): an upper bound only.
+        # operand per K chunk, less (W1 139264 / 163840 B, sm_90a W2 139264 / 167936 B,
+        # sm_80 streamed W6b 8192 / 32768 B): an upper bound only.
         fma_path = spec["dtype"] == "float32" and spec.get("tf32") is False
         assert fma_path or kernel["shared"] >= tightness * kernel["predicted_shared"], (
             f"{name}: compiled shared memory {kernel['shared']} B, far below the launcher's "
@@ -293,14 +293,8 @@ SPILLING = {
 # W6b 6428 / 7156; 16 / 20, B64-H512 27432 / 40896; 3628 / 3604; sm_80 W2 (streamed) 212 /
 # 216; 0, W6b (streamed) 80 / 80; 0, B64-H512 4464 / 9356; 3736 / 3776. With fma_dot's 8 K
 # chunks: sm_90a W1 52 / 56; 0, W6a 0; 0, W2 104 / 112; 0, W6b 1476 / 1504; 0, B64-H512
-# 56 / 56; 0; sm_80 W1 52 / 52; 0, W6a 0; 0, B64-H512 0; 0. The streamed sm_80 kernels'
-# 64-column chunks take one plain dot (unchanged).
-SPILLING_TF32_OFF = {
-    "sm90-W2-float32-ieee",
-    "sm90-W6b-float32-ieee",
-    "sm80-W2-float32-ieee",
-    "sm80-W6b-float32-ieee",
-}
+# 56 / 56; 0; sm_80 W1 52 / 52; 0, W6a 0; 0, W2 and W6b (streamed) 0; 0, B64-H512 0; 0.
+SPILLING_TF32_OFF = {"sm90-W2-float32-ieee", "sm90-W6b-float32-ieee"}
 SPILLING |= SPILLING_TF32_OFF
 
 
