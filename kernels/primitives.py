@@ -173,6 +173,24 @@ def load_w_hh_tile(
 
 
 @triton.jit
+def fma_dot(a, w, acc, CHUNK_K: tl.constexpr):
+    """``acc + a @ w`` in exact float32 FMA (``input_precision="ieee"``), as dots of at most
+    ``CHUNK_K`` of the K columns each (K a power of two; column k goes to chunk ``k mod
+    K/CHUNK_K``: a reshape and split, halving K each level). triton's FMA dot holds both
+    operands, whole K, in registers (at K = 512 the [16, 512] h operand is 1024 floats a
+    thread at 8 warps), which spilled KBs; per chunk the compiler keeps the W tile in shared
+    memory as K/CHUNK_K pieces and loads one at a time (docs/kernels-v2.md §2)."""
+    if a.shape[1] <= CHUNK_K:
+        out = tl.dot(a, w, acc, input_precision="ieee")
+    else:
+        a0, a1 = tl.split(tl.reshape(a, (a.shape[0], a.shape[1] // 2, 2)))
+        w0, w1 = tl.split(tl.permute(tl.reshape(w, (w.shape[0] // 2, 2, w.shape[1])), (0, 2, 1)))
+        out = fma_dot(a0, w0, acc, CHUNK_K)
+        out = fma_dot(a1, w1, out, CHUNK_K)
+    return out
+
+
+@triton.jit
 def recurrent_dot(
     operand, w_tile, acc, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr
 ):
@@ -182,12 +200,18 @@ def recurrent_dot(
     ``operand`` (float32: ``m_h * h_{t-1}`` or ``dL/d acc``) is rounded to the resident
     tile's dtype, so bf16 / fp16 operands reach the tensor cores in their own dtype with fp32
     accumulation, and float32 ones run with ``input_precision=INPUT_PRECISION`` ("tf32":
-    TF32 tensor cores; "ieee": exact FP32 FMA), which the launcher sets from torch's cuDNN
-    RNN TF32 flag. ``UPCAST_OPERANDS`` (the interpreter, whose numpy dot has no bf16 and no
-    TF32) multiplies both in float32 instead, so CI runs this same kernel source.
+    TF32 tensor cores; "ieee": exact FP32 FMA, in 8 K chunks: :func:`fma_dot`), which
+    the launcher sets from torch's cuDNN RNN TF32 flag. ``UPCAST_OPERANDS`` (the interpreter,
+    whose numpy dot has no bf16 and no TF32) multiplies both in float32 instead, so CI runs
+    this same kernel source.
     """
     if UPCAST_OPERANDS:
         product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
+    elif INPUT_PRECISION == "ieee" and w_tile.dtype == tl.float32:
+        if w_tile.shape[0] >= 64:  # 8 chunks (as measured at K = 64 ... 1024)
+            product = fma_dot(operand, w_tile, acc, w_tile.shape[0] // 8)
+        else:
+            product = tl.dot(operand, w_tile, acc, input_precision="ieee")
     else:
         product = tl.dot(operand.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
     return product

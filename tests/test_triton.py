@@ -30,12 +30,15 @@ if not _CUDA:
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'fusedrnn[triton]')")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from helpers import assert_by_rule, sample_baseline  # noqa: E402
 
 from fusedrnn.backends import base as backend_base  # noqa: E402
 from fusedrnn.backends import reference as reference_backend  # noqa: E402
 from fusedrnn.backends import triton as triton_backend  # noqa: E402
 from fusedrnn.backends.base import RecurrenceConfig, RecurrenceInputs  # noqa: E402
+from kernels.primitives import fma_dot  # noqa: E402
 
 
 def _kernels_in_current_mode() -> None:
@@ -231,6 +234,28 @@ def test_tf32_rule(monkeypatch):
     assert backend_base.float32_uses_tf32()
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: True)
     assert precision(torch.float32) == {"INPUT_PRECISION": "ieee", "UPCAST_OPERANDS": True}
+
+
+@triton.jit
+def _fma_dot_kernel(a_ptr, w_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    rows, cols, ks = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    a = tl.load(a_ptr + rows[:, None] * K + ks[None, :])
+    w = tl.load(w_ptr + ks[:, None] * N + cols[None, :])
+    acc = tl.load(out_ptr + rows[:, None] * N + cols[None, :])
+    tl.store(out_ptr + rows[:, None] * N + cols[None, :], fma_dot(a, w, acc, 16))
+
+
+@pytest.mark.parametrize("k", [16, 64, 512])
+def test_fma_dot_chunks_exact(k):
+    """kernels/primitives.py fma_dot (the exact FP32 path's K-chunked dot, TF32 off on a GPU)
+    is ``acc + a @ w``: every column k meets its own row of w, in any chunking."""
+    generator = torch.Generator().manual_seed(k)
+    a = torch.randn(16, k, generator=generator)
+    w = torch.randn(k, 32, generator=generator)
+    out = torch.randn(16, 32, generator=generator)
+    expected = out.double() + a.double() @ w.double()
+    _fma_dot_kernel[(1,)](a, w, out, 16, k, 32)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4 * k**0.5)
 
 
 @pytest.fixture

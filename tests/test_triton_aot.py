@@ -115,6 +115,22 @@ FAST_SM80 = {
 }
 
 
+# TF32 off (issue 13 item 1): float32 on the exact path, FP32 FMA (input_precision="ieee"),
+# at the bench workloads. test_tensor_cores checks the FMA product, test_spills_within_budget
+# the spills (kernels/primitives.py fma_dot: the FMA dot in K chunks; SPILLING_TF32_OFF below). Triton's "tf32x3" (3xTF32 on the tensor cores) is not used: it splits the
+# resident W tile in registers and stages both halves in shared memory (W1 float32 294912 B,
+# beyond both devices; docs/kernels-v2.md §2).
+TF32_OFF = [
+    case("lstm", "none", "float32", 16, 512, tf32=False, name="W1-float32"),
+    case("gru", "none", "float32", 16, 512, tf32=False, name="W6a-float32"),
+    case("lstm", "none", "float32", 64, 1024, pytest.mark.slow, tf32=False, name="W2-float32"),
+    case("gru", "none", "float32", 64, 1024, pytest.mark.slow, tf32=False, name="W6b-float32"),
+    case("gru", "none", "float32", 64, 512, pytest.mark.slow, tf32=False, name="B64-H512-float32"),
+]
+WORKLOADS += TF32_OFF
+FAST_SM80 |= {"W1-float32-ieee"}
+
+
 def _with_arch_marks(params, arch):
     """sm_80 runs the boundary LSTM and one family case by default, the rest as slow."""
     out = []
@@ -206,7 +222,11 @@ def test_compiles_for_gpu(compiled, arch, spec):
         # compiler may keep a chunk's operand in registers (sm_80, H = 2048: 4096 of 6144 B).
         loose = half_forward or kernel["stream_k"] > 0
         tightness = HALF_FORWARD_BOUND_TIGHTNESS if loose else SHARED_BOUND_TIGHTNESS
-        assert kernel["shared"] >= tightness * kernel["predicted_shared"], (
+        # TF32 off: the bound is the tensor-core path's; the FMA path (fma_dot) stages its
+        # operand per K chunk, less (W1 139264 / 163840 B, sm_90a W2 139264 / 167936 B,
+        # sm_80 streamed W6b 8192 / 32768 B): an upper bound only.
+        fma_path = spec["dtype"] == "float32" and spec.get("tf32") is False
+        assert fma_path or kernel["shared"] >= tightness * kernel["predicted_shared"], (
             f"{name}: compiled shared memory {kernel['shared']} B, far below the launcher's "
             f"bound {kernel['predicted_shared']} B"
         )
@@ -275,6 +295,16 @@ SPILLING = {
 # reported them XPASS): W2-float32, sm80-W1-proj128-bfloat16,
 # rnn_tanh-none-float16-B16-Hmax, sm80-gru-all_batch_norm-float32-B64-Hmax,
 # sm80-streamed-H2048, sm80-lstm-all_batch_norm-float32-B5-H37.
+
+
+# TF32 off (FP32 FMA, "ieee"), stores / loads, forward; backward, measured 2026-11-23. Before
+# fma_dot (one FMA dot over the whole K): sm_90a W6a 7468 / 9748; 0, W2 10288 / 11464; 0,
+# W6b 6428 / 7156; 16 / 20, B64-H512 27432 / 40896; 3628 / 3604; sm_80 W2 (streamed) 212 /
+# 216; 0, W6b (streamed) 80 / 80; 0, B64-H512 4464 / 9356; 3736 / 3776. With fma_dot's 8 K
+# chunks: sm_90a W1 52 / 56; 0, W6a 0; 0, W2 104 / 112; 0, W6b 1476 / 1504; 0, B64-H512
+# 56 / 56; 0; sm_80 W1 52 / 52; 0, W6a 0; 0, W2 and W6b (streamed) 0; 0, B64-H512 0; 0.
+SPILLING_TF32_OFF = {"sm90-W2-float32-ieee", "sm90-W6b-float32-ieee"}
+SPILLING |= SPILLING_TF32_OFF
 
 
 def _spill_cases():

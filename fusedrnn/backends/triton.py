@@ -545,7 +545,14 @@ def _mask_weight_grad(inputs: RecurrenceInputs, grad: torch.Tensor) -> None:
 def _dot_precision(dtype: torch.dtype) -> dict:
     """The kernels' dot meta-parameters: the interpreter multiplies in exact float32 (numpy
     has no bf16 or TF32 product); on a GPU half-precision operands go to the tensor cores as
-    they are and float32 ones follow base.float32_uses_tf32(), read once per call."""
+    they are and float32 ones follow base.float32_uses_tf32(), read once per call: "tf32"
+    when it holds, else exact FP32 FMA ("ieee", cuDNN's CUDNN_FMA_MATH with TF32 off; in K
+    chunks, kernels/primitives.py fma_dot, so W_hh stays in shared memory).
+
+    Not triton's "tf32x3" (3xTF32: float32-accurate products on the tensor cores): it splits
+    the resident W tile elementwise at the dot, so the compiler holds W in registers and
+    stages both halves in shared memory each step (W1 float32: 294912 B, beyond the launcher's
+    163840 B bound and both devices, KBs of spills; docs/kernels-v2.md §2)."""
     tf32 = dtype == torch.float32 and not _interpreting() and base.float32_uses_tf32()
     return {"INPUT_PRECISION": "tf32" if tf32 else "ieee", "UPCAST_OPERANDS": _interpreting()}
 
