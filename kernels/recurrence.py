@@ -1009,10 +1009,18 @@ def recurrence_backward_kernel(
     SPLIT_TILES: tl.constexpr = (
         (NUM_GATES * BLOCK_H + BLOCK_GH // K_TILES - 1) // (BLOCK_GH // K_TILES) + 1
     ) // 2
+    # The resident [K, units] tile's columns, first K row and K-tile count: the pair's
+    # columns from this program's first tile when split, else its own units from row 0.
     if SPLIT_K == 2:
-        pair_units = (pid // 2) * (2 * BLOCK_U) + tl.arange(0, 2 * BLOCK_U)
-        pair_unit_in = pair_units < state_size
+        w_units = (pid // 2) * (2 * BLOCK_U) + tl.arange(0, 2 * BLOCK_U)
+        w_unit_in = w_units < state_size
         split_k_start = (pid % 2) * (SPLIT_TILES * (BLOCK_GH // K_TILES))
+        W_TILES: tl.constexpr = SPLIT_TILES
+    else:
+        w_units = h_units
+        w_unit_in = h_unit_in
+        split_k_start = 0
+        W_TILES: tl.constexpr = K_TILES
 
     # W_hh[:, units] in D, on chip for the whole loop. GATE_DOTS: one [BLOCK_H, BLOCK_U]
     # tile per gate (rows gate * H + k; one dot per gate, no padding of G*H); otherwise one
@@ -1072,35 +1080,19 @@ def recurrence_backward_kernel(
                 weight_drop_p,
                 weight_drop_keep_scale,
             )
-    elif SPLIT_K == 2:
-        # The pair's columns, this program's half of the gate rows: of the non-empty tiles of
-        # BLOCK_GH // K_TILES rows (cover G * BLOCK_H), the first or the second half.
+    else:
+        # SPLIT_K == 2: the pair's columns, this program's half of the gate rows (of the
+        # non-empty tiles of BLOCK_GH // K_TILES rows that cover G * BLOCK_H, the first or the
+        # second half); else this program's units, all gate rows.
         w_gates = _load_resident_tiles(
             w_hh_ptr,
-            pair_units,
-            pair_unit_in,
+            w_units,
+            w_unit_in,
             split_k_start,
             gate_width,
             state_size,
             True,
-            SPLIT_TILES,
-            BLOCK_GH // K_TILES,
-            USE_WEIGHT_DROP,
-            weight_drop_key,
-            weight_drop_base,
-            weight_drop_p,
-            weight_drop_keep_scale,
-        )
-    else:
-        w_gates = _load_resident_tiles(
-            w_hh_ptr,
-            h_units,
-            h_unit_in,
-            0,
-            gate_width,
-            state_size,
-            True,
-            K_TILES,
+            W_TILES,
             BLOCK_GH // K_TILES,
             USE_WEIGHT_DROP,
             weight_drop_key,
