@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import philox
 from .backends.base import RecurrenceInputs, check_lengths
+from .backends.host import projects_in_loop
 from .batch_norm import _normalize_projection, _update_running
 from .input_projection import DroppedInputProjection, _input_projection
 from .options import LayerParams, RNNOptions
@@ -221,13 +222,9 @@ def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, tra
     return (
         DEFER_PROJECTION
         and not torch.is_grad_enabled()
-        and x.dtype == torch.float32
         and x.is_cpu
         and x.shape[0] > 0
-        and x.shape[1] > 1
-        and options.norm == "none"
-        and options.proj_size == 0
-        and options.cell in ("lstm", "gru")
+        and projects_in_loop(x.dtype, options.cell, options.norm, options.proj_size, x.shape[1])
         and not (training and options.input_dropout > 0)
         and p.w_ih.dtype == torch.float32
         and p.w_ih.is_cpu

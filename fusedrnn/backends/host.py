@@ -44,18 +44,26 @@ FRESH_OUTPUTS = True
 XPROJ_IN_LOOP = True
 
 
-def xproj_in_loop_applies(inputs: RecurrenceInputs) -> bool:
-    """Whether the native loop computes ``x W_ih^T + b_ih`` itself for ``inputs.x_proj``
-    (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): float32 LSTM / GRU, no norm, no
-    projection, the phased (not fused) cell, more than one row."""
-    cfg = inputs.config
+def projects_in_loop(dtype: torch.dtype, cell: str, norm: str, proj_size: int, batch: int) -> bool:
+    """The layers whose input projection ``x W_ih^T + b_ih`` the native step loop can compute
+    itself (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): float32 LSTM / GRU, no
+    norm, no projection, more than one row. functional.rnn asks it before projecting, the
+    launcher (``xproj_in_loop_applies``) again with the phased-cell condition."""
     return (
-        inputs.xg.dtype == torch.float32
-        and cfg.cell in ("lstm", "gru")
-        and cfg.norm == "none"
-        and cfg.proj_size == 0
-        and not FUSED_CELL
-        and inputs.xg.shape[1] > 1
+        dtype == torch.float32
+        and cell in ("lstm", "gru")
+        and norm == "none"
+        and proj_size == 0
+        and batch > 1
+    )
+
+
+def xproj_in_loop_applies(inputs: RecurrenceInputs) -> bool:
+    """Whether the native loop computes ``x W_ih^T + b_ih`` itself for ``inputs.x_proj``:
+    ``projects_in_loop`` with the phased (not fused) cell."""
+    cfg = inputs.config
+    return not FUSED_CELL and projects_in_loop(
+        inputs.xg.dtype, cfg.cell, cfg.norm, cfg.proj_size, inputs.xg.shape[1]
     )
 
 
