@@ -536,8 +536,12 @@ def test_geometry_follows_the_launchers_tf32_rule(monkeypatch, tf32):
     else:
         assert geo["k_tiles_forward"] == 64
         assert shared == {"forward": 135168, "backward": 139264}
-    half, _ = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.bfloat16, input_precision=None)
+    half, _ = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float16, input_precision=None)
     assert not half["fma_dots"]
+    # The launcher's own precision wins over the flag (it passes what the kernels get).
+    other = "ieee" if tf32 else "tf32"
+    passed, _ = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float32, 90, 0, other)
+    assert passed["fma_dots"] is tf32
 
 
 @pytest.mark.parametrize("arch", [80, 90])
