@@ -281,7 +281,8 @@ SPILLING = {
     # nothing here (already 255 registers); 16 warps make it worse (224 / 608). Issue 13
     # (2026-11-24, measured, not taken): the per-column norm parameters loaded every step
     # instead of held (forward 88 -> 36, backward 256 -> 244), with K tiles of 64 rows
-    # (_RESIDENT_PIECE 4096) too: 28 / 32, 208 / 216. The backward's spills are some sixty
+    # (_RESIDENT_PIECE 4096) too: 28 / 32, 208 / 216 (of 32 rows: 28 / 32, 220 / 224;
+    # docs/kernels-v2.md §6.1). The backward's spills are some sixty
     # loop-carried and loop-invariant words stored before the recurrent product and loaded
     # after it (SASS): the product region (32 mma.sync K tiles, their [64, 128] float32
     # operand pieces loaded and rounded in registers) holds all 255 registers.

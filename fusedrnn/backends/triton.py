@@ -707,8 +707,9 @@ def _num_warps(
     (the launcher passes it where the tensor-core path would be wgmma: 64 rows and more)
     takes 16 warps: its K-chunked FMA product holds all 255 registers at 8 warps and ptxas
     spills the loop-carried values around it (sm_90a spill stores, 8 -> 16 warps: B = 64,
-    H = 512 GRU 92 -> 4 B, W2 float32 76 -> 0 B). Not on sm_80, where the same kernel spills
-    at 16 warps (B = 64, H = 512 GRU: 0 B at 8 warps, 1596 B at 16; docs/kernels-v2.md §6.1).
+    H = 512 GRU 92 -> 4 B, W2 float32 76 -> 0 B). Not on sm_80, whose 8-warp kernels are
+    within the budget (B = 64, H = 512 GRU: 16 B; W2 / W6b stream there; docs/kernels-v2.md
+    §2).
     """
     if rows >= 256 or (fma_backward and rows >= 64):
         return 16
