@@ -496,12 +496,19 @@ def _triton_launcher():
 
 
 def triton_geometry(
-    workload: Workload, dtype: str, *, streamed: bool = False, hw: HopperAssumptions = HOPPER
+    workload: Workload,
+    dtype: str,
+    *,
+    streamed: bool = False,
+    hw: HopperAssumptions = HOPPER,
+    tf32: bool = True,
 ) -> dict:
     """fusedrnn/backends/triton.py::_geometry on the assumed H100 (``hw``: its SMs, 227 KiB
     opt-in shared memory, sm_90 so M >= 64 dots are wgmma), no GPU needed. ``streamed``: the
     launcher's streamed fallback (its last ``_configured`` call: K-chunks of ``_STREAM_K``,
-    every row in one dot, one tile) where it would keep W_hh resident."""
+    every row in one dot, one tile) where it would keep W_hh resident. ``tf32`` (float32
+    only): the launcher's dot precision, "tf32" or "ieee" (exact FMA: less shared memory,
+    the forward's K tiles one FMA chunk each)."""
     import types
 
     launcher = _triton_launcher()
@@ -510,11 +517,22 @@ def triton_geometry(
     )
     torch_dtype = getattr(torch, dtype)
     B, H, G = workload.batch, workload.hidden_size, workload.num_gates
-    geo = launcher._geometry(B, H, G, None, torch_dtype, 0, properties=properties)
+    precision = "tf32" if tf32 else "ieee"
+    geo = launcher._geometry(
+        B, H, G, None, torch_dtype, 0, properties=properties, input_precision=precision
+    )
     if streamed and not geo["stream_k"]:  # _geometry's last lines, from its own "common"
         common = {
             key: geo[key]
-            for key in ("GATES_PAD", "num_gates", "proj", "element_bytes", "gate_dots", "split_k")
+            for key in (
+                "GATES_PAD",
+                "num_gates",
+                "proj",
+                "element_bytes",
+                "gate_dots",
+                "split_k",
+                "fma_dots",
+            )
             if key in geo
         }
         common["gate_dots"] = torch_dtype == torch.float32
@@ -542,7 +560,9 @@ def _triton_step_model(
     """One step of the Triton kernels in the launcher's geometry ``geo`` (by default
     ``triton_geometry``'s for ``design``)."""
     if geo is None:
-        geo = triton_geometry(workload, dtype, streamed=design == "triton-streamed", hw=hw)
+        geo = triton_geometry(
+            workload, dtype, streamed=design == "triton-streamed", hw=hw, tf32=tf32
+        )
     G, H, batch = workload.num_gates, workload.hidden_size, workload.batch
     e = STEP_DTYPE_BYTES[dtype]
     clk_us = 1e6 / hw.clock_hz

@@ -434,9 +434,19 @@ def test_large_shape_paths_awkward_batch(poisoned, monkeypatch, path):
     assert_matches_reference(inputs)
 
 
-def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16, arch=90, proj=0):
+def _gpu_geometry(
+    monkeypatch,
+    batch,
+    hidden,
+    cell="lstm",
+    dtype=torch.bfloat16,
+    arch=90,
+    proj=0,
+    input_precision="tf32",
+):
     """The launcher's geometry and reason on an A100 / H100 (its properties faked, nothing
-    launched): the envelope's decisions, checkable without a GPU."""
+    launched): the envelope's decisions, checkable without a GPU. float32 with TF32 unless
+    ``input_precision`` says otherwise (None: the launcher's rule, torch's flag)."""
     import triton_aot
 
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
@@ -444,7 +454,9 @@ def _gpu_geometry(monkeypatch, batch, hidden, cell="lstm", dtype=torch.bfloat16,
         torch.cuda, "get_device_properties", triton_aot.fake_device_properties(arch)
     )
     gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-    geo = triton_backend._geometry(batch, hidden, gates, "cuda", dtype, proj)
+    geo = triton_backend._geometry(
+        batch, hidden, gates, "cuda", dtype, proj, input_precision=input_precision
+    )
     return geo, triton_backend._resource_reason(geo)
 
 
@@ -502,6 +514,53 @@ def test_envelope_keeps_float32_w_hh_on_chip_to_1024(monkeypatch, batch, hidden,
     if (batch, hidden) == (64, 1024):  # compiled: tests/test_triton_aot.py W2 / W6b-float32
         backward = 167936 if cell == "lstm" else 135168
         assert shared == {"forward": 167936, "backward": backward}
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_geometry_follows_the_launchers_tf32_rule(monkeypatch, tf32):
+    """_geometry's default precision is the launcher's (base.float32_uses_tf32, the flag
+    _dot_precision gives the kernels): TF32 off, the exact float32 plan (fma_dots), its
+    shared memory as compiled (tests/test_triton_aot.py W2-float32-ieee on sm_90a) and the
+    forward's K tiles one FMA chunk each; bf16 / fp16 never take it."""
+    monkeypatch.setattr(triton_backend.base, "float32_uses_tf32", lambda: tf32)
+    geo, reason = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float32, input_precision=None)
+    assert reason is None, reason
+    precision = "tf32" if tf32 else "ieee"
+    assert triton_backend._gpu_input_precision(torch.float32) == precision
+    assert geo == _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float32, 90, 0, precision)[0]
+    assert geo["fma_dots"] is not tf32
+    shared = triton_backend._shared_memory_bytes(geo)
+    if tf32:
+        assert geo["k_tiles_forward"] == 8
+        assert shared == {"forward": 167936, "backward": 167936}
+    else:
+        assert geo["k_tiles_forward"] == 64
+        assert shared == {"forward": 135168, "backward": 139264}
+    half, _ = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float16, input_precision=None)
+    assert not half["fma_dots"]
+    # The launcher's own precision wins over the flag (it passes what the kernels get).
+    other = "ieee" if tf32 else "tf32"
+    passed, _ = _gpu_geometry(monkeypatch, 64, 1024, "lstm", torch.float32, 90, 0, other)
+    assert passed["fma_dots"] is tf32
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("batch", "hidden"), [(16, 512), (64, 512), (64, 1024), (5, 37)])
+def test_exact_float32_shared_memory_is_within_the_tf32_plan(
+    monkeypatch, arch, cell, batch, hidden
+):
+    """TF32 off the launcher predicts less shared memory (no wgmma scratch, FMA chunks
+    staged), never more, for the shapes the AOT test compiles; B = 64, H = 512 keeps one
+    K-tiled backward dot (per-gate dots' [64, 512] operand would spill)."""
+    ieee, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, torch.float32, arch, 0, "ieee")
+    assert reason is None, reason
+    tf32, _ = _gpu_geometry(monkeypatch, batch, hidden, cell, torch.float32, arch, 0, "tf32")
+    exact, bound = (triton_backend._shared_memory_bytes(g) for g in (ieee, tf32))
+    if tf32["stream_k"] == ieee["stream_k"] == 0:
+        assert all(exact[k] <= bound[k] for k in exact), (exact, bound)
+    if (batch, hidden) == (64, 512):
+        assert not ieee["gate_dots"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

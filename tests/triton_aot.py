@@ -236,6 +236,7 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
                 "cuda",
                 inputs.xg.dtype,
                 inputs.config.proj_size,
+                input_precision=triton_backend._dot_precision(inputs.xg.dtype)["INPUT_PRECISION"],
             )
             return geometry.get("stream_reason")
 
@@ -278,6 +279,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
         grads = upstream_gradients(outputs)
         with contextlib.suppress(BackwardLaunched):
             triton_backend.backward(inputs, saved, *grads)
+        # The launcher's geometry with the dot precision it launched with (its TF32 rule).
         geometry = triton_backend._geometry(
             case["batch"],
             case["hidden"],
@@ -285,6 +287,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
             inputs.xg.device,
             inputs.xg.dtype,
             inputs.config.proj_size,
+            input_precision=calls[0][3]["INPUT_PRECISION"],
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []

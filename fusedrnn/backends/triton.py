@@ -58,6 +58,15 @@ _MAX_OPERAND_PIECE = _MAX_TILE_ELEMENTS
 # float32: 32 registers a thread at 8 warps), and the smallest K of a tile it takes.
 _RESIDENT_PIECE = 8192
 _MIN_TILE_K = 64
+# Exact float32 (TF32 off: FP32 FMA, kernels/primitives.py recurrent_dot): a product of K >=
+# _FMA_SPLIT_K runs as _FMA_CHUNKS dots of K / _FMA_CHUNKS (fma_dot); the forward's K tiles
+# are those chunks themselves (_geometry), each loaded on its own.
+_FMA_CHUNKS = 8
+_FMA_SPLIT_K = 64
+# Rows to which the exact float32 plan (``fma_dots``: _fma_shared_memory_bytes, the FMA chunk
+# tiles) is measured; at B = 256 the geometry and the bound stay the TF32 plan's (sm_90a LSTM
+# B = 256, H = 4224 streamed: 32768 B compiled, 98304 / 73728 B predicted).
+_FMA_MODEL_MAX_ROWS = 64
 _SAVED_FIELDS = (
     "h_prev",
     "c_prev",
@@ -105,6 +114,7 @@ def _geometry(
     proj: int = 0,
     *,
     properties=None,
+    input_precision: str | None = None,
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -135,6 +145,16 @@ def _geometry(
     ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
     its ``multi_processor_count``, ``shared_memory_per_block_optin`` and ``major``): the GPU
     geometry without a GPU, also under the interpreter (bench/floor.py's Triton step model).
+
+    ``input_precision``: the float32 dots' ``INPUT_PRECISION`` the kernels get (the launcher
+    passes its own, _dot_precision; None: the GPU rule, _gpu_input_precision). "ieee" in
+    float32 (``fma_dots``: exact FP32 FMA, no tensor cores) stages less shared memory
+    (_shared_memory_bytes) and, where the forward's W_hh is K tiles, holds it as
+    ``_FMA_CHUNKS`` times as many tiles, one FMA chunk each (loaded one by one, where
+    fma_dot's in-register split of a larger tile spilled: sm_90a W2 float32 forward 104 B,
+    12 B as chunk tiles; docs/kernels-v2.md §2), and per-gate backward dots only where their
+    ``[B, H]`` operand is at most _RESIDENT_PIECE. Measured to 64 rows: at B = 256 the TF32
+    plan (geometry and shared-memory bound) stays.
     """
     gates_pad = _next_power_of_2(num_gates)
     block_h = _next_power_of_2(hidden)
@@ -148,6 +168,10 @@ def _geometry(
         # into warp-replicated registers by the compiler, and spill).
         "gate_dots": dtype == torch.float32,
         "split_k": 1,
+        # TF32 off: the float32 products on FP32 FMA (kernels/primitives.py recurrent_dot),
+        # planned as such (chunk tiles, _fma_shared_memory_bytes) to _FMA_MODEL_MAX_ROWS rows.
+        "fma_dots": dtype == torch.float32
+        and (input_precision or _gpu_input_precision(dtype)) == "ieee",
     }
     if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
@@ -155,6 +179,7 @@ def _geometry(
         rows = min(INTERPRETER_ROWS_PER_DOT or block_b, block_b)
         if INTERPRETER_SPLIT_K > 1:
             common = {**common, "gate_dots": False, "split_k": INTERPRETER_SPLIT_K}
+        common["fma_dots"] = False  # no shared-memory model under the interpreter
         return _configured(
             common, block_b, block_h, num_gates, hidden, units, rows, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
@@ -167,6 +192,7 @@ def _geometry(
     shared_limit = getattr(properties, "shared_memory_per_block_optin", 0) or 48 * 1024
     block_b = max(16, _next_power_of_2(batch))
     block_h = max(16, block_h)
+    common["fma_dots"] = common["fma_dots"] and block_b <= _FMA_MODEL_MAX_ROWS
     fewest = max(16, _next_power_of_2(-(-hidden // sms)))
     # triton picks wgmma (a warpgroup per 64 rows) on sm_90 once a dot's M >= 64, which
     # allocates shared memory differently from mma.sync (_shared_memory_bytes).
@@ -180,6 +206,11 @@ def _geometry(
     gate_dot_options = (
         (True, False) if common["gate_dots"] and proj == 0 else (common["gate_dots"],)
     )
+    # Exact float32 (FMA) stages little, so per-gate dots would fit shared memory where
+    # their [B, H] operand does not fit registers (B = 64, H = 512 on sm_90a: 244 B of
+    # spills): they are taken only where that piece is at most _RESIDENT_PIECE (W1).
+    if common["fma_dots"] and block_b * block_h > _RESIDENT_PIECE:
+        gate_dot_options = (False,)
     candidates = [(fewest, gate_dots, 1) for gate_dots in gate_dot_options]
     # float32 where neither fits at 16 units (the forward's 4 * 16 * H float32 W_hh rows do
     # not fit one SM from H = 1024): 8 units per program, twice the programs, and the
@@ -206,6 +237,8 @@ def _geometry(
             else:
                 k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
             for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
+                if options["fma_dots"] and kernel == "forward" and k_tiles > 1:
+                    k_tiles *= _FMA_CHUNKS  # one FMA chunk a tile
                 geo = _configured(
                     options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
                     k_tiles, k_tiles, 0, **device_args,
@@ -328,9 +361,17 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
       forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
       wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
       the dtype (x = e).
+    * exact float32 (``fma_dots``, TF32 off: FP32 FMA, no wgmma, no scratch): the W tiles
+      as above and per dot of K = k the operand's staging, :func:`_fma_staging` (one
+      ``[R, k]`` piece, or below fma_dot's split the pair ``2 * [R, k/8]``); streamed, the W
+      chunk's and the operand's split pieces, ``S*(N + B)`` forward and ``S*(units + B)``
+      backward (_fma_staging of both); measured equal on sm_80 and sm_90a
+      (tests/test_triton_aot.py: W1 139264 B, W2 135168 B, ...).
     """
     if geo["proj"] > 0:
         return _projected_shared_memory_bytes(geo)
+    if geo["fma_dots"]:
+        return _fma_shared_memory_bytes(geo)
     h, u, e = geo["BLOCK_H"], geo["units"], geo["element_bytes"]
     n, k, s = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["stream_k"]
     wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
@@ -358,6 +399,45 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     else:
         backward = 4 * rb * kb + (e * k * u if wgmma_b else 0)
     return {"forward": forward, "backward": backward}
+
+
+def _fma_staging(rows: int, k: int) -> int:
+    """Shared memory the exact float32 FMA product (kernels/primitives.py recurrent_dot,
+    ``input_precision="ieee"``) stages per dot of ``rows`` x K = ``k`` float32 operand: one
+    ``[rows, k]`` piece below ``_FMA_SPLIT_K``; from it fma_dot's ``_FMA_CHUNKS`` chunks,
+    whose last split's two halves ``[rows, k / _FMA_CHUNKS]`` are staged together."""
+    if k >= _FMA_SPLIT_K:
+        return 2 * 4 * rows * (k // _FMA_CHUNKS)
+    return 4 * rows * k
+
+
+def _fma_shared_memory_bytes(geo: dict) -> dict[str, int]:
+    """_shared_memory_bytes of the exact float32 kernels (``fma_dots``, no projection, at
+    most _FMA_MODEL_MAX_ROWS rows)."""
+    h, u, b = geo["BLOCK_H"], geo["units"], geo["BLOCK_B"]
+    n, k, s = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["stream_k"]
+    rf, rb = (b, b) if s else (geo["rows_forward"], geo["rows_backward"])
+    hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
+    # Layout conversions of the float32 accumulators take scratch at another time than the
+    # staging (the larger of the two counts). Forward, where fma_dot splits the product: at
+    # most [R, N] (LSTM, measured: B = 5, H = 37 4096 B, sm_80's streamed W2 16384 B; none
+    # in GRU; RNN unmeasured: counted). Backward: [R, N_acc] (N_acc = units, 2 * units for
+    # the pair split; sm_90a streamed LSTM B = 64, H = 8192: 16384 B).
+    split = s > 0 or hf >= _FMA_SPLIT_K
+    scratch_f = 4 * rf * n if split and geo["num_gates"] != 3 else 0
+    scratch_b = 4 * rb * u * geo["split_k"]
+    if s:
+        forward = max(_fma_staging(n, s) + _fma_staging(b, s), scratch_f)
+        backward = max(_fma_staging(u, s) + _fma_staging(b, s), scratch_b)
+        return {"forward": forward, "backward": backward}
+    forward = 4 * h * n + max(_fma_staging(rf, hf), scratch_f)
+    if geo["split_k"] == 2:
+        w_tiles, staging = 4 * split_tiles(geo) * kb * 2 * u, _fma_staging(rb, kb)
+    elif geo["gate_dots"]:
+        w_tiles, staging = 4 * geo["num_gates"] * h * u, _fma_staging(rb, h)
+    else:
+        w_tiles, staging = 4 * k * u, _fma_staging(rb, kb)
+    return {"forward": forward, "backward": w_tiles + max(staging, scratch_b)}
 
 
 def split_tiles(geo: dict) -> int:
@@ -468,7 +548,11 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
     if not _interpreting():
         if batch > _MAX_BATCH:
             return f"batch {batch} > {_MAX_BATCH}: every row must fit one program's tiles"
-        geo = _geometry(batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size)
+        precision = _dot_precision(inputs.xg.dtype)["INPUT_PRECISION"]
+        geo = _geometry(
+            batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size,
+            input_precision=precision,
+        )  # fmt: skip
         return _resource_reason(geo)
     return None
 
@@ -552,9 +636,16 @@ def _dot_precision(dtype: torch.dtype) -> dict:
     Not triton's "tf32x3" (3xTF32: float32-accurate products on the tensor cores): it splits
     the resident W tile elementwise at the dot, so the compiler holds W in registers and
     stages both halves in shared memory each step (W1 float32: 294912 B, beyond the launcher's
-    163840 B bound and both devices, KBs of spills; docs/kernels-v2.md §2)."""
-    tf32 = dtype == torch.float32 and not _interpreting() and base.float32_uses_tf32()
-    return {"INPUT_PRECISION": "tf32" if tf32 else "ieee", "UPCAST_OPERANDS": _interpreting()}
+    163840 B bound and both devices, KBs of spills; docs/kernels-v2.md §2). The launcher
+    passes the same ``INPUT_PRECISION`` to _geometry (its shared-memory model and tiles)."""
+    precision = "ieee" if _interpreting() else _gpu_input_precision(dtype)
+    return {"INPUT_PRECISION": precision, "UPCAST_OPERANDS": _interpreting()}
+
+
+def _gpu_input_precision(dtype: torch.dtype) -> str:
+    """The float32 dots' precision on a GPU: "tf32" where base.float32_uses_tf32() holds,
+    else "ieee" (also the value for bf16 / fp16, whose dots ignore it)."""
+    return "tf32" if dtype == torch.float32 and base.float32_uses_tf32() else "ieee"
 
 
 def _meta(inputs: RecurrenceInputs) -> dict:
@@ -592,7 +683,9 @@ def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
     return inputs.lengths.to(torch.int64).contiguous()
 
 
-def _num_warps(*tile_elements: int, rows: int, registers_per_element: int = 1) -> int:
+def _num_warps(
+    *tile_elements: int, rows: int, registers_per_element: int = 1, fma_backward: bool = False
+) -> int:
     """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
     16 at ``rows`` (``BLOCK_B``) = 256.
 
@@ -609,8 +702,16 @@ def _num_warps(*tile_elements: int, rows: int, registers_per_element: int = 1) -
     reloaded each step, the gradient accumulators): it takes 8 warps from half the tile
     size (B = 5, H = 37, float32 LSTM with batch norm, dropout and zoneout on sm_90a: 92 B
     of ptxas spills at 4 warps, 12 B at 8; docs/kernels-v2.md §6.1).
+
+    ``fma_backward``: the backward on exact float32 FMA (TF32 off, ``fma_dots``) on sm_90
+    (the launcher passes it where the tensor-core path would be wgmma: 64 rows and more)
+    takes 16 warps: its K-chunked FMA product holds all 255 registers at 8 warps and ptxas
+    spills the loop-carried values around it (sm_90a spill stores, 8 -> 16 warps: B = 64,
+    H = 512 GRU 92 -> 4 B, W2 float32 76 -> 0 B). Not on sm_80, whose 8-warp kernels are
+    within the budget (B = 64, H = 512 GRU: 16 B; W2 / W6b stream there; docs/kernels-v2.md
+    §2).
     """
-    if rows >= 256:
+    if rows >= 256 or (fma_backward and rows >= 64):
         return 16
     return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
 
@@ -708,7 +809,10 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         result = RecurrenceOutputs(output=output, h_n=h_n, c_n=c_n)
         return result, tuple(saved[k] for k in _SAVED_FIELDS)
 
-    geo = _geometry(batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size)
+    geo = _geometry(
+        batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size,
+        input_precision=meta["INPUT_PRECISION"],
+    )  # fmt: skip
     programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
     # Row t_first of h_prev is h0: the first step reads it like any other h_{t-1}.
@@ -828,7 +932,10 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             if g is not None:
                 g.zero_()
     else:
-        geo = _geometry(batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size)
+        geo = _geometry(
+            batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size,
+            input_precision=meta["INPUT_PRECISION"],
+        )  # fmt: skip
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
         # (sum dy, sum dy xhat, sum xhat) per row and program, two slots by barrier parity.
@@ -891,6 +998,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
                     geo["BLOCK_H"] * geo["GATES_PAD"] * block_u,
                     rows=geo["BLOCK_B"],
                     registers_per_element=2,
+                    fma_backward=geo["fma_dots"] and geo["wgmma_backward"],
                 )
             ),
             launch_cooperative_grid=True,
