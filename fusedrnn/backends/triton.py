@@ -49,6 +49,12 @@ INTERPRETER_K_TILES: int = 1  # K-chunk tiles of the resident W_hh (a power of t
 # Test-only: 2 runs the backward's split-K over program pairs (_geometry's ``split_k``; needs
 # an even number of programs' worth of units and INTERPRETER_K_TILES >= 2 to split anything).
 INTERPRETER_SPLIT_K: int = 1
+# Test-only: True runs the B = 256 path (the kernels' STATE_IN_MEMORY: the state of the owned
+# units re-read from memory every step instead of carried in registers) at any batch.
+INTERPRETER_STATE_IN_MEMORY: bool = False
+# From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
+# steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
+_STATE_IN_MEMORY_ROWS = 256
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -619,6 +625,19 @@ _REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80, sm_90)
 _MAX_REGISTERS_PER_THREAD = 255
 
 
+def _state_in_memory(geo: dict, kernel: str) -> bool:
+    """The kernels' ``STATE_IN_MEMORY``: at ``BLOCK_B`` = 256 the state of a program's units
+    (forward h, c and the dropout mask m_h) is re-read every step from the rows the program
+    wrote before the previous step's barrier instead of being carried through the time loop
+    in registers, where beside the step's ``[256, ·]`` working set it spilled (B = 256 RNN
+    layer norm fp16, sm_90a, 8 warps: 128 B stored, of which 64 B the loop-carried h;
+    docs/kernels-v2.md §6.1). The interpreter tests select it with
+    INTERPRETER_STATE_IN_MEMORY."""
+    if _interpreting():
+        return INTERPRETER_STATE_IN_MEMORY
+    return geo["BLOCK_B"] >= _STATE_IN_MEMORY_ROWS
+
+
 def _warp_options(num_warps: int) -> dict:
     """``num_warps`` and ``maxnreg`` of a launch: every register of the SM to the one program
     it runs (the grid is persistent, one program per SM). Without ``maxnreg`` ptxas aims at
@@ -767,6 +786,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
+        STATE_IN_MEMORY=_state_in_memory(geo, "forward"),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -885,6 +905,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             SPLIT_K=geo["split_k"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
+            STATE_IN_MEMORY=_state_in_memory(geo, "backward"),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
