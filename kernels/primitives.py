@@ -473,24 +473,36 @@ def layer_norm_row_stats(
     slot_ptr = _publish_row_values(
         (local_sum, local_m2), partials_ptr, barrier_ptr, generation, rows, batch
     )
-    # Read back in chunks of programs (ROW_EXCHANGE_TILE): the row sums first (the mean),
-    # then Chan's merge of the M2s around it (two passes over the workspace).
     CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
-    total = tl.zeros_like(local_sum)
-    for first in tl.range(0, tl.num_programs(0), CHUNK):
-        sums, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-        total += tl.sum(sums, axis=0)
-    mean = total / total_count
-    m2 = tl.zeros_like(local_sum)
-    for first in tl.range(0, tl.num_programs(0), CHUNK):
-        sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-        m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
+    if CHUNK == PROGRAMS_PAD:  # every program's partials in one [PROGRAMS_PAD, BLOCK_B] tile
+        sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
+        m2s, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
         counts = (
             COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
         ).to(tl.float32)
+        mean = tl.sum(sums, axis=0) / total_count
         program_mean = sums / tl.maximum(counts, 1.0)[:, None]
         shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-        m2 += tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+        m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+    else:
+        # In chunks of programs (ROW_EXCHANGE_TILE; a runtime loop, so the compiler does
+        # not issue every chunk's loads at once): the row sums first (the mean), then
+        # Chan's merge of the M2s around it (two passes over the workspace).
+        total = tl.zeros_like(local_sum)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            total += tl.sum(sums, axis=0)
+        mean = total / total_count
+        m2 = tl.zeros_like(local_sum)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
+            counts = (
+                COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+            ).to(tl.float32)
+            program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+            shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+            m2 += tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
     return mean, m2 / total_count
 
 
@@ -524,14 +536,22 @@ def row_sums_across_programs(
         batch,
     )
     CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
-    sum_a = tl.zeros_like(local_a)
-    sum_b = tl.zeros_like(local_a)
-    sum_c = tl.zeros_like(local_a)
-    for first in tl.range(0, tl.num_programs(0), CHUNK):
-        tile_a, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-        sum_a += tl.sum(tile_a, axis=0)
-        tile_b, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
-        sum_b += tl.sum(tile_b, axis=0)
-        tile_c, _, _ = _gather_row_values(slot_ptr, 2, first, rows, batch, CHUNK)
-        sum_c += tl.sum(tile_c, axis=0)
+    if CHUNK == PROGRAMS_PAD:  # one tile per sum
+        tile_a, _, _ = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
+        tile_b, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
+        tile_c, _, _ = _gather_row_values(slot_ptr, 2, 0, rows, batch, CHUNK)
+        sum_a = tl.sum(tile_a, axis=0)
+        sum_b = tl.sum(tile_b, axis=0)
+        sum_c = tl.sum(tile_c, axis=0)
+    else:  # in chunks of programs, a runtime loop (as layer_norm_row_stats)
+        sum_a = tl.zeros_like(local_a)
+        sum_b = tl.zeros_like(local_a)
+        sum_c = tl.zeros_like(local_a)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            tile_a, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            sum_a += tl.sum(tile_a, axis=0)
+            tile_b, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
+            sum_b += tl.sum(tile_b, axis=0)
+            tile_c, _, _ = _gather_row_values(slot_ptr, 2, first, rows, batch, CHUNK)
+            sum_c += tl.sum(tile_c, axis=0)
     return sum_a, sum_b, sum_c

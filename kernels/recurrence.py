@@ -64,6 +64,14 @@ Block sizes (chosen by the launcher)
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
+``STATE_IN_MEMORY`` B = 256 (the launcher's ``_state_in_memory``): the state of the owned
+              units is not carried through the time loop in registers but re-read every
+              step: forward h_{t-1} / c_{t-1} from the ``h_prev`` / ``c_prev`` rows this
+              program wrote before the previous step's barrier (``c_prev``'s first row
+              written before the loop), h_n / c_n written at the last step, m_h drawn again;
+              backward dh / dc kept in ``grad_h0`` / ``grad_c0`` (CTA barriers order the
+              reads and writes of different threads). Beside the ``[256, ·]`` working set
+              of a step the carried state spilled (docs/kernels-v2.md §6.1).
 
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
 helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
@@ -171,11 +179,19 @@ def _rows_cols_offsets(t, batch, rows, cols, width):
 
 @triton.jit
 def _step_tile(ptr, t, batch, rows, cols, width):
-    """Pointers to element (t, rows, cols) of a contiguous [T, batch, width] tensor at ``ptr``:
-    the step's row block as a scalar int64 base, the tile's offsets in int32 (``batch *
-    width`` < 2^31 on every accepted shape), which ptxas keeps in one register an element
-    and rebuilds cheaply where 64-bit offsets of the [256, ·] tiles at B = 256 spilled."""
-    return (ptr + tl.cast(t, tl.int64) * batch * width) + (rows[:, None] * width + cols[None, :])
+    """Pointers to element (t, rows, cols) of a contiguous [T, batch, width] tensor at ``ptr``.
+    At 256 rows: the step's row block as a scalar int64 base and the tile's offsets in int32
+    (``batch * width`` < 2^31 on every accepted shape), one register an element instead of
+    two (B = 256 spill stores, sm_90a, 16 warps: LSTM layer norm 1,820 / 1,824 -> 1,764 /
+    1,540 B, RNN 168 / 136 -> 156 / 132; docs/kernels-v2.md §6.1); below, int64
+    throughout (:func:`_rows_cols_offsets`), the code measured there."""
+    if rows.shape[0] >= 256:
+        tile = (ptr + tl.cast(t, tl.int64) * batch * width) + (
+            rows[:, None] * width + cols[None, :]
+        )
+    else:  # int64 throughout, as measured below B = 256
+        tile = ptr + _rows_cols_offsets(t, batch, rows, cols, width)
+    return tile
 
 
 @triton.jit

@@ -600,15 +600,16 @@ def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
 
 def _num_warps(*tile_elements: int, rows: int, registers_per_element: int = 1) -> int:
     """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
-    16 at ``rows`` (``BLOCK_B``) = 256.
+    and 8 at ``rows`` (``BLOCK_B``) = 256.
 
-    At 256 rows every ``[B, ·]`` tile (the ``[256, G*units]`` float32 accumulator: 64
-    registers a thread at 8 warps) is halved per thread at 16 warps, for the same register
-    file (16 x 32 x 128 = 8 x 32 x 256 registers): ptxas spill stores of the B = 256
-    boundaries, forward / backward, 8 warps -> 16 warps (both with _warp_options' maxnreg):
-    LSTM layer norm bf16 sm_90a 3,564 / 3,644 -> 2,012 / 2,140, sm_80 3,004 / 2,404 ->
-    1,708 / 1,796; RNN layer norm fp16 sm_90a 4,080 / 700 -> 2,908 / 476 (docs/kernels-v2.md
-    §6.1).
+    At 256 rows 16 warps halve every ``[B, ·]`` tile per thread for the same register file
+    (16 x 32 x 128 = 8 x 32 x 256 registers), and took a third off the B = 256 boundaries'
+    spills while the state was carried through the time loop in registers. Since the
+    kernels re-read it from memory at B = 256 (_state_in_memory) and read the layer-norm
+    workspace back in chunks of programs, 8 warps (255 registers a thread: less per-thread
+    overhead of addresses and scalars) spill less in most cases: RNN layer norm fp16 and
+    GRU batch norm float32 fit the 64 B budget forward on sm_80 and sm_90a, and the RNN
+    backward on sm_90a (tests/triton_aot.py; docs/kernels-v2.md §6.1 has the table).
 
     ``registers_per_element`` = 2 for the backward, which keeps about twice the forward's
     values per tile element live (the state gradients, the saved gates and norm statistics
@@ -617,7 +618,7 @@ def _num_warps(*tile_elements: int, rows: int, registers_per_element: int = 1) -
     of ptxas spills at 4 warps, 12 B at 8; docs/kernels-v2.md §6.1).
     """
     if rows >= 256:
-        return 16
+        return 8
     return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
 
 
@@ -626,16 +627,22 @@ _MAX_REGISTERS_PER_THREAD = 255
 
 
 def _state_in_memory(geo: dict, kernel: str) -> bool:
-    """The kernels' ``STATE_IN_MEMORY``: at ``BLOCK_B`` = 256 the state of a program's units
-    (forward h, c and the dropout mask m_h) is re-read every step from the rows the program
-    wrote before the previous step's barrier instead of being carried through the time loop
-    in registers, where beside the step's ``[256, ·]`` working set it spilled (B = 256 RNN
-    layer norm fp16, sm_90a, 8 warps: 128 B stored, of which 64 B the loop-carried h;
-    docs/kernels-v2.md §6.1). The interpreter tests select it with
-    INTERPRETER_STATE_IN_MEMORY."""
+    """The ``STATE_IN_MEMORY`` of ``kernel`` ("forward" / "backward"): at ``BLOCK_B`` = 256
+    the state of a program's units is re-read every step instead of being carried through
+    the time loop in registers, where beside the step's ``[256, ·]`` working set ptxas
+    spilled it. Forward (h, c, the dropout mask m_h): from the rows the program wrote before
+    the previous step's barrier (h_prev, c_prev). Backward (dh, dc): from grad_h0 /
+    grad_c0, which then hold them, ordered by CTA barriers; taken only with mma.sync (not
+    where the backward's product is wgmma: sm_90 with 64 rows or more), as measured
+    (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): RNN layer
+    norm fp16 sm_80 180 -> 120 B, but sm_90a 56 -> 180 B and GRU batch norm float32 sm_90a
+    172 -> 272 B (the sm_90a pairs read with ``ptxas -lineinfo``; docs/kernels-v2.md §6.1). The interpreter tests select it with
+    INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
-    return geo["BLOCK_B"] >= _STATE_IN_MEMORY_ROWS
+    if geo["BLOCK_B"] < _STATE_IN_MEMORY_ROWS:
+        return False
+    return kernel == "forward" or not geo["wgmma_backward"]
 
 
 def _warp_options(num_warps: int) -> dict:
