@@ -1414,15 +1414,25 @@ def recurrence_backward_kernel(
                 dh_cand, r, z, n, a_n, h_prev
             )
             dh_direct += dh_through_z
-            d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
+            if STATE_IN_MEMORY:
+                # dL/d xg gate by gate (no [B, G*units] tile of it beside d_a)
+                grad_xg_t = _step_tile(grad_xg_ptr, t, batch, rows, units, gate_width)
+                tl.store(grad_xg_t, d_pre_r, mask=own_mask)
+                tl.store(grad_xg_t + hidden, d_pre_z, mask=own_mask)
+                tl.store(grad_xg_t + 2 * hidden, d_pre_n, mask=own_mask)
+            else:
+                d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
             d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
         else:
             h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
             d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
             d_a = d_pre
-        tl.store(
-            _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width), d_pre, mask=col_mask
-        )
+        if CELL != GRU or not STATE_IN_MEMORY:
+            tl.store(
+                _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width),
+                d_pre,
+                mask=col_mask,
+            )
 
         # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
         grad_bias += tl.sum(d_a, axis=0)

@@ -275,18 +275,15 @@ SPILLING = {
     "sm80-W2-layer-norm",
     "sm80-lstm-all_layer_norm-bfloat16-B64-Hmax",
     # B = 256 boundaries (spill stores forward / backward; 8 warps with maxnreg, the state of
-    # the owned units re-read from memory each step: the kernels' STATE_IN_MEMORY, backward
-    # on sm_80 only; the layer-norm workspace read back in chunks of programs; measured
-    # 2026-11-24, before that at 16 warps in brackets). LSTM layer norm bf16 (H = 1024 /
-    # 512): sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 / 2180 (1708 / 1796): the step's
-    # [256, G*units] working set (accumulator, x gate tile, gates, c~ and its layer norm)
-    # does not fit the register file at any warp count. GRU batch norm float32 (H = 1024 /
-    # 512): forwards within the budget (sm_90a 64, sm_80 0), backwards sm_90a 172 (the
-    # float32 pair split; 248 at 16 warps), sm_80 108 (172). RNN layer norm fp16: sm_90a
-    # 0 / 56 (2908 / 476), off the list; sm_80 (H = 1728) 40 / 120 (632 / 584).
-    # docs/kernels-v2.md §6.1.
+    # the owned units re-read from memory each step: the kernels' STATE_IN_MEMORY, in the
+    # backward not with wgmma over > 32 K tiles; the layer-norm workspace read back in chunks
+    # of programs; measured 2026-11-24, before that at 16 warps in brackets). LSTM layer
+    # norm bf16 (H = 1024 / 512): sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 / 2180
+    # (1708 / 1796): the step's [256, G*units] working set (accumulator, x gate tile, gates,
+    # c~ and its layer norm) does not fit the register file at any warp count. RNN layer
+    # norm fp16 on sm_80 (H = 1728): 40 / 120 (632 / 584; 180 B with the backward's state
+    # carried). docs/kernels-v2.md §6.1.
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
-    "gru-all_batch_norm-float32-B256-Hmax",
     "sm80-rnn_relu-all_layer_norm-float16-B256-Hmax",
 }
 # Off the list: sm90-lstm-all_batch_norm-float32-B5-H37 since the backward takes 8 warps
@@ -297,8 +294,9 @@ SPILLING = {
 # reported them XPASS): W2-float32, sm80-W1-proj128-bfloat16,
 # rnn_tanh-none-float16-B16-Hmax, sm80-gru-all_batch_norm-float32-B64-Hmax,
 # sm80-streamed-H2048, sm80-lstm-all_batch_norm-float32-B5-H37; since 2026-11-24 (the
-# B = 256 state out of the loop, 8 warps, the layer-norm read-back in chunks):
-# sm90-rnn_relu-all_layer_norm-float16-B256-Hmax.
+# B = 256 state out of the loop, 8 warps, the layer-norm read-back in chunks, GRU's dL/dxg
+# stored gate by gate): sm90-rnn_relu-all_layer_norm-float16-B256-Hmax (2908 / 476 -> 0 / 56),
+# gru-all_batch_norm-float32-B256-Hmax (sm_90a 196 / 248 -> 64 / 52, sm_80 108 / 172 -> 0 / 64).
 
 
 # TF32 off (FP32 FMA, "ieee"), stores / loads, forward; backward, measured 2026-11-23. Before

@@ -55,6 +55,9 @@ INTERPRETER_STATE_IN_MEMORY: bool = False
 # From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
 # steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
 _STATE_IN_MEMORY_ROWS = 256
+# ... and in the backward with wgmma only up to this many resident K tiles a program (as
+# measured: _state_in_memory).
+_STATE_IN_MEMORY_WGMMA_TILES = 32
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -632,17 +635,22 @@ def _state_in_memory(geo: dict, kernel: str) -> bool:
     the time loop in registers, where beside the step's ``[256, ·]`` working set ptxas
     spilled it. Forward (h, c, the dropout mask m_h): from the rows the program wrote before
     the previous step's barrier (h_prev, c_prev). Backward (dh, dc): from grad_h0 /
-    grad_c0, which then hold them, ordered by CTA barriers; taken only with mma.sync (not
-    where the backward's product is wgmma: sm_90 with 64 rows or more), as measured
-    (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): RNN layer
-    norm fp16 sm_80 180 -> 120 B, but sm_90a 56 -> 180 B and GRU batch norm float32 sm_90a
-    172 -> 272 B (the sm_90a pairs read with ``ptxas -lineinfo``; docs/kernels-v2.md §6.1). The interpreter tests select it with
+    grad_c0, which then hold them, ordered by CTA barriers (and GRU's dL/d xg stored gate
+    by gate). The backward takes it with mma.sync, and with wgmma (sm_90, 64 rows or more)
+    only up to _STATE_IN_MEMORY_WGMMA_TILES resident K tiles a program, as measured
+    (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): GRU batch
+    norm float32 sm_80 104 -> 64 B, sm_90a (the pair split, 24 tiles) 172 -> 52 B, RNN
+    layer norm fp16 sm_80 180 -> 120 B, but sm_90a (64 tiles) 56 -> 180 B
+    (docs/kernels-v2.md §6.1). The interpreter tests select it with
     INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
     if geo["BLOCK_B"] < _STATE_IN_MEMORY_ROWS:
         return False
-    return kernel == "forward" or not geo["wgmma_backward"]
+    if kernel == "forward" or not geo["wgmma_backward"]:
+        return True
+    tiles = split_tiles(geo) if geo["split_k"] == 2 else geo["k_tiles_backward"]
+    return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
 
 
 def _warp_options(num_warps: int) -> dict:
