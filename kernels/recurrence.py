@@ -1650,9 +1650,11 @@ def recurrence_backward_kernel(
                 )
             dh_recurrent = dh_recurrent * m_h_own
         if STATE_IN_MEMORY:
-            dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + tl.where(
-                active[:, None], dh_recurrent, 0.0
-            )
+            # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
+            # it by the active mask or by a zero dh), so is its recurrent term (unless a
+            # saved activation or W_hh is non-finite), and keeping `active` across the
+            # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
+            dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
             tl.debug_barrier()
             tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
             tl.debug_barrier()

@@ -274,17 +274,15 @@ SPILLING = {
     # nothing here (already 255 registers); 16 warps make it worse (224 / 608).
     "sm80-W2-layer-norm",
     "sm80-lstm-all_layer_norm-bfloat16-B64-Hmax",
-    # B = 256 boundaries (spill stores forward / backward; 8 warps with maxnreg, the state of
-    # the owned units re-read from memory each step: the kernels' STATE_IN_MEMORY, in the
-    # backward not with wgmma over > 32 K tiles; the layer-norm workspace read back in chunks
-    # of programs; measured 2026-11-24, before that at 16 warps in brackets). LSTM layer
-    # norm bf16 (H = 1024 / 512): sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 / 2180
-    # (1708 / 1796): the step's [256, G*units] working set (accumulator, x gate tile, gates,
-    # c~ and its layer norm) does not fit the register file at any warp count. RNN layer
-    # norm fp16 on sm_80 (H = 1728): 40 / 120 (632 / 584; 180 B with the backward's state
-    # carried). docs/kernels-v2.md §6.1.
+    # B = 256 boundary, LSTM with layer norm, bf16 (spill stores forward / backward; 8 warps
+    # with maxnreg, the state of the owned units re-read from memory each step: the kernels'
+    # STATE_IN_MEMORY, in the backward not with wgmma over > 32 K tiles; the layer-norm
+    # workspace read back in chunks of programs; measured 2026-11-24, before that at 16
+    # warps in brackets): H = 1024 / 512, sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 /
+    # 2180 (1708 / 1796). The step's [256, G*units] working set (accumulator, x gate tile,
+    # gates, c~ and its layer norm) does not fit the register file at any warp count; a
+    # whole-step split into 64-row pieces would (docs/kernels-v2.md §6.1).
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
-    "sm80-rnn_relu-all_layer_norm-float16-B256-Hmax",
 }
 # Off the list: sm90-lstm-all_batch_norm-float32-B5-H37 since the backward takes 8 warps
 # from half the forward's tile size (backward 92 -> 12 B; forward 0 at 4 warps);
@@ -295,8 +293,9 @@ SPILLING = {
 # rnn_tanh-none-float16-B16-Hmax, sm80-gru-all_batch_norm-float32-B64-Hmax,
 # sm80-streamed-H2048, sm80-lstm-all_batch_norm-float32-B5-H37; since 2026-11-24 (the
 # B = 256 state out of the loop, 8 warps, the layer-norm read-back in chunks, GRU's dL/dxg
-# stored gate by gate): sm90-rnn_relu-all_layer_norm-float16-B256-Hmax (2908 / 476 -> 0 / 56),
-# gru-all_batch_norm-float32-B256-Hmax (sm_90a 196 / 248 -> 64 / 52, sm_80 108 / 172 -> 0 / 64).
+# stored gate by gate): rnn_relu-all_layer_norm-float16-B256-Hmax (sm_90a 2908 / 476 -> 0 /
+# 56, sm_80 632 / 584 -> 40 / 16), gru-all_batch_norm-float32-B256-Hmax (sm_90a 196 / 248 ->
+# 64 / 52, sm_80 108 / 172 -> 0 / 64).
 
 
 # TF32 off (FP32 FMA, "ieee"), stores / loads, forward; backward, measured 2026-11-23. Before

@@ -640,7 +640,7 @@ def _state_in_memory(geo: dict, kernel: str) -> bool:
     only up to _STATE_IN_MEMORY_WGMMA_TILES resident K tiles a program, as measured
     (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): GRU batch
     norm float32 sm_80 104 -> 64 B, sm_90a (the pair split, 24 tiles) 172 -> 52 B, RNN
-    layer norm fp16 sm_80 180 -> 120 B, but sm_90a (64 tiles) 56 -> 180 B
+    layer norm fp16 sm_80 180 -> 16 B, but sm_90a (64 tiles) 56 -> 180 B
     (docs/kernels-v2.md §6.1). The interpreter tests select it with
     INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
