@@ -279,7 +279,7 @@ SPILLING = {
     # STATE_IN_MEMORY, in the backward not with wgmma over > 32 K tiles; the layer-norm
     # workspace read back in chunks of programs; measured 2026-11-24, before that at 16
     # warps in brackets): H = 1024 / 512, sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 /
-    # 2180 (1708 / 1796). The step's [256, G*units] working set (accumulator, x gate tile,
+    # 2184 (1708 / 1796). The step's [256, G*units] working set (accumulator, x gate tile,
     # gates, c~ and its layer norm) does not fit the register file at any warp count; a
     # whole-step split into 64-row pieces would (docs/kernels-v2.md §6.1).
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
