@@ -384,15 +384,20 @@ def bn_backward(dy_hat, xhat, rstd, active_f, count, TRAINING: tl.constexpr):
     return dx
 
 
+# Largest [programs, BLOCK_B] tile of the layer-norm workspace read back at once: at B = 256
+# and 64 programs one [PROGRAMS_PAD, BLOCK_B] tile per statistic is 32 registers a thread
+# (16 warps), two or three of them beside the step's state (docs/kernels-v2.md §6.1); so
+# from BLOCK_B * PROGRAMS_PAD > this the programs are read in chunks (B <= 64 at most 64
+# programs: one chunk, unchanged).
+ROW_EXCHANGE_TILE: tl.constexpr = tl.constexpr(4096)
+
+
 @triton.jit
-def _exchange_row_values(
-    values, partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD: tl.constexpr
-):
+def _publish_row_values(values, partials_ptr, barrier_ptr, generation, rows, batch):
     """The row-statistics exchange of the layer-norm helpers: publish this program's per-row
-    values ``values`` (a tuple of Q [BLOCK_B] float32 vectors), meet the other programs at
-    barrier ``generation`` (one barrier for all Q), and return every program's values, a
-    tuple of Q [PROGRAMS_PAD, BLOCK_B] tiles (0 in padding), with the mask of the real
-    (program, row) entries.
+    values ``values`` (a tuple of Q [BLOCK_B] float32 vectors) and meet the other programs
+    at barrier ``generation`` (one barrier for all Q); returns the slot's base pointer, from
+    which :func:`_gather_row_values` reads every program's values back.
 
     ``partials_ptr``: float32 [2, Q, num_programs, BLOCK_B], slot ``generation % 2`` used
     (a compile-time row stride). A slot written for barrier g is next written for barrier
@@ -404,23 +409,31 @@ def _exchange_row_values(
     """
     BLOCK_B: tl.constexpr = rows.shape[0]
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     row_in = rows < batch
-    stride = num_programs * BLOCK_B
+    stride = tl.num_programs(0) * BLOCK_B
     slot_ptr = partials_ptr + (generation % 2) * (len(values) * stride)
     for q in tl.static_range(len(values)):
         tl.store(slot_ptr + q * stride + pid * BLOCK_B + rows, values[q], mask=row_in)
     grid_barrier(barrier_ptr, generation)
-    programs = tl.arange(0, PROGRAMS_PAD)
-    ws_mask = (programs < num_programs)[:, None] & row_in[None, :]
-    ws_offsets = programs[:, None] * BLOCK_B + rows[None, :]
-    gathered = ()
-    for q in tl.static_range(len(values)):
-        tile = tl.load(
-            slot_ptr + q * stride + ws_offsets, mask=ws_mask, other=0.0, cache_modifier=".cg"
-        )
-        gathered = gathered + (tile,)  # noqa: RUF005 (triton: no Starred)
-    return gathered, ws_mask
+    return slot_ptr
+
+
+@triton.jit
+def _gather_row_values(slot_ptr, q, first_program, rows, batch, CHUNK: tl.constexpr):
+    """Statistic ``q`` of programs ``first_program ... + CHUNK`` from a published slot
+    (:func:`_publish_row_values`): a [CHUNK, BLOCK_B] tile (0 in padding), the programs'
+    indices and the mask of the real (program, row) entries. Read through L2 (``.cg``)."""
+    BLOCK_B: tl.constexpr = rows.shape[0]
+    num_programs = tl.num_programs(0)
+    programs = first_program + tl.arange(0, CHUNK)
+    ws_mask = (programs < num_programs)[:, None] & (rows < batch)[None, :]
+    tile = tl.load(
+        slot_ptr + q * (num_programs * BLOCK_B) + programs[:, None] * BLOCK_B + rows[None, :],
+        mask=ws_mask,
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    return tile, programs, ws_mask
 
 
 @triton.jit
@@ -442,7 +455,7 @@ def layer_norm_row_stats(
 
     ``x`` [BLOCK_B, C] is this program's columns, ``col_valid`` [C] which are real.
     ``partials_ptr``: float32 [2 slots, 2, num_programs, BLOCK_B] workspace for (sum, M2) per
-    program (:func:`_exchange_row_values`).
+    program (:func:`_publish_row_values`).
     Each program publishes its local sum and M2 (squared deviations from its own mean),
     meets the others at barrier ``generation``, and merges all partials with Chan's
     parallel formula ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``: one barrier, no
@@ -457,17 +470,39 @@ def layer_norm_row_stats(
     local_sum = tl.sum(x * valid_f, axis=1)
     local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
     local_m2 = tl.sum(local_dev * local_dev, axis=1)
-    (sums, m2s), ws_mask = _exchange_row_values(
-        (local_sum, local_m2), partials_ptr, barrier_ptr, generation, rows, batch, PROGRAMS_PAD
+    slot_ptr = _publish_row_values(
+        (local_sum, local_m2), partials_ptr, barrier_ptr, generation, rows, batch
     )
-    programs = tl.arange(0, PROGRAMS_PAD)
-    counts = (
-        COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
-    ).to(tl.float32)
-    mean = tl.sum(sums, axis=0) / total_count
-    program_mean = sums / tl.maximum(counts, 1.0)[:, None]
-    shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-    m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+    CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
+    if CHUNK == PROGRAMS_PAD:  # every program's partials in one [PROGRAMS_PAD, BLOCK_B] tile
+        sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
+        m2s, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
+        counts = (
+            COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+        ).to(tl.float32)
+        mean = tl.sum(sums, axis=0) / total_count
+        program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+        shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+        m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+    else:
+        # In chunks of programs (ROW_EXCHANGE_TILE; a runtime loop, so the compiler does
+        # not issue every chunk's loads at once): the row sums first (the mean), then
+        # Chan's merge of the M2s around it (two passes over the workspace).
+        total = tl.zeros_like(local_sum)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            total += tl.sum(sums, axis=0)
+        mean = total / total_count
+        m2 = tl.zeros_like(local_sum)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
+            counts = (
+                COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+            ).to(tl.float32)
+            program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+            shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+            m2 += tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
     return mean, m2 / total_count
 
 
@@ -487,17 +522,36 @@ def row_sums_across_programs(
     """Row sums of three matrices whose columns are split over the programs (layer-norm
     backward: dy, dy xhat and xhat): each program publishes its partial sums to
     ``partials_ptr`` (float32 [2 slots, 3, num_programs, BLOCK_B],
-    :func:`_exchange_row_values`), meets the others at barrier
+    :func:`_publish_row_values`), meets the others at barrier
     ``generation`` (one barrier for all three) and adds them up.
     """
     valid_f = col_valid.to(tl.float32)[None, :]
-    (sum_a, sum_b, sum_c), _ = _exchange_row_values(
-        (tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1), tl.sum(c * valid_f, axis=1)),
+    local_a = tl.sum(a * valid_f, axis=1)
+    slot_ptr = _publish_row_values(
+        (local_a, tl.sum(b * valid_f, axis=1), tl.sum(c * valid_f, axis=1)),
         partials_ptr,
         barrier_ptr,
         generation,
         rows,
         batch,
-        PROGRAMS_PAD,
     )
-    return tl.sum(sum_a, axis=0), tl.sum(sum_b, axis=0), tl.sum(sum_c, axis=0)
+    CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
+    if CHUNK == PROGRAMS_PAD:  # one tile per sum
+        tile_a, _, _ = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
+        tile_b, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
+        tile_c, _, _ = _gather_row_values(slot_ptr, 2, 0, rows, batch, CHUNK)
+        sum_a = tl.sum(tile_a, axis=0)
+        sum_b = tl.sum(tile_b, axis=0)
+        sum_c = tl.sum(tile_c, axis=0)
+    else:  # in chunks of programs, a runtime loop (as layer_norm_row_stats)
+        sum_a = tl.zeros_like(local_a)
+        sum_b = tl.zeros_like(local_a)
+        sum_c = tl.zeros_like(local_a)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            tile_a, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
+            sum_a += tl.sum(tile_a, axis=0)
+            tile_b, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
+            sum_b += tl.sum(tile_b, axis=0)
+            tile_c, _, _ = _gather_row_values(slot_ptr, 2, first, rows, batch, CHUNK)
+            sum_c += tl.sum(tile_c, axis=0)
+    return sum_a, sum_b, sum_c

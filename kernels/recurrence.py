@@ -64,6 +64,14 @@ Block sizes (chosen by the launcher)
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
+``STATE_IN_MEMORY`` B = 256 (the launcher's ``_state_in_memory``): the state of the owned
+              units is not carried through the time loop in registers but re-read every
+              step: forward h_{t-1} / c_{t-1} from the ``h_prev`` / ``c_prev`` rows this
+              program wrote before the previous step's barrier (``c_prev``'s first row
+              written before the loop), h_n / c_n written at the last step, m_h drawn again;
+              backward dh / dc kept in ``grad_h0`` / ``grad_c0`` (CTA barriers order the
+              reads and writes of different threads). Beside the ``[256, ·]`` working set
+              of a step the carried state spilled (docs/kernels-v2.md §6.1).
 
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
 helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
@@ -167,6 +175,40 @@ _RUNTIME_SCALARS = [
 def _rows_cols_offsets(t, batch, rows, cols, width):
     """Offsets of element (t, rows, cols) of a contiguous [T, batch, width] tensor (int64)."""
     return (tl.cast(t, tl.int64) * batch + rows[:, None]) * width + cols[None, :]
+
+
+@triton.jit
+def _step_tile(ptr, t, batch, rows, cols, width):
+    """Pointers to element (t, rows, cols) of a contiguous [T, batch, width] tensor at ``ptr``.
+    At 256 rows: the step's row block as a scalar int64 base and the tile's offsets in int32
+    (``batch * width`` < 2^31 on every accepted shape), one register an element instead of
+    two (B = 256 spill stores, sm_90a, 16 warps: LSTM layer norm 1,820 / 1,824 -> 1,764 /
+    1,540 B, RNN 168 / 136 -> 156 / 132; docs/kernels-v2.md §6.1); below, int64
+    throughout (:func:`_rows_cols_offsets`), the code measured there."""
+    if rows.shape[0] >= 256:
+        tile = (ptr + tl.cast(t, tl.int64) * batch * width) + (
+            rows[:, None] * width + cols[None, :]
+        )
+    else:  # int64 throughout, as measured below B = 256
+        tile = ptr + _rows_cols_offsets(t, batch, rows, cols, width)
+    return tile
+
+
+@triton.jit
+def _own_state(ptr, t, batch, rows, cols, width, mask):
+    """A program's own state tile ``[rows, cols]`` of step ``t`` of a float32 [T, batch,
+    width] buffer (``STATE_IN_MEMORY``): written by this program before the CTA barrier that
+    ends the previous step (or before the loop), read back through L2 (``.cg``)."""
+    return tl.load(
+        _step_tile(ptr, t, batch, rows, cols, width), mask=mask, other=0.0, cache_modifier=".cg"
+    )
+
+
+@triton.jit
+def _own_rows(ptr, offsets, mask):
+    """A program's own ``[rows, units]`` tile of a float32 [B, width] state buffer at
+    ``offsets`` (``STATE_IN_MEMORY``, the backward's dh / dc), through L2 (``.cg``)."""
+    return tl.load(ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg")
 
 
 @triton.jit
@@ -460,6 +502,7 @@ def recurrence_forward_kernel(
     K_TILES: tl.constexpr,  # resident W_hh held as this many K-chunk tiles, one dot each
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
+    STATE_IN_MEMORY: tl.constexpr,  # B = 256: h, c and m_h re-read per step, not carried
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
 ):
@@ -574,13 +617,35 @@ def recurrence_forward_kernel(
             other=0.0,
         )
     own_offsets = rows[:, None] * hidden + units[None, :]
-    h_own = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
-    if CELL == LSTM:
-        c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
-    if MASKED_EXCHANGE:
-        m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
-        tl.store(h_masked_ptr + h_own_offsets, m_h_own * h_own, mask=h_own_mask)
-        grid_barrier(barrier_ptr, 0)
+    if STATE_IN_MEMORY:
+        # B = 256 (the launcher's rule): the state is not carried through the loop in
+        # registers (at 256 rows h, c and m_h are 8 registers a thread each at 16 warps,
+        # beside the step's working set). Each step reads h_{t-1} and c_{t-1} of its own
+        # units back from the rows it wrote before the previous step's barrier (h_prev, whose
+        # first row the launcher writes, and c_prev, whose first row is written here) and
+        # draws m_h again (kernels/recurrence.py docstring: docs/kernels-v2.md §6.1).
+        if CELL == LSTM:
+            t_first = (steps - 1) if REVERSE else 0
+            c_first = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+            tl.store(
+                _step_tile(c_prev_ptr, t_first, batch, rows, units, hidden), c_first, mask=own_mask
+            )
+            tl.debug_barrier()
+        if MASKED_EXCHANGE:
+            h_first = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
+            m_h_first = dropout_mask(
+                seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+            )
+            tl.store(h_masked_ptr + h_own_offsets, m_h_first * h_first, mask=h_own_mask)
+            grid_barrier(barrier_ptr, 0)
+    else:
+        h_own = tl.load(h0_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
+        if CELL == LSTM:
+            c_own = tl.load(c0_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+        if MASKED_EXCHANGE:
+            m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
+            tl.store(h_masked_ptr + h_own_offsets, m_h_own * h_own, mask=h_own_mask)
+            grid_barrier(barrier_ptr, 0)
 
     # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
     # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
@@ -597,8 +662,6 @@ def recurrence_forward_kernel(
         first_barrier = s * barriers_per_step + FIRST_BARRIER
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
-        step_own = _rows_cols_offsets(t, batch, rows, units, hidden)
-        step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
 
         # 1-2. the recurrent product for this program's gate columns.
         if MASKED_EXCHANGE:
@@ -634,7 +697,7 @@ def recurrence_forward_kernel(
             )
         elif ONE_DOT:
             h_full = tl.load(
-                h_prev_ptr + _rows_cols_offsets(t, batch, rows, ks, state_size),
+                _step_tile(h_prev_ptr, t, batch, rows, ks, state_size),
                 mask=row_in[:, None] & k_in[None, :],
                 other=0.0,
                 cache_modifier=".cg",
@@ -704,7 +767,11 @@ def recurrence_forward_kernel(
             xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
             tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
         if NORM != NORM_NONE:
-            tl.store(xhat_hh_ptr + step_cols, xhat_hh, mask=col_mask)
+            tl.store(
+                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                xhat_hh,
+                mask=col_mask,
+            )
             a = xhat_hh * norm_weight_hh[None, :]
         else:
             a = acc
@@ -724,7 +791,9 @@ def recurrence_forward_kernel(
                 gate_of(pre, 1, GATES_PAD, BLOCK_U),
                 gate_of(pre, 2, GATES_PAD, BLOCK_U),
                 gate_of(pre, 3, GATES_PAD, BLOCK_U),
-                c_own,
+                _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask)
+                if STATE_IN_MEMORY
+                else c_own,
             )
             if NORM == NORM_BATCH:
                 if TRAINING:
@@ -761,7 +830,9 @@ def recurrence_forward_kernel(
                 xhat_c = (c_cand - mean_c[:, None]) * rstd_c[:, None]
                 tl.store(rstd_c_ptr + t64 * batch + rows, rstd_c, mask=row_in & (pid == 0))
             if NORM != NORM_NONE:
-                tl.store(xhat_c_ptr + step_own, xhat_c, mask=own_mask)
+                tl.store(
+                    _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), xhat_c, mask=own_mask
+                )
                 c_normed = xhat_c * norm_weight_c[None, :]
                 if HAS_NORM_BIAS_C:
                     c_normed = c_normed + norm_bias_c[None, :]
@@ -772,16 +843,38 @@ def recurrence_forward_kernel(
                 d_c = zoneout_weight(
                     seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
                 )
-                c_next = zoneout(c_own, c_cand, d_c)
+                if STATE_IN_MEMORY:
+                    c_next = zoneout(
+                        _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
+                        c_cand,
+                        d_c,
+                    )
+                else:
+                    c_next = zoneout(c_own, c_cand, d_c)
             else:
                 c_next = c_cand
-            gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+            gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
             tl.store(gates_t, i, mask=own_mask)
             tl.store(gates_t + hidden, f, mask=own_mask)
             tl.store(gates_t + 2 * hidden, g, mask=own_mask)
             tl.store(gates_t + 3 * hidden, o, mask=own_mask)
-            tl.store(c_prev_ptr + step_own, c_own, mask=own_mask)
-            c_own = tl.where(active[:, None], c_next, c_own)
+            if STATE_IN_MEMORY:
+                c_kept = tl.where(
+                    active[:, None],
+                    c_next,
+                    _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
+                )
+                tl.store(
+                    _step_tile(c_prev_ptr, t_next, batch, rows, units, hidden),
+                    c_kept,
+                    mask=own_mask & (s + 1 < steps),
+                )
+                tl.store(c_n_ptr + own_offsets, c_kept, mask=own_mask & (s + 1 == steps))
+            else:
+                tl.store(
+                    _step_tile(c_prev_ptr, t, batch, rows, units, hidden), c_own, mask=own_mask
+                )
+                c_own = tl.where(active[:, None], c_next, c_own)
         elif CELL == GRU:
             a_n = gate_of(a, 2, GATES_PAD, BLOCK_U)
             r, z, n, h_cand = gru_cell(
@@ -791,18 +884,20 @@ def recurrence_forward_kernel(
                 gate_of(a, 0, GATES_PAD, BLOCK_U),
                 gate_of(a, 1, GATES_PAD, BLOCK_U),
                 a_n,
-                h_own,
+                _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask)
+                if STATE_IN_MEMORY
+                else h_own,
             )
-            gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+            gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
             tl.store(gates_t, r, mask=own_mask)
             tl.store(gates_t + hidden, z, mask=own_mask)
             tl.store(gates_t + 2 * hidden, n, mask=own_mask)
-            tl.store(gru_hn_ptr + step_own, a_n, mask=own_mask)
+            tl.store(_step_tile(gru_hn_ptr, t, batch, rows, units, hidden), a_n, mask=own_mask)
         else:
             # GATES_PAD == 1: the gate-column tile is the [BLOCK_B, BLOCK_U] unit tile.
             h_cand = rnn_cell(x + a, CELL == RNN_RELU)
             tl.store(
-                gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width),
+                _step_tile(gates_ptr, t, batch, rows, units, gate_width),
                 h_cand,
                 mask=own_mask,
             )
@@ -813,7 +908,7 @@ def recurrence_forward_kernel(
             h_cand = exchange_and_multiply(
                 tl.where(active[:, None], h_cand, 0.0),
                 h_pre_proj_ptr,
-                step_own,
+                _rows_cols_offsets(t, batch, rows, units, hidden),
                 own_mask,
                 barrier_ptr,
                 first_barrier + barriers_per_step - 2,
@@ -829,31 +924,52 @@ def recurrence_forward_kernel(
             d_h = zoneout_weight(
                 seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
             )
-            h_next = zoneout(h_own, h_cand, d_h)
+            if STATE_IN_MEMORY:
+                h_next = zoneout(
+                    _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask),
+                    h_cand,
+                    d_h,
+                )
+            else:
+                h_next = zoneout(h_own, h_cand, d_h)
         else:
             h_next = h_cand
-        h_own = tl.where(active[:, None], h_next, h_own)
         tl.store(
             output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + h_units[None, :],
             tl.where(active[:, None], h_next, 0.0),
             mask=h_own_mask,
         )
+        if STATE_IN_MEMORY:
+            h_kept = tl.where(
+                active[:, None],
+                h_next,
+                _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask),
+            )
+            tl.store(h_n_ptr + h_own_offsets, h_kept, mask=h_own_mask & (s + 1 == steps))
+        else:
+            h_own = tl.where(active[:, None], h_next, h_own)
+            h_kept = h_own
         tl.store(
-            h_prev_ptr + _rows_cols_offsets(t_next, batch, rows, h_units, state_size),
-            h_own,
+            _step_tile(h_prev_ptr, t_next, batch, rows, h_units, state_size),
+            h_kept,
             mask=h_own_mask & (s + 1 < steps),
         )
         if MASKED_EXCHANGE:
+            if STATE_IN_MEMORY:
+                m_h_own = dropout_mask(
+                    seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+                )
             tl.store(
                 h_masked_ptr + ((s + 1) % 2) * batch * state_size + h_own_offsets,
-                m_h_own * h_own,
+                m_h_own * h_kept,
                 mask=h_own_mask & (s + 1 < steps),
             )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
-    tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
-    if CELL == LSTM:
-        tl.store(c_n_ptr + own_offsets, c_own, mask=own_mask)
+    if not STATE_IN_MEMORY:
+        tl.store(h_n_ptr + h_own_offsets, h_own, mask=h_own_mask)
+        if CELL == LSTM:
+            tl.store(c_n_ptr + own_offsets, c_own, mask=own_mask)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_SCALARS)
@@ -942,6 +1058,7 @@ def recurrence_backward_kernel(
     SPLIT_K: tl.constexpr,  # 2: the K rows split over program pairs (one dot over G*H only)
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
+    STATE_IN_MEMORY: tl.constexpr,  # B = 256: dh, dc and m_h re-read per step, not carried
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
@@ -1117,13 +1234,30 @@ def recurrence_backward_kernel(
         grad_norm_weight_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
-    if USE_DROPOUT:
+    if USE_DROPOUT and not STATE_IN_MEMORY:
         m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
 
     own_offsets = rows[:, None] * hidden + units[None, :]
-    dh = tl.load(grad_h_n_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
-    if CELL == LSTM:
-        dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
+    if STATE_IN_MEMORY:
+        # B = 256 (as the forward kernel): dh and dc live in grad_h0 / grad_c0 (this
+        # program's units, read and written by it only; CTA barriers order the accesses of
+        # different threads), which hold dL/dh_0 and dL/dc_0 when the loop ends.
+        tl.store(
+            grad_h0_ptr + h_own_offsets,
+            tl.load(grad_h_n_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32),
+            mask=h_own_mask,
+        )
+        if CELL == LSTM:
+            tl.store(
+                grad_c0_ptr + own_offsets,
+                tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32),
+                mask=own_mask,
+            )
+        tl.debug_barrier()
+    else:
+        dh = tl.load(grad_h_n_ptr + h_own_offsets, mask=h_own_mask, other=0.0).to(tl.float32)
+        if CELL == LSTM:
+            dc = tl.load(grad_c_n_ptr + own_offsets, mask=own_mask, other=0.0).to(tl.float32)
 
     # The time loop with loop-invariant code motion off (docs/kernels-v2.md §6.1): LICM
     # would hoist every wgmma shared-memory descriptor of the resident W_hh and the
@@ -1139,8 +1273,6 @@ def recurrence_backward_kernel(
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
-        step_own = _rows_cols_offsets(t, batch, rows, units, hidden)
-        step_cols = _rows_cols_offsets(t, batch, rows, gate_col, gate_width)
 
         # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
         grad_out = tl.load(
@@ -1148,7 +1280,14 @@ def recurrence_backward_kernel(
             mask=h_own_mask,
             other=0.0,
         ).to(tl.float32)
-        dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
+        if STATE_IN_MEMORY:
+            dh_total = tl.where(
+                active[:, None],
+                _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + grad_out,
+                0.0,
+            )
+        else:
+            dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
         if USE_ZONEOUT_HIDDEN:
             d_h = zoneout_weight(
                 seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
@@ -1177,15 +1316,19 @@ def recurrence_backward_kernel(
             )
             cell_barrier = first_barrier + 1
 
-        gates_t = gates_ptr + _rows_cols_offsets(t, batch, rows, units, gate_width)
+        gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
         if CELL == LSTM:
             i = tl.load(gates_t, mask=own_mask, other=0.0)
             f = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
             g = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
             o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
-            c_prev = tl.load(c_prev_ptr + step_own, mask=own_mask, other=0.0)
+            c_prev = tl.load(
+                _step_tile(c_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            )
             if NORM != NORM_NONE:
-                xhat_c = tl.load(xhat_c_ptr + step_own, mask=own_mask, other=0.0)
+                xhat_c = tl.load(
+                    _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+                )
                 c_normed = xhat_c * norm_weight_c[None, :]
                 if HAS_NORM_BIAS_C:
                     c_normed = c_normed + norm_bias_c[None, :]
@@ -1229,7 +1372,12 @@ def recurrence_backward_kernel(
                 )
             else:
                 dc_from_h = dc_normed
-            dc_state = tl.where(active[:, None], dc, 0.0)
+            if STATE_IN_MEMORY:
+                dc_state = tl.where(
+                    active[:, None], _own_rows(grad_c0_ptr, own_offsets, own_mask), 0.0
+                )
+            else:
+                dc_state = tl.where(active[:, None], dc, 0.0)
             if USE_ZONEOUT_CELL:
                 d_c = zoneout_weight(
                     seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
@@ -1242,38 +1390,69 @@ def recurrence_backward_kernel(
             d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(
                 dc_cand, i, f, g, c_prev
             )
-            dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
+            if STATE_IN_MEMORY:
+                dc_kept = tl.where(
+                    active[:, None],
+                    dc_direct + dc_through_f,
+                    _own_rows(grad_c0_ptr, own_offsets, own_mask),
+                )
+            else:
+                dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
             d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
             d_a = d_pre
         elif CELL == GRU:
             r = tl.load(gates_t, mask=own_mask, other=0.0)
             z = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
             n = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
-            a_n = tl.load(gru_hn_ptr + step_own, mask=own_mask, other=0.0)
-            h_prev = tl.load(h_prev_ptr + step_own, mask=own_mask, other=0.0)
+            a_n = tl.load(
+                _step_tile(gru_hn_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            )
+            h_prev = tl.load(
+                _step_tile(h_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            )
             d_pre_r, d_pre_z, d_pre_n, d_a_n, dh_through_z = gru_cell_backward(
                 dh_cand, r, z, n, a_n, h_prev
             )
             dh_direct += dh_through_z
-            d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
+            if STATE_IN_MEMORY:
+                # dL/d xg gate by gate (no [B, G*units] tile of it beside d_a)
+                grad_xg_t = _step_tile(grad_xg_ptr, t, batch, rows, units, gate_width)
+                tl.store(grad_xg_t, d_pre_r, mask=own_mask)
+                tl.store(grad_xg_t + hidden, d_pre_z, mask=own_mask)
+                tl.store(grad_xg_t + 2 * hidden, d_pre_n, mask=own_mask)
+            else:
+                d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
             d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
         else:
             h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
             d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
             d_a = d_pre
-        tl.store(grad_xg_ptr + step_cols, d_pre, mask=col_mask)
+        if CELL != GRU or not STATE_IN_MEMORY:
+            tl.store(
+                _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width),
+                d_pre,
+                mask=col_mask,
+            )
 
         # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
         grad_bias += tl.sum(d_a, axis=0)
         if NORM == NORM_BATCH:
-            xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
+            xhat_hh = tl.load(
+                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                mask=col_mask,
+                other=0.0,
+            )
             grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
             d_acc = bn_backward(
                 d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
             )
         elif NORM == NORM_LAYER:
-            xhat_hh = tl.load(xhat_hh_ptr + step_cols, mask=col_mask, other=0.0)
+            xhat_hh = tl.load(
+                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                mask=col_mask,
+                other=0.0,
+            )
             grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
             dy_hat = d_a * norm_weight_hh[None, :]
@@ -1299,7 +1478,19 @@ def recurrence_backward_kernel(
             )
         else:
             d_acc = d_a
-        tl.store(grad_acc_ptr + step_cols, d_acc, mask=col_mask)
+        tl.store(
+            _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width), d_acc, mask=col_mask
+        )
+        if STATE_IN_MEMORY:
+            # dL/dh_{t-1} less its recurrent term (inactive rows: dh unchanged) and the new dc,
+            # written once every thread has read this step's dh and dc.
+            dh_kept = tl.where(
+                active[:, None], dh_direct, _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask)
+            )
+            tl.debug_barrier()
+            tl.store(grad_h0_ptr + h_own_offsets, dh_kept, mask=h_own_mask)
+            if CELL == LSTM:
+                tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
@@ -1453,12 +1644,27 @@ def recurrence_backward_kernel(
                 UPCAST_OPERANDS,
             )
         if USE_DROPOUT:
+            if STATE_IN_MEMORY:
+                m_h_own = dropout_mask(
+                    seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+                )
             dh_recurrent = dh_recurrent * m_h_own
-        dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
+        if STATE_IN_MEMORY:
+            # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
+            # it by the active mask or by a zero dh), so is its recurrent term (unless a
+            # saved activation or W_hh is non-finite), and keeping `active` across the
+            # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
+            dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
+            tl.debug_barrier()
+            tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
+            tl.debug_barrier()
+        else:
+            dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
 
-    tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
-    if CELL == LSTM:
-        tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
+    if not STATE_IN_MEMORY:
+        tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
+        if CELL == LSTM:
+            tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
     tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
     if NORM != NORM_NONE:
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_norm_weight_hh, mask=col_in)

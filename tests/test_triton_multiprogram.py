@@ -181,3 +181,34 @@ def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
     tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
     assert 0 < triton_backend.split_tiles(geo) * tile < gates * HIDDEN
     assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    ("cell", "regularizer", "dtype", "reverse", "proj"),
+    [
+        ("lstm", "all_layer_norm", torch.bfloat16, True, 0),
+        ("lstm", "all_batch_norm", torch.float32, False, 0),
+        ("gru", "all_batch_norm", torch.float32, True, 0),
+        ("rnn_relu", "all_layer_norm", torch.float16, False, 0),
+        ("lstm", "all_layer_norm", torch.float32, True, 5),
+    ],
+    ids=["lstm-ln-bf16", "lstm-bn", "gru-bn", "rnn_relu-ln-fp16", "lstm-ln-p5"],
+)
+@pytest.mark.parametrize("k_tiles", [1, 2], ids=["one-dot", "k-tiles"])
+def test_multi_program_b256_path(monkeypatch, cell, regularizer, dtype, reverse, proj, k_tiles):
+    """The launcher's B = 256 configuration at a small size: the state of each program's
+    units (forward h, c and m_h; backward dh and dc) re-read from memory every step instead
+    of carried through the time loop (the kernels' STATE_IN_MEMORY), and the layer-norm
+    statistics read back one program at a time (kernels/primitives.py ROW_EXCHANGE_TILE:
+    at B = 256 sixteen programs a chunk), with unequal lengths (inactive rows keep their
+    state) and, with K tiles, the masked exchange of m_h * h."""
+    from fusedrnn.kernels import primitives
+
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", k_tiles)
+    inputs = make_inputs(
+        cell, regularizer, hidden=HIDDEN, dtype=dtype, reverse=reverse, lengths=LENGTHS, proj=proj
+    )
+    block_b = triton_backend._geometry(8, HIDDEN, 4, "cpu", dtype, proj)["BLOCK_B"]
+    monkeypatch.setattr(primitives, "ROW_EXCHANGE_TILE", primitives.tl.constexpr(block_b))
+    assert_matches_reference(inputs)

@@ -49,6 +49,15 @@ INTERPRETER_K_TILES: int = 1  # K-chunk tiles of the resident W_hh (a power of t
 # Test-only: 2 runs the backward's split-K over program pairs (_geometry's ``split_k``; needs
 # an even number of programs' worth of units and INTERPRETER_K_TILES >= 2 to split anything).
 INTERPRETER_SPLIT_K: int = 1
+# Test-only: True runs the B = 256 path (the kernels' STATE_IN_MEMORY: the state of the owned
+# units re-read from memory every step instead of carried in registers) at any batch.
+INTERPRETER_STATE_IN_MEMORY: bool = False
+# From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
+# steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
+_STATE_IN_MEMORY_ROWS = 256
+# ... and in the backward with wgmma only up to this many resident K tiles a program (as
+# measured: _state_in_memory).
+_STATE_IN_MEMORY_WGMMA_TILES = 32
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -687,15 +696,16 @@ def _num_warps(
     *tile_elements: int, rows: int, registers_per_element: int = 1, fma_backward: bool = False
 ) -> int:
     """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
-    16 at ``rows`` (``BLOCK_B``) = 256.
+    and 8 at ``rows`` (``BLOCK_B``) = 256.
 
-    At 256 rows every ``[B, ·]`` tile (the ``[256, G*units]`` float32 accumulator: 64
-    registers a thread at 8 warps) is halved per thread at 16 warps, for the same register
-    file (16 x 32 x 128 = 8 x 32 x 256 registers): ptxas spill stores of the B = 256
-    boundaries, forward / backward, 8 warps -> 16 warps (both with _warp_options' maxnreg):
-    LSTM layer norm bf16 sm_90a 3,564 / 3,644 -> 2,012 / 2,140, sm_80 3,004 / 2,404 ->
-    1,708 / 1,796; RNN layer norm fp16 sm_90a 4,080 / 700 -> 2,908 / 476 (docs/kernels-v2.md
-    §6.1).
+    At 256 rows 16 warps halve every ``[B, ·]`` tile per thread for the same register file
+    (16 x 32 x 128 = 8 x 32 x 256 registers), and took a third off the B = 256 boundaries'
+    spills while the state was carried through the time loop in registers. Since the
+    kernels re-read it from memory at B = 256 (_state_in_memory) and read the layer-norm
+    workspace back in chunks of programs, 8 warps (255 registers a thread: less per-thread
+    overhead of addresses and scalars) spill less in most cases: RNN layer norm fp16 and
+    GRU batch norm float32 fit the 64 B budget forward on sm_80 and sm_90a, and the RNN
+    backward on sm_90a (tests/triton_aot.py; docs/kernels-v2.md §6.1 has the table).
 
     ``registers_per_element`` = 2 for the backward, which keeps about twice the forward's
     values per tile element live (the state gradients, the saved gates and norm statistics
@@ -711,13 +721,39 @@ def _num_warps(
     within the budget (B = 64, H = 512 GRU: 16 B; W2 / W6b stream there; docs/kernels-v2.md
     §2).
     """
-    if rows >= 256 or (fma_backward and rows >= 64):
+    if rows >= 256:
+        return 8
+    if fma_backward and rows >= 64:
         return 16
     return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
 
 
 _REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80, sm_90)
 _MAX_REGISTERS_PER_THREAD = 255
+
+
+def _state_in_memory(geo: dict, kernel: str) -> bool:
+    """The ``STATE_IN_MEMORY`` of ``kernel`` ("forward" / "backward"): at ``BLOCK_B`` = 256
+    the state of a program's units is re-read every step instead of being carried through
+    the time loop in registers, where beside the step's ``[256, ·]`` working set ptxas
+    spilled it. Forward (h, c, the dropout mask m_h): from the rows the program wrote before
+    the previous step's barrier (h_prev, c_prev). Backward (dh, dc): from grad_h0 /
+    grad_c0, which then hold them, ordered by CTA barriers (and GRU's dL/d xg stored gate
+    by gate). The backward takes it with mma.sync, and with wgmma (sm_90, 64 rows or more)
+    only up to _STATE_IN_MEMORY_WGMMA_TILES resident K tiles a program, as measured
+    (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): GRU batch
+    norm float32 sm_80 104 -> 64 B, sm_90a (the pair split, 24 tiles) 172 -> 52 B, RNN
+    layer norm fp16 sm_80 180 -> 16 B, but sm_90a (64 tiles) 56 -> 180 B
+    (docs/kernels-v2.md §6.1). The interpreter tests select it with
+    INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    if _interpreting():
+        return INTERPRETER_STATE_IN_MEMORY
+    if geo["BLOCK_B"] < _STATE_IN_MEMORY_ROWS:
+        return False
+    if kernel == "forward" or not geo["wgmma_backward"]:
+        return True
+    tiles = split_tiles(geo) if geo["split_k"] == 2 else geo["k_tiles_backward"]
+    return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
 
 
 def _warp_options(num_warps: int) -> dict:
@@ -871,6 +907,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
+        STATE_IN_MEMORY=_state_in_memory(geo, "forward"),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -992,6 +1029,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             SPLIT_K=geo["split_k"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
+            STATE_IN_MEMORY=_state_in_memory(geo, "backward"),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
