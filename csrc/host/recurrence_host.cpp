@@ -243,7 +243,7 @@ struct HostForwardPolicy : HostWorker<T> {
     }
     q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
     if constexpr (std::is_same_v<T, float>) {
-      if (w_ih != nullptr) {  // xg of step t from this worker's chunk buffer
+      if (w_ih[0] != nullptr) {  // xg of step t from this worker's chunk buffer
         project_chunk(p, t);
         q.xg = xbuf + (t - chunk * xk) * B * N + u0;
         q.xg_ld = N;
@@ -296,10 +296,10 @@ struct HostForwardPolicy : HostWorker<T> {
   int64_t xg_bf16_stride_t = 0, xg_bf16_stride_b = 0;
   std::vector<float>* xg_step = nullptr;
   // float32 inference with the input projection in the loop (xproj_in_loop_applies): own
-  // columns of gate g of W_ih^T packed in w_ih[g] (K = I); xg of `xk` steps at a time,
+  // columns of gate g of W_ih^T packed in w_ih[g] (K = I, pack_b); xg of `xk` steps at a time,
   // [xk * B, G * H] with only own columns written, in xbuf; bias_sum = b_ih + b_hh (own
   // columns, gate stride H).
-  const PackedB<T>* w_ih = nullptr;
+  const T* w_ih[4] = {};
   int64_t xk = 0, chunk = -1;
   T* xbuf = nullptr;
   const T* bias_sum = nullptr;
@@ -313,12 +313,12 @@ struct HostForwardPolicy : HostWorker<T> {
     const T* x = static_cast<const T*>(p.x);
     if (p.x_stride_t == B * p.x_stride_b) {  // the chunk's rows are one [rows, I] matrix
       for (int64_t g = 0; g < p.G; ++g)
-        gemm_packed((t1 - t0) * B, n, I, x + t0 * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+        gemm_packed((t1 - t0) * B, n, I, x + t0 * p.x_stride_t, p.x_stride_b, w_ih[g],
                     xbuf + g * H + u0, N, false);
     } else {
       for (int64_t tt = t0; tt < t1; ++tt)
         for (int64_t g = 0; g < p.G; ++g)
-          gemm_packed(B, n, I, x + tt * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+          gemm_packed(B, n, I, x + tt * p.x_stride_t, p.x_stride_b, w_ih[g],
                       xbuf + (tt - t0) * B * N + g * H + u0, N, false);
     }
     const T* b_ih = static_cast<const T*>(p.b_ih);
@@ -347,16 +347,30 @@ struct Bf16Forward {
 std::atomic<int64_t> g_xproj_calls{0};
 
 // Steps per chunk of the input projection in the loop: FUSEDRNN_HOST_XPROJ_STEPS if set (for
-// measurements), else enough steps for ~256 rows (the GEMM's efficient row count).
-int64_t xproj_chunk_steps(int64_t T, int64_t B) {
+// measurements), else enough steps for ~`rows` rows: 256 (the GEMM's efficient row count) for
+// a worker that owns 1/nt of the columns, 128 for one that owns all of them (the row split:
+// the same chunk buffer footprint at two threads; measured as good or slightly better at C2 and
+// C5, docs/design.md §5.4).
+int64_t xproj_chunk_steps(int64_t T, int64_t B, int64_t rows) {
   const char* v = std::getenv("FUSEDRNN_HOST_XPROJ_STEPS");
   const int64_t env = v != nullptr ? std::atoll(v) : int64_t(0);
-  const int64_t k = env > 0 ? env : (256 + B - 1) / B;
+  const int64_t k = env > 0 ? env : (rows + B - 1) / B;
   return std::max<int64_t>(1, std::min<int64_t>(k, T));
 }
 
+// The row split's weights (forward_row_split): W_hh^T and each gate's W_ih^T, every column,
+// packed once for all threads.
 template <class T>
-void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward()) {
+struct SharedPacks {
+  const T* w_hh = nullptr;
+  const T* w_ih[4] = {};
+};
+
+// shared: the row split's packed weights (the call is then one thread's rows, float32
+// inference with the projection in the loop; p.num_threads = 1).
+template <class T>
+void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward(),
+                  const SharedPacks<T>* shared = nullptr) {
   const bool bf16_product = bf.product;
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G;
@@ -369,8 +383,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   // The input projection in the step loop: steps per chunk.
   const bool xproj = std::is_same_v<T, float> && !bf16_product && bf.xg == nullptr &&
                      xproj_in_loop_applies(p);
-  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B) : 0;
-  if (xproj) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B, shared != nullptr ? 128 : 256) : 0;
+  if (xproj && shared == nullptr) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
   const T* w_b_hh = static_cast<const T*>(p.b_hh);
   std::vector<T> hin(static_cast<size_t>(2 * B * P));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
@@ -399,7 +413,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     };
     const bool bf16 = bf16_product && !rows_form;
-    const PackedB<T> wp = rows_form || bf16 ? PackedB<T>() : pack_b<T>(B, P, nl, 1, w_col);
+    const PackedB<T> wp =
+        rows_form || bf16 || shared != nullptr ? PackedB<T>() : pack_b<T>(B, P, nl, 1, w_col);
     PackedBf16 wp_bf16;
     Bf16Scratch bf16_scratch;
     if constexpr (std::is_same_v<T, float>) {
@@ -433,7 +448,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     scratch.h_pre = h_pre.data();
     scratch.h_proj = h_proj.data();
     HostForwardPolicy<T> policy{
-        {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl, wp.data(), wrp.data(), hin.data(),
+        {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl,
+        shared != nullptr ? shared->w_hh : wp.data(), wrp.data(), hin.data(),
         {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
@@ -456,9 +472,12 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       const T* b_ih = static_cast<const T*>(p.b_ih);
       const int64_t I = p.input_size, N = G * H;
       w_ih_packed.reserve(static_cast<size_t>(G));
-      for (int64_t g = 0; g < G; ++g)
-        w_ih_packed.push_back(pack_b<T>(
-            B, I, hl, 1, [&](int64_t jj) { return w_ih + (g * H + sl.j0 + jj) * I; }));
+      for (int64_t g = 0; g < G; ++g) {
+        if (shared == nullptr)
+          w_ih_packed.push_back(pack_b<T>(
+              B, I, hl, 1, [&](int64_t jj) { return w_ih + (g * H + sl.j0 + jj) * I; }));
+        policy.w_ih[g] = shared != nullptr ? shared->w_ih[g] : w_ih_packed.back().data();
+      }
       xbuf.resize(static_cast<size_t>(xk * B * N));
       // b_ih folded into the recurrent bias, but for the GRU's n gate (xg_n + r (a_n + b_hn)):
       // there it is added to the chunk's xg (project_chunk).
@@ -470,7 +489,6 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
           bias_sum[n] = (fold && b_ih != nullptr ? b_ih[n] : T(0)) +
                         (p.b_hh != nullptr ? w_b_hh[n] : T(0));
         }
-      policy.w_ih = w_ih_packed.data();
       policy.xk = xk;
       policy.xbuf = xbuf.data();
       policy.bias_sum = bias_sum.data();
@@ -1015,9 +1033,91 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
   for (void* v : {p.dc_out, p.h_pre_proj}) advise_huge(v, T * B * H * acc);
 }
 
+// ======================================================================================
+// Inference split by batch rows
+// ======================================================================================
+// The unit split above shares h every step: each thread's product reads the other threads'
+// units of m_h * h (written in another core's cache) and the step ends at a barrier. In
+// float32 inference with the projection in the loop nothing else is shared between rows, so
+// there the threads can instead own batch rows with every unit: each runs the whole
+// recurrence of its rows as one worker — no barrier, no exchange between cores — from one
+// copy of W_hh^T and W_ih^T packed by all threads together (each its own groups, one barrier).
+// A thread's products then read all of W (the unit split: its 1/nt share), so this pays where
+// the rows per thread keep the products compute-bound: kRowSplitMinRows rows a thread or more
+// (docs/design.md §5.4, "Row split"). FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where
+// it can run (for measurements and tests).
+constexpr int64_t kRowSplitMinRows = 16;
+
+std::atomic<int64_t> g_row_split_calls{0};
+
+int row_split_threads(const RecurrenceFwdParams& p) {
+  const int64_t nt = std::min<int64_t>(p.num_threads, p.H);
+  // Rows need no random draws (those are indexed by the global row) and no saved tensors.
+  const bool draws = p.training && (p.p_dropout > 0 || p.p_zoneout_c > 0 || p.p_zoneout_h > 0 ||
+                                    p.p_weight_drop > 0);
+  if (nt < 2 || p.B < 2 * nt || draws || p.gates != nullptr || p.h_state != nullptr ||
+      !xproj_in_loop_applies(p) || p.xg != nullptr)
+    return 0;
+  const char* v = std::getenv("FUSEDRNN_HOST_ROW_SPLIT");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+  if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
+  return p.B / nt >= kRowSplitMinRows ? static_cast<int>(nt) : 0;
+}
+
+// Rows [b0, b1) of p as a one-thread call.
+RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H, P = p.proj_size > 0 ? p.proj_size : H;
+  RecurrenceFwdParams q = p;
+  q.B = b1 - b0;
+  q.num_threads = 1;
+  q.x = static_cast<const float*>(p.x) + b0 * p.x_stride_b;
+  q.out = static_cast<float*>(p.out) + b0 * p.out_stride_b;
+  auto at = [&](auto* ptr, int64_t row) -> decltype(ptr) {
+    return ptr != nullptr ? static_cast<decltype(ptr)>(static_cast<const float*>(ptr) + row) : ptr;
+  };
+  q.h0 = at(p.h0, b0 * P);
+  q.c0 = at(p.c0, b0 * H);
+  q.h_n = p.h_n != nullptr ? static_cast<float*>(p.h_n) + b0 * P : nullptr;
+  q.c_n = p.c_n != nullptr ? static_cast<float*>(p.c_n) + b0 * H : nullptr;
+  q.lengths = p.lengths != nullptr ? p.lengths + b0 : nullptr;
+  return q;
+}
+
+void forward_row_split(const RecurrenceFwdParams& p, int nt_req) {
+  const int64_t B = p.B, H = p.H, G = p.G, N = G * H, I = p.input_size;
+  // Every thread's row count is >= 2, so one packed layout serves them all (packed_group).
+  const int64_t M = B / nt_req;
+  const PackedLayout<float> layout = packed_layout<float>(M);
+  PackedB<float> w_hh(static_cast<size_t>(layout.size(H, N)));
+  std::vector<PackedB<float>> w_ih(static_cast<size_t>(G));
+  for (auto& w : w_ih) w.resize(static_cast<size_t>(layout.size(I, H)));
+  SharedPacks<float> packs;
+  packs.w_hh = w_hh.data();
+  for (int64_t g = 0; g < G; ++g) packs.w_ih[g] = w_ih[g].data();
+  const float* whh = static_cast<const float*>(p.w_hh);
+  const float* wih = static_cast<const float*>(p.w_ih);
+  g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  g_row_split_calls.fetch_add(1, std::memory_order_relaxed);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt_req)
+#endif
+  {
+    const int tid = thread_id(), nt = team_size();
+    const int64_t gh = packed_groups<float>(M, N), gi = packed_groups<float>(M, H);
+    pack_b_groups<float>(M, H, N, 1, [&](int64_t c) { return whh + c * H; }, w_hh.data(),
+                         gh * tid / nt, gh * (tid + 1) / nt);
+    for (int64_t g = 0; g < G; ++g)
+      pack_b_groups<float>(M, I, H, 1, [&](int64_t j) { return wih + (g * H + j) * I; },
+                           w_ih[g].data(), gi * tid / nt, gi * (tid + 1) / nt);
+    barrier();
+    forward_impl<float>(rows_of(p, B * tid / nt, B * (tid + 1) / nt), Bf16Forward(), &packs);
+  }
+}
+
 }  // namespace
 
 int64_t xproj_in_loop_calls() { return g_xproj_calls.load(); }
+int64_t row_split_calls() { return g_row_split_calls.load(); }
 
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
   return p.dtype == kFloat32 && p.x != nullptr && p.w_ih != nullptr && p.input_size > 0 &&
@@ -1032,6 +1132,7 @@ void recurrence_forward(const RecurrenceFwdParams& p) {
         throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
                                     "the step loop for these params");
       if (p.norm != kNormNone) return forward_widened<float, double>(p);
+      if (const int nt = row_split_threads(p)) return forward_row_split(p, nt);
       return forward_impl<float>(p);
     case kFloat64:
       return forward_impl<double>(p);
