@@ -211,6 +211,44 @@ def test_row_split_by_rule(case, threads, monkeypatch):
         torch.testing.assert_close(got[name], units[name], msg=name)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_row_split_training_forward(cell, threads, monkeypatch):
+    """The training forward split by rows (xg given, the saved gates / c~ / c / a_n written at
+    the thread's rows of every step) gives the unit split's outputs, and its saved tensors
+    give the same gradients (the backward is the unit split's), with h0, c0 and lengths."""
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    B, I, H, T = 7, 5, 12, 6  # noqa: E741
+    lstm = cell == "lstm"
+    torch.manual_seed(3)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    module = cls(I, H, backend="host", bidirectional=True).train()
+    x = torch.randn(T, B, I)
+    h0 = torch.randn(2, B, H)
+    c0 = torch.randn(2, B, H)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+    grad = torch.randn(T, B, 2 * H)
+    results = {}
+    for split in ("1", "0"):
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", split)
+        module.zero_grad()
+        leaves = [t.clone().requires_grad_() for t in ((x, h0, c0) if lstm else (x, h0))]
+        packed = pack_padded_sequence(leaves[0], lengths, enforce_sorted=False)
+        before = _row_split_calls()
+        out, st = module(packed, tuple(leaves[1:]) if lstm else leaves[1])
+        assert _row_split_calls() - before == (2 if split == "1" else 0)
+        out, _ = pad_packed_sequence(out, total_length=T)
+        states = st if lstm else (st,)
+        loss = (out * grad).sum() + sum((s * s).sum() for s in states)
+        loss.backward()
+        results[split] = [out, *states, *(t.grad for t in leaves)] + [
+            p.grad.clone() for p in module.parameters()
+        ]
+    for a, b in zip(results["1"], results["0"]):
+        torch.testing.assert_close(a, b)
+
+
 def test_row_split_default_rule(monkeypatch):
     """By default the rows split at >= 16 rows a thread (C2's B = 32 at 2 threads), not below,
     and never with training-mode draws (recurrent dropout: masks indexed by the global row)."""

@@ -258,12 +258,12 @@ struct HostForwardPolicy : HostWorker<T> {
       return base != nullptr ? static_cast<float*>(base) + t * step_size + u0 : nullptr;
     };
     if (p.gates != nullptr) {
-      q.gates = at(p.gates, B * N);
-      q.gru_hn = at(p.gru_hn, B * H);
-      q.c_tilde = at(p.c_tilde, B * H);
-      q.c_state = at(p.c_state, B * H);
+      q.gates = at(p.gates, saved_rows * N);
+      q.gru_hn = at(p.gru_hn, saved_rows * H);
+      q.c_tilde = at(p.c_tilde, saved_rows * H);
+      q.c_state = at(p.c_state, saved_rows * H);
     }
-    q.h_state = at(p.h_state, B * P);
+    q.h_state = at(p.h_state, saved_rows * P);
     q.h_ld = P;
     q.out = static_cast<float*>(p.out) + t * p.out_stride_t + u0;
     q.out_ld = p.out_stride_b;
@@ -301,6 +301,9 @@ struct HostForwardPolicy : HostWorker<T> {
   // columns, gate stride H).
   const T* w_ih[4] = {};
   int64_t xk = 0, chunk = -1;
+  // Rows of one step of the saved tensors (p.gates, ...): B, or the whole batch's under the
+  // row split (the pointers then start at the thread's first row).
+  int64_t saved_rows = 0;
   T* xbuf = nullptr;
   const T* bias_sum = nullptr;
   // xg = x W_ih^T of the chunk of steps holding t (own columns), unless it is the current one.
@@ -363,7 +366,8 @@ int64_t xproj_chunk_steps(int64_t T, int64_t B, int64_t rows) {
 template <class T>
 struct SharedPacks {
   const T* w_hh = nullptr;
-  const T* w_ih[4] = {};
+  const T* w_ih[4] = {};  // with the projection in the loop
+  int64_t saved_rows = 0;  // the whole batch: a step's rows in the saved tensors
 };
 
 // shared: the row split's packed weights (the call is then one thread's rows, float32
@@ -451,6 +455,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
         {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl,
         shared != nullptr ? shared->w_hh : wp.data(), wrp.data(), hin.data(),
         {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
+    policy.saved_rows = shared != nullptr ? shared->saved_rows : B;
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
@@ -1037,15 +1042,17 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 // Inference split by batch rows
 // ======================================================================================
 // The unit split above shares h every step: each thread's product reads the other threads'
-// units of m_h * h (written in another core's cache) and the step ends at a barrier. In
-// float32 inference with the projection in the loop nothing else is shared between rows, so
-// there the threads can instead own batch rows with every unit: each runs the whole
-// recurrence of its rows as one worker — no barrier, no exchange between cores — from one
-// copy of W_hh^T and W_ih^T packed by all threads together (each its own groups, one barrier).
-// A thread's products then read all of W (the unit split: its 1/nt share), so this pays where
+// units of m_h * h (written in another core's cache) and every step ends at a barrier. A plain
+// float32 LSTM / GRU forward on the vector cell shares nothing else between batch rows, so
+// there the threads can instead own batch rows with every unit: each runs the whole recurrence
+// of its rows as one worker (the projection in the loop in inference; its rows of xg and of
+// the saved tensors in training) — no barrier, no exchange between cores — from one copy of
+// W_hh^T (and W_ih^T) packed by all threads together (each its own groups, one barrier). A
+// thread's products then read all of W (the unit split: its 1/nt share), so this pays where
 // the rows per thread keep the products compute-bound: kRowSplitMinRows rows a thread or more
-// (docs/design.md §5.4, "Row split"). FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where
-// it can run (for measurements and tests).
+// (docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
+// global row). The backward keeps the unit split. FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off /
+// on where it can run (for measurements and tests).
 constexpr int64_t kRowSplitMinRows = 16;
 
 std::atomic<int64_t> g_row_split_calls{0};
@@ -1055,8 +1062,11 @@ int row_split_threads(const RecurrenceFwdParams& p) {
   // Rows need no random draws (those are indexed by the global row) and no saved tensors.
   const bool draws = p.training && (p.p_dropout > 0 || p.p_zoneout_c > 0 || p.p_zoneout_h > 0 ||
                                     p.p_weight_drop > 0);
-  if (nt < 2 || p.B < 2 * nt || draws || p.gates != nullptr || p.h_state != nullptr ||
-      !xproj_in_loop_applies(p) || p.xg != nullptr)
+  // float32 LSTM / GRU on the vector cell, with xg given or the projection in the loop.
+  const bool xproj = p.xg == nullptr && xproj_in_loop_applies(p);
+  const bool with_xg = p.xg != nullptr && p.x == nullptr;
+  if (nt < 2 || p.B < 2 * nt || draws || p.h_state != nullptr || p.dtype != kFloat32 ||
+      !vector_cell_applies(p) || p.fused_cell || !(xproj || with_xg))
     return 0;
   const char* v = std::getenv("FUSEDRNN_HOST_ROW_SPLIT");
   if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
@@ -1070,7 +1080,8 @@ RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1
   RecurrenceFwdParams q = p;
   q.B = b1 - b0;
   q.num_threads = 1;
-  q.x = static_cast<const float*>(p.x) + b0 * p.x_stride_b;
+  if (p.x != nullptr) q.x = static_cast<const float*>(p.x) + b0 * p.x_stride_b;
+  if (p.xg != nullptr) q.xg = static_cast<const float*>(p.xg) + b0 * p.xg_stride_b;
   q.out = static_cast<float*>(p.out) + b0 * p.out_stride_b;
   auto at = [&](auto* ptr, int64_t row) -> decltype(ptr) {
     return ptr != nullptr ? static_cast<decltype(ptr)>(static_cast<const float*>(ptr) + row) : ptr;
@@ -1080,6 +1091,14 @@ RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1
   q.h_n = p.h_n != nullptr ? static_cast<float*>(p.h_n) + b0 * P : nullptr;
   q.c_n = p.c_n != nullptr ? static_cast<float*>(p.c_n) + b0 * H : nullptr;
   q.lengths = p.lengths != nullptr ? p.lengths + b0 : nullptr;
+  // Saved tensors (training): the thread's rows of every step (saved_rows = the whole batch).
+  auto row = [&](void* ptr, int64_t width) -> void* {
+    return ptr != nullptr ? static_cast<float*>(ptr) + b0 * width : nullptr;
+  };
+  q.gates = row(p.gates, p.G * H);
+  q.gru_hn = row(p.gru_hn, H);
+  q.c_tilde = row(p.c_tilde, H);
+  q.c_state = row(p.c_state, H);
   return q;
 }
 
@@ -1089,14 +1108,16 @@ void forward_row_split(const RecurrenceFwdParams& p, int nt_req) {
   const int64_t M = B / nt_req;
   const PackedLayout<float> layout = packed_layout<float>(M);
   PackedB<float> w_hh(static_cast<size_t>(layout.size(H, N)));
-  std::vector<PackedB<float>> w_ih(static_cast<size_t>(G));
+  const bool xproj = p.xg == nullptr;  // else xg is given (row_split_threads)
+  std::vector<PackedB<float>> w_ih(static_cast<size_t>(xproj ? G : 0));
   for (auto& w : w_ih) w.resize(static_cast<size_t>(layout.size(I, H)));
   SharedPacks<float> packs;
   packs.w_hh = w_hh.data();
-  for (int64_t g = 0; g < G; ++g) packs.w_ih[g] = w_ih[g].data();
+  for (int64_t g = 0; g < static_cast<int64_t>(w_ih.size()); ++g) packs.w_ih[g] = w_ih[g].data();
+  packs.saved_rows = B;
   const float* whh = static_cast<const float*>(p.w_hh);
   const float* wih = static_cast<const float*>(p.w_ih);
-  g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  if (xproj) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
   g_row_split_calls.fetch_add(1, std::memory_order_relaxed);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt_req)
@@ -1106,7 +1127,7 @@ void forward_row_split(const RecurrenceFwdParams& p, int nt_req) {
     const int64_t gh = packed_groups<float>(M, N), gi = packed_groups<float>(M, H);
     pack_b_groups<float>(M, H, N, 1, [&](int64_t c) { return whh + c * H; }, w_hh.data(),
                          gh * tid / nt, gh * (tid + 1) / nt);
-    for (int64_t g = 0; g < G; ++g)
+    for (int64_t g = 0; g < static_cast<int64_t>(w_ih.size()); ++g)
       pack_b_groups<float>(M, I, H, 1, [&](int64_t j) { return wih + (g * H + j) * I; },
                            w_ih[g].data(), gi * tid / nt, gi * (tid + 1) / nt);
     barrier();
