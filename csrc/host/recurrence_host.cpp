@@ -370,8 +370,8 @@ struct SharedPacks {
   int64_t saved_rows = 0;  // the whole batch: a step's rows in the saved tensors
 };
 
-// shared: the row split's packed weights (the call is then one thread's rows, float32
-// inference with the projection in the loop; p.num_threads = 1).
+// shared: the row split's packed weights (forward_row_split: the call is then one thread's
+// rows, p.num_threads = 1).
 template <class T>
 void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward(),
                   const SharedPacks<T>* shared = nullptr) {
@@ -1039,7 +1039,7 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 }
 
 // ======================================================================================
-// Inference split by batch rows
+// Forward split by batch rows
 // ======================================================================================
 // The unit split above shares h every step: each thread's product reads the other threads'
 // units of m_h * h (written in another core's cache) and every step ends at a barrier. A plain
@@ -1059,7 +1059,7 @@ std::atomic<int64_t> g_row_split_calls{0};
 
 int row_split_threads(const RecurrenceFwdParams& p) {
   const int64_t nt = std::min<int64_t>(p.num_threads, p.H);
-  // Rows need no random draws (those are indexed by the global row) and no saved tensors.
+  // No training-mode random draws (those are indexed by the global row).
   const bool draws = p.training && (p.p_dropout > 0 || p.p_zoneout_c > 0 || p.p_zoneout_h > 0 ||
                                     p.p_weight_drop > 0);
   // float32 LSTM / GRU on the vector cell, with xg given or the projection in the loop.
