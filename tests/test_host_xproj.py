@@ -251,14 +251,17 @@ def test_row_split_training_forward(cell, threads, monkeypatch):
 
 def test_row_split_default_rule(monkeypatch):
     """By default the rows split at >= 16 rows a thread (C2's B = 32 at 2 threads), not below,
-    and never with training-mode draws (recurrent dropout: masks indexed by the global row)."""
+    not when W_hh exceeds 2 MiB (C5's H = 512: 4 MiB, streamed from L3 by every thread), and
+    never with training-mode draws (recurrent dropout: masks indexed by the global row)."""
     monkeypatch.delenv("FUSEDRNN_HOST_ROW_SPLIT", raising=False)
     monkeypatch.setattr(host, "NUM_THREADS", 2)
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
     module = fusedrnn.LSTM(8, 16, backend="host").eval()
     dropped = fusedrnn.LSTM(8, 16, backend="host", recurrent_dropout=0.3).train()
+    wide = fusedrnn.LSTM(8, 512, backend="host").eval()
+    cases = ((module, 32, 1), (module, 31, 0), (dropped, 32, 0), (wide, 32, 0))
     with torch.no_grad():
-        for m, B, expected in ((module, 32, 1), (module, 31, 0), (dropped, 32, 0)):
+        for m, B, expected in cases:
             before = _row_split_calls()
             m(torch.randn(3, B, 8))
-            assert _row_split_calls() - before == expected, (B, m.training)
+            assert _row_split_calls() - before == expected, (B, m.hidden_size, m.training)

@@ -1048,12 +1048,16 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 // of its rows as one worker (the projection in the loop in inference; its rows of xg and of
 // the saved tensors in training) — no barrier, no exchange between cores — from one copy of
 // W_hh^T (and W_ih^T) packed by all threads together (each its own groups, one barrier). A
-// thread's products then read all of W (the unit split: its 1/nt share), so this pays where
-// the rows per thread keep the products compute-bound: kRowSplitMinRows rows a thread or more
-// (docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
+// thread's products then read all of W (the unit split: its 1/nt share), so this pays only
+// where the rows per thread keep the products compute-bound (kRowSplitMinRows rows a thread or
+// more) and W_hh stays in a core's L2 (at most kRowSplitMaxWeightBytes): measured on an idle
+// 2-core Xeon (2 MiB L2 per core), C2's 1 MiB W_hh gained (host / torch.nn 1.07 -> 1.02)
+// while C5's 4 MiB, streamed from L3 by both cores at once, lost (1.06 -> 1.22, training
+// 1.01 -> 1.13; docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
 // global row). The backward keeps the unit split. FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off /
 // on where it can run (for measurements and tests).
 constexpr int64_t kRowSplitMinRows = 16;
+constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
 
 std::atomic<int64_t> g_row_split_calls{0};
 
@@ -1071,7 +1075,9 @@ int row_split_threads(const RecurrenceFwdParams& p) {
   const char* v = std::getenv("FUSEDRNN_HOST_ROW_SPLIT");
   if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
   if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
-  return p.B / nt >= kRowSplitMinRows ? static_cast<int>(nt) : 0;
+  const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
+  const bool fits = p.G * p.H * P * int64_t(sizeof(float)) <= kRowSplitMaxWeightBytes;
+  return p.B / nt >= kRowSplitMinRows && fits ? static_cast<int>(nt) : 0;
 }
 
 // Rows [b0, b1) of p as a one-thread call.
