@@ -1,8 +1,8 @@
 """The host backend asks for transparent huge pages on its large per-call buffers (the saved
 gates, dxg, ...; csrc/host/recurrence_host.cpp ``advise_huge``, docs/design.md §5.4): on a
 Linux system whose THP mode is "madvise", a training forward whose [T, B, G*H] gates tensor
-is a fresh mapping of tens of MiB gets it backed by 2 MiB pages, and FUSEDRNN_HOST_THP=0 turns
-the advice off. The results are the same either way (advice only)."""
+is a fresh mapping of tens of MiB gets it backed by 2 MiB pages with FUSEDRNN_HOST_THP=1 (the
+advice is off by default). The results are the same either way (advice only)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _forward(monkeypatch, advice: str):
 
 def test_large_saved_buffers_get_huge_pages(monkeypatch):
     monkeypatch.setattr(host, "NUM_THREADS", 2)
-    off, results_off = _forward(monkeypatch, "0")
+    off, results_off = _forward(monkeypatch, "")  # the default: off
     on, results_on = _forward(monkeypatch, "1")
     # gates alone span >= 19 whole 2 MiB pages; c_tilde, c_state (10 MiB) are below the size
     # the advice is for

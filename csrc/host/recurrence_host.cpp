@@ -988,14 +988,16 @@ void backward_widened(const RecurrenceBwdParams& p) {
 // the buffer's whole 2 MiB pages, before the first write, makes those faults 2 MiB each (and
 // later reads walk fewer TLB entries). Only buffers of at least kHugeAdviceBytes (smaller
 // ones are usually recycled heap memory, faulted in already). Advice only: the contents and
-// results are unchanged; madvise errors (no THP, "never") are ignored. FUSEDRNN_HOST_THP=0
-// turns it off (for measurements).
+// results are unchanged; madvise errors (no THP, "never") are ignored. Off unless
+// FUSEDRNN_HOST_THP=1: one thread it took a C5 training call to 0.97x, but on the idle 2-core
+// Xeon at 2 threads the same call measured 1.16x slower with it (THP "defrag" = madvise: a
+// fault in an advised range may compact memory synchronously; docs/design.md §5.4).
 constexpr int64_t kHugeAdviceBytes = int64_t(16) << 20;
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 
 bool huge_advice_enabled() {
   const char* v = std::getenv("FUSEDRNN_HOST_THP");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 void advise_huge(const void* ptr, int64_t bytes) {
@@ -1054,8 +1056,9 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 // 2-core Xeon (2 MiB L2 per core), C2's 1 MiB W_hh gained (host / torch.nn 1.07 -> 1.02)
 // while C5's 4 MiB, streamed from L3 by both cores at once, lost (1.06 -> 1.22, training
 // 1.01 -> 1.13; docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
-// global row). The backward keeps the unit split. FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off /
-// on where it can run (for measurements and tests).
+// global row). The backward keeps the unit split. By default inference only;
+// FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where it can run (training forward
+// included; for measurements and tests).
 constexpr int64_t kRowSplitMinRows = 16;
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
 
@@ -1077,7 +1080,9 @@ int row_split_threads(const RecurrenceFwdParams& p) {
   if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
   const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
   const bool fits = p.G * p.H * P * int64_t(sizeof(float)) <= kRowSplitMaxWeightBytes;
-  return p.B / nt >= kRowSplitMinRows && fits ? static_cast<int>(nt) : 0;
+  // By default inference only: the training forward (saved tensors) measured 0.93 -> 0.95 at
+  // C2 on the idle machine, so it runs only when forced.
+  return p.B / nt >= kRowSplitMinRows && fits && p.gates == nullptr ? static_cast<int>(nt) : 0;
 }
 
 // Rows [b0, b1) of p as a one-thread call.
