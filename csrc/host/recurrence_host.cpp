@@ -31,6 +31,7 @@
 #include "gemm.h"
 #include "gemm_bf16.h"
 #include "mask_rows_host.h"
+#include "multiversion.h"
 #include "simd_math.h"
 #include "weight_drop_host.h"
 
@@ -1080,9 +1081,13 @@ int row_split_threads(const RecurrenceFwdParams& p) {
   if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
   const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
   const bool fits = p.G * p.H * P * int64_t(sizeof(float)) <= kRowSplitMaxWeightBytes;
-  // By default inference only: the training forward (saved tensors) measured 0.93 -> 0.95 at
-  // C2 on the idle machine, so it runs only when forced.
-  return p.B / nt >= kRowSplitMinRows && fits && p.gates == nullptr ? static_cast<int>(nt) : 0;
+  // By default inference only (the training forward, with saved tensors, measured 0.93 ->
+  // 0.95 at C2 on the idle machine), and on the AVX-512 build only (the AVX2 build's C2 / C4
+  // inference measured 0.918 -> 0.942 / 0.698 -> 0.709 with it); else only when forced.
+  const bool avx512 = runtime_isa() == Isa::kX86_64_V4 && FRNN_HAVE_MULTIVERSION;
+  return p.B / nt >= kRowSplitMinRows && fits && p.gates == nullptr && avx512
+             ? static_cast<int>(nt)
+             : 0;
 }
 
 // Rows [b0, b1) of p as a one-thread call.
