@@ -223,6 +223,8 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(), "Host recurrence forward (host pointers).");
   m.def("host_xproj_in_loop_calls", &fusedrnn::host::xproj_in_loop_calls,
         "Host forward calls that computed x W_ih^T + b_ih in the step loop (for the tests).");
+  m.def("host_row_split_calls", &fusedrnn::host::row_split_calls,
+        "Host forward calls whose threads split the batch rows (for the tests).");
   m.def("host_backward", &fusedrnn::host::recurrence_backward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence backward (host pointers).");
 

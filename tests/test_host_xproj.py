@@ -141,3 +141,132 @@ def test_training_masks_without_gradient(monkeypatch):
     ref, (h_ref, c_ref) = results[False]
     for a, b in ((out, ref), (h_n, h_ref), (c_n, c_ref)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _row_split_calls() -> int:
+    return native.native().host_row_split_calls()
+
+
+ROW_SPLIT_CASES = [
+    # cell, B, I, H, T, layers, bidirectional, lengths, batch_first
+    ("lstm", 7, 9, 16, 6, 2, True, True, False),
+    ("lstm", 12, 20, 13, 5, 1, False, True, True),
+    ("gru", 7, 6, 12, 6, 1, True, True, False),
+    ("gru", 9, 11, 8, 4, 2, False, False, True),
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", ROW_SPLIT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_row_split_by_rule(case, threads, monkeypatch):
+    """float32 inference split by batch rows (recurrence_host.cpp forward_row_split, forced on
+    at these small sizes): every thread runs its rows (2 or 3 threads, uneven row counts) from
+    the shared packed weights, with its rows of x (batch_first: strided), h0, c0, lengths, out,
+    h_n, c_n. By the numerics rule against float64 (torch.nn float32 as the baseline), and the
+    same as the unit split."""
+    cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    torch.manual_seed(B * 10 + H)
+    lstm = cell == "lstm"
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    module = cls(I, H, backend="host", **kw).eval()
+    nn_module = getattr(torch.nn, cell.upper())(I, H, **kw).eval()
+    nn_module.load_state_dict(module.state_dict())
+    truth_module = cls(I, H, backend="host", **kw).double().eval()
+    truth_module.load_state_dict(module.state_dict())
+    x = torch.randn((B, T, I) if batch_first else (T, B, I))
+    dirs = 2 if bidirectional else 1
+    h0 = torch.randn(layers * dirs, B, H)
+    state = (h0, torch.randn(layers * dirs, B, H)) if lstm else h0
+    lengths = torch.randint(1, T + 1, (B,)) if with_lengths else None
+    if lengths is not None:
+        lengths[B // 2] = T
+
+    def run(m, dtype):
+        xs = x.to(dtype)
+        st = tuple(s.to(dtype) for s in state) if lstm else state.to(dtype)
+        if lengths is not None:
+            xs = pack_padded_sequence(xs, lengths, batch_first=batch_first, enforce_sorted=False)
+        out, st = m(xs, st)
+        if lengths is not None:
+            out, _ = pad_packed_sequence(out, batch_first=batch_first)
+        h_n, c_n = st if lstm else (st, None)
+        return {k: v for k, v in {"output": out, "h_n": h_n, "c_n": c_n}.items() if v is not None}
+
+    with torch.no_grad():
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
+        before = _row_split_calls()
+        got = run(module, torch.float32)
+        assert _row_split_calls() - before == layers * dirs, "the row split did not run"
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "0")
+        before = _row_split_calls()
+        units = run(module, torch.float32)
+        assert _row_split_calls() == before
+        truth = run(truth_module, torch.float64)
+        base = run(nn_module, torch.float32)
+    assert_by_rule(got, truth, base, torch.float32, what=f"host row split {case}")
+    for name in got:
+        torch.testing.assert_close(got[name], units[name], msg=name)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_row_split_training_forward(cell, threads, monkeypatch):
+    """The training forward split by rows (xg given, the saved gates / c~ / c / a_n written at
+    the thread's rows of every step) gives the unit split's outputs, and its saved tensors
+    give the same gradients (the backward is the unit split's), with h0, c0 and lengths."""
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    B, I, H, T = 7, 5, 12, 6  # noqa: E741
+    lstm = cell == "lstm"
+    torch.manual_seed(3)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    module = cls(I, H, backend="host", bidirectional=True).train()
+    x = torch.randn(T, B, I)
+    h0 = torch.randn(2, B, H)
+    c0 = torch.randn(2, B, H)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+    grad = torch.randn(T, B, 2 * H)
+    results = {}
+    for split in ("1", "0"):
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", split)
+        module.zero_grad()
+        leaves = [t.clone().requires_grad_() for t in ((x, h0, c0) if lstm else (x, h0))]
+        packed = pack_padded_sequence(leaves[0], lengths, enforce_sorted=False)
+        before = _row_split_calls()
+        out, st = module(packed, tuple(leaves[1:]) if lstm else leaves[1])
+        assert _row_split_calls() - before == (2 if split == "1" else 0)
+        out, _ = pad_packed_sequence(out, total_length=T)
+        states = st if lstm else (st,)
+        loss = (out * grad).sum() + sum((s * s).sum() for s in states)
+        loss.backward()
+        results[split] = [out, *states, *(t.grad for t in leaves)] + [
+            p.grad.clone() for p in module.parameters()
+        ]
+    for a, b in zip(results["1"], results["0"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_row_split_default_rule(monkeypatch):
+    """By default the rows split at >= 16 rows a thread (C2's B = 32 at 2 threads), not below,
+    not when W_hh exceeds 2 MiB (C5's H = 512: 4 MiB, streamed from L3 by every thread), not
+    in training or below the AVX-512 build (only when forced), and never with training-mode
+    draws (recurrent dropout: masks indexed by the global row)."""
+    monkeypatch.delenv("FUSEDRNN_HOST_ROW_SPLIT", raising=False)
+    monkeypatch.setattr(host, "NUM_THREADS", 2)
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    module = fusedrnn.LSTM(8, 16, backend="host").eval()
+    dropped = fusedrnn.LSTM(8, 16, backend="host", recurrent_dropout=0.3).train()
+    wide = fusedrnn.LSTM(8, 512, backend="host").eval()
+    avx512 = int(native.native().host_gemm_variant() == "x86-64-v4")  # the AVX-512 build only
+    cases = ((module, 32, avx512), (module, 31, 0), (dropped, 32, 0), (wide, 32, 0))
+    with torch.no_grad():
+        for m, B, expected in cases:
+            before = _row_split_calls()
+            m(torch.randn(3, B, 8))
+            assert _row_split_calls() - before == expected, (B, m.hidden_size, m.training)
+    before = _row_split_calls()
+    module.train()(torch.randn(3, 32, 8, requires_grad=True))  # saved tensors: training
+    assert _row_split_calls() == before

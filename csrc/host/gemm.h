@@ -87,6 +87,39 @@ struct NoInitAllocator : std::allocator<T> {
 template <class T>
 using PackedB = std::vector<T, NoInitAllocator<T>>;
 
+// Writes groups [g0, g1) of pack_b(M, K, N, k_stride, column) into dst (a buffer of
+// packed_layout<T>(M).size(K, N) elements): threads packing one shared buffer each write their
+// own groups. pack_b below is all groups into a new buffer.
+template <class T, class Column>
+void pack_b_groups(int64_t M, int64_t K, int64_t N, int64_t k_stride, Column column, T* dst,
+                   int64_t g0, int64_t g1) {
+  const PackedLayout<T> layout = packed_layout<T>(M);
+  constexpr int64_t P = GemmPanel<T>::kWidth;
+  const int64_t panels = (N + P - 1) / P, row = layout.row();
+  for (int64_t g = g0; g < g1; ++g) {
+    T* group = dst + g * layout.group_stride(K);
+    const int64_t cols = std::min<int64_t>(row, N - g * row);
+    if (cols < row)
+      for (int64_t k = 0; k < K; ++k)
+        std::fill(group + k * row + cols, group + (k + 1) * row, T(0));
+    std::fill(group + K * row, group + layout.group_stride(K), T(0));
+    for (int64_t p = g * layout.group; p < std::min(panels, (g + 1) * layout.group); ++p) {
+      const int64_t width = std::min<int64_t>(P, N - p * P);
+      const T* src[P];
+      for (int64_t q = 0; q < width; ++q) src[q] = column(p * P + q);
+      T* out = dst + layout.panel_start(K, p, 0);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t q = 0; q < width; ++q) out[k * row + q] = src[q][k * k_stride];
+    }
+  }
+}
+// The number of groups of pack_b(M, K, N, ...) (pack_b_groups' g range).
+template <class T>
+int64_t packed_groups(int64_t M, int64_t N) {
+  const int64_t row = packed_layout<T>(M).row();
+  return (N + row - 1) / row;
+}
+
 // Packs B[k][n] = column(n)[k * k_stride] for k < K, n < N (packed_layout(M) for products of
 // M rows, zero-padded) and returns the packed buffer. One pointer per column: a source whose
 // columns are rows of a matrix (k_stride 1: W_hh / W_hr for the forward's B = W^T) or its
@@ -97,27 +130,8 @@ using PackedB = std::vector<T, NoInitAllocator<T>>;
 // written once.
 template <class T, class Column>
 PackedB<T> pack_b(int64_t M, int64_t K, int64_t N, int64_t k_stride, Column column) {
-  const PackedLayout<T> layout = packed_layout<T>(M);
-  constexpr int64_t P = GemmPanel<T>::kWidth;
-  const int64_t panels = (N + P - 1) / P, row = layout.row();
-  PackedB<T> packed(static_cast<size_t>(layout.size(K, N)));
-  const int64_t groups = (N + row - 1) / row;
-  for (int64_t g = 0; g < groups; ++g) {
-    T* group = packed.data() + g * layout.group_stride(K);
-    const int64_t cols = std::min<int64_t>(row, N - g * row);
-    if (cols < row)
-      for (int64_t k = 0; k < K; ++k)
-        std::fill(group + k * row + cols, group + (k + 1) * row, T(0));
-    std::fill(group + K * row, group + layout.group_stride(K), T(0));
-  }
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t width = std::min<int64_t>(P, N - p * P);
-    const T* src[P];
-    for (int64_t q = 0; q < width; ++q) src[q] = column(p * P + q);
-    T* dst = packed.data() + layout.panel_start(K, p, 0);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t q = 0; q < width; ++q) dst[k * row + q] = src[q][k * k_stride];
-  }
+  PackedB<T> packed(static_cast<size_t>(packed_layout<T>(M).size(K, N)));
+  pack_b_groups<T>(M, K, N, k_stride, column, packed.data(), 0, packed_groups<T>(M, N));
   return packed;
 }
 

@@ -21,6 +21,9 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cell_host.h"
 #include "fusedrnn/cells.cuh"
@@ -28,6 +31,7 @@
 #include "gemm.h"
 #include "gemm_bf16.h"
 #include "mask_rows_host.h"
+#include "multiversion.h"
 #include "simd_math.h"
 #include "weight_drop_host.h"
 
@@ -240,7 +244,7 @@ struct HostForwardPolicy : HostWorker<T> {
     }
     q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
     if constexpr (std::is_same_v<T, float>) {
-      if (w_ih != nullptr) {  // xg of step t from this worker's chunk buffer
+      if (w_ih[0] != nullptr) {  // xg of step t from this worker's chunk buffer
         project_chunk(p, t);
         q.xg = xbuf + (t - chunk * xk) * B * N + u0;
         q.xg_ld = N;
@@ -255,12 +259,12 @@ struct HostForwardPolicy : HostWorker<T> {
       return base != nullptr ? static_cast<float*>(base) + t * step_size + u0 : nullptr;
     };
     if (p.gates != nullptr) {
-      q.gates = at(p.gates, B * N);
-      q.gru_hn = at(p.gru_hn, B * H);
-      q.c_tilde = at(p.c_tilde, B * H);
-      q.c_state = at(p.c_state, B * H);
+      q.gates = at(p.gates, saved_rows * N);
+      q.gru_hn = at(p.gru_hn, saved_rows * H);
+      q.c_tilde = at(p.c_tilde, saved_rows * H);
+      q.c_state = at(p.c_state, saved_rows * H);
     }
-    q.h_state = at(p.h_state, B * P);
+    q.h_state = at(p.h_state, saved_rows * P);
     q.h_ld = P;
     q.out = static_cast<float*>(p.out) + t * p.out_stride_t + u0;
     q.out_ld = p.out_stride_b;
@@ -293,11 +297,14 @@ struct HostForwardPolicy : HostWorker<T> {
   int64_t xg_bf16_stride_t = 0, xg_bf16_stride_b = 0;
   std::vector<float>* xg_step = nullptr;
   // float32 inference with the input projection in the loop (xproj_in_loop_applies): own
-  // columns of gate g of W_ih^T packed in w_ih[g] (K = I); xg of `xk` steps at a time,
+  // columns of gate g of W_ih^T packed in w_ih[g] (K = I, pack_b); xg of `xk` steps at a time,
   // [xk * B, G * H] with only own columns written, in xbuf; bias_sum = b_ih + b_hh (own
   // columns, gate stride H).
-  const PackedB<T>* w_ih = nullptr;
+  const T* w_ih[4] = {};
   int64_t xk = 0, chunk = -1;
+  // Rows of one step of the saved tensors (p.gates, ...): B, or the whole batch's under the
+  // row split (the pointers then start at the thread's first row).
+  int64_t saved_rows = 0;
   T* xbuf = nullptr;
   const T* bias_sum = nullptr;
   // xg = x W_ih^T of the chunk of steps holding t (own columns), unless it is the current one.
@@ -310,12 +317,12 @@ struct HostForwardPolicy : HostWorker<T> {
     const T* x = static_cast<const T*>(p.x);
     if (p.x_stride_t == B * p.x_stride_b) {  // the chunk's rows are one [rows, I] matrix
       for (int64_t g = 0; g < p.G; ++g)
-        gemm_packed((t1 - t0) * B, n, I, x + t0 * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+        gemm_packed((t1 - t0) * B, n, I, x + t0 * p.x_stride_t, p.x_stride_b, w_ih[g],
                     xbuf + g * H + u0, N, false);
     } else {
       for (int64_t tt = t0; tt < t1; ++tt)
         for (int64_t g = 0; g < p.G; ++g)
-          gemm_packed(B, n, I, x + tt * p.x_stride_t, p.x_stride_b, w_ih[g].data(),
+          gemm_packed(B, n, I, x + tt * p.x_stride_t, p.x_stride_b, w_ih[g],
                       xbuf + (tt - t0) * B * N + g * H + u0, N, false);
     }
     const T* b_ih = static_cast<const T*>(p.b_ih);
@@ -344,16 +351,31 @@ struct Bf16Forward {
 std::atomic<int64_t> g_xproj_calls{0};
 
 // Steps per chunk of the input projection in the loop: FUSEDRNN_HOST_XPROJ_STEPS if set (for
-// measurements), else enough steps for ~256 rows (the GEMM's efficient row count).
-int64_t xproj_chunk_steps(int64_t T, int64_t B) {
+// measurements), else enough steps for ~`rows` rows: 256 (the GEMM's efficient row count) for
+// a worker that owns 1/nt of the columns, 128 for one that owns all of them (the row split:
+// the same chunk buffer footprint at two threads; measured as good or slightly better at C2 and
+// C5, docs/design.md §5.4).
+int64_t xproj_chunk_steps(int64_t T, int64_t B, int64_t rows) {
   const char* v = std::getenv("FUSEDRNN_HOST_XPROJ_STEPS");
   const int64_t env = v != nullptr ? std::atoll(v) : int64_t(0);
-  const int64_t k = env > 0 ? env : (256 + B - 1) / B;
+  const int64_t k = env > 0 ? env : (rows + B - 1) / B;
   return std::max<int64_t>(1, std::min<int64_t>(k, T));
 }
 
+// The row split's weights (forward_row_split): W_hh^T and each gate's W_ih^T, every column,
+// packed once for all threads.
 template <class T>
-void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward()) {
+struct SharedPacks {
+  const T* w_hh = nullptr;
+  const T* w_ih[4] = {};  // with the projection in the loop
+  int64_t saved_rows = 0;  // the whole batch: a step's rows in the saved tensors
+};
+
+// shared: the row split's packed weights (forward_row_split: the call is then one thread's
+// rows, p.num_threads = 1).
+template <class T>
+void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward(),
+                  const SharedPacks<T>* shared = nullptr) {
   const bool bf16_product = bf.product;
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G;
@@ -366,8 +388,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   // The input projection in the step loop: steps per chunk.
   const bool xproj = std::is_same_v<T, float> && !bf16_product && bf.xg == nullptr &&
                      xproj_in_loop_applies(p);
-  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B) : 0;
-  if (xproj) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B, shared != nullptr ? 128 : 256) : 0;
+  if (xproj && shared == nullptr) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
   const T* w_b_hh = static_cast<const T*>(p.b_hh);
   std::vector<T> hin(static_cast<size_t>(2 * B * P));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
@@ -396,7 +418,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     };
     const bool bf16 = bf16_product && !rows_form;
-    const PackedB<T> wp = rows_form || bf16 ? PackedB<T>() : pack_b<T>(B, P, nl, 1, w_col);
+    const PackedB<T> wp =
+        rows_form || bf16 || shared != nullptr ? PackedB<T>() : pack_b<T>(B, P, nl, 1, w_col);
     PackedBf16 wp_bf16;
     Bf16Scratch bf16_scratch;
     if constexpr (std::is_same_v<T, float>) {
@@ -430,8 +453,10 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     scratch.h_pre = h_pre.data();
     scratch.h_proj = h_proj.data();
     HostForwardPolicy<T> policy{
-        {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl, wp.data(), wrp.data(), hin.data(),
+        {sl.j0, hl, so.j0, pl, tid, nt}, B, H, P, nl,
+        shared != nullptr ? shared->w_hh : wp.data(), wrp.data(), hin.data(),
         {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
+    policy.saved_rows = shared != nullptr ? shared->saved_rows : B;
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
@@ -453,9 +478,12 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       const T* b_ih = static_cast<const T*>(p.b_ih);
       const int64_t I = p.input_size, N = G * H;
       w_ih_packed.reserve(static_cast<size_t>(G));
-      for (int64_t g = 0; g < G; ++g)
-        w_ih_packed.push_back(pack_b<T>(
-            B, I, hl, 1, [&](int64_t jj) { return w_ih + (g * H + sl.j0 + jj) * I; }));
+      for (int64_t g = 0; g < G; ++g) {
+        if (shared == nullptr)
+          w_ih_packed.push_back(pack_b<T>(
+              B, I, hl, 1, [&](int64_t jj) { return w_ih + (g * H + sl.j0 + jj) * I; }));
+        policy.w_ih[g] = shared != nullptr ? shared->w_ih[g] : w_ih_packed.back().data();
+      }
       xbuf.resize(static_cast<size_t>(xk * B * N));
       // b_ih folded into the recurrent bias, but for the GRU's n gate (xg_n + r (a_n + b_hn)):
       // there it is added to the chunk's xg (project_chunk).
@@ -467,7 +495,6 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
           bias_sum[n] = (fold && b_ih != nullptr ? b_ih[n] : T(0)) +
                         (p.b_hh != nullptr ? w_b_hh[n] : T(0));
         }
-      policy.w_ih = w_ih_packed.data();
       policy.xk = xk;
       policy.xbuf = xbuf.data();
       policy.bias_sum = bias_sum.data();
@@ -953,9 +980,181 @@ void backward_widened(const RecurrenceBwdParams& p) {
   wa.write_back();
 }
 
+// Huge pages for the large per-call buffers. The saved tensors and gradients a call writes
+// ([T, B, G * H] gates, dxg, ...) are fresh allocations of the launcher, untouched until the
+// step loop writes them; glibc serves an allocation of 32 MiB or more by its own mmap, so each
+// call page-faults it in 4 KiB at a time (a 32 MiB buffer: 8192 faults, each zeroing a page;
+// measured 10.9 ms to first-touch 32 MiB against 4.3 ms with 2 MiB pages, one thread, this
+// Xeon). With transparent huge pages in "madvise" mode (a common default) MADV_HUGEPAGE on
+// the buffer's whole 2 MiB pages, before the first write, makes those faults 2 MiB each (and
+// later reads walk fewer TLB entries). Only buffers of at least kHugeAdviceBytes (smaller
+// ones are usually recycled heap memory, faulted in already). Advice only: the contents and
+// results are unchanged; madvise errors (no THP, "never") are ignored. Off unless
+// FUSEDRNN_HOST_THP=1: one thread it took a C5 training call to 0.97x, but on the idle 2-core
+// Xeon at 2 threads the same call measured 1.16x slower with it (THP "defrag" = madvise: a
+// fault in an advised range may compact memory synchronously; docs/design.md §5.4).
+constexpr int64_t kHugeAdviceBytes = int64_t(16) << 20;
+constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+
+bool huge_advice_enabled() {
+  const char* v = std::getenv("FUSEDRNN_HOST_THP");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+void advise_huge(const void* ptr, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (ptr == nullptr || bytes < kHugeAdviceBytes) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t a = (p + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t e = (p + static_cast<uintptr_t>(bytes)) & ~(kHugePage - 1);
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)bytes;
+#endif
+}
+
+int64_t dtype_bytes(int dtype) {
+  return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2;
+}
+int64_t acc_bytes(int dtype) { return dtype == kFloat64 ? 8 : 4; }
+
+// The forward's large outputs and saved tensors (the [T, ...] ones).
+void advise_forward_buffers(const RecurrenceFwdParams& p) {
+  if (!huge_advice_enabled()) return;
+  const int64_t T = p.T, B = p.B, H = p.H, N = p.G * p.H;
+  const int64_t P = p.proj_size > 0 ? p.proj_size : H, acc = acc_bytes(p.dtype);
+  advise_huge(p.out, T * p.out_stride_t * dtype_bytes(p.dtype));
+  for (void* v : {p.gates, p.xhat_hh}) advise_huge(v, T * B * N * acc);
+  for (void* v : {p.gru_hn, p.c_tilde, p.c_state, p.xhat_c}) advise_huge(v, T * B * H * acc);
+  advise_huge(p.h_state, T * B * P * acc);
+}
+
+// The backward's [T, ...] gradients and workspaces.
+void advise_backward_buffers(const RecurrenceBwdParams& p) {
+  if (!huge_advice_enabled()) return;
+  const int64_t T = p.T, B = p.B, H = p.H, N = p.G * p.H;
+  const int64_t P = p.proj_size > 0 ? p.proj_size : H, acc = acc_bytes(p.dtype);
+  advise_huge(p.dxg, T * B * N * dtype_bytes(p.dtype));
+  for (void* v : {p.dab, p.da}) advise_huge(v, T * B * N * acc);
+  for (void* v : {p.hin, p.dproj}) advise_huge(v, T * B * P * acc);
+  for (void* v : {p.dc_out, p.h_pre_proj}) advise_huge(v, T * B * H * acc);
+}
+
+// ======================================================================================
+// Forward split by batch rows
+// ======================================================================================
+// The unit split above shares h every step: each thread's product reads the other threads'
+// units of m_h * h (written in another core's cache) and every step ends at a barrier. A plain
+// float32 LSTM / GRU forward on the vector cell shares nothing else between batch rows, so
+// there the threads can instead own batch rows with every unit: each runs the whole recurrence
+// of its rows as one worker (the projection in the loop in inference; its rows of xg and of
+// the saved tensors in training) — no barrier, no exchange between cores — from one copy of
+// W_hh^T (and W_ih^T) packed by all threads together (each its own groups, one barrier). A
+// thread's products then read all of W (the unit split: its 1/nt share), so this pays only
+// where the rows per thread keep the products compute-bound (kRowSplitMinRows rows a thread or
+// more) and W_hh stays in a core's L2 (at most kRowSplitMaxWeightBytes): measured on an idle
+// 2-core Xeon (2 MiB L2 per core), C2's 1 MiB W_hh gained (host / torch.nn 1.07 -> 1.02)
+// while C5's 4 MiB, streamed from L3 by both cores at once, lost (1.06 -> 1.22, training
+// 1.01 -> 1.13; docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
+// global row). The backward keeps the unit split. By default inference only;
+// FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where it can run (training forward
+// included; for measurements and tests).
+constexpr int64_t kRowSplitMinRows = 16;
+constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
+
+std::atomic<int64_t> g_row_split_calls{0};
+
+int row_split_threads(const RecurrenceFwdParams& p) {
+  const int64_t nt = std::min<int64_t>(p.num_threads, p.H);
+  // No training-mode random draws (those are indexed by the global row).
+  const bool draws = p.training && (p.p_dropout > 0 || p.p_zoneout_c > 0 || p.p_zoneout_h > 0 ||
+                                    p.p_weight_drop > 0);
+  // float32 LSTM / GRU on the vector cell, with xg given or the projection in the loop.
+  const bool xproj = p.xg == nullptr && xproj_in_loop_applies(p);
+  const bool with_xg = p.xg != nullptr && p.x == nullptr;
+  if (nt < 2 || p.B < 2 * nt || draws || p.h_state != nullptr || p.dtype != kFloat32 ||
+      !vector_cell_applies(p) || p.fused_cell || !(xproj || with_xg))
+    return 0;
+  const char* v = std::getenv("FUSEDRNN_HOST_ROW_SPLIT");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+  if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
+  const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
+  const bool fits = p.G * p.H * P * int64_t(sizeof(float)) <= kRowSplitMaxWeightBytes;
+  // By default inference only (the training forward, with saved tensors, measured 0.93 ->
+  // 0.95 at C2 on the idle machine), and on the AVX-512 build only (the AVX2 build's C2 / C4
+  // inference measured 0.918 -> 0.942 / 0.698 -> 0.709 with it); else only when forced.
+  const bool avx512 = runtime_isa() == Isa::kX86_64_V4 && FRNN_HAVE_MULTIVERSION;
+  return p.B / nt >= kRowSplitMinRows && fits && p.gates == nullptr && avx512
+             ? static_cast<int>(nt)
+             : 0;
+}
+
+// Rows [b0, b1) of p as a one-thread call.
+RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1) {
+  const int64_t H = p.H, P = p.proj_size > 0 ? p.proj_size : H;
+  RecurrenceFwdParams q = p;
+  q.B = b1 - b0;
+  q.num_threads = 1;
+  if (p.x != nullptr) q.x = static_cast<const float*>(p.x) + b0 * p.x_stride_b;
+  if (p.xg != nullptr) q.xg = static_cast<const float*>(p.xg) + b0 * p.xg_stride_b;
+  q.out = static_cast<float*>(p.out) + b0 * p.out_stride_b;
+  auto at = [&](auto* ptr, int64_t row) -> decltype(ptr) {
+    return ptr != nullptr ? static_cast<decltype(ptr)>(static_cast<const float*>(ptr) + row) : ptr;
+  };
+  q.h0 = at(p.h0, b0 * P);
+  q.c0 = at(p.c0, b0 * H);
+  q.h_n = p.h_n != nullptr ? static_cast<float*>(p.h_n) + b0 * P : nullptr;
+  q.c_n = p.c_n != nullptr ? static_cast<float*>(p.c_n) + b0 * H : nullptr;
+  q.lengths = p.lengths != nullptr ? p.lengths + b0 : nullptr;
+  // Saved tensors (training): the thread's rows of every step (saved_rows = the whole batch).
+  auto row = [&](void* ptr, int64_t width) -> void* {
+    return ptr != nullptr ? static_cast<float*>(ptr) + b0 * width : nullptr;
+  };
+  q.gates = row(p.gates, p.G * H);
+  q.gru_hn = row(p.gru_hn, H);
+  q.c_tilde = row(p.c_tilde, H);
+  q.c_state = row(p.c_state, H);
+  return q;
+}
+
+void forward_row_split(const RecurrenceFwdParams& p, int nt_req) {
+  const int64_t B = p.B, H = p.H, G = p.G, N = G * H, I = p.input_size;
+  // Every thread's row count is >= 2, so one packed layout serves them all (packed_group).
+  const int64_t M = B / nt_req;
+  const PackedLayout<float> layout = packed_layout<float>(M);
+  PackedB<float> w_hh(static_cast<size_t>(layout.size(H, N)));
+  const bool xproj = p.xg == nullptr;  // else xg is given (row_split_threads)
+  std::vector<PackedB<float>> w_ih(static_cast<size_t>(xproj ? G : 0));
+  for (auto& w : w_ih) w.resize(static_cast<size_t>(layout.size(I, H)));
+  SharedPacks<float> packs;
+  packs.w_hh = w_hh.data();
+  for (int64_t g = 0; g < static_cast<int64_t>(w_ih.size()); ++g) packs.w_ih[g] = w_ih[g].data();
+  packs.saved_rows = B;
+  const float* whh = static_cast<const float*>(p.w_hh);
+  const float* wih = static_cast<const float*>(p.w_ih);
+  if (xproj) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
+  g_row_split_calls.fetch_add(1, std::memory_order_relaxed);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt_req)
+#endif
+  {
+    const int tid = thread_id(), nt = team_size();
+    const int64_t gh = packed_groups<float>(M, N), gi = packed_groups<float>(M, H);
+    pack_b_groups<float>(M, H, N, 1, [&](int64_t c) { return whh + c * H; }, w_hh.data(),
+                         gh * tid / nt, gh * (tid + 1) / nt);
+    for (int64_t g = 0; g < static_cast<int64_t>(w_ih.size()); ++g)
+      pack_b_groups<float>(M, I, H, 1, [&](int64_t j) { return wih + (g * H + j) * I; },
+                           w_ih[g].data(), gi * tid / nt, gi * (tid + 1) / nt);
+    barrier();
+    forward_impl<float>(rows_of(p, B * tid / nt, B * (tid + 1) / nt), Bf16Forward(), &packs);
+  }
+}
+
 }  // namespace
 
 int64_t xproj_in_loop_calls() { return g_xproj_calls.load(); }
+int64_t row_split_calls() { return g_row_split_calls.load(); }
 
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
   return p.dtype == kFloat32 && p.x != nullptr && p.w_ih != nullptr && p.input_size > 0 &&
@@ -963,12 +1162,14 @@ bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
 }
 
 void recurrence_forward(const RecurrenceFwdParams& p) {
+  advise_forward_buffers(p);
   switch (p.dtype) {
     case kFloat32:
       if (p.xg == nullptr && p.T * p.B > 0 && !xproj_in_loop_applies(p))
         throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
                                     "the step loop for these params");
       if (p.norm != kNormNone) return forward_widened<float, double>(p);
+      if (const int nt = row_split_threads(p)) return forward_row_split(p, nt);
       return forward_impl<float>(p);
     case kFloat64:
       return forward_impl<double>(p);
@@ -982,6 +1183,7 @@ void recurrence_forward(const RecurrenceFwdParams& p) {
 }
 
 void recurrence_backward(const RecurrenceBwdParams& p) {
+  advise_backward_buffers(p);
   switch (p.dtype) {
     case kFloat32:
       if (p.norm != kNormNone) return backward_widened<float, double>(p);

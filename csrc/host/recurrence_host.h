@@ -11,6 +11,9 @@ void recurrence_backward(const RecurrenceBwdParams& p);
 // Forward calls (per layer-direction) that computed the input projection in the step loop
 // (p.x set and the path applies: xproj_in_loop_applies); for the tests.
 int64_t xproj_in_loop_calls();
+// Forward calls whose threads split the batch rows (plain float32 LSTM / GRU,
+// recurrence_host.cpp "Forward split by batch rows"); for the tests.
+int64_t row_split_calls();
 // Whether a forward call with these params computes xg in its step loop: float32, p.x set,
 // the vector cell (LSTM / GRU, no norm, no projection, not fused_cell), B > 1.
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p);
