@@ -22,6 +22,18 @@ def _calls() -> int:
     return native.native().host_xproj_in_loop_calls()
 
 
+def _eval_modules(cell: str, input_size: int, hidden: int, **kw):
+    """The host module under test, torch.nn's with the same weights (the float32 baseline of
+    the numerics rule) and a float64 host copy (the truth), all in eval mode."""
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    module = cls(input_size, hidden, backend="host", **kw).eval()
+    nn_module = getattr(torch.nn, cell.upper())(input_size, hidden, **kw).eval()
+    nn_module.load_state_dict(module.state_dict())
+    truth_module = cls(input_size, hidden, backend="host", **kw).double().eval()
+    truth_module.load_state_dict(module.state_dict())
+    return module, nn_module, truth_module
+
+
 def _run(module, x, lengths, batch_first=False):
     if lengths is not None:
         x = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
@@ -53,13 +65,9 @@ def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
     monkeypatch.setenv("FUSEDRNN_HOST_XPROJ_STEPS", chunk_steps)  # "" = the default chunk
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
     torch.manual_seed(B * 100 + T)
-    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
-    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
-    module = cls(I, H, backend="host", **kw).eval()
-    nn_module = getattr(torch.nn, cell.upper())(I, H, **kw).eval()
-    nn_module.load_state_dict(module.state_dict())
-    truth_module = cls(I, H, backend="host", **kw).double().eval()
-    truth_module.load_state_dict(module.state_dict())
+    module, nn_module, truth_module = _eval_modules(
+        cell, I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first
+    )
     shape = (B, T, I) if batch_first else (T, B, I)
     x = torch.randn(shape)
     lengths = None
@@ -169,13 +177,9 @@ def test_row_split_by_rule(case, threads, monkeypatch):
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
     torch.manual_seed(B * 10 + H)
     lstm = cell == "lstm"
-    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
-    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
-    module = cls(I, H, backend="host", **kw).eval()
-    nn_module = getattr(torch.nn, cell.upper())(I, H, **kw).eval()
-    nn_module.load_state_dict(module.state_dict())
-    truth_module = cls(I, H, backend="host", **kw).double().eval()
-    truth_module.load_state_dict(module.state_dict())
+    module, nn_module, truth_module = _eval_modules(
+        cell, I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first
+    )
     x = torch.randn((B, T, I) if batch_first else (T, B, I))
     dirs = 2 if bidirectional else 1
     h0 = torch.randn(layers * dirs, B, H)
