@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -153,9 +154,8 @@ CASES = [
 ]
 
 
-@functools.cache
-def _compile_in_subprocess(arch: int, cases_json: str) -> tuple[dict, ...]:
-    """Run tests/triton_aot.py (interpreter off) on the given cases; one dict per kernel."""
+def _start_compile(arch: int, cases_json: str) -> subprocess.Popen:
+    """Start tests/triton_aot.py (interpreter off) on the given cases in a subprocess."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         pytest.skip("this triton wheel has no bundled ptxas (no CUDA backend)")
@@ -164,15 +164,49 @@ def _compile_in_subprocess(arch: int, cases_json: str) -> tuple[dict, ...]:
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(tests_dir), tests_dir, env.get("PYTHONPATH", "")]
     )
-    result = subprocess.run(
+    # Output to files, not pipes: a compile waiting for its turn must not block on a full pipe.
+    return subprocess.Popen(
         [sys.executable, os.path.join(tests_dir, "triton_aot.py"), str(arch), cases_json],
         env=env,
-        capture_output=True,
+        stdout=tempfile.TemporaryFile("w+"),
+        stderr=tempfile.TemporaryFile("w+"),
         text=True,
-        timeout=1200,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return tuple(json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))
+
+
+# Compiles started ahead by _start_all_archs, by (arch, cases_json).
+_STARTED: dict[tuple[int, str], subprocess.Popen] = {}
+
+
+@functools.cache
+def _compile_in_subprocess(arch: int, cases_json: str) -> tuple[dict, ...]:
+    """One dict per kernel of ``cases_json`` compiled for ``arch``: the compile that
+    _start_all_archs started (the archs compile side by side, a core each), else a new one."""
+    process = _STARTED.pop((arch, cases_json), None) or _start_compile(arch, cases_json)
+    try:
+        process.wait(timeout=1200)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    process.stdout.seek(0)
+    process.stderr.seek(0)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    assert process.returncode == 0, stderr[-4000:]
+    return tuple(json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+
+
+def _start_all_archs(request) -> None:
+    """At the first compiled case, start every arch's compile of this session's cases."""
+    if _STARTED or getattr(request.session, "_fusedrnn_aot_started", False):
+        return
+    request.session._fusedrnn_aot_started = True
+    for arch in ARCHS:
+        cases = _selected_cases(request, arch)
+        if cases:
+            cases_json = json.dumps(cases, sort_keys=True)
+            _STARTED[(arch, cases_json)] = _start_compile(arch, cases_json)
 
 
 def _selected_cases(request, arch: int) -> list[dict]:
@@ -189,6 +223,7 @@ def _selected_cases(request, arch: int) -> list[dict]:
 @pytest.fixture
 def compiled(request, arch, spec) -> list[dict]:
     """The forward and backward kernel results of ``spec`` compiled for ``arch``."""
+    _start_all_archs(request)
     cases = _selected_cases(request, arch)
     results = _compile_in_subprocess(arch, json.dumps(cases, sort_keys=True))
     mine = [r for r in results if all(r.get(k) == v for k, v in spec.items() if v != "max")]
