@@ -64,7 +64,8 @@ Block sizes (chosen by the launcher)
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
-``STATE_IN_MEMORY`` B = 256 (the launcher's ``_state_in_memory``): the state of the owned
+``STATE_IN_MEMORY`` B = 256, and the sm_80 layer-norm backward at B = 64 (the launcher's
+              ``_state_in_memory``): the state of the owned
               units is not carried through the time loop in registers but re-read every
               step: forward h_{t-1} / c_{t-1} from the ``h_prev`` / ``c_prev`` rows this
               program wrote before the previous step's barrier (``c_prev``'s first row
@@ -1066,7 +1067,7 @@ def recurrence_backward_kernel(
     SPLIT_K: tl.constexpr,  # 2: the K rows split over program pairs (one dot over G*H only)
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
-    STATE_IN_MEMORY: tl.constexpr,  # B = 256: dh, dc and m_h re-read per step, not carried
+    STATE_IN_MEMORY: tl.constexpr,  # B = 256 (LN sm_80: 64): dh, dc, m_h re-read per step
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
@@ -1075,7 +1076,8 @@ def recurrence_backward_kernel(
     State per program, on chip: ``dh``, ``dc`` (gradients of the owned units' state
     after the current step), this program's columns ``W_hh[:, units]`` (``G*H x BLOCK_U``,
     loaded once), the dropout mask of its units, and float32 accumulators of dL/d b_hh,
-    dL/d gamma and dL/d beta of its columns. Per step:
+    dL/d gamma and dL/d beta of its columns (with layer norm at B <= 64: added into their
+    output rows each step instead, ``SUMS_IN_MEMORY``). Per step:
 
     1. ``dh += dL/d output_t`` (active rows), zoneout and the cell backward from the saved
        activations (kernels/cells.py); LSTM through N(c~) (BN local, LN with a barrier);
