@@ -64,7 +64,8 @@ Block sizes (chosen by the launcher)
 ``STREAM_K``  0: W_hh resident; else streamed from L2 in K-chunks of this size.
 ``GATES_PAD`` next power of two >= G (4, 4, 1): Triton tiles are powers of two.
 ``PROGRAMS_PAD`` next power of two >= the grid size (layer-norm partials).
-``STATE_IN_MEMORY`` B = 256 (the launcher's ``_state_in_memory``): the state of the owned
+``STATE_IN_MEMORY`` B = 256, and the sm_80 layer-norm backward at B = 64 (the launcher's
+              ``_state_in_memory``): the state of the owned
               units is not carried through the time loop in registers but re-read every
               step: forward h_{t-1} / c_{t-1} from the ``h_prev`` / ``c_prev`` rows this
               program wrote before the previous step's barrier (``c_prev``'s first row
@@ -395,6 +396,14 @@ def _streamed_product(
         acc = recurrent_dot(operand, w_chunk, acc, INPUT_PRECISION, UPCAST_OPERANDS)
         k0 += STREAM_K
     return acc
+
+
+@triton.jit
+def _add_to_column_sums(ptr, cols, mask, partial):
+    """``ptr[cols] += partial`` by the program that owns ``cols`` (a gradient sum kept in its
+    output row across the time loop instead of in registers; the same float32 additions in
+    the same order as a register accumulator)."""
+    tl.store(ptr + cols, tl.load(ptr + cols, mask=mask, other=0.0) + partial, mask=mask)
 
 
 @triton.jit
@@ -1058,7 +1067,7 @@ def recurrence_backward_kernel(
     SPLIT_K: tl.constexpr,  # 2: the K rows split over program pairs (one dot over G*H only)
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
-    STATE_IN_MEMORY: tl.constexpr,  # B = 256: dh, dc and m_h re-read per step, not carried
+    STATE_IN_MEMORY: tl.constexpr,  # B = 256 (LN sm_80: 64): dh, dc, m_h re-read per step
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
@@ -1067,7 +1076,8 @@ def recurrence_backward_kernel(
     State per program, on chip: ``dh``, ``dc`` (gradients of the owned units' state
     after the current step), this program's columns ``W_hh[:, units]`` (``G*H x BLOCK_U``,
     loaded once), the dropout mask of its units, and float32 accumulators of dL/d b_hh,
-    dL/d gamma and dL/d beta of its columns. Per step:
+    dL/d gamma and dL/d beta of its columns (with layer norm at B <= 64: added into their
+    output rows each step instead, ``SUMS_IN_MEMORY``). Per step:
 
     1. ``dh += dL/d output_t`` (active rows), zoneout and the cell backward from the saved
        activations (kernels/cells.py); LSTM through N(c~) (BN local, LN with a barrier);
@@ -1233,6 +1243,21 @@ def recurrence_backward_kernel(
             grad_norm_bias_c = tl.zeros((BLOCK_U,), tl.float32)
         grad_norm_weight_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
     grad_bias = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
+    # Layer norm: the gradient sums (b_hh, gamma_hh, and LSTM's gamma_c, beta_c) are added
+    # into their output rows each step (this program's columns, read and written by it only;
+    # the same float32 additions in the same order) instead of held across the loop, and the
+    # norm parameters are read again each step: at B = 64 on sm_80 (mma.sync) their
+    # registers were spilled around the product; not at B = 256 (the sm_90a RNN there
+    # spilled more with it: 56 -> 100 B; docs/kernels-v2.md §6.1).
+    SUMS_IN_MEMORY: tl.constexpr = NORM == NORM_LAYER and SPLIT_K == 1 and BLOCK_B <= 64
+    C_SUMS_IN_MEMORY: tl.constexpr = SUMS_IN_MEMORY and CELL == LSTM
+    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY
+    if SUMS_IN_MEMORY:
+        tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
+        tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
+    if C_SUMS_IN_MEMORY:
+        tl.store(grad_norm_weight_c_ptr + units, grad_norm_weight_c, mask=unit_in)
+        tl.store(grad_norm_bias_c_ptr + units, grad_norm_bias_c, mask=unit_in)
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     if USE_DROPOUT and not STATE_IN_MEMORY:
         m_h_own = dropout_mask(seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale)
@@ -1270,6 +1295,18 @@ def recurrence_backward_kernel(
             t = steps - 1 - s
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step
+        if PARAMS_PER_STEP:
+            norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
+                tl.float32
+            )
+            if CELL == LSTM:
+                norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
+                    tl.float32
+                )
+                if HAS_NORM_BIAS_C:
+                    norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
+                        tl.float32
+                    )
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
@@ -1343,8 +1380,16 @@ def recurrence_backward_kernel(
                     dc_normed * norm_weight_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
                 )
             elif NORM == NORM_LAYER:
-                grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
-                grad_norm_bias_c += tl.sum(dc_normed, axis=0)
+                if C_SUMS_IN_MEMORY:
+                    _add_to_column_sums(
+                        grad_norm_weight_c_ptr, units, unit_in, tl.sum(dc_normed * xhat_c, axis=0)
+                    )
+                    _add_to_column_sums(
+                        grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0)
+                    )
+                else:
+                    grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
+                    grad_norm_bias_c += tl.sum(dc_normed, axis=0)
                 rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
                 dy_hat = dc_normed * norm_weight_c[None, :]
                 sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
@@ -1435,7 +1480,10 @@ def recurrence_backward_kernel(
             )
 
         # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
-        grad_bias += tl.sum(d_a, axis=0)
+        if SUMS_IN_MEMORY:
+            _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_a, axis=0))
+        else:
+            grad_bias += tl.sum(d_a, axis=0)
         if NORM == NORM_BATCH:
             xhat_hh = tl.load(
                 _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
@@ -1453,7 +1501,12 @@ def recurrence_backward_kernel(
                 mask=col_mask,
                 other=0.0,
             )
-            grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
+            if SUMS_IN_MEMORY:
+                _add_to_column_sums(
+                    grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_a * xhat_hh, axis=0)
+                )
+            else:
+                grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
             rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
             dy_hat = d_a * norm_weight_hh[None, :]
             sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
@@ -1665,9 +1718,11 @@ def recurrence_backward_kernel(
         tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
         if CELL == LSTM:
             tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
-    tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
-    if NORM != NORM_NONE:
-        tl.store(grad_norm_weight_hh_ptr + gate_col, grad_norm_weight_hh, mask=col_in)
+    if not SUMS_IN_MEMORY:
+        tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
+        if NORM != NORM_NONE:
+            tl.store(grad_norm_weight_hh_ptr + gate_col, grad_norm_weight_hh, mask=col_in)
+    if NORM != NORM_NONE and not C_SUMS_IN_MEMORY:
         if CELL == LSTM:
             tl.store(grad_norm_weight_c_ptr + units, grad_norm_weight_c, mask=unit_in)
             tl.store(grad_norm_bias_c_ptr + units, grad_norm_bias_c, mask=unit_in)

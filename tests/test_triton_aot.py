@@ -308,21 +308,6 @@ def test_compiles_for_gpu(compiled, arch, spec):
 # loads per thread, forward / backward, measured 2026-11-23 with tests/triton_aot.py). Not
 # strict: a case that passes shows as XPASS, and then leaves the list (below).
 SPILLING = {
-    # W2 with layer norm, recurrent dropout and zoneout (= the B = 64 boundary, H = 1024) on
-    # sm_80: forward 88 / 92, backward 256 / 264 (was 188 / 304 before the layer-norm exchange
-    # slots by barrier parity). No single cause: loop-invariant per-thread offsets and masks
-    # of the per-step loads, the loop-carried gradients and the dropout mask, at 255
-    # registers beside mma.sync's 32 K tiles (sm_90a: 32 / 28, within budget). maxnreg changes
-    # nothing here (already 255 registers); 16 warps make it worse (224 / 608). Issue 13
-    # (2026-11-24, measured, not taken): the per-column norm parameters loaded every step
-    # instead of held (forward 88 -> 36, backward 256 -> 244), with K tiles of 64 rows
-    # (_RESIDENT_PIECE 4096) too: 28 / 32, 208 / 216 (of 32 rows: 28 / 32, 220 / 224;
-    # docs/kernels-v2.md §6.1). The backward's spills are some sixty
-    # loop-carried and loop-invariant words stored before the recurrent product and loaded
-    # after it (SASS): the product region (32 mma.sync K tiles, their [64, 128] float32
-    # operand pieces loaded and rounded in registers) holds all 255 registers.
-    "sm80-W2-layer-norm",
-    "sm80-lstm-all_layer_norm-bfloat16-B64-Hmax",
     # B = 256 boundary, LSTM with layer norm, bf16 (spill stores forward / backward; 8 warps
     # with maxnreg, the state of the owned units re-read from memory each step: the kernels'
     # STATE_IN_MEMORY, in the backward not with wgmma over > 32 K tiles; the layer-norm
@@ -344,7 +329,11 @@ SPILLING = {
 # B = 256 state out of the loop, 8 warps, the layer-norm read-back in chunks, GRU's dL/dxg
 # stored gate by gate): rnn_relu-all_layer_norm-float16-B256-Hmax (sm_90a 2908 / 476 -> 0 /
 # 56, sm_80 632 / 584 -> 40 / 16), gru-all_batch_norm-float32-B256-Hmax (sm_90a 196 / 248 ->
-# 64 / 52, sm_80 108 / 172 -> 0 / 64).
+# 64 / 52, sm_80 108 / 172 -> 0 / 64); since 2026-11-24 (issue 13: the layer-norm backward's
+# gradient sums added into their output rows each step, its norm parameters read each step,
+# and on sm_80 at B = 64 its state re-read per step, STATE_IN_MEMORY):
+# sm80-W2-layer-norm and sm80-lstm-all_layer_norm-bfloat16-B64-Hmax (forward 60 / 64,
+# backward 236 / 236 -> 0 / 0; sm_90a backward 28 -> 4 B; docs/kernels-v2.md §6.1).
 
 
 # TF32 off (FP32 FMA, "ieee"), stores / loads, forward; backward, measured 2026-11-23. Before

@@ -58,6 +58,8 @@ _STATE_IN_MEMORY_ROWS = 256
 # ... and in the backward with wgmma only up to this many resident K tiles a program (as
 # measured: _state_in_memory).
 _STATE_IN_MEMORY_WGMMA_TILES = 32
+# ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
+_LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -732,7 +734,7 @@ _REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80, sm_90)
 _MAX_REGISTERS_PER_THREAD = 255
 
 
-def _state_in_memory(geo: dict, kernel: str) -> bool:
+def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     """The ``STATE_IN_MEMORY`` of ``kernel`` ("forward" / "backward"): at ``BLOCK_B`` = 256
     the state of a program's units is re-read every step instead of being carried through
     the time loop in registers, where beside the step's ``[256, ·]`` working set ptxas
@@ -744,10 +746,15 @@ def _state_in_memory(geo: dict, kernel: str) -> bool:
     (B = 256, 8 warps, ptxas spill stores of the backward, carried -> re-read): GRU batch
     norm float32 sm_80 104 -> 64 B, sm_90a (the pair split, 24 tiles) 172 -> 52 B, RNN
     layer norm fp16 sm_80 180 -> 16 B, but sm_90a (64 tiles) 56 -> 180 B
-    (docs/kernels-v2.md §6.1). The interpreter tests select it with
-    INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    (docs/kernels-v2.md §6.1). Also the layer-norm backward at ``BLOCK_B`` = 64 with
+    mma.sync (sm_80; W2 with layer norm, dropout and zoneout: backward spill stores 140 ->
+    0 B beside the gradient sums kept in memory, 236 -> 44 B alone). The interpreter tests
+    select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
+    if kernel == "backward" and norm == "layer" and not geo["wgmma_backward"]:
+        if geo["BLOCK_B"] == _LAYER_NORM_STATE_IN_MEMORY_ROWS:
+            return True
     if geo["BLOCK_B"] < _STATE_IN_MEMORY_ROWS:
         return False
     if kernel == "forward" or not geo["wgmma_backward"]:
@@ -1029,7 +1036,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             SPLIT_K=geo["split_k"],
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
-            STATE_IN_MEMORY=_state_in_memory(geo, "backward"),
+            STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
