@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import IO
 
 import pytest
 
@@ -154,7 +155,7 @@ CASES = [
 ]
 
 
-def _start_compile(arch: int, cases_json: str) -> subprocess.Popen:
+def _start_compile(arch: int, cases_json: str) -> tuple[subprocess.Popen, IO[str], IO[str]]:
     """Start tests/triton_aot.py (interpreter off) on the given cases in a subprocess."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
@@ -165,34 +166,36 @@ def _start_compile(arch: int, cases_json: str) -> subprocess.Popen:
         [os.path.dirname(tests_dir), tests_dir, env.get("PYTHONPATH", "")]
     )
     # Output to files, not pipes: a compile waiting for its turn must not block on a full pipe.
-    return subprocess.Popen(
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
         [sys.executable, os.path.join(tests_dir, "triton_aot.py"), str(arch), cases_json],
         env=env,
-        stdout=tempfile.TemporaryFile("w+"),
-        stderr=tempfile.TemporaryFile("w+"),
+        stdout=stdout,
+        stderr=stderr,
         text=True,
     )
+    return process, stdout, stderr
 
 
 # Compiles started ahead by _start_all_archs, by (arch, cases_json).
-_STARTED: dict[tuple[int, str], subprocess.Popen] = {}
+_STARTED: dict[tuple[int, str], tuple[subprocess.Popen, IO[str], IO[str]]] = {}
 
 
 @functools.cache
 def _compile_in_subprocess(arch: int, cases_json: str) -> tuple[dict, ...]:
     """One dict per kernel of ``cases_json`` compiled for ``arch``: the compile that
     _start_all_archs started (the archs compile side by side, a core each), else a new one."""
-    process = _STARTED.pop((arch, cases_json), None) or _start_compile(arch, cases_json)
+    started = _STARTED.pop((arch, cases_json), None) or _start_compile(arch, cases_json)
+    process, stdout_file, stderr_file = started
     try:
         process.wait(timeout=1200)
     except subprocess.TimeoutExpired:
         process.kill()
         raise
-    process.stdout.seek(0)
-    process.stderr.seek(0)
-    stdout, stderr = process.stdout.read(), process.stderr.read()
-    process.stdout.close()
-    process.stderr.close()
+    with stdout_file, stderr_file:
+        stdout_file.seek(0)
+        stderr_file.seek(0)
+        stdout, stderr = stdout_file.read(), stderr_file.read()
     assert process.returncode == 0, stderr[-4000:]
     return tuple(json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
 
