@@ -196,6 +196,31 @@ def _step_tile(ptr, t, batch, rows, cols, width):
 
 
 @triton.jit
+def _norm_parameters(
+    norm_weight_hh_ptr,
+    norm_weight_c_ptr,
+    norm_bias_c_ptr,
+    gate_col,
+    col_in,
+    units,
+    unit_in,
+    IS_LSTM: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+):
+    """The norm parameters of the program's columns, as float32: the gain of the recurrent
+    product's norm over the ``[G*units]`` gate columns, and for the LSTM the cell-state norm's
+    gain and bias over ``units`` (0.0 where the cell or the options have none)."""
+    weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
+    weight_c = 0.0
+    bias_c = 0.0
+    if IS_LSTM:
+        weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+        if HAS_NORM_BIAS_C:
+            bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+    return weight_hh, weight_c, bias_c
+
+
+@triton.jit
 def _own_state(ptr, t, batch, rows, cols, width, mask):
     """A program's own state tile ``[rows, cols]`` of step ``t`` of a float32 [T, batch,
     width] buffer (``STATE_IN_MEMORY``): written by this program before the CTA barrier that
@@ -590,17 +615,17 @@ def recurrence_forward_kernel(
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
-        norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
-            tl.float32
+        norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
+            norm_weight_hh_ptr,
+            norm_weight_c_ptr,
+            norm_bias_c_ptr,
+            gate_col,
+            col_in,
+            units,
+            unit_in,
+            CELL == LSTM,
+            HAS_NORM_BIAS_C,
         )
-        if CELL == LSTM:
-            norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
-                tl.float32
-            )
-            if HAS_NORM_BIAS_C:
-                norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
-                    tl.float32
-                )
     lengths = tl.load(lengths_ptr + rows, mask=row_in, other=0)
     # One dropout mask for all steps, over the full row of h that enters the dot (the chunked
     # products draw each chunk's share again per step instead of holding [B, H]).
@@ -1228,17 +1253,18 @@ def recurrence_backward_kernel(
             weight_drop_keep_scale,
         )
     if NORM != NORM_NONE:
-        norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
-            tl.float32
+        norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
+            norm_weight_hh_ptr,
+            norm_weight_c_ptr,
+            norm_bias_c_ptr,
+            gate_col,
+            col_in,
+            units,
+            unit_in,
+            CELL == LSTM,
+            HAS_NORM_BIAS_C,
         )
         if CELL == LSTM:
-            norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
-                tl.float32
-            )
-            if HAS_NORM_BIAS_C:
-                norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
-                    tl.float32
-                )
             grad_norm_weight_c = tl.zeros((BLOCK_U,), tl.float32)
             grad_norm_bias_c = tl.zeros((BLOCK_U,), tl.float32)
         grad_norm_weight_hh = tl.zeros((GATES_PAD * BLOCK_U,), tl.float32)
@@ -1296,17 +1322,17 @@ def recurrence_backward_kernel(
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step
         if PARAMS_PER_STEP:
-            norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
-                tl.float32
+            norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
+                norm_weight_hh_ptr,
+                norm_weight_c_ptr,
+                norm_bias_c_ptr,
+                gate_col,
+                col_in,
+                units,
+                unit_in,
+                CELL == LSTM,
+                HAS_NORM_BIAS_C,
             )
-            if CELL == LSTM:
-                norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(
-                    tl.float32
-                )
-                if HAS_NORM_BIAS_C:
-                    norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(
-                        tl.float32
-                    )
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
