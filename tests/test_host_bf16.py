@@ -9,6 +9,8 @@
   and 16-row AMX blocks partly filled, the one-row form), reversed and with lengths; and a bf16
   tier really runs (its results differ from the float32 product's).
 * The fallback keeps the storage-only contract (test_host_half's "float32 run rounded once").
+* AMX refused by the OS (a seccomp filter makes arch_prctl(ARCH_REQ_XCOMP_PERM) fail with
+  EPERM in a subprocess) falls back to the avx512-bf16 tier and passes the same checks.
 """
 
 from __future__ import annotations
@@ -168,3 +170,49 @@ def test_fallback_keeps_the_float32_run_rounded_once():
     run = _run(code, "x86-64-v4")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "6 passed" in run.stdout, run.stdout[-2000:]
+
+
+# A seccomp filter (installed before fusedrnn or torch is imported) that fails
+# arch_prctl(ARCH_REQ_XCOMP_PERM, ...) with EPERM, as a kernel without AMX support or a
+# sandbox would; every other system call is allowed. x86-64 only (SYS_arch_prctl = 158).
+_REFUSE_AMX = textwrap.dedent(
+    """
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+    def stmt(code, k):
+        return struct.pack("HBBI", code, 0, 0, k)
+    def jeq(k, jt, jf):
+        return struct.pack("HBBI", 0x15, jt, jf, k)
+    prog = b"".join([
+        stmt(0x20, 0),                      # A = seccomp_data.nr
+        jeq(SYS_ARCH_PRCTL, 0, 3),
+        stmt(0x20, 16),                     # A = low word of args[0]
+        jeq(ARCH_REQ_XCOMP_PERM, 0, 1),
+        stmt(0x06, 0x00050000 | 1),         # SECCOMP_RET_ERRNO | EPERM
+        stmt(0x06, 0x7FFF0000),             # SECCOMP_RET_ALLOW
+    ])
+    buf = ctypes.create_string_buffer(prog)
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    fprog = SockFprog(len(prog) // 8, ctypes.addressof(buf))
+    PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+    assert libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, ctypes.get_errno()
+    assert libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0, (
+        ctypes.get_errno())
+    assert libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == -1
+    assert ctypes.get_errno() == 1  # EPERM: the filter refuses, so AMX may not be used
+    """
+)
+
+
+def test_amx_refused_by_the_os_falls_back_to_avx512_bf16():
+    """gemm_bf16.cpp bf16_tier(): when AMX would be chosen but Linux refuses the tile state,
+    the avx512-bf16 tier runs (without the fallback the first tile instruction is SIGILL)."""
+    if native.native().host_gemm_variant() == "portable":
+        pytest.skip("built without multiversioning")
+    if _best_tier_of_cpu() != "amx-bf16" or sys.platform != "linux":
+        pytest.skip("needs a Linux x86-64 CPU with AMX-BF16")
+    run = _run(_REFUSE_AMX + _TIER_SCRIPT, None)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "avx512-bf16"
