@@ -208,8 +208,10 @@ def recurrent_dot(
     if UPCAST_OPERANDS:
         product = tl.dot(operand.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
     elif INPUT_PRECISION == "ieee" and w_tile.dtype == tl.float32:
-        if w_tile.shape[0] >= 64:  # 8 chunks (as measured at K = 64 ... 1024)
-            product = fma_dot(operand, w_tile, acc, w_tile.shape[0] // 8)
+        # 8 chunks (as measured at K = 64 ... 1024), none below K = 16: triton 3.6 rejects a
+        # dot of K < 16 (3.8 takes it). The launcher's FMA constants mirror these numbers.
+        if w_tile.shape[0] >= 64:
+            product = fma_dot(operand, w_tile, acc, max(w_tile.shape[0] // 8, 16))
         else:
             product = tl.dot(operand, w_tile, acc, input_precision="ieee")
     else:

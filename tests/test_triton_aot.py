@@ -353,6 +353,22 @@ SPILLING = {
 SPILLING_TF32_OFF: set[str] = set()
 SPILLING |= SPILLING_TF32_OFF
 
+# Over the budget with triton 3.6 only (the GPU machine's triton; 3.8 keeps them within it),
+# all slow cases, so CI's triton 3.6 run (.ci/run) does not meet them. Measured 2026-11-24
+# with the 3.6.0 wheel's ptxas, the first kernel over the budget, stores / loads: sm_80
+# lstm-all_layer_norm-bfloat16-B64-Hmax and W2-layer-norm forward 164 / 168, sm_90a the same
+# two forward 144 / 160; rnn_relu-all_layer_norm-float16-B256-Hmax sm_80 forward 108 / 108,
+# sm_90a backward 192 / 188; sm_90a gru-all_batch_norm-float32-B256-Hmax backward 108 / 104.
+# Everything compiles and its shared memory is as predicted there too.
+SPILLING_TRITON_3_6 = {
+    "lstm-all_layer_norm-bfloat16-B64-Hmax",
+    "W2-layer-norm",
+    "rnn_relu-all_layer_norm-float16-B256-Hmax",
+    "sm90-gru-all_batch_norm-float32-B256-Hmax",
+}
+if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
+    SPILLING |= SPILLING_TRITON_3_6
+
 
 def _spill_cases():
     """CASES, with the cases that exceed the spill budget today (SPILLING) marked xfail."""

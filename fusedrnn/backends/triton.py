@@ -72,8 +72,11 @@ _MIN_TILE_K = 64
 # Exact float32 (TF32 off: FP32 FMA, kernels/primitives.py recurrent_dot): a product of K >=
 # _FMA_SPLIT_K runs as _FMA_CHUNKS dots of K / _FMA_CHUNKS (fma_dot); the forward's K tiles
 # are those chunks themselves (_geometry), each loaded on its own.
+# No FMA chunk or tile is below K = _FMA_MIN_K: triton 3.6's tl.dot rejects K < 16 (3.8
+# takes it), and the kernels must compile on both.
 _FMA_CHUNKS = 8
 _FMA_SPLIT_K = 64
+_FMA_MIN_K = 16
 # Rows to which the exact float32 plan (``fma_dots``: _fma_shared_memory_bytes, the FMA chunk
 # tiles) is measured; at B = 256 the geometry and the bound stay the TF32 plan's (sm_90a LSTM
 # B = 256, H = 4224 streamed: 32768 B compiled, 98304 / 73728 B predicted).
@@ -249,7 +252,8 @@ def _geometry(
                 k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
             for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
                 if options["fma_dots"] and kernel == "forward" and k_tiles > 1:
-                    k_tiles *= _FMA_CHUNKS  # one FMA chunk a tile
+                    # one FMA chunk a tile (K >= _FMA_MIN_K)
+                    k_tiles *= min(_FMA_CHUNKS, block_h // k_tiles // _FMA_MIN_K)
                 geo = _configured(
                     options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
                     k_tiles, k_tiles, 0, **device_args,
@@ -415,10 +419,11 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
 def _fma_staging(rows: int, k: int) -> int:
     """Shared memory the exact float32 FMA product (kernels/primitives.py recurrent_dot,
     ``input_precision="ieee"``) stages per dot of ``rows`` x K = ``k`` float32 operand: one
-    ``[rows, k]`` piece below ``_FMA_SPLIT_K``; from it fma_dot's ``_FMA_CHUNKS`` chunks,
-    whose last split's two halves ``[rows, k / _FMA_CHUNKS]`` are staged together."""
+    ``[rows, k]`` piece below ``_FMA_SPLIT_K``; from it fma_dot's ``_FMA_CHUNKS`` chunks (of
+    at least ``_FMA_MIN_K``), whose last split's two halves ``[rows, chunk]`` are staged
+    together."""
     if k >= _FMA_SPLIT_K:
-        return 2 * 4 * rows * (k // _FMA_CHUNKS)
+        return 2 * 4 * rows * max(k // _FMA_CHUNKS, _FMA_MIN_K)
     return 4 * rows * k
 
 
