@@ -83,6 +83,26 @@ PYBIND11_MODULE(_C, m) {
       "The dispatch rule: the build chosen for a CPU with these levels and a "
       "FUSEDRNN_HOST_ISA value ('' = unset).");
 
+  m.def(
+      "host_buffer_offsets",
+      [](const std::vector<int64_t>& sizes) {
+        // Where fresh host buffers of these element counts start, modulo a cache line.
+        std::vector<int64_t> out;
+        auto offset = [](const void* p) {
+          return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) %
+                                      fusedrnn::host::kCacheLine);
+        };
+        for (int64_t n : sizes) {
+          const fusedrnn::host::PackedB<float> packed(static_cast<size_t>(n));
+          const fusedrnn::host::AlignedVector<float> f(static_cast<size_t>(n));
+          const fusedrnn::host::AlignedVector<double> d(static_cast<size_t>(n));
+          out.insert(out.end(), {offset(packed.data()), offset(f.data()), offset(d.data())});
+        }
+        return out;
+      },
+      py::arg("sizes"),
+      "Offsets modulo 64 bytes of a fresh packed-weight buffer (float) and of the host's "
+      "aligned scratch vectors (float, double) of each size: all 0 (csrc/host/gemm.h).");
   m.def("host_bf16_variant", &fusedrnn::host::bf16_variant,
         "Which tier (amx-bf16, avx512-bf16, none = the float32 kernel) runs the host "
         "backend's bfloat16 recurrent products.");

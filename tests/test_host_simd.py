@@ -6,6 +6,8 @@
   torch.nn's float32 error + floor) on outputs, states and every gradient, at sizes that hit
   the GEMM's edge tiles (B = 1 matrix-vector, rows and panels not multiples of the tile).
 * The vectorised sigmoid / tanh: accurate, +-1 (not NaN) for huge |x|, NaN in -> NaN out.
+* The buffers the GEMM streams (packed weights, scratch tiles) start on a cache line, also at
+  sizes glibc serves by its own mmap (16 bytes past a page boundary: split 64-byte loads).
 * Inference: with no gradient needed the host forward saves nothing, and gives the same
   results; functional.recurrence passes the flag into the op.
 """
@@ -53,6 +55,16 @@ def _best_isa_of_cpu() -> str | None:
     if V3_FLAGS <= flags and V4_FLAGS <= flags:
         return "x86-64-v4"
     return "x86-64-v3" if V3_FLAGS <= flags else "baseline"
+
+
+def test_host_buffers_start_on_a_cache_line():
+    """csrc/host/gemm.h's PackedB / AlignedVector: fresh buffers of every size (40 MiB is above
+    glibc's largest mmap threshold, where a plain vector starts 16 bytes into a line) are
+    64-byte aligned, so the micro-kernel's vector loads of W never straddle two lines."""
+    sizes = [1, 7, 1000, 3 << 16, 10 << 20]
+    offsets = native.native().host_buffer_offsets(sizes)
+    assert len(offsets) == 3 * len(sizes)
+    assert offsets == [0] * len(offsets), offsets
 
 
 @pytest.mark.parametrize(

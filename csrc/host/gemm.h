@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -63,11 +64,36 @@ PackedLayout<T> packed_layout(int64_t M) {
   return PackedLayout<T>{packed_group(M)};
 }
 
+// Buffers the GEMM streams through whole vectors (packed B, C tiles) start on a cache line:
+// glibc's malloc returns 16-byte-aligned memory, and a large block (its own mmap) sits 16 bytes
+// past a page boundary, so every 64-byte load of such a packed B straddled two cache lines
+// (measured: the per-step products 6-9 % slower; docs/design.md §5.4, "Aligned buffers").
+constexpr std::size_t kCacheLine = 64;
+template <class T>
+struct AlignedAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = AlignedAllocator<U>;
+  };
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kCacheLine)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    ::operator delete(p, n * sizeof(T), std::align_val_t(kCacheLine));
+  }
+};
+template <class T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
 // An allocator whose value-less construct() default-initialises: a PackedB<T>(n) holds n
 // uninitialised elements, so pack_b writes each element once rather than after a zero fill
-// (the fill was a B = 1 call's largest native cost after the packing itself).
+// (the fill was a B = 1 call's largest native cost after the packing itself). Cache-line
+// aligned (AlignedAllocator).
 template <class T>
-struct NoInitAllocator : std::allocator<T> {
+struct NoInitAllocator : AlignedAllocator<T> {
   template <class U>
   struct rebind {
     using other = NoInitAllocator<U>;

@@ -351,10 +351,10 @@ struct Bf16Forward {
 std::atomic<int64_t> g_xproj_calls{0};
 
 // Steps per chunk of the input projection in the loop: FUSEDRNN_HOST_XPROJ_STEPS if set (for
-// measurements), else enough steps for ~`rows` rows: 256 (the GEMM's efficient row count) for
-// a worker that owns 1/nt of the columns, 128 for one that owns all of them (the row split:
-// the same chunk buffer footprint at two threads; measured as good or slightly better at C2 and
-// C5, docs/design.md §5.4).
+// measurements), else enough steps for ~`rows` rows: 256 (the GEMM's efficient row count) at
+// one thread, 128 when several threads share the core's caches' work (the unit split at 2
+// threads: C5 inference 0.977x of its time with 256; the row split, whose chunk buffer holds
+// every column: the same footprint; docs/design.md §5.4).
 int64_t xproj_chunk_steps(int64_t T, int64_t B, int64_t rows) {
   const char* v = std::getenv("FUSEDRNN_HOST_XPROJ_STEPS");
   const int64_t env = v != nullptr ? std::atoll(v) : int64_t(0);
@@ -388,10 +388,11 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   // The input projection in the step loop: steps per chunk.
   const bool xproj = std::is_same_v<T, float> && !bf16_product && bf.xg == nullptr &&
                      xproj_in_loop_applies(p);
-  const int64_t xk = xproj ? xproj_chunk_steps(p.T, B, shared != nullptr ? 128 : 256) : 0;
+  const int64_t xk =
+      xproj ? xproj_chunk_steps(p.T, B, shared != nullptr || nt_req > 1 ? 128 : 256) : 0;
   if (xproj && shared == nullptr) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
   const T* w_b_hh = static_cast<const T*>(p.b_hh);
-  std::vector<T> hin(static_cast<size_t>(2 * B * P));
+  AlignedVector<T> hin(static_cast<size_t>(2 * B * P));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
@@ -433,12 +434,13 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
             : PackedB<T>();
     const T* w_hr_rows = proj && rows_form ? w_hr + so.j0 * H : nullptr;
     auto buffer = [](int64_t n) {
-      return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
+      return AlignedVector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
     };
-    std::vector<T> a = buffer(B * nl), h = buffer(B * pl), c = buffer(B * hl), ct = buffer(B * hl),
-                   co = buffer(B * hl), mh = buffer(B * pl), col_mean = buffer(nl),
-                   col_rstd = buffer(nl), row_mean = buffer(B), row_rstd = buffer(B),
-                   h_proj = buffer(proj ? B * pl : 0);
+    AlignedVector<T> a = buffer(B * nl), h = buffer(B * pl), c = buffer(B * hl),
+                     ct = buffer(B * hl), co = buffer(B * hl), mh = buffer(B * pl),
+                     col_mean = buffer(nl),
+                     col_rstd = buffer(nl), row_mean = buffer(B), row_rstd = buffer(B),
+                     h_proj = buffer(proj ? B * pl : 0);
     ForwardScratch<T> scratch;
     scratch.a = a.data();
     scratch.h = h.data();
@@ -472,7 +474,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     // The input projection in the step loop (xproj_in_loop_applies): own W_ih^T columns
     // packed per gate, once per call; the sum of the two biases for own columns.
     std::vector<PackedB<T>> w_ih_packed;
-    std::vector<T> xbuf, bias_sum;
+    AlignedVector<T> xbuf;
+    std::vector<T> bias_sum;
     if (xproj) {
       const T* w_ih = static_cast<const T*>(p.w_ih);
       const T* b_ih = static_cast<const T*>(p.b_ih);
@@ -670,15 +673,15 @@ void backward_impl(const RecurrenceBwdParams& p, bool bf16_product = false) {
         proj ? pack_b<T>(B, P, hl, H, [&](int64_t jj) { return w_hr + sl.j0 + jj; })
              : PackedB<T>();
     auto buffer = [](int64_t n) {
-      return std::vector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
+      return AlignedVector<T>(static_cast<size_t>(std::max<int64_t>(n, 1)));
     };
     const int64_t cell = lstm ? B * hl : 0;
-    std::vector<T> dab = buffer(B * G * hl), dh = buffer(B * pl), dh_prev = buffer(B * pl),
-                   dhtil = buffer(B * pl), dhtil_cell = buffer(proj ? B * hl : 0),
-                   dc = buffer(cell), dc_prev = buffer(cell), dctil = buffer(cell),
-                   dco = buffer(cell), mh = buffer(B * pl), dhin = buffer(B * pl),
-                   col_a = buffer(G * hl), col_b = buffer(G * hl), row_a = buffer(B),
-                   row_b = buffer(B);
+    AlignedVector<T> dab = buffer(B * G * hl), dh = buffer(B * pl), dh_prev = buffer(B * pl),
+                     dhtil = buffer(B * pl), dhtil_cell = buffer(proj ? B * hl : 0),
+                     dc = buffer(cell), dc_prev = buffer(cell), dctil = buffer(cell),
+                     dco = buffer(cell), mh = buffer(B * pl), dhin = buffer(B * pl),
+                     col_a = buffer(G * hl), col_b = buffer(G * hl), row_a = buffer(B),
+                     row_b = buffer(B);
     BackwardScratch<T> scratch;
     scratch.dab = dab.data();
     scratch.dh = dh.data();
