@@ -96,13 +96,17 @@ PYBIND11_MODULE(_C, m) {
           const fusedrnn::host::PackedB<float> packed(static_cast<size_t>(n));
           const fusedrnn::host::AlignedVector<float> f(static_cast<size_t>(n));
           const fusedrnn::host::AlignedVector<double> d(static_cast<size_t>(n));
-          out.insert(out.end(), {offset(packed.data()), offset(f.data()), offset(d.data())});
+          fusedrnn::host::PackedBf16 packed_bf16;  // gemm_bf16.h's packed W
+          packed_bf16.data.assign(static_cast<size_t>(n), 0);
+          out.insert(out.end(), {offset(packed.data()), offset(f.data()), offset(d.data()),
+                                 offset(packed_bf16.data.data())});
         }
         return out;
       },
       py::arg("sizes"),
-      "Offsets modulo 64 bytes of a fresh packed-weight buffer (float) and of the host's "
-      "aligned scratch vectors (float, double) of each size: all 0 (csrc/host/gemm.h).");
+      "Offsets modulo 64 bytes of a fresh packed-weight buffer (float), of the host's "
+      "aligned scratch vectors (float, double) and of a packed bfloat16 weight buffer of each "
+      "size: all 0 (csrc/host/gemm.h, gemm_bf16.h).");
   m.def("host_bf16_variant", &fusedrnn::host::bf16_variant,
         "Which tier (amx-bf16, avx512-bf16, none = the float32 kernel) runs the host "
         "backend's bfloat16 recurrent products.");

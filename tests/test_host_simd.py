@@ -58,12 +58,12 @@ def _best_isa_of_cpu() -> str | None:
 
 
 def test_host_buffers_start_on_a_cache_line():
-    """csrc/host/gemm.h's PackedB / AlignedVector: fresh buffers of every size (40 MiB is above
+    """csrc/host/gemm.h's PackedB / AlignedVector and gemm_bf16.h's PackedBf16: fresh buffers of every size (40 MiB is above
     glibc's largest mmap threshold, where a plain vector starts 16 bytes into a line) are
     64-byte aligned, so the micro-kernel's vector loads of W never straddle two lines."""
     sizes = [1, 7, 1000, 3 << 16, 10 << 20]
     offsets = native.native().host_buffer_offsets(sizes)
-    assert len(offsets) == 3 * len(sizes)
+    assert len(offsets) == 4 * len(sizes)  # PackedB, float and double scratch, PackedBf16
     assert offsets == [0] * len(offsets), offsets
 
 

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "gemm.h"  // AlignedVector
+
 namespace fusedrnn {
 namespace host {
 
@@ -43,7 +45,7 @@ inline const char* bf16_variant() { return bf16_tier_name(bf16_tier()); }
 // vdpbf16ps operand, and 16 rows are one AMX B tile (its "VNNI" layout).
 struct PackedBf16 {
   int64_t K = 0, N = 0, Kp = 0, Np = 0;
-  std::vector<uint16_t> data;
+  AlignedVector<uint16_t> data;  // on a cache line, as gemm.h's PackedB
   bool empty() const { return data.empty(); }
   const uint16_t* panel(int64_t p) const { return data.data() + p * (Kp / 2) * 32; }
 };
@@ -85,8 +87,8 @@ void narrow_f16(const float* src, uint16_t* dst, int64_t n);
 // A thread's buffers for gemm_bf16 (A in bf16, the padded C), reused across steps.
 struct Bf16Scratch {
   int64_t a_rows = 0, a_cols = 0;  // a's shape (its padding is zeroed once per shape)
-  std::vector<uint16_t> a;
-  std::vector<float> c;
+  AlignedVector<uint16_t> a;  // on a cache line: whole 64-byte rows per load
+  AlignedVector<float> c;
 };
 
 // C[M, N] = bf16(A) * B (C's row stride ldc; A's lda), B = b.N columns, K = b.K, with the
