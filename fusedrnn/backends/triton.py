@@ -52,6 +52,10 @@ INTERPRETER_SPLIT_K: int = 1
 # Test-only: True runs the B = 256 path (the kernels' STATE_IN_MEMORY: the state of the owned
 # units re-read from memory every step instead of carried in registers) at any batch.
 INTERPRETER_STATE_IN_MEMORY: bool = False
+# Test-only, with INTERPRETER_STATE_IN_MEMORY: the LSTM with layer norm (no projection) runs
+# its step in whole-step row pieces of this many rows (a power of two; the kernels'
+# ROW_PIECE, _row_piece), as at B = 256 on a GPU. None: no pieces.
+INTERPRETER_ROW_PIECE: int | None = None
 # From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
 # steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
 _STATE_IN_MEMORY_ROWS = 256
@@ -60,6 +64,9 @@ _STATE_IN_MEMORY_ROWS = 256
 _STATE_IN_MEMORY_WGMMA_TILES = 32
 # ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
 _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
+# The LSTM with layer norm from _STATE_IN_MEMORY_ROWS rows on: everything of a step after the
+# recurrent product in whole-step row pieces of this many rows (_row_piece).
+_WHOLE_STEP_PIECE_ROWS = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -748,10 +755,14 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     layer norm fp16 sm_80 180 -> 16 B, but sm_90a (64 tiles) 56 -> 180 B
     (docs/kernels-v2.md §6.1). Also the layer-norm backward at ``BLOCK_B`` = 64 with
     mma.sync (sm_80; W2 with layer norm, dropout and zoneout: backward spill stores 140 ->
-    0 B beside the gradient sums kept in memory, 236 -> 44 B alone). The interpreter tests
-    select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    0 B beside the gradient sums kept in memory, 236 -> 44 B alone). And in both kernels
+    wherever the step runs in whole-step row pieces (_row_piece: the LSTM with layer norm at
+    B = 256, whose backward would otherwise carry its state with wgmma's 64 K tiles). The
+    interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
+    if _row_piece(geo, norm) < geo["BLOCK_B"]:  # the row pieces carry no state
+        return True
     if kernel == "backward" and norm == "layer" and not geo["wgmma_backward"]:
         if geo["BLOCK_B"] == _LAYER_NORM_STATE_IN_MEMORY_ROWS:
             return True
@@ -761,6 +772,29 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
         return True
     tiles = split_tiles(geo) if geo["split_k"] == 2 else geo["k_tiles_backward"]
     return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
+
+
+def _row_piece(geo: dict, norm: str) -> int:
+    """The kernels' ``ROW_PIECE``: the LSTM with layer norm and no projection at ``BLOCK_B``
+    >= _STATE_IN_MEMORY_ROWS (256) runs everything of a step but the recurrent products in
+    whole-step row pieces of _WHOLE_STEP_PIECE_ROWS (64) rows, around the same barriers:
+    the pre-norm product is staged in the step's ``xhat_hh`` rows and c~ in its ``xhat_c``
+    rows (the forward), dL/d N(c) and dL/d o in its ``grad_acc`` rows (the backward), each
+    piece publishes its rows' layer-norm partials, the programs meet once, and each piece is
+    read back and normalised. At 256 rows the step's working set (accumulator, x gate tile,
+    gates, c~ and its norm) spilled KBs at any warp count; 64 rows at 8 warps fit
+    (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under the interpreter
+    INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
+    block_b = geo["BLOCK_B"]
+    if geo["num_gates"] != 4 or norm != "layer" or geo["proj"] > 0:
+        return block_b
+    if _interpreting():
+        if INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
+            return min(INTERPRETER_ROW_PIECE, block_b)
+        return block_b
+    if block_b >= _STATE_IN_MEMORY_ROWS:
+        return min(_WHOLE_STEP_PIECE_ROWS, block_b)
+    return block_b
 
 
 def _warp_options(num_warps: int) -> dict:
@@ -914,7 +948,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
-        STATE_IN_MEMORY=_state_in_memory(geo, "forward"),
+        STATE_IN_MEMORY=_state_in_memory(geo, "forward", norm),
+        ROW_PIECE=_row_piece(geo, norm),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -1037,6 +1072,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
+            ROW_PIECE=_row_piece(geo, cfg.norm),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
