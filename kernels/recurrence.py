@@ -310,6 +310,7 @@ def _resident_product(
     k_offset,
     k_total,
     batch,
+    first_row,
     w_tiles,
     acc,
     OPERAND_DROPOUT: tl.constexpr,
@@ -324,7 +325,8 @@ def _resident_product(
 ):
     """``acc + operand @ W`` with W resident on chip as the tuple ``w_tiles`` of ``K_TILES``
     K-chunk tiles (:func:`_load_resident_tiles`), ``acc`` float32 [BLOCK_B, N]; row ``r`` of
-    the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``.
+    the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``, rows
+    ``first_row ...`` (0, or a whole-step row piece's first row).
 
     The operand was written by every program before the barrier, so it is read from L2. It
     is taken ``ROWS_PER_DOT`` rows by one K tile at a time (static loops: one dot per piece, each
@@ -338,7 +340,7 @@ def _resident_product(
     chunk_ids = tl.arange(0, CHUNKS)[:, None, None]
     acc3 = tl.reshape(acc, (CHUNKS, ROWS_PER_DOT, WIDTH_N))
     for chunk in tl.static_range(CHUNKS):
-        rows = chunk * ROWS_PER_DOT + tl.arange(0, ROWS_PER_DOT)
+        rows = first_row + chunk * ROWS_PER_DOT + tl.arange(0, ROWS_PER_DOT)
         if CHUNKS == 1:
             part = acc
         else:
@@ -498,7 +500,7 @@ def _forward_pieces_cell(
     col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
     gate_col = col_gate * hidden + col_unit
     slot_hh = row_values_slot(ln_partials_ptr, generation, 2, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         col_mask = row_in[:, None] & col_in[None, :]
         own_mask = row_in[:, None] & unit_in[None, :]
@@ -614,7 +616,7 @@ def _forward_pieces_state(
     unit_in = units < hidden
     slot_c = row_values_slot(ln_partials_ptr, generation + 1, 2, BLOCK_B)
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
@@ -705,8 +707,8 @@ def _backward_pieces_cell_norm(
     xhat_c_ptr,
     grad_acc_ptr,
     ln_partials_ptr,
-    grad_norm_weight_c,
-    grad_norm_bias_c,
+    grad_norm_weight_c_ptr,
+    grad_norm_bias_c_ptr,
     t,
     generation,
     batch,
@@ -725,8 +727,8 @@ def _backward_pieces_cell_norm(
 ):
     """The backward's LSTM step with layer norm in whole-step row pieces, before its first
     barrier (``generation``): per piece ``dh`` (``grad_h0``) plus ``dL/d output``, zoneout,
-    ``dL/d o`` and ``dL/d N(c~)``, the c norm's gradient sums (returned, added to the given
-    ones), and the row partials of ``dy = dL/d N(c~) * gamma_c`` published; ``dy`` and
+    ``dL/d o`` and ``dL/d N(c~)``, the c norm's gradient sums (added into their output rows,
+    :func:`_add_to_column_sums`), and the row partials of ``dy = dL/d N(c~) * gamma_c`` published; ``dy`` and
     ``dL/d o`` are staged in this step's ``grad_acc`` rows (gate 0 and gate 3 columns of the
     program's units) for :func:`_backward_pieces_cell`."""
     pid = tl.program_id(0)
@@ -735,7 +737,7 @@ def _backward_pieces_cell_norm(
     units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
     unit_in = units < hidden
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         own_offsets = rows[:, None] * hidden + units[None, :]
@@ -767,8 +769,10 @@ def _backward_pieces_cell_norm(
                 + tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)[None, :]
             )
         d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
-        grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
-        grad_norm_bias_c += tl.sum(dc_normed, axis=0)
+        _add_to_column_sums(
+            grad_norm_weight_c_ptr, units, unit_in, tl.sum(dc_normed * xhat_c, axis=0)
+        )
+        _add_to_column_sums(grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0))
         dy_hat = dc_normed * weight_c[None, :]
         staged = _step_tile(grad_acc_ptr, t, batch, rows, units, gate_width)
         tl.store(staged, dy_hat, mask=own_mask)
@@ -781,7 +785,6 @@ def _backward_pieces_cell_norm(
             batch,
             BLOCK_B,
         )
-    return grad_norm_weight_c, grad_norm_bias_c
 
 
 @triton.jit
@@ -797,8 +800,8 @@ def _backward_pieces_cell(
     grad_acc_ptr,
     grad_c0_ptr,
     ln_partials_ptr,
-    grad_bias,
-    grad_norm_weight_hh,
+    grad_b_hh_ptr,
+    grad_norm_weight_hh_ptr,
     t,
     generation,
     batch,
@@ -817,7 +820,7 @@ def _backward_pieces_cell(
     """Between the backward's first two barriers (``generation``, ``generation + 1``), per
     row piece: the c norm's backward from the staged ``dy`` and the merged row sums, zoneout
     of c, the cell backward, ``dc`` written back to ``grad_c0``, ``dL/d xg`` stored, the
-    recurrent norm's gradient sums (returned, added to the given ones), and ``dL/d a``
+    recurrent norm's gradient sums (added into their output rows), and ``dL/d a``
     staged in this step's ``grad_acc`` rows with the row partials of ``dL/d a * gamma_hh``
     published for barrier ``generation + 1``."""
     pid = tl.program_id(0)
@@ -832,7 +835,7 @@ def _backward_pieces_cell(
     gate_col = col_gate * hidden + col_unit
     hidden_f = hidden.to(tl.float32)
     slot_c = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         col_mask = row_in[:, None] & col_in[None, :]
@@ -879,13 +882,15 @@ def _backward_pieces_cell(
         tl.store(
             _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width), d_pre, mask=col_mask
         )
-        grad_bias += tl.sum(d_pre, axis=0)
+        _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_pre, axis=0))
         xhat_hh = tl.load(
             _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
             mask=col_mask,
             other=0.0,
         )
-        grad_norm_weight_hh += tl.sum(d_pre * xhat_hh, axis=0)
+        _add_to_column_sums(
+            grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_pre * xhat_hh, axis=0)
+        )
         dy_hh = (
             d_pre
             * tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)[None, :]
@@ -904,7 +909,6 @@ def _backward_pieces_cell(
             batch,
             BLOCK_B,
         )
-    return grad_bias, grad_norm_weight_hh
 
 
 @triton.jit
@@ -950,7 +954,7 @@ def _backward_pieces_recurrent_norm(
     gate_col = col_gate * hidden + col_unit
     width_f = gate_width.to(tl.float32)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         col_mask = row_in[:, None] & col_in[None, :]
@@ -1277,7 +1281,75 @@ def recurrence_forward_kernel(
             h_step_ptr = h_masked_ptr + (s % 2) * batch * state_size
         else:
             h_step_ptr = h_prev_ptr + t64 * batch * state_size
-        if STREAM_K > 0:
+        if ROW_SPLIT:
+            # Whole-step row pieces (the launcher's _row_piece: LSTM with layer norm at
+            # B = 256): the product piece by piece (ROWS_PER_DOT = ROW_PIECE rows a dot),
+            # each piece's pre-norm product staged in this step's xhat_hh rows (this
+            # program's columns) and its layer-norm row partials published; one barrier.
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                if STREAM_K > 0:
+                    acc = _streamed_product(
+                        h_step_ptr,
+                        state_size,
+                        rows_p,
+                        row_in_p,
+                        state_size,
+                        w_hh_ptr,
+                        gate_col,
+                        col_in,
+                        state_size,
+                        False,
+                        USE_WEIGHT_DROP,
+                        weight_drop_key,
+                        weight_drop_base,
+                        weight_drop_p,
+                        weight_drop_keep_scale,
+                        OPERAND_DROPOUT,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        tl.zeros((ROW_PIECE, GATES_PAD * BLOCK_U), tl.float32),
+                        STREAM_K,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                else:
+                    acc = _resident_product(
+                        h_step_ptr,
+                        state_size,
+                        0,
+                        state_size,
+                        batch,
+                        piece * ROW_PIECE,
+                        w_tiles,
+                        tl.zeros((ROW_PIECE, GATES_PAD * BLOCK_U), tl.float32),
+                        OPERAND_DROPOUT,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        K_TILES,
+                        ROW_PIECE,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                tl.store(
+                    _step_tile(xhat_hh_ptr, t, batch, rows_p, gate_col, gate_width),
+                    acc,
+                    mask=row_in_p[:, None] & col_in[None, :],
+                )
+                store_row_values(
+                    layer_norm_partials(acc, col_in, hidden, NUM_GATES, BLOCK_U),
+                    ln_partials_ptr,
+                    first_barrier,
+                    rows_p,
+                    batch,
+                    BLOCK_B,
+                )
+            grid_barrier(barrier_ptr, first_barrier)
+        elif STREAM_K > 0:
             acc = _streamed_product(
                 h_step_ptr,
                 state_size,
@@ -1327,6 +1399,7 @@ def recurrence_forward_kernel(
                 0,
                 state_size,
                 batch,
+                0,
                 w_tiles,
                 tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
                 OPERAND_DROPOUT,
@@ -1342,22 +1415,10 @@ def recurrence_forward_kernel(
 
         if ROW_SPLIT:
             # 3-5 in whole-step row pieces (LSTM with layer norm, state in memory; the
-            # launcher's _row_piece): the pre-norm product staged in this step's xhat_hh rows
-            # and its row partials published, one barrier; per piece the norm, the cell and
+            # launcher's _row_piece), after the pieces' products and the first barrier
+            # above: per piece the norm, the cell and
             # c~ staged in xhat_c with its partials, one barrier; per piece N(c~), h and the
-            # state. No tile of more than ROW_PIECE rows is live after the product.
-            tl.store(
-                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width), acc, mask=col_mask
-            )
-            store_row_values(
-                layer_norm_partials(acc, col_in, hidden, NUM_GATES, BLOCK_U),
-                ln_partials_ptr,
-                first_barrier,
-                rows,
-                batch,
-                BLOCK_B,
-            )
-            grid_barrier(barrier_ptr, first_barrier)
+            # state. No tile of more than ROW_PIECE rows is live in the step.
             _forward_pieces_cell(
                 xg_ptr,
                 b_hh_ptr,
@@ -1945,18 +2006,19 @@ def recurrence_backward_kernel(
     # norm parameters are read again each step: at B = 64 on sm_80 (mma.sync) their
     # registers were spilled around the product; not at B = 256 (the sm_90a RNN there
     # spilled more with it: 56 -> 100 B; docs/kernels-v2.md §6.1).
-    # The step in whole-step row pieces (the launcher's _row_piece; as the forward kernel:
-    # at B = 256 on a GPU, so the sums stay in registers as there).
+    # The step in whole-step row pieces (the launcher's _row_piece; as the forward kernel),
+    # with the gradient sums in memory as at B = 64 (held in registers across the loop they
+    # spilled there: B = 256 backward spill stores sm_80 476 -> 0 B, sm_90a 252 -> 0 B).
     ROW_SPLIT: tl.constexpr = ROW_PIECE < BLOCK_B
     if ROW_SPLIT:
         tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")
         tl.static_assert(STATE_IN_MEMORY and not HAS_PROJ, "row pieces: state in memory")
         tl.static_assert(SPLIT_K == 1, "row pieces: no pair split")
     SUMS_IN_MEMORY: tl.constexpr = (
-        NORM == NORM_LAYER and SPLIT_K == 1 and BLOCK_B <= 64 and not ROW_SPLIT
+        NORM == NORM_LAYER and SPLIT_K == 1 and (BLOCK_B <= 64 or ROW_SPLIT)
     )
     C_SUMS_IN_MEMORY: tl.constexpr = SUMS_IN_MEMORY and CELL == LSTM
-    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY
+    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY and not ROW_SPLIT  # pieces: their own
     if SUMS_IN_MEMORY:
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
@@ -2023,7 +2085,7 @@ def recurrence_backward_kernel(
             # nobody else reads them before the end-of-step barrier), one barrier; per piece
             # the cell backward, dL/d xg and dL/d a (staged in grad_acc) with its row partials,
             # one barrier; per piece dL/d acc and the state gradients. The same barriers.
-            grad_norm_weight_c, grad_norm_bias_c = _backward_pieces_cell_norm(
+            _backward_pieces_cell_norm(
                 grad_output_ptr,
                 grad_h0_ptr,
                 lengths_ptr,
@@ -2033,8 +2095,8 @@ def recurrence_backward_kernel(
                 xhat_c_ptr,
                 grad_acc_ptr,
                 ln_partials_ptr,
-                grad_norm_weight_c,
-                grad_norm_bias_c,
+                grad_norm_weight_c_ptr,
+                grad_norm_bias_c_ptr,
                 t,
                 first_barrier,
                 batch,
@@ -2052,7 +2114,7 @@ def recurrence_backward_kernel(
                 ROW_PIECE,
             )
             grid_barrier(barrier_ptr, first_barrier)
-            grad_bias, grad_norm_weight_hh = _backward_pieces_cell(
+            _backward_pieces_cell(
                 lengths_ptr,
                 norm_weight_hh_ptr,
                 gates_ptr,
@@ -2064,8 +2126,8 @@ def recurrence_backward_kernel(
                 grad_acc_ptr,
                 grad_c0_ptr,
                 ln_partials_ptr,
-                grad_bias,
-                grad_norm_weight_hh,
+                grad_b_hh_ptr,
+                grad_norm_weight_hh_ptr,
                 t,
                 first_barrier,
                 batch,
@@ -2363,171 +2425,321 @@ def recurrence_backward_kernel(
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
         d_acc_step = grad_acc_ptr + t64 * batch * gate_width
-        if STREAM_K > 0:
-            #    W_hh[:, units] streamed: K = G*H gate rows in chunks of STREAM_K.
-            dh_recurrent = _streamed_product(
-                d_acc_step,
-                gate_width,
-                rows,
-                row_in,
-                gate_width,
-                w_hh_ptr,
-                h_units,
-                h_unit_in,
-                state_size,
-                True,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                STREAM_K,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-        elif GATE_DOTS:
-            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
-            dh_recurrent = _resident_product(
-                d_acc_step,
-                gate_width,
-                0,
-                hidden,
-                batch,
-                (w_gate0,),
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                1,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-            if NUM_GATES > 1:
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    hidden,
-                    hidden,
-                    batch,
-                    (w_gate1,),
-                    dh_recurrent,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-            if NUM_GATES > 2:
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    2 * hidden,
-                    hidden,
-                    batch,
-                    (w_gate2,),
-                    dh_recurrent,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-            if NUM_GATES > 3:
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    3 * hidden,
-                    hidden,
-                    batch,
-                    (w_gate3,),
-                    dh_recurrent,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-        elif SPLIT_K == 2:
-            #    This program's half of the gate rows for the pair's columns, then the pair's
-            #    partials added (kernels/primitives.py pair_sum).
-            dh_partial = _resident_product(
-                d_acc_step,
-                gate_width,
-                split_k_start,
-                gate_width - split_k_start,
-                batch,
-                w_gates,
-                tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                SPLIT_TILES,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-            dh_recurrent = pair_sum(
-                dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
-            )
+        if ROW_SPLIT:
+            # Whole-step row pieces: the product piece by piece (ROW_PIECE rows a dot), each
+            # piece's dh updated in grad_h0 (its rows, this program's units).
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                if STREAM_K > 0:
+                    dh_recurrent = _streamed_product(
+                        d_acc_step,
+                        gate_width,
+                        rows_p,
+                        row_in_p,
+                        gate_width,
+                        w_hh_ptr,
+                        h_units,
+                        h_unit_in,
+                        state_size,
+                        True,
+                        USE_WEIGHT_DROP,
+                        weight_drop_key,
+                        weight_drop_base,
+                        weight_drop_p,
+                        weight_drop_keep_scale,
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
+                        STREAM_K,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                elif GATE_DOTS:
+                    dh_recurrent = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        0,
+                        hidden,
+                        batch,
+                        piece * ROW_PIECE,
+                        (w_gate0,),
+                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        1,
+                        ROW_PIECE,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                    if NUM_GATES > 1:
+                        dh_recurrent = _resident_product(
+                            d_acc_step,
+                            gate_width,
+                            hidden,
+                            hidden,
+                            batch,
+                            piece * ROW_PIECE,
+                            (w_gate1,),
+                            dh_recurrent,
+                            False,
+                            seed,
+                            dropout_base,
+                            dropout_p,
+                            dropout_keep_scale,
+                            1,
+                            ROW_PIECE,
+                            INPUT_PRECISION,
+                            UPCAST_OPERANDS,
+                        )
+                    if NUM_GATES > 2:
+                        dh_recurrent = _resident_product(
+                            d_acc_step,
+                            gate_width,
+                            2 * hidden,
+                            hidden,
+                            batch,
+                            piece * ROW_PIECE,
+                            (w_gate2,),
+                            dh_recurrent,
+                            False,
+                            seed,
+                            dropout_base,
+                            dropout_p,
+                            dropout_keep_scale,
+                            1,
+                            ROW_PIECE,
+                            INPUT_PRECISION,
+                            UPCAST_OPERANDS,
+                        )
+                    if NUM_GATES > 3:
+                        dh_recurrent = _resident_product(
+                            d_acc_step,
+                            gate_width,
+                            3 * hidden,
+                            hidden,
+                            batch,
+                            piece * ROW_PIECE,
+                            (w_gate3,),
+                            dh_recurrent,
+                            False,
+                            seed,
+                            dropout_base,
+                            dropout_p,
+                            dropout_keep_scale,
+                            1,
+                            ROW_PIECE,
+                            INPUT_PRECISION,
+                            UPCAST_OPERANDS,
+                        )
+                else:
+                    dh_recurrent = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        0,
+                        gate_width,
+                        batch,
+                        piece * ROW_PIECE,
+                        w_gates,
+                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        K_TILES,
+                        ROW_PIECE,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                if USE_DROPOUT:
+                    dh_recurrent = dh_recurrent * dropout_mask(
+                        seed, dropout_base, rows_p, h_units, dropout_p, dropout_keep_scale
+                    )
+                offsets_p = rows_p[:, None] * state_size + h_units[None, :]
+                mask_p = row_in_p[:, None] & h_unit_in[None, :]
+                # (as below: no active mask; an inactive row's dL/d acc is exactly 0)
+                dh_next = _own_rows(grad_h0_ptr, offsets_p, mask_p) + dh_recurrent
+                tl.debug_barrier()
+                tl.store(grad_h0_ptr + offsets_p, dh_next, mask=mask_p)
+            tl.debug_barrier()
         else:
-            dh_recurrent = _resident_product(
-                d_acc_step,
-                gate_width,
-                0,
-                gate_width,
-                batch,
-                w_gates,
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                K_TILES,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-        if USE_DROPOUT:
+            if STREAM_K > 0:
+                #    W_hh[:, units] streamed: K = G*H gate rows in chunks of STREAM_K.
+                dh_recurrent = _streamed_product(
+                    d_acc_step,
+                    gate_width,
+                    rows,
+                    row_in,
+                    gate_width,
+                    w_hh_ptr,
+                    h_units,
+                    h_unit_in,
+                    state_size,
+                    True,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                    STREAM_K,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            elif GATE_DOTS:
+                #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
+                dh_recurrent = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    0,
+                    hidden,
+                    batch,
+                    0,
+                    (w_gate0,),
+                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    1,
+                    ROWS_PER_DOT,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+                if NUM_GATES > 1:
+                    dh_recurrent = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        hidden,
+                        hidden,
+                        batch,
+                        0,
+                        (w_gate1,),
+                        dh_recurrent,
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        1,
+                        ROWS_PER_DOT,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                if NUM_GATES > 2:
+                    dh_recurrent = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        2 * hidden,
+                        hidden,
+                        batch,
+                        0,
+                        (w_gate2,),
+                        dh_recurrent,
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        1,
+                        ROWS_PER_DOT,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                if NUM_GATES > 3:
+                    dh_recurrent = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        3 * hidden,
+                        hidden,
+                        batch,
+                        0,
+                        (w_gate3,),
+                        dh_recurrent,
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        1,
+                        ROWS_PER_DOT,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+            elif SPLIT_K == 2:
+                #    This program's half of the gate rows for the pair's columns, then the pair's
+                #    partials added (kernels/primitives.py pair_sum).
+                dh_partial = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    split_k_start,
+                    gate_width - split_k_start,
+                    batch,
+                    0,
+                    w_gates,
+                    tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    SPLIT_TILES,
+                    ROWS_PER_DOT,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+                dh_recurrent = pair_sum(
+                    dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
+                )
+            else:
+                dh_recurrent = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    0,
+                    gate_width,
+                    batch,
+                    0,
+                    w_gates,
+                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    K_TILES,
+                    ROWS_PER_DOT,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if USE_DROPOUT:
+                if STATE_IN_MEMORY:
+                    m_h_own = dropout_mask(
+                        seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+                    )
+                dh_recurrent = dh_recurrent * m_h_own
             if STATE_IN_MEMORY:
-                m_h_own = dropout_mask(
-                    seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
-                )
-            dh_recurrent = dh_recurrent * m_h_own
-        if STATE_IN_MEMORY:
-            # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
-            # it by the active mask or by a zero dh), so is its recurrent term (unless a
-            # saved activation or W_hh is non-finite), and keeping `active` across the
-            # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
-            dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
-            tl.debug_barrier()
-            tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
-            tl.debug_barrier()
-        else:
-            dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
+                # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
+                # it by the active mask or by a zero dh), so is its recurrent term (unless a
+                # saved activation or W_hh is non-finite), and keeping `active` across the
+                # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
+                dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
+                tl.debug_barrier()
+                tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
+                tl.debug_barrier()
+            else:
+                dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
 
     if not STATE_IN_MEMORY:
         tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)

@@ -243,8 +243,8 @@ def test_multi_program_b256_row_pieces(
     pieces = []
     row_piece = triton_backend._row_piece
 
-    def noted_row_piece(geo, norm):
-        pieces.append((row_piece(geo, norm), geo["BLOCK_B"]))
+    def noted_row_piece(geo):
+        pieces.append((row_piece(geo), geo["BLOCK_B"], geo["rows_forward"], geo["rows_backward"]))
         return pieces[-1][0]
 
     monkeypatch.setattr(triton_backend, "_row_piece", noted_row_piece)
@@ -260,5 +260,5 @@ def test_multi_program_b256_row_pieces(
         lengths=LENGTHS[:batch],
     )
     assert_matches_reference(inputs)
-    # Both kernels ran the pieces (each launch asks once, the forward's state rule once more).
-    assert pieces and all(piece == (2, 8) for piece in pieces), pieces
+    # Both kernels ran the pieces, their products piece by piece (each launch asks once).
+    assert pieces and all(piece == (2, 8, 2, 2) for piece in pieces), pieces

@@ -133,6 +133,7 @@ def _geometry(
     *,
     properties=None,
     input_precision: str | None = None,
+    norm: str = "none",
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -158,7 +159,12 @@ def _geometry(
     (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
     H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
-    ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
+    ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
+    with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS
+    without the pair split: its whole-step row pieces (``row_piece`` =
+    _WHOLE_STEP_PIECE_ROWS, the kernels' ``ROW_PIECE``; _row_piece) take their products
+    piece by piece, so the K tiles and the shared memory are those of 64-row dots. Elsewhere
+    ``row_piece`` = ``BLOCK_B``.
 
     ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
     its ``multi_processor_count``, ``shared_memory_per_block_optin`` and ``major``): the GPU
@@ -191,6 +197,8 @@ def _geometry(
         "fma_dots": dtype == torch.float32
         and (input_precision or _gpu_input_precision(dtype)) == "ieee",
     }
+    # The LSTM with layer norm and no projection: whole-step row pieces from 256 rows on.
+    pieces = num_gates == 4 and norm == "layer" and proj == 0
     if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
         units = INTERPRETER_UNITS_PER_PROGRAM or block_h
@@ -198,11 +206,16 @@ def _geometry(
         if INTERPRETER_SPLIT_K > 1:
             common = {**common, "gate_dots": False, "split_k": INTERPRETER_SPLIT_K}
         common["fma_dots"] = False  # no shared-memory model under the interpreter
-        return _configured(
+        piece = block_b
+        if pieces and INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
+            if common["split_k"] == 1:
+                piece = rows = min(INTERPRETER_ROW_PIECE, block_b)
+        geo = _configured(
             common, block_b, block_h, num_gates, hidden, units, rows, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
             sms=None, shared_limit=None, wgmma_arch=False,
         )  # fmt: skip
+        return {**geo, "row_piece": piece}
     # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
     # triton 3.6-3.8): batch rows, K, and units (the backward's N).
     properties = properties or torch.cuda.get_device_properties(device)
@@ -238,8 +251,12 @@ def _geometry(
     pair_split = common["element_bytes"] == 4 and proj == 0 and fewest == 16
     if pair_split and pair_programs <= sms:
         candidates.append((8, False, 2))
+    piece = block_b
+    if pieces and block_b >= _STATE_IN_MEMORY_ROWS:
+        piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
+        rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
@@ -254,29 +271,33 @@ def _geometry(
                 k = block_h
             else:
                 k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
-            for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
+            for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), rows):
                 if options["fma_dots"] and kernel == "forward" and k_tiles > 1:
                     k_tiles *= _FMA_CHUNKS  # one FMA chunk a tile
                 geo = _configured(
-                    options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
+                    options, block_b, block_h, num_gates, hidden, units, rows, rows,
                     k_tiles, k_tiles, 0, **device_args,
                 )  # fmt: skip
                 reason = _shape_reason(geo, kernel)
                 if reason is None:
-                    chosen[kernel] = (block_b, k_tiles)
+                    chosen[kernel] = (rows, k_tiles)
                     break
             if kernel not in chosen:
                 why = reason
         if len(chosen) == 2:
-            return _configured(
+            geo = _configured(
                 options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
                 chosen["forward"][1], chosen["backward"][1], 0, **device_args,
             )  # fmt: skip
+            return {**geo, "row_piece": rows}
+    # Streamed: the pieces read their rows chunk by chunk (the model's B-row staging is then
+    # an upper bound).
     geo = _configured(
         common, block_b, block_h, num_gates, hidden, fewest, block_b, block_b, 1, 1, _STREAM_K,
         **device_args,
     )  # fmt: skip
+    geo["row_piece"] = piece
     if pair_split and pair_programs > sms:  # an A100 at H = 1024: 128 programs, 108 SMs
         why += (
             f"; the float32 pair split at 8 units per program needs {pair_programs} "
@@ -569,7 +590,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
         precision = _dot_precision(inputs.xg.dtype)["INPUT_PRECISION"]
         geo = _geometry(
             batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size,
-            input_precision=precision,
+            input_precision=precision, norm=cfg.norm,
         )  # fmt: skip
         return _resource_reason(geo)
     return None
@@ -761,7 +782,7 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
-    if _row_piece(geo, norm) < geo["BLOCK_B"]:  # the row pieces carry no state
+    if _row_piece(geo) < geo["BLOCK_B"]:  # the row pieces carry no state
         return True
     if kernel == "backward" and norm == "layer" and not geo["wgmma_backward"]:
         if geo["BLOCK_B"] == _LAYER_NORM_STATE_IN_MEMORY_ROWS:
@@ -774,27 +795,18 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
 
 
-def _row_piece(geo: dict, norm: str) -> int:
-    """The kernels' ``ROW_PIECE``: the LSTM with layer norm and no projection at ``BLOCK_B``
-    >= _STATE_IN_MEMORY_ROWS (256) runs everything of a step but the recurrent products in
-    whole-step row pieces of _WHOLE_STEP_PIECE_ROWS (64) rows, around the same barriers:
-    the pre-norm product is staged in the step's ``xhat_hh`` rows and c~ in its ``xhat_c``
-    rows (the forward), dL/d N(c) and dL/d o in its ``grad_acc`` rows (the backward), each
-    piece publishes its rows' layer-norm partials, the programs meet once, and each piece is
-    read back and normalised. At 256 rows the step's working set (accumulator, x gate tile,
-    gates, c~ and its norm) spilled KBs at any warp count; 64 rows at 8 warps fit
-    (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under the interpreter
-    INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
-    block_b = geo["BLOCK_B"]
-    if geo["num_gates"] != 4 or norm != "layer" or geo["proj"] > 0:
-        return block_b
-    if _interpreting():
-        if INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
-            return min(INTERPRETER_ROW_PIECE, block_b)
-        return block_b
-    if block_b >= _STATE_IN_MEMORY_ROWS:
-        return min(_WHOLE_STEP_PIECE_ROWS, block_b)
-    return block_b
+def _row_piece(geo: dict) -> int:
+    """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
+    projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS (256) runs its steps in whole-step
+    row pieces of _WHOLE_STEP_PIECE_ROWS (64) rows around the same barriers: the products
+    piece by piece, the pre-norm product staged in the step's ``xhat_hh`` rows and c~ in its
+    ``xhat_c`` rows (the forward), dL/d N(c~) gamma_c, dL/d o and dL/d a in its ``grad_acc``
+    rows (the backward); each piece publishes its rows' layer-norm partials, the programs
+    meet once, and each piece is read back and normalised. At 256 rows the step's working
+    set (accumulator, x gate tile, gates, c~ and its norm) spilled KBs at any warp count; 64
+    rows at 8 warps fit (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under
+    the interpreter INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
+    return geo.get("row_piece", geo["BLOCK_B"])
 
 
 def _warp_options(num_warps: int) -> dict:
@@ -888,7 +900,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
 
     geo = _geometry(
         batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size,
-        input_precision=meta["INPUT_PRECISION"],
+        input_precision=meta["INPUT_PRECISION"], norm=norm,
     )  # fmt: skip
     programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
@@ -949,7 +961,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
         STATE_IN_MEMORY=_state_in_memory(geo, "forward", norm),
-        ROW_PIECE=_row_piece(geo, norm),
+        ROW_PIECE=_row_piece(geo),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -1013,7 +1025,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     else:
         geo = _geometry(
             batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size,
-            input_precision=meta["INPUT_PRECISION"],
+            input_precision=meta["INPUT_PRECISION"], norm=norm,
         )  # fmt: skip
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
@@ -1072,7 +1084,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
-            ROW_PIECE=_row_piece(geo, cfg.norm),
+            ROW_PIECE=_row_piece(geo),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
