@@ -500,7 +500,7 @@ def _forward_pieces_cell(
     col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
     gate_col = col_gate * hidden + col_unit
     slot_hh = row_values_slot(ln_partials_ptr, generation, 2, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         col_mask = row_in[:, None] & col_in[None, :]
         own_mask = row_in[:, None] & unit_in[None, :]
@@ -616,7 +616,7 @@ def _forward_pieces_state(
     unit_in = units < hidden
     slot_c = row_values_slot(ln_partials_ptr, generation + 1, 2, BLOCK_B)
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
@@ -737,7 +737,7 @@ def _backward_pieces_cell_norm(
     units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
     unit_in = units < hidden
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         own_offsets = rows[:, None] * hidden + units[None, :]
@@ -835,7 +835,7 @@ def _backward_pieces_cell(
     gate_col = col_gate * hidden + col_unit
     hidden_f = hidden.to(tl.float32)
     slot_c = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         col_mask = row_in[:, None] & col_in[None, :]
@@ -954,7 +954,7 @@ def _backward_pieces_recurrent_norm(
     gate_col = col_gate * hidden + col_unit
     width_f = gate_width.to(tl.float32)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
-    for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
         own_mask = row_in[:, None] & unit_in[None, :]
         col_mask = row_in[:, None] & col_in[None, :]
@@ -1286,7 +1286,7 @@ def recurrence_forward_kernel(
             # B = 256): the product piece by piece (ROWS_PER_DOT = ROW_PIECE rows a dot),
             # each piece's pre-norm product staged in this step's xhat_hh rows (this
             # program's columns) and its layer-norm row partials published; one barrier.
-            for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
                 rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
                 if STREAM_K > 0:
                     acc = _streamed_product(
@@ -2428,7 +2428,7 @@ def recurrence_backward_kernel(
         if ROW_SPLIT:
             # Whole-step row pieces: the product piece by piece (ROW_PIECE rows a dot), each
             # piece's dh updated in grad_h0 (its rows, this program's units).
-            for piece in tl.range(0, BLOCK_B // ROW_PIECE, disable_licm=True):
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
                 rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
                 if STREAM_K > 0:
                     dh_recurrent = _streamed_product(
