@@ -74,9 +74,9 @@ Block sizes (chosen by the launcher)
               reads and writes of different threads). Beside the ``[256, ·]`` working set
               of a step the carried state spilled (docs/kernels-v2.md §6.1).
 ``ROW_PIECE`` ``BLOCK_B``, or (the launcher's ``_row_piece``: the LSTM with layer norm and
-              no projection at B = 256, state in memory) 64: a whole-step row split. The
-              recurrent products still take every row; everything else of a step runs piece
-              by piece, 64 rows at a time, around the same barriers: what one piece needs
+              no projection at B = 256, state in memory) 64: a whole-step row split. Every
+              part of a step, the recurrent products included (``ROWS_PER_DOT`` = 64), runs
+              piece by piece, 64 rows at a time, around the same barriers: what one piece needs
               of another (nothing but the layer-norm row statistics, which are per row) goes
               through the workspace, and what crosses a barrier is staged in the step's own
               saved rows (forward: the pre-norm product in ``xhat_hh``, c~ in ``xhat_c``;
@@ -101,7 +101,8 @@ float32 to H = 512 at B <= 64, and on an H100 (132 SMs) to H = 1024 (float32 W2 
 ``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is read per step from L2
 in K-chunks of that many rows / columns (``_streamed_product``, through the same
 ``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048.
-``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
+``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected by the interpreter tests, and with
+``ROW_PIECE`` (then each piece's product is its own ``[ROW_PIECE, ·]`` dots).
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
@@ -1106,7 +1107,7 @@ def recurrence_forward_kernel(
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     STATE_IN_MEMORY: tl.constexpr,  # B = 256: h, c and m_h re-read per step, not carried
-    ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step after the product in row pieces (LSTM, LN)
+    ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
 ):
@@ -1127,9 +1128,9 @@ def recurrence_forward_kernel(
     5. rows with ``t >= len_b`` keep their state and output 0; write the output, the saved
        quantities and the next row of ``h_prev``, and meet the other programs at a barrier.
 
-    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 3-5 run in whole-step row
-    pieces around the same barriers (:func:`_forward_pieces_cell`,
-    :func:`_forward_pieces_state`).
+    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 2-5 run in whole-step row
+    pieces around the same barriers (the product per piece in the loop,
+    :func:`_forward_pieces_cell`, :func:`_forward_pieces_state`).
     """
     pid = tl.program_id(0)
     gate_width = NUM_GATES * hidden
@@ -1848,9 +1849,10 @@ def recurrence_backward_kernel(
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
 
-    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 1-2 run in whole-step row
+    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 1-3 run in whole-step row
     pieces around the same barriers (:func:`_backward_pieces_cell_norm`,
-    :func:`_backward_pieces_cell`, :func:`_backward_pieces_recurrent_norm`); 3 is unchanged.
+    :func:`_backward_pieces_cell`, :func:`_backward_pieces_recurrent_norm`, and 3's product
+    piece by piece in the loop).
     """
     pid = tl.program_id(0)
     gate_width = NUM_GATES * hidden
@@ -2007,8 +2009,9 @@ def recurrence_backward_kernel(
     # registers were spilled around the product; not at B = 256 (the sm_90a RNN there
     # spilled more with it: 56 -> 100 B; docs/kernels-v2.md §6.1).
     # The step in whole-step row pieces (the launcher's _row_piece; as the forward kernel),
-    # with the gradient sums in memory as at B = 64 (held in registers across the loop they
-    # spilled there: B = 256 backward spill stores sm_80 476 -> 0 B, sm_90a 252 -> 0 B).
+    # with the gradient sums in memory as at B = 64 (B = 256 backward spill stores, sums in
+    # registers -> in memory: sm_80 476 -> 424 B, sm_90a 252 -> 268 B; docs/kernels-v2.md
+    # §6.1).
     ROW_SPLIT: tl.constexpr = ROW_PIECE < BLOCK_B
     if ROW_SPLIT:
         tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")

@@ -316,10 +316,10 @@ SPILLING = {
     # ROW_PIECE, the launcher's _row_piece: products, norms and cell piece by piece around
     # the same barriers, the state in memory; 64-row dots, so the boundary is now H = 1024 on
     # both targets, shared memory as predicted): sm_90a 0 / 268, sm_80 104 / 424. Before
-    # (the whole 256-row step; H = 1024 / 512): sm_90a 1840 / 2192, sm_80 1640 / 2184. What
-    # spills now is loop-invariant (pointer vectors of the norm parameters and gradient
-    # sums, hoisted out of the disable_licm loops into the preamble), not the step's working
-    # set (docs/kernels-v2.md §6.1).
+    # (the whole 256-row step; H = 1024 / 512): sm_90a 1840 / 2192, sm_80 1640 / 2184. The
+    # backward's spills are stored in the kernel's preamble (sm_80 SASS): loop-invariant
+    # values hoisted out of the disable_licm loops, not the step's working set
+    # (docs/kernels-v2.md §6.1).
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
 }
 # Off the list: sm90-lstm-all_batch_norm-float32-B5-H37 since the backward takes 8 warps

@@ -64,8 +64,8 @@ _STATE_IN_MEMORY_ROWS = 256
 _STATE_IN_MEMORY_WGMMA_TILES = 32
 # ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
 _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
-# The LSTM with layer norm from _STATE_IN_MEMORY_ROWS rows on: everything of a step after the
-# recurrent product in whole-step row pieces of this many rows (_row_piece).
+# The LSTM with layer norm from _STATE_IN_MEMORY_ROWS rows on: every step in whole-step row
+# pieces of this many rows, its products included (_row_piece; _geometry's row_piece).
 _WHOLE_STEP_PIECE_ROWS = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
