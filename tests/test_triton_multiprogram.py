@@ -223,9 +223,11 @@ def test_multi_program_b256_path(monkeypatch, cell, regularizer, dtype, reverse,
     ],
     ids=["all-ln-bf16-reverse", "all-ln-f32-padded-row", "ln-f32-padded-row"],
 )
-@pytest.mark.parametrize("k_tiles", [1, 2], ids=["one-dot", "k-tiles"])
+@pytest.mark.parametrize(
+    ("k_tiles", "stream_k"), [(1, None), (2, None), (1, 4)], ids=["one-dot", "k-tiles", "streamed"]
+)
 def test_multi_program_b256_row_pieces(
-    monkeypatch, regularizer, dtype, reverse, batch, exchange, k_tiles
+    monkeypatch, regularizer, dtype, reverse, batch, exchange, k_tiles, stream_k
 ):
     """The B = 256 LSTM with layer norm in whole-step row pieces (the kernels' ROW_PIECE, the
     launcher's _row_piece: 64 rows of 256 on a GPU), here pieces of 2 rows of BLOCK_B = 8
@@ -234,12 +236,14 @@ def test_multi_program_b256_row_pieces(
     staged in grad_acc (backward), each piece's layer-norm partials published before the
     one barrier and each piece normalised after it; the workspace read back one program a
     chunk ("chunked") or all at once, with dropout (the masked exchange with K tiles) and
-    zoneout, unequal lengths, both directions."""
+    zoneout, unequal lengths, both directions; W_hh resident (one dot or K tiles a piece) or
+    streamed (each piece's rows in K-chunks, as beyond H = 1024 on a GPU)."""
     from fusedrnn.kernels import primitives
 
     monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
     monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", k_tiles)
     monkeypatch.setattr(triton_backend, "INTERPRETER_ROW_PIECE", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STREAM_K", stream_k)
     pieces = []
     row_piece = triton_backend._row_piece
 

@@ -210,12 +210,11 @@ def _geometry(
         if pieces and INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
             if common["split_k"] == 1:
                 piece = rows = min(INTERPRETER_ROW_PIECE, block_b)
-        geo = _configured(
+        return _configured(
             common, block_b, block_h, num_gates, hidden, units, rows, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
-            sms=None, shared_limit=None, wgmma_arch=False,
+            sms=None, shared_limit=None, wgmma_arch=False, row_piece=piece,
         )  # fmt: skip
-        return {**geo, "row_piece": piece}
     # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
     # triton 3.6-3.8): batch rows, K, and units (the backward's N).
     properties = properties or torch.cuda.get_device_properties(device)
@@ -285,19 +284,17 @@ def _geometry(
             if kernel not in chosen:
                 why = reason
         if len(chosen) == 2:
-            geo = _configured(
+            return _configured(
                 options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
-                chosen["forward"][1], chosen["backward"][1], 0, **device_args,
+                chosen["forward"][1], chosen["backward"][1], 0, **device_args, row_piece=rows,
             )  # fmt: skip
-            return {**geo, "row_piece": rows}
     # Streamed: the pieces read their rows chunk by chunk (the model's B-row staging is then
     # an upper bound).
     geo = _configured(
         common, block_b, block_h, num_gates, hidden, fewest, block_b, block_b, 1, 1, _STREAM_K,
-        **device_args,
+        **device_args, row_piece=piece,
     )  # fmt: skip
-    geo["row_piece"] = piece
     if pair_split and pair_programs > sms:  # an A100 at H = 1024: 128 programs, 108 SMs
         why += (
             f"; the float32 pair split at 8 units per program needs {pair_programs} "
@@ -338,9 +335,11 @@ def _configured(
     sms: int | None,
     shared_limit: int | None,
     wgmma_arch: bool,
+    row_piece: int | None = None,
 ) -> dict:
     """One candidate geometry (see _geometry); ``wgmma_*``: whether that kernel's dots have
-    M >= 64 rows on sm_90 (triton then emits wgmma)."""
+    M >= 64 rows on sm_90 (triton then emits wgmma); ``row_piece``: the kernels' whole-step
+    row pieces (_row_piece; None: ``block_b``, one piece)."""
     programs = -(-hidden // units)
     if common["split_k"] == 2:  # whole pairs (the last program's units may all be padding)
         programs = 2 * -(-hidden // (2 * units))
@@ -367,6 +366,7 @@ def _configured(
         "shared_limit": shared_limit,
         "wgmma_forward": wgmma_arch and rows_forward >= 64,
         "wgmma_backward": wgmma_arch and rows_backward >= 64,
+        "row_piece": row_piece or block_b,
     }
 
 
@@ -806,7 +806,7 @@ def _row_piece(geo: dict) -> int:
     set (accumulator, x gate tile, gates, c~ and its norm) spilled KBs at any warp count; 64
     rows at 8 warps fit (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under
     the interpreter INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
-    return geo.get("row_piece", geo["BLOCK_B"])
+    return geo["row_piece"]
 
 
 def _warp_options(num_warps: int) -> dict:
