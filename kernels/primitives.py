@@ -475,6 +475,27 @@ def layer_norm_partials(
 
 
 @triton.jit
+def _m2_around(
+    sums,
+    m2s,
+    programs,
+    ws_mask,
+    mean,
+    hidden,
+    COLUMNS_PER_UNIT: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+):
+    """Chan's merge of a [programs, rows] tile of published (sum, M2) around the rows'
+    ``mean``: ``sum_q M2_q + n_q (mean_q - mean)^2`` over those programs (0 in padding)."""
+    counts = (
+        COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+    ).to(tl.float32)
+    program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+    shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+    return tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+
+
+@triton.jit
 def layer_norm_merge(
     slot_ptr,
     rows,
@@ -497,13 +518,8 @@ def layer_norm_merge(
             slot_ptr, 0, 0, rows, batch, CHUNK, WORKSPACE_ROWS
         )
         m2s, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK, WORKSPACE_ROWS)
-        counts = (
-            COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
-        ).to(tl.float32)
         mean = tl.sum(sums, axis=0) / total_count
-        program_mean = sums / tl.maximum(counts, 1.0)[:, None]
-        shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-        m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+        m2 = _m2_around(sums, m2s, programs, ws_mask, mean, hidden, COLUMNS_PER_UNIT, BLOCK_U)
     else:
         # In chunks of programs (ROW_EXCHANGE_TILE; a runtime loop, so the compiler does
         # not issue every chunk's loads at once): the row sums first (the mean), then
@@ -519,12 +535,7 @@ def layer_norm_merge(
                 slot_ptr, 0, first, rows, batch, CHUNK, WORKSPACE_ROWS
             )
             m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK, WORKSPACE_ROWS)
-            counts = (
-                COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
-            ).to(tl.float32)
-            program_mean = sums / tl.maximum(counts, 1.0)[:, None]
-            shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-            m2 += tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+            m2 += _m2_around(sums, m2s, programs, ws_mask, mean, hidden, COLUMNS_PER_UNIT, BLOCK_U)
     return mean, m2 / total_count
 
 

@@ -443,6 +443,104 @@ def _streamed_product(
 
 
 @triton.jit
+def _recurrent_product(
+    step_ptr,
+    width,
+    batch,
+    rows,
+    row_in,
+    first_row,
+    w_tiles,
+    w_hh_ptr,
+    n_index,
+    n_in,
+    w_row_stride,
+    gate_k,
+    K_IS_W_ROW: tl.constexpr,
+    USE_WEIGHT_DROP: tl.constexpr,
+    weight_drop_key,
+    weight_drop_base,
+    weight_drop_p,
+    weight_drop_keep_scale,
+    OPERAND_DROPOUT: tl.constexpr,
+    seed,
+    dropout_base,
+    dropout_p,
+    dropout_keep_scale,
+    ROWS: tl.constexpr,
+    COLUMNS: tl.constexpr,
+    STREAM_K: tl.constexpr,
+    GATE_DOTS: tl.constexpr,
+    ROWS_PER_DOT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """A step's recurrent product ``operand @ W`` of ``ROWS`` rows, float32 [ROWS, COLUMNS]:
+    row ``r`` of the operand is ``step_ptr[r * width + k]`` for ``k < width`` (the rows
+    ``rows`` / ``row_in``, ``first_row`` the first of them: the whole batch, or one
+    whole-step row piece), W as in :func:`_streamed_product` (``n_index``, ``n_in``,
+    ``w_row_stride``, ``K_IS_W_ROW``). Streamed from L2 in K-chunks of ``STREAM_K`` (> 0);
+    else resident: ``GATE_DOTS``, one dot per gate against its tile ``w_tiles[gate]`` (the
+    backward: the gate's ``gate_k`` columns of the operand, from column ``gate * gate_k``);
+    else one over all ``width`` columns against the K tiles ``w_tiles``
+    (:func:`_resident_product`, ``ROWS_PER_DOT`` rows a dot)."""
+    acc = tl.zeros((ROWS, COLUMNS), tl.float32)
+    if STREAM_K > 0:
+        acc = _streamed_product(
+            step_ptr,
+            width,
+            rows,
+            row_in,
+            width,
+            w_hh_ptr,
+            n_index,
+            n_in,
+            w_row_stride,
+            K_IS_W_ROW,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+            OPERAND_DROPOUT,
+            seed,
+            dropout_base,
+            dropout_p,
+            dropout_keep_scale,
+            acc,
+            STREAM_K,
+            INPUT_PRECISION,
+            UPCAST_OPERANDS,
+        )
+    else:  # resident: per gate (GATE_DOTS), else one product over all the tiles
+        for gate in tl.static_range(len(w_tiles) if GATE_DOTS else 1):
+            if GATE_DOTS:
+                k_offset, k_total, tiles = gate * gate_k, gate_k, (w_tiles[gate],)
+            else:
+                k_offset, k_total, tiles = 0, width, w_tiles
+            acc = _resident_product(
+                step_ptr,
+                width,
+                k_offset,
+                k_total,
+                batch,
+                first_row,
+                tiles,
+                acc,
+                OPERAND_DROPOUT,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                len(tiles),
+                ROWS_PER_DOT,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+    return acc
+
+
+@triton.jit
 def _add_to_column_sums(ptr, cols, mask, partial):
     """``ptr[cols] += partial`` by the program that owns ``cols`` (a gradient sum kept in its
     output row across the time loop instead of in registers; the same float32 additions in
@@ -455,6 +553,34 @@ def _piece_rows(piece, batch, ROW_PIECE: tl.constexpr):
     """Rows of whole-step row piece ``piece`` (``ROW_PIECE`` of them) and which are real."""
     rows = piece * ROW_PIECE + tl.arange(0, ROW_PIECE)
     return rows, rows < batch
+
+
+@triton.jit
+def _piece_state_rows(
+    piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE: tl.constexpr
+):
+    """Row piece ``piece``'s rows (:func:`_piece_rows`), the mask and the offsets of its
+    ``[rows, units]`` tile of a [B, hidden] state, and which rows are active at step ``t``."""
+    rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+    own_mask = row_in[:, None] & unit_in[None, :]
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
+    return rows, row_in, own_mask, own_offsets, active
+
+
+@triton.jit
+def _program_columns(
+    hidden, NUM_GATES: tl.constexpr, GATES_PAD: tl.constexpr, BLOCK_U: tl.constexpr
+):
+    """This program's ``BLOCK_U`` units and its ``GATES_PAD * BLOCK_U`` gate columns (column
+    ``gate * BLOCK_U + u``: gate row ``gate * hidden + unit u``), each with which are real."""
+    pid = tl.program_id(0)
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    cols = tl.arange(0, GATES_PAD * BLOCK_U)
+    col_gate = cols // BLOCK_U
+    col_unit = pid * BLOCK_U + cols % BLOCK_U
+    col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
+    return units, units < hidden, col_gate * hidden + col_unit, col_in
 
 
 @triton.jit
@@ -493,13 +619,7 @@ def _forward_pieces_cell(
     norm parameters and the bias are read per piece (a few hundred bytes from L1 / L2)."""
     pid = tl.program_id(0)
     gate_width = NUM_GATES * hidden
-    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
-    unit_in = units < hidden
-    cols = tl.arange(0, GATES_PAD * BLOCK_U)
-    col_gate = cols // BLOCK_U
-    col_unit = pid * BLOCK_U + cols % BLOCK_U
-    col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
-    gate_col = col_gate * hidden + col_unit
+    units, unit_in, gate_col, col_in = _program_columns(hidden, NUM_GATES, GATES_PAD, BLOCK_U)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 2, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
@@ -739,10 +859,9 @@ def _backward_pieces_cell_norm(
     unit_in = units < hidden
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
-        own_mask = row_in[:, None] & unit_in[None, :]
-        own_offsets = rows[:, None] * hidden + units[None, :]
-        active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
+        rows, _, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
         grad_out = tl.load(
             grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
             mask=own_mask,
@@ -824,24 +943,16 @@ def _backward_pieces_cell(
     recurrent norm's gradient sums (added into their output rows), and ``dL/d a``
     staged in this step's ``grad_acc`` rows with the row partials of ``dL/d a * gamma_hh``
     published for barrier ``generation + 1``."""
-    pid = tl.program_id(0)
     gate_width = 4 * hidden
     t64 = tl.cast(t, tl.int64)
-    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
-    unit_in = units < hidden
-    cols = tl.arange(0, GATES_PAD * BLOCK_U)
-    col_gate = cols // BLOCK_U
-    col_unit = pid * BLOCK_U + cols % BLOCK_U
-    col_in = (col_gate < 4) & (col_unit < hidden)
-    gate_col = col_gate * hidden + col_unit
+    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
     hidden_f = hidden.to(tl.float32)
     slot_c = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
-        own_mask = row_in[:, None] & unit_in[None, :]
+        rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
         col_mask = row_in[:, None] & col_in[None, :]
-        own_offsets = rows[:, None] * hidden + units[None, :]
-        active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
         sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_c, rows, batch, PROGRAMS_PAD, BLOCK_B)
         staged = _step_tile(grad_acc_ptr, t, batch, rows, units, gate_width)
         dy_hat = tl.load(staged, mask=own_mask, other=0.0, cache_modifier=".cg")
@@ -943,24 +1054,16 @@ def _backward_pieces_recurrent_norm(
     the staged ``dL/d a`` and the merged row sums, written over it in ``grad_acc`` (the
     operand every program reads after the end-of-step barrier), and ``dh`` less its
     recurrent term (inactive rows: unchanged) written back to ``grad_h0``."""
-    pid = tl.program_id(0)
     gate_width = 4 * hidden
     t64 = tl.cast(t, tl.int64)
-    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
-    unit_in = units < hidden
-    cols = tl.arange(0, GATES_PAD * BLOCK_U)
-    col_gate = cols // BLOCK_U
-    col_unit = pid * BLOCK_U + cols % BLOCK_U
-    col_in = (col_gate < 4) & (col_unit < hidden)
-    gate_col = col_gate * hidden + col_unit
+    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
     width_f = gate_width.to(tl.float32)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
-        own_mask = row_in[:, None] & unit_in[None, :]
+        rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
         col_mask = row_in[:, None] & col_in[None, :]
-        own_offsets = rows[:, None] * hidden + units[None, :]
-        active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
         sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_hh, rows, batch, PROGRAMS_PAD, BLOCK_B)
         grad_acc_t = _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width)
         d_a = tl.load(grad_acc_t, mask=col_mask, other=0.0, cache_modifier=".cg")
@@ -1187,6 +1290,8 @@ def recurrence_forward_kernel(
             weight_drop_p,
             weight_drop_keep_scale,
         )
+    else:
+        w_tiles = ()  # streamed: none held (_recurrent_product reads W_hh per step)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -1289,53 +1394,38 @@ def recurrence_forward_kernel(
             # program's columns) and its layer-norm row partials published; one barrier.
             for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
                 rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
-                if STREAM_K > 0:
-                    acc = _streamed_product(
-                        h_step_ptr,
-                        state_size,
-                        rows_p,
-                        row_in_p,
-                        state_size,
-                        w_hh_ptr,
-                        gate_col,
-                        col_in,
-                        state_size,
-                        False,
-                        USE_WEIGHT_DROP,
-                        weight_drop_key,
-                        weight_drop_base,
-                        weight_drop_p,
-                        weight_drop_keep_scale,
-                        OPERAND_DROPOUT,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        tl.zeros((ROW_PIECE, GATES_PAD * BLOCK_U), tl.float32),
-                        STREAM_K,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-                else:
-                    acc = _resident_product(
-                        h_step_ptr,
-                        state_size,
-                        0,
-                        state_size,
-                        batch,
-                        piece * ROW_PIECE,
-                        w_tiles,
-                        tl.zeros((ROW_PIECE, GATES_PAD * BLOCK_U), tl.float32),
-                        OPERAND_DROPOUT,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        K_TILES,
-                        ROW_PIECE,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
+                acc = _recurrent_product(
+                    h_step_ptr,
+                    state_size,
+                    batch,
+                    rows_p,
+                    row_in_p,
+                    piece * ROW_PIECE,
+                    w_tiles,
+                    w_hh_ptr,
+                    gate_col,
+                    col_in,
+                    state_size,
+                    hidden,
+                    False,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                    OPERAND_DROPOUT,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    ROW_PIECE,
+                    GATES_PAD * BLOCK_U,
+                    STREAM_K,
+                    False,
+                    ROW_PIECE,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
                 tl.store(
                     _step_tile(xhat_hh_ptr, t, batch, rows_p, gate_col, gate_width),
                     acc,
@@ -1350,33 +1440,6 @@ def recurrence_forward_kernel(
                     BLOCK_B,
                 )
             grid_barrier(barrier_ptr, first_barrier)
-        elif STREAM_K > 0:
-            acc = _streamed_product(
-                h_step_ptr,
-                state_size,
-                rows,
-                row_in,
-                state_size,
-                w_hh_ptr,
-                gate_col,
-                col_in,
-                state_size,
-                False,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-                OPERAND_DROPOUT,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
-                STREAM_K,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
         elif ONE_DOT:
             h_full = tl.load(
                 _step_tile(h_prev_ptr, t, batch, rows, ks, state_size),
@@ -1393,22 +1456,35 @@ def recurrence_forward_kernel(
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
-        else:
-            acc = _resident_product(
+        else:  # streamed, or resident in K tiles / dots of ROWS_PER_DOT rows
+            acc = _recurrent_product(
                 h_step_ptr,
                 state_size,
-                0,
-                state_size,
                 batch,
+                rows,
+                row_in,
                 0,
                 w_tiles,
-                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+                w_hh_ptr,
+                gate_col,
+                col_in,
+                state_size,
+                hidden,
+                False,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
                 OPERAND_DROPOUT,
                 seed,
                 dropout_base,
                 dropout_p,
                 dropout_keep_scale,
-                K_TILES,
+                BLOCK_B,
+                GATES_PAD * BLOCK_U,
+                STREAM_K,
+                False,
                 ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
@@ -1912,58 +1988,23 @@ def recurrence_backward_kernel(
     # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H). STREAM_K: none held,
     # the gate rows are read per step in K-chunks.
     if STREAM_K > 0:
-        pass
+        w_gates = ()
     elif GATE_DOTS:
-        w_gate0 = load_w_hh_tile(
-            w_hh_ptr,
-            ks[:, None],
-            h_units[None, :],
-            k_in[:, None] & h_unit_in[None, :],
-            state_size,
-            USE_WEIGHT_DROP,
-            weight_drop_key,
-            weight_drop_base,
-            weight_drop_p,
-            weight_drop_keep_scale,
-        )
-        if NUM_GATES > 1:
-            w_gate1 = load_w_hh_tile(
-                w_hh_ptr,
-                (hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-            )
-        if NUM_GATES > 2:
-            w_gate2 = load_w_hh_tile(
-                w_hh_ptr,
-                (2 * hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-            )
-        if NUM_GATES > 3:
-            w_gate3 = load_w_hh_tile(
-                w_hh_ptr,
-                (3 * hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
+        w_gates = ()
+        for gate in tl.static_range(NUM_GATES):
+            w_gates = w_gates + (  # noqa: RUF005
+                load_w_hh_tile(
+                    w_hh_ptr,
+                    (gate * hidden + ks)[:, None],
+                    h_units[None, :],
+                    k_in[:, None] & h_unit_in[None, :],
+                    state_size,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                ),
             )
     else:
         # SPLIT_K == 2: the pair's columns, this program's half of the gate rows (of the
@@ -2433,133 +2474,38 @@ def recurrence_backward_kernel(
             # piece's dh updated in grad_h0 (its rows, this program's units).
             for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
                 rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
-                if STREAM_K > 0:
-                    dh_recurrent = _streamed_product(
-                        d_acc_step,
-                        gate_width,
-                        rows_p,
-                        row_in_p,
-                        gate_width,
-                        w_hh_ptr,
-                        h_units,
-                        h_unit_in,
-                        state_size,
-                        True,
-                        USE_WEIGHT_DROP,
-                        weight_drop_key,
-                        weight_drop_base,
-                        weight_drop_p,
-                        weight_drop_keep_scale,
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
-                        STREAM_K,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-                elif GATE_DOTS:
-                    dh_recurrent = _resident_product(
-                        d_acc_step,
-                        gate_width,
-                        0,
-                        hidden,
-                        batch,
-                        piece * ROW_PIECE,
-                        (w_gate0,),
-                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        1,
-                        ROW_PIECE,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-                    if NUM_GATES > 1:
-                        dh_recurrent = _resident_product(
-                            d_acc_step,
-                            gate_width,
-                            hidden,
-                            hidden,
-                            batch,
-                            piece * ROW_PIECE,
-                            (w_gate1,),
-                            dh_recurrent,
-                            False,
-                            seed,
-                            dropout_base,
-                            dropout_p,
-                            dropout_keep_scale,
-                            1,
-                            ROW_PIECE,
-                            INPUT_PRECISION,
-                            UPCAST_OPERANDS,
-                        )
-                    if NUM_GATES > 2:
-                        dh_recurrent = _resident_product(
-                            d_acc_step,
-                            gate_width,
-                            2 * hidden,
-                            hidden,
-                            batch,
-                            piece * ROW_PIECE,
-                            (w_gate2,),
-                            dh_recurrent,
-                            False,
-                            seed,
-                            dropout_base,
-                            dropout_p,
-                            dropout_keep_scale,
-                            1,
-                            ROW_PIECE,
-                            INPUT_PRECISION,
-                            UPCAST_OPERANDS,
-                        )
-                    if NUM_GATES > 3:
-                        dh_recurrent = _resident_product(
-                            d_acc_step,
-                            gate_width,
-                            3 * hidden,
-                            hidden,
-                            batch,
-                            piece * ROW_PIECE,
-                            (w_gate3,),
-                            dh_recurrent,
-                            False,
-                            seed,
-                            dropout_base,
-                            dropout_p,
-                            dropout_keep_scale,
-                            1,
-                            ROW_PIECE,
-                            INPUT_PRECISION,
-                            UPCAST_OPERANDS,
-                        )
-                else:
-                    dh_recurrent = _resident_product(
-                        d_acc_step,
-                        gate_width,
-                        0,
-                        gate_width,
-                        batch,
-                        piece * ROW_PIECE,
-                        w_gates,
-                        tl.zeros((ROW_PIECE, BLOCK_R), tl.float32),
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        K_TILES,
-                        ROW_PIECE,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
+                dh_recurrent = _recurrent_product(
+                    d_acc_step,
+                    gate_width,
+                    batch,
+                    rows_p,
+                    row_in_p,
+                    piece * ROW_PIECE,
+                    w_gates,
+                    w_hh_ptr,
+                    h_units,
+                    h_unit_in,
+                    state_size,
+                    hidden,
+                    True,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    ROW_PIECE,
+                    BLOCK_R,
+                    STREAM_K,
+                    GATE_DOTS,
+                    ROW_PIECE,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
                 if USE_DROPOUT:
                     dh_recurrent = dh_recurrent * dropout_mask(
                         seed, dropout_base, rows_p, h_units, dropout_p, dropout_keep_scale
@@ -2572,116 +2518,8 @@ def recurrence_backward_kernel(
                 tl.store(grad_h0_ptr + offsets_p, dh_next, mask=mask_p)
             tl.debug_barrier()
         else:
-            if STREAM_K > 0:
-                #    W_hh[:, units] streamed: K = G*H gate rows in chunks of STREAM_K.
-                dh_recurrent = _streamed_product(
-                    d_acc_step,
-                    gate_width,
-                    rows,
-                    row_in,
-                    gate_width,
-                    w_hh_ptr,
-                    h_units,
-                    h_unit_in,
-                    state_size,
-                    True,
-                    USE_WEIGHT_DROP,
-                    weight_drop_key,
-                    weight_drop_base,
-                    weight_drop_p,
-                    weight_drop_keep_scale,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                    STREAM_K,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-            elif GATE_DOTS:
-                #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    0,
-                    hidden,
-                    batch,
-                    0,
-                    (w_gate0,),
-                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-                if NUM_GATES > 1:
-                    dh_recurrent = _resident_product(
-                        d_acc_step,
-                        gate_width,
-                        hidden,
-                        hidden,
-                        batch,
-                        0,
-                        (w_gate1,),
-                        dh_recurrent,
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        1,
-                        ROWS_PER_DOT,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-                if NUM_GATES > 2:
-                    dh_recurrent = _resident_product(
-                        d_acc_step,
-                        gate_width,
-                        2 * hidden,
-                        hidden,
-                        batch,
-                        0,
-                        (w_gate2,),
-                        dh_recurrent,
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        1,
-                        ROWS_PER_DOT,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-                if NUM_GATES > 3:
-                    dh_recurrent = _resident_product(
-                        d_acc_step,
-                        gate_width,
-                        3 * hidden,
-                        hidden,
-                        batch,
-                        0,
-                        (w_gate3,),
-                        dh_recurrent,
-                        False,
-                        seed,
-                        dropout_base,
-                        dropout_p,
-                        dropout_keep_scale,
-                        1,
-                        ROWS_PER_DOT,
-                        INPUT_PRECISION,
-                        UPCAST_OPERANDS,
-                    )
-            elif SPLIT_K == 2:
+            # (The pair split only where W_hh is resident in one dot over all gate rows.)
+            if SPLIT_K == 2 and STREAM_K == 0 and not GATE_DOTS:
                 #    This program's half of the gate rows for the pair's columns, then the pair's
                 #    partials added (kernels/primitives.py pair_sum).
                 dh_partial = _resident_product(
@@ -2707,21 +2545,34 @@ def recurrence_backward_kernel(
                     dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
                 )
             else:
-                dh_recurrent = _resident_product(
+                dh_recurrent = _recurrent_product(
                     d_acc_step,
                     gate_width,
-                    0,
-                    gate_width,
                     batch,
+                    rows,
+                    row_in,
                     0,
                     w_gates,
-                    tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
+                    w_hh_ptr,
+                    h_units,
+                    h_unit_in,
+                    state_size,
+                    hidden,
+                    True,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
                     False,
                     seed,
                     dropout_base,
                     dropout_p,
                     dropout_keep_scale,
-                    K_TILES,
+                    BLOCK_B,
+                    BLOCK_R,
+                    STREAM_K,
+                    GATE_DOTS,
                     ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
