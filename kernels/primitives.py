@@ -395,6 +395,28 @@ ROW_EXCHANGE_TILE: tl.constexpr = tl.constexpr(4096)
 
 
 @triton.jit
+def row_values_slot(partials_ptr, generation, Q: tl.constexpr, WORKSPACE_ROWS: tl.constexpr):
+    """Base of slot ``generation % 2`` of a row-statistics workspace, float32 [2, Q,
+    num_programs, WORKSPACE_ROWS] (:func:`_publish_row_values`)."""
+    return partials_ptr + (generation % 2) * (Q * (tl.num_programs(0) * WORKSPACE_ROWS))
+
+
+@triton.jit
+def store_row_values(values, partials_ptr, generation, rows, batch, WORKSPACE_ROWS: tl.constexpr):
+    """Store this program's per-row values ``values`` (a tuple of Q float32 vectors over
+    ``rows``, any subset of the workspace's ``WORKSPACE_ROWS`` rows) in slot ``generation %
+    2``, without meeting the other programs: the whole-step row pieces publish piece after
+    piece and then meet once (kernels/recurrence.py ``ROW_PIECE``). Returns the slot's base."""
+    pid = tl.program_id(0)
+    row_in = rows < batch
+    stride = tl.num_programs(0) * WORKSPACE_ROWS
+    slot_ptr = row_values_slot(partials_ptr, generation, len(values), WORKSPACE_ROWS)
+    for q in tl.static_range(len(values)):
+        tl.store(slot_ptr + q * stride + pid * WORKSPACE_ROWS + rows, values[q], mask=row_in)
+    return slot_ptr
+
+
+@triton.jit
 def _publish_row_values(values, partials_ptr, barrier_ptr, generation, rows, batch):
     """The row-statistics exchange of the layer-norm helpers: publish this program's per-row
     values ``values`` (a tuple of Q [BLOCK_B] float32 vectors) and meet the other programs
@@ -409,33 +431,114 @@ def _publish_row_values(values, partials_ptr, barrier_ptr, generation, rows, bat
     so the compiler rebuilds the addresses in the time loop rather than hoisting them out
     of it and keeping (spilling) them all through the loop (W2 with layer norm: 132 B).
     """
-    BLOCK_B: tl.constexpr = rows.shape[0]
-    pid = tl.program_id(0)
-    row_in = rows < batch
-    stride = tl.num_programs(0) * BLOCK_B
-    slot_ptr = partials_ptr + (generation % 2) * (len(values) * stride)
-    for q in tl.static_range(len(values)):
-        tl.store(slot_ptr + q * stride + pid * BLOCK_B + rows, values[q], mask=row_in)
+    slot_ptr = store_row_values(values, partials_ptr, generation, rows, batch, rows.shape[0])
     grid_barrier(barrier_ptr, generation)
     return slot_ptr
 
 
 @triton.jit
-def _gather_row_values(slot_ptr, q, first_program, rows, batch, CHUNK: tl.constexpr):
+def _gather_row_values(
+    slot_ptr, q, first_program, rows, batch, CHUNK: tl.constexpr, WORKSPACE_ROWS: tl.constexpr
+):
     """Statistic ``q`` of programs ``first_program ... + CHUNK`` from a published slot
-    (:func:`_publish_row_values`): a [CHUNK, BLOCK_B] tile (0 in padding), the programs'
+    (:func:`_publish_row_values`): a [CHUNK, rows] tile (0 in padding), the programs'
     indices and the mask of the real (program, row) entries. Read through L2 (``.cg``)."""
-    BLOCK_B: tl.constexpr = rows.shape[0]
     num_programs = tl.num_programs(0)
     programs = first_program + tl.arange(0, CHUNK)
     ws_mask = (programs < num_programs)[:, None] & (rows < batch)[None, :]
     tile = tl.load(
-        slot_ptr + q * (num_programs * BLOCK_B) + programs[:, None] * BLOCK_B + rows[None, :],
+        slot_ptr
+        + q * (num_programs * WORKSPACE_ROWS)
+        + programs[:, None] * WORKSPACE_ROWS
+        + rows[None, :],
         mask=ws_mask,
         other=0.0,
         cache_modifier=".cg",
     )
     return tile, programs, ws_mask
+
+
+@triton.jit
+def layer_norm_partials(
+    x, col_valid, hidden, COLUMNS_PER_UNIT: tl.constexpr, BLOCK_U: tl.constexpr
+):
+    """This program's share of the layer-norm statistics of each row of ``x`` [rows, C] (its
+    columns; ``col_valid`` [C] which are real): the sum and the M2 (squared deviations from
+    its own mean) over its ``COLUMNS_PER_UNIT * min(BLOCK_U, hidden - pid * BLOCK_U)``
+    columns."""
+    pid = tl.program_id(0)
+    valid_f = col_valid.to(tl.float32)[None, :]
+    local_units = tl.minimum(hidden - pid * BLOCK_U, BLOCK_U)
+    local_count = (COLUMNS_PER_UNIT * local_units).to(tl.float32)
+    local_sum = tl.sum(x * valid_f, axis=1)
+    local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
+    local_m2 = tl.sum(local_dev * local_dev, axis=1)
+    return local_sum, local_m2
+
+
+@triton.jit
+def _m2_around(
+    sums,
+    m2s,
+    programs,
+    ws_mask,
+    mean,
+    hidden,
+    COLUMNS_PER_UNIT: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+):
+    """Chan's merge of a [programs, rows] tile of published (sum, M2) around the rows'
+    ``mean``: ``sum_q M2_q + n_q (mean_q - mean)^2`` over those programs (0 in padding)."""
+    counts = (
+        COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
+    ).to(tl.float32)
+    program_mean = sums / tl.maximum(counts, 1.0)[:, None]
+    shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
+    return tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
+
+
+@triton.jit
+def layer_norm_merge(
+    slot_ptr,
+    rows,
+    batch,
+    hidden,
+    total_count,
+    COLUMNS_PER_UNIT: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+    WORKSPACE_ROWS: tl.constexpr,
+):
+    """Mean and variance of each row of ``rows`` from every program's published (sum, M2)
+    (:func:`layer_norm_partials`, in the slot at ``slot_ptr``): Chan's parallel formula
+    ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``, no E[x^2] - E[x]^2 cancellation. Program q
+    owns ``COLUMNS_PER_UNIT * min(BLOCK_U, hidden - q * BLOCK_U)`` columns; ``total_count``
+    is their sum. Row by row, so any subset of the rows gives the same numbers."""
+    CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
+    if CHUNK == PROGRAMS_PAD:  # every program's partials in one [PROGRAMS_PAD, rows] tile
+        sums, programs, ws_mask = _gather_row_values(
+            slot_ptr, 0, 0, rows, batch, CHUNK, WORKSPACE_ROWS
+        )
+        m2s, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK, WORKSPACE_ROWS)
+        mean = tl.sum(sums, axis=0) / total_count
+        m2 = _m2_around(sums, m2s, programs, ws_mask, mean, hidden, COLUMNS_PER_UNIT, BLOCK_U)
+    else:
+        # In chunks of programs (ROW_EXCHANGE_TILE; a runtime loop, so the compiler does
+        # not issue every chunk's loads at once): the row sums first (the mean), then
+        # Chan's merge of the M2s around it (two passes over the workspace).
+        total = tl.zeros((rows.shape[0],), tl.float32)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK, WORKSPACE_ROWS)
+            total += tl.sum(sums, axis=0)
+        mean = total / total_count
+        m2 = tl.zeros((rows.shape[0],), tl.float32)
+        for first in tl.range(0, tl.num_programs(0), CHUNK):
+            sums, programs, ws_mask = _gather_row_values(
+                slot_ptr, 0, first, rows, batch, CHUNK, WORKSPACE_ROWS
+            )
+            m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK, WORKSPACE_ROWS)
+            m2 += _m2_around(sums, m2s, programs, ws_mask, mean, hidden, COLUMNS_PER_UNIT, BLOCK_U)
+    return mean, m2 / total_count
 
 
 @triton.jit
@@ -458,54 +561,65 @@ def layer_norm_row_stats(
     ``x`` [BLOCK_B, C] is this program's columns, ``col_valid`` [C] which are real.
     ``partials_ptr``: float32 [2 slots, 2, num_programs, BLOCK_B] workspace for (sum, M2) per
     program (:func:`_publish_row_values`).
-    Each program publishes its local sum and M2 (squared deviations from its own mean),
-    meets the others at barrier ``generation``, and merges all partials with Chan's
-    parallel formula ``M2 = sum_q M2_q + n_q (mean_q - mean)^2``: one barrier, no
-    E[x^2] - E[x]^2 cancellation. Program q owns ``COLUMNS_PER_UNIT * min(BLOCK_U,
-    hidden - q * BLOCK_U)`` columns; ``total_count`` is their sum. With one program this is
-    the two-pass mean/variance of the reference.
+    Each program publishes its local sum and M2 (:func:`layer_norm_partials`), meets the
+    others at barrier ``generation``, and merges all partials (:func:`layer_norm_merge`):
+    one barrier. With one program this is the two-pass mean/variance of the reference.
     """
-    pid = tl.program_id(0)
-    valid_f = col_valid.to(tl.float32)[None, :]
-    local_units = tl.minimum(hidden - pid * BLOCK_U, BLOCK_U)
-    local_count = (COLUMNS_PER_UNIT * local_units).to(tl.float32)
-    local_sum = tl.sum(x * valid_f, axis=1)
-    local_dev = (x - (local_sum / local_count)[:, None]) * valid_f
-    local_m2 = tl.sum(local_dev * local_dev, axis=1)
+    local_sum, local_m2 = layer_norm_partials(x, col_valid, hidden, COLUMNS_PER_UNIT, BLOCK_U)
     slot_ptr = _publish_row_values(
         (local_sum, local_m2), partials_ptr, barrier_ptr, generation, rows, batch
     )
+    return layer_norm_merge(
+        slot_ptr,
+        rows,
+        batch,
+        hidden,
+        total_count,
+        COLUMNS_PER_UNIT,
+        BLOCK_U,
+        PROGRAMS_PAD,
+        rows.shape[0],
+    )
+
+
+@triton.jit
+def row_sums_partials(a, b, c, col_valid):
+    """This program's row sums of ``a``, ``b``, ``c`` [rows, C] over its real columns
+    (``col_valid``): the values :func:`row_sums_merge` adds over the programs."""
+    valid_f = col_valid.to(tl.float32)[None, :]
+    return tl.sum(a * valid_f, axis=1), tl.sum(b * valid_f, axis=1), tl.sum(c * valid_f, axis=1)
+
+
+@triton.jit
+def row_sums_merge(slot_ptr, rows, batch, PROGRAMS_PAD: tl.constexpr, WORKSPACE_ROWS: tl.constexpr):
+    """The three row sums of ``rows`` over every program's published partials (the slot at
+    ``slot_ptr``, :func:`row_sums_partials`)."""
     CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
-    if CHUNK == PROGRAMS_PAD:  # every program's partials in one [PROGRAMS_PAD, BLOCK_B] tile
-        sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
-        m2s, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
-        counts = (
-            COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
-        ).to(tl.float32)
-        mean = tl.sum(sums, axis=0) / total_count
-        program_mean = sums / tl.maximum(counts, 1.0)[:, None]
-        shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-        m2 = tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
-    else:
-        # In chunks of programs (ROW_EXCHANGE_TILE; a runtime loop, so the compiler does
-        # not issue every chunk's loads at once): the row sums first (the mean), then
-        # Chan's merge of the M2s around it (two passes over the workspace).
-        total = tl.zeros_like(local_sum)
+    if CHUNK == PROGRAMS_PAD:  # one tile per sum
+        tile_a, _, _ = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK, WORKSPACE_ROWS)
+        tile_b, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK, WORKSPACE_ROWS)
+        tile_c, _, _ = _gather_row_values(slot_ptr, 2, 0, rows, batch, CHUNK, WORKSPACE_ROWS)
+        sum_a = tl.sum(tile_a, axis=0)
+        sum_b = tl.sum(tile_b, axis=0)
+        sum_c = tl.sum(tile_c, axis=0)
+    else:  # in chunks of programs, a runtime loop (as layer_norm_merge)
+        sum_a = tl.zeros((rows.shape[0],), tl.float32)
+        sum_b = tl.zeros((rows.shape[0],), tl.float32)
+        sum_c = tl.zeros((rows.shape[0],), tl.float32)
         for first in tl.range(0, tl.num_programs(0), CHUNK):
-            sums, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-            total += tl.sum(sums, axis=0)
-        mean = total / total_count
-        m2 = tl.zeros_like(local_sum)
-        for first in tl.range(0, tl.num_programs(0), CHUNK):
-            sums, programs, ws_mask = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-            m2s, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
-            counts = (
-                COLUMNS_PER_UNIT * tl.minimum(tl.maximum(hidden - programs * BLOCK_U, 0), BLOCK_U)
-            ).to(tl.float32)
-            program_mean = sums / tl.maximum(counts, 1.0)[:, None]
-            shift = tl.where(ws_mask, program_mean - mean[None, :], 0.0)
-            m2 += tl.sum(m2s + counts[:, None] * shift * shift, axis=0)
-    return mean, m2 / total_count
+            tile_a, _, _ = _gather_row_values(
+                slot_ptr, 0, first, rows, batch, CHUNK, WORKSPACE_ROWS
+            )
+            sum_a += tl.sum(tile_a, axis=0)
+            tile_b, _, _ = _gather_row_values(
+                slot_ptr, 1, first, rows, batch, CHUNK, WORKSPACE_ROWS
+            )
+            sum_b += tl.sum(tile_b, axis=0)
+            tile_c, _, _ = _gather_row_values(
+                slot_ptr, 2, first, rows, batch, CHUNK, WORKSPACE_ROWS
+            )
+            sum_c += tl.sum(tile_c, axis=0)
+    return sum_a, sum_b, sum_c
 
 
 @triton.jit
@@ -527,33 +641,7 @@ def row_sums_across_programs(
     :func:`_publish_row_values`), meets the others at barrier
     ``generation`` (one barrier for all three) and adds them up.
     """
-    valid_f = col_valid.to(tl.float32)[None, :]
-    local_a = tl.sum(a * valid_f, axis=1)
     slot_ptr = _publish_row_values(
-        (local_a, tl.sum(b * valid_f, axis=1), tl.sum(c * valid_f, axis=1)),
-        partials_ptr,
-        barrier_ptr,
-        generation,
-        rows,
-        batch,
+        row_sums_partials(a, b, c, col_valid), partials_ptr, barrier_ptr, generation, rows, batch
     )
-    CHUNK: tl.constexpr = min(PROGRAMS_PAD, max(1, ROW_EXCHANGE_TILE // rows.shape[0]))
-    if CHUNK == PROGRAMS_PAD:  # one tile per sum
-        tile_a, _, _ = _gather_row_values(slot_ptr, 0, 0, rows, batch, CHUNK)
-        tile_b, _, _ = _gather_row_values(slot_ptr, 1, 0, rows, batch, CHUNK)
-        tile_c, _, _ = _gather_row_values(slot_ptr, 2, 0, rows, batch, CHUNK)
-        sum_a = tl.sum(tile_a, axis=0)
-        sum_b = tl.sum(tile_b, axis=0)
-        sum_c = tl.sum(tile_c, axis=0)
-    else:  # in chunks of programs, a runtime loop (as layer_norm_row_stats)
-        sum_a = tl.zeros_like(local_a)
-        sum_b = tl.zeros_like(local_a)
-        sum_c = tl.zeros_like(local_a)
-        for first in tl.range(0, tl.num_programs(0), CHUNK):
-            tile_a, _, _ = _gather_row_values(slot_ptr, 0, first, rows, batch, CHUNK)
-            sum_a += tl.sum(tile_a, axis=0)
-            tile_b, _, _ = _gather_row_values(slot_ptr, 1, first, rows, batch, CHUNK)
-            sum_b += tl.sum(tile_b, axis=0)
-            tile_c, _, _ = _gather_row_values(slot_ptr, 2, first, rows, batch, CHUNK)
-            sum_c += tl.sum(tile_c, axis=0)
-    return sum_a, sum_b, sum_c
+    return row_sums_merge(slot_ptr, rows, batch, PROGRAMS_PAD, rows.shape[0])

@@ -73,6 +73,16 @@ Block sizes (chosen by the launcher)
               backward dh / dc kept in ``grad_h0`` / ``grad_c0`` (CTA barriers order the
               reads and writes of different threads). Beside the ``[256, ·]`` working set
               of a step the carried state spilled (docs/kernels-v2.md §6.1).
+``ROW_PIECE`` ``BLOCK_B``, or (the launcher's ``_row_piece``: the LSTM with layer norm and
+              no projection at B = 256, state in memory) 64: a whole-step row split. Every
+              part of a step, the recurrent products included (``ROWS_PER_DOT`` = 64), runs
+              piece by piece, 64 rows at a time, around the same barriers: what one piece needs
+              of another (nothing but the layer-norm row statistics, which are per row) goes
+              through the workspace, and what crosses a barrier is staged in the step's own
+              saved rows (forward: the pre-norm product in ``xhat_hh``, c~ in ``xhat_c``;
+              backward: dL/d N(c~) gamma_c, dL/d o and dL/d a in ``grad_acc``), written per
+              piece and read back after the barrier. At 256 rows that working set spilled
+              KBs at any warp count (docs/kernels-v2.md §6.1).
 
 W_hh on chip. Each kernel loads its share of W_hh once, before the time loop, through one
 helper (kernels/primitives.py ``load_w_hh_tile``: in forward the program's ``G*BLOCK_U``
@@ -91,7 +101,8 @@ float32 to H = 512 at B <= 64, and on an H100 (132 SMs) to H = 1024 (float32 W2 
 ``SPLIT_K`` = 2, 128 programs). Beyond it ``STREAM_K`` > 0: W_hh is read per step from L2
 in K-chunks of that many rows / columns (``_streamed_product``, through the same
 ``load_w_hh_tile``), which takes float32 W2 / W6b on an A100 and H = 2048.
-``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected only by the interpreter tests.
+``ROWS_PER_DOT`` < ``BLOCK_B`` (row pieces) is selected by the interpreter tests, and with
+``ROW_PIECE`` (then each piece's product is its own ``[ROW_PIECE, ·]`` dots).
 
 Numerics: the recurrent product (kernels/primitives.py ``recurrent_dot``) takes bf16 / fp16
 operands in their own dtype (the float32 ``h`` / ``dL/d acc`` operand is rounded to it, as
@@ -134,11 +145,17 @@ from .primitives import (
     gate_of,
     gates_to_tile,
     grid_barrier,
+    layer_norm_merge,
+    layer_norm_partials,
     layer_norm_row_stats,
     load_w_hh_tile,
     pair_sum,
     recurrent_dot,
     row_sums_across_programs,
+    row_sums_merge,
+    row_sums_partials,
+    row_values_slot,
+    store_row_values,
     tanh,
     zoneout,
     zoneout_weight,
@@ -294,6 +311,7 @@ def _resident_product(
     k_offset,
     k_total,
     batch,
+    first_row,
     w_tiles,
     acc,
     OPERAND_DROPOUT: tl.constexpr,
@@ -308,7 +326,8 @@ def _resident_product(
 ):
     """``acc + operand @ W`` with W resident on chip as the tuple ``w_tiles`` of ``K_TILES``
     K-chunk tiles (:func:`_load_resident_tiles`), ``acc`` float32 [BLOCK_B, N]; row ``r`` of
-    the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``.
+    the operand is ``step_ptr[r * width + k_offset + k]`` for ``k < k_total``, rows
+    ``first_row ...`` (0, or a whole-step row piece's first row).
 
     The operand was written by every program before the barrier, so it is read from L2. It
     is taken ``ROWS_PER_DOT`` rows by one K tile at a time (static loops: one dot per piece, each
@@ -322,7 +341,7 @@ def _resident_product(
     chunk_ids = tl.arange(0, CHUNKS)[:, None, None]
     acc3 = tl.reshape(acc, (CHUNKS, ROWS_PER_DOT, WIDTH_N))
     for chunk in tl.static_range(CHUNKS):
-        rows = chunk * ROWS_PER_DOT + tl.arange(0, ROWS_PER_DOT)
+        rows = first_row + chunk * ROWS_PER_DOT + tl.arange(0, ROWS_PER_DOT)
         if CHUNKS == 1:
             part = acc
         else:
@@ -424,11 +443,665 @@ def _streamed_product(
 
 
 @triton.jit
+def _recurrent_product(
+    step_ptr,
+    width,
+    batch,
+    rows,
+    row_in,
+    first_row,
+    w_tiles,
+    w_hh_ptr,
+    n_index,
+    n_in,
+    w_row_stride,
+    gate_k,
+    K_IS_W_ROW: tl.constexpr,
+    USE_WEIGHT_DROP: tl.constexpr,
+    weight_drop_key,
+    weight_drop_base,
+    weight_drop_p,
+    weight_drop_keep_scale,
+    OPERAND_DROPOUT: tl.constexpr,
+    seed,
+    dropout_base,
+    dropout_p,
+    dropout_keep_scale,
+    ROWS: tl.constexpr,
+    COLUMNS: tl.constexpr,
+    STREAM_K: tl.constexpr,
+    GATE_DOTS: tl.constexpr,
+    ROWS_PER_DOT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """A step's recurrent product ``operand @ W`` of ``ROWS`` rows, float32 [ROWS, COLUMNS]:
+    row ``r`` of the operand is ``step_ptr[r * width + k]`` for ``k < width`` (the rows
+    ``rows`` / ``row_in``, ``first_row`` the first of them: the whole batch, or one
+    whole-step row piece), W as in :func:`_streamed_product` (``n_index``, ``n_in``,
+    ``w_row_stride``, ``K_IS_W_ROW``). Streamed from L2 in K-chunks of ``STREAM_K`` (> 0);
+    else resident: ``GATE_DOTS``, one dot per gate against its tile ``w_tiles[gate]`` (the
+    backward: the gate's ``gate_k`` columns of the operand, from column ``gate * gate_k``);
+    else one over all ``width`` columns against the K tiles ``w_tiles``
+    (:func:`_resident_product`, ``ROWS_PER_DOT`` rows a dot)."""
+    acc = tl.zeros((ROWS, COLUMNS), tl.float32)
+    if STREAM_K > 0:
+        acc = _streamed_product(
+            step_ptr,
+            width,
+            rows,
+            row_in,
+            width,
+            w_hh_ptr,
+            n_index,
+            n_in,
+            w_row_stride,
+            K_IS_W_ROW,
+            USE_WEIGHT_DROP,
+            weight_drop_key,
+            weight_drop_base,
+            weight_drop_p,
+            weight_drop_keep_scale,
+            OPERAND_DROPOUT,
+            seed,
+            dropout_base,
+            dropout_p,
+            dropout_keep_scale,
+            acc,
+            STREAM_K,
+            INPUT_PRECISION,
+            UPCAST_OPERANDS,
+        )
+    else:  # resident: per gate (GATE_DOTS), else one product over all the tiles
+        for gate in tl.static_range(len(w_tiles) if GATE_DOTS else 1):
+            if GATE_DOTS:
+                k_offset, k_total, tiles = gate * gate_k, gate_k, (w_tiles[gate],)
+            else:
+                k_offset, k_total, tiles = 0, width, w_tiles
+            acc = _resident_product(
+                step_ptr,
+                width,
+                k_offset,
+                k_total,
+                batch,
+                first_row,
+                tiles,
+                acc,
+                OPERAND_DROPOUT,
+                seed,
+                dropout_base,
+                dropout_p,
+                dropout_keep_scale,
+                len(tiles),
+                ROWS_PER_DOT,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
+    return acc
+
+
+@triton.jit
 def _add_to_column_sums(ptr, cols, mask, partial):
     """``ptr[cols] += partial`` by the program that owns ``cols`` (a gradient sum kept in its
     output row across the time loop instead of in registers; the same float32 additions in
     the same order as a register accumulator)."""
     tl.store(ptr + cols, tl.load(ptr + cols, mask=mask, other=0.0) + partial, mask=mask)
+
+
+@triton.jit
+def _piece_rows(piece, batch, ROW_PIECE: tl.constexpr):
+    """Rows of whole-step row piece ``piece`` (``ROW_PIECE`` of them) and which are real."""
+    rows = piece * ROW_PIECE + tl.arange(0, ROW_PIECE)
+    return rows, rows < batch
+
+
+@triton.jit
+def _piece_state_rows(
+    piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE: tl.constexpr
+):
+    """Row piece ``piece``'s rows (:func:`_piece_rows`), the mask and the offsets of its
+    ``[rows, units]`` tile of a [B, hidden] state, and which rows are active at step ``t``."""
+    rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+    own_mask = row_in[:, None] & unit_in[None, :]
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
+    return rows, row_in, own_mask, own_offsets, active
+
+
+@triton.jit
+def _program_columns(
+    hidden, NUM_GATES: tl.constexpr, GATES_PAD: tl.constexpr, BLOCK_U: tl.constexpr
+):
+    """This program's ``BLOCK_U`` units and its ``GATES_PAD * BLOCK_U`` gate columns (column
+    ``gate * BLOCK_U + u``: gate row ``gate * hidden + unit u``), each with which are real."""
+    pid = tl.program_id(0)
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    cols = tl.arange(0, GATES_PAD * BLOCK_U)
+    col_gate = cols // BLOCK_U
+    col_unit = pid * BLOCK_U + cols % BLOCK_U
+    col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
+    return units, units < hidden, col_gate * hidden + col_unit, col_in
+
+
+@triton.jit
+def _forward_pieces_cell(
+    xg_ptr,
+    b_hh_ptr,
+    lengths_ptr,
+    norm_weight_hh_ptr,
+    c_prev_ptr,
+    gates_ptr,
+    xhat_hh_ptr,
+    rstd_hh_ptr,
+    xhat_c_ptr,
+    ln_partials_ptr,
+    t,
+    generation,
+    batch,
+    hidden,
+    stride_xg_t,
+    stride_xg_b,
+    HAS_BIAS: tl.constexpr,
+    NUM_GATES: tl.constexpr,
+    GATES_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+    ROW_PIECE: tl.constexpr,
+):
+    """The forward's LSTM step with layer norm in whole-step row pieces, between its first two
+    barriers (``ROW_PIECE`` < ``BLOCK_B``): every program has published the row partials of
+    its pre-norm product ``acc`` (barrier ``generation``) and staged ``acc`` in this step's
+    ``xhat_hh`` rows. Per piece of ``ROW_PIECE`` rows: ``acc`` read back, normalised (the
+    same per-row statistics as in one piece: :func:`layer_norm_merge`) and ``xhat_hh``
+    written over it, the gates and c~ computed, the gates stored, c~ staged in this step's
+    ``xhat_c`` rows and its row partials published for barrier ``generation + 1``. The
+    norm parameters and the bias are read per piece (a few hundred bytes from L1 / L2)."""
+    pid = tl.program_id(0)
+    gate_width = NUM_GATES * hidden
+    units, unit_in, gate_col, col_in = _program_columns(hidden, NUM_GATES, GATES_PAD, BLOCK_U)
+    slot_hh = row_values_slot(ln_partials_ptr, generation, 2, BLOCK_B)
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+        col_mask = row_in[:, None] & col_in[None, :]
+        own_mask = row_in[:, None] & unit_in[None, :]
+        xhat_hh_t = _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width)
+        acc = tl.load(xhat_hh_t, mask=col_mask, other=0.0, cache_modifier=".cg")
+        mean_row, var_row = layer_norm_merge(
+            slot_hh,
+            rows,
+            batch,
+            hidden,
+            gate_width.to(tl.float32),
+            NUM_GATES,
+            BLOCK_U,
+            PROGRAMS_PAD,
+            BLOCK_B,
+        )
+        rstd_row = 1.0 / tl.sqrt(var_row + NORM_EPS)
+        xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
+        tl.store(
+            rstd_hh_ptr + tl.cast(t, tl.int64) * batch + rows, rstd_row, mask=row_in & (pid == 0)
+        )
+        # (xhat_hh over acc: each element's store needs its own loaded value, so no thread
+        # writes an element before it has been read.)
+        tl.store(xhat_hh_t, xhat_hh, mask=col_mask)
+        norm_weight_hh = tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(
+            tl.float32
+        )
+        a = xhat_hh * norm_weight_hh[None, :]
+        if HAS_BIAS:
+            a = a + tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)[None, :]
+        x = tl.load(
+            xg_ptr
+            + tl.cast(t, tl.int64) * stride_xg_t
+            + rows[:, None] * stride_xg_b
+            + gate_col[None, :],
+            mask=col_mask,
+            other=0.0,
+        ).to(tl.float32)
+        pre = x + a
+        i, f, g, o, c_cand = lstm_candidate(
+            gate_of(pre, 0, GATES_PAD, BLOCK_U),
+            gate_of(pre, 1, GATES_PAD, BLOCK_U),
+            gate_of(pre, 2, GATES_PAD, BLOCK_U),
+            gate_of(pre, 3, GATES_PAD, BLOCK_U),
+            _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
+        )
+        gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+        tl.store(gates_t, i, mask=own_mask)
+        tl.store(gates_t + hidden, f, mask=own_mask)
+        tl.store(gates_t + 2 * hidden, g, mask=own_mask)
+        tl.store(gates_t + 3 * hidden, o, mask=own_mask)
+        tl.store(_step_tile(xhat_c_ptr, t, batch, rows, units, hidden), c_cand, mask=own_mask)
+        store_row_values(
+            layer_norm_partials(c_cand, unit_in, hidden, 1, BLOCK_U),
+            ln_partials_ptr,
+            generation + 1,
+            rows,
+            batch,
+            BLOCK_B,
+        )
+
+
+@triton.jit
+def _forward_pieces_state(
+    lengths_ptr,
+    norm_weight_c_ptr,
+    norm_bias_c_ptr,
+    output_ptr,
+    h_n_ptr,
+    c_n_ptr,
+    h_prev_ptr,
+    c_prev_ptr,
+    gates_ptr,
+    rstd_c_ptr,
+    xhat_c_ptr,
+    ln_partials_ptr,
+    h_masked_ptr,
+    s,
+    t,
+    t_next,
+    steps,
+    generation,
+    batch,
+    hidden,
+    stride_out_t,
+    stride_out_b,
+    seed,
+    dropout_base,
+    zoneout_cell_base,
+    zoneout_hidden_base,
+    dropout_p,
+    dropout_keep_scale,
+    zoneout_cell_p,
+    zoneout_hidden_p,
+    TRAINING: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+    USE_ZONEOUT_CELL: tl.constexpr,
+    USE_ZONEOUT_HIDDEN: tl.constexpr,
+    MASKED_EXCHANGE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+    ROW_PIECE: tl.constexpr,
+):
+    """The rest of the forward's LSTM step in row pieces, after barrier ``generation + 1``
+    (:func:`_forward_pieces_cell` staged c~ in ``xhat_c`` and published its partials): per
+    piece c~ read back and normalised (``xhat_c`` written over it), h = o tanh(N(c~)),
+    zoneout, the outputs and the next state rows (``h_prev`` / ``c_prev`` at ``t_next``, or
+    ``h_n`` / ``c_n`` at the last step, and ``m_h * h`` with ``MASKED_EXCHANGE``)."""
+    pid = tl.program_id(0)
+    gate_width = 4 * hidden
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_in = units < hidden
+    slot_c = row_values_slot(ln_partials_ptr, generation + 1, 2, BLOCK_B)
+    weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+        own_mask = row_in[:, None] & unit_in[None, :]
+        active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
+        xhat_c_t = _step_tile(xhat_c_ptr, t, batch, rows, units, hidden)
+        c_cand = tl.load(xhat_c_t, mask=own_mask, other=0.0, cache_modifier=".cg")
+        mean_c, var_c = layer_norm_merge(
+            slot_c,
+            rows,
+            batch,
+            hidden,
+            hidden.to(tl.float32),
+            1,
+            BLOCK_U,
+            PROGRAMS_PAD,
+            BLOCK_B,
+        )
+        rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
+        xhat_c = (c_cand - mean_c[:, None]) * rstd_c[:, None]
+        tl.store(rstd_c_ptr + tl.cast(t, tl.int64) * batch + rows, rstd_c, mask=row_in & (pid == 0))
+        tl.store(xhat_c_t, xhat_c, mask=own_mask)  # over c~, as xhat_hh over acc
+        c_normed = xhat_c * weight_c[None, :]
+        if HAS_NORM_BIAS_C:
+            c_normed = (
+                c_normed
+                + tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)[None, :]
+            )
+        o = tl.load(
+            _step_tile(gates_ptr, t, batch, rows, units, gate_width) + 3 * hidden,
+            mask=own_mask,
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        h_cand, _ = lstm_hidden(o, c_normed)
+        c_prev = _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask)
+        if USE_ZONEOUT_CELL:
+            d_c = zoneout_weight(seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING)
+            c_next = zoneout(c_prev, c_cand, d_c)
+        else:
+            c_next = c_cand
+        c_kept = tl.where(active[:, None], c_next, c_prev)
+        tl.store(
+            _step_tile(c_prev_ptr, t_next, batch, rows, units, hidden),
+            c_kept,
+            mask=own_mask & (s + 1 < steps),
+        )
+        own_offsets = rows[:, None] * hidden + units[None, :]
+        tl.store(c_n_ptr + own_offsets, c_kept, mask=own_mask & (s + 1 == steps))
+        h_prev = _own_state(h_prev_ptr, t, batch, rows, units, hidden, own_mask)
+        if USE_ZONEOUT_HIDDEN:
+            d_h = zoneout_weight(
+                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+            )
+            h_next = zoneout(h_prev, h_cand, d_h)
+        else:
+            h_next = h_cand
+        tl.store(
+            output_ptr
+            + tl.cast(t, tl.int64) * stride_out_t
+            + rows[:, None] * stride_out_b
+            + units[None, :],
+            tl.where(active[:, None], h_next, 0.0),
+            mask=own_mask,
+        )
+        h_kept = tl.where(active[:, None], h_next, h_prev)
+        tl.store(h_n_ptr + own_offsets, h_kept, mask=own_mask & (s + 1 == steps))
+        tl.store(
+            _step_tile(h_prev_ptr, t_next, batch, rows, units, hidden),
+            h_kept,
+            mask=own_mask & (s + 1 < steps),
+        )
+        if MASKED_EXCHANGE:
+            m_h = dropout_mask(seed, dropout_base, rows, units, dropout_p, dropout_keep_scale)
+            tl.store(
+                h_masked_ptr + ((s + 1) % 2) * batch * hidden + own_offsets,
+                m_h * h_kept,
+                mask=own_mask & (s + 1 < steps),
+            )
+
+
+@triton.jit
+def _backward_pieces_cell_norm(
+    grad_output_ptr,
+    grad_h0_ptr,
+    lengths_ptr,
+    norm_weight_c_ptr,
+    norm_bias_c_ptr,
+    gates_ptr,
+    xhat_c_ptr,
+    grad_acc_ptr,
+    ln_partials_ptr,
+    grad_norm_weight_c_ptr,
+    grad_norm_bias_c_ptr,
+    t,
+    generation,
+    batch,
+    hidden,
+    stride_go_t,
+    stride_go_b,
+    seed,
+    zoneout_hidden_base,
+    zoneout_hidden_p,
+    TRAINING: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+    USE_ZONEOUT_HIDDEN: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    ROW_PIECE: tl.constexpr,
+):
+    """The backward's LSTM step with layer norm in whole-step row pieces, before its first
+    barrier (``generation``): per piece ``dh`` (``grad_h0``) plus ``dL/d output``, zoneout,
+    ``dL/d o`` and ``dL/d N(c~)``, the c norm's gradient sums (added into their output rows,
+    :func:`_add_to_column_sums`), and the row partials of ``dy = dL/d N(c~) * gamma_c`` published; ``dy`` and
+    ``dL/d o`` are staged in this step's ``grad_acc`` rows (gate 0 and gate 3 columns of the
+    program's units) for :func:`_backward_pieces_cell`."""
+    pid = tl.program_id(0)
+    gate_width = 4 * hidden
+    t64 = tl.cast(t, tl.int64)
+    units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_in = units < hidden
+    weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        rows, _, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
+        grad_out = tl.load(
+            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
+            mask=own_mask,
+            other=0.0,
+        ).to(tl.float32)
+        dh_total = tl.where(
+            active[:, None], _own_rows(grad_h0_ptr, own_offsets, own_mask) + grad_out, 0.0
+        )
+        if USE_ZONEOUT_HIDDEN:
+            d_h = zoneout_weight(
+                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+            )
+            dh_cand = (1.0 - d_h) * dh_total
+        else:
+            dh_cand = dh_total
+        gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+        o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
+        xhat_c = tl.load(
+            _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+        )
+        c_normed = xhat_c * weight_c[None, :]
+        if HAS_NORM_BIAS_C:
+            c_normed = (
+                c_normed
+                + tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)[None, :]
+            )
+        d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
+        _add_to_column_sums(
+            grad_norm_weight_c_ptr, units, unit_in, tl.sum(dc_normed * xhat_c, axis=0)
+        )
+        _add_to_column_sums(grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0))
+        dy_hat = dc_normed * weight_c[None, :]
+        staged = _step_tile(grad_acc_ptr, t, batch, rows, units, gate_width)
+        tl.store(staged, dy_hat, mask=own_mask)
+        tl.store(staged + 3 * hidden, d_pre_o, mask=own_mask)
+        store_row_values(
+            row_sums_partials(dy_hat, dy_hat * xhat_c, xhat_c, unit_in),
+            ln_partials_ptr,
+            generation,
+            rows,
+            batch,
+            BLOCK_B,
+        )
+
+
+@triton.jit
+def _backward_pieces_cell(
+    lengths_ptr,
+    norm_weight_hh_ptr,
+    gates_ptr,
+    c_prev_ptr,
+    xhat_c_ptr,
+    rstd_c_ptr,
+    xhat_hh_ptr,
+    grad_xg_ptr,
+    grad_acc_ptr,
+    grad_c0_ptr,
+    ln_partials_ptr,
+    grad_b_hh_ptr,
+    grad_norm_weight_hh_ptr,
+    t,
+    generation,
+    batch,
+    hidden,
+    seed,
+    zoneout_cell_base,
+    zoneout_cell_p,
+    TRAINING: tl.constexpr,
+    USE_ZONEOUT_CELL: tl.constexpr,
+    GATES_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+    ROW_PIECE: tl.constexpr,
+):
+    """Between the backward's first two barriers (``generation``, ``generation + 1``), per
+    row piece: the c norm's backward from the staged ``dy`` and the merged row sums, zoneout
+    of c, the cell backward, ``dc`` written back to ``grad_c0``, ``dL/d xg`` stored, the
+    recurrent norm's gradient sums (added into their output rows), and ``dL/d a``
+    staged in this step's ``grad_acc`` rows with the row partials of ``dL/d a * gamma_hh``
+    published for barrier ``generation + 1``."""
+    gate_width = 4 * hidden
+    t64 = tl.cast(t, tl.int64)
+    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
+    hidden_f = hidden.to(tl.float32)
+    slot_c = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
+        col_mask = row_in[:, None] & col_in[None, :]
+        sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_c, rows, batch, PROGRAMS_PAD, BLOCK_B)
+        staged = _step_tile(grad_acc_ptr, t, batch, rows, units, gate_width)
+        dy_hat = tl.load(staged, mask=own_mask, other=0.0, cache_modifier=".cg")
+        xhat_c = tl.load(
+            _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+        )
+        rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+        dc_from_h = (
+            (
+                dy_hat
+                - (sum_dy / hidden_f)[:, None]
+                - (xhat_c - (sum_xhat / hidden_f)[:, None]) * (sum_dy_xhat / hidden_f)[:, None]
+            )
+            * rstd_c[:, None]
+            * active.to(tl.float32)[:, None]
+        )
+        dc = _own_rows(grad_c0_ptr, own_offsets, own_mask)
+        dc_state = tl.where(active[:, None], dc, 0.0)
+        if USE_ZONEOUT_CELL:
+            d_c = zoneout_weight(seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING)
+            dc_cand = (1.0 - d_c) * dc_state + dc_from_h
+            dc_direct = d_c * dc_state
+        else:
+            dc_cand = dc_state + dc_from_h
+            dc_direct = tl.zeros((ROW_PIECE, BLOCK_U), tl.float32)
+        gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+        d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(
+            dc_cand,
+            tl.load(gates_t, mask=own_mask, other=0.0),
+            tl.load(gates_t + hidden, mask=own_mask, other=0.0),
+            tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0),
+            tl.load(
+                _step_tile(c_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            ),
+        )
+        dc_kept = tl.where(active[:, None], dc_direct + dc_through_f, dc)
+        d_pre_o = tl.load(staged + 3 * hidden, mask=own_mask, other=0.0, cache_modifier=".cg")
+        d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
+        tl.store(
+            _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width), d_pre, mask=col_mask
+        )
+        _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_pre, axis=0))
+        xhat_hh = tl.load(
+            _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+            mask=col_mask,
+            other=0.0,
+        )
+        _add_to_column_sums(
+            grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_pre * xhat_hh, axis=0)
+        )
+        dy_hh = (
+            d_pre
+            * tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)[None, :]
+        )
+        # Every thread has read this piece's dc and the staged values before any writes.
+        tl.debug_barrier()
+        tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
+        tl.store(
+            _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width), d_pre, mask=col_mask
+        )
+        store_row_values(
+            row_sums_partials(dy_hh, dy_hh * xhat_hh, xhat_hh, col_in),
+            ln_partials_ptr,
+            generation + 1,
+            rows,
+            batch,
+            BLOCK_B,
+        )
+
+
+@triton.jit
+def _backward_pieces_recurrent_norm(
+    grad_output_ptr,
+    lengths_ptr,
+    norm_weight_hh_ptr,
+    xhat_hh_ptr,
+    rstd_hh_ptr,
+    grad_acc_ptr,
+    grad_h0_ptr,
+    ln_partials_ptr,
+    t,
+    generation,
+    batch,
+    hidden,
+    stride_go_t,
+    stride_go_b,
+    seed,
+    zoneout_hidden_base,
+    zoneout_hidden_p,
+    TRAINING: tl.constexpr,
+    USE_ZONEOUT_HIDDEN: tl.constexpr,
+    GATES_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    PROGRAMS_PAD: tl.constexpr,
+    ROW_PIECE: tl.constexpr,
+):
+    """After the backward's second barrier (``generation``), per row piece: ``dL/d acc`` from
+    the staged ``dL/d a`` and the merged row sums, written over it in ``grad_acc`` (the
+    operand every program reads after the end-of-step barrier), and ``dh`` less its
+    recurrent term (inactive rows: unchanged) written back to ``grad_h0``."""
+    gate_width = 4 * hidden
+    t64 = tl.cast(t, tl.int64)
+    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
+    width_f = gate_width.to(tl.float32)
+    slot_hh = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
+    for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+        )
+        col_mask = row_in[:, None] & col_in[None, :]
+        sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_hh, rows, batch, PROGRAMS_PAD, BLOCK_B)
+        grad_acc_t = _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width)
+        d_a = tl.load(grad_acc_t, mask=col_mask, other=0.0, cache_modifier=".cg")
+        xhat_hh = tl.load(
+            _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+            mask=col_mask,
+            other=0.0,
+        )
+        rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+        dy_hat = (
+            d_a
+            * tl.load(norm_weight_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)[None, :]
+        )
+        # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
+        xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
+        d_acc = (
+            (dy_hat - (sum_dy / width_f)[:, None] - xc_hh * (sum_dy_xhat / width_f)[:, None])
+            * rstd_row[:, None]
+            * active.to(tl.float32)[:, None]
+        )
+        dh = _own_rows(grad_h0_ptr, own_offsets, own_mask)
+        if USE_ZONEOUT_HIDDEN:
+            grad_out = tl.load(
+                grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
+                mask=own_mask,
+                other=0.0,
+            ).to(tl.float32)
+            d_h = zoneout_weight(
+                seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING
+            )
+            dh_kept = tl.where(
+                active[:, None], d_h * tl.where(active[:, None], dh + grad_out, 0.0), dh
+            )
+        else:
+            dh_kept = tl.where(active[:, None], 0.0, dh)
+        tl.debug_barrier()
+        tl.store(grad_acc_t, d_acc, mask=col_mask)
+        tl.store(grad_h0_ptr + own_offsets, dh_kept, mask=own_mask)
 
 
 @triton.jit
@@ -537,6 +1210,7 @@ def recurrence_forward_kernel(
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     STATE_IN_MEMORY: tl.constexpr,  # B = 256: h, c and m_h re-read per step, not carried
+    ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
 ):
@@ -556,6 +1230,10 @@ def recurrence_forward_kernel(
        then zoneout with Bernoulli draws regenerated from (t, b, unit);
     5. rows with ``t >= len_b`` keep their state and output 0; write the output, the saved
        quantities and the next row of ``h_prev``, and meet the other programs at a barrier.
+
+    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 2-5 run in whole-step row
+    pieces around the same barriers (the product per piece in the loop,
+    :func:`_forward_pieces_cell`, :func:`_forward_pieces_state`).
     """
     pid = tl.program_id(0)
     gate_width = NUM_GATES * hidden
@@ -612,6 +1290,8 @@ def recurrence_forward_kernel(
             weight_drop_p,
             weight_drop_keep_scale,
         )
+    else:
+        w_tiles = ()  # streamed: none held (_recurrent_product reads W_hh per step)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE:
@@ -642,6 +1322,11 @@ def recurrence_forward_kernel(
     MASKED_EXCHANGE: tl.constexpr = USE_DROPOUT and not ONE_DOT
     FIRST_BARRIER: tl.constexpr = 1 if MASKED_EXCHANGE else 0
     OPERAND_DROPOUT: tl.constexpr = USE_DROPOUT and not MASKED_EXCHANGE
+    # The step after the product in whole-step row pieces (the launcher's _row_piece).
+    ROW_SPLIT: tl.constexpr = ROW_PIECE < BLOCK_B
+    if ROW_SPLIT:
+        tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")
+        tl.static_assert(STATE_IN_MEMORY and not HAS_PROJ, "row pieces: state in memory")
 
     if HAS_PROJ:
         # W_hr[own h units, :] transposed, [BLOCK_H, BLOCK_R], on chip for all steps.
@@ -702,33 +1387,59 @@ def recurrence_forward_kernel(
             h_step_ptr = h_masked_ptr + (s % 2) * batch * state_size
         else:
             h_step_ptr = h_prev_ptr + t64 * batch * state_size
-        if STREAM_K > 0:
-            acc = _streamed_product(
-                h_step_ptr,
-                state_size,
-                rows,
-                row_in,
-                state_size,
-                w_hh_ptr,
-                gate_col,
-                col_in,
-                state_size,
-                False,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-                OPERAND_DROPOUT,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
-                STREAM_K,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
+        if ROW_SPLIT:
+            # Whole-step row pieces (the launcher's _row_piece: LSTM with layer norm at
+            # B = 256): the product piece by piece (ROWS_PER_DOT = ROW_PIECE rows a dot),
+            # each piece's pre-norm product staged in this step's xhat_hh rows (this
+            # program's columns) and its layer-norm row partials published; one barrier.
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                acc = _recurrent_product(
+                    h_step_ptr,
+                    state_size,
+                    batch,
+                    rows_p,
+                    row_in_p,
+                    piece * ROW_PIECE,
+                    w_tiles,
+                    w_hh_ptr,
+                    gate_col,
+                    col_in,
+                    state_size,
+                    hidden,
+                    False,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                    OPERAND_DROPOUT,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    ROW_PIECE,
+                    GATES_PAD * BLOCK_U,
+                    STREAM_K,
+                    False,
+                    ROW_PIECE,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+                tl.store(
+                    _step_tile(xhat_hh_ptr, t, batch, rows_p, gate_col, gate_width),
+                    acc,
+                    mask=row_in_p[:, None] & col_in[None, :],
+                )
+                store_row_values(
+                    layer_norm_partials(acc, col_in, hidden, NUM_GATES, BLOCK_U),
+                    ln_partials_ptr,
+                    first_barrier,
+                    rows_p,
+                    batch,
+                    BLOCK_B,
+                )
+            grid_barrier(barrier_ptr, first_barrier)
         elif ONE_DOT:
             h_full = tl.load(
                 _step_tile(h_prev_ptr, t, batch, rows, ks, state_size),
@@ -745,259 +1456,351 @@ def recurrence_forward_kernel(
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
-        else:
-            acc = _resident_product(
+        else:  # streamed, or resident in K tiles / dots of ROWS_PER_DOT rows
+            acc = _recurrent_product(
                 h_step_ptr,
                 state_size,
-                0,
-                state_size,
                 batch,
+                rows,
+                row_in,
+                0,
                 w_tiles,
-                tl.zeros((BLOCK_B, GATES_PAD * BLOCK_U), tl.float32),
+                w_hh_ptr,
+                gate_col,
+                col_in,
+                state_size,
+                hidden,
+                False,
+                USE_WEIGHT_DROP,
+                weight_drop_key,
+                weight_drop_base,
+                weight_drop_p,
+                weight_drop_keep_scale,
                 OPERAND_DROPOUT,
                 seed,
                 dropout_base,
                 dropout_p,
                 dropout_keep_scale,
-                K_TILES,
+                BLOCK_B,
+                GATES_PAD * BLOCK_U,
+                STREAM_K,
+                False,
                 ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
             )
 
-        # 3. normalisation of W_hh h, bias.
-        if NORM == NORM_BATCH:
-            if TRAINING:
-                mean_hh, var_hh, _ = active_column_stats(acc, active_f)
-                tl.store(batch_mean_hh_ptr + t64 * gate_width + gate_col, mean_hh, mask=col_in)
-                tl.store(batch_var_hh_ptr + t64 * gate_width + gate_col, var_hh, mask=col_in)
-            else:
-                stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
-                mean_hh = tl.load(
-                    running_mean_hh_ptr + stat_row * gate_width + gate_col, mask=col_in, other=0.0
-                ).to(tl.float32)
-                var_hh = tl.load(
-                    running_var_hh_ptr + stat_row * gate_width + gate_col, mask=col_in, other=1.0
-                ).to(tl.float32)
-            rstd_hh = 1.0 / tl.sqrt(var_hh + NORM_EPS)
-            xhat_hh = (acc - mean_hh[None, :]) * rstd_hh[None, :]
-            tl.store(rstd_hh_ptr + t64 * gate_width + gate_col, rstd_hh, mask=col_in)
-        elif NORM == NORM_LAYER:
-            mean_row, var_row = layer_norm_row_stats(
-                acc,
-                col_in,
+        if ROW_SPLIT:
+            # 3-5 in whole-step row pieces (LSTM with layer norm, state in memory; the
+            # launcher's _row_piece), after the pieces' products and the first barrier
+            # above: per piece the norm, the cell and
+            # c~ staged in xhat_c with its partials, one barrier; per piece N(c~), h and the
+            # state. No tile of more than ROW_PIECE rows is live in the step.
+            _forward_pieces_cell(
+                xg_ptr,
+                b_hh_ptr,
+                lengths_ptr,
+                norm_weight_hh_ptr,
+                c_prev_ptr,
+                gates_ptr,
+                xhat_hh_ptr,
+                rstd_hh_ptr,
+                xhat_c_ptr,
                 ln_partials_ptr,
-                barrier_ptr,
+                t,
                 first_barrier,
-                rows,
                 batch,
                 hidden,
-                gate_width.to(tl.float32),
+                stride_xg_t,
+                stride_xg_b,
+                HAS_BIAS,
                 NUM_GATES,
+                GATES_PAD,
+                BLOCK_B,
                 BLOCK_U,
                 PROGRAMS_PAD,
+                ROW_PIECE,
             )
-            rstd_row = 1.0 / tl.sqrt(var_row + NORM_EPS)
-            xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
-            tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
-        if NORM != NORM_NONE:
-            tl.store(
-                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
-                xhat_hh,
-                mask=col_mask,
+            grid_barrier(barrier_ptr, first_barrier + 1)
+            _forward_pieces_state(
+                lengths_ptr,
+                norm_weight_c_ptr,
+                norm_bias_c_ptr,
+                output_ptr,
+                h_n_ptr,
+                c_n_ptr,
+                h_prev_ptr,
+                c_prev_ptr,
+                gates_ptr,
+                rstd_c_ptr,
+                xhat_c_ptr,
+                ln_partials_ptr,
+                h_masked_ptr,
+                s,
+                t,
+                t_next,
+                steps,
+                first_barrier,
+                batch,
+                hidden,
+                stride_out_t,
+                stride_out_b,
+                seed,
+                dropout_base,
+                zoneout_cell_base,
+                zoneout_hidden_base,
+                dropout_p,
+                dropout_keep_scale,
+                zoneout_cell_p,
+                zoneout_hidden_p,
+                TRAINING,
+                HAS_NORM_BIAS_C,
+                USE_ZONEOUT_CELL,
+                USE_ZONEOUT_HIDDEN,
+                MASKED_EXCHANGE,
+                BLOCK_B,
+                BLOCK_U,
+                PROGRAMS_PAD,
+                ROW_PIECE,
             )
-            a = xhat_hh * norm_weight_hh[None, :]
         else:
-            a = acc
-        if HAS_BIAS:
-            a = a + bias[None, :]
-        x = tl.load(
-            xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + gate_col[None, :],
-            mask=col_mask,
-            other=0.0,
-        ).to(tl.float32)
-
-        # 4. the cell.
-        if CELL == LSTM:
-            pre = x + a
-            i, f, g, o, c_cand = lstm_candidate(
-                gate_of(pre, 0, GATES_PAD, BLOCK_U),
-                gate_of(pre, 1, GATES_PAD, BLOCK_U),
-                gate_of(pre, 2, GATES_PAD, BLOCK_U),
-                gate_of(pre, 3, GATES_PAD, BLOCK_U),
-                _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask)
-                if STATE_IN_MEMORY
-                else c_own,
-            )
+            # 3. normalisation of W_hh h, bias.
             if NORM == NORM_BATCH:
                 if TRAINING:
-                    mean_c, var_c, _ = active_column_stats(c_cand, active_f)
-                    tl.store(batch_mean_c_ptr + t64 * hidden + units, mean_c, mask=unit_in)
-                    tl.store(batch_var_c_ptr + t64 * hidden + units, var_c, mask=unit_in)
+                    mean_hh, var_hh, _ = active_column_stats(acc, active_f)
+                    tl.store(batch_mean_hh_ptr + t64 * gate_width + gate_col, mean_hh, mask=col_in)
+                    tl.store(batch_var_hh_ptr + t64 * gate_width + gate_col, var_hh, mask=col_in)
                 else:
                     stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
-                    mean_c = tl.load(
-                        running_mean_c_ptr + stat_row * hidden + units, mask=unit_in, other=0.0
+                    mean_hh = tl.load(
+                        running_mean_hh_ptr + stat_row * gate_width + gate_col,
+                        mask=col_in,
+                        other=0.0,
                     ).to(tl.float32)
-                    var_c = tl.load(
-                        running_var_c_ptr + stat_row * hidden + units, mask=unit_in, other=1.0
+                    var_hh = tl.load(
+                        running_var_hh_ptr + stat_row * gate_width + gate_col,
+                        mask=col_in,
+                        other=1.0,
                     ).to(tl.float32)
-                rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
-                xhat_c = (c_cand - mean_c[None, :]) * rstd_c[None, :]
-                tl.store(rstd_c_ptr + t64 * hidden + units, rstd_c, mask=unit_in)
+                rstd_hh = 1.0 / tl.sqrt(var_hh + NORM_EPS)
+                xhat_hh = (acc - mean_hh[None, :]) * rstd_hh[None, :]
+                tl.store(rstd_hh_ptr + t64 * gate_width + gate_col, rstd_hh, mask=col_in)
             elif NORM == NORM_LAYER:
-                mean_c, var_c = layer_norm_row_stats(
-                    c_cand,
-                    unit_in,
+                mean_row, var_row = layer_norm_row_stats(
+                    acc,
+                    col_in,
                     ln_partials_ptr,
                     barrier_ptr,
-                    first_barrier + 1,
+                    first_barrier,
                     rows,
                     batch,
                     hidden,
-                    hidden.to(tl.float32),
-                    1,
+                    gate_width.to(tl.float32),
+                    NUM_GATES,
                     BLOCK_U,
                     PROGRAMS_PAD,
                 )
-                rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
-                xhat_c = (c_cand - mean_c[:, None]) * rstd_c[:, None]
-                tl.store(rstd_c_ptr + t64 * batch + rows, rstd_c, mask=row_in & (pid == 0))
+                rstd_row = 1.0 / tl.sqrt(var_row + NORM_EPS)
+                xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
+                tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
             if NORM != NORM_NONE:
                 tl.store(
-                    _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), xhat_c, mask=own_mask
+                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                    xhat_hh,
+                    mask=col_mask,
                 )
-                c_normed = xhat_c * norm_weight_c[None, :]
-                if HAS_NORM_BIAS_C:
-                    c_normed = c_normed + norm_bias_c[None, :]
+                a = xhat_hh * norm_weight_hh[None, :]
             else:
-                c_normed = c_cand
-            h_cand, _ = lstm_hidden(o, c_normed)
-            if USE_ZONEOUT_CELL:
-                d_c = zoneout_weight(
-                    seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
+                a = acc
+            if HAS_BIAS:
+                a = a + bias[None, :]
+            x = tl.load(
+                xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + gate_col[None, :],
+                mask=col_mask,
+                other=0.0,
+            ).to(tl.float32)
+
+            # 4. the cell.
+            if CELL == LSTM:
+                pre = x + a
+                i, f, g, o, c_cand = lstm_candidate(
+                    gate_of(pre, 0, GATES_PAD, BLOCK_U),
+                    gate_of(pre, 1, GATES_PAD, BLOCK_U),
+                    gate_of(pre, 2, GATES_PAD, BLOCK_U),
+                    gate_of(pre, 3, GATES_PAD, BLOCK_U),
+                    _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask)
+                    if STATE_IN_MEMORY
+                    else c_own,
+                )
+                if NORM == NORM_BATCH:
+                    if TRAINING:
+                        mean_c, var_c, _ = active_column_stats(c_cand, active_f)
+                        tl.store(batch_mean_c_ptr + t64 * hidden + units, mean_c, mask=unit_in)
+                        tl.store(batch_var_c_ptr + t64 * hidden + units, var_c, mask=unit_in)
+                    else:
+                        stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
+                        mean_c = tl.load(
+                            running_mean_c_ptr + stat_row * hidden + units, mask=unit_in, other=0.0
+                        ).to(tl.float32)
+                        var_c = tl.load(
+                            running_var_c_ptr + stat_row * hidden + units, mask=unit_in, other=1.0
+                        ).to(tl.float32)
+                    rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
+                    xhat_c = (c_cand - mean_c[None, :]) * rstd_c[None, :]
+                    tl.store(rstd_c_ptr + t64 * hidden + units, rstd_c, mask=unit_in)
+                elif NORM == NORM_LAYER:
+                    mean_c, var_c = layer_norm_row_stats(
+                        c_cand,
+                        unit_in,
+                        ln_partials_ptr,
+                        barrier_ptr,
+                        first_barrier + 1,
+                        rows,
+                        batch,
+                        hidden,
+                        hidden.to(tl.float32),
+                        1,
+                        BLOCK_U,
+                        PROGRAMS_PAD,
+                    )
+                    rstd_c = 1.0 / tl.sqrt(var_c + NORM_EPS)
+                    xhat_c = (c_cand - mean_c[:, None]) * rstd_c[:, None]
+                    tl.store(rstd_c_ptr + t64 * batch + rows, rstd_c, mask=row_in & (pid == 0))
+                if NORM != NORM_NONE:
+                    tl.store(
+                        _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), xhat_c, mask=own_mask
+                    )
+                    c_normed = xhat_c * norm_weight_c[None, :]
+                    if HAS_NORM_BIAS_C:
+                        c_normed = c_normed + norm_bias_c[None, :]
+                else:
+                    c_normed = c_cand
+                h_cand, _ = lstm_hidden(o, c_normed)
+                if USE_ZONEOUT_CELL:
+                    d_c = zoneout_weight(
+                        seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
+                    )
+                    if STATE_IN_MEMORY:
+                        c_next = zoneout(
+                            _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
+                            c_cand,
+                            d_c,
+                        )
+                    else:
+                        c_next = zoneout(c_own, c_cand, d_c)
+                else:
+                    c_next = c_cand
+                gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+                tl.store(gates_t, i, mask=own_mask)
+                tl.store(gates_t + hidden, f, mask=own_mask)
+                tl.store(gates_t + 2 * hidden, g, mask=own_mask)
+                tl.store(gates_t + 3 * hidden, o, mask=own_mask)
+                if STATE_IN_MEMORY:
+                    c_kept = tl.where(
+                        active[:, None],
+                        c_next,
+                        _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
+                    )
+                    tl.store(
+                        _step_tile(c_prev_ptr, t_next, batch, rows, units, hidden),
+                        c_kept,
+                        mask=own_mask & (s + 1 < steps),
+                    )
+                    tl.store(c_n_ptr + own_offsets, c_kept, mask=own_mask & (s + 1 == steps))
+                else:
+                    tl.store(
+                        _step_tile(c_prev_ptr, t, batch, rows, units, hidden), c_own, mask=own_mask
+                    )
+                    c_own = tl.where(active[:, None], c_next, c_own)
+            elif CELL == GRU:
+                a_n = gate_of(a, 2, GATES_PAD, BLOCK_U)
+                r, z, n, h_cand = gru_cell(
+                    gate_of(x, 0, GATES_PAD, BLOCK_U),
+                    gate_of(x, 1, GATES_PAD, BLOCK_U),
+                    gate_of(x, 2, GATES_PAD, BLOCK_U),
+                    gate_of(a, 0, GATES_PAD, BLOCK_U),
+                    gate_of(a, 1, GATES_PAD, BLOCK_U),
+                    a_n,
+                    _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask)
+                    if STATE_IN_MEMORY
+                    else h_own,
+                )
+                gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+                tl.store(gates_t, r, mask=own_mask)
+                tl.store(gates_t + hidden, z, mask=own_mask)
+                tl.store(gates_t + 2 * hidden, n, mask=own_mask)
+                tl.store(_step_tile(gru_hn_ptr, t, batch, rows, units, hidden), a_n, mask=own_mask)
+            else:
+                # GATES_PAD == 1: the gate-column tile is the [BLOCK_B, BLOCK_U] unit tile.
+                h_cand = rnn_cell(x + a, CELL == RNN_RELU)
+                tl.store(
+                    _step_tile(gates_ptr, t, batch, rows, units, gate_width),
+                    h_cand,
+                    mask=own_mask,
+                )
+
+            if HAS_PROJ:
+                # h~ = W_hr (o tanh(N_c(c~))): publish this program's H units of the row block,
+                # meet, and project the full row onto this program's P units.
+                h_cand = exchange_and_multiply(
+                    tl.where(active[:, None], h_cand, 0.0),
+                    h_pre_proj_ptr,
+                    _rows_cols_offsets(t, batch, rows, units, hidden),
+                    own_mask,
+                    barrier_ptr,
+                    first_barrier + barriers_per_step - 2,
+                    _rows_cols_offsets(t, batch, rows, ks_h, hidden),
+                    row_in[:, None] & k_h_in[None, :],
+                    w_hr_t,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+
+            # 5. zoneout of h, lengths, outputs, the h exchange, the barrier.
+            if USE_ZONEOUT_HIDDEN:
+                d_h = zoneout_weight(
+                    seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
                 )
                 if STATE_IN_MEMORY:
-                    c_next = zoneout(
-                        _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
-                        c_cand,
-                        d_c,
+                    h_next = zoneout(
+                        _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask),
+                        h_cand,
+                        d_h,
                     )
                 else:
-                    c_next = zoneout(c_own, c_cand, d_c)
+                    h_next = zoneout(h_own, h_cand, d_h)
             else:
-                c_next = c_cand
-            gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
-            tl.store(gates_t, i, mask=own_mask)
-            tl.store(gates_t + hidden, f, mask=own_mask)
-            tl.store(gates_t + 2 * hidden, g, mask=own_mask)
-            tl.store(gates_t + 3 * hidden, o, mask=own_mask)
+                h_next = h_cand
+            tl.store(
+                output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + h_units[None, :],
+                tl.where(active[:, None], h_next, 0.0),
+                mask=h_own_mask,
+            )
             if STATE_IN_MEMORY:
-                c_kept = tl.where(
+                h_kept = tl.where(
                     active[:, None],
-                    c_next,
-                    _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask),
-                )
-                tl.store(
-                    _step_tile(c_prev_ptr, t_next, batch, rows, units, hidden),
-                    c_kept,
-                    mask=own_mask & (s + 1 < steps),
-                )
-                tl.store(c_n_ptr + own_offsets, c_kept, mask=own_mask & (s + 1 == steps))
-            else:
-                tl.store(
-                    _step_tile(c_prev_ptr, t, batch, rows, units, hidden), c_own, mask=own_mask
-                )
-                c_own = tl.where(active[:, None], c_next, c_own)
-        elif CELL == GRU:
-            a_n = gate_of(a, 2, GATES_PAD, BLOCK_U)
-            r, z, n, h_cand = gru_cell(
-                gate_of(x, 0, GATES_PAD, BLOCK_U),
-                gate_of(x, 1, GATES_PAD, BLOCK_U),
-                gate_of(x, 2, GATES_PAD, BLOCK_U),
-                gate_of(a, 0, GATES_PAD, BLOCK_U),
-                gate_of(a, 1, GATES_PAD, BLOCK_U),
-                a_n,
-                _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask)
-                if STATE_IN_MEMORY
-                else h_own,
-            )
-            gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
-            tl.store(gates_t, r, mask=own_mask)
-            tl.store(gates_t + hidden, z, mask=own_mask)
-            tl.store(gates_t + 2 * hidden, n, mask=own_mask)
-            tl.store(_step_tile(gru_hn_ptr, t, batch, rows, units, hidden), a_n, mask=own_mask)
-        else:
-            # GATES_PAD == 1: the gate-column tile is the [BLOCK_B, BLOCK_U] unit tile.
-            h_cand = rnn_cell(x + a, CELL == RNN_RELU)
-            tl.store(
-                _step_tile(gates_ptr, t, batch, rows, units, gate_width),
-                h_cand,
-                mask=own_mask,
-            )
-
-        if HAS_PROJ:
-            # h~ = W_hr (o tanh(N_c(c~))): publish this program's H units of the row block,
-            # meet, and project the full row onto this program's P units.
-            h_cand = exchange_and_multiply(
-                tl.where(active[:, None], h_cand, 0.0),
-                h_pre_proj_ptr,
-                _rows_cols_offsets(t, batch, rows, units, hidden),
-                own_mask,
-                barrier_ptr,
-                first_barrier + barriers_per_step - 2,
-                _rows_cols_offsets(t, batch, rows, ks_h, hidden),
-                row_in[:, None] & k_h_in[None, :],
-                w_hr_t,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-
-        # 5. zoneout of h, lengths, outputs, the h exchange, the barrier.
-        if USE_ZONEOUT_HIDDEN:
-            d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
-            )
-            if STATE_IN_MEMORY:
-                h_next = zoneout(
+                    h_next,
                     _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask),
-                    h_cand,
-                    d_h,
                 )
+                tl.store(h_n_ptr + h_own_offsets, h_kept, mask=h_own_mask & (s + 1 == steps))
             else:
-                h_next = zoneout(h_own, h_cand, d_h)
-        else:
-            h_next = h_cand
-        tl.store(
-            output_ptr + t64 * stride_out_t + rows[:, None] * stride_out_b + h_units[None, :],
-            tl.where(active[:, None], h_next, 0.0),
-            mask=h_own_mask,
-        )
-        if STATE_IN_MEMORY:
-            h_kept = tl.where(
-                active[:, None],
-                h_next,
-                _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask),
-            )
-            tl.store(h_n_ptr + h_own_offsets, h_kept, mask=h_own_mask & (s + 1 == steps))
-        else:
-            h_own = tl.where(active[:, None], h_next, h_own)
-            h_kept = h_own
-        tl.store(
-            _step_tile(h_prev_ptr, t_next, batch, rows, h_units, state_size),
-            h_kept,
-            mask=h_own_mask & (s + 1 < steps),
-        )
-        if MASKED_EXCHANGE:
-            if STATE_IN_MEMORY:
-                m_h_own = dropout_mask(
-                    seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
-                )
+                h_own = tl.where(active[:, None], h_next, h_own)
+                h_kept = h_own
             tl.store(
-                h_masked_ptr + ((s + 1) % 2) * batch * state_size + h_own_offsets,
-                m_h_own * h_kept,
+                _step_tile(h_prev_ptr, t_next, batch, rows, h_units, state_size),
+                h_kept,
                 mask=h_own_mask & (s + 1 < steps),
             )
+            if MASKED_EXCHANGE:
+                if STATE_IN_MEMORY:
+                    m_h_own = dropout_mask(
+                        seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+                    )
+                tl.store(
+                    h_masked_ptr + ((s + 1) % 2) * batch * state_size + h_own_offsets,
+                    m_h_own * h_kept,
+                    mask=h_own_mask & (s + 1 < steps),
+                )
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
     if not STATE_IN_MEMORY:
@@ -1093,6 +1896,7 @@ def recurrence_backward_kernel(
     STREAM_K: tl.constexpr,  # 0: W_hh resident; else streamed from L2 in K-chunks of this
     PROGRAMS_PAD: tl.constexpr,
     STATE_IN_MEMORY: tl.constexpr,  # B = 256 (LN sm_80: 64): dh, dc, m_h re-read per step
+    ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
 ):
@@ -1120,6 +1924,11 @@ def recurrence_backward_kernel(
        (kernels/primitives.py ``pair_sum``: a pairwise flag handshake, no grid barrier).
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
+
+    ``ROW_PIECE`` < ``BLOCK_B`` (LSTM with layer norm at B = 256): 1-3 run in whole-step row
+    pieces around the same barriers (:func:`_backward_pieces_cell_norm`,
+    :func:`_backward_pieces_cell`, :func:`_backward_pieces_recurrent_norm`, and 3's product
+    piece by piece in the loop).
     """
     pid = tl.program_id(0)
     gate_width = NUM_GATES * hidden
@@ -1179,58 +1988,23 @@ def recurrence_backward_kernel(
     # [BLOCK_GH, BLOCK_U] tile of all G*H rows (one dot over K = G*H). STREAM_K: none held,
     # the gate rows are read per step in K-chunks.
     if STREAM_K > 0:
-        pass
+        w_gates = ()
     elif GATE_DOTS:
-        w_gate0 = load_w_hh_tile(
-            w_hh_ptr,
-            ks[:, None],
-            h_units[None, :],
-            k_in[:, None] & h_unit_in[None, :],
-            state_size,
-            USE_WEIGHT_DROP,
-            weight_drop_key,
-            weight_drop_base,
-            weight_drop_p,
-            weight_drop_keep_scale,
-        )
-        if NUM_GATES > 1:
-            w_gate1 = load_w_hh_tile(
-                w_hh_ptr,
-                (hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-            )
-        if NUM_GATES > 2:
-            w_gate2 = load_w_hh_tile(
-                w_hh_ptr,
-                (2 * hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-            )
-        if NUM_GATES > 3:
-            w_gate3 = load_w_hh_tile(
-                w_hh_ptr,
-                (3 * hidden + ks)[:, None],
-                h_units[None, :],
-                k_in[:, None] & h_unit_in[None, :],
-                state_size,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
+        w_gates = ()
+        for gate in tl.static_range(NUM_GATES):
+            w_gates = w_gates + (  # noqa: RUF005
+                load_w_hh_tile(
+                    w_hh_ptr,
+                    (gate * hidden + ks)[:, None],
+                    h_units[None, :],
+                    k_in[:, None] & h_unit_in[None, :],
+                    state_size,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                ),
             )
     else:
         # SPLIT_K == 2: the pair's columns, this program's half of the gate rows (of the
@@ -1275,9 +2049,20 @@ def recurrence_backward_kernel(
     # norm parameters are read again each step: at B = 64 on sm_80 (mma.sync) their
     # registers were spilled around the product; not at B = 256 (the sm_90a RNN there
     # spilled more with it: 56 -> 100 B; docs/kernels-v2.md §6.1).
-    SUMS_IN_MEMORY: tl.constexpr = NORM == NORM_LAYER and SPLIT_K == 1 and BLOCK_B <= 64
+    # The step in whole-step row pieces (the launcher's _row_piece; as the forward kernel),
+    # with the gradient sums in memory as at B = 64 (B = 256 backward spill stores, sums in
+    # registers -> in memory: sm_80 476 -> 424 B, sm_90a 252 -> 268 B; docs/kernels-v2.md
+    # §6.1).
+    ROW_SPLIT: tl.constexpr = ROW_PIECE < BLOCK_B
+    if ROW_SPLIT:
+        tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")
+        tl.static_assert(STATE_IN_MEMORY and not HAS_PROJ, "row pieces: state in memory")
+        tl.static_assert(SPLIT_K == 1, "row pieces: no pair split")
+    SUMS_IN_MEMORY: tl.constexpr = (
+        NORM == NORM_LAYER and SPLIT_K == 1 and (BLOCK_B <= 64 or ROW_SPLIT)
+    )
     C_SUMS_IN_MEMORY: tl.constexpr = SUMS_IN_MEMORY and CELL == LSTM
-    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY
+    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY and not ROW_SPLIT  # pieces: their own
     if SUMS_IN_MEMORY:
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
@@ -1337,408 +2122,478 @@ def recurrence_backward_kernel(
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
 
-        # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
-        grad_out = tl.load(
-            grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + h_units[None, :],
-            mask=h_own_mask,
-            other=0.0,
-        ).to(tl.float32)
-        if STATE_IN_MEMORY:
-            dh_total = tl.where(
-                active[:, None],
-                _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + grad_out,
-                0.0,
-            )
-        else:
-            dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
-        if USE_ZONEOUT_HIDDEN:
-            d_h = zoneout_weight(
-                seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
-            )
-            dh_cand = (1.0 - d_h) * dh_total
-            dh_direct = d_h * dh_total
-        else:
-            dh_cand = dh_total
-            dh_direct = tl.zeros((BLOCK_B, BLOCK_R), tl.float32)
-        cell_barrier = first_barrier
-        if HAS_PROJ:
-            # dL/d(o tanh(N_c(c~))) of the own cell units = dL/dh~ (every program's P units,
-            # exchanged through grad_proj) @ W_hr[:, own units].
-            dh_cand = exchange_and_multiply(
-                dh_cand,
-                grad_proj_ptr,
-                _rows_cols_offsets(t, batch, rows, h_units, proj),
-                h_own_mask,
-                barrier_ptr,
+        if ROW_SPLIT:
+            # 1-2 in whole-step row pieces (LSTM with layer norm, state in memory; the
+            # launcher's _row_piece). Per piece dL/d N(c~) and its row partials, dL/d N(c~)
+            # gamma_c and dL/d o staged in this step's grad_acc rows (this program's columns:
+            # nobody else reads them before the end-of-step barrier), one barrier; per piece
+            # the cell backward, dL/d xg and dL/d a (staged in grad_acc) with its row partials,
+            # one barrier; per piece dL/d acc and the state gradients. The same barriers.
+            _backward_pieces_cell_norm(
+                grad_output_ptr,
+                grad_h0_ptr,
+                lengths_ptr,
+                norm_weight_c_ptr,
+                norm_bias_c_ptr,
+                gates_ptr,
+                xhat_c_ptr,
+                grad_acc_ptr,
+                ln_partials_ptr,
+                grad_norm_weight_c_ptr,
+                grad_norm_bias_c_ptr,
+                t,
                 first_barrier,
-                _rows_cols_offsets(t, batch, rows, ps, proj),
-                row_in[:, None] & p_in[None, :],
-                w_hr_own,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
+                batch,
+                hidden,
+                stride_go_t,
+                stride_go_b,
+                seed,
+                zoneout_hidden_base,
+                zoneout_hidden_p,
+                TRAINING,
+                HAS_NORM_BIAS_C,
+                USE_ZONEOUT_HIDDEN,
+                BLOCK_B,
+                BLOCK_U,
+                ROW_PIECE,
             )
-            cell_barrier = first_barrier + 1
-
-        gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
-        if CELL == LSTM:
-            i = tl.load(gates_t, mask=own_mask, other=0.0)
-            f = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
-            g = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
-            o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
-            c_prev = tl.load(
-                _step_tile(c_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            grid_barrier(barrier_ptr, first_barrier)
+            _backward_pieces_cell(
+                lengths_ptr,
+                norm_weight_hh_ptr,
+                gates_ptr,
+                c_prev_ptr,
+                xhat_c_ptr,
+                rstd_c_ptr,
+                xhat_hh_ptr,
+                grad_xg_ptr,
+                grad_acc_ptr,
+                grad_c0_ptr,
+                ln_partials_ptr,
+                grad_b_hh_ptr,
+                grad_norm_weight_hh_ptr,
+                t,
+                first_barrier,
+                batch,
+                hidden,
+                seed,
+                zoneout_cell_base,
+                zoneout_cell_p,
+                TRAINING,
+                USE_ZONEOUT_CELL,
+                GATES_PAD,
+                BLOCK_B,
+                BLOCK_U,
+                PROGRAMS_PAD,
+                ROW_PIECE,
             )
-            if NORM != NORM_NONE:
-                xhat_c = tl.load(
-                    _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+            grid_barrier(barrier_ptr, first_barrier + 1)
+            _backward_pieces_recurrent_norm(
+                grad_output_ptr,
+                lengths_ptr,
+                norm_weight_hh_ptr,
+                xhat_hh_ptr,
+                rstd_hh_ptr,
+                grad_acc_ptr,
+                grad_h0_ptr,
+                ln_partials_ptr,
+                t,
+                first_barrier + 1,
+                batch,
+                hidden,
+                stride_go_t,
+                stride_go_b,
+                seed,
+                zoneout_hidden_base,
+                zoneout_hidden_p,
+                TRAINING,
+                USE_ZONEOUT_HIDDEN,
+                GATES_PAD,
+                BLOCK_B,
+                BLOCK_U,
+                PROGRAMS_PAD,
+                ROW_PIECE,
+            )
+        else:
+            # 1. output gradient, zoneout of h, the cell backward. Inactive rows: no cell path.
+            grad_out = tl.load(
+                grad_output_ptr
+                + t64 * stride_go_t
+                + rows[:, None] * stride_go_b
+                + h_units[None, :],
+                mask=h_own_mask,
+                other=0.0,
+            ).to(tl.float32)
+            if STATE_IN_MEMORY:
+                dh_total = tl.where(
+                    active[:, None],
+                    _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + grad_out,
+                    0.0,
                 )
-                c_normed = xhat_c * norm_weight_c[None, :]
-                if HAS_NORM_BIAS_C:
-                    c_normed = c_normed + norm_bias_c[None, :]
             else:
-                c_normed = lstm_cell_state(i, f, g, c_prev)
-            d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
-            if NORM == NORM_BATCH:
-                grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
-                grad_norm_bias_c += tl.sum(dc_normed, axis=0)
-                rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
-                dc_from_h = bn_backward(
-                    dc_normed * norm_weight_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
+                dh_total = tl.where(active[:, None], dh + grad_out, 0.0)
+            if USE_ZONEOUT_HIDDEN:
+                d_h = zoneout_weight(
+                    seed, zoneout_hidden_base, t, rows, h_units, zoneout_hidden_p, TRAINING
                 )
-            elif NORM == NORM_LAYER:
-                if C_SUMS_IN_MEMORY:
-                    _add_to_column_sums(
-                        grad_norm_weight_c_ptr, units, unit_in, tl.sum(dc_normed * xhat_c, axis=0)
+                dh_cand = (1.0 - d_h) * dh_total
+                dh_direct = d_h * dh_total
+            else:
+                dh_cand = dh_total
+                dh_direct = tl.zeros((BLOCK_B, BLOCK_R), tl.float32)
+            cell_barrier = first_barrier
+            if HAS_PROJ:
+                # dL/d(o tanh(N_c(c~))) of the own cell units = dL/dh~ (every program's P units,
+                # exchanged through grad_proj) @ W_hr[:, own units].
+                dh_cand = exchange_and_multiply(
+                    dh_cand,
+                    grad_proj_ptr,
+                    _rows_cols_offsets(t, batch, rows, h_units, proj),
+                    h_own_mask,
+                    barrier_ptr,
+                    first_barrier,
+                    _rows_cols_offsets(t, batch, rows, ps, proj),
+                    row_in[:, None] & p_in[None, :],
+                    w_hr_own,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+                cell_barrier = first_barrier + 1
+
+            gates_t = _step_tile(gates_ptr, t, batch, rows, units, gate_width)
+            if CELL == LSTM:
+                i = tl.load(gates_t, mask=own_mask, other=0.0)
+                f = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
+                g = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
+                o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
+                c_prev = tl.load(
+                    _step_tile(c_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+                )
+                if NORM != NORM_NONE:
+                    xhat_c = tl.load(
+                        _step_tile(xhat_c_ptr, t, batch, rows, units, hidden),
+                        mask=own_mask,
+                        other=0.0,
                     )
-                    _add_to_column_sums(
-                        grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0)
-                    )
+                    c_normed = xhat_c * norm_weight_c[None, :]
+                    if HAS_NORM_BIAS_C:
+                        c_normed = c_normed + norm_bias_c[None, :]
                 else:
+                    c_normed = lstm_cell_state(i, f, g, c_prev)
+                d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
+                if NORM == NORM_BATCH:
                     grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
                     grad_norm_bias_c += tl.sum(dc_normed, axis=0)
-                rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
-                dy_hat = dc_normed * norm_weight_c[None, :]
+                    rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
+                    dc_from_h = bn_backward(
+                        dc_normed * norm_weight_c[None, :],
+                        xhat_c,
+                        rstd_c,
+                        active_f,
+                        count,
+                        TRAINING,
+                    )
+                elif NORM == NORM_LAYER:
+                    if C_SUMS_IN_MEMORY:
+                        _add_to_column_sums(
+                            grad_norm_weight_c_ptr,
+                            units,
+                            unit_in,
+                            tl.sum(dc_normed * xhat_c, axis=0),
+                        )
+                        _add_to_column_sums(
+                            grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0)
+                        )
+                    else:
+                        grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
+                        grad_norm_bias_c += tl.sum(dc_normed, axis=0)
+                    rstd_c = tl.load(rstd_c_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+                    dy_hat = dc_normed * norm_weight_c[None, :]
+                    sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
+                        dy_hat,
+                        dy_hat * xhat_c,
+                        xhat_c,
+                        unit_in,
+                        ln_partials_ptr,
+                        barrier_ptr,
+                        cell_barrier,
+                        rows,
+                        batch,
+                        PROGRAMS_PAD,
+                    )
+                    hidden_f = hidden.to(tl.float32)
+                    dc_from_h = (
+                        (
+                            dy_hat
+                            - (sum_dy / hidden_f)[:, None]
+                            - (xhat_c - (sum_xhat / hidden_f)[:, None])
+                            * (sum_dy_xhat / hidden_f)[:, None]
+                        )
+                        * rstd_c[:, None]
+                        * active_f[:, None]
+                    )
+                else:
+                    dc_from_h = dc_normed
+                if STATE_IN_MEMORY:
+                    dc_state = tl.where(
+                        active[:, None], _own_rows(grad_c0_ptr, own_offsets, own_mask), 0.0
+                    )
+                else:
+                    dc_state = tl.where(active[:, None], dc, 0.0)
+                if USE_ZONEOUT_CELL:
+                    d_c = zoneout_weight(
+                        seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
+                    )
+                    dc_cand = (1.0 - d_c) * dc_state + dc_from_h
+                    dc_direct = d_c * dc_state
+                else:
+                    dc_cand = dc_state + dc_from_h
+                    dc_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
+                d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(
+                    dc_cand, i, f, g, c_prev
+                )
+                if STATE_IN_MEMORY:
+                    dc_kept = tl.where(
+                        active[:, None],
+                        dc_direct + dc_through_f,
+                        _own_rows(grad_c0_ptr, own_offsets, own_mask),
+                    )
+                else:
+                    dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
+                d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
+                d_a = d_pre
+            elif CELL == GRU:
+                r = tl.load(gates_t, mask=own_mask, other=0.0)
+                z = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
+                n = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
+                a_n = tl.load(
+                    _step_tile(gru_hn_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+                )
+                h_prev = tl.load(
+                    _step_tile(h_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+                )
+                d_pre_r, d_pre_z, d_pre_n, d_a_n, dh_through_z = gru_cell_backward(
+                    dh_cand, r, z, n, a_n, h_prev
+                )
+                dh_direct += dh_through_z
+                if STATE_IN_MEMORY:
+                    # dL/d xg gate by gate (no [B, G*units] tile of it beside d_a)
+                    grad_xg_t = _step_tile(grad_xg_ptr, t, batch, rows, units, gate_width)
+                    tl.store(grad_xg_t, d_pre_r, mask=own_mask)
+                    tl.store(grad_xg_t + hidden, d_pre_z, mask=own_mask)
+                    tl.store(grad_xg_t + 2 * hidden, d_pre_n, mask=own_mask)
+                else:
+                    d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
+                d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
+            else:
+                h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
+                d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
+                d_a = d_pre
+            if CELL != GRU or not STATE_IN_MEMORY:
+                tl.store(
+                    _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width),
+                    d_pre,
+                    mask=col_mask,
+                )
+
+            # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
+            if SUMS_IN_MEMORY:
+                _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_a, axis=0))
+            else:
+                grad_bias += tl.sum(d_a, axis=0)
+            if NORM == NORM_BATCH:
+                xhat_hh = tl.load(
+                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                    mask=col_mask,
+                    other=0.0,
+                )
+                grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
+                rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
+                d_acc = bn_backward(
+                    d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
+                )
+            elif NORM == NORM_LAYER:
+                xhat_hh = tl.load(
+                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                    mask=col_mask,
+                    other=0.0,
+                )
+                if SUMS_IN_MEMORY:
+                    _add_to_column_sums(
+                        grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_a * xhat_hh, axis=0)
+                    )
+                else:
+                    grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
+                rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+                dy_hat = d_a * norm_weight_hh[None, :]
                 sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
                     dy_hat,
-                    dy_hat * xhat_c,
-                    xhat_c,
-                    unit_in,
+                    dy_hat * xhat_hh,
+                    xhat_hh,
+                    col_in,
                     ln_partials_ptr,
                     barrier_ptr,
-                    cell_barrier,
+                    first_barrier + barriers_per_step - 2,
                     rows,
                     batch,
                     PROGRAMS_PAD,
                 )
-                hidden_f = hidden.to(tl.float32)
-                dc_from_h = (
+                width_f = gate_width.to(tl.float32)
+                # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
+                xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
+                d_acc = (
                     (
                         dy_hat
-                        - (sum_dy / hidden_f)[:, None]
-                        - (xhat_c - (sum_xhat / hidden_f)[:, None])
-                        * (sum_dy_xhat / hidden_f)[:, None]
+                        - (sum_dy / width_f)[:, None]
+                        - xc_hh * (sum_dy_xhat / width_f)[:, None]
                     )
-                    * rstd_c[:, None]
+                    * rstd_row[:, None]
                     * active_f[:, None]
                 )
             else:
-                dc_from_h = dc_normed
-            if STATE_IN_MEMORY:
-                dc_state = tl.where(
-                    active[:, None], _own_rows(grad_c0_ptr, own_offsets, own_mask), 0.0
-                )
-            else:
-                dc_state = tl.where(active[:, None], dc, 0.0)
-            if USE_ZONEOUT_CELL:
-                d_c = zoneout_weight(
-                    seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING
-                )
-                dc_cand = (1.0 - d_c) * dc_state + dc_from_h
-                dc_direct = d_c * dc_state
-            else:
-                dc_cand = dc_state + dc_from_h
-                dc_direct = tl.zeros((BLOCK_B, BLOCK_U), tl.float32)
-            d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(
-                dc_cand, i, f, g, c_prev
-            )
-            if STATE_IN_MEMORY:
-                dc_kept = tl.where(
-                    active[:, None],
-                    dc_direct + dc_through_f,
-                    _own_rows(grad_c0_ptr, own_offsets, own_mask),
-                )
-            else:
-                dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
-            d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
-            d_a = d_pre
-        elif CELL == GRU:
-            r = tl.load(gates_t, mask=own_mask, other=0.0)
-            z = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
-            n = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
-            a_n = tl.load(
-                _step_tile(gru_hn_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
-            )
-            h_prev = tl.load(
-                _step_tile(h_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
-            )
-            d_pre_r, d_pre_z, d_pre_n, d_a_n, dh_through_z = gru_cell_backward(
-                dh_cand, r, z, n, a_n, h_prev
-            )
-            dh_direct += dh_through_z
-            if STATE_IN_MEMORY:
-                # dL/d xg gate by gate (no [B, G*units] tile of it beside d_a)
-                grad_xg_t = _step_tile(grad_xg_ptr, t, batch, rows, units, gate_width)
-                tl.store(grad_xg_t, d_pre_r, mask=own_mask)
-                tl.store(grad_xg_t + hidden, d_pre_z, mask=own_mask)
-                tl.store(grad_xg_t + 2 * hidden, d_pre_n, mask=own_mask)
-            else:
-                d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
-            d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
-        else:
-            h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
-            d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
-            d_a = d_pre
-        if CELL != GRU or not STATE_IN_MEMORY:
+                d_acc = d_a
             tl.store(
-                _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width),
-                d_pre,
-                mask=col_mask,
+                _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width), d_acc, mask=col_mask
             )
-
-        # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
-        if SUMS_IN_MEMORY:
-            _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_a, axis=0))
-        else:
-            grad_bias += tl.sum(d_a, axis=0)
-        if NORM == NORM_BATCH:
-            xhat_hh = tl.load(
-                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
-                mask=col_mask,
-                other=0.0,
-            )
-            grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
-            rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
-            d_acc = bn_backward(
-                d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
-            )
-        elif NORM == NORM_LAYER:
-            xhat_hh = tl.load(
-                _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
-                mask=col_mask,
-                other=0.0,
-            )
-            if SUMS_IN_MEMORY:
-                _add_to_column_sums(
-                    grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_a * xhat_hh, axis=0)
+            if STATE_IN_MEMORY:
+                # dL/dh_{t-1} less its recurrent term (inactive rows: dh unchanged) and the new dc,
+                # written once every thread has read this step's dh and dc.
+                dh_kept = tl.where(
+                    active[:, None], dh_direct, _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask)
                 )
-            else:
-                grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
-            rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
-            dy_hat = d_a * norm_weight_hh[None, :]
-            sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
-                dy_hat,
-                dy_hat * xhat_hh,
-                xhat_hh,
-                col_in,
-                ln_partials_ptr,
-                barrier_ptr,
-                first_barrier + barriers_per_step - 2,
-                rows,
-                batch,
-                PROGRAMS_PAD,
-            )
-            width_f = gate_width.to(tl.float32)
-            # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
-            xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
-            d_acc = (
-                (dy_hat - (sum_dy / width_f)[:, None] - xc_hh * (sum_dy_xhat / width_f)[:, None])
-                * rstd_row[:, None]
-                * active_f[:, None]
-            )
-        else:
-            d_acc = d_a
-        tl.store(
-            _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width), d_acc, mask=col_mask
-        )
-        if STATE_IN_MEMORY:
-            # dL/dh_{t-1} less its recurrent term (inactive rows: dh unchanged) and the new dc,
-            # written once every thread has read this step's dh and dc.
-            dh_kept = tl.where(
-                active[:, None], dh_direct, _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask)
-            )
-            tl.debug_barrier()
-            tl.store(grad_h0_ptr + h_own_offsets, dh_kept, mask=h_own_mask)
-            if CELL == LSTM:
-                tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
+                tl.debug_barrier()
+                tl.store(grad_h0_ptr + h_own_offsets, dh_kept, mask=h_own_mask)
+                if CELL == LSTM:
+                    tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
         grid_barrier(barrier_ptr, first_barrier + barriers_per_step - 1)
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
         d_acc_step = grad_acc_ptr + t64 * batch * gate_width
-        if STREAM_K > 0:
-            #    W_hh[:, units] streamed: K = G*H gate rows in chunks of STREAM_K.
-            dh_recurrent = _streamed_product(
-                d_acc_step,
-                gate_width,
-                rows,
-                row_in,
-                gate_width,
-                w_hh_ptr,
-                h_units,
-                h_unit_in,
-                state_size,
-                True,
-                USE_WEIGHT_DROP,
-                weight_drop_key,
-                weight_drop_base,
-                weight_drop_p,
-                weight_drop_keep_scale,
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                STREAM_K,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-        elif GATE_DOTS:
-            #    One dot per gate: K = H each, the gate's columns of dL/d acc against its tile.
-            dh_recurrent = _resident_product(
-                d_acc_step,
-                gate_width,
-                0,
-                hidden,
-                batch,
-                (w_gate0,),
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                1,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-            if NUM_GATES > 1:
-                dh_recurrent = _resident_product(
+        if ROW_SPLIT:
+            # Whole-step row pieces: the product piece by piece (ROW_PIECE rows a dot), each
+            # piece's dh updated in grad_h0 (its rows, this program's units).
+            for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                dh_recurrent = _recurrent_product(
                     d_acc_step,
                     gate_width,
-                    hidden,
-                    hidden,
                     batch,
-                    (w_gate1,),
-                    dh_recurrent,
+                    rows_p,
+                    row_in_p,
+                    piece * ROW_PIECE,
+                    w_gates,
+                    w_hh_ptr,
+                    h_units,
+                    h_unit_in,
+                    state_size,
+                    hidden,
+                    True,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
                     False,
                     seed,
                     dropout_base,
                     dropout_p,
                     dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
+                    ROW_PIECE,
+                    BLOCK_R,
+                    STREAM_K,
+                    GATE_DOTS,
+                    ROW_PIECE,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )
-            if NUM_GATES > 2:
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    2 * hidden,
-                    hidden,
-                    batch,
-                    (w_gate2,),
-                    dh_recurrent,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-            if NUM_GATES > 3:
-                dh_recurrent = _resident_product(
-                    d_acc_step,
-                    gate_width,
-                    3 * hidden,
-                    hidden,
-                    batch,
-                    (w_gate3,),
-                    dh_recurrent,
-                    False,
-                    seed,
-                    dropout_base,
-                    dropout_p,
-                    dropout_keep_scale,
-                    1,
-                    ROWS_PER_DOT,
-                    INPUT_PRECISION,
-                    UPCAST_OPERANDS,
-                )
-        elif SPLIT_K == 2:
-            #    This program's half of the gate rows for the pair's columns, then the pair's
-            #    partials added (kernels/primitives.py pair_sum).
-            dh_partial = _resident_product(
-                d_acc_step,
-                gate_width,
-                split_k_start,
-                gate_width - split_k_start,
-                batch,
-                w_gates,
-                tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                SPLIT_TILES,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-            dh_recurrent = pair_sum(
-                dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
-            )
+                if USE_DROPOUT:
+                    dh_recurrent = dh_recurrent * dropout_mask(
+                        seed, dropout_base, rows_p, h_units, dropout_p, dropout_keep_scale
+                    )
+                offsets_p = rows_p[:, None] * state_size + h_units[None, :]
+                mask_p = row_in_p[:, None] & h_unit_in[None, :]
+                # (as below: no active mask; an inactive row's dL/d acc is exactly 0)
+                dh_next = _own_rows(grad_h0_ptr, offsets_p, mask_p) + dh_recurrent
+                tl.debug_barrier()
+                tl.store(grad_h0_ptr + offsets_p, dh_next, mask=mask_p)
+            tl.debug_barrier()
         else:
-            dh_recurrent = _resident_product(
-                d_acc_step,
-                gate_width,
-                0,
-                gate_width,
-                batch,
-                w_gates,
-                tl.zeros((BLOCK_B, BLOCK_R), tl.float32),
-                False,
-                seed,
-                dropout_base,
-                dropout_p,
-                dropout_keep_scale,
-                K_TILES,
-                ROWS_PER_DOT,
-                INPUT_PRECISION,
-                UPCAST_OPERANDS,
-            )
-        if USE_DROPOUT:
+            # (The pair split only where W_hh is resident in one dot over all gate rows.)
+            if SPLIT_K == 2 and STREAM_K == 0 and not GATE_DOTS:
+                #    This program's half of the gate rows for the pair's columns, then the pair's
+                #    partials added (kernels/primitives.py pair_sum).
+                dh_partial = _resident_product(
+                    d_acc_step,
+                    gate_width,
+                    split_k_start,
+                    gate_width - split_k_start,
+                    batch,
+                    0,
+                    w_gates,
+                    tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    SPLIT_TILES,
+                    ROWS_PER_DOT,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+                dh_recurrent = pair_sum(
+                    dh_partial, pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U
+                )
+            else:
+                dh_recurrent = _recurrent_product(
+                    d_acc_step,
+                    gate_width,
+                    batch,
+                    rows,
+                    row_in,
+                    0,
+                    w_gates,
+                    w_hh_ptr,
+                    h_units,
+                    h_unit_in,
+                    state_size,
+                    hidden,
+                    True,
+                    USE_WEIGHT_DROP,
+                    weight_drop_key,
+                    weight_drop_base,
+                    weight_drop_p,
+                    weight_drop_keep_scale,
+                    False,
+                    seed,
+                    dropout_base,
+                    dropout_p,
+                    dropout_keep_scale,
+                    BLOCK_B,
+                    BLOCK_R,
+                    STREAM_K,
+                    GATE_DOTS,
+                    ROWS_PER_DOT,
+                    INPUT_PRECISION,
+                    UPCAST_OPERANDS,
+                )
+            if USE_DROPOUT:
+                if STATE_IN_MEMORY:
+                    m_h_own = dropout_mask(
+                        seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
+                    )
+                dh_recurrent = dh_recurrent * m_h_own
             if STATE_IN_MEMORY:
-                m_h_own = dropout_mask(
-                    seed, dropout_base, rows, h_units, dropout_p, dropout_keep_scale
-                )
-            dh_recurrent = dh_recurrent * m_h_own
-        if STATE_IN_MEMORY:
-            # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
-            # it by the active mask or by a zero dh), so is its recurrent term (unless a
-            # saved activation or W_hh is non-finite), and keeping `active` across the
-            # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
-            dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
-            tl.debug_barrier()
-            tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
-            tl.debug_barrier()
-        else:
-            dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
+                # No mask: an inactive row's dL/d acc is exactly 0 (every path above multiplies
+                # it by the active mask or by a zero dh), so is its recurrent term (unless a
+                # saved activation or W_hh is non-finite), and keeping `active` across the
+                # barrier and the product spilled (sm_80 RNN: 120 B, 16 B without).
+                dh_next = _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask) + dh_recurrent
+                tl.debug_barrier()
+                tl.store(grad_h0_ptr + h_own_offsets, dh_next, mask=h_own_mask)
+                tl.debug_barrier()
+            else:
+                dh = tl.where(active[:, None], dh_direct + dh_recurrent, dh)
 
     if not STATE_IN_MEMORY:
         tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)

@@ -623,6 +623,43 @@ def test_envelope_projection(monkeypatch, dtype):
     assert reason is not None and "proj_size" in reason and "streamed from L2" in reason
 
 
+@pytest.mark.parametrize("arch", [80, 90])
+def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch):
+    """At B = 256 the LSTM with layer norm (no projection) runs in whole-step row pieces of 64
+    rows (_row_piece): its products are 64-row dots, so W2's K tiles and shared memory, and
+    W_hh stays on chip to H = 1024 on both GPUs (the A100's 256-row staging made it 512); its
+    state is in memory in both kernels. No other cell, norm, batch or a projection changes."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+
+    def geometry(cell, norm, batch=256, hidden=1024, proj=0):
+        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+        return triton_backend._geometry(
+            batch, hidden, gates, "cuda", torch.bfloat16, proj,
+            properties=properties, input_precision="tf32", norm=norm,
+        )  # fmt: skip
+
+    geo = geometry("lstm", "layer")
+    assert geo["stream_k"] == 0 and triton_backend._resource_reason(geo) is None
+    assert triton_backend._row_piece(geo) == geo["rows_forward"] == geo["rows_backward"] == 64
+    assert (geo["k_tiles_forward"], geo["k_tiles_backward"]) == (8, 32)
+    assert triton_backend._shared_memory_bytes(geo) == {"forward": 163840, "backward": 163840}
+    for kernel in ("forward", "backward"):
+        assert triton_backend._state_in_memory(geo, kernel, "layer")
+    others = [
+        geometry("lstm", "none", hidden=512),
+        geometry("lstm", "batch", hidden=512),
+        geometry("gru", "layer", hidden=512),
+        geometry("lstm", "layer", batch=64),
+        geometry("lstm", "layer", hidden=512, proj=128),
+    ]
+    for other in others:
+        assert triton_backend._row_piece(other) == other["BLOCK_B"], other
+        assert other["rows_forward"] == other["BLOCK_B"], other
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM projections (proj_size = P): h = W_hr (o tanh(N_c(c~))) has P units, c has H
 # ----------------------------------------------------------------------------------------

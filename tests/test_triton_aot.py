@@ -312,13 +312,14 @@ def test_compiles_for_gpu(compiled, arch, spec):
 # strict: a case that passes shows as XPASS, and then leaves the list (below).
 SPILLING = {
     # B = 256 boundary, LSTM with layer norm, bf16 (spill stores forward / backward; 8 warps
-    # with maxnreg, the state of the owned units re-read from memory each step: the kernels'
-    # STATE_IN_MEMORY, in the backward not with wgmma over > 32 K tiles; the layer-norm
-    # workspace read back in chunks of programs; measured 2026-11-24, before that at 16
-    # warps in brackets): H = 1024 / 512, sm_90a 1840 / 2192 (2260 / 2376), sm_80 1640 /
-    # 2184 (1708 / 1796). The step's [256, G*units] working set (accumulator, x gate tile,
-    # gates, c~ and its layer norm) does not fit the register file at any warp count; a
-    # whole-step split into 64-row pieces would (docs/kernels-v2.md §6.1).
+    # with maxnreg). Since 2026-11-24 in whole-step row pieces of 64 rows (the kernels'
+    # ROW_PIECE, the launcher's _row_piece: products, norms and cell piece by piece around
+    # the same barriers, the state in memory; 64-row dots, so the boundary is now H = 1024 on
+    # both targets, shared memory as predicted): sm_90a 0 / 268, sm_80 104 / 424. Before
+    # (the whole 256-row step; H = 1024 / 512): sm_90a 1840 / 2192, sm_80 1640 / 2184. The
+    # backward's spills are stored in the kernel's preamble (sm_80 SASS): loop-invariant
+    # values hoisted out of the disable_licm loops, not the step's working set
+    # (docs/kernels-v2.md §6.1).
     "lstm-all_layer_norm-bfloat16-B256-Hmax",
 }
 # Off the list: sm90-lstm-all_batch_norm-float32-B5-H37 since the backward takes 8 warps

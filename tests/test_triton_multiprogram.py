@@ -212,3 +212,57 @@ def test_multi_program_b256_path(monkeypatch, cell, regularizer, dtype, reverse,
     block_b = triton_backend._geometry(8, HIDDEN, 4, "cpu", dtype, proj)["BLOCK_B"]
     monkeypatch.setattr(primitives, "ROW_EXCHANGE_TILE", primitives.tl.constexpr(block_b))
     assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    ("regularizer", "dtype", "reverse", "batch", "exchange"),
+    [
+        ("all_layer_norm", torch.bfloat16, True, 8, "chunked"),
+        ("all_layer_norm", torch.float32, False, 7, "one-tile"),
+        ("layer_norm", torch.float32, True, 7, "chunked"),
+    ],
+    ids=["all-ln-bf16-reverse", "all-ln-f32-padded-row", "ln-f32-padded-row"],
+)
+@pytest.mark.parametrize(
+    ("k_tiles", "stream_k"), [(1, None), (2, None), (1, 4)], ids=["one-dot", "k-tiles", "streamed"]
+)
+def test_multi_program_b256_row_pieces(
+    monkeypatch, regularizer, dtype, reverse, batch, exchange, k_tiles, stream_k
+):
+    """The B = 256 LSTM with layer norm in whole-step row pieces (the kernels' ROW_PIECE, the
+    launcher's _row_piece: 64 rows of 256 on a GPU), here pieces of 2 rows of BLOCK_B = 8
+    (4 pieces; with 7 rows the last holds a padding row) over 4 programs: the pre-norm
+    product staged in xhat_hh and c~ in xhat_c (forward), dL/d N(c~), dL/d o and dL/d a
+    staged in grad_acc (backward), each piece's layer-norm partials published before the
+    one barrier and each piece normalised after it; the workspace read back one program a
+    chunk ("chunked") or all at once, with dropout (the masked exchange with K tiles) and
+    zoneout, unequal lengths, both directions; W_hh resident (one dot or K tiles a piece) or
+    streamed (each piece's rows in K-chunks, as beyond H = 1024 on a GPU)."""
+    from fusedrnn.kernels import primitives
+
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", k_tiles)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_ROW_PIECE", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STREAM_K", stream_k)
+    pieces = []
+    row_piece = triton_backend._row_piece
+
+    def noted_row_piece(geo):
+        pieces.append((row_piece(geo), geo["BLOCK_B"], geo["rows_forward"], geo["rows_backward"]))
+        return pieces[-1][0]
+
+    monkeypatch.setattr(triton_backend, "_row_piece", noted_row_piece)
+    if exchange == "chunked":
+        monkeypatch.setattr(primitives, "ROW_EXCHANGE_TILE", primitives.tl.constexpr(2))
+    inputs = make_inputs(
+        "lstm",
+        regularizer,
+        hidden=HIDDEN,
+        batch=batch,
+        dtype=dtype,
+        reverse=reverse,
+        lengths=LENGTHS[:batch],
+    )
+    assert_matches_reference(inputs)
+    # Both kernels ran the pieces, their products piece by piece (each launch asks once).
+    assert pieces and all(piece == (2, 8, 2, 2) for piece in pieces), pieces

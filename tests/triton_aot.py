@@ -237,6 +237,7 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
                 inputs.xg.dtype,
                 inputs.config.proj_size,
                 input_precision=triton_backend._dot_precision(inputs.xg.dtype)["INPUT_PRECISION"],
+                norm=inputs.config.norm,
             )
             return geometry.get("stream_reason")
 
@@ -288,6 +289,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
             inputs.xg.dtype,
             inputs.config.proj_size,
             input_precision=calls[0][3]["INPUT_PRECISION"],
+            norm=inputs.config.norm,
         )
         predicted = triton_backend._shared_memory_bytes(geometry)
     results = []

@@ -52,6 +52,10 @@ INTERPRETER_SPLIT_K: int = 1
 # Test-only: True runs the B = 256 path (the kernels' STATE_IN_MEMORY: the state of the owned
 # units re-read from memory every step instead of carried in registers) at any batch.
 INTERPRETER_STATE_IN_MEMORY: bool = False
+# Test-only, with INTERPRETER_STATE_IN_MEMORY: the LSTM with layer norm (no projection) runs
+# its step in whole-step row pieces of this many rows (a power of two; the kernels'
+# ROW_PIECE, _row_piece), as at B = 256 on a GPU. None: no pieces.
+INTERPRETER_ROW_PIECE: int | None = None
 # From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
 # steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
 _STATE_IN_MEMORY_ROWS = 256
@@ -60,6 +64,9 @@ _STATE_IN_MEMORY_ROWS = 256
 _STATE_IN_MEMORY_WGMMA_TILES = 32
 # ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
 _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
+# The LSTM with layer norm from _STATE_IN_MEMORY_ROWS rows on: every step in whole-step row
+# pieces of this many rows, its products included (_row_piece; _geometry's row_piece).
+_WHOLE_STEP_PIECE_ROWS = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -129,6 +136,7 @@ def _geometry(
     *,
     properties=None,
     input_precision: str | None = None,
+    norm: str = "none",
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -154,7 +162,12 @@ def _geometry(
     (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
     H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
-    ``rows_*`` < ``BLOCK_B`` (row pieces) is set only by the interpreter knob.
+    ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
+    with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS
+    without the pair split: its whole-step row pieces (``row_piece`` =
+    _WHOLE_STEP_PIECE_ROWS, the kernels' ``ROW_PIECE``; _row_piece) take their products
+    piece by piece, so the K tiles and the shared memory are those of 64-row dots. Elsewhere
+    ``row_piece`` = ``BLOCK_B``.
 
     ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
     its ``multi_processor_count``, ``shared_memory_per_block_optin`` and ``major``): the GPU
@@ -187,6 +200,8 @@ def _geometry(
         "fma_dots": dtype == torch.float32
         and (input_precision or _gpu_input_precision(dtype)) == "ieee",
     }
+    # The LSTM with layer norm and no projection: whole-step row pieces from 256 rows on.
+    pieces = num_gates == 4 and norm == "layer" and proj == 0
     if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
         units = INTERPRETER_UNITS_PER_PROGRAM or block_h
@@ -194,10 +209,14 @@ def _geometry(
         if INTERPRETER_SPLIT_K > 1:
             common = {**common, "gate_dots": False, "split_k": INTERPRETER_SPLIT_K}
         common["fma_dots"] = False  # no shared-memory model under the interpreter
+        piece = block_b
+        if pieces and INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
+            if common["split_k"] == 1:
+                piece = rows = min(INTERPRETER_ROW_PIECE, block_b)
         return _configured(
             common, block_b, block_h, num_gates, hidden, units, rows, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
-            sms=None, shared_limit=None, wgmma_arch=False,
+            sms=None, shared_limit=None, wgmma_arch=False, row_piece=piece,
         )  # fmt: skip
     # On a GPU every tl.dot dimension is kept >= 16 (the tensor-core minimum across
     # triton 3.6-3.8): batch rows, K, and units (the backward's N).
@@ -234,8 +253,12 @@ def _geometry(
     pair_split = common["element_bytes"] == 4 and proj == 0 and fewest == 16
     if pair_split and pair_programs <= sms:
         candidates.append((8, False, 2))
+    piece = block_b
+    if pieces and block_b >= _STATE_IN_MEMORY_ROWS:
+        piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
+        rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
         chosen = {}
         for kernel in ("forward", "backward"):
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
@@ -250,17 +273,17 @@ def _geometry(
                 k = block_h
             else:
                 k = 1 if gate_dots else _next_power_of_2(num_gates * hidden)
-            for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), block_b):
+            for k_tiles in _resident_k_tiles(max(k, block_h if k > 1 else 1), rows):
                 if options["fma_dots"] and kernel == "forward" and k_tiles > 1:
                     # one FMA chunk a tile (K >= _FMA_MIN_K)
                     k_tiles *= min(_FMA_CHUNKS, block_h // k_tiles // _FMA_MIN_K)
                 geo = _configured(
-                    options, block_b, block_h, num_gates, hidden, units, block_b, block_b,
+                    options, block_b, block_h, num_gates, hidden, units, rows, rows,
                     k_tiles, k_tiles, 0, **device_args,
                 )  # fmt: skip
                 reason = _shape_reason(geo, kernel)
                 if reason is None:
-                    chosen[kernel] = (block_b, k_tiles)
+                    chosen[kernel] = (rows, k_tiles)
                     break
             if kernel not in chosen:
                 why = reason
@@ -268,11 +291,13 @@ def _geometry(
             return _configured(
                 options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
-                chosen["forward"][1], chosen["backward"][1], 0, **device_args,
+                chosen["forward"][1], chosen["backward"][1], 0, **device_args, row_piece=rows,
             )  # fmt: skip
+    # Streamed: the pieces read their rows chunk by chunk (the model's B-row staging is then
+    # an upper bound).
     geo = _configured(
         common, block_b, block_h, num_gates, hidden, fewest, block_b, block_b, 1, 1, _STREAM_K,
-        **device_args,
+        **device_args, row_piece=piece,
     )  # fmt: skip
     if pair_split and pair_programs > sms:  # an A100 at H = 1024: 128 programs, 108 SMs
         why += (
@@ -314,9 +339,11 @@ def _configured(
     sms: int | None,
     shared_limit: int | None,
     wgmma_arch: bool,
+    row_piece: int | None = None,
 ) -> dict:
     """One candidate geometry (see _geometry); ``wgmma_*``: whether that kernel's dots have
-    M >= 64 rows on sm_90 (triton then emits wgmma)."""
+    M >= 64 rows on sm_90 (triton then emits wgmma); ``row_piece``: the kernels' whole-step
+    row pieces (_row_piece; None: ``block_b``, one piece)."""
     programs = -(-hidden // units)
     if common["split_k"] == 2:  # whole pairs (the last program's units may all be padding)
         programs = 2 * -(-hidden // (2 * units))
@@ -343,6 +370,7 @@ def _configured(
         "shared_limit": shared_limit,
         "wgmma_forward": wgmma_arch and rows_forward >= 64,
         "wgmma_backward": wgmma_arch and rows_backward >= 64,
+        "row_piece": row_piece or block_b,
     }
 
 
@@ -567,7 +595,7 @@ def unsupported_reason(inputs: RecurrenceInputs) -> str | None:
         precision = _dot_precision(inputs.xg.dtype)["INPUT_PRECISION"]
         geo = _geometry(
             batch, hidden, cfg.num_gates, device, inputs.xg.dtype, cfg.proj_size,
-            input_precision=precision,
+            input_precision=precision, norm=cfg.norm,
         )  # fmt: skip
         return _resource_reason(geo)
     return None
@@ -753,10 +781,14 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     layer norm fp16 sm_80 180 -> 16 B, but sm_90a (64 tiles) 56 -> 180 B
     (docs/kernels-v2.md §6.1). Also the layer-norm backward at ``BLOCK_B`` = 64 with
     mma.sync (sm_80; W2 with layer norm, dropout and zoneout: backward spill stores 140 ->
-    0 B beside the gradient sums kept in memory, 236 -> 44 B alone). The interpreter tests
-    select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    0 B beside the gradient sums kept in memory, 236 -> 44 B alone). And in both kernels
+    wherever the step runs in whole-step row pieces (_row_piece: the LSTM with layer norm at
+    B = 256, whose backward would otherwise carry its state with wgmma's 64 K tiles). The
+    interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
+    if _row_piece(geo) < geo["BLOCK_B"]:  # the row pieces carry no state
+        return True
     if kernel == "backward" and norm == "layer" and not geo["wgmma_backward"]:
         if geo["BLOCK_B"] == _LAYER_NORM_STATE_IN_MEMORY_ROWS:
             return True
@@ -766,6 +798,20 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
         return True
     tiles = split_tiles(geo) if geo["split_k"] == 2 else geo["k_tiles_backward"]
     return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
+
+
+def _row_piece(geo: dict) -> int:
+    """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
+    projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS (256) runs its steps in whole-step
+    row pieces of _WHOLE_STEP_PIECE_ROWS (64) rows around the same barriers: the products
+    piece by piece, the pre-norm product staged in the step's ``xhat_hh`` rows and c~ in its
+    ``xhat_c`` rows (the forward), dL/d N(c~) gamma_c, dL/d o and dL/d a in its ``grad_acc``
+    rows (the backward); each piece publishes its rows' layer-norm partials, the programs
+    meet once, and each piece is read back and normalised. At 256 rows the step's working
+    set (accumulator, x gate tile, gates, c~ and its norm) spilled KBs at any warp count; 64
+    rows at 8 warps fit (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under
+    the interpreter INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
+    return geo["row_piece"]
 
 
 def _warp_options(num_warps: int) -> dict:
@@ -859,7 +905,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
 
     geo = _geometry(
         batch, hidden, cfg.num_gates, device, dtype, cfg.proj_size,
-        input_precision=meta["INPUT_PRECISION"],
+        input_precision=meta["INPUT_PRECISION"], norm=norm,
     )  # fmt: skip
     programs, block_u = geo["programs"], geo["units"]
     _check_grid(programs, geo)
@@ -919,7 +965,8 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         K_TILES=geo["k_tiles_forward"],
         STREAM_K=geo["stream_k"],
         PROGRAMS_PAD=_next_power_of_2(programs),
-        STATE_IN_MEMORY=_state_in_memory(geo, "forward"),
+        STATE_IN_MEMORY=_state_in_memory(geo, "forward", norm),
+        ROW_PIECE=_row_piece(geo),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -983,7 +1030,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
     else:
         geo = _geometry(
             batch, hidden, cfg.num_gates, device, xg.dtype, cfg.proj_size,
-            input_precision=meta["INPUT_PRECISION"],
+            input_precision=meta["INPUT_PRECISION"], norm=norm,
         )  # fmt: skip
         programs, block_u = geo["programs"], geo["units"]
         _check_grid(programs, geo)
@@ -1042,6 +1089,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             STREAM_K=geo["stream_k"],
             PROGRAMS_PAD=_next_power_of_2(programs),
             STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
+            ROW_PIECE=_row_piece(geo),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
