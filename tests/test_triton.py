@@ -1066,7 +1066,8 @@ def compile_kernels_for_gpu(arch: int) -> list[str]:
         gpu_blocks = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_U": 16, "PROGRAMS_PAD": 16}
         # Without a projection h's units are the cell's (BLOCK_P = BLOCK_H, BLOCK_R =
         # BLOCK_U), and every row goes into one dot.
-        gpu_blocks |= {"BLOCK_P": 64, "BLOCK_R": 16, "ROWS_PER_DOT": 16}
+        # every row in one dot, and one row piece (the whole step; no pieces below 128 rows)
+        gpu_blocks |= {"BLOCK_P": 64, "BLOCK_R": 16, "ROWS_PER_DOT": 16, "ROW_PIECE": 16}
         gpu_blocks["UPCAST_OPERANDS"] = False  # the interpreter's upcast is off on a GPU
         for kernel, (args, kwargs) in captured.items():
             values = dict(zip(kernel.arg_names, args)) | kwargs | gpu_blocks
