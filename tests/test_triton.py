@@ -623,18 +623,20 @@ def test_envelope_projection(monkeypatch, dtype):
     assert reason is not None and "proj_size" in reason and "streamed from L2" in reason
 
 
+@pytest.mark.parametrize("batch", [128, 256])
 @pytest.mark.parametrize("arch", [80, 90])
-def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch):
-    """At B = 256 the LSTM with layer norm (no projection) runs in whole-step row pieces of 64
-    rows (_row_piece): its products are 64-row dots, so W2's K tiles and shared memory, and
-    W_hh stays on chip to H = 1024 on both GPUs (the A100's 256-row staging made it 512); its
-    state is in memory in both kernels. No other cell, norm, batch or a projection changes."""
+def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch, batch):
+    """From 128 rows (B = 65-256) the LSTM with layer norm (no projection) runs in whole-step
+    row pieces of 64 rows (_row_piece): its products are 64-row dots, so W2's K tiles and
+    shared memory, and W_hh stays on chip to H = 1024 on both GPUs (the A100's 256-row
+    staging made it 512); its state is in memory in both kernels. No other cell, norm, batch
+    (64 rows and below) or a projection changes."""
     import triton_aot
 
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
     properties = triton_aot.fake_device_properties(arch)()
 
-    def geometry(cell, norm, batch=256, hidden=1024, proj=0):
+    def geometry(cell, norm, batch=batch, hidden=1024, proj=0):
         gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
         return triton_backend._geometry(
             batch, hidden, gates, "cuda", torch.bfloat16, proj,
@@ -653,6 +655,7 @@ def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch):
         geometry("lstm", "batch", hidden=512),
         geometry("gru", "layer", hidden=512),
         geometry("lstm", "layer", batch=64),
+        geometry("lstm", "layer", batch=33),
         geometry("lstm", "layer", hidden=512, proj=128),
     ]
     for other in others:

@@ -64,8 +64,10 @@ _STATE_IN_MEMORY_ROWS = 256
 _STATE_IN_MEMORY_WGMMA_TILES = 32
 # ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
 _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
-# The LSTM with layer norm from _STATE_IN_MEMORY_ROWS rows on: every step in whole-step row
-# pieces of this many rows, its products included (_row_piece; _geometry's row_piece).
+# The LSTM with layer norm from _WHOLE_STEP_PIECES_FROM_ROWS rows on: every step in
+# whole-step row pieces of _WHOLE_STEP_PIECE_ROWS rows, its products included (_row_piece;
+# _geometry's row_piece). At 128 rows the whole step spilled 580-910 B (sm_80, sm_90a).
+_WHOLE_STEP_PIECES_FROM_ROWS = 128
 _WHOLE_STEP_PIECE_ROWS = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
@@ -163,7 +165,7 @@ def _geometry(
     H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
-    with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS
+    with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
     _WHOLE_STEP_PIECE_ROWS, the kernels' ``ROW_PIECE``; _row_piece) take their products
     piece by piece, so the K tiles and the shared memory are those of 64-row dots. Elsewhere
@@ -254,7 +256,7 @@ def _geometry(
     if pair_split and pair_programs <= sms:
         candidates.append((8, False, 2))
     piece = block_b
-    if pieces and block_b >= _STATE_IN_MEMORY_ROWS:
+    if pieces and block_b >= _WHOLE_STEP_PIECES_FROM_ROWS:
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
@@ -783,7 +785,7 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     mma.sync (sm_80; W2 with layer norm, dropout and zoneout: backward spill stores 140 ->
     0 B beside the gradient sums kept in memory, 236 -> 44 B alone). And in both kernels
     wherever the step runs in whole-step row pieces (_row_piece: the LSTM with layer norm at
-    B = 256, whose backward would otherwise carry its state with wgmma's 64 K tiles). The
+    B >= 128, whose backward would otherwise carry its state with wgmma's 64 K tiles). The
     interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
@@ -802,14 +804,15 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
 
 def _row_piece(geo: dict) -> int:
     """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
-    projection at ``BLOCK_B`` >= _STATE_IN_MEMORY_ROWS (256) runs its steps in whole-step
+    projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS (128) runs its steps in whole-step
     row pieces of _WHOLE_STEP_PIECE_ROWS (64) rows around the same barriers: the products
     piece by piece, the pre-norm product staged in the step's ``xhat_hh`` rows and c~ in its
     ``xhat_c`` rows (the forward), dL/d N(c~) gamma_c, dL/d o and dL/d a in its ``grad_acc``
     rows (the backward); each piece publishes its rows' layer-norm partials, the programs
     meet once, and each piece is read back and normalised. At 256 rows the step's working
     set (accumulator, x gate tile, gates, c~ and its norm) spilled KBs at any warp count; 64
-    rows at 8 warps fit (docs/kernels-v2.md §6.1). Elsewhere ``BLOCK_B`` (one piece). Under
+    rows at 8 warps fit, and at 128 rows the whole step spilled 580-910 B (docs/kernels-v2.md
+    §6.1). Elsewhere ``BLOCK_B`` (one piece). Under
     the interpreter INTERPRETER_ROW_PIECE (with INTERPRETER_STATE_IN_MEMORY)."""
     return geo["row_piece"]
 
