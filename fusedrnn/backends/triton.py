@@ -202,7 +202,7 @@ def _geometry(
         "fma_dots": dtype == torch.float32
         and (input_precision or _gpu_input_precision(dtype)) == "ieee",
     }
-    # The LSTM with layer norm and no projection: whole-step row pieces from 256 rows on.
+    # The LSTM with layer norm and no projection: whole-step row pieces from 128 rows on.
     pieces = num_gates == 4 and norm == "layer" and proj == 0
     if _interpreting() and properties is None:
         block_b = _next_power_of_2(batch)
