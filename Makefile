@@ -2,7 +2,7 @@
 # scripts/test.sh; these targets are shortcuts around the same scripts.
 PYTHON ?= python3
 
-.PHONY: setup test test-fast lint format demo bench gpu-check compile-check aot-triton36 clean
+.PHONY: setup test test-fast lint format demo bench gpu-check compile-check aot-all aot-triton36 clean
 
 setup:
 	bash scripts/setup.sh
@@ -32,6 +32,9 @@ gpu-check:
 
 compile-check:
 	bash csrc/compile_check.sh
+
+aot-all:  # the Triton AOT compile test over every case, the long compiles too (~8 min, 2 cores)
+	FUSEDRNN_AOT_ALL=1 $(PYTHON) -m pytest -q tests/test_triton_aot.py
 
 aot-triton36:  # the Triton AOT compile test with triton 3.6 (the GPU machine's version)
 	bash scripts/aot_triton36.sh

@@ -21,3 +21,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """The ahead-of-time compiles of tests/test_triton_aot.py (subprocesses, minutes of CPU)
+    start as soon as the session's tests are known, so they run beside the rest of the suite
+    instead of after it."""
+    for item in session.items:
+        if "compiled" in getattr(item, "fixturenames", ()):
+            start = getattr(item.module, "start_compiles", None)
+            if start is not None:
+                start(session)
+            return
+
+
+def pytest_sessionfinish(session):
+    """No compile subprocess outlives the session."""
+    for item in session.items:
+        if "compiled" in getattr(item, "fixturenames", ()):
+            stop = getattr(item.module, "stop_compiles", None)
+            if stop is not None:
+                stop()
+            return
