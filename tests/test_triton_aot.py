@@ -117,7 +117,8 @@ BOUNDARY = [
     # backward sm_90a 32 / 40 ; 16 / 16, sm_80 4 / 4 ; 4 / 4; at 256 rows 16 units a
     # program in 64-row pieces (the launcher's _LAYER_NORM_PAIR_SPLIT_MAX_ROWS; the pair
     # split's whole step spilled 748 / 900 B there), H = 512: sm_90a 0 / 0 ; 8 / 4, sm_80
-    # 16 / 16 ; 8 / 8 (2026-11-24).
+    # 16 / 16 ; 8 / 8 (2026-11-24). Triton 3.6: B128 sm_90a 20 / 20 ; 24 / 24, sm_80 0 ; 4 /
+    # 4, B256 sm_90a 0 ; 0, sm_80 16 / 16 ; 0.
     case("lstm", "all_layer_norm", "float32", 128, "max", pytest.mark.slow),
     case("lstm", "all_layer_norm", "float32", 256, "max", pytest.mark.slow),
 ]
@@ -333,7 +334,8 @@ SPILLING: set[str] = set()
 # loops). With the piece index through an inline-asm move in the loop (kernels/recurrence.py
 # _opaque, from four pieces on): sm_90a 0 / 0 ; 0 / 0, sm_80 8 / 8 ; 52 / 52; and the
 # backward's program columns per piece too (_program_columns' OPAQUE): sm_90a 0 / 0 ; 8 / 8,
-# sm_80 8 / 8 ; 8 / 8 (docs/kernels-v2.md §6.1).
+# sm_80 8 / 8 ; 8 / 8 (docs/kernels-v2.md §6.1). With triton 3.6: sm_90a 0 / 0 ; 20 / 16,
+# sm_80 16 / 16 ; 36 / 36.
 # Off the list since 2026-11-24, the day it was first compiled: lstm-all_layer_norm-bfloat16-
 # B128-Hmax (the whole 128-row step: sm_90a 740 / 908 ; 600 / 604, sm_80 636 / 792 ; 580 /
 # 584 stores / loads, forward ; backward -> in 64-row pieces from 128 rows on: sm_90a 0 ; 0,
