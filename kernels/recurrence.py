@@ -549,19 +549,53 @@ def _add_to_column_sums(ptr, cols, mask, partial):
 
 
 @triton.jit
-def _piece_rows(piece, batch, ROW_PIECE: tl.constexpr):
-    """Rows of whole-step row piece ``piece`` (``ROW_PIECE`` of them) and which are real."""
+def _opaque(x):
+    """``x`` (int32) through an inline-asm move with side effects on a GPU (itself under the
+    interpreter): nothing computed from it can be hoisted out of the loop it is in, or
+    strength-reduced across iterations."""
+    if _COMPILED:
+        x = tl.inline_asm_elementwise(
+            "mov.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1
+        )
+    return x
+
+
+# Compiled kernels (triton.jit made JITFunctions, not the interpreter's functions): _opaque's
+# inline asm (the interpreter has none).
+_COMPILED: tl.constexpr = tl.constexpr(isinstance(_opaque, triton.runtime.jit.JITFunction))
+
+
+@triton.jit
+def _piece_rows(piece, batch, ROW_PIECE: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Rows of whole-step row piece ``piece`` (``ROW_PIECE`` of them) and which are real.
+    From four pieces on (B = 256) the piece index goes through :func:`_opaque`: LLVM
+    otherwise kept every piece's per-element row offsets and addresses (invariant parts
+    hoisted out of the disable_licm loops, strength-reduced induction variables) live across
+    the time loop, and spilled them (B = 256 spill stores forward / backward, sm_80 104 / 424
+    -> 8 / 52 B, sm_90a 0 / 268 -> 0 / 0; with the backward's columns also per piece,
+    :func:`_program_columns` ``OPAQUE``: sm_80 8 / 8, sm_90a 0 / 8. At two pieces, B = 128,
+    it cost: sm_90a backward 0 -> 28 B; docs/kernels-v2.md §6.1)."""
+    if BLOCK_B // ROW_PIECE > 2:
+        piece = _opaque(piece)
     rows = piece * ROW_PIECE + tl.arange(0, ROW_PIECE)
     return rows, rows < batch
 
 
 @triton.jit
 def _piece_state_rows(
-    piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE: tl.constexpr
+    piece,
+    batch,
+    t,
+    lengths_ptr,
+    hidden,
+    units,
+    unit_in,
+    ROW_PIECE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
     """Row piece ``piece``'s rows (:func:`_piece_rows`), the mask and the offsets of its
     ``[rows, units]`` tile of a [B, hidden] state, and which rows are active at step ``t``."""
-    rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+    rows, row_in = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
     own_mask = row_in[:, None] & unit_in[None, :]
     own_offsets = rows[:, None] * hidden + units[None, :]
     active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
@@ -570,11 +604,18 @@ def _piece_state_rows(
 
 @triton.jit
 def _program_columns(
-    hidden, NUM_GATES: tl.constexpr, GATES_PAD: tl.constexpr, BLOCK_U: tl.constexpr
+    hidden,
+    NUM_GATES: tl.constexpr,
+    GATES_PAD: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    OPAQUE: tl.constexpr = False,
 ):
     """This program's ``BLOCK_U`` units and its ``GATES_PAD * BLOCK_U`` gate columns (column
-    ``gate * BLOCK_U + u``: gate row ``gate * hidden + unit u``), each with which are real."""
+    ``gate * BLOCK_U + u``: gate row ``gate * hidden + unit u``), each with which are real;
+    ``OPAQUE``: the program id through :func:`_opaque` (computed where it is called)."""
     pid = tl.program_id(0)
+    if OPAQUE:
+        pid = _opaque(pid)
     units = pid * BLOCK_U + tl.arange(0, BLOCK_U)
     cols = tl.arange(0, GATES_PAD * BLOCK_U)
     col_gate = cols // BLOCK_U
@@ -622,7 +663,7 @@ def _forward_pieces_cell(
     units, unit_in, gate_col, col_in = _program_columns(hidden, NUM_GATES, GATES_PAD, BLOCK_U)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 2, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+        rows, row_in = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
         col_mask = row_in[:, None] & col_in[None, :]
         own_mask = row_in[:, None] & unit_in[None, :]
         xhat_hh_t = _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width)
@@ -738,7 +779,7 @@ def _forward_pieces_state(
     slot_c = row_values_slot(ln_partials_ptr, generation + 1, 2, BLOCK_B)
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-        rows, row_in = _piece_rows(piece, batch, ROW_PIECE)
+        rows, row_in = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
         own_mask = row_in[:, None] & unit_in[None, :]
         active = (t < tl.load(lengths_ptr + rows, mask=row_in, other=0)) & row_in
         xhat_c_t = _step_tile(xhat_c_ptr, t, batch, rows, units, hidden)
@@ -860,7 +901,7 @@ def _backward_pieces_cell_norm(
     weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
         rows, _, own_mask, own_offsets, active = _piece_state_rows(
-            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE, BLOCK_B
         )
         grad_out = tl.load(
             grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
@@ -945,12 +986,15 @@ def _backward_pieces_cell(
     published for barrier ``generation + 1``."""
     gate_width = 4 * hidden
     t64 = tl.cast(t, tl.int64)
-    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
     hidden_f = hidden.to(tl.float32)
     slot_c = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        # (the columns per piece, as the rows: _piece_rows)
+        units, unit_in, gate_col, col_in = _program_columns(
+            hidden, 4, GATES_PAD, BLOCK_U, BLOCK_B // ROW_PIECE > 2
+        )
         rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
-            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE, BLOCK_B
         )
         col_mask = row_in[:, None] & col_in[None, :]
         sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_c, rows, batch, PROGRAMS_PAD, BLOCK_B)
@@ -1056,12 +1100,15 @@ def _backward_pieces_recurrent_norm(
     recurrent term (inactive rows: unchanged) written back to ``grad_h0``."""
     gate_width = 4 * hidden
     t64 = tl.cast(t, tl.int64)
-    units, unit_in, gate_col, col_in = _program_columns(hidden, 4, GATES_PAD, BLOCK_U)
     width_f = gate_width.to(tl.float32)
     slot_hh = row_values_slot(ln_partials_ptr, generation, 3, BLOCK_B)
     for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
+        # (the columns per piece, as the rows: _piece_rows)
+        units, unit_in, gate_col, col_in = _program_columns(
+            hidden, 4, GATES_PAD, BLOCK_U, BLOCK_B // ROW_PIECE > 2
+        )
         rows, row_in, own_mask, own_offsets, active = _piece_state_rows(
-            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE
+            piece, batch, t, lengths_ptr, hidden, units, unit_in, ROW_PIECE, BLOCK_B
         )
         col_mask = row_in[:, None] & col_in[None, :]
         sum_dy, sum_dy_xhat, sum_xhat = row_sums_merge(slot_hh, rows, batch, PROGRAMS_PAD, BLOCK_B)
@@ -1393,7 +1440,7 @@ def recurrence_forward_kernel(
             # each piece's pre-norm product staged in this step's xhat_hh rows (this
             # program's columns) and its layer-norm row partials published; one barrier.
             for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
                 acc = _recurrent_product(
                     h_step_ptr,
                     state_size,
@@ -2473,7 +2520,7 @@ def recurrence_backward_kernel(
             # Whole-step row pieces: the product piece by piece (ROW_PIECE rows a dot), each
             # piece's dh updated in grad_h0 (its rows, this program's units).
             for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE)
+                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
                 dh_recurrent = _recurrent_product(
                     d_acc_step,
                     gate_width,

@@ -663,6 +663,42 @@ def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch, batch):
         assert other["rows_forward"] == other["BLOCK_B"], other
 
 
+@pytest.mark.parametrize("arch", [80, 90])
+def test_envelope_float32_lstm_layer_norm_pair_split_rows(monkeypatch, arch):
+    """The float32 pair split (split_k = 2) runs the step whole, in no row pieces: the LSTM
+    with layer norm takes it to 128 rows (within the spill budget), not at 256 (its whole-step
+    backward spilled 748 / 900 B on sm_90a): there 16 units a program in 64-row pieces, W_hh
+    resident to H = 512 and streamed beyond. The other cells and norms keep it at 256 rows."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+    largest = {80: 864, 90: 1024}[arch]  # the pair split's largest H (programs <= SMs)
+
+    def geometry(batch, hidden=largest, cell="lstm", norm="layer"):
+        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+        geo = triton_backend._geometry(
+            batch, hidden, gates, "cuda", torch.float32, 0,
+            properties=properties, input_precision="tf32", norm=norm,
+        )  # fmt: skip
+        assert triton_backend._resource_reason(geo) is None
+        return geo
+
+    geo = geometry(128)
+    assert (geo["split_k"], geo["stream_k"], triton_backend._row_piece(geo)) == (2, 0, 128)
+    geo = geometry(256)
+    assert (geo["split_k"], geo["units"], triton_backend._row_piece(geo)) == (1, 16, 64)
+    assert geo["stream_k"] > 0
+    geo = geometry(256, hidden=512)
+    assert (geo["split_k"], geo["stream_k"], triton_backend._row_piece(geo)) == (1, 0, 64)
+    # The others at 256 rows: the pair split where 16 units do not fit (H = 512 on the
+    # A100, whose 256-row staging is short; H = 1024 on the H100).
+    hidden = {80: 512, 90: 1024}[arch]
+    for cell, norm in (("lstm", "batch"), ("lstm", "none"), ("gru", "layer")):
+        geo = geometry(256, hidden, cell, norm)
+        assert (geo["split_k"], geo["stream_k"], triton_backend._row_piece(geo)) == (2, 0, 256)
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM projections (proj_size = P): h = W_hr (o tanh(N_c(c~))) has P units, c has H
 # ----------------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
 # _geometry's row_piece). At 128 rows the whole step spilled 580-910 B (sm_80, sm_90a).
 _WHOLE_STEP_PIECES_FROM_ROWS = 128
 _WHOLE_STEP_PIECE_ROWS = 64
+# ... and the float32 pair split (split_k = 2, no row pieces: the whole step) for that LSTM
+# only to this many rows (BLOCK_B): at 128 within the spill budget (sm_90a H = 1024 forward
+# 32 / 40 B, backward 16 / 16; sm_80 H = 864 4 / 4, 4 / 4), at 256 the whole step's backward
+# spilled 748 / 900 B (sm_90a H = 1024): from there 16 units a program in row pieces,
+# W_hh streamed where it does not fit on chip (docs/kernels-v2.md §6.1).
+_LAYER_NORM_PAIR_SPLIT_MAX_ROWS = 128
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -163,7 +169,9 @@ def _geometry(
     Between the two, in float32 without a projection where 16 units a program do not fit
     (W2 / W6b: 256 KiB of W_hh a program) and ``2 * ceil(H / 16)`` programs fit the SMs (an
     H100 to H = 1024, an A100 to H = 864): 8 units a program with the backward's gate rows split
-    over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2).
+    over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2;
+    the LSTM with layer norm only to _LAYER_NORM_PAIR_SPLIT_MAX_ROWS rows, which the pair
+    split runs as one whole step).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
     with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
@@ -253,6 +261,7 @@ def _geometry(
     # kernels/primitives.py pair_sum). Both kernels keep one program per SM.
     pair_programs = 2 * -(-hidden // 16)
     pair_split = common["element_bytes"] == 4 and proj == 0 and fewest == 16
+    pair_split = pair_split and not (pieces and block_b > _LAYER_NORM_PAIR_SPLIT_MAX_ROWS)
     if pair_split and pair_programs <= sms:
         candidates.append((8, False, 2))
     piece = block_b
