@@ -1292,9 +1292,19 @@ def recurrence_forward_kernel(
         )
     else:
         w_tiles = ()  # streamed: none held (_recurrent_product reads W_hh per step)
-    if HAS_BIAS:
+    # Layer norm at B <= 64 (one piece; W2 with layer norm): b_hh and the norm parameters
+    # are read again each step instead of held across the loop, as in the backward kernel
+    # (PARAMS_PER_STEP): gamma_hh and b_hh over the gate columns, replicated in the
+    # accumulator's layout, were spilled around the product. Their offsets and the product's
+    # first row take ``step_zero`` = s // steps (0, which the compiler cannot fold): Triton's
+    # own loop-invariant code motion hoists pure address arithmetic out of the disable_licm
+    # loop (the loads stay in it), and the hoisted 64-bit addresses were spilled in turn.
+    # W2 with layer norm, forward spill stores, sm_80 / sm_90a: triton 3.6 164 / 144 -> 20 /
+    # 24 B, triton 3.8 60 / 32 -> 24 / 0 B (docs/kernels-v2.md §6.1).
+    PARAMS_PER_STEP: tl.constexpr = NORM == NORM_LAYER and BLOCK_B <= 64 and ROW_PIECE == BLOCK_B
+    if HAS_BIAS and not PARAMS_PER_STEP:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
-    if NORM != NORM_NONE:
+    if NORM != NORM_NONE and not PARAMS_PER_STEP:
         norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
             norm_weight_hh_ptr,
             norm_weight_c_ptr,
@@ -1379,6 +1389,25 @@ def recurrence_forward_kernel(
             t_next = t + 1
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step + FIRST_BARRIER
+        if PARAMS_PER_STEP:
+            step_zero = s // steps
+            if HAS_BIAS:
+                bias = tl.load(b_hh_ptr + (gate_col + step_zero), mask=col_in, other=0.0).to(
+                    tl.float32
+                )
+            norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
+                norm_weight_hh_ptr,
+                norm_weight_c_ptr,
+                norm_bias_c_ptr,
+                gate_col + step_zero,
+                col_in,
+                units + step_zero,
+                unit_in,
+                CELL == LSTM,
+                HAS_NORM_BIAS_C,
+            )
+        else:
+            step_zero = 0
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
 
@@ -1463,7 +1492,7 @@ def recurrence_forward_kernel(
                 batch,
                 rows,
                 row_in,
-                0,
+                step_zero,
                 w_tiles,
                 w_hh_ptr,
                 gate_col,
@@ -2118,6 +2147,15 @@ def recurrence_backward_kernel(
                 CELL == LSTM,
                 HAS_NORM_BIAS_C,
             )
+        if PARAMS_PER_STEP and BLOCK_B >= 64:
+            # 0, which the compiler cannot fold (as the forward kernel's): the recurrent
+            # product's first row below, so that its operand addresses are built in the loop,
+            # not hoisted out of it by Triton's LICM and spilled (W2 with layer norm, backward
+            # spill stores, triton 3.6: sm_90a 116 -> 44 B, sm_80 44 -> 32 B; not at B = 16,
+            # where it spilled: sm_90a triton 3.8 0 -> 88 B; docs/kernels-v2.md §6.1).
+            step_zero = s // steps
+        else:
+            step_zero = 0
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
@@ -2551,7 +2589,7 @@ def recurrence_backward_kernel(
                     batch,
                     rows,
                     row_in,
-                    0,
+                    step_zero,
                     w_gates,
                     w_hh_ptr,
                     h_units,
