@@ -1928,6 +1928,7 @@ def recurrence_backward_kernel(
     ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
+    WGMMA_BACKWARD: tl.constexpr = False,  # the launcher's geometry: products on wgmma
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2147,12 +2148,15 @@ def recurrence_backward_kernel(
                 CELL == LSTM,
                 HAS_NORM_BIAS_C,
             )
-        if PARAMS_PER_STEP and BLOCK_B >= 64:
+        if (PARAMS_PER_STEP and BLOCK_B >= 64) or (SPLIT_K == 2 and WGMMA_BACKWARD):
             # 0, which the compiler cannot fold (as the forward kernel's): the recurrent
             # product's first row below, so that its operand addresses are built in the loop,
-            # not hoisted out of it by Triton's LICM and spilled (W2 with layer norm, backward
-            # spill stores, triton 3.6: sm_90a 116 -> 44 B, sm_80 44 -> 32 B; not at B = 16,
-            # where it spilled: sm_90a triton 3.8 0 -> 88 B; docs/kernels-v2.md §6.1).
+            # not hoisted out of it by Triton's LICM and spilled (backward spill stores: W2
+            # with layer norm, triton 3.6, sm_90a 116 -> 44 B, sm_80 44 -> 32 B; the wgmma
+            # pair split, B = 256 GRU batch norm float32 sm_90a, triton 3.6 / 3.8 108 / 52
+            # -> 8 / 8 B). Not at B = 16 (sm_90a triton 3.8 0 -> 88 B), nor the mma.sync
+            # pair split (the same GRU on sm_80, triton 3.8 64 -> 108 B), nor the B = 256
+            # product on sm_80 (RNN layer norm, triton 3.6 104 -> 144 B; kernels-v2 §6.1).
             step_zero = s // steps
         else:
             step_zero = 0
@@ -2566,7 +2570,7 @@ def recurrence_backward_kernel(
                     split_k_start,
                     gate_width - split_k_start,
                     batch,
-                    0,
+                    step_zero,
                     w_gates,
                     tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
                     False,
