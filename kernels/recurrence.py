@@ -1339,9 +1339,19 @@ def recurrence_forward_kernel(
         )
     else:
         w_tiles = ()  # streamed: none held (_recurrent_product reads W_hh per step)
-    if HAS_BIAS:
+    # Layer norm at B <= 64 (one piece; W2 with layer norm): b_hh and the norm parameters
+    # are read again each step instead of held across the loop, as in the backward kernel
+    # (PARAMS_PER_STEP): gamma_hh and b_hh over the gate columns, replicated in the
+    # accumulator's layout, were spilled around the product. Their offsets and the product's
+    # first row take ``step_zero`` = s // steps (0, which the compiler cannot fold): Triton's
+    # own loop-invariant code motion hoists pure address arithmetic out of the disable_licm
+    # loop (the loads stay in it), and the hoisted 64-bit addresses were spilled in turn.
+    # W2 with layer norm, forward spill stores, sm_80 / sm_90a: triton 3.6 164 / 144 -> 20 /
+    # 24 B, triton 3.8 60 / 32 -> 24 / 0 B (docs/kernels-v2.md §6.1).
+    PARAMS_PER_STEP: tl.constexpr = NORM == NORM_LAYER and BLOCK_B <= 64 and ROW_PIECE == BLOCK_B
+    if HAS_BIAS and not PARAMS_PER_STEP:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
-    if NORM != NORM_NONE:
+    if NORM != NORM_NONE and not PARAMS_PER_STEP:
         norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
             norm_weight_hh_ptr,
             norm_weight_c_ptr,
@@ -1426,6 +1436,25 @@ def recurrence_forward_kernel(
             t_next = t + 1
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step + FIRST_BARRIER
+        if PARAMS_PER_STEP:
+            step_zero = s // steps
+            if HAS_BIAS:
+                bias = tl.load(b_hh_ptr + (gate_col + step_zero), mask=col_in, other=0.0).to(
+                    tl.float32
+                )
+            norm_weight_hh, norm_weight_c, norm_bias_c = _norm_parameters(
+                norm_weight_hh_ptr,
+                norm_weight_c_ptr,
+                norm_bias_c_ptr,
+                gate_col + step_zero,
+                col_in,
+                units + step_zero,
+                unit_in,
+                CELL == LSTM,
+                HAS_NORM_BIAS_C,
+            )
+        else:
+            step_zero = 0
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
 
@@ -1510,7 +1539,7 @@ def recurrence_forward_kernel(
                 batch,
                 rows,
                 row_in,
-                0,
+                step_zero,
                 w_tiles,
                 w_hh_ptr,
                 gate_col,
@@ -1946,6 +1975,7 @@ def recurrence_backward_kernel(
     ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
+    WGMMA_BACKWARD: tl.constexpr = False,  # the launcher's geometry: products on wgmma
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2165,6 +2195,18 @@ def recurrence_backward_kernel(
                 CELL == LSTM,
                 HAS_NORM_BIAS_C,
             )
+        if (PARAMS_PER_STEP and BLOCK_B >= 64) or (SPLIT_K == 2 and WGMMA_BACKWARD):
+            # 0, which the compiler cannot fold (as the forward kernel's): the recurrent
+            # product's first row below, so that its operand addresses are built in the loop,
+            # not hoisted out of it by Triton's LICM and spilled (backward spill stores: W2
+            # with layer norm, triton 3.6, sm_90a 116 -> 44 B, sm_80 44 -> 32 B; the wgmma
+            # pair split, B = 256 GRU batch norm float32 sm_90a, triton 3.6 / 3.8 108 / 52
+            # -> 8 / 8 B). Not at B = 16 (sm_90a triton 3.8 0 -> 88 B), nor the mma.sync
+            # pair split (the same GRU on sm_80, triton 3.8 64 -> 108 B), nor the B = 256
+            # product on sm_80 (RNN layer norm, triton 3.6 104 -> 144 B; kernels-v2 §6.1).
+            step_zero = s // steps
+        else:
+            step_zero = 0
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
@@ -2575,7 +2617,7 @@ def recurrence_backward_kernel(
                     split_k_start,
                     gate_width - split_k_start,
                     batch,
-                    0,
+                    step_zero,
                     w_gates,
                     tl.zeros((BLOCK_B, 2 * BLOCK_U), tl.float32),
                     False,
@@ -2598,7 +2640,7 @@ def recurrence_backward_kernel(
                     batch,
                     rows,
                     row_in,
-                    0,
+                    step_zero,
                     w_gates,
                     w_hh_ptr,
                     h_units,

@@ -1102,6 +1102,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             PROGRAMS_PAD=_next_power_of_2(programs),
             STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
             ROW_PIECE=_row_piece(geo),
+            WGMMA_BACKWARD=geo["wgmma_backward"],
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
