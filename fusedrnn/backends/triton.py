@@ -772,12 +772,13 @@ def _num_warps(
     §2).
 
     ``float32_mma_sync``: float32 at 256 rows on mma.sync (sm_80), the step whole (no row
-    pieces), takes 16 warps: there 8 warps spilled up to 2,356 B (the pair split's backward)
-    and 16 spill less in every cell and norm measured but one (ptxas spill stores forward ;
-    backward, 8 -> 16 warps: LSTM 0 ; 2356 -> 0 ; 68, GRU 0 ; 964 -> 0 ; 0, GRU with layer
-    norm 0 ; 1060 -> 0 ; 52, RNN with layer norm, dropout and zoneout 96 ; 64 -> 0 ; 0; the
-    RNN with batch norm 0 ; 0 -> 28 ; 0; docs/kernels-v2.md §6.2). Not on sm_90 (wgmma),
-    where 16 warps spilled more for the GRU.
+    pieces), without batch norm, takes 16 warps: there 8 warps spilled up to 2,356 B (the
+    pair split's backward) and 16 spill less (ptxas spill stores forward ; backward, 8 -> 16
+    warps, triton 3.8: LSTM 0 ; 2356 -> 0 ; 68, GRU 0 ; 964 -> 0 ; 0, GRU with layer norm 0 ;
+    1060 -> 0 ; 52, RNN with layer norm, dropout and zoneout 96 ; 64 -> 0 ; 0; with 3.6
+    likewise). With batch norm 16 spilled more (3.8 RNN 0 ; 0 -> 28 ; 0, 3.6 GRU 0 ; 8 -> 40 ;
+    100; docs/kernels-v2.md §6.2). Not on sm_90 (wgmma), where 16 warps spilled more for the
+    GRU.
     """
     if rows >= 256:
         return 16 if float32_mma_sync else 8
@@ -786,14 +787,16 @@ def _num_warps(
     return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
 
 
-def _float32_mma_sync(geo: dict, kernel: str) -> bool:
+def _float32_mma_sync(geo: dict, kernel: str, norm: str) -> bool:
     """_num_warps's ``float32_mma_sync`` for ``kernel``: float32 whose dots are mma.sync (not
     wgmma: sm_80, or fewer than 64 rows a dot), the step whole (not the LSTM with layer
-    norm's row pieces, within the budget at 8 warps)."""
+    norm's row pieces, within the budget at 8 warps), not with batch norm (``norm``: 16
+    warps spilled more there, the GRU's backward with triton 3.6 8 -> 100 B)."""
     return (
         geo["element_bytes"] == 4
         and not geo[f"wgmma_{kernel}"]
         and _row_piece(geo) == geo["BLOCK_B"]
+        and norm != "batch"
     )
 
 
@@ -1007,7 +1010,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
                 geo["BLOCK_B"] * geo["BLOCK_H"],
                 geo["BLOCK_H"] * geo["GATES_PAD"] * block_u,
                 rows=geo["BLOCK_B"],
-                float32_mma_sync=_float32_mma_sync(geo, "forward"),
+                float32_mma_sync=_float32_mma_sync(geo, "forward", norm),
             )
         ),
         launch_cooperative_grid=True,
@@ -1133,7 +1136,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
                     rows=geo["BLOCK_B"],
                     registers_per_element=2,
                     fma_backward=geo["fma_dots"] and geo["wgmma_backward"],
-                    float32_mma_sync=_float32_mma_sync(geo, "backward"),
+                    float32_mma_sync=_float32_mma_sync(geo, "backward", cfg.norm),
                 )
             ),
             launch_cooperative_grid=True,
