@@ -699,6 +699,45 @@ def test_envelope_float32_lstm_layer_norm_pair_split_rows(monkeypatch, arch):
         assert (geo["split_k"], geo["stream_k"], triton_backend._row_piece(geo)) == (2, 0, 256)
 
 
+@pytest.mark.parametrize("arch", [80, 90])
+def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
+    """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
+    both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,
+    bf16, 128 rows and the LSTM with layer norm's row pieces keep 8."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+
+    def warps(batch, hidden, cell="gru", norm="none", dtype=torch.float32):
+        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+        geo = triton_backend._geometry(
+            batch, hidden, gates, "cuda", dtype, 0,
+            properties=properties, input_precision="tf32", norm=norm,
+        )  # fmt: skip
+        assert triton_backend._resource_reason(geo) is None
+        return tuple(
+            triton_backend._num_warps(
+                geo["BLOCK_B"] * geo["BLOCK_H"],
+                geo["BLOCK_H"] * geo["GATES_PAD"] * geo["units"],
+                rows=geo["BLOCK_B"],
+                float32_mma_sync=triton_backend._float32_mma_sync(geo, kernel, norm),
+            )
+            for kernel in ("forward", "backward")
+        )
+
+    whole = 16 if arch == 80 else 8
+    hidden = {80: 512, 90: 1024}[arch]  # the pair split's largest at 256 rows
+    for cell, norm in (("lstm", "none"), ("gru", "layer"), ("gru", "none")):
+        assert warps(256, hidden, cell, norm) == (whole, whole)
+    assert warps(256, hidden, "gru", "batch") == (8, 8)
+    assert warps(256, 1024, "rnn_tanh", "layer") == (whole, whole)
+    assert warps(256, 2048, "gru") == (whole, whole)  # streamed
+    assert warps(256, 512, "lstm", "layer") == (8, 8)  # row pieces
+    assert warps(256, 512, dtype=torch.bfloat16) == (8, 8)
+    assert warps(128, 512) == (8, 8)
+
+
 # ----------------------------------------------------------------------------------------
 # LSTM projections (proj_size = P): h = W_hr (o tanh(N_c(c~))) has P units, c has H
 # ----------------------------------------------------------------------------------------

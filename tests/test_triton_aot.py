@@ -121,6 +121,25 @@ BOUNDARY = [
     # 4, B256 sm_90a 0 ; 0, sm_80 16 / 16 ; 0.
     case("lstm", "all_layer_norm", "float32", 128, "max", pytest.mark.slow),
     case("lstm", "all_layer_norm", "float32", 256, "max", pytest.mark.slow),
+    # The float32 survey at 256 / 128 rows (2026-11-24, triton 3.8; every cell x norm family,
+    # docs/kernels-v2.md §6.2): the cases that were over the budget. Spill stores / loads,
+    # forward ; backward, 8 warps (before) -> 16 warps on sm_80 without batch norm (the
+    # launcher's _float32_mma_sync; sm_90a and batch norm unchanged). At 256 rows the pair
+    # split (8 units a program, H = 1024 / 512) but the RNN (16 units, H = 2048 / 1024):
+    # lstm-none: sm_80 0 ; 2356 / 2480 -> 0 ; 68 / 68, sm_90a 0 ; 356 / 372.
+    # lstm-all_batch_norm: sm_80 40 ; 548 / 560, sm_90a 36 / 40 ; 784 / 748.
+    # gru-none: sm_80 0 ; 964 / 996 -> 0 ; 0, sm_90a 0 ; 0.
+    # gru-layer_norm: sm_80 0 ; 1060 / 1164 -> 0 ; 52 / 48, sm_90a 0 ; 40 / 40.
+    # gru-all_layer_norm: sm_80 164 ; 104 / 100 -> 16 ; 104 / 100, sm_90a 0 ; 140 / 140.
+    # rnn_tanh-all_layer_norm: sm_80 96 ; 64 -> 0 ; 0, sm_90a 4 ; 0.
+    # At 128 rows (the pair split, H = 1024 / 864) lstm-all_batch_norm: sm_90a 108 / 116 ; 16.
+    case("lstm", "none", "float32", 256, "max", pytest.mark.slow),
+    case("lstm", "all_batch_norm", "float32", 256, "max", pytest.mark.slow),
+    case("gru", "none", "float32", 256, "max", pytest.mark.slow),
+    case("gru", "layer_norm", "float32", 256, "max", pytest.mark.slow),
+    case("gru", "all_layer_norm", "float32", 256, "max", pytest.mark.slow),
+    case("rnn_tanh", "all_layer_norm", "float32", 256, "max", pytest.mark.slow),
+    case("lstm", "all_batch_norm", "float32", 128, "max", pytest.mark.slow),
 ]
 FAST_SM80 = {
     "lstm-all_layer_norm-bfloat16-B16-Hmax",
@@ -376,6 +395,15 @@ def test_compiles_for_gpu(compiled, arch, spec):
 # loads per thread, forward / backward, measured 2026-11-23 with tests/triton_aot.py). Not
 # strict: a case that passes shows as XPASS, and then leaves the list (below).
 SPILLING: set[str] = set()
+# The float32 pair split's whole step at 256 rows (BOUNDARY above, with its numbers; 16
+# warps on sm_80), and sm_90a's LSTM with batch norm at 128 rows: not fixed yet (issue 13,
+# docs/kernels-v2.md §6.2).
+SPILLING |= {
+    "lstm-none-float32-B256-Hmax",
+    "lstm-all_batch_norm-float32-B256-Hmax",
+    "gru-all_layer_norm-float32-B256-Hmax",
+    "sm90-lstm-all_batch_norm-float32-B128-Hmax",
+}
 # Off the list since 2026-11-24: lstm-all_layer_norm-bfloat16-B256-Hmax (spill stores /
 # loads forward ; backward, 8 warps with maxnreg). The whole 256-row step (H = 1024 / 512):
 # sm_90a 1840 ; 2192, sm_80 1640 ; 2184 stores. In whole-step row pieces of 64 rows (the
@@ -427,7 +455,9 @@ SPILLING |= SPILLING_TF32_OFF
 # all slow cases, so CI's triton 3.6 run (.ci/run) does not meet them. Measured 2026-11-24
 # with the 3.6.0 wheel's ptxas, stores / loads: rnn_relu-all_layer_norm-float16-B256-Hmax
 # sm_80 forward 108 / 108, backward 104 / 104, sm_90a backward 192 / 188 (forward 0). Everything
-# compiles and its shared memory is as predicted there too.
+# compiles and its shared memory is as predicted there too. Of the float32 survey's cases
+# (BOUNDARY), sm_80 gru-layer_norm-float32-B256-Hmax backward 84 / 80 (16 warps; 1280 / 1368
+# at 8) and lstm-all_batch_norm-float32-B128-Hmax forward 100 / 108.
 # Off the list since 2026-11-24: sm90-gru-all_batch_norm-float32-B256-Hmax (the pair split's
 # product on wgmma takes the step-dependent zero as its first row, as below, the launcher's
 # WGMMA_BACKWARD: backward 108 / 104 -> 8 / 4, triton 3.8 52 / 52 -> 8 / 8).
@@ -438,7 +468,11 @@ SPILLING |= SPILLING_TF32_OFF
 # / loads, forward ; backward, before -> after: triton 3.6 sm_80 164 / 168 ; 44 / 44 ->
 # 20 / 24 ; 32 / 32, sm_90a 144 / 160 ; 116 / 132 -> 24 / 24 ; 44 / 44; triton 3.8 sm_80
 # 60 / 64 ; 0 / 0 -> 24 / 28 ; 0 / 0, sm_90a 36 / 40 ; 4 / 4 -> 0 / 0 ; 0 / 0.
-SPILLING_TRITON_3_6 = {"rnn_relu-all_layer_norm-float16-B256-Hmax"}
+SPILLING_TRITON_3_6 = {
+    "rnn_relu-all_layer_norm-float16-B256-Hmax",
+    "sm80-gru-layer_norm-float32-B256-Hmax",
+    "sm80-lstm-all_batch_norm-float32-B128-Hmax",
+}
 if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
     SPILLING |= SPILLING_TRITON_3_6
 

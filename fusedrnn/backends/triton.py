@@ -739,10 +739,14 @@ def _lengths(inputs: RecurrenceInputs) -> torch.Tensor:
 
 
 def _num_warps(
-    *tile_elements: int, rows: int, registers_per_element: int = 1, fma_backward: bool = False
+    *tile_elements: int,
+    rows: int,
+    registers_per_element: int = 1,
+    fma_backward: bool = False,
+    float32_mma_sync: bool = False,
 ) -> int:
     """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
-    and 8 at ``rows`` (``BLOCK_B``) = 256.
+    and 8 at ``rows`` (``BLOCK_B``) = 256 (16 with ``float32_mma_sync``, below).
 
     At 256 rows 16 warps halve every ``[B, ·]`` tile per thread for the same register file
     (16 x 32 x 128 = 8 x 32 x 256 registers), and took a third off the B = 256 boundaries'
@@ -766,12 +770,34 @@ def _num_warps(
     H = 512 GRU 92 -> 4 B, W2 float32 76 -> 0 B). Not on sm_80, whose 8-warp kernels are
     within the budget (B = 64, H = 512 GRU: 16 B; W2 / W6b stream there; docs/kernels-v2.md
     §2).
+
+    ``float32_mma_sync``: float32 at 256 rows on mma.sync (sm_80), the step whole (no row
+    pieces), without batch norm, takes 16 warps: there 8 warps spilled up to 2,356 B (the
+    pair split's backward) and 16 spill less (ptxas spill stores forward ; backward, 8 -> 16
+    warps, triton 3.8: LSTM 0 ; 2356 -> 0 ; 68, GRU 0 ; 964 -> 0 ; 0, GRU with layer norm 0 ;
+    1060 -> 0 ; 52, RNN with layer norm, dropout and zoneout 96 ; 64 -> 0 ; 0; with 3.6
+    likewise). With batch norm 16 spilled more (3.8 RNN 0 ; 0 -> 28 ; 0, 3.6 GRU 0 ; 8 -> 40 ;
+    100; docs/kernels-v2.md §6.2). Not on sm_90 (wgmma), where 16 warps spilled more for the
+    GRU.
     """
     if rows >= 256:
-        return 8
+        return 16 if float32_mma_sync else 8
     if fma_backward and rows >= 64:
         return 16
     return 8 if max(tile_elements) * registers_per_element > 32 * 128 else 4
+
+
+def _float32_mma_sync(geo: dict, kernel: str, norm: str) -> bool:
+    """_num_warps's ``float32_mma_sync`` for ``kernel``: float32 whose dots are mma.sync (not
+    wgmma: sm_80, or fewer than 64 rows a dot), the step whole (not the LSTM with layer
+    norm's row pieces, within the budget at 8 warps), not with batch norm (``norm``: 16
+    warps spilled more there, the GRU's backward with triton 3.6 8 -> 100 B)."""
+    return (
+        geo["element_bytes"] == 4
+        and not geo[f"wgmma_{kernel}"]
+        and _row_piece(geo) == geo["BLOCK_B"]
+        and norm != "batch"
+    )
 
 
 _REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80, sm_90)
@@ -984,6 +1010,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
                 geo["BLOCK_B"] * geo["BLOCK_H"],
                 geo["BLOCK_H"] * geo["GATES_PAD"] * block_u,
                 rows=geo["BLOCK_B"],
+                float32_mma_sync=_float32_mma_sync(geo, "forward", norm),
             )
         ),
         launch_cooperative_grid=True,
@@ -1110,6 +1137,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
                     rows=geo["BLOCK_B"],
                     registers_per_element=2,
                     fma_backward=geo["fma_dots"] and geo["wgmma_backward"],
+                    float32_mma_sync=_float32_mma_sync(geo, "backward", cfg.norm),
                 )
             ),
             launch_cooperative_grid=True,
