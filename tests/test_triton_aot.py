@@ -399,11 +399,15 @@ SPILLING: set[str] = set()
 # warps on sm_80), and sm_90a's LSTM with batch norm at 128 rows: not fixed yet (issue 13,
 # docs/kernels-v2.md §6.2).
 SPILLING |= {
-    "lstm-none-float32-B256-Hmax",
+    "sm80-lstm-none-float32-B256-Hmax",
     "lstm-all_batch_norm-float32-B256-Hmax",
-    "gru-all_layer_norm-float32-B256-Hmax",
+    "sm80-gru-all_layer_norm-float32-B256-Hmax",
     "sm90-lstm-all_batch_norm-float32-B128-Hmax",
 }
+# Off the list since 2026-11-24 on sm_90a (both triton 3.8 and 3.6; XPASS once the wgmma pair
+# split's backward took the step-dependent zero as its first row, WGMMA_BACKWARD):
+# lstm-none-float32-B256-Hmax backward 356 -> 8 / 8 B, gru-all_layer_norm-float32-B256-Hmax
+# backward 140 -> 4 / 4 B (H = 1024; forward 0).
 # Off the list since 2026-11-24: lstm-all_layer_norm-bfloat16-B256-Hmax (spill stores /
 # loads forward ; backward, 8 warps with maxnreg). The whole 256-row step (H = 1024 / 512):
 # sm_90a 1840 ; 2192, sm_80 1640 ; 2184 stores. In whole-step row pieces of 64 rows (the
