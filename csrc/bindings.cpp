@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <memory>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,7 @@
 #include "fusedrnn/cells.cuh"
 #include "fusedrnn/params.h"
 #include "fusedrnn/philox.cuh"
+#include "host/buffer_cache.h"
 #include "host/gemm.h"
 #include "host/gemm_bf16.h"
 #include "host/mask_rows_host.h"
@@ -54,6 +56,18 @@ uint64_t low64(const py::int_& value) {
 #define FRNN_RW(Cls, field) def_readwrite(#field, &Cls::field)
 
 #if !defined(FUSEDRNN_WITH_CUDA)
+// A block of the host buffer cache (csrc/host/buffer_cache.h) as a Python object with the
+// buffer protocol: torch.frombuffer views it (holding a reference), and the block goes back to
+// the cache when the last tensor viewing it is freed.
+struct HostBuffer {
+  fusedrnn::host::CachedBlock block;
+  std::size_t bytes;
+  explicit HostBuffer(std::size_t n) : block(fusedrnn::host::cache_acquire(n)), bytes(n) {}
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer() { fusedrnn::host::cache_release(block); }
+};
+
 [[noreturn]] void no_cuda() {
   throw std::runtime_error(
       "fusedrnn._C was built without CUDA (nvcc was not found at build time); rebuild on a "
@@ -107,6 +121,33 @@ PYBIND11_MODULE(_C, m) {
       "Offsets modulo 64 bytes of a fresh packed-weight buffer (float), of the host's "
       "aligned scratch vectors (float, double) and of a packed bfloat16 weight buffer of each "
       "size: all 0 (csrc/host/gemm.h, gemm_bf16.h).");
+  py::class_<HostBuffer>(m, "HostBuffer", py::buffer_protocol(),
+                         "bytes (> 0) from the host buffer cache, writable, page-aligned; "
+                         "given back to the cache when this object is freed")
+      .def(py::init([](std::size_t bytes) {
+             if (bytes == 0) throw std::invalid_argument("HostBuffer: bytes must be > 0");
+             return std::make_unique<HostBuffer>(bytes);
+           }),
+           py::arg("bytes"))
+      .def_property_readonly(
+          "data_ptr", [](const HostBuffer& b) { return reinterpret_cast<uintptr_t>(b.block.data); })
+      .def_buffer([](HostBuffer& b) {
+        return py::buffer_info(b.block.data, 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.bytes)}, {py::ssize_t(1)});
+      });
+  m.def("host_cache_stats", [] {
+    const auto s = fusedrnn::host::cache_stats();
+    py::dict d;
+    d["free_bytes"] = s.free_bytes;
+    d["free_blocks"] = s.free_blocks;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    return d;
+  }, "The host buffer cache's free / in-use bytes and hit / miss counts.");
+  m.def("host_cache_set_limit", &fusedrnn::host::cache_set_limit, py::arg("bytes"),
+        "The most free bytes the host buffer cache keeps (0: it keeps none).");
+  m.def("host_cache_limit", &fusedrnn::host::cache_limit);
   m.def("host_bf16_variant", &fusedrnn::host::bf16_variant,
         "Which tier (amx-bf16, avx512-bf16, none = the float32 kernel) runs the host "
         "backend's bfloat16 recurrent products.");

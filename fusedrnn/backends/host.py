@@ -14,6 +14,9 @@ module chooses the thread count and calls ``_C.host_forward`` / ``_C.host_backwa
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
 from . import native
@@ -42,6 +45,61 @@ FRESH_OUTPUTS = True
 # csrc/host/recurrence_host.cpp: each worker computes x W_ih^T + b_ih for its own gate columns,
 # a few steps at a time, with no [T, B, G*H] tensor; docs/design.md §5.4).
 XPROJ_IN_LOOP = True
+
+# The buffer cache (csrc/host/buffer_cache.h): the saved per-step tensors and the backward's
+# per-step gradients and workspaces of at least CACHE_MIN_BYTES (tensors the user does not
+# see) are views of blocks whose pages stay resident between calls, so a training loop stops
+# page-faulting tens of MiB in per call (docs/design.md §5.4, "The buffer cache"). Smaller
+# buffers come from malloc's heap, already resident. Free blocks are kept up to
+# FUSEDRNN_HOST_CACHE_MB MiB (read at the first call; 0 turns the cache off).
+CACHE_MIN_BYTES = 1 << 20
+CACHE_ENV = "FUSEDRNN_HOST_CACHE_MB"
+CACHE_DEFAULT_MB = 1024
+_cache_limit: int | None = None  # bytes, once read
+
+
+def cache_limit_bytes() -> int:
+    """The buffer cache's limit on free bytes, from FUSEDRNN_HOST_CACHE_MB (default
+    CACHE_DEFAULT_MB), read once and given to the native cache."""
+    global _cache_limit
+    if _cache_limit is None:
+        raw = os.environ.get(CACHE_ENV, str(CACHE_DEFAULT_MB)).strip()
+        if not raw.isdigit():
+            raise ValueError(f"{CACHE_ENV} must be a whole number of MiB (0 = off), got {raw!r}")
+        limit = int(raw) << 20
+        native.native().host_cache_set_limit(limit)
+        _cache_limit = limit
+    return _cache_limit
+
+
+def cached_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor as ``native._empty``, from the buffer cache when it is on, the
+    device is the CPU and the tensor has at least CACHE_MIN_BYTES: a view (torch.frombuffer)
+    of a ``_C.HostBuffer``, whose block goes back to the cache when its last tensor is freed."""
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or nbytes < CACHE_MIN_BYTES or cache_limit_bytes() == 0:
+        return native._empty(shape, dtype, device)
+    tensor = torch.frombuffer(native.native().HostBuffer(nbytes), dtype=dtype, count=numel)
+    tensor = tensor.view(shape)
+    if native.POISON_OUTPUTS:
+        tensor.fill_(float("nan"))
+    return tensor
+
+
+def cache_stats() -> dict[str, int]:
+    """The buffer cache's ``free_bytes``, ``free_blocks``, ``in_use_bytes``, ``hits`` and
+    ``misses``."""
+    return dict(native.native().host_cache_stats())
+
+
+def empty_cache() -> None:
+    """Gives every free block of the buffer cache back to the system (blocks in use return to
+    the cache when their tensors are freed, up to its limit)."""
+    C = native.native()
+    limit = cache_limit_bytes()
+    C.host_cache_set_limit(0)
+    C.host_cache_set_limit(limit)
 
 
 def projects_in_loop(dtype: torch.dtype, cell: str, norm: str, proj_size: int, batch: int) -> bool:
@@ -121,9 +179,13 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         C.host_forward(p)
 
     if not torch.is_grad_enabled():  # as below, without the context's cost (B = 1 inference)
-        return native.launch_forward(inputs, run, _threads(inputs), save=inputs.needs_grad)
+        return native.launch_forward(
+            inputs, run, _threads(inputs), save=inputs.needs_grad, scratch=cached_empty
+        )
     with torch.no_grad():
-        return native.launch_forward(inputs, run, _threads(inputs), save=inputs.needs_grad)
+        return native.launch_forward(
+            inputs, run, _threads(inputs), save=inputs.needs_grad, scratch=cached_empty
+        )
 
 
 def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) -> Gradients:
@@ -144,4 +206,5 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
             narrow_weight_grads=_bf16_products(inputs, C),
             dab_may_alias_dxg=True,
+            scratch=cached_empty,
         )

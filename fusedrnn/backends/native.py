@@ -239,10 +239,12 @@ def _allocate_saved(
     allocate,
     save: bool = True,
     unused: torch.Tensor | None = None,
+    allocate_slot: Callable | None = None,
 ) -> dict[str, torch.Tensor]:
     """The tensors forward writes for backward (no masks), by name; an empty tensor where
     a slot is unused (``unused`` in every such slot when given, else one allocated each).
-    ``allocate(shape, dtype, device)`` makes each one. ``save=False`` (no gradient needed)
+    ``allocate(shape, dtype, device)`` makes "out", ``allocate_slot`` (default ``allocate``)
+    the per-step slots. ``save=False`` (no gradient needed)
     leaves out every per-step tensor (the native forward then keeps what it needs for one
     step only); "out" is the output either way (the caller drops it from the saved tuple).
     ``h_state`` (h in the accumulation dtype: the host and CUDA backward read it) is kept
@@ -256,7 +258,7 @@ def _allocate_saved(
 
     def slot(shape: tuple[int, ...], used: bool) -> torch.Tensor:
         if save and used:
-            return allocate(shape, acc, device)
+            return (allocate_slot or allocate)(shape, acc, device)
         return allocate((0,), acc, device) if unused is None else unused
 
     if not save:  # no per-step slot: all empty (the B = 1 inference path, kept short)
@@ -330,10 +332,13 @@ def launch_forward(
     num_threads: int = 1,
     workspace: Callable[[object], list[torch.Tensor]] | None = None,
     save: bool = True,
+    scratch: Callable | None = None,
 ) -> tuple[RecurrenceOutputs, tuple]:
     """Validate, allocate, fill the params and call ``run(params)``. ``save=False`` (no
     gradient needed) writes no per-step tensors for backward: the saved tuple then holds only
-    empty tensors."""
+    empty tensors. ``scratch(shape, dtype, device)`` (default ``_empty``) allocates the saved
+    per-step tensors, which the user does not see (the host backend's buffer cache); the
+    outputs always come from ``_empty``."""
     p = native().RecurrenceFwdParams()
     keep = _fill_common(p, inputs, num_threads)
     sizes = _LaunchSizes.of(keep["xg"], inputs)
@@ -343,7 +348,7 @@ def launch_forward(
     # One empty tensor for the unused slots: the op gives each empty result its own (custom-op
     # outputs may not alias), and drops the saved tuple when no gradient is needed.
     unused = torch.empty(0, dtype=acc, device=device)
-    saved = _allocate_saved(inputs, _empty, save, unused=unused)
+    saved = _allocate_saved(inputs, _empty, save, unused=unused, allocate_slot=scratch)
     out = saved["out"]
     h_n = _empty((batch, out_size), dtype, device)
     c_n = _empty((batch, hidden), dtype, device) if lstm else None
@@ -412,6 +417,7 @@ def launch_backward(
     mask_w_hh_grad: Callable[[torch.Tensor], None] | None = None,
     narrow_weight_grads: bool = False,
     dab_may_alias_dxg: bool = False,
+    scratch: Callable | None = None,
 ) -> Gradients:
     """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
     ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
@@ -422,7 +428,9 @@ def launch_backward(
     ``dab_may_alias_dxg``: the backend writes the same value to ``dab`` and ``dxg`` wherever
     they are equal (the host's cells do), so where they are (no norm, not GRU, whose ``a_n``
     differs, storage dtype = accumulation dtype) one buffer serves both: a [T, B, N] buffer
-    fewer to allocate, page in and write."""
+    fewer to allocate, page in and write. ``scratch`` (default ``_empty``) allocates the
+    per-step gradients and workspaces (``dxg`` and those below it; not ``dh0`` / ``dc0``),
+    as in ``launch_forward``."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -456,15 +464,16 @@ def launch_backward(
     p.grad_out_stride_t, p.grad_out_stride_b = grad_output.stride(0), grad_output.stride(1)
     p.grad_h_n, p.grad_c_n = grad_h_n.data_ptr(), _ptr(grad_c_n)
 
-    dxg = _empty((steps, batch, n), dtype, device)
+    work = scratch or _empty
+    dxg = work((steps, batch, n), dtype, device)
     same = dab_may_alias_dxg and norm == "none" and inputs.config.cell != "gru" and dtype == acc
-    dab = dxg if same else _empty((steps, batch, n), acc, device)
-    da = _empty((steps, batch, n), acc, device) if norm != "none" else None
-    hin = _empty((steps, batch, out_size), acc, device)
-    dc_out = _empty((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
+    dab = dxg if same else work((steps, batch, n), acc, device)
+    da = work((steps, batch, n), acc, device) if norm != "none" else None
+    hin = work((steps, batch, out_size), acc, device)
+    dc_out = work((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
     # The projection's input and output gradient per step: dW_hr = dproj^T h_pre_proj.
-    h_pre_proj = _empty((steps, batch, hidden), acc, device) if proj else None
-    dproj = _empty((steps, batch, out_size), acc, device) if proj else None
+    h_pre_proj = work((steps, batch, hidden), acc, device) if proj else None
+    dproj = work((steps, batch, out_size), acc, device) if proj else None
     dh0 = _empty((batch, out_size), dtype, device)
     dc0 = _empty((batch, hidden), dtype, device) if lstm else None
     p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
