@@ -450,7 +450,10 @@ def launch_backward(
 
     if grad_output is None:
         grad_output = torch.zeros(steps, batch, out_size, dtype=dtype, device=device)
-    grad_output = _unit_stride(grad_output.to(dtype))
+    work = scratch or _empty
+    grad_output = grad_output.to(dtype)
+    if grad_output.stride(-1) != 1:  # e.g. a sum's expanded gradient: a dense copy, as scratch
+        grad_output = work(tuple(grad_output.shape), dtype, device).copy_(grad_output)
     grad_h_n = (
         torch.zeros(batch, out_size, dtype=dtype, device=device)
         if grad_h_n is None
@@ -464,7 +467,6 @@ def launch_backward(
     p.grad_out_stride_t, p.grad_out_stride_b = grad_output.stride(0), grad_output.stride(1)
     p.grad_h_n, p.grad_c_n = grad_h_n.data_ptr(), _ptr(grad_c_n)
 
-    work = scratch or _empty
     dxg = work((steps, batch, n), dtype, device)
     same = dab_may_alias_dxg and norm == "none" and inputs.config.cell != "gru" and dtype == acc
     dab = dxg if same else work((steps, batch, n), acc, device)
