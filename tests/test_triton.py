@@ -700,6 +700,39 @@ def test_envelope_float32_lstm_layer_norm_pair_split_rows(monkeypatch, arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_state_in_memory_batch_norm_pair_split_128_rows(monkeypatch, arch):
+    """The forward with batch norm in the float32 pair split at 128 rows re-reads its state
+    each step (_state_in_memory; carried, the LSTM's forward spilled 100-108 B); its
+    backward carries it, and so do the other norms, 64 rows and bf16 (no pair split) at 128
+    rows. At 256 rows every forward has it in memory, as before."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+    largest = {80: 864, 90: 1024}[arch]  # the pair split's largest H (programs <= SMs)
+
+    def in_memory(batch, cell="lstm", norm="batch", dtype=torch.float32):
+        gates = RecurrenceConfig(cell=cell, hidden_size=largest).num_gates
+        geo = triton_backend._geometry(
+            batch, largest, gates, "cuda", dtype, 0,
+            properties=properties, input_precision="tf32", norm=norm,
+        )  # fmt: skip
+        assert triton_backend._resource_reason(geo) is None
+        split = geo["split_k"]
+        return split, tuple(
+            triton_backend._state_in_memory(geo, k, norm) for k in ("forward", "backward")
+        )
+
+    for cell in ("lstm", "gru"):
+        assert in_memory(128, cell) == (2, (True, False))
+        assert in_memory(128, cell, "none") == (2, (False, False))
+        assert in_memory(128, cell, "layer") == (2, (False, False))
+        assert in_memory(64, cell) == (2, (False, False))
+        assert in_memory(128, cell, dtype=torch.bfloat16) == (1, (False, False))
+        assert in_memory(256, cell, "none")[1][0]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
     both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,

@@ -64,6 +64,9 @@ _STATE_IN_MEMORY_ROWS = 256
 _STATE_IN_MEMORY_WGMMA_TILES = 32
 # ... and the layer-norm backward with mma.sync at this BLOCK_B (measured: _state_in_memory).
 _LAYER_NORM_STATE_IN_MEMORY_ROWS = 64
+# ... and the forward with batch norm in the float32 pair split at this BLOCK_B (measured:
+# _state_in_memory).
+_BATCH_NORM_PAIR_STATE_IN_MEMORY_ROWS = 128
 # The LSTM with layer norm from _WHOLE_STEP_PIECES_FROM_ROWS rows on: every step in
 # whole-step row pieces of _WHOLE_STEP_PIECE_ROWS rows, its products included (_row_piece;
 # _geometry's row_piece). At 128 rows the whole step spilled 580-910 B (sm_80, sm_90a).
@@ -820,12 +823,23 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     mma.sync (sm_80; W2 with layer norm, dropout and zoneout: backward spill stores 140 ->
     0 B beside the gradient sums kept in memory, 236 -> 44 B alone). And in both kernels
     wherever the step runs in whole-step row pieces (_row_piece: the LSTM with layer norm at
-    B >= 128, whose backward would otherwise carry its state with wgmma's 64 K tiles). The
+    B >= 128, whose backward would otherwise carry its state with wgmma's 64 K tiles). And
+    the forward with batch norm in the float32 pair split (``split_k`` = 2) at
+    ``BLOCK_B`` = _BATCH_NORM_PAIR_STATE_IN_MEMORY_ROWS (128): carried, its loop-invariant
+    values beside the 16 K tiles' product (the operand loads' row and K masks, the dropout
+    mask, the Philox keys, the norm parameters) were spilled, ptxas spill stores / loads of
+    the LSTM with batch norm, dropout and zoneout at the boundary (sm_90a H = 1024, sm_80
+    H = 864), triton 3.8 sm_90a 108 / 116 -> 0 / 0, sm_80 4 / 4 -> 0 / 0; triton 3.6
+    sm_90a 104 / 116 -> 0 / 0, sm_80 100 / 108 -> 0 / 0 (the GRU there 0-4 B -> 0; the
+    backward, 0-4 B, keeps its state carried; docs/kernels-v2.md §6.2). The
     interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
     if _row_piece(geo) < geo["BLOCK_B"]:  # the row pieces carry no state
         return True
+    if kernel == "forward" and norm == "batch" and geo["split_k"] == 2:
+        if geo["BLOCK_B"] == _BATCH_NORM_PAIR_STATE_IN_MEMORY_ROWS:
+            return True
     if kernel == "backward" and norm == "layer" and not geo["wgmma_backward"]:
         if geo["BLOCK_B"] == _LAYER_NORM_STATE_IN_MEMORY_ROWS:
             return True
