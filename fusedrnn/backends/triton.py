@@ -75,6 +75,12 @@ _WHOLE_STEP_PIECE_ROWS = 64
 # spilled 748 / 900 B (sm_90a H = 1024): from there 16 units a program in row pieces,
 # W_hh streamed where it does not fit on chip (docs/kernels-v2.md §6.1).
 _LAYER_NORM_PAIR_SPLIT_MAX_ROWS = 128
+# The float32 pair split's backward product (split_k = 2) from this many rows (BLOCK_B) on in
+# row chunks of _PAIR_ROW_CHUNK rows, each chunk's partial stored to the pair scratch as it is
+# made (kernels/recurrence.py; its ROWS_PER_DOT, the geometry's rows_backward): the whole
+# 256-row product's [256, 64] operand pieces spilled (backward spill stores ...).
+_PAIR_ROW_CHUNKS_FROM_ROWS = 256
+_PAIR_ROW_CHUNK = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -269,9 +275,11 @@ def _geometry(
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
-        rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
         chosen = {}
         for kernel in ("forward", "backward"):
+            rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
+            if split_k == 2 and kernel == "backward" and block_b >= _PAIR_ROW_CHUNKS_FROM_ROWS:
+                rows = _PAIR_ROW_CHUNK  # the pair split's backward product in row chunks
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
             # operand piece stays small (_resident_k_tiles), more while shared memory is short.
             # The time loop runs with LICM off (docs/kernels-v2.md §6.1), so neither the
@@ -302,7 +310,8 @@ def _geometry(
             return _configured(
                 options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
-                chosen["forward"][1], chosen["backward"][1], 0, **device_args, row_piece=rows,
+                chosen["forward"][1], chosen["backward"][1], 0, **device_args,
+                row_piece=piece if split_k == 1 else block_b,
             )  # fmt: skip
     # Streamed: the pieces read their rows chunk by chunk (the model's B-row staging is then
     # an upper bound).
