@@ -77,8 +77,12 @@ _WHOLE_STEP_PIECE_ROWS = 64
 _LAYER_NORM_PAIR_SPLIT_MAX_ROWS = 128
 # The float32 pair split's backward product (split_k = 2) from this many rows (BLOCK_B) on in
 # row chunks of _PAIR_ROW_CHUNK rows, each chunk's partial stored to the pair scratch as it is
-# made (kernels/recurrence.py; its ROWS_PER_DOT, the geometry's rows_backward): the whole
-# 256-row product's [256, 64] operand pieces spilled (backward spill stores ...).
+# made (kernels/recurrence.py; its ROWS_PER_DOT, the geometry's rows_backward): W2's [64, 128]
+# operand pieces and shared memory where the whole 256-row product took [256, 64] pieces, and
+# with it the kernel's dh / dc written back early and the LSTM's batch norm gate by gate
+# (PAIR_CHUNKS). Backward spill stores, triton 3.8, whole -> chunks: sm_90a LSTM
+# all_batch_norm 452 -> 0 B, sm_80 548 -> 0, sm_80 LSTM 68 -> 28, GRU all_layer_norm 104 ->
+# 52 (docs/kernels-v2.md §6.2). The forward's dots keep all rows.
 _PAIR_ROW_CHUNKS_FROM_ROWS = 256
 _PAIR_ROW_CHUNK = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
@@ -178,6 +182,9 @@ def _geometry(
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2;
     the LSTM with layer norm only to _LAYER_NORM_PAIR_SPLIT_MAX_ROWS rows, which the pair
     split runs as one whole step).
+    With the pair split at ``BLOCK_B`` >= _PAIR_ROW_CHUNKS_FROM_ROWS (256) the backward's
+    ``rows_backward`` is _PAIR_ROW_CHUNK (64): its product in row chunks (the rest of its step
+    whole, ``row_piece`` = ``BLOCK_B``), so W2's K tiles and shared memory.
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
     with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
