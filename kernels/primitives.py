@@ -5,7 +5,8 @@ Everything here is a ``@triton.jit`` helper inlined into the kernels:
 * numerically stable activations (the interpreter has no ``tl.math.tanh``, and the naive
   ``(e^x - e^-x) / (e^x + e^-x)`` form gives inf/inf = NaN for large ``|x|``),
 * the grid barrier that lets one program per SM meet the others between time steps, and
-  the pairwise handshake that adds a program pair's split-K partial products (``pair_sum``),
+  the pairwise handshake that adds a program pair's split-K partial products (``pair_sum``:
+  ``pair_store``, ``pair_add``),
 * the loads of the resident W_hh tiles and the per-step recurrent product (tensor cores),
   and the publish / barrier / read-back / product exchange of a row block split over the
   programs (the projection's),
@@ -105,21 +106,44 @@ def pair_sum(partial, scratch_ptr, flags_ptr, step, rows, BLOCK_U: tl.constexpr)
     the partner's (``pid ^ 1``).
 
     Each program writes its partial to its slot of ``scratch_ptr`` (float32 ``[programs,
-    BLOCK_B, 2 * BLOCK_U]``), then releases its int64 flag (``flags_ptr[pid]``, zero at
-    launch, one increment per call, so after step ``step`` it holds ``step + 1``) and spins
-    with acquire loads until the partner's flag has reached ``step + 1``: a pairwise
-    handshake, not a grid barrier. The CTA barriers order every thread's stores before the
-    release and every read after the wait (as :func:`grid_barrier`). A slot is rewritten one
-    step later only after the next grid barrier, which the partner reaches only after its
-    reads of this step, so one slot per program suffices. Both halves are read back from L2
-    (``.cg``) and summed in the same order by both programs."""
-    pid = tl.program_id(0)
-    partner = pid ^ 1
+    BLOCK_B, 2 * BLOCK_U]``; :func:`pair_store`), then :func:`pair_add`."""
     BLOCK_B: tl.constexpr = partial.shape[0]
+    pair_store(partial, scratch_ptr, rows, BLOCK_B)
+    return pair_add(scratch_ptr, flags_ptr, step, rows, BLOCK_U)
+
+
+@triton.jit
+def pair_store(partial, scratch_ptr, rows, BLOCK_B: tl.constexpr):
+    """This program's split-K partial ``partial`` (float32 ``[len(rows), 2 * BLOCK_U]``) of
+    the rows ``rows`` into its slot of ``scratch_ptr`` (``[programs, BLOCK_B, 2 *
+    BLOCK_U]``): the whole step's rows at once (:func:`pair_sum`), or one row chunk of the
+    product at a time (the pair split at 256 rows), all before :func:`pair_add`."""
+    pid = tl.program_id(0)
     WIDTH: tl.constexpr = partial.shape[1]
     cols = tl.arange(0, WIDTH)
     slot = rows[:, None] * WIDTH + cols[None, :]
     tl.store(scratch_ptr + pid * (BLOCK_B * WIDTH) + slot, partial)
+
+
+@triton.jit
+def pair_add(scratch_ptr, flags_ptr, step, rows, BLOCK_U: tl.constexpr):
+    """The pair's sum over its two halves of the K rows for this program's own ``BLOCK_U``
+    columns (column block ``pid % 2``) and the rows ``rows`` (all ``BLOCK_B`` of the
+    scratch): own partial plus the partner's (``pid ^ 1``), both stored by
+    :func:`pair_store`.
+
+    Each program releases its int64 flag (``flags_ptr[pid]``, zero at launch, one increment
+    per call, so after step ``step`` it holds ``step + 1``) and spins with acquire loads
+    until the partner's flag has reached ``step + 1``: a pairwise handshake, not a grid
+    barrier. The CTA barriers order every thread's stores before the release and every read
+    after the wait (as :func:`grid_barrier`). A slot is rewritten one step later only after
+    the next grid barrier, which the partner reaches only after its reads of this step, so
+    one slot per program suffices. Both halves are read back from L2 (``.cg``) and summed
+    in the same order by both programs."""
+    pid = tl.program_id(0)
+    partner = pid ^ 1
+    BLOCK_B: tl.constexpr = rows.shape[0]
+    WIDTH: tl.constexpr = 2 * BLOCK_U
     tl.debug_barrier()
     tl.atomic_add(flags_ptr + pid, 1, sem="release", scope="gpu")
     target = tl.cast(step, tl.int64) + 1

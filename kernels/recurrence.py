@@ -21,9 +21,10 @@ writes its slice to global memory, all meet at a grid barrier (kernels/primitive
 each reads the full row back (L2). One exception, ``SPLIT_K`` = 2 (float32 W2 / W6b): the
 backward's recurrent product of programs ``2p`` and ``2p + 1`` is split over K (each holds
 half of the gate rows for both programs' units) and the pair adds its partial products
-through a pairwise flag handshake (``pair_sum``). Layer norm, whose statistics span all
-columns of a row, adds one barrier per normalised quantity with a small partial-sum
-workspace.
+through a pairwise flag handshake (``pair_sum``; at 256 rows the product in row chunks,
+each chunk's partial stored as it is made, ``pair_store``, then one ``pair_add``). Layer
+norm, whose statistics span all columns of a row, adds one barrier per normalised quantity
+with a small partial-sum workspace.
 
 The SAME code runs with a single program owning every unit: that is how the Triton
 interpreter (``TRITON_INTERPRET=1``, which runs programs one after another, so a
@@ -56,7 +57,10 @@ Block sizes (chosen by the launcher)
 ``BLOCK_P``   with a projection (``HAS_PROJ``) next power of two >= P, the forward dot's K
               (h has P units); ``BLOCK_H`` without one.
 ``BLOCK_R``   h units per program: ``BLOCK_U`` without a projection.
-``ROWS_PER_DOT`` batch rows per dot of the resident product (``BLOCK_B`` unless row pieces).
+``ROWS_PER_DOT`` batch rows per dot of the resident product (``BLOCK_B`` unless row pieces;
+              the backward with ``SPLIT_K`` = 2 at 256 rows: 64, its product in row chunks
+              whose partials go to the pair scratch one by one, the launcher's
+              ``_PAIR_ROW_CHUNK``; the rest of the step whole).
 ``K_TILES``   resident W_hh as this many K tiles (1 unless split).
 ``SPLIT_K``   backward only: 1, or 2 for the split over program pairs, where each program
               holds ``SPLIT_TILES`` (half, rounded up) of the ``BLOCK_GH // K_TILES``-row
@@ -149,6 +153,8 @@ from .primitives import (
     layer_norm_partials,
     layer_norm_row_stats,
     load_w_hh_tile,
+    pair_add,
+    pair_store,
     pair_sum,
     recurrent_dot,
     row_sums_across_programs,
@@ -1152,6 +1158,52 @@ def _backward_pieces_recurrent_norm(
 
 
 @triton.jit
+def _lstm_batch_norm_backward_gate_by_gate(
+    d_pre_gates,
+    grad_xg_ptr,
+    grad_acc_ptr,
+    xhat_hh_ptr,
+    rstd_hh_ptr,
+    norm_weight_hh_ptr,
+    grad_b_hh_ptr,
+    grad_norm_weight_hh_ptr,
+    t,
+    batch,
+    rows,
+    units,
+    unit_in,
+    hidden,
+    active_f,
+    count,
+    TRAINING: tl.constexpr,
+):
+    """The backward's steps 1 (dL/d xg) and 2 for the LSTM with batch norm, one gate at a
+    time (the pair split at 256 rows, the kernel's ``GATE_BY_GATE``): per gate, from its
+    ``[rows, units]`` tile of dL/d a (``d_pre_gates``, i f g o), dL/d xg, the gradient sums of
+    b_hh and gamma_hh (added into their output rows, :func:`_add_to_column_sums`), the batch
+    norm's backward (gamma_hh, the saved xhat and rstd of the gate's columns read for the
+    step) and dL/d acc, stored; no ``[rows, G * units]`` tile. The same values as the
+    whole-tile form."""
+    gate_width = 4 * hidden
+    own_mask = (rows < batch)[:, None] & unit_in[None, :]
+    for gate in tl.static_range(4):
+        d_a = d_pre_gates[gate]
+        cols = gate * hidden + units
+        tl.store(_step_tile(grad_xg_ptr, t, batch, rows, cols, gate_width), d_a, mask=own_mask)
+        _add_to_column_sums(grad_b_hh_ptr, cols, unit_in, tl.sum(d_a, axis=0))
+        xhat = tl.load(
+            _step_tile(xhat_hh_ptr, t, batch, rows, cols, gate_width), mask=own_mask, other=0.0
+        )
+        _add_to_column_sums(grad_norm_weight_hh_ptr, cols, unit_in, tl.sum(d_a * xhat, axis=0))
+        rstd = tl.load(
+            rstd_hh_ptr + tl.cast(t, tl.int64) * gate_width + cols, mask=unit_in, other=0.0
+        )
+        weight = tl.load(norm_weight_hh_ptr + cols, mask=unit_in, other=0.0).to(tl.float32)
+        d_acc = bn_backward(d_a * weight[None, :], xhat, rstd, active_f, count, TRAINING)
+        tl.store(_step_tile(grad_acc_ptr, t, batch, rows, cols, gate_width), d_acc, mask=own_mask)
+
+
+@triton.jit
 def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr, HAS_PROJ: tl.constexpr):
     """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM),
     plus one for the projection's exchange of h~ (forward) or dL/dh~ (backward)."""
@@ -1999,6 +2051,9 @@ def recurrence_backward_kernel(
        half of the ``G*H`` gate rows (the first / second half of the non-empty K tiles),
        each computes that half's partial product, and the pair adds them
        (kernels/primitives.py ``pair_sum``: a pairwise flag handshake, no grid barrier).
+       With ``ROWS_PER_DOT`` < ``BLOCK_B`` (the launcher at 256 rows) the half's product
+       runs row chunk by row chunk, each chunk's partial stored to the pair scratch
+       (``pair_store``), then one handshake and the sum (``pair_add``).
 
     ``dL/d W_hh = sum_t dacc_t^T (m_h h_{t-1})`` is left to one GEMM in the launcher.
 
@@ -2140,7 +2195,17 @@ def recurrence_backward_kernel(
     )
     C_SUMS_IN_MEMORY: tl.constexpr = SUMS_IN_MEMORY and CELL == LSTM
     PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY and not ROW_SPLIT  # pieces: their own
-    if SUMS_IN_MEMORY:
+    # The pair split at 256 rows (its product in row chunks, ROWS_PER_DOT < BLOCK_B): the
+    # state gradients dh and dc written back as soon as the cell backward has made them, not
+    # held through the norm's backward (STATE_IN_MEMORY; LSTM and GRU), and the LSTM's batch
+    # norm backward gate by gate ([BLOCK_B, BLOCK_U] tiles, its gradient sums added into
+    # their output rows each step): the whole step's [256, G * 8] tiles beside the state
+    # spilled (backward spill stores, sm_90a / sm_80, triton 3.8: LSTM all_batch_norm 308 /
+    # 508 -> 0 / 0 B; docs/kernels-v2.md §6.2).
+    PAIR_CHUNKS: tl.constexpr = SPLIT_K == 2 and ROWS_PER_DOT < BLOCK_B
+    EARLY_STATE: tl.constexpr = PAIR_CHUNKS and STATE_IN_MEMORY and (CELL == LSTM or CELL == GRU)
+    GATE_BY_GATE: tl.constexpr = PAIR_CHUNKS and CELL == LSTM and NORM == NORM_BATCH
+    if SUMS_IN_MEMORY or GATE_BY_GATE:
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
     if C_SUMS_IN_MEMORY:
@@ -2447,10 +2512,20 @@ def recurrence_backward_kernel(
                         dc_direct + dc_through_f,
                         _own_rows(grad_c0_ptr, own_offsets, own_mask),
                     )
+                    if EARLY_STATE:
+                        dh_kept = tl.where(
+                            active[:, None],
+                            dh_direct,
+                            _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask),
+                        )
+                        tl.debug_barrier()
+                        tl.store(grad_h0_ptr + h_own_offsets, dh_kept, mask=h_own_mask)
+                        tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
                 else:
                     dc = tl.where(active[:, None], dc_direct + dc_through_f, dc)
-                d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
-                d_a = d_pre
+                if not GATE_BY_GATE:
+                    d_pre = gates_to_tile(d_pre_i, d_pre_f, d_pre_g, d_pre_o, GATES_PAD, BLOCK_U)
+                    d_a = d_pre
             elif CELL == GRU:
                 r = tl.load(gates_t, mask=own_mask, other=0.0)
                 z = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
@@ -2471,6 +2546,14 @@ def recurrence_backward_kernel(
                     tl.store(grad_xg_t, d_pre_r, mask=own_mask)
                     tl.store(grad_xg_t + hidden, d_pre_z, mask=own_mask)
                     tl.store(grad_xg_t + 2 * hidden, d_pre_n, mask=own_mask)
+                    if EARLY_STATE:
+                        dh_kept = tl.where(
+                            active[:, None],
+                            dh_direct,
+                            _own_rows(grad_h0_ptr, h_own_offsets, h_own_mask),
+                        )
+                        tl.debug_barrier()
+                        tl.store(grad_h0_ptr + h_own_offsets, dh_kept, mask=h_own_mask)
                 else:
                     d_pre = gates_to_tile(d_pre_r, d_pre_z, d_pre_n, d_pre_n, GATES_PAD, BLOCK_U)
                 d_a = gates_to_tile(d_pre_r, d_pre_z, d_a_n, d_a_n, GATES_PAD, BLOCK_U)
@@ -2478,7 +2561,28 @@ def recurrence_backward_kernel(
                 h_cand = tl.load(gates_t, mask=own_mask, other=0.0)
                 d_pre = rnn_cell_backward(dh_cand, h_cand, CELL == RNN_RELU)
                 d_a = d_pre
-            if CELL != GRU or not STATE_IN_MEMORY:
+            if GATE_BY_GATE:
+                # dL/d xg and 2, gate by gate
+                _lstm_batch_norm_backward_gate_by_gate(
+                    (d_pre_i, d_pre_f, d_pre_g, d_pre_o),
+                    grad_xg_ptr,
+                    grad_acc_ptr,
+                    xhat_hh_ptr,
+                    rstd_hh_ptr,
+                    norm_weight_hh_ptr,
+                    grad_b_hh_ptr,
+                    grad_norm_weight_hh_ptr,
+                    t,
+                    batch,
+                    rows,
+                    units,
+                    unit_in,
+                    hidden,
+                    active_f,
+                    count,
+                    TRAINING,
+                )
+            elif CELL != GRU or not STATE_IN_MEMORY:
                 tl.store(
                     _step_tile(grad_xg_ptr, t, batch, rows, gate_col, gate_width),
                     d_pre,
@@ -2486,65 +2590,70 @@ def recurrence_backward_kernel(
                 )
 
             # 2. through the normalisation of W_hh h (d_a = dL/d of its output, before b_hh).
-            if SUMS_IN_MEMORY:
-                _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_a, axis=0))
-            else:
-                grad_bias += tl.sum(d_a, axis=0)
-            if NORM == NORM_BATCH:
-                xhat_hh = tl.load(
-                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
-                    mask=col_mask,
-                    other=0.0,
-                )
-                grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
-                rstd_hh = tl.load(rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0)
-                d_acc = bn_backward(
-                    d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
-                )
-            elif NORM == NORM_LAYER:
-                xhat_hh = tl.load(
-                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
-                    mask=col_mask,
-                    other=0.0,
-                )
+            if not GATE_BY_GATE:
                 if SUMS_IN_MEMORY:
-                    _add_to_column_sums(
-                        grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_a * xhat_hh, axis=0)
+                    _add_to_column_sums(grad_b_hh_ptr, gate_col, col_in, tl.sum(d_a, axis=0))
+                else:
+                    grad_bias += tl.sum(d_a, axis=0)
+                if NORM == NORM_BATCH:
+                    xhat_hh = tl.load(
+                        _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                        mask=col_mask,
+                        other=0.0,
+                    )
+                    grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
+                    rstd_hh = tl.load(
+                        rstd_hh_ptr + t64 * gate_width + gate_col, mask=col_in, other=0.0
+                    )
+                    d_acc = bn_backward(
+                        d_a * norm_weight_hh[None, :], xhat_hh, rstd_hh, active_f, count, TRAINING
+                    )
+                elif NORM == NORM_LAYER:
+                    xhat_hh = tl.load(
+                        _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                        mask=col_mask,
+                        other=0.0,
+                    )
+                    if SUMS_IN_MEMORY:
+                        _add_to_column_sums(
+                            grad_norm_weight_hh_ptr, gate_col, col_in, tl.sum(d_a * xhat_hh, axis=0)
+                        )
+                    else:
+                        grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
+                    rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
+                    dy_hat = d_a * norm_weight_hh[None, :]
+                    sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
+                        dy_hat,
+                        dy_hat * xhat_hh,
+                        xhat_hh,
+                        col_in,
+                        ln_partials_ptr,
+                        barrier_ptr,
+                        first_barrier + barriers_per_step - 2,
+                        rows,
+                        batch,
+                        PROGRAMS_PAD,
+                    )
+                    width_f = gate_width.to(tl.float32)
+                    # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
+                    xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
+                    d_acc = (
+                        (
+                            dy_hat
+                            - (sum_dy / width_f)[:, None]
+                            - xc_hh * (sum_dy_xhat / width_f)[:, None]
+                        )
+                        * rstd_row[:, None]
+                        * active_f[:, None]
                     )
                 else:
-                    grad_norm_weight_hh += tl.sum(d_a * xhat_hh, axis=0)
-                rstd_row = tl.load(rstd_hh_ptr + t64 * batch + rows, mask=row_in, other=0.0)
-                dy_hat = d_a * norm_weight_hh[None, :]
-                sum_dy, sum_dy_xhat, sum_xhat = row_sums_across_programs(
-                    dy_hat,
-                    dy_hat * xhat_hh,
-                    xhat_hh,
-                    col_in,
-                    ln_partials_ptr,
-                    barrier_ptr,
-                    first_barrier + barriers_per_step - 2,
-                    rows,
-                    batch,
-                    PROGRAMS_PAD,
+                    d_acc = d_a
+                tl.store(
+                    _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width),
+                    d_acc,
+                    mask=col_mask,
                 )
-                width_f = gate_width.to(tl.float32)
-                # Centred as bn_backward (the saved xhat's row mean is not 0 in float32).
-                xc_hh = xhat_hh - (sum_xhat / width_f)[:, None]
-                d_acc = (
-                    (
-                        dy_hat
-                        - (sum_dy / width_f)[:, None]
-                        - xc_hh * (sum_dy_xhat / width_f)[:, None]
-                    )
-                    * rstd_row[:, None]
-                    * active_f[:, None]
-                )
-            else:
-                d_acc = d_a
-            tl.store(
-                _step_tile(grad_acc_ptr, t, batch, rows, gate_col, gate_width), d_acc, mask=col_mask
-            )
-            if STATE_IN_MEMORY:
+            if STATE_IN_MEMORY and not EARLY_STATE:
                 # dL/dh_{t-1} less its recurrent term (inactive rows: dh unchanged) and the new dc,
                 # written once every thread has read this step's dh and dc.
                 dh_kept = tl.where(
@@ -2608,7 +2717,46 @@ def recurrence_backward_kernel(
             tl.debug_barrier()
         else:
             # (The pair split only where W_hh is resident in one dot over all gate rows.)
-            if SPLIT_K == 2 and STREAM_K == 0 and not GATE_DOTS:
+            if SPLIT_K == 2 and STREAM_K == 0 and not GATE_DOTS and ROWS_PER_DOT < BLOCK_B:
+                #    The pair split at 256 rows (the launcher's rows_backward): this program's
+                #    half of the gate rows in row chunks of ROWS_PER_DOT rows, each chunk's
+                #    partial stored to its rows of the pair scratch as it is made (no
+                #    [BLOCK_B, ·] partial in registers, no stitching of chunks), then one
+                #    handshake and the pair's sum of the whole step (pair_add). From four
+                #    chunks on the chunk index goes through _opaque (as _piece_rows).
+                for chunk in tl.range(0, BLOCK_B // ROWS_PER_DOT, num_stages=1, disable_licm=True):
+                    if BLOCK_B // ROWS_PER_DOT > 2:
+                        chunk_index = _opaque(chunk)
+                    else:
+                        chunk_index = chunk
+                    first_row = chunk_index * ROWS_PER_DOT
+                    dh_part = _resident_product(
+                        d_acc_step,
+                        gate_width,
+                        split_k_start,
+                        gate_width - split_k_start,
+                        batch,
+                        first_row + step_zero,
+                        w_gates,
+                        tl.zeros((ROWS_PER_DOT, 2 * BLOCK_U), tl.float32),
+                        False,
+                        seed,
+                        dropout_base,
+                        dropout_p,
+                        dropout_keep_scale,
+                        SPLIT_TILES,
+                        ROWS_PER_DOT,
+                        INPUT_PRECISION,
+                        UPCAST_OPERANDS,
+                    )
+                    pair_store(
+                        dh_part,
+                        pair_partials_ptr,
+                        first_row + tl.arange(0, ROWS_PER_DOT),
+                        BLOCK_B,
+                    )
+                dh_recurrent = pair_add(pair_partials_ptr, barrier_ptr + 1, s, rows, BLOCK_U)
+            elif SPLIT_K == 2 and STREAM_K == 0 and not GATE_DOTS:
                 #    This program's half of the gate rows for the pair's columns, then the pair's
                 #    partials added (kernels/primitives.py pair_sum).
                 dh_partial = _resident_product(
@@ -2688,7 +2836,7 @@ def recurrence_backward_kernel(
         tl.store(grad_h0_ptr + h_own_offsets, dh, mask=h_own_mask)
         if CELL == LSTM:
             tl.store(grad_c0_ptr + own_offsets, dc, mask=own_mask)
-    if not SUMS_IN_MEMORY:
+    if not (SUMS_IN_MEMORY or GATE_BY_GATE):
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         if NORM != NORM_NONE:
             tl.store(grad_norm_weight_hh_ptr + gate_col, grad_norm_weight_hh, mask=col_in)

@@ -733,6 +733,48 @@ def test_state_in_memory_batch_norm_pair_split_128_rows(monkeypatch, arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_envelope_float32_pair_split_backward_row_chunks(monkeypatch, arch):
+    """At 256 rows the float32 pair split's backward takes its product in row chunks of
+    _PAIR_ROW_CHUNK (64) rows (``rows_backward``; the kernel stores each chunk's partial to the
+    pair scratch): W2's K tiles and staging, so less shared memory than the forward's
+    256-row dots, which stay whole; the largest H is unchanged (H = 1024 on the H100, 512 on
+    the A100, where the forward's 256-row staging is the limit). Below 256 rows the
+    backward's dots keep every row."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+    largest = {80: 512, 90: 1024}[arch]
+
+    def geometry(batch, hidden, cell):
+        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+        return triton_backend._geometry(
+            batch, hidden, gates, "cuda", torch.float32, 0,
+            properties=properties, input_precision="tf32", norm="none",
+        )  # fmt: skip
+
+    for cell, backward in (("lstm", 167936), ("gru", 135168)):
+        geo = geometry(256, largest, cell)
+        assert triton_backend._resource_reason(geo) is None
+        assert (geo["split_k"], geo["stream_k"], geo["units"]) == (2, 0, 8)
+        assert (geo["rows_forward"], geo["rows_backward"]) == (256, 64)
+        assert geo["wgmma_backward"] is (arch == 90)
+        assert triton_backend._row_piece(geo) == 256  # the elementwise step stays whole
+        tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
+        assert tile == 128  # a [64, 128] operand piece a dot, as W2 at 64 rows
+        shared = triton_backend._shared_memory_bytes(geo)
+        if arch == 90:  # compiled: tests/test_triton_aot.py *-float32-B256-Hmax
+            assert shared == {"forward": 212992, "backward": backward}
+        assert shared["backward"] < shared["forward"]
+        beyond = geometry(256, largest + 1, cell)
+        assert beyond["stream_k"] > 0 or triton_backend._resource_reason(beyond) is not None
+        for batch in (64, 128):
+            geo = geometry(batch, largest, cell)
+            if geo["split_k"] == 2:
+                assert geo["rows_forward"] == geo["rows_backward"] == geo["BLOCK_B"]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
     both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,

@@ -184,6 +184,39 @@ def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
 
 
 @pytest.mark.parametrize(
+    ("cell", "regularizer", "reverse", "state_in_memory"),
+    [
+        ("lstm", "none", True, True),
+        ("lstm", "all_batch_norm", False, True),
+        ("lstm", "all_batch_norm", True, False),
+        ("gru", "all_layer_norm", True, True),
+        ("gru", "all_batch_norm", False, False),
+    ],
+)
+def test_multi_program_split_k_pair_row_chunks(
+    monkeypatch, cell, regularizer, reverse, state_in_memory
+):
+    """The pair split at 256 rows (_geometry's ``rows_backward`` = _PAIR_ROW_CHUNK < BLOCK_B
+    with ``split_k`` = 2): each program's half of the gate rows taken row chunk by row chunk,
+    every chunk's partial stored to its rows of the pair scratch (kernels/primitives.py
+    pair_store), then one handshake and the pair's sum (pair_add); there the state gradients
+    are written back right after the cell backward (with STATE_IN_MEMORY, EARLY_STATE) and
+    the LSTM's batch-norm backward runs gate by gate (GATE_BY_GATE). Here 8 rows in 4 chunks
+    of 2 (the chunk index through _opaque, as from four chunks on a GPU), with unequal
+    lengths, and the state re-read per step (STATE_IN_MEMORY) or carried."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", state_in_memory)
+    inputs = make_inputs(cell, regularizer, hidden=HIDDEN, reverse=reverse, lengths=LENGTHS)
+    gates = inputs.config.num_gates
+    geo = triton_backend._geometry(inputs.xg.shape[1], HIDDEN, gates, "cpu", torch.float32)
+    assert geo["split_k"] == 2 and geo["programs"] == PROGRAMS
+    assert geo["BLOCK_B"] // geo["rows_backward"] == 4
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
     ("cell", "regularizer", "dtype", "reverse", "proj"),
     [
         ("lstm", "all_layer_norm", torch.bfloat16, True, 0),

@@ -78,6 +78,16 @@ _WHOLE_STEP_PIECE_ROWS = 64
 # spilled 748 / 900 B (sm_90a H = 1024): from there 16 units a program in row pieces,
 # W_hh streamed where it does not fit on chip (docs/kernels-v2.md §6.1).
 _LAYER_NORM_PAIR_SPLIT_MAX_ROWS = 128
+# The float32 pair split's backward product (split_k = 2) from this many rows (BLOCK_B) on in
+# row chunks of _PAIR_ROW_CHUNK rows, each chunk's partial stored to the pair scratch as it is
+# made (kernels/recurrence.py; its ROWS_PER_DOT, the geometry's rows_backward): W2's [64, 128]
+# operand pieces and shared memory where the whole 256-row product took [256, 64] pieces, and
+# with it the kernel's dh / dc written back early and the LSTM's batch norm gate by gate
+# (PAIR_CHUNKS). Backward spill stores, triton 3.8, whole -> chunks: sm_90a LSTM
+# all_batch_norm 452 -> 0 B, sm_80 548 -> 0, sm_80 LSTM 68 -> 28, GRU all_layer_norm 104 ->
+# 52 (docs/kernels-v2.md §6.2). The forward's dots keep all rows.
+_PAIR_ROW_CHUNKS_FROM_ROWS = 256
+_PAIR_ROW_CHUNK = 64
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -175,6 +185,9 @@ def _geometry(
     over program pairs (``split_k`` = 2; an even number of programs; docs/kernels-v2.md §6.2;
     the LSTM with layer norm only to _LAYER_NORM_PAIR_SPLIT_MAX_ROWS rows, which the pair
     split runs as one whole step).
+    With the pair split at ``BLOCK_B`` >= _PAIR_ROW_CHUNKS_FROM_ROWS (256) the backward's
+    ``rows_backward`` is _PAIR_ROW_CHUNK (64): its product in row chunks (the rest of its step
+    whole, ``row_piece`` = ``BLOCK_B``), so W2's K tiles and shared memory.
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
     with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
@@ -272,9 +285,11 @@ def _geometry(
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
-        rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
         chosen = {}
         for kernel in ("forward", "backward"):
+            rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
+            if split_k == 2 and kernel == "backward" and block_b >= _PAIR_ROW_CHUNKS_FROM_ROWS:
+                rows = _PAIR_ROW_CHUNK  # the pair split's backward product in row chunks
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
             # operand piece stays small (_resident_k_tiles), more while shared memory is short.
             # The time loop runs with LICM off (docs/kernels-v2.md §6.1), so neither the
@@ -305,7 +320,8 @@ def _geometry(
             return _configured(
                 options, block_b, block_h, num_gates, hidden, units,
                 chosen["forward"][0], chosen["backward"][0],
-                chosen["forward"][1], chosen["backward"][1], 0, **device_args, row_piece=rows,
+                chosen["forward"][1], chosen["backward"][1], 0, **device_args,
+                row_piece=piece if split_k == 1 else block_b,
             )  # fmt: skip
     # Streamed: the pieces read their rows chunk by chunk (the model's B-row staging is then
     # an upper bound).
