@@ -703,8 +703,8 @@ def test_envelope_float32_lstm_layer_norm_pair_split_rows(monkeypatch, arch):
 def test_state_in_memory_batch_norm_pair_split_128_rows(monkeypatch, arch):
     """The forward with batch norm in the float32 pair split at 128 rows re-reads its state
     each step (_state_in_memory; carried, the LSTM's forward spilled 100-108 B); its
-    backward carries it, and so do the other norms, 64 rows and bf16 (no pair split) at 128
-    rows. At 256 rows every forward has it in memory, as before."""
+    backward carries it, and so do the other norms and 64 rows (bf16 with batch norm at 128
+    rows takes the pair split as well, so the same rule). At 256 rows every forward has it in memory, as before."""
     import triton_aot
 
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
@@ -728,7 +728,10 @@ def test_state_in_memory_batch_norm_pair_split_128_rows(monkeypatch, arch):
         assert in_memory(128, cell, "none") == (2, (False, False))
         assert in_memory(128, cell, "layer") == (2, (False, False))
         assert in_memory(64, cell) == (2, (False, False))
-        assert in_memory(128, cell, dtype=torch.bfloat16) == (1, (False, False))
+        # bf16 with batch norm at 128 rows takes the pair split too (_geometry), and so
+        # the forward's state in memory; at 64 rows neither.
+        assert in_memory(128, cell, dtype=torch.bfloat16) == (2, (True, False))
+        assert in_memory(64, cell, dtype=torch.bfloat16) == (1, (False, False))
         assert in_memory(256, cell, "none")[1][0]
 
 
@@ -772,6 +775,45 @@ def test_envelope_float32_pair_split_backward_row_chunks(monkeypatch, arch):
             geo = geometry(batch, largest, cell)
             if geo["split_k"] == 2:
                 assert geo["rows_forward"] == geo["rows_backward"] == geo["BLOCK_B"]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_envelope_half_batch_norm_pair_split_128_rows(monkeypatch, arch):
+    """bf16 / fp16 with batch norm at 128 and 256 rows take the float32 pair split (split_k
+    = 2, 8 units a program, W_hh resident) first where its programs fit the SMs (the H100 to
+    H = 1024, the A100 to H = 864): with 16 units a program the whole step spilled KBs. Other
+    norms and 64 rows keep 16 units a program; beyond the SMs (the A100 at H = 1024) or
+    BLOCK_H = 1024 (H = 1056), 16 units as before."""
+    import triton_aot
+
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    properties = triton_aot.fake_device_properties(arch)()
+    largest = {80: 864, 90: 1024}[arch]
+
+    def geometry(batch, hidden=largest, cell="lstm", norm="batch", dtype=torch.bfloat16):
+        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
+        geo = triton_backend._geometry(
+            batch, hidden, gates, "cuda", dtype, 0,
+            properties=properties, input_precision="tf32", norm=norm,
+        )  # fmt: skip
+        assert triton_backend._resource_reason(geo) is None
+        return geo["split_k"], geo["units"], geo["stream_k"], geo["programs"]
+
+    pair = (2, 8, 0, 2 * -(-largest // 16))
+    for cell in ("lstm", "gru"):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert geometry(128, cell=cell, dtype=dtype) == pair
+            assert geometry(97, cell=cell, dtype=dtype) == pair  # BLOCK_B = 128
+            assert geometry(64, cell=cell, dtype=dtype)[:2] == (1, 16)
+            assert geometry(256, cell=cell, dtype=dtype) == pair
+            assert geometry(33, cell=cell, dtype=dtype)[:2] == (1, 16)  # BLOCK_B = 64
+        for norm in ("none", "layer"):
+            assert geometry(128, cell=cell, norm=norm)[:2] == (1, 16)
+            assert geometry(256, cell=cell, norm=norm)[:2] == (1, 16)
+    if arch == 80:  # 128 programs > 108 SMs: 16 units a program, resident
+        assert geometry(128, hidden=1024)[:3] == (1, 16, 0)
+    # Not beyond BLOCK_H = 1024 (an H100's 132 programs would take H = 1056 at 2048).
+    assert geometry(128, hidden=1056)[:2] == (1, 16)
 
 
 @pytest.mark.parametrize("arch", [80, 90])

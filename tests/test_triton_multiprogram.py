@@ -183,6 +183,26 @@ def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
     assert_matches_reference(inputs)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell):
+    """The pair split in bf16 with batch norm (the launcher's choice at 128 rows on a GPU,
+    _HALF_BATCH_NORM_PAIR_SPLIT_ROWS): the pair's partial dL/dh added through its flag
+    handshake, the forward's state re-read each step (STATE_IN_MEMORY, as the launcher
+    takes it there), against the float64 reference."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
+    inputs = make_inputs(
+        cell, "all_batch_norm", hidden=HIDDEN, dtype=torch.bfloat16, lengths=LENGTHS
+    )
+    gates = inputs.config.num_gates
+    geo = triton_backend._geometry(inputs.xg.shape[1], HIDDEN, gates, "cpu", torch.bfloat16)
+    assert geo["split_k"] == 2 and geo["programs"] == PROGRAMS
+    tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
+    assert 0 < triton_backend.split_tiles(geo) * tile < gates * HIDDEN
+    assert_matches_reference(inputs)
+
+
 @pytest.mark.parametrize(
     ("cell", "regularizer", "reverse", "state_in_memory"),
     [

@@ -88,6 +88,14 @@ _LAYER_NORM_PAIR_SPLIT_MAX_ROWS = 128
 # 52 (docs/kernels-v2.md §6.2). The forward's dots keep all rows.
 _PAIR_ROW_CHUNKS_FROM_ROWS = 256
 _PAIR_ROW_CHUNK = 64
+# bf16 / fp16 with batch norm from this BLOCK_B on (128 and 256 rows): the pair split
+# (split_k = 2, 8 units a program) first, where its 2 * ceil(H / 16) programs fit the SMs
+# (an H100 to H = 1024, an A100 to H = 864). With 16 units a program the whole step spilled
+# KBs (spill stores forward ; backward, triton 3.8 sm_90a H = 1024, LSTM B = 128 968 ; 492,
+# B = 256 1732 ; 2456); the pair split's [B, 32] gate tile and half the backward's K tiles
+# spill 0 ; 0 at 128 rows and LSTM 160 ; 468, GRU 0 ; 0 at 256 (_geometry;
+# docs/kernels-v2.md §6.2).
+_HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS = 128
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -188,6 +196,9 @@ def _geometry(
     With the pair split at ``BLOCK_B`` >= _PAIR_ROW_CHUNKS_FROM_ROWS (256) the backward's
     ``rows_backward`` is _PAIR_ROW_CHUNK (64): its product in row chunks (the rest of its step
     whole, ``row_piece`` = ``BLOCK_B``), so W2's K tiles and shared memory.
+    bf16 / fp16 with batch norm (``norm``) at ``BLOCK_B`` >=
+    _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS (128) take the pair split first, where its
+    programs fit the SMs (16 units a program spilled KBs there, the pair split far less).
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
     with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
@@ -276,10 +287,21 @@ def _geometry(
     # backward's K rows split over program pairs (N = the pair's 16 units; split_k,
     # kernels/primitives.py pair_sum). Both kernels keep one program per SM.
     pair_programs = 2 * -(-hidden // 16)
-    pair_split = common["element_bytes"] == 4 and proj == 0 and fewest == 16
+    # bf16 / fp16 with batch norm from _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS rows on: the pair
+    # split first (16 units a program spilled KBs there; docs/kernels-v2.md §6.2).
+    half_batch_norm_pair = common["element_bytes"] == 2 and norm == "batch"
+    half_batch_norm_pair &= block_b >= _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS
+    # ... to BLOCK_H = 1024 (as measured; an H100 would take it to H = 1056 at BLOCK_H = 2048,
+    # half its product padding: the GRU at 256 rows spilled 36 ; 176 B there, triton 3.6).
+    half_batch_norm_pair &= block_h <= 1024
+    pair_split = common["element_bytes"] == 4 or half_batch_norm_pair
+    pair_split = pair_split and proj == 0 and fewest == 16
     pair_split = pair_split and not (pieces and block_b > _LAYER_NORM_PAIR_SPLIT_MAX_ROWS)
     if pair_split and pair_programs <= sms:
-        candidates.append((8, False, 2))
+        if half_batch_norm_pair:
+            candidates.insert(0, (8, False, 2))
+        else:
+            candidates.append((8, False, 2))
     piece = block_b
     if pieces and block_b >= _WHOLE_STEP_PIECES_FROM_ROWS:
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
