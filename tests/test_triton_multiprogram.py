@@ -184,14 +184,19 @@ def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell):
-    """The pair split in bf16 with batch norm (the launcher's choice at 128 rows on a GPU,
-    _HALF_BATCH_NORM_PAIR_SPLIT_ROWS): the pair's partial dL/dh added through its flag
-    handshake, the forward's state re-read each step (STATE_IN_MEMORY, as the launcher
-    takes it there), against the float64 reference."""
+@pytest.mark.parametrize("row_chunks", [False, True])
+def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell, row_chunks):
+    """The pair split in bf16 with batch norm (the launcher's choice at 128 and 256 rows on a
+    GPU, _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS): the pair's partial dL/dh added through its
+    flag handshake, the forward's state re-read each step (STATE_IN_MEMORY, as the launcher
+    takes it there), against the float64 reference; with ``row_chunks`` the backward's
+    product in row chunks too (as at 256 rows: _PAIR_ROW_CHUNK, the LSTM's batch norm gate by
+    gate)."""
     monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
     monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
     monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
+    if row_chunks:
+        monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", 2)
     inputs = make_inputs(
         cell, "all_batch_norm", hidden=HIDDEN, dtype=torch.bfloat16, lengths=LENGTHS
     )
@@ -200,6 +205,7 @@ def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell):
     assert geo["split_k"] == 2 and geo["programs"] == PROGRAMS
     tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
     assert 0 < triton_backend.split_tiles(geo) * tile < gates * HIDDEN
+    assert (geo["BLOCK_B"] // geo["rows_backward"] == 4) is row_chunks
     assert_matches_reference(inputs)
 
 
