@@ -55,7 +55,6 @@ uint64_t low64(const py::int_& value) {
       [](Cls& p, const py::int_& v) { p.field = low64(v); })
 #define FRNN_RW(Cls, field) def_readwrite(#field, &Cls::field)
 
-#if !defined(FUSEDRNN_WITH_CUDA)
 // A block of the host buffer cache (csrc/host/buffer_cache.h) as a Python object with the
 // buffer protocol: torch.frombuffer views it (holding a reference), and the block goes back to
 // the cache when the last tensor viewing it is freed.
@@ -68,6 +67,7 @@ struct HostBuffer {
   ~HostBuffer() { fusedrnn::host::cache_release(block); }
 };
 
+#if !defined(FUSEDRNN_WITH_CUDA)
 [[noreturn]] void no_cuda() {
   throw std::runtime_error(
       "fusedrnn._C was built without CUDA (nvcc was not found at build time); rebuild on a "
