@@ -38,6 +38,7 @@ def cache_on(monkeypatch):
     monkeypatch.setattr(host, "_cache_limit", None)
     monkeypatch.delenv(host.CACHE_ENV, raising=False)
     host.cache_limit_bytes()
+    host.empty_cache()  # no free block of earlier tests: each request here allocates or reuses ours
     yield
     native.native().host_cache_set_limit(host.cache_limit_bytes())
 

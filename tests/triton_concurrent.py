@@ -16,6 +16,10 @@ things while it is active:
 * atomics run under one lock (atomic across threads whatever the extension does with the
   GIL) and yield the GIL afterwards, so a program spinning on the barrier counter lets the
   others progress instead of burning its whole switch interval.
+* ``InterpretedFunction.rewrite`` (the first call of each ``@triton.jit`` helper parses and
+  rewrites its source) runs under one lock: the programs' threads reach a helper's first call
+  together, and CPython 3.11's ``ast.parse`` is not safe in parallel threads ("AST constructor
+  recursion depth mismatch", seen once in CI).
 
 Memory is the host's numpy memory, and every load / store runs with the GIL held, so a store
 is visible to every thread's next load: the spin loops make progress. If any program raises,
@@ -70,6 +74,15 @@ def _atomic(method_name: str):
         return result
 
     return locked
+
+
+_rewrite_lock = threading.RLock()
+_original_rewrite = interpreter.InterpretedFunction.rewrite
+
+
+def _locked_rewrite(self):
+    with _rewrite_lock:
+        return _original_rewrite(self)
 
 
 class _ConcurrentBuilder(interpreter.InterpreterBuilder):
@@ -148,12 +161,14 @@ def concurrent_programs(timeout: float = 300.0):
     _state = _ConcurrentState(timeout)
     builder.__class__ = _ConcurrentBuilder
     interpreter.InterpretedFunction.run = _run_concurrently
+    interpreter.InterpretedFunction.rewrite = _locked_rewrite
     interpreter._patch_lang = lambda fn: original_patch_lang(getattr(fn, "kernel_program", fn))
     try:
         yield _state.grids
     finally:
         interpreter._patch_lang = original_patch_lang
         interpreter.InterpretedFunction.run = original_run
+        interpreter.InterpretedFunction.rewrite = _original_rewrite
         builder.__class__ = original_class
         builder.__dict__["grid_idx"] = original_idx
         _state = None
