@@ -443,10 +443,12 @@ def _gpu_geometry(
     arch=90,
     proj=0,
     input_precision="tf32",
+    norm="none",
 ):
     """The launcher's geometry and reason on an A100 / H100 (its properties faked, nothing
-    launched): the envelope's decisions, checkable without a GPU. float32 with TF32 unless
-    ``input_precision`` says otherwise (None: the launcher's rule, torch's flag)."""
+    launched) for a layer with ``norm``: the envelope's decisions, checkable without a GPU.
+    float32 with TF32 unless ``input_precision`` says otherwise (None: the launcher's rule,
+    torch's flag)."""
     import triton_aot
 
     monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
@@ -455,7 +457,7 @@ def _gpu_geometry(
     )
     gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
     geo = triton_backend._geometry(
-        batch, hidden, gates, "cuda", dtype, proj, input_precision=input_precision
+        batch, hidden, gates, "cuda", dtype, proj, input_precision=input_precision, norm=norm
     )
     return geo, triton_backend._resource_reason(geo)
 
@@ -631,17 +633,11 @@ def test_envelope_b256_lstm_layer_norm_row_pieces(monkeypatch, arch, batch):
     shared memory, and W_hh stays on chip to H = 1024 on both GPUs (the A100's 256-row
     staging made it 512); its state is in memory in both kernels. No other cell, norm, batch
     (64 rows and below) or a projection changes."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
 
     def geometry(cell, norm, batch=batch, hidden=1024, proj=0):
-        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-        return triton_backend._geometry(
-            batch, hidden, gates, "cuda", torch.bfloat16, proj,
-            properties=properties, input_precision="tf32", norm=norm,
-        )  # fmt: skip
+        return _gpu_geometry(
+            monkeypatch, batch, hidden, cell, torch.bfloat16, arch, proj, norm=norm
+        )[0]
 
     geo = geometry("lstm", "layer")
     assert geo["stream_k"] == 0 and triton_backend._resource_reason(geo) is None
@@ -669,18 +665,10 @@ def test_envelope_float32_lstm_layer_norm_pair_split_rows(monkeypatch, arch):
     with layer norm takes it to 128 rows (within the spill budget), not at 256 (its whole-step
     backward spilled 748 / 900 B on sm_90a): there 16 units a program in 64-row pieces, W_hh
     resident to H = 512 and streamed beyond. The other cells and norms keep it at 256 rows."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
     largest = {80: 864, 90: 1024}[arch]  # the pair split's largest H (programs <= SMs)
 
     def geometry(batch, hidden=largest, cell="lstm", norm="layer"):
-        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-        geo = triton_backend._geometry(
-            batch, hidden, gates, "cuda", torch.float32, 0,
-            properties=properties, input_precision="tf32", norm=norm,
-        )  # fmt: skip
+        geo = _gpu_geometry(monkeypatch, batch, hidden, cell, torch.float32, arch, 0, norm=norm)[0]
         assert triton_backend._resource_reason(geo) is None
         return geo
 
@@ -705,18 +693,10 @@ def test_state_in_memory_batch_norm_pair_split_128_rows(monkeypatch, arch):
     each step (_state_in_memory; carried, the LSTM's forward spilled 100-108 B); its
     backward carries it, and so do the other norms and 64 rows (bf16 with batch norm at 128
     rows takes the pair split as well, so the same rule). At 256 rows every forward has it in memory, as before."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
     largest = {80: 864, 90: 1024}[arch]  # the pair split's largest H (programs <= SMs)
 
     def in_memory(batch, cell="lstm", norm="batch", dtype=torch.float32):
-        gates = RecurrenceConfig(cell=cell, hidden_size=largest).num_gates
-        geo = triton_backend._geometry(
-            batch, largest, gates, "cuda", dtype, 0,
-            properties=properties, input_precision="tf32", norm=norm,
-        )  # fmt: skip
+        geo = _gpu_geometry(monkeypatch, batch, largest, cell, dtype, arch, 0, norm=norm)[0]
         assert triton_backend._resource_reason(geo) is None
         split = geo["split_k"]
         return split, tuple(
@@ -743,18 +723,12 @@ def test_envelope_float32_pair_split_backward_row_chunks(monkeypatch, arch):
     256-row dots, which stay whole; the largest H is unchanged (H = 1024 on the H100, 512 on
     the A100, where the forward's 256-row staging is the limit). Below 256 rows the
     backward's dots keep every row."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
     largest = {80: 512, 90: 1024}[arch]
 
     def geometry(batch, hidden, cell):
-        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-        return triton_backend._geometry(
-            batch, hidden, gates, "cuda", torch.float32, 0,
-            properties=properties, input_precision="tf32", norm="none",
-        )  # fmt: skip
+        return _gpu_geometry(monkeypatch, batch, hidden, cell, torch.float32, arch, 0, norm="none")[
+            0
+        ]
 
     for cell, backward in (("lstm", 167936), ("gru", 135168)):
         geo = geometry(256, largest, cell)
@@ -784,18 +758,10 @@ def test_envelope_half_batch_norm_pair_split_128_rows(monkeypatch, arch):
     H = 1024, the A100 to H = 864): with 16 units a program the whole step spilled KBs. Other
     norms and 64 rows keep 16 units a program; beyond the SMs (the A100 at H = 1024) or
     BLOCK_H = 1024 (H = 1056), 16 units as before."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
     largest = {80: 864, 90: 1024}[arch]
 
     def geometry(batch, hidden=largest, cell="lstm", norm="batch", dtype=torch.bfloat16):
-        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-        geo = triton_backend._geometry(
-            batch, hidden, gates, "cuda", dtype, 0,
-            properties=properties, input_precision="tf32", norm=norm,
-        )  # fmt: skip
+        geo = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch, 0, norm=norm)[0]
         assert triton_backend._resource_reason(geo) is None
         return geo["split_k"], geo["units"], geo["stream_k"], geo["programs"]
 
@@ -821,17 +787,9 @@ def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
     both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,
     bf16, 128 rows and the LSTM with layer norm's row pieces keep 8."""
-    import triton_aot
-
-    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
-    properties = triton_aot.fake_device_properties(arch)()
 
     def warps(batch, hidden, cell="gru", norm="none", dtype=torch.float32):
-        gates = RecurrenceConfig(cell=cell, hidden_size=hidden).num_gates
-        geo = triton_backend._geometry(
-            batch, hidden, gates, "cuda", dtype, 0,
-            properties=properties, input_precision="tf32", norm=norm,
-        )  # fmt: skip
+        geo = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch, 0, norm=norm)[0]
         assert triton_backend._resource_reason(geo) is None
         return tuple(
             triton_backend._num_warps(
