@@ -65,6 +65,35 @@ FRNN_ALWAYS_INLINE void st(float* p, Lanes<L> v, int64_t k) {
   simd::store<L>(p, v.v, k);
 }
 
+// The first k <= L bfloat16 values at p, widened (exact); L floats rounded to bfloat16 (round
+// to nearest even, NaN stays NaN: gemm_bf16.h's bf16_bits per lane), the first k stored.
+template <int L>
+FRNN_ALWAYS_INLINE Lanes<L> ld_bf16(const uint16_t* p, int64_t k) {
+  typedef uint16_t Half __attribute__((vector_size(2 * L)));
+  Half v;
+  if (k == L) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    v = Half{};
+    std::memcpy(&v, p, sizeof(uint16_t) * static_cast<size_t>(k));
+  }
+  return Lanes<L>((simd::VecF<L>)(__builtin_convertvector(v, simd::VecU<L>) << 16));
+}
+template <int L>
+FRNN_ALWAYS_INLINE void st_bf16(uint16_t* p, Lanes<L> x, int64_t k) {
+  typedef uint16_t Half __attribute__((vector_size(2 * L)));
+  using U = simd::VecU<L>;
+  const U u = (U)x.v;
+  const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const U nan = (U)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+  const Half v = __builtin_convertvector((nan & ((u >> 16) | 0x0040u)) | (~nan & rounded), Half);
+  if (k == L) {
+    std::memcpy(p, &v, sizeof v);
+  } else {
+    std::memcpy(p, &v, sizeof(uint16_t) * static_cast<size_t>(k));
+  }
+}
+
 // zoneout_weights per lane: the draws' 1 / 0 (training) or p, 1 - p (eval).
 template <int L>
 FRNN_ALWAYS_INLINE void weights(const Zoneout<float>& z, const uint8_t* row, int64_t k,
@@ -101,7 +130,8 @@ inline bool active(const int64_t* len, int64_t t, int64_t T, int64_t b) {
   return t < (len != nullptr ? len[b] : T);
 }
 
-template <int L>
+// Bf16Io: xg and the output in bfloat16 (q.xg_bf16, q.out_bf16).
+template <int L, bool Bf16Io>
 FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
   using V = Lanes<L>;
   const bool lstm = q.cell == kCellLstm;
@@ -109,7 +139,8 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
   for (int64_t b = 0; b < q.B; ++b) {
     const bool act = active(q.len, q.t, q.T, b);
     const float* ab = q.a + b * G * n;
-    const float* x = q.xg + b * q.xg_ld;
+    const float* x = Bf16Io ? nullptr : q.xg + b * q.xg_ld;
+    const uint16_t* x_bf16 = Bf16Io ? q.xg_bf16 + b * q.xg_ld : nullptr;
     float* c = q.c + b * n;
     float* h = q.h + b * n;
     const float* mh = q.mh + b * n;
@@ -121,11 +152,20 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
     auto units = [&](int64_t k0, auto kk) __attribute__((always_inline)) {
       const int64_t k = kk;
       // W_hh h + b_hh of gate g (the phased form's a + b_hh, then xg + that).
-      auto rec = [&](int64_t g) {
+      // (always_inline: a lambda does not inherit the kernel's target, so one left out of line
+      // would return its 64-byte vector under the baseline ABI, in memory: a crash.)
+      auto rec = [&](int64_t g) __attribute__((always_inline)) {
         const V v = ld<L>(ab + g * n + k0, k);
         return q.bias != nullptr ? v + ld<L>(q.bias + g * H + k0, k) : v;
       };
-      auto xin = [&](int64_t g) { return ld<L>(x + g * H + k0, k); };
+      auto xin = [&](int64_t g) __attribute__((always_inline)) {
+        if constexpr (Bf16Io) {
+          if (q.xg_next_step != 0) __builtin_prefetch(x_bf16 + q.xg_next_step + g * H + k0);
+          return ld_bf16<L>(x_bf16 + g * H + k0, k);
+        }
+        if (q.xg_next_step != 0) __builtin_prefetch(x + q.xg_next_step + g * H + k0);
+        return ld<L>(x + g * H + k0, k);
+      };
       const V h_prev = ld<L>(h + k0, k);
       V h_tilde;
       if (lstm) {
@@ -160,7 +200,11 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
       const V h_new = act ? h_zo : h_prev;
       st<L>(h + k0, h_new, k);
       if (q.h_state != nullptr) st<L>(q.h_state + b * q.h_ld + k0, h_new, k);
-      st<L>(q.out + b * q.out_ld + k0, act ? h_zo : V(0.0f), k);
+      if constexpr (Bf16Io) {
+        st_bf16<L>(q.out_bf16 + b * q.out_ld + k0, act ? h_zo : V(0.0f), k);
+      } else {
+        st<L>(q.out + b * q.out_ld + k0, act ? h_zo : V(0.0f), k);
+      }
       st<L>(q.hin + b * q.h_ld + k0, ld<L>(mh + k0, k) * h_new, k);
     };
     int64_t k0 = 0;
@@ -169,7 +213,8 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
   }
 }
 
-template <int L>
+// Bf16Io: d(out) and d xg in bfloat16 (q.grad_out_bf16, q.dxg_bf16).
+template <int L, bool Bf16Io>
 FRNN_ALWAYS_INLINE void cell_backward_body(const CellBackwardArgs& q) {
   using V = Lanes<L>;
   const bool lstm = q.cell == kCellLstm;
@@ -179,22 +224,34 @@ FRNN_ALWAYS_INLINE void cell_backward_body(const CellBackwardArgs& q) {
     const bool prev_act = q.has_prev && active(q.len, q.tp, q.T, b);
     const float* hp = prev_act ? q.h_prev + b * q.h_prev_ld : q.h0 + b * q.h_ld;
     const float* gs = q.gates + b * G * H;
-    const float* gout = q.grad_out + b * q.grad_out_ld;
+    const float* gout = Bf16Io ? nullptr : q.grad_out + b * q.grad_out_ld;
+    const uint16_t* gout_bf16 = Bf16Io ? q.grad_out_bf16 + b * q.grad_out_ld : nullptr;
     const uint8_t* zc_row = q.zc_rows != nullptr ? q.zc_rows + b * n : nullptr;
     const uint8_t* zh_row = q.zh_rows != nullptr ? q.zh_rows + b * n : nullptr;
-    float* dxg = q.dxg + b * G * H;
+    float* dxg = Bf16Io ? nullptr : q.dxg + b * G * H;
+    uint16_t* dxg_bf16 = Bf16Io ? q.dxg_bf16 + b * G * H : nullptr;
     float* dab = q.dab + b * G * H;
     const int64_t e0 = b * n;
     for (int64_t k0 = 0; k0 < n; k0 += L) {
       const int64_t k = n - k0 < L ? n - k0 : L;
-      auto write_gate = [&](int64_t g, V d_ab, V d_xg) {
-        st<L>(dxg + g * H + k0, d_xg, k);
+      auto write_gate = [&](int64_t g, V d_ab, V d_xg) __attribute__((always_inline)) {
+        if constexpr (Bf16Io) {
+          st_bf16<L>(dxg_bf16 + g * H + k0, d_xg, k);
+        } else {
+          st<L>(dxg + g * H + k0, d_xg, k);
+        }
         st<L>(dab + g * H + k0, d_ab, k);
       };
       const V h_prev = ld<L>(hp + k0, k);
       st<L>(q.hin + b * q.h_ld + k0, ld<L>(q.mh + e0 + k0, k) * h_prev, k);
       const V dh = ld<L>(q.dh + e0 + k0, k);
-      const V dnew = act ? dh + ld<L>(gout + k0, k) : V(0.0f);
+      V gout_k;
+      if constexpr (Bf16Io) {
+        gout_k = ld_bf16<L>(gout_bf16 + k0, k);
+      } else {
+        gout_k = ld<L>(gout + k0, k);
+      }
+      const V dnew = act ? dh + gout_k : V(0.0f);
       V dprev;
       const V dhtil = zoneout_bwd<L>(q.zh, zh_row + k0, k, dnew, &dprev);
       V dh_prev = act ? dprev : dh;
@@ -231,16 +288,20 @@ FRNN_ALWAYS_INLINE void cell_backward_body(const CellBackwardArgs& q) {
 }
 
 FRNN_ALWAYS_INLINE void cell_forward_f32_body(const CellForwardArgs& q) {
-  cell_forward_body<8>(q);
+  if (q.xg_bf16 != nullptr) return cell_forward_body<8, true>(q);
+  cell_forward_body<8, false>(q);
 }
 FRNN_ALWAYS_INLINE void cell_forward_f32_v4_body(const CellForwardArgs& q) {
-  cell_forward_body<16>(q);
+  if (q.xg_bf16 != nullptr) return cell_forward_body<16, true>(q);
+  cell_forward_body<16, false>(q);
 }
 FRNN_ALWAYS_INLINE void cell_backward_f32_body(const CellBackwardArgs& q) {
-  cell_backward_body<8>(q);
+  if (q.dxg_bf16 != nullptr) return cell_backward_body<8, true>(q);
+  cell_backward_body<8, false>(q);
 }
 FRNN_ALWAYS_INLINE void cell_backward_f32_v4_body(const CellBackwardArgs& q) {
-  cell_backward_body<16>(q);
+  if (q.dxg_bf16 != nullptr) return cell_backward_body<16, true>(q);
+  cell_backward_body<16, false>(q);
 }
 
 FRNN_DISPATCH_SPLIT(void, cell_forward_f32, (const CellForwardArgs& q), (q))

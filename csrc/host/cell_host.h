@@ -24,6 +24,11 @@ struct CellForwardArgs {
   const float* a;    // [B][G * n] W_hh h of the step, gate-major
   const float* xg;   // row b, gate g, unit k at xg[b * xg_ld + g * H + k]
   int64_t xg_ld;
+  // Elements from this step's xg (or xg_bf16) to the next step's, prefetched row by row (0:
+  // none). xg computed before the call ([T, B, G * H], 8 MiB at C2 in bf16) is not in cache,
+  // and the hardware prefetcher does not follow a worker's 4 slices per row: the loads of xg
+  // were the cell's hottest instructions (bf16 C2 inference).
+  int64_t xg_next_step = 0;
   const float* bias;  // gate g, unit k at bias[g * H + k]; may be null
   float* c;          // [B][n] the state (lstm), updated
   float* h;          // [B][n] the state, updated
@@ -39,6 +44,12 @@ struct CellForwardArgs {
   int64_t h_ld;
   float* out;  // the step's output, row stride out_ld
   int64_t out_ld;
+  // bfloat16 layers (both set, or neither): xg read as bfloat16 bits (same layout as xg, which
+  // is then unused) and the output written rounded to bfloat16 (round to nearest even, NaN
+  // stays NaN, as gemm_bf16.h's narrow_bf16; same layout as out, which is then unused). So the
+  // call's [T, B, G * H] xg and [T, B, H] output are never converted as a whole.
+  const uint16_t* xg_bf16 = nullptr;
+  uint16_t* out_bf16 = nullptr;
   float* hin;  // the exchange buffer the next step reads (m_h * h), row stride h_ld
 };
 void cell_forward_rows(const CellForwardArgs& q);
@@ -71,6 +82,11 @@ struct CellBackwardArgs {
   float* dab;      // d(a + b_hh), same layout
   float* dh_prev;  // [B][n] direct part of d(h_{t-1})
   float* dc_prev;  // [B][n] d(c_{t-1}) (lstm)
+  // bfloat16 layers (both set, or neither): d(out_t) read as bfloat16 bits (same layout as
+  // grad_out, then unused) and d xg written rounded to bfloat16 (as the forward's out_bf16;
+  // same layout as dxg, then unused).
+  const uint16_t* grad_out_bf16 = nullptr;
+  uint16_t* dxg_bf16 = nullptr;
 };
 void cell_backward_rows(const CellBackwardArgs& q);
 

@@ -234,13 +234,13 @@ struct HostForwardPolicy : HostWorker<T> {
     q.a = w.a;
     q.xg = static_cast<const float*>(p.xg) + t * p.xg_stride_t + u0;
     q.xg_ld = p.xg_stride_b;
-    if (xg_bf16 != nullptr) {  // bfloat16 xg: own columns of step t widened here
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t g = 0; g < p.G; ++g)
-          widen_bf16(xg_bf16 + t * xg_bf16_stride_t + b * xg_bf16_stride_b + g * H + u0,
-                     xg_step->data() + b * N + g * H + u0, n);
-      q.xg = xg_step->data() + u0;
-      q.xg_ld = N;
+    const int64_t next = s + 1 < p.T ? (p.reverse ? -1 : 1) : 0;  // the next step's xg
+    q.xg_next_step = next * p.xg_stride_t;
+    if (xg_bf16 != nullptr) {  // bfloat16 layers: the cell reads xg, writes out in bfloat16
+      q.xg = nullptr;
+      q.xg_bf16 = xg_bf16 + t * xg_bf16_stride_t + u0;
+      q.xg_ld = xg_bf16_stride_b;
+      q.xg_next_step = next * xg_bf16_stride_t;
     }
     q.bias = p.b_hh != nullptr ? static_cast<const float*>(p.b_hh) + u0 : nullptr;
     if constexpr (std::is_same_v<T, float>) {
@@ -248,6 +248,7 @@ struct HostForwardPolicy : HostWorker<T> {
         project_chunk(p, t);
         q.xg = xbuf + (t - chunk * xk) * B * N + u0;
         q.xg_ld = N;
+        q.xg_next_step = 0;  // the chunk buffer is in cache
         q.bias = bias_sum + u0;
       }
     }
@@ -266,8 +267,14 @@ struct HostForwardPolicy : HostWorker<T> {
     }
     q.h_state = at(p.h_state, saved_rows * P);
     q.h_ld = P;
-    q.out = static_cast<float*>(p.out) + t * p.out_stride_t + u0;
-    q.out_ld = p.out_stride_b;
+    if (xg_bf16 != nullptr) {
+      q.out = nullptr;
+      q.out_bf16 = out_bf16 + t * out_bf16_stride_t + u0;
+      q.out_ld = out_bf16_stride_b;
+    } else {
+      q.out = static_cast<float*>(p.out) + t * p.out_stride_t + u0;
+      q.out_ld = p.out_stride_b;
+    }
     q.hin = hin + ((s + 1) & 1) * B * P + u0;
     cell_forward_rows(q);
   }
@@ -292,10 +299,12 @@ struct HostForwardPolicy : HostWorker<T> {
   // bfloat16 layers (gemm_bf16.h): own W_hh^T columns packed in bf16 (else nullptr).
   const PackedBf16* w_bf16 = nullptr;
   Bf16Scratch* bf16_scratch = nullptr;
-  // bfloat16 xg read per step by vector_cell_step (p.xg unused), widened into xg_step [B, N].
+  // bfloat16 layers on the vector cell (Bf16Forward::xg): xg read and the output written in
+  // bfloat16 by the cell itself (p.xg and p.out unused).
   const uint16_t* xg_bf16 = nullptr;
   int64_t xg_bf16_stride_t = 0, xg_bf16_stride_b = 0;
-  std::vector<float>* xg_step = nullptr;
+  uint16_t* out_bf16 = nullptr;
+  int64_t out_bf16_stride_t = 0, out_bf16_stride_b = 0;
   // float32 inference with the input projection in the loop (xproj_in_loop_applies): own
   // columns of gate g of W_ih^T packed in w_ih[g] (K = I, pack_b); xg of `xk` steps at a time,
   // [xk * B, G * H] with only own columns written, in xbuf; bias_sum = b_ih + b_hh (own
@@ -340,12 +349,16 @@ struct HostForwardPolicy : HostWorker<T> {
 };
 
 // The bfloat16 layers' options of forward_impl: the recurrent product in bfloat16
-// (gemm_bf16.h; B > 1), and xg left in bfloat16 and widened a step at a time by the vector
-// cell (vector_cell_applies, not fused_cell; p.xg is then unused).
+// (gemm_bf16.h; B > 1), and xg / the output left in bfloat16, read / written by the vector
+// cell (vector_cell_applies, not fused_cell; p.xg and p.out are then unused). Converting them
+// whole at the call's boundary cost 8 % of a bfloat16 C5 inference call (xg widened a step at
+// a time) and 2 % (the output narrowed at the end).
 struct Bf16Forward {
   bool product = false;
-  const uint16_t* xg = nullptr;
+  const uint16_t* xg = nullptr;  // set: the vector cell's bfloat16 xg and output
   int64_t xg_stride_t = 0, xg_stride_b = 0;
+  uint16_t* out = nullptr;
+  int64_t out_stride_t = 0, out_stride_b = 0;
 };
 
 std::atomic<int64_t> g_xproj_calls{0};
@@ -463,13 +476,13 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
     }
-    std::vector<float> xg_step;
     if (bf.xg != nullptr) {
-      xg_step.resize(static_cast<size_t>(B * G * H));
       policy.xg_bf16 = bf.xg;
       policy.xg_bf16_stride_t = bf.xg_stride_t;
       policy.xg_bf16_stride_b = bf.xg_stride_b;
-      policy.xg_step = &xg_step;
+      policy.out_bf16 = bf.out;
+      policy.out_bf16_stride_t = bf.out_stride_t;
+      policy.out_bf16_stride_b = bf.out_stride_b;
     }
     // The input projection in the step loop (xproj_in_loop_applies): own W_ih^T columns
     // packed per gate, once per call; the sum of the two biases for own columns.
@@ -526,6 +539,11 @@ struct HostBackwardPolicy : HostWorker<T> {
   // bfloat16 layers (gemm_bf16.h): own W_hh columns packed in bf16 (else nullptr).
   const PackedBf16* w_bf16 = nullptr;
   Bf16Scratch* bf16_scratch = nullptr;
+  // bfloat16 layers on the vector cell (Bf16Backward): d(out) read and d xg ([T, B, N])
+  // written in bfloat16 by the cell itself (p.grad_out and p.dxg unused).
+  const uint16_t* grad_out_bf16 = nullptr;
+  int64_t grad_out_bf16_stride_t = 0, grad_out_bf16_stride_b = 0;
+  uint16_t* dxg_bf16 = nullptr;
 
   void backward_product(const T* da_t, T* d) const {
     if constexpr (std::is_same_v<T, float>) {
@@ -581,14 +599,20 @@ struct HostBackwardPolicy : HostWorker<T> {
     q.gates = at(p.gates, B * N);
     q.c_tilde = at(p.c_tilde, B * H);
     q.gru_hn = at(p.gru_hn, B * H);
-    q.grad_out = static_cast<const float*>(p.grad_out) + t * p.grad_out_stride_t + u0;
-    q.grad_out_ld = p.grad_out_stride_b;
+    if (dxg_bf16 != nullptr) {  // bfloat16 layers: d(out) read, d xg written in bfloat16
+      q.grad_out_bf16 = grad_out_bf16 + t * grad_out_bf16_stride_t + u0;
+      q.grad_out_ld = grad_out_bf16_stride_b;
+      q.dxg_bf16 = dxg_bf16 + t * B * N + u0;
+    } else {
+      q.grad_out = static_cast<const float*>(p.grad_out) + t * p.grad_out_stride_t + u0;
+      q.grad_out_ld = p.grad_out_stride_b;
+      q.dxg = static_cast<float*>(p.dxg) + t * B * N + u0;
+    }
     q.dh = w.dh;
     q.dc = w.dc;
     q.mh = w.mh;
     this->set_zoneout(q, p, t, B, u0, n);
     q.hin = static_cast<float*>(p.hin) + t * B * P + u0;
-    q.dxg = static_cast<float*>(p.dxg) + t * B * N + u0;
     q.dab = static_cast<float*>(p.dab) + t * B * N + u0;
     q.dh_prev = w.dh_prev;
     q.dc_prev = w.dc_prev;
@@ -625,9 +649,20 @@ struct HostBackwardPolicy : HostWorker<T> {
   }
 };
 
-// bf16_product: the product da W_hh in bfloat16 (gemm_bf16.h; bfloat16 layers, B > 1).
+// The bfloat16 layers' options of backward_impl: the product da W_hh in bfloat16 (gemm_bf16.h;
+// B > 1), and d(out) / d xg left in bfloat16, read / written by the vector cell
+// (vector_cell_applies, not fused_cell; p.grad_out and p.dxg are then unused), as the
+// forward's Bf16Forward.
+struct Bf16Backward {
+  bool product = false;
+  const uint16_t* grad_out = nullptr;  // set: the vector cell's bfloat16 d(out) and d xg
+  int64_t grad_out_stride_t = 0, grad_out_stride_b = 0;
+  uint16_t* dxg = nullptr;
+};
+
 template <class T>
-void backward_impl(const RecurrenceBwdParams& p, bool bf16_product = false) {
+void backward_impl(const RecurrenceBwdParams& p, const Bf16Backward& bf = Bf16Backward()) {
+  const bool bf16_product = bf.product;
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G, N = cm.N;
   const T* w = static_cast<const T*>(p.w_hh);
@@ -704,6 +739,12 @@ void backward_impl(const RecurrenceBwdParams& p, bool bf16_product = false) {
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
+    }
+    if (bf.dxg != nullptr) {
+      policy.grad_out_bf16 = bf.grad_out;
+      policy.grad_out_bf16_stride_t = bf.grad_out_stride_t;
+      policy.grad_out_bf16_stride_b = bf.grad_out_stride_b;
+      policy.dxg_bf16 = bf.dxg;
     }
     backward_steps(policy, p, scratch);
   }
@@ -944,14 +985,20 @@ void forward_widened(const RecurrenceFwdParams& p) {
       bf.xg = static_cast<const uint16_t*>(p.xg);
       bf.xg_stride_t = p.xg_stride_t;
       bf.xg_stride_b = p.xg_stride_b;
+      bf.out = static_cast<uint16_t*>(p.out);
+      bf.out_stride_t = p.out_stride_t;
+      bf.out_stride_b = p.out_stride_b;
       q.xg = nullptr;  // not widened (widen_common skips it)
+      q.out = nullptr;  // bfloat16 storage: written through bf only
     }
   }
   widen_common(q, w, wa, true);
   const int64_t T = p.T, B = p.B, H = p.H, P = p.proj_size > 0 ? p.proj_size : H;
-  q.out = w.out_strided(q.out, T, B, P, p.out_stride_t, p.out_stride_b);
-  q.out_stride_t = B * P;
-  q.out_stride_b = P;
+  if (bf.out == nullptr) {
+    q.out = w.out_strided(q.out, T, B, P, p.out_stride_t, p.out_stride_b);
+    q.out_stride_t = B * P;
+    q.out_stride_b = P;
+  }
   q.h_n = w.out(q.h_n, B * P);
   q.c_n = w.out(q.c_n, B * H);
   forward_impl<C>(q, bf);
@@ -973,12 +1020,26 @@ void backward_widened(const RecurrenceBwdParams& p) {
     q.out_stride_t = B * P;
     q.out_stride_b = P;
   }
-  q.grad_out = w.in_strided(q.grad_out, T, B, P, q.grad_out_stride_t, q.grad_out_stride_b);
-  q.grad_out_stride_t = B * P;
-  q.grad_out_stride_b = P;
+  Bf16Backward bf;
+  if constexpr (kBf16Storage<S, C>) {
+    bf.product = bf16_product_applies(p);
+    if (vector_cell_applies(p) && !p.fused_cell) {
+      bf.grad_out = static_cast<const uint16_t*>(p.grad_out);
+      bf.grad_out_stride_t = p.grad_out_stride_t;
+      bf.grad_out_stride_b = p.grad_out_stride_b;
+      bf.dxg = static_cast<uint16_t*>(p.dxg);
+      q.grad_out = nullptr;  // bfloat16 storage: read through bf only
+      q.dxg = nullptr;
+    }
+  }
+  if (bf.dxg == nullptr) {
+    q.grad_out = w.in_strided(q.grad_out, T, B, P, q.grad_out_stride_t, q.grad_out_stride_b);
+    q.grad_out_stride_t = B * P;
+    q.grad_out_stride_b = P;
+    q.dxg = w.out(q.dxg, T * B * N);
+  }
   q.grad_h_n = w.in(q.grad_h_n, B * P);
   q.grad_c_n = w.in(q.grad_c_n, B * H);
-  q.dxg = w.out(q.dxg, T * B * N);
   q.dab = wa.out(q.dab, T * B * N);
   q.da = wa.out(q.da, T * B * N);
   q.hin = wa.out(q.hin, T * B * P);
@@ -987,7 +1048,7 @@ void backward_widened(const RecurrenceBwdParams& p) {
   q.dproj = wa.out(q.dproj, T * B * P);
   q.dh0 = w.out(q.dh0, B * P);
   q.dc0 = w.out(q.dc0, B * H);
-  backward_impl<C>(q, kBf16Storage<S, C> && bf16_product_applies(p));
+  backward_impl<C>(q, bf);
   w.write_back();
   wa.write_back();
 }
