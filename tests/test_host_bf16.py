@@ -22,9 +22,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import assert_by_rule
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
-from fusedrnn.backends import native
+from fusedrnn.backends import host, native
 
 pytestmark = pytest.mark.skipif(
     fusedrnn.available_backends().get("host") is not None, reason="fusedrnn._C not built"
@@ -216,3 +219,68 @@ def test_amx_refused_by_the_os_falls_back_to_avx512_bf16():
     run = _run(_REFUSE_AMX + _TIER_SCRIPT, None)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "avx512-bf16"
+
+
+BF16_ROW_SPLIT_CASES = [
+    # cell, B, I, H, T, layers, bidirectional, lengths, batch_first
+    ("lstm", 7, 9, 16, 6, 2, True, True, False),
+    ("lstm", 33, 5, 13, 5, 1, False, False, True),
+    ("gru", 9, 11, 33, 4, 1, True, True, True),
+    ("gru", 6, 6, 5, 3, 2, False, False, False),
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", BF16_ROW_SPLIT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_bf16_inference_row_split(case, threads, monkeypatch):
+    """bfloat16 inference split by batch rows (recurrence_host.cpp forward_bf16_row_split,
+    forced on at these small sizes; 2 or 3 threads, uneven row counts): each thread runs its
+    rows of the bf16 xg and output, h0, c0, lengths, h_n, c_n. The same results as the unit
+    split, bit for bit (every row's products and cell are the same operations), and by the
+    numerics rule against float64 (torch.nn bfloat16 as the baseline)."""
+    if native.native().host_bf16_variant() == "none":
+        pytest.skip("no bf16 tier on this CPU: the bf16 layers take the float32 product")
+    cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    torch.manual_seed(B * 10 + H)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    ours = cls(I, H, backend="host", **kw).eval().bfloat16()
+    theirs = getattr(torch.nn, cell.upper())(I, H, **kw).eval().bfloat16()
+    theirs.load_state_dict(ours.state_dict())
+    truth = cls(I, H, backend="host", **kw).eval().double()
+    truth.load_state_dict(ours.state_dict())
+    dirs = 2 if bidirectional else 1
+    x = torch.randn((B, T, I) if batch_first else (T, B, I))
+    h0 = torch.randn(layers * dirs, B, H)
+    state = (h0, torch.randn(layers * dirs, B, H)) if cell == "lstm" else h0
+    lengths = torch.randint(1, T + 1, (B,)) if with_lengths else None
+    if lengths is not None:
+        lengths[B // 2] = T
+
+    def run(m, dtype):
+        xs = x.to(dtype)
+        st = tuple(s.to(dtype) for s in state) if cell == "lstm" else state.to(dtype)
+        if lengths is not None:
+            xs = pack_padded_sequence(xs, lengths, batch_first=batch_first, enforce_sorted=False)
+        out, st = m(xs, st)
+        if lengths is not None:
+            out, _ = pad_packed_sequence(out, batch_first=batch_first)
+        h_n, c_n = st if cell == "lstm" else (st, None)
+        return {k: v for k, v in {"output": out, "h_n": h_n, "c_n": c_n}.items() if v is not None}
+
+    calls = native.native().host_row_split_calls
+    with torch.no_grad():
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
+        before = calls()
+        got = run(ours, torch.bfloat16)
+        assert calls() - before == layers * dirs, "the row split did not run"
+        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "0")
+        before = calls()
+        units = run(ours, torch.bfloat16)
+        assert calls() == before
+        want = run(truth, torch.float64)
+        base = run(theirs, torch.bfloat16)
+    assert_by_rule(got, want, base, torch.bfloat16, what=f"host bf16 row split {case}")
+    for name in got:
+        assert torch.equal(got[name], units[name]), name

@@ -973,6 +973,30 @@ inline bool bf16_product_applies(const RecurrenceFwdParams& p) {
   return (p.cell == kCellLstm || p.cell == kCellGru) && bf16_tier() != Bf16Tier::kNone;
 }
 
+RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1);
+int bf16_row_split_threads(const RecurrenceFwdParams& p, const Bf16Forward& bf);
+extern std::atomic<int64_t> g_row_split_calls;
+
+// A bfloat16 layer's forward split by batch rows (bf16_row_split_threads): q's float32 copies
+// and bf's bf16 xg / output, each thread its rows as a one-thread call.
+void forward_bf16_row_split(const RecurrenceFwdParams& q, const Bf16Forward& bf, int nt_req) {
+  g_row_split_calls.fetch_add(1, std::memory_order_relaxed);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt_req)
+#endif
+  {
+    const int tid = thread_id(), nt = team_size();
+    const int64_t b0 = q.B * tid / nt, b1 = q.B * (tid + 1) / nt;
+    RecurrenceFwdParams r = rows_of(q, b0, b1);
+    r.x = nullptr;  // unused (the bf16 layers' xg is given) and not float32
+    r.out = nullptr;
+    Bf16Forward rb = bf;
+    rb.xg = bf.xg + b0 * bf.xg_stride_b;
+    rb.out = bf.out + b0 * bf.out_stride_b;
+    forward_impl<float>(r, rb);
+  }
+}
+
 template <class S, class C>
 void forward_widened(const RecurrenceFwdParams& p) {
   RecurrenceFwdParams q = p;
@@ -1001,7 +1025,13 @@ void forward_widened(const RecurrenceFwdParams& p) {
   }
   q.h_n = w.out(q.h_n, B * P);
   q.c_n = w.out(q.c_n, B * H);
-  forward_impl<C>(q, bf);
+  int split = 0;
+  if constexpr (kBf16Storage<S, C>) split = bf16_row_split_threads(q, bf);
+  if (split > 0) {
+    forward_bf16_row_split(q, bf, split);
+  } else {
+    forward_impl<C>(q, bf);
+  }
   w.write_back();
   wa.write_back();
 }
@@ -1137,6 +1167,30 @@ constexpr int64_t kRowSplitMinRows = 16;
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
 
 std::atomic<int64_t> g_row_split_calls{0};
+
+// The same split for a bfloat16 layer's inference on the vector cell with the bf16 product
+// (forward_widened, Bf16Forward with xg / output in bf16): each thread its rows, packing its own
+// bf16 W_hh^T (every column). Where the rows per thread fill an AMX tile (kRowSplitMinRows =
+// 16) and the bf16 W_hh fits a core's L2: the unit split's per-step barrier and exchange were
+// ~8-14 % of a bf16 C2 / C5 inference call (perf: libgomp's waits). Measured on the idle
+// 2-core Xeon (AMX), interleaved in one process, bf16 host / torch.nn: C2 1.18 -> 1.04, C5
+// 1.09 -> 1.24 (docs/design.md §5.4). FUSEDRNN_HOST_ROW_SPLIT=0 / 1 as above.
+int bf16_row_split_threads(const RecurrenceFwdParams& p, const Bf16Forward& bf) {
+  const int64_t nt = std::min<int64_t>(p.num_threads, p.H);
+  // No training-mode random draws (those are indexed by the global row), as above.
+  const bool draws = p.training && (p.p_dropout > 0 || p.p_zoneout_c > 0 || p.p_zoneout_h > 0 ||
+                                    p.p_weight_drop > 0);
+  if (nt < 2 || p.B < 2 * nt || bf.out == nullptr || !bf.product || p.gates != nullptr ||
+      p.h_state != nullptr || draws)
+    return 0;
+  const char* v = std::getenv("FUSEDRNN_HOST_ROW_SPLIT");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+  if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
+  const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
+  // At most 1 MiB of bf16 W_hh: C2's 0.5 MiB gained, C5's 2 MiB (a whole L2) lost.
+  const bool fits = p.G * p.H * P * int64_t(sizeof(uint16_t)) <= kRowSplitMaxWeightBytes / 2;
+  return p.B / nt >= kRowSplitMinRows && fits ? static_cast<int>(nt) : 0;
+}
 
 int row_split_threads(const RecurrenceFwdParams& p) {
   const int64_t nt = std::min<int64_t>(p.num_threads, p.H);
