@@ -205,7 +205,11 @@ FRNN_ALWAYS_INLINE void cell_forward_body(const CellForwardArgs& q) {
       } else {
         st<L>(q.out + b * q.out_ld + k0, act ? h_zo : V(0.0f), k);
       }
-      st<L>(q.hin + b * q.h_ld + k0, ld<L>(mh + k0, k) * h_new, k);
+      if (q.hin_bf16 != nullptr) {
+        st_bf16<L>(q.hin_bf16 + b * q.hin_bf16_ld + k0, ld<L>(mh + k0, k) * h_new, k);
+      } else {
+        st<L>(q.hin + b * q.h_ld + k0, ld<L>(mh + k0, k) * h_new, k);
+      }
     };
     int64_t k0 = 0;
     for (; k0 + L <= n; k0 += L) units(k0, std::integral_constant<int64_t, L>{});

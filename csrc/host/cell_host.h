@@ -51,6 +51,10 @@ struct CellForwardArgs {
   const uint16_t* xg_bf16 = nullptr;
   uint16_t* out_bf16 = nullptr;
   float* hin;  // the exchange buffer the next step reads (m_h * h), row stride h_ld
+  // The bf16 product's exchange instead (gemm_bf16_rounded's A; hin then unused): m_h * h
+  // rounded to bf16, row stride hin_bf16_ld.
+  uint16_t* hin_bf16 = nullptr;
+  int64_t hin_bf16_ld = 0;
 };
 void cell_forward_rows(const CellForwardArgs& q);
 

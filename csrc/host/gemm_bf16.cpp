@@ -277,15 +277,22 @@ void gemm_bf16(int64_t M, const float* A, int64_t lda, const PackedBf16& b, floa
   if (M <= 0 || b.N <= 0) return;
   const int64_t Mp = (M + 15) / 16 * 16;
   round_a(M, b.K, b.Kp, A, lda, s, Mp);
+  gemm_bf16_rounded(M, s.a.data(), b, C, ldc, s);
+}
+
+void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float* C, int64_t ldc,
+                       Bf16Scratch& s) {
+  if (M <= 0 || b.N <= 0) return;
+  const int64_t Mp = (M + 15) / 16 * 16;
   const size_t csize = static_cast<size_t>(Mp * b.Np);
   if (s.c.size() != csize) s.c.resize(csize);
 #if FRNN_HAVE_BF16_TIERS
   switch (bf16_tier()) {
     case Bf16Tier::kAmx:
-      gemm_amx(Mp, b, s.a.data(), s.c.data(), b.Np);
+      gemm_amx(Mp, b, a, s.c.data(), b.Np);
       break;
     case Bf16Tier::kAvx512Bf16:
-      gemm_avx512bf16(M, b, s.a.data(), s.c.data(), b.Np);
+      gemm_avx512bf16(M, b, a, s.c.data(), b.Np);
       break;
     default:
       throw std::logic_error("gemm_bf16 without a bf16 tier");

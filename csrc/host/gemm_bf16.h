@@ -50,13 +50,15 @@ struct PackedBf16 {
   const uint16_t* panel(int64_t p) const { return data.data() + p * (Kp / 2) * 32; }
 };
 
-// float32 -> bfloat16 bits, round to nearest even, NaN stays NaN.
+// float32 -> bfloat16 bits, round to nearest even, NaN stays NaN (quieted). Branch-free, so
+// that loops of it vectorise (round_a: the backward rounds the step's whole da, B x G·H, in
+// every thread).
 inline uint16_t bf16_bits(float f) {
   uint32_t u;
   __builtin_memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x0040u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // Packs B[k][n] = column(n)[k * k_stride] (k < K, n < N; as gemm.h's pack_b), rounded to bf16.
@@ -95,6 +97,11 @@ struct Bf16Scratch {
 // process's tier (which must not be kNone).
 void gemm_bf16(int64_t M, const float* A, int64_t lda, const PackedBf16& b, float* C,
                int64_t ldc, Bf16Scratch& scratch);
+// The same with A already in bf16 as gemm_bf16 lays it out: a[Mp, b.Kp] (Mp = M rounded up to
+// 16), zero beyond M rows and b.K columns (the forward's bf16 exchange buffer, which the cell
+// writes rounded, so no thread rounds the whole of h each step).
+void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float* C, int64_t ldc,
+                       Bf16Scratch& scratch);
 
 }  // namespace host
 }  // namespace fusedrnn

@@ -194,7 +194,9 @@ struct HostForwardPolicy : HostWorker<T> {
     if (R <= 0) return;
     const T* x = hin + (s & 1) * B * P;
     if constexpr (std::is_same_v<T, float>) {
-      if (w_bf16 != nullptr) return gemm_bf16(B, x, P, *w_bf16, a, R, *bf16_scratch);
+      if (w_bf16 != nullptr)
+        return gemm_bf16_rounded(B, hin_bf16 + (s & 1) * hin_bf16_rows * w_bf16->Kp, *w_bf16, a,
+                                 R, *bf16_scratch);
     }
     if (w_rows == nullptr) return gemm_packed(B, R, P, x, P, w_packed, a, R, false);
     const int64_t units = this->hl;  // one row: G blocks of hl contiguous rows, no pack
@@ -276,10 +278,18 @@ struct HostForwardPolicy : HostWorker<T> {
       q.out_ld = p.out_stride_b;
     }
     q.hin = hin + ((s + 1) & 1) * B * P + u0;
+    if (w_bf16 != nullptr) {
+      q.hin_bf16 = hin_bf16 + ((s + 1) & 1) * hin_bf16_rows * w_bf16->Kp + u0;
+      q.hin_bf16_ld = w_bf16->Kp;
+    }
     cell_forward_rows(q);
   }
   void publish(int64_t buffer, int64_t b, int64_t q, T v) const {
     hin[(buffer * B + b) * P + q] = v;
+    if constexpr (std::is_same_v<T, float>) {
+      if (w_bf16 != nullptr)
+        hin_bf16[(buffer * hin_bf16_rows + b) * w_bf16->Kp + q] = bf16_bits(v);
+    }
   }
   // Own partials, a barrier, then every thread merges all threads' partials in thread order
   // (so every thread gets the same statistics).
@@ -299,6 +309,13 @@ struct HostForwardPolicy : HostWorker<T> {
   // bfloat16 layers (gemm_bf16.h): own W_hh^T columns packed in bf16 (else nullptr).
   const PackedBf16* w_bf16 = nullptr;
   Bf16Scratch* bf16_scratch = nullptr;
+  // With w_bf16: the exchange in bf16, [2][hin_bf16_rows][w_bf16->Kp] (rows B rounded up to
+  // 16), zero beyond B rows and P columns, shared by the workers: each writes its units of
+  // m_h * h rounded (publish, the vector cell), and the product reads it as its A
+  // (gemm_bf16_rounded). So no thread rounds the whole of h each step (gemm_bf16's round_a,
+  // 3-5 % of a bf16 inference call), and the cores exchange half the bytes.
+  uint16_t* hin_bf16 = nullptr;
+  int64_t hin_bf16_rows = 0;
   // bfloat16 layers on the vector cell (Bf16Forward::xg): xg read and the output written in
   // bfloat16 by the cell itself (p.xg and p.out unused).
   const uint16_t* xg_bf16 = nullptr;
@@ -406,6 +423,11 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   if (xproj && shared == nullptr) g_xproj_calls.fetch_add(1, std::memory_order_relaxed);
   const T* w_b_hh = static_cast<const T*>(p.b_hh);
   AlignedVector<T> hin(static_cast<size_t>(2 * B * P));
+  // The bf16 product's exchange (HostForwardPolicy::hin_bf16; zeroed: its padding stays 0).
+  const bool bf16_exchange = bf16_product && B > 1;
+  const int64_t hin_bf16_rows = (B + 15) / 16 * 16, hin_bf16_cols = (P + 31) / 32 * 32;
+  AlignedVector<uint16_t> hin_bf16(
+      static_cast<size_t>(bf16_exchange ? 2 * hin_bf16_rows * hin_bf16_cols : 0));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
   std::vector<MeanM2<T>> part_hh(static_cast<size_t>(nt_req * B));
   std::vector<MeanM2<T>> part_c(static_cast<size_t>(nt_req * B));
@@ -475,6 +497,8 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
+      policy.hin_bf16 = hin_bf16.data();
+      policy.hin_bf16_rows = hin_bf16_rows;
     }
     if (bf.xg != nullptr) {
       policy.xg_bf16 = bf.xg;
