@@ -71,6 +71,43 @@ def _onednn_linear_applies(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tens
     )
 
 
+@functools.cache
+def _onednn_runs_natively(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs ``dtype``'s GEMMs natively on this CPU (torch's own checks: bf16 on
+    AVX512-BF16 / AMX / AVX512 cores, fp16 on AVX512-FP16 / AMX-FP16), asked once on first
+    use (never at import)."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return False
+
+
+def _onednn_half_linear_applies(
+    x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None
+) -> bool:
+    """Whether a bfloat16 / float16 ``x W_ih^T + b_ih`` runs as oneDNN's linear with its bias
+    fused (``_linear_pointwise``): F.linear's addmm first copies the broadcast bias into its
+    output, then accumulates the product onto it (a bf16 C5 layer's projection: 4.35 ms, of
+    which 1.06 ms the copy; measured in docs/design.md §5.4). Plain dense CPU tensors of one
+    half dtype that oneDNN runs natively, eager mode, no gradient needed."""
+    tensors = (x, w_ih) if b_ih is None else (x, w_ih, b_ih)
+    if not _ONEDNN_LINEAR or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if not all(
+        type(t) in _PLAIN_TENSORS and t.device.type == "cpu" and t.dtype == x.dtype for t in tensors
+    ):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return (
+        not torch.compiler.is_compiling()
+        and not _functorch_active()
+        and x.layout == torch.strided
+        and _onednn_runs_natively(x.dtype)
+    )
+
+
 def _onednn_linear_trainable(
     x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None
 ) -> bool:
@@ -126,6 +163,8 @@ def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> t
     ``gemm_libraries().weight_grad`` says). Below ``_ONEDNN_MIN_ROWS`` rows F.linear is faster
     (oneDNN's per-call cost: 16 against 6 us at 1 row, equal at 16, docs/design.md §5.4)."""
     if x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]:
+        if _onednn_half_linear_applies(x, w_ih, b_ih):  # before gemm_libraries: float32's
+            return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")
         # gemm_libraries() after the checks, which exclude torch.compile (it reads a file)
         if _onednn_linear_applies(x, w_ih, b_ih) and gemm_libraries().linear == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, w_ih, b_ih, "none", [], "")

@@ -173,3 +173,42 @@ def test_dropped_input_projection_gradients_match_float64():
         torch_err = (theirs.double() - exact).abs().max().item()
         err = (mine.double() - exact).abs().max().item()
         assert err <= 2 * torch_err + 1e-5, (name, err, torch_err)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_half_inference_projection_fuses_its_bias_on_onednn(dtype, bias, monkeypatch):
+    """bf16 / f16 inference (no gradient needed) runs oneDNN's linear with the bias fused
+    (_onednn_half_linear_applies) where oneDNN runs the dtype natively, whatever
+    FUSEDRNN_HOST_GEMM says (float32's choice): by the numerics rule against float64 like
+    F.linear, and equal to F.linear for a contiguous input. A gradient needed, or float32,
+    does not take it."""
+    if not ip._onednn_runs_natively(dtype):
+        pytest.skip(f"oneDNN does not run {dtype} natively on this CPU")
+    monkeypatch.setattr(ip, "gemm_libraries", lambda: ip.GemmLibraries("mkl", "mkl"))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 5, 33, generator=gen).to(dtype)  # 45 rows: above _ONEDNN_MIN_ROWS
+    w = torch.randn(31, 33, generator=gen).to(dtype)
+    b = torch.randn(31, generator=gen).to(dtype) if bias else None
+    calls = []
+    pointwise = torch.ops.mkldnn._linear_pointwise
+
+    class Spy:  # torch.ops.mkldnn cannot be monkeypatched attribute-wise: wrap the namespace
+        def __getattr__(self, name):
+            if name == "_linear_pointwise":
+                return lambda *a: calls.append(a) or pointwise(*a)
+            return getattr(torch.ops.mkldnn, name)
+
+    monkeypatch.setattr(ip.torch.ops, "mkldnn", Spy(), raising=False)
+    with torch.no_grad():
+        got = ip._linear(x, w, b)
+    assert len(calls) == 1, "the fused-bias oneDNN linear did not run"
+    monkeypatch.undo()
+    truth = F.linear(x.double(), w.double(), None if b is None else b.double())
+    torch_err = (F.linear(x, w, b).double() - truth).abs().max().item()
+    assert (got.double() - truth).abs().max().item() <= 2 * torch_err + 1e-3
+    assert torch.equal(got, F.linear(x, w, b))
+    wg = w.clone().requires_grad_()
+    assert not ip._onednn_half_linear_applies(x, wg, b)  # a gradient is needed
+    assert not ip._onednn_half_linear_applies(x.float(), w.float(), None)
