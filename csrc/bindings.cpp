@@ -272,6 +272,7 @@ PYBIND11_MODULE(_C, m) {
       .FRNN_PTR(Bw, grad_out).FRNN_RW(Bw, grad_out_stride_t).FRNN_RW(Bw, grad_out_stride_b)
       .FRNN_PTR(Bw, grad_h_n).FRNN_PTR(Bw, grad_c_n)
       .FRNN_PTR(Bw, dxg).FRNN_PTR(Bw, dab).FRNN_PTR(Bw, da).FRNN_PTR(Bw, hin)
+      .FRNN_PTR(Bw, dab_low).FRNN_PTR(Bw, hin_low)
       .FRNN_PTR(Bw, dc_out).FRNN_PTR(Bw, h_pre_proj).FRNN_PTR(Bw, dproj)
       .FRNN_PTR(Bw, dh0).FRNN_PTR(Bw, dc0);
 

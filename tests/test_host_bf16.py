@@ -284,3 +284,39 @@ def test_bf16_inference_row_split(case, threads, monkeypatch):
     assert_by_rule(got, want, base, torch.bfloat16, what=f"host bf16 row split {case}")
     for name in got:
         assert torch.equal(got[name], units[name]), name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bf16_weight_grad_operands_written_by_the_cell(cell, monkeypatch):
+    """On a CPU with a bf16 tier, the bf16 vector cell's backward writes dW_hh's operands (dab,
+    hin) rounded to bf16 itself (native.launch_backward's low_weight_grad_operands: no float32
+    hin, no conversion after): every gradient is bit for bit the one from converting the
+    float32 dab / hin after (the flag off), both directions, with lengths."""
+    if native.native().host_bf16_variant() == "none":
+        pytest.skip("no bf16 tier on this CPU: the weight-gradient GEMMs stay float32")
+    torch.manual_seed(7)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    module = cls(6, 19, backend="host", bidirectional=True).bfloat16()
+    x = torch.randn(5, 11, 6).bfloat16()
+    lengths = torch.tensor([5, 2, 4, 5, 1, 3, 5, 5, 2, 4, 3])
+    flags = []
+    launch = native.launch_backward
+
+    def spy(*args, **kwargs):
+        flags.append(kwargs.get("low_weight_grad_operands", False))
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(native, "launch_backward", spy)
+    grads = {}
+    for low in (True, False):
+        monkeypatch.setattr(host, "_bf16_vector_cell", lambda inputs, low=low: low)
+        module.zero_grad()
+        xs = x.clone().requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xs, lengths, enforce_sorted=False)
+        out, _ = module(packed)
+        out, _ = pad_packed_sequence(out)
+        (out.float() ** 2).sum().backward()
+        grads[low] = [xs.grad] + [p.grad.clone() for p in module.parameters()]
+    assert flags == [True, True, False, False]  # two directions each
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)

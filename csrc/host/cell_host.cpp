@@ -234,6 +234,7 @@ FRNN_ALWAYS_INLINE void cell_backward_body(const CellBackwardArgs& q) {
     const uint8_t* zh_row = q.zh_rows != nullptr ? q.zh_rows + b * n : nullptr;
     float* dxg = Bf16Io ? nullptr : q.dxg + b * G * H;
     uint16_t* dxg_bf16 = Bf16Io ? q.dxg_bf16 + b * G * H : nullptr;
+    uint16_t* dab_bf16 = q.dab_bf16 != nullptr ? q.dab_bf16 + b * G * H : nullptr;
     float* dab = q.dab + b * G * H;
     const int64_t e0 = b * n;
     for (int64_t k0 = 0; k0 < n; k0 += L) {
@@ -245,9 +246,14 @@ FRNN_ALWAYS_INLINE void cell_backward_body(const CellBackwardArgs& q) {
           st<L>(dxg + g * H + k0, d_xg, k);
         }
         st<L>(dab + g * H + k0, d_ab, k);
+        if (dab_bf16 != nullptr) st_bf16<L>(dab_bf16 + g * H + k0, d_ab, k);
       };
       const V h_prev = ld<L>(hp + k0, k);
-      st<L>(q.hin + b * q.h_ld + k0, ld<L>(q.mh + e0 + k0, k) * h_prev, k);
+      if (q.hin_bf16 != nullptr) {
+        st_bf16<L>(q.hin_bf16 + b * q.h_ld + k0, ld<L>(q.mh + e0 + k0, k) * h_prev, k);
+      } else {
+        st<L>(q.hin + b * q.h_ld + k0, ld<L>(q.mh + e0 + k0, k) * h_prev, k);
+      }
       const V dh = ld<L>(q.dh + e0 + k0, k);
       V gout_k;
       if constexpr (Bf16Io) {

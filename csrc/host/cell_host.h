@@ -91,6 +91,10 @@ struct CellBackwardArgs {
   // same layout as dxg, then unused).
   const uint16_t* grad_out_bf16 = nullptr;
   uint16_t* dxg_bf16 = nullptr;
+  // Optional bf16 copies for the launcher's bf16 dW_hh GEMM (params.h dab_low / hin_low):
+  // dab rounded (same layout as dab) and hin rounded (row stride h_ld; hin then unused).
+  uint16_t* dab_bf16 = nullptr;
+  uint16_t* hin_bf16 = nullptr;
 };
 void cell_backward_rows(const CellBackwardArgs& q);
 

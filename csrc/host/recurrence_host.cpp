@@ -568,6 +568,9 @@ struct HostBackwardPolicy : HostWorker<T> {
   const uint16_t* grad_out_bf16 = nullptr;
   int64_t grad_out_bf16_stride_t = 0, grad_out_bf16_stride_b = 0;
   uint16_t* dxg_bf16 = nullptr;
+  // params.h dab_low / hin_low (bf16 bits), written by the vector cell (or nullptr).
+  uint16_t* dab_low = nullptr;
+  uint16_t* hin_low = nullptr;
 
   void backward_product(const T* da_t, T* d) const {
     if constexpr (std::is_same_v<T, float>) {
@@ -636,8 +639,10 @@ struct HostBackwardPolicy : HostWorker<T> {
     q.dc = w.dc;
     q.mh = w.mh;
     this->set_zoneout(q, p, t, B, u0, n);
-    q.hin = static_cast<float*>(p.hin) + t * B * P + u0;
+    q.hin = p.hin != nullptr ? static_cast<float*>(p.hin) + t * B * P + u0 : nullptr;
     q.dab = static_cast<float*>(p.dab) + t * B * N + u0;
+    if (dab_low != nullptr) q.dab_bf16 = dab_low + t * B * N + u0;
+    if (hin_low != nullptr) q.hin_bf16 = hin_low + t * B * P + u0;
     q.dh_prev = w.dh_prev;
     q.dc_prev = w.dc_prev;
     cell_backward_rows(q);
@@ -682,6 +687,8 @@ struct Bf16Backward {
   const uint16_t* grad_out = nullptr;  // set: the vector cell's bfloat16 d(out) and d xg
   int64_t grad_out_stride_t = 0, grad_out_stride_b = 0;
   uint16_t* dxg = nullptr;
+  uint16_t* dab_low = nullptr;  // params.h dab_low / hin_low
+  uint16_t* hin_low = nullptr;
 };
 
 template <class T>
@@ -769,6 +776,8 @@ void backward_impl(const RecurrenceBwdParams& p, const Bf16Backward& bf = Bf16Ba
       policy.grad_out_bf16_stride_t = bf.grad_out_stride_t;
       policy.grad_out_bf16_stride_b = bf.grad_out_stride_b;
       policy.dxg_bf16 = bf.dxg;
+      policy.dab_low = bf.dab_low;
+      policy.hin_low = bf.hin_low;
     }
     backward_steps(policy, p, scratch);
   }
@@ -1082,10 +1091,16 @@ void backward_widened(const RecurrenceBwdParams& p) {
       bf.grad_out_stride_t = p.grad_out_stride_t;
       bf.grad_out_stride_b = p.grad_out_stride_b;
       bf.dxg = static_cast<uint16_t*>(p.dxg);
+      bf.dab_low = static_cast<uint16_t*>(p.dab_low);
+      bf.hin_low = static_cast<uint16_t*>(p.hin_low);
       q.grad_out = nullptr;  // bfloat16 storage: read through bf only
       q.dxg = nullptr;
     }
   }
+  if ((p.dab_low != nullptr || p.hin_low != nullptr) && bf.dxg == nullptr)
+    throw std::invalid_argument(
+        "fusedrnn host backend: dab_low / hin_low are written by the bfloat16 vector cell only "
+        "(bfloat16 LSTM / GRU, no norm, no projection, not fused_cell)");
   if (bf.dxg == nullptr) {
     q.grad_out = w.in_strided(q.grad_out, T, B, P, q.grad_out_stride_t, q.grad_out_stride_b);
     q.grad_out_stride_t = B * P;
@@ -1334,6 +1349,8 @@ void recurrence_forward(const RecurrenceFwdParams& p) {
 }
 
 void recurrence_backward(const RecurrenceBwdParams& p) {
+  if ((p.dab_low != nullptr || p.hin_low != nullptr) && p.dtype != kBFloat16)
+    throw std::invalid_argument("fusedrnn host backend: dab_low / hin_low need bfloat16 layers");
   advise_backward_buffers(p);
   switch (p.dtype) {
     case kFloat32:

@@ -160,6 +160,20 @@ def _bf16_products(inputs: RecurrenceInputs, C) -> bool:
     )
 
 
+def _bf16_vector_cell(inputs: RecurrenceInputs) -> bool:
+    """Whether this bfloat16 layer's backward runs the vector cell, which then also writes the
+    weight-gradient operands in bf16 (native.launch_backward's ``low_weight_grad_operands``;
+    csrc/include/fusedrnn/step_loop.h ``vector_cell_applies``, not the fused cell)."""
+    cfg = inputs.config
+    return (
+        inputs.xg.dtype == torch.bfloat16
+        and cfg.cell in ("lstm", "gru")
+        and cfg.norm == "none"
+        and cfg.proj_size == 0
+        and not FUSED_CELL
+    )
+
+
 def _check(inputs: RecurrenceInputs) -> None:
     reason = availability() or unsupported_reason(inputs)
     if reason is not None:
@@ -207,4 +221,5 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             narrow_weight_grads=_bf16_products(inputs, C),
             dab_may_alias_dxg=True,
             scratch=cached_empty,
+            low_weight_grad_operands=_bf16_vector_cell(inputs),
         )

@@ -418,6 +418,7 @@ def launch_backward(
     narrow_weight_grads: bool = False,
     dab_may_alias_dxg: bool = False,
     scratch: Callable | None = None,
+    low_weight_grad_operands: bool = False,
 ) -> Gradients:
     """As ``launch_forward``, for ``Backend.backward``'s arguments. ``mask_w_hh_grad`` (from
     ``w_hh_grad_mask``) masks ``dW_hh`` in place in the accumulation dtype, before the one
@@ -430,7 +431,10 @@ def launch_backward(
     differs, storage dtype = accumulation dtype) one buffer serves both: a [T, B, N] buffer
     fewer to allocate, page in and write. ``scratch`` (default ``_empty``) allocates the
     per-step gradients and workspaces (``dxg`` and those below it; not ``dh0`` / ``dc0``),
-    as in ``launch_forward``."""
+    as in ``launch_forward``. ``low_weight_grad_operands`` (with ``narrow_weight_grads``; the
+    host's bfloat16 vector cell): the backend writes ``dW_hh``'s operands rounded to the storage
+    dtype itself (params ``dab_low`` / ``hin_low``; no float32 ``hin``), so they are not
+    converted here (at bf16 C5, 8M + 2M elements a call)."""
     grad_output, grad_h_n, grad_c_n = output_grads
     p = native().RecurrenceBwdParams()
     keep = _fill_common(p, inputs, num_threads)
@@ -471,14 +475,18 @@ def launch_backward(
     same = dab_may_alias_dxg and norm == "none" and inputs.config.cell != "gru" and dtype == acc
     dab = dxg if same else work((steps, batch, n), acc, device)
     da = work((steps, batch, n), acc, device) if norm != "none" else None
-    hin = work((steps, batch, out_size), acc, device)
+    low = low_weight_grad_operands and narrow_weight_grads and mask_w_hh_grad is None
+    hin = None if low else work((steps, batch, out_size), acc, device)
+    dab_low = work((steps, batch, n), dtype, device) if low else None
+    hin_low = work((steps, batch, out_size), dtype, device) if low else None
     dc_out = work((steps, batch, hidden), acc, device) if lstm and norm != "none" else None
     # The projection's input and output gradient per step: dW_hr = dproj^T h_pre_proj.
     h_pre_proj = work((steps, batch, hidden), acc, device) if proj else None
     dproj = work((steps, batch, out_size), acc, device) if proj else None
     dh0 = _empty((batch, out_size), dtype, device)
     dc0 = _empty((batch, hidden), dtype, device) if lstm else None
-    p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), hin.data_ptr()
+    p.dxg, p.dab, p.da, p.hin = dxg.data_ptr(), dab.data_ptr(), _ptr(da), _ptr(hin)
+    p.dab_low, p.hin_low = _ptr(dab_low), _ptr(hin_low)
     p.dc_out, p.dh0, p.dc0 = _ptr(dc_out), dh0.data_ptr(), _ptr(dc0)
     p.h_pre_proj, p.dproj = _ptr(h_pre_proj), _ptr(dproj)
     if batch > 0:  # with no rows every per-row gradient is empty and the sums below are 0
@@ -497,8 +505,8 @@ def launch_backward(
 
     narrow_w_hh = narrow_weight_grads and mask_w_hh_grad is None
     w_grad = _rows_product(
-        rows(da_used, narrow_w_hh).reshape(steps * batch, n),
-        rows(hin, narrow_w_hh).reshape(steps * batch, out_size),
+        (dab_low if low else rows(da_used, narrow_w_hh)).reshape(steps * batch, n),
+        (hin_low if low else rows(hin, narrow_w_hh)).reshape(steps * batch, out_size),
     )
     if mask_w_hh_grad is not None:
         w_grad = w_grad.contiguous()

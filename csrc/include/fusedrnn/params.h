@@ -125,6 +125,12 @@ struct RecurrenceBwdParams : RecurrenceFwdParams {
   void* dab = nullptr;     // acc [T, B, N] d(N_hh(W_hh h) + b_hh): sums: b_hh, norm_weight_hh grads
   void* da = nullptr;      // acc [T, B, N] d(W_hh h) (norm != none; else equal to dab)
   void* hin = nullptr;     // acc [T, B, P] m_h * h_{t-1}: dW_hh = da^T hin over all steps
+  // Host bfloat16 layers on the vector cell (the launcher's bf16 weight-gradient GEMMs): dW_hh's
+  // operands in the storage dtype, written by the cell rounded once, so that no [T, ...]
+  // conversion follows; with hin_low set, hin may be null (not written). Set only where the
+  // host's vector cell runs (recurrence_host.cpp checks).
+  void* dab_low = nullptr;  // dtype [T, B, N] dab rounded
+  void* hin_low = nullptr;  // dtype [T, B, P] hin rounded
   void* dc_out = nullptr;  // acc [T, B, H] d(N_c(c~)) (lstm, norm != none): the norm_*_c grads
   void* h_pre_proj = nullptr;  // acc [T, B, H] o tanh(c_out) (proj_size > 0)
   void* dproj = nullptr;   // acc [T, B, P] d(W_hr h_pre_proj): dW_hr = dproj^T h_pre_proj
