@@ -2737,16 +2737,18 @@ def recurrence_backward_kernel(
                     else:
                         chunk_index = chunk
                     first_row = chunk_index * ROWS_PER_DOT
-                    # With mma.sync a zero LLVM cannot fold (0 when the chunk index is not
-                    # opaque), a multiple of the K tile (the loads still vectorise), in the K
-                    # offset and bound: each K tile's column offsets and masks are built in the
-                    # chunk, not hoisted out of the time loop and spilled (sm_80 bf16 LSTM
-                    # batch norm, backward spill stores 96 -> 40 B; not with wgmma, where
-                    # the float32 LSTM without a norm went 0 -> 12 B; docs/kernels-v2.md §6.2).
-                    if WGMMA_BACKWARD:
-                        k_zero = 0
-                    else:
+                    # The LSTM with batch norm (GATE_BY_GATE) with mma.sync: a zero LLVM
+                    # cannot fold (0 when the chunk index is not opaque), a multiple of the K
+                    # tile (the loads still vectorise), in the K offset and bound, so each K
+                    # tile's column offsets and masks are built in the chunk, not hoisted out
+                    # of the time loop and spilled (sm_80 bf16, backward spill stores 96 ->
+                    # 40 B). Not with wgmma (float32 LSTM without a norm 0 -> 12 B), nor the
+                    # other cells and norms (triton 3.6 sm_80 float32 GRU with layer norm,
+                    # dropout and zoneout 52 -> 72 B; docs/kernels-v2.md §6.2).
+                    if GATE_BY_GATE and not WGMMA_BACKWARD:
                         k_zero = (chunk_index - chunk) * (BLOCK_GH // K_TILES)
+                    else:
+                        k_zero = 0
                     dh_part = _resident_product(
                         d_acc_step,
                         gate_width,

@@ -502,11 +502,11 @@ SPILLING |= SPILLING_TF32_OFF
 # reads b_hh and the norm parameters each step with a step-dependent zero as its product's
 # first row (the launcher's _forward_step_zero, the kernel's STEP_ZERO: the 16 K tiles' row
 # x K operand masks and offsets were hoisted out of the time loop and spilled), forward
-# 160 / 160 -> 16 / 16; the mma.sync pair split's backward takes a step-dependent zero in its
-# row chunks' K offsets (kernels/recurrence.py k_zero), sm_80 backward 96 / 96 -> 40 / 40 (the
-# sm_90a backward 0 and sm_80 forward 16 / 16 unchanged). GRU B256 with the same: sm_90a
-# forward 0 -> 4 / 4, sm_80 backward 48 -> 32 (docs/kernels-v2.md §6.2). With triton 3.6
-# it stays over the budget: SPILLING_TRITON_3_6.
+# 160 / 160 -> 16 / 16; the LSTM's mma.sync pair-split backward takes a step-dependent zero in
+# its row chunks' K offsets (kernels/recurrence.py k_zero), sm_80 backward 96 / 96 -> 40 / 40
+# (the sm_90a backward 0 and sm_80 forward 16 / 16 unchanged). The GRU B256 with the forward
+# rule: sm_90a forward 0 -> 4 / 4 (docs/kernels-v2.md §6.2). With triton 3.6 the LSTM stays
+# over the budget: SPILLING_TRITON_3_6.
 SPILLING_BF16_BATCH_NORM = {
     "sm80-lstm-all_batch_norm-bfloat16-B128-Hmax",
     "sm80-gru-all_batch_norm-bfloat16-B128-Hmax",

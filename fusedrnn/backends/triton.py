@@ -903,8 +903,8 @@ def _forward_step_zero(geo: dict, norm: str) -> bool:
     hoisted out of the time loop and spilled: LSTM with batch norm, dropout and zoneout
     (H = 1024), forward spill stores / loads triton 3.8 160 / 160 -> 16 / 16 B (the first
     row alone 32 / 32), triton 3.6 176 / 176 -> 0 / 0 (the first row alone 76 / 76); the GRU
-    0 -> 0. Not with mma.sync (sm_80, H = 864: the first row alone 16 -> 220 B), nor float32
-    (the LSTM's first row alone 36 -> 56 B; docs/kernels-v2.md §6.2)."""
+    0 -> 4 / 4 (3.6: 12 / 12). Not with mma.sync (sm_80, H = 864: the first row alone 16 ->
+    220 B), nor float32 (the LSTM's first row alone 36 -> 56 B; docs/kernels-v2.md §6.2)."""
     return (
         geo["wgmma_forward"]
         and norm == "batch"
