@@ -1312,6 +1312,7 @@ def recurrence_forward_kernel(
     ROW_PIECE: tl.constexpr,  # < BLOCK_B: the step in whole-step row pieces (LSTM, LN)
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
+    STEP_ZERO: tl.constexpr = False,  # PARAMS_PER_STEP with batch norm (the launcher's rule)
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -1399,8 +1400,14 @@ def recurrence_forward_kernel(
     # own loop-invariant code motion hoists pure address arithmetic out of the disable_licm
     # loop (the loads stay in it), and the hoisted 64-bit addresses were spilled in turn.
     # W2 with layer norm, forward spill stores, sm_80 / sm_90a: triton 3.6 164 / 144 -> 20 /
-    # 24 B, triton 3.8 60 / 32 -> 24 / 0 B (docs/kernels-v2.md §6.1).
-    PARAMS_PER_STEP: tl.constexpr = NORM == NORM_LAYER and BLOCK_B <= 64 and ROW_PIECE == BLOCK_B
+    # 24 B, triton 3.8 60 / 32 -> 24 / 0 B (docs/kernels-v2.md §6.1). Also where the launcher
+    # passes STEP_ZERO (_forward_step_zero: bf16 / fp16 batch norm in the pair split at 256
+    # rows on wgmma), whose 16 K tiles' row x K operand masks and offsets, hoisted out of the
+    # loop, were spilled (LSTM sm_90a forward spill stores, triton 3.8 / 3.6: 160 / 176 ->
+    # 16 / 0 B; docs/kernels-v2.md §6.2).
+    PARAMS_PER_STEP: tl.constexpr = (
+        NORM == NORM_LAYER and BLOCK_B <= 64 and ROW_PIECE == BLOCK_B
+    ) or STEP_ZERO
     if HAS_BIAS and not PARAMS_PER_STEP:
         bias = tl.load(b_hh_ptr + gate_col, mask=col_in, other=0.0).to(tl.float32)
     if NORM != NORM_NONE and not PARAMS_PER_STEP:
@@ -2730,11 +2737,23 @@ def recurrence_backward_kernel(
                     else:
                         chunk_index = chunk
                     first_row = chunk_index * ROWS_PER_DOT
+                    # The LSTM with batch norm (GATE_BY_GATE) with mma.sync: a zero LLVM
+                    # cannot fold (0 when the chunk index is not opaque), a multiple of the K
+                    # tile (the loads still vectorise), in the K offset and bound, so each K
+                    # tile's column offsets and masks are built in the chunk, not hoisted out
+                    # of the time loop and spilled (sm_80 bf16, backward spill stores 96 ->
+                    # 40 B). Not with wgmma (float32 LSTM without a norm 0 -> 12 B), nor the
+                    # other cells and norms (triton 3.6 sm_80 float32 GRU with layer norm,
+                    # dropout and zoneout 52 -> 72 B; docs/kernels-v2.md §6.2).
+                    if GATE_BY_GATE and not WGMMA_BACKWARD:
+                        k_zero = (chunk_index - chunk) * (BLOCK_GH // K_TILES)
+                    else:
+                        k_zero = 0
                     dh_part = _resident_product(
                         d_acc_step,
                         gate_width,
-                        split_k_start,
-                        gate_width - split_k_start,
+                        split_k_start + k_zero,
+                        gate_width - split_k_start + k_zero,
                         batch,
                         first_row + step_zero,
                         w_gates,

@@ -783,6 +783,29 @@ def test_envelope_half_batch_norm_pair_split_128_rows(monkeypatch, arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_forward_step_zero_half_batch_norm_pair_split_256_rows(monkeypatch, arch):
+    """bf16 / fp16 with batch norm in the pair split at 256 rows on wgmma (sm_90): the
+    forward reads b_hh and the norm parameters each step and takes a step-dependent zero as
+    its product's first row (_forward_step_zero, the kernel's STEP_ZERO; without it the
+    LSTM's forward spilled 160 B there). Not with mma.sync (sm_80: 16 -> 220 B), at 128 rows,
+    in float32 or with the other norms."""
+    largest = {80: 864, 90: 1024}[arch]
+
+    def step_zero(batch, cell="lstm", norm="batch", dtype=torch.bfloat16):
+        geo = _gpu_geometry(monkeypatch, batch, largest, cell, dtype, arch, 0, norm=norm)[0]
+        return geo["split_k"], triton_backend._forward_step_zero(geo, norm)
+
+    for cell in ("lstm", "gru"):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert step_zero(256, cell, dtype=dtype) == (2, arch == 90)
+            assert step_zero(129, cell, dtype=dtype) == (2, arch == 90)  # BLOCK_B = 256
+            assert step_zero(128, cell, dtype=dtype) == (2, False)
+        assert not step_zero(256, cell, dtype=torch.float32)[1]
+        for norm in ("none", "layer"):
+            assert not step_zero(256, cell, norm=norm)[1]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
     both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,

@@ -191,12 +191,14 @@ def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell, row_
     flag handshake, the forward's state re-read each step (STATE_IN_MEMORY, as the launcher
     takes it there), against the float64 reference; with ``row_chunks`` the backward's
     product in row chunks too (as at 256 rows: _PAIR_ROW_CHUNK, the LSTM's batch norm gate by
-    gate)."""
+    gate), and the forward's parameters read each step with a step-dependent zero as its
+    product's first row (STEP_ZERO, as the launcher takes it there on wgmma)."""
     monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
     monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
     monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
     if row_chunks:
         monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", 2)
+        monkeypatch.setattr(triton_backend, "_forward_step_zero", lambda geo, norm: True)
     inputs = make_inputs(
         cell, "all_batch_norm", hidden=HIDDEN, dtype=torch.bfloat16, lengths=LENGTHS
     )

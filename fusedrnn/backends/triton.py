@@ -96,6 +96,11 @@ _PAIR_ROW_CHUNK = 64
 # spill 0 ; 0 at 128 rows and LSTM 160 ; 468, GRU 0 ; 0 at 256 (_geometry;
 # docs/kernels-v2.md §6.2).
 _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS = 128
+# ... and from this BLOCK_B on with wgmma (sm_90) the forward reads b_hh and the norm
+# parameters each step and takes a step-dependent zero as its product's first row (the
+# kernel's STEP_ZERO, _forward_step_zero): LSTM forward spill stores, sm_90a H = 1024,
+# triton 3.8 / 3.6: 160 / 176 -> 16 / 0 B (docs/kernels-v2.md §6.2).
+_HALF_BATCH_NORM_STEP_ZERO_FROM_ROWS = 256
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -889,6 +894,26 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     return tiles <= _STATE_IN_MEMORY_WGMMA_TILES
 
 
+def _forward_step_zero(geo: dict, norm: str) -> bool:
+    """The forward kernel's ``STEP_ZERO``: b_hh and the norm parameters read each step and
+    ``s // steps`` (0, which the compiler cannot fold) as the recurrent product's first row,
+    for bf16 / fp16 with batch norm (``norm``) in the pair split (``split_k`` = 2) at
+    ``BLOCK_B`` >= _HALF_BATCH_NORM_STEP_ZERO_FROM_ROWS (256) with wgmma (sm_90). There the
+    16 K tiles' operand masks (each row predicate ANDed with each K tile's) and offsets were
+    hoisted out of the time loop and spilled: LSTM with batch norm, dropout and zoneout
+    (H = 1024), forward spill stores / loads triton 3.8 160 / 160 -> 16 / 16 B (the first
+    row alone 32 / 32), triton 3.6 176 / 176 -> 0 / 0 (the first row alone 76 / 76); the GRU
+    0 -> 4 / 4 (3.6: 12 / 12). Not with mma.sync (sm_80, H = 864: the first row alone 16 ->
+    220 B), nor float32 (the LSTM's first row alone 36 -> 56 B; docs/kernels-v2.md §6.2)."""
+    return (
+        geo["wgmma_forward"]
+        and norm == "batch"
+        and geo["split_k"] == 2
+        and geo["element_bytes"] == 2
+        and geo["BLOCK_B"] >= _HALF_BATCH_NORM_STEP_ZERO_FROM_ROWS
+    )
+
+
 def _row_piece(geo: dict) -> int:
     """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
     projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS (128) runs its steps in whole-step
@@ -1057,6 +1082,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         PROGRAMS_PAD=_next_power_of_2(programs),
         STATE_IN_MEMORY=_state_in_memory(geo, "forward", norm),
         ROW_PIECE=_row_piece(geo),
+        STEP_ZERO=_forward_step_zero(geo, norm),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
