@@ -816,6 +816,10 @@ def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
                 assert in_memory(geo) == (True, True)
                 shared = triton_backend._shared_memory_bytes(geo)
                 assert shared == {"forward": 163840, "backward": 163840}
+                # the backward at 16 warps (the launcher's _num_warps), the forward at 8
+                tiles = (128 * 1024, 1024 * geo["GATES_PAD"] * 16)
+                warps = triton_backend._num_warps(*tiles, rows=128, gate_by_gate_backward=True)
+                assert (triton_backend._num_warps(*tiles, rows=128), warps) == (8, 16)
             assert not geometry(128, 864, cell, dtype=dtype)["gate_by_gate"]  # the pair split
             for batch in (64, 256):
                 assert not geometry(batch, 1024, cell, dtype=dtype)["gate_by_gate"]

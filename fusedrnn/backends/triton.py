@@ -103,10 +103,11 @@ _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS = 128
 # ... and where its programs exceed the SMs (an A100 from H = 880) at this BLOCK_B: 16 units a
 # program with the step's batch norm gate by gate (``gate_by_gate``: the kernels'
 # BN_GATE_BY_GATE forward, GATE_BY_GATE backward), the state in memory in both kernels and
-# the backward's product in row chunks of _PAIR_ROW_CHUNK rows (its ROW_CHUNKS). The whole
-# step spilled KBs there (spill stores / loads, triton 3.8 sm_80 H = 1024, forward ;
-# backward: LSTM 1092 / 1372 ; 444 / 436, GRU 320 / 332 ; 132 / 124; docs/kernels-v2.md
-# §6.2).
+# the backward's product in row chunks of _PAIR_ROW_CHUNK rows (its ROW_CHUNKS), its
+# backward at 16 warps (_num_warps). Spill stores / loads, triton 3.8 sm_80 H = 1024, forward
+# ; backward, the whole step -> gate by gate: LSTM 1092 / 1372 ; 444 / 436 -> 0 / 0 ; 28 /
+# 28, GRU 320 / 332 ; 132 / 124 -> 0 / 0 ; 32 / 28 (W_hh resident; streamed it spilled 732 ;
+# 456 alone, and re-reads 8 MiB a step; docs/kernels-v2.md §6.2).
 _HALF_BATCH_NORM_GATE_BY_GATE_ROWS = 128
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
