@@ -908,8 +908,11 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     the LSTM with batch norm, dropout and zoneout at the boundary (sm_90a H = 1024, sm_80
     H = 864), triton 3.8 sm_90a 108 / 116 -> 0 / 0, sm_80 4 / 4 -> 0 / 0; triton 3.6
     sm_90a 104 / 116 -> 0 / 0, sm_80 100 / 108 -> 0 / 0 (the GRU there 0-4 B -> 0; the
-    backward, 0-4 B, keeps its state carried; docs/kernels-v2.md §6.2). The
-    interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    backward, 0-4 B, keeps its state carried; docs/kernels-v2.md §6.2). And both kernels
+    with _geometry's ``gate_by_gate`` (bf16 / fp16 batch norm at 128 rows, 16 units a
+    program: the forward's whole step there spilled 1092 B, 256 with its state in memory
+    alone; docs/kernels-v2.md §6.2). The interpreter tests select it with
+    INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
     if _row_piece(geo) < geo["BLOCK_B"]:  # the row pieces carry no state
