@@ -1204,6 +1204,77 @@ def _lstm_batch_norm_backward_gate_by_gate(
 
 
 @triton.jit
+def _forward_batch_norm_gate(
+    gate: tl.constexpr,
+    xg_ptr,
+    b_hh_ptr,
+    norm_weight_hh_ptr,
+    running_mean_hh_ptr,
+    running_var_hh_ptr,
+    batch_mean_hh_ptr,
+    batch_var_hh_ptr,
+    xhat_hh_ptr,
+    rstd_hh_ptr,
+    t,
+    stat_steps,
+    batch,
+    rows,
+    units,
+    unit_in,
+    hidden,
+    active_f,
+    stride_xg_t,
+    stride_xg_b,
+    NUM_GATES: tl.constexpr,
+    TRAINING: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """The forward's step 3 with batch norm for one gate (the kernel's
+    ``BN_GATE_BY_GATE``): the gate's ``[rows, units]`` columns of the pre-norm product, staged
+    in this step's ``xhat_hh`` rows, read back, normalised over the active rows (batch
+    statistics stored, or the running ones read), ``xhat_hh`` and ``rstd_hh`` written, and
+    (``x``, ``a``) returned: the gate's ``xg`` columns and ``N(W_hh h) gamma_hh + b_hh``.
+    The same values as the whole-tile form; no ``[rows, G * units]`` tile is live."""
+    gate_width = NUM_GATES * hidden
+    t64 = tl.cast(t, tl.int64)
+    cols = gate * hidden + units
+    own_mask = (rows < batch)[:, None] & unit_in[None, :]
+    xhat_t = _step_tile(xhat_hh_ptr, t, batch, rows, cols, gate_width)
+    acc = tl.load(xhat_t, mask=own_mask, other=0.0, cache_modifier=".cg")
+    if TRAINING:
+        mean, var, _ = active_column_stats(acc, active_f)
+        tl.store(batch_mean_hh_ptr + t64 * gate_width + cols, mean, mask=unit_in)
+        tl.store(batch_var_hh_ptr + t64 * gate_width + cols, var, mask=unit_in)
+    else:
+        stat_row = tl.minimum(t, stat_steps - 1).to(tl.int64)
+        mean = tl.load(
+            running_mean_hh_ptr + stat_row * gate_width + cols, mask=unit_in, other=0.0
+        ).to(tl.float32)
+        var = tl.load(
+            running_var_hh_ptr + stat_row * gate_width + cols, mask=unit_in, other=1.0
+        ).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(var + NORM_EPS)
+    xhat = (acc - mean[None, :]) * rstd[None, :]
+    tl.store(rstd_hh_ptr + t64 * gate_width + cols, rstd, mask=unit_in)
+    # (xhat over acc: in training each element's store needs the column sums of every
+    # loaded value, so no thread writes an element before every thread has read it; with the
+    # running statistics a CTA barrier orders them.)
+    if not TRAINING:
+        tl.debug_barrier()
+    tl.store(xhat_t, xhat, mask=own_mask)
+    weight = tl.load(norm_weight_hh_ptr + cols, mask=unit_in, other=0.0).to(tl.float32)
+    a = xhat * weight[None, :]
+    if HAS_BIAS:
+        a = a + tl.load(b_hh_ptr + cols, mask=unit_in, other=0.0).to(tl.float32)[None, :]
+    x = tl.load(
+        xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + cols[None, :],
+        mask=own_mask,
+        other=0.0,
+    ).to(tl.float32)
+    return x, a
+
+
+@triton.jit
 def _barriers_per_step(CELL: tl.constexpr, NORM: tl.constexpr, HAS_PROJ: tl.constexpr):
     """End-of-step barrier, plus one per layer-normalised quantity (W_hh h, and c for LSTM),
     plus one for the projection's exchange of h~ (forward) or dL/dh~ (backward)."""
@@ -1313,6 +1384,7 @@ def recurrence_forward_kernel(
     INPUT_PRECISION: tl.constexpr,  # float32 dots: "tf32" or "ieee" (the launcher's TF32 rule)
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
     STEP_ZERO: tl.constexpr = False,  # PARAMS_PER_STEP with batch norm (the launcher's rule)
+    BN_GATE_BY_GATE: tl.constexpr = False,  # batch norm's step 3 gate by gate (LSTM, GRU)
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -1443,6 +1515,14 @@ def recurrence_forward_kernel(
     if ROW_SPLIT:
         tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")
         tl.static_assert(STATE_IN_MEMORY and not HAS_PROJ, "row pieces: state in memory")
+    # Batch norm's step 3 gate by gate (the launcher's _geometry ``gate_by_gate``: bf16 /
+    # fp16 at 128 rows with 16 units a program, where the pair split's programs exceed the
+    # SMs): the pre-norm product staged in this step's xhat_hh rows, then per gate its
+    # [BLOCK_B, BLOCK_U] columns normalised, with b_hh and its xg columns
+    # (_forward_batch_norm_gate); no [BLOCK_B, G * BLOCK_U] tile beside the product's.
+    if BN_GATE_BY_GATE:
+        tl.static_assert(NORM == NORM_BATCH and (CELL == LSTM or CELL == GRU), "gate by gate")
+        tl.static_assert(STATE_IN_MEMORY and not ROW_SPLIT, "gate by gate: state in memory")
 
     if HAS_PROJ:
         # W_hr[own h units, :] transposed, [BLOCK_H, BLOCK_R], on chip for all steps.
@@ -1512,6 +1592,11 @@ def recurrence_forward_kernel(
                 CELL == LSTM,
                 HAS_NORM_BIAS_C,
             )
+        elif BN_GATE_BY_GATE:
+            # the product's first row (below): its operand addresses built in the loop, as
+            # above (LSTM all_batch_norm bf16 H = 1024, sm_80 forward spill stores / loads,
+            # triton 3.8: 84 / 84 -> 0 / 0 B; docs/kernels-v2.md §6.2)
+            step_zero = s // steps
         else:
             step_zero = 0
         active = (t < lengths) & row_in
@@ -1700,7 +1785,44 @@ def recurrence_forward_kernel(
             )
         else:
             # 3. normalisation of W_hh h, bias.
-            if NORM == NORM_BATCH:
+            if BN_GATE_BY_GATE:
+                tl.store(
+                    _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
+                    acc,
+                    mask=col_mask,
+                )
+                tl.debug_barrier()
+                x_gates = ()
+                a_gates = ()
+                for gate in tl.static_range(NUM_GATES):
+                    x_gate, a_gate = _forward_batch_norm_gate(
+                        gate,
+                        xg_ptr,
+                        b_hh_ptr,
+                        norm_weight_hh_ptr,
+                        running_mean_hh_ptr,
+                        running_var_hh_ptr,
+                        batch_mean_hh_ptr,
+                        batch_var_hh_ptr,
+                        xhat_hh_ptr,
+                        rstd_hh_ptr,
+                        t,
+                        stat_steps,
+                        batch,
+                        rows,
+                        units,
+                        unit_in,
+                        hidden,
+                        active_f,
+                        stride_xg_t,
+                        stride_xg_b,
+                        NUM_GATES,
+                        TRAINING,
+                        HAS_BIAS,
+                    )
+                    x_gates = x_gates + (x_gate,)  # noqa: RUF005
+                    a_gates = a_gates + (a_gate,)  # noqa: RUF005
+            elif NORM == NORM_BATCH:
                 if TRAINING:
                     mean_hh, var_hh, _ = active_column_stats(acc, active_f)
                     tl.store(batch_mean_hh_ptr + t64 * gate_width + gate_col, mean_hh, mask=col_in)
@@ -1738,7 +1860,9 @@ def recurrence_forward_kernel(
                 rstd_row = 1.0 / tl.sqrt(var_row + NORM_EPS)
                 xhat_hh = (acc - mean_row[:, None]) * rstd_row[:, None]
                 tl.store(rstd_hh_ptr + t64 * batch + rows, rstd_row, mask=row_in & (pid == 0))
-            if NORM != NORM_NONE:
+            if BN_GATE_BY_GATE:
+                pass  # a and x per gate (above)
+            elif NORM != NORM_NONE:
                 tl.store(
                     _step_tile(xhat_hh_ptr, t, batch, rows, gate_col, gate_width),
                     xhat_hh,
@@ -1747,22 +1871,37 @@ def recurrence_forward_kernel(
                 a = xhat_hh * norm_weight_hh[None, :]
             else:
                 a = acc
-            if HAS_BIAS:
+            if HAS_BIAS and not BN_GATE_BY_GATE:
                 a = a + bias[None, :]
-            x = tl.load(
-                xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + gate_col[None, :],
-                mask=col_mask,
-                other=0.0,
-            ).to(tl.float32)
+            if not BN_GATE_BY_GATE:
+                x = tl.load(
+                    xg_ptr + t64 * stride_xg_t + rows[:, None] * stride_xg_b + gate_col[None, :],
+                    mask=col_mask,
+                    other=0.0,
+                ).to(tl.float32)
 
             # 4. the cell.
             if CELL == LSTM:
-                pre = x + a
+                if BN_GATE_BY_GATE:
+                    pre_gates = (
+                        x_gates[0] + a_gates[0],
+                        x_gates[1] + a_gates[1],
+                        x_gates[2] + a_gates[2],
+                        x_gates[3] + a_gates[3],
+                    )
+                else:
+                    pre = x + a
+                    pre_gates = (
+                        gate_of(pre, 0, GATES_PAD, BLOCK_U),
+                        gate_of(pre, 1, GATES_PAD, BLOCK_U),
+                        gate_of(pre, 2, GATES_PAD, BLOCK_U),
+                        gate_of(pre, 3, GATES_PAD, BLOCK_U),
+                    )
                 i, f, g, o, c_cand = lstm_candidate(
-                    gate_of(pre, 0, GATES_PAD, BLOCK_U),
-                    gate_of(pre, 1, GATES_PAD, BLOCK_U),
-                    gate_of(pre, 2, GATES_PAD, BLOCK_U),
-                    gate_of(pre, 3, GATES_PAD, BLOCK_U),
+                    pre_gates[0],
+                    pre_gates[1],
+                    pre_gates[2],
+                    pre_gates[3],
                     _own_state(c_prev_ptr, t, batch, rows, units, hidden, own_mask)
                     if STATE_IN_MEMORY
                     else c_own,
@@ -1848,13 +1987,24 @@ def recurrence_forward_kernel(
                     )
                     c_own = tl.where(active[:, None], c_next, c_own)
             elif CELL == GRU:
-                a_n = gate_of(a, 2, GATES_PAD, BLOCK_U)
+                if not BN_GATE_BY_GATE:
+                    x_gates = (
+                        gate_of(x, 0, GATES_PAD, BLOCK_U),
+                        gate_of(x, 1, GATES_PAD, BLOCK_U),
+                        gate_of(x, 2, GATES_PAD, BLOCK_U),
+                    )
+                    a_gates = (
+                        gate_of(a, 0, GATES_PAD, BLOCK_U),
+                        gate_of(a, 1, GATES_PAD, BLOCK_U),
+                        gate_of(a, 2, GATES_PAD, BLOCK_U),
+                    )
+                a_n = a_gates[2]
                 r, z, n, h_cand = gru_cell(
-                    gate_of(x, 0, GATES_PAD, BLOCK_U),
-                    gate_of(x, 1, GATES_PAD, BLOCK_U),
-                    gate_of(x, 2, GATES_PAD, BLOCK_U),
-                    gate_of(a, 0, GATES_PAD, BLOCK_U),
-                    gate_of(a, 1, GATES_PAD, BLOCK_U),
+                    x_gates[0],
+                    x_gates[1],
+                    x_gates[2],
+                    a_gates[0],
+                    a_gates[1],
                     a_n,
                     _own_state(h_prev_ptr, t, batch, rows, h_units, state_size, h_own_mask)
                     if STATE_IN_MEMORY
@@ -2197,11 +2347,30 @@ def recurrence_backward_kernel(
         tl.static_assert(CELL == LSTM and NORM == NORM_LAYER, "row pieces: LSTM, layer norm")
         tl.static_assert(STATE_IN_MEMORY and not HAS_PROJ, "row pieces: state in memory")
         tl.static_assert(SPLIT_K == 1, "row pieces: no pair split")
+        tl.static_assert(ROWS_PER_DOT == ROW_PIECE, "row pieces: their products' rows")
+    # Batch norm without the pair split, its product in row chunks (bf16 / fp16 at 128 rows
+    # with 16 units a program, where the pair split's programs exceed the SMs; the
+    # launcher's ``gate_by_gate``): each chunk's dh updated in grad_h0 (as the row pieces'
+    # product below), dh / dc written back early and the LSTM's norm gate by gate (as the
+    # pair split's chunks below), the norm parameters read each step, the c norm's gradient
+    # sums added into their output rows each step, and a step-dependent zero in the column
+    # offsets of the gate-by-gate norm and of those sums. LSTM all_batch_norm bf16 H = 1024,
+    # sm_80 backward spill stores / loads, triton 3.8: whole step 444 / 436 -> chunks, early
+    # state and gate by gate 260 / 256 -> with the rest 112 / 112 -> at 16 warps 28 / 28
+    # (the launcher's _num_warps; docs/kernels-v2.md §6.2).
+    ROW_CHUNKS: tl.constexpr = (
+        SPLIT_K == 1
+        and not ROW_SPLIT
+        and ROWS_PER_DOT < BLOCK_B
+        and STATE_IN_MEMORY
+        and NORM == NORM_BATCH
+        and not HAS_PROJ
+    )
     SUMS_IN_MEMORY: tl.constexpr = (
         NORM == NORM_LAYER and SPLIT_K == 1 and (BLOCK_B <= 64 or ROW_SPLIT)
     )
-    C_SUMS_IN_MEMORY: tl.constexpr = SUMS_IN_MEMORY and CELL == LSTM
-    PARAMS_PER_STEP: tl.constexpr = SUMS_IN_MEMORY and not ROW_SPLIT  # pieces: their own
+    C_SUMS_IN_MEMORY: tl.constexpr = (SUMS_IN_MEMORY or ROW_CHUNKS) and CELL == LSTM
+    PARAMS_PER_STEP: tl.constexpr = (SUMS_IN_MEMORY and not ROW_SPLIT) or ROW_CHUNKS
     # The pair split at 256 rows (its product in row chunks, ROWS_PER_DOT < BLOCK_B): the
     # state gradients dh and dc written back as soon as the cell backward has made them, not
     # held through the norm's backward (STATE_IN_MEMORY; LSTM and GRU), and the LSTM's batch
@@ -2210,8 +2379,9 @@ def recurrence_backward_kernel(
     # spilled (backward spill stores, sm_90a / sm_80, triton 3.8: LSTM all_batch_norm 308 /
     # 508 -> 0 / 0 B; docs/kernels-v2.md §6.2).
     PAIR_CHUNKS: tl.constexpr = SPLIT_K == 2 and ROWS_PER_DOT < BLOCK_B
-    EARLY_STATE: tl.constexpr = PAIR_CHUNKS and STATE_IN_MEMORY and (CELL == LSTM or CELL == GRU)
-    GATE_BY_GATE: tl.constexpr = PAIR_CHUNKS and CELL == LSTM and NORM == NORM_BATCH
+    CHUNKS: tl.constexpr = PAIR_CHUNKS or ROW_CHUNKS
+    EARLY_STATE: tl.constexpr = CHUNKS and STATE_IN_MEMORY and (CELL == LSTM or CELL == GRU)
+    GATE_BY_GATE: tl.constexpr = CHUNKS and CELL == LSTM and NORM == NORM_BATCH
     if SUMS_IN_MEMORY or GATE_BY_GATE:
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
@@ -2443,8 +2613,22 @@ def recurrence_backward_kernel(
                     c_normed = lstm_cell_state(i, f, g, c_prev)
                 d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
                 if NORM == NORM_BATCH:
-                    grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
-                    grad_norm_bias_c += tl.sum(dc_normed, axis=0)
+                    if C_SUMS_IN_MEMORY:  # (ROW_CHUNKS)
+                        _add_to_column_sums(
+                            grad_norm_weight_c_ptr,
+                            units + step_zero,
+                            unit_in,
+                            tl.sum(dc_normed * xhat_c, axis=0),
+                        )
+                        _add_to_column_sums(
+                            grad_norm_bias_c_ptr,
+                            units + step_zero,
+                            unit_in,
+                            tl.sum(dc_normed, axis=0),
+                        )
+                    else:
+                        grad_norm_weight_c += tl.sum(dc_normed * xhat_c, axis=0)
+                        grad_norm_bias_c += tl.sum(dc_normed, axis=0)
                     rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
                     dc_from_h = bn_backward(
                         dc_normed * norm_weight_c[None, :],
@@ -2582,7 +2766,7 @@ def recurrence_backward_kernel(
                     t,
                     batch,
                     rows,
-                    units,
+                    units + step_zero,
                     unit_in,
                     hidden,
                     active_f,
@@ -2674,18 +2858,19 @@ def recurrence_backward_kernel(
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
         d_acc_step = grad_acc_ptr + t64 * batch * gate_width
-        if ROW_SPLIT:
-            # Whole-step row pieces: the product piece by piece (ROW_PIECE rows a dot), each
+        if ROW_SPLIT or ROW_CHUNKS:
+            # Whole-step row pieces (ROWS_PER_DOT = ROW_PIECE), or the product's row chunks
+            # (ROW_CHUNKS): the product piece by piece (ROWS_PER_DOT rows a dot), each
             # piece's dh updated in grad_h0 (its rows, this program's units).
-            for piece in tl.range(0, BLOCK_B // ROW_PIECE, num_stages=1, disable_licm=True):
-                rows_p, row_in_p = _piece_rows(piece, batch, ROW_PIECE, BLOCK_B)
+            for piece in tl.range(0, BLOCK_B // ROWS_PER_DOT, num_stages=1, disable_licm=True):
+                rows_p, row_in_p = _piece_rows(piece, batch, ROWS_PER_DOT, BLOCK_B)
                 dh_recurrent = _recurrent_product(
                     d_acc_step,
                     gate_width,
                     batch,
                     rows_p,
                     row_in_p,
-                    piece * ROW_PIECE,
+                    piece * ROWS_PER_DOT,
                     w_gates,
                     w_hh_ptr,
                     h_units,
@@ -2703,11 +2888,11 @@ def recurrence_backward_kernel(
                     dropout_base,
                     dropout_p,
                     dropout_keep_scale,
-                    ROW_PIECE,
+                    ROWS_PER_DOT,
                     BLOCK_R,
                     STREAM_K,
                     GATE_DOTS,
-                    ROW_PIECE,
+                    ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
                 )

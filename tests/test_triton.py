@@ -805,6 +805,55 @@ def test_forward_step_zero_half_batch_norm_pair_split_256_rows(monkeypatch, arch
             assert not step_zero(256, cell, norm=norm)[1]
 
 
+def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
+    """bf16 / fp16 with batch norm at 128 rows where the pair split's programs exceed the SMs
+    (the A100 from H = 880 to BLOCK_H = 1024): 16 units a program, W_hh resident, with the
+    batch norm gate by gate (``gate_by_gate``), the state in memory in both kernels and the
+    backward's product in 64-row chunks (W2's 32 K tiles; the forward's dots whole), in the
+    shared memory compiled for sm_80 (tests/test_triton_aot.py
+    ``sm80-*-all_batch_norm-bfloat16-B128-Hmax``). Nowhere else: not where the pair split
+    fits (the H100, the A100 to H = 864), not at 64 or 256 rows, other norms, float32 or
+    beyond BLOCK_H = 1024 (streamed)."""
+
+    def geometry(batch, hidden, cell="lstm", norm="batch", dtype=torch.bfloat16):
+        geo = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch, 0, norm=norm)[0]
+        assert triton_backend._resource_reason(geo) is None
+        return geo
+
+    def in_memory(geo, norm="batch"):
+        return tuple(triton_backend._state_in_memory(geo, k, norm) for k in ("forward", "backward"))
+
+    for cell in ("lstm", "gru"):
+        for dtype in (torch.bfloat16, torch.float16):
+            for batch, hidden in ((128, 1024), (97, 1024), (128, 880)):
+                geo = geometry(batch, hidden, cell, dtype=dtype)
+                assert geo["gate_by_gate"] is (arch == 80), (batch, hidden)
+                if arch == 90:
+                    assert geo["split_k"] == 2  # the pair split fits the H100
+                    continue
+                assert (geo["split_k"], geo["units"], geo["stream_k"]) == (1, 16, 0)
+                assert (geo["rows_forward"], geo["rows_backward"]) == (128, 64)
+                assert (geo["k_tiles_forward"], geo["k_tiles_backward"]) == (16, 32)
+                assert triton_backend._row_piece(geo) == 128  # no whole-step row pieces
+                assert in_memory(geo) == (True, True)
+                shared = triton_backend._shared_memory_bytes(geo)
+                assert shared == {"forward": 163840, "backward": 163840}
+                # the backward at 16 warps (the launcher's _num_warps), the forward at 8
+                tiles = (128 * 1024, 1024 * geo["GATES_PAD"] * 16)
+                warps = triton_backend._num_warps(*tiles, rows=128, gate_by_gate_backward=True)
+                assert (triton_backend._num_warps(*tiles, rows=128), warps) == (8, 16)
+            assert not geometry(128, 864, cell, dtype=dtype)["gate_by_gate"]  # the pair split
+            for batch in (64, 256):
+                assert not geometry(batch, 1024, cell, dtype=dtype)["gate_by_gate"]
+        for norm in ("none", "layer"):
+            geo = geometry(128, 1024, cell, norm)
+            assert not geo["gate_by_gate"]
+            assert geo["rows_backward"] == triton_backend._row_piece(geo)  # (LSTM LN: 64)
+        assert not geometry(128, 1024, cell, dtype=torch.float32)["gate_by_gate"]
+        beyond = geometry(128, 1056, cell)  # BLOCK_H = 2048: streamed, as before
+        assert not beyond["gate_by_gate"] and beyond["stream_k"] > 0
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs

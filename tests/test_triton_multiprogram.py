@@ -245,6 +245,40 @@ def test_multi_program_split_k_pair_row_chunks(
 
 
 @pytest.mark.parametrize(
+    ("cell", "regularizer", "reverse", "rows"),
+    [
+        ("lstm", "all_batch_norm", False, 4),
+        ("gru", "all_batch_norm", True, 4),
+        ("lstm", "all_batch_norm", True, 2),
+        ("lstm", "batch_norm_eval", False, 4),
+    ],
+)
+def test_multi_program_half_batch_norm_gate_by_gate(monkeypatch, cell, regularizer, reverse, rows):
+    """bf16 with batch norm at 128 rows on an A100 beyond H = 864 (_geometry's
+    ``gate_by_gate``: 16 units a program, the pair split's programs exceeding the SMs): the
+    forward's batch norm gate by gate from the product staged in xhat_hh (the kernel's
+    BN_GATE_BY_GATE), the backward's product in row chunks, each chunk's dh updated in grad_h0
+    (ROW_CHUNKS), dh / dc written back early and the LSTM's norm gate by gate, the state in
+    memory in both kernels. Here 8 rows in chunks of ``rows`` (two as on the GPU, or four:
+    the chunk index through _opaque), with unequal lengths, both directions, training and the
+    running statistics, against the float64 reference."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_GATE_BY_GATE", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", rows)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 2)
+    inputs = make_inputs(
+        cell, regularizer, hidden=HIDDEN, dtype=torch.bfloat16, reverse=reverse, lengths=LENGTHS
+    )
+    gates = inputs.config.num_gates
+    geo = triton_backend._geometry(
+        inputs.xg.shape[1], HIDDEN, gates, "cpu", torch.bfloat16, norm="batch"
+    )
+    assert geo["gate_by_gate"] and geo["split_k"] == 1 and geo["programs"] == PROGRAMS
+    assert (geo["rows_forward"], geo["rows_backward"]) == (geo["BLOCK_B"], rows)
+    assert_matches_reference(inputs)
+
+
+@pytest.mark.parametrize(
     ("cell", "regularizer", "dtype", "reverse", "proj"),
     [
         ("lstm", "all_layer_norm", torch.bfloat16, True, 0),

@@ -56,6 +56,10 @@ INTERPRETER_STATE_IN_MEMORY: bool = False
 # its step in whole-step row pieces of this many rows (a power of two; the kernels'
 # ROW_PIECE, _row_piece), as at B = 256 on a GPU. None: no pieces.
 INTERPRETER_ROW_PIECE: int | None = None
+# Test-only: True runs batch norm's forward step gate by gate (the kernels' BN_GATE_BY_GATE,
+# _geometry's ``gate_by_gate``; with INTERPRETER_STATE_IN_MEMORY, LSTM / GRU), as bf16 /
+# fp16 at 128 rows on an A100 beyond H = 864.
+INTERPRETER_GATE_BY_GATE: bool = False
 # From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
 # steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
 _STATE_IN_MEMORY_ROWS = 256
@@ -101,6 +105,15 @@ _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS = 128
 # kernel's STEP_ZERO, _forward_step_zero): LSTM forward spill stores, sm_90a H = 1024,
 # triton 3.8 / 3.6: 160 / 176 -> 16 / 0 B (docs/kernels-v2.md §6.2).
 _HALF_BATCH_NORM_STEP_ZERO_FROM_ROWS = 256
+# ... and where its programs exceed the SMs (an A100 from H = 880) at this BLOCK_B: 16 units a
+# program with the step's batch norm gate by gate (``gate_by_gate``: the kernels'
+# BN_GATE_BY_GATE forward, GATE_BY_GATE backward), the state in memory in both kernels and
+# the backward's product in row chunks of _PAIR_ROW_CHUNK rows (its ROW_CHUNKS), its
+# backward at 16 warps (_num_warps). Spill stores / loads, triton 3.8 sm_80 H = 1024, forward
+# ; backward, the whole step -> gate by gate: LSTM 1092 / 1372 ; 444 / 436 -> 0 / 0 ; 28 /
+# 28, GRU 320 / 332 ; 132 / 124 -> 0 / 0 ; 32 / 28 (W_hh resident; streamed it spilled 732 ;
+# 456 alone, and re-reads 8 MiB a step; docs/kernels-v2.md §6.2).
+_HALF_BATCH_NORM_GATE_BY_GATE_ROWS = 128
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -203,7 +216,11 @@ def _geometry(
     whole, ``row_piece`` = ``BLOCK_B``), so W2's K tiles and shared memory.
     bf16 / fp16 with batch norm (``norm``) at ``BLOCK_B`` >=
     _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS (128) take the pair split first, where its
-    programs fit the SMs (16 units a program spilled KBs there, the pair split far less).
+    programs fit the SMs (16 units a program spilled KBs there, the pair split far less);
+    where they do not (an A100 at 128 rows from H = 880) 16 units a program with
+    ``gate_by_gate`` (_HALF_BATCH_NORM_GATE_BY_GATE_ROWS): the batch norm's step gate by gate
+    in both kernels, their state in memory, the backward's ``rows_backward`` =
+    _PAIR_ROW_CHUNK (its product in row chunks), the forward's dots whole.
     ``rows_*`` < ``BLOCK_B`` (row pieces) is set by the interpreter knob, and for the LSTM
     with layer norm (``norm``) and no projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS
     without the pair split: its whole-step row pieces (``row_piece`` =
@@ -241,6 +258,7 @@ def _geometry(
         # planned as such (chunk tiles, _fma_shared_memory_bytes) to _FMA_MODEL_MAX_ROWS rows.
         "fma_dots": dtype == torch.float32
         and (input_precision or _gpu_input_precision(dtype)) == "ieee",
+        "gate_by_gate": False,
     }
     # The LSTM with layer norm and no projection: whole-step row pieces from 128 rows on.
     pieces = num_gates == 4 and norm == "layer" and proj == 0
@@ -251,12 +269,17 @@ def _geometry(
         if INTERPRETER_SPLIT_K > 1:
             common = {**common, "gate_dots": False, "split_k": INTERPRETER_SPLIT_K}
         common["fma_dots"] = False  # no shared-memory model under the interpreter
+        common["gate_by_gate"] = (
+            INTERPRETER_GATE_BY_GATE and INTERPRETER_STATE_IN_MEMORY and norm == "batch"
+        ) and num_gates > 1
         piece = block_b
         if pieces and INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
             if common["split_k"] == 1:
                 piece = rows = min(INTERPRETER_ROW_PIECE, block_b)
+        # gate_by_gate: the forward's product whole, as on a GPU (the backward's in row chunks)
+        rows_forward = block_b if common["gate_by_gate"] else rows
         return _configured(
-            common, block_b, block_h, num_gates, hidden, units, rows, rows,
+            common, block_b, block_h, num_gates, hidden, units, rows_forward, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
             sms=None, shared_limit=None, wgmma_arch=False, row_piece=piece,
         )  # fmt: skip
@@ -307,16 +330,23 @@ def _geometry(
             candidates.insert(0, (8, False, 2))
         else:
             candidates.append((8, False, 2))
+    # ... else at 128 rows 16 units a program with the batch norm gate by gate, the state in
+    # memory and the backward's product in row chunks (_HALF_BATCH_NORM_GATE_BY_GATE_ROWS).
+    gate_by_gate = pair_split and half_batch_norm_pair and pair_programs > sms
+    gate_by_gate &= block_b == _HALF_BATCH_NORM_GATE_BY_GATE_ROWS
     piece = block_b
     if pieces and block_b >= _WHOLE_STEP_PIECES_FROM_ROWS:
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
+        options["gate_by_gate"] = gate_by_gate and split_k == 1
         chosen = {}
         for kernel in ("forward", "backward"):
             rows = piece if split_k == 1 else block_b  # the dots' rows: a piece's
             if split_k == 2 and kernel == "backward" and block_b >= _PAIR_ROW_CHUNKS_FROM_ROWS:
                 rows = _PAIR_ROW_CHUNK  # the pair split's backward product in row chunks
+            if options["gate_by_gate"] and kernel == "backward":
+                rows = _PAIR_ROW_CHUNK  # the backward's product in row chunks (ROW_CHUNKS)
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
             # operand piece stays small (_resident_k_tiles), more while shared memory is short.
             # The time loop runs with LICM off (docs/kernels-v2.md §6.1), so neither the
@@ -790,6 +820,7 @@ def _num_warps(
     registers_per_element: int = 1,
     fma_backward: bool = False,
     float32_mma_sync: bool = False,
+    gate_by_gate_backward: bool = False,
 ) -> int:
     """4 warps for small tiles, 8 once a tile would need > 32 fp32 registers per thread of 4,
     and 8 at ``rows`` (``BLOCK_B``) = 256 (16 with ``float32_mma_sync``, below).
@@ -825,7 +856,15 @@ def _num_warps(
     likewise). With batch norm 16 spilled more (3.8 RNN 0 ; 0 -> 28 ; 0, 3.6 GRU 0 ; 8 -> 40 ;
     100; docs/kernels-v2.md §6.2). Not on sm_90 (wgmma), where 16 warps spilled more for the
     GRU.
+
+    ``gate_by_gate_backward``: the backward with _geometry's ``gate_by_gate`` (bf16 / fp16
+    batch norm at 128 rows, 16 units a program) takes 16 warps: at 8 its loop-invariant
+    addresses beside the step's [128, 16] tiles were spilled (backward spill stores / loads,
+    sm_80 H = 1024, triton 3.8, 8 -> 16 warps: LSTM all_batch_norm 112 / 112 -> 28 / 28, GRU
+    48 / 44 -> 32 / 28; docs/kernels-v2.md §6.2). Its forward keeps 8 (0 B).
     """
+    if gate_by_gate_backward:
+        return 16
     if rows >= 256:
         return 16 if float32_mma_sync else 8
     if fma_backward and rows >= 64:
@@ -874,11 +913,16 @@ def _state_in_memory(geo: dict, kernel: str, norm: str = "none") -> bool:
     the LSTM with batch norm, dropout and zoneout at the boundary (sm_90a H = 1024, sm_80
     H = 864), triton 3.8 sm_90a 108 / 116 -> 0 / 0, sm_80 4 / 4 -> 0 / 0; triton 3.6
     sm_90a 104 / 116 -> 0 / 0, sm_80 100 / 108 -> 0 / 0 (the GRU there 0-4 B -> 0; the
-    backward, 0-4 B, keeps its state carried; docs/kernels-v2.md §6.2). The
-    interpreter tests select it with INTERPRETER_STATE_IN_MEMORY (both kernels)."""
+    backward, 0-4 B, keeps its state carried; docs/kernels-v2.md §6.2). And both kernels
+    with _geometry's ``gate_by_gate`` (bf16 / fp16 batch norm at 128 rows, 16 units a
+    program: the forward's whole step there spilled 1092 B, 256 with its state in memory
+    alone; docs/kernels-v2.md §6.2). The interpreter tests select it with
+    INTERPRETER_STATE_IN_MEMORY (both kernels)."""
     if _interpreting():
         return INTERPRETER_STATE_IN_MEMORY
     if _row_piece(geo) < geo["BLOCK_B"]:  # the row pieces carry no state
+        return True
+    if geo["gate_by_gate"]:  # bf16 / fp16 batch norm at 128 rows, 16 units (_geometry)
         return True
     if kernel == "forward" and norm == "batch" and geo["split_k"] == 2:
         if geo["BLOCK_B"] == _BATCH_NORM_PAIR_STATE_IN_MEMORY_ROWS:
@@ -1083,6 +1127,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         STATE_IN_MEMORY=_state_in_memory(geo, "forward", norm),
         ROW_PIECE=_row_piece(geo),
         STEP_ZERO=_forward_step_zero(geo, norm),
+        BN_GATE_BY_GATE=geo["gate_by_gate"],
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -1216,6 +1261,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
                     registers_per_element=2,
                     fma_backward=geo["fma_dots"] and geo["wgmma_backward"],
                     float32_mma_sync=_float32_mma_sync(geo, "backward", cfg.norm),
+                    gate_by_gate_backward=geo["gate_by_gate"],
                 )
             ),
             launch_cooperative_grid=True,
