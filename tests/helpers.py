@@ -228,3 +228,22 @@ def run_and_grad(module, x, hx, weights_out: list[torch.Tensor]):
     names += ["grad_input", "grad_h0", "grad_c0"][: len(leaves)]
     names += [f"grad_{n}" for n, _ in module.named_parameters()]
     return dict(zip(names, [t.detach() if t is not None else None for t in results + list(grads)]))
+
+
+def run_layer(module, x, state, lengths=None, batch_first=False, dtype=None) -> dict:
+    """``module(x, state)`` in ``dtype`` (x and state cast), packed by ``lengths`` when given
+    (unsorted) and padded back: {"output", "h_n", "c_n"} (c_n only for an LSTM's tuple state)."""
+    xs = x if dtype is None else x.to(dtype)
+    lstm = isinstance(state, tuple)
+    st = (
+        state if dtype is None else (tuple(s.to(dtype) for s in state) if lstm else state.to(dtype))
+    )
+    if lengths is not None:
+        xs = torch.nn.utils.rnn.pack_padded_sequence(
+            xs, lengths, batch_first=batch_first, enforce_sorted=False
+        )
+    out, st = module(xs, st)
+    if lengths is not None:
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first)
+    h_n, c_n = st if lstm else (st, None)
+    return {k: v for k, v in {"output": out, "h_n": h_n, "c_n": c_n}.items() if v is not None}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_by_rule
+from helpers import assert_by_rule, run_layer
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
@@ -189,15 +189,7 @@ def test_row_split_by_rule(case, threads, monkeypatch):
         lengths[B // 2] = T
 
     def run(m, dtype):
-        xs = x.to(dtype)
-        st = tuple(s.to(dtype) for s in state) if lstm else state.to(dtype)
-        if lengths is not None:
-            xs = pack_padded_sequence(xs, lengths, batch_first=batch_first, enforce_sorted=False)
-        out, st = m(xs, st)
-        if lengths is not None:
-            out, _ = pad_packed_sequence(out, batch_first=batch_first)
-        h_n, c_n = st if lstm else (st, None)
-        return {k: v for k, v in {"output": out, "h_n": h_n, "c_n": c_n}.items() if v is not None}
+        return run_layer(m, x, state, lengths, batch_first, dtype)
 
     with torch.no_grad():
         monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
