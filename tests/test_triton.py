@@ -805,6 +805,7 @@ def test_forward_step_zero_half_batch_norm_pair_split_256_rows(monkeypatch, arch
             assert not step_zero(256, cell, norm=norm)[1]
 
 
+@pytest.mark.parametrize("arch", [80, 90])
 def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
     """bf16 / fp16 with batch norm at 128 rows where the pair split's programs exceed the SMs
     (the A100 from H = 880 to BLOCK_H = 1024): 16 units a program, W_hh resident, with the

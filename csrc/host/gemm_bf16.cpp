@@ -275,7 +275,7 @@ FRNN_TARGET_AMX void gemm_amx(int64_t Mp, const PackedBf16& b, const uint16_t* a
 void gemm_bf16(int64_t M, const float* A, int64_t lda, const PackedBf16& b, float* C,
                int64_t ldc, Bf16Scratch& s) {
   if (M <= 0 || b.N <= 0) return;
-  const int64_t Mp = (M + 15) / 16 * 16;
+  const int64_t Mp = bf16_padded_rows(M);
   round_a(M, b.K, b.Kp, A, lda, s, Mp);
   gemm_bf16_rounded(M, s.a.data(), b, C, ldc, s);
 }
@@ -283,7 +283,7 @@ void gemm_bf16(int64_t M, const float* A, int64_t lda, const PackedBf16& b, floa
 void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float* C, int64_t ldc,
                        Bf16Scratch& s) {
   if (M <= 0 || b.N <= 0) return;
-  const int64_t Mp = (M + 15) / 16 * 16;
+  const int64_t Mp = bf16_padded_rows(M);
   const size_t csize = static_cast<size_t>(Mp * b.Np);
   if (s.c.size() != csize) s.c.resize(csize);
 #if FRNN_HAVE_BF16_TIERS

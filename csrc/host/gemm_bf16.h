@@ -61,13 +61,18 @@ inline uint16_t bf16_bits(float f) {
   return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+// The padded sizes of the bf16 product's operands: K to a multiple of 32 (PackedBf16::Kp, A's
+// row length), A's rows M to a multiple of 16 (an AMX tile's rows; gemm_bf16_rounded's Mp).
+inline int64_t bf16_padded_k(int64_t K) { return (K + 31) / 32 * 32; }
+inline int64_t bf16_padded_rows(int64_t M) { return (M + 15) / 16 * 16; }
+
 // Packs B[k][n] = column(n)[k * k_stride] (k < K, n < N; as gemm.h's pack_b), rounded to bf16.
 template <class Column>
 PackedBf16 pack_b_bf16(int64_t K, int64_t N, int64_t k_stride, Column column) {
   PackedBf16 b;
   b.K = K;
   b.N = N;
-  b.Kp = (K + 31) / 32 * 32;
+  b.Kp = bf16_padded_k(K);
   b.Np = (N + 31) / 32 * 32;
   b.data.assign(static_cast<size_t>(b.Kp * b.Np), 0);
   for (int64_t n = 0; n < N; ++n) {

@@ -312,8 +312,9 @@ struct HostForwardPolicy : HostWorker<T> {
   // With w_bf16: the exchange in bf16, [2][hin_bf16_rows][w_bf16->Kp] (rows B rounded up to
   // 16), zero beyond B rows and P columns, shared by the workers: each writes its units of
   // m_h * h rounded (publish, the vector cell), and the product reads it as its A
-  // (gemm_bf16_rounded). So no thread rounds the whole of h each step (gemm_bf16's round_a,
-  // 3-5 % of a bf16 inference call), and the cores exchange half the bytes.
+  // (gemm_bf16_rounded). So no thread rounds the whole of h each step (gemm_bf16's round_a:
+  // 3-5 % of perf's samples of a bf16 C5 / C2 inference call), and the cores exchange half the
+  // bytes.
   uint16_t* hin_bf16 = nullptr;
   int64_t hin_bf16_rows = 0;
   // bfloat16 layers on the vector cell (Bf16Forward::xg): xg read and the output written in
@@ -425,7 +426,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   AlignedVector<T> hin(static_cast<size_t>(2 * B * P));
   // The bf16 product's exchange (HostForwardPolicy::hin_bf16; zeroed: its padding stays 0).
   const bool bf16_exchange = bf16_product && B > 1;
-  const int64_t hin_bf16_rows = (B + 15) / 16 * 16, hin_bf16_cols = (P + 31) / 32 * 32;
+  const int64_t hin_bf16_rows = bf16_padded_rows(B), hin_bf16_cols = bf16_padded_k(P);
   AlignedVector<uint16_t> hin_bf16(
       static_cast<size_t>(bf16_exchange ? 2 * hin_bf16_rows * hin_bf16_cols : 0));
   std::vector<T> h_pre(static_cast<size_t>(proj ? B * H : 0));  // o tanh(c_out) of every unit
