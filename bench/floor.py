@@ -532,10 +532,12 @@ def triton_geometry(
                 "gate_dots",
                 "split_k",
                 "fma_dots",
+                "gate_by_gate",
             )
             if key in geo
         }
         common["gate_dots"] = torch_dtype == torch.float32
+        common["gate_by_gate"] = False  # the launcher's streamed fallback (its "common")
         if "split_k" in common:
             common["split_k"] = 1
         bb, bh = geo["BLOCK_B"], geo["BLOCK_H"]
