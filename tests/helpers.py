@@ -247,3 +247,21 @@ def run_layer(module, x, state, lengths=None, batch_first=False, dtype=None) -> 
         out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first)
     h_n, c_n = st if lstm else (st, None)
     return {k: v for k, v in {"output": out, "h_n": h_n, "c_n": c_n}.items() if v is not None}
+
+
+def row_split_both_ways(monkeypatch, run, expected_calls: int) -> tuple:
+    """``run()`` with the host's batch-row split forced on (FUSEDRNN_HOST_ROW_SPLIT=1; it must
+    run ``expected_calls`` times: one per layer and direction) and forced off (it must not run):
+    the two results."""
+    from fusedrnn.backends import native
+
+    calls = native.native().host_row_split_calls
+    monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
+    before = calls()
+    split = run()
+    assert calls() - before == expected_calls, "the row split did not run"
+    monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "0")
+    before = calls()
+    units = run()
+    assert calls() == before
+    return split, units

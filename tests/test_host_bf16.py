@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_by_rule, run_layer
+from helpers import assert_by_rule, row_split_both_ways, run_layer
 from torch.nn.utils.rnn import pad_packed_sequence
 
 import fusedrnn
@@ -261,16 +261,10 @@ def test_bf16_inference_row_split(case, threads, monkeypatch):
     def run(m, dtype):
         return run_layer(m, x, state, lengths, batch_first, dtype)
 
-    calls = native.native().host_row_split_calls
     with torch.no_grad():
-        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
-        before = calls()
-        got = run(ours, torch.bfloat16)
-        assert calls() - before == layers * dirs, "the row split did not run"
-        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "0")
-        before = calls()
-        units = run(ours, torch.bfloat16)
-        assert calls() == before
+        got, units = row_split_both_ways(
+            monkeypatch, lambda: run(ours, torch.bfloat16), layers * dirs
+        )
         want = run(truth, torch.float64)
         base = run(theirs, torch.bfloat16)
     assert_by_rule(got, want, base, torch.bfloat16, what=f"host bf16 row split {case}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_by_rule, run_layer
+from helpers import assert_by_rule, row_split_both_ways, run_layer
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
@@ -192,14 +192,9 @@ def test_row_split_by_rule(case, threads, monkeypatch):
         return run_layer(m, x, state, lengths, batch_first, dtype)
 
     with torch.no_grad():
-        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "1")
-        before = _row_split_calls()
-        got = run(module, torch.float32)
-        assert _row_split_calls() - before == layers * dirs, "the row split did not run"
-        monkeypatch.setenv("FUSEDRNN_HOST_ROW_SPLIT", "0")
-        before = _row_split_calls()
-        units = run(module, torch.float32)
-        assert _row_split_calls() == before
+        got, units = row_split_both_ways(
+            monkeypatch, lambda: run(module, torch.float32), layers * dirs
+        )
         truth = run(truth_module, torch.float64)
         base = run(nn_module, torch.float32)
     assert_by_rule(got, truth, base, torch.float32, what=f"host row split {case}")

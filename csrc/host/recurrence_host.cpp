@@ -1009,7 +1009,8 @@ inline bool bf16_product_applies(const RecurrenceFwdParams& p) {
 
 RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1);
 int bf16_row_split_threads(const RecurrenceFwdParams& p, const Bf16Forward& bf);
-extern std::atomic<int64_t> g_row_split_calls;
+// Calls split by batch rows (float32 forward_row_split and the bf16 one below).
+std::atomic<int64_t> g_row_split_calls{0};
 
 // A bfloat16 layer's forward split by batch rows (bf16_row_split_threads): q's float32 copies
 // and bf's bf16 xg / output, each thread its rows as a one-thread call.
@@ -1205,8 +1206,6 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 // included; for measurements and tests).
 constexpr int64_t kRowSplitMinRows = 16;
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
-
-std::atomic<int64_t> g_row_split_calls{0};
 
 // The same split for a bfloat16 layer's inference on the vector cell with the bf16 product
 // (forward_widened, Bf16Forward with xg / output in bf16): each thread its rows, packing its own
