@@ -107,13 +107,13 @@ FRNN_ALWAYS_INLINE void exp_parts(VecF<L> xc, VecF<L>* s, VecF<L>* q) {
   const F t = xc * splat<L>(1.44269504088896341f) + magic;
   const F n = t - magic;
   const F r = (xc - n * splat<L>(0.693359375f)) - n * splat<L>(-2.12194440e-4f);
-  F p = splat<L>(1.9875691500e-4f);
-  p = p * r + splat<L>(1.3981999507e-3f);
-  p = p * r + splat<L>(8.3334519073e-3f);
-  p = p * r + splat<L>(4.1665795894e-2f);
-  p = p * r + splat<L>(1.6666665459e-1f);
-  p = p * r + splat<L>(5.0000001201e-1f);
-  *q = p * (r * r) + r;
+  const F r2 = r * r;
+  const F r4 = r2 * r2;
+  const F p01 = splat<L>(1.9875691500e-4f) * r + splat<L>(1.3981999507e-3f);
+  const F p23 = splat<L>(8.3334519073e-3f) * r + splat<L>(4.1665795894e-2f);
+  const F p45 = splat<L>(1.6666665459e-1f) * r + splat<L>(5.0000001201e-1f);
+  const F p = p01 * r4 + (p23 * r2 + p45);
+  *q = p * r2 + r;
   *s = (F)((((I)t) << 23) + (I{} + (127 << 23)));
 }
 
