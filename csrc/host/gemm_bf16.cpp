@@ -229,6 +229,10 @@ FRNN_TARGET_AMX void gemm_amx(int64_t Mp, const PackedBf16& b, const uint16_t* a
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
+  // The stores must reach memory before ldtilecfg reads it: in a function of its own, GCC 12
+  // dropped the loop's stores (measured; an all-zero configuration, so the first tile
+  // instruction raised #UD).
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
   const int64_t lda = b.Kp * 2, ldc_b = ldc * 4;  // bytes
   const int64_t kb_count = b.Kp / 32;
