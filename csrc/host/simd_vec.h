@@ -8,7 +8,7 @@
 // so 0 exactly at saturation); tanh |x| = m / (m + 2) with m = e^(2|x|) - 1 from the same
 // parts (no cancellation at small |x|), 2|x| clamped to 20 so +-1 at saturation, never
 // inf / inf = NaN. NaN in gives NaN; +-inf give the limits. Over every float32 input:
-// sigmoid 2.48 ulp (normal outputs), tanh 2.42 ulp (absolute error <= 8.93e-8).
+// sigmoid 2.48 ulp (normal outputs), tanh 2.46 ulp (absolute error <= 8.93e-8).
 // The lane count L (8: 32-byte vectors, 16: 64-byte) changes nothing per lane.
 #pragma once
 
@@ -107,13 +107,17 @@ FRNN_ALWAYS_INLINE void exp_parts(VecF<L> xc, VecF<L>* s, VecF<L>* q) {
   const F t = xc * splat<L>(1.44269504088896341f) + magic;
   const F n = t - magic;
   const F r = (xc - n * splat<L>(0.693359375f)) - n * splat<L>(-2.12194440e-4f);
-  F p = splat<L>(1.9875691500e-4f);
-  p = p * r + splat<L>(1.3981999507e-3f);
-  p = p * r + splat<L>(8.3334519073e-3f);
-  p = p * r + splat<L>(4.1665795894e-2f);
-  p = p * r + splat<L>(1.6666665459e-1f);
-  p = p * r + splat<L>(5.0000001201e-1f);
-  *q = p * (r * r) + r;
+  // P(r) by Estrin's scheme, not Horner's: the vector cell is bound by the latency of its
+  // sigmoid -> c -> tanh chain (the reorder buffer holds ~2 steps of 16 units), and this takes
+  // 3 dependent operations off each exp's 5 (the cell 3-5 % faster, a standalone driver, 1
+  // thread; every float32 input: tanh 2.42 -> 2.46 ulp, sigmoid unchanged).
+  const F r2 = r * r;
+  const F r4 = r2 * r2;
+  const F p01 = splat<L>(1.9875691500e-4f) * r + splat<L>(1.3981999507e-3f);
+  const F p23 = splat<L>(8.3334519073e-3f) * r + splat<L>(4.1665795894e-2f);
+  const F p45 = splat<L>(1.6666665459e-1f) * r + splat<L>(5.0000001201e-1f);
+  const F p = p01 * r4 + (p23 * r2 + p45);
+  *q = p * r2 + r;
   *s = (F)((((I)t) << 23) + (I{} + (127 << 23)));
 }
 

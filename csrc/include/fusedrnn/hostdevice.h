@@ -6,6 +6,11 @@
 #define FRNN_HD __host__ __device__ __forceinline__
 #define FRNN_DEVICE_CODE 1
 #else
-#define FRNN_HD inline
+// Always inlined under g++ / clang too, as __forceinline__ under nvcc: the host backend's
+// vector cell instantiates these templates on 64-byte vectors inside per-ISA kernels
+// (csrc/host/multiversion.h), and a copy left out of line by the inliner's size heuristics
+// is compiled for the baseline target, where such a vector is emulated (measured: the
+// vector cell 90x slower) and passed in memory.
+#define FRNN_HD inline __attribute__((always_inline))
 #define FRNN_DEVICE_CODE 0
 #endif
