@@ -631,6 +631,35 @@ def _program_columns(
 
 
 @triton.jit
+def _step_rows(
+    zero,
+    batch,
+    hidden,
+    state_size,
+    unit_in,
+    col_in,
+    h_units,
+    h_unit_in,
+    units,
+    BLOCK_B: tl.constexpr,
+):
+    """The kernels' ``ROWS_PER_STEP``: the step's ``BLOCK_B`` rows from ``zero`` (a
+    step-dependent 0, ``s // steps``), which rows are real, and the masks and offsets built
+    from them (``own_mask``, ``col_mask``, ``h_own_mask``, ``own_offsets``,
+    ``h_own_offsets``, as the kernels define them before the loop), so that the
+    per-element offsets of the step's tiles are computed in the time loop, not hoisted out
+    of it and held across it."""
+    rows = zero + tl.arange(0, BLOCK_B)
+    row_in = rows < batch
+    own_mask = row_in[:, None] & unit_in[None, :]
+    col_mask = row_in[:, None] & col_in[None, :]
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
+    return rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets
+
+
+@triton.jit
 def _forward_pieces_cell(
     xg_ptr,
     b_hh_ptr,
@@ -1385,6 +1414,7 @@ def recurrence_forward_kernel(
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
     STEP_ZERO: tl.constexpr = False,  # PARAMS_PER_STEP with batch norm (the launcher's rule)
     BN_GATE_BY_GATE: tl.constexpr = False,  # batch norm's step 3 gate by gate (LSTM, GRU)
+    ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -1599,6 +1629,21 @@ def recurrence_forward_kernel(
             step_zero = s // steps
         else:
             step_zero = 0
+        if ROWS_PER_STEP:
+            # The step's rows, and the masks and offsets of its [BLOCK_B, ·] tiles, rebuilt
+            # each step from a step-dependent zero (the launcher's _rows_per_step: bf16 /
+            # fp16 batch norm in the pair split at 256 rows with mma.sync), so that Triton's
+            # LICM does not hoist those offsets out of the time loop, where they were
+            # spilled; the product's first row stays 0 (step_zero there spilled more with
+            # triton 3.8). LSTM all_batch_norm, sm_80 H = 864, forward spill stores / loads,
+            # triton 3.6 156 / 156 -> 4 / 4 B, triton 3.8 16 / 16 -> 24 / 24 B
+            # (docs/kernels-v2.md §6.2).
+            rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
+                _step_rows(
+                    s // steps, batch, hidden, state_size, unit_in, col_in, h_units, h_unit_in,
+                    units, BLOCK_B,
+                )
+            )  # fmt: skip
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
 
@@ -1810,7 +1855,11 @@ def recurrence_forward_kernel(
                         stat_steps,
                         batch,
                         rows,
-                        units,
+                        # the step-dependent zero in the gate's column offsets too, so that
+                        # they are built in the loop (LSTM all_batch_norm bf16 H = 1024, sm_80
+                        # forward spill stores / loads, triton 3.6: 124 / 132 -> 0 / 0 B;
+                        # triton 3.8 0 / 0 both; docs/kernels-v2.md §6.2)
+                        units + step_zero,
                         unit_in,
                         hidden,
                         active_f,
@@ -2185,6 +2234,7 @@ def recurrence_backward_kernel(
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
     WGMMA_BACKWARD: tl.constexpr = False,  # the launcher's geometry: products on wgmma
+    ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2449,6 +2499,16 @@ def recurrence_backward_kernel(
             step_zero = s // steps
         else:
             step_zero = 0
+        if ROWS_PER_STEP:
+            # As the forward kernel's (the launcher's _rows_per_step): LSTM all_batch_norm,
+            # sm_80 H = 864, backward spill stores / loads, triton 3.6 72 / 76 -> 32 / 32 B,
+            # triton 3.8 40 / 40 -> 0 / 0 B (docs/kernels-v2.md §6.2).
+            rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
+                _step_rows(
+                    s // steps, batch, hidden, state_size, unit_in, col_in, h_units, h_unit_in,
+                    units, BLOCK_B,
+                )
+            )  # fmt: skip
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
