@@ -566,6 +566,25 @@ def _opaque(x):
     return x
 
 
+@triton.jit
+def _loop_zero(index, count):
+    """0 for a loop index ``0 <= index < count`` (the time loop's ``s`` and ``steps``), in a
+    form no compiler pass can fold: the kernels' anti-hoisting zero. Added to an offset, a row
+    or a column index, it makes that value (and the masks and addresses built from it) depend
+    on the iteration, so Triton's loop-invariant code motion, which hoists pure address
+    arithmetic out of even the ``disable_licm`` loops, leaves it in the loop instead of
+    computing it once before the loop and holding it (spilled) across it. The kernels' uses
+    (the launcher's switches in brackets): the forward's ``step_zero`` as its product's first
+    row and in the parameters' offsets (``PARAMS_PER_STEP``, ``STEP_ZERO``), in the
+    gate-by-gate norm's column offsets (``BN_GATE_BY_GATE``), the step's rows (``ROWS_PER_STEP``,
+    :func:`_step_rows`) and the backward's ``step_zero``. Its companion, where a value must
+    also not be strength-reduced across iterations: :func:`_opaque` (an inline-asm move; the
+    row pieces' and row chunks' indices, the program columns, and the pair split's ``k_zero``
+    = ``_opaque(chunk) - chunk`` times the K tile). docs/kernels-v2.md §6.1 / §6.2 have the
+    measurements."""
+    return index // count
+
+
 # Compiled kernels (triton.jit made JITFunctions, not the interpreter's functions): _opaque's
 # inline asm (the interpreter has none).
 _COMPILED: tl.constexpr = tl.constexpr(isinstance(_opaque, triton.runtime.jit.JITFunction))
@@ -1606,7 +1625,7 @@ def recurrence_forward_kernel(
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step + FIRST_BARRIER
         if PARAMS_PER_STEP:
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
             if HAS_BIAS:
                 bias = tl.load(b_hh_ptr + (gate_col + step_zero), mask=col_in, other=0.0).to(
                     tl.float32
@@ -1626,7 +1645,7 @@ def recurrence_forward_kernel(
             # the product's first row (below): its operand addresses built in the loop, as
             # above (LSTM all_batch_norm bf16 H = 1024, sm_80 forward spill stores / loads,
             # triton 3.8: 84 / 84 -> 0 / 0 B; docs/kernels-v2.md §6.2)
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
         else:
             step_zero = 0
         if ROWS_PER_STEP:
@@ -1640,8 +1659,8 @@ def recurrence_forward_kernel(
             # (docs/kernels-v2.md §6.2).
             rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
                 _step_rows(
-                    s // steps, batch, hidden, state_size, unit_in, col_in, h_units, h_unit_in,
-                    units, BLOCK_B,
+                    _loop_zero(s, steps), batch, hidden, state_size, unit_in, col_in, h_units,
+                    h_unit_in, units, BLOCK_B,
                 )
             )  # fmt: skip
         active = (t < lengths) & row_in
@@ -2496,7 +2515,7 @@ def recurrence_backward_kernel(
             # -> 8 / 8 B). Not at B = 16 (sm_90a triton 3.8 0 -> 88 B), nor the mma.sync
             # pair split (the same GRU on sm_80, triton 3.8 64 -> 108 B), nor the B = 256
             # product on sm_80 (RNN layer norm, triton 3.6 104 -> 144 B; kernels-v2 §6.1).
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
         else:
             step_zero = 0
         if ROWS_PER_STEP:
@@ -2505,8 +2524,8 @@ def recurrence_backward_kernel(
             # triton 3.8 40 / 40 -> 0 / 0 B (docs/kernels-v2.md §6.2).
             rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
                 _step_rows(
-                    s // steps, batch, hidden, state_size, unit_in, col_in, h_units, h_unit_in,
-                    units, BLOCK_B,
+                    _loop_zero(s, steps), batch, hidden, state_size, unit_in, col_in, h_units,
+                    h_unit_in, units, BLOCK_B,
                 )
             )  # fmt: skip
         active = (t < lengths) & row_in
