@@ -566,6 +566,25 @@ def _opaque(x):
     return x
 
 
+@triton.jit
+def _loop_zero(index, count):
+    """0 for a loop index ``0 <= index < count`` (the time loop's ``s`` and ``steps``), in a
+    form no compiler pass can fold: the kernels' anti-hoisting zero. Added to an offset, a row
+    or a column index, it makes that value (and the masks and addresses built from it) depend
+    on the iteration, so Triton's loop-invariant code motion, which hoists pure address
+    arithmetic out of even the ``disable_licm`` loops, leaves it in the loop instead of
+    computing it once before the loop and holding it (spilled) across it. The kernels' uses
+    (the launcher's switches in brackets): the forward's ``step_zero`` as its product's first
+    row and in the parameters' offsets (``PARAMS_PER_STEP``, ``STEP_ZERO``), in the
+    gate-by-gate norm's column offsets (``BN_GATE_BY_GATE``), the step's rows (``ROWS_PER_STEP``,
+    :func:`_step_rows`) and the backward's ``step_zero``. Its companion, where a value must
+    also not be strength-reduced across iterations: :func:`_opaque` (an inline-asm move; the
+    row pieces' and row chunks' indices, the program columns, and the pair split's ``k_zero``
+    = ``_opaque(chunk) - chunk`` times the K tile). docs/kernels-v2.md §6.1 / §6.2 have the
+    measurements."""
+    return index // count
+
+
 # Compiled kernels (triton.jit made JITFunctions, not the interpreter's functions): _opaque's
 # inline asm (the interpreter has none).
 _COMPILED: tl.constexpr = tl.constexpr(isinstance(_opaque, triton.runtime.jit.JITFunction))
@@ -628,6 +647,35 @@ def _program_columns(
     col_unit = pid * BLOCK_U + cols % BLOCK_U
     col_in = (col_gate < NUM_GATES) & (col_unit < hidden)
     return units, units < hidden, col_gate * hidden + col_unit, col_in
+
+
+@triton.jit
+def _step_rows(
+    zero,
+    batch,
+    hidden,
+    state_size,
+    unit_in,
+    col_in,
+    h_units,
+    h_unit_in,
+    units,
+    BLOCK_B: tl.constexpr,
+):
+    """The kernels' ``ROWS_PER_STEP``: the step's ``BLOCK_B`` rows from ``zero`` (a
+    step-dependent 0, ``s // steps``), which rows are real, and the masks and offsets built
+    from them (``own_mask``, ``col_mask``, ``h_own_mask``, ``own_offsets``,
+    ``h_own_offsets``, as the kernels define them before the loop), so that the
+    per-element offsets of the step's tiles are computed in the time loop, not hoisted out
+    of it and held across it."""
+    rows = zero + tl.arange(0, BLOCK_B)
+    row_in = rows < batch
+    own_mask = row_in[:, None] & unit_in[None, :]
+    col_mask = row_in[:, None] & col_in[None, :]
+    h_own_mask = row_in[:, None] & h_unit_in[None, :]
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    h_own_offsets = rows[:, None] * state_size + h_units[None, :]
+    return rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets
 
 
 @triton.jit
@@ -1385,6 +1433,7 @@ def recurrence_forward_kernel(
     UPCAST_OPERANDS: tl.constexpr,  # interpreter: both dot operands in float32, "ieee"
     STEP_ZERO: tl.constexpr = False,  # PARAMS_PER_STEP with batch norm (the launcher's rule)
     BN_GATE_BY_GATE: tl.constexpr = False,  # batch norm's step 3 gate by gate (LSTM, GRU)
+    ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -1576,7 +1625,7 @@ def recurrence_forward_kernel(
         t64 = tl.cast(t, tl.int64)
         first_barrier = s * barriers_per_step + FIRST_BARRIER
         if PARAMS_PER_STEP:
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
             if HAS_BIAS:
                 bias = tl.load(b_hh_ptr + (gate_col + step_zero), mask=col_in, other=0.0).to(
                     tl.float32
@@ -1596,9 +1645,24 @@ def recurrence_forward_kernel(
             # the product's first row (below): its operand addresses built in the loop, as
             # above (LSTM all_batch_norm bf16 H = 1024, sm_80 forward spill stores / loads,
             # triton 3.8: 84 / 84 -> 0 / 0 B; docs/kernels-v2.md §6.2)
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
         else:
             step_zero = 0
+        if ROWS_PER_STEP:
+            # The step's rows, and the masks and offsets of its [BLOCK_B, ·] tiles, rebuilt
+            # each step from a step-dependent zero (the launcher's _rows_per_step: bf16 /
+            # fp16 batch norm in the pair split at 256 rows with mma.sync), so that Triton's
+            # LICM does not hoist those offsets out of the time loop, where they were
+            # spilled; the product's first row stays 0 (step_zero there spilled more with
+            # triton 3.8). LSTM all_batch_norm, sm_80 H = 864, forward spill stores / loads,
+            # triton 3.6 156 / 156 -> 4 / 4 B, triton 3.8 16 / 16 -> 24 / 24 B
+            # (docs/kernels-v2.md §6.2).
+            rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
+                _step_rows(
+                    _loop_zero(s, steps), batch, hidden, state_size, unit_in, col_in, h_units,
+                    h_unit_in, units, BLOCK_B,
+                )
+            )  # fmt: skip
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
 
@@ -1810,7 +1874,11 @@ def recurrence_forward_kernel(
                         stat_steps,
                         batch,
                         rows,
-                        units,
+                        # the step-dependent zero in the gate's column offsets too, so that
+                        # they are built in the loop (LSTM all_batch_norm bf16 H = 1024, sm_80
+                        # forward spill stores / loads, triton 3.6: 124 / 132 -> 0 / 0 B;
+                        # triton 3.8 0 / 0 both; docs/kernels-v2.md §6.2)
+                        units + step_zero,
                         unit_in,
                         hidden,
                         active_f,
@@ -2185,6 +2253,7 @@ def recurrence_backward_kernel(
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
     WGMMA_BACKWARD: tl.constexpr = False,  # the launcher's geometry: products on wgmma
+    ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2446,9 +2515,19 @@ def recurrence_backward_kernel(
             # -> 8 / 8 B). Not at B = 16 (sm_90a triton 3.8 0 -> 88 B), nor the mma.sync
             # pair split (the same GRU on sm_80, triton 3.8 64 -> 108 B), nor the B = 256
             # product on sm_80 (RNN layer norm, triton 3.6 104 -> 144 B; kernels-v2 §6.1).
-            step_zero = s // steps
+            step_zero = _loop_zero(s, steps)
         else:
             step_zero = 0
+        if ROWS_PER_STEP:
+            # As the forward kernel's (the launcher's _rows_per_step): LSTM all_batch_norm,
+            # sm_80 H = 864, backward spill stores / loads, triton 3.6 72 / 76 -> 32 / 32 B,
+            # triton 3.8 40 / 40 -> 0 / 0 B (docs/kernels-v2.md §6.2).
+            rows, row_in, own_mask, col_mask, h_own_mask, own_offsets, h_own_offsets = (
+                _step_rows(
+                    _loop_zero(s, steps), batch, hidden, state_size, unit_in, col_in, h_units,
+                    h_unit_in, units, BLOCK_B,
+                )
+            )  # fmt: skip
         active = (t < lengths) & row_in
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)

@@ -806,6 +806,30 @@ def test_forward_step_zero_half_batch_norm_pair_split_256_rows(monkeypatch, arch
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_rows_per_step_half_batch_norm_pair_split_256_rows(monkeypatch, arch):
+    """bf16 / fp16 with batch norm in the pair split at 256 rows on mma.sync (sm_80): both
+    kernels rebuild the step's rows, masks and offsets each step (_rows_per_step, the kernels'
+    ROWS_PER_STEP; without it the LSTM spilled 156 B forward, 72 B backward with triton 3.6).
+    Not with wgmma (sm_90: the forward's STEP_ZERO there), at 128 rows, in float32 or with the
+    other norms."""
+    largest = {80: 864, 90: 1024}[arch]
+
+    def rows_per_step(batch, cell="lstm", norm="batch", dtype=torch.bfloat16):
+        geo = _gpu_geometry(monkeypatch, batch, largest, cell, dtype, arch, 0, norm=norm)[0]
+        kernels = ("forward", "backward")
+        return geo["split_k"], [triton_backend._rows_per_step(geo, k, norm) for k in kernels]
+
+    for cell in ("lstm", "gru"):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert rows_per_step(256, cell, dtype=dtype) == (2, [arch == 80] * 2)
+            assert rows_per_step(129, cell, dtype=dtype) == (2, [arch == 80] * 2)  # BLOCK_B 256
+            assert rows_per_step(128, cell, dtype=dtype) == (2, [False, False])
+        assert rows_per_step(256, cell, dtype=torch.float32)[1] == [False, False]
+        for norm in ("none", "layer"):
+            assert rows_per_step(256, cell, norm=norm)[1] == [False, False]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
     """bf16 / fp16 with batch norm at 128 rows where the pair split's programs exceed the SMs
     (the A100 from H = 880 to BLOCK_H = 1024): 16 units a program, W_hh resident, with the

@@ -184,7 +184,7 @@ def test_multi_program_split_k_pairs(monkeypatch, cell, regularizer, reverse):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("row_chunks", [False, True])
+@pytest.mark.parametrize("row_chunks", [False, True, "rows-per-step"])
 def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell, row_chunks):
     """The pair split in bf16 with batch norm (the launcher's choice at 128 and 256 rows on a
     GPU, _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS): the pair's partial dL/dh added through its
@@ -192,13 +192,18 @@ def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell, row_
     takes it there), against the float64 reference; with ``row_chunks`` the backward's
     product in row chunks too (as at 256 rows: _PAIR_ROW_CHUNK, the LSTM's batch norm gate by
     gate), and the forward's parameters read each step with a step-dependent zero as its
-    product's first row (STEP_ZERO, as the launcher takes it there on wgmma)."""
+    product's first row (STEP_ZERO, as the launcher takes it there on wgmma); with
+    "rows-per-step" the row chunks as on mma.sync (sm_80): no STEP_ZERO, and both kernels
+    rebuild the step's rows, masks and offsets each step (ROWS_PER_STEP, _rows_per_step)."""
     monkeypatch.setattr(triton_backend, "INTERPRETER_SPLIT_K", 2)
     monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", 4)
     monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
     if row_chunks:
         monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", 2)
+    if row_chunks is True:
         monkeypatch.setattr(triton_backend, "_forward_step_zero", lambda geo, norm: True)
+    if row_chunks == "rows-per-step":
+        monkeypatch.setattr(triton_backend, "_rows_per_step", lambda geo, kernel, norm: True)
     inputs = make_inputs(
         cell, "all_batch_norm", hidden=HIDDEN, dtype=torch.bfloat16, lengths=LENGTHS
     )
@@ -207,7 +212,7 @@ def test_multi_program_split_k_pairs_bfloat16_batch_norm(monkeypatch, cell, row_
     assert geo["split_k"] == 2 and geo["programs"] == PROGRAMS
     tile = geo["BLOCK_GH"] // geo["k_tiles_backward"]
     assert 0 < triton_backend.split_tiles(geo) * tile < gates * HIDDEN
-    assert (geo["BLOCK_B"] // geo["rows_backward"] == 4) is row_chunks
+    assert (geo["BLOCK_B"] // geo["rows_backward"] == 4) is bool(row_chunks)
     assert_matches_reference(inputs)
 
 

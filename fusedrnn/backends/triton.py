@@ -105,6 +105,12 @@ _HALF_BATCH_NORM_PAIR_SPLIT_FROM_ROWS = 128
 # kernel's STEP_ZERO, _forward_step_zero): LSTM forward spill stores, sm_90a H = 1024,
 # triton 3.8 / 3.6: 160 / 176 -> 16 / 0 B (docs/kernels-v2.md §6.2).
 _HALF_BATCH_NORM_STEP_ZERO_FROM_ROWS = 256
+# ... and there with mma.sync (sm_80) both kernels rebuild the step's rows (and its tiles'
+# masks and offsets) each step from a step-dependent zero (the kernels' ROWS_PER_STEP,
+# _rows_per_step). Spill stores / loads forward ; backward, sm_80 H = 864, before -> after:
+# LSTM triton 3.6 156 ; 72 / 76 -> 4 ; 32, triton 3.8 16 ; 40 -> 24 ; 0; GRU triton 3.6
+# 0 ; 36 -> 0 ; 0, triton 3.8 0 ; 48 -> 0 ; 24 / 20 (docs/kernels-v2.md §6.2).
+_HALF_BATCH_NORM_ROWS_PER_STEP_FROM_ROWS = 256
 # ... and where its programs exceed the SMs (an A100 from H = 880) at this BLOCK_B: 16 units a
 # program with the step's batch norm gate by gate (``gate_by_gate``: the kernels'
 # BN_GATE_BY_GATE forward, GATE_BY_GATE backward), the state in memory in both kernels and
@@ -958,6 +964,26 @@ def _forward_step_zero(geo: dict, norm: str) -> bool:
     )
 
 
+def _rows_per_step(geo: dict, kernel: str, norm: str) -> bool:
+    """The ``ROWS_PER_STEP`` of ``kernel`` ("forward" / "backward"): the step's rows, and
+    the masks and per-element offsets of its ``[BLOCK_B, ·]`` tiles, rebuilt every step from
+    ``s // steps`` (0, which the compiler cannot fold) instead of once before the time loop,
+    for bf16 / fp16 with batch norm (``norm``) in the pair split (``split_k`` = 2) at
+    ``BLOCK_B`` >= _HALF_BATCH_NORM_ROWS_PER_STEP_FROM_ROWS (256) where the kernel's products
+    are mma.sync (sm_80; with wgmma the forward takes _forward_step_zero). Before the loop,
+    those offsets were held across it and spilled with triton 3.6: spill stores / loads
+    (forward ; backward, H = 864), LSTM with batch norm, dropout and zoneout triton 3.6
+    156 ; 72 / 76 -> 4 ; 32, triton 3.8 16 ; 40 -> 24 ; 0; the GRU triton 3.6 0 ; 36 -> 0 ;
+    0, triton 3.8 0 ; 48 -> 0 ; 24 / 20 (docs/kernels-v2.md §6.2)."""
+    return (
+        not geo[f"wgmma_{kernel}"]
+        and norm == "batch"
+        and geo["split_k"] == 2
+        and geo["element_bytes"] == 2
+        and geo["BLOCK_B"] >= _HALF_BATCH_NORM_ROWS_PER_STEP_FROM_ROWS
+    )
+
+
 def _row_piece(geo: dict) -> int:
     """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
     projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS (128) runs its steps in whole-step
@@ -1128,6 +1154,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         ROW_PIECE=_row_piece(geo),
         STEP_ZERO=_forward_step_zero(geo, norm),
         BN_GATE_BY_GATE=geo["gate_by_gate"],
+        ROWS_PER_STEP=_rows_per_step(geo, "forward", norm),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -1253,6 +1280,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             STATE_IN_MEMORY=_state_in_memory(geo, "backward", cfg.norm),
             ROW_PIECE=_row_piece(geo),
             WGMMA_BACKWARD=geo["wgmma_backward"],
+            ROWS_PER_STEP=_rows_per_step(geo, "backward", cfg.norm),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
