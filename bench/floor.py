@@ -505,7 +505,7 @@ def triton_geometry(
 ) -> dict:
     """fusedrnn/backends/triton.py::_geometry on the assumed H100 (``hw``: its SMs, 227 KiB
     opt-in shared memory, sm_90 so M >= 64 dots are wgmma), no GPU needed. ``streamed``: the
-    launcher's streamed fallback (its last ``_configured`` call: K-chunks of ``_STREAM_K``,
+    launcher's streamed fallback (``_geometry(streamed=True)``: K-chunks of ``_STREAM_K``,
     every row in one dot, one tile) where it would keep W_hh resident. ``tf32`` (float32
     only): the launcher's dot precision, "tf32" or "ieee" (exact FMA: less shared memory,
     the forward's K tiles one FMA chunk each)."""
@@ -521,30 +521,10 @@ def triton_geometry(
     geo = launcher._geometry(
         B, H, G, None, torch_dtype, 0, properties=properties, input_precision=precision
     )
-    if streamed and not geo["stream_k"]:  # _geometry's last lines, from its own "common"
-        common = {
-            key: geo[key]
-            for key in (
-                "GATES_PAD",
-                "num_gates",
-                "proj",
-                "element_bytes",
-                "gate_dots",
-                "split_k",
-                "fma_dots",
-                "gate_by_gate",
-            )
-            if key in geo
-        }
-        common["gate_dots"] = torch_dtype == torch.float32
-        common["gate_by_gate"] = False  # the launcher's streamed fallback (its "common")
-        if "split_k" in common:
-            common["split_k"] = 1
-        bb, bh = geo["BLOCK_B"], geo["BLOCK_H"]
-        fewest = max(16, 1 << max(0, (-(-H // hw.sms) - 1).bit_length()))
-        geo = launcher._configured(
-            common, bb, bh, G, H, fewest, bb, bb, 1, 1, launcher._STREAM_K,
-            sms=hw.sms, shared_limit=hw.smem_bytes_per_cta, wgmma_arch=True,
+    if streamed and not geo["stream_k"]:  # the launcher's streamed fallback, on request
+        geo = launcher._geometry(
+            B, H, G, None, torch_dtype, 0, properties=properties, input_precision=precision,
+            streamed=True,
         )  # fmt: skip
         geo["stream_reason"] = "forced by the model (the launcher keeps W_hh resident here)"
     return geo

@@ -329,6 +329,7 @@ def _resident_product(
     ROWS_PER_DOT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
+    CLAMP_ROWS: tl.constexpr = False,
 ):
     """``acc + operand @ W`` with W resident on chip as the tuple ``w_tiles`` of ``K_TILES``
     K-chunk tiles (:func:`_load_resident_tiles`), ``acc`` float32 [BLOCK_B, N]; row ``r`` of
@@ -340,6 +341,12 @@ def _resident_product(
     against a tile that stays on chip), so a dot holds and stages only ``[ROWS_PER_DOT, K /
     K_TILES]`` of it: that is what lets B = 64 keep W_hh on chip at H = 1024 without
     spilling. ``OPERAND_DROPOUT``: the operand is ``m_h * h``, each piece's mask drawn again.
+
+    ``CLAMP_ROWS`` (the launcher's ``row_clamp``): the operand's rows clamped into the batch
+    (``min(row, batch - 1)``; ``batch`` >= 1) and its loads masked by the K tile alone, so
+    no row x K predicate exists (a thread's row predicates ANDed with every K tile's were
+    hoisted out of the time loop and spilled). The padded rows (>= ``batch``) of the result
+    then hold the last row's product instead of 0: the callers mask every use of them.
     """
     BLOCK_KR: tl.constexpr = w_tiles[0].shape[0]
     CHUNKS: tl.constexpr = acc.shape[0] // ROWS_PER_DOT
@@ -352,11 +359,19 @@ def _resident_product(
             part = acc
         else:
             part = tl.zeros((ROWS_PER_DOT, WIDTH_N), tl.float32)
+        if CLAMP_ROWS:
+            operand_rows = tl.minimum(rows, batch - 1)
+        else:
+            operand_rows = rows
         for tile in tl.static_range(K_TILES):
             ks = tile * BLOCK_KR + tl.arange(0, BLOCK_KR)
+            if CLAMP_ROWS:
+                operand_mask = (ks < k_total)[None, :]
+            else:
+                operand_mask = (rows < batch)[:, None] & (ks < k_total)[None, :]
             operand = tl.load(
-                step_ptr + rows[:, None] * width + k_offset + ks[None, :],
-                mask=(rows < batch)[:, None] & (ks < k_total)[None, :],
+                step_ptr + operand_rows[:, None] * width + k_offset + ks[None, :],
+                mask=operand_mask,
                 other=0.0,
                 cache_modifier=".cg",
             )
@@ -480,6 +495,7 @@ def _recurrent_product(
     ROWS_PER_DOT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST_OPERANDS: tl.constexpr,
+    CLAMP_ROWS: tl.constexpr = False,
 ):
     """A step's recurrent product ``operand @ W`` of ``ROWS`` rows, float32 [ROWS, COLUMNS]:
     row ``r`` of the operand is ``step_ptr[r * width + k]`` for ``k < width`` (the rows
@@ -542,6 +558,7 @@ def _recurrent_product(
                 ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
+                CLAMP_ROWS,
             )
     return acc
 
@@ -1434,6 +1451,7 @@ def recurrence_forward_kernel(
     STEP_ZERO: tl.constexpr = False,  # PARAMS_PER_STEP with batch norm (the launcher's rule)
     BN_GATE_BY_GATE: tl.constexpr = False,  # batch norm's step 3 gate by gate (LSTM, GRU)
     ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
+    ROW_CLAMP: tl.constexpr = False,  # the product's operand rows clamped (_resident_product)
 ):
     """Forward recurrence: all T steps in one launch, one program per slice of hidden units.
 
@@ -1772,6 +1790,7 @@ def recurrence_forward_kernel(
                 ROWS_PER_DOT,
                 INPUT_PRECISION,
                 UPCAST_OPERANDS,
+                ROW_CLAMP,
             )
 
         if ROW_SPLIT:
@@ -2254,6 +2273,8 @@ def recurrence_backward_kernel(
     UPCAST_OPERANDS: tl.constexpr,
     WGMMA_BACKWARD: tl.constexpr = False,  # the launcher's geometry: products on wgmma
     ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
+    ROW_CLAMP: tl.constexpr = False,  # the product's operand rows clamped (_resident_product)
+    PRODUCT_ROW_CHUNKS: tl.constexpr = False,  # the product in ROWS_PER_DOT-row chunks (below)
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2447,6 +2468,9 @@ def recurrence_backward_kernel(
     # their output rows each step): the whole step's [256, G * 8] tiles beside the state
     # spilled (backward spill stores, sm_90a / sm_80, triton 3.8: LSTM all_batch_norm 308 /
     # 508 -> 0 / 0 B; docs/kernels-v2.md §6.2).
+    if PRODUCT_ROW_CHUNKS:
+        tl.static_assert(STATE_IN_MEMORY and SPLIT_K == 1 and not ROW_SPLIT, "product chunks")
+        tl.static_assert(ROWS_PER_DOT < BLOCK_B and not ROW_CHUNKS, "product chunks")
     PAIR_CHUNKS: tl.constexpr = SPLIT_K == 2 and ROWS_PER_DOT < BLOCK_B
     CHUNKS: tl.constexpr = PAIR_CHUNKS or ROW_CHUNKS
     EARLY_STATE: tl.constexpr = CHUNKS and STATE_IN_MEMORY and (CELL == LSTM or CELL == GRU)
@@ -2937,10 +2961,12 @@ def recurrence_backward_kernel(
 
         # 3. dL/d h_{t-1} of the owned units from every program's columns of step t.
         d_acc_step = grad_acc_ptr + t64 * batch * gate_width
-        if ROW_SPLIT or ROW_CHUNKS:
+        if ROW_SPLIT or ROW_CHUNKS or PRODUCT_ROW_CHUNKS:
             # Whole-step row pieces (ROWS_PER_DOT = ROW_PIECE), or the product's row chunks
-            # (ROW_CHUNKS): the product piece by piece (ROWS_PER_DOT rows a dot), each
-            # piece's dh updated in grad_h0 (its rows, this program's units).
+            # (ROW_CHUNKS; PRODUCT_ROW_CHUNKS: the launcher's _product_row_chunks, the RNN with
+            # layer norm at 256 rows on sm_80, backward spill stores triton 3.6 104 -> 8 B):
+            # the product piece by piece (ROWS_PER_DOT rows a dot), each piece's dh updated
+            # in grad_h0 (its rows, this program's units).
             for piece in tl.range(0, BLOCK_B // ROWS_PER_DOT, num_stages=1, disable_licm=True):
                 rows_p, row_in_p = _piece_rows(piece, batch, ROWS_PER_DOT, BLOCK_B)
                 dh_recurrent = _recurrent_product(
@@ -3096,6 +3122,7 @@ def recurrence_backward_kernel(
                     ROWS_PER_DOT,
                     INPUT_PRECISION,
                     UPCAST_OPERANDS,
+                    ROW_CLAMP,
                 )
             if USE_DROPOUT:
                 if STATE_IN_MEMORY:

@@ -830,6 +830,50 @@ def test_rows_per_step_half_batch_norm_pair_split_256_rows(monkeypatch, arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_rnn_layer_norm_256_rows_row_clamp_and_chunks(monkeypatch, arch):
+    """The RNN with layer norm in bf16 / fp16 at 256 rows (tests/test_triton_aot.py
+    ``rnn_relu-all_layer_norm-float16-B256-Hmax``): the forward's product takes its operand
+    rows clamped into the batch (_row_clamp, the kernels' ROW_CLAMP) on both targets; the
+    backward's too with wgmma (sm_90, its state carried), and on sm_80 (mma.sync, its state
+    in memory) it takes its product in 64-row chunks instead (_product_row_chunks, the
+    backward's PRODUCT_ROW_CHUNKS: W2's K tiles and shared memory, 98304 B). The boundary
+    does not move (H = 1728 / 2112). Nowhere else: not at 128 rows, float32, the other cells
+    or norms, nor streamed."""
+    largest = {80: 1728, 90: 2112}[arch]
+
+    def rule(batch=256, hidden=largest, cell="rnn_relu", norm="layer", dtype=torch.float16):
+        geo, reason = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch, 0, norm=norm)
+        clamp = tuple(triton_backend._row_clamp(geo, k, norm) for k in ("forward", "backward"))
+        return geo, reason, clamp, triton_backend._product_row_chunks(geo, norm)
+
+    for cell in ("rnn_relu", "rnn_tanh"):
+        for dtype in (torch.float16, torch.bfloat16):
+            for batch in (129, 256):
+                geo, reason, clamp, chunks = rule(batch, cell=cell, dtype=dtype)
+                assert reason is None and geo["stream_k"] == 0
+                assert clamp == (True, arch == 90) and chunks == (arch == 80)
+                assert geo["rows_forward"] == 256
+                assert geo["rows_backward"] == (256 if arch == 90 else 64)
+                if arch == 80:
+                    assert geo["k_tiles_backward"] == 16
+                    assert triton_backend._shared_memory_bytes(geo)["backward"] == 98304
+                    assert triton_backend._state_in_memory(geo, "backward", "layer")
+    # One unit more streams, as before (the boundary).
+    assert rule(hidden=largest + 1)[0]["stream_k"] > 0
+    assert rule(hidden=largest + 1)[2:] == ((False, False), False)
+    for other in (
+        {"batch": 128},
+        {"dtype": torch.float32},
+        {"cell": "gru"},
+        {"cell": "lstm"},
+        {"norm": "none"},
+        {"norm": "batch"},
+    ):
+        clamp, chunks = rule(**other)[2:]
+        assert clamp == (False, False) and not chunks, other
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
     """bf16 / fp16 with batch norm at 128 rows where the pair split's programs exceed the SMs
     (the A100 from H = 880 to BLOCK_H = 1024): 16 units a program, W_hh resident, with the

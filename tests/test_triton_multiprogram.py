@@ -366,3 +366,62 @@ def test_multi_program_b256_row_pieces(
     assert_matches_reference(inputs)
     # Both kernels ran the pieces, their products piece by piece (each launch asks once).
     assert pieces and all(piece == (2, 8, 2, 2) for piece in pieces), pieces
+
+
+@pytest.mark.parametrize(
+    ("cell", "regularizer", "dtype", "reverse", "state_in_memory", "k_tiles"),
+    [
+        ("rnn_relu", "all_layer_norm", torch.float16, False, True, 2),
+        ("rnn_tanh", "layer_norm", torch.bfloat16, True, True, 2),
+        ("rnn_relu", "all_layer_norm", torch.float16, True, False, 2),
+        ("rnn_tanh", "all_layer_norm", torch.bfloat16, False, False, 1),
+    ],
+    ids=["sm80-relu-all-ln", "sm80-tanh-ln-reverse", "sm90-relu-all-ln-reverse", "sm90-tanh"],
+)
+def test_multi_program_rnn_layer_norm_256_rows(
+    monkeypatch, cell, regularizer, dtype, reverse, state_in_memory, k_tiles
+):
+    """The RNN with layer norm in bf16 / fp16 at 256 rows (the launcher's _row_clamp and
+    _product_row_chunks), here 7 rows of BLOCK_B = 8 (a padding row) over 4 programs: the
+    products' operand rows clamped into the batch, their loads masked by the K tile alone
+    (ROW_CLAMP: the padded row's product is the last row's, which nothing may use), in the
+    forward and, where the state is carried ("sm90": the wgmma backward), in the backward;
+    with the state in memory ("sm80") the backward's product in row chunks of 2 rows (four
+    chunks, the chunk index through _opaque), each chunk's dh updated in grad_h0
+    (PRODUCT_ROW_CHUNKS). Unequal lengths, dropout and zoneout, both directions, against the
+    float64 reference. (With one K tile, "sm90-tanh", the forward's product is the one-dot
+    path, which takes no clamp: its backward's does.)"""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", state_in_memory)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_ROW_CLAMP", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_PRODUCT_ROW_CHUNKS", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", 2 if state_in_memory else None)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_K_TILES", k_tiles)
+    launched = []
+    for name in ("_row_clamp", "_product_row_chunks"):
+        original = getattr(triton_backend, name)
+
+        def noted(*args, _name=name, _original=original):
+            launched.append((_name, args[1] if _name == "_row_clamp" else "backward"))
+            launched.append(_original(*args))
+            return launched[-1]
+
+        monkeypatch.setattr(triton_backend, name, noted)
+    batch = 7
+    inputs = make_inputs(
+        cell,
+        regularizer,
+        hidden=HIDDEN,
+        batch=batch,
+        dtype=dtype,
+        reverse=reverse,
+        lengths=LENGTHS[:batch],
+    )
+    assert_matches_reference(inputs)
+    # Each launch asked once per kernel: the clamp in the forward, and in the backward where
+    # its product takes every row (carried state); the row chunks with the state in memory.
+    asked = dict(zip(launched[::2], launched[1::2], strict=True))
+    assert asked == {
+        ("_row_clamp", "forward"): True,
+        ("_row_clamp", "backward"): not state_in_memory,
+        ("_product_row_chunks", "backward"): state_in_memory,
+    }, launched

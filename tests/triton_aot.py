@@ -19,6 +19,7 @@ read the spills.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -254,11 +255,28 @@ def largest_accepted_hidden(case: dict, arch: int, limit: int = 1 << 14) -> tupl
     return accepted, reason(rejected)
 
 
+@contextlib.contextmanager
+def forced_streamed(enabled: bool):
+    """With ``enabled``, the launcher's geometry is its streamed layout (W_hh read from L2 in
+    K-chunks) wherever it would keep W_hh resident (``_geometry(streamed=True)``): the AOT
+    test checks that layout's shared-memory bound where the launcher does not pick it."""
+    from fusedrnn.backends import triton as triton_backend
+
+    original = triton_backend._geometry
+    if enabled:
+        triton_backend._geometry = functools.partial(original, streamed=True)
+    try:
+        yield
+    finally:
+        triton_backend._geometry = original
+
+
 def compile_case(case: dict, arch: int) -> list[dict]:
     """Run the launcher's forward and backward on one case; compile both kernels.
 
     ``case["hidden"] == "max"`` compiles at the launcher's envelope boundary; ``case["tf32"]``
-    (optional, default True: torch's default) sets torch's cuDNN TF32 flag first.
+    (optional, default True: torch's default) sets torch's cuDNN TF32 flag first;
+    ``case["streamed"]`` (optional) forces the streamed layout (:func:`forced_streamed`).
     """
     from test_triton import upstream_gradients
 
@@ -271,7 +289,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
     if case["hidden"] == "max":
         case["hidden"], case["rejected_beyond"] = largest_accepted_hidden(case, arch)
     host_inputs = _launcher_inputs(case, case["hidden"])
-    with recorded_launches(arch) as calls:
+    with recorded_launches(arch) as calls, forced_streamed(case.get("streamed", False)):
         inputs = _on_fake_cuda(host_inputs)
         reason = triton_backend.unsupported_reason(inputs)
         if reason is not None:
@@ -312,6 +330,7 @@ def compile_case(case: dict, arch: int) -> list[dict]:
                 "rows_per_dot": geometry[f"rows_{which}"],
                 "k_tiles": geometry[f"k_tiles_{which}"],
                 "stream_k": geometry["stream_k"],
+                "split_k": geometry["split_k"],
                 "shared_limit": TARGETS[arch]["shared_limit"],
                 "cubin_bytes": len(compiled.asm["cubin"]),
                 "spill_stores": spill_stores,

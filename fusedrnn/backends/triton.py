@@ -60,6 +60,15 @@ INTERPRETER_ROW_PIECE: int | None = None
 # _geometry's ``gate_by_gate``; with INTERPRETER_STATE_IN_MEMORY, LSTM / GRU), as bf16 /
 # fp16 at 128 rows on an A100 beyond H = 864.
 INTERPRETER_GATE_BY_GATE: bool = False
+# Test-only: True clamps the recurrent products' operand rows into the batch (the kernels'
+# ROW_CLAMP, _row_clamp: the RNN with layer norm in bf16 / fp16 at 256 rows on a GPU) in
+# both kernels wherever a product takes all BLOCK_B rows from a resident W_hh.
+INTERPRETER_ROW_CLAMP: bool = False
+# Test-only, with INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROWS_PER_DOT: True runs the
+# backward's product in row chunks of that many rows, each chunk's dh updated in grad_h0
+# (the kernel's PRODUCT_ROW_CHUNKS, _product_row_chunks: that RNN's mma.sync backward on a
+# GPU), the forward's dots whole, as there.
+INTERPRETER_PRODUCT_ROW_CHUNKS: bool = False
 # From this many batch rows (BLOCK_B) on a GPU the kernels keep no state in registers across
 # steps (STATE_IN_MEMORY; docs/kernels-v2.md §6.1).
 _STATE_IN_MEMORY_ROWS = 256
@@ -120,6 +129,12 @@ _HALF_BATCH_NORM_ROWS_PER_STEP_FROM_ROWS = 256
 # 28, GRU 320 / 332 ; 132 / 124 -> 0 / 0 ; 32 / 28 (W_hh resident; streamed it spilled 732 ;
 # 456 alone, and re-reads 8 MiB a step; docs/kernels-v2.md §6.2).
 _HALF_BATCH_NORM_GATE_BY_GATE_ROWS = 128
+# The RNN with layer norm in bf16 / fp16 from this BLOCK_B on: the forward's product and the
+# wgmma backward's (sm_90) take their operand rows clamped into the batch (_row_clamp), the
+# mma.sync backward (sm_80) takes its product in _PAIR_ROW_CHUNK-row chunks
+# (_product_row_chunks). Spill stores, forward ; backward, triton 3.6 sm_80 108 ; 104 -> 0 ;
+# 8, sm_90a 0 ; 192 -> 0 ; 0 (3.8: 40 ; 16 -> 0 ; 8, 0 ; 56 -> 0 ; 0; docs/kernels-v2.md §6.1).
+_RNN_LAYER_NORM_ROW_CLAMP_FROM_ROWS = 256
 # The K-chunk of the streamed path on a GPU: [K, gate columns] of W_hh per dot.
 _STREAM_K = 64
 # Largest [rows, K] piece of a resident product's per-step operand taken by one dot: the
@@ -190,6 +205,7 @@ def _geometry(
     properties=None,
     input_precision: str | None = None,
     norm: str = "none",
+    streamed: bool = False,
 ) -> dict:
     """Block sizes and grid of both kernels (kernels/recurrence.py, "Block sizes").
 
@@ -233,6 +249,10 @@ def _geometry(
     _WHOLE_STEP_PIECE_ROWS, the kernels' ``ROW_PIECE``; _row_piece) take their products
     piece by piece, so the K tiles and the shared memory are those of 64-row dots. Elsewhere
     ``row_piece`` = ``BLOCK_B``.
+
+    ``streamed``: the streamed layout wherever it would be resident (a GPU geometry only:
+    bench/floor.py's "triton-streamed" model and the AOT test's forced streamed cases, which
+    check its shared-memory bound; the launcher never passes it).
 
     ``properties``: stands in for ``torch.cuda.get_device_properties(device)`` (any object with
     its ``multi_processor_count``, ``shared_memory_per_block_optin`` and ``major``): the GPU
@@ -282,8 +302,10 @@ def _geometry(
         if pieces and INTERPRETER_STATE_IN_MEMORY and INTERPRETER_ROW_PIECE:
             if common["split_k"] == 1:
                 piece = rows = min(INTERPRETER_ROW_PIECE, block_b)
-        # gate_by_gate: the forward's product whole, as on a GPU (the backward's in row chunks)
-        rows_forward = block_b if common["gate_by_gate"] else rows
+        # gate_by_gate, product row chunks: the forward's product whole, as on a GPU (the
+        # backward's in row chunks)
+        chunks = INTERPRETER_PRODUCT_ROW_CHUNKS and INTERPRETER_STATE_IN_MEMORY
+        rows_forward = block_b if common["gate_by_gate"] or chunks else rows
         return _configured(
             common, block_b, block_h, num_gates, hidden, units, rows_forward, rows,
             INTERPRETER_K_TILES, INTERPRETER_K_TILES, INTERPRETER_STREAM_K or 0,
@@ -343,6 +365,12 @@ def _geometry(
     piece = block_b
     if pieces and block_b >= _WHOLE_STEP_PIECES_FROM_ROWS:
         piece = min(_WHOLE_STEP_PIECE_ROWS, block_b)
+    # The RNN with layer norm in bf16 / fp16 at 256 rows: the mma.sync backward's product in
+    # row chunks (_RNN_LAYER_NORM_ROW_CHUNKS_FROM_ROWS).
+    rnn_row_chunks = _rnn_layer_norm_rows(num_gates, norm, common, block_b)
+    rnn_row_chunks = rnn_row_chunks and not device_args["wgmma_arch"]
+    if streamed:
+        candidates, why = [], "streamed on request"
     for units, gate_dots, split_k in candidates:
         options = {**common, "gate_dots": gate_dots, "split_k": split_k}
         options["gate_by_gate"] = gate_by_gate and split_k == 1
@@ -353,6 +381,8 @@ def _geometry(
                 rows = _PAIR_ROW_CHUNK  # the pair split's backward product in row chunks
             if options["gate_by_gate"] and kernel == "backward":
                 rows = _PAIR_ROW_CHUNK  # the backward's product in row chunks (ROW_CHUNKS)
+            if rnn_row_chunks and split_k == 1 and kernel == "backward":
+                rows = _PAIR_ROW_CHUNK  # _product_row_chunks: W2's K tiles (16 at H = 1728)
             # Every row in one dot; the resident W_hh as the fewest K tiles whose per-step
             # operand piece stays small (_resident_k_tiles), more while shared memory is short.
             # The time loop runs with LICM off (docs/kernels-v2.md §6.1), so neither the
@@ -492,11 +522,18 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
       ``2*units`` columns of this program's K tiles of ``K/T`` rows (half, rounded up, of the
       ``ceil(G*BLOCK_H/(K/T))`` tiles that cover ``G*BLOCK_H``: :func:`split_tiles`, giving
       ``K_half`` rows): ``e*K_half*2*units`` for the W tiles, ``4*R*K/T`` staging and, with
-      wgmma, ``4*R*2*units`` scratch (exact at W2 / W6b float32, sm_90a and sm_80);
-    * streamed (``stream_k`` = S): per K-chunk the W chunk and the operand, ``e*S*N + x*B*S``
-      forward and ``e*S*units + x*B*S`` backward, the operand staged in float32 (x = 4) with
-      wgmma and, in backward, from 64 rows (as above; sm_80's W2 backward: 16384 B), else in
-      the dtype (x = e).
+      wgmma in float32, ``4*R*2*units`` scratch (exact at W2 / W6b float32, sm_90a and
+      sm_80); bf16 / fp16 (batch norm at 128 / 256 rows) take no scratch, as their one-program
+      backward (exact, triton 3.8 and 3.6, sm_90a and sm_80: LSTM 98304 B, GRU 81920 B; the
+      scratch counted gave 102400 / 106496 B at 256 / 128 rows on sm_90a);
+    * streamed (``stream_k`` = S): per K-chunk the W chunk (``e*S*N`` forward, ``e*S*units``
+      backward) and the float32 operand ``[B, S]`` (``4*B*S``), each staged for its dot. In
+      float32 (TF32) both at once: their sum (sm_80 / sm_90a W2 float32 20480 / 32768 B). In
+      bf16 / fp16 one after the other (the operand staged in float32, then rounded in
+      registers), the same bytes reused: the larger of the two, on sm_80 and sm_90a alike
+      (the sum was no upper bound: LSTM bf16 B = 128, H = 1024 forward 32768 B compiled
+      against 24576 predicted, and the RNN fp16 at B = 256 65536 against 34816;
+      tests/test_triton_aot.py FORCED_STREAMED has the compiled cases).
     * exact float32 (``fma_dots``, TF32 off: FP32 FMA, no wgmma, no scratch): the W tiles
       as above and per dot of K = k the operand's staging, :func:`_fma_staging` (one
       ``[R, k]`` piece, or below fma_dot's split the pair ``2 * [R, k/8]``); streamed, the W
@@ -512,11 +549,10 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     n, k, s = geo["GATES_PAD"] * u, geo["BLOCK_GH"], geo["stream_k"]
     wgmma_f, wgmma_b = geo["wgmma_forward"], geo["wgmma_backward"]
     if s:
-        b = geo["BLOCK_B"]
-        return {
-            "forward": e * s * n + (4 if wgmma_f else e) * b * s,
-            "backward": e * s * u + (4 if wgmma_b or b >= 64 else e) * b * s,
-        }
+        operand = 4 * geo["BLOCK_B"] * s
+        if e == 4:
+            return {"forward": e * s * n + operand, "backward": e * s * u + operand}
+        return {"forward": max(e * s * n, operand), "backward": max(e * s * u, operand)}
     rf, rb = geo["rows_forward"], geo["rows_backward"]
     hf, kb = h // geo["k_tiles_forward"], k // geo["k_tiles_backward"]
     # float32 (TF32) wgmma: a [R, units] float32 layout-conversion scratch in each kernel
@@ -527,7 +563,7 @@ def _shared_memory_bytes(geo: dict) -> dict[str, int]:
     forward = e * h * n + 4 * rf * (max(hf, n) if wgmma_f else hf) + scratch_f
     if geo["split_k"] == 2:
         k_half = split_tiles(geo) * kb
-        backward = e * k_half * 2 * u + 4 * rb * kb + (4 * rb * 2 * u if wgmma_b else 0)
+        backward = e * k_half * 2 * u + 4 * rb * kb + (4 * rb * 2 * u if wgmma_b and e == 4 else 0)
     elif geo["gate_dots"]:
         backward = 4 * (geo["num_gates"] * h * u + rb * h + (rb * u if wgmma_b else 0))
     elif geo["k_tiles_backward"] > 1 or rb < 64:
@@ -984,6 +1020,70 @@ def _rows_per_step(geo: dict, kernel: str, norm: str) -> bool:
     )
 
 
+def _rnn_layer_norm_rows(num_gates: int, norm: str, common: dict, block_b: int) -> bool:
+    """The RNN (one gate) with layer norm in bf16 / fp16, no projection, at ``BLOCK_B`` >=
+    _RNN_LAYER_NORM_ROW_CLAMP_FROM_ROWS (256): _row_clamp's and _product_row_chunks' shapes."""
+    return (
+        num_gates == 1
+        and norm == "layer"
+        and common["element_bytes"] == 2
+        and common["proj"] == 0
+        and block_b >= _RNN_LAYER_NORM_ROW_CLAMP_FROM_ROWS
+    )
+
+
+def _row_clamp(geo: dict, kernel: str, norm: str) -> bool:
+    """The kernels' ``ROW_CLAMP`` for ``kernel`` ("forward" / "backward"): the recurrent
+    product's operand rows clamped into the batch and its loads masked by the K tile alone
+    (kernels/recurrence.py _resident_product), for the RNN with layer norm in bf16 / fp16 at
+    ``BLOCK_B`` >= _RNN_LAYER_NORM_ROW_CLAMP_FROM_ROWS where the product takes all the rows
+    from a resident W_hh: the forward on both targets, the backward with wgmma (sm_90). There
+    each thread's row predicates ANDed with every K tile's (32 / 64 K tiles of [256, 64])
+    were hoisted out of the time loop and spilled. Spill stores / loads, forward ; backward,
+    before -> clamped (sm_80 H = 1728, sm_90a H = 2112): triton 3.6 sm_80 108 / 108 ; 104 /
+    104 -> 0 / 0 ; 184 / 184, sm_90a 0 ; 192 / 188 -> 0 ; 0; triton 3.8 sm_80 40 / 40 ;
+    16 / 16 -> 0 ; 156 / 156, sm_90a 0 ; 56 / 56 -> 0 ; 0. So not the mma.sync backward,
+    which takes _product_row_chunks instead. A padded row's product is then the last real
+    row's, not 0: every use of it is masked (stores by the real rows, the layer norm per
+    row). Under the interpreter INTERPRETER_ROW_CLAMP (both kernels)."""
+    if _interpreting():
+        shape = INTERPRETER_ROW_CLAMP
+    else:
+        shape = _rnn_layer_norm_rows(geo["num_gates"], norm, geo, geo["BLOCK_B"])
+        shape = shape and (kernel == "forward" or geo["wgmma_backward"])
+    return (
+        shape
+        and geo["split_k"] == 1
+        and geo["stream_k"] == 0
+        and geo[f"rows_{kernel}"] == geo["BLOCK_B"]
+        and _row_piece(geo) == geo["BLOCK_B"]
+    )
+
+
+def _product_row_chunks(geo: dict, norm: str) -> bool:
+    """The backward kernel's ``PRODUCT_ROW_CHUNKS``: the RNN with layer norm in bf16 / fp16
+    at ``BLOCK_B`` >= _RNN_LAYER_NORM_ROW_CLAMP_FROM_ROWS on mma.sync (sm_80; _geometry gives
+    its backward ``rows_backward`` = _PAIR_ROW_CHUNK there), its state in memory: the
+    product in row chunks, each chunk's dh added into grad_h0 (as the row pieces' product;
+    the chunk index through _opaque), W2's K tiles and shared memory (H = 1728: 16 K tiles,
+    98304 B, was 131072). Backward spill stores / loads, whole product -> chunks: triton 3.6
+    104 / 104 -> 8 / 8, triton 3.8 16 / 16 -> 8 / 8 (the clamp instead: 184 / 156). Under
+    the interpreter INTERPRETER_PRODUCT_ROW_CHUNKS (with INTERPRETER_STATE_IN_MEMORY and
+    INTERPRETER_ROWS_PER_DOT)."""
+    if _interpreting():
+        shape = INTERPRETER_PRODUCT_ROW_CHUNKS and INTERPRETER_STATE_IN_MEMORY
+    else:
+        shape = _rnn_layer_norm_rows(geo["num_gates"], norm, geo, geo["BLOCK_B"])
+        shape = shape and geo["stream_k"] == 0
+    return (
+        shape
+        and geo["split_k"] == 1
+        and not geo["gate_by_gate"]
+        and _row_piece(geo) == geo["BLOCK_B"]
+        and geo["rows_backward"] < geo["BLOCK_B"]
+    )
+
+
 def _row_piece(geo: dict) -> int:
     """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
     projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS (128) runs its steps in whole-step
@@ -1155,6 +1255,7 @@ def forward(inputs: RecurrenceInputs) -> tuple[RecurrenceOutputs, tuple]:
         STEP_ZERO=_forward_step_zero(geo, norm),
         BN_GATE_BY_GATE=geo["gate_by_gate"],
         ROWS_PER_STEP=_rows_per_step(geo, "forward", norm),
+        ROW_CLAMP=_row_clamp(geo, "forward", norm),
         **_warp_options(
             _num_warps(
                 geo["BLOCK_B"] * geo["BLOCK_H"],
@@ -1281,6 +1382,8 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             ROW_PIECE=_row_piece(geo),
             WGMMA_BACKWARD=geo["wgmma_backward"],
             ROWS_PER_STEP=_rows_per_step(geo, "backward", cfg.norm),
+            ROW_CLAMP=_row_clamp(geo, "backward", cfg.norm),
+            PRODUCT_ROW_CHUNKS=_product_row_chunks(geo, cfg.norm),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
