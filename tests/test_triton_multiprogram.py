@@ -44,6 +44,21 @@ pytestmark = [
 ]
 
 
+def _matches_reference_with_lengths(cell, regularizer, batch, dtype, reverse):
+    """A HIDDEN-unit layer of ``batch`` rows with LENGTHS' unequal lengths, against the
+    float64 reference."""
+    inputs = make_inputs(
+        cell,
+        regularizer,
+        hidden=HIDDEN,
+        batch=batch,
+        dtype=dtype,
+        reverse=reverse,
+        lengths=LENGTHS[:batch],
+    )
+    assert_matches_reference(inputs)
+
+
 @pytest.fixture
 def multi_program(monkeypatch):
     """The launcher splits the units over PROGRAMS programs, which run in threads."""
@@ -354,16 +369,7 @@ def test_multi_program_b256_row_pieces(
     monkeypatch.setattr(triton_backend, "_row_piece", noted_row_piece)
     if exchange == "chunked":
         monkeypatch.setattr(primitives, "ROW_EXCHANGE_TILE", primitives.tl.constexpr(2))
-    inputs = make_inputs(
-        "lstm",
-        regularizer,
-        hidden=HIDDEN,
-        batch=batch,
-        dtype=dtype,
-        reverse=reverse,
-        lengths=LENGTHS[:batch],
-    )
-    assert_matches_reference(inputs)
+    _matches_reference_with_lengths("lstm", regularizer, batch, dtype, reverse)
     # Both kernels ran the pieces, their products piece by piece (each launch asks once).
     assert pieces and all(piece == (2, 8, 2, 2) for piece in pieces), pieces
 
@@ -407,16 +413,7 @@ def test_multi_program_rnn_layer_norm_256_rows(
 
         monkeypatch.setattr(triton_backend, name, noted)
     batch = 7
-    inputs = make_inputs(
-        cell,
-        regularizer,
-        hidden=HIDDEN,
-        batch=batch,
-        dtype=dtype,
-        reverse=reverse,
-        lengths=LENGTHS[:batch],
-    )
-    assert_matches_reference(inputs)
+    _matches_reference_with_lengths(cell, regularizer, batch, dtype, reverse)
     # Each launch asked once per kernel: the clamp in the forward, and in the backward where
     # its product takes every row (carried state); the row chunks with the state in memory.
     asked = dict(zip(launched[::2], launched[1::2], strict=True))

@@ -288,7 +288,6 @@ void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float*
                        Bf16Scratch& s) {
   if (M <= 0 || b.N <= 0) return;
   const int64_t Mp = bf16_padded_rows(M);
-#if FRNN_HAVE_BF16_TIERS
   const Bf16Tier tier = bf16_tier();
   // Straight into C where the kernel's padded rows and columns are C's own (N a multiple of
   // 32; for AMX, M of 16): no scratch and no copy (at bf16 C2 inference the copy was ~3 % of
@@ -302,6 +301,7 @@ void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float*
     c = s.c.data();
     ldo = b.Np;
   }
+#if FRNN_HAVE_BF16_TIERS
   switch (tier) {
     case Bf16Tier::kAmx:
       gemm_amx(Mp, b, a, c, ldo);
@@ -312,18 +312,13 @@ void gemm_bf16_rounded(int64_t M, const uint16_t* a, const PackedBf16& b, float*
     default:
       throw std::logic_error("gemm_bf16 without a bf16 tier");
   }
+#else
+  (void)a;
+  throw std::logic_error("gemm_bf16 without a bf16 tier");
+#endif
   if (direct) return;
   for (int64_t m = 0; m < M; ++m)
     std::memcpy(C + m * ldc, c + m * b.Np, static_cast<size_t>(b.N) * sizeof(float));
-#else
-  (void)a;
-  (void)b;
-  (void)C;
-  (void)ldc;
-  (void)s;
-  (void)Mp;
-  throw std::logic_error("gemm_bf16 without a bf16 tier");
-#endif
 }
 
 }  // namespace host
