@@ -291,6 +291,9 @@ PYBIND11_MODULE(_C, m) {
         "Host forward calls that computed x W_ih^T + b_ih in the step loop (for the tests).");
   m.def("host_row_split_calls", &fusedrnn::host::row_split_calls,
         "Host forward calls whose threads split the batch rows (for the tests).");
+  m.def("host_one_row_pipeline_calls", &fusedrnn::host::one_row_pipeline_calls,
+        "Host one-row forward calls whose input projection ran on a second thread ahead of "
+        "the step loop (for the tests).");
   m.def("host_backward", &fusedrnn::host::recurrence_backward, py::arg("params"),
         py::call_guard<py::gil_scoped_release>(), "Host recurrence backward (host pointers).");
 

@@ -87,14 +87,14 @@ def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
     assert_by_rule(got, truth, base, torch.float32, what=f"host in-loop xproj {case}")
 
 
-def test_not_taken_with_grad_or_off():
+def test_not_taken_with_grad_or_off(monkeypatch):
     """With a gradient (autograd needs xg), one row, or DEFER_PROJECTION off the old path runs."""
     module = fusedrnn.LSTM(8, 16, backend="host").eval()
     x = torch.randn(5, 4, 8)
     before = _calls()
     module(x)  # grad mode on: xg is computed first
     with torch.no_grad():
-        module(x[:, :1])  # B = 1: the rows path
+        module(x[:, :1])  # B = 1: the one-row loop (its own pipeline at >= 2 threads, below)
         old = functional.DEFER_PROJECTION
         functional.DEFER_PROJECTION = False
         try:
@@ -261,3 +261,61 @@ def test_row_split_default_rule(monkeypatch):
     before = _row_split_calls()
     module.train()(torch.randn(3, 32, 8, requires_grad=True))  # saved tensors: training
     assert _row_split_calls() == before
+
+
+def _pipeline_calls() -> int:
+    return native.native().host_one_row_pipeline_calls()
+
+
+ONE_ROW_CASES = [
+    # cell, I, H, T, layers, bidirectional, lengths, batch_first
+    ("lstm", 5, 7, 1, 1, False, False, False),
+    ("lstm", 13, 16, 2, 1, True, False, False),
+    ("lstm", 9, 33, 21, 2, True, True, False),  # a lone step after the lead and a chunk
+    ("lstm", 17, 12, 37, 1, False, False, True),
+    ("gru", 6, 4, 5, 1, True, False, False),  # the lead steps only
+    ("gru", 20, 31, 22, 2, False, True, True),
+    ("gru", 3, 9, 64, 1, True, False, False),
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", ONE_ROW_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("delay_us", ["", "300"])
+def test_one_row_pipeline_by_rule(case, threads, delay_us, monkeypatch):
+    """One row with two threads or more (recurrence_host.cpp forward_one_row_pipelined): a
+    second thread computes xg = x W_ih^T + b_ih ahead of the one-row step loop (lead steps one
+    at a time, then chunks; reverse in the loop's order), the loop waiting for each step. By
+    the numerics rule against float64 (torch.nn float32 as the baseline), and it ran once per
+    layer and direction; at one thread it does not run. With a delay before each of the
+    projection's publications (a test knob) the loop must wait for its steps' xg."""
+    cell, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    monkeypatch.setenv("FUSEDRNN_HOST_PIPELINE_DELAY_US", delay_us)
+    monkeypatch.setattr(host, "NUM_THREADS", threads)  # 3: still the loop's and one more
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    torch.manual_seed(I * 100 + T)
+    module, nn_module, truth_module = _eval_modules(
+        cell, I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first
+    )
+    x = torch.randn((1, T, I) if batch_first else (T, 1, I))
+    lengths = torch.tensor([T]) if with_lengths else None
+    with torch.no_grad():
+        before = _pipeline_calls()
+        got = _run(module, x, lengths, batch_first)
+        ran = _pipeline_calls() - before
+        truth = _run(truth_module, x.double(), lengths, batch_first)
+        base = _run(nn_module, x, lengths, batch_first)
+        monkeypatch.setattr(host, "NUM_THREADS", 1)
+        before = _pipeline_calls()
+        one_thread = _run(module, x, lengths, batch_first)
+        assert _pipeline_calls() == before, "the pipeline ran on one thread"
+    assert ran == layers * (2 if bidirectional else 1), "the one-row pipeline did not run"
+    truth = {k: v for k, v in truth.items() if v is not None}
+    for name, result in (("pipeline", got), ("one thread", one_thread)):
+        assert_by_rule(
+            {k: result[k] for k in truth},
+            truth,
+            {k: base[k] for k in truth},
+            torch.float32,
+            what=f"host one-row {name} {case}",
+        )

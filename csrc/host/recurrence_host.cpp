@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -57,6 +59,20 @@ inline int team_size() {
 #else
   return 1;
 #endif
+}
+// Spins until `ready` (a release store of another thread) reaches `steps`; after a while it
+// yields the core each time round, in case the other thread waits for this one's core (more
+// threads than cores).
+inline void wait_for_steps(const std::atomic<int64_t>& ready, int64_t steps) {
+  for (int spins = 0; ready.load(std::memory_order_acquire) < steps; ++spins) {
+    if (spins >= 4096) {
+      std::this_thread::yield();
+      continue;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 // The slice of hidden units [j0, j1) that thread `tid` of `nt` owns.
@@ -225,6 +241,7 @@ struct HostForwardPolicy : HostWorker<T> {
   void vector_cell_step(const RecurrenceFwdParams& p, const ForwardScratch<T>& w, int64_t s,
                         int64_t t) {
     const int64_t u0 = this->j0, n = this->hl, N = p.G * H;
+    if (xg_ready != nullptr) wait_for_steps(*xg_ready, s + 1);
     CellForwardArgs q{};
     q.cell = p.cell;
     q.B = B;
@@ -334,6 +351,9 @@ struct HostForwardPolicy : HostWorker<T> {
   int64_t saved_rows = 0;
   T* xbuf = nullptr;
   const T* bias_sum = nullptr;
+  // The one-row pipeline (forward_one_row_pipelined): steps of xg ready, in the loop's order,
+  // published by the projecting thread (else nullptr: xg is all there).
+  const std::atomic<int64_t>* xg_ready = nullptr;
   // xg = x W_ih^T of the chunk of steps holding t (own columns), unless it is the current one.
   void project_chunk(const RecurrenceFwdParams& p, int64_t t) {
     const int64_t c = t / xk;
@@ -406,7 +426,8 @@ struct SharedPacks {
 // rows, p.num_threads = 1).
 template <class T>
 void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forward(),
-                  const SharedPacks<T>* shared = nullptr) {
+                  const SharedPacks<T>* shared = nullptr,
+                  const std::atomic<int64_t>* xg_ready = nullptr) {
   const bool bf16_product = bf.product;
   const Common<T> cm(p);
   const int64_t B = cm.B, H = cm.H, G = cm.G;
@@ -495,6 +516,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
         shared != nullptr ? shared->w_hh : wp.data(), wrp.data(), hin.data(),
         {part_hh.data(), part_c.data()}, w_rows, dropped.empty() ? H * P : hl * P, w_hr_rows};
     policy.saved_rows = shared != nullptr ? shared->saved_rows : B;
+    policy.xg_ready = xg_ready;
     if (bf16) {
       policy.w_bf16 = &wp_bf16;
       policy.bf16_scratch = &bf16_scratch;
@@ -1317,14 +1339,105 @@ void forward_row_split(const RecurrenceFwdParams& p, int nt_req) {
   }
 }
 
+// ======================================================================================
+// Forward, one row: the input projection on a second thread, ahead of the step loop
+// ======================================================================================
+// At B = 1 a step's product is one row against W_hh (gemv_rows, read in place): a few µs, so a
+// second thread on half the units would add a per-step barrier worth about what it saves
+// (host._threads keeps such a loop on one thread), while the input projection x W_ih^T of
+// all T steps, one GEMM before the loop, is about a third of the call (C7 on one thread). So
+// with two threads one runs the step loop (forward_impl, one worker) and the other computes
+// xg = x W_ih^T + b_ih kOneRowProjectionSteps steps at a time, in the loop's order, into a
+// [T, G·H] buffer, publishing how many steps are done (release); the loop waits for its step's
+// xg (HostForwardPolicy::xg_ready, acquire). After the first chunk the loop never waits: a
+// chunk's GEMM is much faster than its steps. xg holds b_ih (the cell adds b_hh), as the xg
+// functional.rnn computes does.
+constexpr int64_t kOneRowProjectionSteps = 16;
+constexpr int64_t kOneRowLeadSteps = 4;
+
+void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<int64_t>& ready) {
+  const int64_t T = p.T, N = p.G * p.H, I = p.input_size;
+  // FUSEDRNN_HOST_PIPELINE_DELAY_US (tests only): a pause before each publication, so a loop
+  // that did not wait for its xg would read it unwritten.
+  const char* delay_env = std::getenv("FUSEDRNN_HOST_PIPELINE_DELAY_US");
+  const int64_t delay_us = delay_env != nullptr ? std::atoll(delay_env) : 0;
+  auto publish = [&](int64_t steps) {
+    if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    ready.store(steps, std::memory_order_release);
+  };
+  const float* x = static_cast<const float*>(p.x);
+  const float* w_ih = static_cast<const float*>(p.w_ih);
+  const float* b_ih = static_cast<const float*>(p.b_ih);
+  // The loop's first steps wait for their xg, so those come first, a step at a time from
+  // W_ih's rows in place (gemv_rows: no pack to wait for), before the pack and the chunks.
+  int64_t s0 = 0;
+  for (; s0 < std::min<int64_t>(kOneRowLeadSteps, T); ++s0) {
+    const int64_t t = p.reverse ? T - 1 - s0 : s0;
+    gemv_rows(N, I, w_ih, I, x + t * p.x_stride_t, xg + t * N);
+    if (b_ih != nullptr)
+      for (int64_t n = 0; n < N; ++n) xg[t * N + n] += b_ih[n];
+    publish(s0 + 1);
+  }
+  if (s0 == T) return;
+  // Packed for many-row products (one layout for every chunk of 2 or more steps; a chunk of
+  // one step would take gemm_packed's one-row layout, so a lone last step joins the chunk
+  // before it and only a single step left after the lead packs for one row).
+  const int64_t layout_rows = T - s0 == 1 ? 1 : kOneRowProjectionSteps;
+  const PackedB<float> w =
+      pack_b<float>(layout_rows, I, N, 1, [&](int64_t n) { return w_ih + n * I; });
+  while (s0 < T) {
+    int64_t steps = std::min<int64_t>(kOneRowProjectionSteps, T - s0);
+    if (T - s0 - steps == 1) ++steps;
+    const int64_t t0 = p.reverse ? T - s0 - steps : s0;  // the chunk's first row of x / xg
+    gemm_packed(steps, N, I, x + t0 * p.x_stride_t, p.x_stride_t, w.data(), xg + t0 * N, N,
+                false);
+    if (b_ih != nullptr)
+      for (int64_t r = t0; r < t0 + steps; ++r)
+        for (int64_t n = 0; n < N; ++n) xg[r * N + n] += b_ih[n];
+    s0 += steps;
+    publish(s0);
+  }
+}
+
+std::atomic<int64_t> g_one_row_pipeline_calls{0};
+
+void forward_one_row_pipelined(const RecurrenceFwdParams& p) {
+  const int64_t N = p.G * p.H;
+  // Every element is written before the loop reads it (no zero fill: 512 KiB at C7).
+  std::vector<float, NoInitAllocator<float>> xg(
+      static_cast<size_t>(std::max<int64_t>(p.T * N, 1)));
+  std::atomic<int64_t> ready{0};
+  RecurrenceFwdParams loop = p;  // xg given, one worker
+  loop.xg = xg.data();
+  loop.xg_stride_t = N;
+  loop.xg_stride_b = N;
+  loop.x = nullptr;
+  loop.num_threads = 1;
+  g_one_row_pipeline_calls.fetch_add(1, std::memory_order_relaxed);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(2)
+#endif
+  {
+    if (team_size() < 2) {  // the runtime gave one thread: project first, then the loop
+      project_steps_ahead(p, xg.data(), ready);
+      forward_impl<float>(loop);
+    } else if (thread_id() == 1) {
+      project_steps_ahead(p, xg.data(), ready);
+    } else {
+      forward_impl<float>(loop, Bf16Forward(), nullptr, &ready);
+    }
+  }
+}
+
 }  // namespace
 
+int64_t one_row_pipeline_calls() { return g_one_row_pipeline_calls.load(); }
 int64_t xproj_in_loop_calls() { return g_xproj_calls.load(); }
 int64_t row_split_calls() { return g_row_split_calls.load(); }
 
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
   return p.dtype == kFloat32 && p.x != nullptr && p.w_ih != nullptr && p.input_size > 0 &&
-         vector_cell_applies(p) && !p.fused_cell && p.B > 1;
+         vector_cell_applies(p) && !p.fused_cell && (p.B > 1 || p.num_threads >= 2);
 }
 
 void recurrence_forward(const RecurrenceFwdParams& p) {
@@ -1335,6 +1448,7 @@ void recurrence_forward(const RecurrenceFwdParams& p) {
         throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
                                     "the step loop for these params");
       if (p.norm != kNormNone) return forward_widened<float, double>(p);
+      if (p.B == 1 && p.xg == nullptr) return forward_one_row_pipelined(p);
       if (const int nt = row_split_threads(p)) return forward_row_split(p, nt);
       return forward_impl<float>(p);
     case kFloat64:

@@ -14,8 +14,12 @@ int64_t xproj_in_loop_calls();
 // Forward calls whose threads split the batch rows (plain float32 LSTM / GRU,
 // recurrence_host.cpp "Forward split by batch rows"); for the tests.
 int64_t row_split_calls();
+// Forward calls (per layer-direction) with one row whose input projection ran on a second
+// thread ahead of the step loop (recurrence_host.cpp forward_one_row_pipelined); for the tests.
+int64_t one_row_pipeline_calls();
 // Whether a forward call with these params computes xg in its step loop: float32, p.x set,
-// the vector cell (LSTM / GRU, no norm, no projection, not fused_cell), B > 1.
+// the vector cell (LSTM / GRU, no norm, no projection, not fused_cell), and B > 1 or (one
+// row) two threads or more (the projection on a thread of its own).
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p);
 
 }  // namespace host

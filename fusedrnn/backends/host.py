@@ -103,17 +103,25 @@ def empty_cache() -> None:
 
 
 def projects_in_loop(dtype: torch.dtype, cell: str, norm: str, proj_size: int, batch: int) -> bool:
-    """The layers whose input projection ``x W_ih^T + b_ih`` the native step loop can compute
+    """The layers whose input projection ``x W_ih^T + b_ih`` the native call can compute
     itself (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): float32 LSTM / GRU, no
-    norm, no projection, more than one row. functional.rnn asks it before projecting, the
-    launcher (``xproj_in_loop_applies``) again with the phased-cell condition."""
+    norm, no projection, and more than one row (each worker in its step loop) or one row with
+    two threads or more (a second thread ahead of the one-row loop, ``_one_row_pipeline``).
+    functional.rnn asks it before projecting, the launcher (``xproj_in_loop_applies``) again
+    with the phased-cell condition."""
     return (
         dtype == torch.float32
         and cell in ("lstm", "gru")
         and norm == "none"
         and proj_size == 0
-        and batch > 1
+        and (batch > 1 or (batch == 1 and _one_row_pipeline()))
     )
+
+
+def _one_row_pipeline() -> bool:
+    """Whether a one-row call may run its input projection on a second thread: two threads
+    or more (``NUM_THREADS``, else torch's), the count ``_threads`` then passes (2)."""
+    return (torch.get_num_threads() if NUM_THREADS is None else int(NUM_THREADS)) >= 2
 
 
 def xproj_in_loop_applies(inputs: RecurrenceInputs) -> bool:
@@ -142,10 +150,12 @@ def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
 
 
 def _threads(inputs: RecurrenceInputs) -> int:
+    batch = inputs.xg.shape[1]
+    if batch == 1 and inputs.x_proj is not None:  # projects_in_loop said _one_row_pipeline()
+        return 2  # the step loop's thread and the projection's (forward_one_row_pipelined)
     if NUM_THREADS is not None:
         return max(1, int(NUM_THREADS))
     cfg = inputs.config
-    batch = inputs.xg.shape[1]
     macs = batch * cfg.gate_size * cfg.hidden_size
     return max(1, min(torch.get_num_threads(), macs // _MIN_MACS_PER_THREAD))
 
