@@ -110,9 +110,13 @@ _TIER_SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     differs = []
     for cls, ref_cls in ((fusedrnn.LSTM, torch.nn.LSTM), (fusedrnn.GRU, torch.nn.GRU)):
-        for batch, hidden, reverse in ((1, 13, False), (3, 1, False), (3, 33, True),
-                                       (17, 65, False), (17, 13, True)):
-            steps, inp = 6, 5
+        # one row: the float32 one-row product below 24 steps, the bf16 product from 24 on
+        # (recurrence_host.cpp kOneRowBf16MinSteps)
+        for batch, hidden, reverse, steps in ((1, 13, False, 6), (1, 13, True, 24),
+                                              (1, 33, False, 31), (3, 1, False, 6),
+                                              (3, 33, True, 6), (17, 65, False, 6),
+                                              (17, 13, True, 6)):
+            inp = 5
             kw = dict(bidirectional=reverse)
             theirs = ref_cls(inp, hidden, **kw).to(dt)
             ours = cls(inp, hidden, backend="host", **kw).to(dt)
@@ -142,6 +146,17 @@ _TIER_SCRIPT = textwrap.dedent(
                     for k, v in fields.items()}
             return host.forward(RecurrenceInputs(**cast))[0].output
         differs.append(not torch.equal(out(dt), out(torch.float32).to(dt)))
+        # one row: the bf16 product from 24 steps on (differs), the float32 one below (equal)
+        for steps, bf16_product in ((23, False), (24, True)):
+            gen = torch.Generator().manual_seed(steps)
+            width = fields["xg"].shape[2]
+            fields.update(
+                xg=torch.randn(steps, 1, width, generator=gen).to(dt).float(),
+                h0=fields["h0"][:1], c0=None if fields["c0"] is None else fields["c0"][:1],
+                lengths=None,
+            )
+            one_row_differs = not torch.equal(out(dt), out(torch.float32).to(dt))
+            assert one_row_differs == (bf16_product and tier != "none"), (tier, cell, steps)
     assert all(differs) if tier != "none" else not any(differs), (tier, differs)
     print(tier)
     """

@@ -387,8 +387,8 @@ struct HostForwardPolicy : HostWorker<T> {
 };
 
 // The bfloat16 layers' options of forward_impl: the recurrent product in bfloat16
-// (gemm_bf16.h; B > 1), and xg / the output left in bfloat16, read / written by the vector
-// cell (vector_cell_applies, not fused_cell; p.xg and p.out are then unused). Converting them
+// (gemm_bf16.h; bf16_product_applies), and xg / the output left in bfloat16, read / written by
+// the vector cell (vector_cell_applies, not fused_cell; p.xg and p.out are then unused). Converting them
 // whole at the call's boundary cost 8 % of a bfloat16 C5 inference call (xg widened a step at
 // a time) and 2 % (the output narrowed at the end).
 struct Bf16Forward {
@@ -446,7 +446,7 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
   const T* w_b_hh = static_cast<const T*>(p.b_hh);
   AlignedVector<T> hin(static_cast<size_t>(2 * B * P));
   // The bf16 product's exchange (HostForwardPolicy::hin_bf16; zeroed: its padding stays 0).
-  const bool bf16_exchange = bf16_product && B > 1;
+  const bool bf16_exchange = bf16_product;
   const int64_t hin_bf16_rows = bf16_padded_rows(B), hin_bf16_cols = bf16_padded_k(P);
   AlignedVector<uint16_t> hin_bf16(
       static_cast<size_t>(bf16_exchange ? 2 * hin_bf16_rows * hin_bf16_cols : 0));
@@ -470,8 +470,9 @@ void forward_impl(const RecurrenceFwdParams& p, const Bf16Forward& bf = Bf16Forw
     const std::vector<T> dropped = cm.dropped_weight(p, w, P, nl, col, 0, P);
     // One row (B = 1): the product reads the rows in place (gemv_rows), no pack. The pack
     // cost about four one-row products (most of a T = 1 call), and the packed one-row product
-    // measured slower per step too (docs/design.md, host performance).
-    const bool rows_form = B == 1;
+    // measured slower per step too (docs/design.md, host performance). A bf16 layer's one row
+    // takes the bf16 product where bf16_product_applies says its steps repay the pack.
+    const bool rows_form = B == 1 && !bf16_product;
     auto w_col = [&](int64_t c) {
       return dropped.empty() ? w + col(c) * P : dropped.data() + c * P;
     };
@@ -1025,8 +1026,15 @@ void widen_common(RecurrenceFwdParams& q, Widened<S, C>& w, Widened<float, C>& w
 // numerics rule's gradient bound at H = 32, so the plain cells keep the float32 product.)
 template <class S, class C>
 constexpr bool kBf16Storage = std::is_same_v<S, BFloat16Bits> && std::is_same_v<C, float>;
+// One row: the bf16 product streams half the bytes of W_hh a step that the float32 one-row
+// product does (rows widened to float32), ~1 µs a step less at H = 128 on Zen 4 (avx512-bf16:
+// T = 256 1.05 -> 0.79 ms a call), but its pack and buffers cost ~22 µs a call (T = 1
+// 177 -> 200 µs); even at T = 16 (227 / 231 µs), so from 24 steps on.
+constexpr int64_t kOneRowBf16MinSteps = 24;
+
 inline bool bf16_product_applies(const RecurrenceFwdParams& p) {
-  return (p.cell == kCellLstm || p.cell == kCellGru) && bf16_tier() != Bf16Tier::kNone;
+  return (p.cell == kCellLstm || p.cell == kCellGru) && bf16_tier() != Bf16Tier::kNone &&
+         (p.B > 1 || p.T >= kOneRowBf16MinSteps);
 }
 
 RecurrenceFwdParams rows_of(const RecurrenceFwdParams& p, int64_t b0, int64_t b1);
