@@ -1269,6 +1269,133 @@ def _lstm_batch_norm_backward_gate_by_gate(
 
 
 @triton.jit
+def _lstm_batch_norm_units_backward(
+    grad_output_ptr,
+    gates_ptr,
+    c_prev_ptr,
+    xhat_c_ptr,
+    rstd_c_ptr,
+    norm_weight_c_ptr,
+    norm_bias_c_ptr,
+    grad_h0_ptr,
+    grad_c0_ptr,
+    grad_norm_weight_c_ptr,
+    grad_norm_bias_c_ptr,
+    grad_xg_ptr,
+    grad_acc_ptr,
+    xhat_hh_ptr,
+    rstd_hh_ptr,
+    norm_weight_hh_ptr,
+    grad_b_hh_ptr,
+    grad_norm_weight_hh_ptr,
+    t,
+    batch,
+    hidden,
+    stride_go_t,
+    stride_go_b,
+    rows,
+    active,
+    active_f,
+    count,
+    units,
+    seed,
+    zoneout_hidden_base,
+    zoneout_hidden_p,
+    zoneout_cell_base,
+    zoneout_cell_p,
+    TRAINING: tl.constexpr,
+    HAS_NORM_BIAS_C: tl.constexpr,
+    USE_ZONEOUT_HIDDEN: tl.constexpr,
+    USE_ZONEOUT_CELL: tl.constexpr,
+):
+    """The backward's steps 1 and 2 of the LSTM with batch norm for ``units`` (some of the
+    program's units; the kernel's ``UNIT_HALVES``: one half at a time), its state in memory:
+    the output gradient and zoneout of h, the cell backward through N(c~) (its gradient
+    sums added into their output rows), dh / dc written back to ``grad_h0`` / ``grad_c0``
+    (each thread's reads of them before a CTA barrier), and the norm of W_hh h gate by gate
+    (:func:`_lstm_batch_norm_backward_gate_by_gate`). Every quantity is per unit column
+    (batch norm's statistics are over the rows), so the units' subsets are independent; the
+    same values, in the same order, as the kernel's whole-tile form."""
+    t64 = tl.cast(t, tl.int64)
+    unit_in = units < hidden
+    own_mask = (rows < batch)[:, None] & unit_in[None, :]
+    own_offsets = rows[:, None] * hidden + units[None, :]
+    grad_out = tl.load(
+        grad_output_ptr + t64 * stride_go_t + rows[:, None] * stride_go_b + units[None, :],
+        mask=own_mask,
+        other=0.0,
+    ).to(tl.float32)
+    dh_total = tl.where(
+        active[:, None], _own_rows(grad_h0_ptr, own_offsets, own_mask) + grad_out, 0.0
+    )
+    if USE_ZONEOUT_HIDDEN:
+        d_h = zoneout_weight(seed, zoneout_hidden_base, t, rows, units, zoneout_hidden_p, TRAINING)
+        dh_cand = (1.0 - d_h) * dh_total
+        dh_direct = d_h * dh_total
+    else:
+        dh_cand = dh_total
+        dh_direct = tl.zeros_like(dh_total)
+    gates_t = _step_tile(gates_ptr, t, batch, rows, units, 4 * hidden)
+    i = tl.load(gates_t, mask=own_mask, other=0.0)
+    f = tl.load(gates_t + hidden, mask=own_mask, other=0.0)
+    g = tl.load(gates_t + 2 * hidden, mask=own_mask, other=0.0)
+    o = tl.load(gates_t + 3 * hidden, mask=own_mask, other=0.0)
+    c_prev = tl.load(
+        _step_tile(c_prev_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+    )
+    xhat_c = tl.load(
+        _step_tile(xhat_c_ptr, t, batch, rows, units, hidden), mask=own_mask, other=0.0
+    )
+    norm_weight_c = tl.load(norm_weight_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+    c_normed = xhat_c * norm_weight_c[None, :]
+    if HAS_NORM_BIAS_C:
+        norm_bias_c = tl.load(norm_bias_c_ptr + units, mask=unit_in, other=0.0).to(tl.float32)
+        c_normed = c_normed + norm_bias_c[None, :]
+    d_pre_o, dc_normed = lstm_hidden_backward(dh_cand, o, tanh(c_normed))
+    _add_to_column_sums(grad_norm_weight_c_ptr, units, unit_in, tl.sum(dc_normed * xhat_c, axis=0))
+    _add_to_column_sums(grad_norm_bias_c_ptr, units, unit_in, tl.sum(dc_normed, axis=0))
+    rstd_c = tl.load(rstd_c_ptr + t64 * hidden + units, mask=unit_in, other=0.0)
+    dc_from_h = bn_backward(
+        dc_normed * norm_weight_c[None, :], xhat_c, rstd_c, active_f, count, TRAINING
+    )
+    dc_state = tl.where(active[:, None], _own_rows(grad_c0_ptr, own_offsets, own_mask), 0.0)
+    if USE_ZONEOUT_CELL:
+        d_c = zoneout_weight(seed, zoneout_cell_base, t, rows, units, zoneout_cell_p, TRAINING)
+        dc_cand = (1.0 - d_c) * dc_state + dc_from_h
+        dc_direct = d_c * dc_state
+    else:
+        dc_cand = dc_state + dc_from_h
+        dc_direct = tl.zeros_like(dc_state)
+    d_pre_i, d_pre_f, d_pre_g, dc_through_f = lstm_candidate_backward(dc_cand, i, f, g, c_prev)
+    dc_kept = tl.where(
+        active[:, None], dc_direct + dc_through_f, _own_rows(grad_c0_ptr, own_offsets, own_mask)
+    )
+    dh_kept = tl.where(active[:, None], dh_direct, _own_rows(grad_h0_ptr, own_offsets, own_mask))
+    tl.debug_barrier()
+    tl.store(grad_h0_ptr + own_offsets, dh_kept, mask=own_mask)
+    tl.store(grad_c0_ptr + own_offsets, dc_kept, mask=own_mask)
+    _lstm_batch_norm_backward_gate_by_gate(
+        (d_pre_i, d_pre_f, d_pre_g, d_pre_o),
+        grad_xg_ptr,
+        grad_acc_ptr,
+        xhat_hh_ptr,
+        rstd_hh_ptr,
+        norm_weight_hh_ptr,
+        grad_b_hh_ptr,
+        grad_norm_weight_hh_ptr,
+        t,
+        batch,
+        rows,
+        units,
+        unit_in,
+        hidden,
+        active_f,
+        count,
+        TRAINING,
+    )
+
+
+@triton.jit
 def _forward_batch_norm_gate(
     gate: tl.constexpr,
     xg_ptr,
@@ -2275,6 +2402,7 @@ def recurrence_backward_kernel(
     ROWS_PER_STEP: tl.constexpr = False,  # the step's rows from a step-dependent zero
     ROW_CLAMP: tl.constexpr = False,  # the product's operand rows clamped (_resident_product)
     PRODUCT_ROW_CHUNKS: tl.constexpr = False,  # the product in ROWS_PER_DOT-row chunks (below)
+    UNIT_HALVES: tl.constexpr = False,  # steps 1-2 over unit halves in a loop (below)
 ):
     """Backward recurrence: the forward loop in reverse processing order, one launch.
 
@@ -2475,6 +2603,8 @@ def recurrence_backward_kernel(
     CHUNKS: tl.constexpr = PAIR_CHUNKS or ROW_CHUNKS
     EARLY_STATE: tl.constexpr = CHUNKS and STATE_IN_MEMORY and (CELL == LSTM or CELL == GRU)
     GATE_BY_GATE: tl.constexpr = CHUNKS and CELL == LSTM and NORM == NORM_BATCH
+    if UNIT_HALVES:
+        tl.static_assert(GATE_BY_GATE and EARLY_STATE and not HAS_PROJ, "unit halves")
     if SUMS_IN_MEMORY or GATE_BY_GATE:
         tl.store(grad_b_hh_ptr + gate_col, grad_bias, mask=col_in)
         tl.store(grad_norm_weight_hh_ptr + gate_col, grad_bias, mask=col_in)
@@ -2556,7 +2686,57 @@ def recurrence_backward_kernel(
         active_f = active.to(tl.float32)
         count = tl.maximum(tl.sum(active_f, axis=0), 1.0)
 
-        if ROW_SPLIT:
+        if UNIT_HALVES:
+            # 1-2 one half of the program's units at a time (the launcher's _unit_halves: the
+            # LSTM with batch norm at 128 rows, 16 units a program, its state in memory, the
+            # norm gate by gate): every quantity there is per unit column, so the halves are
+            # independent. A runtime loop with the half index through _opaque, so only one
+            # half's [B, 8] tiles and their addresses are live and none is hoisted out of the
+            # time loop: sm_80 bf16 H = 1024 backward spill stores / loads, 16 warps, triton
+            # 3.6 412 / 424 -> 4 / 4 (the index plain 16 / 16), triton 3.8 28 / 28 -> 0 / 0
+            # (docs/kernels-v2.md §6.2).
+            HALF_U: tl.constexpr = BLOCK_U // 2
+            for half in tl.range(0, 2, num_stages=1, disable_licm=True):
+                _lstm_batch_norm_units_backward(
+                    grad_output_ptr,
+                    gates_ptr,
+                    c_prev_ptr,
+                    xhat_c_ptr,
+                    rstd_c_ptr,
+                    norm_weight_c_ptr,
+                    norm_bias_c_ptr,
+                    grad_h0_ptr,
+                    grad_c0_ptr,
+                    grad_norm_weight_c_ptr,
+                    grad_norm_bias_c_ptr,
+                    grad_xg_ptr,
+                    grad_acc_ptr,
+                    xhat_hh_ptr,
+                    rstd_hh_ptr,
+                    norm_weight_hh_ptr,
+                    grad_b_hh_ptr,
+                    grad_norm_weight_hh_ptr,
+                    t,
+                    batch,
+                    hidden,
+                    stride_go_t,
+                    stride_go_b,
+                    rows,
+                    active,
+                    active_f,
+                    count,
+                    pid * BLOCK_U + _opaque(half) * HALF_U + tl.arange(0, HALF_U),
+                    seed,
+                    zoneout_hidden_base,
+                    zoneout_hidden_p,
+                    zoneout_cell_base,
+                    zoneout_cell_p,
+                    TRAINING,
+                    HAS_NORM_BIAS_C,
+                    USE_ZONEOUT_HIDDEN,
+                    USE_ZONEOUT_CELL,
+                )
+        elif ROW_SPLIT:
             # 1-2 in whole-step row pieces (LSTM with layer norm, state in memory; the
             # launcher's _row_piece). Per piece dL/d N(c~) and its row partials, dL/d N(c~)
             # gamma_c and dL/d o staged in this step's grad_acc rows (this program's columns:

@@ -924,6 +924,30 @@ def test_envelope_half_batch_norm_gate_by_gate_128_rows(monkeypatch, arch):
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+def test_unit_halves_lstm_gate_by_gate(monkeypatch, arch):
+    """The backward's ``UNIT_HALVES`` (the launcher's _unit_halves: its cell and batch-norm
+    backward over the halves of a program's 16 units in a loop): the LSTM with
+    ``gate_by_gate`` (bf16 / fp16 batch norm at 128 rows on an A100 beyond H = 864), nowhere
+    else: not the GRU there, not where the pair split fits (the H100, the A100 to H = 864),
+    not at 64 or 256 rows, other norms or float32."""
+
+    def halves(batch, hidden, cell="lstm", norm="batch", dtype=torch.bfloat16):
+        geo = _gpu_geometry(monkeypatch, batch, hidden, cell, dtype, arch, 0, norm=norm)[0]
+        return triton_backend._unit_halves(geo)
+
+    for dtype in (torch.bfloat16, torch.float16):
+        for batch, hidden in ((128, 1024), (97, 1024), (128, 880)):
+            assert halves(batch, hidden, dtype=dtype) is (arch == 80), (batch, hidden)
+            assert not halves(batch, hidden, "gru", dtype=dtype)
+        assert not halves(128, 864, dtype=dtype)  # the pair split
+        for batch in (64, 256):
+            assert not halves(batch, 1024, dtype=dtype)
+    for norm in ("none", "layer"):
+        assert not halves(128, 1024, norm=norm)
+    assert not halves(128, 1024, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
 def test_num_warps_float32_mma_sync_256_rows(monkeypatch, arch):
     """Float32 at 256 rows with mma.sync (sm_80), the step whole, without batch norm, runs
     both kernels at 16 warps (8 spilled up to 2,356 B there); wgmma (sm_90), batch norm,

@@ -560,8 +560,9 @@ SPILLING |= SPILLING_TF32_OFF
 # resident (shared memory 163840 B both kernels, as predicted). Spill stores / loads,
 # forward ; backward, triton 3.8, before -> after: LSTM 1092 / 1372 ; 444 / 436 -> 0 / 0 ;
 # 28 / 28, GRU 320 / 332 ; 132 / 124 -> 0 / 0 ; 32 / 28 (docs/kernels-v2.md §6.2 has the
-# steps and the streamed alternative). Triton 3.6: GRU 0 / 0 ; 32 / 28, the LSTM still over
-# (SPILLING_TRITON_3_6). sm_90a (the pair split) unchanged: 0 ; 0.
+# steps and the streamed alternative). Triton 3.6: GRU 0 / 0 ; 32 / 28, the LSTM backward
+# 412 / 424 until its steps 1-2 over unit halves (UNIT_HALVES: 4 / 4, triton 3.8 0 / 0;
+# SPILLING_TRITON_3_6's note). sm_90a (the pair split) unchanged: 0 ; 0.
 SPILLING_BF16_BATCH_NORM: set[str] = set()
 SPILLING |= SPILLING_BF16_BATCH_NORM
 # Off the list with triton 3.6 since the merge with the row chunks (XPASS):
@@ -609,7 +610,9 @@ SPILLING |= SPILLING_BF16_BATCH_NORM
 # sm80-lstm-all_batch_norm-bfloat16-B128-Hmax: its forward is within the budget since the
 # gate-by-gate norm's column offsets take the step-dependent zero too (kernels/recurrence.py
 # _forward_batch_norm_gate's units; forward 124 / 132 -> 0 / 0, triton 3.8 0 -> 0, the GRU
-# 0 -> 0 on both); its backward stays over (412 / 424 at 16 warps, 128 registers).
+# 0 -> 0 on both); its backward within it since the cell and batch-norm backward run over
+# unit halves in a loop (kernels/recurrence.py UNIT_HALVES, the launcher's _unit_halves):
+# 412 / 424 -> 4 / 4 at 16 warps (triton 3.8 28 / 28 -> 0 / 0), off this list.
 # Off the list since 2026-11-24: rnn_relu-all_layer_norm-float16-B256-Hmax (H = 1728 sm_80,
 # 2112 sm_90a). The forward's product (both targets) and the wgmma backward's (sm_90a, its
 # state carried) take their operand rows clamped into the batch, loaded under the K tile's
@@ -621,9 +624,7 @@ SPILLING |= SPILLING_BF16_BATCH_NORM
 # forward ; backward, before -> after: triton 3.6 sm_80 108 / 108 ; 104 / 104 -> 0 ; 8 / 8,
 # sm_90a 0 ; 192 / 188 -> 0 ; 0; triton 3.8 sm_80 40 / 40 ; 16 / 16 -> 0 ; 8 / 8, sm_90a
 # 0 ; 56 / 56 -> 0 ; 0 (docs/kernels-v2.md §6.1).
-SPILLING_TRITON_3_6 = {
-    "sm80-lstm-all_batch_norm-bfloat16-B128-Hmax",
-}
+SPILLING_TRITON_3_6: set[str] = set()
 if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
     SPILLING |= SPILLING_TRITON_3_6
 

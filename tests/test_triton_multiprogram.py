@@ -281,7 +281,8 @@ def test_multi_program_half_batch_norm_gate_by_gate(monkeypatch, cell, regulariz
     (ROW_CHUNKS), dh / dc written back early and the LSTM's norm gate by gate, the state in
     memory in both kernels. Here 8 rows in chunks of ``rows`` (two as on the GPU, or four:
     the chunk index through _opaque), with unequal lengths, both directions, training and the
-    running statistics, against the float64 reference."""
+    running statistics, against the float64 reference; the LSTM's backward steps 1-2 over
+    the halves of each program's units in a loop (UNIT_HALVES)."""
     monkeypatch.setattr(triton_backend, "INTERPRETER_STATE_IN_MEMORY", True)
     monkeypatch.setattr(triton_backend, "INTERPRETER_GATE_BY_GATE", True)
     monkeypatch.setattr(triton_backend, "INTERPRETER_ROWS_PER_DOT", rows)
@@ -295,6 +296,9 @@ def test_multi_program_half_batch_norm_gate_by_gate(monkeypatch, cell, regulariz
     )
     assert geo["gate_by_gate"] and geo["split_k"] == 1 and geo["programs"] == PROGRAMS
     assert (geo["rows_forward"], geo["rows_backward"]) == (geo["BLOCK_B"], rows)
+    # the LSTM's backward steps 1-2 over unit halves (UNIT_HALVES): here halves of one unit,
+    # the last program's second half past H
+    assert triton_backend._unit_halves(geo) is (cell == "lstm")
     assert_matches_reference(inputs)
 
 

@@ -1084,6 +1084,24 @@ def _product_row_chunks(geo: dict, norm: str) -> bool:
     )
 
 
+def _unit_halves(geo: dict) -> bool:
+    """The backward kernel's ``UNIT_HALVES``: the LSTM (``num_gates`` = 4) with _geometry's
+    ``gate_by_gate`` (bf16 / fp16 batch norm at 128 rows, 16 units a program, its state in
+    memory) runs its step's cell backward and batch-norm backward (steps 1-2, per unit
+    column) over the halves of the program's units in a loop, one half's ``[128, 8]`` tiles
+    live at a time; the product (all 16 units) stays whole. Backward spill stores / loads,
+    sm_80 LSTM all_batch_norm bf16 H = 1024, 16 warps: triton 3.6 412 / 424 -> 4 / 4, triton
+    3.8 28 / 28 -> 0 / 0 (fp16 likewise; shared memory unchanged, 163840 B as predicted).
+    The GRU (32 / 28 B, within the budget) keeps its step whole (docs/kernels-v2.md §6.2).
+    ``rows_backward`` < ``BLOCK_B``: the kernel's row chunks, which the halves run beside."""
+    return (
+        geo["gate_by_gate"]
+        and geo["num_gates"] == 4
+        and geo["units"] >= 2
+        and geo["rows_backward"] < geo["BLOCK_B"]
+    )
+
+
 def _row_piece(geo: dict) -> int:
     """The kernels' ``ROW_PIECE`` (_geometry's ``row_piece``): the LSTM with layer norm and no
     projection at ``BLOCK_B`` >= _WHOLE_STEP_PIECES_FROM_ROWS (128) runs its steps in whole-step
@@ -1384,6 +1402,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             ROWS_PER_STEP=_rows_per_step(geo, "backward", cfg.norm),
             ROW_CLAMP=_row_clamp(geo, "backward", cfg.norm),
             PRODUCT_ROW_CHUNKS=_product_row_chunks(geo, cfg.norm),
+            UNIT_HALVES=_unit_halves(geo),
             **_warp_options(
                 _num_warps(
                     geo["BLOCK_B"] * geo["BLOCK_H"],
