@@ -215,10 +215,11 @@ def rnn(
 
 
 def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, training) -> bool:
-    """Whether this layer's input projection may be left to the recurrence (float32 CPU
-    inference of an LSTM / GRU layer without norm or projection, more than one row, no
-    gradient, eager mode): the host backend then computes it in its step loop (docs/design.md
-    §5.4); recurrence_op.materialized_xg computes it for any other path."""
+    """Whether this layer's input projection may be left to the recurrence (CPU inference of
+    an LSTM / GRU layer without norm or projection, no gradient, eager mode; float32 with more
+    than one row, or float32 / bfloat16 with one row: ``host.projects_in_loop``): the host
+    backend then computes it in its step loop or ahead of it (docs/design.md §5.4);
+    recurrence_op.materialized_xg computes it for any other path."""
     return (
         DEFER_PROJECTION
         and not torch.is_grad_enabled()
@@ -226,9 +227,9 @@ def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, tra
         and x.shape[0] > 0
         and projects_in_loop(x.dtype, options.cell, options.norm, options.proj_size, x.shape[1])
         and not (training and options.input_dropout > 0)
-        and p.w_ih.dtype == torch.float32
+        and p.w_ih.dtype == x.dtype
         and p.w_ih.is_cpu
-        and (p.b_ih is None or (p.b_ih.dtype == torch.float32 and p.b_ih.is_cpu))
+        and (p.b_ih is None or (p.b_ih.dtype == x.dtype and p.b_ih.is_cpu))
         and not torch.compiler.is_compiling()
         and not _functorch_active()
     )

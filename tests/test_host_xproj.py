@@ -282,13 +282,16 @@ ONE_ROW_CASES = [
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("case", ONE_ROW_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("delay_us", ["", "300"])
-def test_one_row_pipeline_by_rule(case, threads, delay_us, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_one_row_pipeline_by_rule(case, threads, delay_us, dtype, monkeypatch):
     """One row with two threads or more (recurrence_host.cpp forward_one_row_pipelined): a
     second thread computes xg = x W_ih^T + b_ih ahead of the one-row step loop (lead steps one
     at a time, then chunks; reverse in the loop's order), the loop waiting for each step. By
     the numerics rule against float64 (torch.nn float32 as the baseline), and it ran once per
     layer and direction; at one thread it does not run. With a delay before each of the
-    projection's publications (a test knob) the loop must wait for its steps' xg."""
+    projection's publications (a test knob) the loop must wait for its steps' xg. bfloat16:
+    the projecting thread widens x, W_ih and b_ih; from 24 steps on the loop runs the bf16
+    product (test_host_bf16)."""
     cell, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
     monkeypatch.setenv("FUSEDRNN_HOST_PIPELINE_DELAY_US", delay_us)
     monkeypatch.setattr(host, "NUM_THREADS", threads)  # 3: still the loop's and one more
@@ -297,7 +300,8 @@ def test_one_row_pipeline_by_rule(case, threads, delay_us, monkeypatch):
     module, nn_module, truth_module = _eval_modules(
         cell, I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first
     )
-    x = torch.randn((1, T, I) if batch_first else (T, 1, I))
+    module, nn_module = module.to(dtype), nn_module.to(dtype)
+    x = torch.randn((1, T, I) if batch_first else (T, 1, I)).to(dtype)
     lengths = torch.tensor([T]) if with_lengths else None
     with torch.no_grad():
         before = _pipeline_calls()
@@ -316,6 +320,6 @@ def test_one_row_pipeline_by_rule(case, threads, delay_us, monkeypatch):
             {k: result[k] for k in truth},
             truth,
             {k: base[k] for k in truth},
-            torch.float32,
+            dtype,
             what=f"host one-row {name} {case}",
         )

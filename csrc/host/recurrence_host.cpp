@@ -1062,15 +1062,22 @@ void forward_bf16_row_split(const RecurrenceFwdParams& q, const Bf16Forward& bf,
   }
 }
 
+void forward_one_row_pipelined(const RecurrenceFwdParams& p, RecurrenceFwdParams loop,
+                               const Bf16Forward& bf);
+
 template <class S, class C>
 void forward_widened(const RecurrenceFwdParams& p) {
   RecurrenceFwdParams q = p;
   Widened<S, C> w;
   Widened<float, C> wa;
   Bf16Forward bf;
+  // No xg: a bfloat16 layer's one row, its projection on a second thread ahead of the loop
+  // (xproj_in_loop_applies); the loop then reads that float32 xg and writes a float32 output,
+  // narrowed at the end (a one-row output is small).
+  const bool project_ahead = p.xg == nullptr && p.T * p.B > 0;
   if constexpr (kBf16Storage<S, C>) {
     bf.product = bf16_product_applies(p);
-    if (vector_cell_applies(p) && !p.fused_cell) {
+    if (vector_cell_applies(p) && !p.fused_cell && !project_ahead) {
       bf.xg = static_cast<const uint16_t*>(p.xg);
       bf.xg_stride_t = p.xg_stride_t;
       bf.xg_stride_b = p.xg_stride_b;
@@ -1091,8 +1098,11 @@ void forward_widened(const RecurrenceFwdParams& p) {
   q.h_n = w.out(q.h_n, B * P);
   q.c_n = w.out(q.c_n, B * H);
   int split = 0;
-  if constexpr (kBf16Storage<S, C>) split = bf16_row_split_threads(q, bf);
-  if (split > 0) {
+  if constexpr (kBf16Storage<S, C>) split = project_ahead ? 0 : bf16_row_split_threads(q, bf);
+  if (project_ahead) {  // C is float: only a bfloat16 layer comes here without xg
+    q.x = nullptr;  // the loop's params (p keeps the projection's bfloat16 sources)
+    forward_one_row_pipelined(p, q, bf);
+  } else if (split > 0) {
     forward_bf16_row_split(q, bf, split);
   } else {
     forward_impl<C>(q, bf);
@@ -1376,12 +1386,29 @@ void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<in
   const float* x = static_cast<const float*>(p.x);
   const float* w_ih = static_cast<const float*>(p.w_ih);
   const float* b_ih = static_cast<const float*>(p.b_ih);
+  int64_t x_ld = p.x_stride_t;
+  std::vector<float> x_wide, w_ih_wide, b_ih_wide;  // a bfloat16 layer's sources in float32
+  if (p.dtype == kBFloat16) {
+    const auto* x16 = static_cast<const uint16_t*>(p.x);
+    x_wide.resize(static_cast<size_t>(T * I));
+    for (int64_t t = 0; t < T; ++t) widen_bf16(x16 + t * p.x_stride_t, x_wide.data() + t * I, I);
+    w_ih_wide.resize(static_cast<size_t>(N * I));
+    widen_bf16(static_cast<const uint16_t*>(p.w_ih), w_ih_wide.data(), N * I);
+    x = x_wide.data();
+    w_ih = w_ih_wide.data();
+    x_ld = I;
+    if (b_ih != nullptr) {
+      b_ih_wide.resize(static_cast<size_t>(N));
+      widen_bf16(static_cast<const uint16_t*>(p.b_ih), b_ih_wide.data(), N);
+      b_ih = b_ih_wide.data();
+    }
+  }
   // The loop's first steps wait for their xg, so those come first, a step at a time from
   // W_ih's rows in place (gemv_rows: no pack to wait for), before the pack and the chunks.
   int64_t s0 = 0;
   for (; s0 < std::min<int64_t>(kOneRowLeadSteps, T); ++s0) {
     const int64_t t = p.reverse ? T - 1 - s0 : s0;
-    gemv_rows(N, I, w_ih, I, x + t * p.x_stride_t, xg + t * N);
+    gemv_rows(N, I, w_ih, I, x + t * x_ld, xg + t * N);
     if (b_ih != nullptr)
       for (int64_t n = 0; n < N; ++n) xg[t * N + n] += b_ih[n];
     publish(s0 + 1);
@@ -1397,8 +1424,7 @@ void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<in
     int64_t steps = std::min<int64_t>(kOneRowProjectionSteps, T - s0);
     if (T - s0 - steps == 1) ++steps;
     const int64_t t0 = p.reverse ? T - s0 - steps : s0;  // the chunk's first row of x / xg
-    gemm_packed(steps, N, I, x + t0 * p.x_stride_t, p.x_stride_t, w.data(), xg + t0 * N, N,
-                false);
+    gemm_packed(steps, N, I, x + t0 * x_ld, x_ld, w.data(), xg + t0 * N, N, false);
     if (b_ih != nullptr)
       for (int64_t r = t0; r < t0 + steps; ++r)
         for (int64_t n = 0; n < N; ++n) xg[r * N + n] += b_ih[n];
@@ -1409,14 +1435,17 @@ void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<in
 
 std::atomic<int64_t> g_one_row_pipeline_calls{0};
 
-void forward_one_row_pipelined(const RecurrenceFwdParams& p) {
+// p: the call's params (the projection's sources x, W_ih, b_ih: float32, or a bfloat16 layer's,
+// widened by the projecting thread); loop: the float32 params the step loop runs (p itself, or
+// a bfloat16 layer's widened copies, forward_widened), with bf its bf16 product.
+void forward_one_row_pipelined(const RecurrenceFwdParams& p, RecurrenceFwdParams loop,
+                               const Bf16Forward& bf) {
   const int64_t N = p.G * p.H;
   // Every element is written before the loop reads it (no zero fill: 512 KiB at C7).
   std::vector<float, NoInitAllocator<float>> xg(
       static_cast<size_t>(std::max<int64_t>(p.T * N, 1)));
   std::atomic<int64_t> ready{0};
-  RecurrenceFwdParams loop = p;  // xg given, one worker
-  loop.xg = xg.data();
+  loop.xg = xg.data();  // xg given, one worker
   loop.xg_stride_t = N;
   loop.xg_stride_b = N;
   loop.x = nullptr;
@@ -1428,11 +1457,11 @@ void forward_one_row_pipelined(const RecurrenceFwdParams& p) {
   {
     if (team_size() < 2) {  // the runtime gave one thread: project first, then the loop
       project_steps_ahead(p, xg.data(), ready);
-      forward_impl<float>(loop);
+      forward_impl<float>(loop, bf);
     } else if (thread_id() == 1) {
       project_steps_ahead(p, xg.data(), ready);
     } else {
-      forward_impl<float>(loop, Bf16Forward(), nullptr, &ready);
+      forward_impl<float>(loop, bf, nullptr, &ready);
     }
   }
 }
@@ -1444,19 +1473,21 @@ int64_t xproj_in_loop_calls() { return g_xproj_calls.load(); }
 int64_t row_split_calls() { return g_row_split_calls.load(); }
 
 bool xproj_in_loop_applies(const RecurrenceFwdParams& p) {
-  return p.dtype == kFloat32 && p.x != nullptr && p.w_ih != nullptr && p.input_size > 0 &&
-         vector_cell_applies(p) && !p.fused_cell && (p.B > 1 || p.num_threads >= 2);
+  const bool one_row = p.B == 1 && p.num_threads >= 2;  // forward_one_row_pipelined
+  return (p.dtype == kFloat32 || (p.dtype == kBFloat16 && one_row)) && p.x != nullptr &&
+         p.w_ih != nullptr && p.input_size > 0 && vector_cell_applies(p) && !p.fused_cell &&
+         (p.B > 1 || one_row);
 }
 
 void recurrence_forward(const RecurrenceFwdParams& p) {
   advise_forward_buffers(p);
+  if (p.xg == nullptr && p.T * p.B > 0 && !xproj_in_loop_applies(p))
+    throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
+                                "the step loop for these params");
   switch (p.dtype) {
     case kFloat32:
-      if (p.xg == nullptr && p.T * p.B > 0 && !xproj_in_loop_applies(p))
-        throw std::invalid_argument("fusedrnn host backend: no xg, and x W_ih^T cannot run in "
-                                    "the step loop for these params");
       if (p.norm != kNormNone) return forward_widened<float, double>(p);
-      if (p.B == 1 && p.xg == nullptr) return forward_one_row_pipelined(p);
+      if (p.B == 1 && p.xg == nullptr) return forward_one_row_pipelined(p, p, Bf16Forward());
       if (const int nt = row_split_threads(p)) return forward_row_split(p, nt);
       return forward_impl<float>(p);
     case kFloat64:

@@ -104,17 +104,17 @@ def empty_cache() -> None:
 
 def projects_in_loop(dtype: torch.dtype, cell: str, norm: str, proj_size: int, batch: int) -> bool:
     """The layers whose input projection ``x W_ih^T + b_ih`` the native call can compute
-    itself (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): float32 LSTM / GRU, no
-    norm, no projection, and more than one row (each worker in its step loop) or one row with
-    two threads or more (a second thread ahead of the one-row loop, ``_one_row_pipeline``).
-    functional.rnn asks it before projecting, the launcher (``xproj_in_loop_applies``) again
-    with the phased-cell condition."""
+    itself (csrc/host/recurrence_host.h ``xproj_in_loop_applies``): LSTM / GRU, no norm, no
+    projection, and float32 with more than one row (each worker in its step loop), or float32
+    / bfloat16 with one row and two threads or more (a second thread ahead of the one-row
+    loop, ``_one_row_pipeline``). functional.rnn asks it before projecting, the launcher
+    (``xproj_in_loop_applies``) again with the phased-cell condition."""
+    one_row = batch == 1 and dtype in (torch.float32, torch.bfloat16) and _one_row_pipeline()
     return (
-        dtype == torch.float32
-        and cell in ("lstm", "gru")
+        cell in ("lstm", "gru")
         and norm == "none"
         and proj_size == 0
-        and (batch > 1 or (batch == 1 and _one_row_pipeline()))
+        and ((dtype == torch.float32 and batch > 1) or one_row)
     )
 
 
