@@ -1,8 +1,10 @@
-"""The host's float32 inference path that computes the input projection in its step loop
-(functional._defers_projection, csrc/host/recurrence_host.cpp ``project_chunk``;
-docs/design.md §5.4): it runs where it should (a counter of the native calls that took it),
-not where it should not, and its results meet the numerics rule (tests/helpers.py) against a
-float64 truth with torch.nn float32 as the baseline, at awkward sizes."""
+"""The host's inference paths that compute the input projection themselves
+(functional._defers_projection; docs/design.md §5.4): float32 in the step loop
+(csrc/host/recurrence_host.cpp ``project_chunk``), and one row (float32 / bfloat16) on a second
+thread ahead of the loop (``forward_one_row_pipelined``). Each runs where it should (counters
+of the native calls that took it), not where it should not, and its results meet the numerics
+rule (tests/helpers.py) against a float64 truth with torch.nn in the same dtype as the
+baseline, at awkward sizes."""
 
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ def _calls() -> int:
     return native.native().host_xproj_in_loop_calls()
 
 
+def _pipeline_calls() -> int:
+    return native.native().host_one_row_pipeline_calls()
+
+
 def _eval_modules(cell: str, input_size: int, hidden: int, **kw):
     """The host module under test, torch.nn's with the same weights (the float32 baseline of
     the numerics rule) and a float64 host copy (the truth), all in eval mode."""
@@ -32,6 +38,19 @@ def _eval_modules(cell: str, input_size: int, hidden: int, **kw):
     truth_module = cls(input_size, hidden, backend="host", **kw).double().eval()
     truth_module.load_state_dict(module.state_dict())
     return module, nn_module, truth_module
+
+
+def _run_counted(counter, modules, x, lengths, batch_first):
+    """(module's results, how far ``counter()`` moved during that call, the float64 truth,
+    torch.nn's results) for ``modules = (module, nn_module, truth_module)``, under no_grad."""
+    module, nn_module, truth_module = modules
+    with torch.no_grad():
+        before = counter()
+        got = _run(module, x, lengths, batch_first)
+        ran = counter() - before
+        truth = _run(truth_module, x.double(), lengths, batch_first)
+        base = _run(nn_module, x, lengths, batch_first)
+    return got, ran, truth, base
 
 
 def _run(module, x, lengths, batch_first=False):
@@ -74,12 +93,8 @@ def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
     if with_lengths:
         lengths = torch.randint(1, T + 1, (B,))
         lengths[B // 2] = T
-    with torch.no_grad():
-        before = _calls()
-        got = _run(module, x, lengths, batch_first)
-        ran = _calls() - before
-        truth = _run(truth_module, x.double(), lengths, batch_first)
-        base = _run(nn_module, x, lengths, batch_first)
+    modules = (module, nn_module, truth_module)
+    got, ran, truth, base = _run_counted(_calls, modules, x, lengths, batch_first)
     assert ran == layers * (2 if bidirectional else 1), "the in-loop projection did not run"
     truth = {k: v for k, v in truth.items() if v is not None}
     got = {k: got[k] for k in truth}
@@ -122,9 +137,13 @@ def test_other_backend_materializes_xg():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_training_masks_without_gradient(monkeypatch):
+@pytest.mark.parametrize("batch", [5, 1])
+def test_training_masks_without_gradient(batch, monkeypatch):
     """Training under no_grad (zoneout, recurrent dropout, weight drop; no input dropout) takes
-    the path too and draws the same masks: the same results as with xg computed first."""
+    the path too and draws the same masks: the same results as with xg computed first. One
+    row: the projection ahead on a second thread (forward_one_row_pipelined)."""
+    monkeypatch.setattr(host, "NUM_THREADS", 2)
+    counter = _calls if batch > 1 else _pipeline_calls
     torch.manual_seed(1)
     module = fusedrnn.LSTM(
         7,
@@ -136,15 +155,15 @@ def test_training_masks_without_gradient(monkeypatch):
         recurrent_dropout=0.25,
         weight_drop=0.3,
     ).train()
-    x = torch.randn(6, 5, 7)
+    x = torch.randn(6, batch, 7)
     results = {}
     with torch.no_grad():
         for defer in (True, False):
             monkeypatch.setattr(functional, "DEFER_PROJECTION", defer)
-            before = _calls()
+            before = counter()
             torch.manual_seed(7)
             results[defer] = module(x)
-            assert _calls() - before == (2 if defer else 0)
+            assert counter() - before == (2 if defer else 0)
     out, (h_n, c_n) = results[True]
     ref, (h_ref, c_ref) = results[False]
     for a, b in ((out, ref), (h_n, h_ref), (c_n, c_ref)):
@@ -263,10 +282,6 @@ def test_row_split_default_rule(monkeypatch):
     assert _row_split_calls() == before
 
 
-def _pipeline_calls() -> int:
-    return native.native().host_one_row_pipeline_calls()
-
-
 ONE_ROW_CASES = [
     # cell, I, H, T, layers, bidirectional, lengths, batch_first
     ("lstm", 5, 7, 1, 1, False, False, False),
@@ -303,13 +318,10 @@ def test_one_row_pipeline_by_rule(case, threads, delay_us, dtype, monkeypatch):
     module, nn_module = module.to(dtype), nn_module.to(dtype)
     x = torch.randn((1, T, I) if batch_first else (T, 1, I)).to(dtype)
     lengths = torch.tensor([T]) if with_lengths else None
+    modules = (module, nn_module, truth_module)
+    got, ran, truth, base = _run_counted(_pipeline_calls, modules, x, lengths, batch_first)
+    monkeypatch.setattr(host, "NUM_THREADS", 1)
     with torch.no_grad():
-        before = _pipeline_calls()
-        got = _run(module, x, lengths, batch_first)
-        ran = _pipeline_calls() - before
-        truth = _run(truth_module, x.double(), lengths, batch_first)
-        base = _run(nn_module, x, lengths, batch_first)
-        monkeypatch.setattr(host, "NUM_THREADS", 1)
         before = _pipeline_calls()
         one_thread = _run(module, x, lengths, batch_first)
         assert _pipeline_calls() == before, "the pipeline ran on one thread"

@@ -388,9 +388,9 @@ struct HostForwardPolicy : HostWorker<T> {
 
 // The bfloat16 layers' options of forward_impl: the recurrent product in bfloat16
 // (gemm_bf16.h; bf16_product_applies), and xg / the output left in bfloat16, read / written by
-// the vector cell (vector_cell_applies, not fused_cell; p.xg and p.out are then unused). Converting them
-// whole at the call's boundary cost 8 % of a bfloat16 C5 inference call (xg widened a step at
-// a time) and 2 % (the output narrowed at the end).
+// the vector cell (vector_cell_applies, not fused_cell; p.xg and p.out are then unused).
+// Converting them whole at the call's boundary cost 8 % of a bfloat16 C5 inference call (xg
+// widened a step at a time) and 2 % (the output narrowed at the end).
 struct Bf16Forward {
   bool product = false;
   const uint16_t* xg = nullptr;  // set: the vector cell's bfloat16 xg and output
