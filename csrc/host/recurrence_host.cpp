@@ -1403,14 +1403,18 @@ void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<in
       b_ih = b_ih_wide.data();
     }
   }
+  auto add_bias = [&](int64_t t0, int64_t steps) {  // rows t0 .. t0 + steps - 1 of xg
+    if (b_ih == nullptr) return;
+    for (int64_t r = t0; r < t0 + steps; ++r)
+      for (int64_t n = 0; n < N; ++n) xg[r * N + n] += b_ih[n];
+  };
   // The loop's first steps wait for their xg, so those come first, a step at a time from
   // W_ih's rows in place (gemv_rows: no pack to wait for), before the pack and the chunks.
   int64_t s0 = 0;
   for (; s0 < std::min<int64_t>(kOneRowLeadSteps, T); ++s0) {
     const int64_t t = p.reverse ? T - 1 - s0 : s0;
     gemv_rows(N, I, w_ih, I, x + t * x_ld, xg + t * N);
-    if (b_ih != nullptr)
-      for (int64_t n = 0; n < N; ++n) xg[t * N + n] += b_ih[n];
+    add_bias(t, 1);
     publish(s0 + 1);
   }
   if (s0 == T) return;
@@ -1425,9 +1429,7 @@ void project_steps_ahead(const RecurrenceFwdParams& p, float* xg, std::atomic<in
     if (T - s0 - steps == 1) ++steps;
     const int64_t t0 = p.reverse ? T - s0 - steps : s0;  // the chunk's first row of x / xg
     gemm_packed(steps, N, I, x + t0 * x_ld, x_ld, w.data(), xg + t0 * N, N, false);
-    if (b_ih != nullptr)
-      for (int64_t r = t0; r < t0 + steps; ++r)
-        for (int64_t n = 0; n < N; ++n) xg[r * N + n] += b_ih[n];
+    add_bias(t0, steps);
     s0 += steps;
     publish(s0);
   }
