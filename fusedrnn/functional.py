@@ -215,14 +215,15 @@ def rnn(
 
 
 def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, training) -> bool:
-    """Whether this layer's input projection may be left to the recurrence (CPU inference of
-    an LSTM / GRU layer without norm or projection, no gradient, eager mode; float32 with more
+    """Whether this layer's input projection may be left to the recurrence (an LSTM / GRU
+    layer on the CPU without norm, projection or input dropout, eager mode; float32 with more
     than one row, or float32 / bfloat16 with one row: ``host.projects_in_loop``): the host
-    backend then computes it in its step loop or ahead of it (docs/design.md §5.4);
-    recurrence_op.materialized_xg computes it for any other path."""
+    backend then computes it in its step loop or ahead of it (docs/design.md §5.4), in
+    inference and in training alike (recurrence_op's bypasses of the op; the backward turns
+    ``dxg`` into the projection's gradients); recurrence_op.materialized_xg computes it for
+    any other path (the op, another backend)."""
     return (
         DEFER_PROJECTION
-        and not torch.is_grad_enabled()
         and x.is_cpu
         and x.shape[0] > 0
         and projects_in_loop(x.dtype, options.cell, options.norm, options.proj_size, x.shape[1])
@@ -235,7 +236,7 @@ def _defers_projection(x: torch.Tensor, p: LayerParams, options: RNNOptions, tra
     )
 
 
-# Leave float32 CPU inference's input projection to the host's step loop (_defers_projection);
+# Leave the input projection to the host's step loop where it can run there (_defers_projection);
 # False (or FUSEDRNN_HOST_XPROJ=0) computes it here first, as every other call does (for
 # measurements and tests).
 DEFER_PROJECTION = os.environ.get("FUSEDRNN_HOST_XPROJ", "1") != "0"

@@ -141,18 +141,33 @@ class OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from .backends.native import _rows_product  # backends import this module
-
         x, w = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _linear(grad, w.t(), None)
-        grad_rows = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[1]:
-            grad_w = _rows_product(grad_rows, x.reshape(-1, x.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_rows.sum(0)
-        return grad_x, grad_w, grad_b
+        needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
+        return linear_backward(grad, x, w, needs)
+
+
+def linear_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``y = x W^T + b`` from ``grad = dL/dy`` ([..., N]; x [..., K]), for
+    those of (x, W, b) that ``needs`` asks for (None for the others; False for an absent b):
+    ``dx = grad W`` (``_linear``), ``dW = grad_rows^T x_rows`` summed over every row
+    (``native._rows_product``), ``db`` the rows' sum. ``OneDNNLinear`` and the recurrence's
+    deferred projection (recurrence_op._RecurrenceFunction) use it."""
+    from .backends.native import _rows_product  # backends import this module
+
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = _linear(grad, w.t(), None)
+    grad_rows = grad.reshape(-1, grad.shape[-1])
+    if needs[1]:
+        grad_w = _rows_product(grad_rows, x.reshape(-1, x.shape[-1]))
+    if len(needs) > 2 and needs[2]:
+        grad_b = grad_rows.sum(0)
+    return grad_x, grad_w, grad_b
 
 
 def _linear(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None) -> torch.Tensor:

@@ -14,8 +14,9 @@ from .backends.base import RecurrenceConfig, RecurrenceInputs, accumulate_dtype,
 # --------------------------------------------------------------------------------------
 # The recurrence as a pair of torch.library custom ops (forward, backward) with autograd and
 # fake-tensor registrations, so that torch.compile(fullgraph=True) traces a fusedrnn layer
-# as one opaque node per layer-direction instead of breaking the graph. Eager mode takes the
-# same path: there is one way into a backend.
+# as one opaque node per layer-direction instead of breaking the graph. Plain eager CPU calls
+# bypass the dispatcher (``_bypasses_op``) but run the same implementation (inference) and the
+# same autograd formula (training, ``_RecurrenceFunction``).
 #
 # The ops' arguments and schemas are generated from the fields of RecurrenceInputs (with
 # RecurrenceConfig's flattened in): its tensors in field order, then its scalars. The seed is
@@ -182,13 +183,21 @@ def materialized_xg(inputs: RecurrenceInputs) -> RecurrenceInputs:
     return inputs.replace(xg=_linear(x, w_ih, b_ih), x_proj=None)
 
 
-def _run_backend(inputs: RecurrenceInputs, backend: str):
-    """Validate ``inputs``, resolve ``backend`` and run its forward: (outputs, saved, module),
-    ``saved`` empty when no gradient is needed (no backward can follow)."""
+def _resolve_backend(inputs: RecurrenceInputs, backend: str):
+    """Validate ``inputs`` and resolve ``backend``: (inputs, module), with xg computed here
+    (``materialized_xg``) where the input projection was deferred to a backend that cannot
+    run it in its step loop (any but ``XPROJ_IN_LOOP``'s host)."""
     validate(inputs)
     module = dispatch.recurrence_backend(backend, inputs)
     if inputs.x_proj is not None and not getattr(module, "XPROJ_IN_LOOP", False):
         inputs = materialized_xg(inputs)
+    return inputs, module
+
+
+def _run_backend(inputs: RecurrenceInputs, backend: str):
+    """Validate ``inputs``, resolve ``backend`` and run its forward: (outputs, saved, module),
+    ``saved`` empty when no gradient is needed (no backward can follow)."""
+    inputs, module = _resolve_backend(inputs, backend)
     outputs, saved = module.forward(inputs)
     if not inputs.needs_grad:  # no backward can follow: return nothing for one
         saved = ()
@@ -213,7 +222,7 @@ _input_tensors = operator.attrgetter(*_INPUT_TENSOR_FIELDS)  # inputs -> their t
 
 def _recurrence_direct(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, str]:
     """What ``recurrence`` makes of ``_recurrence_impl``'s results, without the round trip
-    through the op's arguments and results (``_calls_impl_directly``: no gradient, so nothing
+    through the op's arguments and results (``_bypasses_op`` with no gradient, so nothing
     is saved): the same checks, backend and unaliasing, None where a result is absent rather
     than a placeholder tensor, and the backend's name rather than its index as a tensor.
     Returns (results, name of the backend that ran)."""
@@ -318,31 +327,36 @@ def _differentiable_backward(
     The fused backward ops have no derivative of their own, so when the backward itself is
     recorded (``create_graph=True``) the recurrence is recomputed from the same inputs and
     seed (hence the same masks) by the reference loop in plain torch ops, and differentiated
-    by autograd with ``create_graph=True``.
+    by autograd with ``create_graph=True``. Where the input projection was deferred
+    (``inputs.x_proj``, the direct training call) it is recomputed too, and the gradients are
+    of ``x``, ``w_ih`` and ``b_ih`` (keys ``X_PROJ_FIELDS``) rather than of xg.
     """
-    fields = [
-        f
+    targets = {
+        f: getattr(inputs, f)
         for f in RecurrenceInputs.GRAD_FIELDS
         if getattr(inputs, f) is not None and getattr(inputs, f).requires_grad
-    ]
+    }
     with torch.enable_grad():
+        if inputs.x_proj is not None:  # the direct training call's deferred projection
+            targets.update(
+                (f, t)
+                for f, t in zip(X_PROJ_FIELDS, inputs.x_proj)
+                if t is not None and t.requires_grad
+            )
+            inputs = materialized_xg(inputs)  # xg differentiable in x, w_ih, b_ih
         result = reference_loop.recurrence(inputs)
         pairs = [
             (out, grad)
             for out, grad in zip((result.output, result.h_n, result.c_n), grads[:3])
             if out is not None and grad is not None and out.requires_grad
         ]
-        if not fields or not pairs:
+        if not targets or not pairs:
             return {}
         outs, cotangents = zip(*pairs)
         values = torch.autograd.grad(
-            outs,
-            [getattr(inputs, f) for f in fields],
-            cotangents,
-            create_graph=True,
-            allow_unused=True,
+            outs, list(targets.values()), cotangents, create_graph=True, allow_unused=True
         )
-    return dict(zip(fields, values))
+    return dict(zip(targets, values))
 
 
 def _recurrence_backward(ctx, grads):
@@ -354,15 +368,7 @@ def _recurrence_backward(ctx, grads):
     if torch.is_grad_enabled():  # create_graph=True: the backward is differentiated too
         by_field = _differentiable_backward(inputs, grads)
     else:
-        grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
-        if grad_output is None:
-            grad_output = inputs.xg.new_zeros((*inputs.xg.shape[:2], inputs.h0.shape[1]))
-        if grad_h_n is None:
-            grad_h_n = torch.zeros_like(inputs.h0)
-        if inputs.c0 is None:
-            grad_c_n = None
-        elif grad_c_n is None:
-            grad_c_n = torch.zeros_like(inputs.c0)
+        grad_output, grad_h_n, grad_c_n = _filled_output_grads(inputs, grads)
         grads_in = _recurrence_backward_op(grad_output, grad_h_n, grad_c_n, extra, backend, *args)
         by_field = dict(zip(RecurrenceInputs.GRAD_FIELDS, grads_in))
     per_arg = [by_field.get(f) if getattr(inputs, f) is not None else None for f in _TENSOR_ARGS]
@@ -372,6 +378,107 @@ def _recurrence_backward(ctx, grads):
 torch.library.register_autograd(
     "fusedrnn::recurrence", _recurrence_backward, setup_context=_recurrence_setup_context
 )
+
+
+# The tensors of a deferred input projection, ``RecurrenceInputs.x_proj``, by name.
+X_PROJ_FIELDS = ("x", "w_ih", "b_ih")
+# The direct training call's tensor arguments: the op's tensors (the seed is an int there),
+# then x_proj's (None where the projection is not deferred).
+_FUNCTION_TENSORS = (*_INPUT_TENSOR_FIELDS, *X_PROJ_FIELDS)
+
+
+class _RecurrenceFunction(torch.autograd.Function):
+    """The recurrence with autograd in plain eager training (``_bypasses_op``): what the op
+    pair with its ``register_autograd`` formula does, in one ``autograd.Function``.
+
+    Two things the op cannot do. The dispatcher's cost per call goes (torch's custom-op
+    autograd wrapper fills in every default of the schema's 38 arguments, ``fill_defaults``,
+    0.21 ms a call, and flattens them twice: a B = 1 training call's order of magnitude,
+    docs/design.md §5.4). And the input projection may stay deferred (``inputs.x_proj``): the
+    host computes ``xg = x W_ih^T + b_ih`` in its step loop, where its own GEMM runs at the
+    per-step shape, and the backward turns ``dxg`` into ``dx``, ``dW_ih`` and ``db_ih``
+    (``input_projection.linear_backward``, the GEMMs ``_linear`` would have run) rather than
+    autograd's ``linear`` node doing it. The op cannot take a deferred projection: its
+    arguments are fixed by the schema (compiled graphs keep it, with a real xg).
+
+    ``forward(ctx, inputs, module, *tensors)``: ``inputs`` resolved and validated for the
+    backend ``module``; ``tensors`` the values of ``_FUNCTION_TENSORS`` (the same objects as
+    inputs' fields, so that autograd tracks them). Results and saved tensors go through the
+    same aliasing rule as the op's (``_unaliased``), so in-place ops on the results behave
+    as they do through the op.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs: RecurrenceInputs, module, *tensors):
+        outputs, saved = module.forward(inputs)
+        taken = _input_addresses(tensors)
+        results = []
+        for field, absent in zip(_RESULT_FIELDS, _absent_results(inputs)):
+            r = getattr(outputs, field)
+            results.append(None if absent or r is None else _unaliased(r, taken))
+        saved = [_unaliased(t, taken) for t in saved]
+        ctx.save_for_backward(*tensors, *saved)
+        ctx.module, ctx.deferred = module, inputs.x_proj is not None
+        blank = dict.fromkeys(_INPUT_TENSOR_FIELDS)
+        ctx.inputs = inputs.replace(**blank, x_proj=None)  # tensors come back from ctx
+        ctx.mark_non_differentiable(*(r for r in results[3:] if r is not None))
+        ctx.set_materialize_grads(False)  # as the op: zero-filled below where passed on
+        return tuple(results)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        values = ctx.saved_tensors
+        count = len(_INPUT_TENSOR_FIELDS)
+        x_proj = values[count : len(_FUNCTION_TENSORS)]
+        inputs = ctx.inputs.replace(
+            **dict(zip(_INPUT_TENSOR_FIELDS, values[:count])),
+            x_proj=x_proj if ctx.deferred else None,
+        )
+        if torch.is_grad_enabled():  # create_graph=True: the backward is differentiated too
+            by_field = _differentiable_backward(inputs, grads)
+        else:
+            grad_output, grad_h_n, grad_c_n = _filled_output_grads(inputs, grads)
+            saved = values[len(_FUNCTION_TENSORS) :]
+            by_field = ctx.module.backward(inputs, saved, grad_output, grad_h_n, grad_c_n)
+            if ctx.deferred:
+                from .input_projection import linear_backward  # it imports this module
+
+                x, w_ih, _ = x_proj
+                needs = ctx.needs_input_grad[2 + count :]
+                by_field.update(zip(X_PROJ_FIELDS, linear_backward(by_field["xg"], x, w_ih, needs)))
+        result = []
+        for field, needed in zip(_FUNCTION_TENSORS, ctx.needs_input_grad[2:]):
+            grad = by_field.get(field) if needed else None
+            if needed and grad is None:  # as the op: zeros, not None, for a required input
+                value = values[_FUNCTION_TENSORS.index(field)]
+                grad = torch.zeros_like(value)
+            result.append(grad)
+        return (None, None, *result)
+
+
+def _filled_output_grads(inputs: RecurrenceInputs, grads: tuple) -> tuple:
+    """The output gradients a backend's backward takes: zeros where autograd passed None (an
+    output not used), None for c_n's where the cell has no state."""
+    grad_output, grad_h_n, grad_c_n = grads[0], grads[1], grads[2]
+    if grad_output is None:
+        grad_output = inputs.xg.new_zeros((*inputs.xg.shape[:2], inputs.h0.shape[1]))
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(inputs.h0)
+    if inputs.c0 is None:
+        grad_c_n = None
+    elif grad_c_n is None:
+        grad_c_n = torch.zeros_like(inputs.c0)
+    return grad_output, grad_h_n, grad_c_n
+
+
+def _recurrence_trained_directly(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, str]:
+    """``recurrence`` in plain eager training (``_bypasses_op``): the backend's forward and
+    backward through ``_RecurrenceFunction``. Returns (results, name of the backend that ran),
+    as ``_recurrence_direct``."""
+    inputs, module = _resolve_backend(inputs, backend)
+    tensors = [getattr(inputs, f) for f in _INPUT_TENSOR_FIELDS]
+    tensors += list(inputs.x_proj) if inputs.x_proj is not None else [None] * len(X_PROJ_FIELDS)
+    return _RecurrenceFunction.apply(inputs, module, *tensors), module.NAME
 
 
 def _functorch_active() -> bool:
@@ -410,25 +517,29 @@ def _reference_recurrence(inputs: RecurrenceInputs, backend: str) -> tuple[tuple
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+# Plain eager training through _RecurrenceFunction rather than the op (_bypasses_op); False
+# sends it through the op as compiled graphs do (tests compare the two).
+DIRECT_TRAINING = True
 
 
-def _calls_impl_directly(inputs: RecurrenceInputs, seed, needs_grad: bool) -> bool:
-    """Whether calling the op's implementation is the same as calling the op, so that the
-    dispatcher's fixed cost per call (tens of microseconds, a B=1 layer's order of magnitude)
-    can be skipped.
+def _bypasses_op(inputs: RecurrenceInputs, seed) -> bool:
+    """Whether calling the op's implementation (inference, ``_recurrence_direct``) or its
+    autograd formula as an ``autograd.Function`` (training, ``_RecurrenceFunction``) is the
+    same as calling the op, so that the dispatcher's fixed cost per call (tens of
+    microseconds in inference, a B=1 layer's order of magnitude; 0.3 ms with autograd) can be
+    skipped.
 
-    It is when nothing could see the op other than its own CPU kernel: no gradient is needed
-    (the autograd kernel then only redispatches), eager mode (not compiling, not jit tracing),
-    no profiler (a profile shows the op), no dispatch or torch-function mode (FakeTensorMode,
-    FunctionalTensorMode, ``with torch.device(...)``, ...) and every tensor a plain CPU
-    ``Tensor`` or ``Parameter`` (no subclass, no meta tensor: those dispatch elsewhere; the
-    tensors of ``inputs`` and ``seed``, None for an absent one). The
-    caller has already routed torch.func transforms away (``_functorch_active``). The kernel
-    is ``_recurrence_impl`` itself, which returns no output that aliases an input or another
-    output (the dispatcher's one check of a custom op's results); ``_recurrence_direct`` runs
-    it without the round trip through the op's argument and result lists.
+    It is when nothing could see the op other than its own CPU kernel and autograd: eager
+    mode (not compiling, not jit tracing), no profiler (a profile shows the op), no dispatch
+    or torch-function mode (FakeTensorMode, FunctionalTensorMode, ``with
+    torch.device(...)``, ...) and every tensor a plain CPU ``Tensor`` or ``Parameter`` (no
+    subclass, no meta tensor: those dispatch elsewhere; the tensors of ``inputs`` and
+    ``seed``, None for an absent one). The caller has already routed torch.func transforms
+    away (``_functorch_active``). The op's kernel is ``_recurrence_impl``, which returns no
+    output that aliases an input or another output (the dispatcher's one check of a custom
+    op's results); both bypasses keep that rule (``_unaliased``).
     """
-    if needs_grad or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
+    if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return False
     if torch.autograd.profiler._is_profiler_enabled:
         return False
@@ -459,25 +570,28 @@ def recurrence(
     """
     # Only here is it known whether a backward can follow; a backend may then skip what it
     # saves for one (host inference writes no per-step tensors).
+    # (a deferred projection's x, w_ih, b_ih count too: then xg is a placeholder)
     needs_grad = torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in vars(inputs).values()
+        isinstance(t, torch.Tensor) and t.requires_grad
+        for t in (*vars(inputs).values(), *(inputs.x_proj or ()))
     )
     if inputs.needs_grad != needs_grad:
         inputs = inputs.replace(needs_grad=needs_grad)
     functorch = _functorch_active()
-    direct = not functorch and _calls_impl_directly(inputs, seed, needs_grad)
+    bypass = not functorch and (DIRECT_TRAINING or not needs_grad) and _bypasses_op(inputs, seed)
     if inputs.x_proj is not None and not (
-        direct and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in inputs.x_proj)
+        bypass and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in inputs.x_proj)
     ):
-        inputs = materialized_xg(inputs)  # only the direct path below runs a deferred xg
+        inputs = materialized_xg(inputs)  # only the bypasses below run a deferred xg
     if functorch:
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
         results, ran = _reference_recurrence(inputs, backend)
-    elif direct:
+    elif bypass:
         if seed is not None:
             inputs = inputs.replace(seed=int(seed))
-        results, ran = _recurrence_direct(inputs, backend)
+        run = _recurrence_trained_directly if needs_grad else _recurrence_direct
+        results, ran = run(inputs, backend)
     else:
         args = op_arguments(inputs, seed)
         outputs = _recurrence_op(*args, backend)

@@ -1,6 +1,8 @@
-"""The direct call of the recurrence op's implementation in plain eager inference
-(``recurrence_op._calls_impl_directly``): taken only where nothing but the op's own CPU kernel
-could see the call, and then the same results as through the op."""
+"""The bypasses of the recurrence op in plain eager CPU calls (``recurrence_op._bypasses_op``):
+its implementation called directly in inference, its autograd formula as an
+``autograd.Function`` in training (``_RecurrenceFunction``). Taken only where nothing but the
+op's own CPU kernel and autograd could see the call, and then the same results (and
+gradients) as through the op."""
 
 from __future__ import annotations
 
@@ -37,13 +39,17 @@ def _layer_and_input(cell: str = "lstm", **options):
     return layer, torch.randn(4, 3, 5)
 
 
-def test_plain_inference_skips_the_dispatcher_and_training_does_not(op_calls):
+def test_plain_eager_calls_skip_the_dispatcher(op_calls, monkeypatch):
     layer, x = _layer_and_input()
     with torch.no_grad():
         layer(x)
+    out, _ = layer(x)  # the parameters require grad: training, through _RecurrenceFunction
+    assert type(out.grad_fn).__name__ == "_RecurrenceFunctionBackward"
     assert op_calls == []
-    layer(x)  # the parameters require grad: autograd must record the op
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", False)  # as compiled graphs
+    out, _ = layer(x)
     assert op_calls == ["host"]
+    assert "fusedrnn_recurrence" in type(out.grad_fn).__name__
 
 
 class _RecordingMode(TorchDispatchMode):
@@ -112,7 +118,7 @@ def test_the_direct_call_gives_the_ops_results(monkeypatch, cell, options, defer
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
     with torch.no_grad():
         direct = [layer(x), layer(packed)]
-        monkeypatch.setattr(recurrence_op, "_calls_impl_directly", lambda *args: False)
+        monkeypatch.setattr(recurrence_op, "_bypasses_op", lambda *args: False)
         through_op = [layer(x), layer(packed)]
     flat_direct = torch.utils._pytree.tree_leaves(direct)
     flat_op = torch.utils._pytree.tree_leaves(through_op)
@@ -123,6 +129,126 @@ def test_the_direct_call_gives_the_ops_results(monkeypatch, cell, options, defer
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
             else:
                 assert torch.equal(a, b)
+
+
+TRAINING_CASES = [
+    ("lstm", {}),
+    ("lstm", {"bidirectional": True, "num_layers": 2, "proj_size": 3}),
+    ("gru", {"zoneout_hidden": 0.2, "layer_norm": True}),
+    ("lstm", {"recurrent_batch_norm": True, "max_steps": 4, "recurrent_dropout": 0.3}),
+    ("gru", {"num_layers": 2, "weight_drop": 0.3, "dropout": 0.2}),
+    ("rnn", {"bias": False}),
+]
+
+
+def _training_results(layer, x, hx, create_graph: bool = False) -> list[torch.Tensor]:
+    """Outputs, final states and the gradients of a fixed projection of them with respect
+    to x, hx and every parameter (with ``create_graph``: also the gradient of the gradients'
+    squared sum with respect to the parameters), with the same mask seed each call."""
+    x = x.clone().requires_grad_()
+    hx = tuple(h.clone().requires_grad_() for h in hx)
+    torch.manual_seed(5)
+    out, st = layer(x, hx if len(hx) == 2 else hx[0])
+    results = [out, *(st if isinstance(st, tuple) else (st,))]
+    gen = torch.Generator().manual_seed(9)
+    loss = sum((r * torch.randn(r.shape, generator=gen)).sum() for r in results)
+    params = list(layer.parameters())
+    grads = torch.autograd.grad(loss, [x, *hx, *params], create_graph=create_graph)
+    results += grads
+    if create_graph:
+        results += torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+    return [r.detach() for r in results]
+
+
+@pytest.mark.parametrize(("cell", "options"), TRAINING_CASES)
+@pytest.mark.parametrize("defer", [False, True])
+def test_training_through_the_function_gives_the_ops_results(monkeypatch, cell, options, defer):
+    """_RecurrenceFunction against the op with its register_autograd formula: outputs,
+    states and every gradient bit for bit; with the input projection deferred to the host's
+    step loop (the Function only) equal up to the projection GEMM's rounding."""
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", defer)
+    layer, x = _layer_and_input(cell, **options)
+    layer.train()
+    layers = layer.num_layers * (2 if layer.bidirectional else 1)
+    out_size = layer.proj_size or layer.hidden_size
+    hx = [torch.randn(layers, 3, out_size)]
+    if cell == "lstm":
+        hx.append(torch.randn(layers, 3, layer.hidden_size))
+    direct = _training_results(layer, x, hx)
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", False)
+    through_op = _training_results(layer, x, hx)
+    assert len(direct) == len(through_op)
+    for index, (a, b) in enumerate(zip(direct, through_op)):
+        if defer:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(index))
+        else:
+            assert torch.equal(a, b), index
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_double_backward_through_the_function(monkeypatch, defer):
+    """create_graph=True through _RecurrenceFunction (the reference loop recomputes the
+    recurrence, and a deferred projection, differentiably): the second-order gradients equal
+    the op's."""
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", defer)
+    layer, x = _layer_and_input("lstm", zoneout_cell=0.2)
+    layer.train()
+    hx = [torch.randn(1, 3, 7), torch.randn(1, 3, 7)]
+    direct = _training_results(layer, x, hx, create_graph=True)
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", False)
+    through_op = _training_results(layer, x, hx, create_graph=True)
+    for index, (a, b) in enumerate(zip(direct, through_op)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(index))
+
+
+def test_a_gradient_of_the_input_alone_is_recorded(monkeypatch):
+    """Frozen parameters and a deferred projection (xg then a placeholder that needs no
+    gradient): x's requires_grad alone makes it training, and its gradient is the op's."""
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    layer, x = _layer_and_input("gru")
+    layer.requires_grad_(False)
+    grads = []
+    for direct in (True, False):
+        monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", direct)
+        leaf = x.clone().requires_grad_()
+        out, _ = layer(leaf)
+        assert out.requires_grad
+        (grad,) = torch.autograd.grad(out.sin().sum(), leaf)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_gradient_a_backend_leaves_out_is_zeros_as_through_the_op(monkeypatch):
+    """A backend whose backward returns no gradient for an input that needs one: zeros, not
+    None, as the op's backward gives (so ``.grad`` is a tensor either way)."""
+    from fusedrnn.backends import host
+
+    real = host.backward
+
+    def without_b_hh(*args):
+        grads = real(*args)
+        grads["b_hh"] = None
+        return grads
+
+    monkeypatch.setattr(host, "backward", without_b_hh)
+    layer, x = _layer_and_input("gru")
+    for direct in (True, False):
+        monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", direct)
+        layer.zero_grad(set_to_none=True)
+        layer(x)[0].sum().backward()
+        assert torch.equal(layer.bias_hh_l0.grad, torch.zeros_like(layer.bias_hh_l0)), direct
+
+
+def test_training_with_a_profiler_or_a_mode_takes_the_op(op_calls):
+    layer, x = _layer_and_input()
+    layer.train()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        layer(x)[0].sum().backward()
+    assert any(event.key == "fusedrnn::recurrence" for event in prof.key_averages())
+    with torch.device("cpu"):  # a TorchFunctionMode
+        layer(x)
+    layer(x.as_subclass(_SubclassTensor))
+    assert op_calls == ["host", "host", "host"]
 
 
 # ------------------------------------------------------------------ the direct call's shortcuts

@@ -102,23 +102,130 @@ def test_in_loop_projection_by_rule(case, chunk_steps, threads, monkeypatch):
     assert_by_rule(got, truth, base, torch.float32, what=f"host in-loop xproj {case}")
 
 
-def test_not_taken_with_grad_or_off(monkeypatch):
-    """With a gradient (autograd needs xg), one row, or DEFER_PROJECTION off the old path runs."""
+def test_taken_by_rule(monkeypatch):
+    """Not with one row (its own pipeline at >= 2 threads, below), DEFER_PROJECTION off,
+    through the op (recurrence_op.DIRECT_TRAINING off, as compiled graphs) or with input
+    dropout in training; taken in inference and in eager training."""
+    from fusedrnn import recurrence_op
+
     module = fusedrnn.LSTM(8, 16, backend="host").eval()
     x = torch.randn(5, 4, 8)
     before = _calls()
-    module(x)  # grad mode on: xg is computed first
     with torch.no_grad():
-        module(x[:, :1])  # B = 1: the one-row loop (its own pipeline at >= 2 threads, below)
-        old = functional.DEFER_PROJECTION
-        functional.DEFER_PROJECTION = False
-        try:
-            module(x)
-        finally:
-            functional.DEFER_PROJECTION = old
-        assert _calls() == before
+        module(x[:, :1])
+        monkeypatch.setattr(functional, "DEFER_PROJECTION", False)
         module(x)
+        module.train()(x)
+        monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", False)
+    module(x)
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", True)
+    fusedrnn.LSTM(8, 16, backend="host", input_dropout=0.3).train()(x)
+    assert _calls() == before
+    with torch.no_grad():
+        module.eval()(x)
     assert _calls() == before + 1
+    module.train()(x)  # the parameters require grad: eager training
+    assert _calls() == before + 2
+    module(x.requires_grad_())
+    assert _calls() == before + 3
+
+
+def _train_results(module, x, state, lengths, batch_first, weights) -> dict:
+    """Outputs, final states and the gradients of a fixed random projection of them with
+    respect to x, the initial states and every parameter, in eager training (x and the state
+    leaves of their own, so each call has its own gradients)."""
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    inp = x
+    if lengths is not None:
+        inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    out, st = module(inp, state if len(state) == 2 else state[0])
+    if lengths is not None:
+        steps = weights[0].shape[1 if batch_first else 0]
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=steps)
+    finals = list(st) if isinstance(st, tuple) else [st]
+    results = [out, *finals]
+    loss = sum((r * w.to(r.dtype)).sum() for r, w in zip(results, weights))
+    params = list(module.named_parameters())
+    grads = torch.autograd.grad(loss, [x, *state, *(p for _, p in params)])
+    names = ["output", "h_n", "c_n"][: len(results)] + ["grad_x", "grad_h0", "grad_c0"][
+        : 1 + len(state)
+    ]
+    names += [f"grad_{n}" for n, _ in params]
+    return dict(zip(names, [t.detach() for t in (*results, *grads)]))
+
+
+TRAIN_CASES = [
+    # cell, B, I, H, T, layers, bidirectional, lengths, batch_first
+    *CASES,
+    ("lstm", 1, 9, 33, 21, 2, True, True, False),
+    ("gru", 1, 20, 31, 22, 1, False, False, True),
+    ("lstm", 1, 5, 7, 1, 1, False, False, False),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_training_with_the_projection_in_the_loop_by_rule(case, threads, monkeypatch):
+    """Eager training (recurrence_op._RecurrenceFunction) with the input projection left to
+    the host: in the step loop (B > 1) or, for one row at >= 2 threads, on the second
+    thread; the backward turns dxg into the gradients of x, W_ih and b_ih. Outputs, final
+    states and every gradient by the numerics rule against float64 (torch.nn float32 the
+    baseline), and the path ran once per layer and direction."""
+    cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
+    torch.manual_seed(B * 100 + T + threads)
+    kw = {"num_layers": layers, "bidirectional": bidirectional, "batch_first": batch_first}
+    module, nn_module, truth_module = (m.train() for m in _eval_modules(cell, I, H, **kw))
+    dirs = 2 if bidirectional else 1
+    x = torch.randn((B, T, I) if batch_first else (T, B, I))
+    state = tuple(torch.randn(layers * dirs, B, H) for _ in range(2 if cell == "lstm" else 1))
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[B // 2] = T
+    out_shape = (B, T, dirs * H) if batch_first else (T, B, dirs * H)
+    weights = [torch.randn(out_shape)] + [torch.randn(layers * dirs, B, H) for _ in state]
+    counter = _pipeline_calls if B == 1 else _calls
+    before = counter()
+    got = _train_results(module, x, state, lengths, batch_first, weights)
+    ran = counter() - before
+    expected = layers * dirs if B > 1 or threads >= 2 else 0
+    assert ran == expected, f"ran {ran} times, expected {expected}"
+    truth = _train_results(
+        truth_module, x.double(), tuple(s.double() for s in state), lengths, batch_first, weights
+    )
+    base = _train_results(nn_module, x, state, lengths, batch_first, weights)
+    assert_by_rule(got, truth, base, torch.float32, what=f"host training xproj {case}")
+
+
+@pytest.mark.parametrize("batch", [6, 1])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_projection_in_the_loop_keeps_the_masks(cell, batch, monkeypatch):
+    """With zoneout, recurrent dropout and weight drop in training, the deferred projection
+    gives what the materialized one gives (the masks come from the same seed; the only
+    difference is the projection's GEMM: equal up to rounding), gradients included."""
+    monkeypatch.setattr(host, "NUM_THREADS", 2)
+    torch.manual_seed(7)
+    cls = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cell]
+    module = cls(
+        6, 11, backend="host", zoneout_hidden=0.2, recurrent_dropout=0.3, weight_drop=0.25
+    ).train()
+    x = torch.randn(9, batch, 6)
+    weights = [torch.randn(9, batch, 11), torch.randn(1, batch, 11), torch.randn(1, batch, 11)]
+    state = tuple(torch.randn(1, batch, 11) for _ in range(2 if cell == "lstm" else 1))
+    results = {}
+    for defer in (True, False):
+        monkeypatch.setattr(functional, "DEFER_PROJECTION", defer)
+        counter = _pipeline_calls if batch == 1 else _calls
+        before = counter()
+        torch.manual_seed(11)  # the layer's mask seed
+        results[defer] = _train_results(module, x, state, None, False, weights)
+        assert (counter() - before == 1) == defer
+    for name in results[True]:
+        torch.testing.assert_close(results[True][name], results[False][name], msg=name)
 
 
 def test_other_backend_materializes_xg():

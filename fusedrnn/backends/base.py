@@ -114,11 +114,13 @@ class RecurrenceInputs:
     # Whether a backward may follow (functional.recurrence: grad mode on and some input
     # requires grad). False lets a backend skip what it saves for backward (host does).
     needs_grad: bool = True
-    # float32 CPU inference only (functional.rnn, docs/design.md §5.4): ``(x, w_ih, b_ih)``
-    # when the input projection has not been computed; ``xg`` is then a stride-0 placeholder
-    # of its shape and dtype. A backend with ``XPROJ_IN_LOOP`` (host) computes
+    # Eager CPU calls only (functional._defers_projection, docs/design.md §5.4): ``(x, w_ih,
+    # b_ih)`` when the input projection has not been computed; ``xg`` is then a stride-0
+    # placeholder of its shape and dtype. A backend with ``XPROJ_IN_LOOP`` (host) computes
     # ``x W_ih^T + b_ih`` in its step loop; for any other, ``materialized_xg`` computes xg
-    # first. Not an op argument: the op (torch.compile, autograd) always gets a real xg.
+    # first. Not an op argument: the op (torch.compile) always gets a real xg; in training
+    # the backward's ``dxg`` becomes the gradients of x, w_ih, b_ih
+    # (recurrence_op._RecurrenceFunction).
     x_proj: tuple | None = dataclasses.field(default=None, metadata={"op": False})
 
     # The tensors autograd differentiates, in a fixed order shared by every backend.

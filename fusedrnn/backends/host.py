@@ -149,9 +149,10 @@ def saved_like(inputs: RecurrenceInputs) -> tuple[torch.Tensor, ...]:
     return native.saved_like(inputs, save=inputs.needs_grad)
 
 
-def _threads(inputs: RecurrenceInputs) -> int:
+def _threads(inputs: RecurrenceInputs, forward: bool = True) -> int:
     batch = inputs.xg.shape[1]
-    if batch == 1 and inputs.x_proj is not None:  # projects_in_loop said _one_row_pipeline()
+    # (the backward of a deferred projection has no projection to run ahead)
+    if batch == 1 and inputs.x_proj is not None and forward:  # _one_row_pipeline() held
         return 2  # the step loop's thread and the projection's (forward_one_row_pipelined)
     if NUM_THREADS is not None:
         return max(1, int(NUM_THREADS))
@@ -226,7 +227,7 @@ def backward(inputs: RecurrenceInputs, saved: tuple, *output_grads: OutputGrad) 
             saved,
             output_grads,
             run,
-            _threads(inputs),
+            _threads(inputs, forward=False),
             mask_w_hh_grad=native.w_hh_grad_mask(inputs, C.host_weight_drop),
             narrow_weight_grads=_bf16_products(inputs, C),
             dab_may_alias_dxg=True,
