@@ -380,3 +380,35 @@ def test_backend_modules_are_loaded_once_and_failures_retried(monkeypatch):
         with pytest.raises(ImportError):
             backends.load("missing")
     assert "missing" not in backends._loaded
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("direct", [True, False])
+def test_activation_checkpointing(monkeypatch, direct, use_reentrant):
+    """torch.utils.checkpoint recomputes the layer in the backward (saved-tensor hooks, or a
+    reentrant backward): the same masks from the restored RNG state, so the gradients equal
+    those of the plain call, through the Function and through the op."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(recurrence_op, "DIRECT_TRAINING", direct)
+    layer, x = _layer_and_input(
+        "lstm", num_layers=2, zoneout_cell=0.3, recurrent_dropout=0.2, weight_drop=0.2
+    )
+    layer.train()
+    results = []
+    for checkpointed in (True, False):
+        leaf = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        if checkpointed:
+            out = checkpoint(lambda t: layer(t)[0], leaf, use_reentrant=use_reentrant)
+        else:
+            out = layer(leaf)[0]
+        layer.zero_grad(set_to_none=True)
+        out.sin().sum().backward()  # (reentrant checkpointing refuses autograd.grad)
+        results.append([out.detach(), leaf.grad, *(p.grad for p in layer.parameters())])
+    for index, (a, b) in enumerate(zip(*results)):
+        if direct or not use_reentrant:
+            assert torch.equal(a, b), index
+        else:  # a reentrant checkpoint's first forward runs under no_grad: the host's inference
+            # path, whose input projection is its own GEMM, the op's training call oneDNN's
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=str(index))
