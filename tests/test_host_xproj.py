@@ -1,5 +1,5 @@
-"""The host's inference paths that compute the input projection themselves
-(functional._defers_projection; docs/design.md §5.4): float32 in the step loop
+"""The host's paths that compute the input projection themselves (functional._defers_projection;
+docs/design.md §5.4), in inference and in eager training: float32 in the step loop
 (csrc/host/recurrence_host.cpp ``project_chunk``), and one row (float32 / bfloat16) on a second
 thread ahead of the loop (``forward_one_row_pipelined``). Each runs where it should (counters
 of the native calls that took it), not where it should not, and its results meet the numerics
@@ -165,23 +165,36 @@ TRAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_training_with_the_projection_in_the_loop_by_rule(case, threads, monkeypatch):
+# float32 at 1-3 threads; bfloat16 (one row only: B > 1 bf16 layers keep torch's projection)
+# at 2 and 3 threads
+TRAIN_PARAMS = [(c, n, torch.float32) for c in TRAIN_CASES for n in (1, 2, 3)] + [
+    (c, n, torch.bfloat16) for c in TRAIN_CASES if c[1] == 1 for n in (2, 3)
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "threads", "dtype"),
+    TRAIN_PARAMS,
+    ids=["-".join(map(str, (*c, n, str(d)[6:]))) for c, n, d in TRAIN_PARAMS],
+)
+def test_training_with_the_projection_in_the_loop_by_rule(case, threads, dtype, monkeypatch):
     """Eager training (recurrence_op._RecurrenceFunction) with the input projection left to
     the host: in the step loop (B > 1) or, for one row at >= 2 threads, on the second
     thread; the backward turns dxg into the gradients of x, W_ih and b_ih. Outputs, final
-    states and every gradient by the numerics rule against float64 (torch.nn float32 the
-    baseline), and the path ran once per layer and direction."""
+    states and every gradient by the numerics rule against float64 (torch.nn in the same
+    dtype the baseline), and the path ran once per layer and direction."""
     cell, B, I, H, T, layers, bidirectional, with_lengths, batch_first = case  # noqa: E741
     monkeypatch.setattr(host, "NUM_THREADS", threads)
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
     torch.manual_seed(B * 100 + T + threads)
     kw = {"num_layers": layers, "bidirectional": bidirectional, "batch_first": batch_first}
     module, nn_module, truth_module = (m.train() for m in _eval_modules(cell, I, H, **kw))
+    module, nn_module = module.to(dtype), nn_module.to(dtype)
     dirs = 2 if bidirectional else 1
-    x = torch.randn((B, T, I) if batch_first else (T, B, I))
-    state = tuple(torch.randn(layers * dirs, B, H) for _ in range(2 if cell == "lstm" else 1))
+    x = torch.randn((B, T, I) if batch_first else (T, B, I)).to(dtype)
+    state = tuple(
+        torch.randn(layers * dirs, B, H).to(dtype) for _ in range(2 if cell == "lstm" else 1)
+    )
     lengths = None
     if with_lengths:
         lengths = torch.randint(1, T + 1, (B,))
@@ -198,7 +211,7 @@ def test_training_with_the_projection_in_the_loop_by_rule(case, threads, monkeyp
         truth_module, x.double(), tuple(s.double() for s in state), lengths, batch_first, weights
     )
     base = _train_results(nn_module, x, state, lengths, batch_first, weights)
-    assert_by_rule(got, truth, base, torch.float32, what=f"host training xproj {case}")
+    assert_by_rule(got, truth, base, dtype, what=f"host training xproj {case} {dtype}")
 
 
 @pytest.mark.parametrize("batch", [6, 1])
