@@ -150,7 +150,7 @@ def linear_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     w: torch.Tensor,
-    needs: tuple[bool, ...],
+    needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The gradients of ``y = x W^T + b`` from ``grad = dL/dy`` ([..., N]; x [..., K]), for
     those of (x, W, b) that ``needs`` asks for (None for the others; False for an absent b):
@@ -165,7 +165,7 @@ def linear_backward(
     grad_rows = grad.reshape(-1, grad.shape[-1])
     if needs[1]:
         grad_w = _rows_product(grad_rows, x.reshape(-1, x.shape[-1]))
-    if len(needs) > 2 and needs[2]:
+    if needs[2]:
         grad_b = grad_rows.sum(0)
     return grad_x, grad_w, grad_b
 

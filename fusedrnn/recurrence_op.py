@@ -232,6 +232,14 @@ def _recurrence_direct(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, s
     # checks the host's claim.
     fresh = getattr(module, "FRESH_OUTPUTS", False)
     taken = None if fresh else _input_addresses(_input_tensors(inputs))
+    return _bypass_results(inputs, outputs, taken), module.NAME
+
+
+def _bypass_results(inputs: RecurrenceInputs, outputs, taken: set[int] | None) -> tuple:
+    """A backend's results as the op's bypasses return them: in ``_RESULT_FIELDS`` order,
+    None where the configuration has no such result (rather than the op's placeholder),
+    under the op's aliasing rule (``_unaliased`` against ``taken``, which collects their
+    addresses); ``taken=None``: as they are (a FRESH_OUTPUTS backend's)."""
     results = []
     for field, absent in zip(_RESULT_FIELDS, _absent_results(inputs)):
         r = getattr(outputs, field)
@@ -240,8 +248,8 @@ def _recurrence_direct(inputs: RecurrenceInputs, backend: str) -> tuple[tuple, s
         elif r is None:
             results.append(inputs.xg.new_empty(0))
         else:
-            results.append(r if fresh else _unaliased(r, taken))
-    return tuple(results), module.NAME
+            results.append(r if taken is None else _unaliased(r, taken))
+    return tuple(results)
 
 
 _recurrence_op = torch.library.custom_op(
@@ -411,11 +419,8 @@ class _RecurrenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: RecurrenceInputs, module, *tensors):
         outputs, saved = module.forward(inputs)
-        taken = _input_addresses(tensors)
-        results = []
-        for field, absent in zip(_RESULT_FIELDS, _absent_results(inputs)):
-            r = getattr(outputs, field)
-            results.append(None if absent or r is None else _unaliased(r, taken))
+        taken = _input_addresses(tensors)  # then the results': a saved one may be one of them
+        results = _bypass_results(inputs, outputs, taken)
         saved = [_unaliased(t, taken) for t in saved]
         ctx.save_for_backward(*tensors, *saved)
         ctx.module, ctx.deferred = module, inputs.x_proj is not None
@@ -423,7 +428,7 @@ class _RecurrenceFunction(torch.autograd.Function):
         ctx.inputs = inputs.replace(**blank, x_proj=None)  # tensors come back from ctx
         ctx.mark_non_differentiable(*(r for r in results[3:] if r is not None))
         ctx.set_materialize_grads(False)  # as the op: zero-filled below where passed on
-        return tuple(results)
+        return results
 
     @staticmethod
     def backward(ctx, *grads):

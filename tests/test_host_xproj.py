@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_by_rule, row_split_both_ways, run_layer
+from helpers import assert_by_rule, row_split_both_ways, run_and_grad, run_layer
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
@@ -132,28 +132,14 @@ def test_taken_by_rule(monkeypatch):
 
 
 def _train_results(module, x, state, lengths, batch_first, weights) -> dict:
-    """Outputs, final states and the gradients of a fixed random projection of them with
-    respect to x, the initial states and every parameter, in eager training (x and the state
-    leaves of their own, so each call has its own gradients)."""
-    x = x.clone().requires_grad_()
-    state = tuple(s.clone().requires_grad_() for s in state)
-    inp = x
+    """helpers.run_and_grad in eager training, on leaves of their own (x packed by
+    ``lengths`` when given; ``weights`` then match the packed output's rows)."""
+    leaf = x.clone().requires_grad_()
+    hx = tuple(s.clone().requires_grad_() for s in state)
+    inp = leaf
     if lengths is not None:
-        inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
-    out, st = module(inp, state if len(state) == 2 else state[0])
-    if lengths is not None:
-        steps = weights[0].shape[1 if batch_first else 0]
-        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=steps)
-    finals = list(st) if isinstance(st, tuple) else [st]
-    results = [out, *finals]
-    loss = sum((r * w.to(r.dtype)).sum() for r, w in zip(results, weights))
-    params = list(module.named_parameters())
-    grads = torch.autograd.grad(loss, [x, *state, *(p for _, p in params)])
-    names = ["output", "h_n", "c_n"][: len(results)] + ["grad_x", "grad_h0", "grad_c0"][
-        : 1 + len(state)
-    ]
-    names += [f"grad_{n}" for n, _ in params]
-    return dict(zip(names, [t.detach() for t in (*results, *grads)]))
+        inp = pack_padded_sequence(leaf, lengths, batch_first=batch_first, enforce_sorted=False)
+    return run_and_grad(module, inp, hx if len(hx) == 2 else hx[0], weights)
 
 
 TRAIN_CASES = [
@@ -200,6 +186,8 @@ def test_training_with_the_projection_in_the_loop_by_rule(case, threads, dtype, 
         lengths = torch.randint(1, T + 1, (B,))
         lengths[B // 2] = T
     out_shape = (B, T, dirs * H) if batch_first else (T, B, dirs * H)
+    if lengths is not None:  # the packed output's rows
+        out_shape = (int(lengths.sum()), dirs * H)
     weights = [torch.randn(out_shape)] + [torch.randn(layers * dirs, B, H) for _ in state]
     counter = _pipeline_calls if B == 1 else _calls
     before = counter()
