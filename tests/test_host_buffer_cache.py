@@ -6,12 +6,17 @@ page-faulted in again.
 Checked: a freed tensor's block is reused; a view keeps its block in use; a training loop
 reuses blocks and gives every one back when its graph is freed; the cache keeps no more free
 bytes than its limit (none at 0); the results are bit-for-bit those with the cache off; a bad
-FUSEDRNN_HOST_CACHE_MB is refused by name.
+FUSEDRNN_HOST_CACHE_MB is refused by name; a new block is a mapping of its own (not malloc's
+heap) whose pages empty_cache gives back.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +133,61 @@ def test_a_bad_limit_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(host.CACHE_ENV, "lots")
     with pytest.raises(ValueError, match="FUSEDRNN_HOST_CACHE_MB"):
         host.cached_empty((1 << 20,), torch.float32, CPU)
+
+
+# Run in a child whose glibc keeps every freed byte (as a long process ends up keeping tens
+# of MiB: its mmap threshold rises to the largest block it freed, its trim threshold to twice
+# that) and has 120 MiB of touched, freed memory at the top of its heap. A block taken from
+# malloc would be that memory: no fresh pages for the huge-page advice (test_host_thp.py, which
+# the full suite's long process failed this way), and nothing given back by empty_cache.
+_FRESH_MAPPING_CHILD = r"""
+import re, sys
+import torch
+from fusedrnn.backends import host
+
+filler = [torch.ones(30 << 18) for _ in range(4)]  # 4 x 30 MiB from the heap, touched
+del filler
+
+def mapping_of(address):
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 else "anonymous"
+    return None
+
+def rss_kib():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+block = host.cached_empty((40 << 18,), torch.float32, torch.device("cpu"))  # 40 MiB
+block.fill_(1.0)
+print("mapping", mapping_of(block.data_ptr()))
+del block  # back to the cache, resident
+before = rss_kib()
+host.empty_cache()
+print("returned_kib", before - rss_kib())
+"""
+
+
+def test_a_new_block_is_a_fresh_mapping_that_empty_cache_returns(monkeypatch):
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux /proc to see where a block lies")
+    env = dict(os.environ)
+    env.pop(host.CACHE_ENV, None)
+    env["GLIBC_TUNABLES"] = (
+        "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_MAPPING_CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert report["mapping"] == "anonymous", report  # not "[heap]"
+    assert int(report["returned_kib"]) >= 38 * 1024, report

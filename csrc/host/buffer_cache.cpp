@@ -5,11 +5,41 @@
 #include <new>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define FUSEDRNN_CACHE_MMAP 1
+#endif
+
 namespace fusedrnn {
 namespace host {
 namespace {
 
 constexpr std::size_t kPage = 4096;
+
+// A new block is a mapping of its own, not malloc memory: glibc serves a request below its
+// mmap threshold (which rises to 32 MiB once a block that large is freed) from its heap,
+// whose free top it keeps up to twice that, already faulted in 4 KiB pages. A block from
+// there took no transparent huge pages from the launcher's advice (advise_huge), and freeing
+// it gave nothing back to the system (empty_cache). A fresh anonymous mapping is untouched
+// (the advice applies before the first fault), and unmapping it returns its pages at once.
+void* map_block(std::size_t capacity) {
+#ifdef FUSEDRNN_CACHE_MMAP
+  void* data = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (data == MAP_FAILED) throw std::bad_alloc();
+#else
+  void* data = std::aligned_alloc(kPage, capacity);  // capacity: a multiple of kPage
+  if (data == nullptr) throw std::bad_alloc();
+#endif
+  return data;
+}
+
+void unmap_block(const CachedBlock& block) {
+#ifdef FUSEDRNN_CACHE_MMAP
+  munmap(block.data, block.capacity);
+#else
+  std::free(block.data);
+#endif
+}
 
 struct Cache {
   std::mutex mutex;
@@ -24,7 +54,7 @@ struct Cache {
   void trim() {
     std::size_t drop = 0, dropped = 0;
     while (drop < free.size() && free_bytes - dropped > limit) dropped += free[drop++].capacity;
-    for (std::size_t i = 0; i < drop; ++i) std::free(free[i].data);
+    for (std::size_t i = 0; i < drop; ++i) unmap_block(free[i]);
     free.erase(free.begin(), free.begin() + static_cast<std::ptrdiff_t>(drop));
     free_bytes -= dropped;
   }
@@ -61,8 +91,7 @@ CachedBlock cache_acquire(std::size_t bytes) {
     }
     ++c.misses;
   }
-  void* data = std::aligned_alloc(kPage, capacity);  // capacity: a multiple of kPage
-  if (data == nullptr) throw std::bad_alloc();
+  void* data = map_block(capacity);
   std::lock_guard<std::mutex> lock(c.mutex);
   c.in_use_bytes += capacity;
   return CachedBlock{data, capacity};

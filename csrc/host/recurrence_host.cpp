@@ -1165,11 +1165,12 @@ void backward_widened(const RecurrenceBwdParams& p) {
 }
 
 // Huge pages for the large per-call buffers. The saved tensors and gradients a call writes
-// ([T, B, G * H] gates, dxg, ...) are fresh allocations of the launcher, untouched until the
-// step loop writes them; glibc serves an allocation of 32 MiB or more by its own mmap, so each
-// call page-faults it in 4 KiB at a time (a 32 MiB buffer: 8192 faults, each zeroing a page;
-// measured 10.9 ms to first-touch 32 MiB against 4.3 ms with 2 MiB pages, one thread, this
-// Xeon). With transparent huge pages in "madvise" mode (a common default) MADV_HUGEPAGE on
+// ([T, B, G * H] gates, dxg, ...) are blocks of the buffer cache, each a fresh anonymous
+// mapping when the cache makes it (buffer_cache.cpp), untouched until the step loop writes
+// it; with the cache off (FUSEDRNN_HOST_CACHE_MB=0) glibc serves 32 MiB and more by its own
+// mmap. Either way the first call page-faults it in 4 KiB at a time (a 32 MiB buffer: 8192
+// faults, each zeroing a page; measured 10.9 ms to first-touch 32 MiB against 4.3 ms with
+// 2 MiB pages, one thread, this Xeon). With transparent huge pages in "madvise" mode (a common default) MADV_HUGEPAGE on
 // the buffer's whole 2 MiB pages, before the first write, makes those faults 2 MiB each (and
 // later reads walk fewer TLB entries). Only buffers of at least kHugeAdviceBytes (smaller
 // ones are usually recycled heap memory, faulted in already). Advice only: the contents and
