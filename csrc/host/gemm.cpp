@@ -38,10 +38,12 @@ constexpr int64_t kOneRowPanels = 8;  // the one-row tile's panels (and group: p
 // panel q of the tile starts kPanel elements after panel q - 1, and row k of each R elements
 // (a row of the layout's group) after row k - 1. A full-width tile is stored straight from
 // the accumulators; only a tile at the right edge of C (cols < the tile's width) goes through
-// a copy on the stack.
-template <class T, class Shape, int64_t R>
+// a copy on the stack. With Prefetch, each k step also prefetches row k of `next` (the strip
+// the following tiles read: gemm_tiles).
+template <class T, class Shape, int64_t R, bool Prefetch = false>
 FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T* panel,
-                                     T* C, int64_t ldc, int64_t cols, bool accumulate) {
+                                     T* C, int64_t ldc, int64_t cols, bool accumulate,
+                                     const T* next = nullptr) {
   using V = typename Vec<T, Shape::kBytes>::type;
   using VU = typename Vec<T, Shape::kBytes>::unaligned;
   constexpr int64_t P = GemmPanel<T>::kWidth;
@@ -53,6 +55,10 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t v = 0; v < NV; ++v) acc[i][v] = V{};
   for (int64_t k = 0; k < K; ++k) {
+    if constexpr (Prefetch) {
+      for (int64_t byte = 0; byte < R * static_cast<int64_t>(sizeof(T)); byte += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(next + k * R) + byte, 0, 3);
+    }
     V b[NV];
     for (int64_t q = 0; q < Shape::kPanels; ++q)
       for (int64_t v = 0; v < PV; ++v)
@@ -83,19 +89,25 @@ FRNN_ALWAYS_INLINE void micro_kernel(int64_t K, const T* A, int64_t lda, const T
 }
 
 // One tile of `rows` (1 <= rows <= Shape::kRows) rows: the micro-kernel built for exactly
-// that many rows, so no row of the tile is computed twice or thrown away.
+// that many rows, so no row of the tile is computed twice or thrown away. `next`: the strip to
+// prefetch meanwhile (nullptr: none).
 template <class T, class Shape, int64_t R, int64_t Rows = Shape::kRows>
 FRNN_ALWAYS_INLINE void tile_of_rows(int64_t rows, int64_t K, const T* A, int64_t lda,
                                      const T* panel, T* C, int64_t ldc, int64_t cols,
-                                     bool accumulate) {
+                                     bool accumulate, const T* next = nullptr) {
+  using Shaped = Tile<Shape::kBytes, Rows, Shape::kPanels>;
   if constexpr (Rows > 1) {
     if (rows < Rows) {
-      tile_of_rows<T, Shape, R, Rows - 1>(rows, K, A, lda, panel, C, ldc, cols, accumulate);
+      tile_of_rows<T, Shape, R, Rows - 1>(rows, K, A, lda, panel, C, ldc, cols, accumulate,
+                                          next);
       return;
     }
   }
-  micro_kernel<T, Tile<Shape::kBytes, Rows, Shape::kPanels>, R>(K, A, lda, panel, C, ldc, cols,
-                                                                 accumulate);
+  if (next != nullptr) {
+    micro_kernel<T, Shaped, R, true>(K, A, lda, panel, C, ldc, cols, accumulate, next);
+  } else {
+    micro_kernel<T, Shaped, R>(K, A, lda, panel, C, ldc, cols, accumulate);
+  }
 }
 
 // All of C with tiles of Shape (Shape::kPanels panels at a time, then one at a time), from
@@ -119,10 +131,19 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
     for (; p + NP <= panels; p += NP) {
       const T* panel = packed + layout.panel_start(K, p, k0);
       const int64_t cols = std::min(NP * P, N - p * P);
+      // The last tile of a strip (kb rows of this panel group) prefetches the next group's
+      // strip, which lies K * R elements on (not where the hardware prefetcher looks): the
+      // first tile of each strip otherwise waits on memory for it (the packed W_hh of a
+      // C5-sized layer is 2-4 MiB, beyond L2). Only when M spans several tiles: with one,
+      // the prefetches are as many as the strip's own loads and measured slower (LSTM B = 4,
+      // H = 512 inference: 0.90-0.97 -> 0.93-1.02 x torch.nn; docs/design.md §5.4,
+      // "Prefetching the next strip").
+      const T* next = tiles > 1 && p + NP < panels ? packed + layout.panel_start(K, p + NP, k0)
+                                                   : nullptr;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
         tile_of_rows<T, Shape, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
-                                  ldc, cols, acc);
+                                  ldc, cols, acc, t == tiles - 1 ? next : nullptr);
       }
     }
     for (; p < panels; ++p) {
