@@ -228,6 +228,18 @@ def test_awkward_sizes(cell, steps, batch, hidden):
         compare(inputs)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_large_packed_weights(cell, dtype, threads, monkeypatch):
+    """A packed W_hh of more than 1 MiB a thread with B above one row tile: csrc/host/gemm.cpp
+    prefetches the next panel group's strip there (kPrefetchBytes), and only there; H = 363
+    leaves a partial last group."""
+    monkeypatch.setattr(host, "NUM_THREADS", threads)
+    for reg in ("none", "all"):
+        compare(make_inputs(cell, reg, False, True, dtype, 3, 11, 363))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_thread_counts(cell, threads, monkeypatch):

@@ -33,6 +33,9 @@ struct Tile {
 
 constexpr int64_t kBlockK = 256;  // K block: one panel strip stays in L1
 constexpr int64_t kOneRowPanels = 8;  // the one-row tile's panels (and group: packed_group)
+// gemm_tiles prefetches the next panel group's strip when the packed B has at least this many
+// bytes (about the L2 of the CPUs measured: Zen 4 1 MiB, Xeon 2 MiB).
+constexpr int64_t kPrefetchBytes = int64_t(1) << 20;
 
 // C tile [Shape::kRows, cols <= Panels * kPanel] (+)= A[Shape::kRows, K] * panels[K, ...]:
 // panel q of the tile starts kPanel elements after panel q - 1, and row k of each R elements
@@ -124,6 +127,8 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
   // M in tiles of at most kRows rows, the rows spread evenly (M = 32 with 6-row tiles:
   // 6, 6, 5, 5, 5, 5 rather than five of 6 and one of 2 computed as 6).
   const int64_t tiles = (M + Shape::kRows - 1) / Shape::kRows;
+  const bool prefetch =
+      tiles > 1 && K * panels * P * static_cast<int64_t>(sizeof(T)) >= kPrefetchBytes;
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     const int64_t kb = std::min(kBlockK, K - k0);
     const bool acc = accumulate || k0 > 0;
@@ -133,13 +138,14 @@ FRNN_ALWAYS_INLINE void gemm_tiles(int64_t M, int64_t N, int64_t K, const T* A, 
       const int64_t cols = std::min(NP * P, N - p * P);
       // The last tile of a strip (kb rows of this panel group) prefetches the next group's
       // strip, which lies K * R elements on (not where the hardware prefetcher looks): the
-      // first tile of each strip otherwise waits on memory for it (the packed W_hh of a
-      // C5-sized layer is 2-4 MiB, beyond L2). Only when M spans several tiles: with one,
-      // the prefetches are as many as the strip's own loads and measured slower (LSTM B = 4,
+      // first tile of each strip otherwise waits on memory for it when the packed B is
+      // beyond L2 (a C5-sized W_hh: 2 MiB a thread). Only then (kPrefetchBytes; C2's 512 KiB
+      // measured 1 % slower with it), and only when M spans several tiles: with one, the
+      // prefetches are as many as the strip's own loads and measured slower (LSTM B = 4,
       // H = 512 inference: 0.90-0.97 -> 0.93-1.02 x torch.nn; docs/design.md §5.4,
       // "Prefetching the next strip").
-      const T* next = tiles > 1 && p + NP < panels ? packed + layout.panel_start(K, p + NP, k0)
-                                                   : nullptr;
+      const T* next = prefetch && p + NP < panels ? packed + layout.panel_start(K, p + NP, k0)
+                                                  : nullptr;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m = M * t / tiles, rows = M * (t + 1) / tiles - m;
         tile_of_rows<T, Shape, R>(rows, kb, A + m * lda + k0, lda, panel, C + m * ldc + p * P,
