@@ -685,28 +685,40 @@ def test_gpu_check_dry_run_accepts_skips_but_not_an_empty_run(tmp_path: Path) ->
 
 
 def test_host_goals_section_compares_with_the_goals_workload() -> None:
-    """report.host_goals_section: host / torch.nn medians against workloads.HOST_GOALS, C1's
-    regularized training against torch.nn's plain C2, a verdict at the goal's limit."""
+    """report.host_goals_section: the verdict from host / torch.nn as the median per-round
+    ratio (the reciprocal of the row's speed-up, its 95 % interval beside it), the ratio of
+    the medians shown too and deciding where there are no rounds to pair (an older row; C1's
+    regularized training against torch.nn's plain C2); a verdict at the goal's limit."""
 
-    def row(provider: str, name: str, mode: str, median: float | None, status="ok") -> dict:
+    def row(provider: str, name: str, mode: str, median: float | None, status="ok", **paired):
         w = workloads.WORKLOADS[name]
         out = {"run_id": "r1", "provider": provider, "mode": mode, "dtype": "float32"}
-        out.update(w.csv_fields(), status=status, median_ms=median)
+        out.update(w.csv_fields(), status=status, median_ms=median, **paired)
         return schema.as_strings(out)
+
+    def speedup(median: float, low: float, high: float) -> dict[str, float]:
+        return dict(speedup_vs_torch=median, speedup_ci_low=low, speedup_ci_high=high)
 
     rows = [
         row("torch", "C2", "train", 100.0),
-        row("host", "C2", "train", 100.0),  # exactly at the limit: met
+        row("host", "C2", "train", 100.0),  # no paired columns: the medians, at the limit: met
         row("torch", "C1", "train", None, status="skipped"),  # torch.nn has no regularizers
         row("host", "C1", "train", 116.0),  # 1.16 x torch.nn's plain C2: not met
         row("torch", "C5", "forward", 50.0),
-        row("host", "C5", "forward", 40.0),
+        row("host", "C5", "forward", 52.0, **speedup(1.25, 1.0, 2.0)),  # paired 0.80: met
+        row("torch", "C5", "train", 50.0),
+        row("host", "C5", "train", 48.0, **speedup(0.8, 0.5, 1.25)),  # paired 1.25: not met
         row("host", "C6", "forward", 40.0),  # no torch.nn row: no goal line
     ]
     section = report.host_goals_section(rows)
-    lines = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()}
-    assert "| 1.00 | ≤ 1.00: met |" in lines["C2"]
-    assert "| 1.16 | ≤ 1.15: **not met** |" in lines["C1 vs torch.nn C2"]
-    assert "| 0.80 | ≤ 1.00: met |" in lines["C5"]
-    assert "C6" not in lines
+    lines = {
+        tuple(line.split(" | ")[:2]): line
+        for line in section.splitlines()
+        if line.startswith("| C")
+    }
+    assert lines[("| C2", "train")].endswith("| — | 1.00 | ≤ 1.00: met |")
+    assert lines[("| C1 vs torch.nn C2", "train")].endswith("| — | 1.16 | ≤ 1.15: **not met** |")
+    assert lines[("| C5", "forward")].endswith("| 0.80 [0.50–1.00] | 1.04 | ≤ 1.00: met |")
+    assert lines[("| C5", "train")].endswith("| 1.25 [0.80–2.00] | 0.96 | ≤ 1.00: **not met** |")
+    assert not any(key[0] == "| C6" for key in lines)
     assert report.host_goals_section([row("torch", "C2", "train", 1.0)]) == ""

@@ -368,10 +368,11 @@ def test_row_split_training_forward(cell, threads, monkeypatch):
 
 
 def test_row_split_default_rule(monkeypatch):
-    """By default the rows split at >= 16 rows a thread (C2's B = 32 at 2 threads), not below,
-    not when W_hh exceeds 2 MiB (C5's H = 512: 4 MiB, streamed from L3 by every thread), not
-    in training or below the AVX-512 build (only when forced), and never with training-mode
-    draws (recurrent dropout: masks indexed by the global row)."""
+    """By default the rows split at >= 16 rows a thread (C2's B = 32 at 2 threads), in
+    inference and in the training forward, not below, not when W_hh exceeds 2 MiB (C5's
+    H = 512: 4 MiB, streamed from L3 by every thread), not below the AVX-512 build (only when
+    forced), and never with training-mode draws (recurrent dropout: masks indexed by the
+    global row)."""
     monkeypatch.delenv("FUSEDRNN_HOST_ROW_SPLIT", raising=False)
     monkeypatch.setattr(host, "NUM_THREADS", 2)
     monkeypatch.setattr(functional, "DEFER_PROJECTION", True)
@@ -385,9 +386,10 @@ def test_row_split_default_rule(monkeypatch):
             before = _row_split_calls()
             m(torch.randn(3, B, 8))
             assert _row_split_calls() - before == expected, (B, m.hidden_size, m.training)
-    before = _row_split_calls()
-    module.train()(torch.randn(3, 32, 8, requires_grad=True))  # saved tensors: training
-    assert _row_split_calls() == before
+    for B, expected in ((32, avx512), (31, 0)):  # training: its forward, saved tensors
+        before = _row_split_calls()
+        module.train()(torch.randn(3, B, 8, requires_grad=True))[0].sum().backward()
+        assert _row_split_calls() - before == expected, (B, "training")
 
 
 ONE_ROW_CASES = [

@@ -24,7 +24,8 @@ constexpr std::size_t kPage = 4096;
 // (the advice applies before the first fault), and unmapping it returns its pages at once.
 void* map_block(std::size_t capacity) {
 #ifdef FUSEDRNN_CACHE_MMAP
-  void* data = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* data =
+      mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (data == MAP_FAILED) throw std::bad_alloc();
 #else
   void* data = std::aligned_alloc(kPage, capacity);  // capacity: a multiple of kPage

@@ -14,8 +14,8 @@
 // viewing it dies) returns the block here. Free blocks are kept up to a limit (bytes; the
 // Python side sets it from FUSEDRNN_HOST_CACHE_MB, fusedrnn/backends/host.py); beyond it the
 // oldest free blocks are given back to the system. A new block is an anonymous mapping of
-// its own (untouched, and unmapped when freed), never recycled malloc heap. Thread-safe (blocks are released from
-// autograd's threads).
+// its own (untouched, and unmapped when freed), never recycled malloc heap. Thread-safe
+// (blocks are released from autograd's threads).
 #pragma once
 
 #include <cstddef>

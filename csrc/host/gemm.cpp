@@ -32,7 +32,7 @@ struct Tile {
 };
 
 // K block: C is read and written once per block. 512 measured faster than 256 at C5
-// (K = 512: one block instead of two; LSTM inference 8 of 8 processes, median -2.5 %,
+// (K = 512: one block instead of two; 12 of 12 paired A/Bs, inference -2.5 % at the median,
 // training -1 %; 128 slower still) although a strip (512 x 128 B with AVX-512's tile) is then
 // twice Zen 4's L1: it streams from L2, the next one prefetched (docs/design.md §5.4).
 constexpr int64_t kBlockK = 512;

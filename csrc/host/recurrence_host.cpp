@@ -1170,10 +1170,11 @@ void backward_widened(const RecurrenceBwdParams& p) {
 // it; with the cache off (FUSEDRNN_HOST_CACHE_MB=0) glibc serves 32 MiB and more by its own
 // mmap. Either way the first call page-faults it in 4 KiB at a time (a 32 MiB buffer: 8192
 // faults, each zeroing a page; measured 10.9 ms to first-touch 32 MiB against 4.3 ms with
-// 2 MiB pages, one thread, this Xeon). With transparent huge pages in "madvise" mode (a common default) MADV_HUGEPAGE on
-// the buffer's whole 2 MiB pages, before the first write, makes those faults 2 MiB each (and
-// later reads walk fewer TLB entries). Only buffers of at least kHugeAdviceBytes (smaller
-// ones are usually recycled heap memory, faulted in already). Advice only: the contents and
+// 2 MiB pages, one thread, this Xeon). With transparent huge pages in "madvise" mode (a
+// common default) MADV_HUGEPAGE on the buffer's whole 2 MiB pages, before the first write,
+// makes those faults 2 MiB each (and later reads walk fewer TLB entries). Only buffers of at
+// least kHugeAdviceBytes (smaller ones are usually recycled heap memory, faulted in
+// already). Advice only: the contents and
 // results are unchanged; madvise errors (no THP, "never") are ignored. Off unless
 // FUSEDRNN_HOST_THP=1: one thread it took a C5 training call to 0.97x, but on the idle 2-core
 // Xeon at 2 threads the same call measured 1.16x slower with it (THP "defrag" = madvise: a
@@ -1241,10 +1242,10 @@ void advise_backward_buffers(const RecurrenceBwdParams& p) {
 // more) and W_hh stays in a core's L2 (at most kRowSplitMaxWeightBytes): measured on an idle
 // 2-core Xeon (2 MiB L2 per core), C2's 1 MiB W_hh gained (host / torch.nn 1.07 -> 1.02)
 // while C5's 4 MiB, streamed from L3 by both cores at once, lost (1.06 -> 1.22, training
-// 1.01 -> 1.13; docs/design.md §5.4, "Row split"). Not with training-mode random draws (indexed by the
-// global row). The backward keeps the unit split. By default inference only;
-// FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where it can run (training forward
-// included; for measurements and tests).
+// 1.01 -> 1.13; docs/design.md §5.4, "Row split"). Not with training-mode random draws
+// (indexed by the global row). The backward keeps the unit split. Inference and the training
+// forward (row_split_threads); FUSEDRNN_HOST_ROW_SPLIT=0 / 1 forces it off / on where it can
+// run (for measurements and tests).
 constexpr int64_t kRowSplitMinRows = 16;
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(2) << 20;
 
@@ -1288,13 +1289,16 @@ int row_split_threads(const RecurrenceFwdParams& p) {
   if (v != nullptr && std::strcmp(v, "1") == 0) return static_cast<int>(nt);
   const int64_t P = p.proj_size > 0 ? p.proj_size : p.H;
   const bool fits = p.G * p.H * P * int64_t(sizeof(float)) <= kRowSplitMaxWeightBytes;
-  // By default inference only (the training forward, with saved tensors, measured 0.93 ->
-  // 0.95 at C2 on the idle machine), and on the AVX-512 build only (the AVX2 build's C2 / C4
-  // inference measured 0.918 -> 0.942 / 0.698 -> 0.709 with it); else only when forced.
+  // The training forward too (saved tensors at the thread's rows): on the 2-core Xeon it once
+  // measured 0.93 -> 0.95 at C2 (before the projection moved into the training loop), but on
+  // the 2-core Zen 4 VM, where spells of slower cross-core traffic come and go for tens of
+  // seconds, the unit split's per-step exchange took C2 training to 1.00-1.02 x torch.nn in
+  // them, the row split 0.92-0.93 (and 1-2 % faster outside them; GRU C4 0.62 -> 0.56;
+  // docs/design.md §5.4, "The row split in training"). On the AVX-512 build only (the AVX2
+  // build's C2 / C4 inference measured 0.918 -> 0.942 / 0.698 -> 0.709 with it on the Xeon);
+  // else only when forced.
   const bool avx512 = runtime_isa() == Isa::kX86_64_V4 && FRNN_HAVE_MULTIVERSION;
-  return p.B / nt >= kRowSplitMinRows && fits && p.gates == nullptr && avx512
-             ? static_cast<int>(nt)
-             : 0;
+  return p.B / nt >= kRowSplitMinRows && fits && avx512 ? static_cast<int>(nt) : 0;
 }
 
 // Rows [b0, b1) of p as a one-thread call.
