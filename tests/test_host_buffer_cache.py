@@ -141,7 +141,7 @@ def test_a_bad_limit_is_refused_by_name(monkeypatch):
 # malloc would be that memory: no fresh pages for the huge-page advice (test_host_thp.py, which
 # the full suite's long process failed this way), and nothing given back by empty_cache.
 _FRESH_MAPPING_CHILD = r"""
-import re, sys
+import re
 import torch
 from fusedrnn.backends import host
 
@@ -169,7 +169,7 @@ print("returned_kib", before - rss_kib())
 """
 
 
-def test_a_new_block_is_a_fresh_mapping_that_empty_cache_returns(monkeypatch):
+def test_a_new_block_is_a_fresh_mapping_that_empty_cache_returns():
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs Linux /proc to see where a block lies")
     env = dict(os.environ)
