@@ -41,8 +41,9 @@ def _anon_huge_kib() -> int:
 
 
 def _forward(monkeypatch, advice: str):
-    """A training forward whose gates tensor is 40 MiB (a fresh mmap of glibc), its outputs,
-    and how many KiB of huge pages the process gained while its saved tensors are alive."""
+    """A training forward whose gates tensor is 40 MiB (a fresh mapping of the buffer cache),
+    its outputs, and how many KiB of huge pages the process gained while its saved tensors
+    are alive."""
     monkeypatch.setenv("FUSEDRNN_HOST_THP", advice)
     torch.manual_seed(0)
     module = fusedrnn.LSTM(8, 256, backend="host").train()
@@ -60,8 +61,11 @@ def _forward(monkeypatch, advice: str):
 
 def _kernel_gives_huge_pages() -> bool:
     """Whether the kernel backs a fresh 40 MiB anonymous mapping advised MADV_HUGEPAGE with
-    at least 16 MiB of huge pages now (it may not, with memory fragmented: CI once saw a
-    whole test process get none, while the same test passed alone right after)."""
+    at least 16 MiB of huge pages now (the control: with memory too fragmented to compact,
+    it may not, and then the host's advice cannot either). The full suite's failures in CI at
+    0db6ad1 / 5e301bc were not this but heap memory reused by the buffer cache (fixed in
+    csrc/host/buffer_cache.cpp, tested by test_host_buffer_cache.py); the control passed
+    there."""
     size = 40 << 20
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
